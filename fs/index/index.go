@@ -18,9 +18,9 @@ const RootIno uint64 = 1
 const (
 	MaxEntries     = 4 << 20 // entries (files, dirs, links...) in one layer
 	MaxChunks      = 16 << 20
-	MaxNameLen     = 255   // one path component, as Linux NAME_MAX
-	MaxPathLen     = 4096  // whole path, as Linux PATH_MAX
-	MaxXattrs      = 128   // xattrs on one entry
+	MaxNameLen     = 255  // one path component, as Linux NAME_MAX
+	MaxPathLen     = 4096 // whole path, as Linux PATH_MAX
+	MaxXattrs      = 128  // xattrs on one entry
 	MaxXattrSize   = 64 << 10
 	MaxChunkLength = 64 << 20 // decompressed bytes of one chunk
 	MaxTOCSize     = 256 << 20
@@ -104,9 +104,9 @@ type Dirent struct {
 // gaps or overlap, and each is verified against Digest before use.
 type Chunk struct {
 	FileOffset int64         `json:"fo"`
-	Length     int64         `json:"l"`  // decompressed length of this chunk
-	BlobOffset int64         `json:"bo"` // where the (compressed) stream holding the chunk starts
-	BlobLength int64         `json:"bl"` // compressed bytes to fetch from BlobOffset to decode the chunk
+	Length     int64         `json:"l"`            // decompressed length of this chunk
+	BlobOffset int64         `json:"bo"`           // where the (compressed) stream holding the chunk starts
+	BlobLength int64         `json:"bl"`           // compressed bytes to fetch from BlobOffset to decode the chunk
 	Inner      int64         `json:"in,omitempty"` // decompressed bytes to skip from the stream start
 	Encoding   Encoding      `json:"e"`
 	Digest     digest.Digest `json:"d"` // digest of the Length decompressed bytes
