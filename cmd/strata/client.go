@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	flag "github.com/spf13/pflag"
+
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+// daemonFlags are the flags of every command that talks to the daemon.
+type daemonFlags struct {
+	socket string
+	root   string
+	config string
+	fs     *flag.FlagSet
+}
+
+func (d *daemonFlags) add(fs *flag.FlagSet) {
+	d.fs = fs
+	def := daemon.DefaultConfig()
+	fs.StringVar(&d.socket, "socket", envOr("STRATA_SOCKET", def.Socket), "daemon control socket ($STRATA_SOCKET)")
+	fs.StringVar(&d.root, "root", envOr("STRATA_ROOT", def.Root), "state directory, used when the daemon must be started ($STRATA_ROOT)")
+	fs.StringVar(&d.config, "config", daemon.DefaultConfigPath, "daemon config file, used when the daemon must be started")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// connect returns a client of a running daemon.
+func (d *daemonFlags) connect(ctx context.Context) (*daemon.Client, error) {
+	c := daemon.NewClient(d.socket)
+	if _, err := c.Status(ctx); err != nil {
+		return nil, fmt.Errorf("no strata daemon answers on %s (start one with 'strata daemon')", d.socket)
+	}
+	return c, nil
+}
+
+// ensure returns a client of the daemon, starting one in the background
+// when none answers. Its log goes to ROOT/daemon.log.
+func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
+	c := daemon.NewClient(d.socket)
+	if _, err := c.Status(ctx); err == nil {
+		return c, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.root, 0o700); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(d.root, "daemon.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	args := []string{"daemon", "--socket", d.socket, "--root", d.root}
+	if d.fs.Changed("config") {
+		args = append(args, "--config", d.config)
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command and its terminal
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting strata daemon: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	fmt.Fprintf(os.Stderr, "strata: started daemon (pid %d, log %s)\n", cmd.Process.Pid, logPath)
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			return nil, fmt.Errorf("strata daemon exited at start (%v); its log %s ends:\n%s", err, logPath, tail(logPath, 10))
+		case <-deadline:
+			return nil, fmt.Errorf("strata daemon did not answer on %s within 30s; see %s", d.socket, logPath)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if _, err := c.Status(ctx); err == nil {
+			return c, nil
+		}
+	}
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+func init() {
+	register(&command{
+		name:    "daemon",
+		summary: "run the daemon that serves mounts (started on demand by other commands)",
+		usage:   "[--config FILE] [--root DIR] [--socket PATH]",
+		help: `Runs the strata daemon in the foreground. It owns every FUSE mount strata
+makes, serves the control API on a unix socket, and Prometheus metrics at
+/metrics on that socket (and on metrics_address when configured).
+
+On start it clears mounts left by a daemon that died, and mounts again every
+image it had mounted, from its local index and cache. On SIGTERM or SIGINT
+it unmounts everything and exits; the mounts come back at the next start
+unless they were removed with 'strata umount'.
+
+The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set:
+  root = "/var/lib/strata"           state: metadata DB, blobs, chunk cache
+  socket = "/run/strata/strata.sock"  control API socket
+  insecure_registries = ["host:5000"] plain HTTP registries
+  fetch_timeout = "30s"              bound on one registry read, retries included
+  cache_size = 10737418240           chunk cache bound in bytes
+  max_concurrent_requests = 16       parallel requests per layer
+  metrics_address = ""               e.g. "127.0.0.1:9110"
+Flags override the file.`,
+		run: runDaemon,
+	})
+}
+
+func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["daemon"]
+	fs := c.flags(stdout)
+	configPath := fs.String("config", daemon.DefaultConfigPath, "TOML configuration file")
+	root := fs.String("root", "", "state directory (default from config, /var/lib/strata)")
+	socket := fs.String("socket", "", "control socket (default from config, /run/strata/strata.sock)")
+	insecure := fs.StringSlice("insecure-registry", nil, "registry host:port to reach over plain HTTP (repeatable)")
+	if err := c.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	cfg, err := daemon.LoadConfig(*configPath, fs.Changed("config"))
+	if err != nil {
+		return err
+	}
+	if *root != "" {
+		cfg.Root = *root
+	}
+	if *socket != "" {
+		cfg.Socket = *socket
+	}
+	cfg.InsecureRegistries = append(cfg.InsecureRegistries, *insecure...)
+	return daemon.Run(ctx, cfg, nil)
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+func init() {
+	register(&command{
+		name:    "ls",
+		summary: "list mounted images and how much of each layer was fetched",
+		usage:   "[--json]",
+		help: `Lists the images the daemon has mounted: directory, reference, manifest
+digest, and for each layer the bytes fetched from the registry so far
+against the layer's compressed size.`,
+		run: runLs,
+	})
+}
+
+func runLs(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["ls"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := c.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	cl, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ms, err := cl.List(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ms)
+	}
+	if len(ms) == 0 {
+		fmt.Fprintln(stdout, "no images mounted")
+		return nil
+	}
+	for _, m := range ms {
+		var fetched, size int64
+		for _, l := range m.Layers {
+			fetched += l.FetchedBytes
+			size += l.Size
+		}
+		fmt.Fprintf(stdout, "%s\t%s\n  digest %s  platform %s  fetched %s of %s\n", m.Dir, m.Ref, m.Digest, m.Platform, humanBytes(fetched), humanBytes(size))
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		for i, l := range m.Layers {
+			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%d requests\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), l.Requests)
+		}
+		tw.Flush()
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+// Command strata mounts OCI images without pulling them first.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+
+	flag "github.com/spf13/pflag"
+)
+
+// command is one subcommand; each lives in its own file.
+type command struct {
+	name    string
+	summary string
+	usage   string // after "strata NAME"
+	help    string // longer description
+	run     func(ctx context.Context, args []string, stdout io.Writer) error
+}
+
+var commands = map[string]*command{}
+
+func register(c *command) { commands[c.name] = c }
+
+// errUsage marks errors already explained by printed usage.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		if len(args) > 1 {
+			if c, ok := commands[args[1]]; ok {
+				return runCommand(c, []string{"--help"}, stdout, stderr)
+			}
+		}
+		mainUsage(stdout)
+		return 0
+	}
+	c, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "strata: unknown command %q\n\n", args[0])
+		mainUsage(stderr)
+		return 2
+	}
+	return runCommand(c, args[1:], stdout, stderr)
+}
+
+func runCommand(c *command, args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := c.run(ctx, args, stdout)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "strata %s: %v\n", c.name, err)
+	return 1
+}
+
+func mainUsage(w io.Writer) {
+	fmt.Fprint(w, `strata mounts OCI container images without pulling them: file contents are
+fetched from the registry by range requests when read, verified, and cached.
+
+Usage: strata COMMAND [OPTIONS] [ARGS]
+
+Commands:
+`)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprint(w, "\nRun 'strata COMMAND --help' for a command's options.\n")
+}
+
+// flags returns the FlagSet of c, with usage that prints c's help.
+func (c *command) flags(stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: strata %s %s\n\n%s\n\nOptions:\n%s", c.name, c.usage, c.help, fs.FlagUsages())
+	}
+	return fs
+}
+
+// parse parses args and checks the number of positional arguments.
+func (c *command) parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "strata %s: %v\nRun 'strata %s --help' for usage.\n", c.name, err, c.name)
+		return errUsage
+	}
+	if n := fs.NArg(); n < minArgs || n > maxArgs {
+		fmt.Fprintf(os.Stderr, "strata %s: wrong number of arguments\nUsage: strata %s %s\nRun 'strata %s --help' for more.\n", c.name, c.name, c.usage, c.name)
+		return errUsage
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+func init() {
+	register(&command{
+		name:    "mount",
+		summary: "mount an image read-only at a directory, lazily",
+		usage:   "[--platform OS/ARCH] [--insecure] REF DIR",
+		help: `Mounts the image REF (a tag or digest reference) read-only at DIR. The
+directory tree appears at once; each file's bytes are fetched from the
+registry when first read, verified against the image's digests, and cached.
+
+Layers in eStargz form are mounted lazily; convert an image with
+'strata convert' first. A daemon is started when none is running.`,
+		run: runMount,
+	})
+}
+
+func runMount(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["mount"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	platform := fs.String("platform", "", "platform to pick from a multi-platform image, os/arch[/variant] (default: this machine's)")
+	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP")
+	if err := c.parse(fs, args, 2, 2); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(fs.Arg(1))
+	if err != nil {
+		return err
+	}
+	cl, err := df.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure})
+	if err != nil {
+		return err
+	}
+	var size int64
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	fmt.Fprintf(stdout, "mounted %s (%s, %s) at %s\n", m.Ref, m.Digest, m.Platform, m.Dir)
+	fmt.Fprintf(stdout, "%d layers, %s compressed, in %s; file contents are fetched when read\n",
+		len(m.Layers), humanBytes(size), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

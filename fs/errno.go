@@ -1,0 +1,30 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+)
+
+// errno maps an error from the read path to what the kernel is told. Every
+// cause that becomes EIO is logged first, because EIO alone tells the
+// user nothing.
+func errno(ctx context.Context, op string, err error, attrs ...any) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var en syscall.Errno
+	switch {
+	case errors.As(err, &en):
+		return en
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	case errdefs.IsNotFound(err):
+		return syscall.ENOENT
+	}
+	slog.ErrorContext(ctx, "fs: "+op+" failed", append(attrs, "error", err)...)
+	return syscall.EIO
+}

@@ -1,0 +1,25 @@
+package fs
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	metricChunkReads = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "chunk_reads_total",
+		Help: "Chunk reads by where the bytes came from (cache, fetch).",
+	}, []string{"source"})
+	metricFetchedBytes = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "fetched_bytes_total",
+		Help: "Compressed layer bytes fetched from registries for file reads.",
+	})
+	metricVerifyFailures = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "verify_failures_total",
+		Help: "Chunks whose bytes did not match their digest; each is an EIO, never content.",
+	})
+	metricReadErrors = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "read_errors_total",
+		Help: "File reads answered with an error.",
+	})
+)

@@ -1,0 +1,215 @@
+package fs
+
+import (
+	"context"
+	"sort"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/stratafs/strata/fs/index"
+)
+
+// node is one inode of a layer's FUSE tree. It holds only its inode
+// number: everything else is read from the stored index when the kernel
+// asks, and the kernel caches the answers (layers never change).
+type node struct {
+	gofs.Inode
+	layer *layerFS
+	ino   uint64
+}
+
+// layerFS is what every node of one mounted layer shares.
+type layerFS struct {
+	idx     *index.Layer
+	content *Content
+}
+
+var (
+	_ gofs.NodeLookuper    = (*node)(nil)
+	_ gofs.NodeGetattrer   = (*node)(nil)
+	_ gofs.NodeReaddirer   = (*node)(nil)
+	_ gofs.NodeOpener      = (*node)(nil)
+	_ gofs.NodeReader      = (*node)(nil)
+	_ gofs.NodeReadlinker  = (*node)(nil)
+	_ gofs.NodeGetxattrer  = (*node)(nil)
+	_ gofs.NodeListxattrer = (*node)(nil)
+	_ gofs.NodeStatfser    = (*node)(nil)
+)
+
+func typeBits(t index.Type) uint32 {
+	switch t {
+	case index.TypeDir:
+		return syscall.S_IFDIR
+	case index.TypeReg:
+		return syscall.S_IFREG
+	case index.TypeSymlink:
+		return syscall.S_IFLNK
+	case index.TypeChar:
+		return syscall.S_IFCHR
+	case index.TypeBlock:
+		return syscall.S_IFBLK
+	case index.TypeFifo:
+		return syscall.S_IFIFO
+	}
+	return 0
+}
+
+// fillAttr reports e exactly as a full unpack of the layer would.
+func fillAttr(e *index.Entry, out *fuse.Attr) {
+	out.Ino = e.Ino
+	out.Mode = typeBits(e.Type) | (e.Mode & 0o7777)
+	out.Size = uint64(e.Size)
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Owner = fuse.Owner{Uid: e.UID, Gid: e.GID}
+	out.Nlink = max(e.Nlink, 1)
+	if e.Type == index.TypeDir {
+		out.Nlink = 2
+	}
+	if e.Type == index.TypeChar || e.Type == index.TypeBlock {
+		out.Rdev = uint32(unixMkdev(e.DevMajor, e.DevMinor))
+	}
+	sec, nsec := uint64(0), uint32(0)
+	if !e.ModTime.IsZero() && e.ModTime.Unix() > 0 {
+		sec, nsec = uint64(e.ModTime.Unix()), uint32(e.ModTime.Nanosecond())
+	}
+	out.Mtime, out.Mtimensec = sec, nsec
+	out.Atime, out.Atimensec = sec, nsec
+	out.Ctime, out.Ctimensec = sec, nsec
+}
+
+// unixMkdev encodes a device number as Linux's new_encode_dev, which is
+// what the 32-bit FUSE rdev field carries.
+func unixMkdev(major, minor uint32) uint64 {
+	return uint64((minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12)
+}
+
+func (n *node) entry(ctx context.Context) (index.Entry, syscall.Errno) {
+	e, err := n.layer.idx.Entry(n.ino)
+	if err != nil {
+		return e, errno(ctx, "getattr", err, "inode", n.ino)
+	}
+	return e, 0
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	e, found, err := n.layer.idx.Lookup(n.ino, name)
+	if err != nil {
+		return nil, errno(ctx, "lookup", err, "parent", n.ino, "name", name)
+	}
+	if !found {
+		return nil, syscall.ENOENT
+	}
+	fillAttr(&e, &out.Attr)
+	child := &node{layer: n.layer, ino: e.Ino}
+	return n.NewInode(ctx, child, gofs.StableAttr{Mode: typeBits(e.Type), Ino: e.Ino}), 0
+}
+
+func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	e, en := n.entry(ctx)
+	if en == 0 {
+		fillAttr(&e, &out.Attr)
+	}
+	return en
+}
+
+func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	kids, err := n.layer.idx.ReadDir(n.ino)
+	if err != nil {
+		return nil, errno(ctx, "readdir", err, "inode", n.ino)
+	}
+	out := make([]fuse.DirEntry, 0, len(kids))
+	for _, k := range kids {
+		e, err := n.layer.idx.Entry(k.Ino)
+		if err != nil {
+			return nil, errno(ctx, "readdir", err, "inode", k.Ino)
+		}
+		out = append(out, fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(e.Type)})
+	}
+	return gofs.NewListDirStream(out), 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// Layer content never changes: let the kernel keep pages across opens.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e, en := n.entry(ctx)
+	if en != 0 {
+		return nil, en
+	}
+	got, err := n.layer.content.ReadAt(ctx, e, dest, off)
+	if err != nil {
+		metricReadErrors.Inc()
+		return nil, errno(ctx, "read", err, "inode", n.ino, "offset", off, "size", len(dest))
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	e, en := n.entry(ctx)
+	if en != 0 {
+		return nil, en
+	}
+	if e.Type != index.TypeSymlink {
+		return nil, syscall.EINVAL
+	}
+	return []byte(e.LinkTarget), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	e, en := n.entry(ctx)
+	if en != 0 {
+		return 0, en
+	}
+	v, ok := e.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	e, en := n.entry(ctx)
+	if en != 0 {
+		return 0, en
+	}
+	names := make([]string, 0, len(e.Xattrs))
+	for k := range e.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var buf []byte
+	for _, k := range names {
+		buf = append(append(buf, k...), 0)
+	}
+	if len(dest) < len(buf) {
+		return uint32(len(buf)), syscall.ERANGE
+	}
+	return uint32(copy(dest, buf)), 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	// A read-only layer has no free space; report its size so df is sane.
+	info := n.layer.idx.Info()
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.Blocks = uint64(info.BlobSize+4095) / 4096
+	out.Files = uint64(info.Entries)
+	out.NameLen = 255
+	return 0
+}
+
+// kernelCacheTimeout is how long the kernel may trust entries, attributes
+// and negative lookups of an immutable layer.
+const kernelCacheTimeout = 24 * time.Hour

@@ -1,0 +1,232 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/store"
+)
+
+// TOCDigestAnnotation pins an eStargz layer's TOC in its manifest
+// descriptor.
+const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
+
+// Pool mounts layers by digest, once each, however many images or
+// snapshots use them, and unmounts a layer when its last user releases it.
+type Pool struct {
+	store *store.Store
+	dir   string // mountpoints: dir/<digest hex prefix>
+	ropts []remote.Option
+
+	mu     sync.Mutex
+	layers map[digest.Digest]*pooled
+}
+
+type pooled struct {
+	ready chan struct{} // closed when mount and err are set
+	err   error
+	refs  int
+	dir   string
+	mount *LayerMount
+	blob  *remote.BlobReader
+	desc  remote.Layer
+}
+
+// LayerStat describes a mounted layer.
+type LayerStat struct {
+	Digest       digest.Digest
+	Dir          string
+	Users        int
+	BlobSize     int64
+	FetchedBytes int64
+	Requests     int64
+}
+
+// NewPool returns a pool that mounts layers under dir, reading blobs with
+// ropts.
+func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}}, nil
+}
+
+// Acquire makes layer l of repo available read-only and returns its
+// directory. Concurrent acquisitions of one layer share one mount.
+func (p *Pool) Acquire(ctx context.Context, repo name.Repository, l remote.Layer, opts ...remote.Option) (string, error) {
+	p.mu.Lock()
+	pl, ok := p.layers[l.Digest]
+	if ok {
+		pl.refs++
+		p.mu.Unlock()
+		select {
+		case <-pl.ready:
+		case <-ctx.Done():
+			p.Release(l.Digest)
+			return "", ctx.Err()
+		}
+		if pl.err != nil {
+			p.Release(l.Digest)
+			return "", pl.err
+		}
+		return pl.dir, nil
+	}
+	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l}
+	p.layers[l.Digest] = pl
+	p.mu.Unlock()
+
+	pl.err = p.mountLayer(ctx, repo, pl, opts)
+	close(pl.ready)
+	if pl.err != nil {
+		p.Release(l.Digest)
+		return "", pl.err
+	}
+	return pl.dir, nil
+}
+
+func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled, opts []remote.Option) error {
+	l := pl.desc
+	if err := l.Digest.Validate(); err != nil {
+		return fmt.Errorf("layer %q: %w", l.Digest, err)
+	}
+	blob, err := remote.NewBlobReader(context.WithoutCancel(ctx), repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	idx, err := p.loadIndex(ctx, blob, l)
+	if err != nil {
+		blob.Close()
+		return err
+	}
+	pl.dir = filepath.Join(p.dir, l.Digest.Encoded()[:16])
+	if err := os.MkdirAll(pl.dir, 0o755); err != nil {
+		blob.Close()
+		return err
+	}
+	m, err := MountLayer(pl.dir, idx, NewContent(l.Digest, idx, blob, p.store.Chunks))
+	if err != nil {
+		blob.Close()
+		return fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	pl.mount, pl.blob = m, blob
+	return nil
+}
+
+// loadIndex returns the layer's stored index, building and storing it from
+// the blob the first time.
+func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) (*index.Layer, error) {
+	key := l.Digest.String()
+	idx, err := index.Open(p.store.DB(), key)
+	if err == nil {
+		return idx, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	start := time.Now()
+	tocDigest := digest.Digest(l.Annotations[TOCDigestAnnotation])
+	if tocDigest != "" {
+		if err := tocDigest.Validate(); err != nil {
+			return nil, fmt.Errorf("layer %s: annotation %s: %w", l.Digest, TOCDigestAnnotation, err)
+		}
+	}
+	built, err := index.ReadEStargz(ctx, blob.ReaderAt(ctx), l.Size, tocDigest)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	if err := built.Validate(l.Size); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
+		return nil, fmt.Errorf("layer %s: storing index: %w", l.Digest, err)
+	}
+	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
+		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
+	return index.Open(p.store.DB(), key)
+}
+
+// Release drops one use of layer d, unmounting it after the last.
+func (p *Pool) Release(d digest.Digest) error {
+	p.mu.Lock()
+	pl, ok := p.layers[d]
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("layer %s: %w", d, errdefs.ErrNotFound)
+	}
+	pl.refs--
+	if pl.refs > 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	delete(p.layers, d)
+	p.mu.Unlock()
+	<-pl.ready
+	return pl.close()
+}
+
+func (pl *pooled) close() error {
+	var errs []error
+	if pl.mount != nil {
+		errs = append(errs, pl.mount.Unmount())
+		os.Remove(pl.dir)
+	}
+	if pl.blob != nil {
+		errs = append(errs, pl.blob.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Stats lists the mounted layers.
+func (p *Pool) Stats() []LayerStat {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []LayerStat
+	for d, pl := range p.layers {
+		s := LayerStat{Digest: d, Dir: pl.dir, Users: pl.refs, BlobSize: pl.desc.Size}
+		if pl.blob != nil {
+			bs := pl.blob.Stats()
+			s.FetchedBytes, s.Requests = bs.BytesFetched, bs.Requests
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
+	return out
+}
+
+// Stat returns the stats of one mounted layer.
+func (p *Pool) Stat(d digest.Digest) (LayerStat, bool) {
+	for _, s := range p.Stats() {
+		if s.Digest == d {
+			return s, true
+		}
+	}
+	return LayerStat{}, false
+}
+
+// Close unmounts every layer, whoever still uses it.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	all := p.layers
+	p.layers = map[digest.Digest]*pooled{}
+	p.mu.Unlock()
+	var errs []error
+	for _, pl := range all {
+		<-pl.ready
+		errs = append(errs, pl.close())
+	}
+	return errors.Join(errs...)
+}

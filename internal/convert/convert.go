@@ -1,0 +1,177 @@
+// Package convert rewrites images into eStargz, the form Strata mounts
+// lazily, and pushes them. It uses the estargz package of
+// stargz-snapshotter, so the result is readable by every eStargz consumer.
+package convert
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stratafs/strata/remote"
+)
+
+// Annotations an eStargz layer descriptor carries, as stargz-snapshotter's
+// converter writes them.
+const (
+	AnnotationTOCDigest        = "containerd.io/snapshot/stargz/toc.digest"
+	AnnotationUncompressedSize = "io.containers.estargz.uncompressed-size"
+)
+
+// Options tune a conversion.
+type Options struct {
+	// ChunkSize is the eStargz chunk size in bytes; 0 means the estargz
+	// default (4 MiB).
+	ChunkSize int
+	// TmpDir holds the uncompressed and converted layers while converting.
+	TmpDir string
+	// Progress, when set, is told about each layer as it is done.
+	Progress func(done, total int, layer v1.Hash, size int64)
+}
+
+// Convert reads src, rewrites every layer as eStargz and pushes the result
+// to dst. Only the platform chosen by the remote options is converted; the
+// config keeps its history, with the new layers' diffIDs.
+func Convert(ctx context.Context, src, dst string, opt Options, ropts ...remote.Option) (v1.Hash, error) {
+	srcRef, err := remote.ParseReference(src, ropts...)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	dstRef, err := remote.ParseReference(dst, ropts...)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	tmp, err := os.MkdirTemp(opt.TmpDir, "strata-convert-")
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	defer os.RemoveAll(tmp)
+	opt.TmpDir = tmp
+	gopts := remote.RemoteOptions(ctx, ropts...)
+	img, err := ggcrremote.Image(srcRef, gopts...)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("reading %s: %w", src, err)
+	}
+	out, err := Image(ctx, img, opt)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := ggcrremote.Write(dstRef, out, gopts...); err != nil {
+		return v1.Hash{}, fmt.Errorf("pushing %s: %w", dst, err)
+	}
+	return out.Digest()
+}
+
+// Image returns img with every layer rewritten as eStargz. The converted
+// layers are files in opt.TmpDir, read when the result is written; the
+// caller removes them afterwards.
+func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	adds := make([]mutate.Addendum, 0, len(layers))
+	diffIDs := make([]v1.Hash, 0, len(layers))
+	for i, l := range layers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		el, err := layer(ctx, l, opt)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i+1, err)
+		}
+		adds = append(adds, mutate.Addendum{Layer: el.Layer, Annotations: el.annotations, MediaType: types.OCILayer})
+		diffIDs = append(diffIDs, el.diffID)
+		if opt.Progress != nil {
+			d, _ := el.Digest()
+			sz, _ := el.Size()
+			opt.Progress(i+1, len(layers), d, sz)
+		}
+	}
+	out, err := mutate.Append(base, adds...)
+	if err != nil {
+		return nil, err
+	}
+	newCfg := cfg.DeepCopy()
+	newCfg.RootFS.DiffIDs = diffIDs
+	return mutate.ConfigFile(out, newCfg)
+}
+
+type estargzLayer struct {
+	v1.Layer
+	diffID      v1.Hash
+	annotations map[string]string
+}
+
+// layer converts one layer. The uncompressed tar is spooled to disk because
+// eStargz building needs random access to it.
+func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	tarFile, err := os.CreateTemp(opt.TmpDir, "strata-convert-*.tar")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tarFile.Name())
+	defer tarFile.Close()
+	n, err := io.Copy(tarFile, rc)
+	if err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	}
+	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
+	if opt.ChunkSize > 0 {
+		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))
+	}
+	blob, err := estargz.Build(io.NewSectionReader(tarFile, 0, n), bopts...)
+	if err != nil {
+		return nil, fmt.Errorf("building eStargz: %w", err)
+	}
+	defer blob.Close()
+	outFile, err := os.CreateTemp(opt.TmpDir, "strata-estargz-*")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(outFile, blob); err != nil {
+		outFile.Close()
+		os.Remove(outFile.Name())
+		return nil, err
+	}
+	outFile.Close()
+	usize, err := blob.UncompressedSize()
+	if err != nil {
+		return nil, err
+	}
+	fl, err := newFileLayer(outFile.Name(), blob.DiffID().String())
+	if err != nil {
+		return nil, err
+	}
+	slog.DebugContext(ctx, "layer converted", "diffID", blob.DiffID(), "size", fl.size)
+	return &estargzLayer{
+		Layer:  fl,
+		diffID: fl.diffID,
+		annotations: map[string]string{
+			AnnotationTOCDigest:        blob.TOCDigest().String(),
+			AnnotationUncompressedSize: strconv.FormatInt(usize, 10),
+		},
+	}, nil
+}

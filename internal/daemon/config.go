@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultConfigPath is read when the daemon is given no --config.
+const DefaultConfigPath = "/etc/strata/config.toml"
+
+// Config is the daemon's configuration, read from a TOML file; every field
+// has a default, so the file is optional.
+type Config struct {
+	// Root is the state directory: metadata DB, blobs, chunk cache, layer
+	// mountpoints. Default /var/lib/strata.
+	Root string `toml:"root"`
+	// Socket is the control API's unix socket. Default /run/strata/strata.sock.
+	Socket string `toml:"socket"`
+	// InsecureRegistries are reached over plain HTTP (or TLS without
+	// verification), e.g. ["registry.local:5000"]. localhost and 127.0.0.1
+	// registries may use plain HTTP without being listed.
+	InsecureRegistries []string `toml:"insecure_registries"`
+	// FetchTimeout bounds one read from a registry, retries included, so a
+	// registry that is gone turns reads into EIO instead of hangs. Default 30s.
+	FetchTimeout Duration `toml:"fetch_timeout"`
+	// CacheSize bounds the chunk cache in bytes. Default 10 GiB.
+	CacheSize int64 `toml:"cache_size"`
+	// MaxConcurrentRequests bounds parallel HTTP requests per layer. Default 16.
+	MaxConcurrentRequests int `toml:"max_concurrent_requests"`
+	// MetricsAddress, when set (e.g. "127.0.0.1:9110"), serves Prometheus
+	// metrics over TCP; they are always served on the control socket at /metrics.
+	MetricsAddress string `toml:"metrics_address"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// DefaultConfig returns the configuration used when no file says otherwise.
+func DefaultConfig() Config {
+	return Config{
+		Root:                  "/var/lib/strata",
+		Socket:                "/run/strata/strata.sock",
+		FetchTimeout:          Duration{30 * time.Second},
+		CacheSize:             10 << 30,
+		MaxConcurrentRequests: 16,
+	}
+}
+
+// LoadConfig reads path over the defaults. A missing file at the default
+// path is not an error; a missing file named explicitly is.
+func LoadConfig(path string, explicit bool) (Config, error) {
+	cfg := DefaultConfig()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, cfg.validate()
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Root == "" || c.Root[0] != '/':
+		return fmt.Errorf("config: root must be an absolute path, got %q", c.Root)
+	case c.Socket == "":
+		return errors.New("config: socket must be set")
+	case c.FetchTimeout.Duration <= 0:
+		return fmt.Errorf("config: fetch_timeout must be positive, got %s", c.FetchTimeout)
+	case c.CacheSize <= 0:
+		return fmt.Errorf("config: cache_size must be positive, got %d", c.CacheSize)
+	case c.MaxConcurrentRequests <= 0:
+		return fmt.Errorf("config: max_concurrent_requests must be positive, got %d", c.MaxConcurrentRequests)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/store"
+)
+
+// Daemon is a running strata daemon.
+type Daemon struct {
+	cfg        Config
+	store      *store.Store
+	pool       *fs.Pool
+	images     *images
+	remoteOpts []remote.Option
+	emptyDir   string // an empty directory, the bottom lower of one-layer images
+}
+
+// layersDir is where layers are mounted, kept short because overlayfs
+// takes all lower directories in one page of mount options.
+func (c Config) layersDir() string { return filepath.Join(c.Root, "l") }
+
+// Run starts the daemon and serves until ctx is cancelled, then unmounts
+// everything it serves. ready, when not nil, is closed once the control
+// socket accepts requests.
+func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	st, err := store.Open(cfg.Root, store.Options{ChunkCacheBytes: cfg.CacheSize})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	d := &Daemon{cfg: cfg, store: st, emptyDir: filepath.Join(cfg.Root, "empty")}
+	if err := os.MkdirAll(d.emptyDir, 0o755); err != nil {
+		return err
+	}
+	d.remoteOpts = []remote.Option{
+		remote.WithInsecureRegistries(cfg.InsecureRegistries...),
+		remote.WithRequestTimeout(cfg.FetchTimeout.Duration),
+		remote.WithMaxConcurrency(cfg.MaxConcurrentRequests),
+		remote.WithSpoolDir(filepath.Join(cfg.Root, "tmp")),
+		remote.WithUserAgent("strata"),
+	}
+	if stale, err := fs.ClearStale(ctx, cfg.layersDir()); err != nil {
+		return err
+	} else if len(stale) > 0 {
+		slog.Info("cleared mounts left by a previous daemon", "count", len(stale))
+	}
+	d.pool, err = fs.NewPool(st, cfg.layersDir(), d.remoteOpts...)
+	if err != nil {
+		return err
+	}
+	d.images = &images{d: d, mounts: map[string]*Mount{}}
+	d.images.restore(ctx)
+	defer d.shutdown()
+
+	ln, err := listenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	if cfg.MetricsAddress != "" {
+		msrv := &http.Server{Addr: cfg.MetricsAddress, Handler: promhttp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.ListenAndServe() }()
+		defer msrv.Close()
+	}
+	slog.Info("strata daemon serving", "socket", cfg.Socket, "root", cfg.Root, "pid", os.Getpid())
+	if ready != nil {
+		close(ready)
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutCtx)
+	os.Remove(cfg.Socket)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (d *Daemon) shutdown() {
+	if err := d.images.closeAll(); err != nil {
+		slog.Error("unmounting images", "error", err)
+	}
+	if err := d.pool.Close(); err != nil {
+		slog.Error("unmounting layers", "error", err)
+	}
+	slog.Info("strata daemon stopped; everything unmounted")
+}
+
+// listenUnix listens on path, replacing a stale socket but refusing to
+// steal one that a live daemon answers on.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another strata daemon is serving on %s", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

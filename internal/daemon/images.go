@@ -1,0 +1,285 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/remote"
+)
+
+var bucketMounts = []byte("mounts")
+
+// images mounts whole images at user directories: their layers from the
+// pool, merged by overlayfs. Every mount is recorded in the metadata DB so
+// a restarted daemon can serve it again.
+type images struct {
+	d *Daemon
+
+	mu     sync.Mutex
+	mounts map[string]*Mount // by Dir
+}
+
+func (im *images) remoteOptions(insecure bool, host string) []remote.Option {
+	if insecure {
+		return []remote.Option{remote.WithInsecureRegistries(host)}
+	}
+	return nil
+}
+
+// mount resolves req.Ref and mounts it at req.Dir.
+func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
+	start := time.Now()
+	dir, err := checkMountDir(req.Dir)
+	if err != nil {
+		return nil, err
+	}
+	im.mu.Lock()
+	_, busy := im.mounts[dir]
+	im.mu.Unlock()
+	if busy {
+		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
+	}
+	ref, err := remote.ParseReference(req.Ref, im.d.remoteOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w: %v", req.Ref, errdefs.ErrInvalidArgument, err)
+	}
+	opts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(req.Insecure, ref.Context().RegistryStr())...)
+	if req.Platform != "" {
+		p, err := v1.ParsePlatform(req.Platform)
+		if err != nil {
+			return nil, fmt.Errorf("platform %q: %w: %v", req.Platform, errdefs.ErrInvalidArgument, err)
+		}
+		opts = append(opts, remote.WithPlatform(*p))
+	}
+	img, err := remote.Resolve(ctx, req.Ref, opts...)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mount{
+		Dir: dir, Ref: req.Ref, Repo: img.Repo.String(), Digest: img.Digest,
+		Platform: img.Platform.String(), Insecure: req.Insecure, Created: time.Now().UTC(),
+	}
+	for _, l := range img.Layers {
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations})
+	}
+	if err := im.attach(ctx, m); err != nil {
+		return nil, err
+	}
+	if err := im.record(m); err != nil {
+		im.detach(m)
+		return nil, err
+	}
+	m.Duration = time.Since(start)
+	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
+		"layers", len(m.Layers), "duration", m.Duration.Round(time.Millisecond))
+	return m, nil
+}
+
+func checkMountDir(dir string) (string, error) {
+	if !filepath.IsAbs(dir) {
+		return "", fmt.Errorf("mount directory %q must be absolute: %w", dir, errdefs.ErrInvalidArgument)
+	}
+	dir = filepath.Clean(dir)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", fmt.Errorf("mount directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("mount directory %s is not a directory: %w", dir, errdefs.ErrInvalidArgument)
+	}
+	return dir, nil
+}
+
+// attach mounts m's layers (in parallel) and the overlay at m.Dir, and
+// registers the mount in memory.
+func (im *images) attach(ctx context.Context, m *Mount) error {
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return fmt.Errorf("repository %q: %w", m.Repo, err)
+	}
+	opts := im.remoteOptions(m.Insecure, repo.RegistryStr())
+	dirs := make([]string, len(m.Layers))
+	acquired := make([]bool, len(m.Layers))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, l := range m.Layers {
+		g.Go(func() error {
+			desc := remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}
+			dir, err := im.d.pool.Acquire(gctx, repo, desc, opts...)
+			if err != nil {
+				return fmt.Errorf("layer %d of %d: %w", i+1, len(m.Layers), err)
+			}
+			dirs[i], acquired[i] = dir, true
+			return nil
+		})
+	}
+	err = g.Wait()
+	if err == nil {
+		lowers := slices.Clone(dirs)
+		slices.Reverse(lowers) // overlayfs wants the top layer first
+		if len(lowers) == 1 {
+			// A read-only overlay needs two lowers; an empty one keeps
+			// whiteout handling identical to multi-layer images.
+			lowers = append(lowers, im.d.emptyDir)
+		}
+		err = fs.MountOverlay(m.Dir, lowers, "", "")
+	}
+	if err != nil {
+		for i, ok := range acquired {
+			if ok {
+				im.d.pool.Release(m.Layers[i].Digest)
+			}
+		}
+		return err
+	}
+	im.mu.Lock()
+	im.mounts[m.Dir] = m
+	im.mu.Unlock()
+	return nil
+}
+
+func (im *images) nameOptions(m *Mount) []name.Option {
+	if m.Insecure {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// detach unmounts the overlay and releases the layers.
+func (im *images) detach(m *Mount) error {
+	errs := []error{fs.Unmount(m.Dir)}
+	for _, l := range m.Layers {
+		errs = append(errs, im.d.pool.Release(l.Digest))
+	}
+	im.mu.Lock()
+	delete(im.mounts, m.Dir)
+	im.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// unmount undoes mount and forgets it.
+func (im *images) unmount(ctx context.Context, dir string) error {
+	dir = filepath.Clean(dir)
+	im.mu.Lock()
+	m, ok := im.mounts[dir]
+	im.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%s: no image mounted there by strata: %w", dir, errdefs.ErrNotFound)
+	}
+	if err := im.detach(m); err != nil {
+		return err
+	}
+	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir)
+	return im.d.store.DB().Update(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMounts); b != nil {
+			return b.Delete([]byte(dir))
+		}
+		return nil
+	})
+}
+
+func (im *images) record(m *Mount) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return im.d.store.DB().Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketMounts)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(m.Dir), v)
+	})
+}
+
+// list returns the mounts with per-layer transfer counts.
+func (im *images) list() []Mount {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	out := make([]Mount, 0, len(im.mounts))
+	for _, m := range im.mounts {
+		c := *m
+		c.Layers = slices.Clone(m.Layers)
+		for i := range c.Layers {
+			if s, ok := im.d.pool.Stat(c.Layers[i].Digest); ok {
+				c.Layers[i].FetchedBytes, c.Layers[i].Requests = s.FetchedBytes, s.Requests
+			}
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b Mount) int { return cmpString(a.Dir, b.Dir) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// restore mounts again every recorded image: after a crash, the old
+// overlay at its directory is dead (its FUSE lowers are gone) and is
+// detached first. A record that cannot be restored is logged and kept, so
+// a later start (registry back, say) can try again.
+func (im *images) restore(ctx context.Context) {
+	var recs []*Mount
+	im.d.store.DB().View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMounts)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			m := new(Mount)
+			if err := json.Unmarshal(v, m); err != nil {
+				slog.Error("mount record unreadable; skipped", "dir", string(k), "error", err)
+				return nil
+			}
+			recs = append(recs, m)
+			return nil
+		})
+	})
+	for _, m := range recs {
+		if err := fs.Unmount(m.Dir); err != nil {
+			slog.Warn("could not clear stale mount", "dir", m.Dir, "error", err)
+		}
+		if err := im.attach(ctx, m); err != nil {
+			slog.Error("could not restore mount", "ref", m.Ref, "dir", m.Dir, "error", err)
+			continue
+		}
+		slog.Info("mount restored", "ref", m.Ref, "dir", m.Dir)
+	}
+}
+
+// closeAll unmounts every image (the records stay, for restore).
+func (im *images) closeAll() error {
+	im.mu.Lock()
+	all := make([]*Mount, 0, len(im.mounts))
+	for _, m := range im.mounts {
+		all = append(all, m)
+	}
+	im.mu.Unlock()
+	var errs []error
+	for _, m := range all {
+		errs = append(errs, im.detach(m))
+	}
+	return errors.Join(errs...)
+}

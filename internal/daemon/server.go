@@ -1,0 +1,80 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/containerd/errdefs"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/mounts", d.postMount)
+	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.images.list())
+	})
+	mux.HandleFunc("DELETE /v1/mounts", d.deleteMount)
+	mux.HandleFunc("GET /v1/status", d.getStatus)
+	mux.Handle("GET /metrics", promhttp.Handler())
+	return mux
+}
+
+func (d *Daemon) postMount(w http.ResponseWriter, r *http.Request) {
+	var req MountRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	m, err := d.images.mount(r.Context(), req)
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusCreated, m)
+}
+
+func (d *Daemon) deleteMount(w http.ResponseWriter, r *http.Request) {
+	if err := d.images.unmount(r.Context(), r.URL.Query().Get("dir")); err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
+	cs := d.store.Chunks.Stats()
+	writeJSON(w, http.StatusOK, Status{
+		PID: os.Getpid(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
+		CacheBytes: cs.Bytes, CacheLimit: cs.Limit,
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		slog.Warn("control API: writing response", "error", err)
+	}
+}
+
+// writeError answers with the status matching the error's class. detail,
+// when set, is the underlying cause of a class-only err.
+func writeError(w http.ResponseWriter, err, detail error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errdefs.IsInvalidArgument(err):
+		status = http.StatusBadRequest
+	case errdefs.IsNotFound(err):
+		status = http.StatusNotFound
+	case errdefs.IsAlreadyExists(err):
+		status = http.StatusConflict
+	}
+	if detail != nil {
+		err = errors.Join(err, detail)
+	}
+	writeJSON(w, status, apiError{Error: err.Error()})
+}

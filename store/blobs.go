@@ -1,0 +1,105 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrDigestMismatch is wrapped by errors about bytes that do not match the
+// digest they were stored or asked for under.
+var ErrDigestMismatch = errors.New("digest mismatch")
+
+// Blobs holds whole blobs by digest: manifests, configs, layer indexes and
+// new layers. Writes are atomic and durable; reads are verified.
+type Blobs struct {
+	dir string // blobs/, holding <algorithm>/<hex>
+	tmp string
+}
+
+func (b *Blobs) path(d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("blob %q: %w", d, err)
+	}
+	return filepath.Join(b.dir, d.Algorithm().String(), d.Encoded()), nil
+}
+
+// Put stores data under d after checking that it hashes to d.
+func (b *Blobs) Put(d digest.Digest, data []byte) error {
+	p, err := b.path(d)
+	if err != nil {
+		return err
+	}
+	if got := d.Algorithm().FromBytes(data); got != d {
+		return fmt.Errorf("blob %s: %w (content is %s)", d, ErrDigestMismatch, got)
+	}
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	return writeAtomic(b.tmp, p, data, true)
+}
+
+// Get returns the blob stored under d, verified. A missing blob is an error
+// wrapping errdefs.ErrNotFound; a corrupt one is removed and reported as
+// ErrDigestMismatch.
+func (b *Blobs) Get(d digest.Digest) ([]byte, error) {
+	p, err := b.path(d)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", d, err)
+	}
+	if got := d.Algorithm().FromBytes(data); got != d {
+		os.Remove(p)
+		return nil, fmt.Errorf("blob %s: %w on disk (removed)", d, ErrDigestMismatch)
+	}
+	return data, nil
+}
+
+// writeAtomic writes data to a temporary file in tmpDir, optionally fsyncs
+// it, and renames it to dst, so dst is either absent or complete.
+func writeAtomic(tmpDir, dst string, data []byte, durable bool) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(tmpDir, "ingest-")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	defer os.Remove(name) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(name, dst)
+}
+
+// hashFile returns the digest of the file's content with d's algorithm.
+func hashFile(f *os.File, d digest.Digest) (digest.Digest, error) {
+	h := d.Algorithm().Digester()
+	if _, err := io.Copy(h.Hash(), io.NewSectionReader(f, 0, 1<<62)); err != nil {
+		return "", err
+	}
+	return h.Digest(), nil
+}

@@ -1,0 +1,81 @@
+package store
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Store is the local state of one Strata installation.
+type Store struct {
+	root   string
+	db     *bolt.DB
+	Blobs  *Blobs
+	Chunks *Chunks
+}
+
+// Options tune a Store. The zero value is usable.
+type Options struct {
+	// ChunkCacheBytes bounds the chunk cache; least recently used chunks are
+	// evicted past it. 0 means 10 GiB.
+	ChunkCacheBytes int64
+}
+
+// DefaultChunkCacheBytes is the chunk cache bound when Options leave it 0.
+const DefaultChunkCacheBytes = 10 << 30
+
+// Open opens (creating when needed) the store at root. Only one process may
+// hold a store open: the database is locked, and a second Open fails after
+// a short wait instead of blocking forever.
+func Open(root string, opt Options) (*Store, error) {
+	for _, d := range []string{"blobs/sha256", "chunks/sha256", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+	}
+	if err := clearDir(filepath.Join(root, "tmp")); err != nil {
+		return nil, fmt.Errorf("store: clearing ingest dir: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(root, "meta.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: opening %s: %w (is another strata daemon running?)", filepath.Join(root, "meta.db"), err)
+	}
+	s := &Store{root: root, db: db}
+	s.Blobs = &Blobs{dir: filepath.Join(root, "blobs"), tmp: filepath.Join(root, "tmp")}
+	limit := opt.ChunkCacheBytes
+	if limit <= 0 {
+		limit = DefaultChunkCacheBytes
+	}
+	s.Chunks, err = openChunks(filepath.Join(root, "chunks"), filepath.Join(root, "tmp"), limit)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Root returns the directory the store lives in.
+func (s *Store) Root() string { return s.root }
+
+// DB returns the metadata database. Each package keeps its records in its
+// own top-level bucket.
+func (s *Store) DB() *bolt.DB { return s.db }
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func clearDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
