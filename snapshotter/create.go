@@ -1,0 +1,241 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+)
+
+// Prepare creates an active snapshot of parent under key and returns the
+// mounts that give its writable view. When RemoteLayers is configured and
+// the labels carry containerd.io/snapshot.ref, the layer is first offered to
+// RemoteLayers (see the package documentation for the protocol); success is
+// reported as an error wrapping errdefs.ErrAlreadyExists, as containerd
+// expects.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if s.remote != nil {
+		base, err := applyOpts(opts)
+		if err != nil {
+			return nil, err
+		}
+		if target := base.Labels[snapshots.LabelSnapshotRef]; target != "" {
+			return s.prepareRemote(ctx, key, parent, target, base.Labels, opts)
+		}
+	}
+	sn, err := s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s.mounts(sn)
+}
+
+// View creates a read-only snapshot of parent under key.
+func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	sn, err := s.createSnapshot(ctx, snapshots.KindView, key, parent, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s.mounts(sn)
+}
+
+// Mounts returns the mounts of an active or view snapshot again, for callers
+// that lost them (after a restart, say).
+func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var sn storage.Snapshot
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		sn, err = storage.GetSnapshot(ctx, key)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
+	return s.mounts(sn)
+}
+
+func applyOpts(opts []snapshots.Opt) (snapshots.Info, error) {
+	var info snapshots.Info
+	for _, opt := range opts {
+		if err := opt(&info); err != nil {
+			return snapshots.Info{}, err
+		}
+	}
+	return info, nil
+}
+
+// createSnapshot records a new active or view snapshot and creates its
+// directory. The directory is built under a temporary name and renamed to
+// its ID inside the transaction, so that a crash leaves either nothing or a
+// "new-" directory that Cleanup removes as an orphan.
+func (s *Snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ storage.Snapshot, retErr error) {
+	var (
+		sn        storage.Snapshot
+		tmp, path string
+	)
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		// Nothing is mounted in these yet, so plain removal is safe.
+		for _, dir := range []string{tmp, path} {
+			if dir == "" {
+				continue
+			}
+			if err := os.RemoveAll(dir); err != nil {
+				s.log.WarnContext(ctx, "cannot remove directory of failed snapshot", "path", dir, "error", err)
+			}
+		}
+	}()
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		var err error
+		if tmp, err = s.newSnapshotDir(kind); err != nil {
+			return err
+		}
+		if sn, err = storage.CreateSnapshot(ctx, kind, key, parent, opts...); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		if err := s.inheritRootOwner(sn, filepath.Join(tmp, "fs")); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		path = filepath.Join(s.snapshotsDir(), sn.ID)
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("create snapshot %s: %w", key, err)
+		}
+		tmp = ""
+		return nil
+	})
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	return sn, nil
+}
+
+// newSnapshotDir makes a temporary snapshot directory with fs (and work for
+// active snapshots) inside.
+func (s *Snapshotter) newSnapshotDir(kind snapshots.Kind) (string, error) {
+	tmp, err := os.MkdirTemp(s.snapshotsDir(), "new-")
+	if err != nil {
+		return "", fmt.Errorf("snapshot directory: %w", err)
+	}
+	fsDir := filepath.Join(tmp, "fs")
+	if err := os.Mkdir(fsDir, 0o755); err != nil {
+		return tmp, fmt.Errorf("snapshot directory: %w", err)
+	}
+	// The root of a container's filesystem must be 0755 whatever the
+	// daemon's umask is.
+	if err := os.Chmod(fsDir, 0o755); err != nil {
+		return tmp, fmt.Errorf("snapshot directory: %w", err)
+	}
+	if kind == snapshots.KindActive {
+		if err := os.Mkdir(filepath.Join(tmp, "work"), 0o711); err != nil {
+			return tmp, fmt.Errorf("snapshot directory: %w", err)
+		}
+	}
+	return tmp, nil
+}
+
+// inheritRootOwner gives a new upperdir the owner of its parent's root, as
+// containerd's overlay snapshotter does: overlayfs shows the upperdir's owner
+// for the merged root once anything is written, and it must not turn into
+// root:root under a layer that chose otherwise.
+func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error {
+	if len(sn.ParentIDs) == 0 {
+		return nil
+	}
+	st, err := os.Stat(s.fsPath(sn.ParentIDs[0]))
+	if err != nil {
+		return fmt.Errorf("stat parent: %w", err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return errors.New("stat parent: no owner information")
+	}
+	if err := os.Lchown(fsDir, int(sys.Uid), int(sys.Gid)); err != nil {
+		return fmt.Errorf("chown upperdir: %w", err)
+	}
+	return nil
+}
+
+// ErrTooManyLayers is wrapped by Mounts when the overlay options for a
+// snapshot cannot fit in the one page the kernel accepts, even in the
+// relative form containerd's mount.Mount falls back to.
+var ErrTooManyLayers = errors.New("too many layers for one overlay mount")
+
+// mounts builds the mounts of an active or view snapshot the way containerd's
+// overlay snapshotter does, so that every containerd client mounts them
+// without knowing about Strata. Parent directories of remote layers are
+// their mountpoints, so they need no special case here.
+func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
+	if sn.Kind != snapshots.KindActive && sn.Kind != snapshots.KindView {
+		return nil, fmt.Errorf("snapshot %s of kind %v has no mounts: %w", sn.ID, sn.Kind, errdefs.ErrFailedPrecondition)
+	}
+	if len(sn.ParentIDs) == 0 {
+		// overlayfs needs at least one lowerdir; a lone layer is a bind.
+		mode := "rw"
+		if sn.Kind == snapshots.KindView {
+			mode = "ro"
+		}
+		return []mount.Mount{bindMount(s.fsPath(sn.ID), mode)}, nil
+	}
+	var options []string
+	if sn.Kind == snapshots.KindActive {
+		options = append(options,
+			"workdir="+s.workPath(sn.ID),
+			"upperdir="+s.fsPath(sn.ID),
+		)
+	} else if len(sn.ParentIDs) == 1 {
+		// A view of one layer is that layer, read-only.
+		return []mount.Mount{bindMount(s.fsPath(sn.ParentIDs[0]), "ro")}, nil
+	}
+	// A view of several layers has no upperdir, which makes overlayfs
+	// read-only by itself.
+	lowers := make([]string, len(sn.ParentIDs))
+	for i, id := range sn.ParentIDs {
+		lowers[i] = s.fsPath(id)
+	}
+	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
+	options = append(options, s.options...)
+	if err := s.checkOptionsFit(options, sn.ParentIDs); err != nil {
+		return nil, err
+	}
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
+}
+
+func bindMount(source, mode string) mount.Mount {
+	return mount.Mount{Type: "bind", Source: source, Options: []string{mode, "rbind"}}
+}
+
+// checkOptionsFit fails early, with a clear error, when the overlay options
+// would be refused at mount time. containerd's mount.Mount rewrites lowerdir
+// to paths relative to the snapshots directory (and mounts from there) once
+// the options near a page, so the relative form is what must fit.
+func (s *Snapshotter) checkOptionsFit(options []string, parentIDs []string) error {
+	limit := os.Getpagesize()
+	if len(strings.Join(options, ",")) <= limit-512 {
+		return nil
+	}
+	relative := make([]string, len(parentIDs))
+	for i, id := range parentIDs {
+		relative[i] = filepath.Join(id, "fs")
+	}
+	size := len("lowerdir=") + len(strings.Join(relative, ":"))
+	for _, o := range options {
+		if !strings.HasPrefix(o, "lowerdir=") {
+			size += len(o) + 1
+		}
+	}
+	if size > limit {
+		return fmt.Errorf("%d parents need %d bytes of overlay options, the limit is %d: %w",
+			len(parentIDs), size, limit, ErrTooManyLayers)
+	}
+	return nil
+}
