@@ -1,0 +1,230 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+)
+
+// FormatEStargz is the Index.Format of indexes made by ReadEStargz.
+const FormatEStargz = "estargz"
+
+const (
+	// estargzTailSize is how much of the blob's end the first read fetches.
+	// Most TOCs are smaller, so one round trip usually brings footer and
+	// TOC together; a bigger TOC costs exactly one more read.
+	estargzTailSize = 512 << 10
+
+	// maxTOCJSONSize bounds the decompressed TOC JSON. MaxTOCSize bounds
+	// the compressed bytes we fetch, but a small gzip stream can inflate
+	// to almost any size, and the JSON is held in memory while decoded.
+	maxTOCJSONSize = 4 * MaxTOCSize
+
+	// legacyFooterSize is the footer of stargz blobs written before
+	// eStargz (estargz keeps its own constant unexported).
+	legacyFooterSize = 47
+)
+
+// ErrNotEStargz means the blob does not end with an eStargz (or legacy
+// stargz) footer. It is not an ErrInvalid: a plain gzip layer is a fine
+// layer, just not one this reader handles, so format detection can fall
+// back to another reader.
+var ErrNotEStargz = errors.New("not an eStargz layer")
+
+// limits are the caps ReadEStargz enforces on untrusted input. They are a
+// value rather than the bare constants so that tests can exercise every
+// check with small inputs.
+type limits struct {
+	entries int   // Index entries, implicit directories included
+	chunks  int   // chunks over all files
+	tocSize int64 // compressed TOC bytes fetched from the blob
+	tocJSON int64 // decompressed TOC JSON bytes
+}
+
+var defaultLimits = limits{
+	entries: MaxEntries,
+	chunks:  MaxChunks,
+	tocSize: MaxTOCSize,
+	tocJSON: maxTOCJSONSize,
+}
+
+// ReadEStargz reads an eStargz layer's footer and TOC with at most two
+// ReadAt calls on r and converts the TOC to an *Index that has passed
+// Validate(size).
+//
+// The first read fetches the last max(FooterSize, 512 KiB) bytes of the
+// blob (the whole blob if it is smaller); a second read, of exactly the
+// TOC's range, happens only when the TOC does not lie inside the first.
+// The TOC's size is checked against MaxTOCSize before it is read.
+//
+// When tocDigest is not empty (the layer annotation
+// "containerd.io/snapshot/stargz/toc.digest"), the decompressed TOC JSON
+// must have that digest, and it is checked before the JSON is parsed.
+// Without it the TOC is trusted only as far as Validate goes; file
+// contents are still verified chunk by chunk by DecodeChunk.
+//
+// Errors: ErrNotEStargz when the blob has no eStargz footer; ErrInvalid
+// (and ErrDigestMismatch for a TOC digest mismatch) when the footer or
+// TOC is malformed or hostile; otherwise the error of r, wrapped.
+//
+// The conversion rules (names, implicit directories, whiteouts,
+// hardlinks, chunk ranges) are documented on convertTOC.
+func ReadEStargz(ctx context.Context, r io.ReaderAt, size int64, tocDigest digest.Digest) (*Index, error) {
+	return readEStargz(ctx, r, size, tocDigest, defaultLimits)
+}
+
+func readEStargz(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest, lim limits) (*Index, error) {
+	if want != "" {
+		if err := want.Validate(); err != nil {
+			return nil, fmt.Errorf("estargz: TOC digest annotation %q: %w", want, err)
+		}
+	}
+	compressed, tocOff, err := readTOCBytes(ctx, r, size, lim)
+	if err != nil {
+		return nil, fmt.Errorf("estargz: %w", err)
+	}
+	tocJSON, err := decompressTOC(compressed, lim)
+	if err != nil {
+		return nil, fmt.Errorf("estargz: %w", err)
+	}
+	if want != "" {
+		if got := want.Algorithm().FromBytes(tocJSON); got != want {
+			return nil, fmt.Errorf("estargz: %w: %w: TOC JSON has digest %s, the layer annotation says %s",
+				ErrInvalid, ErrDigestMismatch, got, want)
+		}
+	}
+	var toc estargz.JTOC
+	if err := json.Unmarshal(tocJSON, &toc); err != nil {
+		return nil, fmt.Errorf("estargz: %w: decoding TOC JSON: %w", ErrInvalid, err)
+	}
+	if toc.Version != 1 {
+		return nil, fmt.Errorf("estargz: %w: TOC version %d, only version 1 is known", ErrInvalid, toc.Version)
+	}
+	idx, err := convertTOC(ctx, toc.Entries, tocOff, lim)
+	if err != nil {
+		return nil, fmt.Errorf("estargz: %w", err)
+	}
+	if err := idx.Validate(size); err != nil {
+		// convertTOC should never build an index that Validate refuses;
+		// saying so makes such a bug visible rather than a "bad layer".
+		return nil, fmt.Errorf("estargz: converted index does not validate: %w", err)
+	}
+	return idx, nil
+}
+
+// readTOCBytes returns the compressed TOC (the gzip stream holding the
+// stargz.index.json tar entry) and its offset in the blob.
+func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([]byte, int64, error) {
+	if size < legacyFooterSize {
+		return nil, 0, fmt.Errorf("%w: blob of %d bytes is smaller than a footer", ErrNotEStargz, size)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	tailLen := min(size, max(estargz.FooterSize, estargzTailSize))
+	tailStart := size - tailLen
+	tail := make([]byte, tailLen)
+	if err := readFullAt(r, tail, tailStart); err != nil {
+		return nil, 0, fmt.Errorf("reading footer: %w", err)
+	}
+	tocOff, footerLen, err := parseFooter(tail)
+	if err != nil {
+		return nil, 0, err
+	}
+	tocEnd := size - footerLen
+	if tocOff < 0 || tocOff >= tocEnd {
+		return nil, 0, Invalidf("footer puts the TOC at offset %d, outside [0, %d)", tocOff, tocEnd)
+	}
+	tocLen := tocEnd - tocOff
+	if tocLen > lim.tocSize {
+		return nil, 0, Invalidf("TOC is %d bytes, more than the limit of %d", tocLen, lim.tocSize)
+	}
+	if tocOff >= tailStart {
+		return tail[tocOff-tailStart : tocEnd-tailStart], tocOff, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	buf := make([]byte, tocLen)
+	if err := readFullAt(r, buf, tocOff); err != nil {
+		return nil, 0, fmt.Errorf("reading TOC: %w", err)
+	}
+	return buf, tocOff, nil
+}
+
+// parseFooter tries the eStargz footer, then the legacy stargz one, at
+// the end of tail, and returns the TOC offset and the footer's length.
+func parseFooter(tail []byte) (tocOff, footerLen int64, err error) {
+	decompressors := []estargz.Decompressor{new(estargz.GzipDecompressor), new(estargz.LegacyGzipDecompressor)}
+	var errs []error
+	for _, d := range decompressors {
+		n := d.FooterSize()
+		if int64(len(tail)) < n {
+			continue
+		}
+		footer := tail[int64(len(tail))-n:]
+		if n == estargz.FooterSize && !footerExtraFits(footer) {
+			errs = append(errs, errors.New("eStargz footer: gzip extra field is not 26 bytes"))
+			continue
+		}
+		_, off, _, err := d.ParseFooter(footer)
+		if err == nil {
+			return off, n, nil
+		}
+		errs = append(errs, err)
+	}
+	return 0, 0, fmt.Errorf("%w: no footer: %w", ErrNotEStargz, errors.Join(errs...))
+}
+
+// footerExtraFits reports whether a 51-byte footer's gzip header declares
+// an extra field of the size eStargz writes. estargz's ParseFooter trusts
+// the subfield length inside the extra field and slices past the end of a
+// shorter one (a panic on hostile input), so that is checked first.
+func footerExtraFits(footer []byte) bool {
+	const flagExtra = 1 << 2
+	return len(footer) >= 12 && footer[3]&flagExtra != 0 &&
+		binary.LittleEndian.Uint16(footer[10:12]) == 4+16+uint16(len("STARGZ"))
+}
+
+// decompressTOC returns the bytes of the TOC JSON: the content of the
+// stargz.index.json entry of the tar inside the TOC's gzip stream. These
+// are the bytes the TOC digest is computed over (estargz's
+// WriteTOCAndFooter hashes exactly them). estargz's ParseTOC is not used
+// because it decodes JSON straight from the decompressor, without a bound
+// on how large the JSON inflates.
+func decompressTOC(compressed []byte, lim limits) ([]byte, error) {
+	rc, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("%w: TOC: %w", ErrInvalid, err)
+	}
+	defer rc.Close()
+	tocJSON, err := io.ReadAll(io.LimitReader(rc, lim.tocJSON+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: decompressing TOC: %w", ErrInvalid, err)
+	}
+	if int64(len(tocJSON)) > lim.tocJSON {
+		return nil, Invalidf("TOC JSON is more than %d bytes decompressed", lim.tocJSON)
+	}
+	return tocJSON, nil
+}
+
+// readFullAt reads exactly len(p) bytes at off. io.ReaderAt may return
+// io.EOF together with a full read at the end of the blob; that is
+// success.
+func readFullAt(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("%d of %d bytes at offset %d: %w", n, len(p), off, err)
+}

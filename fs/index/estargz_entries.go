@@ -1,0 +1,184 @@
+package index
+
+import (
+	"fmt"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+)
+
+// setRoot applies the root directory's own entry.
+func (c *tocConverter) setRoot(e *estargz.TOCEntry) error {
+	if e.Type != "dir" {
+		return fmt.Errorf("the root entry is a %q, not a directory", e.Type)
+	}
+	return c.applyDirMeta(RootIno, "", e)
+}
+
+// addDir adds a directory entry, or applies its metadata to a directory
+// that was created implicitly or repeats identically (see convertTOC).
+func (c *tocConverter) addDir(parent uint64, name, base string, e *estargz.TOCEntry) error {
+	if ino, ok := c.children[parent][base]; ok && !c.whiteout[ino] && c.entry(ino).Type == TypeDir {
+		return c.applyDirMeta(ino, name, e)
+	}
+	meta, err := entryMeta(e)
+	if err != nil {
+		return err
+	}
+	meta.Type = TypeDir
+	ino, err := c.link(parent, name, base, c.newInode(meta))
+	if err != nil {
+		return err
+	}
+	c.explicit[ino] = true
+	return nil
+}
+
+func (c *tocConverter) applyDirMeta(ino uint64, name string, e *estargz.TOCEntry) error {
+	meta, err := entryMeta(e)
+	if err != nil {
+		return err
+	}
+	meta.Type, meta.Ino = TypeDir, ino
+	if c.explicit[ino] {
+		if sameDirMeta(*c.entry(ino), meta) {
+			return nil
+		}
+		return fmt.Errorf("duplicate entry %q with different metadata", name)
+	}
+	*c.entry(ino) = meta
+	c.explicit[ino] = true
+	return nil
+}
+
+// addWhiteout turns an OCI whiteout entry into its overlayfs form. Its
+// own metadata and content mean nothing to overlayfs and are dropped.
+func (c *tocConverter) addWhiteout(dir, base string, e *estargz.TOCEntry) error {
+	if e.Type == "dir" {
+		return fmt.Errorf("whiteout %q is a directory", base)
+	}
+	parent, err := c.ensureDir(dir)
+	if err != nil {
+		return err
+	}
+	// Content of a whiteout ("reg" with Size > 0) is ignored, chunks too.
+	c.file = &openFile{name: joinName(dir, base), size: e.Size, skip: true}
+	if base == whiteoutOpaque {
+		if c.opaque[parent] {
+			return fmt.Errorf("duplicate entry %q", joinName(dir, base))
+		}
+		c.opaque[parent] = true
+		return nil
+	}
+	target, err := whiteoutTarget(base)
+	if err != nil {
+		return err
+	}
+	ino := c.newInode(Entry{Type: TypeChar})
+	c.whiteout[ino] = true
+	_, err = c.link(parent, joinName(dir, target), target, ino)
+	return err
+}
+
+func joinName(dir, base string) string {
+	if dir == "" {
+		return base
+	}
+	return dir + "/" + base
+}
+
+// addHardlink adds another name for an earlier entry's inode. Like tar,
+// the link's own metadata is ignored: a hardlink has no inode of its own.
+func (c *tocConverter) addHardlink(parent uint64, name, base string, e *estargz.TOCEntry) error {
+	target, err := cleanName(e.LinkName)
+	if err != nil {
+		return fmt.Errorf("hardlink target %q: %w", e.LinkName, err)
+	}
+	ino, ok := c.paths[target]
+	if !ok {
+		return fmt.Errorf("hardlink to %q, which is not an earlier entry of the layer", e.LinkName)
+	}
+	ent := c.entry(ino)
+	switch {
+	case c.whiteout[ino]:
+		return fmt.Errorf("hardlink to %q, which is a whiteout", e.LinkName)
+	case ent.Type == TypeDir:
+		return fmt.Errorf("hardlink to %q, which is a directory", e.LinkName)
+	}
+	if _, err := c.link(parent, name, base, ino); err != nil {
+		return err
+	}
+	ent.Nlink = max(ent.Nlink, 1) + 1
+	return nil
+}
+
+// addChunkEntry handles a "chunk" entry: a further piece of the regular
+// file whose "reg" entry came just before.
+func (c *tocConverter) addChunkEntry(e *estargz.TOCEntry) error {
+	f := c.file
+	if f == nil {
+		return Invalidf("chunk entry %q does not follow a regular file", e.Name)
+	}
+	name, err := cleanName(e.Name)
+	if err != nil || name != f.name {
+		return Invalidf("chunk entry %q does not follow a regular file of that name (last was %q)", e.Name, f.name)
+	}
+	if f.skip {
+		return nil
+	}
+	if err := c.addChunk(e); err != nil {
+		return Invalidf("entry %q: %v", e.Name, err)
+	}
+	return nil
+}
+
+// addChunk appends the chunk an entry ("reg" or "chunk") describes to the
+// open file.
+func (c *tocConverter) addChunk(e *estargz.TOCEntry) error {
+	f := c.file
+	if e.ChunkOffset != f.next {
+		return fmt.Errorf("chunk at file offset %d, expected %d (chunks must be in order without gaps or overlaps)",
+			e.ChunkOffset, f.next)
+	}
+	remaining := f.size - f.next
+	if remaining <= 0 {
+		return fmt.Errorf("chunk at file offset %d is past the end of the file (size %d)", e.ChunkOffset, f.size)
+	}
+	length := e.ChunkSize
+	if length == 0 { // zero means "to the end of the file"
+		length = remaining
+	}
+	if length > remaining {
+		return fmt.Errorf("chunk [%d, +%d) runs past the end of the file (size %d)", e.ChunkOffset, length, f.size)
+	}
+	if length > MaxChunkLength {
+		return fmt.Errorf("chunk of %d bytes, more than %d", length, MaxChunkLength)
+	}
+	d, err := parseChunkDigest(e.ChunkDigest)
+	if err != nil {
+		return err
+	}
+	if c.nchunks++; c.nchunks > c.lim.chunks {
+		return fmt.Errorf("more than %d chunks in the layer", c.lim.chunks)
+	}
+	c.idx.Chunks[f.ino] = append(c.idx.Chunks[f.ino], Chunk{
+		FileOffset: e.ChunkOffset,
+		Length:     length,
+		BlobOffset: e.Offset,
+		BlobLength: c.streamLength(e.Offset),
+		Inner:      e.InnerOffset,
+		Encoding:   EncodingGzip,
+		Digest:     d,
+	})
+	f.next += length
+	return nil
+}
+
+// closeFile checks that the open file's chunks covered all of it.
+func (c *tocConverter) closeFile() error {
+	f := c.file
+	c.file = nil
+	if f == nil || f.skip || f.next == f.size {
+		return nil
+	}
+	return Invalidf("entry %q: chunks cover %d of its %d bytes", f.name, f.next, f.size)
+}

@@ -1,0 +1,208 @@
+package index
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+)
+
+// OCI whiteout markers (image-spec layer.md) and the overlayfs form they
+// are turned into.
+const (
+	whiteoutPrefix = ".wh."
+	whiteoutOpaque = ".wh..wh..opq"
+	// XattrOverlayOpaque marks a directory whose lower-layer contents are
+	// hidden; overlayfs reads it from the lower layers we serve.
+	XattrOverlayOpaque = "trusted.overlay.opaque"
+	// overlayXattrPrefix is reserved: a layer may not set overlayfs's own
+	// xattrs (redirect, metacopy, ...) on its files, or it could steer
+	// how the kernel merges the layers below it.
+	overlayXattrPrefix = "trusted.overlay."
+	xattrNameMax       = 255 // Linux XATTR_NAME_MAX
+)
+
+// cleanName turns a TOC entry name into a clean relative path, "" being
+// the root. It accepts what tar writers produce ("./a/b", "a/b/", "a//b")
+// and refuses names that could leave the layer or that Linux cannot hold,
+// in the spirit of archive/tar's ErrInsecurePath: absolute names, any ".."
+// component (even one that would stay inside), NUL bytes, components over
+// MaxNameLen and paths over MaxPathLen.
+func cleanName(name string) (string, error) {
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", errors.New("name contains a NUL byte")
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", errors.New("absolute name")
+	}
+	if len(name) > MaxPathLen {
+		return "", fmt.Errorf("name is %d bytes, more than %d", len(name), MaxPathLen)
+	}
+	for _, comp := range strings.Split(name, "/") {
+		if comp == ".." {
+			return "", errors.New(`name has a ".." component`)
+		}
+	}
+	clean := path.Clean(name)
+	if clean == "." {
+		return "", nil
+	}
+	for _, comp := range strings.Split(clean, "/") {
+		if len(comp) > MaxNameLen {
+			return "", fmt.Errorf("name component is %d bytes, more than %d", len(comp), MaxNameLen)
+		}
+	}
+	return clean, nil
+}
+
+// splitName returns the parent directory ("" for the root) and base name
+// of a clean, non-root name.
+func splitName(name string) (dir, base string) {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return "", name
+	}
+	return name[:i], name[i+1:]
+}
+
+// whiteoutTarget returns the name a whiteout base name hides. The name
+// must be one that could exist: not empty, "." or "..".
+func whiteoutTarget(base string) (string, error) {
+	target := strings.TrimPrefix(base, whiteoutPrefix)
+	if target == "" || target == "." || target == ".." {
+		return "", fmt.Errorf("whiteout %q hides no valid name", base)
+	}
+	return target, nil
+}
+
+// isBookkeeping reports whether a TOC entry is estargz's own and not part
+// of the layer's file tree: the prefetch landmarks that estargz.Build
+// adds at the root, and the TOC itself when a writer lists it.
+func isBookkeeping(name, typ string) bool {
+	if typ != "reg" {
+		return false
+	}
+	switch name {
+	case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName:
+		return true
+	}
+	return false
+}
+
+// entryMeta converts the metadata every entry type shares: mode, owner,
+// mtime and xattrs.
+//
+// The TOC's mode is tar.Header.Mode as estargz's writer copies it from
+// the tar header, so the setuid/setgid/sticky bits are the Unix ones
+// (04000/02000/01000), not Go's os.FileMode bits, and type bits a writer
+// may leave above 07777 are dropped: the entry type is authoritative.
+func entryMeta(e *estargz.TOCEntry) (Entry, error) {
+	var m Entry
+	if e.UID < 0 || e.UID > math.MaxUint32 || e.GID < 0 || e.GID > math.MaxUint32 {
+		return m, fmt.Errorf("uid %d / gid %d outside [0, 2^32-1]", e.UID, e.GID)
+	}
+	m.UID, m.GID = uint32(e.UID), uint32(e.GID)
+	m.Mode = uint32(e.Mode & 07777)
+	if e.ModTime3339 != "" {
+		t, err := time.Parse(time.RFC3339Nano, e.ModTime3339)
+		if err != nil {
+			return m, fmt.Errorf("modtime: %w", err)
+		}
+		m.ModTime = t.UTC()
+	}
+	x, err := convertXattrs(e.Xattrs)
+	if err != nil {
+		return m, err
+	}
+	m.Xattrs = x
+	return m, nil
+}
+
+// convertXattrs checks the limits and drops overlayfs's reserved xattrs;
+// the opaque marker is derived from ".wh..wh..opq" entries only.
+func convertXattrs(in map[string][]byte) (map[string][]byte, error) {
+	if len(in) > MaxXattrs {
+		return nil, fmt.Errorf("%d xattrs, more than %d", len(in), MaxXattrs)
+	}
+	var out map[string][]byte
+	for k, v := range in {
+		if k == "" || len(k) > xattrNameMax || strings.IndexByte(k, 0) >= 0 {
+			return nil, fmt.Errorf("invalid xattr name %q", k)
+		}
+		if len(v) > MaxXattrSize {
+			return nil, fmt.Errorf("xattr %q is %d bytes, more than %d", k, len(v), MaxXattrSize)
+		}
+		if strings.HasPrefix(k, overlayXattrPrefix) {
+			continue
+		}
+		if out == nil {
+			out = make(map[string][]byte, len(in))
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// checkDevice converts device numbers, which Linux holds in 32 bits each.
+func checkDevice(major, minor int) (uint32, uint32, error) {
+	if major < 0 || major > math.MaxUint32 || minor < 0 || minor > math.MaxUint32 {
+		return 0, 0, fmt.Errorf("device %d:%d outside [0, 2^32-1]", major, minor)
+	}
+	return uint32(major), uint32(minor), nil
+}
+
+// checkSymlinkTarget refuses targets Linux cannot store. The target
+// itself may be absolute or contain "..": it is only ever returned by
+// readlink and resolved by the kernel inside the mount.
+func checkSymlinkTarget(target string) error {
+	switch {
+	case target == "":
+		return errors.New("symlink with an empty target")
+	case strings.IndexByte(target, 0) >= 0:
+		return errors.New("symlink target contains a NUL byte")
+	case len(target) > MaxPathLen:
+		return fmt.Errorf("symlink target is %d bytes, more than %d", len(target), MaxPathLen)
+	}
+	return nil
+}
+
+// checkNumbers refuses negative sizes and offsets anywhere in an entry,
+// and data offsets that do not lie before the TOC.
+func checkNumbers(e *estargz.TOCEntry, tocOff int64) error {
+	if e.Size < 0 || e.Offset < 0 || e.InnerOffset < 0 || e.ChunkOffset < 0 || e.ChunkSize < 0 {
+		return fmt.Errorf("negative size or offset (size %d, offset %d, innerOffset %d, chunkOffset %d, chunkSize %d)",
+			e.Size, e.Offset, e.InnerOffset, e.ChunkOffset, e.ChunkSize)
+	}
+	if e.Offset > tocOff || (carriesData(e) && e.Offset == tocOff) {
+		return fmt.Errorf("offset %d is not before the TOC at %d", e.Offset, tocOff)
+	}
+	return nil
+}
+
+// carriesData reports whether an entry points at file bytes in the blob.
+func carriesData(e *estargz.TOCEntry) bool {
+	return e.Type == "chunk" || (e.Type == "reg" && e.Size > 0)
+}
+
+// nodeType maps the TOC types that make an inode of their own.
+func nodeType(typ string) (Type, bool) {
+	switch typ {
+	case "dir":
+		return TypeDir, true
+	case "reg":
+		return TypeReg, true
+	case "symlink":
+		return TypeSymlink, true
+	case "char":
+		return TypeChar, true
+	case "block":
+		return TypeBlock, true
+	case "fifo":
+		return TypeFifo, true
+	}
+	return 0, false
+}

@@ -1,0 +1,128 @@
+package remote_test
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+
+	"github.com/stratafs/strata/remote"
+)
+
+// rangeRecorder records the Range header of every blob GET.
+type rangeRecorder struct {
+	mu     sync.Mutex
+	ranges []string
+}
+
+func (rr *rangeRecorder) inject(w http.ResponseWriter, r *http.Request, n int64) bool {
+	rr.mu.Lock()
+	rr.ranges = append(rr.ranges, r.Header.Get("Range"))
+	rr.mu.Unlock()
+	return false
+}
+
+func (rr *rangeRecorder) sorted() map[string]bool {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	m := map[string]bool{}
+	for _, r := range rr.ranges {
+		m[r] = true
+	}
+	return m
+}
+
+func checkFetched(t *testing.T, f *blobFixture, ranges []remote.Range, got [][]byte) {
+	t.Helper()
+	if len(got) != len(ranges) {
+		t.Fatalf("Fetch returned %d results for %d ranges", len(got), len(ranges))
+	}
+	for i, g := range ranges {
+		if !bytes.Equal(got[i], f.data[g.Off:g.Off+g.Len]) {
+			t.Fatalf("result %d (%d+%d): wrong bytes (len %d)", i, g.Off, g.Len, len(got[i]))
+		}
+	}
+}
+
+func TestFetchCoalescesNearbyRanges(t *testing.T) {
+	rr := &rangeRecorder{}
+	f := newBlobFixture(t, 1<<20, rr.inject, nil)
+	br := f.reader(t)
+	ranges := []remote.Range{
+		{Off: 10000, Len: 100},  // after the next one: order must not matter
+		{Off: 0, Len: 100},      // adjacent-ish: gap 9900 bytes
+		{Off: 10050, Len: 200},  // overlaps the first
+		{Off: 42000, Len: 10},   // gap 31750: still within 32 KiB
+		{Off: 500000, Len: 300}, // far away: its own request
+		{Off: 600000, Len: 0},   // empty: no request at all
+	}
+	got, err := br.Fetch(t.Context(), ranges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFetched(t, f, ranges, got)
+	want := map[string]bool{"bytes=0-42009": true, "bytes=500000-500299": true}
+	if g := rr.sorted(); len(g) != len(want) || !g["bytes=0-42009"] || !g["bytes=500000-500299"] {
+		t.Fatalf("requests %v, want %v", g, want)
+	}
+	// Results are the caller's own: changing one leaves the overlap intact.
+	got[0][60] ^= 0xff
+	if got[2][10] != f.data[10060] {
+		t.Fatal("overlapping results share memory")
+	}
+}
+
+func TestFetchSplitsAtGapAndSizeLimits(t *testing.T) {
+	rr := &rangeRecorder{}
+	f := newBlobFixture(t, 20<<20, rr.inject, nil)
+	br := f.reader(t)
+	ranges := []remote.Range{
+		{Off: 0, Len: 10},
+		{Off: 10 + 32<<10 + 1, Len: 10},   // gap one byte over 32 KiB
+		{Off: 1 << 20, Len: 9 << 20},      // together with the next: 17 MiB > 16 MiB
+		{Off: 10 << 20, Len: 8 << 20},     // adjacent to the previous
+		{Off: 18<<20 + 100, Len: 1 << 20}, // gap of 100 bytes, 9 MiB merged: joins
+	}
+	got, err := br.Fetch(t.Context(), ranges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFetched(t, f, ranges, got)
+	want := []string{"bytes=0-9", "bytes=32779-32788", "bytes=1048576-10485759", "bytes=10485760-19923043"}
+	g := rr.sorted()
+	if len(g) != len(want) {
+		t.Fatalf("requests %v, want %v", g, want)
+	}
+	for _, w := range want {
+		if !g[w] {
+			t.Fatalf("requests %v, want %v", g, want)
+		}
+	}
+}
+
+func TestFetchRejectsRangesOutsideBlob(t *testing.T) {
+	f := newBlobFixture(t, 1000, nil, nil)
+	br := f.reader(t)
+	for _, g := range []remote.Range{{Off: -1, Len: 1}, {Off: 0, Len: -1}, {Off: 990, Len: 11}, {Off: 1001, Len: 0}, {Off: 1 << 62, Len: 1 << 62}} {
+		if _, err := br.Fetch(t.Context(), []remote.Range{{Off: 0, Len: 1}, g}); !errors.Is(err, remote.ErrInvalidRange) {
+			t.Errorf("Fetch(%+v): err = %v, want ErrInvalidRange", g, err)
+		}
+	}
+	if n := f.inj.gets.Load(); n != 0 {
+		t.Fatalf("invalid Fetch calls sent %d requests", n)
+	}
+}
+
+func TestFetchReportsFailure(t *testing.T) {
+	f := newBlobFixture(t, 1<<20, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+		if r.Header.Get("Range") == "bytes=900000-900009" {
+			http.Error(w, "denied", http.StatusForbidden)
+			return true
+		}
+		return false
+	}, nil)
+	br := f.reader(t)
+	_, err := br.Fetch(t.Context(), []remote.Range{{Off: 0, Len: 10}, {Off: 900000, Len: 10}})
+	wantTemporary(t, err, false, http.StatusForbidden)
+}

@@ -1,0 +1,172 @@
+package remote
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Defaults, written once so that the option docs and the code cannot drift.
+const (
+	DefaultMaxConcurrency = 16
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultRetryAttempts  = 5
+	DefaultRetryBase      = 100 * time.Millisecond
+)
+
+// Option configures a remote operation (Resolve, NewBlobReader, RemoteOptions,
+// ParseReference). Options that do not apply to an operation are ignored.
+type Option func(*options)
+
+type options struct {
+	keychain       authn.Keychain
+	insecure       map[string]bool // registry "host[:port]" → allowed plain HTTP / unverified TLS
+	platform       v1.Platform
+	transport      http.RoundTripper
+	userAgent      string
+	maxConcurrency int
+	requestTimeout time.Duration
+	retryAttempts  int
+	retryBase      time.Duration
+	spoolDir       string
+}
+
+func makeOptions(opts ...Option) *options {
+	o := &options{
+		keychain:       authn.DefaultKeychain,
+		insecure:       map[string]bool{},
+		platform:       hostPlatform(),
+		maxConcurrency: DefaultMaxConcurrency,
+		requestTimeout: DefaultRequestTimeout,
+		retryAttempts:  DefaultRetryAttempts,
+		retryBase:      DefaultRetryBase,
+	}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(o)
+		}
+	}
+	if o.transport == nil {
+		o.transport = defaultTransport()
+	}
+	if o.spoolDir == "" {
+		o.spoolDir = os.TempDir()
+	}
+	return o
+}
+
+// defaultTransport clones ggcr's tuned transport so that changes made here
+// (TLS settings for insecure hosts) never leak into other users of it.
+func defaultTransport() http.RoundTripper {
+	if t, ok := ggcrremote.DefaultTransport.(*http.Transport); ok {
+		return t.Clone()
+	}
+	return http.DefaultTransport.(*http.Transport).Clone()
+}
+
+// hostPlatform is the platform this process runs on. Strata only mounts on
+// Linux, but the OS is taken from the runtime so tests on other hosts match
+// what they would pull.
+func hostPlatform() v1.Platform {
+	p := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
+	if p.Architecture == "arm" {
+		// Go's GOARM is not visible at run time; v7 is what nearly every arm
+		// image index lists and what containerd assumes by default.
+		p.Variant = "v7"
+	}
+	return p
+}
+
+// WithKeychain sets where credentials come from.
+// Default: authn.DefaultKeychain (docker config.json and credential helpers).
+func WithKeychain(k authn.Keychain) Option {
+	return func(o *options) {
+		if k != nil {
+			o.keychain = k
+		}
+	}
+}
+
+// WithInsecureRegistries allows plain HTTP, and TLS without certificate
+// verification, for these registry hosts ("host" or "host:port").
+// Default: none (ggcr already lets localhost and 127.0.0.1 use HTTP).
+// Unverified TLS needs the base transport to be an *http.Transport.
+func WithInsecureRegistries(hosts ...string) Option {
+	return func(o *options) {
+		for _, h := range hosts {
+			if h = strings.TrimSpace(h); h != "" {
+				o.insecure[h] = true
+			}
+		}
+	}
+}
+
+// WithPlatform chooses which manifest Resolve takes from an index.
+// Default: the host's GOOS/GOARCH (variant v7 on arm).
+func WithPlatform(p v1.Platform) Option {
+	return func(o *options) { o.platform = p }
+}
+
+// WithTransport sets the base HTTP transport under auth, retries and
+// redirects. Default: a clone of ggcr's remote.DefaultTransport.
+func WithTransport(rt http.RoundTripper) Option {
+	return func(o *options) { o.transport = rt }
+}
+
+// WithUserAgent prefixes the User-Agent header of every request.
+// Default: ggcr's own user agent only.
+func WithUserAgent(ua string) Option {
+	return func(o *options) { o.userAgent = ua }
+}
+
+// WithMaxConcurrency bounds concurrent HTTP requests per BlobReader.
+// Default: 16. Values below 1 mean 1.
+func WithMaxConcurrency(n int) Option {
+	return func(o *options) { o.maxConcurrency = max(n, 1) }
+}
+
+// WithRequestTimeout bounds one logical read (or manifest/config fetch)
+// including all its retries. Default: 30s. Values <= 0 keep the default.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.requestTimeout = d
+		}
+	}
+}
+
+// WithRetry sets the number of attempts per logical request and the base of
+// the exponential backoff (jittered, doubled per attempt).
+// Default: 5 attempts, 100ms base. maxAttempts below 1 means 1 (no retry).
+func WithRetry(maxAttempts int, base time.Duration) Option {
+	return func(o *options) {
+		o.retryAttempts = max(maxAttempts, 1)
+		o.retryBase = max(base, 0)
+	}
+}
+
+// WithSpoolDir is where a BlobReader keeps a whole blob when the server
+// ignores Range requests. The file is unlinked as soon as it is created, so
+// nothing is left behind even on a crash. Default: os.TempDir().
+func WithSpoolDir(dir string) Option {
+	return func(o *options) { o.spoolDir = dir }
+}
+
+// isInsecureHost reports whether host ("host:port" or "host") was listed by
+// WithInsecureRegistries. A listing without a port matches every port.
+func (o *options) isInsecureHost(host string) bool {
+	if o.insecure[host] {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return o.insecure[h]
+	}
+	return false
+}

@@ -1,0 +1,191 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+)
+
+// maxIndexDepth bounds indexes nested in indexes; real images use one level.
+const maxIndexDepth = 4
+
+// Image is a resolved image: one platform's manifest and config, verified.
+type Image struct {
+	Ref       name.Reference  // as parsed from the user's string
+	Repo      name.Repository // where the blobs live
+	Digest    digest.Digest   // of the chosen platform's manifest
+	MediaType types.MediaType // of that manifest
+	Manifest  []byte          // raw bytes as served (verified against Digest)
+	Config    []byte          // raw config bytes (verified against the manifest's config digest)
+	Layers    []Layer         // bottom to top
+	Platform  v1.Platform
+}
+
+// Layer is one layer descriptor of the manifest.
+type Layer struct {
+	Digest      digest.Digest
+	Size        int64
+	MediaType   types.MediaType
+	Annotations map[string]string // e.g. "containerd.io/snapshot/stargz/toc.digest"
+}
+
+// Resolve fetches the manifest of ref, choosing the WithPlatform manifest
+// when ref names an index, and the config. OCI and Docker v2 schema 2
+// manifests are accepted; schema 1 and unknown media types fail with
+// ErrUnsupportedMediaType. Every byte returned is verified: the manifest
+// against the digest of a digest reference or of the index descriptor that
+// named it, the config against the manifest's config descriptor.
+func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
+	o := makeOptions(opts...)
+	r, err := ParseReference(ref, opts...)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newClient(ctx, r.Context(), o)
+	if err != nil {
+		return nil, err
+	}
+	var want digest.Digest
+	if d, ok := r.(name.Digest); ok {
+		if want, err = digest.Parse(d.DigestStr()); err != nil {
+			return nil, fmt.Errorf("%w: %q: %w", ErrInvalidReference, ref, err)
+		}
+	}
+	m, err := c.fetchManifest(ctx, o, r.Identifier(), want)
+	if err != nil {
+		return nil, err
+	}
+	m, platform, err := c.choosePlatform(ctx, o, m, nil, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", r, err)
+	}
+	img, err := c.image(ctx, o, m)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", r, err)
+	}
+	img.Ref = r
+	if platform != nil {
+		img.Platform = *platform
+	}
+	return img, nil
+}
+
+// choosePlatform walks from m (an image manifest or an index) to the image
+// manifest for o.platform. platform is the descriptor's platform when the
+// manifest was chosen from an index, nil otherwise.
+func (c *client) choosePlatform(ctx context.Context, o *options, m *rawManifest, platform *v1.Platform, depth int) (*rawManifest, *v1.Platform, error) {
+	switch m.mediaType {
+	case types.OCIManifestSchema1, types.DockerManifestSchema2:
+		return m, platform, nil
+	case types.OCIImageIndex, types.DockerManifestList:
+	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+		return nil, nil, fmt.Errorf("%w: %s is a Docker schema 1 manifest, deprecated since 2017; re-push the image with a current client",
+			ErrUnsupportedMediaType, m.digest)
+	default:
+		return nil, nil, fmt.Errorf("%w: manifest %s has media type %q", ErrUnsupportedMediaType, m.digest, m.mediaType)
+	}
+	if depth >= maxIndexDepth {
+		return nil, nil, fmt.Errorf("%w: indexes nested more than %d deep", ErrUnsupportedMediaType, maxIndexDepth)
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.bytes))
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing index %s: %w", m.digest, err)
+	}
+	var offered []string
+	for _, desc := range idx.Manifests {
+		if desc.Platform != nil {
+			offered = append(offered, desc.Platform.String())
+		}
+		nested := desc.MediaType.IsIndex() && desc.Platform == nil
+		if !nested && (desc.Platform == nil || !desc.Platform.Satisfies(o.platform)) {
+			continue
+		}
+		child, err := c.fetchDescribed(ctx, o, desc)
+		if err != nil {
+			return nil, nil, err
+		}
+		chosen, p, err := c.choosePlatform(ctx, o, child, desc.Platform, depth+1)
+		if err != nil && nested {
+			continue // a nested index without our platform is not an error yet
+		}
+		return chosen, p, err
+	}
+	return nil, nil, fmt.Errorf("%w %s: index %s offers [%s]",
+		ErrNoMatchingPlatform, o.platform.String(), m.digest, strings.Join(offered, ", "))
+}
+
+// fetchDescribed fetches the manifest an index descriptor names, verified
+// against the descriptor's digest and size.
+func (c *client) fetchDescribed(ctx context.Context, o *options, desc v1.Descriptor) (*rawManifest, error) {
+	want, err := digest.Parse(desc.Digest.String())
+	if err != nil {
+		return nil, fmt.Errorf("%w: index entry digest %q: %w", ErrInvalidReference, desc.Digest, err)
+	}
+	m, err := c.fetchManifest(ctx, o, want.String(), want)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(m.bytes)) != desc.Size {
+		return nil, fmt.Errorf("%w: manifest %s is %d bytes, index says %d", ErrDigestMismatch, want, len(m.bytes), desc.Size)
+	}
+	return m, nil
+}
+
+// image parses an image manifest, fetches its config and describes layers.
+func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image, error) {
+	mf, err := v1.ParseManifest(bytes.NewReader(m.bytes))
+	if err != nil {
+		return nil, fmt.Errorf("parsing manifest %s: %w", m.digest, err)
+	}
+	cfgDigest, err := digest.Parse(mf.Config.Digest.String())
+	if err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: config digest %q: %w", ErrInvalidReference, m.digest, mf.Config.Digest, err)
+	}
+	layers := make([]Layer, 0, len(mf.Layers))
+	for i, l := range mf.Layers {
+		d, err := digest.Parse(l.Digest.String())
+		if err != nil {
+			return nil, fmt.Errorf("%w: manifest %s: layer %d digest %q: %w", ErrInvalidReference, m.digest, i, l.Digest, err)
+		}
+		if l.Size < 0 {
+			return nil, fmt.Errorf("%w: manifest %s: layer %d has negative size %d", ErrInvalidRange, m.digest, i, l.Size)
+		}
+		layers = append(layers, Layer{Digest: d, Size: l.Size, MediaType: l.MediaType, Annotations: maps.Clone(l.Annotations)})
+	}
+	cfg, err := c.fetchBlob(ctx, o, cfgDigest, mf.Config.Size)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{
+		Repo:      c.repo,
+		Digest:    m.digest,
+		MediaType: m.mediaType,
+		Manifest:  m.bytes,
+		Config:    cfg,
+		Layers:    layers,
+		Platform:  configPlatform(cfg),
+	}, nil
+}
+
+// configPlatform reads the platform an image config declares; it is what a
+// single-platform image (no index) is for.
+func configPlatform(cfg []byte) v1.Platform {
+	var c struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+		OSVersion    string `json:"os.version"`
+	}
+	if err := json.Unmarshal(cfg, &c); err != nil {
+		return v1.Platform{}
+	}
+	return v1.Platform{OS: c.OS, Architecture: c.Architecture, Variant: c.Variant, OSVersion: c.OSVersion}
+}

@@ -1,0 +1,311 @@
+package remote_test
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stratafs/strata/remote"
+)
+
+// tamperer corrupts responses whose path contains match (when set), to play
+// a registry or proxy serving bytes that are not what their digest says.
+type tamperer struct {
+	next  http.Handler
+	match atomic.Pointer[string]
+}
+
+func (tp *tamperer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m := tp.match.Load()
+	if m == nil || r.Method != http.MethodGet || !strings.Contains(r.URL.Path, *m) {
+		tp.next.ServeHTTP(w, r)
+		return
+	}
+	rec := httptest.NewRecorder()
+	tp.next.ServeHTTP(rec, r)
+	for k, vs := range rec.Header() {
+		if k != "Content-Length" {
+			w.Header()[k] = vs
+		}
+	}
+	w.WriteHeader(rec.Code)
+	body := rec.Body.Bytes()
+	if strings.Contains(r.URL.Path, "/blobs/") && len(body) > 0 {
+		// Same length, so only the digest can tell.
+		body[len(body)/2] ^= 0x01
+	} else {
+		// Still valid JSON, and the same image, but not the same bytes.
+		body = append(body, '\n')
+	}
+	w.Write(body)
+}
+
+// regFixture is a registry with a tampering front; pushes go around it.
+type regFixture struct {
+	host, raw string
+	tp        *tamperer
+}
+
+func newRegFixture(t *testing.T) *regFixture {
+	reg := newRegistry()
+	tp := &tamperer{next: reg}
+	return &regFixture{host: startServer(t, tp), raw: startServer(t, reg), tp: tp}
+}
+
+func (f *regFixture) tamper(path string) { f.tp.match.Store(&path) }
+
+func (f *regFixture) push(t *testing.T, repoTag string, img v1.Image) {
+	t.Helper()
+	ref, err := name.ParseReference(f.raw + "/" + repoTag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.Write(ref, img); err != nil {
+		t.Fatalf("pushing %s: %v", repoTag, err)
+	}
+}
+
+func (f *regFixture) pushIndex(t *testing.T, repoTag string, idx v1.ImageIndex) {
+	t.Helper()
+	ref, err := name.ParseReference(f.raw + "/" + repoTag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.WriteIndex(ref, idx); err != nil {
+		t.Fatalf("pushing %s: %v", repoTag, err)
+	}
+}
+
+// putManifest stores raw bytes under a tag with any media type, as an old
+// or foreign client might have pushed them.
+func (f *regFixture) putManifest(t *testing.T, repo, tag, mediaType, body string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, "http://"+f.raw+"/v2/"+repo+"/manifests/"+tag, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", mediaType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT manifest: %s", resp.Status)
+	}
+}
+
+func imageWithAnnotatedLayer(t *testing.T) v1.Image {
+	t.Helper()
+	l, err := random.Layer(2048, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer:       l,
+		Annotations: map[string]string{"containerd.io/snapshot/stargz/toc.digest": "sha256:0123"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.AppendLayers(img, mustLayer(t, 1024))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg.OS, cfg.Architecture = "linux", "riscv64"
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mutate.MediaType(img, types.OCIManifestSchema1)
+}
+
+func mustLayer(t *testing.T, size int64) v1.Layer {
+	l, err := random.Layer(size, types.DockerLayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func checkImage(t *testing.T, got *remote.Image, want v1.Image) {
+	t.Helper()
+	wd, _ := want.Digest()
+	wm, _ := want.RawManifest()
+	wc, _ := want.RawConfigFile()
+	wmt, _ := want.MediaType()
+	if got.Digest.String() != wd.String() || !bytes.Equal(got.Manifest, wm) || !bytes.Equal(got.Config, wc) || got.MediaType != wmt {
+		t.Fatalf("Resolve gave digest %s type %s; want %s %s (manifest equal %v, config equal %v)",
+			got.Digest, got.MediaType, wd, wmt, bytes.Equal(got.Manifest, wm), bytes.Equal(got.Config, wc))
+	}
+	mf, _ := want.Manifest()
+	if len(got.Layers) != len(mf.Layers) {
+		t.Fatalf("%d layers, want %d", len(got.Layers), len(mf.Layers))
+	}
+	for i, l := range mf.Layers {
+		g := got.Layers[i]
+		if g.Digest.String() != l.Digest.String() || g.Size != l.Size || g.MediaType != l.MediaType || len(g.Annotations) != len(l.Annotations) {
+			t.Fatalf("layer %d = %+v, want %+v", i, g, l)
+		}
+		for k, v := range l.Annotations {
+			if g.Annotations[k] != v {
+				t.Fatalf("layer %d annotation %s = %q, want %q", i, k, g.Annotations[k], v)
+			}
+		}
+	}
+}
+
+func TestResolveImageByTagAndDigest(t *testing.T) {
+	f := newRegFixture(t)
+	img := imageWithAnnotatedLayer(t)
+	f.push(t, "test/img:v1", img)
+
+	got, err := remote.Resolve(t.Context(), f.host+"/test/img:v1", anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImage(t, got, img)
+	if got.Platform.OS != "linux" || got.Platform.Architecture != "riscv64" {
+		t.Fatalf("Platform = %+v, want the config's linux/riscv64", got.Platform)
+	}
+	if got.Repo.String() != f.host+"/test/img" || got.Ref.Identifier() != "v1" {
+		t.Fatalf("Repo = %s, Ref = %s", got.Repo, got.Ref)
+	}
+	byDigest, err := remote.Resolve(t.Context(), f.host+"/test/img@"+got.Digest.String(), anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImage(t, byDigest, img)
+}
+
+func TestResolveIndexPicksPlatform(t *testing.T) {
+	f := newRegFixture(t)
+	platforms := []v1.Platform{
+		{OS: "unknown", Architecture: "unknown"}, // like a buildx attestation
+		{OS: "linux", Architecture: "amd64"},
+		{OS: "linux", Architecture: "arm64", Variant: "v8"},
+		{OS: "linux", Architecture: "s390x"},
+	}
+	var idx v1.ImageIndex = empty.Index
+	imgs := map[string]v1.Image{}
+	for _, p := range platforms {
+		img, err := random.Image(512, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs[p.String()] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	f.pushIndex(t, "test/multi:v1", idx)
+
+	for _, want := range []v1.Platform{platforms[2], {OS: "linux", Architecture: "arm64"}, platforms[3]} {
+		got, err := remote.Resolve(t.Context(), f.host+"/test/multi:v1", anonymous, remote.WithPlatform(want))
+		if err != nil {
+			t.Fatalf("platform %s: %v", want, err)
+		}
+		chosen := platforms[2]
+		if want.Architecture == "s390x" {
+			chosen = platforms[3]
+		}
+		checkImage(t, got, imgs[chosen.String()])
+		if got.Platform.String() != chosen.String() {
+			t.Fatalf("Platform = %s, want %s", got.Platform, chosen)
+		}
+	}
+	_, err := remote.Resolve(t.Context(), f.host+"/test/multi:v1", anonymous, remote.WithPlatform(v1.Platform{OS: "windows", Architecture: "amd64"}))
+	if !errors.Is(err, remote.ErrNoMatchingPlatform) || !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "linux/s390x") {
+		t.Fatalf("err = %v, want ErrNoMatchingPlatform listing what is offered", err)
+	}
+}
+
+func TestResolveRefusesSchema1AndUnknown(t *testing.T) {
+	f := newRegFixture(t)
+	f.putManifest(t, "test/old", "v1", string(types.DockerManifestSchema1Signed),
+		`{"schemaVersion":1,"name":"test/old","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}`)
+	_, err := remote.Resolve(t.Context(), f.host+"/test/old:v1", anonymous)
+	if !errors.Is(err, remote.ErrUnsupportedMediaType) || !strings.Contains(err.Error(), "schema 1") {
+		t.Fatalf("schema1: err = %v, want ErrUnsupportedMediaType mentioning schema 1", err)
+	}
+	const widget = "application/vnd.example.widget.v1+json"
+	f.putManifest(t, "test/widget", "v1", widget, `{"schemaVersion":2,"mediaType":"`+widget+`"}`)
+	_, err = remote.Resolve(t.Context(), f.host+"/test/widget:v1", anonymous)
+	if !errors.Is(err, remote.ErrUnsupportedMediaType) || !strings.Contains(err.Error(), widget) {
+		t.Fatalf("unknown: err = %v, want ErrUnsupportedMediaType naming the type", err)
+	}
+}
+
+func TestResolveRefusesTamperedBytes(t *testing.T) {
+	f := newRegFixture(t)
+	img, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.push(t, "test/img:v1", img)
+	d, _ := img.Digest()
+	cfg, _ := img.ConfigName()
+	var plat v1.Platform = v1.Platform{OS: "linux", Architecture: "amd64"}
+	f.pushIndex(t, "test/idx:v1", mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &plat}}))
+
+	cases := []struct{ name, ref, tamper string }{
+		{"manifest by digest", "test/img@" + d.String(), "/manifests/" + d.String()},
+		{"manifest by tag vs Docker-Content-Digest", "test/img:v1", "/manifests/v1"},
+		{"index entry", "test/idx:v1", "/manifests/" + d.String()},
+		{"config", "test/img:v1", "/blobs/" + cfg.String()},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f.tamper(c.tamper)
+			_, err := remote.Resolve(t.Context(), f.host+"/"+c.ref, anonymous, remote.WithPlatform(plat), fastRetry)
+			if !errors.Is(err, remote.ErrDigestMismatch) || !errors.Is(err, errdefs.ErrDataLoss) {
+				t.Fatalf("err = %v, want ErrDigestMismatch", err)
+			}
+		})
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	f := newRegFixture(t)
+	if _, err := remote.Resolve(t.Context(), "Not A Ref!", anonymous); !errors.Is(err, remote.ErrInvalidReference) {
+		t.Fatalf("bad ref: %v", err)
+	}
+	_, err := remote.Resolve(t.Context(), f.host+"/test/none:v1", anonymous, fastRetry)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("missing tag: err = %v, want errdefs.ErrNotFound", err)
+	}
+}
+
+func TestParseReferenceInsecure(t *testing.T) {
+	for _, c := range []struct {
+		ref, insecure, scheme string
+	}{
+		{"myreg.example:5000/a/b:v1", "", "https"},
+		{"myreg.example:5000/a/b:v1", "myreg.example:5000", "http"},
+		{"myreg.example:5000/a/b:v1", "myreg.example", "http"},
+		{"myreg.example:5000/a/b:v1", "other.example:5000", "https"},
+	} {
+		r, err := remote.ParseReference(c.ref, remote.WithInsecureRegistries(c.insecure))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Context().Scheme(); got != c.scheme {
+			t.Errorf("ParseReference(%q) insecure %q: scheme %s, want %s", c.ref, c.insecure, got, c.scheme)
+		}
+	}
+	if _, err := remote.ParseReference("UPPER/case"); !errors.Is(err, remote.ErrInvalidReference) {
+		t.Fatalf("err = %v, want ErrInvalidReference", err)
+	}
+}
