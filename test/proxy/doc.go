@@ -1,0 +1,18 @@
+// Package proxy is a loopback HTTP reverse proxy put between a client under
+// test (Strata, skopeo, ggcr) and a test registry. It counts requests and
+// response bytes exactly, shapes traffic like a network link (round-trip
+// latency and a bandwidth cap shared by all concurrent responses), and
+// injects faults (error statuses, flipped bytes, dropped connections).
+//
+// Counting is what laziness tests assert on ("mounting fetched no blob
+// bytes", "reading one file fetched one chunk"); shaping is what benchmarks
+// run under (ProfileLo, ProfileLAN, ProfileWAN); faults prove retries and
+// verification.
+//
+// Counters are updated before bytes reach the client, so once a client has
+// read a response, Stats already includes it. Log entries are complete
+// (Done) only when the handler has returned.
+//
+// This package is test infrastructure. It must never import Strata's own
+// packages (remote, store, fs, snapshotter, cmd).
+package proxy

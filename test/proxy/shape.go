@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// Profile describes a network link.
+type Profile struct {
+	Name string
+	// RTT is added once per request: half before the request is forwarded,
+	// half before the first response byte.
+	RTT time.Duration
+	// BandwidthBps caps response body bytes per second over all concurrent
+	// responses together, like one shared link. Bytes, not bits. 0 means
+	// unlimited.
+	BandwidthBps int64
+}
+
+// Ready-made links.
+var (
+	ProfileLo  = Profile{Name: "lo"}
+	ProfileLAN = Profile{Name: "lan", RTT: time.Millisecond, BandwidthBps: 1_000_000_000 / 8}
+	ProfileWAN = Profile{Name: "wan", RTT: 20 * time.Millisecond, BandwidthBps: 100_000_000 / 8}
+)
+
+// minSleep is the smallest delay worth a timer. Shorter debts are carried
+// in the link clock and paid by a later write, so the average rate is exact
+// without a timer per 16 KiB at LAN speed.
+const minSleep = 2 * time.Millisecond
+
+// link is the shared bandwidth model: a virtual clock of when the link
+// finishes sending what has been reserved so far. Each write reserves its
+// transmission time after everything reserved before it (FIFO, like one
+// wire) and waits until its last byte would have arrived.
+type link struct {
+	mu      sync.Mutex
+	free    time.Time // when the link is idle again
+	profile Profile
+}
+
+func (l *link) setProfile(p Profile) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.profile = p
+}
+
+func (l *link) current() Profile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.profile
+}
+
+// reserve books n bytes on the link and returns when they are sent.
+func (l *link) reserve(n int) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.profile.BandwidthBps <= 0 {
+		return now
+	}
+	if l.free.Before(now) {
+		// An idle link accrues no credit: bursts are not faster than the cap.
+		l.free = now
+	}
+	l.free = l.free.Add(time.Duration(int64(n) * int64(time.Second) / l.profile.BandwidthBps))
+	return l.free
+}
+
+// pace waits until the reserved bytes are sent. Debts under minSleep are
+// not slept (see minSleep). It reports false when done or stop ended the
+// wait.
+func pace(done, stop <-chan struct{}, until time.Time) bool {
+	d := time.Until(until)
+	if d < minSleep {
+		return true
+	}
+	return sleep(done, stop, d)
+}
+
+// sleep waits d, or until done (the request's context) or stop (the
+// proxy's Close) is closed; it reports whether the full wait happened.
+func sleep(done, stop <-chan struct{}, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-done:
+		return false
+	case <-stop:
+		return false
+	}
+}

@@ -1,0 +1,119 @@
+package proxy
+
+import (
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stratafs/strata/test/registry"
+)
+
+// Shaping tests assert lower bounds only: a loaded machine can make things
+// slower, never faster than the link allows.
+
+const tenMbit = 10_000_000 / 8
+
+func TestBandwidthCap(t *testing.T) {
+	reg := registry.StartInProcess(t)
+	b := pushBlob(t, reg, "bw", 1<<20)
+	p := newProxy(t, reg.URL(), WithProfile(Profile{Name: "10mbit", BandwidthBps: tenMbit}))
+	start := time.Now()
+	status, body, err := get(t, p.URL()+b.path, "")
+	if err != nil || status != http.StatusOK || len(body) != 1<<20 {
+		t.Fatalf("%d, %d bytes, %v", status, len(body), err)
+	}
+	// 1 MiB at 1.25 MB/s is 0.84 s.
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("1 MiB at 10 Mbit/s took %v, want > 0.5s", d)
+	}
+}
+
+// The cap is one link: two concurrent 512 KiB responses together take as
+// long as one 1 MiB response, not half of it.
+func TestBandwidthShared(t *testing.T) {
+	reg := registry.StartInProcess(t)
+	b := pushBlob(t, reg, "shared", 512<<10)
+	p := newProxy(t, reg.URL())
+	p.SetProfile(Profile{Name: "10mbit", BandwidthBps: tenMbit})
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if status, body, err := get(t, p.URL()+b.path, ""); err != nil || len(body) != 512<<10 {
+				t.Errorf("%d, %d bytes, %v", status, len(body), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("2 x 512 KiB concurrently at 10 Mbit/s took %v, want > 0.5s", d)
+	}
+}
+
+func TestRTT(t *testing.T) {
+	reg := registry.StartInProcess(t)
+	p := newProxy(t, reg.URL(), WithProfile(Profile{Name: "slow", RTT: 60 * time.Millisecond}))
+	start := time.Now()
+	for range 10 {
+		if status, _, err := get(t, p.URL()+"/v2/", ""); err != nil || status != http.StatusOK {
+			t.Fatalf("%d %v", status, err)
+		}
+	}
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("10 requests at 60ms RTT took %v, want > 0.5s", d)
+	}
+	p.SetProfile(ProfileLo)
+	if s := p.Stats(); s.Requests != 10 {
+		t.Errorf("%d requests counted", s.Requests)
+	}
+}
+
+func TestProfiles(t *testing.T) {
+	for _, pr := range []Profile{ProfileLo, ProfileLAN, ProfileWAN} {
+		if pr.Name == "" {
+			t.Errorf("unnamed profile %+v", pr)
+		}
+	}
+	if ProfileLAN.BandwidthBps != 125_000_000 || ProfileWAN.BandwidthBps != 12_500_000 ||
+		ProfileLAN.RTT != time.Millisecond || ProfileWAN.RTT != 20*time.Millisecond || ProfileLo != (Profile{Name: "lo"}) {
+		t.Errorf("profiles differ from the documented links: %+v %+v %+v", ProfileLo, ProfileLAN, ProfileWAN)
+	}
+}
+
+// Close must abort a response that is being paced at a crawl instead of
+// waiting for it.
+func TestCloseAbortsSlowResponse(t *testing.T) {
+	reg := registry.StartInProcess(t)
+	b := pushBlob(t, reg, "crawl", 1<<20)
+	p, err := New(reg.URL(), WithProfile(Profile{Name: "crawl", BandwidthBps: 10_000}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: time.Minute}
+		resp, err := client.Get(p.URL() + b.path)
+		close(started)
+		if err == nil {
+			_, err = resp.Body.Read(make([]byte, 1<<20))
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-started
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("client still reading 30s after Close")
+	}
+	if _, err := http.Get(p.URL() + "/v2/"); err == nil {
+		t.Fatal("proxy answers after Close")
+	}
+}
