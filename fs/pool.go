@@ -145,6 +145,10 @@ func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, l remote.
 		}
 	}
 	built, err := index.ReadEStargz(ctx, blob.ReaderAt(ctx), l.Size, tocDigest)
+	if errors.Is(err, index.ErrNotEStargz) {
+		return nil, fmt.Errorf("layer %s (%s) is not eStargz, and only eStargz layers are served lazily so far; "+
+			"convert the image with 'strata convert SRC DST': %w", l.Digest, l.MediaType, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
 	}

@@ -54,7 +54,7 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 	if _, err := c.Status(ctx); err == nil {
 		return c, nil
 	}
-	self, err := os.Executable()
+	self, err := selfPath()
 	if err != nil {
 		return nil, err
 	}
@@ -104,4 +104,14 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// selfPath is the strata binary to start the daemon from: the program as
+// invoked when that resolves (so a strata reached through a symlink or a
+// wrapper stays itself), else the running executable.
+func selfPath() (string, error) {
+	if p, err := exec.LookPath(os.Args[0]); err == nil {
+		return filepath.Abs(p)
+	}
+	return os.Executable()
 }

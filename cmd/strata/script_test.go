@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/registry"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testscript.RunMain(m, map[string]func() int{
+		"strata": func() int { return run(os.Args[1:], os.Stdout, os.Stderr) },
+	}))
+}
+
+// The CLI scripts run twice: against distribution's docker-registry and
+// against go-containerregistry's in-process registry.
+func TestScriptsDistribution(t *testing.T) { runScripts(t, "distribution") }
+func TestScriptsInProcess(t *testing.T)    { runScripts(t, "inprocess") }
+
+func runScripts(t *testing.T, kind string) {
+	if os.Geteuid() != 0 {
+		t.Skip("CLI scripts mount FUSE and overlayfs: run as root (make test does)")
+	}
+	host := startRegistry(t, kind)
+	refs := pushImages(t, host)
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			return setupScript(env, host, refs)
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"killdaemon": killDaemon,
+		},
+	})
+}
+
+func startRegistry(t *testing.T, kind string) string {
+	if kind == "inprocess" {
+		srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(nilLogger())))
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	}
+	if err := registry.EnsureInstalled(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	return reg.Host()
+}
+
+// pushImages pushes the standard fixture in eStargz and gzip form.
+func pushImages(t *testing.T, host string) map[string]string {
+	ctx := context.Background()
+	refs := map[string]string{}
+	for name, form := range map[string]fixture.Form{"ESTARGZ": fixture.FormEStargz, "GZIP": fixture.FormGzip} {
+		img, err := fixture.Build(ctx, fixture.Standard(), form, fixture.WithTempDir(t.TempDir()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := host + "/standard:" + strings.ToLower(name)
+		if _, err := fixture.Push(ctx, img, ref); err != nil {
+			t.Fatal(err)
+		}
+		refs[name] = ref
+	}
+	return refs
+}
+
+func setupScript(env *testscript.Env, host string, refs map[string]string) error {
+	sockDir, err := os.MkdirTemp("", "strata-cli-") // unix socket paths must stay short
+	if err != nil {
+		return err
+	}
+	root := filepath.Join(env.WorkDir, "state")
+	env.Setenv("REGISTRY", host)
+	for k, v := range refs {
+		env.Setenv(k, v)
+	}
+	env.Setenv("STRATA_ROOT", root)
+	env.Setenv("STRATA_SOCKET", filepath.Join(sockDir, "s.sock"))
+	env.Defer(func() {
+		stopDaemon(filepath.Join(sockDir, "s.sock"))
+		fs.ClearStale(context.Background(), env.WorkDir)
+		os.RemoveAll(sockDir)
+	})
+	return nil
+}
+
+// stopDaemon stops the daemon serving on socket, if any, and waits for it.
+func stopDaemon(socket string) {
+	st, err := daemon.NewClient(socket).Status(context.Background())
+	if err != nil {
+		return
+	}
+	syscall.Kill(st.PID, syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(st.PID, 0) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// killdaemon SIGKILLs the daemon, as a crash would, and waits until it is
+// gone: its mounts stay behind, dead.
+func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: killdaemon")
+	}
+	st, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background())
+	if err != nil {
+		ts.Fatalf("no daemon to kill: %v", err)
+	}
+	ts.Check(syscall.Kill(st.PID, syscall.SIGKILL))
+	for i := 0; i < 100; i++ {
+		if err := syscall.Kill(st.PID, 0); errors.Is(err, syscall.ESRCH) {
+			ts.Logf("killed daemon pid %s", strconv.Itoa(st.PID))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ts.Fatalf("daemon pid %d still alive", st.PID)
+}
+
+func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+)
+
+func init() {
+	register(&command{
+		name:    "status",
+		summary: "show whether the daemon runs, its mounts and cache use",
+		usage:   "[--json]",
+		help:    `Asks the daemon for its process id, how many images and layers it serves, and how full the chunk cache is. Exits 1 when no daemon answers.`,
+		run:     runStatus,
+	})
+}
+
+func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["status"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := c.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	cl, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(st)
+	}
+	fmt.Fprintf(stdout, "daemon pid %d on %s\n%d images mounted, %d layers served\nchunk cache %s of %s\n",
+		st.PID, df.socket, st.Mounts, st.Layers, humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
+	return nil
+}

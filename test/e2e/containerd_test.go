@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	tcontainerd "github.com/stratafs/strata/test/containerd"
+	"github.com/stratafs/strata/test/fixture"
+)
+
+// TestContainerd runs images through real containerd with strata as its
+// snapshotter. The subtests share one bench (registry, daemon, containerd)
+// and run in order: restart works on what lazy pulled.
+func TestContainerd(t *testing.T) {
+	e := startCtdEnv(t)
+	busybox := busyboxLayer(t)
+
+	// ≥ 200 MB of incompressible data the container never reads whole,
+	// plus small files it checksums.
+	data := fixture.LayerSpec{
+		fixture.Dir("data"), fixture.Reg("data/big0", 100<<20, 1), fixture.Reg("data/big1", 100<<20, 2),
+		fixture.Dir("small"), fixture.Reg("small/a.bin", 4096, 10), fixture.Reg("small/b.bin", 300<<10, 11),
+		fixture.Text("small/hello.txt", "hello from strata\n"),
+	}
+	const script = "cd / && sha256sum small/a.bin small/b.bin small/hello.txt && head -c 1048576 data/big1 | sha256sum"
+	want := sumLines(data, "small/a.bin", "small/b.bin", "small/hello.txt") +
+		fmt.Sprintf("%s  -\n", sha256Of(io.LimitReader(fileOf(data, "data/big1").Reader(), 1<<20)))
+
+	lazyRef, lazySize := e.pushImage(t, "lazy", []fixture.LayerSpec{busybox, data}, fixture.FormEStargz)
+	if lazySize < 200<<20 {
+		t.Fatalf("test image is %d bytes, want ≥ 200 MiB", lazySize)
+	}
+
+	t.Run("lazy", func(t *testing.T) {
+		e.proxy.ResetStats()
+		out := e.pull(t, lazyRef)
+		if !strings.Contains(out, "2 layers, 2 mounted lazily") {
+			t.Errorf("pull did not mount both layers lazily:\n%s", out)
+		}
+		if got := e.run(t, lazyRef, "lazy-1", script); got != want {
+			t.Errorf("container printed\n%s\nwant\n%s", got, want)
+		}
+		st := e.proxy.Stats()
+		t.Logf("registry sent %d blob bytes in %d requests for a %d-byte image (%.2f%%)",
+			st.BlobBytes, st.BlobRequests, lazySize, 100*float64(st.BlobBytes)/float64(lazySize))
+		if st.BlobBytes >= lazySize/10 {
+			t.Errorf("registry sent %d blob bytes, want < 10%% of %d", st.BlobBytes, lazySize)
+		}
+		if n := len(e.layerMounts(t)); n != 2 {
+			t.Errorf("%d layer mounts after pulling a 2-layer image, want 2", n)
+		}
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		before := e.proxy.Stats().BlobBytes
+		e.stopDaemon(t, syscall.SIGKILL)
+		e.startDaemon(t)
+		e.waitSnapshotter(t)
+		log, _ := os.ReadFile(filepath.Join(e.root, "daemon.log"))
+		if n := strings.Count(string(log), "remote layer restored"); n != 2 {
+			t.Errorf("daemon log reports %d remote layers restored, want 2", n)
+		}
+		if got := e.run(t, lazyRef, "lazy-2", script); got != want {
+			t.Errorf("after restart the container printed\n%s\nwant\n%s", got, want)
+		}
+		if after := e.proxy.Stats().BlobBytes; after != before {
+			t.Errorf("registry sent %d more blob bytes after the restart for reads already cached", after-before)
+		}
+		if n := len(e.layerMounts(t)); n != 2 {
+			t.Errorf("%d layer mounts after restart, want 2", n)
+		}
+	})
+
+	t.Run("gzip", func(t *testing.T) {
+		small := fixture.LayerSpec{fixture.Dir("small"), fixture.Reg("small/g.bin", 128<<10, 20)}
+		ref, _ := e.pushImage(t, "plain", []fixture.LayerSpec{busybox, small}, fixture.FormGzip)
+		mounts := len(e.layerMounts(t))
+		out := e.pull(t, ref)
+		if !strings.Contains(out, "2 layers, 0 mounted lazily, 2 unpacked locally") {
+			t.Errorf("pull output does not say both layers were unpacked locally:\n%s", out)
+		}
+		if got, want := e.run(t, ref, "gzip-1", "cd / && sha256sum small/g.bin"), sumLines(small, "small/g.bin"); got != want {
+			t.Errorf("container printed %q, want %q", got, want)
+		}
+		if n := len(e.layerMounts(t)); n != mounts {
+			t.Errorf("a gzip image added %d layer mounts", n-mounts)
+		}
+	})
+
+	t.Run("shared base", func(t *testing.T) {
+		base := append(fixture.LayerSpec{fixture.Dir("shared"), fixture.Reg("shared/blob", 16<<20, 7)}, busybox...)
+		refA, _ := e.pushImage(t, "shared-a", []fixture.LayerSpec{base, {fixture.Text("a.txt", "A\n")}}, fixture.FormEStargz)
+		refB, _ := e.pushImage(t, "shared-b", []fixture.LayerSpec{base, {fixture.Text("b.txt", "B\n")}}, fixture.FormEStargz)
+		mounts := len(e.layerMounts(t))
+		e.pull(t, refA)
+		e.pull(t, refB)
+		if n := len(e.layerMounts(t)) - mounts; n != 3 {
+			t.Errorf("two images sharing their base added %d layer mounts, want 3 (base, A, B)", n)
+		}
+		want := sumLines(base, "shared/blob")
+		e.proxy.ResetStats()
+		if got := e.run(t, refA, "shared-a", "cd / && sha256sum shared/blob"); got != want {
+			t.Errorf("A printed %q, want %q", got, want)
+		}
+		first := e.proxy.Stats().BlobBytes
+		if got := e.run(t, refB, "shared-b", "cd / && sha256sum shared/blob"); got != want {
+			t.Errorf("B printed %q, want %q", got, want)
+		}
+		if first < 16<<20 {
+			t.Errorf("reading the shared 16 MiB file moved only %d blob bytes; the test reads nothing?", first)
+		}
+		if again := e.proxy.Stats().BlobBytes - first; again != 0 {
+			t.Errorf("reading the shared file through the second image fetched %d more blob bytes, want 0", again)
+		}
+	})
+}
+
+// pushImage builds layers in form, pushes them to the registry and returns
+// the reference through the counting proxy and the image's blob bytes.
+func (e *ctdEnv) pushImage(t *testing.T, repo string, layers []fixture.LayerSpec, form fixture.Form) (string, int64) {
+	t.Helper()
+	start := time.Now()
+	ctx := context.Background()
+	img, err := fixture.Build(ctx, layers, form, fixture.WithTempDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := e.reg.Ref(repo, "v1")
+	if _, err := fixture.Push(ctx, img, ref); err != nil {
+		t.Fatal(err)
+	}
+	size := imageSize(t, img)
+	t.Logf("pushed %s (%s, %d bytes) in %s", ref, form, size, time.Since(start).Round(time.Millisecond))
+	return strings.Replace(ref, e.reg.Host(), e.proxy.Host(), 1), size
+}
+
+func imageSize(t *testing.T, img v1.Image) int64 {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+// busyboxLayer is a layer with busybox as /bin/sh and the tools tests use.
+func busyboxLayer(t *testing.T) fixture.LayerSpec {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := tcontainerd.EnsureBusybox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(tcontainerd.Busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := fixture.LayerSpec{fixture.Dir("bin"), {Path: "bin/busybox", Type: fixture.TypeReg, Mode: 0o755, Data: bin}}
+	for _, tool := range []string{"sh", "sha256sum", "head", "cat"} {
+		spec = append(spec, fixture.Symlink("bin/"+tool, "busybox"))
+	}
+	return spec
+}
+
+func fileOf(spec fixture.LayerSpec, path string) fixture.File {
+	for _, f := range spec {
+		if f.Path == path {
+			return f
+		}
+	}
+	panic("fixture has no " + path)
+}
+
+// sumLines is what `sha256sum paths...` prints for the files of spec.
+func sumLines(spec fixture.LayerSpec, paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		fmt.Fprintf(&b, "%s  %s\n", sha256Of(fileOf(spec, p).Reader()), p)
+	}
+	return b.String()
+}
+
+func sha256Of(r io.Reader) string {
+	h := sha256.New()
+	io.Copy(h, r)
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/proxy"
+	"github.com/stratafs/strata/test/registry"
+)
+
+// viaProxy returns ref rewritten to go through p.
+func viaProxy(ref string, reg *registry.Registry, p *proxy.Proxy) string {
+	return strings.Replace(ref, reg.Host(), p.Host(), 1)
+}
+
+func startProxy(t *testing.T, reg *registry.Registry) *proxy.Proxy {
+	t.Helper()
+	p, err := proxy.New(reg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// expected returns the content of file path in a Big image.
+func expected(t *testing.T, layers []fixture.LayerSpec, path string) []byte {
+	t.Helper()
+	for _, l := range layers {
+		for _, f := range l {
+			if f.Path == path {
+				b, err := io.ReadAll(f.Reader())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+		}
+	}
+	t.Fatalf("no %s in the fixture", path)
+	return nil
+}
+
+// TestLazyReadMovesLittle reads one 4 KiB file of an image with a 200 MiB
+// layer and counts, at the registry side, what moved.
+func TestLazyReadMovesLittle(t *testing.T) {
+	reg, ref := bigImage(t)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	dir, m := d.mount(t, viaProxy(ref, reg, p))
+	atMount := p.Stats()
+	p.ResetStats()
+
+	got, err := os.ReadFile(filepath.Join(dir, "small/a/4k.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, expected(t, fixture.Big(200), "small/a/4k.bin")) {
+		t.Fatal("wrong content")
+	}
+	read := p.Stats()
+	t.Logf("layer %d bytes; mount moved %d blob bytes in %d requests; the 4 KiB read moved %d bytes in %d requests",
+		m.Layers[0].Size, atMount.BlobBytes, atMount.BlobRequests, read.BlobBytes, read.BlobRequests)
+	if read.BlobBytes > 1<<20 {
+		t.Errorf("reading a 4 KiB file moved %d bytes, want at most 1 MiB", read.BlobBytes)
+	}
+	// The mount itself reads the footer and TOC: at most the last 512 KiB
+	// plus the TOC, in at most two requests.
+	if atMount.BlobRequests > 2 {
+		t.Errorf("mount made %d blob requests, want at most 2 (footer+TOC)", atMount.BlobRequests)
+	}
+	if atMount.BlobBytes > 1<<20 {
+		t.Errorf("mount moved %d blob bytes; the TOC of this image is far smaller", atMount.BlobBytes)
+	}
+}
+
+// TestCorruptChunkIsEIO has the registry flip a byte of every chunk it
+// serves: reads fail with EIO, the cause is logged, nothing bad is cached;
+// once the registry is honest again the same read succeeds.
+func TestCorruptChunkIsEIO(t *testing.T) {
+	reg, ref := bigImage(t)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+
+	p.SetFault(proxy.FlipByte(proxy.IsBlob, 10))
+	path := filepath.Join(dir, "small/b/4k.bin")
+	if en, _ := readErrno(path); en != unix.EIO {
+		t.Fatalf("read of a corrupted chunk: errno %v, want EIO", en)
+	}
+	if !strings.Contains(logs.String(), "failed verification") {
+		t.Errorf("the verification failure was not logged")
+	}
+	p.SetFault(nil)
+	en, got := readErrno(path)
+	if en != 0 {
+		t.Fatalf("read after the registry recovered: %v", en)
+	}
+	if !bytes.Equal(got, expected(t, fixture.Big(200), "small/b/4k.bin")) {
+		t.Fatal("wrong content after recovery")
+	}
+}
+
+// TestTransientErrorsAreRetried: 503 twice, then the real answer.
+func TestTransientErrorsAreRetried(t *testing.T) {
+	reg, ref := bigImage(t)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+	p.SetFault(proxy.FailN(2, 503, proxy.IsBlob))
+	en, got := readErrno(filepath.Join(dir, "other/4k.bin"))
+	if en != 0 {
+		t.Fatalf("read with two 503s before success: %v", en)
+	}
+	if !bytes.Equal(got, expected(t, fixture.Big(200), "other/4k.bin")) {
+		t.Fatal("wrong content")
+	}
+}
+
+// TestRegistryGone: reads fail with EIO within the configured bound, the
+// daemon stays up, and another mount keeps working.
+func TestRegistryGone(t *testing.T) {
+	reg, ref := bigImage(t)
+	stdRef := push(t, reg, "standard", "estargz", fixture.Standard(), fixture.FormEStargz)
+	p := startProxy(t, reg)
+	const bound = 3 * time.Second
+	d := startDaemon(t, func(c *daemon.Config) { c.FetchTimeout = daemon.Duration{Duration: bound} })
+	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+	other, _ := d.mount(t, stdRef) // not through the proxy
+
+	p.SetFault(proxy.Down())
+	start := time.Now()
+	en, _ := readErrno(filepath.Join(dir, "small/a/4k.bin"))
+	took := time.Since(start)
+	if en != unix.EIO {
+		t.Fatalf("read with the registry gone: errno %v, want EIO", en)
+	}
+	// Generous slack over the bound: the machine may be loaded, but a
+	// read must never hang for long.
+	if took > bound+20*time.Second {
+		t.Errorf("read failed after %s, bound is %s", took, bound)
+	}
+	if _, err := d.client.Status(context.Background()); err != nil {
+		t.Fatalf("daemon down after registry failure: %v", err)
+	}
+	if en, _ := readErrno(filepath.Join(other, "etc/hosts")); en != 0 {
+		t.Fatalf("other mount affected: %v", en)
+	}
+}
+
+// TestParallelReaders: 32 goroutines read random files and ranges.
+func TestParallelReaders(t *testing.T) {
+	_, ref := bigImage(t)
+	layers := fixture.Big(200)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, ref)
+	files := []string{fixture.BigFile, "small/a/4k.bin", "small/b/4k.bin", "other/4k.bin"}
+	want := map[string][32]byte{}
+	contents := map[string]*io.SectionReader{}
+	for _, l := range layers {
+		for _, f := range l {
+			for _, name := range files {
+				if f.Path == name {
+					contents[name] = f.Reader()
+				}
+			}
+		}
+	}
+	for _, name := range files[1:] {
+		want[name] = sha256.Sum256(expected(t, layers, name))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 32*8)
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, 1))
+			for i := 0; i < 8; i++ {
+				name := files[rng.IntN(len(files))]
+				if name != fixture.BigFile {
+					b, err := os.ReadFile(filepath.Join(dir, name))
+					if err != nil || sha256.Sum256(b) != want[name] {
+						errs <- name + ": wrong content or error"
+					}
+					continue
+				}
+				off := rng.Int64N(200<<20 - 1<<20)
+				n := 1 + rng.IntN(1<<20)
+				got := make([]byte, n)
+				f, err := os.Open(filepath.Join(dir, name))
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				_, err = f.ReadAt(got, off)
+				f.Close()
+				wantB := make([]byte, n)
+				contents[name].ReadAt(wantB, off)
+				if err != nil || !bytes.Equal(got, wantB) {
+					errs <- "big file: wrong bytes or error at offset"
+				}
+			}
+		}(uint64(g))
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
