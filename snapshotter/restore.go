@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"github.com/containerd/errdefs"
 	"context"
 	"errors"
 	"fmt"
@@ -77,6 +78,9 @@ func (s *Snapshotter) remoteSnapshots(ctx context.Context) ([]remoteSnapshot, er
 			return nil
 		})
 	})
+	if errdefs.IsNotFound(err) {
+		return nil, nil // a fresh metadata store has no buckets yet
+	}
 	return layers, err
 }
 

@@ -28,6 +28,7 @@ The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set
   fetch_timeout = "30s"              bound on one registry read, retries included
   cache_size = 10737418240           chunk cache bound in bytes
   max_concurrent_requests = 16       parallel requests per layer
+  containerd_socket = ""             containerd snapshots API; default next to socket, "off" to disable
   metrics_address = ""               e.g. "127.0.0.1:9110"
 Flags override the file.`,
 		run: runDaemon,
@@ -40,6 +41,7 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	configPath := fs.String("config", daemon.DefaultConfigPath, "TOML configuration file")
 	root := fs.String("root", "", "state directory (default from config, /var/lib/strata)")
 	socket := fs.String("socket", "", "control socket (default from config, /run/strata/strata.sock)")
+	ctrdSocket := fs.String("containerd-socket", "", `containerd snapshots API socket (default next to --socket; "off" disables it)`)
 	insecure := fs.StringSlice("insecure-registry", nil, "registry host:port to reach over plain HTTP (repeatable)")
 	if err := c.parse(fs, args, 0, 0); err != nil {
 		return err
@@ -53,6 +55,9 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if *socket != "" {
 		cfg.Socket = *socket
+	}
+	if *ctrdSocket != "" {
+		cfg.ContainerdSocket = *ctrdSocket
 	}
 	cfg.InsecureRegistries = append(cfg.InsecureRegistries, *insecure...)
 	return daemon.Run(ctx, cfg, nil)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
@@ -33,6 +34,10 @@ type Config struct {
 	CacheSize int64 `toml:"cache_size"`
 	// MaxConcurrentRequests bounds parallel HTTP requests per layer. Default 16.
 	MaxConcurrentRequests int `toml:"max_concurrent_requests"`
+	// ContainerdSocket is where containerd's snapshots API is served, for
+	// containerd's proxy_plugins (see docs/containerd.md). Default: next to
+	// Socket, so /run/strata/containerd.sock; "off" turns it off.
+	ContainerdSocket string `toml:"containerd_socket"`
 	// MetricsAddress, when set (e.g. "127.0.0.1:9110"), serves Prometheus
 	// metrics over TCP; they are always served on the control socket at /metrics.
 	MetricsAddress string `toml:"metrics_address"`
@@ -96,4 +101,18 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: max_concurrent_requests must be positive, got %d", c.MaxConcurrentRequests)
 	}
 	return nil
+}
+
+// ContainerdSocketOff, as containerd_socket, turns the snapshots API off.
+const ContainerdSocketOff = "off"
+
+// containerdSocket returns where the snapshots API is served, "" when off.
+func (c Config) containerdSocket() string {
+	switch c.ContainerdSocket {
+	case ContainerdSocketOff:
+		return ""
+	case "":
+		return filepath.Join(filepath.Dir(c.Socket), "containerd.sock")
+	}
+	return c.ContainerdSocket
 }

@@ -67,6 +67,13 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	d.images = &images{d: d, mounts: map[string]*Mount{}}
 	d.images.restore(ctx)
 	defer d.shutdown()
+	// Deferred after shutdown so it runs before it: snapshot binds must be
+	// gone before the pool unmounts the layers under them.
+	stopSnapshots, err := d.serveSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopSnapshots()
 
 	ln, err := listenUnix(cfg.Socket)
 	if err != nil {

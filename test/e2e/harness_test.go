@@ -84,7 +84,7 @@ func startDaemon(t *testing.T, tweak func(*daemon.Config)) *testDaemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	cfg.Socket = filepath.Join(sockDir, "s.sock")
-	// TODO(lead): set cfg.ContainerdSocket here once the daemon serves containerd.
+	cfg.ContainerdSocket = filepath.Join(sockDir, "c.sock")
 	if tweak != nil {
 		tweak(&cfg)
 	}

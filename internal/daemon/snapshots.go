@@ -1,0 +1,210 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/snapshotter"
+)
+
+// snapshotLayers serves snapshotter.RemoteLayers from the daemon's layer
+// pool: each remote snapshot directory is a read-only bind mount of the
+// pool's FUSE mount of that layer, so a layer used by several images (with
+// different chain IDs) is still mounted, fetched and cached once.
+type snapshotLayers struct {
+	d *Daemon
+	// manifests dedups concurrent manifest lookups: containerd's unpacker
+	// prepares all layers of an image at once, and they share one manifest.
+	manifests singleflight.Group
+
+	mu    sync.Mutex
+	binds map[string]digest.Digest // snapshot dir → layer held in the pool
+}
+
+var _ snapshotter.RemoteLayers = (*snapshotLayers)(nil)
+
+func newSnapshotLayers(d *Daemon) *snapshotLayers {
+	return &snapshotLayers{d: d, binds: map[string]digest.Digest{}}
+}
+
+// Mount implements snapshotter.RemoteLayers. Layers without an eStargz TOC
+// are reported as snapshotter.ErrNotRemote so containerd unpacks them.
+func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) error {
+	repo, layer, err := s.describe(ctx, labels)
+	if err != nil {
+		return err
+	}
+	src, err := s.d.pool.Acquire(ctx, repo, layer)
+	if errors.Is(err, index.ErrNotEStargz) {
+		return fmt.Errorf("layer %s: %w: %w", layer.Digest, snapshotter.ErrNotRemote, err)
+	}
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", layer.Digest, err)
+	}
+	if err := bindReadOnly(src, dir); err != nil {
+		s.d.pool.Release(layer.Digest)
+		return fmt.Errorf("layer %s: %w", layer.Digest, err)
+	}
+	s.mu.Lock()
+	s.binds[filepath.Clean(dir)] = layer.Digest
+	s.mu.Unlock()
+	slog.InfoContext(ctx, "snapshot layer mounted", "layer", layer.Digest, "dir", dir)
+	return nil
+}
+
+// Unmount implements snapshotter.RemoteLayers. The bind goes first: the
+// pool waits for the FUSE server to end, which it cannot while a bind still
+// holds the connection.
+func (s *snapshotLayers) Unmount(ctx context.Context, dir string) error {
+	dir = filepath.Clean(dir)
+	s.mu.Lock()
+	d, ok := s.binds[dir]
+	delete(s.binds, dir)
+	s.mu.Unlock()
+	if err := unbind(dir); err != nil {
+		if ok {
+			s.mu.Lock()
+			s.binds[dir] = d
+			s.mu.Unlock()
+		}
+		return err
+	}
+	if !ok {
+		// Mounted by an earlier daemon: nothing is held in this pool.
+		return nil
+	}
+	return s.d.pool.Release(d)
+}
+
+// Check implements snapshotter.RemoteLayers: dir must be a mount this
+// daemon made and must answer. A bind left by a daemon that died answers
+// ENOTCONN and is not in binds.
+func (s *snapshotLayers) Check(ctx context.Context, dir string, labels map[string]string) error {
+	dir = filepath.Clean(dir)
+	s.mu.Lock()
+	_, ok := s.binds[dir]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%s: not mounted by this daemon: %w", dir, errdefs.ErrNotFound)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	if mounted, err := isMountpoint(dir); err != nil || !mounted {
+		return fmt.Errorf("%s: not a mountpoint (%v): %w", dir, err, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// closeAll unmounts every bind, before the pool unmounts the layers.
+func (s *snapshotLayers) closeAll(ctx context.Context) error {
+	s.mu.Lock()
+	dirs := make([]string, 0, len(s.binds))
+	for dir := range s.binds {
+		dirs = append(dirs, dir)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, dir := range dirs {
+		errs = append(errs, s.Unmount(ctx, dir))
+	}
+	return errors.Join(errs...)
+}
+
+// describe turns Prepare labels into the layer's repository and
+// descriptor, taken from the (verified) image manifest: labels say which
+// layer, only the manifest says its size and TOC digest.
+func (s *snapshotLayers) describe(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, error) {
+	ref, layerLabel := labels[snapshotter.LabelImageRef], labels[snapshotter.LabelLayerDigest]
+	if ref == "" || layerLabel == "" {
+		return name.Repository{}, remote.Layer{}, fmt.Errorf("no %s or %s label: %w",
+			snapshotter.LabelImageRef, snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote)
+	}
+	layerDigest, err := digest.Parse(layerLabel)
+	if err != nil {
+		return name.Repository{}, remote.Layer{}, fmt.Errorf("label %s: %w: %w", snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote, err)
+	}
+	r, err := remote.ParseReference(ref, s.d.remoteOpts...)
+	if err != nil {
+		return name.Repository{}, remote.Layer{}, fmt.Errorf("label %s: %w: %w", snapshotter.LabelImageRef, snapshotter.ErrNotRemote, err)
+	}
+	m, err := s.manifest(ctx, r, labels[snapshotter.LabelManifestDigest])
+	if err != nil {
+		return name.Repository{}, remote.Layer{}, err
+	}
+	for _, l := range m.Layers {
+		if l.Digest == layerDigest {
+			return r.Context(), remote.Layer{Digest: l.Digest, Size: l.Size,
+				MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}, nil
+		}
+	}
+	return name.Repository{}, remote.Layer{}, fmt.Errorf("layer %s is not in the manifest of %s: %w",
+		layerDigest, ref, errdefs.ErrNotFound)
+}
+
+// manifest returns the image manifest: from the store when it holds the
+// digest (no network after a restart), else from the registry, then kept.
+// Without a manifest digest label the reference is resolved.
+func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, label string) (*ocispec.Manifest, error) {
+	var want digest.Digest
+	if label != "" {
+		d, err := digest.Parse(label)
+		if err != nil {
+			return nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelManifestDigest, errdefs.ErrInvalidArgument, err)
+		}
+		want = d
+		if raw, err := s.d.store.Blobs.Get(d); err == nil {
+			return parseManifest(raw)
+		}
+	}
+	key := ref.String() + "@" + want.String()
+	v, err, _ := s.manifests.Do(key, func() (any, error) {
+		target := ref.String()
+		if want != "" {
+			target = ref.Context().Digest(want.String()).String()
+		}
+		// The lookup serves every waiter, so it must not die with the
+		// first caller's context.
+		img, err := remote.Resolve(context.WithoutCancel(ctx), target, s.d.remoteOpts...)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
+			return nil, fmt.Errorf("storing manifest: %w", err)
+		}
+		return img.Manifest, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("manifest of %s: %w", ref, err)
+	}
+	return parseManifest(v.([]byte))
+}
+
+// parseManifest reads the layer list of an OCI or Docker schema 2 image
+// manifest (the two share their JSON shape); remote.Resolve has already
+// rejected other media types.
+func parseManifest(raw []byte) (*ocispec.Manifest, error) {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("manifest: %w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if len(m.Layers) == 0 {
+		return nil, fmt.Errorf("manifest has no layers: %w", errdefs.ErrInvalidArgument)
+	}
+	return &m, nil
+}

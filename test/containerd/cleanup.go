@@ -1,0 +1,154 @@
+package containerd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Close stops the containers' tasks, their shims and containerd, unmounts
+// what is left under Dir and removes it. It is safe to call more than once.
+func (c *Containerd) Close() error {
+	var err error
+	c.once.Do(func() { err = c.close() })
+	return err
+}
+
+func (c *Containerd) close() error {
+	var errs []error
+	c.killTasks()
+	for _, pid := range c.shims() {
+		// Shims detach into their own session, so the process group of
+		// containerd does not reach them.
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	errs = append(errs, c.stop())
+	errs = append(errs, unmountUnder(c.Dir))
+	if err := os.RemoveAll(c.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", c.Dir, err))
+	}
+	return errors.Join(errs...)
+}
+
+// killTasks kills and deletes the tasks still running, so that their
+// rootfs mounts go and their cgroups are removed by runc.
+func (c *Containerd) killTasks() {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := c.Ctr(ctx, "tasks", "ls", "-q")
+	if err != nil {
+		return
+	}
+	for _, id := range strings.Fields(out) {
+		c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", id)
+		c.Ctr(ctx, "tasks", "delete", "-f", id)
+		c.Ctr(ctx, "containers", "delete", id)
+	}
+}
+
+// shims lists the pids of shims started by this containerd: their command
+// line names its socket after -address.
+func (c *Containerd) shims() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(b, []byte{0})
+		for i := 0; i+1 < len(args); i++ {
+			if string(args[i]) == "-address" && string(args[i+1]) == c.Address {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// stop sends SIGTERM to containerd's process group, then SIGKILL after 10 s.
+func (c *Containerd) stop() error {
+	pgid := c.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-c.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	select {
+	case <-c.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("containerd (pid %d) did not exit after SIGKILL", pgid)
+	}
+}
+
+// unmountUnder lazily detaches every mount at or below dir, deepest first,
+// so that RemoveAll can never walk into a mounted filesystem.
+func unmountUnder(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var targets []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		t := unescape(fields[4])
+		if t == dir || strings.HasPrefix(t, dir+"/") {
+			targets = append(targets, t)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(targets)))
+	var errs []error
+	for _, t := range targets {
+		if err := syscall.Unmount(t, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space, ...).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
