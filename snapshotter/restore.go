@@ -1,10 +1,10 @@
 package snapshotter
 
 import (
-	"github.com/containerd/errdefs"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/containerd/errdefs"
 	"os"
 	"sync"
 
