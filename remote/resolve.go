@@ -141,26 +141,11 @@ func (c *client) fetchDescribed(ctx context.Context, o *options, desc v1.Descrip
 
 // image parses an image manifest, fetches its config and describes layers.
 func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image, error) {
-	mf, err := v1.ParseManifest(bytes.NewReader(m.bytes))
+	cfgDesc, layers, err := parseImageManifest(m.digest, m.bytes)
 	if err != nil {
-		return nil, fmt.Errorf("parsing manifest %s: %w", m.digest, err)
+		return nil, err
 	}
-	cfgDigest, err := digest.Parse(mf.Config.Digest.String())
-	if err != nil {
-		return nil, fmt.Errorf("%w: manifest %s: config digest %q: %w", ErrInvalidReference, m.digest, mf.Config.Digest, err)
-	}
-	layers := make([]Layer, 0, len(mf.Layers))
-	for i, l := range mf.Layers {
-		d, err := digest.Parse(l.Digest.String())
-		if err != nil {
-			return nil, fmt.Errorf("%w: manifest %s: layer %d digest %q: %w", ErrInvalidReference, m.digest, i, l.Digest, err)
-		}
-		if l.Size < 0 {
-			return nil, fmt.Errorf("%w: manifest %s: layer %d has negative size %d", ErrInvalidRange, m.digest, i, l.Size)
-		}
-		layers = append(layers, Layer{Digest: d, Size: l.Size, MediaType: l.MediaType, Annotations: maps.Clone(l.Annotations)})
-	}
-	cfg, err := c.fetchBlob(ctx, o, cfgDigest, mf.Config.Size)
+	cfg, err := c.fetchBlob(ctx, o, cfgDesc.Digest, cfgDesc.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -174,6 +159,46 @@ func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image,
 		Platform:  configPlatform(cfg),
 	}, nil
 }
+
+// configDescriptor is what an image manifest says of its config.
+type configDescriptor struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// parseImageManifest checks an (untrusted) image manifest and returns its
+// config descriptor and layers, bottom first.
+func parseImageManifest(d digest.Digest, body []byte) (configDescriptor, []Layer, error) {
+	mf, err := v1.ParseManifest(bytes.NewReader(body))
+	if err != nil {
+		return configDescriptor{}, nil, fmt.Errorf("parsing manifest %s: %w", d, err)
+	}
+	cfgDigest, err := digest.Parse(mf.Config.Digest.String())
+	if err != nil {
+		return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s: config digest %q: %w", ErrInvalidReference, d, mf.Config.Digest, err)
+	}
+	if mf.Config.Size < 0 {
+		return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s: config has negative size %d", ErrInvalidRange, d, mf.Config.Size)
+	}
+	if len(mf.Layers) > maxLayers {
+		return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s has %d layers, more than %d", ErrTooLarge, d, len(mf.Layers), maxLayers)
+	}
+	layers := make([]Layer, 0, len(mf.Layers))
+	for i, l := range mf.Layers {
+		ld, err := digest.Parse(l.Digest.String())
+		if err != nil {
+			return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s: layer %d digest %q: %w", ErrInvalidReference, d, i, l.Digest, err)
+		}
+		if l.Size < 0 {
+			return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s: layer %d has negative size %d", ErrInvalidRange, d, i, l.Size)
+		}
+		layers = append(layers, Layer{Digest: ld, Size: l.Size, MediaType: l.MediaType, Annotations: maps.Clone(l.Annotations)})
+	}
+	return configDescriptor{Digest: cfgDigest, Size: mf.Config.Size}, layers, nil
+}
+
+// maxLayers bounds the layers of one image: overlayfs stacks at most 500.
+const maxLayers = 500
 
 // configPlatform reads the platform an image config declares; it is what a
 // single-platform image (no index) is for.

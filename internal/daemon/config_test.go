@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	if cfg, err := LoadConfig(filepath.Join(dir, "absent.toml"), false); err != nil || cfg.Root != DefaultConfig().Root {
+		t.Fatalf("missing default config file: %+v, %v", cfg, err)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "absent.toml"), true); err == nil {
+		t.Fatal("missing explicit config file accepted")
+	}
+	p := filepath.Join(dir, "c.toml")
+	os.WriteFile(p, []byte("root = \"/srv/strata\"\nfetch_timeout = \"5s\"\ninsecure_registries = [\"r:5000\"]\ncontainerd_socket = \"off\"\n"), 0o600)
+	cfg, err := LoadConfig(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Root != "/srv/strata" || cfg.FetchTimeout.Duration != 5*time.Second || cfg.InsecureRegistries[0] != "r:5000" || cfg.containerdSocket() != "" {
+		t.Fatalf("config = %+v", cfg)
+	}
+	if got := DefaultConfig().containerdSocket(); got != "/run/strata/containerd.sock" {
+		t.Fatalf("default containerd socket = %q", got)
+	}
+	for _, bad := range []string{"root = \"relative\"", "fetch_timeout = \"-1s\"", "fetch_timeout = \"soon\"", "unknown_key = 1", "cache_size = 0"} {
+		os.WriteFile(p, []byte(bad+"\n"), 0o600)
+		if _, err := LoadConfig(p, true); err == nil {
+			t.Errorf("config %q accepted", bad)
+		} else if !strings.Contains(err.Error(), "config") {
+			t.Errorf("config %q: error %q does not say it is about the config", bad, err)
+		}
+	}
+}
+
+// FuzzLoadConfig: a config file of any content is refused or valid.
+func FuzzLoadConfig(f *testing.F) {
+	f.Add([]byte("root = \"/var/lib/strata\"\nfetch_timeout = \"30s\"\n"))
+	f.Add([]byte("cache_size = -5\n[x]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(t.TempDir(), "c.toml")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := LoadConfig(p, true)
+		if err == nil {
+			if err := cfg.validate(); err != nil {
+				t.Fatalf("LoadConfig accepted an invalid config: %v", err)
+			}
+		}
+	})
+}
