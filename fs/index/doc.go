@@ -1,0 +1,15 @@
+// Package index is Strata's one model of a layer's file tree, whatever the
+// layer's format: entries (inodes, already in overlayfs form for whiteouts
+// and opaque directories), directory listings, and for each regular file
+// the chunks that hold its content and the digest each must match.
+//
+// A format reader (ReadEStargz) turns an untrusted layer blob into an
+// Index, refusing hostile input (see convertTOC for the exact rules);
+// Validate checks the invariants every consumer relies on; Save persists an
+// index in the metadata database, and Open gives a read-only view of it
+// that keeps nothing in memory. DecodeChunk is the only way chunk bytes
+// reach a reader: it decodes and verifies them together.
+//
+// index must never import FUSE, containerd, remote or snapshotter; it
+// depends only on the standard library, compression and bbolt.
+package index
