@@ -2,10 +2,14 @@ package index
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -81,7 +85,11 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	if err != nil {
 		return err
 	}
-	for parent, kids := range idx.Children {
+	// Keys go in ascending order: bbolt inserts into a node's sorted key
+	// array, so random order costs a memmove per key, quadratic in total.
+	db.FillPercent = 1
+	for _, parent := range sortedKeys(idx.Children) {
+		kids := slices.SortedFunc(slices.Values(idx.Children[parent]), func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 		for _, k := range kids {
 			if err := db.Put(append(u64(parent), k.Name...), u64(k.Ino)); err != nil {
 				return err
@@ -92,8 +100,10 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	if err != nil {
 		return err
 	}
+	cb.FillPercent = 1
 	nchunks := 0
-	for ino, chunks := range idx.Chunks {
+	for _, ino := range sortedKeys(idx.Chunks) {
+		chunks := slices.SortedFunc(slices.Values(idx.Chunks[ino]), func(a, b Chunk) int { return cmp.Compare(a.FileOffset, b.FileOffset) })
 		for _, c := range chunks {
 			v, err := json.Marshal(&c)
 			if err != nil {
@@ -110,6 +120,10 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 		return err
 	}
 	return lb.Put(keyInfo, info)
+}
+
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	return slices.Sorted(maps.Keys(m))
 }
 
 // Delete removes the index stored under key, if any.
