@@ -23,9 +23,24 @@ type Blob interface {
 }
 
 // DefaultReadAhead is how many bytes of a file's following chunks are
-// fetched along with a missed chunk, so sequential readers wait for one
-// round trip per few MiB rather than one per chunk.
+// fetched along with a missed chunk, so sequential readers of one file
+// wait for one round trip per few MiB rather than one per chunk.
 const DefaultReadAhead = 4 << 20
+
+// Blob-order read-ahead: when misses keep landing where the previous fetch
+// ended (a reader walking the layer in its stored order, as tar or a
+// recursive copy does), each fetch takes a window of the following blob
+// bytes too, doubling from minBlobWindow up to maxBlobWindow. Random
+// access never grows the window, so a lone small read stays small.
+const (
+	minBlobWindow = 1 << 20
+	maxBlobWindow = 32 << 20
+	// seqSlack tolerates small gaps (chunks already cached, metadata-only
+	// entries) between one fetch's end and the next miss.
+	seqSlack = 256 << 10
+	// maxWindowChunks bounds the chunks one window takes.
+	maxWindowChunks = 4096
+)
 
 // Content reads regular files of one layer: from the chunk cache when it
 // has the chunk, otherwise fetched, decoded and verified, then cached.
@@ -38,6 +53,8 @@ type Content struct {
 
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
+	seqNext int64                  // blob offset where the last fetch ended
+	window  int64                  // current blob-order read-ahead
 }
 
 // streamFetch is one in-flight fetch of a compressed stream; concurrent
@@ -108,23 +125,18 @@ func window(ch index.Chunk, dst []byte, off, n int64) ([]byte, int64) {
 }
 
 // load fetches, verifies and caches the missing chunks of file e, plus
-// read-ahead chunks that follow them in the file, and returns the decoded
-// bytes of at least the missing ones.
+// read-ahead chunks (of this file, and of the blob when the reader walks
+// it in order), and returns the decoded bytes of at least the missing ones.
 func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk) (map[digest.Digest][]byte, error) {
-	want := missing
-	last := missing[len(missing)-1]
-	if c.readAhead > 0 && last.End() < e.Size {
-		more, err := c.idx.Chunks(e.Ino, last.End(), c.readAhead)
-		if err == nil {
-			for _, ch := range more {
-				if !c.cache.Has(ch.Digest) {
-					want = append(want, ch)
-				}
-			}
-		}
+	want := make([]index.BlobChunk, 0, len(missing))
+	for _, ch := range missing {
+		want = append(want, index.BlobChunk{Ino: e.Ino, Chunk: ch})
 	}
+	want = append(want, c.fileReadAhead(e, missing[len(missing)-1])...)
+	want = append(want, c.blobReadAhead(want)...)
+
 	// Group by compressed stream; claim the streams nobody is fetching.
-	streams := map[int64][]index.Chunk{}
+	streams := map[int64][]index.BlobChunk{}
 	var order []int64
 	for _, ch := range want {
 		if _, ok := streams[ch.BlobOffset]; !ok {
@@ -149,7 +161,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	}
 	c.mu.Unlock()
 	if len(mine) > 0 {
-		c.fetchStreams(ctx, e, mineOff, mine, streams)
+		c.fetchStreams(ctx, mineOff, mine, streams)
 	}
 	out := map[digest.Digest][]byte{}
 	for _, ch := range missing {
@@ -173,6 +185,58 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	return out, nil
 }
 
+// fileReadAhead returns the uncached chunks that follow last in file e.
+func (c *Content) fileReadAhead(e index.Entry, last index.Chunk) []index.BlobChunk {
+	if c.readAhead <= 0 || last.End() >= e.Size {
+		return nil
+	}
+	more, err := c.idx.Chunks(e.Ino, last.End(), c.readAhead)
+	if err != nil {
+		return nil // read-ahead is an optimisation; the read itself goes on
+	}
+	var out []index.BlobChunk
+	for _, ch := range more {
+		if !c.cache.Has(ch.Digest) {
+			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: ch})
+		}
+	}
+	return out
+}
+
+// blobReadAhead grows or resets the blob-order window from where this
+// fetch starts, and returns the uncached chunks in the window after it.
+func (c *Content) blobReadAhead(want []index.BlobChunk) []index.BlobChunk {
+	first, end := want[0].BlobOffset, int64(0)
+	for _, ch := range want {
+		first = min(first, ch.BlobOffset)
+		end = max(end, ch.BlobOffset+ch.BlobLength)
+	}
+	c.mu.Lock()
+	if c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack {
+		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
+	} else {
+		c.window = 0
+	}
+	window := c.window
+	c.mu.Unlock()
+	var out []index.BlobChunk
+	if window > 0 {
+		more, err := c.idx.ChunksInBlob(end, end+window, maxWindowChunks)
+		if err == nil {
+			for _, ch := range more {
+				if ch.BlobOffset+ch.BlobLength <= end+window && !c.cache.Has(ch.Digest) {
+					out = append(out, ch)
+					end = max(end, ch.BlobOffset+ch.BlobLength)
+				}
+			}
+		}
+	}
+	c.mu.Lock()
+	c.seqNext = end
+	c.mu.Unlock()
+	return out
+}
+
 // loadAgain handles the rare case where a stream another reader fetched
 // did not include the chunk we need (streams shared between files).
 func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, out map[digest.Digest][]byte) (map[digest.Digest][]byte, error) {
@@ -191,7 +255,7 @@ func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, 
 
 // fetchStreams fetches the claimed streams in one coalesced call, decodes
 // and verifies their chunks, caches them, and releases waiting readers.
-func (c *Content) fetchStreams(ctx context.Context, e index.Entry, offs []int64, sfs []*streamFetch, streams map[int64][]index.Chunk) {
+func (c *Content) fetchStreams(ctx context.Context, offs []int64, sfs []*streamFetch, streams map[int64][]index.BlobChunk) {
 	ranges := make([]remote.Range, len(offs))
 	for i, bo := range offs {
 		ranges[i] = remote.Range{Off: bo, Len: streams[bo][0].BlobLength}
@@ -203,7 +267,7 @@ func (c *Content) fetchStreams(ctx context.Context, e index.Entry, offs []int64,
 			sf.err = fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err)
 		} else {
 			metricFetchedBytes.Add(float64(len(raw[i])))
-			sf.chunks, sf.err = c.decode(ctx, e, streams[bo], raw[i])
+			sf.chunks, sf.err = c.decode(ctx, streams[bo], raw[i])
 		}
 		c.mu.Lock()
 		delete(c.pending, bo)
@@ -212,17 +276,17 @@ func (c *Content) fetchStreams(ctx context.Context, e index.Entry, offs []int64,
 	}
 }
 
-func (c *Content) decode(ctx context.Context, e index.Entry, chunks []index.Chunk, raw []byte) (map[digest.Digest][]byte, error) {
+func (c *Content) decode(ctx context.Context, chunks []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {
 	out := make(map[digest.Digest][]byte, len(chunks))
 	for _, ch := range chunks {
-		data, err := index.DecodeChunk(ch, raw, nil)
+		data, err := index.DecodeChunk(ch.Chunk, raw, nil)
 		if err != nil {
 			if errors.Is(err, index.ErrDigestMismatch) {
 				metricVerifyFailures.Inc()
 			}
 			slog.ErrorContext(ctx, "fs: chunk failed verification; not served, not cached",
-				"layer", c.digest, "inode", e.Ino, "fileOffset", ch.FileOffset, "blobOffset", ch.BlobOffset, "error", err)
-			return nil, fmt.Errorf("layer %s inode %d chunk at %d: %w", c.digest, e.Ino, ch.FileOffset, err)
+				"layer", c.digest, "inode", ch.Ino, "fileOffset", ch.FileOffset, "blobOffset", ch.BlobOffset, "error", err)
+			return nil, fmt.Errorf("layer %s inode %d chunk at %d: %w", c.digest, ch.Ino, ch.FileOffset, err)
 		}
 		if err := c.cache.Put(ch.Digest, data); err != nil {
 			slog.WarnContext(ctx, "fs: chunk not cached", "layer", c.digest, "error", err)

@@ -22,6 +22,7 @@ import (
 //	layers/<key>/e/<ino>        JSON Entry                    (ino: 8 bytes big endian)
 //	layers/<key>/d/<ino><name>  child ino                     (directory entries, sorted by name)
 //	layers/<key>/c/<ino><off>   JSON Chunk                    (off: file offset, 8 bytes big endian)
+//	layers/<key>/b/<boff><ino><off>  JSON Chunk               (the same chunks in blob order, for read-ahead)
 //
 // Everything a mount needs is looked up here on demand, so a mounted layer
 // costs memory for the inodes the kernel holds, not for the image.
@@ -31,6 +32,7 @@ var (
 	bucketEntries  = []byte("e")
 	bucketDirents  = []byte("d")
 	bucketChunks   = []byte("c")
+	bucketByBlob   = []byte("b")
 	errNotInBucket = errors.New("not in index")
 )
 
@@ -101,6 +103,7 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 		return err
 	}
 	cb.FillPercent = 1
+	var byBlob [][2][]byte
 	nchunks := 0
 	for _, ino := range sortedKeys(idx.Chunks) {
 		chunks := slices.SortedFunc(slices.Values(idx.Chunks[ino]), func(a, b Chunk) int { return cmp.Compare(a.FileOffset, b.FileOffset) })
@@ -112,7 +115,20 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 			if err := cb.Put(binary.BigEndian.AppendUint64(u64(ino), uint64(c.FileOffset)), v); err != nil {
 				return err
 			}
+			bk := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(u64(uint64(c.BlobOffset)), ino), uint64(c.FileOffset))
+			byBlob = append(byBlob, [2][]byte{bk, v})
 			nchunks++
+		}
+	}
+	bb, err := lb.CreateBucket(bucketByBlob)
+	if err != nil {
+		return err
+	}
+	bb.FillPercent = 1
+	slices.SortFunc(byBlob, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+	for _, kv := range byBlob {
+		if err := bb.Put(kv[0], kv[1]); err != nil {
+			return err
 		}
 	}
 	info, err := json.Marshal(Info{Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Chunks: nchunks, Created: time.Now().UTC()})
@@ -246,6 +262,37 @@ func (l *Layer) Chunks(ino uint64, off, n int64) ([]Chunk, error) {
 			if ch.End() > off {
 				out = append(out, ch)
 			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// BlobChunk is a chunk with the inode of the file it belongs to.
+type BlobChunk struct {
+	Ino uint64
+	Chunk
+}
+
+// ChunksInBlob returns the chunks whose compressed streams start in
+// [from, to) of the blob, in blob order, at most max of them.
+func (l *Layer) ChunksInBlob(from, to int64, max int) ([]BlobChunk, error) {
+	var out []BlobChunk
+	err := l.view(func(lb *bolt.Bucket) error {
+		bb := lb.Bucket(bucketByBlob)
+		if bb == nil {
+			return nil // stored by an older version: no read-ahead
+		}
+		c := bb.Cursor()
+		for k, v := c.Seek(u64(uint64(from))); k != nil && len(out) < max; k, v = c.Next() {
+			if len(k) != 24 || int64(binary.BigEndian.Uint64(k)) >= to {
+				break
+			}
+			bc := BlobChunk{Ino: binary.BigEndian.Uint64(k[8:])}
+			if err := json.Unmarshal(v, &bc.Chunk); err != nil {
+				return err
+			}
+			out = append(out, bc)
 		}
 		return nil
 	})
