@@ -59,7 +59,7 @@ t0=$(now)
 bin/strata mount --insecure "$reg/demo:estargz" "$mnt"
 t1=$(now)
 say "running the Go toolchain from the mount: chroot $mnt go version"
-chroot "$mnt" /usr/bin/env GOROOT=/usr/local/go /usr/local/go/bin/go version
+GOROOT=/usr/local/go chroot "$mnt" /usr/local/go/bin/go version
 t2=$(now)
 
 say "what was fetched"
