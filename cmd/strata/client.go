@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,4 +116,24 @@ func selfPath() (string, error) {
 		return filepath.Abs(p)
 	}
 	return os.Executable()
+}
+
+// queryCommand parses the arguments of a read-only command that takes
+// --json and no positional arguments, and connects to the daemon.
+func queryCommand(ctx context.Context, c *command, args []string, stdout io.Writer) (*daemon.Client, bool, error) {
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := c.parse(fs, args, 0, 0); err != nil {
+		return nil, false, err
+	}
+	cl, err := df.connect(ctx)
+	return cl, *asJSON, err
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

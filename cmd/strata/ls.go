@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -21,15 +20,7 @@ against the layer's compressed size.`,
 }
 
 func runLs(ctx context.Context, args []string, stdout io.Writer) error {
-	c := commands["ls"]
-	fs := c.flags(stdout)
-	var df daemonFlags
-	df.add(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := c.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	cl, err := df.connect(ctx)
+	cl, asJSON, err := queryCommand(ctx, commands["ls"], args, stdout)
 	if err != nil {
 		return err
 	}
@@ -37,10 +28,8 @@ func runLs(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(ms)
+	if asJSON {
+		return printJSON(stdout, ms)
 	}
 	if len(ms) == 0 {
 		fmt.Fprintln(stdout, "no images mounted")

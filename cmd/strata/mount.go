@@ -53,8 +53,8 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		size += l.Size
 	}
 	fmt.Fprintf(stdout, "mounted %s (%s, %s) at %s\n", m.Ref, m.Digest, m.Platform, m.Dir)
-	fmt.Fprintf(stdout, "%d layers, %s compressed, in %s; file contents are fetched when read\n",
-		len(m.Layers), humanBytes(size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "%s, %s compressed, in %s; file contents are fetched when read\n",
+		plural(len(m.Layers), "layer"), humanBytes(size), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -69,4 +69,11 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 )
@@ -18,15 +17,7 @@ func init() {
 }
 
 func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
-	c := commands["status"]
-	fs := c.flags(stdout)
-	var df daemonFlags
-	df.add(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := c.parse(fs, args, 0, 0); err != nil {
-		return err
-	}
-	cl, err := df.connect(ctx)
+	cl, asJSON, err := queryCommand(ctx, commands["status"], args, stdout)
 	if err != nil {
 		return err
 	}
@@ -34,10 +25,10 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return json.NewEncoder(stdout).Encode(st)
+	if asJSON {
+		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "daemon pid %d on %s\n%d images mounted, %d layers served\nchunk cache %s of %s\n",
-		st.PID, df.socket, st.Mounts, st.Layers, humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
+		st.PID, cl.Socket(), st.Mounts, st.Layers, humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
 	return nil
 }

@@ -80,3 +80,6 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
+
+// Socket returns the control socket the client talks to.
+func (c *Client) Socket() string { return c.socket }
