@@ -28,10 +28,12 @@ type Blob interface {
 const DefaultReadAhead = 4 << 20
 
 // Blob-order read-ahead: when misses keep landing where the previous fetch
-// ended (a reader walking the layer in its stored order, as tar or a
-// recursive copy does), each fetch takes a window of the following blob
-// bytes too, doubling from minBlobWindow up to maxBlobWindow. Random
-// access never grows the window, so a lone small read stays small.
+// ended, in another file (a reader walking the layer in its stored order,
+// as tar or a recursive copy does), each fetch takes a window of the
+// following blob bytes too, doubling from minBlobWindow up to
+// maxBlobWindow. Random access never grows the window, so a lone small read
+// stays small, and one big file read in order gets only its own read-ahead,
+// never the unrelated files stored after it.
 const (
 	minBlobWindow = 1 << 20
 	maxBlobWindow = 32 << 20
@@ -54,6 +56,7 @@ type Content struct {
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
 	seqNext int64                  // blob offset where the last fetch ended
+	seqIno  uint64                 // the file the last fetch was for
 	window  int64                  // current blob-order read-ahead
 }
 
@@ -133,7 +136,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 		want = append(want, index.BlobChunk{Ino: e.Ino, Chunk: ch})
 	}
 	want = append(want, c.fileReadAhead(e, missing[len(missing)-1])...)
-	want = append(want, c.blobReadAhead(want)...)
+	want = append(want, c.blobReadAhead(e.Ino, want)...)
 
 	// Group by compressed stream; claim the streams nobody is fetching.
 	streams := map[int64][]index.BlobChunk{}
@@ -205,19 +208,25 @@ func (c *Content) fileReadAhead(e index.Entry, last index.Chunk) []index.BlobChu
 
 // blobReadAhead grows or resets the blob-order window from where this
 // fetch starts, and returns the uncached chunks in the window after it.
-func (c *Content) blobReadAhead(want []index.BlobChunk) []index.BlobChunk {
+func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
 	first, end := want[0].BlobOffset, int64(0)
 	for _, ch := range want {
 		first = min(first, ch.BlobOffset)
 		end = max(end, ch.BlobOffset+ch.BlobLength)
 	}
 	c.mu.Lock()
-	if c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack {
+	inOrder := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
+	switch {
+	case inOrder && ino != c.seqIno:
 		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
-	} else {
+	case !inOrder:
 		c.window = 0
 	}
 	window := c.window
+	if ino == c.seqIno {
+		window = 0 // within one file, the file's own read-ahead is enough
+	}
+	c.seqIno = ino
 	c.mu.Unlock()
 	var out []index.BlobChunk
 	if window > 0 {

@@ -44,3 +44,33 @@ func TestSequentialWalkCoalesces(t *testing.T) {
 		t.Errorf("%d blob requests for %d files read in blob order; read-ahead should make it under %d", st.BlobRequests, files, files/20)
 	}
 }
+
+// TestBigFileReadTakesOnlyItself: reading one large file from start to end
+// must not drag in the unrelated files stored after it.
+func TestBigFileReadTakesOnlyItself(t *testing.T) {
+	requireRoot(t)
+	spec := fixture.LayerSpec{fixture.Dir("a"), fixture.Reg("a/big", 24<<20, 5), fixture.Dir("b")}
+	for i := 0; i < 50; i++ {
+		spec = append(spec, fixture.Reg(fmt.Sprintf("b/after%02d", i), 512<<10, uint64(600+i)))
+	}
+	reg := shared.reg
+	ref := push(t, reg, "bigthenmany", "estargz", []fixture.LayerSpec{spec}, fixture.FormEStargz)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+	p.ResetStats()
+	got, err := os.ReadFile(filepath.Join(dir, "a/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := io.ReadAll(spec[1].Reader())
+	if !bytes.Equal(got, want) {
+		t.Fatal("wrong content")
+	}
+	st := p.Stats()
+	t.Logf("24 MiB file read with %d blob requests, %d bytes", st.BlobRequests, st.BlobBytes)
+	// The content is incompressible: its compressed size is about 24 MiB.
+	if limit := int64(24<<20) * 105 / 100; st.BlobBytes > limit {
+		t.Errorf("reading one 24 MiB file moved %d bytes, more than %d: read-ahead fetched other files", st.BlobBytes, limit)
+	}
+}
