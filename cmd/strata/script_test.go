@@ -47,6 +47,8 @@ func runScripts(t *testing.T, kind string) {
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"killdaemon": killDaemon,
+			"stopdaemon": stopDaemonCmd,
+			"mounts":     countMounts,
 		},
 	})
 }
@@ -140,3 +142,40 @@ func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// stopdaemon sends SIGTERM, as systemd would, and waits for the exit.
+func stopDaemonCmd(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: stopdaemon")
+	}
+	socket := ts.Getenv("STRATA_SOCKET")
+	if _, err := daemon.NewClient(socket).Status(context.Background()); err != nil {
+		ts.Fatalf("no daemon to stop: %v", err)
+	}
+	stopDaemon(socket)
+	if _, err := daemon.NewClient(socket).Status(context.Background()); err == nil {
+		ts.Fatalf("daemon still answers after SIGTERM")
+	}
+}
+
+// mounts N checks that exactly N mounts exist at or below the work
+// directory (image overlays and layer FUSE mounts alike).
+func countMounts(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: mounts N")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	all, err := fs.Mounts()
+	ts.Check(err)
+	work := ts.Getenv("WORK")
+	var got []string
+	for _, m := range all {
+		if m.Target == work || strings.HasPrefix(m.Target, work+"/") {
+			got = append(got, m.FSType+" "+m.Target)
+		}
+	}
+	if len(got) != want {
+		ts.Fatalf("%d mounts under $WORK, want %d:\n%s", len(got), want, strings.Join(got, "\n"))
+	}
+}

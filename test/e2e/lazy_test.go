@@ -222,3 +222,35 @@ func TestParallelReaders(t *testing.T) {
 		t.Error(e)
 	}
 }
+
+// TestIndexAndChunksFetchedOnce: a second mount of the same image reads
+// the layer index from the metadata DB and file content from the chunk
+// cache; the registry sees only the manifest and config again.
+func TestIndexAndChunksFetchedOnce(t *testing.T) {
+	reg, ref := bigImage(t)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	ref = viaProxy(ref, reg, p)
+	dir, _ := d.mount(t, ref)
+	want, err := os.ReadFile(filepath.Join(dir, "small/a/4k.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.client.Unmount(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	p.ResetStats()
+	dir2, m := d.mount(t, ref)
+	got, err := os.ReadFile(filepath.Join(dir2, "small/a/4k.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("content differs between mounts")
+	}
+	for _, e := range p.Stats().Log {
+		if strings.Contains(e.Path, m.Layers[0].Digest.String()) {
+			t.Errorf("second mount and read fetched from the layer blob: %s %s %s", e.Method, e.Path, e.Range)
+		}
+	}
+}
