@@ -37,11 +37,6 @@ fuzz: ## run every fuzz test for FUZZTIME each (default 30s)
 clean: ## remove build output
 	rm -rf bin
 
--include test/bench/bench.mk
+include test/bench/bench.mk
 
-ifeq ($(wildcard test/bench/bench.mk),)
-bench: ## run the benchmarks and write docs/benchmarks.md
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
-endif
-
-.PHONY: help deps build demo test lint fuzz clean bench
+.PHONY: help deps build demo test lint fuzz clean

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,7 +55,26 @@ func MountLayer(dir string, idx *index.Layer, content *Content) (*LayerMount, er
 	if err != nil {
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
+	if err := setReadAhead(dir, kernelReadAheadKiB); err != nil {
+		slog.Warn("fs: kernel read-ahead left at its default", "dir", dir, "error", err)
+	}
 	return &LayerMount{Dir: dir, server: server}, nil
+}
+
+// kernelReadAheadKiB is the page-cache read-ahead of layer mounts. The
+// kernel gives a FUSE mount 128 KiB; with more, a sequential reader keeps
+// several 1 MiB reads in flight, which roughly doubles cached throughput.
+const kernelReadAheadKiB = 4096
+
+// setReadAhead sets the read-ahead of the filesystem mounted at dir
+// through its backing device info in sysfs.
+func setReadAhead(dir string, kib int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(fmt.Sprint(kib)), 0)
 }
 
 // Unmount stops serving the layer. If the mount is busy it is detached

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,15 +29,17 @@ type layerFS struct {
 }
 
 var (
-	_ gofs.NodeLookuper    = (*node)(nil)
-	_ gofs.NodeGetattrer   = (*node)(nil)
-	_ gofs.NodeReaddirer   = (*node)(nil)
-	_ gofs.NodeOpener      = (*node)(nil)
-	_ gofs.NodeReader      = (*node)(nil)
-	_ gofs.NodeReadlinker  = (*node)(nil)
-	_ gofs.NodeGetxattrer  = (*node)(nil)
-	_ gofs.NodeListxattrer = (*node)(nil)
-	_ gofs.NodeStatfser    = (*node)(nil)
+	_ gofs.NodeLookuper       = (*node)(nil)
+	_ gofs.NodeGetattrer      = (*node)(nil)
+	_ gofs.NodeOpendirHandler = (*node)(nil)
+	_ gofs.FileReaddirenter   = (*dirHandle)(nil)
+	_ gofs.FileSeekdirer      = (*dirHandle)(nil)
+	_ gofs.NodeOpener         = (*node)(nil)
+	_ gofs.NodeReader         = (*node)(nil)
+	_ gofs.NodeReadlinker     = (*node)(nil)
+	_ gofs.NodeGetxattrer     = (*node)(nil)
+	_ gofs.NodeListxattrer    = (*node)(nil)
+	_ gofs.NodeStatfser       = (*node)(nil)
 )
 
 func typeBits(t index.Type) uint32 {
@@ -116,20 +119,47 @@ func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut
 	return en
 }
 
-func (n *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+// OpendirHandle lists the directory once per open and lets the kernel
+// cache the listing (FOPEN_CACHE_DIR): a layer's directories never change.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	kids, err := n.layer.idx.ReadDir(n.ino)
 	if err != nil {
-		return nil, errno(ctx, "readdir", err, "inode", n.ino)
+		return nil, 0, errno(ctx, "readdir", err, "inode", n.ino)
 	}
 	out := make([]fuse.DirEntry, 0, len(kids))
 	for _, k := range kids {
 		e, err := n.layer.idx.Entry(k.Ino)
 		if err != nil {
-			return nil, errno(ctx, "readdir", err, "inode", k.Ino)
+			return nil, 0, errno(ctx, "readdir", err, "inode", k.Ino)
 		}
 		out = append(out, fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(e.Type)})
 	}
-	return gofs.NewListDirStream(out), 0
+	return &dirHandle{entries: out}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// dirHandle is an open directory: its entries, and how far a reader got.
+type dirHandle struct {
+	mu      sync.Mutex
+	entries []fuse.DirEntry
+	pos     int
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pos >= len(d.entries) {
+		return nil, 0
+	}
+	e := d.entries[d.pos]
+	d.pos++
+	return &e, 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pos = int(min(off, uint64(len(d.entries))))
+	return 0
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -24,25 +26,9 @@ type Blob interface {
 
 // DefaultReadAhead is how many bytes of a file's following chunks are
 // fetched along with a missed chunk, so sequential readers of one file
-// wait for one round trip per few MiB rather than one per chunk.
-const DefaultReadAhead = 4 << 20
-
-// Blob-order read-ahead: when misses keep landing where the previous fetch
-// ended, in another file (a reader walking the layer in its stored order,
-// as tar or a recursive copy does), each fetch takes a window of the
-// following blob bytes too, doubling from minBlobWindow up to
-// maxBlobWindow. Random access never grows the window, so a lone small read
-// stays small, and one big file read in order gets only its own read-ahead,
-// never the unrelated files stored after it.
-const (
-	minBlobWindow = 1 << 20
-	maxBlobWindow = 32 << 20
-	// seqSlack tolerates small gaps (chunks already cached, metadata-only
-	// entries) between one fetch's end and the next miss.
-	seqSlack = 256 << 10
-	// maxWindowChunks bounds the chunks one window takes.
-	maxWindowChunks = 4096
-)
+// wait for one round trip per few MiB rather than one per chunk (see
+// readahead.go for the whole policy).
+const DefaultReadAhead = 8 << 20
 
 // Content reads regular files of one layer: from the chunk cache when it
 // has the chunk, otherwise fetched, decoded and verified, then cached.
@@ -58,6 +44,8 @@ type Content struct {
 	seqNext int64                  // blob offset where the last fetch ended
 	seqIno  uint64                 // the file the last fetch was for
 	window  int64                  // current blob-order read-ahead
+
+	asyncBusy atomic.Bool // a background read-ahead is running
 }
 
 // streamFetch is one in-flight fetch of a compressed stream; concurrent
@@ -99,6 +87,9 @@ func (c *Content) ReadAt(ctx context.Context, e index.Entry, dst []byte, off int
 			return 0, err
 		} else if ok {
 			metricChunkReads.WithLabelValues("cache").Inc()
+			if inChunk == 0 {
+				c.readAheadAsync(e, ch)
+			}
 			continue
 		}
 		missing = append(missing, ch)
@@ -135,36 +126,23 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	for _, ch := range missing {
 		want = append(want, index.BlobChunk{Ino: e.Ino, Chunk: ch})
 	}
-	want = append(want, c.fileReadAhead(e, missing[len(missing)-1])...)
+	want = append(want, c.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
 	want = append(want, c.blobReadAhead(e.Ino, want)...)
+	want = append(want, c.neighbourhood(want)...)
 
-	// Group by compressed stream; claim the streams nobody is fetching.
-	streams := map[int64][]index.BlobChunk{}
-	var order []int64
-	for _, ch := range want {
-		if _, ok := streams[ch.BlobOffset]; !ok {
-			order = append(order, ch.BlobOffset)
-		}
-		streams[ch.BlobOffset] = append(streams[ch.BlobOffset], ch)
+	waits, claimed := c.claim(want)
+	needMine := false
+	for _, ch := range missing {
+		needMine = needMine || claimed.has(ch.BlobOffset)
 	}
-	var mine []*streamFetch
-	var mineOff []int64
-	waits := map[int64]*streamFetch{}
-	c.mu.Lock()
-	for _, bo := range order {
-		if sf, ok := c.pending[bo]; ok {
-			waits[bo] = sf
-			continue
-		}
-		sf := &streamFetch{done: make(chan struct{})}
-		c.pending[bo] = sf
-		waits[bo] = sf
-		mine = append(mine, sf)
-		mineOff = append(mineOff, bo)
-	}
-	c.mu.Unlock()
-	if len(mine) > 0 {
-		c.fetchStreams(ctx, mineOff, mine, streams)
+	switch {
+	case len(claimed.offs) == 0:
+	case needMine:
+		c.fetchStreams(ctx, claimed)
+	default:
+		// What this reader needs is already on its way; only read-ahead
+		// is left to claim, and the reader must not wait for it.
+		go c.fetchStreams(context.WithoutCancel(ctx), claimed)
 	}
 	out := map[digest.Digest][]byte{}
 	for _, ch := range missing {
@@ -188,62 +166,49 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	return out, nil
 }
 
-// fileReadAhead returns the uncached chunks that follow last in file e.
-func (c *Content) fileReadAhead(e index.Entry, last index.Chunk) []index.BlobChunk {
-	if c.readAhead <= 0 || last.End() >= e.Size {
-		return nil
-	}
-	more, err := c.idx.Chunks(e.Ino, last.End(), c.readAhead)
-	if err != nil {
-		return nil // read-ahead is an optimisation; the read itself goes on
-	}
-	var out []index.BlobChunk
-	for _, ch := range more {
-		if !c.cache.Has(ch.Digest) {
-			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: ch})
-		}
-	}
-	return out
+// claimed is the set of streams one caller fetches, with their chunks.
+type claimed struct {
+	offs    []int64
+	fetches []*streamFetch
+	streams map[int64][]index.BlobChunk
 }
 
-// blobReadAhead grows or resets the blob-order window from where this
-// fetch starts, and returns the uncached chunks in the window after it.
-func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
-	first, end := want[0].BlobOffset, int64(0)
-	for _, ch := range want {
-		first = min(first, ch.BlobOffset)
-		end = max(end, ch.BlobOffset+ch.BlobLength)
-	}
-	c.mu.Lock()
-	inOrder := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
-	switch {
-	case inOrder && ino != c.seqIno:
-		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
-	case !inOrder:
-		c.window = 0
-	}
-	window := c.window
-	if ino == c.seqIno {
-		window = 0 // within one file, the file's own read-ahead is enough
-	}
-	c.seqIno = ino
-	c.mu.Unlock()
-	var out []index.BlobChunk
-	if window > 0 {
-		more, err := c.idx.ChunksInBlob(end, end+window, maxWindowChunks)
-		if err == nil {
-			for _, ch := range more {
-				if ch.BlobOffset+ch.BlobLength <= end+window && !c.cache.Has(ch.Digest) {
-					out = append(out, ch)
-					end = max(end, ch.BlobOffset+ch.BlobLength)
-				}
-			}
+func (cl *claimed) has(bo int64) bool {
+	for _, o := range cl.offs {
+		if o == bo {
+			return true
 		}
 	}
+	return false
+}
+
+// claim groups chunks by compressed stream and claims the streams nobody
+// is fetching yet. It returns, for every stream, the fetch to wait for.
+func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claimed) {
+	streams := map[int64][]index.BlobChunk{}
+	var order []int64
+	for _, ch := range want {
+		if _, ok := streams[ch.BlobOffset]; !ok {
+			order = append(order, ch.BlobOffset)
+		}
+		streams[ch.BlobOffset] = append(streams[ch.BlobOffset], ch)
+	}
+	cl := &claimed{streams: streams}
+	waits := make(map[int64]*streamFetch, len(order))
 	c.mu.Lock()
-	c.seqNext = end
-	c.mu.Unlock()
-	return out
+	defer c.mu.Unlock()
+	for _, bo := range order {
+		if sf, ok := c.pending[bo]; ok {
+			waits[bo] = sf
+			continue
+		}
+		sf := &streamFetch{done: make(chan struct{})}
+		c.pending[bo] = sf
+		waits[bo] = sf
+		cl.offs = append(cl.offs, bo)
+		cl.fetches = append(cl.fetches, sf)
+	}
+	return waits, cl
 }
 
 // loadAgain handles the rare case where a stream another reader fetched
@@ -262,27 +227,43 @@ func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, 
 	return out, nil
 }
 
-// fetchStreams fetches the claimed streams in one coalesced call, decodes
-// and verifies their chunks, caches them, and releases waiting readers.
-func (c *Content) fetchStreams(ctx context.Context, offs []int64, sfs []*streamFetch, streams map[int64][]index.BlobChunk) {
+// fetchStreams fetches the claimed streams in one coalesced call, then
+// decodes, verifies and caches each stream in the background, releasing
+// its waiters as soon as it is done: a reader waits for its own chunks,
+// not for the read-ahead decoded along with them.
+func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
+	offs, sfs, streams := cl.offs, cl.fetches, cl.streams
 	ranges := make([]remote.Range, len(offs))
 	for i, bo := range offs {
 		ranges[i] = remote.Range{Off: bo, Len: streams[bo][0].BlobLength}
 	}
 	raw, err := c.blob.Fetch(ctx, ranges)
 	for i, bo := range offs {
-		sf := sfs[i]
 		if err != nil {
-			sf.err = fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err)
-		} else {
-			metricFetchedBytes.Add(float64(len(raw[i])))
-			sf.chunks, sf.err = c.decode(ctx, streams[bo], raw[i])
+			c.finish(bo, sfs[i], nil, fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err))
+			continue
 		}
-		c.mu.Lock()
-		delete(c.pending, bo)
-		c.mu.Unlock()
-		close(sf.done)
+		metricFetchedBytes.Add(float64(len(raw[i])))
+		go func(bo int64, sf *streamFetch, raw []byte) {
+			decodeSlots <- struct{}{}
+			defer func() { <-decodeSlots }()
+			chunks, err := c.decode(context.WithoutCancel(ctx), streams[bo], raw)
+			c.finish(bo, sf, chunks, err)
+		}(bo, sfs[i], raw[i])
 	}
+}
+
+// decodeSlots bounds concurrent chunk decoding (decompress and hash) to
+// the CPUs there are.
+var decodeSlots = make(chan struct{}, runtime.GOMAXPROCS(0))
+
+// finish publishes a stream's result and releases its waiters.
+func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]byte, err error) {
+	sf.chunks, sf.err = chunks, err
+	c.mu.Lock()
+	delete(c.pending, bo)
+	c.mu.Unlock()
+	close(sf.done)
 }
 
 func (c *Content) decode(ctx context.Context, chunks []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {

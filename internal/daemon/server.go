@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 
 	"github.com/containerd/errdefs"
@@ -20,6 +21,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/mounts", d.deleteMount)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.Handle("GET /metrics", promhttp.Handler())
+	// Profiles, for diagnosing the daemon; only root reaches the socket.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 

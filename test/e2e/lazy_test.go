@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,7 +97,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 	d := startDaemon(t, nil)
 	dir, _ := d.mount(t, viaProxy(ref, reg, p))
 
-	p.SetFault(proxy.FlipByte(proxy.IsBlob, 10))
+	p.SetFault(flipEvery(1024))
 	path := filepath.Join(dir, "small/b/4k.bin")
 	if en, _ := readErrno(path); en != unix.EIO {
 		t.Fatalf("read of a corrupted chunk: errno %v, want EIO", en)
@@ -253,4 +254,33 @@ func TestIndexAndChunksFetchedOnce(t *testing.T) {
 			t.Errorf("second mount and read fetched from the layer blob: %s %s %s", e.Method, e.Path, e.Range)
 		}
 	}
+}
+
+// flipEvery corrupts every stride-th byte of blob responses, so whatever
+// ranges a read is served from, each chunk in them is damaged.
+func flipEvery(stride int64) proxy.Fault {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		if !proxy.IsBlob(r) {
+			return false
+		}
+		proxy.Forward(&strideFlipper{ResponseWriter: w, stride: stride}, r)
+		return true
+	}
+}
+
+type strideFlipper struct {
+	http.ResponseWriter
+	stride, pos int64
+}
+
+func (f *strideFlipper) Write(b []byte) (int, error) {
+	c := append([]byte(nil), b...)
+	for i := range c {
+		if (f.pos+int64(i))%f.stride == 0 {
+			c[i] ^= 0xff
+		}
+	}
+	n, err := f.ResponseWriter.Write(c)
+	f.pos += int64(n)
+	return n, err
 }

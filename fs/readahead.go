@@ -1,0 +1,204 @@
+package fs
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/stratafs/strata/fs/index"
+)
+
+// Read-ahead policy. Every fetch is a round trip, and on a real network
+// the round trip, not the bytes, is what readers wait for; but every byte
+// fetched speculatively is link time taken from reads that matter. So
+// Strata fetches more only where the access pattern says it will be used:
+//
+//   - file read-ahead: a file read from its start, or on from a part
+//     already cached, gets up to readAhead bytes of its following chunks;
+//     a random read into a large file gets only its chunk.
+//   - blob-order read-ahead: misses that land where the previous fetch
+//     ended, in another file (a reader walking the layer in its stored
+//     order, as tar or cp -r do), grow a window of following blob bytes,
+//     doubling from minBlobWindow to maxBlobWindow, fetched ahead of the
+//     reader in the background once it is half consumed.
+//   - neighbourhood: a miss on a small stream takes the other small
+//     streams of its aligned neighbourhood block. eStargz stores files in
+//     path order, so a package's modules, a directory's small files, sit
+//     together, and a program that opens one usually opens its neighbours.
+const (
+	minBlobWindow = 1 << 20
+	maxBlobWindow = 32 << 20
+	// seqSlack tolerates small gaps (chunks already cached, metadata-only
+	// entries) between one fetch's end and the next miss.
+	seqSlack = 256 << 10
+	// maxWindowChunks bounds the chunks one window takes.
+	maxWindowChunks = 4096
+	// neighbourhoodBlock is the aligned blob block a small miss brings in.
+	neighbourhoodBlock = 512 << 10
+	// smallStream is the largest stream that counts as small.
+	smallStream = 64 << 10
+)
+
+// fileReadAhead returns the uncached chunks that follow last in file e,
+// when the read looks sequential: it starts the file, or the chunk before
+// first is already cached.
+func (c *Content) fileReadAhead(e index.Entry, first, last index.Chunk) []index.BlobChunk {
+	if c.readAhead <= 0 || last.End() >= e.Size {
+		return nil
+	}
+	if first.FileOffset > 0 {
+		prev, err := c.idx.Chunks(e.Ino, first.FileOffset-1, 1)
+		if err != nil || len(prev) == 0 || !c.cache.Has(prev[0].Digest) {
+			return nil
+		}
+	}
+	more, err := c.idx.Chunks(e.Ino, last.End(), c.readAhead)
+	if err != nil {
+		return nil // read-ahead is an optimisation; the read itself goes on
+	}
+	var out []index.BlobChunk
+	for _, ch := range more {
+		if !c.cache.Has(ch.Digest) {
+			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: ch})
+		}
+	}
+	return out
+}
+
+// blobReadAhead grows or resets the blob-order window from where this
+// fetch starts, and returns the uncached chunks in the window after it.
+func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
+	first, end := want[0].BlobOffset, int64(0)
+	for _, ch := range want {
+		first = min(first, ch.BlobOffset)
+		end = max(end, ch.BlobOffset+ch.BlobLength)
+	}
+	c.mu.Lock()
+	inOrder := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
+	switch {
+	case inOrder && ino != c.seqIno:
+		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
+	case !inOrder:
+		c.window = 0
+	}
+	window := c.window
+	if ino == c.seqIno {
+		window = 0 // within one file, the file's own read-ahead is enough
+	}
+	c.seqIno = ino
+	c.mu.Unlock()
+	out, end := c.uncachedInBlob(end, end+window)
+	c.mu.Lock()
+	c.seqNext = end
+	c.mu.Unlock()
+	return out
+}
+
+// uncachedInBlob returns the uncached chunks whose streams lie wholly in
+// [from, to), and where the last of them ends (from when there is none).
+func (c *Content) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
+	end := from
+	if to <= from {
+		return nil, end
+	}
+	more, err := c.idx.ChunksInBlob(from, to, maxWindowChunks)
+	if err != nil {
+		return nil, end
+	}
+	var out []index.BlobChunk
+	for _, ch := range more {
+		if ch.BlobOffset+ch.BlobLength <= to && !c.cache.Has(ch.Digest) {
+			out = append(out, ch)
+			end = max(end, ch.BlobOffset+ch.BlobLength)
+		}
+	}
+	return out, end
+}
+
+// neighbourhood returns, when the fetch is one small stream outside any
+// sequential walk, the other small uncached streams of its aligned block.
+func (c *Content) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
+	c.mu.Lock()
+	walking := c.window > 0
+	c.mu.Unlock()
+	if walking || len(want) != 1 || want[0].BlobLength > smallStream {
+		return nil
+	}
+	start := want[0].BlobOffset / neighbourhoodBlock * neighbourhoodBlock
+	var out []index.BlobChunk
+	more, _ := c.uncachedInBlob(start, start+neighbourhoodBlock)
+	for _, ch := range more {
+		if ch.BlobLength <= smallStream && ch.BlobOffset != want[0].BlobOffset {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// readAheadAsync runs when a reader reaches chunk ch of file e from the
+// cache: it fetches in the background what that reader will want next, so
+// a sequential reader finds it fetched before it asks and the link never
+// idles between misses. One background read-ahead runs per layer at a time.
+func (c *Content) readAheadAsync(e index.Entry, ch index.Chunk) {
+	if !c.asyncBusy.CompareAndSwap(false, true) {
+		return
+	}
+	next := c.nextInFile(e, ch)
+	if len(next) == 0 {
+		next = c.nextInBlob(ch)
+	}
+	if len(next) == 0 {
+		c.asyncBusy.Store(false)
+		return
+	}
+	_, cl := c.claim(next)
+	if len(cl.offs) == 0 {
+		c.asyncBusy.Store(false)
+		return
+	}
+	go func() {
+		defer c.asyncBusy.Store(false)
+		c.fetchStreams(context.Background(), cl)
+		for _, sf := range cl.fetches {
+			<-sf.done
+			if sf.err != nil {
+				slog.Debug("fs: background read-ahead failed", "layer", c.digest, "error", sf.err)
+			}
+		}
+	}()
+}
+
+// nextInFile is the uncached part of e's read-ahead distance after ch.
+func (c *Content) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk {
+	if c.readAhead <= 0 || ch.End() >= e.Size {
+		return nil
+	}
+	more, err := c.idx.Chunks(e.Ino, ch.End(), c.readAhead)
+	if err != nil {
+		return nil
+	}
+	var out []index.BlobChunk
+	for _, m := range more {
+		if !c.cache.Has(m.Digest) {
+			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: m})
+		}
+	}
+	return out
+}
+
+// nextInBlob is the next blob-order window, once a walking reader has
+// consumed half of the current one.
+func (c *Content) nextInBlob(ch index.Chunk) []index.BlobChunk {
+	c.mu.Lock()
+	window, next := c.window, c.seqNext
+	c.mu.Unlock()
+	if window == 0 || ch.BlobOffset < next-window/2 {
+		return nil
+	}
+	out, end := c.uncachedInBlob(next, next+window)
+	c.mu.Lock()
+	if end > c.seqNext {
+		c.seqNext = end
+	}
+	c.mu.Unlock()
+	return out
+}

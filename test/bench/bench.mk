@@ -1,0 +1,28 @@
+# Benchmark targets; the top-level Makefile includes this file.
+# `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
+# `make bench` runs the full matrix. Both write docs/benchmarks.md.
+
+BENCH_FLAGS := $(if $(QUICK),--quick,)
+
+.PHONY: bench bench-images bench-report bench-micro bench-tools
+
+bench-tools:
+	bash test/install-deps.sh
+	@command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
+	@command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace
+	@mkdir -p bin
+	go build -o bin/strata ./cmd/strata
+	go build -o bin/bench ./test/bench/cmd/bench
+	cd test/bench/stargz && go build -o ../../../bin/stargz-bench .
+
+bench: bench-tools ## benchmark Strata against full pull and stargz-snapshotter, write docs/benchmarks.md (QUICK=1: subset)
+	bin/bench $(BENCH_FLAGS)
+
+bench-images: bench-tools ## build and push the benchmark images once (cached under .bench/)
+	bin/bench --images $(BENCH_FLAGS)
+
+bench-report: ## re-render docs/benchmarks.md from the last results in .bench/
+	go run ./test/bench/cmd/bench --report
+
+bench-micro: ## Go micro-benchmarks of the hot paths (TOC parse, index lookup, chunk decode, cache-hit read)
+	go test -run '^$$' -bench . -benchmem ./fs/index/ ./fs/

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"slices"
+
+	"github.com/stratafs/strata/test/proxy"
+)
+
+// entry is one block of the matrix: every workload on the image, for every
+// system, runs times, over one network profile.
+type entry struct {
+	Profile   proxy.Profile
+	Image     string
+	Workloads []string
+	Systems   []string
+	Runs      int
+	// PullRuns, when set, caps the runs of the full-pull baseline: it is
+	// the slowest system by far and its spread is the link's, not noise.
+	PullRuns int
+}
+
+func (e entry) runsOf(system string) int {
+	if system == "fullpull" && e.PullRuns > 0 {
+		return min(e.PullRuns, e.Runs)
+	}
+	return e.Runs
+}
+
+type plan []entry
+
+func (p plan) images() []string {
+	var out []string
+	for _, e := range p {
+		if !slices.Contains(out, e.Image) {
+			out = append(out, e.Image)
+		}
+	}
+	return out
+}
+
+var allSystems = []string{"strata", "fullpull", "stargz"}
+
+// startup is what a user notices first: run a program from the image.
+var startup = map[string][]string{
+	"debian": {"true", "cat", "find"},
+	"golang": {"true", "goversion", "tar"},
+	"python": {"true", "python"},
+}
+
+// planFor returns the QUICK subset or the full matrix. QUICK keeps the
+// measurements the issue's targets are about: start-up workloads over wan,
+// `tar` of smallfiles over wan (Strata and full pull only: stargz takes
+// minutes there), and warm throughput against local disk over lo. The full
+// pull baseline runs once per QUICK entry (it alone would take 5 minutes).
+func planFor(quick bool) plan {
+	if quick {
+		return plan{
+			{Profile: proxy.ProfileWAN, Image: "debian", Workloads: []string{"true"}, Systems: allSystems, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: allSystems, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: allSystems, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileWAN, Image: "smallfiles", Workloads: []string{"tar"}, Systems: []string{"strata", "fullpull"}, Runs: 1},
+			{Profile: proxy.ProfileLo, Image: "smallfiles", Workloads: []string{"find"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileLo, Image: "bigfile", Workloads: []string{"seqread", "randread"}, Systems: []string{"strata", "fullpull"}, Runs: 1},
+		}
+	}
+	var p plan
+	for _, prof := range []proxy.Profile{proxy.ProfileLo, proxy.ProfileLAN, proxy.ProfileWAN} {
+		for _, img := range []string{"debian", "golang", "python"} {
+			p = append(p, entry{Profile: prof, Image: img, Workloads: startup[img], Systems: allSystems, Runs: 5})
+		}
+		// Moving 0.3–1 GiB per cold run: fewer runs keep the full run near 40 min.
+		p = append(p,
+			entry{Profile: prof, Image: "smallfiles", Workloads: []string{"cat", "find", "tar"}, Systems: allSystems, Runs: 3},
+			entry{Profile: prof, Image: "bigfile", Workloads: []string{"seqread", "randread"}, Systems: allSystems, Runs: 3})
+	}
+	return p
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestTargets checks that the report calls a met target met and a missed
+// one MISSED, and derives the mount row from cold runs.
+func TestTargets(t *testing.T) {
+	res := &runResults{Sizes: map[string]imageSizes{"golang": {Gzip: 100e6, Estargz: 102e6, TOC: 2e6}},
+		Reads: map[string]readEstimate{"golang/goversion": {Files: 3, Bytes: 20e6, Total: 200e6}}}
+	add := func(sys, img, wl, state string, secs, mount float64, bytes int64) {
+		res.Results = append(res.Results, result{Profile: "wan", Image: img, Workload: wl, System: sys, State: state,
+			Seconds: secs, MountSeconds: mount, Bytes: bytes})
+	}
+	for range 3 {
+		add("strata", "golang", "goversion", "cold", 1.0, 0.4, 3e6)   // limit 1.3*10 MB + 2 MB
+		add("fullpull", "golang", "goversion", "cold", 20, 18, 100e6) // 20× slower
+		add("stargz", "golang", "goversion", "cold", 0.9, 0.5, 20e6)  // faster than strata
+		add("strata", "debian", "true", "cold", 1.5, 1.2, 1e6)        // mount > 1 s
+	}
+	var buf bytes.Buffer
+	if err := renderReport(&buf, res); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"| wan cold: mount ≤ 1 s — golang | 0.40 s | met |",
+		"| wan cold: mount ≤ 1 s — debian | 1.20 s | **MISSED** |",
+		"first result ≥ 10× sooner than full pull + unpack | 1.00 s vs 20.00 s (20.0×) | met |",
+		"`goversion` sooner than stargz-snapshotter | 1.00 s vs 0.90 s | **MISSED** |",
+		"| 3.0 MB vs limit 15.0 MB",
+		"| golang | mount | cold | 0.400 (0.400–0.400) n=3",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(out)
+	}
+}

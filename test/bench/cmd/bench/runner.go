@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/stratafs/strata/test/proxy"
+)
+
+// result is one measurement.
+type result struct {
+	Profile, Image, Workload, System, State string
+	Run                                     int
+	// Seconds: cold = mount (or pull + unpack) + workload, i.e. time to
+	// first result; warm and hot = the workload alone.
+	Seconds      float64
+	MountSeconds float64 `json:",omitempty"`
+	Amount       float64 `json:",omitempty"` // bytes (seqread) or operations (randread)
+	Bytes        int64   // response bytes through the proxy
+	Requests     int64
+	Err          string `json:",omitempty"`
+}
+
+// imageSizes are compressed sizes from the manifests, for the bytes target.
+type imageSizes struct {
+	Gzip, Estargz int64
+	TOC           int64 // eStargz TOCs and footers, all layers
+}
+
+type runResults struct {
+	Quick   bool
+	Elapsed float64
+	Started time.Time
+	Machine machineInfo
+	Sizes   map[string]imageSizes
+	Reads   map[string]readEstimate // image/workload → files it reads
+	Results []result
+}
+
+type runner struct {
+	o     options
+	px    *proxy.Proxy
+	log   *slog.Logger
+	sizes map[string]imageSizes
+	reads map[string]readEstimate
+}
+
+func (r *runner) system(name string) system {
+	dir := filepath.Join(r.o.work, "run", name)
+	switch name {
+	case "strata":
+		return &strataSys{bin: r.o.strata, dir: dir}
+	case "stargz":
+		return &stargzSys{bin: r.o.stargz, dir: dir}
+	default:
+		return &fullPull{dir: dir}
+	}
+}
+
+func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResults, error) {
+	res := &runResults{Started: time.Now().UTC(), Machine: machine(ctx, r.o), Sizes: map[string]imageSizes{},
+		Reads: map[string]readEstimate{}}
+	r.reads = res.Reads
+	for _, img := range p.images() {
+		sz := manifestSizes(ctx, regHost, img)
+		toc, err := tocBytes(ctx, regHost, img)
+		if err != nil {
+			r.log.Warn("TOC size", "image", img, "err", err)
+		}
+		sz.TOC = toc
+		res.Sizes[img] = sz
+	}
+	for _, e := range p {
+		r.px.SetProfile(e.Profile)
+		spec, _ := imageByName(e.Image)
+		for run := 1; run <= e.Runs; run++ {
+			for _, wname := range e.Workloads {
+				w, _ := workloadByName(wname)
+				for _, sname := range e.Systems {
+					if run > e.runsOf(sname) {
+						continue
+					}
+					if ctx.Err() != nil {
+						return res, ctx.Err()
+					}
+					rs := r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run)
+					res.Results = append(res.Results, rs...)
+				}
+			}
+		}
+	}
+	return res, nil
+}
+
+// measure does one cold run then the warm and hot repeats on the same mount.
+func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workload, profile string, run int) []result {
+	base := result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run}
+	fail := func(err error) []result {
+		r.log.Error("measurement failed", "system", sys.Name(), "image", img.Name, "workload", w.Name, "err", err)
+		base.State, base.Err = "cold", err.Error()
+		return []result{base}
+	}
+	defer func() {
+		if err := sys.Teardown(context.WithoutCancel(ctx)); err != nil {
+			r.log.Warn("teardown", "system", sys.Name(), "err", err)
+		}
+	}()
+	if err := sys.Prepare(ctx); err != nil {
+		return fail(err)
+	}
+	if err := dropCaches(); err != nil {
+		return fail(fmt.Errorf("drop caches: %w", err))
+	}
+	ref := r.px.Host() + "/" + img.Name + ":" + sys.Tag()
+	r.px.ResetStats()
+	t0 := time.Now()
+	root, err := sys.Mount(ctx, ref)
+	if err != nil {
+		return fail(err)
+	}
+	mounted := time.Since(t0).Seconds()
+	amount, err := w.Run(ctx, root, img)
+	if err != nil {
+		return fail(err)
+	}
+	cold := r.finish(base, "cold", time.Since(t0).Seconds(), amount)
+	cold.MountSeconds = mounted
+	r.saveLog(cold)
+	out := []result{cold}
+	r.log.Info("cold", "system", sys.Name(), "image", img.Name, "workload", w.Name, "profile", profile,
+		"s", fmt.Sprintf("%.2f", cold.Seconds), "mount", fmt.Sprintf("%.2f", mounted), "MB", cold.Bytes>>20, "req", cold.Requests)
+	for _, state := range []string{"warm", "hot"} {
+		if state == "warm" {
+			if err := dropCaches(); err != nil {
+				return append(out, r.errResult(base, state, err))
+			}
+		}
+		r.px.ResetStats()
+		t := time.Now()
+		amount, err := w.Run(ctx, root, img)
+		if err != nil {
+			return append(out, r.errResult(base, state, err))
+		}
+		out = append(out, r.finish(base, state, time.Since(t).Seconds(), amount))
+	}
+	if _, done := r.reads[img.Name+"/"+w.Name]; !done && sys.Name() == "fullpull" && tracedWorkloads[w.Name] {
+		est, err := traceReads(ctx, root, w)
+		if err != nil {
+			r.log.Warn("strace", "err", err)
+		}
+		r.reads[img.Name+"/"+w.Name] = est
+	}
+	return out
+}
+
+// saveLog keeps the proxy's request log of a cold run, for the analysis of
+// where time goes (request sizes, how many were in flight).
+func (r *runner) saveLog(res result) {
+	dir := filepath.Join(r.o.work, "logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	name := fmt.Sprintf("%s-%s-%s-%s-%d.json", res.Profile, res.Image, res.Workload, res.System, res.Run)
+	if err := writeJSON(filepath.Join(dir, name), r.px.Stats().Log); err != nil {
+		r.log.Warn("request log", "err", err)
+	}
+}
+
+func (r *runner) errResult(base result, state string, err error) result {
+	base.State, base.Err = state, err.Error()
+	return base
+}
+
+func (r *runner) finish(base result, state string, secs, amount float64) result {
+	st := r.px.Stats()
+	base.State, base.Seconds, base.Amount = state, secs, amount
+	base.Bytes, base.Requests = st.BytesOut, st.Requests
+	return base
+}
+
+func manifestSizes(ctx context.Context, reg, img string) imageSizes {
+	var s imageSizes
+	for _, tag := range []string{"gzip", "estargz"} {
+		ref, err := name.ParseReference(reg+"/"+img+":"+tag, name.Insecure)
+		if err != nil {
+			continue
+		}
+		im, err := remote.Image(ref, remote.WithContext(ctx))
+		if err != nil {
+			continue
+		}
+		m, err := im.Manifest()
+		if err != nil {
+			continue
+		}
+		var n int64
+		for _, l := range m.Layers {
+			n += l.Size
+		}
+		if tag == "gzip" {
+			s.Gzip = n
+		} else {
+			s.Estargz = n
+		}
+	}
+	return s
+}

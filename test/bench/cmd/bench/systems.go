@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// system is one way of making an image's files available.
+//
+// Prepare resets the system to a cold state (no cached layer data) and
+// starts whatever service it needs; it is not timed. Mount makes the image
+// ref readable under the returned directory and is timed: it is "time to
+// mount" for lazy systems and "pull + unpack" for the full-pull baseline.
+// Teardown unmounts and removes all state.
+type system interface {
+	Name() string
+	Tag() string // which form of the image it reads: "gzip" or "estargz"
+	Prepare(ctx context.Context) error
+	Mount(ctx context.Context, ref string) (string, error)
+	Teardown(ctx context.Context) error
+}
+
+// daemonProc is a child process in its own process group, stopped with
+// SIGTERM then SIGKILL.
+type daemonProc struct{ cmd *exec.Cmd }
+
+func startProc(name string, args []string, logPath string) (*daemonProc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return &daemonProc{cmd: cmd}, nil
+}
+
+func (p *daemonProc) stop() {
+	if p == nil || p.cmd.Process == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// strataSys runs `strata daemon` with a fresh root per cold run and mounts
+// with `strata mount`, exactly as a user would.
+type strataSys struct {
+	bin, dir string
+	daemon   *daemonProc
+	mnt      string
+}
+
+func (s *strataSys) Name() string { return "strata" }
+func (s *strataSys) Tag() string  { return "estargz" }
+func (s *strataSys) socket() string {
+	return filepath.Join(s.dir, "strata.sock")
+}
+
+func (s *strataSys) Prepare(ctx context.Context) error {
+	if err := resetDir(s.dir); err != nil {
+		return err
+	}
+	root := filepath.Join(s.dir, "root")
+	d, err := startProc(s.bin, []string{"daemon", "--root", root, "--socket", s.socket()}, filepath.Join(s.dir, "daemon.log"))
+	if err != nil {
+		return err
+	}
+	s.daemon = d
+	for i := 0; i < 300; i++ { // 30 s
+		if exec.CommandContext(ctx, s.bin, "ls", "--socket", s.socket()).Run() == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("strata daemon did not answer within 30s; log: %s", tailFile(filepath.Join(s.dir, "daemon.log")))
+}
+
+func (s *strataSys) Mount(ctx context.Context, ref string) (string, error) {
+	s.mnt = filepath.Join(s.dir, "mnt")
+	if err := os.MkdirAll(s.mnt, 0o755); err != nil {
+		return "", err
+	}
+	if err := run(ctx, s.bin, "mount", "--socket", s.socket(), "--insecure", ref, s.mnt); err != nil {
+		return "", fmt.Errorf("%w\ndaemon log: %s", err, tailFile(filepath.Join(s.dir, "daemon.log")))
+	}
+	return s.mnt, nil
+}
+
+func (s *strataSys) Teardown(ctx context.Context) error {
+	var err error
+	if s.mnt != "" && isMountpoint(s.mnt) {
+		err = run(ctx, s.bin, "umount", "--socket", s.socket(), s.mnt)
+	}
+	s.daemon.stop()
+	s.daemon, s.mnt = nil, ""
+	return errors.Join(err, resetDir(s.dir))
+}
+
+// fullPull is the baseline without a lazy filesystem: skopeo copies the
+// gzip image through the proxy, umoci unpacks it to local disk.
+type fullPull struct{ dir string }
+
+func (f *fullPull) Name() string                      { return "fullpull" }
+func (f *fullPull) Tag() string                       { return "gzip" }
+func (f *fullPull) Prepare(ctx context.Context) error { return resetDir(f.dir) }
+func (f *fullPull) Teardown(ctx context.Context) error {
+	return resetDir(f.dir)
+}
+
+func (f *fullPull) Mount(ctx context.Context, ref string) (string, error) {
+	layout := filepath.Join(f.dir, "oci") + ":img"
+	if err := run(ctx, "skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+		"docker://"+ref, "oci:"+layout); err != nil {
+		return "", err
+	}
+	bundle := filepath.Join(f.dir, "bundle")
+	if err := run(ctx, "umoci", "unpack", "--image", layout, bundle); err != nil {
+		return "", err
+	}
+	return filepath.Join(bundle, "rootfs"), nil
+}
+
+// stargzSys mounts with stargz-snapshotter's FUSE filesystem through the
+// bench-only test/bench/stargz program.
+type stargzSys struct {
+	bin, dir string
+	proc     *exec.Cmd
+	done     chan struct{}
+}
+
+func (s *stargzSys) Name() string                      { return "stargz" }
+func (s *stargzSys) Tag() string                       { return "estargz" }
+func (s *stargzSys) Prepare(ctx context.Context) error { return resetDir(s.dir) }
+
+func (s *stargzSys) Mount(ctx context.Context, ref string) (string, error) {
+	mnt := filepath.Join(s.dir, "mnt")
+	cmd := exec.Command(s.bin, "--root", filepath.Join(s.dir, "state"), ref, mnt)
+	logf, err := os.Create(filepath.Join(s.dir, "stargz.log"))
+	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start stargz-bench: %w", err)
+	}
+	s.proc, s.done = cmd, make(chan struct{})
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		ok := sc.Scan() && strings.TrimSpace(sc.Text()) == "ready"
+		ready <- ok
+		for sc.Scan() {
+		}
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			return "", fmt.Errorf("stargz-bench failed: %s", tailFile(filepath.Join(s.dir, "stargz.log")))
+		}
+		return mnt, nil
+	case <-time.After(5 * time.Minute):
+		return "", errors.New("stargz-bench not ready after 5 minutes")
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (s *stargzSys) Teardown(ctx context.Context) error {
+	if s.proc != nil {
+		_ = syscall.Kill(-s.proc.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(-s.proc.Process.Pid, syscall.SIGKILL)
+			<-s.done
+		}
+		s.proc = nil
+	}
+	return resetDir(s.dir)
+}
+
+// resetDir lazily unmounts anything left under dir, then empties it.
+func resetDir(dir string) error {
+	if b, err := os.ReadFile("/proc/mounts"); err == nil {
+		var mps []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+				mps = append(mps, f[1])
+			}
+		}
+		for i := len(mps) - 1; i >= 0; i-- {
+			_ = syscall.Unmount(mps[i], syscall.MNT_DETACH)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("reset %s: %w", dir, err)
+	}
+	return os.MkdirAll(dir, 0o755)
+}
+
+func isMountpoint(dir string) bool {
+	b, err := os.ReadFile("/proc/mounts")
+	return err == nil && strings.Contains(string(b), " "+dir+" ")
+}
+
+func tailFile(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
