@@ -1,12 +1,14 @@
 package index
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/gzip"
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -200,19 +202,37 @@ func footerExtraFits(footer []byte) bool {
 // because it decodes JSON straight from the decompressor, without a bound
 // on how large the JSON inflates.
 func decompressTOC(compressed []byte, lim limits) ([]byte, error) {
-	rc, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
+	// The same framing as estargz's GzipDecompressor.DecompressTOC (one
+	// gzip member holding a tar entry named stargz.index.json), read with
+	// klauspost's faster gzip and into a buffer sized from the tar header.
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("%w: TOC: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: TOC: malformed gzip header: %w", ErrInvalid, err)
 	}
-	defer rc.Close()
-	tocJSON, err := io.ReadAll(io.LimitReader(rc, lim.tocJSON+1))
+	defer zr.Close()
+	zr.Multistream(false)
+	tr := tar.NewReader(zr)
+	h, err := tr.Next()
 	if err != nil {
+		return nil, fmt.Errorf("%w: TOC: no tar header in its gzip stream: %w", ErrInvalid, err)
+	}
+	if h.Name != estargz.TOCTarName {
+		return nil, Invalidf("TOC tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
+	}
+	if h.Size < 0 || h.Size > lim.tocJSON {
+		return nil, Invalidf("TOC JSON is more than %d bytes decompressed (header says %d)", lim.tocJSON, h.Size)
+	}
+	// Sized from the header, but no more than the compressed bytes could
+	// plausibly hold: a header is only a claim until the bytes arrive.
+	var buf bytes.Buffer
+	buf.Grow(int(min(h.Size, 32*int64(len(compressed))+64<<10)))
+	if _, err := io.Copy(&buf, tr); err != nil {
 		return nil, fmt.Errorf("%w: decompressing TOC: %w", ErrInvalid, err)
 	}
-	if int64(len(tocJSON)) > lim.tocJSON {
-		return nil, Invalidf("TOC JSON is more than %d bytes decompressed", lim.tocJSON)
+	if int64(buf.Len()) != h.Size {
+		return nil, Invalidf("TOC JSON is %d bytes, its tar header says %d", buf.Len(), h.Size)
 	}
-	return tocJSON, nil
+	return buf.Bytes(), nil
 }
 
 // readFullAt reads exactly len(p) bytes at off. io.ReaderAt may return

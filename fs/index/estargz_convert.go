@@ -293,9 +293,26 @@ func parseChunkDigest(s string) (digest.Digest, error) {
 	if s == "" {
 		return "", fmt.Errorf("chunk has no chunkDigest: the layer has no chunk digests and cannot be verified")
 	}
-	d, err := digest.Parse(s)
-	if err != nil {
+	d := digest.Digest(s)
+	if err := validateDigest(d); err != nil {
 		return "", fmt.Errorf("chunkDigest %q: %w", s, err)
 	}
 	return d, nil
+}
+
+// validateDigest is digest.Digest.Validate with a fast path for the
+// sha256 digests every chunk carries: go-digest checks with a regular
+// expression, which costs a tenth of indexing a large layer.
+func validateDigest(d digest.Digest) error {
+	const prefix = "sha256:"
+	s := string(d)
+	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix {
+		return d.Validate()
+	}
+	for i := len(prefix); i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return d.Validate()
+		}
+	}
+	return nil
 }

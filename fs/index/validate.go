@@ -201,7 +201,7 @@ func checkChunks(chunks []Chunk, size, blobSize int64) error {
 			return fmt.Errorf("raw chunk at file offset %d: inner %d + length %d exceed its blob range of %d bytes",
 				c.FileOffset, c.Inner, c.Length, c.BlobLength)
 		}
-		if err := c.Digest.Validate(); err != nil {
+		if err := validateDigest(c.Digest); err != nil {
 			return fmt.Errorf("chunk at file offset %d: digest %q: %w", c.FileOffset, c.Digest, err)
 		}
 		next += c.Length
