@@ -24,6 +24,7 @@ type options struct {
 	strata, stargz     string
 	imagesOnly         bool
 	reportOnly         bool
+	only               string
 }
 
 func main() {
@@ -35,6 +36,7 @@ func main() {
 	flag.StringVar(&o.stargz, "stargz", "bin/stargz-bench", "stargz-bench binary (test/bench/stargz)")
 	flag.BoolVar(&o.imagesOnly, "images", false, "only build and push the images")
 	flag.BoolVar(&o.reportOnly, "report", false, "only render the report from the last results")
+	flag.StringVar(&o.only, "only", "", "run only the plan entries for this image (for development; the report then covers just those)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -66,7 +68,7 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	defer reg.Close()
 	b := &builder{ctx: ctx, Dir: filepath.Join(o.work, "images"), Strata: o.strata, log: log}
-	p := planFor(o.quick)
+	p := planFor(o.quick).only(o.only)
 	start := time.Now()
 	for _, name := range p.images() {
 		spec, _ := imageByName(name)

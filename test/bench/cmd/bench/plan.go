@@ -17,10 +17,13 @@ type entry struct {
 	// PullRuns, when set, caps the runs of the full-pull baseline: it is
 	// the slowest system by far and its spread is the link's, not noise.
 	PullRuns int
+	// Containerd entries run each workload's command with `ctr run` in a
+	// private containerd, for the ctd* systems (containerd_run.go).
+	Containerd bool
 }
 
 func (e entry) runsOf(system string) int {
-	if system == "fullpull" && e.PullRuns > 0 {
+	if (system == "fullpull" || system == ctdOverlay) && e.PullRuns > 0 {
 		return min(e.PullRuns, e.Runs)
 	}
 	return e.Runs
@@ -58,6 +61,7 @@ func planFor(quick bool) plan {
 			{Profile: proxy.ProfileWAN, Image: "debian", Workloads: []string{"true"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: allSystems, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, Containerd: true},
 			{Profile: proxy.ProfileWAN, Image: "smallfiles", Workloads: []string{"tar"}, Systems: []string{"strata", "fullpull"}, Runs: 1},
 			{Profile: proxy.ProfileLo, Image: "smallfiles", Workloads: []string{"find"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileLo, Image: "bigfile", Workloads: []string{"seqread", "randread"}, Systems: []string{"strata", "fullpull"}, Runs: 1},
@@ -72,6 +76,25 @@ func planFor(quick bool) plan {
 		p = append(p,
 			entry{Profile: prof, Image: "smallfiles", Workloads: []string{"cat", "find", "tar"}, Systems: allSystems, Runs: 3},
 			entry{Profile: prof, Image: "bigfile", Workloads: []string{"seqread", "randread"}, Systems: allSystems, Runs: 3})
+		if prof != proxy.ProfileLAN { // lo and wan bracket lan; the containerd runs are long
+			p = append(p,
+				entry{Profile: prof, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 5, Containerd: true},
+				entry{Profile: prof, Image: "python", Workloads: []string{"python"}, Systems: ctdSystems, Runs: 5, Containerd: true})
+		}
 	}
 	return p
+}
+
+// only keeps the entries for image; "" keeps everything.
+func (p plan) only(image string) plan {
+	if image == "" {
+		return p
+	}
+	var out plan
+	for _, e := range p {
+		if e.Image == image {
+			out = append(out, e)
+		}
+	}
+	return out
 }
