@@ -29,7 +29,7 @@ type LayerMount struct {
 }
 
 // MountLayer serves the layer read-only at dir (which must exist).
-func MountLayer(dir string, idx *index.Layer, content *Content) (*LayerMount, error) {
+func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 	lfs := &layerFS{idx: idx, content: content}
 	root := &node{layer: lfs, ino: index.RootIno}
 	timeout := kernelCacheTimeout

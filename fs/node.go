@@ -24,7 +24,7 @@ type node struct {
 
 // layerFS is what every node of one mounted layer shares.
 type layerFS struct {
-	idx     *index.Layer
+	idx     View
 	content *Content
 }
 

@@ -34,6 +34,7 @@ type Pool struct {
 
 	mu     sync.Mutex
 	layers map[digest.Digest]*pooled
+	saves  sync.WaitGroup // index saves running in the background
 }
 
 type pooled struct {
@@ -44,6 +45,9 @@ type pooled struct {
 	mount *LayerMount
 	blob  *remote.BlobReader
 	desc  remote.Layer
+	// indexSaved, when set, closes once a new index is on disk; unmounting
+	// waits for it, so the next mount finds the index stored.
+	indexSaved <-chan struct{}
 }
 
 // LayerStat describes a mounted layer.
@@ -107,7 +111,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	idx, err := p.loadIndex(ctx, blob, l)
+	idx, err := p.loadIndex(ctx, blob, pl)
 	if err != nil {
 		blob.Close()
 		return err
@@ -128,7 +132,8 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 
 // loadIndex returns the layer's stored index, building and storing it from
 // the blob the first time.
-func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) (*index.Layer, error) {
+func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, pl *pooled) (View, error) {
+	l := pl.desc
 	key := l.Digest.String()
 	idx, err := index.Open(p.store.DB(), key)
 	if err == nil {
@@ -155,12 +160,31 @@ func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, l remote.
 	if err := built.Validate(l.Size); err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
-		return nil, fmt.Errorf("layer %s: storing index: %w", l.Digest, err)
-	}
 	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
 		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
-	return index.Open(p.store.DB(), key)
+	// Mount from memory at once; save meanwhile, then serve from disk so
+	// memory stays bounded. A failed save costs a re-index next time.
+	view := newSwapView(index.NewMemory(built, l.Size))
+	saved := make(chan struct{})
+	pl.indexSaved = saved
+	p.saves.Add(1)
+	go func() {
+		defer p.saves.Done()
+		defer close(saved)
+		start := time.Now()
+		if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
+			slog.Error("storing layer index failed; it is kept in memory while mounted", "layer", l.Digest, "error", err)
+			return
+		}
+		stored, err := index.Open(p.store.DB(), key)
+		if err != nil {
+			slog.Error("reopening stored layer index", "layer", l.Digest, "error", err)
+			return
+		}
+		view.set(stored)
+		slog.Debug("layer index stored", "layer", l.Digest, "duration", time.Since(start).Round(time.Millisecond))
+	}()
+	return view, nil
 }
 
 // Release drops one use of layer d, unmounting it after the last.
@@ -183,6 +207,9 @@ func (p *Pool) Release(d digest.Digest) error {
 }
 
 func (pl *pooled) close() error {
+	if pl.indexSaved != nil {
+		<-pl.indexSaved
+	}
 	var errs []error
 	if pl.mount != nil {
 		errs = append(errs, pl.mount.Unmount())
@@ -221,8 +248,10 @@ func (p *Pool) Stat(d digest.Digest) (LayerStat, bool) {
 	return LayerStat{}, false
 }
 
-// Close unmounts every layer, whoever still uses it.
+// Close unmounts every layer, whoever still uses it, and waits for index
+// saves still running.
 func (p *Pool) Close() error {
+	defer p.saves.Wait()
 	p.mu.Lock()
 	all := p.layers
 	p.layers = map[digest.Digest]*pooled{}

@@ -34,7 +34,7 @@ const DefaultReadAhead = 8 << 20
 // has the chunk, otherwise fetched, decoded and verified, then cached.
 type Content struct {
 	digest    digest.Digest
-	idx       *index.Layer
+	idx       View
 	blob      Blob
 	cache     *store.Chunks
 	readAhead int64
@@ -57,7 +57,7 @@ type streamFetch struct {
 }
 
 // NewContent returns the content reader of the layer dgst.
-func NewContent(dgst digest.Digest, idx *index.Layer, blob Blob, cache *store.Chunks) *Content {
+func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks) *Content {
 	return &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead, pending: map[int64]*streamFetch{}}
 }
 
