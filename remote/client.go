@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -119,6 +120,18 @@ type client struct {
 }
 
 func newClient(ctx context.Context, repo name.Repository, o *options, scopes ...string) (*client, error) {
+	if o.clients == nil {
+		return dialClient(ctx, repo, o, scopes...)
+	}
+	key := clientKey(repo.String(), scopes) + "|insecure=" + strconv.FormatBool(o.isInsecureHost(repo.RegistryStr()))
+	return o.clients.get(ctx, key, func() (*client, error) {
+		// The handshake must outlive the operation that happens to make it.
+		return dialClient(context.WithoutCancel(ctx), repo, o, scopes...)
+	})
+}
+
+// dialClient pings the registry and makes the clients of one repository.
+func dialClient(ctx context.Context, repo name.Repository, o *options, scopes ...string) (*client, error) {
 	repo, err := o.repository(repo)
 	if err != nil {
 		return nil, err

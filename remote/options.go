@@ -36,6 +36,7 @@ type options struct {
 	retryAttempts  int
 	retryBase      time.Duration
 	spoolDir       string
+	clients        *ClientCache
 }
 
 func makeOptions(opts ...Option) *options {

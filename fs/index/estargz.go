@@ -62,8 +62,9 @@ var defaultLimits = limits{
 // Validate(size).
 //
 // The first read fetches the last max(FooterSize, 512 KiB) bytes of the
-// blob (the whole blob if it is smaller); a second read, of exactly the
-// TOC's range, happens only when the TOC does not lie inside the first.
+// blob (the whole blob if it is smaller); a second read, of the part of
+// the TOC before those bytes, happens only when the TOC does not lie
+// inside the first.
 // The TOC's size is checked against MaxTOCSize before it is read.
 //
 // When tocDigest is not empty (the layer annotation
@@ -154,10 +155,13 @@ func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
+	// Only the part of the TOC before the tail is fetched again.
 	buf := make([]byte, tocLen)
-	if err := readFullAt(r, buf, tocOff); err != nil {
+	head := tailStart - tocOff
+	if err := readFullAt(r, buf[:head], tocOff); err != nil {
 		return nil, 0, fmt.Errorf("reading TOC: %w", err)
 	}
+	copy(buf[head:], tail[:tocEnd-tailStart])
 	return buf, tocOff, nil
 }
 

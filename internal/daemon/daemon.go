@@ -54,6 +54,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		remote.WithMaxConcurrency(cfg.MaxConcurrentRequests),
 		remote.WithSpoolDir(filepath.Join(cfg.Root, "tmp")),
 		remote.WithUserAgent("strata"),
+		remote.WithClientCache(remote.NewClientCache()),
 	}
 	if stale, err := fs.ClearStale(ctx, cfg.layersDir()); err != nil {
 		return err
