@@ -78,11 +78,16 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	for _, l := range img.Layers {
 		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations})
 	}
-	if err := im.attach(ctx, m); err != nil {
+	// Recorded before the layers mount: their new indexes are saved in the
+	// background and would hold the database's single writer lock for as
+	// long as a large index takes to write.
+	if err := im.record(m); err != nil {
 		return nil, err
 	}
-	if err := im.record(m); err != nil {
-		im.detach(m)
+	if err := im.attach(ctx, m); err != nil {
+		if derr := im.forget(m.Dir); derr != nil {
+			slog.ErrorContext(ctx, "dropping the record of a failed mount", "dir", m.Dir, "error", derr)
+		}
 		return nil, err
 	}
 	m.Duration = time.Since(start)
@@ -185,6 +190,11 @@ func (im *images) unmount(ctx context.Context, dir string) error {
 		return err
 	}
 	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir)
+	return im.forget(dir)
+}
+
+// forget removes the record of the mount at dir.
+func (im *images) forget(dir string) error {
 	return im.d.store.DB().Update(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketMounts); b != nil {
 			return b.Delete([]byte(dir))
