@@ -1,0 +1,258 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/store"
+)
+
+// memBlob serves a blob from memory and records every Fetch, so tests can
+// see exactly what the read path asked the registry for.
+type memBlob struct {
+	data []byte
+	mu   sync.Mutex
+	// fetches holds, per Fetch call, the ranges asked for.
+	fetches [][]remote.Range
+	corrupt bool // flip the first byte of every range served
+}
+
+func (b *memBlob) Size() int64 { return int64(len(b.data)) }
+
+func (b *memBlob) Fetch(_ context.Context, ranges []remote.Range) ([][]byte, error) {
+	b.mu.Lock()
+	b.fetches = append(b.fetches, append([]remote.Range(nil), ranges...))
+	corrupt := b.corrupt
+	b.mu.Unlock()
+	out := make([][]byte, len(ranges))
+	for i, r := range ranges {
+		out[i] = bytes.Clone(b.data[r.Off : r.Off+r.Len])
+		if corrupt && len(out[i]) > 0 {
+			out[i][len(out[i])/2] ^= 0xff
+		}
+	}
+	return out, nil
+}
+
+func (b *memBlob) fetched() (calls int, bytes int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, f := range b.fetches {
+		for _, r := range f {
+			bytes += r.Len
+		}
+	}
+	return len(b.fetches), bytes
+}
+
+func (b *memBlob) reset() {
+	b.mu.Lock()
+	b.fetches = nil
+	b.mu.Unlock()
+}
+
+// testLayer is an eStargz layer built in memory and opened for reading.
+type testLayer struct {
+	content *Content
+	blob    *memBlob
+	files   map[string][]byte
+	view    View
+	cache   *store.Chunks
+}
+
+func randomContent(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n+8)
+	for i := 0; i < n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], rng.Uint64())
+	}
+	return b[:n]
+}
+
+// newTestLayer builds an eStargz blob (1 MiB chunks) of files, in the
+// order given, and a Content reading it through the chunk cache.
+func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
+	t.Helper()
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	files := map[string][]byte{}
+	for i, name := range names {
+		data := randomContent(uint64(i+1), sizes[i])
+		files[name] = data
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(data)
+	}
+	tw.Close()
+	built, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarBuf.Bytes()), 0, int64(tarBuf.Len())), estargz.WithChunkSize(1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobBytes, err := io.ReadAll(built)
+	built.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := index.ReadEStargz(context.Background(), bytes.NewReader(blobBytes), int64(len(blobBytes)), built.TOCDigest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	view := index.NewMemory(idx, int64(len(blobBytes)))
+	blob := &memBlob{data: blobBytes}
+	return &testLayer{content: NewContent("sha256:test", view, blob, st.Chunks), blob: blob, files: files, view: view, cache: st.Chunks}
+}
+
+func (l *testLayer) entry(t *testing.T, name string) index.Entry {
+	t.Helper()
+	e := index.Entry{Ino: index.RootIno}
+	for _, part := range strings.Split(name, "/") {
+		var found bool
+		var err error
+		e, found, err = l.view.Lookup(e.Ino, part)
+		if err != nil || !found {
+			t.Fatalf("lookup %s: %v %v", name, found, err)
+		}
+	}
+	return e
+}
+
+// read reads n bytes of name at off and checks them.
+func (l *testLayer) read(t *testing.T, name string, off, n int64) {
+	t.Helper()
+	e := l.entry(t, name)
+	buf := make([]byte, n)
+	got, err := l.content.ReadAt(context.Background(), e, buf, off)
+	if err != nil {
+		t.Fatalf("read %s at %d: %v", name, off, err)
+	}
+	want := l.files[name][off:min(off+n, int64(len(l.files[name])))]
+	if !bytes.Equal(buf[:got], want) {
+		t.Fatalf("read %s at %d: wrong bytes", name, off)
+	}
+}
+
+// settle waits for background decoding and read-ahead to finish.
+func (l *testLayer) settle() {
+	for i := 0; i < 200; i++ {
+		l.content.mu.Lock()
+		busy := len(l.content.pending) > 0
+		l.content.mu.Unlock()
+		if !busy && !l.content.asyncBusy.Load() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRandomReadFetchesOnlyItsChunk(t *testing.T) {
+	l := newTestLayer(t, []string{"big"}, []int{8 << 20})
+	l.read(t, "big", 5<<20+123, 4096)
+	l.settle()
+	if calls, n := l.blob.fetched(); calls != 1 || n > 1<<20+64<<10 {
+		t.Fatalf("random 4 KiB read: %d fetches, %d bytes; want 1 fetch of about one 1 MiB chunk", calls, n)
+	}
+}
+
+func TestSequentialReadFetchesAhead(t *testing.T) {
+	l := newTestLayer(t, []string{"big"}, []int{8 << 20})
+	l.read(t, "big", 0, 128<<10)
+	l.settle()
+	_, first := l.blob.fetched()
+	if first < 3<<20 {
+		t.Fatalf("a read from the file's start fetched %d bytes, want read-ahead of several chunks", first)
+	}
+	// Reading on through the file finds most of it fetched already, and
+	// the whole file costs few fetches.
+	for off := int64(128 << 10); off < 8<<20; off += 1 << 20 {
+		l.read(t, "big", off, 1<<20)
+	}
+	l.settle()
+	if calls, n := l.blob.fetched(); calls > 4 || n > 9<<20 {
+		t.Fatalf("sequential read of 8 MiB: %d fetches, %d bytes", calls, n)
+	}
+}
+
+func TestSmallMissTakesSmallNeighbours(t *testing.T) {
+	var names []string
+	var sizes []int
+	for i := 0; i < 40; i++ {
+		names = append(names, fmt.Sprintf("pkg/m%02d.py", i))
+		sizes = append(sizes, 3000+i*50)
+	}
+	l := newTestLayer(t, names, sizes)
+	l.read(t, "pkg/m10.py", 0, 1<<16)
+	l.settle()
+	cached := 0
+	for _, n := range names {
+		e := l.entry(t, n)
+		cs, _ := l.view.Chunks(e.Ino, 0, e.Size)
+		if l.cache.Has(cs[0].Digest) {
+			cached++
+		}
+	}
+	// 40 files of about 4 KiB are about 160 KiB: one 512 KiB block.
+	if cached < 30 {
+		t.Fatalf("after one small miss, %d of 40 small neighbours are cached; want most of the block", cached)
+	}
+	l.blob.reset()
+	for _, n := range names {
+		l.read(t, n, 0, 1<<16)
+	}
+	if calls, _ := l.blob.fetched(); calls > 4 {
+		t.Fatalf("reading the neighbours took %d more fetches", calls)
+	}
+}
+
+func TestWalkInBlobOrderUsesFewFetches(t *testing.T) {
+	var names []string
+	var sizes []int
+	for i := 0; i < 300; i++ {
+		names = append(names, fmt.Sprintf("d/f%04d", i))
+		sizes = append(sizes, 20000+i%13*1000)
+	}
+	l := newTestLayer(t, names, sizes)
+	for _, n := range names {
+		l.read(t, n, 0, 1<<16)
+	}
+	l.settle()
+	if calls, _ := l.blob.fetched(); calls > 30 {
+		t.Fatalf("walking 300 files in blob order took %d fetches, want the read-ahead window to grow", calls)
+	}
+}
+
+func TestCorruptChunkNotServedNotCached(t *testing.T) {
+	l := newTestLayer(t, []string{"a", "b"}, []int{5000, 5000})
+	l.blob.corrupt = true
+	e := l.entry(t, "a")
+	_, err := l.content.ReadAt(context.Background(), e, make([]byte, 5000), 0)
+	if !errors.Is(err, index.ErrDigestMismatch) {
+		t.Fatalf("read of a corrupted chunk: %v, want ErrDigestMismatch", err)
+	}
+	l.settle()
+	cs, _ := l.view.Chunks(e.Ino, 0, e.Size)
+	if l.cache.Has(cs[0].Digest) {
+		t.Fatal("a chunk that failed verification was cached")
+	}
+	l.blob.corrupt = false
+	l.read(t, "a", 0, 5000)
+}
