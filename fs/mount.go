@@ -77,16 +77,64 @@ func setReadAhead(dir string, kib int) error {
 	return os.WriteFile(p, []byte(fmt.Sprint(kib)), 0)
 }
 
-// Unmount stops serving the layer. If the mount is busy it is detached
-// lazily so the daemon never leaves a dead mount behind.
+// Unmount stops serving the layer. A layer may be in use after its mount
+// point is gone: an overlay a container still runs on holds a private
+// clone of it, and the FUSE connection lives as long as that clone. So if
+// the server does not stop soon after the unmount, its connection is
+// aborted: the holder's reads fail (as they would with the daemon gone)
+// instead of this call, and daemon shutdown, hanging forever.
 func (m *LayerMount) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
-		if err := unix.Unmount(m.Dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+	var st unix.Stat_t
+	statErr := unix.Stat(m.Dir, &st)
+	done := make(chan error, 1)
+	go func() {
+		err := m.server.Unmount()
+		if err != nil {
+			// Busy at its own mount point: detach it; the abort below
+			// ends the connection.
+			err = unix.Unmount(m.Dir, unix.MNT_DETACH)
+			if errors.Is(err, unix.EINVAL) {
+				err = nil
+			}
+		}
+		done <- err
+	}()
+	stopped := make(chan struct{})
+	go func() { m.server.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(unmountGrace):
+		if statErr != nil {
+			return fmt.Errorf("unmounting layer %s: server still running and its device is unknown: %w", m.Dir, statErr)
+		}
+		slog.Warn("fs: layer still in use after unmount; aborting its FUSE connection", "dir", m.Dir)
+		if err := abortConnection(st.Dev); err != nil {
 			return fmt.Errorf("unmounting layer %s: %w", m.Dir, err)
 		}
+		<-stopped
 	}
-	m.server.Wait()
+	if err := <-done; err != nil {
+		return fmt.Errorf("unmounting layer %s: %w", m.Dir, err)
+	}
 	return nil
+}
+
+// unmountGrace is how long a layer's server may take to stop after its
+// mount point is unmounted before its connection is aborted.
+const unmountGrace = 2 * time.Second
+
+// abortConnection aborts the FUSE connection of the filesystem on device
+// dev through the fusectl filesystem, mounting fusectl when needed: every
+// request on it fails at once, and its server's loop ends.
+func abortConnection(dev uint64) error {
+	const ctl = "/sys/fs/fuse/connections"
+	p := fmt.Sprintf("%s/%d/abort", ctl, unix.Minor(dev))
+	if _, err := os.Stat(p); err != nil {
+		if merr := unix.Mount("fusectl", ctl, "fusectl", 0, ""); merr != nil && !errors.Is(merr, unix.EBUSY) {
+			return fmt.Errorf("mounting fusectl: %w", merr)
+		}
+	}
+	return os.WriteFile(p, []byte("1"), 0)
 }
 
 // MountOverlay merges read-only layer directories at target, top layer

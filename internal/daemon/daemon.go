@@ -92,6 +92,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	if ready != nil {
 		close(ready)
 	}
+	if err := notifyReady(); err != nil {
+		slog.Warn("telling systemd the daemon is ready", "error", err)
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

@@ -284,3 +284,36 @@ func (f *strideFlipper) Write(b []byte) (int, error) {
 	f.pos += int64(n)
 	return n, err
 }
+
+// TestUnmountWhileBusy: a file held open in the mount (a running program,
+// a container) must not make umount or daemon shutdown hang.
+func TestUnmountWhileBusy(t *testing.T) {
+	reg, ref := bigImage(t)
+	_ = reg
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, ref)
+	f, err := os.Open(filepath.Join(dir, fixture.BigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.client.Unmount(ctx, dir) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("unmount with a file held open: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("unmount hung while a file was held open")
+	}
+	// The held file's layer is gone: reads fail rather than hang.
+	if _, err := f.ReadAt(make([]byte, 4096), 100<<20); err == nil {
+		t.Error("read through a file of an unmounted layer succeeded")
+	}
+}
