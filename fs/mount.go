@@ -130,8 +130,12 @@ func abortConnection(dev uint64) error {
 	const ctl = "/sys/fs/fuse/connections"
 	p := fmt.Sprintf("%s/%d/abort", ctl, unix.Minor(dev))
 	if _, err := os.Stat(p); err != nil {
+		// Not mounted (systemd mounts it at boot; containers and minimal
+		// systems may not): mount it for this write, and leave no trace.
 		if merr := unix.Mount("fusectl", ctl, "fusectl", 0, ""); merr != nil && !errors.Is(merr, unix.EBUSY) {
 			return fmt.Errorf("mounting fusectl: %w", merr)
+		} else if merr == nil {
+			defer unix.Unmount(ctl, unix.MNT_DETACH)
 		}
 	}
 	return os.WriteFile(p, []byte("1"), 0)
