@@ -31,7 +31,11 @@ type LayerMount struct {
 // MountLayer serves the layer read-only at dir (which must exist).
 func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 	lfs := &layerFS{idx: idx, content: content}
-	root := &node{layer: lfs, ino: index.RootIno}
+	rootEntry, err := idx.Entry(index.RootIno)
+	if err != nil {
+		return nil, fmt.Errorf("layer index has no root: %w", err)
+	}
+	root := &node{layer: lfs, ino: index.RootIno, e: rootEntry}
 	timeout := kernelCacheTimeout
 	opts := &gofs.Options{
 		EntryTimeout:    &timeout,
@@ -47,6 +51,9 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 			MaxWrite:      1 << 20,
 			MaxReadAhead:  1 << 20,
 			MaxBackground: 64,
+			// The kernel then caches ACLs, so "ls -l" does not ask the
+			// daemon for system.posix_acl_* on every file, every time.
+			EnableAcl: true,
 			// The kernel checks permissions from the modes we report.
 			Options: []string{"ro", "default_permissions"},
 		},

@@ -13,13 +13,17 @@ import (
 	"github.com/stratafs/strata/fs/index"
 )
 
-// node is one inode of a layer's FUSE tree. It holds only its inode
-// number: everything else is read from the stored index when the kernel
-// asks, and the kernel caches the answers (layers never change).
+// node is one inode of a layer's FUSE tree, holding its decoded entry:
+// layers never change, so attributes, xattrs and link targets are answered
+// without touching the index again. Nodes live as long as the kernel holds
+// the inode, so memory follows what the kernel caches, not the image size.
+// (Xattr requests are never cached by the kernel, and overlayfs asks for
+// its trusted.overlay.* attributes on every lookup in a lower layer.)
 type node struct {
 	gofs.Inode
 	layer *layerFS
 	ino   uint64
+	e     index.Entry
 }
 
 // layerFS is what every node of one mounted layer shares.
@@ -90,14 +94,6 @@ func unixMkdev(major, minor uint32) uint64 {
 	return uint64((minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12)
 }
 
-func (n *node) entry(ctx context.Context) (index.Entry, syscall.Errno) {
-	e, err := n.layer.idx.Entry(n.ino)
-	if err != nil {
-		return e, errno(ctx, "getattr", err, "inode", n.ino)
-	}
-	return e, 0
-}
-
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	e, found, err := n.layer.idx.Lookup(n.ino, name)
 	if err != nil {
@@ -107,16 +103,13 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return nil, syscall.ENOENT
 	}
 	fillAttr(&e, &out.Attr)
-	child := &node{layer: n.layer, ino: e.Ino}
+	child := &node{layer: n.layer, ino: e.Ino, e: e}
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: typeBits(e.Type), Ino: e.Ino}), 0
 }
 
 func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	e, en := n.entry(ctx)
-	if en == 0 {
-		fillAttr(&e, &out.Attr)
-	}
-	return en
+	fillAttr(&n.e, &out.Attr)
+	return 0
 }
 
 // OpendirHandle lists the directory once per open and lets the kernel
@@ -171,10 +164,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 }
 
 func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	e, en := n.entry(ctx)
-	if en != 0 {
-		return nil, en
-	}
+	e := n.e
 	got, err := n.layer.content.ReadAt(ctx, e, dest, off)
 	if err != nil {
 		metricReadErrors.Inc()
@@ -184,10 +174,7 @@ func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	e, en := n.entry(ctx)
-	if en != 0 {
-		return nil, en
-	}
+	e := n.e
 	if e.Type != index.TypeSymlink {
 		return nil, syscall.EINVAL
 	}
@@ -195,10 +182,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	e, en := n.entry(ctx)
-	if en != 0 {
-		return 0, en
-	}
+	e := n.e
 	v, ok := e.Xattrs[attr]
 	if !ok {
 		return 0, syscall.ENODATA
@@ -210,10 +194,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	e, en := n.entry(ctx)
-	if en != 0 {
-		return 0, en
-	}
+	e := n.e
 	names := make([]string, 0, len(e.Xattrs))
 	for k := range e.Xattrs {
 		names = append(names, k)

@@ -35,15 +35,22 @@ const (
 func main() {
 	root := flag.String("root", "", "state directory (fresh per cold run)")
 	noBackground := flag.Bool("no-background-fetch", false, "disable stargz's background fetch of whole layers")
+	socket := flag.String("snapshotter-socket", "", "serve stargz-snapshotter's snapshotter on this unix socket instead of mounting REF")
 	flag.Parse()
-	if *root == "" || flag.NArg() != 2 {
-		fmt.Fprintln(os.Stderr, "usage: stargz-bench --root DIR REF MOUNTPOINT")
+	if *root == "" || (*socket == "" && flag.NArg() != 2) || (*socket != "" && flag.NArg() != 0) {
+		fmt.Fprintln(os.Stderr, "usage: stargz-bench --root DIR REF MOUNTPOINT\n       stargz-bench --root DIR --snapshotter-socket SOCKET")
 		os.Exit(2)
 	}
 	_ = log.SetLevel("warn")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, *root, flag.Arg(0), flag.Arg(1), *noBackground); err != nil {
+	var err error
+	if *socket != "" {
+		err = serveSnapshotter(ctx, *root, *socket, *noBackground)
+	} else {
+		err = run(ctx, *root, flag.Arg(0), flag.Arg(1), *noBackground)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "stargz-bench:", err)
 		os.Exit(1)
 	}

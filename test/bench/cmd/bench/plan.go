@@ -61,7 +61,7 @@ func planFor(quick bool) plan {
 			{Profile: proxy.ProfileWAN, Image: "debian", Workloads: []string{"true"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: allSystems, Runs: 3, PullRuns: 1},
-			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, Containerd: true},
+			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, PullRuns: 1, Containerd: true},
 			{Profile: proxy.ProfileWAN, Image: "smallfiles", Workloads: []string{"tar"}, Systems: []string{"strata", "fullpull"}, Runs: 1},
 			{Profile: proxy.ProfileLo, Image: "smallfiles", Workloads: []string{"find"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileLo, Image: "bigfile", Workloads: []string{"seqread", "randread"}, Systems: []string{"strata", "fullpull"}, Runs: 1},

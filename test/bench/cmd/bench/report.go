@@ -97,7 +97,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderImages(w, res)
 	renderTables(w, res, sums)
 	renderTargets(w, res, sums)
-	p("## containerd (CRI) comparison\n\n<!-- containerd workload plugs in here: snapshotter vs overlayfs vs stargz-snapshotter, same images and proxy profiles; owned by the snapshotter bench. -->\n_Not measured by this harness yet: the containerd comparison (Strata's snapshotter vs containerd overlayfs vs stargz-snapshotter through `contrib/snapshotservice`) plugs in here, with the same images, proxy and result format._\n\n")
+	renderContainerd(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}

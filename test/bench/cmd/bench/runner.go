@@ -41,7 +41,9 @@ type runResults struct {
 	Machine machineInfo
 	Sizes   map[string]imageSizes
 	Reads   map[string]readEstimate // image/workload → files it reads
-	Results []result
+	// Containerd is `ctr version` of the containerd comparison's daemon.
+	Containerd string `json:",omitempty"`
+	Results    []result
 }
 
 type runner struct {
@@ -50,6 +52,8 @@ type runner struct {
 	log   *slog.Logger
 	sizes map[string]imageSizes
 	reads map[string]readEstimate
+	// ctdVersion is `ctr version` once a containerd entry has started one.
+	ctdVersion string
 }
 
 func (r *runner) system(name string) system {
@@ -90,12 +94,18 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 					if ctx.Err() != nil {
 						return res, ctx.Err()
 					}
-					rs := r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run)
+					var rs []result
+					if e.Containerd {
+						rs = r.measureCtd(ctx, sname, spec, w, e.Profile.Name, run)
+					} else {
+						rs = r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run)
+					}
 					res.Results = append(res.Results, rs...)
 				}
 			}
 		}
 	}
+	res.Containerd = r.ctdVersion
 	return res, nil
 }
 
