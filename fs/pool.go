@@ -4,19 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/store"
 )
@@ -34,7 +31,8 @@ type Pool struct {
 
 	mu     sync.Mutex
 	layers map[digest.Digest]*pooled
-	saves  sync.WaitGroup // index saves running in the background
+	builds map[digest.Digest]*indexBuild // indexes being made
+	saves  sync.WaitGroup                // index saves running in the background
 }
 
 type pooled struct {
@@ -66,7 +64,7 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}}, nil
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, builds: map[digest.Digest]*indexBuild{}}, nil
 }
 
 // Acquire makes layer l of repo available read-only and returns its
@@ -128,63 +126,6 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	}
 	pl.mount, pl.blob = m, blob
 	return nil
-}
-
-// loadIndex returns the layer's stored index, building and storing it from
-// the blob the first time.
-func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, pl *pooled) (View, error) {
-	l := pl.desc
-	key := l.Digest.String()
-	idx, err := index.Open(p.store.DB(), key)
-	if err == nil {
-		return idx, nil
-	}
-	if !errdefs.IsNotFound(err) {
-		return nil, err
-	}
-	start := time.Now()
-	tocDigest := digest.Digest(l.Annotations[TOCDigestAnnotation])
-	if tocDigest != "" {
-		if err := tocDigest.Validate(); err != nil {
-			return nil, fmt.Errorf("layer %s: annotation %s: %w", l.Digest, TOCDigestAnnotation, err)
-		}
-	}
-	built, err := index.ReadEStargz(ctx, blob.ReaderAt(ctx), l.Size, tocDigest)
-	if errors.Is(err, index.ErrNotEStargz) {
-		return nil, fmt.Errorf("layer %s (%s) is not eStargz, and only eStargz layers are served lazily so far; "+
-			"convert the image with 'strata convert SRC DST': %w", l.Digest, l.MediaType, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
-	}
-	if err := built.Validate(l.Size); err != nil {
-		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
-	}
-	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
-		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
-	// Mount from memory at once; save meanwhile, then serve from disk so
-	// memory stays bounded. A failed save costs a re-index next time.
-	view := newSwapView(index.NewMemory(built, l.Size))
-	saved := make(chan struct{})
-	pl.indexSaved = saved
-	p.saves.Add(1)
-	go func() {
-		defer p.saves.Done()
-		defer close(saved)
-		start := time.Now()
-		if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
-			slog.Error("storing layer index failed; it is kept in memory while mounted", "layer", l.Digest, "error", err)
-			return
-		}
-		stored, err := index.Open(p.store.DB(), key)
-		if err != nil {
-			slog.Error("reopening stored layer index", "layer", l.Digest, "error", err)
-			return
-		}
-		view.set(stored)
-		slog.Debug("layer index stored", "layer", l.Digest, "duration", time.Since(start).Round(time.Millisecond))
-	}()
-	return view, nil
 }
 
 // Release drops one use of layer d, unmounting it after the last.

@@ -147,10 +147,16 @@ func (s *snapshotLayers) describe(ctx context.Context, labels map[string]string)
 	if err != nil {
 		return name.Repository{}, remote.Layer{}, err
 	}
+	all := make([]remote.Layer, 0, len(m.Layers))
 	for _, l := range m.Layers {
+		all = append(all, remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations})
+	}
+	for _, l := range all {
 		if l.Digest == layerDigest {
-			return r.Context(), remote.Layer{Digest: l.Digest, Size: l.Size,
-				MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}, nil
+			// containerd prepares an image's layers one after another:
+			// start indexing the others now, so their turns find it done.
+			s.d.pool.Prefetch(r.Context(), all)
+			return r.Context(), l, nil
 		}
 	}
 	return name.Repository{}, remote.Layer{}, fmt.Errorf("layer %s is not in the manifest of %s: %w",

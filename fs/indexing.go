@@ -1,0 +1,158 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+)
+
+// indexBuild is one layer's index being made: fetched and parsed (done),
+// then saved in the background (saved). Mounts and prefetches of the same
+// layer share it.
+type indexBuild struct {
+	done  chan struct{}
+	view  View // set before done closes, unless err
+	err   error
+	saved chan struct{} // closed once stored, or once the build failed
+}
+
+// loadIndex returns the layer's stored index, or the one being made, or
+// makes it. The mount waits for a background save before it unmounts.
+func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, pl *pooled) (View, error) {
+	idx, err := index.Open(p.store.DB(), pl.desc.Digest.String())
+	if err == nil {
+		return idx, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	b := p.buildIndex(ctx, blob, pl.desc)
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	pl.indexSaved = b.saved
+	return b.view, b.err
+}
+
+// buildIndex starts (or joins) making the index of layer l from blob.
+// The caller waits on the result's done channel.
+func (p *Pool) buildIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) *indexBuild {
+	p.mu.Lock()
+	if b, ok := p.builds[l.Digest]; ok {
+		p.mu.Unlock()
+		return b
+	}
+	b := &indexBuild{done: make(chan struct{}), saved: make(chan struct{})}
+	p.builds[l.Digest] = b
+	p.mu.Unlock()
+
+	built, err := readIndex(context.WithoutCancel(ctx), blob, l)
+	if err != nil {
+		b.err = err
+		p.forgetBuild(l.Digest)
+		close(b.done)
+		close(b.saved)
+		return b
+	}
+	// Mount from memory at once; save meanwhile, then serve from disk so
+	// memory stays bounded. A failed save costs a re-index next time.
+	view := newSwapView(index.NewMemory(built, l.Size))
+	b.view = view
+	close(b.done)
+	p.saves.Add(1)
+	go func() {
+		defer p.saves.Done()
+		defer close(b.saved)
+		defer p.forgetBuild(l.Digest)
+		key := l.Digest.String()
+		if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
+			slog.Error("storing layer index failed; it is kept in memory while mounted", "layer", l.Digest, "error", err)
+			return
+		}
+		stored, err := index.Open(p.store.DB(), key)
+		if err != nil {
+			slog.Error("reopening stored layer index", "layer", l.Digest, "error", err)
+			return
+		}
+		view.set(stored)
+	}()
+	return b
+}
+
+func (p *Pool) forgetBuild(d digest.Digest) {
+	p.mu.Lock()
+	delete(p.builds, d)
+	p.mu.Unlock()
+}
+
+// readIndex fetches and parses the layer's TOC into a validated index.
+func readIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) (*index.Index, error) {
+	start := time.Now()
+	tocDigest := digest.Digest(l.Annotations[TOCDigestAnnotation])
+	if tocDigest != "" {
+		if err := tocDigest.Validate(); err != nil {
+			return nil, fmt.Errorf("layer %s: annotation %s: %w", l.Digest, TOCDigestAnnotation, err)
+		}
+	}
+	built, err := index.ReadEStargz(ctx, blob.ReaderAt(ctx), l.Size, tocDigest)
+	if errors.Is(err, index.ErrNotEStargz) {
+		return nil, fmt.Errorf("layer %s (%s) is not eStargz, and only eStargz layers are served lazily so far; "+
+			"convert the image with 'strata convert SRC DST': %w", l.Digest, l.MediaType, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	if err := built.Validate(l.Size); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
+		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
+	return built, nil
+}
+
+// Prefetch starts making, in the background, the indexes of the layers
+// not mounted or indexed yet, so that their mounts, when asked for one
+// after the other (containerd prepares an image's layers in turn), find
+// the index made or under way. Only layers that announce an eStargz TOC
+// are prefetched; failures are left for the mount to report.
+func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...remote.Option) {
+	for _, l := range layers {
+		if l.Annotations[TOCDigestAnnotation] == "" || l.Digest.Validate() != nil {
+			continue
+		}
+		p.mu.Lock()
+		_, mounted := p.layers[l.Digest]
+		_, building := p.builds[l.Digest]
+		p.mu.Unlock()
+		if mounted || building {
+			continue
+		}
+		if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
+			continue
+		}
+		p.saves.Add(1)
+		go func() {
+			defer p.saves.Done()
+			ctx := context.Background()
+			blob, err := remote.NewBlobReader(ctx, repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
+			if err != nil {
+				slog.Debug("fs: index prefetch", "layer", l.Digest, "error", err)
+				return
+			}
+			defer blob.Close()
+			<-p.buildIndex(ctx, blob, l).done
+		}()
+	}
+}
