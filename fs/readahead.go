@@ -30,6 +30,9 @@ const (
 	// seqSlack tolerates small gaps (chunks already cached, metadata-only
 	// entries) between one fetch's end and the next miss.
 	seqSlack = 256 << 10
+	// seqBehind is how far behind the last fetch a miss may land and
+	// still count as part of a walk (at least the current window).
+	seqBehind = 2 << 20
 	// maxWindowChunks bounds the chunks one window takes.
 	maxWindowChunks = 4096
 	// neighbourhoodBlock is the aligned blob block a small miss brings in.
@@ -73,11 +76,16 @@ func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.Blob
 		end = max(end, ch.BlobOffset+ch.BlobLength)
 	}
 	c.mu.Lock()
-	inOrder := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
+	// A walk's order is the directory listing's, which may differ from the
+	// blob's a little (f10 listed before f2, stored after it): a miss a
+	// little behind the last fetch keeps the window, one ahead grows it.
+	behind := max(c.window, seqBehind)
+	forward := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
+	near := c.seqNext > 0 && first >= c.seqNext-behind && first <= c.seqNext+seqSlack
 	switch {
-	case inOrder && ino != c.seqIno:
+	case forward && ino != c.seqIno:
 		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
-	case !inOrder:
+	case !near:
 		c.window = 0
 	}
 	window := c.window
@@ -88,7 +96,9 @@ func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.Blob
 	c.mu.Unlock()
 	out, end := c.uncachedInBlob(end, end+window)
 	c.mu.Lock()
-	c.seqNext = end
+	if end > c.seqNext || !near {
+		c.seqNext = end
+	}
 	c.mu.Unlock()
 	return out
 }
@@ -126,11 +136,17 @@ func (c *Content) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
 	start := want[0].BlobOffset / neighbourhoodBlock * neighbourhoodBlock
 	var out []index.BlobChunk
 	more, _ := c.uncachedInBlob(start, start+neighbourhoodBlock)
+	end := int64(0)
 	for _, ch := range more {
 		if ch.BlobLength <= smallStream && ch.BlobOffset != want[0].BlobOffset {
 			out = append(out, ch)
+			end = max(end, ch.BlobOffset+ch.BlobLength)
 		}
 	}
+	// A reader that goes on past the block is walking the layer.
+	c.mu.Lock()
+	c.seqNext = max(c.seqNext, end)
+	c.mu.Unlock()
 	return out
 }
 
@@ -190,6 +206,11 @@ func (c *Content) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk {
 func (c *Content) nextInBlob(ch index.Chunk) []index.BlobChunk {
 	c.mu.Lock()
 	window, next := c.window, c.seqNext
+	if window > 0 && ch.BlobOffset >= next-window/2 {
+		// The walk goes on: ramp up as the kernel's async read-ahead does.
+		c.window = min(2*window, maxBlobWindow)
+		window = c.window
+	}
 	c.mu.Unlock()
 	if window == 0 || ch.BlobOffset < next-window/2 {
 		return nil
