@@ -21,7 +21,7 @@ unpacked by containerd as usual. Afterwards
 
 starts at once. containerd must load strata as a proxy plugin (see
 docs/containerd.md) and 'strata daemon' must be running. Only the manifest
-and config go through containerd; it works with containerd 1.6 and later.`,
+and config go through containerd; tested with containerd 1.6.`,
 		run: runPull,
 	})
 }
