@@ -60,9 +60,13 @@ func (c *Containerd) killTasks() {
 	}
 }
 
-// shims lists the pids of shims started by this containerd: their command
-// line names its socket after -address.
-func (c *Containerd) shims() []int {
+// shims lists the pids of shims started by this containerd.
+func (c *Containerd) shims() []int { return ShimPIDs(c.Address) }
+
+// ShimPIDs lists the pids of the shims started by the containerd serving
+// on address: their command line names that socket after -address. Shims
+// leave containerd's process group, so stopping containerd misses them.
+func ShimPIDs(address string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range entries {
@@ -76,7 +80,7 @@ func (c *Containerd) shims() []int {
 		}
 		args := bytes.Split(b, []byte{0})
 		for i := 0; i+1 < len(args); i++ {
-			if string(args[i]) == "-address" && string(args[i+1]) == c.Address {
+			if string(args[i]) == "-address" && string(args[i+1]) == address {
 				pids = append(pids, pid)
 				break
 			}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,10 +24,10 @@ const Snapshotter = "strata"
 // Namespace is the containerd namespace tests should use.
 const Namespace = "strata-test"
 
-// config is containerd's version 2 config. CRI is off (it wants CNI and
-// pulls a sandbox image from the network); so are snapshotters that probe
-// the host's devices or filesystems.
-const config = `version = 2
+// configHead is containerd's version 2 config. CRI is off (it wants CNI
+// and pulls a sandbox image from the network); so are snapshotters that
+// probe the host's devices or filesystems. Proxy snapshotters follow.
+const configHead = `version = 2
 root = %[1]q
 state = %[2]q
 disabled_plugins = [
@@ -43,11 +46,21 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = %[5]q
-
-[proxy_plugins.strata]
-  type = "snapshot"
-  address = %[6]q
 `
+
+// Config renders the config of a private containerd whose root, state and
+// opt directories live under dir, serving gRPC on address, with one proxy
+// snapshotter per entry of plugins (name → snapshots API socket). A proxy
+// plugin whose socket is not up yet costs nothing: containerd dials it on
+// first use.
+func Config(dir, address string, plugins map[string]string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, configHead, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, address+".ttrpc", filepath.Join(dir, "opt"))
+	for _, name := range slices.Sorted(maps.Keys(plugins)) {
+		fmt.Fprintf(&b, "\n[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n", name, plugins[name])
+	}
+	return b.String()
+}
 
 // Containerd is a running containerd.
 type Containerd struct {
@@ -99,7 +112,7 @@ func New(ctx context.Context, strataSocket string) (*Containerd, error) {
 		return nil, err
 	}
 	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root"), exited: make(chan struct{})}
-	cfg := fmt.Sprintf(config, c.Root, filepath.Join(dir, "state"), c.Address, c.Address+".ttrpc", filepath.Join(dir, "opt"), strataSocket)
+	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket})
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		os.RemoveAll(dir)

@@ -10,43 +10,12 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/stratafs/strata/test/containerd"
 )
 
 // ctdNamespace is the containerd namespace the comparison pulls into.
 const ctdNamespace = "bench"
-
-// ctdConfig is the private containerd's version 2 config: CRI off (it
-// wants CNI and a sandbox image), host-probing snapshotters off, Strata and
-// stargz-snapshotter as proxy snapshotters. A proxy plugin whose socket is
-// not up yet costs nothing: containerd dials it on first use.
-const ctdConfig = `version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = %[3]q
-
-[ttrpc]
-  address = %[4]q
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-
-[proxy_plugins.strata]
-  type = "snapshot"
-  address = %[6]q
-
-[proxy_plugins.stargz]
-  type = "snapshot"
-  address = %[7]q
-`
 
 // ctdProc is a private containerd whose every file lives under dir, so a
 // cold run starts from an empty content store and snapshot tree.
@@ -61,8 +30,7 @@ func (c *ctdProc) logPath() string { return filepath.Join(c.dir, "containerd.log
 // 30 s until it answers `ctr version`.
 func startContainerd(ctx context.Context, dir, strataSock, stargzSock string) (*ctdProc, error) {
 	c := &ctdProc{dir: dir, address: filepath.Join(dir, "c.sock")}
-	cfg := fmt.Sprintf(ctdConfig, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.address,
-		c.address+".ttrpc", filepath.Join(dir, "opt"), strataSock, stargzSock)
+	cfg := containerd.Config(dir, c.address, map[string]string{"strata": strataSock, "stargz": stargzSock})
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -107,35 +75,10 @@ func (c *ctdProc) stop() {
 	if c == nil {
 		return
 	}
-	for _, pid := range shimsOf(c.address) {
+	for _, pid := range containerd.ShimPIDs(c.address) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	c.proc.stop()
-}
-
-// shimsOf lists the pids of the shims started by the containerd on
-// address: their command line names it after -address.
-func shimsOf(address string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(b, []byte{0})
-		for i := 0; i+1 < len(args); i++ {
-			if string(args[i]) == "-address" && string(args[i+1]) == address {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
 }
 
 func lastN(b []byte, n int) []byte {
