@@ -214,3 +214,34 @@ func configPlatform(cfg []byte) v1.Platform {
 	}
 	return v1.Platform{OS: c.OS, Architecture: c.Architecture, Variant: c.Variant, OSVersion: c.OSVersion}
 }
+
+// Layers fetches the image manifest dgst of repo and returns its layers,
+// without the config: for callers that already know which manifest they
+// want (containerd's snapshot labels name it) and need only the layer
+// descriptors. The manifest is verified against dgst and returned too.
+// Indexes, schema 1 and unknown media types fail with
+// ErrUnsupportedMediaType.
+func Layers(ctx context.Context, repo name.Repository, dgst digest.Digest, opts ...Option) ([]Layer, []byte, error) {
+	o := makeOptions(opts...)
+	if err := dgst.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("%w: manifest digest %q: %w", ErrInvalidReference, dgst, err)
+	}
+	c, err := newClient(ctx, repo, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := c.fetchManifest(ctx, o, dgst.String(), dgst)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch m.mediaType {
+	case types.OCIManifestSchema1, types.DockerManifestSchema2:
+	default:
+		return nil, nil, fmt.Errorf("%w: manifest %s has media type %q, not an image manifest", ErrUnsupportedMediaType, dgst, m.mediaType)
+	}
+	_, layers, err := parseImageManifest(m.digest, m.bytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	return layers, m.bytes, nil
+}

@@ -180,13 +180,21 @@ func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, label
 	}
 	key := ref.String() + "@" + want.String()
 	v, err, _ := s.manifests.Do(key, func() (any, error) {
-		target := ref.String()
-		if want != "" {
-			target = ref.Context().Digest(want.String()).String()
-		}
 		// The lookup serves every waiter, so it must not die with the
 		// first caller's context.
-		img, err := remote.Resolve(context.WithoutCancel(ctx), target, s.d.remoteOpts...)
+		ctx := context.WithoutCancel(ctx)
+		if want != "" {
+			// Only the layer list is needed: skip the config's round trip.
+			_, raw, err := remote.Layers(ctx, ref.Context(), want, s.d.remoteOpts...)
+			if err != nil {
+				return nil, err
+			}
+			if err := s.d.store.Blobs.Put(want, raw); err != nil {
+				return nil, fmt.Errorf("storing manifest: %w", err)
+			}
+			return raw, nil
+		}
+		img, err := remote.Resolve(ctx, ref.String(), s.d.remoteOpts...)
 		if err != nil {
 			return nil, err
 		}
