@@ -15,15 +15,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	flag "github.com/spf13/pflag"
+
+	"github.com/stratafs/strata/test/fixture"
 )
 
 func main() {
@@ -43,7 +40,7 @@ func main() {
 }
 
 func run(layers []string, push string, maxBytes int64) error {
-	img := empty.Image
+	var tars []fixture.TarFile
 	for _, spec := range layers {
 		paths := strings.Split(spec, ",")
 		tmp, err := os.CreateTemp("", "mkimage-*.tar")
@@ -56,24 +53,11 @@ func run(layers []string, push string, maxBytes int64) error {
 		if err != nil {
 			return err
 		}
-		l, err := tarball.LayerFromFile(tmp.Name())
-		if err != nil {
-			return err
-		}
-		img, err = mutate.Append(img, mutate.Addendum{Layer: l, History: v1.History{CreatedBy: "mkimage " + spec, Created: v1.Time{Time: time.Unix(0, 0)}}})
-		if err != nil {
-			return err
-		}
+		tars = append(tars, fixture.TarFile{Path: tmp.Name(), CreatedBy: "mkimage " + spec})
 		fmt.Fprintf(os.Stderr, "layer %s: %d MiB of files\n", spec, n>>20)
 	}
-	cfg, err := img.ConfigFile()
+	img, err := fixture.FromTars(tars)
 	if err != nil {
-		return err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Env = []string{"PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		return err
 	}
 	ref, err := name.ParseReference(push)

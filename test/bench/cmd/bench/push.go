@@ -6,14 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/stratafs/strata/test/fixture"
 )
 
 // push builds one gzip layer per src with GNU tar (which keeps hard links,
@@ -23,31 +20,17 @@ func (b *builder) push(ctx context.Context, ref string, srcs []layerSrc) error {
 	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
 		return err
 	}
-	img := empty.Image
+	var tars []fixture.TarFile
 	for i, src := range srcs {
 		tarPath := filepath.Join(tmpDir, fmt.Sprintf("layer-%d.tar", i))
 		defer os.Remove(tarPath)
 		if err := writeLayerTar(ctx, tarPath, src); err != nil {
 			return err
 		}
-		l, err := tarball.LayerFromFile(tarPath)
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", src.Dir, err)
-		}
-		img, err = mutate.Append(img, mutate.Addendum{Layer: l, History: v1.History{
-			CreatedBy: "bench layer " + src.Prefix, Created: v1.Time{Time: time.Unix(0, 0)}}})
-		if err != nil {
-			return err
-		}
+		tars = append(tars, fixture.TarFile{Path: tarPath, CreatedBy: "bench layer " + src.Prefix})
 	}
-	cfg, err := img.ConfigFile()
+	img, err := fixture.FromTars(tars)
 	if err != nil {
-		return err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Env = []string{"PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		return err
 	}
 	r, err := name.ParseReference(ref, name.Insecure)
