@@ -224,19 +224,26 @@ func TestSmallMissTakesSmallNeighbours(t *testing.T) {
 }
 
 func TestWalkInBlobOrderUsesFewFetches(t *testing.T) {
+	// Files bigger than smallStream, so the neighbourhood fetch stays out
+	// of it: without blob-order read-ahead every file is one fetch.
+	const files = 100
 	var names []string
 	var sizes []int
-	for i := 0; i < 300; i++ {
+	for i := 0; i < files; i++ {
 		names = append(names, fmt.Sprintf("d/f%04d", i))
-		sizes = append(sizes, 20000+i%13*1000)
+		sizes = append(sizes, 80<<10+i%13*1000)
 	}
 	l := newTestLayer(t, names, sizes)
 	for _, n := range names {
-		l.read(t, n, 0, 1<<16)
+		l.read(t, n, 0, 1<<17)
 	}
 	l.settle()
-	if calls, _ := l.blob.fetched(); calls > 30 {
-		t.Fatalf("walking 300 files in blob order took %d fetches, want the read-ahead window to grow", calls)
+	// The exact count depends on how the background windows race the
+	// reader; growing windows keep it far below one per file.
+	calls, _ := l.blob.fetched()
+	t.Logf("%d files walked with %d fetches", files, calls)
+	if calls > files/2 {
+		t.Fatalf("walking %d files in blob order took %d fetches, want the read-ahead window to grow", files, calls)
 	}
 }
 
