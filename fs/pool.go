@@ -36,13 +36,14 @@ type Pool struct {
 }
 
 type pooled struct {
-	ready chan struct{} // closed when mount and err are set
-	err   error
-	refs  int
-	dir   string
-	mount *LayerMount
-	blob  *remote.BlobReader
-	desc  remote.Layer
+	ready   chan struct{} // closed when mount and err are set
+	err     error
+	refs    int
+	dir     string
+	mount   *LayerMount
+	blob    *remote.BlobReader
+	content *Content
+	desc    remote.Layer
 	// indexSaved, when set, closes once a new index is on disk; unmounting
 	// waits for it, so the next mount finds the index stored.
 	indexSaved <-chan struct{}
@@ -119,12 +120,14 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return err
 	}
-	m, err := MountLayer(pl.dir, idx, NewContent(l.Digest, idx, blob, p.store.Chunks))
+	content := NewContent(l.Digest, idx, blob, p.store.Chunks)
+	m, err := MountLayer(pl.dir, idx, content)
 	if err != nil {
+		content.Close()
 		blob.Close()
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	pl.mount, pl.blob = m, blob
+	pl.mount, pl.blob, pl.content = m, blob, content
 	return nil
 }
 
@@ -155,6 +158,9 @@ func (pl *pooled) close() error {
 	if pl.mount != nil {
 		errs = append(errs, pl.mount.Unmount())
 		os.Remove(pl.dir)
+	}
+	if pl.content != nil {
+		pl.content.Close() // no fetch or cache write after this
 	}
 	if pl.blob != nil {
 		errs = append(errs, pl.blob.Close())

@@ -171,16 +171,16 @@ func (c *Content) readAheadAsync(e index.Entry, ch index.Chunk) {
 		c.asyncBusy.Store(false)
 		return
 	}
-	go func() {
+	c.goBackground(func(bg context.Context) {
 		defer c.asyncBusy.Store(false)
-		c.fetchStreams(context.Background(), cl)
+		c.fetchStreams(bg, cl)
 		for _, sf := range cl.fetches {
 			<-sf.done
 			if sf.err != nil {
 				slog.Debug("fs: background read-ahead failed", "layer", c.digest, "error", sf.err)
 			}
 		}
-	}()
+	})
 }
 
 // nextInFile is the uncached part of e's read-ahead distance after ch.

@@ -46,6 +46,29 @@ type Content struct {
 	window  int64                  // current blob-order read-ahead
 
 	asyncBusy atomic.Bool // a background read-ahead is running
+
+	// Background work (read-ahead, decoding) outlives the read that
+	// started it but not the layer: Close cancels it and waits for it, so
+	// nothing is fetched or written to the cache after an unmount. This is
+	// the one context kept in a struct: it is the layer's lifetime.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+}
+
+// goBackground runs fn in the background, under the layer's lifetime.
+func (c *Content) goBackground(fn func(ctx context.Context)) {
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		fn(c.bgCtx)
+	}()
+}
+
+// Close stops the layer's background work and waits for it to end.
+func (c *Content) Close() {
+	c.bgCancel()
+	c.bg.Wait()
 }
 
 // streamFetch is one in-flight fetch of a compressed stream; concurrent
@@ -58,7 +81,9 @@ type streamFetch struct {
 
 // NewContent returns the content reader of the layer dgst.
 func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks) *Content {
-	return &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead, pending: map[int64]*streamFetch{}}
+	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead, pending: map[int64]*streamFetch{}}
+	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
+	return c
 }
 
 // ReadAt fills dst with the content of file e at off. It returns the
@@ -142,7 +167,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	default:
 		// What this reader needs is already on its way; only read-ahead
 		// is left to claim, and the reader must not wait for it.
-		go c.fetchStreams(context.WithoutCancel(ctx), claimed)
+		c.goBackground(func(bg context.Context) { c.fetchStreams(bg, claimed) })
 	}
 	out := map[digest.Digest][]byte{}
 	for _, ch := range missing {
@@ -244,12 +269,13 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 			continue
 		}
 		metricFetchedBytes.Add(float64(len(raw[i])))
-		go func(bo int64, sf *streamFetch, raw []byte) {
+		sf, raw := sfs[i], raw[i]
+		c.goBackground(func(bg context.Context) {
 			decodeSlots <- struct{}{}
 			defer func() { <-decodeSlots }()
-			chunks, err := c.decode(context.WithoutCancel(ctx), streams[bo], raw)
+			chunks, err := c.decode(bg, streams[bo], raw)
 			c.finish(bo, sf, chunks, err)
-		}(bo, sfs[i], raw[i])
+		})
 	}
 }
 

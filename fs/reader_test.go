@@ -119,7 +119,9 @@ func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	t.Cleanup(func() { st.Close() })
 	view := index.NewMemory(idx, int64(len(blobBytes)))
 	blob := &memBlob{data: blobBytes}
-	return &testLayer{content: NewContent("sha256:test", view, blob, st.Chunks), blob: blob, files: files, view: view, cache: st.Chunks}
+	content := NewContent("sha256:test", view, blob, st.Chunks)
+	t.Cleanup(content.Close) // before the store closes: no write after it
+	return &testLayer{content: content, blob: blob, files: files, view: view, cache: st.Chunks}
 }
 
 func (l *testLayer) entry(t *testing.T, name string) index.Entry {
