@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -15,11 +17,19 @@ func init() {
 	register(&command{
 		name:    "convert",
 		summary: "rewrite an image as eStargz and push it, so it can be mounted lazily",
-		usage:   "[--platform OS/ARCH] [--insecure] [--chunk-size BYTES] SRC DST",
+		usage:   "[--platform OS/ARCH] [--insecure] [--chunk-size BYTES] [--prioritize FILE] SRC DST",
 		help: `Reads the image SRC from its registry, rewrites every layer as eStargz
 (gzip-compatible: any runtime can still pull it) and pushes the result to
 DST. Only one platform is converted: this machine's, or --platform. Layer
-data passes through a temporary directory ($TMPDIR) one layer at a time.`,
+data passes through a temporary directory ($TMPDIR) one layer at a time.
+
+--prioritize FILE names the files a container reads when it starts, one
+path per line in the order they are read (blank lines and lines starting
+with # are ignored). They are stored first in their layers, followed by a
+prefetch landmark, and a mount fetches them right away, in a few large
+requests, instead of one round trip per file when they are opened. Record
+the list by tracing a run of the image's usual command, for example
+  strace -f -e trace=open,openat,execve -o trace chroot ROOTFS CMD...`,
 		run: runConvert,
 	})
 }
@@ -30,8 +40,16 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	platform := fs.String("platform", "", "platform to convert, os/arch[/variant] (default: this machine's)")
 	insecure := fs.Bool("insecure", false, "reach both registries over plain HTTP")
 	chunk := fs.Int("chunk-size", 0, "eStargz chunk size in bytes (default 4 MiB)")
+	prio := fs.String("prioritize", "", "file listing the paths a start reads, in order, to store first and prefetch on mount")
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
+	}
+	var prioritized []string
+	if *prio != "" {
+		var err error
+		if prioritized, err = readPathList(*prio); err != nil {
+			return fmt.Errorf("--prioritize: %w", err)
+		}
 	}
 	var ropts []remote.Option
 	if *platform != "" {
@@ -50,7 +68,7 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 			ropts = append(ropts, remote.WithInsecureRegistries(r.Context().RegistryStr()))
 		}
 	}
-	opt := convert.Options{ChunkSize: *chunk, Progress: func(done, total int, d v1.Hash, size int64) {
+	opt := convert.Options{ChunkSize: *chunk, Prioritize: prioritized, Progress: func(done, total int, d v1.Hash, size int64) {
 		fmt.Fprintf(stdout, "layer %d/%d converted: %s (%s)\n", done, total, d, humanBytes(size))
 	}}
 	d, err := convert.Convert(ctx, fs.Arg(0), fs.Arg(1), opt, ropts...)
@@ -59,4 +77,24 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "pushed %s@%s\n", fs.Arg(1), d)
 	return nil
+}
+
+// readPathList reads one path per line, skipping blank lines and comments.
+func readPathList(file string) ([]string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, line)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s lists no paths", file)
+	}
+	return out, nil
 }

@@ -34,6 +34,12 @@ type Options struct {
 	// ChunkSize is the eStargz chunk size in bytes; 0 means the estargz
 	// default (4 MiB).
 	ChunkSize int
+	// Prioritize lists files (paths in the image, in the order a workload
+	// first reads them) to put at the front of each layer that has them,
+	// followed by a prefetch landmark: Strata and other eStargz readers
+	// fetch that part of a layer right after mounting it. Paths a layer
+	// does not have are skipped.
+	Prioritize []string
 	// TmpDir holds the uncompressed and converted layers while converting.
 	TmpDir string
 	// Progress, when set, is told about each layer as it is done.
@@ -141,6 +147,10 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
 	if opt.ChunkSize > 0 {
 		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))
+	}
+	if len(opt.Prioritize) > 0 {
+		var missed []string // files of other layers
+		bopts = append(bopts, estargz.WithPrioritizedFiles(opt.Prioritize), estargz.WithAllowPrioritizeNotFound(&missed))
 	}
 	blob, err := estargz.Build(io.NewSectionReader(tarFile, 0, n), bopts...)
 	if err != nil {

@@ -23,6 +23,11 @@ type readEstimate struct {
 	Files int
 	Bytes int64 // uncompressed
 	Total int64 // all regular files in the image, for its compression ratio
+	// Paths are the files read, relative to the root, symlinks resolved.
+	Paths []string `json:",omitempty"`
+	// Compressed is the size of those files' compressed content in the
+	// eStargz layers (0 when the TOCs could not be read).
+	Compressed int64 `json:",omitempty"`
 }
 
 var tracedPath = regexp.MustCompile(`^\d+\s+(?:openat|execve|open)\((?:AT_FDCWD, )?"([^"]+)"`)
@@ -51,7 +56,7 @@ func traceReads(ctx context.Context, root string, w workload) (readEstimate, err
 		return est, err
 	}
 	defer f.Close()
-	seen := map[string]bool{}
+	seen, seenFile := map[string]bool{}, map[string]bool{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -60,10 +65,16 @@ func traceReads(ctx context.Context, root string, w workload) (readEstimate, err
 			continue
 		}
 		seen[m[1]] = true
-		fi, err := os.Stat(filepath.Join(root, m[1]))
+		rel, ok := resolveIn(root, m[1])
+		if !ok || seenFile[rel] {
+			continue // two names of one file are one file read
+		}
+		seenFile[rel] = true
+		fi, err := os.Lstat(filepath.Join(root, rel))
 		if err == nil && fi.Mode().IsRegular() {
 			est.Files++
 			est.Bytes += fi.Size()
+			est.Paths = append(est.Paths, rel)
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -78,6 +89,40 @@ func traceReads(ctx context.Context, root string, w workload) (readEstimate, err
 		return nil
 	})
 	return est, err
+}
+
+// resolveIn resolves symlinks in p as the chroot at root would, without
+// ever leaving root, and returns the path relative to root.
+func resolveIn(root, p string) (string, bool) {
+	todo := strings.Split(strings.Trim(filepath.Clean("/"+p), "/"), "/")
+	var done []string
+	for hops := 0; len(todo) > 0; {
+		part := todo[0]
+		todo = todo[1:]
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) > 0 {
+				done = done[:len(done)-1]
+			}
+			continue
+		}
+		cur := append(done, part)
+		target, err := os.Readlink(filepath.Join(append([]string{root}, cur...)...))
+		if err != nil {
+			done = cur
+			continue
+		}
+		if hops++; hops > 40 {
+			return "", false
+		}
+		if strings.HasPrefix(target, "/") {
+			done = nil
+		}
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return strings.Join(done, "/"), len(done) > 0
 }
 
 type machineInfo struct {

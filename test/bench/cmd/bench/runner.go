@@ -52,6 +52,8 @@ type runner struct {
 	log   *slog.Logger
 	sizes map[string]imageSizes
 	reads map[string]readEstimate
+	// regHost is the registry, straight (not through the proxy).
+	regHost string
 	// ctdVersion is `ctr version` once a containerd entry has started one.
 	ctdVersion string
 }
@@ -71,7 +73,7 @@ func (r *runner) system(name string) system {
 func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResults, error) {
 	res := &runResults{Started: time.Now().UTC(), Machine: machine(ctx, r.o), Sizes: map[string]imageSizes{},
 		Reads: map[string]readEstimate{}}
-	r.reads = res.Reads
+	r.reads, r.regHost = res.Reads, regHost
 	for _, img := range p.images() {
 		sz := manifestSizes(ctx, regHost, img)
 		toc, err := tocBytes(ctx, regHost, img)
@@ -164,6 +166,11 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workl
 		est, err := traceReads(ctx, root, w)
 		if err != nil {
 			r.log.Warn("strace", "err", err)
+		}
+		if layers, err := layerReaders(ctx, r.regHost, img.Name); err != nil {
+			r.log.Warn("eStargz TOCs for the bytes estimate", "image", img.Name, "err", err)
+		} else {
+			est.Compressed = compressedSize(layers, est.Paths)
 		}
 		r.reads[img.Name+"/"+w.Name] = est
 	}
