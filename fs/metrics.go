@@ -18,6 +18,10 @@ var (
 		Namespace: "strata", Subsystem: "fs", Name: "verify_failures_total",
 		Help: "Chunks whose bytes did not match their digest; each is an EIO, never content.",
 	})
+	metricPrefetchedStreams = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "prefetched_streams_total",
+		Help: "Compressed streams of prioritized files fetched right after a mount (prefetch landmark).",
+	})
 	metricReadErrors = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: "strata", Subsystem: "fs", Name: "read_errors_total",
 		Help: "File reads answered with an error.",

@@ -46,6 +46,9 @@ type Content struct {
 	window  int64                  // current blob-order read-ahead
 
 	asyncBusy atomic.Bool // a background read-ahead is running
+	// prefetchEnd is where the prefetch of prioritized files running now
+	// ends in the blob (0 when none runs); see prefetch.go.
+	prefetchEnd atomic.Int64
 
 	// Background work (read-ahead, decoding) outlives the read that
 	// started it but not the layer: Close cancels it and waits for it, so
@@ -151,9 +154,12 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	for _, ch := range missing {
 		want = append(want, index.BlobChunk{Ino: e.Ino, Chunk: ch})
 	}
-	want = append(want, c.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
-	want = append(want, c.blobReadAhead(e.Ino, want)...)
-	want = append(want, c.neighbourhood(want)...)
+	if missing[0].BlobOffset >= c.prefetchEnd.Load() {
+		// Inside a running prefetch, what comes next is on its way.
+		want = append(want, c.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
+		want = append(want, c.blobReadAhead(e.Ino, want)...)
+		want = append(want, c.neighbourhood(want)...)
+	}
 
 	waits, claimed := c.claim(want)
 	needMine := false
