@@ -38,7 +38,7 @@ func BenchmarkContentReadCacheHit(b *testing.B) {
 	file := index.Entry{Ino: 2, Type: index.TypeReg, Mode: 0o644, Size: chunk * chunks, ModTime: mt, Nlink: 1}
 	idx := &index.Index{Format: "bench",
 		Entries:  []index.Entry{{Ino: 1, Type: index.TypeDir, Mode: 0o755, ModTime: mt, Nlink: 2}, file},
-		Children: map[uint64][]index.Dirent{1: {{Name: "f", Ino: 2}}},
+		Children: map[uint64][]index.Dirent{1: {{Name: "f", Ino: 2, Type: index.TypeReg}}},
 		Chunks:   map[uint64][]index.Chunk{}}
 	rng := rand.New(rand.NewPCG(1, 1))
 	want := make([]byte, chunk*chunks)

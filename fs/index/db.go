@@ -18,14 +18,18 @@ import (
 
 // On-disk form of indexes, in the store's metadata database:
 //
-//	layers/<key>/info           JSON Info
-//	layers/<key>/e/<ino>        JSON Entry                    (ino: 8 bytes big endian)
-//	layers/<key>/d/<ino><name>  child ino                     (directory entries, sorted by name)
-//	layers/<key>/c/<ino><off>   JSON Chunk                    (off: file offset, 8 bytes big endian)
-//	layers/<key>/b/<boff><ino><off>  JSON Chunk               (the same chunks in blob order, for read-ahead)
+//	layers/<key>/info           JSON Info, with Version = indexVersion
+//	layers/<key>/e/<ino>        Entry                         (ino: 8 bytes big endian)
+//	layers/<key>/d/<ino><name>  child ino, child Type         (directory entries, sorted by name; 8 bytes BE + 1 byte)
+//	layers/<key>/c/<ino><off>   Chunk                         (off: file offset, 8 bytes big endian)
+//	layers/<key>/b/<boff><ino><off>  Chunk                    (the same chunks in blob order, for read-ahead)
 //
-// Everything a mount needs is looked up here on demand, so a mounted layer
-// costs memory for the inodes the kernel holds, not for the image.
+// Entry and Chunk values are in the binary form of codec.go. Info stays
+// JSON: it is read once per Open.
+//
+// Everything a mount needs is looked up here on demand, one read
+// transaction per call, so a mounted layer costs memory for the inodes the
+// kernel holds, not for the image.
 var (
 	bucketLayers   = []byte("layers")
 	keyInfo        = []byte("info")
@@ -36,13 +40,27 @@ var (
 	errNotInBucket = errors.New("not in index")
 )
 
+// indexVersion is the layout described above. Open answers an index of
+// any other version as not found, so that callers rebuild it from the
+// layer and Save replaces it. Version 1 stored JSON entries and chunks and
+// recorded no version (it reads as 0).
+const indexVersion = 2
+
+// direntSize is the size of a directory entry's value: ino and type.
+const direntSize = 8 + 1
+
 // Info describes a stored index.
 type Info struct {
+	Version  int       `json:"version"` // indexVersion of the stored layout
 	Format   string    `json:"format"`
 	BlobSize int64     `json:"blobSize"`
 	Entries  int       `json:"entries"`
 	Chunks   int       `json:"chunks"`
 	Created  time.Time `json:"created"`
+	// HasXattrs is whether any entry has an xattr (opaque directories
+	// do). Without any, a mount can refuse xattr requests wholesale so
+	// the kernel stops asking.
+	HasXattrs bool `json:"hasXattrs"`
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -69,20 +87,33 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 }
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
+	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC()}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err
 	}
 	eb.FillPercent = 1 // keys are appended in order
 	for i := range idx.Entries {
-		v, err := json.Marshal(&idx.Entries[i])
-		if err != nil {
-			return err
-		}
-		if err := eb.Put(u64(idx.Entries[i].Ino), v); err != nil {
+		e := &idx.Entries[i]
+		info.HasXattrs = info.HasXattrs || len(e.Xattrs) > 0
+		if err := eb.Put(u64(e.Ino), appendEntry(nil, e)); err != nil {
 			return err
 		}
 	}
+	if err := saveDirents(lb, idx); err != nil {
+		return err
+	}
+	if info.Chunks, err = saveChunks(lb, idx); err != nil {
+		return err
+	}
+	v, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	return lb.Put(keyInfo, v)
+}
+
+func saveDirents(lb *bolt.Bucket, idx *Index) error {
 	db, err := lb.CreateBucket(bucketDirents)
 	if err != nil {
 		return err
@@ -93,49 +124,46 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	for _, parent := range sortedKeys(idx.Children) {
 		kids := slices.SortedFunc(slices.Values(idx.Children[parent]), func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 		for _, k := range kids {
-			if err := db.Put(append(u64(parent), k.Name...), u64(k.Ino)); err != nil {
+			if err := db.Put(append(u64(parent), k.Name...), append(u64(k.Ino), byte(k.Type))); err != nil {
 				return err
 			}
 		}
 	}
+	return nil
+}
+
+// saveChunks stores the chunks by file and by blob offset, and returns
+// how many there are.
+func saveChunks(lb *bolt.Bucket, idx *Index) (int, error) {
 	cb, err := lb.CreateBucket(bucketChunks)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	cb.FillPercent = 1
 	var byBlob [][2][]byte
-	nchunks := 0
 	for _, ino := range sortedKeys(idx.Chunks) {
 		chunks := slices.SortedFunc(slices.Values(idx.Chunks[ino]), func(a, b Chunk) int { return cmp.Compare(a.FileOffset, b.FileOffset) })
 		for _, c := range chunks {
-			v, err := json.Marshal(&c)
-			if err != nil {
-				return err
-			}
+			v := appendChunk(nil, &c)
 			if err := cb.Put(binary.BigEndian.AppendUint64(u64(ino), uint64(c.FileOffset)), v); err != nil {
-				return err
+				return 0, err
 			}
 			bk := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(u64(uint64(c.BlobOffset)), ino), uint64(c.FileOffset))
 			byBlob = append(byBlob, [2][]byte{bk, v})
-			nchunks++
 		}
 	}
 	bb, err := lb.CreateBucket(bucketByBlob)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	bb.FillPercent = 1
 	slices.SortFunc(byBlob, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
 	for _, kv := range byBlob {
 		if err := bb.Put(kv[0], kv[1]); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	info, err := json.Marshal(Info{Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Chunks: nchunks, Created: time.Now().UTC()})
-	if err != nil {
-		return err
-	}
-	return lb.Put(keyInfo, info)
+	return len(byBlob), nil
 }
 
 func sortedKeys[V any](m map[uint64]V) []uint64 {
@@ -154,7 +182,7 @@ func Delete(db *bolt.DB, key string) error {
 }
 
 // Layer is a read-only view of a stored index. It holds no entries in
-// memory; every call is a short read transaction.
+// memory; every call is one short read transaction.
 type Layer struct {
 	db   *bolt.DB
 	key  []byte
@@ -162,14 +190,26 @@ type Layer struct {
 }
 
 // Open returns the view of the index stored under key, or an error
-// wrapping errdefs.ErrNotFound when there is none.
+// wrapping errdefs.ErrNotFound when there is none or when it was stored
+// in another layout (indexVersion), which the caller rebuilds as if it
+// were missing.
 func Open(db *bolt.DB, key string) (*Layer, error) {
 	l := &Layer{db: db, key: []byte(key)}
-	err := l.view(func(lb *bolt.Bucket) error {
-		return json.Unmarshal(lb.Get(keyInfo), &l.info)
-	})
+	tx, lb, err := l.begin()
 	if err != nil {
 		return nil, err
+	}
+	defer rollback(tx)
+	v := lb.Get(keyInfo)
+	if v == nil {
+		return nil, fmt.Errorf("index %s has no info: %w", key, errdefs.ErrNotFound)
+	}
+	if err := json.Unmarshal(v, &l.info); err != nil {
+		return nil, fmt.Errorf("index %s: info: %w", key, err)
+	}
+	if l.info.Version != indexVersion {
+		return nil, fmt.Errorf("index %s: stored in layout version %d, this build reads %d: %w",
+			key, l.info.Version, indexVersion, errdefs.ErrNotFound)
 	}
 	return l, nil
 }
@@ -177,95 +217,170 @@ func Open(db *bolt.DB, key string) (*Layer, error) {
 // Info returns what was recorded when the index was saved.
 func (l *Layer) Info() Info { return l.info }
 
-func (l *Layer) view(fn func(lb *bolt.Bucket) error) error {
-	return l.db.View(func(tx *bolt.Tx) error {
-		layers := tx.Bucket(bucketLayers)
-		if layers == nil {
-			return fmt.Errorf("index %s: %w", l.key, errdefs.ErrNotFound)
-		}
-		lb := layers.Bucket(l.key)
-		if lb == nil {
-			return fmt.Errorf("index %s: %w", l.key, errdefs.ErrNotFound)
-		}
-		return fn(lb)
-	})
+// begin starts the one read transaction of a call and finds the layer's
+// bucket. The caller rolls tx back.
+func (l *Layer) begin() (*bolt.Tx, *bolt.Bucket, error) {
+	tx, err := l.db.Begin(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	lb := tx.Bucket(bucketLayers)
+	if lb != nil {
+		lb = lb.Bucket(l.key)
+	}
+	if lb == nil {
+		rollback(tx)
+		return nil, nil, fmt.Errorf("index %s: %w", l.key, errdefs.ErrNotFound)
+	}
+	return tx, lb, nil
+}
+
+// rollback ends a read transaction, which cannot fail in a way that
+// matters to a reader that is done with it.
+func rollback(tx *bolt.Tx) { _ = tx.Rollback() }
+
+// bucket returns the sub-bucket name of a layer's bucket. Save writes them
+// all, so a missing one is a damaged index.
+func (l *Layer) bucket(lb *bolt.Bucket, name []byte) (*bolt.Bucket, error) {
+	if b := lb.Bucket(name); b != nil {
+		return b, nil
+	}
+	return nil, fmt.Errorf("index %s has no bucket %q: %w", l.key, name, ErrInvalid)
 }
 
 // Entry returns the entry with inode number ino.
 func (l *Layer) Entry(ino uint64) (Entry, error) {
-	var e Entry
-	err := l.view(func(lb *bolt.Bucket) error {
-		v := lb.Bucket(bucketEntries).Get(u64(ino))
-		if v == nil {
-			return fmt.Errorf("inode %d: %w", ino, errNotInBucket)
-		}
-		return json.Unmarshal(v, &e)
-	})
-	return e, err
+	tx, lb, err := l.begin()
+	if err != nil {
+		return Entry{}, err
+	}
+	defer rollback(tx)
+	eb, err := l.bucket(lb, bucketEntries)
+	if err != nil {
+		return Entry{}, err
+	}
+	var key [8]byte
+	binary.BigEndian.PutUint64(key[:], ino)
+	v := eb.Get(key[:])
+	if v == nil {
+		return Entry{}, fmt.Errorf("inode %d: %w", ino, errNotInBucket)
+	}
+	return decodeEntry(v)
 }
 
 // Lookup returns the entry named name in directory parent. found is false
 // when there is no such name.
 func (l *Layer) Lookup(parent uint64, name string) (e Entry, found bool, err error) {
-	err = l.view(func(lb *bolt.Bucket) error {
-		v := lb.Bucket(bucketDirents).Get(append(u64(parent), name...))
-		if v == nil {
-			return nil
-		}
-		ev := lb.Bucket(bucketEntries).Get(v)
-		if ev == nil {
-			return fmt.Errorf("directory entry %q of inode %d: inode %d %w", name, parent, binary.BigEndian.Uint64(v), errNotInBucket)
-		}
-		found = true
-		return json.Unmarshal(ev, &e)
-	})
-	return e, found, err
+	if len(name) > MaxNameLen {
+		return Entry{}, false, nil // Validate refuses longer names
+	}
+	tx, lb, err := l.begin()
+	if err != nil {
+		return Entry{}, false, err
+	}
+	defer rollback(tx)
+	db, err := l.bucket(lb, bucketDirents)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	var buf [8 + MaxNameLen]byte
+	binary.BigEndian.PutUint64(buf[:8], parent)
+	v := db.Get(append(buf[:8], name...))
+	if v == nil {
+		return Entry{}, false, nil
+	}
+	if len(v) != direntSize {
+		return Entry{}, false, fmt.Errorf("directory entry %q of inode %d: %d bytes: %w", name, parent, len(v), ErrInvalid)
+	}
+	eb, err := l.bucket(lb, bucketEntries)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	ev := eb.Get(v[:8])
+	if ev == nil {
+		return Entry{}, false, fmt.Errorf("directory entry %q of inode %d: inode %d %w", name, parent, binary.BigEndian.Uint64(v), errNotInBucket)
+	}
+	e, err = decodeEntry(ev)
+	return e, err == nil, err
 }
 
-// ReadDir returns the names in directory ino, sorted.
+// ReadDir returns the names in directory ino, sorted, with their types.
 func (l *Layer) ReadDir(ino uint64) ([]Dirent, error) {
-	var out []Dirent
-	err := l.view(func(lb *bolt.Bucket) error {
-		prefix := u64(ino)
-		c := lb.Bucket(bucketDirents).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			out = append(out, Dirent{Name: string(k[8:]), Ino: binary.BigEndian.Uint64(v)})
+	tx, lb, err := l.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer rollback(tx)
+	db, err := l.bucket(lb, bucketDirents)
+	if err != nil {
+		return nil, err
+	}
+	var prefix [8]byte
+	binary.BigEndian.PutUint64(prefix[:], ino)
+	c := db.Cursor()
+	// A first pass sizes the listing, so that the second makes all names
+	// in one allocation: walking the mmapped keys twice is cheaper than
+	// allocating each name.
+	n, size := 0, 0
+	for k, v := c.Seek(prefix[:]); k != nil && bytes.HasPrefix(k, prefix[:]); k, v = c.Next() {
+		if len(v) != direntSize {
+			return nil, fmt.Errorf("directory entry %q of inode %d: %d bytes: %w", k[8:], ino, len(v), ErrInvalid)
 		}
-		return nil
-	})
-	return out, err
+		n, size = n+1, size+len(k)-8
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]Dirent, 0, n)
+	var names strings.Builder
+	names.Grow(size) // never grows again, so earlier names stay valid
+	for k, v := c.Seek(prefix[:]); k != nil && len(out) < n; k, v = c.Next() {
+		start := names.Len()
+		names.Write(k[8:])
+		out = append(out, Dirent{Name: names.String()[start:], Ino: binary.BigEndian.Uint64(v), Type: Type(v[8])})
+	}
+	return out, nil
 }
 
 // Chunks returns the chunks of file ino that overlap [off, off+n).
 func (l *Layer) Chunks(ino uint64, off, n int64) ([]Chunk, error) {
+	tx, lb, err := l.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer rollback(tx)
+	cb, err := l.bucket(lb, bucketChunks)
+	if err != nil {
+		return nil, err
+	}
+	var key [16]byte
+	binary.BigEndian.PutUint64(key[:8], ino)
+	binary.BigEndian.PutUint64(key[8:], uint64(off))
+	prefix := key[:8]
+	c := cb.Cursor()
+	k, v := c.Seek(key[:])
+	// The chunk holding off usually starts before it.
+	if k == nil || !bytes.HasPrefix(k, prefix) || binary.BigEndian.Uint64(k[8:]) > uint64(off) {
+		if pk, pv := c.Prev(); pk != nil && bytes.HasPrefix(pk, prefix) {
+			k, v = pk, pv
+		} else if k == nil {
+			return nil, nil
+		}
+	}
 	var out []Chunk
-	err := l.view(func(lb *bolt.Bucket) error {
-		prefix := u64(ino)
-		c := lb.Bucket(bucketChunks).Cursor()
-		k, v := c.Seek(binary.BigEndian.AppendUint64(u64(ino), uint64(off)))
-		// The chunk holding off usually starts before it.
-		if k == nil || !bytes.HasPrefix(k, prefix) || binary.BigEndian.Uint64(k[8:]) > uint64(off) {
-			if pk, pv := c.Prev(); pk != nil && bytes.HasPrefix(pk, prefix) {
-				k, v = pk, pv
-			} else if k == nil {
-				return nil
-			}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		ch, err := decodeChunk(v)
+		if err != nil {
+			return nil, err
 		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var ch Chunk
-			if err := json.Unmarshal(v, &ch); err != nil {
-				return err
-			}
-			if ch.FileOffset >= off+n {
-				break
-			}
-			if ch.End() > off {
-				out = append(out, ch)
-			}
+		if ch.FileOffset >= off+n {
+			break
 		}
-		return nil
-	})
-	return out, err
+		if ch.End() > off {
+			out = append(out, ch)
+		}
+	}
+	return out, nil
 }
 
 // BlobChunk is a chunk with the inode of the file it belongs to.
@@ -277,24 +392,28 @@ type BlobChunk struct {
 // ChunksInBlob returns the chunks whose compressed streams start in
 // [from, to) of the blob, in blob order, at most max of them.
 func (l *Layer) ChunksInBlob(from, to int64, max int) ([]BlobChunk, error) {
+	tx, lb, err := l.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer rollback(tx)
+	bb, err := l.bucket(lb, bucketByBlob)
+	if err != nil {
+		return nil, err
+	}
+	var start [8]byte
+	binary.BigEndian.PutUint64(start[:], uint64(from))
 	var out []BlobChunk
-	err := l.view(func(lb *bolt.Bucket) error {
-		bb := lb.Bucket(bucketByBlob)
-		if bb == nil {
-			return nil // stored by an older version: no read-ahead
+	c := bb.Cursor()
+	for k, v := c.Seek(start[:]); k != nil && len(out) < max; k, v = c.Next() {
+		if len(k) != 24 || int64(binary.BigEndian.Uint64(k)) >= to {
+			break
 		}
-		c := bb.Cursor()
-		for k, v := c.Seek(u64(uint64(from))); k != nil && len(out) < max; k, v = c.Next() {
-			if len(k) != 24 || int64(binary.BigEndian.Uint64(k)) >= to {
-				break
-			}
-			bc := BlobChunk{Ino: binary.BigEndian.Uint64(k[8:])}
-			if err := json.Unmarshal(v, &bc.Chunk); err != nil {
-				return err
-			}
-			out = append(out, bc)
+		ch, err := decodeChunk(v)
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	return out, err
+		out = append(out, BlobChunk{Ino: binary.BigEndian.Uint64(k[8:]), Chunk: ch})
+	}
+	return out, nil
 }

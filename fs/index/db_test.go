@@ -1,7 +1,11 @@
 package index
 
 import (
+	"encoding/json"
+	"errors"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,8 +25,8 @@ func dbTestIndex() *Index {
 			{Ino: 4, Type: TypeChar, ModTime: mt},
 		},
 		Children: map[uint64][]Dirent{
-			1: {{"a", 2}, {"b", 2}, {"dir", 3}},
-			3: {{"gone", 4}},
+			1: {{"a", 2, TypeReg}, {"b", 2, TypeReg}, {"dir", 3, TypeDir}},
+			3: {{"gone", 4, TypeChar}},
 		},
 		Chunks: map[uint64][]Chunk{
 			2: {
@@ -49,7 +53,7 @@ func TestSaveOpenLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if i := l.Info(); i.Entries != 4 || i.Chunks != 2 || i.BlobSize != 100 || i.Format != "test" {
+	if i := l.Info(); i.Version != indexVersion || i.Entries != 4 || i.Chunks != 2 || i.BlobSize != 100 || i.Format != "test" || !i.HasXattrs {
 		t.Fatalf("info = %+v", i)
 	}
 	e, found, err := l.Lookup(1, "b")
@@ -62,9 +66,12 @@ func TestSaveOpenLookup(t *testing.T) {
 	if _, found, _ := l.Lookup(3, "a"); found {
 		t.Fatal("name found in the wrong directory")
 	}
+	if _, found, err := l.Lookup(1, strings.Repeat("a", 10000)); found || err != nil {
+		t.Fatalf("Lookup of an overlong name: %v %v", found, err)
+	}
 	ents, err := l.ReadDir(1)
-	if err != nil || len(ents) != 3 || ents[2].Name != "dir" {
-		t.Fatalf("ReadDir = %v %v", ents, err)
+	if want := dbTestIndex().Children[1]; err != nil || !reflect.DeepEqual(ents, want) {
+		t.Fatalf("ReadDir = %v %v, want %v", ents, err, want)
 	}
 	d, _ := l.Entry(3)
 	if string(d.Xattrs["trusted.overlay.opaque"]) != "y" {
@@ -97,6 +104,105 @@ func TestSaveOpenLookup(t *testing.T) {
 	if _, err := Open(db, "sha256:x"); !errdefs.IsNotFound(err) {
 		t.Fatalf("index survived Delete: %v", err)
 	}
+}
+
+func TestInfoHasXattrs(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	idx := dbTestIndex()
+	idx.Entries[2].Xattrs = nil
+	if err := Save(db, "k", idx, 100); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(db, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Info().HasXattrs || NewMemory(idx, 100).Info().HasXattrs {
+		t.Fatalf("HasXattrs without xattrs: stored %+v, memory %+v", l.Info(), NewMemory(idx, 100).Info())
+	}
+	if !NewMemory(dbTestIndex(), 100).Info().HasXattrs {
+		t.Fatal("HasXattrs false with an opaque directory")
+	}
+}
+
+// TestOpenOtherVersion: an index stored in another layout (here the JSON
+// values of version 1, written by hand, or a later version) is not read
+// but answered as not found, so that the caller rebuilds it, and Save
+// replaces it.
+func TestOpenOtherVersion(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, info := range []string{
+		`{"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
+		`{"version":3,"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
+	} {
+		err := db.Update(func(tx *bolt.Tx) error {
+			layers, err := tx.CreateBucketIfNotExists(bucketLayers)
+			if err != nil {
+				return err
+			}
+			lb, err := layers.CreateBucket([]byte("sha256:x"))
+			if err != nil {
+				return err
+			}
+			return writeV1(lb, info)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(db, "sha256:x"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "version") {
+			t.Fatalf("Open of %s: %v, want not found", info, err)
+		}
+		if err := Save(db, "sha256:x", dbTestIndex(), 100); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(db, "sha256:x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, err := l.Entry(2); err != nil || !reflect.DeepEqual(e, dbTestIndex().Entries[1]) {
+			t.Fatalf("Entry(2) after Save = %+v %v", e, err)
+		}
+		if ents, err := l.ReadDir(3); err != nil || len(ents) != 1 || ents[0].Type != TypeChar {
+			t.Fatalf("ReadDir(3) after Save = %v %v", ents, err)
+		}
+		if err := Delete(db, "sha256:x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// writeV1 writes a two-entry index as version 1 stored it: JSON entries
+// and chunks, a bare child ino as directory entry, no version in info.
+func writeV1(lb *bolt.Bucket, info string) error {
+	put := func(bucket string, key []byte, v any) error {
+		b, err := lb.CreateBucketIfNotExists([]byte(bucket))
+		if err != nil {
+			return err
+		}
+		js, ok := v.([]byte)
+		if !ok {
+			if js, err = json.Marshal(v); err != nil {
+				return err
+			}
+		}
+		return b.Put(key, js)
+	}
+	mt := time.Unix(1700000000, 0).UTC()
+	return errors.Join(
+		lb.Put(keyInfo, []byte(info)),
+		put("e", u64(1), Entry{Ino: 1, Type: TypeDir, Mode: 0o755, ModTime: mt}),
+		put("e", u64(2), Entry{Ino: 2, Type: TypeReg, Mode: 0o644, Size: 1, ModTime: mt}),
+		put("d", append(u64(1), "f"...), u64(2)),
+		put("c", append(u64(2), u64(0)...), Chunk{Length: 1, BlobLength: 30, Encoding: EncodingGzip, Digest: digest.FromString("a")}),
+	)
 }
 
 // BenchmarkSave stores an index of 20,000 small files and one 1 GiB file:

@@ -274,7 +274,7 @@ func (c *tocConverter) finish() *Index {
 	for dir, kids := range c.children {
 		list := make([]Dirent, 0, len(kids))
 		for name, ino := range kids {
-			list = append(list, Dirent{Name: name, Ino: ino})
+			list = append(list, Dirent{Name: name, Ino: ino, Type: c.entry(ino).Type})
 		}
 		slices.SortFunc(list, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 		c.idx.Children[dir] = list

@@ -93,10 +93,12 @@ type Entry struct {
 	Xattrs     map[string][]byte `json:"x,omitempty"`
 }
 
-// Dirent is a name in a directory.
+// Dirent is a name in a directory. Type is the type of the entry Ino, so
+// a directory can be listed without reading its entries.
 type Dirent struct {
 	Name string `json:"n"`
 	Ino  uint64 `json:"i"`
+	Type Type   `json:"t"`
 }
 
 // Chunk is a piece of a regular file's content and where to find it in the

@@ -22,11 +22,14 @@ type Memory struct {
 // NewMemory returns the in-memory view of idx, which must be valid
 // (Validate) and not be changed afterwards.
 func NewMemory(idx *Index, blobSize int64) *Memory {
-	n := 0
+	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries)}
 	for _, cs := range idx.Chunks {
-		n += len(cs)
+		info.Chunks += len(cs)
 	}
-	return &Memory{idx: idx, info: Info{Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Chunks: n}}
+	for i := range idx.Entries {
+		info.HasXattrs = info.HasXattrs || len(idx.Entries[i].Xattrs) > 0
+	}
+	return &Memory{idx: idx, info: info}
 }
 
 // Info describes the index.
@@ -51,7 +54,7 @@ func (m *Memory) Lookup(parent uint64, name string) (Entry, bool, error) {
 	return e, err == nil, err
 }
 
-// ReadDir returns the names in directory ino, sorted.
+// ReadDir returns the names in directory ino, sorted, with their types.
 func (m *Memory) ReadDir(ino uint64) ([]Dirent, error) {
 	return slices.Clone(m.idx.Children[ino]), nil
 }

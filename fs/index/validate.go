@@ -14,12 +14,12 @@ import (
 // It checks: inode numbers dense from RootIno; the root is a directory;
 // entry fields consistent with their type and within the limits; every
 // directory listing sorted, without duplicates, of valid names, naming
-// existing inodes; every inode reachable from the root, directories by
-// exactly one name (no directory hardlinks, no cycles), other inodes by
-// as many names as their Nlink; paths within MaxPathLen; the chunks of
-// each regular file in order and covering [0, Size) exactly, each within
-// MaxChunkLength, with a parseable digest, a known encoding and a blob
-// range inside [0, blobSize).
+// existing inodes with their types; every inode reachable from the root,
+// directories by exactly one name (no directory hardlinks, no cycles),
+// other inodes by as many names as their Nlink; paths within MaxPathLen;
+// the chunks of each regular file in order and covering [0, Size)
+// exactly, each within MaxChunkLength, with a parseable digest, a known
+// encoding and a blob range inside [0, blobSize).
 func (idx *Index) Validate(blobSize int64) error {
 	if idx == nil {
 		return Invalidf("nil index")
@@ -98,7 +98,7 @@ func (idx *Index) validateTree() error {
 		dir := queue[0]
 		queue = queue[1:]
 		for i, d := range idx.Children[dir] {
-			if err := checkDirent(idx.Children[dir], i, dir, n); err != nil {
+			if err := idx.checkDirent(idx.Children[dir], i, dir); err != nil {
 				return err
 			}
 			k := d.Ino - RootIno
@@ -132,7 +132,7 @@ func (idx *Index) validateTree() error {
 }
 
 // checkDirent checks the i-th name of a directory listing.
-func checkDirent(list []Dirent, i int, dir, n uint64) error {
+func (idx *Index) checkDirent(list []Dirent, i int, dir uint64) error {
 	d := list[i]
 	if err := checkBaseName(d.Name); err != nil {
 		return Invalidf("directory %d: %v", dir, err)
@@ -140,8 +140,11 @@ func checkDirent(list []Dirent, i int, dir, n uint64) error {
 	if i > 0 && list[i-1].Name >= d.Name {
 		return Invalidf("directory %d: names %q and %q are not sorted and unique", dir, list[i-1].Name, d.Name)
 	}
-	if d.Ino < RootIno || d.Ino-RootIno >= n {
+	if d.Ino < RootIno || d.Ino-RootIno >= uint64(len(idx.Entries)) {
 		return Invalidf("directory %d: %q names inode %d, which does not exist", dir, d.Name, d.Ino)
+	}
+	if t := idx.Entries[d.Ino-RootIno].Type; d.Type != t {
+		return Invalidf("directory %d: %q names inode %d as a %v, but it is a %v", dir, d.Name, d.Ino, d.Type, t)
 	}
 	return nil
 }

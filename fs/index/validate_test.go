@@ -26,8 +26,8 @@ func validIndex() *Index {
 			{Ino: 5, Type: TypeSymlink, LinkTarget: "t", Size: 1},
 		},
 		Children: map[uint64][]Dirent{
-			1: {{"a", 2}, {"b", 2}, {"d", 3}, {"s", 5}},
-			3: {{"gone", 4}},
+			1: {{"a", 2, TypeReg}, {"b", 2, TypeReg}, {"d", 3, TypeDir}, {"s", 5, TypeSymlink}},
+			3: {{"gone", 4, TypeChar}},
 		},
 		Chunks: map[uint64][]Chunk{
 			2: {
@@ -73,8 +73,10 @@ func TestValidateRefuses(t *testing.T) {
 		{"long name", func(x *Index) { x.Children[3][0].Name = longName + "n" }, "more than 255"},
 		{"dangling dirent", func(x *Index) { x.Children[3][0].Ino = 99 }, "does not exist"},
 		{"unreachable", func(x *Index) { x.Children[3] = nil }, "inode 4 is not reachable"},
-		{"dir hardlink", func(x *Index) { x.Children[1] = append(x.Children[1], Dirent{"z", 3}) }, "more than one name"},
-		{"cycle", func(x *Index) { x.Children[3] = append(x.Children[3], Dirent{"up", 1}) }, "more than one name"},
+		{"dir hardlink", func(x *Index) { x.Children[1] = append(x.Children[1], Dirent{"z", 3, TypeDir}) }, "more than one name"},
+		{"cycle", func(x *Index) { x.Children[3] = append(x.Children[3], Dirent{"up", 1, TypeDir}) }, "more than one name"},
+		{"dirent type", func(x *Index) { x.Children[1][3].Type = TypeReg }, `"s" names inode 5 as a reg, but it is a symlink`},
+		{"dirent no type", func(x *Index) { x.Children[3][0].Type = 0 }, "as a type(0), but it is a char"},
 		{"nlink mismatch", func(x *Index) { x.Entries[1].Nlink = 3 }, "2 names but Nlink 3"},
 		{"nlink missing", func(x *Index) { x.Entries[1].Nlink = 0 }, "2 names but Nlink 0"},
 		{"chunks of a dir", func(x *Index) { x.Chunks[3] = x.Chunks[2] }, "not a non-empty regular file"},
@@ -125,10 +127,10 @@ func TestValidatePathLength(t *testing.T) {
 		for i := range 16 {
 			ino := uint64(i + 2)
 			idx.Entries = append(idx.Entries, Entry{Ino: ino, Type: TypeDir})
-			idx.Children[ino-1] = []Dirent{{fmt.Sprintf("%03d%s", i, strings.Repeat("d", MaxNameLen-3)), ino}}
+			idx.Children[ino-1] = []Dirent{{fmt.Sprintf("%03d%s", i, strings.Repeat("d", MaxNameLen-3)), ino, TypeDir}}
 		}
 		idx.Entries = append(idx.Entries, Entry{Ino: 18, Type: TypeFifo})
-		idx.Children[17] = []Dirent{{leaf, 18}}
+		idx.Children[17] = []Dirent{{leaf, 18, TypeFifo}}
 		return idx
 	}
 	if err := build("").Validate(0); err == nil {
