@@ -128,6 +128,9 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	pl.mount, pl.blob, pl.content = m, blob, content
+	if end := idx.Info().PrefetchEnd; end > 0 {
+		content.Prefetch(0, end)
+	}
 	return nil
 }
 

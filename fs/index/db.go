@@ -61,6 +61,8 @@ type Info struct {
 	// do). Without any, a mount can refuse xattr requests wholesale so
 	// the kernel stops asking.
 	HasXattrs bool `json:"hasXattrs"`
+	// PrefetchEnd is Index.PrefetchEnd.
+	PrefetchEnd int64 `json:"prefetchEnd,omitempty"`
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -87,7 +89,7 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 }
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
-	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC()}
+	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err

@@ -148,6 +148,9 @@ func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
 	if name == "" {
 		return c.setRoot(e)
 	}
+	if name == estargz.PrefetchLandmark && e.Type == "reg" {
+		c.idx.PrefetchEnd = e.Offset
+	}
 	if isBookkeeping(name, e.Type) {
 		c.file = &openFile{name: name, size: e.Size, skip: true}
 		return nil

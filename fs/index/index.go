@@ -131,4 +131,8 @@ type Index struct {
 	Children map[uint64][]Dirent
 	// Chunks of each regular file inode with Size > 0.
 	Chunks map[uint64][]Chunk
+	// PrefetchEnd is where a layer's prioritized files end in the blob
+	// (the stream of its prefetch landmark): the files a container reads
+	// first, stored first, to fetch right after mounting. 0 when none.
+	PrefetchEnd int64
 }

@@ -42,6 +42,9 @@ func (idx *Index) Validate(blobSize int64) error {
 	if err := idx.validateTree(); err != nil {
 		return err
 	}
+	if idx.PrefetchEnd < 0 || idx.PrefetchEnd > blobSize {
+		return Invalidf("prefetch region end %d outside the blob's %d bytes", idx.PrefetchEnd, blobSize)
+	}
 	return idx.validateChunks(blobSize)
 }
 
