@@ -317,3 +317,45 @@ func TestUnmountWhileBusy(t *testing.T) {
 		t.Error("read through a file of an unmounted layer succeeded")
 	}
 }
+
+// TestPrioritizedFilesArePrefetched mounts an image whose layer stores two
+// files first, behind a prefetch landmark: the mount fetches them without
+// being asked, reading them then moves nothing, and the rest of the layer
+// is not fetched.
+func TestPrioritizedFilesArePrefetched(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, "prioritized", "estargz", layers, fixture.FormEStargz,
+		fixture.WithPrioritizedFiles("small/b/4k.bin", "other/4k.bin"))
+	p := startProxy(t, shared.reg)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, shared.reg, p))
+
+	// The prefetch starts after the mount returns (which reads the footer
+	// and TOC, at most two requests); wait, bounded, for its request. A
+	// read of a file it is fetching waits for it rather than asking again.
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Stats().BlobRequests < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no prefetch after the mount within 30s: %+v", p.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	prefetched := p.Stats()
+	if prefetched.BlobBytes > 1<<20 {
+		t.Fatalf("the prefetch moved %d bytes; the prioritized files are 8 KiB (the 16 MiB file must stay put)", prefetched.BlobBytes)
+	}
+	p.ResetStats()
+	for _, f := range []string{"small/b/4k.bin", "other/4k.bin"} {
+		got, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, expected(t, layers, f)) {
+			t.Fatalf("%s: wrong content", f)
+		}
+	}
+	if s := p.Stats(); s.BlobRequests != 0 {
+		t.Errorf("reading the prefetched files made %d requests (%d bytes), want none", s.BlobRequests, s.BlobBytes)
+	}
+}
