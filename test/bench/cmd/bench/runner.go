@@ -100,7 +100,7 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 					if e.Containerd {
 						rs = r.measureCtd(ctx, sname, spec, w, e.Profile.Name, run)
 					} else {
-						rs = r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run)
+						rs = r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run, e.ColdOnly)
 					}
 					res.Results = append(res.Results, rs...)
 				}
@@ -112,7 +112,7 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 }
 
 // measure does one cold run then the warm and hot repeats on the same mount.
-func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workload, profile string, run int) []result {
+func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workload, profile string, run int, coldOnly bool) []result {
 	base := result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run}
 	fail := func(err error) []result {
 		r.log.Error("measurement failed", "system", sys.Name(), "image", img.Name, "workload", w.Name, "err", err)
@@ -148,7 +148,11 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workl
 	out := []result{cold}
 	r.log.Info("cold", "system", sys.Name(), "image", img.Name, "workload", w.Name, "profile", profile,
 		"s", fmt.Sprintf("%.2f", cold.Seconds), "mount", fmt.Sprintf("%.2f", mounted), "MB", cold.Bytes>>20, "req", cold.Requests)
-	for _, state := range []string{"warm", "hot"} {
+	states := []string{"warm", "hot"}
+	if coldOnly {
+		states = nil
+	}
+	for _, state := range states {
 		if state == "warm" {
 			if err := dropCaches(); err != nil {
 				return append(out, r.errResult(base, state, err))
