@@ -7,7 +7,9 @@
 // Contract:
 //   - Nothing unverified is served: a chunk is decoded and checked against
 //     its digest before any byte of it reaches a reader or the cache. A
-//     mismatch is EIO for the reader, a log line and a metric.
+//     mismatch is EIO for the reader, a log line and a metric. A file the
+//     kernel reads itself (FUSE passthrough) is read from a whole local
+//     file this process assembled from verified chunks or hashed itself.
 //   - Layers are immutable, so the kernel may cache entries, attributes,
 //     negative lookups and page contents for as long as it likes.
 //   - A read blocks at most as long as the blob reader's request timeout;

@@ -22,6 +22,18 @@ var (
 		Namespace: "strata", Subsystem: "fs", Name: "prefetched_streams_total",
 		Help: "Compressed streams of prioritized files fetched right after a mount (prefetch landmark).",
 	})
+	metricPassthroughOpens = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "passthrough_opens_total",
+		Help: "File opens backed by a whole local file, which the kernel reads without the daemon (FUSE passthrough).",
+	})
+	metricPassthroughFallbackReads = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "passthrough_fallback_reads_total",
+		Help: "Reads of passthrough opens that reached the daemon anyway: go-fuse could not register the backing file.",
+	})
+	metricFilesAssembled = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "strata", Subsystem: "fs", Name: "files_assembled_total",
+		Help: "Whole files assembled from cached chunks, for passthrough.",
+	})
 	metricReadErrors = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: "strata", Subsystem: "fs", Name: "read_errors_total",
 		Help: "File reads answered with an error.",

@@ -26,16 +26,24 @@ const fsName = "strata"
 type LayerMount struct {
 	Dir    string
 	server *fuse.Server
+	lfs    *layerFS
 }
 
 // MountLayer serves the layer read-only at dir (which must exist).
+//
+// When content keeps whole files (WithWholeFiles) and the kernel takes
+// them as backing files, files of 1 MiB or more whose content is all local
+// are opened in FUSE passthrough mode: the kernel reads the local file
+// itself. Otherwise, or where passthrough is unavailable (Linux < 6.9, no
+// CAP_SYS_ADMIN, a cache on overlayfs), every read goes through the daemon.
 func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 	lfs := &layerFS{idx: idx, content: content}
 	rootEntry, err := idx.Entry(index.RootIno)
 	if err != nil {
 		return nil, fmt.Errorf("layer index has no root: %w", err)
 	}
-	root := &node{layer: lfs, ino: index.RootIno, e: rootEntry}
+	root := newNode(lfs, rootEntry)
+	lfs.root = root
 	timeout := kernelCacheTimeout
 	opts := &gofs.Options{
 		EntryTimeout:    &timeout,
@@ -56,17 +64,37 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 			EnableAcl: true,
 			// The kernel checks permissions from the modes we report.
 			Options: []string{"ro", "default_permissions"},
+			// go-fuse asks for FUSE passthrough whenever the kernel offers
+			// it. MaxStackDepth stays at its default, 1: backing files must
+			// be on an unstacked filesystem, and overlayfs can still be
+			// mounted over this mount (the kernel allows two levels).
 		},
+	}
+	if content.files == nil {
+		// Passthrough makes the kernel count the mount as one level of
+		// stacking; without whole files there is nothing to gain for it.
+		opts.MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH
 	}
 	server, err := gofs.Mount(dir, root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
+	if content.files != nil {
+		if err := probePassthrough(server, content.files); err != nil {
+			logPassthroughOff(dir, err)
+		} else {
+			lfs.passthrough.Store(true)
+		}
+	}
 	if err := setReadAhead(dir, kernelReadAheadKiB); err != nil {
 		slog.Warn("fs: kernel read-ahead left at its default", "dir", dir, "error", err)
 	}
-	return &LayerMount{Dir: dir, server: server}, nil
+	return &LayerMount{Dir: dir, server: server, lfs: lfs}, nil
 }
+
+// Passthrough reports whether the kernel reads this layer's whole local
+// files itself (FUSE passthrough).
+func (m *LayerMount) Passthrough() bool { return m.lfs.passthrough.Load() }
 
 // kernelReadAheadKiB is the page-cache read-ahead of layer mounts. The
 // kernel gives a FUSE mount 128 KiB; with more, a sequential reader keeps

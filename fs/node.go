@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,12 +25,29 @@ type node struct {
 	layer *layerFS
 	ino   uint64
 	e     index.Entry
+	// opens is set for the regular files of minWholeFileSize or more of
+	// a layer that keeps whole files, for them to be opened in passthrough
+	// mode once it is known to work, and never in two modes at once.
+	opens *openModes
+}
+
+// newNode returns the node of entry e.
+func newNode(layer *layerFS, e index.Entry) *node {
+	n := &node{layer: layer, ino: e.Ino, e: e}
+	if e.Type == index.TypeReg && e.Size >= minWholeFileSize && layer.content.files != nil {
+		n.opens = &openModes{}
+	}
+	return n
 }
 
 // layerFS is what every node of one mounted layer shares.
 type layerFS struct {
 	idx     View
 	content *Content
+	// passthrough is set once the mount is known to take whole files as
+	// FUSE passthrough backing files (see probePassthrough).
+	passthrough atomic.Bool
+	root        *node
 }
 
 var (
@@ -103,7 +121,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return nil, syscall.ENOENT
 	}
 	fillAttr(&e, &out.Attr)
-	child := &node{layer: n.layer, ino: e.Ino, e: e}
+	child := newNode(n.layer, e)
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: typeBits(e.Type), Ino: e.Ino}), 0
 }
 
@@ -177,16 +195,26 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if n.opens != nil {
+		return n.openLarge(ctx)
+	}
 	// Layer content never changes: let the kernel keep pages across opens.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-func (n *node) Read(ctx context.Context, _ gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (n *node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	// go-fuse asks the node first; a handle with its own content answers.
+	if r, ok := fh.(gofs.FileReader); ok {
+		return r.Read(ctx, dest, off)
+	}
 	e := n.e
 	got, err := n.layer.content.ReadAt(ctx, e, dest, off)
 	if err != nil {
 		metricReadErrors.Inc()
 		return nil, errno(ctx, "read", err, "inode", n.ino, "offset", off, "size", len(dest))
+	}
+	if n.opens != nil && n.layer.passthrough.Load() {
+		n.layer.content.wholeRead(e, off)
 	}
 	return fuse.ReadResultData(dest[:got]), 0
 }

@@ -120,7 +120,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return err
 	}
-	content := NewContent(l.Digest, idx, blob, p.store.Chunks)
+	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files))
 	m, err := MountLayer(pl.dir, idx, content)
 	if err != nil {
 		content.Close()

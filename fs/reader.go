@@ -37,6 +37,7 @@ type Content struct {
 	idx       View
 	blob      Blob
 	cache     *store.Chunks
+	files     *store.Files // nil: no whole files (see WithWholeFiles)
 	readAhead int64
 
 	mu      sync.Mutex
@@ -49,6 +50,14 @@ type Content struct {
 	// prefetchEnd is where the prefetch of prioritized files running now
 	// ends in the blob (0 when none runs); see prefetch.go.
 	prefetchEnd atomic.Int64
+
+	wholeMu    sync.Mutex
+	wholeBusy  map[wholeJob]bool     // whole files being verified
+	assemblers map[uint64]*assembler // whole files being assembled, by inode
+	// Test hooks, set before the layer is used: afterPart runs after each
+	// part an assembly copies, onWholeDone when whole-file work ends.
+	afterPart   func(ctx context.Context)
+	onWholeDone func(job wholeJob, err error)
 
 	// Background work (read-ahead, decoding) outlives the read that
 	// started it but not the layer: Close cancels it and waits for it, so
@@ -72,6 +81,7 @@ func (c *Content) goBackground(fn func(ctx context.Context)) {
 func (c *Content) Close() {
 	c.bgCancel()
 	c.bg.Wait()
+	c.closeAssemblers()
 }
 
 // streamFetch is one in-flight fetch of a compressed stream; concurrent
@@ -83,8 +93,12 @@ type streamFetch struct {
 }
 
 // NewContent returns the content reader of the layer dgst.
-func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks) *Content {
-	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead, pending: map[int64]*streamFetch{}}
+func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks, opts ...ContentOption) *Content {
+	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead,
+		pending: map[int64]*streamFetch{}, wholeBusy: map[wholeJob]bool{}, assemblers: map[uint64]*assembler{}}
+	for _, o := range opts {
+		o(c)
+	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	return c
 }

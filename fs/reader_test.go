@@ -83,9 +83,17 @@ func randomContent(seed uint64, n int) []byte {
 	return b[:n]
 }
 
-// newTestLayer builds an eStargz blob (1 MiB chunks) of files, in the
-// order given, and a Content reading it through the chunk cache.
-func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
+// builtLayer is an eStargz blob made in memory, with its index and the
+// content of its files.
+type builtLayer struct {
+	blob  []byte
+	idx   *index.Index
+	files map[string][]byte
+}
+
+// buildEStargz builds an eStargz blob of files with random content, in
+// the order given, cut in chunks of chunkSize bytes.
+func buildEStargz(t testing.TB, names []string, sizes []int, chunkSize int) *builtLayer {
 	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
@@ -99,7 +107,7 @@ func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
 		tw.Write(data)
 	}
 	tw.Close()
-	built, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarBuf.Bytes()), 0, int64(tarBuf.Len())), estargz.WithChunkSize(1<<20))
+	built, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarBuf.Bytes()), 0, int64(tarBuf.Len())), estargz.WithChunkSize(chunkSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,16 +120,24 @@ func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &builtLayer{blob: blobBytes, idx: idx, files: files}
+}
+
+// newTestLayer builds an eStargz blob (1 MiB chunks) of files, in the
+// order given, and a Content reading it through the chunk cache.
+func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
+	t.Helper()
+	bl := buildEStargz(t, names, sizes, 1<<20)
 	st, err := store.Open(t.TempDir(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	view := index.NewMemory(idx, int64(len(blobBytes)))
-	blob := &memBlob{data: blobBytes}
+	view := index.NewMemory(bl.idx, int64(len(bl.blob)))
+	blob := &memBlob{data: bl.blob}
 	content := NewContent("sha256:test", view, blob, st.Chunks)
 	t.Cleanup(content.Close) // before the store closes: no write after it
-	return &testLayer{content: content, blob: blob, files: files, view: view, cache: st.Chunks}
+	return &testLayer{content: content, blob: blob, files: bl.files, view: view, cache: st.Chunks}
 }
 
 func (l *testLayer) entry(t *testing.T, name string) index.Entry {

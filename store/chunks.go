@@ -1,21 +1,17 @@
 package store
 
 import (
-	"container/list"
-	"errors"
 	"fmt"
-	"io/fs"
-	"log/slog"
 	"os"
-	"path/filepath"
-	"sync"
 
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 )
 
 // Chunks is the cache of decompressed chunk content, keyed by the digest of
 // the chunk's bytes (so identical chunks of different layers are stored
-// once), bounded in size with least-recently-used eviction.
+// once), bounded in size with least-recently-used eviction. The bound is
+// shared with the whole-file cache (Files).
 //
 // A chunk file is hashed the first time this process reads it back and is
 // trusted until it is evicted; a file that does not match is removed and
@@ -23,96 +19,38 @@ import (
 // wrong content. For that reason chunk writes are atomic (rename) but not
 // fsynced: after a crash a chunk is whole, absent, or caught by that check.
 type Chunks struct {
-	dir, tmp string
-	limit    int64
-
-	mu       sync.Mutex
-	size     int64
-	lru      *list.List // of *chunkRecord, front = most recent
-	byDigest map[digest.Digest]*list.Element
+	tmp string
+	lru *cacheLRU
 }
 
-type chunkRecord struct {
-	d        digest.Digest
-	size     int64
-	verified bool
-}
+func chunkKey(d digest.Digest) cacheKey { return cacheKey{kindChunk, d} }
 
-// ChunkStats describes the cache.
-type ChunkStats struct {
-	Chunks int
-	Bytes  int64
-	Limit  int64
-}
-
-func openChunks(dir, tmp string, limit int64) (*Chunks, error) {
-	c := &Chunks{dir: dir, tmp: tmp, limit: limit, lru: list.New(), byDigest: map[digest.Digest]*list.Element{}}
-	// Rebuild the LRU from the files, oldest modification first, so a
-	// restarted daemon keeps its cache and still evicts in a sane order.
-	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
-		if err != nil || de.IsDir() {
+// checkChunk is the verification of a chunk file read back: its bytes
+// hash to its name.
+func checkChunk(d digest.Digest) func(*os.File) error {
+	return func(f *os.File) error {
+		got, err := hashFile(f, d)
+		if err != nil {
 			return err
 		}
-		d := digest.NewDigestFromEncoded(digest.Algorithm(filepath.Base(filepath.Dir(p))), de.Name())
-		info, err := de.Info()
-		if err != nil || d.Validate() != nil {
-			os.Remove(p)
-			return nil
+		if got != d {
+			return fmt.Errorf("%w: content is %s", ErrDigestMismatch, got)
 		}
-		c.byDigest[d] = c.lru.PushFront(&chunkRecord{d: d, size: info.Size()})
-		c.size += info.Size()
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("store: scanning chunk cache: %w", err)
 	}
-	return c, nil
-}
-
-func (c *Chunks) path(d digest.Digest) string {
-	return filepath.Join(c.dir, d.Algorithm().String(), d.Encoded())
 }
 
 // ReadAt reads len(p) bytes at off of the chunk d into p. ok is false when
 // the chunk is not cached (or was found corrupt and dropped).
 func (c *Chunks) ReadAt(d digest.Digest, p []byte, off int64) (n int, ok bool, err error) {
-	if d.Validate() != nil {
-		return 0, false, fmt.Errorf("chunk %q: invalid digest", d)
-	}
-	c.mu.Lock()
-	el, ok := c.byDigest[d]
-	if !ok {
-		c.mu.Unlock()
-		return 0, false, nil
-	}
-	c.lru.MoveToFront(el)
-	rec := el.Value.(*chunkRecord)
-	verified := rec.verified
-	c.mu.Unlock()
-
-	f, err := os.Open(c.path(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		c.forget(d)
+	f, err := c.openVerified(d)
+	if errdefs.IsNotFound(err) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, err
 	}
 	defer f.Close()
-	if !verified {
-		got, err := hashFile(f, d)
-		if err != nil {
-			return 0, false, err
-		}
-		if got != d {
-			slog.Warn("chunk cache: corrupt chunk removed", "digest", d, "content", got)
-			c.drop(d)
-			return 0, false, nil
-		}
-		c.mu.Lock()
-		rec.verified = true
-		c.mu.Unlock()
-	}
 	n, err = f.ReadAt(p, off)
 	if n == len(p) {
 		err = nil
@@ -120,12 +58,31 @@ func (c *Chunks) ReadAt(d digest.Digest, p []byte, off int64) (n int, ok bool, e
 	return n, err == nil, err
 }
 
+// Open opens chunk d read-only, for a caller that reads the file itself
+// (a FUSE passthrough backing file, say). It does not hash: a chunk this
+// process has not verified yet is ErrUnverified (see Verify); one that is
+// not cached is an error wrapping errdefs.ErrNotFound.
+func (c *Chunks) Open(d digest.Digest) (*os.File, error) {
+	if d.Validate() != nil {
+		return nil, fmt.Errorf("chunk %q: invalid digest", d)
+	}
+	return c.lru.open(chunkKey(d), nil)
+}
+
+// Verify hashes chunk d unless this process already has. A corrupt chunk
+// is removed and reported with an error wrapping ErrDigestMismatch (and
+// errdefs.ErrNotFound); a missing one with errdefs.ErrNotFound.
+func (c *Chunks) Verify(d digest.Digest) error {
+	f, err := c.openVerified(d)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // Has reports whether chunk d is cached.
 func (c *Chunks) Has(d digest.Digest) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.byDigest[d]
-	return ok
+	return c.lru.has(chunkKey(d))
 }
 
 // Put stores data as chunk d. data must already be verified against d by
@@ -137,53 +94,22 @@ func (c *Chunks) Put(d digest.Digest, data []byte) error {
 	if c.Has(d) {
 		return nil
 	}
-	if err := writeAtomic(c.tmp, c.path(d), data, false); err != nil {
+	if err := writeAtomic(c.tmp, c.lru.path(chunkKey(d)), data, false); err != nil {
 		return fmt.Errorf("chunk cache: %w", err)
 	}
-	c.mu.Lock()
-	if _, ok := c.byDigest[d]; !ok {
-		c.byDigest[d] = c.lru.PushFront(&chunkRecord{d: d, size: int64(len(data)), verified: true})
-		c.size += int64(len(data))
-	}
-	victims := c.evictLocked()
-	c.mu.Unlock()
-	for _, v := range victims {
-		os.Remove(c.path(v))
-	}
+	c.lru.add(chunkKey(d), int64(len(data)))
 	return nil
 }
 
-func (c *Chunks) evictLocked() []digest.Digest {
-	var victims []digest.Digest
-	for c.size > c.limit && c.lru.Len() > 1 {
-		el := c.lru.Back()
-		rec := el.Value.(*chunkRecord)
-		c.lru.Remove(el)
-		delete(c.byDigest, rec.d)
-		c.size -= rec.size
-		victims = append(victims, rec.d)
+// Stats returns the size of the chunk and whole-file caches.
+func (c *Chunks) Stats() CacheStats {
+	return c.lru.stats()
+}
+
+// openVerified opens chunk d, hashing it first if this process has not.
+func (c *Chunks) openVerified(d digest.Digest) (*os.File, error) {
+	if d.Validate() != nil {
+		return nil, fmt.Errorf("chunk %q: invalid digest", d)
 	}
-	return victims
-}
-
-func (c *Chunks) forget(d digest.Digest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.byDigest[d]; ok {
-		c.size -= el.Value.(*chunkRecord).size
-		c.lru.Remove(el)
-		delete(c.byDigest, d)
-	}
-}
-
-func (c *Chunks) drop(d digest.Digest) {
-	c.forget(d)
-	os.Remove(c.path(d))
-}
-
-// Stats returns the cache's current size.
-func (c *Chunks) Stats() ChunkStats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return ChunkStats{Chunks: c.lru.Len(), Bytes: c.size, Limit: c.limit}
+	return c.lru.open(chunkKey(d), checkChunk(d))
 }

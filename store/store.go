@@ -15,12 +15,14 @@ type Store struct {
 	db     *bolt.DB
 	Blobs  *Blobs
 	Chunks *Chunks
+	Files  *Files
 }
 
 // Options tune a Store. The zero value is usable.
 type Options struct {
-	// ChunkCacheBytes bounds the chunk cache; least recently used chunks are
-	// evicted past it. 0 means 10 GiB.
+	// ChunkCacheBytes bounds the chunk cache and the whole-file cache
+	// together; least recently used chunks and files are evicted past it.
+	// 0 means 10 GiB.
 	ChunkCacheBytes int64
 }
 
@@ -31,7 +33,7 @@ const DefaultChunkCacheBytes = 10 << 30
 // hold a store open: the database is locked, and a second Open fails after
 // a short wait instead of blocking forever.
 func Open(root string, opt Options) (*Store, error) {
-	for _, d := range []string{"blobs/sha256", "chunks/sha256", "tmp"} {
+	for _, d := range []string{"blobs/sha256", "chunks/sha256", "files/sha256", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
 			return nil, fmt.Errorf("store: %w", err)
 		}
@@ -49,11 +51,18 @@ func Open(root string, opt Options) (*Store, error) {
 	if limit <= 0 {
 		limit = DefaultChunkCacheBytes
 	}
-	s.Chunks, err = openChunks(filepath.Join(root, "chunks"), filepath.Join(root, "tmp"), limit)
-	if err != nil {
-		db.Close()
-		return nil, err
+	// A restarted daemon keeps its caches; nothing in them is trusted
+	// until this process has hashed it.
+	lru := newCacheLRU(limit, filepath.Join(root, "chunks"), filepath.Join(root, "files"))
+	for _, k := range []cacheKind{kindChunk, kindFile} {
+		if err := lru.scan(k); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
+	tmp := filepath.Join(root, "tmp")
+	s.Chunks = &Chunks{tmp: tmp, lru: lru}
+	s.Files = &Files{tmp: tmp, chunks: s.Chunks, lru: lru}
 	return s, nil
 }
 
