@@ -4,7 +4,7 @@
 // the chunks that hold its content and the digest each must match.
 //
 // A format reader (ReadEStargz) turns an untrusted layer blob into an
-// Index, refusing hostile input (see convertTOC for the exact rules);
+// Index, refusing hostile input (see tocConverter for the exact rules);
 // Validate checks the invariants every consumer relies on; Save persists an
 // index in the metadata database, and Open gives a read-only view of it
 // that keeps nothing in memory. DecodeChunk is the only way chunk bytes

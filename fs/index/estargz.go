@@ -5,13 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/gzip"
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -67,18 +66,21 @@ var defaultLimits = limits{
 // inside the first.
 // The TOC's size is checked against MaxTOCSize before it is read.
 //
-// When tocDigest is not empty (the layer annotation
-// "containerd.io/snapshot/stargz/toc.digest"), the decompressed TOC JSON
-// must have that digest, and it is checked before the JSON is parsed.
-// Without it the TOC is trusted only as far as Validate goes; file
-// contents are still verified chunk by chunk by DecodeChunk.
+// The TOC is decompressed, hashed and decoded in one pass, entry by entry,
+// without holding its JSON. When tocDigest is not empty (the layer
+// annotation "containerd.io/snapshot/stargz/toc.digest"), the TOC JSON
+// must have that digest: nothing decoded from a TOC that fails the check
+// is returned, and a mismatch is the error reported even when the TOC
+// has another fault. Without it the TOC is trusted only as far as
+// Validate goes; file contents are still verified chunk by chunk by
+// DecodeChunk.
 //
 // Errors: ErrNotEStargz when the blob has no eStargz footer; ErrInvalid
 // (and ErrDigestMismatch for a TOC digest mismatch) when the footer or
 // TOC is malformed or hostile; otherwise the error of r, wrapped.
 //
 // The conversion rules (names, implicit directories, whiteouts,
-// hardlinks, chunk ranges) are documented on convertTOC.
+// hardlinks, chunk ranges) are documented on tocConverter.
 func ReadEStargz(ctx context.Context, r io.ReaderAt, size int64, tocDigest digest.Digest) (*Index, error) {
 	return readEStargz(ctx, r, size, tocDigest, defaultLimits)
 }
@@ -93,30 +95,23 @@ func readEStargz(ctx context.Context, r io.ReaderAt, size int64, want digest.Dig
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %w", err)
 	}
-	tocJSON, err := decompressTOC(compressed, lim)
+	toc, err := openTOC(bytes.NewReader(compressed), want, lim)
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %w", err)
 	}
-	if want != "" {
-		if got := want.Algorithm().FromBytes(tocJSON); got != want {
-			return nil, fmt.Errorf("estargz: %w: %w: TOC JSON has digest %s, the layer annotation says %s",
-				ErrInvalid, ErrDigestMismatch, got, want)
-		}
+	conv := newTOCConverter(tocOff, lim, sizeHint(toc.size, int64(len(compressed)), lim))
+	err = toc.verify(decodeTOC(ctx, newJSONReader(toc), conv.addEntry))
+	if err != nil {
+		return nil, fmt.Errorf("estargz: %w", err)
 	}
-	var toc estargz.JTOC
-	if err := json.Unmarshal(tocJSON, &toc); err != nil {
-		return nil, fmt.Errorf("estargz: %w: decoding TOC JSON: %w", ErrInvalid, err)
-	}
-	if toc.Version != 1 {
-		return nil, fmt.Errorf("estargz: %w: TOC version %d, only version 1 is known", ErrInvalid, toc.Version)
-	}
-	idx, err := convertTOC(ctx, toc.Entries, tocOff, lim)
+	idx, err := conv.finish()
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %w", err)
 	}
 	if err := idx.Validate(size); err != nil {
-		// convertTOC should never build an index that Validate refuses;
-		// saying so makes such a bug visible rather than a "bad layer".
+		// The converter should never build an index that Validate
+		// refuses; saying so makes such a bug visible rather than a "bad
+		// layer".
 		return nil, fmt.Errorf("estargz: converted index does not validate: %w", err)
 	}
 	return idx, nil
@@ -199,21 +194,30 @@ func footerExtraFits(footer []byte) bool {
 		binary.LittleEndian.Uint16(footer[10:12]) == 4+16+uint16(len("STARGZ"))
 }
 
-// decompressTOC returns the bytes of the TOC JSON: the content of the
-// stargz.index.json entry of the tar inside the TOC's gzip stream. These
-// are the bytes the TOC digest is computed over (estargz's
-// WriteTOCAndFooter hashes exactly them). estargz's ParseTOC is not used
-// because it decodes JSON straight from the decompressor, without a bound
-// on how large the JSON inflates.
-func decompressTOC(compressed []byte, lim limits) ([]byte, error) {
+// tocStream reads the TOC JSON: the content of the stargz.index.json
+// entry of the tar inside the TOC's gzip stream. These are the bytes the
+// TOC digest is computed over (estargz's WriteTOCAndFooter hashes exactly
+// them), and they are hashed as they are read. estargz's ParseTOC is not
+// used because it decodes JSON straight from the decompressor, without a
+// bound on how large the JSON inflates.
+type tocStream struct {
+	r    io.Reader // the tar entry
+	size int64     // its size, from the tar header
+	n    int64     // bytes read so far
+	want digest.Digest
+	hash digest.Digester // nil without want
+	err  error           // the stream's own failure, if it failed
+}
+
+// openTOC reads the gzip and tar headers in front of the TOC JSON.
+func openTOC(compressed io.Reader, want digest.Digest, lim limits) (*tocStream, error) {
 	// The same framing as estargz's GzipDecompressor.DecompressTOC (one
 	// gzip member holding a tar entry named stargz.index.json), read with
-	// klauspost's faster gzip and into a buffer sized from the tar header.
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	// klauspost's faster gzip.
+	zr, err := gzip.NewReader(compressed)
 	if err != nil {
 		return nil, fmt.Errorf("%w: TOC: malformed gzip header: %w", ErrInvalid, err)
 	}
-	defer zr.Close()
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
@@ -226,17 +230,54 @@ func decompressTOC(compressed []byte, lim limits) ([]byte, error) {
 	if h.Size < 0 || h.Size > lim.tocJSON {
 		return nil, Invalidf("TOC JSON is more than %d bytes decompressed (header says %d)", lim.tocJSON, h.Size)
 	}
-	// Sized from the header, but no more than the compressed bytes could
-	// plausibly hold: a header is only a claim until the bytes arrive.
-	var buf bytes.Buffer
-	buf.Grow(int(min(h.Size, 32*int64(len(compressed))+64<<10)))
-	if _, err := io.Copy(&buf, tr); err != nil {
-		return nil, fmt.Errorf("%w: decompressing TOC: %w", ErrInvalid, err)
+	s := &tocStream{r: tr, size: h.Size, want: want}
+	if want != "" {
+		s.hash = want.Algorithm().Digester()
 	}
-	if int64(buf.Len()) != h.Size {
-		return nil, Invalidf("TOC JSON is %d bytes, its tar header says %d", buf.Len(), h.Size)
+	return s, nil
+}
+
+func (s *tocStream) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
 	}
-	return buf.Bytes(), nil
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if s.hash != nil {
+		s.hash.Hash().Write(p[:n])
+	}
+	switch {
+	case err == io.EOF && s.n != s.size:
+		s.err = Invalidf("TOC JSON is %d bytes, its tar header says %d", s.n, s.size)
+	case err != nil && err != io.EOF:
+		s.err = fmt.Errorf("%w: decompressing TOC: %w", ErrInvalid, err)
+	}
+	if s.err != nil {
+		return n, s.err
+	}
+	return n, err
+}
+
+// verify checks the TOC digest once decoding has ended with decodeErr,
+// and returns the error to report. The stream failing comes first, then
+// a digest mismatch, then what decoding found: a TOC that is not the one
+// the annotation names is reported as such, whatever else is wrong in it,
+// which takes reading it to the end when decoding stopped early.
+func (s *tocStream) verify(decodeErr error) error {
+	if s.hash == nil || (decodeErr != nil && !errors.Is(decodeErr, ErrInvalid)) {
+		return decodeErr // no digest to check, or ctx ended
+	}
+	if decodeErr != nil {
+		// Reading on returns the stream's failure again if it failed.
+		if _, err := io.Copy(io.Discard, s); err != nil {
+			return err
+		}
+	}
+	if got := s.hash.Digest(); got != s.want {
+		return fmt.Errorf("%w: %w: TOC JSON has digest %s, the layer annotation says %s",
+			ErrInvalid, ErrDigestMismatch, got, s.want)
+	}
+	return decodeErr
 }
 
 // readFullAt reads exactly len(p) bytes at off. io.ReaderAt may return

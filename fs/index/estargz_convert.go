@@ -1,11 +1,11 @@
 package index
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
@@ -16,31 +16,9 @@ import (
 // enough to cost nothing.
 const ctxCheckEvery = 4096
 
-// tocConverter builds an Index from TOC entries in TOC order, assigning
-// inode numbers densely as inodes appear.
-type tocConverter struct {
-	lim      limits
-	idx      *Index
-	children map[uint64]map[string]uint64 // directory ino → name → ino
-	paths    map[string]uint64            // clean path → ino ("" is the root)
-	explicit map[uint64]bool              // directories that had their own TOC entry
-	whiteout map[uint64]bool              // inodes made from ".wh." entries
-	opaque   map[uint64]bool              // directories with a ".wh..wh..opq" entry
-	bounds   []int64                      // sorted distinct stream starts, then the TOC offset
-	nchunks  int
-	file     *openFile // the regular file whose "chunk" entries may follow
-}
-
-// openFile tracks the last "reg" entry while its "chunk" entries arrive.
-type openFile struct {
-	name string
-	ino  uint64
-	size int64
-	next int64 // file offset the next chunk must start at
-	skip bool  // a hidden or whiteout file: its chunks are not indexed
-}
-
-// convertTOC turns the entries of an eStargz TOC into an Index.
+// tocConverter builds an Index from the entries of an eStargz TOC, given
+// one at a time in TOC order as the decoder reads them, assigning inode
+// numbers densely as inodes appear. The rules:
 //
 //   - Entries are applied in TOC order, like a tar unpacker. A parent
 //     directory with no entry of its own (or whose entry comes later) is
@@ -66,68 +44,101 @@ type openFile struct {
 //     in InnerOffset.
 //   - estargz's bookkeeping files at the root (the prefetch landmarks and
 //     stargz.index.json) are left out of the tree.
-func convertTOC(ctx context.Context, entries []*estargz.TOCEntry, tocOff int64, lim limits) (*Index, error) {
-	if len(entries) > lim.entries+lim.chunks {
-		return nil, Invalidf("TOC has %d entries, more than %d", len(entries), lim.entries+lim.chunks)
+//   - Sizes and offsets may not be negative, and data offsets must lie
+//     before the TOC.
+type tocConverter struct {
+	lim      limits
+	tocOff   int64
+	idx      *Index
+	dirents  map[uint64][]Dirent // directory ino → its names, in TOC order
+	paths    map[string]uint64   // clean path → ino ("" is the root)
+	explicit map[uint64]bool     // directories that had their own TOC entry
+	whiteout map[uint64]bool     // inodes made from ".wh." entries
+	opaque   map[uint64]bool     // directories with a ".wh..wh..opq" entry
+	bounds   []int64             // offsets of data entries: stream starts
+	raw      int                 // TOC entries read
+	nchunks  int
+	chunks   chunkStore
+	file     *openFile // the regular file whose "chunk" entries may follow, or nil
+	fileBuf  openFile  // what file points to, kept here to save an allocation per file
+	lastDir  struct {  // the last directory ensureDir found
+		name string
+		ino  uint64
 	}
+	mtime timeCache
+}
+
+// openFile tracks the last "reg" entry while its "chunk" entries arrive.
+type openFile struct {
+	name  string
+	ino   uint64
+	size  int64
+	next  int64 // file offset the next chunk must start at
+	skip  bool  // a hidden or whiteout file: its chunks are not indexed
+	first int   // where its chunks start in the converter's chunk block
+}
+
+// newTOCConverter starts the Index of a TOC at offset tocOff; addEntry
+// applies each entry and finish completes the Index. sizeHint is how many
+// entries to make room for at once.
+func newTOCConverter(tocOff int64, lim limits, sizeHint int) *tocConverter {
 	c := &tocConverter{
 		lim:      lim,
-		idx:      &Index{Format: FormatEStargz, Chunks: make(map[uint64][]Chunk)},
-		children: make(map[uint64]map[string]uint64),
-		paths:    make(map[string]uint64),
+		tocOff:   tocOff,
+		idx:      &Index{Format: FormatEStargz, Entries: make([]Entry, 0, sizeHint)},
+		dirents:  make(map[uint64][]Dirent),
+		paths:    make(map[string]uint64, sizeHint),
 		explicit: make(map[uint64]bool),
 		whiteout: make(map[uint64]bool),
 		opaque:   make(map[uint64]bool),
 	}
+	c.chunks.files = make([]fileChunks, 0, sizeHint)
 	c.newInode(Entry{Type: TypeDir, Mode: 0o755})
 	c.paths[""] = RootIno
-	if err := c.findBounds(entries, tocOff); err != nil {
-		return nil, err
-	}
-	for i, e := range entries {
-		if i%ctxCheckEvery == 0 {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-		}
-		if err := c.add(e); err != nil {
-			return nil, err
-		}
-	}
-	if err := c.closeFile(); err != nil {
-		return nil, err
-	}
-	return c.finish(), nil
+	return c
 }
 
-// findBounds checks every entry's numbers and collects the offsets where
-// compressed streams start, which delimit the chunks' blob ranges.
-func (c *tocConverter) findBounds(entries []*estargz.TOCEntry, tocOff int64) error {
-	for _, e := range entries {
-		if e == nil {
-			return Invalidf("TOC has a null entry")
-		}
-		if err := checkNumbers(e, tocOff); err != nil {
-			return Invalidf("entry %q: %v", e.Name, err)
-		}
-		if carriesData(e) {
-			c.bounds = append(c.bounds, e.Offset)
-		}
+// sizeHint guesses from the size of a TOC's JSON (as its tar header
+// claims) and of its compressed stream how many entries it holds. The
+// compressed size bounds the guess, so that a header claiming a huge
+// JSON cannot make a small blob allocate much; a wrong guess only costs
+// some growing.
+func sizeHint(jsonSize, compressedSize int64, lim limits) int {
+	// estargz writes indented JSON: ~350 bytes a file with digests, ~130
+	// a directory. Compressed, a file costs at least its digest's 32
+	// random bytes.
+	return int(min(jsonSize/256, compressedSize/16, int64(lim.entries)))
+}
+
+// openFile makes f the open file.
+func (c *tocConverter) openFile(f openFile) {
+	c.fileBuf = f
+	c.file = &c.fileBuf
+}
+
+// addEntry checks and applies the next TOC entry.
+func (c *tocConverter) addEntry(e *tocEntry) error {
+	if c.raw++; c.raw > c.lim.entries+c.lim.chunks {
+		return Invalidf("TOC has more than %d entries", c.lim.entries+c.lim.chunks)
 	}
-	c.bounds = append(c.bounds, tocOff)
-	slices.Sort(c.bounds)
-	c.bounds = slices.Compact(c.bounds)
-	return nil
+	if err := checkNumbers(e, c.tocOff); err != nil {
+		return Invalidf("entry %q: %v", e.Name, err)
+	}
+	if carriesData(e) {
+		c.bounds = append(c.bounds, e.Offset)
+	}
+	return c.add(e)
 }
 
 // streamLength returns the compressed length of the stream starting at
-// off, which findBounds has checked lies before the TOC.
+// off, which checkNumbers has checked lies before the TOC. bounds must be
+// sorted and end with the TOC offset.
 func (c *tocConverter) streamLength(off int64) int64 {
 	i, _ := slices.BinarySearch(c.bounds, off+1)
 	return c.bounds[i] - off
 }
 
-func (c *tocConverter) add(e *estargz.TOCEntry) error {
+func (c *tocConverter) add(e *tocEntry) error {
 	if e.Type == "chunk" {
 		return c.addChunkEntry(e)
 	}
@@ -144,7 +155,7 @@ func (c *tocConverter) add(e *estargz.TOCEntry) error {
 	return nil
 }
 
-func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
+func (c *tocConverter) addNamed(name string, e *tocEntry) error {
 	if name == "" {
 		return c.setRoot(e)
 	}
@@ -152,7 +163,7 @@ func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
 		c.idx.PrefetchEnd = e.Offset
 	}
 	if isBookkeeping(name, e.Type) {
-		c.file = &openFile{name: name, size: e.Size, skip: true}
+		c.openFile(openFile{name: name, size: e.Size, skip: true})
 		return nil
 	}
 	dir, base := splitName(name)
@@ -173,7 +184,7 @@ func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
 	if !ok {
 		return fmt.Errorf("unknown entry type %q", e.Type)
 	}
-	ent, err := nodeEntry(typ, e)
+	ent, err := c.nodeEntry(typ, e)
 	if err != nil {
 		return err
 	}
@@ -182,7 +193,7 @@ func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
 		return err
 	}
 	if typ == TypeReg {
-		c.file = &openFile{name: name, ino: ino, size: e.Size}
+		c.openFile(openFile{name: name, ino: ino, size: e.Size, first: len(c.chunks.block)})
 		if e.Size > 0 {
 			return c.addChunk(e)
 		}
@@ -191,8 +202,8 @@ func (c *tocConverter) addNamed(name string, e *estargz.TOCEntry) error {
 }
 
 // nodeEntry converts an entry that makes an inode other than a directory.
-func nodeEntry(typ Type, e *estargz.TOCEntry) (Entry, error) {
-	ent, err := entryMeta(e)
+func (c *tocConverter) nodeEntry(typ Type, e *tocEntry) (Entry, error) {
+	ent, err := c.entryMeta(e)
 	if err != nil {
 		return ent, err
 	}
@@ -212,41 +223,61 @@ func nodeEntry(typ Type, e *estargz.TOCEntry) (Entry, error) {
 }
 
 // newInode appends an entry and returns its inode number. The entry
-// limit is checked by link and ensureDir, which call it; the root is
+// limit is checked by link, which its callers call next; the root is
 // always allowed.
 func (c *tocConverter) newInode(ent Entry) uint64 {
 	ent.Ino = uint64(len(c.idx.Entries)) + RootIno
+	c.idx.Entries = growDoubling(c.idx.Entries)
 	c.idx.Entries = append(c.idx.Entries, ent)
 	return ent.Ino
+}
+
+// growDoubling makes room for one more element in s by doubling its
+// capacity when it is full. append grows large slices by a quarter, which
+// for the few big slices of an index allocates five times their size.
+func growDoubling[E any](s []E) []E {
+	if len(s) < cap(s) {
+		return s
+	}
+	return slices.Grow(s, max(len(s), 64))
 }
 
 func (c *tocConverter) entry(ino uint64) *Entry { return &c.idx.Entries[ino-RootIno] }
 
 // link adds a name for ino in directory parent, refusing a name that is
-// taken. name is the full path, recorded for hardlink targets.
+// taken. name is the full path, which paths maps to the inode for
+// hardlink targets and for finding the names taken in parent.
 func (c *tocConverter) link(parent uint64, name, base string, ino uint64) (uint64, error) {
 	if len(c.idx.Entries) > c.lim.entries {
 		return 0, fmt.Errorf("more than %d entries in the layer", c.lim.entries)
 	}
-	kids := c.children[parent]
-	if kids == nil {
-		kids = make(map[string]uint64)
-		c.children[parent] = kids
-	}
-	if old, ok := kids[base]; ok {
+	if old, ok := c.paths[name]; ok {
 		if c.whiteout[old] || c.whiteout[ino] {
 			return 0, fmt.Errorf("a whiteout and an entry both named %q", name)
 		}
 		return 0, fmt.Errorf("duplicate entry %q", name)
 	}
-	kids[base] = ino
 	c.paths[name] = ino
+	c.dirents[parent] = append(c.dirents[parent], Dirent{Name: base, Ino: ino})
 	return ino, nil
 }
 
 // ensureDir returns the directory inode at name, creating it and its
-// missing parents implicitly (see convertTOC).
+// missing parents implicitly (see tocConverter).
 func (c *tocConverter) ensureDir(name string) (uint64, error) {
+	// Entries come grouped by directory, so most have the last entry's
+	// parent; and a path that named a directory always does.
+	if name == c.lastDir.name && c.lastDir.ino != 0 {
+		return c.lastDir.ino, nil
+	}
+	ino, err := c.findDir(name)
+	if err == nil {
+		c.lastDir.name, c.lastDir.ino = name, ino
+	}
+	return ino, err
+}
+
+func (c *tocConverter) findDir(name string) (uint64, error) {
 	if ino, ok := c.paths[name]; ok {
 		if c.whiteout[ino] {
 			return 0, fmt.Errorf("a whiteout and an entry both named %q", name)
@@ -257,16 +288,29 @@ func (c *tocConverter) ensureDir(name string) (uint64, error) {
 		return ino, nil
 	}
 	dir, base := splitName(name)
-	parent, err := c.ensureDir(dir)
+	parent, err := c.findDir(dir)
 	if err != nil {
 		return 0, err
 	}
 	return c.link(parent, name, base, c.newInode(Entry{Type: TypeDir, Mode: 0o755}))
 }
 
-// finish sorts directory listings into the Index.
-func (c *tocConverter) finish() *Index {
-	c.idx.Children = make(map[uint64][]Dirent, len(c.children))
+// finish completes the Index once every entry has been added: chunk
+// ranges, directory listings sorted by name, opaque markers.
+func (c *tocConverter) finish() (*Index, error) {
+	if err := c.closeFile(); err != nil {
+		return nil, err
+	}
+	c.bounds = append(c.bounds, c.tocOff)
+	slices.Sort(c.bounds)
+	c.bounds = slices.Compact(c.bounds)
+	c.idx.Chunks = make(map[uint64][]Chunk, len(c.chunks.files))
+	for _, f := range c.chunks.files {
+		for i := range f.chunks {
+			f.chunks[i].BlobLength = c.streamLength(f.chunks[i].BlobOffset)
+		}
+		c.idx.Chunks[f.ino] = f.chunks
+	}
 	for ino := range c.opaque {
 		ent := c.entry(ino)
 		if ent.Xattrs == nil {
@@ -274,21 +318,47 @@ func (c *tocConverter) finish() *Index {
 		}
 		ent.Xattrs[XattrOverlayOpaque] = []byte("y")
 	}
-	for dir, kids := range c.children {
-		list := make([]Dirent, 0, len(kids))
-		for name, ino := range kids {
-			list = append(list, Dirent{Name: name, Ino: ino, Type: c.entry(ino).Type})
+	c.idx.Children = make(map[uint64][]Dirent, len(c.dirents))
+	all := make([]Dirent, 0, len(c.paths)-1) // every name but the root's
+	for dir, list := range c.dirents {
+		if !slices.IsSortedFunc(list, compareDirents) {
+			slices.SortFunc(list, compareDirents)
 		}
-		slices.SortFunc(list, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
-		c.idx.Children[dir] = list
+		for i := range list {
+			list[i].Type = c.entry(list[i].Ino).Type // final once the TOC is read
+		}
+		// One exactly sized array for all listings, not one per directory.
+		all = append(all, list...)
+		c.idx.Children[dir] = all[len(all)-len(list) : len(all) : len(all)]
 	}
-	return c.idx
+	return c.idx, nil
 }
+
+func compareDirents(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }
 
 // sameDirMeta reports whether a repeated directory entry changes nothing.
 func sameDirMeta(a, b Entry) bool {
 	return a.Mode == b.Mode && a.UID == b.UID && a.GID == b.GID && a.ModTime.Equal(b.ModTime) &&
 		maps.EqualFunc(a.Xattrs, b.Xattrs, func(x, y []byte) bool { return string(x) == string(y) })
+}
+
+// timeCache remembers the last modtime parsed: most entries of a layer
+// share theirs, and parsing one costs more than converting the rest.
+type timeCache struct {
+	s string
+	t time.Time
+}
+
+func (tc *timeCache) parse(s string) (time.Time, error) {
+	if s == tc.s && s != "" {
+		return tc.t, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return t, err
+	}
+	tc.s, tc.t = s, t.UTC()
+	return tc.t, nil
 }
 
 // parseChunkDigest refuses chunks that cannot be verified.
@@ -305,17 +375,28 @@ func parseChunkDigest(s string) (digest.Digest, error) {
 
 // validateDigest is digest.Digest.Validate with a fast path for the
 // sha256 digests every chunk carries: go-digest checks with a regular
-// expression, which costs a tenth of indexing a large layer.
+// expression, which costs a tenth of indexing a large layer. The loop is
+// a table lookup without branches on the data: random hex digits defeat
+// branch prediction.
 func validateDigest(d digest.Digest) error {
 	const prefix = "sha256:"
 	s := string(d)
 	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix {
 		return d.Validate()
 	}
+	hex := true
 	for i := len(prefix); i < len(s); i++ {
-		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return d.Validate()
-		}
+		hex = hex && lowerHex[s[i]]
+	}
+	if !hex {
+		return d.Validate()
 	}
 	return nil
 }
+
+var lowerHex = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()

@@ -2,12 +2,10 @@ package index
 
 import (
 	"fmt"
-
-	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // setRoot applies the root directory's own entry.
-func (c *tocConverter) setRoot(e *estargz.TOCEntry) error {
+func (c *tocConverter) setRoot(e *tocEntry) error {
 	if e.Type != "dir" {
 		return fmt.Errorf("the root entry is a %q, not a directory", e.Type)
 	}
@@ -15,12 +13,12 @@ func (c *tocConverter) setRoot(e *estargz.TOCEntry) error {
 }
 
 // addDir adds a directory entry, or applies its metadata to a directory
-// that was created implicitly or repeats identically (see convertTOC).
-func (c *tocConverter) addDir(parent uint64, name, base string, e *estargz.TOCEntry) error {
-	if ino, ok := c.children[parent][base]; ok && !c.whiteout[ino] && c.entry(ino).Type == TypeDir {
+// that was created implicitly or repeats identically (see tocConverter).
+func (c *tocConverter) addDir(parent uint64, name, base string, e *tocEntry) error {
+	if ino, ok := c.paths[name]; ok && !c.whiteout[ino] && c.entry(ino).Type == TypeDir {
 		return c.applyDirMeta(ino, name, e)
 	}
-	meta, err := entryMeta(e)
+	meta, err := c.entryMeta(e)
 	if err != nil {
 		return err
 	}
@@ -33,8 +31,8 @@ func (c *tocConverter) addDir(parent uint64, name, base string, e *estargz.TOCEn
 	return nil
 }
 
-func (c *tocConverter) applyDirMeta(ino uint64, name string, e *estargz.TOCEntry) error {
-	meta, err := entryMeta(e)
+func (c *tocConverter) applyDirMeta(ino uint64, name string, e *tocEntry) error {
+	meta, err := c.entryMeta(e)
 	if err != nil {
 		return err
 	}
@@ -52,7 +50,7 @@ func (c *tocConverter) applyDirMeta(ino uint64, name string, e *estargz.TOCEntry
 
 // addWhiteout turns an OCI whiteout entry into its overlayfs form. Its
 // own metadata and content mean nothing to overlayfs and are dropped.
-func (c *tocConverter) addWhiteout(dir, base string, e *estargz.TOCEntry) error {
+func (c *tocConverter) addWhiteout(dir, base string, e *tocEntry) error {
 	if e.Type == "dir" {
 		return fmt.Errorf("whiteout %q is a directory", base)
 	}
@@ -61,7 +59,7 @@ func (c *tocConverter) addWhiteout(dir, base string, e *estargz.TOCEntry) error 
 		return err
 	}
 	// Content of a whiteout ("reg" with Size > 0) is ignored, chunks too.
-	c.file = &openFile{name: joinName(dir, base), size: e.Size, skip: true}
+	c.openFile(openFile{name: joinName(dir, base), size: e.Size, skip: true})
 	if base == whiteoutOpaque {
 		if c.opaque[parent] {
 			return fmt.Errorf("duplicate entry %q", joinName(dir, base))
@@ -88,7 +86,7 @@ func joinName(dir, base string) string {
 
 // addHardlink adds another name for an earlier entry's inode. Like tar,
 // the link's own metadata is ignored: a hardlink has no inode of its own.
-func (c *tocConverter) addHardlink(parent uint64, name, base string, e *estargz.TOCEntry) error {
+func (c *tocConverter) addHardlink(parent uint64, name, base string, e *tocEntry) error {
 	target, err := cleanName(e.LinkName)
 	if err != nil {
 		return fmt.Errorf("hardlink target %q: %w", e.LinkName, err)
@@ -113,7 +111,7 @@ func (c *tocConverter) addHardlink(parent uint64, name, base string, e *estargz.
 
 // addChunkEntry handles a "chunk" entry: a further piece of the regular
 // file whose "reg" entry came just before.
-func (c *tocConverter) addChunkEntry(e *estargz.TOCEntry) error {
+func (c *tocConverter) addChunkEntry(e *tocEntry) error {
 	f := c.file
 	if f == nil {
 		return Invalidf("chunk entry %q does not follow a regular file", e.Name)
@@ -133,7 +131,7 @@ func (c *tocConverter) addChunkEntry(e *estargz.TOCEntry) error {
 
 // addChunk appends the chunk an entry ("reg" or "chunk") describes to the
 // open file.
-func (c *tocConverter) addChunk(e *estargz.TOCEntry) error {
+func (c *tocConverter) addChunk(e *tocEntry) error {
 	f := c.file
 	if e.ChunkOffset != f.next {
 		return fmt.Errorf("chunk at file offset %d, expected %d (chunks must be in order without gaps or overlaps)",
@@ -160,11 +158,11 @@ func (c *tocConverter) addChunk(e *estargz.TOCEntry) error {
 	if c.nchunks++; c.nchunks > c.lim.chunks {
 		return fmt.Errorf("more than %d chunks in the layer", c.lim.chunks)
 	}
-	c.idx.Chunks[f.ino] = append(c.idx.Chunks[f.ino], Chunk{
+	// BlobLength needs every stream start in the TOC: finish sets it.
+	c.chunks.add(f, Chunk{
 		FileOffset: e.ChunkOffset,
 		Length:     length,
 		BlobOffset: e.Offset,
-		BlobLength: c.streamLength(e.Offset),
 		Inner:      e.InnerOffset,
 		Encoding:   EncodingGzip,
 		Digest:     d,
@@ -173,12 +171,50 @@ func (c *tocConverter) addChunk(e *estargz.TOCEntry) error {
 	return nil
 }
 
-// closeFile checks that the open file's chunks covered all of it.
+// closeFile checks that the open file's chunks covered all of it and
+// files them under its inode.
 func (c *tocConverter) closeFile() error {
 	f := c.file
 	c.file = nil
-	if f == nil || f.skip || f.next == f.size {
+	if f == nil || f.skip {
 		return nil
 	}
-	return Invalidf("entry %q: chunks cover %d of its %d bytes", f.name, f.next, f.size)
+	if f.next != f.size {
+		return Invalidf("entry %q: chunks cover %d of its %d bytes", f.name, f.next, f.size)
+	}
+	c.chunks.close(f)
+	return nil
+}
+
+// chunkStore holds the chunks of all files in a few large blocks rather
+// than one small slice per file: a layer of many small files has as many
+// chunks as files. A file's chunks are contiguous in one block.
+type chunkStore struct {
+	block []Chunk
+	files []fileChunks
+}
+
+type fileChunks struct {
+	ino    uint64
+	chunks []Chunk
+}
+
+const chunkBlockLen = 4096
+
+// add appends a chunk of the open file f.
+func (s *chunkStore) add(f *openFile, ch Chunk) {
+	if len(s.block) == cap(s.block) {
+		// A new block, taking along the file's chunks so far.
+		have := s.block[f.first:]
+		s.block = append(make([]Chunk, 0, max(chunkBlockLen, 2*len(have))), have...)
+		f.first = 0
+	}
+	s.block = append(s.block, ch)
+}
+
+// close files away the chunks of f, which has no more.
+func (s *chunkStore) close(f *openFile) {
+	if n := len(s.block); n > f.first {
+		s.files = append(growDoubling(s.files), fileChunks{f.ino, s.block[f.first:n:n]})
+	}
 }

@@ -14,7 +14,7 @@ import (
 const fuzzDecodeBudget = 32
 
 // fuzzSeedTOCs are TOC JSONs: every hostile case plus valid ones.
-func fuzzSeedTOCs(f *testing.F) [][]byte {
+func fuzzSeedTOCs(f testing.TB) [][]byte {
 	var seeds [][]byte
 	for _, tc := range hostileCases(f) {
 		seeds = append(seeds, tc.toc)

@@ -6,7 +6,6 @@ import (
 	"math"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 )
@@ -42,21 +41,38 @@ func cleanName(name string) (string, error) {
 	if len(name) > MaxPathLen {
 		return "", fmt.Errorf("name is %d bytes, more than %d", len(name), MaxPathLen)
 	}
-	for _, comp := range strings.Split(name, "/") {
-		if comp == ".." {
+	// One pass, allocating nothing in the common case: with no ".."
+	// component, path.Clean only drops empty and "." components, so the
+	// clean name's components are the others, and a name with none of
+	// those once its trailing slashes (tar's mark of a directory) are cut
+	// is already clean.
+	trimmed := strings.TrimRight(name, "/")
+	clean, longest := true, 0
+	for rest := trimmed; ; {
+		comp, after, more := strings.Cut(rest, "/")
+		switch comp {
+		case "..":
 			return "", errors.New(`name has a ".." component`)
+		case "", ".":
+			clean = false
+		default:
+			longest = max(longest, len(comp))
 		}
-	}
-	clean := path.Clean(name)
-	if clean == "." {
-		return "", nil
-	}
-	for _, comp := range strings.Split(clean, "/") {
-		if len(comp) > MaxNameLen {
-			return "", fmt.Errorf("name component is %d bytes, more than %d", len(comp), MaxNameLen)
+		if !more {
+			break
 		}
+		rest = after
 	}
-	return clean, nil
+	if longest > MaxNameLen {
+		return "", fmt.Errorf("name component is %d bytes, more than %d", longest, MaxNameLen)
+	}
+	if clean {
+		return trimmed, nil
+	}
+	if c := path.Clean(name); c != "." {
+		return c, nil
+	}
+	return "", nil
 }
 
 // splitName returns the parent directory ("" for the root) and base name
@@ -100,7 +116,7 @@ func isBookkeeping(name, typ string) bool {
 // the tar header, so the setuid/setgid/sticky bits are the Unix ones
 // (04000/02000/01000), not Go's os.FileMode bits, and type bits a writer
 // may leave above 07777 are dropped: the entry type is authoritative.
-func entryMeta(e *estargz.TOCEntry) (Entry, error) {
+func (c *tocConverter) entryMeta(e *tocEntry) (Entry, error) {
 	var m Entry
 	if e.UID < 0 || e.UID > math.MaxUint32 || e.GID < 0 || e.GID > math.MaxUint32 {
 		return m, fmt.Errorf("uid %d / gid %d outside [0, 2^32-1]", e.UID, e.GID)
@@ -108,11 +124,11 @@ func entryMeta(e *estargz.TOCEntry) (Entry, error) {
 	m.UID, m.GID = uint32(e.UID), uint32(e.GID)
 	m.Mode = uint32(e.Mode & 07777)
 	if e.ModTime3339 != "" {
-		t, err := time.Parse(time.RFC3339Nano, e.ModTime3339)
+		t, err := c.mtime.parse(e.ModTime3339)
 		if err != nil {
 			return m, fmt.Errorf("modtime: %w", err)
 		}
-		m.ModTime = t.UTC()
+		m.ModTime = t
 	}
 	x, err := convertXattrs(e.Xattrs)
 	if err != nil {
@@ -148,7 +164,7 @@ func convertXattrs(in map[string][]byte) (map[string][]byte, error) {
 }
 
 // checkDevice converts device numbers, which Linux holds in 32 bits each.
-func checkDevice(major, minor int) (uint32, uint32, error) {
+func checkDevice(major, minor int64) (uint32, uint32, error) {
 	if major < 0 || major > math.MaxUint32 || minor < 0 || minor > math.MaxUint32 {
 		return 0, 0, fmt.Errorf("device %d:%d outside [0, 2^32-1]", major, minor)
 	}
@@ -172,7 +188,7 @@ func checkSymlinkTarget(target string) error {
 
 // checkNumbers refuses negative sizes and offsets anywhere in an entry,
 // and data offsets that do not lie before the TOC.
-func checkNumbers(e *estargz.TOCEntry, tocOff int64) error {
+func checkNumbers(e *tocEntry, tocOff int64) error {
 	if e.Size < 0 || e.Offset < 0 || e.InnerOffset < 0 || e.ChunkOffset < 0 || e.ChunkSize < 0 {
 		return fmt.Errorf("negative size or offset (size %d, offset %d, innerOffset %d, chunkOffset %d, chunkSize %d)",
 			e.Size, e.Offset, e.InnerOffset, e.ChunkOffset, e.ChunkSize)
@@ -184,7 +200,7 @@ func checkNumbers(e *estargz.TOCEntry, tocOff int64) error {
 }
 
 // carriesData reports whether an entry points at file bytes in the blob.
-func carriesData(e *estargz.TOCEntry) bool {
+func carriesData(e *tocEntry) bool {
 	return e.Type == "chunk" || (e.Type == "reg" && e.Size > 0)
 }
 
