@@ -27,33 +27,53 @@ func (unreachableBlob) Fetch(context.Context, []remote.Range) ([][]byte, error) 
 // BenchmarkContentReadCacheHit is the warm path of a FUSE READ: 128 KiB
 // (the kernel's usual read size) from a 64 MiB file whose 4 MiB chunks are
 // all in the chunk cache.
-func BenchmarkContentReadCacheHit(b *testing.B) {
-	const chunk, chunks = 4 << 20, 16
+// cachedFile is a one-file layer index whose file of n random chunks of
+// chunk bytes each has all its chunks in st's chunk cache.
+type cachedFile struct {
+	st    *store.Store
+	idx   *index.Index
+	file  index.Entry
+	data  []byte
+	parts []store.Part // the chunks in file order
+}
+
+func newCachedFile(b *testing.B, chunk, n int, seed uint64) *cachedFile {
 	st, err := store.Open(b.TempDir(), store.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
 	mt := time.Unix(1700000000, 0).UTC()
-	file := index.Entry{Ino: 2, Type: index.TypeReg, Mode: 0o644, Size: chunk * chunks, ModTime: mt, Nlink: 1}
-	idx := &index.Index{Format: "bench",
-		Entries:  []index.Entry{{Ino: 1, Type: index.TypeDir, Mode: 0o755, ModTime: mt, Nlink: 2}, file},
+	cf := &cachedFile{st: st, data: make([]byte, chunk*n)}
+	cf.file = index.Entry{Ino: 2, Type: index.TypeReg, Mode: 0o644, Size: int64(chunk * n), ModTime: mt, Nlink: 1}
+	cf.idx = &index.Index{Format: "bench",
+		Entries:  []index.Entry{{Ino: 1, Type: index.TypeDir, Mode: 0o755, ModTime: mt, Nlink: 2}, cf.file},
 		Children: map[uint64][]index.Dirent{1: {{Name: "f", Ino: 2, Type: index.TypeReg}}},
 		Chunks:   map[uint64][]index.Chunk{}}
-	rng := rand.New(rand.NewPCG(1, 1))
-	want := make([]byte, chunk*chunks)
-	for i := range want {
-		want[i] = byte(rng.Uint32())
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for i := range cf.data {
+		cf.data[i] = byte(rng.Uint32())
 	}
-	for i := range chunks {
-		data := want[i*chunk : (i+1)*chunk]
+	for i := range n {
+		data := cf.data[i*chunk : (i+1)*chunk]
 		d := digest.FromBytes(data)
 		if err := st.Chunks.Put(d, data); err != nil {
 			b.Fatal(err)
 		}
-		idx.Chunks[2] = append(idx.Chunks[2], index.Chunk{FileOffset: int64(i * chunk), Length: chunk,
-			BlobOffset: int64(i * chunk), BlobLength: chunk, Encoding: index.EncodingGzip, Digest: d})
+		cf.idx.Chunks[2] = append(cf.idx.Chunks[2], index.Chunk{FileOffset: int64(i * chunk), Length: int64(chunk),
+			BlobOffset: int64(i * chunk), BlobLength: int64(chunk), Encoding: index.EncodingGzip, Digest: d})
+		cf.parts = append(cf.parts, store.Part{Digest: d, Length: int64(chunk)})
 	}
+	return cf
+}
+
+// BenchmarkContentReadCacheHit is the warm path of a FUSE READ: 128 KiB
+// (the kernel's usual read size) from a 64 MiB file whose 4 MiB chunks are
+// all in the chunk cache.
+func BenchmarkContentReadCacheHit(b *testing.B) {
+	const chunk, chunks = 4 << 20, 16
+	cf := newCachedFile(b, chunk, chunks, 1)
+	st, idx, file, want := cf.st, cf.idx, cf.file, cf.data
 	if err := index.Save(st.DB(), "sha256:bench", idx, chunk*chunks); err != nil {
 		b.Fatal(err)
 	}

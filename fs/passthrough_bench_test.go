@@ -2,13 +2,10 @@ package fs
 
 import (
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fs/index"
@@ -26,32 +23,8 @@ import (
 func BenchmarkWarmSequentialRead(b *testing.B) {
 	requireRoot(b)
 	const chunk, chunks = 4 << 20, 64
-	st, err := store.Open(b.TempDir(), store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	mt := time.Unix(1700000000, 0).UTC()
-	file := index.Entry{Ino: 2, Type: index.TypeReg, Mode: 0o644, Size: chunk * chunks, ModTime: mt, Nlink: 1}
-	idx := &index.Index{Format: "bench",
-		Entries:  []index.Entry{{Ino: 1, Type: index.TypeDir, Mode: 0o755, ModTime: mt, Nlink: 2}, file},
-		Children: map[uint64][]index.Dirent{1: {{Name: "f", Ino: 2}}},
-		Chunks:   map[uint64][]index.Chunk{}}
-	rng := rand.New(rand.NewPCG(1, 2))
-	data := make([]byte, chunk)
-	var parts []store.Part
-	for i := range chunks {
-		for j := range data {
-			data[j] = byte(rng.Uint32())
-		}
-		d := digest.FromBytes(data)
-		if err := st.Chunks.Put(d, data); err != nil {
-			b.Fatal(err)
-		}
-		idx.Chunks[2] = append(idx.Chunks[2], index.Chunk{FileOffset: int64(i * chunk), Length: chunk,
-			BlobOffset: int64(i * chunk), BlobLength: chunk, Encoding: index.EncodingGzip, Digest: d})
-		parts = append(parts, store.Part{Digest: d, Length: chunk})
-	}
+	cf := newCachedFile(b, chunk, chunks, 2)
+	st, idx, file, parts := cf.st, cf.idx, cf.file, cf.parts
 	view := index.NewMemory(idx, chunk*chunks)
 	whole := assembleForBench(b, st, parts)
 
