@@ -62,6 +62,8 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 			// The kernel then caches ACLs, so "ls -l" does not ask the
 			// daemon for system.posix_acl_* on every file, every time.
 			EnableAcl: true,
+			// See noOpendir.
+			ExtraCapabilities: fuse.CAP_NO_OPENDIR_SUPPORT,
 			// The kernel checks permissions from the modes we report.
 			Options: []string{"ro", "default_permissions"},
 			// go-fuse asks for FUSE passthrough whenever the kernel offers
@@ -75,7 +77,7 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 		// stacking; without whole files there is nothing to gain for it.
 		opts.MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH
 	}
-	server, err := gofs.Mount(dir, root, opts)
+	server, err := mountRaw(dir, &noOpendir{RawFileSystem: gofs.NewNodeFS(root, opts)}, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
@@ -90,6 +92,21 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 		slog.Warn("fs: kernel read-ahead left at its default", "dir", dir, "error", err)
 	}
 	return &LayerMount{Dir: dir, server: server, lfs: lfs}, nil
+}
+
+// mountRaw mounts fsys at dir and serves it, as gofs.Mount does for the
+// raw filesystem it builds itself.
+func mountRaw(dir string, fsys fuse.RawFileSystem, opts *fuse.MountOptions) (*fuse.Server, error) {
+	server, err := fuse.NewServer(fsys, dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		// The serve loop ends by itself: there is no mount to read from.
+		return nil, err
+	}
+	return server, nil
 }
 
 // Passthrough reports whether the kernel reads this layer's whole local

@@ -29,6 +29,12 @@ type node struct {
 	// a layer that keeps whole files, for them to be opened in passthrough
 	// mode once it is known to work, and never in two modes at once.
 	opens *openModes
+	// listing is a directory's entries once listed. The kernel asks for a
+	// listing in several READDIRPLUS requests (at least one more to see
+	// its end), each with a handle of its own (see noOpendir), and keeps
+	// the result in its own cache afterwards; the node lives as long as
+	// the kernel keeps the directory's inode.
+	listing atomic.Pointer[[]fuse.DirEntry]
 }
 
 // newNode returns the node of entry e.
@@ -130,9 +136,12 @@ func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut
 	return 0
 }
 
-// OpendirHandle lists the directory once per open and lets the kernel
-// cache the listing (FOPEN_CACHE_DIR): a layer's directories never change.
+// OpendirHandle lists the directory and lets the kernel cache the listing
+// (FOPEN_CACHE_DIR): a layer's directories never change.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if l := n.listing.Load(); l != nil {
+		return &dirHandle{dir: n, entries: *l}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	}
 	kids, err := n.layer.idx.ReadDir(n.ino)
 	if err != nil {
 		return nil, 0, errno(ctx, "readdir", err, "inode", n.ino)
@@ -141,10 +150,12 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	for _, k := range kids {
 		out = append(out, fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(k.Type)})
 	}
+	n.listing.Store(&out)
 	return &dirHandle{dir: n, entries: out}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// dirHandle is an open directory: its entries, and how far a reader got.
+// dirHandle is an open directory: its entries (shared with the node, never
+// changed), and how far a reader got.
 type dirHandle struct {
 	dir     *node
 	mu      sync.Mutex
