@@ -77,6 +77,18 @@ func TestSaveOpenLookup(t *testing.T) {
 	if string(d.Xattrs["trusted.overlay.opaque"]) != "y" {
 		t.Fatalf("xattrs lost: %+v", d)
 	}
+	// Directories and other entries are kept apart; both read back.
+	for _, want := range dbTestIndex().Entries {
+		if got, err := l.Entry(want.Ino); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("Entry(%d) = %+v %v, want %+v", want.Ino, got, err, want)
+		}
+	}
+	if _, err := l.Entry(5); err == nil {
+		t.Error("Entry of an inode that is not in the index")
+	}
+	if e, found, err := l.Lookup(1, "dir"); err != nil || !found || !reflect.DeepEqual(e, dbTestIndex().Entries[2]) {
+		t.Errorf("Lookup dir = %+v %v %v", e, found, err)
+	}
 	for _, tc := range []struct {
 		off, n int64
 		want   []int64
@@ -141,7 +153,8 @@ func TestOpenOtherVersion(t *testing.T) {
 	defer db.Close()
 	for _, info := range []string{
 		`{"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
-		`{"version":3,"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
+		`{"version":2,"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
+		`{"version":99,"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
 	} {
 		err := db.Update(func(tx *bolt.Tx) error {
 			layers, err := tx.CreateBucketIfNotExists(bucketLayers)
