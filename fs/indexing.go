@@ -77,6 +77,7 @@ func (p *Pool) buildIndex(ctx context.Context, blob *remote.BlobReader, l remote
 		defer close(b.saved)
 		defer p.forgetBuild(l.Digest)
 		key := l.Digest.String()
+		start := time.Now()
 		if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
 			slog.Error("storing layer index failed; it is kept in memory while mounted", "layer", l.Digest, "error", err)
 			return
@@ -87,6 +88,7 @@ func (p *Pool) buildIndex(ctx context.Context, blob *remote.BlobReader, l remote
 			return
 		}
 		view.set(stored)
+		slog.Info("layer index stored", "layer", l.Digest, "duration", time.Since(start).Round(time.Millisecond))
 	}()
 	return b
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -29,6 +30,10 @@ type Options struct {
 // DefaultChunkCacheBytes is the chunk cache bound when Options leave it 0.
 const DefaultChunkCacheBytes = 10 << 30
 
+// initialMmapSize is the database's first memory map: 1 GiB of address
+// space (not memory) where pointers are 64-bit.
+const initialMmapSize = (strconv.IntSize / 64) << 30
+
 // Open opens (creating when needed) the store at root. Only one process may
 // hold a store open: the database is locked, and a second Open fails after
 // a short wait instead of blocking forever.
@@ -41,7 +46,16 @@ func Open(root string, opt Options) (*Store, error) {
 	if err := clearDir(filepath.Join(root, "tmp")); err != nil {
 		return nil, fmt.Errorf("store: clearing ingest dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(root, "meta.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(root, "meta.db"), 0o600, &bolt.Options{
+		Timeout: 5 * time.Second,
+		// bbolt maps the file and, when a write outgrows the map, maps it
+		// again after copying every key and value the transaction holds
+		// out of the old map; it doubles the map each time. Saving the
+		// index of a 50,000-file layer did that a dozen times (most of the
+		// save's CPU, seconds after a mount), and each remap waits for all
+		// reads in flight. Address space is cheap on 64-bit hosts.
+		InitialMmapSize: initialMmapSize,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("store: opening %s: %w (is another strata daemon running?)", filepath.Join(root, "meta.db"), err)
 	}
