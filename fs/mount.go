@@ -27,6 +27,7 @@ type LayerMount struct {
 	Dir    string
 	server *fuse.Server
 	lfs    *layerFS
+	raw    *noOpendir
 }
 
 // MountLayer serves the layer read-only at dir (which must exist).
@@ -77,7 +78,8 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 		// stacking; without whole files there is nothing to gain for it.
 		opts.MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH
 	}
-	server, err := mountRaw(dir, &noOpendir{RawFileSystem: gofs.NewNodeFS(root, opts)}, &opts.MountOptions)
+	raw := &noOpendir{RawFileSystem: gofs.NewNodeFS(root, opts)}
+	server, err := mountRaw(dir, raw, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
@@ -91,7 +93,7 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 	if err := setReadAhead(dir, kernelReadAheadKiB); err != nil {
 		slog.Warn("fs: kernel read-ahead left at its default", "dir", dir, "error", err)
 	}
-	return &LayerMount{Dir: dir, server: server, lfs: lfs}, nil
+	return &LayerMount{Dir: dir, server: server, lfs: lfs, raw: raw}, nil
 }
 
 // mountRaw mounts fsys at dir and serves it, as gofs.Mount does for the

@@ -28,6 +28,8 @@ type noOpendir struct {
 	// offered is set once the kernel's INIT offered the capability; a
 	// kernel that did not would fail every opendir on ENOSYS.
 	offered atomic.Bool
+	// opendirs counts the OPENDIR requests the kernel sent.
+	opendirs atomic.Int64
 }
 
 func (r *noOpendir) Init(s *fuse.Server) {
@@ -36,6 +38,7 @@ func (r *noOpendir) Init(s *fuse.Server) {
 }
 
 func (r *noOpendir) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	r.opendirs.Add(1)
 	if r.offered.Load() {
 		return fuse.ENOSYS
 	}

@@ -1,0 +1,99 @@
+package fs
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// TestListingWithoutOpendir lists directories too big for one READDIRPLUS
+// reply, from the start, in small batches and after rewinding, and checks
+// that a kernel offering FUSE_NO_OPENDIR_SUPPORT stopped sending OPENDIR
+// after the first one.
+func TestListingWithoutOpendir(t *testing.T) {
+	requireRoot(t)
+	var names []string
+	var sizes []int
+	for d := range 3 {
+		for i := range 700 { // ~100 KB of READDIRPLUS replies a directory
+			names = append(names, fmt.Sprintf("d%d/a-rather-long-file-name-to-fill-replies-%04d", d, i))
+			sizes = append(sizes, 1)
+		}
+		names = append(names, fmt.Sprintf("d%d/sub/x", d))
+		sizes = append(sizes, 1)
+	}
+	bl := buildEStargz(t, names, sizes, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+
+	want := func(d int) []string {
+		var out []string
+		for i := range 700 {
+			out = append(out, fmt.Sprintf("a-rather-long-file-name-to-fill-replies-%04d", i))
+		}
+		return append(out, "sub")
+	}
+	for round := range 2 { // the second round is served from the kernel's cache
+		for d := range 3 {
+			dir := filepath.Join(ml.dir, fmt.Sprintf("d%d", d))
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range ents {
+				got = append(got, e.Name())
+				if e.Name() == "sub" != e.IsDir() {
+					t.Fatalf("round %d: %s/%s: IsDir %v", round, dir, e.Name(), e.IsDir())
+				}
+			}
+			if !slices.Equal(got, want(d)) {
+				t.Fatalf("round %d: %s lists %d names, want %d", round, dir, len(got), len(want(d)))
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "sub", "x")); err != nil || string(b) != string(bl.files[fmt.Sprintf("d%d/sub/x", d)]) {
+				t.Fatalf("d%d/sub/x: %q %v", d, b, err)
+			}
+		}
+	}
+
+	// Small batches, then a rewind: every reply at an offset of its own.
+	f, err := os.Open(filepath.Join(ml.dir, "d1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var got []string
+	for {
+		batch, err := f.Readdirnames(7)
+		got = append(got, batch...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.Readdirnames(-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	slices.Sort(again)
+	if !slices.Equal(got, want(1)) || !slices.Equal(again, want(1)) {
+		t.Fatalf("batched listing %d names, after rewind %d, want %d", len(got), len(again), len(want(1)))
+	}
+
+	opendirs := ml.mount.raw.opendirs.Load()
+	if !ml.mount.raw.offered.Load() {
+		t.Logf("kernel without FUSE_NO_OPENDIR_SUPPORT: %d OPENDIR requests", opendirs)
+		return
+	}
+	if opendirs != 1 {
+		t.Fatalf("%d OPENDIR requests reached the daemon, want 1 (answered ENOSYS, then none)", opendirs)
+	}
+}
