@@ -112,7 +112,8 @@ func renderMethod(w io.Writer) {
   **wan** (20 ms RTT, 100 Mbit/s, shared by all connections).
 - Systems: **strata** (`+"`strata daemon`"+` with a fresh root per cold run, `+"`strata mount --insecure REF DIR`"+` of the eStargz image);
   **fullpull** (`+"`skopeo copy docker://… oci:…`"+` of the gzip image + `+"`umoci unpack`"+`, then the workload on local disk;
-  its warm/hot rows are the local-disk baseline); **stargz** (stargz-snapshotter v0.19 `+"`fs`"+` package, one FUSE mount per
+  its warm/hot rows are the local-disk baseline; one pull a run serves every workload of a row, each timed as pull + unpack +
+  the workload from a cold page cache); **stargz** (stargz-snapshotter v0.19 `+"`fs`"+` package, one FUSE mount per
   layer + overlayfs, default config incl. background fetch, `+"`test/bench/stargz`"+`).
 - States: **cold** = fresh daemon state / unpack dir and `+"`echo 3 > /proc/sys/vm/drop_caches`"+`; its time is mount (or pull +
   unpack) **plus** the workload, i.e. time to first result. **warm** = same mount, page cache dropped, the system's own cache

@@ -87,22 +87,34 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 		r.px.SetProfile(e.Profile)
 		spec, _ := imageByName(e.Image)
 		for run := 1; run <= e.Runs; run++ {
-			for _, wname := range e.Workloads {
-				w, _ := workloadByName(wname)
-				for _, sname := range e.Systems {
-					if run > e.runsOf(sname) {
-						continue
+			for _, sname := range e.Systems {
+				if run > e.runsOf(sname) {
+					continue
+				}
+				// The full pull is the same for every workload: one pull
+				// and unpack a run serves them all, each timed from the
+				// drop of every cache as pull + unpack + workload.
+				groups := [][]string{e.Workloads}
+				if sname != "fullpull" {
+					groups = nil
+					for _, w := range e.Workloads {
+						groups = append(groups, []string{w})
 					}
+				}
+				for _, g := range groups {
 					if ctx.Err() != nil {
 						return res, ctx.Err()
 					}
-					var rs []result
-					if e.Containerd {
-						rs = r.measureCtd(ctx, sname, spec, w, e.Profile.Name, run)
-					} else {
-						rs = r.measure(ctx, r.system(sname), spec, w, e.Profile.Name, run, e.ColdOnly)
+					var ws []workload
+					for _, wname := range g {
+						w, _ := workloadByName(wname)
+						ws = append(ws, w)
 					}
-					res.Results = append(res.Results, rs...)
+					if e.Containerd {
+						res.Results = append(res.Results, r.measureCtd(ctx, sname, spec, ws[0], e.Profile.Name, run)...)
+					} else {
+						res.Results = append(res.Results, r.measure(ctx, r.system(sname), spec, ws, e.Profile.Name, run, e.ColdOnly)...)
+					}
 				}
 			}
 		}
@@ -111,13 +123,15 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 	return res, nil
 }
 
-// measure does one cold run then the warm and hot repeats on the same mount.
-func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workload, profile string, run int, coldOnly bool) []result {
-	base := result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run}
-	fail := func(err error) []result {
-		r.log.Error("measurement failed", "system", sys.Name(), "image", img.Name, "workload", w.Name, "err", err)
-		base.State, base.Err = "cold", err.Error()
-		return []result{base}
+// measure mounts (or pulls) the image once, then for each workload does a
+// cold run and the warm and hot repeats on that mount. A workload's cold
+// time is the mount's time plus its own from a cold page cache (for the
+// first workload, the mount's caches are cold too).
+func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []workload, profile string, run int, coldOnly bool) []result {
+	var out []result
+	fail := func(w workload, state string, err error) []result {
+		r.log.Error("measurement failed", "system", sys.Name(), "image", img.Name, "workload", w.Name, "state", state, "err", err)
+		return append(out, result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run, State: state, Err: err.Error()})
 	}
 	defer func() {
 		if err := sys.Teardown(context.WithoutCancel(ctx)); err != nil {
@@ -125,64 +139,78 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, w workl
 		}
 	}()
 	if err := sys.Prepare(ctx); err != nil {
-		return fail(err)
+		return fail(ws[0], "cold", err)
 	}
 	if err := dropCaches(); err != nil {
-		return fail(fmt.Errorf("drop caches: %w", err))
+		return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
 	}
 	ref := r.px.Host() + "/" + img.Name + ":" + sys.Tag()
 	r.px.ResetStats()
 	t0 := time.Now()
 	root, err := sys.Mount(ctx, ref)
 	if err != nil {
-		return fail(err)
+		return fail(ws[0], "cold", err)
 	}
 	mounted := time.Since(t0).Seconds()
-	amount, err := w.Run(ctx, root, img)
-	if err != nil {
-		return fail(err)
-	}
-	cold := r.finish(base, "cold", time.Since(t0).Seconds(), amount)
-	cold.MountSeconds = mounted
-	r.saveLog(cold)
-	out := []result{cold}
-	r.log.Info("cold", "system", sys.Name(), "image", img.Name, "workload", w.Name, "profile", profile,
-		"s", fmt.Sprintf("%.2f", cold.Seconds), "mount", fmt.Sprintf("%.2f", mounted), "MB", cold.Bytes>>20, "req", cold.Requests)
-	states := []string{"warm", "hot"}
-	if coldOnly {
-		states = nil
-	}
-	for _, state := range states {
-		if state == "warm" {
+	mountStats := r.px.Stats()
+	for i, w := range ws {
+		base := result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run}
+		var before proxy.Stats // what crossed the proxy before this workload's timer started
+		t := t0
+		if i > 0 {
 			if err := dropCaches(); err != nil {
-				return append(out, r.errResult(base, state, err))
+				return fail(w, "cold", fmt.Errorf("drop caches: %w", err))
 			}
+			before = mountStats
+			r.px.ResetStats()
+			t = time.Now().Add(-time.Duration(mounted * float64(time.Second)))
 		}
-		r.px.ResetStats()
-		t := time.Now()
 		amount, err := w.Run(ctx, root, img)
 		if err != nil {
-			return append(out, r.errResult(base, state, err))
+			return fail(w, "cold", err)
 		}
-		out = append(out, r.finish(base, state, time.Since(t).Seconds(), amount))
-	}
-	if _, done := r.reads[img.Name+"/"+w.Name]; !done && sys.Name() == "fullpull" && tracedWorkloads[w.Name] {
-		est, err := traceReads(ctx, root, w)
-		if err != nil {
-			r.log.Warn("strace", "err", err)
+		cold := r.finish(base, "cold", time.Since(t).Seconds(), amount)
+		cold.MountSeconds = mounted
+		cold.Bytes += before.BytesOut
+		cold.Requests += before.Requests
+		r.saveLog(cold)
+		out = append(out, cold)
+		r.log.Info("cold", "system", sys.Name(), "image", img.Name, "workload", w.Name, "profile", profile,
+			"s", fmt.Sprintf("%.2f", cold.Seconds), "mount", fmt.Sprintf("%.2f", mounted), "MB", cold.Bytes>>20, "req", cold.Requests)
+		states := []string{"warm", "hot"}
+		if coldOnly {
+			states = nil
 		}
-		if layers, err := layerReaders(ctx, r.regHost, img.Name); err != nil {
-			r.log.Warn("eStargz TOCs for the bytes estimate", "image", img.Name, "err", err)
-		} else {
-			est.Compressed = compressedSize(layers, est.Paths)
+		for _, state := range states {
+			if state == "warm" {
+				if err := dropCaches(); err != nil {
+					return fail(w, state, err)
+				}
+			}
+			r.px.ResetStats()
+			t := time.Now()
+			amount, err := w.Run(ctx, root, img)
+			if err != nil {
+				return fail(w, state, err)
+			}
+			out = append(out, r.finish(base, state, time.Since(t).Seconds(), amount))
 		}
-		r.reads[img.Name+"/"+w.Name] = est
+		if _, done := r.reads[img.Name+"/"+w.Name]; !done && sys.Name() == "fullpull" && tracedWorkloads[w.Name] {
+			est, err := traceReads(ctx, root, w)
+			if err != nil {
+				r.log.Warn("strace", "err", err)
+			}
+			if layers, err := layerReaders(ctx, r.regHost, img.Name); err != nil {
+				r.log.Warn("eStargz TOCs for the bytes estimate", "image", img.Name, "err", err)
+			} else {
+				est.Compressed = compressedSize(layers, est.Paths)
+			}
+			r.reads[img.Name+"/"+w.Name] = est
+		}
 	}
 	return out
 }
 
-// saveLog keeps the proxy's request log of a cold run, for the analysis of
-// where time goes (request sizes, how many were in flight).
 func (r *runner) saveLog(res result) {
 	dir := filepath.Join(r.o.work, "logs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
