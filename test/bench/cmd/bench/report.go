@@ -39,7 +39,7 @@ func summarize(rs []result) map[key]*summary {
 	for _, r := range rs {
 		k := key{r.Profile, r.Image, r.Workload, r.System, r.State}
 		groups[k] = append(groups[k], r)
-		if r.State == "cold" && r.Err == "" {
+		if r.State == "cold" && r.Err == "" && !r.SharedMount {
 			mk := key{r.Profile, r.Image, "mount", r.System, "cold"}
 			m := r
 			m.Workload, m.Seconds = "mount", r.MountSeconds

@@ -53,3 +53,22 @@ func TestTargets(t *testing.T) {
 		t.Log(out)
 	}
 }
+
+// TestSharedPullCountsOnce: one full pull a run serves several workloads;
+// its time is in each workload's cold row but once in the mount row.
+func TestSharedPullCountsOnce(t *testing.T) {
+	var rs []result
+	for run := 1; run <= 5; run++ {
+		for i, wl := range []string{"true", "cat", "find"} {
+			rs = append(rs, result{Profile: "lo", Image: "debian", Workload: wl, System: "fullpull", State: "cold", Run: run,
+				Seconds: 3 + float64(i)/10, MountSeconds: 3, SharedMount: i > 0})
+		}
+	}
+	sums := summarize(rs)
+	if m := sums[key{"lo", "debian", "mount", "fullpull", "cold"}]; m == nil || m.N != 5 || m.Med != 3 {
+		t.Fatalf("mount row %+v, want 5 runs of 3 s", m)
+	}
+	if c := sums[key{"lo", "debian", "find", "fullpull", "cold"}]; c == nil || c.N != 5 || c.Med != 3.2 {
+		t.Fatalf("find row %+v, want 5 runs of 3.2 s", c)
+	}
+}

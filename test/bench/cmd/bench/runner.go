@@ -22,10 +22,13 @@ type result struct {
 	// first result; warm and hot = the workload alone.
 	Seconds      float64
 	MountSeconds float64 `json:",omitempty"`
-	Amount       float64 `json:",omitempty"` // bytes (seqread) or operations (randread)
-	Bytes        int64   // response bytes through the proxy
-	Requests     int64
-	Err          string `json:",omitempty"`
+	// SharedMount marks a cold run on a mount (a full pull) that an
+	// earlier workload's cold run already counted.
+	SharedMount bool    `json:",omitempty"`
+	Amount      float64 `json:",omitempty"` // bytes (seqread) or operations (randread)
+	Bytes       int64   // response bytes through the proxy
+	Requests    int64
+	Err         string `json:",omitempty"`
 }
 
 // imageSizes are compressed sizes from the manifests, for the bytes target.
@@ -170,7 +173,7 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 			return fail(w, "cold", err)
 		}
 		cold := r.finish(base, "cold", time.Since(t).Seconds(), amount)
-		cold.MountSeconds = mounted
+		cold.MountSeconds, cold.SharedMount = mounted, i > 0
 		cold.Bytes += before.BytesOut
 		cold.Requests += before.Requests
 		r.saveLog(cold)
