@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -130,7 +131,7 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 // cold run and the warm and hot repeats on that mount. A workload's cold
 // time is the mount's time plus its own from a cold page cache (for the
 // first workload, the mount's caches are cold too).
-func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []workload, profile string, run int, coldOnly bool) []result {
+func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []workload, profile string, run int, coldOnly []string) []result {
 	var out []result
 	fail := func(w workload, state string, err error) []result {
 		r.log.Error("measurement failed", "system", sys.Name(), "image", img.Name, "workload", w.Name, "state", state, "err", err)
@@ -181,7 +182,7 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 		r.log.Info("cold", "system", sys.Name(), "image", img.Name, "workload", w.Name, "profile", profile,
 			"s", fmt.Sprintf("%.2f", cold.Seconds), "mount", fmt.Sprintf("%.2f", mounted), "MB", cold.Bytes>>20, "req", cold.Requests)
 		states := []string{"warm", "hot"}
-		if coldOnly {
+		if slices.Contains(coldOnly, w.Name) {
 			states = nil
 		}
 		for _, state := range states {
