@@ -158,7 +158,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 // changed), and how far a reader got.
 type dirHandle struct {
 	dir     *node
-	mu      sync.Mutex
+	mu      sync.Mutex // guards pos
 	entries []fuse.DirEntry
 	pos     int
 }
@@ -174,10 +174,8 @@ var _ gofs.FileLookuper = (*dirHandle)(nil)
 // times slower than on local disk; commands that stat every file (ls -l,
 // tar) pay a LOOKUP per file instead.
 func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	d.mu.Lock()
 	i := sort.Search(len(d.entries), func(i int) bool { return d.entries[i].Name >= name })
 	isDir := i < len(d.entries) && d.entries[i].Name == name && d.entries[i].Mode == syscall.S_IFDIR
-	d.mu.Unlock()
 	if !isDir {
 		return nil, syscall.ENOENT
 	}

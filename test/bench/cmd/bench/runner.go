@@ -159,21 +159,21 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 	mountStats := r.px.Stats()
 	for i, w := range ws {
 		base := result{Profile: profile, Image: img.Name, Workload: w.Name, System: sys.Name(), Run: run}
-		var before proxy.Stats // what crossed the proxy before this workload's timer started
-		t := t0
+		// The first workload's timer started with the mount; a later one
+		// adds the mount's time and traffic to its own.
+		start, shared, before := t0, 0.0, proxy.Stats{}
 		if i > 0 {
 			if err := dropCaches(); err != nil {
 				return fail(w, "cold", fmt.Errorf("drop caches: %w", err))
 			}
-			before = mountStats
 			r.px.ResetStats()
-			t = time.Now().Add(-time.Duration(mounted * float64(time.Second)))
+			start, shared, before = time.Now(), mounted, mountStats
 		}
 		amount, err := w.Run(ctx, root, img)
 		if err != nil {
 			return fail(w, "cold", err)
 		}
-		cold := r.finish(base, "cold", time.Since(t).Seconds(), amount)
+		cold := r.finish(base, "cold", shared+time.Since(start).Seconds(), amount)
 		cold.MountSeconds, cold.SharedMount = mounted, i > 0
 		cold.Bytes += before.BytesOut
 		cold.Requests += before.Requests
