@@ -34,7 +34,7 @@ type node struct {
 	// its end), each with a handle of its own (see noOpendir), and keeps
 	// the result in its own cache afterwards; the node lives as long as
 	// the kernel keeps the directory's inode.
-	listing atomic.Pointer[[]fuse.DirEntry]
+	listing atomic.Pointer[[]index.Dirent]
 }
 
 // newNode returns the node of entry e.
@@ -139,28 +139,26 @@ func (n *node) Getattr(ctx context.Context, _ gofs.FileHandle, out *fuse.AttrOut
 // OpendirHandle lists the directory and lets the kernel cache the listing
 // (FOPEN_CACHE_DIR): a layer's directories never change.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if l := n.listing.Load(); l != nil {
-		return &dirHandle{dir: n, entries: *l}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	l := n.listing.Load()
+	if l == nil {
+		kids, err := n.layer.idx.ReadDir(n.ino)
+		if err != nil {
+			return nil, 0, errno(ctx, "readdir", err, "inode", n.ino)
+		}
+		l = &kids
+		n.listing.Store(l)
 	}
-	kids, err := n.layer.idx.ReadDir(n.ino)
-	if err != nil {
-		return nil, 0, errno(ctx, "readdir", err, "inode", n.ino)
-	}
-	out := make([]fuse.DirEntry, 0, len(kids))
-	for _, k := range kids {
-		out = append(out, fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(k.Type)})
-	}
-	n.listing.Store(&out)
-	return &dirHandle{dir: n, entries: out}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return &dirHandle{dir: n, entries: *l}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // dirHandle is an open directory: its entries (shared with the node, never
-// changed), and how far a reader got.
+// changed), how far a reader got, and the entry last handed to go-fuse.
 type dirHandle struct {
 	dir     *node
-	mu      sync.Mutex // guards pos
-	entries []fuse.DirEntry
+	entries []index.Dirent
+	mu      sync.Mutex // guards pos and cur
 	pos     int
+	cur     fuse.DirEntry
 }
 
 var _ gofs.FileLookuper = (*dirHandle)(nil)
@@ -175,22 +173,27 @@ var _ gofs.FileLookuper = (*dirHandle)(nil)
 // tar) pay a LOOKUP per file instead.
 func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	i := sort.Search(len(d.entries), func(i int) bool { return d.entries[i].Name >= name })
-	isDir := i < len(d.entries) && d.entries[i].Name == name && d.entries[i].Mode == syscall.S_IFDIR
+	isDir := i < len(d.entries) && d.entries[i].Name == name && d.entries[i].Type == index.TypeDir
 	if !isDir {
 		return nil, syscall.ENOENT
 	}
 	return d.dir.Lookup(ctx, name, out)
 }
 
+// Readdirent returns the next entry in d.cur: go-fuse copies it before it
+// asks for another, and the listing stays in the index's compact form,
+// which is what a walk over many directories allocates most.
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.pos >= len(d.entries) {
 		return nil, 0
 	}
-	e := d.entries[d.pos]
+	k := &d.entries[d.pos]
 	d.pos++
-	return &e, 0
+	// Off is where reading resumes after this entry (see Seekdir).
+	d.cur = fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(k.Type), Off: uint64(d.pos)}
+	return &d.cur, 0
 }
 
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
