@@ -87,6 +87,9 @@ func (p *Pool) buildIndex(ctx context.Context, blob *remote.BlobReader, l remote
 			slog.Error("reopening stored layer index", "layer", l.Digest, "error", err)
 			return
 		}
+		if err := p.store.AdviseReadAround(); err != nil {
+			slog.Warn("index reads stay one page at a time", "error", err)
+		}
 		view.set(stored)
 		slog.Info("layer index stored", "layer", l.Digest, "duration", time.Since(start).Round(time.Millisecond))
 	}()

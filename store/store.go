@@ -2,9 +2,11 @@ package store
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -12,11 +14,14 @@ import (
 
 // Store is the local state of one Strata installation.
 type Store struct {
-	root   string
-	db     *bolt.DB
-	Blobs  *Blobs
-	Chunks *Chunks
-	Files  *Files
+	root string
+	db   *bolt.DB
+	// advised is the address of the database map last advised for
+	// read-around (see AdviseReadAround).
+	advised atomic.Uint64
+	Blobs   *Blobs
+	Chunks  *Chunks
+	Files   *Files
 }
 
 // Options tune a Store. The zero value is usable.
@@ -60,6 +65,9 @@ func Open(root string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("store: opening %s: %w (is another strata daemon running?)", filepath.Join(root, "meta.db"), err)
 	}
 	s := &Store{root: root, db: db}
+	if err := s.AdviseReadAround(); err != nil {
+		slog.Warn("store: index reads stay one page at a time", "error", err)
+	}
 	s.Blobs = &Blobs{dir: filepath.Join(root, "blobs"), tmp: filepath.Join(root, "tmp")}
 	limit := opt.ChunkCacheBytes
 	if limit <= 0 {
