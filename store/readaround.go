@@ -21,15 +21,11 @@ import (
 // reads for the index, and now takes a handful.
 //
 // bbolt maps the file again, advised random, when it outgrows the map;
-// callers call this again after large writes. It is cheap when nothing
-// changed.
+// callers call this again after large writes.
 func (s *Store) AdviseReadAround() error {
 	// Inside a read transaction bbolt cannot remap.
 	return s.db.View(func(*bolt.Tx) error {
 		addr := s.db.Info().Data
-		if s.advised.Load() == uint64(addr) {
-			return nil
-		}
 		size, err := mappingSize(addr)
 		if err != nil {
 			return err
@@ -37,7 +33,6 @@ func (s *Store) AdviseReadAround() error {
 		if _, _, e := unix.Syscall(unix.SYS_MADVISE, addr, size, unix.MADV_NORMAL); e != 0 {
 			return fmt.Errorf("store: madvise of the database map: %w", e)
 		}
-		s.advised.Store(uint64(addr))
 		return nil
 	})
 }

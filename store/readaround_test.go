@@ -45,7 +45,7 @@ func TestDatabaseMapReadsAround(t *testing.T) {
 	if n, err := mappingSize(addr); err != nil || n != initialMmapSize {
 		t.Fatalf("mappingSize = %d, %v; want %d", n, err, initialMmapSize)
 	}
-	// A second call with the same map does nothing and fails nothing.
+	// Advising again (after each index save) is harmless.
 	if err := s.AdviseReadAround(); err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -14,14 +13,11 @@ import (
 
 // Store is the local state of one Strata installation.
 type Store struct {
-	root string
-	db   *bolt.DB
-	// advised is the address of the database map last advised for
-	// read-around (see AdviseReadAround).
-	advised atomic.Uint64
-	Blobs   *Blobs
-	Chunks  *Chunks
-	Files   *Files
+	root   string
+	db     *bolt.DB
+	Blobs  *Blobs
+	Chunks *Chunks
+	Files  *Files
 }
 
 // Options tune a Store. The zero value is usable.
