@@ -27,7 +27,7 @@ type LayerMount struct {
 	Dir    string
 	server *fuse.Server
 	lfs    *layerFS
-	raw    *noOpendir
+	raw    *rawLayer
 }
 
 // MountLayer serves the layer read-only at dir (which must exist).
@@ -63,7 +63,7 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 			// The kernel then caches ACLs, so "ls -l" does not ask the
 			// daemon for system.posix_acl_* on every file, every time.
 			EnableAcl: true,
-			// See noOpendir.
+			// See rawLayer.
 			ExtraCapabilities: fuse.CAP_NO_OPENDIR_SUPPORT,
 			// The kernel checks permissions from the modes we report.
 			Options: []string{"ro", "default_permissions"},
@@ -78,7 +78,7 @@ func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
 		// stacking; without whole files there is nothing to gain for it.
 		opts.MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH
 	}
-	raw := &noOpendir{RawFileSystem: gofs.NewNodeFS(root, opts)}
+	raw := &rawLayer{RawFileSystem: gofs.NewNodeFS(root, opts)}
 	server, err := mountRaw(dir, raw, &opts.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)

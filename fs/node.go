@@ -31,7 +31,7 @@ type node struct {
 	opens *openModes
 	// listing is a directory's entries once listed. The kernel asks for a
 	// listing in several READDIRPLUS requests (at least one more to see
-	// its end), each with a handle of its own (see noOpendir), and keeps
+	// its end), each with a handle of its own (see rawLayer), and keeps
 	// the result in its own cache afterwards; the node lives as long as
 	// the kernel keeps the directory's inode.
 	listing atomic.Pointer[[]index.Dirent]
@@ -210,9 +210,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if n.opens != nil {
 		return n.openLarge(ctx)
 	}
-	// Layer content never changes: let the kernel keep pages across opens.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, fileOpenFlags, 0
 }
+
+// fileOpenFlags are the open flags of every file. Layer content never
+// changes, so the kernel keeps its pages across opens; nothing is written,
+// so a close sends no FLUSH (a round trip per file read otherwise).
+const fileOpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 
 func (n *node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	// go-fuse asks the node first; a handle with its own content answers.

@@ -70,10 +70,10 @@ func (n *node) openLarge(ctx context.Context) (gofs.FileHandle, uint32, syscall.
 		metricPassthroughOpens.Inc()
 		// go-fuse drops FOPEN_KEEP_CACHE when passthrough is in effect,
 		// and keeps it when it falls back to reads through Read.
-		return &directHandle{n: n, f: m.file}, fuse.FOPEN_KEEP_CACHE, 0
+		return &directHandle{n: n, f: m.file}, fileOpenFlags, 0
 	}
 	m.daemon++
-	return &daemonHandle{n: n}, fuse.FOPEN_KEEP_CACHE, 0
+	return &daemonHandle{n: n}, fileOpenFlags, 0
 }
 
 // daemonHandle is an open of a large file read through the daemon.

@@ -97,3 +97,24 @@ func TestListingWithoutOpendir(t *testing.T) {
 		t.Fatalf("%d OPENDIR requests reached the daemon, want 1 (answered ENOSYS, then none)", opendirs)
 	}
 }
+
+// TestCloseWithoutFlush reads files and checks that their closes sent no
+// FLUSH (FOPEN_NOFLUSH), or one at most where the kernel ignores that flag
+// (answered ENOSYS, after which it sends none).
+func TestCloseWithoutFlush(t *testing.T) {
+	requireRoot(t)
+	names := []string{"a", "b", "c", "d"}
+	bl := buildEStargz(t, names, []int{10, 20, 30, 40}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	for _, name := range names {
+		for range 2 {
+			b, err := os.ReadFile(filepath.Join(ml.dir, name))
+			if err != nil || string(b) != string(bl.files[name]) {
+				t.Fatalf("%s: %q %v", name, b, err)
+			}
+		}
+	}
+	if n := ml.mount.raw.flushes.Load(); n > 1 {
+		t.Fatalf("%d FLUSH requests for 8 closes, want at most 1", n)
+	}
+}
