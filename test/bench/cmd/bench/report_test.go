@@ -72,3 +72,26 @@ func TestSharedPullCountsOnce(t *testing.T) {
 		t.Fatalf("find row %+v, want 5 runs of 3.2 s", c)
 	}
 }
+
+// TestWarmTargetsPoolProfiles: a warm target takes the runs of every
+// profile together; here lo alone would meet the find target, wan alone
+// would miss it, and the pooled median misses it.
+func TestWarmTargetsPoolProfiles(t *testing.T) {
+	res := &runResults{}
+	for _, prof := range []string{"lo", "wan"} {
+		for range 3 {
+			secs := map[string]float64{"lo": 0.30, "wan": 0.40}[prof]
+			res.Results = append(res.Results,
+				result{Profile: prof, Image: "smallfiles", Workload: "find", System: "strata", State: "warm", Seconds: secs},
+				result{Profile: prof, Image: "smallfiles", Workload: "find", System: "fullpull", State: "warm", Seconds: 0.17})
+		}
+	}
+	var buf bytes.Buffer
+	if err := renderReport(&buf, res); err != nil {
+		t.Fatal(err)
+	}
+	want := "| warm: `find` over smallfiles ≤ 2× local disk | 0.35 s vs 0.17 s (2.06×; lo+wan, 6 and 6 runs) | **MISSED** |"
+	if !strings.Contains(buf.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, buf.String())
+	}
+}

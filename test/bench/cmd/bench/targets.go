@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -101,23 +102,15 @@ func targetsOf(res *runResults, sums map[key]*summary) []target {
 		ts = append(ts, bytesTarget(res, p[0], p[1], st))
 	}
 	t := target{What: "warm: sequential read of the cached 1 GiB file ≥ 90% of local disk"}
-	for _, prof := range profileOrder {
-		st, fp := get(prof, "bigfile", "seqread", "strata", "warm"), get(prof, "bigfile", "seqread", "fullpull", "warm")
-		if st != nil && fp != nil && fp.Amount > 0 {
-			t.Measured = fmt.Sprintf("%.0f vs %.0f MB/s (%.0f%%, %s)", st.Amount, fp.Amount, 100*st.Amount/fp.Amount, prof)
-			t.Met = check(st.Amount >= 0.9*fp.Amount)
-			break
-		}
+	if st, fp, profs := warmPooled(res.Results, "bigfile", "seqread"); st != nil && fp != nil && fp.Amount > 0 {
+		t.Measured = fmt.Sprintf("%.0f vs %.0f MB/s (%.0f%%; %s)", st.Amount, fp.Amount, 100*st.Amount/fp.Amount, profs)
+		t.Met = check(st.Amount >= 0.9*fp.Amount)
 	}
 	ts = append(ts, t)
 	t = target{What: "warm: `find` over smallfiles ≤ 2× local disk"}
-	for _, prof := range profileOrder {
-		st, fp := get(prof, "smallfiles", "find", "strata", "warm"), get(prof, "smallfiles", "find", "fullpull", "warm")
-		if st != nil && fp != nil {
-			t.Measured = fmt.Sprintf("%.2f s vs %.2f s (%.1f×, %s)", st.Med, fp.Med, st.Med/fp.Med, prof)
-			t.Met = check(st.Med <= 2*fp.Med)
-			break
-		}
+	if st, fp, profs := warmPooled(res.Results, "smallfiles", "find"); st != nil && fp != nil {
+		t.Measured = fmt.Sprintf("%.2f s vs %.2f s (%.2f×; %s)", st.Med, fp.Med, st.Med/fp.Med, profs)
+		t.Met = check(st.Med <= 2*fp.Med)
 	}
 	ts = append(ts, t)
 	st, fp := get("wan", "smallfiles", "tar", "strata", "cold"), get("wan", "smallfiles", "tar", "fullpull", "cold")
@@ -154,4 +147,36 @@ func bytesTarget(res *runResults, img, wl string, st *summary) target {
 		float64(st.Bytes)/1e6, limit/1e6, est.Files, float64(est.Bytes)/1e6, compressed/1e6, how, toc/1e6)
 	t.Met = check(float64(st.Bytes) <= limit)
 	return t
+}
+
+// warmPooled summarizes warm runs of a workload for Strata and for local
+// disk (the full pull's unpack) over every profile they ran in: once the
+// cache is warm the link plays no part, so each profile's row is more runs
+// of the same measurement, and their pooled median is steadier than one
+// row's. profs says which rows and how many runs.
+func warmPooled(rs []result, img, wl string) (st, fp *summary, profs string) {
+	pool := func(sys string) (*summary, []string) {
+		var sel []result
+		var from []string
+		for _, r := range rs {
+			if r.Image == img && r.Workload == wl && r.System == sys && r.State == "warm" {
+				if !slices.Contains(from, r.Profile) {
+					from = append(from, r.Profile)
+				}
+				r.Profile = ""
+				sel = append(sel, r)
+			}
+		}
+		s := summarize(sel)[key{"", img, wl, sys, "warm"}]
+		if s == nil || s.N == 0 {
+			return nil, nil
+		}
+		return s, from
+	}
+	st, from := pool("strata")
+	fp, _ = pool("fullpull")
+	if st == nil || fp == nil {
+		return nil, nil, ""
+	}
+	return st, fp, fmt.Sprintf("%s, %d and %d runs", strings.Join(from, "+"), st.N, fp.N)
 }
