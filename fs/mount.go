@@ -1,14 +1,10 @@
 package fs
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -193,127 +189,4 @@ func abortConnection(dev uint64) error {
 		}
 	}
 	return os.WriteFile(p, []byte("1"), 0)
-}
-
-// MountOverlay merges read-only layer directories at target, top layer
-// first, with kernel overlayfs. With upper and work set, the merged tree is
-// writable and changes land in upper.
-func MountOverlay(target string, lowers []string, upper, work string) error {
-	if len(lowers) == 0 {
-		return errors.New("overlay: no layers")
-	}
-	opts := "lowerdir=" + strings.Join(lowers, ":")
-	if upper != "" {
-		opts += ",upperdir=" + upper + ",workdir=" + work
-	}
-	// The mount data is limited to one page; callers keep paths short.
-	if len(opts) > os.Getpagesize()-1 {
-		return fmt.Errorf("overlay: %d layers make mount options of %d bytes, over the kernel's %d", len(lowers), len(opts), os.Getpagesize()-1)
-	}
-	flags := uintptr(0)
-	if upper == "" {
-		flags |= unix.MS_RDONLY
-	}
-	if err := unix.Mount("overlay", target, "overlay", flags, opts); err != nil {
-		return fmt.Errorf("overlay mount at %s: %w", target, err)
-	}
-	return nil
-}
-
-// Unmount unmounts target, falling back to a lazy detach when it is busy
-// (a shell sitting in it, say), and waits briefly for EBUSY to clear first.
-func Unmount(target string) error {
-	var err error
-	for i := 0; i < 10; i++ {
-		err = unix.Unmount(target, 0)
-		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		if !errors.Is(err, unix.EBUSY) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", target, err)
-	}
-	return nil
-}
-
-// MountInfo is one line of /proc/self/mountinfo, the fields Strata uses.
-type MountInfo struct {
-	Target string
-	FSType string
-	Source string
-}
-
-// Mounts lists the current mounts.
-func Mounts() ([]MountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []MountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root target opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+2 >= len(fields) {
-			continue
-		}
-		out = append(out, MountInfo{Target: unescapeMount(fields[4]), FSType: fields[sep+1], Source: fields[sep+2]})
-	}
-	return out, sc.Err()
-}
-
-// unescapeMount undoes the octal escapes (\040 for space...) of mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// ClearStale unmounts (lazily) every mount at or below root, deepest
-// first: what a crashed daemon left behind. It returns what it unmounted.
-func ClearStale(ctx context.Context, root string) ([]string, error) {
-	mounts, err := Mounts()
-	if err != nil {
-		return nil, err
-	}
-	root = filepath.Clean(root)
-	var stale []string
-	for _, m := range mounts {
-		if m.Target == root || strings.HasPrefix(m.Target, root+"/") {
-			stale = append(stale, m.Target)
-		}
-	}
-	// Deeper mounts first; a mount stacked twice appears twice.
-	for i := len(stale) - 1; i >= 0; i-- {
-		if err := unix.Unmount(stale[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return stale, fmt.Errorf("clearing stale mount %s: %w", stale[i], err)
-		}
-	}
-	return stale, nil
 }

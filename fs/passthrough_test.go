@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/store"
 )
 
@@ -240,10 +241,10 @@ func TestPassthroughAfterAssembly(t *testing.T) {
 	// Through overlayfs, as Strata serves images: the layer mount stays
 	// stackable, and the kernel still reads the whole file directly.
 	empty, merged := t.TempDir(), t.TempDir()
-	if err := MountOverlay(merged, []string{ml.dir, empty}, "", ""); err != nil {
+	if err := kmount.Overlay(merged, []string{ml.dir, empty}, "", ""); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { Unmount(merged) })
+	t.Cleanup(func() { kmount.Unmount(merged) })
 	opens, reads = counterValue(metricPassthroughOpens), daemonReads()
 	readThrough(t, merged, "big", bl.files["big"], false)
 	if counterValue(metricPassthroughOpens)-opens != 1 || daemonReads() != reads {
@@ -376,10 +377,10 @@ func TestNoPassthroughOnStackedCache(t *testing.T) {
 	// overlayfs must still be able to stack on (MaxStackDepth 1): the
 	// layer mounts all the same and is read through the daemon.
 	lower, upper, work, over := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
-	if err := MountOverlay(over, []string{lower}, upper, work); err != nil {
+	if err := kmount.Overlay(over, []string{lower}, upper, work); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { Unmount(over) })
+	t.Cleanup(func() { kmount.Unmount(over) })
 	bl := buildEStargz(t, []string{"big"}, []int{3 << 20}, 1<<20)
 	ml := mountTestLayer(t, filepath.Join(over, "store"), bl, nil)
 	if ml.mount.Passthrough() {

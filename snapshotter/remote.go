@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"github.com/stratafs/strata/internal/kmount"
 )
 
 // Labels of the remote-snapshot protocol. containerd sets the ref label on
@@ -112,7 +113,7 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, target string, labe
 // checkPristine reports an error unless dir is an empty directory that is
 // not a mountpoint.
 func checkPristine(dir string) error {
-	if isMountpoint(dir) {
+	if kmount.IsMountpoint(dir) {
 		return fmt.Errorf("%s: %w", dir, ErrStillMounted)
 	}
 	entries, err := os.ReadDir(dir)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	iofs "io/fs"
 	"os"
 	"path/filepath"
 
@@ -12,8 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
-	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
+	"github.com/stratafs/strata/internal/kmount"
 )
 
 // ErrStillMounted is returned when a snapshot directory cannot be deleted
@@ -140,20 +138,20 @@ func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 // mounted layer and delete whatever it can reach there.
 func (s *Snapshotter) removeDir(ctx context.Context, r removal) error {
 	fsDir := filepath.Join(r.dir, "fs")
-	mounted := isMountpoint(fsDir)
+	mounted := kmount.IsMountpoint(fsDir)
 	if s.remote != nil && (r.remote || mounted) {
 		if err := s.remote.Unmount(ctx, fsDir); err != nil {
 			s.log.WarnContext(ctx, "remote layer unmount failed", "path", fsDir, "error", err)
 		}
-		mounted = isMountpoint(fsDir)
+		mounted = kmount.IsMountpoint(fsDir)
 	}
 	if mounted {
 		// Detaching is safe even while a container still reads the layer:
 		// the kernel keeps it alive for existing users.
-		if err := unix.Unmount(fsDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		if err := kmount.Detach(fsDir); err != nil {
 			s.log.WarnContext(ctx, "detach failed", "path", fsDir, "error", err)
 		}
-		if isMountpoint(fsDir) {
+		if kmount.IsMountpoint(fsDir) {
 			return fmt.Errorf("%s: %w", fsDir, ErrStillMounted)
 		}
 	}
@@ -161,15 +159,4 @@ func (s *Snapshotter) removeDir(ctx context.Context, r removal) error {
 		return fmt.Errorf("remove %s: %w", r.dir, err)
 	}
 	return nil
-}
-
-// isMountpoint reports whether something is mounted on dir. When that cannot
-// be told (a dead FUSE mount answers ENOTCONN to stat) it says yes, because
-// the caller is about to delete recursively and must not guess no.
-func isMountpoint(dir string) bool {
-	mounted, err := mountinfo.Mounted(dir)
-	if err != nil {
-		return !errors.Is(err, iofs.ErrNotExist)
-	}
-	return mounted
 }

@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/containerd/errdefs"
 	"os"
 	"sync"
+
+	"github.com/containerd/errdefs"
+	"github.com/stratafs/strata/internal/kmount"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 )
 
 // restoreParallelism bounds concurrent re-mounts: each may read an index
@@ -88,7 +89,7 @@ func (s *Snapshotter) restoreOne(ctx context.Context, l remoteSnapshot) error {
 	dir := s.fsPath(l.id)
 	// The directory may be gone if the node's disk was wiped but the
 	// metadata kept; a mountpoint is all Mount needs.
-	if err := os.MkdirAll(dir, 0o755); err != nil && !isMountpoint(dir) {
+	if err := os.MkdirAll(dir, 0o755); err != nil && !kmount.IsMountpoint(dir) {
 		return fmt.Errorf("mountpoint: %w", err)
 	}
 	err := s.remote.Check(ctx, dir, l.labels)
@@ -100,10 +101,10 @@ func (s *Snapshotter) restoreOne(ctx context.Context, l remoteSnapshot) error {
 	if err := s.remote.Unmount(ctx, dir); err != nil {
 		log.DebugContext(ctx, "unmount before restore", "error", err)
 	}
-	if isMountpoint(dir) {
+	if kmount.IsMountpoint(dir) {
 		// A dead FUSE mount answers ENOTCONN to everything; only the
 		// kernel can clear it once its server is gone.
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		if err := kmount.Detach(dir); err != nil {
 			return fmt.Errorf("clear stale mount: %w", err)
 		}
 	}

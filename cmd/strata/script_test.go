@@ -17,8 +17,8 @@ import (
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
 )
@@ -102,7 +102,7 @@ func setupScript(env *testscript.Env, host string, refs map[string]string) error
 	env.Setenv("STRATA_SOCKET", filepath.Join(sockDir, "s.sock"))
 	env.Defer(func() {
 		stopDaemon(filepath.Join(sockDir, "s.sock"))
-		fs.ClearStale(context.Background(), env.WorkDir)
+		kmount.ClearStale(env.WorkDir)
 		os.RemoveAll(sockDir)
 	})
 	return nil
@@ -166,7 +166,7 @@ func countMounts(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	want, err := strconv.Atoi(args[0])
 	ts.Check(err)
-	all, err := fs.Mounts()
+	all, err := kmount.Under(ts.Getenv("WORK"))
 	ts.Check(err)
 	work := ts.Getenv("WORK")
 	var got []string

@@ -8,9 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/snapshotter"
 )
 
@@ -67,49 +64,4 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 			slog.Error("closing snapshotter", "error", err)
 		}
 	}, nil
-}
-
-// bindReadOnly makes src visible read-only at dst. A bind mount takes its
-// flags from the source until remounted, so read-only needs a second call;
-// if that fails the bind is undone, leaving dst as it was.
-func bindReadOnly(src, dst string) error {
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
-	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
-	if err := unix.Mount("", dst, "", flags, ""); err != nil {
-		return errors.Join(fmt.Errorf("bind %s read-only: %w", dst, err), unix.Unmount(dst, unix.MNT_DETACH))
-	}
-	return nil
-}
-
-// unbind undoes bindReadOnly. A bind whose FUSE server died answers
-// ENOTCONN to a plain unmount's path lookup, so it falls back to a lazy
-// detach; nothing mounted there is not an error.
-func unbind(dir string) error {
-	err := unix.Unmount(dir, 0)
-	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", dir, err)
-	}
-	return nil
-}
-
-// isMountpoint reports whether dir is the target of a mount, by
-// mountinfo rather than by device numbers: a bind of a directory on the
-// same filesystem has the parent's device.
-func isMountpoint(dir string) (bool, error) {
-	mounts, err := fs.Mounts()
-	if err != nil {
-		return false, err
-	}
-	dir = filepath.Clean(dir)
-	for _, m := range mounts {
-		if m.Target == dir {
-			return true, nil
-		}
-	}
-	return false, nil
 }

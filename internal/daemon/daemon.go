@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/store"
 )
@@ -24,6 +25,7 @@ type Daemon struct {
 	store      *store.Store
 	pool       *fs.Pool
 	images     *images
+	writable   *writable
 	remoteOpts []remote.Option
 	emptyDir   string // an empty directory, the bottom lower of one-layer images
 }
@@ -56,16 +58,22 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		remote.WithUserAgent("strata"),
 		remote.WithClientCache(remote.NewClientCache()),
 	}
-	if stale, err := fs.ClearStale(ctx, cfg.layersDir()); err != nil {
-		return err
-	} else if len(stale) > 0 {
-		slog.Info("cleared mounts left by a previous daemon", "count", len(stale))
+	for _, dir := range []string{cfg.layersDir(), filepath.Join(cfg.writableDir(), "views")} {
+		if stale, err := kmount.ClearStale(dir); err != nil {
+			return err
+		} else if len(stale) > 0 {
+			slog.Info("cleared mounts left by a previous daemon", "under", dir, "count", len(stale))
+		}
 	}
 	d.pool, err = fs.NewPool(st, cfg.layersDir(), d.remoteOpts...)
 	if err != nil {
 		return err
 	}
 	d.images = &images{d: d, mounts: map[string]*Mount{}}
+	if d.writable, err = openWritable(ctx, d); err != nil {
+		d.pool.Close()
+		return err
+	}
 	d.images.restore(ctx)
 	defer d.shutdown()
 	// Deferred after shutdown so it runs before it: snapshot binds must be
@@ -112,6 +120,11 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 func (d *Daemon) shutdown() {
 	if err := d.images.closeAll(); err != nil {
 		slog.Error("unmounting images", "error", err)
+	}
+	// After the overlays: their lower layers are the writable
+	// snapshotter's binds.
+	if err := d.writable.close(context.Background()); err != nil {
+		slog.Error("closing writable mounts' snapshots", "error", err)
 	}
 	if err := d.pool.Close(); err != nil {
 		slog.Error("unmounting layers", "error", err)

@@ -16,10 +16,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
 )
 
@@ -71,12 +73,9 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mount{
-		Dir: dir, Ref: req.Ref, Repo: img.Repo.String(), Digest: img.Digest,
-		Platform: img.Platform.String(), Insecure: req.Insecure, Created: time.Now().UTC(),
-	}
-	for _, l := range img.Layers {
-		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations})
+	m, err := im.newMount(dir, req, img)
+	if err != nil {
+		return nil, err
 	}
 	// Recorded before the layers mount: their new indexes are saved in the
 	// background and would hold the database's single writer lock for as
@@ -84,7 +83,13 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err := im.record(m); err != nil {
 		return nil, err
 	}
-	if err := im.attach(ctx, m); err != nil {
+	if err := im.attach(ctx, m, true); err != nil {
+		if m.Writable {
+			// Nothing was written yet: the new upper directory is empty.
+			if rerr := im.d.writable.remove(ctx, m); rerr != nil {
+				slog.ErrorContext(ctx, "removing the writable layer of a failed mount", "dir", m.Dir, "error", rerr)
+			}
+		}
 		if derr := im.forget(m.Dir); derr != nil {
 			slog.ErrorContext(ctx, "dropping the record of a failed mount", "dir", m.Dir, "error", derr)
 		}
@@ -92,7 +97,41 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	}
 	m.Duration = time.Since(start)
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
-		"layers", len(m.Layers), "duration", m.Duration.Round(time.Millisecond))
+		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
+	return m, nil
+}
+
+// newMount describes the mount of img at dir, and keeps the image's
+// manifest and config in the store (a build step reads the config, a
+// commit both).
+func (im *images) newMount(dir string, req MountRequest, img *remote.Image) (*Mount, error) {
+	m := &Mount{
+		Dir: dir, Ref: req.Ref, Repo: img.Repo.String(), Digest: img.Digest,
+		Platform: img.Platform.String(), Insecure: req.Insecure, Created: time.Now().UTC(),
+		Config: digest.FromBytes(img.Config), Writable: req.Writable,
+	}
+	var cfg ocispec.Image
+	if err := json.Unmarshal(img.Config, &cfg); err != nil {
+		return nil, fmt.Errorf("image config: %w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if n := len(cfg.RootFS.DiffIDs); n != len(img.Layers) {
+		return nil, fmt.Errorf("image config lists %d diff IDs for %d layers: %w", n, len(img.Layers), errdefs.ErrInvalidArgument)
+	}
+	for i, l := range img.Layers {
+		if err := cfg.RootFS.DiffIDs[i].Validate(); err != nil {
+			return nil, fmt.Errorf("image config: diff ID %d: %w: %v", i+1, errdefs.ErrInvalidArgument, err)
+		}
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, DiffID: cfg.RootFS.DiffIDs[i]})
+	}
+	if err := im.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
+		return nil, fmt.Errorf("storing the manifest: %w", err)
+	}
+	if err := im.d.store.Blobs.Put(m.Config, img.Config); err != nil {
+		return nil, fmt.Errorf("storing the image config: %w", err)
+	}
+	if m.Writable {
+		m.Snapshot = newSnapshotKey()
+	}
 	return m, nil
 }
 
@@ -112,8 +151,9 @@ func checkMountDir(dir string) (string, error) {
 }
 
 // attach mounts m's layers (in parallel) and the overlay at m.Dir, and
-// registers the mount in memory.
-func (im *images) attach(ctx context.Context, m *Mount) error {
+// registers the mount in memory. A writable mount's snapshot is created
+// when create is set.
+func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
 	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
 	if err != nil {
 		return fmt.Errorf("repository %q: %w", m.Repo, err)
@@ -134,7 +174,16 @@ func (im *images) attach(ctx context.Context, m *Mount) error {
 		})
 	}
 	err = g.Wait()
-	if err == nil {
+	if err == nil && m.Writable {
+		// The layer snapshots hold the layers from here on; the
+		// references taken above only made sure errors come out as
+		// clearly as for a read-only mount.
+		err = im.d.writable.attach(ctx, m, create)
+		for i := range acquired {
+			im.d.pool.Release(m.Layers[i].Digest)
+			acquired[i] = false
+		}
+	} else if err == nil {
 		lowers := slices.Clone(dirs)
 		slices.Reverse(lowers) // overlayfs wants the top layer first
 		if len(lowers) == 1 {
@@ -142,7 +191,7 @@ func (im *images) attach(ctx context.Context, m *Mount) error {
 			// whiteout handling identical to multi-layer images.
 			lowers = append(lowers, im.d.emptyDir)
 		}
-		err = fs.MountOverlay(m.Dir, lowers, "", "")
+		err = kmount.Overlay(m.Dir, lowers, "", "")
 	}
 	if err != nil {
 		for i, ok := range acquired {
@@ -165,11 +214,14 @@ func (im *images) nameOptions(m *Mount) []name.Option {
 	return nil
 }
 
-// detach unmounts the overlay and releases the layers.
+// detach unmounts the overlay and releases the layers. A writable mount's
+// layers are held by its snapshots, and stay.
 func (im *images) detach(m *Mount) error {
-	errs := []error{fs.Unmount(m.Dir)}
+	errs := []error{kmount.Unmount(m.Dir)}
 	for _, l := range m.Layers {
-		errs = append(errs, im.d.pool.Release(l.Digest))
+		if !m.Writable {
+			errs = append(errs, im.d.pool.Release(l.Digest))
+		}
 	}
 	im.mu.Lock()
 	delete(im.mounts, m.Dir)
@@ -177,20 +229,57 @@ func (im *images) detach(m *Mount) error {
 	return errors.Join(errs...)
 }
 
-// unmount undoes mount and forgets it.
-func (im *images) unmount(ctx context.Context, dir string) error {
+// unmount undoes mount and forgets it. A writable mount with changes is
+// refused unless discard is set; its upper directory is deleted only here.
+func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
+	m, err := im.get(dir)
+	if err != nil {
+		return err
+	}
+	if m.Writable && !discard {
+		n, err := im.countChanges(ctx, m)
+		if err != nil {
+			return fmt.Errorf("%s: counting its changes: %w", dir, err)
+		}
+		if n > 0 {
+			return fmt.Errorf("%s has %d uncommitted change(s) (see 'strata diff %s'): unmount with --discard to drop them: %w",
+				dir, n, dir, errdefs.ErrFailedPrecondition)
+		}
+	}
+	if err := im.detach(m); err != nil {
+		return err
+	}
+	if m.Writable {
+		if err := im.d.writable.remove(ctx, m); err != nil {
+			return err
+		}
+	}
+	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir, "discarded", m.Writable && discard)
+	return im.forget(m.Dir)
+}
+
+// get returns the mount at dir.
+func (im *images) get(dir string) (*Mount, error) {
 	dir = filepath.Clean(dir)
 	im.mu.Lock()
 	m, ok := im.mounts[dir]
 	im.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%s: no image mounted there by strata: %w", dir, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("%s: no image mounted there by strata: %w", dir, errdefs.ErrNotFound)
 	}
-	if err := im.detach(m); err != nil {
-		return err
+	return m, nil
+}
+
+// getWritable returns the writable mount at dir.
+func (im *images) getWritable(dir string) (*Mount, error) {
+	m, err := im.get(dir)
+	if err != nil {
+		return nil, err
 	}
-	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir)
-	return im.forget(dir)
+	if !m.Writable {
+		return nil, fmt.Errorf("%s: the image there is mounted read-only (mount it with --rw): %w", m.Dir, errdefs.ErrFailedPrecondition)
+	}
+	return m, nil
 }
 
 // forget removes the record of the mount at dir.
@@ -230,6 +319,7 @@ func (im *images) list() []Mount {
 				c.Layers[i].FetchedBytes, c.Layers[i].Requests = s.FetchedBytes, s.Requests
 			}
 		}
+		c.Runs = slices.Clone(m.Runs)
 		out = append(out, c)
 	}
 	slices.SortFunc(out, func(a, b Mount) int { return cmpString(a.Dir, b.Dir) })
@@ -268,10 +358,10 @@ func (im *images) restore(ctx context.Context) {
 		})
 	})
 	for _, m := range recs {
-		if err := fs.Unmount(m.Dir); err != nil {
+		if err := kmount.Unmount(m.Dir); err != nil {
 			slog.Warn("could not clear stale mount", "dir", m.Dir, "error", err)
 		}
-		if err := im.attach(ctx, m); err != nil {
+		if err := im.attach(ctx, m, false); err != nil {
 			slog.Error("could not restore mount", "ref", m.Ref, "dir", m.Dir, "error", err)
 			continue
 		}

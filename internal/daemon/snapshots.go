@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/snapshotter"
 )
@@ -28,6 +29,9 @@ import (
 // different chain IDs) is still mounted, fetched and cached once.
 type snapshotLayers struct {
 	d *Daemon
+	// describe says which layer a snapshot's labels name, where it lives
+	// and how to reach it.
+	describe func(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, []remote.Option, error)
 	// manifests dedups concurrent manifest lookups: containerd's unpacker
 	// prepares all layers of an image at once, and they share one manifest.
 	manifests singleflight.Group
@@ -38,25 +42,29 @@ type snapshotLayers struct {
 
 var _ snapshotter.RemoteLayers = (*snapshotLayers)(nil)
 
+// newSnapshotLayers serves containerd's snapshots: layers are named by the
+// CRI labels and described by their image's manifest.
 func newSnapshotLayers(d *Daemon) *snapshotLayers {
-	return &snapshotLayers{d: d, binds: map[string]digest.Digest{}}
+	s := &snapshotLayers{d: d, binds: map[string]digest.Digest{}}
+	s.describe = s.describeFromManifest
+	return s
 }
 
 // Mount implements snapshotter.RemoteLayers. Layers without an eStargz TOC
 // are reported as snapshotter.ErrNotRemote so containerd unpacks them.
 func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) error {
-	repo, layer, err := s.describe(ctx, labels)
+	repo, layer, opts, err := s.describe(ctx, labels)
 	if err != nil {
 		return err
 	}
-	src, err := s.d.pool.Acquire(ctx, repo, layer)
+	src, err := s.d.pool.Acquire(ctx, repo, layer, opts...)
 	if errors.Is(err, index.ErrNotEStargz) {
 		return fmt.Errorf("layer %s: %w: %w", layer.Digest, snapshotter.ErrNotRemote, err)
 	}
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", layer.Digest, err)
 	}
-	if err := bindReadOnly(src, dir); err != nil {
+	if err := kmount.BindReadOnly(src, dir); err != nil {
 		s.d.pool.Release(layer.Digest)
 		return fmt.Errorf("layer %s: %w", layer.Digest, err)
 	}
@@ -76,7 +84,7 @@ func (s *snapshotLayers) Unmount(ctx context.Context, dir string) error {
 	d, ok := s.binds[dir]
 	delete(s.binds, dir)
 	s.mu.Unlock()
-	if err := unbind(dir); err != nil {
+	if err := kmount.Unmount(dir); err != nil {
 		if ok {
 			s.mu.Lock()
 			s.binds[dir] = d
@@ -105,8 +113,8 @@ func (s *snapshotLayers) Check(ctx context.Context, dir string, labels map[strin
 	if _, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	if mounted, err := isMountpoint(dir); err != nil || !mounted {
-		return fmt.Errorf("%s: not a mountpoint (%v): %w", dir, err, errdefs.ErrNotFound)
+	if !kmount.IsMountpoint(dir) {
+		return fmt.Errorf("%s: not a mountpoint: %w", dir, errdefs.ErrNotFound)
 	}
 	return nil
 }
@@ -126,26 +134,26 @@ func (s *snapshotLayers) closeAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// describe turns Prepare labels into the layer's repository and
-// descriptor, taken from the (verified) image manifest: labels say which
-// layer, only the manifest says its size and TOC digest.
-func (s *snapshotLayers) describe(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, error) {
+// describeFromManifest turns containerd's Prepare labels into the layer's
+// repository and descriptor, taken from the (verified) image manifest:
+// labels say which layer, only the manifest says its size and TOC digest.
+func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, []remote.Option, error) {
 	ref, layerLabel := labels[snapshotter.LabelImageRef], labels[snapshotter.LabelLayerDigest]
 	if ref == "" || layerLabel == "" {
-		return name.Repository{}, remote.Layer{}, fmt.Errorf("no %s or %s label: %w",
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("no %s or %s label: %w",
 			snapshotter.LabelImageRef, snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote)
 	}
 	layerDigest, err := digest.Parse(layerLabel)
 	if err != nil {
-		return name.Repository{}, remote.Layer{}, fmt.Errorf("label %s: %w: %w", snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote, err)
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote, err)
 	}
 	r, err := remote.ParseReference(ref, s.d.remoteOpts...)
 	if err != nil {
-		return name.Repository{}, remote.Layer{}, fmt.Errorf("label %s: %w: %w", snapshotter.LabelImageRef, snapshotter.ErrNotRemote, err)
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelImageRef, snapshotter.ErrNotRemote, err)
 	}
 	m, err := s.manifest(ctx, r, labels[snapshotter.LabelManifestDigest])
 	if err != nil {
-		return name.Repository{}, remote.Layer{}, err
+		return name.Repository{}, remote.Layer{}, nil, err
 	}
 	all := make([]remote.Layer, 0, len(m.Layers))
 	for _, l := range m.Layers {
@@ -156,10 +164,10 @@ func (s *snapshotLayers) describe(ctx context.Context, labels map[string]string)
 			// containerd prepares an image's layers one after another:
 			// start indexing the others now, so their turns find it done.
 			s.d.pool.Prefetch(r.Context(), all)
-			return r.Context(), l, nil
+			return r.Context(), l, nil, nil
 		}
 	}
-	return name.Repository{}, remote.Layer{}, fmt.Errorf("layer %s is not in the manifest of %s: %w",
+	return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("layer %s is not in the manifest of %s: %w",
 		layerDigest, ref, errdefs.ErrNotFound)
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/snapshotter"
 	"github.com/stratafs/strata/store"
 	"github.com/stratafs/strata/test/fixture"
@@ -76,7 +77,7 @@ func TestSnapshotLayersMountCheckUnmount(t *testing.T) {
 	ref, md, ld := pushFixture(t, reg, "lazy", fixture.FormEStargz)
 	ctx := context.Background()
 	dir := t.TempDir()
-	t.Cleanup(func() { unbind(dir) })
+	t.Cleanup(func() { kmount.Unmount(dir) })
 
 	if err := s.Check(ctx, dir, nil); err == nil {
 		t.Error("Check of an empty directory succeeded")
@@ -99,7 +100,7 @@ func TestSnapshotLayersMountCheckUnmount(t *testing.T) {
 	if err := s.Unmount(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
-	if mounted, _ := isMountpoint(dir); mounted {
+	if kmount.IsMountpoint(dir) {
 		t.Error("still mounted after Unmount")
 	}
 	if n := len(s.d.pool.Stats()); n != 0 {
@@ -127,8 +128,8 @@ func TestSnapshotLayersNotRemote(t *testing.T) {
 			if !errors.Is(err, snapshotter.ErrNotRemote) {
 				t.Errorf("Mount = %v, want ErrNotRemote", err)
 			}
-			if mounted, _ := isMountpoint(dir); mounted {
-				unbind(dir)
+			if kmount.IsMountpoint(dir) {
+				kmount.Unmount(dir)
 				t.Error("a failed Mount left a mount")
 			}
 		})

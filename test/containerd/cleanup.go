@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // Close stops the containers' tasks, their shims and containerd, unmounts
@@ -110,23 +111,13 @@ func (c *Containerd) stop() error {
 // unmountUnder lazily detaches every mount at or below dir, deepest first,
 // so that RemoveAll can never walk into a mounted filesystem.
 func unmountUnder(dir string) error {
-	f, err := os.Open("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Clean(dir)))
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	var targets []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		t := unescape(fields[4])
-		if t == dir || strings.HasPrefix(t, dir+"/") {
-			targets = append(targets, t)
-		}
+	targets := make([]string, 0, len(infos))
+	for _, in := range infos {
+		targets = append(targets, in.Mountpoint)
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(targets)))
 	var errs []error
@@ -136,23 +127,4 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/kmount"
 	tcontainerd "github.com/stratafs/strata/test/containerd"
 	"github.com/stratafs/strata/test/proxy"
 	"github.com/stratafs/strata/test/registry"
@@ -131,7 +131,7 @@ func (e *ctdEnv) stopDaemon(t *testing.T, sig syscall.Signal) {
 	}
 	if sig != syscall.SIGKILL {
 		// Whatever a crash or a failed test left, never leak a mount.
-		stale, _ := fs.ClearStale(context.Background(), e.root)
+		stale, _ := kmount.ClearStale(e.root)
 		if len(stale) > 0 && !t.Failed() {
 			t.Errorf("mounts left after SIGTERM: %v", stale)
 		}
@@ -200,7 +200,7 @@ func (e *ctdEnv) waitSnapshotter(t *testing.T) {
 // root/l), not the binds of them in snapshot directories.
 func (e *ctdEnv) layerMounts(t *testing.T) []string {
 	t.Helper()
-	mounts, err := fs.Mounts()
+	mounts, err := kmount.Under(e.root)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
 )
@@ -103,7 +103,7 @@ func startDaemon(t *testing.T, tweak func(*daemon.Config)) *testDaemon {
 			t.Errorf("daemon did not stop within 30s")
 		}
 		// Last resort, so a failed test never leaks a mount.
-		fs.ClearStale(context.Background(), cfg.Root)
+		kmount.ClearStale(cfg.Root)
 	})
 	select {
 	case <-ready:
@@ -126,7 +126,7 @@ func (d *testDaemon) mount(t *testing.T, ref string) (string, *daemon.Mount) {
 		t.Fatalf("mount %s: %v", ref, err)
 	}
 	t.Cleanup(func() {
-		if err := d.client.Unmount(context.Background(), dir); err != nil && !strings.Contains(err.Error(), "no image mounted") {
+		if err := d.client.Unmount(context.Background(), dir, false); err != nil && !strings.Contains(err.Error(), "no image mounted") {
 			t.Errorf("unmount %s: %v", dir, err)
 		}
 		unix.Unmount(dir, unix.MNT_DETACH)

@@ -1,0 +1,144 @@
+package kmount
+
+import (
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// Overlay merges read-only layer directories at target, top layer first,
+// with kernel overlayfs. With upper and work set, the merged tree is
+// writable and changes land in upper. extra options (such as "index=off")
+// are appended as given.
+func Overlay(target string, lowers []string, upper, work string, extra ...string) error {
+	if len(lowers) == 0 {
+		return errors.New("overlay: no layers")
+	}
+	opts := "lowerdir=" + strings.Join(lowers, ":")
+	if upper != "" {
+		opts += ",upperdir=" + upper + ",workdir=" + work
+	}
+	for _, o := range extra {
+		opts += "," + o
+	}
+	// The mount data is limited to one page; callers keep paths short.
+	if len(opts) > os.Getpagesize()-1 {
+		return fmt.Errorf("overlay: %d layers make mount options of %d bytes, over the kernel's %d", len(lowers), len(opts), os.Getpagesize()-1)
+	}
+	flags := uintptr(0)
+	if upper == "" {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount("overlay", target, "overlay", flags, opts); err != nil {
+		return fmt.Errorf("overlay mount at %s: %w", target, err)
+	}
+	return nil
+}
+
+// BindReadOnly makes src visible read-only at dst. A bind mount takes its
+// flags from the source until remounted, so read-only needs a second call;
+// if that fails the bind is undone, leaving dst as it was.
+func BindReadOnly(src, dst string) error {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
+	if err := unix.Mount("", dst, "", flags, ""); err != nil {
+		return errors.Join(fmt.Errorf("bind %s read-only: %w", dst, err), unix.Unmount(dst, unix.MNT_DETACH))
+	}
+	return nil
+}
+
+// Unmount unmounts target. While it is busy (a shell sitting in it, say) it
+// retries briefly, then detaches it lazily; a mount whose FUSE server died
+// answers ENOTCONN to the path lookup of a plain unmount and is detached
+// too. Nothing mounted at target is not an error.
+func Unmount(target string) error {
+	var err error
+	for range 10 {
+		err = unix.Unmount(target, 0)
+		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return Detach(target)
+}
+
+// Detach lazily detaches whatever is mounted at target: existing users
+// keep it until they let go. Nothing mounted there is not an error.
+func Detach(target string) error {
+	err := unix.Unmount(target, unix.MNT_DETACH)
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	return nil
+}
+
+// IsMountpoint reports whether something is mounted on dir. When that
+// cannot be told (a dead FUSE mount answers ENOTCONN to stat) it says yes,
+// because callers are about to delete recursively and must not guess no.
+// A missing dir is not a mountpoint.
+func IsMountpoint(dir string) bool {
+	mounted, err := mountinfo.Mounted(dir)
+	if err != nil {
+		return !errors.Is(err, iofs.ErrNotExist)
+	}
+	return mounted
+}
+
+// Mount is one entry of the mount table, the fields Strata uses.
+type Mount struct {
+	Target string
+	FSType string
+	Source string
+}
+
+// Under lists the mounts at or below root (root itself included), in
+// mount-table order: a mount stacked on another comes after it.
+func Under(root string) ([]Mount, error) {
+	root = filepath.Clean(root)
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(root))
+	if err != nil {
+		return nil, fmt.Errorf("reading the mount table: %w", err)
+	}
+	out := make([]Mount, 0, len(infos))
+	for _, in := range infos {
+		out = append(out, Mount{Target: in.Mountpoint, FSType: in.FSType, Source: in.Source})
+	}
+	return out, nil
+}
+
+// ClearStale lazily detaches every mount at or below root, deepest and
+// newest first: what a crashed daemon left behind. It returns what it
+// detached.
+func ClearStale(root string) ([]string, error) {
+	mounts, err := Under(root)
+	if err != nil {
+		return nil, err
+	}
+	stale := make([]string, 0, len(mounts))
+	for _, m := range mounts {
+		stale = append(stale, m.Target)
+	}
+	slices.Reverse(stale)
+	// Stable, so that a mount stacked twice keeps newest-first order.
+	slices.SortStableFunc(stale, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, t := range stale {
+		if err := Detach(t); err != nil {
+			return stale, fmt.Errorf("clearing stale mount: %w", err)
+		}
+	}
+	return stale, nil
+}
