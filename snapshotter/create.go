@@ -239,3 +239,22 @@ func (s *Snapshotter) checkOptionsFit(options []string, parentIDs []string) erro
 	}
 	return nil
 }
+
+// UpperDir returns the directory that holds the changes of the active
+// snapshot key: its overlayfs upperdir (or, without parents, the directory
+// bound as its root).
+func (s *Snapshotter) UpperDir(ctx context.Context, key string) (string, error) {
+	var sn storage.Snapshot
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		var err error
+		sn, err = storage.GetSnapshot(ctx, key)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("snapshot %s: %w", key, err)
+	}
+	if sn.Kind != snapshots.KindActive {
+		return "", fmt.Errorf("snapshot %s is not active: %w", key, errdefs.ErrFailedPrecondition)
+	}
+	return s.fsPath(sn.ID), nil
+}

@@ -33,6 +33,7 @@ type config struct {
 	remote          RemoteLayers
 	mountOptions    []string
 	hasMountOptions bool
+	wholeUpper      bool
 	log             *slog.Logger
 }
 
@@ -55,6 +56,18 @@ func WithMountOptions(options ...string) Option {
 	}
 }
 
+// WithWholeUpper keeps overlayfs' redirect_dir and metacopy features off
+// (where the kernel knows them) in addition to the other mount options, so
+// that the upper directory of an active snapshot holds the whole of its
+// changes: a renamed lower directory is copied up instead of recorded as a
+// redirect, and a metadata change copies the file's data too. A diff made
+// from the upper directory alone then needs no look at the lower layers'
+// content. Default: off, as containerd's overlay snapshotter, which diffs by
+// walking both trees.
+func WithWholeUpper() Option {
+	return func(c *config) { c.wholeUpper = true }
+}
+
 // WithLogger sets where the snapshotter logs events such as a remote layer
 // falling back to the local path. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option {
@@ -72,8 +85,15 @@ func New(root string, opts ...Option) (*Snapshotter, error) {
 	if c.log == nil {
 		c.log = slog.Default()
 	}
-	if !c.hasMountOptions && kernelHasOverlayIndex() {
+	if !c.hasMountOptions && kernelHasOverlayOption("index") {
 		c.mountOptions = []string{"index=off"}
+	}
+	if c.wholeUpper {
+		for _, o := range []string{"redirect_dir", "metacopy"} {
+			if kernelHasOverlayOption(o) {
+				c.mountOptions = append(c.mountOptions, o+"=off")
+			}
+		}
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter root: %w", err)
@@ -103,10 +123,10 @@ func New(root string, opts ...Option) (*Snapshotter, error) {
 	}, nil
 }
 
-// kernelHasOverlayIndex reports whether the loaded overlay module knows the
-// "index" option; passing an unknown option makes every mount fail.
-func kernelHasOverlayIndex() bool {
-	_, err := os.Stat("/sys/module/overlay/parameters/index")
+// kernelHasOverlayOption reports whether the loaded overlay module knows
+// the option; passing an unknown option makes every mount fail.
+func kernelHasOverlayOption(name string) bool {
+	_, err := os.Stat("/sys/module/overlay/parameters/" + name)
 	return err == nil
 }
 

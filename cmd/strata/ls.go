@@ -14,7 +14,8 @@ func init() {
 		usage:   "[--json]",
 		help: `Lists the images the daemon has mounted: directory, reference, manifest
 digest, and for each layer the bytes fetched from the registry so far
-against the layer's compressed size.`,
+against the layer's compressed size. Writable mounts are marked "rw", with
+the disk their changes use.`,
 		run: runLs,
 	})
 }
@@ -41,7 +42,11 @@ func runLs(ctx context.Context, args []string, stdout io.Writer) error {
 			fetched += l.FetchedBytes
 			size += l.Size
 		}
-		fmt.Fprintf(stdout, "%s\t%s\n  digest %s  platform %s  fetched %s of %s\n", m.Dir, m.Ref, m.Digest, m.Platform, humanBytes(fetched), humanBytes(size))
+		mode := "ro"
+		if m.Writable {
+			mode = "rw, changes " + humanBytes(m.ChangeBytes)
+		}
+		fmt.Fprintf(stdout, "%s\t%s\t(%s)\n  digest %s  platform %s  fetched %s of %s\n", m.Dir, m.Ref, mode, m.Digest, m.Platform, humanBytes(fetched), humanBytes(size))
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 		for i, l := range m.Layers {
 			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%d requests\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), l.Requests)

@@ -13,14 +13,26 @@ import (
 func init() {
 	register(&command{
 		name:    "mount",
-		summary: "mount an image read-only at a directory, lazily",
-		usage:   "[--platform OS/ARCH] [--insecure] REF DIR",
-		help: `Mounts the image REF (a tag or digest reference) read-only at DIR. The
-directory tree appears at once; each file's bytes are fetched from the
-registry when first read, verified against the image's digests, and cached.
+		summary: "mount an image at a directory, lazily (read-only, or writable with --rw)",
+		usage:   "[--rw] [--platform OS/ARCH] [--insecure] REF DIR",
+		help: `Mounts the image REF (a tag or digest reference) at DIR. The directory
+tree appears at once; each file's bytes are fetched from the registry when
+first read, verified against the image's digests, and cached.
+
+With --rw the mount is writable: changes land in an upper directory in the
+daemon's state root, never in the image's layers, which stay shared with
+every other mount of them. It is the root filesystem of a build step:
+'strata run DIR -- CMD' runs a command in it, 'strata diff DIR' lists the
+changes. It survives daemon restarts. 'strata umount DIR' refuses while
+there are uncommitted changes; 'strata umount --discard DIR' drops them.
 
 Layers in eStargz form are mounted lazily; convert an image with
-'strata convert' first. A daemon is started when none is running.`,
+'strata convert' first. A daemon is started when none is running.
+
+Examples:
+  strata mount localhost:5000/app:estargz /mnt/app
+  strata mount --rw localhost:5000/golang:estargz /mnt/build
+  strata run /mnt/build -- go version`,
 		run: runMount,
 	})
 }
@@ -32,6 +44,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	df.add(fs)
 	platform := fs.String("platform", "", "platform to pick from a multi-platform image, os/arch[/variant] (default: this machine's)")
 	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP")
+	rw := fs.Bool("rw", false, "writable: changes go to an upper directory in the state root")
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
 	}
@@ -44,7 +57,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	start := time.Now()
-	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure})
+	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw})
 	if err != nil {
 		return err
 	}
@@ -52,7 +65,11 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	for _, l := range m.Layers {
 		size += l.Size
 	}
-	fmt.Fprintf(stdout, "mounted %s (%s, %s) at %s\n", m.Ref, m.Digest, m.Platform, m.Dir)
+	mode := ""
+	if m.Writable {
+		mode = " writable"
+	}
+	fmt.Fprintf(stdout, "mounted %s (%s, %s)%s at %s\n", m.Ref, m.Digest, m.Platform, mode, m.Dir)
 	fmt.Fprintf(stdout, "%s, %s compressed, in %s; file contents are fetched when read\n",
 		plural(len(m.Layers), "layer"), humanBytes(size), time.Since(start).Round(time.Millisecond))
 	return nil

@@ -11,9 +11,17 @@ func init() {
 	register(&command{
 		name:    "umount",
 		summary: "unmount an image mounted with 'strata mount'",
-		usage:   "DIR",
+		usage:   "[--discard] DIR",
 		help: `Unmounts the image at DIR and releases its layers (a layer shared with
-another mount stays mounted). The cache keeps what was fetched.`,
+another mount stays mounted). The cache keeps what was fetched.
+
+A writable mount ('strata mount --rw') whose changes are not committed is
+not unmounted: the command says how many changes there are ('strata diff
+DIR' lists them). --discard unmounts it anyway and deletes its changes.
+
+Examples:
+  strata umount /mnt/app
+  strata umount --discard /mnt/build`,
 		run: runUmount,
 	})
 }
@@ -23,6 +31,7 @@ func runUmount(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := c.flags(stdout)
 	var df daemonFlags
 	df.add(fs)
+	discard := fs.Bool("discard", false, "unmount a writable mount even with uncommitted changes, and delete them")
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
 	}
@@ -34,8 +43,12 @@ func runUmount(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := cl.Unmount(ctx, dir); err != nil {
+	if err := cl.Unmount(ctx, dir, *discard); err != nil {
 		return err
+	}
+	if *discard {
+		fmt.Fprintf(stdout, "unmounted %s; its changes are deleted\n", dir)
+		return nil
 	}
 	fmt.Fprintf(stdout, "unmounted %s\n", dir)
 	return nil

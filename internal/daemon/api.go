@@ -4,13 +4,16 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // The control API: JSON over HTTP on the daemon's unix socket.
 //
 //	POST   /v1/mounts          MountRequest → Mount
 //	GET    /v1/mounts          → []Mount
-//	DELETE /v1/mounts?dir=DIR  → 204
+//	DELETE /v1/mounts?dir=DIR[&discard=true]  → 204 (409 with uncommitted changes, unless discard)
+//	GET    /v1/changes?dir=DIR → []Change
+//	POST   /v1/runs            RunRequest → RunInfo
 //	GET    /v1/status          → Status
 //	GET    /metrics            Prometheus text format
 //
@@ -22,6 +25,9 @@ type MountRequest struct {
 	Dir      string `json:"dir"`
 	Platform string `json:"platform,omitempty"` // os/arch[/variant]; default the daemon host's
 	Insecure bool   `json:"insecure,omitempty"` // plain HTTP to the ref's registry
+	// Writable puts an upper directory in the state root over the image:
+	// changes land there, never in the layers.
+	Writable bool `json:"writable,omitempty"`
 }
 
 // Mount is an image mounted by the daemon.
@@ -34,6 +40,15 @@ type Mount struct {
 	Insecure bool          `json:"insecure,omitempty"`
 	Created  time.Time     `json:"created"`
 	Layers   []Layer       `json:"layers"` // bottom to top
+	// Config is the digest of the image config, kept in the store.
+	Config digest.Digest `json:"config,omitempty"`
+	// Writable mounts: the active snapshot holding the changes, the
+	// commands run in it (for the commit's history) and, in listings,
+	// the disk its changes use.
+	Writable    bool        `json:"writable,omitempty"`
+	Snapshot    string      `json:"snapshot,omitempty"`
+	Runs        []RunRecord `json:"runs,omitempty"`
+	ChangeBytes int64       `json:"changeBytes,omitempty"`
 	// Duration is how long the mount took (resolve, index, mount).
 	Duration time.Duration `json:"duration,omitempty"`
 }
@@ -44,8 +59,39 @@ type Layer struct {
 	Size         int64             `json:"size"`
 	MediaType    string            `json:"mediaType"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
+	DiffID       digest.Digest     `json:"diffID,omitempty"` // from the image config
 	FetchedBytes int64             `json:"fetchedBytes"`
 	Requests     int64             `json:"requests"`
+}
+
+// RunRecord is a command run in a writable mount by `strata run`.
+type RunRecord struct {
+	Args    []string  `json:"args"`
+	Started time.Time `json:"started"`
+}
+
+// RunRequest announces a command about to run in the writable mount Dir.
+type RunRequest struct {
+	Dir  string   `json:"dir"`
+	Args []string `json:"args"`
+}
+
+// RunInfo is what `strata run` needs to run a command in a writable mount.
+type RunInfo struct {
+	Dir    string              `json:"dir"`
+	Config ocispec.ImageConfig `json:"config"`
+	// StateDir is where the runtime's bundles and state go.
+	StateDir string `json:"stateDir"`
+	// LockFile is held (shared flock) for as long as the command runs, so
+	// that a commit can tell a run is in progress.
+	LockFile string `json:"lockFile"`
+}
+
+// Change is one entry of `strata diff`: Kind is A (added), C (changed) or
+// D (deleted), as `docker diff` prints them.
+type Change struct {
+	Kind string `json:"kind"`
+	Path string `json:"path"`
 }
 
 // Status describes the daemon.

@@ -38,9 +38,28 @@ func (c *Client) Mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	return &m, c.do(ctx, http.MethodPost, "/v1/mounts", req, &m)
 }
 
-// Unmount asks the daemon to unmount the image at dir.
-func (c *Client) Unmount(ctx context.Context, dir string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, nil)
+// Unmount asks the daemon to unmount the image at dir. A writable mount
+// with uncommitted changes is refused unless discard is set, which drops
+// them.
+func (c *Client) Unmount(ctx context.Context, dir string, discard bool) error {
+	q := url.Values{"dir": {dir}}
+	if discard {
+		q.Set("discard", "true")
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/mounts?"+q.Encode(), nil, nil)
+}
+
+// Changes lists what changed in the writable mount at dir.
+func (c *Client) Changes(ctx context.Context, dir string) ([]Change, error) {
+	var cs []Change
+	return cs, c.do(ctx, http.MethodGet, "/v1/changes?dir="+url.QueryEscape(dir), nil, &cs)
+}
+
+// StartRun announces a command about to run in the writable mount at
+// req.Dir and returns what running it needs.
+func (c *Client) StartRun(ctx context.Context, req RunRequest) (*RunInfo, error) {
+	var info RunInfo
+	return &info, c.do(ctx, http.MethodPost, "/v1/runs", req, &info)
 }
 
 // List returns the daemon's mounts.

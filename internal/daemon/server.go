@@ -15,10 +15,10 @@ import (
 func (d *Daemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/mounts", d.postMount)
-	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.images.list())
-	})
+	mux.HandleFunc("GET /v1/mounts", d.getMounts)
 	mux.HandleFunc("DELETE /v1/mounts", d.deleteMount)
+	mux.HandleFunc("GET /v1/changes", d.getChanges)
+	mux.HandleFunc("POST /v1/runs", d.postRun)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	// Profiles, for diagnosing the daemon; only root reaches the socket.
@@ -42,11 +42,50 @@ func (d *Daemon) postMount(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) deleteMount(w http.ResponseWriter, r *http.Request) {
-	if err := d.images.unmount(r.Context(), r.URL.Query().Get("dir")); err != nil {
+	q := r.URL.Query()
+	if err := d.images.unmount(r.Context(), q.Get("dir"), q.Get("discard") == "true"); err != nil {
 		writeError(w, err, nil)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) getMounts(w http.ResponseWriter, r *http.Request) {
+	ms := d.images.list()
+	for i := range ms {
+		if !ms[i].Writable {
+			continue
+		}
+		n, err := d.images.changeBytes(r.Context(), &ms[i])
+		if err != nil {
+			slog.WarnContext(r.Context(), "disk usage of a writable mount", "dir", ms[i].Dir, "error", err)
+		}
+		ms[i].ChangeBytes = n
+	}
+	writeJSON(w, http.StatusOK, ms)
+}
+
+func (d *Daemon) getChanges(w http.ResponseWriter, r *http.Request) {
+	changes, err := d.images.changes(r.Context(), r.URL.Query().Get("dir"))
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, changes)
+}
+
+func (d *Daemon) postRun(w http.ResponseWriter, r *http.Request) {
+	var req RunRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	info, err := d.images.startRun(r.Context(), req)
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
@@ -74,7 +113,7 @@ func writeError(w http.ResponseWriter, err, detail error) {
 		status = http.StatusBadRequest
 	case errdefs.IsNotFound(err):
 		status = http.StatusNotFound
-	case errdefs.IsAlreadyExists(err):
+	case errdefs.IsAlreadyExists(err), errdefs.IsFailedPrecondition(err):
 		status = http.StatusConflict
 	}
 	if detail != nil {

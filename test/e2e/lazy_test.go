@@ -237,7 +237,7 @@ func TestIndexAndChunksFetchedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.client.Unmount(context.Background(), dir); err != nil {
+	if err := d.client.Unmount(context.Background(), dir, false); err != nil {
 		t.Fatal(err)
 	}
 	p.ResetStats()
@@ -303,7 +303,7 @@ func TestUnmountWhileBusy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.client.Unmount(ctx, dir) }()
+	go func() { done <- d.client.Unmount(ctx, dir, false) }()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+)
+
+func init() {
+	register(&command{
+		name:    "diff",
+		summary: "list the changes made in a writable mount",
+		usage:   "[--json] DIR",
+		help: `Lists what changed in the writable mount at DIR since it was mounted, one
+line per entry, as 'docker diff' does: A added, C changed, D deleted. The
+list comes from the mount's upper directory alone; the image's layers are
+not read.
+
+Examples:
+  strata diff /mnt/build
+  strata diff --json /mnt/build`,
+		run: runDiff,
+	})
+}
+
+func runDiff(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["diff"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := c.parse(fs, args, 1, 1); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	cl, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	changes, err := cl.Changes(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, changes)
+	}
+	for _, ch := range changes {
+		fmt.Fprintf(stdout, "%s %s\n", ch.Kind, ch.Path)
+	}
+	return nil
+}

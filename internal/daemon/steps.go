@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stratafs/strata/snapshotter"
+)
+
+// What a build step needs from the daemon: the changes of a writable mount
+// and the announcement of a command run in it.
+
+// changes lists the changes of the writable mount at dir.
+func (im *images) changes(ctx context.Context, dir string) ([]Change, error) {
+	m, err := im.getWritable(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := []Change{}
+	err = im.d.writable.changes(ctx, m, func(c snapshotter.Change) error {
+		out = append(out, Change{Kind: c.Kind.String(), Path: c.Path})
+		return nil
+	})
+	return out, err
+}
+
+// countChanges counts the changes of the writable mount m.
+func (im *images) countChanges(ctx context.Context, m *Mount) (int, error) {
+	n := 0
+	err := im.d.writable.changes(ctx, m, func(snapshotter.Change) error {
+		n++
+		return nil
+	})
+	return n, err
+}
+
+// changeBytes is the disk used by the changes of the writable mount m.
+func (im *images) changeBytes(ctx context.Context, m *Mount) (int64, error) {
+	u, err := im.d.writable.sn.Usage(ctx, m.Snapshot)
+	return u.Size, err
+}
+
+// startRun records a command about to run in the writable mount at
+// req.Dir (for the commit's history) and returns what running it needs.
+func (im *images) startRun(ctx context.Context, req RunRequest) (*RunInfo, error) {
+	m, err := im.getWritable(req.Dir)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := im.d.store.Blobs.Get(m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("config of the image at %s: %w", m.Dir, err)
+	}
+	var cfg ocispec.Image
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("config of the image at %s: %w", m.Dir, err)
+	}
+	stateDir := filepath.Join(im.d.cfg.Root, "run")
+	locks := filepath.Join(stateDir, "locks")
+	if err := os.MkdirAll(locks, 0o700); err != nil {
+		return nil, err
+	}
+	im.mu.Lock()
+	m.Runs = append(m.Runs, RunRecord{Args: slices.Clone(req.Args), Started: time.Now().UTC()})
+	rec := *m
+	rec.Runs = slices.Clone(m.Runs)
+	im.mu.Unlock()
+	if err := im.record(&rec); err != nil {
+		return nil, fmt.Errorf("recording the run: %w", err)
+	}
+	return &RunInfo{
+		Dir:      m.Dir,
+		Config:   cfg.Config,
+		StateDir: stateDir,
+		LockFile: filepath.Join(locks, m.Snapshot),
+	}, nil
+}

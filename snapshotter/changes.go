@@ -1,0 +1,273 @@
+package snapshotter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ChangeKind says how an entry differs from the lower layers.
+type ChangeKind int
+
+// The kinds of change, printed as `docker diff` prints them.
+const (
+	ChangeAdd    ChangeKind = iota // A: not in the lower layers
+	ChangeModify                   // C: in the lower layers, changed or replaced
+	ChangeDelete                   // D: in the lower layers, deleted
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case ChangeAdd:
+		return "A"
+	case ChangeModify:
+		return "C"
+	case ChangeDelete:
+		return "D"
+	}
+	return fmt.Sprintf("ChangeKind(%d)", int(k))
+}
+
+// Change is one entry of an upper directory that differs from the lower
+// layers.
+type Change struct {
+	Kind ChangeKind
+	// Path is the entry's path in the image, absolute ("/etc/passwd").
+	Path string
+	// Info describes the entry in the upper directory; nil for deletions.
+	Info iofs.FileInfo
+	// Opaque is set for a directory that hides everything the lower layers
+	// have beneath it (overlayfs' trusted.overlay.opaque=y).
+	Opaque bool
+}
+
+// opaqueXattr marks an upper directory whose lower counterparts are hidden.
+const opaqueXattr = "trusted.overlay.opaque"
+
+// UpperChanges reports the changes recorded in upper, the upper directory of
+// an overlay, against lower, the merged lower layers of that overlay mounted
+// read-only somewhere (a View of the active snapshot's parent). It walks
+// upper only — lower is looked up by path, never walked — which is correct
+// because the snapshots of writable mounts keep redirect_dir and metacopy
+// off (WithWholeUpper): whatever changed is in upper whole.
+//
+// fn is called in lexical path order, parents before children:
+//   - a whiteout (a 0/0 character device) is a deletion, when lower has
+//     the path;
+//   - a directory present in lower with the same mode, owner, mtime and
+//     extended attributes is left out (it is in upper only because
+//     something beneath it changed), but its children are reported;
+//   - an opaque directory is reported with Opaque set, and everything
+//     beneath it is an addition;
+//   - anything else is a modification when lower has the path, else an
+//     addition.
+func UpperChanges(ctx context.Context, lower, upper string, fn func(Change) error) error {
+	var opaque []string // opaque directories on the current path, deepest last
+	return filepath.WalkDir(upper, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(upper, p)
+		if err != nil {
+			return err
+		}
+		if rel == "." {
+			return nil
+		}
+		path := "/" + rel
+		for len(opaque) > 0 && !strings.HasPrefix(path, opaque[len(opaque)-1]+"/") {
+			opaque = opaque[:len(opaque)-1]
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		hidden := len(opaque) > 0
+		var lowerInfo iofs.FileInfo
+		if !hidden {
+			if lowerInfo, err = os.Lstat(filepath.Join(lower, rel)); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+				return fmt.Errorf("lower layers: %w", err)
+			}
+		}
+		c := Change{Kind: ChangeAdd, Path: path, Info: info}
+		switch {
+		case isWhiteout(info):
+			if lowerInfo == nil {
+				return nil
+			}
+			c.Kind, c.Info = ChangeDelete, nil
+		case info.IsDir():
+			isOpaque, err := hasOpaqueXattr(p)
+			if err != nil {
+				return err
+			}
+			if isOpaque {
+				opaque = append(opaque, path)
+			}
+			if lowerInfo != nil {
+				c.Kind = ChangeModify
+				if !isOpaque && lowerInfo.IsDir() {
+					same, err := sameDirectory(p, filepath.Join(lower, rel), info, lowerInfo)
+					if err != nil || same {
+						return err
+					}
+				}
+			}
+			c.Opaque = isOpaque && lowerInfo != nil
+		case lowerInfo != nil:
+			c.Kind = ChangeModify
+		}
+		return fn(c)
+	})
+}
+
+// isWhiteout reports whether info is an overlayfs whiteout: a character
+// device numbered 0/0.
+func isWhiteout(info iofs.FileInfo) bool {
+	if info.Mode()&iofs.ModeCharDevice == 0 {
+		return false
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	return ok && st.Rdev == 0
+}
+
+func hasOpaqueXattr(path string) (bool, error) {
+	buf := make([]byte, 8)
+	n, err := unix.Lgetxattr(path, opaqueXattr, buf)
+	switch {
+	case err == nil:
+		return n == 1 && buf[0] == 'y', nil
+	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP):
+		return false, nil
+	}
+	return false, fmt.Errorf("reading %s of %s: %w", opaqueXattr, path, err)
+}
+
+// sameDirectory reports whether the upper directory carries nothing of its
+// own: mode, owner, modification time and extended attributes as in lower.
+func sameDirectory(upperPath, lowerPath string, upper, lower iofs.FileInfo) (bool, error) {
+	us, uok := upper.Sys().(*syscall.Stat_t)
+	ls, lok := lower.Sys().(*syscall.Stat_t)
+	if !uok || !lok {
+		return false, nil
+	}
+	if upper.Mode() != lower.Mode() || us.Uid != ls.Uid || us.Gid != ls.Gid ||
+		us.Mtim.Sec != ls.Mtim.Sec || us.Mtim.Nsec != ls.Mtim.Nsec {
+		return false, nil
+	}
+	ux, err := Xattrs(upperPath)
+	if err != nil {
+		return false, err
+	}
+	lx, err := Xattrs(lowerPath)
+	if err != nil {
+		return false, err
+	}
+	if len(ux) != len(lx) {
+		return false, nil
+	}
+	for k, v := range ux {
+		if w, ok := lx[k]; !ok || !bytes.Equal(v, w) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Xattrs returns the extended attributes of path (not following a
+// symlink), without overlayfs' own trusted.overlay.* bookkeeping. A
+// filesystem without xattr support has none.
+func Xattrs(path string) (map[string][]byte, error) {
+	names, err := listXattrs(path)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(names))
+	for _, name := range names {
+		if strings.HasPrefix(name, "trusted.overlay.") {
+			continue
+		}
+		v, err := getXattr(path, name)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading xattr %s of %s: %w", name, path, err)
+		}
+		out[name] = v
+	}
+	return out, nil
+}
+
+func listXattrs(path string) ([]string, error) {
+	size, err := unix.Llistxattr(path, nil)
+	for {
+		if isNoXattrSupport(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing xattrs of %s: %w", path, err)
+		}
+		if size == 0 {
+			return nil, nil
+		}
+		buf := make([]byte, size)
+		n, err2 := unix.Llistxattr(path, buf)
+		if errors.Is(err2, unix.ERANGE) {
+			size, err = unix.Llistxattr(path, nil) // grew meanwhile
+			continue
+		}
+		if isNoXattrSupport(err2) {
+			return nil, nil
+		}
+		if err2 != nil {
+			return nil, fmt.Errorf("listing xattrs of %s: %w", path, err2)
+		}
+		var names []string
+		for _, name := range bytes.Split(buf[:n], []byte{0}) {
+			if len(name) > 0 {
+				names = append(names, string(name))
+			}
+		}
+		slices.Sort(names)
+		return names, nil
+	}
+}
+
+func getXattr(path, name string) ([]byte, error) {
+	size, err := unix.Lgetxattr(path, name, nil)
+	for {
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, size)
+		n, err2 := unix.Lgetxattr(path, name, buf)
+		if errors.Is(err2, unix.ERANGE) {
+			size, err = unix.Lgetxattr(path, name, nil)
+			continue
+		}
+		if err2 != nil {
+			return nil, err2
+		}
+		return buf[:n], nil
+	}
+}
+
+// isNoXattrSupport reports the answers of filesystems that keep no
+// extended attributes (and of Strata's layer mounts without any, which
+// answer ENOSYS).
+func isNoXattrSupport(err error) bool {
+	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENOSYS)
+}
