@@ -1,0 +1,135 @@
+package snapshotter_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/snapshotter"
+)
+
+// TestUpperChanges makes every kind of change in a real overlay of a
+// WithWholeUpper snapshotter and checks the list UpperChanges reports from
+// the upper directory against a view of the lower layers.
+func TestUpperChanges(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	base := testRoot(t)
+	sn, err := snapshotter.New(filepath.Join(base, "root"), snapshotter.WithWholeUpper())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+
+	// The lower layer, written through a snapshot of its own.
+	lowerMounts, err := sn.Prepare(ctx, "lower-active", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := mountAt(t, base, lowerMounts)
+	for _, d := range []string{"etc", "usr/bin", "var/lib/gone", "var/lib/gone/sub", "var/opaque/sub", "mv/src/deep", "meta", "quiet/dir"} {
+		must(t, os.MkdirAll(filepath.Join(work, d), 0o755))
+	}
+	for p, content := range map[string]string{
+		"etc/hosts": "hosts", "etc/keep": "keep", "usr/bin/tool": "tool", "var/lib/gone/a": "a",
+		"var/lib/gone/sub/b": "b", "var/opaque/sub/c": "c", "var/opaque/old": "old", "mv/src/deep/f": "f",
+		"meta/file": "meta", "quiet/dir/file": "quiet",
+	} {
+		must(t, os.WriteFile(filepath.Join(work, p), []byte(content), 0o644))
+	}
+	// Fixed times, so that nothing depends on when the test runs.
+	old := time.Unix(1_600_000_000, 123)
+	must(t, filepath.Walk(work, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chtimes(p, old, old)
+	}))
+	must(t, mount.UnmountAll(work, 0))
+	must(t, sn.Commit(ctx, "lower", "lower-active"))
+
+	stepMounts, err := sn.Prepare(ctx, "step", "lower")
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := mountAt(t, base, stepMounts)
+	in := func(p string) string { return filepath.Join(step, p) }
+	must(t, os.WriteFile(in("etc/new"), []byte("new"), 0o644))
+	must(t, os.WriteFile(in("etc/keep"), []byte("changed"), 0o644))
+	must(t, os.Remove(in("etc/hosts")))
+	must(t, os.RemoveAll(in("var/lib/gone")))
+	must(t, os.MkdirAll(in("var/lib/gone/again"), 0o755)) // deleted, then made anew: opaque
+	must(t, os.RemoveAll(in("var/opaque")))
+	must(t, os.Mkdir(in("var/opaque"), 0o755))
+	must(t, os.Chmod(in("usr/bin/tool"), 0o700))
+	must(t, unix.Lsetxattr(in("meta/file"), "user.step", []byte("1"), 0))
+	if out, err := exec.Command("mv", in("mv/src"), in("mv/dst")).CombinedOutput(); err != nil {
+		t.Fatalf("mv: %v: %s", err, out)
+	}
+	// Something made and removed again, and its parent's times put back:
+	// the parent is in upper (copied up) but unchanged.
+	must(t, os.WriteFile(in("quiet/dir/tmp"), nil, 0o644))
+	must(t, os.Remove(in("quiet/dir/tmp")))
+	must(t, os.Chtimes(in("quiet/dir"), old, old))
+
+	upper, err := sn.UpperDir(ctx, "step")
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewMounts, err := sn.View(ctx, "view", "lower")
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := mountAt(t, base, viewMounts)
+	var got []string
+	err = snapshotter.UpperChanges(ctx, view, upper, func(c snapshotter.Change) error {
+		s := c.Kind.String() + " " + c.Path
+		if c.Opaque {
+			s += " (opaque)"
+		}
+		if (c.Kind == snapshotter.ChangeDelete) != (c.Info == nil) {
+			return fmt.Errorf("%s: Info %v", s, c.Info)
+		}
+		got = append(got, s)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"C /etc",
+		"D /etc/hosts",
+		"C /etc/keep",
+		"A /etc/new",
+		"C /meta/file",
+		"C /mv",
+		"A /mv/dst",
+		"A /mv/dst/deep",
+		"A /mv/dst/deep/f",
+		"D /mv/src",
+		"C /usr/bin/tool",
+		"C /var",
+		"C /var/lib",
+		"C /var/lib/gone (opaque)",
+		"A /var/lib/gone/again",
+		"C /var/opaque (opaque)",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("changes:\n got %q\nwant %q", got, want)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
