@@ -31,6 +31,12 @@ func register(c *command) { commands[c.name] = c }
 // errUsage marks errors already explained by printed usage.
 var errUsage = errors.New("usage")
 
+// exitStatus makes the process exit with a command's status, printing
+// nothing more (strata run passes on the status of what it ran).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -59,9 +65,12 @@ func runCommand(c *command, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := c.run(ctx, args, stdout)
+	var status exitStatus
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &status):
+		return int(status)
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):
@@ -100,7 +109,8 @@ func (c *command) flags(stdout io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args and checks the number of positional arguments.
+// parse parses args and checks the number of positional arguments
+// (maxArgs < 0: no upper bound).
 func (c *command) parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -109,7 +119,7 @@ func (c *command) parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) e
 		fmt.Fprintf(os.Stderr, "strata %s: %v\nRun 'strata %s --help' for usage.\n", c.name, err, c.name)
 		return errUsage
 	}
-	if n := fs.NArg(); n < minArgs || n > maxArgs {
+	if n := fs.NArg(); n < minArgs || (maxArgs >= 0 && n > maxArgs) {
 		fmt.Fprintf(os.Stderr, "strata %s: wrong number of arguments\nUsage: strata %s %s\nRun 'strata %s --help' for more.\n", c.name, c.name, c.usage, c.name)
 		return errUsage
 	}

@@ -67,8 +67,12 @@ func (im *images) startRun(ctx context.Context, req RunRequest) (*RunInfo, error
 	if err := os.MkdirAll(locks, 0o700); err != nil {
 		return nil, err
 	}
+	args := slices.Clone(req.Args)
+	if len(args) == 0 {
+		args = append(slices.Clone(cfg.Config.Entrypoint), cfg.Config.Cmd...)
+	}
 	im.mu.Lock()
-	m.Runs = append(m.Runs, RunRecord{Args: slices.Clone(req.Args), Started: time.Now().UTC()})
+	m.Runs = append(m.Runs, RunRecord{Args: args, Started: time.Now().UTC()})
 	rec := *m
 	rec.Runs = slices.Clone(m.Runs)
 	im.mu.Unlock()
