@@ -103,3 +103,83 @@ func hashFile(f *os.File, d digest.Digest) (digest.Digest, error) {
 	}
 	return h.Digest(), nil
 }
+
+// TempDir is where blobs are written before Ingest moves them in place; it
+// is emptied when the store opens, so a crash leaves nothing behind.
+func (b *Blobs) TempDir() string { return b.tmp }
+
+// Ingest moves the file at path (written in TempDir) into the store under
+// d, after checking that its size is size and that it hashes to d. The file
+// is fsynced first, so a blob under a valid name is always whole. On error
+// the file is removed.
+func (b *Blobs) Ingest(path string, d digest.Digest, size int64) (err error) {
+	defer func() {
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	dst, err := b.path(d)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != size {
+		return fmt.Errorf("blob %s: %d bytes, want %d: %w", d, fi.Size(), size, ErrDigestMismatch)
+	}
+	got, err := hashFile(f, d)
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", d, err)
+	}
+	if got != d {
+		return fmt.Errorf("blob %s: %w (content is %s)", d, ErrDigestMismatch, got)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	return os.Rename(path, dst)
+}
+
+// Open opens the blob stored under d for reading, with its size. It is
+// not verified here: whole-blob readers verify as they read (see
+// VerifiedReader), ranged readers verify what they decode. A missing blob
+// is an error wrapping errdefs.ErrNotFound.
+func (b *Blobs) Open(d digest.Digest) (*os.File, int64, error) {
+	p, err := b.path(d)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("blob %s: %w", d, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("blob %s: %w", d, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
+}
+
+// Has reports whether a blob is stored under d.
+func (b *Blobs) Has(d digest.Digest) bool {
+	p, err := b.path(d)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(p)
+	return err == nil
+}
