@@ -36,23 +36,23 @@ var (
 
 // Options says what to run and how. Only Rootfs is required.
 type Options struct {
-	Rootfs   string               // the writable mount (an overlayfs mountpoint); must exist
-	Args     []string             // the command; empty: the image's Entrypoint+Cmd
-	Config   ocispec.ImageConfig  // from the image config: Env, User, WorkingDir, Entrypoint, Cmd
-	Env      []string             // K=V, added to the image's Env or overriding it
-	WorkDir  string               // overrides Config.WorkingDir; default "/"; created for the run if missing
-	User     string               // NAME|UID[:GID|:GROUP]; overrides Config.User; default root
-	Network  string               // "host" (default) or "none" (own network namespace, only lo)
-	Mounts   []Mount              // extra mounts, from ParseMount
-	Hostname string               // default: the first 12 hex digits of the run ID
-	TTY      bool                 // give the command a terminal (stdout and stderr merged, as on any tty)
-	CapAdd   []string             // added to Docker's default set: "CAP_NET_ADMIN", "NET_ADMIN" or "ALL"
-	Runtime  string               // "runc" (default; crun if runc is missing), "crun", or a path
-	StateDir string               // where the bundle and runtime state go (removed afterwards); default a temp dir
-	Signals  <-chan os.Signal     // each signal received is sent to the command (see NotifySignals)
-	Stdin    io.Reader            // nil: /dev/null
-	Stdout   io.Writer            // nil: discarded
-	Stderr   io.Writer            // nil: discarded
+	Rootfs   string              // the writable mount (an overlayfs mountpoint); must exist
+	Args     []string            // the command; empty: the image's Entrypoint+Cmd
+	Config   ocispec.ImageConfig // from the image config: Env, User, WorkingDir, Entrypoint, Cmd
+	Env      []string            // K=V, added to the image's Env or overriding it
+	WorkDir  string              // overrides Config.WorkingDir; default "/"; created for the run if missing
+	User     string              // NAME|UID[:GID|:GROUP]; overrides Config.User; default root
+	Network  string              // "host" (default) or "none" (own network namespace, only lo)
+	Mounts   []Mount             // extra mounts, from ParseMount
+	Hostname string              // default: the first 12 hex digits of the run ID
+	TTY      bool                // give the command a terminal (stdout and stderr merged, as on any tty)
+	CapAdd   []string            // added to Docker's default set: "CAP_NET_ADMIN", "NET_ADMIN" or "ALL"
+	Runtime  string              // "runc" (default; crun if runc is missing), "crun", or a path
+	StateDir string              // where the bundle and runtime state go (removed afterwards); default a temp dir
+	Signals  <-chan os.Signal    // each signal received is sent to the command (see NotifySignals)
+	Stdin    io.Reader           // nil: /dev/null
+	Stdout   io.Writer           // nil: discarded
+	Stderr   io.Writer           // nil: discarded
 }
 
 // NotifySignals relays SIGINT, SIGTERM, SIGHUP and SIGQUIT of this process
