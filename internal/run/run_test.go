@@ -162,14 +162,16 @@ func TestTTY(t *testing.T) {
 }
 
 func TestTTYStdin(t *testing.T) {
-	o, ov := newRun(t, "", "sh", "-c", `read line; echo "got $line"`)
-	o.TTY = true
-	o.Stdin = strings.NewReader("hello\n")
-	code, out, _, err := run(t, o)
-	if err != nil || code != 0 || !strings.Contains(out, "got hello") {
-		t.Errorf("exit %d, %v, output %q", code, err, out)
-	}
-	ov.expectChanges(t)
+	eachRuntime(t, func(t *testing.T, rt string) {
+		o, ov := newRun(t, rt, "sh", "-c", `read line; echo "got $line"; exit 4`)
+		o.TTY = true
+		o.Stdin = strings.NewReader("hello\n")
+		code, out, _, err := run(t, o)
+		if err != nil || code != 4 || !strings.Contains(out, "got hello") {
+			t.Errorf("exit %d (want 4), %v, output %q", code, err, out)
+		}
+		ov.expectChanges(t)
+	})
 }
 
 func TestNetworkNone(t *testing.T) {
