@@ -1,0 +1,211 @@
+package run
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// findRuntime resolves Options.Runtime: a path is taken as is, a name is
+// looked up in PATH; "" is runc, or crun when runc is missing.
+func findRuntime(name string) (string, error) {
+	candidates := []string{name}
+	if name == "" {
+		candidates = []string{"runc", "crun"}
+	}
+	for _, c := range candidates {
+		if p, err := exec.LookPath(c); err == nil {
+			return p, nil
+		}
+	}
+	if name == "" {
+		return "", fmt.Errorf("run: %w", ErrNoRuntime)
+	}
+	return "", fmt.Errorf("run: %w (%q is not an executable in PATH)", ErrNoRuntime, name)
+}
+
+// isCrun tells crun (which takes --console-socket in the foreground) from
+// runc and runtimes like it, by what `RUNTIME --version` says first.
+func isCrun(rt string) bool {
+	if v, ok := flavours.Load(rt); ok {
+		return v.(bool)
+	}
+	out, _ := exec.Command(rt, "--version").Output()
+	crun := bytes.HasPrefix(out, []byte("crun "))
+	flavours.Store(rt, crun)
+	return crun
+}
+
+var flavours sync.Map // runtime path -> isCrun
+
+// container is one run of the runtime.
+type container struct {
+	rt       string // the runtime binary
+	id       string
+	stateDir string // holds the runtime's --root and its log
+	bundle   string
+	opts     *Options
+}
+
+// cleanupTimeout bounds kill and delete after the run, which must happen
+// even when ctx is already cancelled.
+const cleanupTimeout = 30 * time.Second
+
+func (c *container) runtime(ctx context.Context, args ...string) *exec.Cmd {
+	global := []string{"--root", filepath.Join(c.stateDir, "state"),
+		"--log", filepath.Join(c.stateDir, "runtime.log"), "--log-format", "json"}
+	return exec.CommandContext(ctx, c.rt, append(global, args...)...)
+}
+
+// run starts `RUNTIME run` in the foreground, relays signals, kills the
+// container when ctx is cancelled, and deletes its state whatever happens.
+func (c *container) run(ctx context.Context) (int, error) {
+	var stdio *terminal
+	var err error
+	runArgs := []string{"run"}
+	if c.opts.TTY {
+		if stdio, err = openTerminal(c.opts, isCrun(c.rt), c.stateDir); err != nil {
+			return -1, err
+		}
+		runArgs = append(runArgs, stdio.runArgs()...)
+	}
+	cmd := c.runtime(context.Background(), append(runArgs, "--bundle", c.bundle, c.id)...)
+	if stdio != nil {
+		stdio.attach(cmd)
+	} else {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = c.opts.Stdin, c.opts.Stdout, c.opts.Stderr
+		// Its own process group: a terminal's ^C reaches the command once,
+		// through Signals, not also through the runtime's own relaying.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.WaitDelay = 5 * time.Second // a Stdin that never ends must not hold up Wait
+	}
+	if err := cmd.Start(); err != nil {
+		if stdio != nil {
+			stdio.close()
+		}
+		return -1, fmt.Errorf("run: starting %s: %w", c.rt, err)
+	}
+	if stdio != nil {
+		stdio.started()
+	}
+	done := make(chan struct{})
+	relayed := make(chan struct{})
+	go func() {
+		defer close(relayed)
+		c.relay(ctx, cmd, done)
+	}()
+	waitErr := cmd.Wait()
+	close(done)
+	<-relayed
+	if stdio != nil {
+		stdio.finish()
+	}
+	delErr := c.delete()
+	code, err := c.exitStatus(waitErr)
+	if err == nil && ctx.Err() != nil {
+		err = fmt.Errorf("run: %w", ctx.Err())
+	}
+	if err == nil && delErr != nil {
+		err = delErr
+	}
+	return code, err
+}
+
+// relay sends each signal from Options.Signals to the container, and
+// SIGKILL when ctx is cancelled, until done.
+func (c *container) relay(ctx context.Context, cmd *exec.Cmd, done <-chan struct{}) {
+	cancelled := ctx.Done()
+	for {
+		select {
+		case <-done:
+			return
+		case sig := <-c.opts.Signals:
+			c.kill(cmd, sig)
+		case <-cancelled:
+			cancelled = nil
+			c.kill(cmd, syscall.SIGKILL)
+		}
+	}
+}
+
+// kill signals the container through the runtime. Before the container
+// exists (or after it is gone) that fails; then the runtime process gets
+// the signal, and a foreground runtime relays it to the command itself.
+func (c *container) kill(cmd *exec.Cmd, sig os.Signal) {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := c.runtime(ctx, "kill", c.id, strconv.Itoa(int(s))).Run(); err != nil {
+		_ = cmd.Process.Signal(s)
+	}
+}
+
+// delete removes the container's runtime state. A foreground run deletes
+// it itself when the command exits; this is for every other way out.
+func (c *container) delete() error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := c.runtime(ctx, "delete", "--force", c.id)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if _, serr := os.Stat(filepath.Join(c.stateDir, "state", c.id)); errors.Is(serr, os.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("run: deleting container %s: %v: %s", c.id, err, strings.TrimSpace(out.String()))
+}
+
+// exitStatus turns the runtime's exit into the command's. A foreground
+// runtime exits with the command's status (128+N for signal N); a status
+// with an error in the runtime's log means the runtime failed instead, and
+// the command may never have run.
+func (c *container) exitStatus(waitErr error) (int, error) {
+	if waitErr == nil {
+		return 0, nil
+	}
+	var ee *exec.ExitError
+	if !errors.As(waitErr, &ee) {
+		return -1, fmt.Errorf("run: %s: %w", filepath.Base(c.rt), waitErr)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return -1, fmt.Errorf("run: %s was killed by %v", filepath.Base(c.rt), ws.Signal())
+	}
+	if msgs := runtimeErrors(filepath.Join(c.stateDir, "runtime.log")); len(msgs) > 0 {
+		return -1, fmt.Errorf("run: %s: %s", filepath.Base(c.rt), strings.Join(msgs, "; "))
+	}
+	return ee.ExitCode(), nil
+}
+
+// runtimeErrors reads the error-level lines of a runtime's JSON log (runc
+// and crun write {"level":"error","msg":...}).
+func runtimeErrors(logFile string) []string {
+	f, err := os.Open(logFile)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var msgs []string
+	sc := bufio.NewScanner(io.LimitReader(f, 1<<20))
+	for sc.Scan() {
+		var entry struct{ Level, Msg string }
+		if json.Unmarshal(sc.Bytes(), &entry) == nil && entry.Level == "error" && entry.Msg != "" {
+			msgs = append(msgs, entry.Msg)
+		}
+	}
+	return msgs
+}
