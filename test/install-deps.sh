@@ -8,6 +8,9 @@ command -v umoci >/dev/null || need+=(umoci)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
+command -v crun >/dev/null || need+=(crun)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v setfattr >/dev/null || need+=(attr)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

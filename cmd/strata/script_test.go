@@ -70,7 +70,8 @@ func startRegistry(t *testing.T, kind string) string {
 	return reg.Host()
 }
 
-// pushImages pushes the standard fixture in eStargz and gzip form.
+// pushImages pushes the standard fixture in eStargz and gzip form, and the
+// busybox image (a static shell, for strata run) as eStargz.
 func pushImages(t *testing.T, host string) map[string]string {
 	ctx := context.Background()
 	refs := map[string]string{}
@@ -84,6 +85,18 @@ func pushImages(t *testing.T, host string) map[string]string {
 			t.Fatal(err)
 		}
 		refs[name] = ref
+	}
+	busybox, err := fixture.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := fixture.Build(ctx, busybox, fixture.FormEStargz, fixture.WithTempDir(t.TempDir()), fixture.WithConfig(fixture.BusyboxConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs["BUSYBOX"] = host + "/busybox:estargz"
+	if _, err := fixture.Push(ctx, img, refs["BUSYBOX"]); err != nil {
+		t.Fatal(err)
 	}
 	return refs
 }

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/daemon"
+	steprun "github.com/stratafs/strata/internal/run"
+)
+
+func init() {
+	register(&command{
+		name:    "run",
+		summary: "run a command in a writable mount, as a container (a build step)",
+		usage:   "[flags] DIR [--] [CMD [ARG...]]",
+		help: `Runs CMD as a container whose root filesystem is the writable mount DIR
+('strata mount --rw REF DIR'), through an OCI runtime (runc, or crun). The
+environment, user and working directory come from the image's config, and
+its Entrypoint and Cmd when no CMD is given. What the command writes lands
+in DIR's writable layer; several runs accumulate there, and each command is
+recorded for the history of a later commit.
+
+/proc, /dev, /sys, /dev/shm, /etc/resolv.conf, /etc/hosts and /etc/hostname
+exist for the run only: neither they nor any directory or file made only to
+mount something on is left in the writable layer. Standard input, output
+and error are connected; SIGINT and SIGTERM are passed to the command; the
+command's exit status is this command's.
+
+Examples:
+  strata mount --rw localhost:5000/golang:estargz /mnt/build
+  strata run /mnt/build -- go version
+  strata run --env CGO_ENABLED=0 --workdir /src --mount type=bind,src=$PWD,dst=/src /mnt/build -- go build ./...
+  strata run --network none --user nobody /mnt/build -- id
+  strata run -t /mnt/build -- /bin/sh`,
+		run: runRun,
+	})
+}
+
+func runRun(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["run"]
+	fs := c.flags(stdout)
+	fs.SetInterspersed(false) // everything after DIR belongs to CMD
+	var df daemonFlags
+	df.add(fs)
+	var o steprun.Options
+	fs.StringArrayVarP(&o.Env, "env", "e", nil, "set an environment variable, K=V (repeatable)")
+	fs.StringVarP(&o.WorkDir, "workdir", "w", "", "working directory (default: the image's)")
+	fs.StringVarP(&o.User, "user", "u", "", "user, NAME|UID[:GID|:GROUP], names from the image's /etc/passwd and /etc/group (default: the image's)")
+	fs.StringVar(&o.Network, "network", "host", "network: host, or none (only a loopback interface)")
+	mounts := fs.StringArray("mount", nil, "mount for the run only: type=bind,source=HOST,target=DIR[,readonly] or type=tmpfs,target=DIR[,tmpfs-size=N] (repeatable)")
+	fs.StringVar(&o.Hostname, "hostname", "", "host name in the container (default: from the run's ID)")
+	fs.BoolVarP(&o.TTY, "tty", "t", false, "give the command a terminal")
+	fs.StringArrayVar(&o.CapAdd, "cap-add", nil, "add a capability to the default set, e.g. NET_ADMIN, or ALL (repeatable)")
+	fs.StringVar(&o.Runtime, "runtime", "", "OCI runtime: runc, crun or a path (default: runc, else crun)")
+	if err := c.parse(fs, args, 1, -1); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	dir, err := filepath.Abs(rest[0])
+	if err != nil {
+		return err
+	}
+	o.Args = rest[1:]
+	if len(o.Args) > 0 && o.Args[0] == "--" {
+		o.Args = o.Args[1:]
+	}
+	for _, m := range *mounts {
+		pm, err := steprun.ParseMount(m)
+		if err != nil {
+			return err
+		}
+		o.Mounts = append(o.Mounts, pm)
+	}
+	cl, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := cl.StartRun(ctx, daemon.RunRequest{Dir: dir, Args: o.Args})
+	if err != nil {
+		return fmt.Errorf("%s is not a writable strata mount: %w", dir, err)
+	}
+	unlock, err := holdRunLock(info.LockFile)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	o.Rootfs, o.Config, o.StateDir = info.Dir, info.Config, info.StateDir
+	o.Stdin, o.Stdout, o.Stderr = os.Stdin, stdout, os.Stderr
+	signals, stop := steprun.NotifySignals()
+	defer stop()
+	o.Signals = signals
+	// Signals go to the command, which decides when the run ends: the
+	// context is not cancelled by them.
+	code, err := steprun.Run(context.WithoutCancel(ctx), o)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitStatus(code)
+	}
+	return nil
+}
+
+// holdRunLock takes a shared lock on the mount's run lock file for as long
+// as the command runs: a commit takes it exclusively, so it can tell that a
+// run is in progress. The kernel drops it if this process dies.
+func holdRunLock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("run lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("run lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
