@@ -1,0 +1,158 @@
+package commit
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// NewLayer is a layer made by a commit, kept as a file (in the store).
+type NewLayer struct {
+	Path        string
+	Digest      v1.Hash
+	Size        int64
+	DiffID      v1.Hash
+	MediaType   types.MediaType
+	Annotations map[string]string
+}
+
+// Spec says what a commit adds to its base image.
+type Spec struct {
+	// Layer is the new layer; nil for a commit without changes, which
+	// adds an empty_layer history entry and no layer.
+	Layer *NewLayer
+	// Edits change the config (Dockerfile-style --change lines, parsed).
+	Edits []func(*v1.Config) error
+	// CreatedBy is the new history entry's created_by: the commands run,
+	// or the user's message.
+	CreatedBy string
+	Comment   string
+	Author    string
+	// Created is the config's and the new history entry's time
+	// (SOURCE_DATE_EPOCH for reproducible images). The base's history
+	// never changes.
+	Created time.Time
+	// Docker makes a Docker v2 schema 2 manifest and config instead of OCI.
+	Docker bool
+}
+
+// ErrDockerCannotCarry is wrapped when --docker is asked for an image whose
+// layers need what Docker schema 2 manifests cannot say.
+var ErrDockerCannotCarry = errors.New("a Docker v2 schema 2 manifest cannot carry this image")
+
+// Build returns the new image: base plus spec's layer, config and history.
+// Base layer descriptors are kept as the base manifest has them (digest,
+// size, media type, annotations, urls), unless the manifest changes schema
+// (Docker to OCI or back), when their media types are translated to the
+// target schema's equivalents and nothing else changes.
+func Build(base *Base, spec Spec) (v1.Image, error) {
+	target := types.OCIManifestSchema1
+	if spec.Docker {
+		target = types.DockerManifestSchema2
+		if err := checkDockerCarries(base, spec.Layer); err != nil {
+			return nil, err
+		}
+	}
+	img, err := base.as(target)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	for _, edit := range spec.Edits {
+		if err := edit(&cf.Config); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Author != "" {
+		cf.Author = spec.Author
+	}
+	cf.Created = v1.Time{Time: spec.Created.UTC()}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, err
+	}
+	add := mutate.Addendum{History: v1.History{
+		Created:    v1.Time{Time: spec.Created.UTC()},
+		CreatedBy:  spec.CreatedBy,
+		Author:     spec.Author,
+		Comment:    spec.Comment,
+		EmptyLayer: spec.Layer == nil,
+	}}
+	if spec.Layer != nil {
+		l, err := partial.CompressedToLayer(&fileLayer{spec.Layer})
+		if err != nil {
+			return nil, err
+		}
+		add.Layer, add.Annotations, add.MediaType = l, spec.Layer.Annotations, spec.Layer.MediaType
+		if spec.Docker {
+			add.MediaType = dockerLayerType(spec.Layer.MediaType)
+		}
+	}
+	return mutate.Append(img, add)
+}
+
+func checkDockerCarries(base *Base, l *NewLayer) error {
+	for _, d := range base.Descriptors() {
+		if len(d.Annotations) > 0 {
+			return fmt.Errorf("%w: base layer %s has annotations (such as an eStargz TOC digest), which Docker manifests do not carry; commit in OCI form", ErrDockerCannotCarry, d.Digest)
+		}
+		if d.MediaType == types.OCILayerZStd {
+			return fmt.Errorf("%w: base layer %s is zstd-compressed, which Docker manifests cannot name", ErrDockerCannotCarry, d.Digest)
+		}
+	}
+	if l == nil {
+		return nil
+	}
+	if l.MediaType == types.OCILayerZStd {
+		return fmt.Errorf("%w: zstd layers have no Docker media type; use --format gzip", ErrDockerCannotCarry)
+	}
+	if len(l.Annotations) > 0 {
+		return fmt.Errorf("%w: the new layer's annotations (its TOC digest, for lazy mounting) would be lost; use --format gzip or uncompressed", ErrDockerCannotCarry)
+	}
+	return nil
+}
+
+// dockerLayerType and ociLayerType translate layer media types between the
+// two schemas; types without an equivalent are kept.
+func dockerLayerType(mt types.MediaType) types.MediaType {
+	switch mt {
+	case types.OCILayer:
+		return types.DockerLayer
+	case types.OCIUncompressedLayer:
+		return types.DockerUncompressedLayer
+	case types.OCIRestrictedLayer:
+		return types.DockerForeignLayer
+	}
+	return mt
+}
+
+func ociLayerType(mt types.MediaType) types.MediaType {
+	switch mt {
+	case types.DockerLayer:
+		return types.OCILayer
+	case types.DockerUncompressedLayer:
+		return types.OCIUncompressedLayer
+	case types.DockerForeignLayer:
+		return types.OCIRestrictedLayer
+	}
+	return mt
+}
+
+// fileLayer is a NewLayer read from its file.
+type fileLayer struct{ l *NewLayer }
+
+func (f *fileLayer) Digest() (v1.Hash, error)            { return f.l.Digest, nil }
+func (f *fileLayer) DiffID() (v1.Hash, error)            { return f.l.DiffID, nil }
+func (f *fileLayer) Size() (int64, error)                { return f.l.Size, nil }
+func (f *fileLayer) MediaType() (types.MediaType, error) { return f.l.MediaType, nil }
+func (f *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(f.l.Path) }

@@ -1,0 +1,396 @@
+package commit
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stratafs/strata/test/fixture"
+)
+
+// logged is an in-process registry that records every request.
+type logged struct {
+	srv  *httptest.Server
+	host string
+	mu   sync.Mutex
+	reqs []string
+	// fail, when set, answers a request with 500 instead of serving it.
+	fail func(r *http.Request) bool
+}
+
+func newRegistry(t *testing.T) *logged {
+	t.Helper()
+	l := &logged{}
+	reg := registry.New(registry.Logger(nilLogger()))
+	l.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		l.reqs = append(l.reqs, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
+		fail := l.fail != nil && l.fail(r)
+		l.mu.Unlock()
+		if fail {
+			http.Error(w, "injected failure", http.StatusInternalServerError)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(l.srv.Close)
+	l.host = strings.TrimPrefix(l.srv.URL, "http://")
+	return l
+}
+
+func (l *logged) requests() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.reqs...)
+}
+
+func (l *logged) reset() {
+	l.mu.Lock()
+	l.reqs = nil
+	l.mu.Unlock()
+}
+
+// pushBase pushes the standard fixture as eStargz to host/base:latest and
+// returns its manifest and config.
+func pushBase(t *testing.T, host string) (manifest, config []byte) {
+	t.Helper()
+	ctx := context.Background()
+	img, err := fixture.Build(ctx, fixture.Standard(), fixture.FormEStargz, fixture.WithTempDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fixture.Push(ctx, img, host+"/base:latest"); err != nil {
+		t.Fatal(err)
+	}
+	manifest, err = img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	config, err = img.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return manifest, config
+}
+
+// newLayerFile writes a one-file gzip layer.
+func newLayerFile(t *testing.T) *NewLayer {
+	t.Helper()
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	content := []byte("made by the step\n")
+	tw.WriteHeader(&tar.Header{Name: "step.txt", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Unix(1, 0)})
+	tw.Write(content)
+	tw.Close()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(tarBuf.Bytes())
+	zw.Close()
+	path := filepath.Join(t.TempDir(), "layer")
+	if err := os.WriteFile(path, gz.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &NewLayer{Path: path, Digest: sha(gz.Bytes()), Size: int64(gz.Len()), DiffID: sha(tarBuf.Bytes()), MediaType: types.OCILayer}
+}
+
+func sha(b []byte) v1.Hash {
+	s := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
+}
+
+func openerFor(host string) BlobOpener {
+	return func(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
+		ref, err := name.NewDigest(host + "/base@" + desc.Digest.String())
+		if err != nil {
+			return nil, err
+		}
+		l, err := remote.Layer(ref, remote.WithContext(ctx))
+		if err != nil {
+			return nil, err
+		}
+		return l.Compressed()
+	}
+}
+
+func TestPushMountsBaseLayersAndUploadsOnlyNewBlobs(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	manifest, config := pushBase(t, reg.host)
+	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := time.Unix(1_700_000_000, 0)
+	img, err := Build(base, Spec{Layer: newLayerFile(t), CreatedBy: "strata run -- touch /step.txt", Created: created})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.reset()
+	dst := mustRef(t, reg.host + "/app:v1")
+	got, err := Push(ctx, img, base, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base.StreamedBytes() != 0 {
+		t.Errorf("%d bytes of base layers read for a push to the same registry", base.StreamedBytes())
+	}
+	// go-containerregistry's in-process registry keeps blobs across
+	// repositories, so its HEAD finds the base's: no base blob may be
+	// uploaded (cross-repository mounts are tested against distribution's
+	// registry end to end).
+	for _, d := range base.Descriptors() {
+		if contains(reg.requests(), "digest="+strings.ReplaceAll(d.Digest.String(), ":", "%3A")) {
+			t.Errorf("base blob %s uploaded; requests:\n%s", d.Digest, strings.Join(reg.requests(), "\n"))
+		}
+	}
+	if last := reg.requests()[len(reg.requests())-1]; !strings.HasPrefix(last, "PUT /v2/app/manifests/v1") {
+		t.Errorf("last request %q, want the manifest PUT", last)
+	}
+	pulled, err := remote.Image(mustRef(t, dst.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := pulled.Digest(); d != got {
+		t.Errorf("pulled digest %s, pushed %s", d, got)
+	}
+	checkManifest(t, pulled, base)
+	cf, err := pulled.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := cf.History[len(cf.History)-1]
+	if last.CreatedBy != "strata run -- touch /step.txt" || !last.Created.Time.Equal(created) || last.EmptyLayer {
+		t.Errorf("new history entry %+v", last)
+	}
+	if !cf.Created.Time.Equal(created) {
+		t.Errorf("created %v", cf.Created)
+	}
+}
+
+// checkManifest checks that every base layer descriptor is in the new
+// manifest as the base has it, followed by exactly one new layer.
+func checkManifest(t *testing.T, img v1.Image, base *Base) {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := base.Descriptors()
+	if len(m.Layers) != len(want)+1 {
+		t.Fatalf("%d layers, want %d", len(m.Layers), len(want)+1)
+	}
+	for i, d := range want {
+		a, _ := json.Marshal(d)
+		b, _ := json.Marshal(m.Layers[i])
+		if !bytes.Equal(a, b) {
+			t.Errorf("layer %d:\n got %s\nwant %s", i, b, a)
+		}
+	}
+}
+
+func contains(reqs []string, s string) bool {
+	for _, r := range reqs {
+		if strings.Contains(r, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestPushToAnotherRegistryStreamsBaseLayers(t *testing.T) {
+	ctx := context.Background()
+	src, dst := newRegistry(t), newRegistry(t)
+	manifest, config := pushBase(t, src.host)
+	base, err := NewBase(ctx, mustRef(t, src.host+"/base:latest").Context(), manifest, config, openerFor(src.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Push(ctx, img, base, mustRef(t, dst.host+"/app:v1")); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, d := range base.Descriptors() {
+		total += d.Size
+	}
+	if base.StreamedBytes() != total {
+		t.Errorf("streamed %d bytes, the base layers are %d", base.StreamedBytes(), total)
+	}
+	pulled, err := remote.Image(mustRef(t, dst.host + "/app:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkManifest(t, pulled, base)
+	layers, _ := pulled.Layers()
+	for _, l := range layers {
+		rc, err := l.Compressed() // verified against the digest at EOF
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+	}
+}
+
+func TestFailedManifestPutPublishesNothing(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	manifest, config := pushBase(t, reg.host)
+	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.fail = func(r *http.Request) bool { return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") }
+	dst := mustRef(t, reg.host + "/app:v1")
+	if _, err := Push(ctx, img, base, dst, remote.WithRetryBackoff(remote.Backoff{Steps: 1})); err == nil {
+		t.Fatal("push succeeded with every manifest PUT failing")
+	}
+	reg.fail = nil
+	if _, err := remote.Head(dst); err == nil {
+		t.Fatal("a manifest was published")
+	}
+	// The same push again succeeds.
+	if _, err := Push(ctx, img, base, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEmptyCommitAddsHistoryOnly(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	manifest, config := pushBase(t, reg.host)
+	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Build(base, Spec{CreatedBy: "nothing changed", Created: time.Unix(0, 0),
+		Edits: []func(*v1.Config) error{func(c *v1.Config) error { c.Cmd = []string{"/bin/true"}; return nil }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	if len(m.Layers) != len(base.Descriptors()) {
+		t.Errorf("%d layers, the base has %d", len(m.Layers), len(base.Descriptors()))
+	}
+	cf, _ := img.ConfigFile()
+	baseCf, _ := base.ConfigFile()
+	if len(cf.History) != len(baseCf.History)+1 || !cf.History[len(cf.History)-1].EmptyLayer {
+		t.Errorf("history %+v", cf.History)
+	}
+	if len(cf.RootFS.DiffIDs) != len(baseCf.RootFS.DiffIDs) || fmt.Sprint(cf.Config.Cmd) != "[/bin/true]" {
+		t.Errorf("config %+v", cf)
+	}
+}
+
+func TestDockerRefusesWhatItCannotCarry(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	manifest, config := pushBase(t, reg.host) // eStargz: TOC annotations
+	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(base, Spec{Layer: newLayerFile(t), Docker: true}); err == nil || !strings.Contains(err.Error(), "annotations") {
+		t.Errorf("--docker on an eStargz base: %v", err)
+	}
+}
+
+func TestWriteLayoutReplacesTag(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	manifest, config := pushBase(t, reg.host)
+	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	for i := range 2 {
+		img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(int64(i), 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteLayout(img, dir, "v1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 1 {
+		t.Fatalf("%d images in the layout, want 1", len(im.Manifests))
+	}
+	img, err := p.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validateLayers(img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func validateLayers(img v1.Image) error {
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+func mustRef(t testing.TB, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
