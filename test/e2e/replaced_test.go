@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	tcontainerd "github.com/stratafs/strata/test/containerd"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/treecmp"
 )
@@ -54,11 +59,7 @@ func TestMountReplacedEntries(t *testing.T) {
 // referenceTree is umoci's full unpack of ref, walked.
 func referenceTree(t *testing.T, ref string) []treecmp.Record {
 	t.Helper()
-	rootfs := t.TempDir()
-	if err := treecmp.ReferenceUnpack(context.Background(), t, ref, rootfs); err != nil {
-		t.Fatal(err)
-	}
-	recs, err := treecmp.Walk(rootfs)
+	recs, err := treecmp.Walk(referenceRootfs(t, ref))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,4 +86,77 @@ func countUnder(recs []treecmp.Record, dir string) int {
 		}
 	}
 	return n
+}
+
+// replacedListing lists every entry under fixture.ReplacedRoot with its
+// type and mode, owner, device numbers and symlink target, the link count
+// of non-directories and the content of files: what a container sees,
+// without the mtimes that depend on the unpacker.
+const replacedListing = "find " + fixture.ReplacedRoot + " -exec stat -c '%n %f %u:%g %t:%T %N' {} + && " +
+	"find " + fixture.ReplacedRoot + " ! -type d -exec stat -c '%n nlink=%h' {} + && " +
+	"find " + fixture.ReplacedRoot + " -type f -exec sha256sum {} +"
+
+// TestContainerdReplacedEntries runs fixture.Replaced (on a busybox layer)
+// through containerd with Strata as its snapshotter, under OCI and Docker
+// media types, and checks that the container sees what busybox sees in
+// umoci's unpack of the same image.
+func TestContainerdReplacedEntries(t *testing.T) {
+	e := startCtdEnv(t)
+	busybox := busyboxLayer(t)
+	for _, tool := range []string{"find", "stat"} {
+		busybox = append(busybox, fixture.Symlink("bin/"+tool, "busybox"))
+	}
+	cases, _ := fixture.Replaced()
+	layers := append([]fixture.LayerSpec{busybox}, cases...)
+	for _, form := range replacedForms {
+		t.Run(form.name, func(t *testing.T) {
+			ref, _ := e.pushImage(t, "replaced-"+form.name, layers, fixture.FormEStargz, form.opts...)
+			if out := e.pull(t, ref); !strings.Contains(out, "4 layers, 4 mounted lazily") {
+				t.Errorf("pull did not mount every layer lazily:\n%s", out)
+			}
+			got := sortedLines(e.run(t, ref, "replaced-"+form.name, "cd / && "+replacedListing))
+			want := sortedLines(busyboxIn(t, referenceRootfs(t, ref), replacedListing))
+			if len(want) < 300 {
+				t.Fatalf("the listing of umoci's unpack has %d lines; the fixture lost its cases?", len(want))
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("the container sees\n%s\nbut busybox in umoci's unpack\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// referenceRootfs is umoci's full unpack of ref.
+func referenceRootfs(t *testing.T, ref string) string {
+	t.Helper()
+	rootfs := t.TempDir()
+	if err := treecmp.ReferenceUnpack(context.Background(), t, ref, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	return rootfs
+}
+
+// busyboxIn runs script with busybox's sh and tools (the container's) in
+// dir and returns its output.
+func busyboxIn(t *testing.T, dir, script string) string {
+	t.Helper()
+	bin := t.TempDir()
+	for _, tool := range []string{"sh", "find", "stat", "sha256sum"} {
+		if err := os.Symlink(tcontainerd.Busybox, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(filepath.Join(bin, "sh"), "-c", script)
+	cmd.Dir, cmd.Env = dir, []string{"PATH=" + bin}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("busybox sh -c %q: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+func sortedLines(s string) []string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	slices.Sort(lines)
+	return lines
 }
