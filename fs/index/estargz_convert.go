@@ -2,7 +2,6 @@ package index
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -20,22 +19,35 @@ const ctxCheckEvery = 4096
 // one at a time in TOC order as the decoder reads them, assigning inode
 // numbers densely as inodes appear. The rules:
 //
-//   - Entries are applied in TOC order, like a tar unpacker. A parent
+//   - Entries are applied in TOC order, as a sequential unpack (umoci
+//     unpack 0.4.7, containerd's applier) applies a tar. A parent
 //     directory with no entry of its own (or whose entry comes later) is
 //     created implicitly with mode 0755, owner 0:0 and a zero mtime, as
 //     MkdirAll would, minus the unpack time, which would make the index
 //     depend on when it was built. A later entry for it sets its metadata.
 //   - The root's metadata comes from an entry named "", "." or "./", which
 //     must be a directory; without one the root is 0755 and root-owned.
-//   - A path may appear once. The only repeat tolerated is a directory
-//     entry whose metadata is identical to the first (some tar writers
-//     emit such repeats; applying them changes nothing).
-//   - "dir/.wh.x" becomes a 0/0 character device "x" with mode 0 in dir,
-//     any content ignored; "dir/.wh..wh..opq" becomes the xattr
-//     trusted.overlay.opaque=y on dir. A whiteout and a real entry of the
-//     same name in one layer contradict each other and are refused.
-//   - A "hardlink" names an earlier, non-directory, non-whiteout entry and
-//     becomes another name for its inode; Nlink counts the names.
+//   - A later entry of a name replaces the earlier one, as it does on a
+//     sequential unpack: the earlier entry is removed (a directory with
+//     everything under it; a file's inode lives on if a hardlink names
+//     it) and the later one takes the name, unless both are directories,
+//     which merge, the later entry's metadata replacing the earlier's.
+//     A directory that replaces a non-directory or a whiteout of this
+//     layer is opaque: the unpack removed what lower layers had there.
+//   - "dir/.wh.x" hides x of the LOWER layers only: an entry x of the same
+//     layer stays, whether it comes before or after the whiteout. Without
+//     one the whiteout becomes a 0/0 character device "x" with mode 0 in
+//     dir, any content ignored. With a directory x the directory becomes
+//     opaque (trusted.overlay.opaque=y), keeping what this layer puts in
+//     it; with any other entry that entry alone hides the lower x.
+//     "dir/.wh..wh..opq" makes dir opaque. A whiteout or opaque marker in
+//     a directory this layer has already made opaque or whited out hides
+//     nothing and is dropped, and an opaque marker or a whiteout of an
+//     earlier directory drops the whiteouts under it, and the directories
+//     made only to hold them (a sequential unpack leaves nothing there).
+//   - A "hardlink" names an earlier, non-directory, non-whiteout entry, as
+//     it is at that point of the TOC, and becomes another name for its
+//     inode; Nlink counts the names.
 //   - A "reg" entry with Size > 0 is the file's first chunk; "chunk"
 //     entries for the same name follow it. Chunks must be in order, cover
 //     [0, Size) exactly and each carry a chunkDigest. A chunk's compressed
@@ -46,15 +58,18 @@ const ctxCheckEvery = 4096
 //     stargz.index.json) are left out of the tree.
 //   - Sizes and offsets may not be negative, and data offsets must lie
 //     before the TOC.
+//
+// Inodes that replacements leave without a name are dropped, and the rest
+// renumbered densely, by finish.
 type tocConverter struct {
 	lim      limits
 	tocOff   int64
 	idx      *Index
 	dirents  map[uint64][]Dirent // directory ino → its names, in TOC order
 	paths    map[string]uint64   // clean path → ino ("" is the root)
-	explicit map[uint64]bool     // directories that had their own TOC entry
 	whiteout map[uint64]bool     // inodes made from ".wh." entries
-	opaque   map[uint64]bool     // directories with a ".wh..wh..opq" entry
+	opaque   map[uint64]bool     // directories that hide the lower layers' content
+	replaced replaced            // what replacements need: see estargz_replace.go
 	bounds   []int64             // offsets of data entries: stream starts
 	raw      int                 // TOC entries read
 	nchunks  int
@@ -88,7 +103,6 @@ func newTOCConverter(tocOff int64, lim limits, sizeHint int) *tocConverter {
 		idx:      &Index{Format: FormatEStargz, Entries: make([]Entry, 0, sizeHint)},
 		dirents:  make(map[uint64][]Dirent),
 		paths:    make(map[string]uint64, sizeHint),
-		explicit: make(map[uint64]bool),
 		whiteout: make(map[uint64]bool),
 		opaque:   make(map[uint64]bool),
 	}
@@ -170,7 +184,7 @@ func (c *tocConverter) addNamed(name string, e *tocEntry) error {
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		return c.addWhiteout(dir, base, e)
 	}
-	parent, err := c.ensureDir(dir)
+	parent, err := c.ensureDir(dir, true)
 	if err != nil {
 		return err
 	}
@@ -188,6 +202,7 @@ func (c *tocConverter) addNamed(name string, e *tocEntry) error {
 	if err != nil {
 		return err
 	}
+	c.unlinkIfPresent(parent, name, base)
 	ino, err := c.link(parent, name, base, c.newInode(ent))
 	if err != nil {
 		return err
@@ -244,55 +259,69 @@ func growDoubling[E any](s []E) []E {
 
 func (c *tocConverter) entry(ino uint64) *Entry { return &c.idx.Entries[ino-RootIno] }
 
-// link adds a name for ino in directory parent, refusing a name that is
-// taken. name is the full path, which paths maps to the inode for
-// hardlink targets and for finding the names taken in parent.
+// link adds a name for ino in directory parent; callers remove an earlier
+// entry of that name first. name is the full path, which paths maps to
+// the inode for hardlink targets and for finding the names taken in
+// parent.
 func (c *tocConverter) link(parent uint64, name, base string, ino uint64) (uint64, error) {
 	if len(c.idx.Entries) > c.lim.entries {
 		return 0, fmt.Errorf("more than %d entries in the layer", c.lim.entries)
 	}
-	if old, ok := c.paths[name]; ok {
-		if c.whiteout[old] || c.whiteout[ino] {
-			return 0, fmt.Errorf("a whiteout and an entry both named %q", name)
-		}
-		return 0, fmt.Errorf("duplicate entry %q", name)
+	if _, ok := c.paths[name]; ok {
+		return 0, fmt.Errorf("internal error: %q linked twice", name)
 	}
 	c.paths[name] = ino
-	c.dirents[parent] = append(c.dirents[parent], Dirent{Name: base, Ino: ino})
+	list := append(c.dirents[parent], Dirent{Name: base, Ino: ino})
+	c.dirents[parent] = list
+	c.replaced.linked(parent, base, len(list)-1)
 	return ino, nil
 }
 
 // ensureDir returns the directory inode at name, creating it and its
-// missing parents implicitly (see tocConverter).
-func (c *tocConverter) ensureDir(name string) (uint64, error) {
+// missing parents implicitly (see tocConverter). real is false for the
+// parents of whiteouts, which a sequential unpack does not create.
+func (c *tocConverter) ensureDir(name string, real bool) (uint64, error) {
 	// Entries come grouped by directory, so most have the last entry's
-	// parent; and a path that named a directory always does.
+	// parent; and a path that named a directory always does (replacements
+	// forget it).
 	if name == c.lastDir.name && c.lastDir.ino != 0 {
+		if real {
+			c.replaced.markReal(c, name)
+		}
 		return c.lastDir.ino, nil
 	}
-	ino, err := c.findDir(name)
+	ino, err := c.findDir(name, real)
 	if err == nil {
 		c.lastDir.name, c.lastDir.ino = name, ino
 	}
 	return ino, err
 }
 
-func (c *tocConverter) findDir(name string) (uint64, error) {
+func (c *tocConverter) findDir(name string, real bool) (uint64, error) {
 	if ino, ok := c.paths[name]; ok {
-		if c.whiteout[ino] {
-			return 0, fmt.Errorf("a whiteout and an entry both named %q", name)
-		}
-		if c.entry(ino).Type != TypeDir {
+		switch {
+		case c.whiteout[ino] && real:
+			return c.dirOverWhiteout(name)
+		case c.whiteout[ino]: // addWhiteout drops whiteouts under whiteouts
+			return 0, fmt.Errorf("internal error: whiteout %q as a parent", name)
+		case c.entry(ino).Type != TypeDir:
 			return 0, fmt.Errorf("%q has entries under it but is not a directory", name)
+		}
+		if real {
+			c.replaced.markReal(c, name)
 		}
 		return ino, nil
 	}
 	dir, base := splitName(name)
-	parent, err := c.findDir(dir)
+	parent, err := c.findDir(dir, real)
 	if err != nil {
 		return 0, err
 	}
-	return c.link(parent, name, base, c.newInode(Entry{Type: TypeDir, Mode: 0o755}))
+	ino, err := c.link(parent, name, base, c.newInode(Entry{Type: TypeDir, Mode: 0o755}))
+	if err == nil && !real {
+		c.replaced.markWhiteoutOnly(ino)
+	}
+	return ino, err
 }
 
 // finish completes the Index once every entry has been added: chunk
@@ -301,6 +330,7 @@ func (c *tocConverter) finish() (*Index, error) {
 	if err := c.closeFile(); err != nil {
 		return nil, err
 	}
+	c.compact()
 	c.bounds = append(c.bounds, c.tocOff)
 	slices.Sort(c.bounds)
 	c.bounds = slices.Compact(c.bounds)
@@ -321,6 +351,11 @@ func (c *tocConverter) finish() (*Index, error) {
 	c.idx.Children = make(map[uint64][]Dirent, len(c.dirents))
 	all := make([]Dirent, 0, len(c.paths)-1) // every name but the root's
 	for dir, list := range c.dirents {
+		if c.replaced.tombstones {
+			if list = slices.DeleteFunc(list, isTombstone); len(list) == 0 {
+				continue
+			}
+		}
 		if !slices.IsSortedFunc(list, compareDirents) {
 			slices.SortFunc(list, compareDirents)
 		}
@@ -335,12 +370,6 @@ func (c *tocConverter) finish() (*Index, error) {
 }
 
 func compareDirents(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }
-
-// sameDirMeta reports whether a repeated directory entry changes nothing.
-func sameDirMeta(a, b Entry) bool {
-	return a.Mode == b.Mode && a.UID == b.UID && a.GID == b.GID && a.ModTime.Equal(b.ModTime) &&
-		maps.EqualFunc(a.Xattrs, b.Xattrs, func(x, y []byte) bool { return string(x) == string(y) })
-}
 
 // timeCache remembers the last modtime parsed: most entries of a layer
 // share theirs, and parsing one costs more than converting the rest.

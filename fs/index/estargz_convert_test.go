@@ -56,11 +56,12 @@ func TestConvertWhiteoutsAndOverlayXattrs(t *testing.T) {
 			"trusted.overlay.redirect": []byte("/elsewhere"), // never from a layer
 			"user.keep":                []byte("1"),
 		}},
-		{Name: "d/.wh.gone", Type: "reg"},
+		{Name: "d/.wh.gone", Type: "reg"}, // in an opaque directory: hides nothing, dropped
+		{Name: "g/.wh.gone", Type: "reg"},
 		{Name: "e/.wh..wh..opq", Type: "reg"},
 		{Name: "f", Type: "reg", Xattrs: map[string][]byte{"trusted.overlay.opaque": []byte("y")}},
 	})
-	for _, p := range []string{"top", "d/gone"} {
+	for _, p := range []string{"top", "g/gone"} {
 		w := lookupPath(idx, p)
 		if w == nil || w.Type != TypeChar || w.Mode != 0 || w.UID != 0 || w.DevMajor != 0 || w.DevMinor != 0 {
 			t.Errorf("whiteout %s = %+v", p, w)
@@ -77,7 +78,7 @@ func TestConvertWhiteoutsAndOverlayXattrs(t *testing.T) {
 	if f := lookupPath(idx, "f"); f == nil || len(f.Xattrs) != 0 {
 		t.Errorf("a file may not make itself opaque: %+v", f)
 	}
-	for _, p := range []string{".wh.top", "d/.wh..wh..opq", "d/.wh.gone"} {
+	for _, p := range []string{".wh.top", "d/.wh..wh..opq", "d/.wh.gone", "d/gone", "g/.wh.gone"} {
 		if lookupPath(idx, p) != nil {
 			t.Errorf("%s is listed", p)
 		}

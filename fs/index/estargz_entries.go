@@ -4,19 +4,28 @@ import (
 	"fmt"
 )
 
-// setRoot applies the root directory's own entry.
+// setRoot applies the root directory's own entry; a later one replaces
+// the metadata of an earlier one.
 func (c *tocConverter) setRoot(e *tocEntry) error {
 	if e.Type != "dir" {
 		return fmt.Errorf("the root entry is a %q, not a directory", e.Type)
 	}
-	return c.applyDirMeta(RootIno, "", e)
+	return c.applyDirMeta(RootIno, e)
 }
 
-// addDir adds a directory entry, or applies its metadata to a directory
-// that was created implicitly or repeats identically (see tocConverter).
+// addDir adds a directory entry, or applies its metadata to the directory
+// already there (see tocConverter).
 func (c *tocConverter) addDir(parent uint64, name, base string, e *tocEntry) error {
-	if ino, ok := c.paths[name]; ok && !c.whiteout[ino] && c.entry(ino).Type == TypeDir {
-		return c.applyDirMeta(ino, name, e)
+	opaque := false
+	if old, ok := c.paths[name]; ok {
+		if !c.whiteout[old] && c.entry(old).Type == TypeDir {
+			delete(c.replaced.whiteoutOnly, old)
+			return c.applyDirMeta(old, e)
+		}
+		// A whiteout, or a non-directory that replaced whatever lower
+		// layers had here: the new directory shows nothing of theirs.
+		c.unlinkIfPresent(parent, name, base)
+		opaque = true
 	}
 	meta, err := c.entryMeta(e)
 	if err != nil {
@@ -24,27 +33,21 @@ func (c *tocConverter) addDir(parent uint64, name, base string, e *tocEntry) err
 	}
 	meta.Type = TypeDir
 	ino, err := c.link(parent, name, base, c.newInode(meta))
-	if err != nil {
-		return err
+	if opaque {
+		c.opaque[ino] = true
 	}
-	c.explicit[ino] = true
-	return nil
+	return err
 }
 
-func (c *tocConverter) applyDirMeta(ino uint64, name string, e *tocEntry) error {
+// applyDirMeta gives a directory the metadata of its entry, replacing what
+// an earlier entry or the implicit defaults gave it.
+func (c *tocConverter) applyDirMeta(ino uint64, e *tocEntry) error {
 	meta, err := c.entryMeta(e)
 	if err != nil {
 		return err
 	}
 	meta.Type, meta.Ino = TypeDir, ino
-	if c.explicit[ino] {
-		if sameDirMeta(*c.entry(ino), meta) {
-			return nil
-		}
-		return fmt.Errorf("duplicate entry %q with different metadata", name)
-	}
 	*c.entry(ino) = meta
-	c.explicit[ino] = true
 	return nil
 }
 
@@ -54,26 +57,41 @@ func (c *tocConverter) addWhiteout(dir, base string, e *tocEntry) error {
 	if e.Type == "dir" {
 		return fmt.Errorf("whiteout %q is a directory", base)
 	}
-	parent, err := c.ensureDir(dir)
-	if err != nil {
-		return err
-	}
 	// Content of a whiteout ("reg" with Size > 0) is ignored, chunks too.
 	c.openFile(openFile{name: joinName(dir, base), size: e.Size, skip: true})
-	if base == whiteoutOpaque {
-		if c.opaque[parent] {
-			return fmt.Errorf("duplicate entry %q", joinName(dir, base))
+	target := ""
+	if base != whiteoutOpaque {
+		var err error
+		if target, err = whiteoutTarget(base); err != nil {
+			return err
 		}
-		c.opaque[parent] = true
+	}
+	if c.hidesNothing(dir) {
 		return nil
 	}
-	target, err := whiteoutTarget(base)
+	parent, err := c.ensureDir(dir, false)
 	if err != nil {
 		return err
+	}
+	if target == "" {
+		c.makeOpaque(parent, dir)
+		return nil
+	}
+	name := joinName(dir, target)
+	if old, ok := c.paths[name]; ok {
+		switch {
+		case c.whiteout[old] || c.entry(old).Type != TypeDir:
+			return nil // a repeat, or an entry of this layer, which stays
+		case !c.replaced.whiteoutOnly[old]:
+			c.makeOpaque(old, name) // a directory of this layer stays, lower content goes
+			return nil
+		}
+		// A directory made only to hold whiteouts: the unpack removes it.
+		c.unlinkIfPresent(parent, name, target)
 	}
 	ino := c.newInode(Entry{Type: TypeChar})
 	c.whiteout[ino] = true
-	_, err = c.link(parent, joinName(dir, target), target, ino)
+	_, err = c.link(parent, name, target, ino)
 	return err
 }
 
@@ -86,11 +104,14 @@ func joinName(dir, base string) string {
 
 // addHardlink adds another name for an earlier entry's inode. Like tar,
 // the link's own metadata is ignored: a hardlink has no inode of its own.
+// As on a sequential unpack, an earlier entry of the link's name goes
+// first, so a link cannot name what it replaces.
 func (c *tocConverter) addHardlink(parent uint64, name, base string, e *tocEntry) error {
 	target, err := cleanName(e.LinkName)
 	if err != nil {
 		return fmt.Errorf("hardlink target %q: %w", e.LinkName, err)
 	}
+	c.unlinkIfPresent(parent, name, base)
 	ino, ok := c.paths[target]
 	if !ok {
 		return fmt.Errorf("hardlink to %q, which is not an earlier entry of the layer", e.LinkName)

@@ -13,10 +13,14 @@ import (
 // TOC of many chunks cannot make one input slow.
 const fuzzDecodeBudget = 32
 
-// fuzzSeedTOCs are TOC JSONs: every hostile case plus valid ones.
+// fuzzSeedTOCs are TOC JSONs: every hostile case, every case of names
+// replaced or whited out in their own layer, plus valid ones.
 func fuzzSeedTOCs(f testing.TB) [][]byte {
 	var seeds [][]byte
 	for _, tc := range hostileCases(f) {
+		seeds = append(seeds, tc.toc)
+	}
+	for _, tc := range replaceCases(f) {
 		seeds = append(seeds, tc.toc)
 	}
 	d := digest.FromString("x").String()

@@ -128,11 +128,11 @@ func TestContainerd(t *testing.T) {
 
 // pushImage builds layers in form, pushes them to the registry and returns
 // the reference through the counting proxy and the image's blob bytes.
-func (e *ctdEnv) pushImage(t *testing.T, repo string, layers []fixture.LayerSpec, form fixture.Form) (string, int64) {
+func (e *ctdEnv) pushImage(t *testing.T, repo string, layers []fixture.LayerSpec, form fixture.Form, opts ...fixture.Option) (string, int64) {
 	t.Helper()
 	start := time.Now()
 	ctx := context.Background()
-	img, err := fixture.Build(ctx, layers, form, fixture.WithTempDir(t.TempDir()))
+	img, err := fixture.Build(ctx, layers, form, append([]fixture.Option{fixture.WithTempDir(t.TempDir())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
