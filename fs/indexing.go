@@ -28,7 +28,7 @@ type indexBuild struct {
 
 // loadIndex returns the layer's stored index, or the one being made, or
 // makes it. The mount waits for a background save before it unmounts.
-func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, pl *pooled) (View, error) {
+func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View, error) {
 	idx, err := index.Open(p.store.DB(), pl.desc.Digest.String())
 	if err == nil {
 		return idx, nil
@@ -48,7 +48,7 @@ func (p *Pool) loadIndex(ctx context.Context, blob *remote.BlobReader, pl *poole
 
 // buildIndex starts (or joins) making the index of layer l from blob.
 // The caller waits on the result's done channel.
-func (p *Pool) buildIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) *indexBuild {
+func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer) *indexBuild {
 	p.mu.Lock()
 	if b, ok := p.builds[l.Digest]; ok {
 		p.mu.Unlock()
@@ -103,7 +103,7 @@ func (p *Pool) forgetBuild(d digest.Digest) {
 }
 
 // readIndex fetches and parses the layer's TOC into a validated index.
-func readIndex(ctx context.Context, blob *remote.BlobReader, l remote.Layer) (*index.Index, error) {
+func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Index, error) {
 	start := time.Now()
 	tocDigest := digest.Digest(l.Annotations[TOCDigestAnnotation])
 	if tocDigest != "" {

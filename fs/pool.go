@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,7 +42,7 @@ type pooled struct {
 	refs    int
 	dir     string
 	mount   *LayerMount
-	blob    *remote.BlobReader
+	blob    layerBlob
 	content *Content
 	desc    remote.Layer
 	// indexSaved, when set, closes once a new index is on disk; unmounting
@@ -106,7 +107,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	if err := l.Digest.Validate(); err != nil {
 		return fmt.Errorf("layer %q: %w", l.Digest, err)
 	}
-	blob, err := remote.NewBlobReader(context.WithoutCancel(ctx), repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
+	blob, err := p.openBlob(ctx, repo, l, opts)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
@@ -132,6 +133,16 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		content.Prefetch(0, end)
 	}
 	return nil
+}
+
+// openBlob reads the layer from the store when it holds the blob (a layer
+// this machine committed), else from the registry.
+func (p *Pool) openBlob(ctx context.Context, repo name.Repository, l remote.Layer, opts []remote.Option) (layerBlob, error) {
+	if f, size, err := p.store.Blobs.Open(l.Digest); err == nil {
+		slog.InfoContext(ctx, "layer served from the local store", "layer", l.Digest)
+		return openLocalBlob(f, size, l.Size, l.Digest)
+	}
+	return remote.NewBlobReader(context.WithoutCancel(ctx), repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
 }
 
 // Release drops one use of layer d, unmounting it after the last.
