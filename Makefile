@@ -4,6 +4,10 @@ GO ?= go
 PKGS := ./...
 TEST_TIMEOUT ?= 40m
 FUZZTIME ?= 30s
+# staticcheck is pinned and run through `go run`, which fetches it from the module proxy the
+# first time and caches the binary, so `make lint` needs nothing installed but Go.
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .DEFAULT_GOAL := help
 
@@ -23,8 +27,9 @@ test: deps lint ## run every test as root: unit, FUSE, overlayfs, registry, cont
 	@[ "$$(id -u)" = 0 ] || { echo "make test must run as root: it mounts FUSE and overlayfs for real" >&2; exit 1; }
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
-lint: ## go vet and gofmt
+lint: ## go vet, gofmt and staticcheck
 	$(GO) vet $(PKGS)
+	$(STATICCHECK) $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 

@@ -17,6 +17,8 @@
 //   - Whiteouts and opaque directories are already in overlayfs form in the
 //     index (see package index), so the kernel's overlayfs applies them.
 //
-// fs may import store, remote and fs/index. It must never import
-// snapshotter or cmd, nor anything from containerd.
+// fs may import store, remote, fs/index and internal/kmount, and nothing
+// else of Strata (never snapshotter, internal/daemon or cmd). Of containerd's
+// modules it may import only the errdefs error classes and
+// stargz-snapshotter's estargz format package (which fs/index reads).
 package fs

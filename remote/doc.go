@@ -63,7 +63,7 @@
 //
 // # Dependencies
 //
-// remote must never import Strata's fs, store, snapshotter or cmd packages,
-// go-fuse, or containerd (other than the errdefs error classes). It caches
+// remote must never import another Strata package, go-fuse, or containerd
+// (other than the errdefs error classes). It caches
 // nothing on disk beyond a reader's spool file; persistence belongs to store.
 package remote

@@ -74,10 +74,11 @@
 //
 // # Dependencies
 //
-// This package may import containerd (core/snapshots, core/mount,
-// contrib/snapshotservice), bbolt through containerd's metastore, gRPC and
-// the standard library. It must never import other Strata packages (fs,
-// store, remote, cmd): the daemon plugs lazy layers in through the
+// This package may import containerd (core/snapshots and its metastore,
+// core/mount, contrib/snapshotservice, the snapshots API, continuity,
+// errdefs), gRPC, golang.org/x and the standard library. It may import
+// internal/kmount and nothing else of Strata (never fs, store, remote,
+// internal/daemon or cmd): the daemon plugs lazy layers in through the
 // RemoteLayers interface, which keeps the dependency pointing from cmd to
 // here and lets this package be tested without FUSE or a registry. It must
 // never import FUSE libraries.

@@ -15,6 +15,8 @@
 // bytes no longer match its digest is removed and reported as missing,
 // never returned.
 //
-// store knows nothing of FUSE, containerd, registries or layer formats: it
-// must never import fs, snapshotter, remote or cmd.
+// store knows nothing of FUSE, containerd's snapshot model, registries or
+// layer formats: it must never import another Strata package, go-fuse,
+// go-containerregistry, or containerd (other than the errdefs error
+// classes).
 package store

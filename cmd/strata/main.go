@@ -1,4 +1,3 @@
-// Command strata mounts OCI images without pulling them first.
 package main
 
 import (

@@ -10,6 +10,9 @@
 // that keeps nothing in memory. DecodeChunk is the only way chunk bytes
 // reach a reader: it decodes and verifies them together.
 //
-// index must never import FUSE, containerd, remote or snapshotter; it
-// depends only on the standard library, compression and bbolt.
+// index imports no other Strata package and no FUSE library, and of
+// containerd's modules only the errdefs error classes and
+// stargz-snapshotter's estargz format package (footer, TOC names). Its
+// other dependencies are compression (klauspost/compress), go-digest and
+// bbolt.
 package index

@@ -1,6 +1,3 @@
-// Package convert rewrites images into eStargz, the form Strata mounts
-// lazily, and pushes them. It uses the estargz package of
-// stargz-snapshotter, so the result is readable by every eStargz consumer.
 package convert
 
 import (

@@ -9,5 +9,7 @@
 // metadata database, from the stored indexes and chunk cache, without
 // touching the registry until a file that is not cached is read.
 //
-// Only cmd/strata imports this package.
+// The daemon may import every Strata package except cmd and the test
+// infrastructure under test/. Only cmd/strata imports this package (and,
+// to run a daemon in-process, the tests of cmd/strata and test/e2e).
 package daemon

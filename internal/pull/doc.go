@@ -12,8 +12,9 @@
 // "already exists", so the unpacker never fetches them. Layers Strata
 // cannot serve lazily are fetched and unpacked by containerd as usual.
 //
-// This package may import containerd's client packages and the snapshotter
-// package (for its label names). It must never import fs, store, remote or
-// internal/daemon: pulling needs only containerd, never Strata's daemon
-// directly.
+// This package may import containerd's client packages and, of Strata, the
+// snapshotter package (for its label names) and what it imports
+// (internal/kmount), and nothing else: never fs, store, remote or
+// internal/daemon, since pulling needs only containerd, never Strata's
+// daemon directly.
 package pull

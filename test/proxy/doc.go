@@ -14,5 +14,5 @@
 // (Done) only when the handler has returned.
 //
 // This package is test infrastructure. It must never import Strata's own
-// packages (remote, store, fs, snapshotter, cmd).
+// packages (remote, store, fs, snapshotter, internal, cmd).
 package proxy

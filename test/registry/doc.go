@@ -15,5 +15,5 @@
 // skopeo and Strata all speak plain HTTP to 127.0.0.1.
 //
 // This package is test infrastructure. It must never import Strata's own
-// packages (remote, store, fs, snapshotter, cmd).
+// packages (remote, store, fs, snapshotter, internal, cmd).
 package registry

@@ -15,5 +15,5 @@
 // ReferenceUnpack: read it before trusting a field in a comparison.
 //
 // This package is test infrastructure. It must never import Strata's own
-// packages (remote, store, fs, snapshotter, cmd).
+// packages (remote, store, fs, snapshotter, internal, cmd).
 package treecmp

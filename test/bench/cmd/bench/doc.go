@@ -16,6 +16,6 @@
 //
 // Must run as root (FUSE, chroot, drop_caches). It drives Strata only
 // through its CLI binary, and must never import Strata's own packages
-// (remote, store, fs, snapshotter, internal): a harness that links the code
-// it measures measures the wrong thing.
+// (remote, store, fs, snapshotter, internal, cmd): a harness that links the
+// code it measures measures the wrong thing.
 package main

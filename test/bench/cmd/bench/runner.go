@@ -54,7 +54,6 @@ type runner struct {
 	o     options
 	px    *proxy.Proxy
 	log   *slog.Logger
-	sizes map[string]imageSizes
 	reads map[string]readEstimate
 	// regHost is the registry, straight (not through the proxy).
 	regHost string
@@ -224,11 +223,6 @@ func (r *runner) saveLog(res result) {
 	if err := writeJSON(filepath.Join(dir, name), r.px.Stats().Log); err != nil {
 		r.log.Warn("request log", "err", err)
 	}
-}
-
-func (r *runner) errResult(base result, state string, err error) result {
-	base.State, base.Err = state, err.Error()
-	return base
 }
 
 func (r *runner) finish(base result, state string, secs, amount float64) result {
