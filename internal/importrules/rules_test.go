@@ -79,6 +79,15 @@ var rules = map[string]rule{
 		says:   []string{"The daemon may import every Strata package except cmd and the test infrastructure under test/."},
 		forbid: []string{strata("cmd"), testInfra},
 	},
+	"internal/commit": {
+		says:   []string{"It may import snapshotter, remote, store, internal/kmount, go-containerregistry, image-spec and BuildKit's Dockerfile parser packages; never fs, FUSE or cmd."},
+		forbid: []string{anyStrata, fuse},
+		except: []string{strata("snapshotter"), strata("remote"), strata("store"), strata("internal/kmount")},
+	},
+	"internal/run": {
+		says:   []string{"This package is a leaf: it may import the standard library,"},
+		forbid: []string{anyStrata, fuse, ggcr},
+	},
 	"internal/importrules": {
 		says:   []string{"It imports nothing but the standard library; its test runs `go list`."},
 		forbid: []string{nonStd},
