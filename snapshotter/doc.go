@@ -60,6 +60,23 @@
 // committed remote snapshot it calls Check, and on failure Unmount (to clear a
 // stale FUSE mount) and Mount again with the labels stored at commit.
 //
+// # Layers from writable mounts
+//
+// UpperChanges lists what a build step changed, from its upper directory
+// alone. WriteLayer turns those changes into a layer blob for `strata
+// commit`: the tar containerd would write (sorted, parents first, PAX,
+// numeric owners, every xattr, hardlinks as links, OCI whiteouts), in
+// estargz (the default, so that the new layer mounts lazily too), gzip,
+// zstd, zstd:chunked or uncompressed, with the blob's digest and size, the
+// diffID and uncompressed size, the media type and the descriptor
+// annotations. Gzip, zstd and uncompressed layers are written in one pass;
+// estargz and zstd:chunked in two, because their builder needs random
+// access to the tar. The same changes give the same digests on any machine:
+// compression settings are fixed, mtimes are clamped to SOURCE_DATE_EPOCH
+// when it is set, and nothing of the filesystem under the upper directory
+// (inode numbers, directory sizes, readdir order, atime, ctime) reaches
+// the tar.
+//
 // # Limits
 //
 // The overlay lowerdir option lists one path per parent. containerd's
@@ -76,7 +93,9 @@
 //
 // This package may import containerd (core/snapshots and its metastore,
 // core/mount, contrib/snapshotservice, the snapshots API, continuity,
-// errdefs), gRPC, golang.org/x and the standard library. It may import
+// errdefs), gRPC, golang.org/x, the layer formats' libraries
+// (stargz-snapshotter's estargz, klauspost's compress, image-spec and
+// go-digest for media types and digests) and the standard library. It may import
 // internal/kmount and nothing else of Strata (never fs, store, remote,
 // internal/daemon or cmd): the daemon plugs lazy layers in through the
 // RemoteLayers interface, which keeps the dependency pointing from cmd to
