@@ -3,6 +3,8 @@ package snapshotter
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	iofs "io/fs"
@@ -270,4 +272,34 @@ func getXattr(path, name string) ([]byte, error) {
 // answer ENOSYS).
 func isNoXattrSupport(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENOSYS)
+}
+
+// UpperFingerprint digests what identifies the state of an upper
+// directory without reading file contents: every entry's path, type, mode,
+// owner, size, modification and change times. Any write, chmod, chown,
+// xattr change, rename or deletion through the overlay changes it, so a
+// fingerprint recorded at a commit tells whether anything changed since.
+func UpperFingerprint(upper string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(upper, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no stat information", p)
+		}
+		rel, _ := filepath.Rel(upper, p)
+		fmt.Fprintf(h, "%q %o %d %d %d %d.%d %d.%d %d\n", rel, st.Mode, st.Uid, st.Gid, st.Size,
+			st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Rdev)
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("fingerprint of %s: %w", upper, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -183,3 +183,29 @@ func (b *Blobs) Has(d digest.Digest) bool {
 	_, err = os.Stat(p)
 	return err == nil
 }
+
+// Path returns where the blob stored under d is (or would be) kept.
+func (b *Blobs) Path(d digest.Digest) (string, error) { return b.path(d) }
+
+// VerifiedReader reads rc, the whole blob d, and fails at EOF, instead of
+// returning io.EOF, when what was read does not hash to d.
+func VerifiedReader(rc io.ReadCloser, d digest.Digest) io.ReadCloser {
+	return &verifiedReader{rc: rc, d: d, v: d.Verifier()}
+}
+
+type verifiedReader struct {
+	rc io.ReadCloser
+	d  digest.Digest
+	v  digest.Verifier
+}
+
+func (r *verifiedReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.v.Write(p[:n])
+	if err == io.EOF && !r.v.Verified() {
+		return n, fmt.Errorf("blob %s: %w", r.d, ErrDigestMismatch)
+	}
+	return n, err
+}
+
+func (r *verifiedReader) Close() error { return r.rc.Close() }

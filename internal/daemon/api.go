@@ -14,6 +14,7 @@ import (
 //	DELETE /v1/mounts?dir=DIR[&discard=true]  → 204 (409 with uncommitted changes, unless discard)
 //	GET    /v1/changes?dir=DIR → []Change
 //	POST   /v1/runs            RunRequest → RunInfo
+//	POST   /v1/commits         CommitRequest → CommitEvent lines (NDJSON)
 //	GET    /v1/status          → Status
 //	GET    /metrics            Prometheus text format
 //
@@ -48,6 +49,8 @@ type Mount struct {
 	Writable    bool        `json:"writable,omitempty"`
 	Snapshot    string      `json:"snapshot,omitempty"`
 	Runs        []RunRecord `json:"runs,omitempty"`
+	// Committed is the last commit of the writable layer.
+	Committed *CommitRecord `json:"committed,omitempty"`
 	ChangeBytes int64       `json:"changeBytes,omitempty"`
 	// Duration is how long the mount took (resolve, index, mount).
 	Duration time.Duration `json:"duration,omitempty"`
@@ -85,6 +88,56 @@ type RunInfo struct {
 	// LockFile is held (shared flock) for as long as the command runs, so
 	// that a commit can tell a run is in progress.
 	LockFile string `json:"lockFile"`
+}
+
+// CommitRecord says what the last commit of a writable mount made.
+type CommitRecord struct {
+	Ref    string        `json:"ref,omitempty"`
+	Digest digest.Digest `json:"digest"`
+	Time   time.Time     `json:"time"`
+	// Fingerprint is the upper directory's state when it was committed
+	// (snapshotter.UpperFingerprint): equal now means nothing changed.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// CommitRequest asks for the changes of the writable mount Dir to become a
+// new image, pushed to Ref and/or written to the OCI layout OCILayout
+// (PATH[:TAG]).
+type CommitRequest struct {
+	Dir              string   `json:"dir"`
+	Ref              string   `json:"ref,omitempty"`
+	OCILayout        string   `json:"ociLayout,omitempty"`
+	Format           string   `json:"format,omitempty"` // estargz (default), gzip, zstd, zstd:chunked, uncompressed
+	CompressionLevel int      `json:"compressionLevel,omitempty"`
+	Message          string   `json:"message,omitempty"`
+	Author           string   `json:"author,omitempty"`
+	Changes          []string `json:"changes,omitempty"` // Dockerfile-style config changes
+	Docker           bool     `json:"docker,omitempty"`  // Docker v2 schema 2 instead of OCI
+	// SourceDateEpoch, in seconds, clamps the new layer's mtimes and sets
+	// the config's and the new history entry's times.
+	SourceDateEpoch *int64 `json:"sourceDateEpoch,omitempty"`
+	Insecure        bool   `json:"insecure,omitempty"` // plain HTTP to Ref's registry
+}
+
+// CommitEvent is one line of the streamed answer to a commit: progress,
+// then either Result or Error.
+type CommitEvent struct {
+	Progress string        `json:"progress,omitempty"`
+	Result   *CommitResult `json:"result,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// CommitResult describes a commit that succeeded.
+type CommitResult struct {
+	Ref    string        `json:"ref,omitempty"`
+	Digest digest.Digest `json:"digest"`
+	// Layer is the new layer; empty for a commit without changes.
+	Layer     digest.Digest `json:"layer,omitempty"`
+	LayerSize int64         `json:"layerSize,omitempty"`
+	Changes   int           `json:"changes"`
+	// StreamedBytes are base layer bytes read from the base's registry
+	// (a push to another registry, or an OCI layout).
+	StreamedBytes int64 `json:"streamedBytes,omitempty"`
 }
 
 // Change is one entry of `strata diff`: Kind is A (added), C (changed) or

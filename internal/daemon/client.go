@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -55,6 +56,42 @@ func (c *Client) Changes(ctx context.Context, dir string) ([]Change, error) {
 	return cs, c.do(ctx, http.MethodGet, "/v1/changes?dir="+url.QueryEscape(dir), nil, &cs)
 }
 
+// Commit asks for the changes of a writable mount to become a new image;
+// progress is called with each progress line.
+func (c *Client) Commit(ctx context.Context, req CommitRequest, progress func(string)) (*CommitResult, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://strata/v1/commits", bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(hreq)
+	if err != nil {
+		return nil, fmt.Errorf("strata daemon at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return nil, responseError(resp)
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev CommitEvent
+		if err := dec.Decode(&ev); err != nil {
+			return nil, fmt.Errorf("strata daemon: the commit's answer ended early: %w", err)
+		}
+		switch {
+		case ev.Error != "":
+			return nil, errors.New(ev.Error)
+		case ev.Result != nil:
+			return ev.Result, nil
+		case progress != nil:
+			progress(ev.Progress)
+		}
+	}
+}
+
 // StartRun announces a command about to run in the writable mount at
 // req.Dir and returns what running it needs.
 func (c *Client) StartRun(ctx context.Context, req RunRequest) (*RunInfo, error) {
@@ -87,17 +124,22 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		var e apiError
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return fmt.Errorf("strata daemon: %s: %s", resp.Status, bytes.TrimSpace(b))
+		return responseError(resp)
 	}
 	if out == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// responseError reads the daemon's error answer.
+func responseError(resp *http.Response) error {
+	var e apiError
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return errors.New(e.Error)
+	}
+	return fmt.Errorf("strata daemon: %s: %s", resp.Status, bytes.TrimSpace(b))
 }
 
 // Socket returns the control socket the client talks to.

@@ -237,13 +237,8 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 		return err
 	}
 	if m.Writable && !discard {
-		n, err := im.countChanges(ctx, m)
-		if err != nil {
-			return fmt.Errorf("%s: counting its changes: %w", dir, err)
-		}
-		if n > 0 {
-			return fmt.Errorf("%s has %d uncommitted change(s) (see 'strata diff %s'): unmount with --discard to drop them: %w",
-				dir, n, dir, errdefs.ErrFailedPrecondition)
+		if err := im.checkCommitted(ctx, m); err != nil {
+			return err
 		}
 	}
 	if err := im.detach(m); err != nil {

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"fmt"
+	"sync"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -19,6 +21,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/mounts", d.deleteMount)
 	mux.HandleFunc("GET /v1/changes", d.getChanges)
 	mux.HandleFunc("POST /v1/runs", d.postRun)
+	mux.HandleFunc("POST /v1/commits", d.postCommit)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	// Profiles, for diagnosing the daemon; only root reaches the socket.
@@ -86,6 +89,40 @@ func (d *Daemon) postRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, info)
+}
+
+// postCommit streams the commit's progress as JSON lines, then its result
+// or error. A client that goes away cancels the commit, which then
+// publishes nothing.
+func (d *Daemon) postCommit(w http.ResponseWriter, r *http.Request) {
+	var req CommitRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	var mu sync.Mutex
+	send := func(ev CommitEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err := enc.Encode(ev); err != nil {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	progress := func(format string, args ...any) { send(CommitEvent{Progress: fmt.Sprintf(format, args...)}) }
+	res, err := d.images.commit(r.Context(), req, progress)
+	if err != nil {
+		slog.WarnContext(r.Context(), "commit failed", "dir", req.Dir, "ref", req.Ref, "error", err)
+		send(CommitEvent{Error: err.Error()})
+		return
+	}
+	send(CommitEvent{Result: res})
 }
 
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stratafs/strata/snapshotter"
@@ -39,6 +40,40 @@ func (im *images) countChanges(ctx context.Context, m *Mount) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// checkCommitted fails unless the writable mount m has no changes, or
+// none since its last commit.
+func (im *images) checkCommitted(ctx context.Context, m *Mount) error {
+	im.mu.Lock()
+	committed := m.Committed
+	im.mu.Unlock()
+	if committed != nil {
+		upper, err := im.d.writable.sn.UpperDir(ctx, m.Snapshot)
+		if err != nil {
+			return err
+		}
+		now, err := snapshotter.UpperFingerprint(upper)
+		if err != nil {
+			return err
+		}
+		if now == committed.Fingerprint {
+			return nil
+		}
+	}
+	n, err := im.countChanges(ctx, m)
+	if err != nil {
+		return fmt.Errorf("%s: counting its changes: %w", m.Dir, err)
+	}
+	switch {
+	case n == 0:
+		return nil
+	case committed != nil:
+		return fmt.Errorf("%s has changes made since its last commit (%s; %d change(s) in all, see 'strata diff %s'): commit them, or unmount with --discard to drop them: %w",
+			m.Dir, committed.Digest, n, m.Dir, errdefs.ErrFailedPrecondition)
+	}
+	return fmt.Errorf("%s has %d uncommitted change(s) (see 'strata diff %s'): commit them, or unmount with --discard to drop them: %w",
+		m.Dir, n, m.Dir, errdefs.ErrFailedPrecondition)
 }
 
 // changeBytes is the disk used by the changes of the writable mount m.

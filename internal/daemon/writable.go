@@ -222,9 +222,9 @@ func (w *writable) remove(ctx context.Context, m *Mount) error {
 	return nil
 }
 
-// changes lists what m's writable layer changed, from its upper directory,
-// against a read-only view of its layers mounted for the purpose.
-func (w *writable) changes(ctx context.Context, m *Mount, fn func(snapshotter.Change) error) error {
+// lowerOf calls fn with a read-only view of m's layers, mounted for the
+// length of the call, and m's upper directory.
+func (w *writable) lowerOf(ctx context.Context, m *Mount, fn func(lower, upper string) error) error {
 	upper, err := w.sn.UpperDir(ctx, m.Snapshot)
 	if err != nil {
 		return err
@@ -234,6 +234,14 @@ func (w *writable) changes(ctx context.Context, m *Mount, fn func(snapshotter.Ch
 		return err
 	}
 	return w.withLowerView(ctx, chain[len(chain)-1].String(), func(lower string) error {
+		return fn(lower, upper)
+	})
+}
+
+// changes lists what m's writable layer changed, from its upper directory,
+// against a read-only view of its layers mounted for the purpose.
+func (w *writable) changes(ctx context.Context, m *Mount, fn func(snapshotter.Change) error) error {
+	return w.lowerOf(ctx, m, func(lower, upper string) error {
 		return snapshotter.UpperChanges(ctx, lower, upper, fn)
 	})
 }

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/term"
+
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+func init() {
+	register(&command{
+		name:    "commit",
+		summary: "turn a writable mount's changes into a new image and push it",
+		usage:   "[flags] DIR [NEWREF]",
+		help: `Turns everything changed in the writable mount DIR since it was mounted
+into one new layer on top of its image, with a new config and manifest, and
+pushes the result to NEWREF. The base image's layers are never downloaded:
+the registry is asked whether it has them, then to mount them from the
+base's repository; only a push to another registry streams them through
+(and says so). The mount stays as it is: a later commit again holds every
+change since the mount. 'strata umount DIR' needs no --discard after a
+commit unless something changed since.
+
+The diff comes from the mount's upper directory alone. The new layer is
+eStargz by default, so the new image mounts lazily too. The new history
+entry records the commands 'strata run' ran in DIR, or --message. With
+SOURCE_DATE_EPOCH (or --source-date-epoch) the output is reproducible: the
+same changes give the same digests.
+
+With --oci-layout PATH[:TAG] the image is also (or, without NEWREF, only)
+written to an OCI image layout, which holds every blob: the base layers are
+fetched for it.
+
+Examples:
+  strata commit /mnt/build localhost:5000/app:v2
+  strata commit --change 'CMD ["/app"]' --change 'ENV MODE=prod' -m 'build app' /mnt/build registry.example.com/app:v2
+  SOURCE_DATE_EPOCH=0 strata commit --format gzip --digestfile app.digest /mnt/build localhost:5000/app:v2
+  strata commit --oci-layout ./app-layout:v2 /mnt/build`,
+		run: runCommit,
+	})
+}
+
+func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["commit"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	var req daemon.CommitRequest
+	fs.StringVar(&req.Format, "format", "estargz", "layer format: estargz, gzip, zstd, zstd:chunked or uncompressed")
+	fs.IntVar(&req.CompressionLevel, "compression-level", 0, "compression level (default: the format's)")
+	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by (default: the commands run in DIR)")
+	fs.StringVar(&req.Author, "author", "", "author of the new image and history entry")
+	fs.StringArrayVarP(&req.Changes, "change", "c", nil, "Dockerfile-style config change: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL (repeatable)")
+	fs.BoolVar(&req.Docker, "docker", false, "Docker v2 schema 2 manifest and config instead of OCI")
+	sde := fs.String("source-date-epoch", "", "clamp the new layer's times and set the image's creation time to these seconds since 1970 (default $SOURCE_DATE_EPOCH)")
+	fs.StringVar(&req.OCILayout, "oci-layout", "", "also write the image to the OCI image layout PATH[:TAG]")
+	digestFile := fs.String("digestfile", "", "write the new manifest's digest to this file")
+	fs.BoolVar(&req.Insecure, "insecure", false, "reach NEWREF's registry over plain HTTP")
+	quiet := fs.BoolP("quiet", "q", false, "print only the result")
+	if err := c.parse(fs, args, 1, 2); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	req.Dir, req.Ref = dir, fs.Arg(1)
+	if req.Ref == "" && req.OCILayout == "" {
+		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
+	}
+	if *sde == "" {
+		*sde = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if *sde != "" {
+		n, err := strconv.ParseInt(*sde, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("source date epoch %q: want whole seconds since 1970", *sde)
+		}
+		req.SourceDateEpoch = &n
+	}
+	cl, err := df.connect(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := cl.Commit(ctx, req, progressPrinter(*quiet))
+	if err != nil {
+		return err
+	}
+	if *digestFile != "" {
+		if err := os.WriteFile(*digestFile, []byte(res.Digest.String()+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	if res.Ref != "" {
+		fmt.Fprintln(stdout, res.Ref)
+	} else {
+		fmt.Fprintln(stdout, res.Digest)
+	}
+	return nil
+}
+
+// progressPrinter shows progress on standard error: one line rewritten in
+// place on a terminal, plain lines otherwise.
+func progressPrinter(quiet bool) func(string) {
+	if quiet {
+		return nil
+	}
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		return func(line string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", line) }
+	}
+	return func(line string) { fmt.Fprintln(os.Stderr, line) }
+}

@@ -1,0 +1,396 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/commit"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/snapshotter"
+	"github.com/stratafs/strata/store"
+)
+
+// commitStep is one commit in progress.
+type commitStep struct {
+	im       *images
+	req      CommitRequest
+	m        *Mount
+	progress func(format string, args ...any)
+}
+
+// commit turns the changes of the writable mount at req.Dir into a new
+// image and publishes it. The mount stays as it is. Nothing is published
+// until every blob is in place: the manifest goes last, so a failure at
+// any point leaves no manifest at the reference, the store consistent and
+// the writable layer untouched.
+func (im *images) commit(ctx context.Context, req CommitRequest, progress func(format string, args ...any)) (*CommitResult, error) {
+	m, err := im.getWritable(req.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if req.Ref == "" && req.OCILayout == "" {
+		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
+	}
+	unlock, err := im.lockRuns(m)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c := &commitStep{im: im, req: req, m: m, progress: progress}
+	return c.run(ctx)
+}
+
+// lockRuns takes the mount's run lock exclusively: `strata run` holds it
+// shared while its command runs.
+func (im *images) lockRuns(m *Mount) (unlock func(), err error) {
+	dir := filepath.Join(im.d.cfg.Root, "run", "locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, m.Snapshot), os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: a 'strata run' is still running there; commit when it has ended: %w", m.Dir, errdefs.ErrFailedPrecondition)
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
+	spec, err := c.spec()
+	if err != nil {
+		return nil, err
+	}
+	target, err := c.target()
+	if err != nil {
+		return nil, err
+	}
+	base, err := c.base(ctx)
+	if err != nil {
+		return nil, err
+	}
+	layout, tag := splitLayout(c.req.OCILayout)
+	upper, err := c.im.d.writable.sn.UpperDir(ctx, c.m.Snapshot)
+	if err != nil {
+		return nil, err
+	}
+	fingerprint, err := snapshotter.UpperFingerprint(upper)
+	if err != nil {
+		return nil, err
+	}
+	res := &CommitResult{}
+	c.progress("finding the changes of %s", c.m.Dir)
+	layer, err := c.writeLayer(ctx, res)
+	if err != nil {
+		return nil, err
+	}
+	spec.Layer = layer
+	img, err := commit.Build(base, spec)
+	if err != nil {
+		return nil, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	res.Digest = digest.Digest(d.String())
+	if target != nil {
+		if err := c.push(ctx, img, base, target); err != nil {
+			return nil, err
+		}
+		res.Ref = target.Context().String() + "@" + d.String()
+	}
+	if layout != "" {
+		before := base.StreamedBytes()
+		c.progress("writing the OCI layout %s (base layers are read whole for it)", layout)
+		if err := commit.WriteLayout(img, layout, tag); err != nil {
+			return nil, err
+		}
+		c.progress("OCI layout %s written; %s of base layers fetched for it", layout, human(base.StreamedBytes()-before))
+	}
+	res.StreamedBytes = base.StreamedBytes()
+	if err := c.keep(img); err != nil {
+		return nil, err
+	}
+	c.im.mu.Lock()
+	c.m.Committed = &CommitRecord{Ref: res.Ref, Digest: res.Digest, Time: time.Now().UTC(), Fingerprint: fingerprint}
+	rec := *c.m
+	rec.Runs = slices.Clone(c.m.Runs)
+	c.im.mu.Unlock()
+	if err := c.im.record(&rec); err != nil {
+		return nil, fmt.Errorf("recording the commit: %w", err)
+	}
+	slog.InfoContext(ctx, "committed", "dir", c.m.Dir, "ref", res.Ref, "digest", res.Digest, "layer", res.Layer, "changes", res.Changes)
+	return res, nil
+}
+
+// spec gathers what the new config and history entry say.
+func (c *commitStep) spec() (commit.Spec, error) {
+	spec := commit.Spec{Author: c.req.Author, Comment: c.req.Message, Docker: c.req.Docker, Created: time.Now().UTC()}
+	if c.req.SourceDateEpoch != nil {
+		spec.Created = time.Unix(*c.req.SourceDateEpoch, 0).UTC()
+	}
+	changes, err := commit.ParseChanges(c.req.Changes)
+	if err != nil {
+		return spec, err
+	}
+	if len(changes) > 0 {
+		// One edit: ENTRYPOINT keeps a CMD given before it in the list.
+		spec.Edits = append(spec.Edits, func(cfg *v1.Config) error { return commit.ApplyChanges(cfg, changes) })
+	}
+	spec.CreatedBy = c.req.Message
+	if spec.CreatedBy == "" {
+		spec.CreatedBy = createdBy(c.m.Runs)
+	}
+	return spec, nil
+}
+
+// createdBy records the commands run in the writable layer, in order.
+func createdBy(runs []RunRecord) string {
+	if len(runs) == 0 {
+		return "strata commit"
+	}
+	cmds := make([]string, len(runs))
+	for i, r := range runs {
+		cmds[i] = "strata run -- " + shellJoin(r.Args)
+	}
+	return strings.Join(cmds, " && ")
+}
+
+// shellJoin quotes args for a shell where they need it.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && !strings.ContainsAny(a, " \t\n'\"\\$`|&;<>()*?[]#~=%{}!") {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
+}
+
+// target parses the reference to push to, if any.
+func (c *commitStep) target() (name.Reference, error) {
+	if c.req.Ref == "" {
+		return nil, nil
+	}
+	opts := c.im.d.remoteOpts
+	ref, err := remote.ParseReference(c.req.Ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w: %v", c.req.Ref, errdefs.ErrInvalidArgument, err)
+	}
+	if c.req.Insecure {
+		ref, err = name.ParseReference(c.req.Ref, name.Insecure)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w: %v", c.req.Ref, errdefs.ErrInvalidArgument, err)
+		}
+	}
+	return ref, nil
+}
+
+// base is the mounted image, from the store; its layers are read only
+// when a push to another registry or an OCI layout needs their bytes:
+// from the store when it holds them, else from the base's registry.
+func (c *commitStep) base(ctx context.Context) (*commit.Base, error) {
+	manifest, err := c.im.d.store.Blobs.Get(c.m.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("manifest of the image at %s: %w", c.m.Dir, err)
+	}
+	config, err := c.im.d.store.Blobs.Get(c.m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("config of the image at %s: %w", c.m.Dir, err)
+	}
+	repo, err := name.NewRepository(c.m.Repo, c.im.nameOptions(c.m)...)
+	if err != nil {
+		return nil, err
+	}
+	ropts := c.registryOptions(ctx, repo.RegistryStr(), c.m.Insecure)
+	open := func(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
+		d := digest.Digest(desc.Digest.String())
+		if f, _, err := c.im.d.store.Blobs.Open(d); err == nil {
+			return store.VerifiedReader(f, d), nil
+		}
+		l, err := ggcrremote.Layer(repo.Digest(desc.Digest.String()), ropts...)
+		if err != nil {
+			return nil, err
+		}
+		return l.Compressed() // verified against the digest at EOF
+	}
+	return commit.NewBase(ctx, repo, manifest, config, open)
+}
+
+// registryOptions are go-containerregistry's options for a registry: the
+// daemon user's docker credentials and helpers, and TLS without
+// verification for insecure registries (plain HTTP comes with the name).
+func (c *commitStep) registryOptions(ctx context.Context, registry string, insecure bool) []ggcrremote.Option {
+	opts := []ggcrremote.Option{
+		ggcrremote.WithContext(ctx),
+		ggcrremote.WithAuthFromKeychain(authn.DefaultKeychain),
+		ggcrremote.WithUserAgent("strata"),
+	}
+	if insecure || slices.Contains(c.im.d.cfg.InsecureRegistries, registry) {
+		tr := ggcrremote.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for: an insecure registry
+		opts = append(opts, ggcrremote.WithTransport(tr))
+	}
+	return opts
+}
+
+// writeLayer turns the changes into a layer blob in the store, or returns
+// nil when there are none.
+func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit.NewLayer, error) {
+	format, err := snapshotter.ParseLayerFormat(c.req.Format)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	var made *snapshotter.Layer
+	err = c.im.d.writable.lowerOf(ctx, c.m, func(lower, upper string) error {
+		if err := snapshotter.UpperChanges(ctx, lower, upper, func(snapshotter.Change) error {
+			res.Changes++
+			return nil
+		}); err != nil {
+			return err
+		}
+		if res.Changes == 0 {
+			return nil
+		}
+		c.progress("writing a %s layer of %d changes", format, res.Changes)
+		opts := snapshotter.LayerOptions{
+			Format:           format,
+			CompressionLevel: c.req.CompressionLevel,
+			TempDir:          c.im.d.store.Blobs.TempDir(),
+			Warn: func(msg string, args ...any) {
+				slog.WarnContext(ctx, msg, args...)
+				c.progress("warning: "+msg+" %v", args)
+			},
+		}
+		if c.req.SourceDateEpoch != nil {
+			t := time.Unix(*c.req.SourceDateEpoch, 0).UTC()
+			opts.SourceDateEpoch = &t
+		}
+		made, err = snapshotter.WriteLayer(ctx, lower, upper, opts)
+		return err
+	})
+	if err != nil || made == nil {
+		if res.Changes == 0 && err == nil {
+			c.progress("no changes: the image gets an empty history entry and no layer")
+		}
+		return nil, err
+	}
+	if err := c.im.d.store.Blobs.Ingest(made.Path, made.Digest, made.Size); err != nil {
+		return nil, fmt.Errorf("storing the new layer: %w", err)
+	}
+	path, err := c.im.d.store.Blobs.Path(made.Digest)
+	if err != nil {
+		return nil, err
+	}
+	res.Layer, res.LayerSize = made.Digest, made.Size
+	c.progress("layer %s: %s (%s uncompressed)", made.Digest, human(made.Size), human(made.UncompressedSize))
+	dg, err := v1.NewHash(made.Digest.String())
+	if err != nil {
+		return nil, err
+	}
+	diffID, err := v1.NewHash(made.DiffID.String())
+	if err != nil {
+		return nil, err
+	}
+	return &commit.NewLayer{
+		Path: path, Digest: dg, Size: made.Size, DiffID: diffID,
+		MediaType: types.MediaType(made.MediaType), Annotations: made.Annotations,
+	}, nil
+}
+
+// push publishes img at ref and reports how base blobs got there.
+func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, ref name.Reference) error {
+	updates := make(chan v1.Update, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last := time.Time{}
+		for u := range updates {
+			if time.Since(last) >= time.Second || (u.Total > 0 && u.Complete == u.Total) {
+				c.progress("pushing to %s: %s of %s", ref.Context(), human(u.Complete), human(u.Total))
+				last = time.Now()
+			}
+		}
+	}()
+	opts := append(c.registryOptions(ctx, ref.Context().RegistryStr(), c.req.Insecure), ggcrremote.WithProgress(updates))
+	before := base.StreamedBytes()
+	_, err := commit.Push(ctx, img, base, ref, opts...)
+	<-done
+	if err != nil {
+		return err
+	}
+	if n := base.StreamedBytes() - before; n > 0 {
+		c.progress("base layers streamed from %s to %s: %s (the registries differ, so they could not be mounted)",
+			base.Repo.RegistryStr(), ref.Context().RegistryStr(), human(n))
+	}
+	return nil
+}
+
+// keep stores the new manifest and config, so that the new image's
+// metadata, like its layer, is local.
+func (c *commitStep) keep(img v1.Image) error {
+	raw, err := img.RawManifest()
+	if err != nil {
+		return err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	if err := c.im.d.store.Blobs.Put(digest.Digest(d.String()), raw); err != nil {
+		return err
+	}
+	cfg, err := img.RawConfigFile()
+	if err != nil {
+		return err
+	}
+	return c.im.d.store.Blobs.Put(digest.FromBytes(cfg), cfg)
+}
+
+// splitLayout splits PATH[:TAG].
+func splitLayout(s string) (path, tag string) {
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
+		return s[:i], s[i+1:]
+	}
+	return s, ""
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
