@@ -162,34 +162,12 @@ func runtimes(t *testing.T) []string {
 		out = append(out, "runc")
 	}
 	if p, err := exec.LookPath("crun"); err == nil {
-		out = append(out, crunRuntime(t, p))
+		out = append(out, p)
 	}
 	if len(out) == 0 {
 		t.Skip("neither runc nor crun installed (apt-get install runc crun)")
 	}
 	return out
-}
-
-// crunRuntime is crun, or on a host with hybrid cgroups whose cgroup2
-// hierarchy has controllers (crun 1.8 refuses every container there:
-// "cgroups in hybrid mode not supported") a wrapper that runs crun in a
-// mount namespace without the cgroup2 mount, where crun sees cgroup v1
-// only. The wrapper changes nothing else crun does.
-func crunRuntime(t *testing.T, crun string) string {
-	t.Helper()
-	b, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
-	if err != nil || len(bytes.TrimSpace(b)) == 0 {
-		return crun
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skip("crun cannot run on this host's hybrid cgroups, and unshare is missing for the workaround")
-	}
-	wrapper := filepath.Join(t.TempDir(), "crun")
-	script := "#!/bin/sh\nexec " + unshare + " -m --propagation private sh -c " +
-		"'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\"' " + crun + ` "$@"` + "\n"
-	must(t, os.WriteFile(wrapper, []byte(script), 0o755))
-	return wrapper
 }
 
 func runtimeName(rt string) string { return filepath.Base(rt) }

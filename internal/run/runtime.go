@@ -66,7 +66,32 @@ const cleanupTimeout = 30 * time.Second
 func (c *container) runtime(ctx context.Context, args ...string) *exec.Cmd {
 	global := []string{"--root", filepath.Join(c.stateDir, "state"),
 		"--log", filepath.Join(c.stateDir, "runtime.log"), "--log-format", "json"}
-	return exec.CommandContext(ctx, c.rt, append(global, args...)...)
+	args = append(global, args...)
+	if isCrun(c.rt) && hybridWithControllers() {
+		if unshare, err := exec.LookPath("unshare"); err == nil {
+			// crun (1.8, Debian 12) refuses every container on a host
+			// whose cgroups are hybrid with controllers enabled in the
+			// cgroup2 tree ("cgroups in hybrid mode not supported"),
+			// where runc uses cgroup v1. Run it where the cgroup2 mount
+			// is not: in a mount namespace of its own, private, so the
+			// host keeps its mounts; crun then uses cgroup v1 like runc.
+			// Every call (run, kill, delete) goes the same way, so they
+			// agree on where the container's cgroups are.
+			script := `umount -l ` + unifiedCgroup + ` 2>/dev/null; exec "$0" "$@"`
+			return exec.CommandContext(ctx, unshare, append([]string{"-m", "--propagation", "private", "sh", "-c", script, c.rt}, args...)...)
+		}
+	}
+	return exec.CommandContext(ctx, c.rt, args...)
+}
+
+// unifiedCgroup is where hybrid-cgroup hosts mount the cgroup2 tree.
+const unifiedCgroup = "/sys/fs/cgroup/unified"
+
+// hybridWithControllers reports a hybrid cgroup host whose cgroup2 tree has
+// controllers enabled.
+func hybridWithControllers() bool {
+	b, err := os.ReadFile(unifiedCgroup + "/cgroup.controllers")
+	return err == nil && len(bytes.TrimSpace(b)) > 0
 }
 
 // run starts `RUNTIME run` in the foreground, relays signals, kills the
