@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/treecmp"
+)
+
+// mountRW mounts ref writable; the mount is dropped, changes and all, when
+// the test ends.
+func (d *testDaemon) mountRW(t *testing.T, ref string) (string, *daemon.Mount) {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir, Writable: true})
+	if err != nil {
+		t.Fatalf("mount --rw %s: %v", ref, err)
+	}
+	t.Cleanup(func() {
+		if err := d.client.Unmount(context.Background(), dir, true); err != nil && !strings.Contains(err.Error(), "no image mounted") {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+		unix.Unmount(dir, unix.MNT_DETACH)
+	})
+	return dir, m
+}
+
+// TestWritableMountLeavesLayersAlone changes a writable mount of the
+// every-entry-type image in every way and checks that the changes are in
+// its upper directory only: a read-only mount of the same image and the
+// cached chunks of its layers stay byte for byte as they were.
+func TestWritableMountLeavesLayersAlone(t *testing.T) {
+	reg := shared.reg
+	ref := push(t, reg, "writable", "estargz", fixture.Standard(), fixture.FormEStargz)
+	d := startDaemon(t, nil)
+	ro, _ := d.mount(t, ref)
+	rw, _ := d.mountRW(t, ref)
+
+	before, err := treecmp.Walk(ro) // reads every file: the cache fills
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := hashTree(t, filepath.Join(d.cfg.Root, "chunks"))
+
+	in := func(p string) string { return filepath.Join(rw, p) }
+	must(t, os.WriteFile(in("etc/created"), []byte("new\n"), 0o644))
+	f, err := os.OpenFile(in("etc/keep.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	must(t, err)
+	_, err = f.WriteString("appended\n")
+	must(t, err)
+	must(t, f.Close())
+	must(t, os.Remove(in("etc/hosts")))
+	must(t, os.RemoveAll(in(fixture.OpaqueDir)))
+	must(t, os.Rename(in(fixture.ExactChunk), in("chunks/renamed")))
+	must(t, os.Chmod(in(fixture.SetuidPath), 0o700))
+	must(t, os.Lchown(in(fixture.EmptyFile), 4321, 8765))
+	must(t, unix.Lsetxattr(in(fixture.OwnedPath), "user.step", []byte("x"), 0))
+	must(t, os.Chtimes(in("etc/no-perms"), time.Unix(1, 0), time.Unix(1, 0)))
+
+	changes, err := d.client.Changes(context.Background(), rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range changes {
+		got = append(got, c.Kind+" "+c.Path)
+	}
+	for _, want := range []string{"A /etc/created", "C /etc/keep.conf", "D /etc/hosts", "D /" + fixture.OpaqueDir,
+		"D /" + fixture.ExactChunk, "A /chunks/renamed", "C /" + fixture.SetuidPath, "C /" + fixture.EmptyFile,
+		"C /" + fixture.OwnedPath, "C /etc/no-perms"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("strata diff lacks %q; it has %q", want, got)
+		}
+	}
+
+	after, err := treecmp.Walk(ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diffs := treecmp.Diff(before, after); len(diffs) > 0 {
+		t.Errorf("the read-only mount changed with the writable one:\n%s", strings.Join(diffs, "\n"))
+	}
+	now := hashTree(t, filepath.Join(d.cfg.Root, "chunks"))
+	for p, h := range cache {
+		if now[p] != h {
+			t.Errorf("cached chunk %s changed", p)
+		}
+	}
+}
+
+// hashTree returns the sha256 of every regular file under dir.
+func hashTree(t *testing.T, dir string) map[string][sha256.Size]byte {
+	t.Helper()
+	out := map[string][sha256.Size]byte{}
+	err := filepath.WalkDir(dir, func(p string, de os.DirEntry, err error) error {
+		if err != nil || !de.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		out[p] = sha256.Sum256(b)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunOnBigBaseMovesLittle runs a command in a writable mount of a
+// base with a 200 MiB layer under it: the step must move a small part of
+// the base, counted at the registry side.
+func TestRunOnBigBaseMovesLittle(t *testing.T) {
+	requireRoot(t)
+	busybox, err := fixture.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := append(fixture.Big(200), busybox...)
+	ref := push(t, shared.reg, "bigstep", "estargz", layers, fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
+	p := startProxy(t, shared.reg)
+	d := startDaemon(t, nil)
+	dir, m := d.mountRW(t, viaProxy(ref, shared.reg, p))
+	var size int64
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	strata := buildStrata(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, strata, "run", "--socket", d.cfg.Socket, dir, "--", "/bin/true")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("strata run: %v\n%s", err, out.String())
+	}
+	moved := p.Stats().BlobBytes
+	t.Logf("base %d bytes; mount and run moved %d blob bytes (%.2f%%)", size, moved, 100*float64(moved)/float64(size))
+	if moved*20 >= size {
+		t.Errorf("mount + run moved %d bytes of a %d-byte base, want under 5%%", moved, size)
+	}
+}
