@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
@@ -69,10 +70,17 @@ func writeStreamLayer(ctx context.Context, lower, upper string, blob *os.File, o
 }
 
 // newGzipWriter compresses at level with a header that carries no file
-// name and no time (gzip.Writer's zero Header), so that it says nothing
-// about when or where the layer was made.
+// name and no time, so that it says nothing about when or where the layer
+// was made. The time must be set: unlike compress/gzip, klauspost's writer
+// stores a zero Header.ModTime as the truncated Unix time of year 1, a
+// bogus 2042 date.
 func newGzipWriter(w io.Writer, level int) (io.WriteCloser, error) {
-	return gzip.NewWriterLevel(w, level)
+	zw, err := gzip.NewWriterLevel(w, level)
+	if err != nil {
+		return nil, err
+	}
+	zw.ModTime = time.Unix(0, 0) // MTIME 0: no time stored (RFC 1952)
+	return zw, nil
 }
 
 type nopCloser struct{ io.Writer }
