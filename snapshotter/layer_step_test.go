@@ -39,6 +39,7 @@ var capability = []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 // step is a build step's overlay after its changes were made.
 type step struct {
 	lower, upper string
+	merged       string // the overlay, what the step sees
 }
 
 // makeStep writes a lower layer under base, mounts a writable overlay on it
@@ -80,6 +81,7 @@ func makeStep(t *testing.T, base string, onTmpfs bool) step {
 	must(t, kmount.Overlay(merged, []string{lower}, s.upper, work, "index=off", "redirect_dir=off", "metacopy=off"))
 	t.Cleanup(func() { unmount(t, merged) })
 	changeThrough(t, merged)
+	s.merged = merged
 	return s
 }
 

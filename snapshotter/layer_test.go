@@ -75,6 +75,10 @@ func TestWriteLayer(t *testing.T) {
 		}
 	})
 
+	t.Run("applied-by-containerd", func(t *testing.T) {
+		checkApplied(t, s, writeLayer(t, ctx, s, snapshotter.LayerOptions{Format: snapshotter.FormatGzip}))
+	})
+
 	reproduce := func(t *testing.T, s step) {
 		for _, f := range allFormats {
 			l := writeLayer(t, ctx, s, snapshotter.LayerOptions{Format: f, SourceDateEpoch: &epochTime})
