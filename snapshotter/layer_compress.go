@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strconv"
 	"time"
@@ -116,15 +117,7 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 	}
 
 	metadata := map[string]string{} // zstd:chunked's TOC annotations, filled by Build
-	opts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(estargzParallelism)}
-	if o.Format == FormatZstdChunked {
-		opts = append(opts, estargz.WithCompression(zstdChunked{
-			&zstdchunked.Compressor{CompressionLevel: zstdLevel(o.CompressionLevel), Metadata: metadata},
-			&zstdchunked.Decompressor{},
-		}))
-	} else {
-		opts = append(opts, estargz.WithCompressionLevel(gzipLevel(o.CompressionLevel)))
-	}
+	opts := buildOptions(ctx, o, metadata)
 	built, err := estargz.Build(io.NewSectionReader(spool, 0, tarSize), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Format, err)
@@ -149,9 +142,7 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		estargz.TOCJSONDigestAnnotation:         built.TOCDigest().String(),
 		estargz.StoreUncompressedSizeAnnotation: strconv.FormatInt(size, 10),
 	}
-	for k, v := range metadata {
-		annotations[k] = v
-	}
+	maps.Copy(annotations, metadata)
 	return &Layer{
 		Digest:           compressed.digester.Digest(),
 		Size:             compressed.n,
@@ -161,6 +152,21 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		Annotations:      annotations,
 		Entries:          entries,
 	}, nil
+}
+
+// buildOptions are the fixed options of estargz.Build: default chunk
+// size, no prioritized files, a pinned parallelism, the format's
+// compressor at the level asked for. For zstd:chunked, Build fills
+// metadata with the TOC annotations.
+func buildOptions(ctx context.Context, o LayerOptions, metadata map[string]string) []estargz.Option {
+	opts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(estargzParallelism)}
+	if o.Format == FormatZstdChunked {
+		return append(opts, estargz.WithCompression(zstdChunked{
+			&zstdchunked.Compressor{CompressionLevel: zstdLevel(o.CompressionLevel), Metadata: metadata},
+			&zstdchunked.Decompressor{},
+		}))
+	}
+	return append(opts, estargz.WithCompressionLevel(gzipLevel(o.CompressionLevel)))
 }
 
 // zstdChunked is the estargz.Compression of zstd:chunked, put together as
