@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
@@ -69,10 +71,17 @@ func writeStreamLayer(ctx context.Context, lower, upper string, blob *os.File, o
 }
 
 // newGzipWriter compresses at level with a header that carries no file
-// name and no time (gzip.Writer's zero Header), so that it says nothing
-// about when or where the layer was made.
+// name and no time, so that it says nothing about when or where the layer
+// was made. The time must be set: unlike compress/gzip, klauspost's writer
+// stores a zero Header.ModTime as the truncated Unix time of year 1, a
+// bogus 2042 date.
 func newGzipWriter(w io.Writer, level int) (io.WriteCloser, error) {
-	return gzip.NewWriterLevel(w, level)
+	zw, err := gzip.NewWriterLevel(w, level)
+	if err != nil {
+		return nil, err
+	}
+	zw.ModTime = time.Unix(0, 0) // MTIME 0: no time stored (RFC 1952)
+	return zw, nil
 }
 
 type nopCloser struct{ io.Writer }
@@ -108,15 +117,7 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 	}
 
 	metadata := map[string]string{} // zstd:chunked's TOC annotations, filled by Build
-	opts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(estargzParallelism)}
-	if o.Format == FormatZstdChunked {
-		opts = append(opts, estargz.WithCompression(zstdChunked{
-			&zstdchunked.Compressor{CompressionLevel: zstdLevel(o.CompressionLevel), Metadata: metadata},
-			&zstdchunked.Decompressor{},
-		}))
-	} else {
-		opts = append(opts, estargz.WithCompressionLevel(gzipLevel(o.CompressionLevel)))
-	}
+	opts := buildOptions(ctx, o, metadata)
 	built, err := estargz.Build(io.NewSectionReader(spool, 0, tarSize), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Format, err)
@@ -141,9 +142,7 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		estargz.TOCJSONDigestAnnotation:         built.TOCDigest().String(),
 		estargz.StoreUncompressedSizeAnnotation: strconv.FormatInt(size, 10),
 	}
-	for k, v := range metadata {
-		annotations[k] = v
-	}
+	maps.Copy(annotations, metadata)
 	return &Layer{
 		Digest:           compressed.digester.Digest(),
 		Size:             compressed.n,
@@ -153,6 +152,21 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		Annotations:      annotations,
 		Entries:          entries,
 	}, nil
+}
+
+// buildOptions are the fixed options of estargz.Build: default chunk
+// size, no prioritized files, a pinned parallelism, the format's
+// compressor at the level asked for. For zstd:chunked, Build fills
+// metadata with the TOC annotations.
+func buildOptions(ctx context.Context, o LayerOptions, metadata map[string]string) []estargz.Option {
+	opts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(estargzParallelism)}
+	if o.Format == FormatZstdChunked {
+		return append(opts, estargz.WithCompression(zstdChunked{
+			&zstdchunked.Compressor{CompressionLevel: zstdLevel(o.CompressionLevel), Metadata: metadata},
+			&zstdchunked.Decompressor{},
+		}))
+	}
+	return append(opts, estargz.WithCompressionLevel(gzipLevel(o.CompressionLevel)))
 }
 
 // zstdChunked is the estargz.Compression of zstd:chunked, put together as

@@ -218,7 +218,7 @@ func (lt *layerTar) writeMarker(name string) error {
 	return lt.writeHeader(&tar.Header{
 		Typeflag: tar.TypeReg,
 		Name:     name,
-		ModTime:  whiteoutTime,
+		ModTime:  lt.mtime(whiteoutTime), // unchanged unless SOURCE_DATE_EPOCH is before 1970
 		Format:   tar.FormatPAX,
 	})
 }
