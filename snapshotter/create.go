@@ -50,16 +50,22 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 // Mounts returns the mounts of an active or view snapshot again, for callers
 // that lost them (after a restart, say).
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	sn, err := s.getSnapshot(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
+	return s.mounts(sn)
+}
+
+// getSnapshot reads the record of an active or view snapshot.
+func (s *Snapshotter) getSnapshot(ctx context.Context, key string) (storage.Snapshot, error) {
 	var sn storage.Snapshot
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		var err error
 		sn, err = storage.GetSnapshot(ctx, key)
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
-	}
-	return s.mounts(sn)
+	return sn, err
 }
 
 func applyOpts(opts []snapshots.Opt) (snapshots.Info, error) {
@@ -244,12 +250,7 @@ func (s *Snapshotter) checkOptionsFit(options []string, parentIDs []string) erro
 // snapshot key: its overlayfs upperdir (or, without parents, the directory
 // bound as its root).
 func (s *Snapshotter) UpperDir(ctx context.Context, key string) (string, error) {
-	var sn storage.Snapshot
-	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		var err error
-		sn, err = storage.GetSnapshot(ctx, key)
-		return err
-	})
+	sn, err := s.getSnapshot(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("snapshot %s: %w", key, err)
 	}
