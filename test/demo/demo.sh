@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: build an image from files on this machine, push it to a local
-# registry, convert it to eStargz, mount it lazily, and run a program from it.
+# registry, convert it to eStargz, mount it lazily, and run a program from it;
+# then a build step: mount it writable, run a command in it, commit the
+# change as a new image, push it, and mount the result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,13 +18,14 @@ go build -o bin/mkimage ./test/demo/mkimage
 
 work=$(mktemp -d /tmp/strata-demo.XXXXXX)
 export STRATA_ROOT=$work/root STRATA_SOCKET=$work/strata.sock
-mnt=$work/mnt
-mkdir -p "$mnt" "$work/registry"
+mnt=$work/mnt rw=$work/rw next=$work/next
+mkdir -p "$mnt" "$rw" "$next" "$work/registry"
 regpid=""
 cleanup() {
   [ -f "$STRATA_ROOT/daemon.log" ] && cp "$STRATA_ROOT/daemon.log" /tmp/strata-demo-daemon.log
   set +e
-  mountpoint -q "$mnt" && bin/strata umount "$mnt" >/dev/null
+  for d in "$next" "$mnt"; do mountpoint -q "$d" && bin/strata umount "$d" >/dev/null; done
+  mountpoint -q "$rw" && bin/strata umount --discard "$rw" >/dev/null
   pkill -TERM -f "strata daemon --socket $STRATA_SOCKET" && sleep 1
   [ -n "$regpid" ] && kill "$regpid" 2>/dev/null && wait "$regpid" 2>/dev/null
   grep -q " $work" /proc/mounts && awk -v w="$work" '$2 ~ "^"w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
@@ -46,7 +49,7 @@ for _ in $(seq 50); do curl -fsS "http://$reg/v2/" >/dev/null 2>&1 && break; sle
 
 say "building a two-layer image from this machine's files (system base + Go toolchain)"
 bin/mkimage --max-layer-bytes $((300 << 20)) \
-  --layer /bin,/lib,/lib64,/sbin,/usr/bin,/usr/sbin,/etc,/usr/lib/x86_64-linux-gnu \
+  --layer /bin,/lib,/lib64,/sbin,/usr/bin,/usr/sbin,/etc,/usr/lib/x86_64-linux-gnu,/usr/lib64 \
   --layer /usr/local/go \
   --push "$reg/demo:gzip"
 
@@ -72,3 +75,26 @@ printf 'program result in    %ss after mount started\n' "$(secs "$t0" "$t2")"
 printf 'bytes fetched        %d of %d (%s%% of the image)\n' "$fetched" "$size" "$(awk -v f="$fetched" -v s="$size" 'BEGIN { printf "%.1f", 100 * f / s }')"
 
 bin/strata umount "$mnt"
+
+say "a build step: the same image mounted writable at $rw"
+t3=$(now)
+bin/strata mount --rw --insecure "$reg/demo:estargz" "$rw"
+say "strata run $rw -- go version, then a step that writes a file"
+bin/strata run --env PATH=/usr/local/go/bin:/usr/bin:/bin --env GOROOT=/usr/local/go --env HOME=/tmp "$rw" -- go version
+bin/strata run "$rw" -- /bin/sh -c 'echo "built by a strata step on $(date -u +%F)" > /etc/strata-demo.txt'
+say "what the step changed (strata diff)"
+bin/strata diff "$rw"
+say "committing the change as $reg/demo:step and pushing it (the base layers are not downloaded)"
+bin/strata commit --insecure -m 'demo step' "$rw" "$reg/demo:step"
+t4=$(now)
+read -r fetched2 size2 < <(bin/strata ls --json | awk -F'[:,]' '/"fetchedBytes"/ {f += $2} /"size"/ {s += $2} END {print f, s}')
+bin/strata umount "$rw"
+
+say "mounting the new image at $next"
+bin/strata mount --insecure "$reg/demo:step" "$next"
+cat "$next/etc/strata-demo.txt"
+bin/strata umount "$next"
+
+say "build step result"
+printf 'mount --rw + run + commit + push  %ss\n' "$(secs "$t3" "$t4")"
+printf 'base bytes fetched for the step   %d of %d (%s%% of the image)\n' "$fetched2" "$size2" "$(awk -v f="$fetched2" -v s="$size2" 'BEGIN { printf "%.1f", 100 * f / s }')"

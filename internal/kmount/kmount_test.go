@@ -1,0 +1,135 @@
+package kmount
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounts tmpfs and overlayfs: run as root (make test does)")
+	}
+}
+
+func tmpfs(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+}
+
+// TestUnderAndClearStale stacks mounts under a root, one of them twice
+// and one with a space in its name (mountinfo escapes it), and clears
+// them all, deepest first.
+func TestUnderAndClearStale(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	a, b, spaced := filepath.Join(root, "a"), filepath.Join(root, "a", "b"), filepath.Join(root, "with space")
+	tmpfs(t, a)
+	tmpfs(t, b)
+	tmpfs(t, spaced)
+	tmpfs(t, spaced) // stacked
+	if !IsMountpoint(a) || !IsMountpoint(spaced) || IsMountpoint(root) {
+		t.Fatal("IsMountpoint is wrong")
+	}
+	if IsMountpoint(filepath.Join(root, "missing")) {
+		t.Error("a missing directory is a mountpoint")
+	}
+	ms, err := Under(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var targets []string
+	for _, m := range ms {
+		targets = append(targets, m.Target)
+		if m.FSType != "tmpfs" {
+			t.Errorf("%s: type %q", m.Target, m.FSType)
+		}
+	}
+	slices.Sort(targets)
+	if want := []string{a, b, spaced, spaced}; !slices.Equal(targets, want) {
+		t.Fatalf("Under: %q, want %q", targets, want)
+	}
+	cleared, err := ClearStale(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cleared) != 4 || cleared[0] != b {
+		t.Errorf("cleared %q; want 4, deepest (%s) first", cleared, b)
+	}
+	if ms, _ := Under(root); len(ms) != 0 {
+		t.Errorf("still mounted: %+v", ms)
+	}
+}
+
+func TestOverlayReadOnlyAndWritable(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	lower, upper, work, merged := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
+	for _, d := range []string{lower, upper, work, merged} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("lower"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Overlay(merged, []string{lower}, upper, work, "index=off"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unmount(merged) })
+	if err := os.WriteFile(filepath.Join(merged, "f"), []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "f")); string(b) != "upper" {
+		t.Errorf("upper has %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(lower, "f")); string(b) != "lower" {
+		t.Errorf("lower has %q", b)
+	}
+	if err := Unmount(merged); err != nil {
+		t.Fatal(err)
+	}
+	if err := Overlay(merged, []string{upper, lower}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(merged, "g"), nil, 0o644); err == nil {
+		t.Error("wrote into a read-only overlay")
+	}
+	if err := Unmount(merged); err != nil {
+		t.Fatal(err)
+	}
+	if err := Unmount(merged); err != nil {
+		t.Errorf("unmounting what is not mounted: %v", err)
+	}
+	if err := Overlay(merged, nil, "", ""); err == nil {
+		t.Error("an overlay without layers was mounted")
+	}
+}
+
+func TestBindReadOnly(t *testing.T) {
+	requireRoot(t)
+	src, dst := t.TempDir(), t.TempDir()
+	if err := BindReadOnly(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(dst) })
+	if err := os.WriteFile(filepath.Join(dst, "x"), nil, 0o644); err == nil {
+		t.Error("wrote through a read-only bind")
+	}
+	if err := Unmount(dst); err != nil {
+		t.Fatal(err)
+	}
+	if IsMountpoint(dst) {
+		t.Error("still mounted")
+	}
+}
