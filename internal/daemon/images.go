@@ -288,7 +288,7 @@ func (im *images) forget(dir string) error {
 }
 
 func (im *images) record(m *Mount) error {
-	v, err := json.Marshal(m)
+	v, err := json.Marshal(recordOf(m))
 	if err != nil {
 		return err
 	}
@@ -343,11 +343,12 @@ func (im *images) restore(ctx context.Context) {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			m := new(Mount)
-			if err := json.Unmarshal(v, m); err != nil {
+			var r mountRecord
+			if err := json.Unmarshal(v, &r); err != nil {
 				slog.Error("mount record unreadable; skipped", "dir", string(k), "error", err)
 				return nil
 			}
+			m := r.mount()
 			recs = append(recs, m)
 			return nil
 		})
