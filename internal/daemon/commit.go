@@ -280,7 +280,7 @@ func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit
 		if res.Changes == 0 {
 			return nil
 		}
-		c.progress("writing a %s layer of %d changes", format, res.Changes)
+		c.progress("writing the new layer (%s) from %d changes", format, res.Changes)
 		opts := snapshotter.LayerOptions{
 			Format:           format,
 			CompressionLevel: c.req.CompressionLevel,
@@ -335,7 +335,7 @@ func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, 
 		last := time.Time{}
 		for u := range updates {
 			if time.Since(last) >= time.Second || (u.Total > 0 && u.Complete == u.Total) {
-				c.progress("pushing to %s: %s of %s", ref.Context(), human(u.Complete), human(u.Total))
+				c.progress("pushing to %s: %s of %s in place (blobs the registry has or mounts count as in place)", ref.Context(), human(u.Complete), human(u.Total))
 				last = time.Now()
 			}
 		}

@@ -49,7 +49,7 @@ for _ in $(seq 50); do curl -fsS "http://$reg/v2/" >/dev/null 2>&1 && break; sle
 
 say "building a two-layer image from this machine's files (system base + Go toolchain)"
 bin/mkimage --max-layer-bytes $((300 << 20)) \
-  --layer /bin,/lib,/lib64,/sbin,/usr/bin,/usr/sbin,/etc,/usr/lib/x86_64-linux-gnu,/usr/lib64 \
+  --layer /bin,/lib,/lib64,/usr/lib64,/sbin,/usr/bin,/usr/sbin,/etc,/usr/lib/x86_64-linux-gnu \
   --layer /usr/local/go \
   --push "$reg/demo:gzip"
 
@@ -79,9 +79,10 @@ bin/strata umount "$mnt"
 say "a build step: the same image mounted writable at $rw"
 t3=$(now)
 bin/strata mount --rw --insecure "$reg/demo:estargz" "$rw"
-say "strata run $rw -- go version, then a step that writes a file"
-bin/strata run --env PATH=/usr/local/go/bin:/usr/bin:/bin --env GOROOT=/usr/local/go --env HOME=/tmp "$rw" -- go version
-bin/strata run "$rw" -- /bin/sh -c 'echo "built by a strata step on $(date -u +%F)" > /etc/strata-demo.txt'
+say "strata run $rw -- go version, then a step that writes files: go mod init in /work"
+goenv=(--env PATH=/usr/local/go/bin:/usr/bin:/bin --env GOROOT=/usr/local/go --env HOME=/tmp --env GOTOOLCHAIN=local)
+bin/strata run "${goenv[@]}" "$rw" -- go version
+bin/strata run "${goenv[@]}" --workdir /work "$rw" -- go mod init example.com/demo
 say "what the step changed (strata diff)"
 bin/strata diff "$rw"
 say "committing the change as $reg/demo:step and pushing it (the base layers are not downloaded)"
@@ -92,7 +93,7 @@ bin/strata umount "$rw"
 
 say "mounting the new image at $next"
 bin/strata mount --insecure "$reg/demo:step" "$next"
-cat "$next/etc/strata-demo.txt"
+cat "$next/work/go.mod"
 bin/strata umount "$next"
 
 say "build step result"
