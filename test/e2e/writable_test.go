@@ -46,7 +46,8 @@ func (d *testDaemon) mountRW(t *testing.T, ref string) (string, *daemon.Mount) {
 func TestWritableMountLeavesLayersAlone(t *testing.T) {
 	reg := shared.reg
 	ref := push(t, reg, "writable", "estargz", fixture.Standard(), fixture.FormEStargz)
-	d := startDaemon(t, nil)
+	// Writable mounts need no containerd socket.
+	d := startDaemon(t, func(c *daemon.Config) { c.ContainerdSocket = daemon.ContainerdSocketOff })
 	ro, _ := d.mount(t, ref)
 	rw, _ := d.mountRW(t, ref)
 
