@@ -150,6 +150,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	e := p.stats.begin(r)
 	sw := &shapedWriter{ResponseWriter: w, p: p, entry: e, done: r.Context().Done()}
 	defer func() { p.stats.end(e, time.Since(start)) }()
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, rec: &p.stats, e: e}
+	}
 
 	if !sleep(r.Context().Done(), p.stop, p.link.current().RTT/2) {
 		return
@@ -203,4 +206,19 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	}
 	p.log.Warn("proxy: upstream", "method", r.Method, "path", r.URL.Path, "err", err)
 	http.Error(w, "proxy: upstream: "+err.Error(), http.StatusBadGateway)
+}
+
+// countingBody counts the request body bytes a handler or Fault reads.
+type countingBody struct {
+	io.ReadCloser
+	rec *recorder
+	e   *Entry
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.rec.addBytesIn(b.e, int64(n))
+	}
+	return n, err
 }

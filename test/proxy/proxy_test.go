@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,6 +139,29 @@ func TestPushThroughProxy(t *testing.T) {
 	}
 	if methods[http.MethodPut] < 4 { // 2 layers + config + manifest
 		t.Errorf("only %d PUTs went through the proxy: %v", methods[http.MethodPut], methods)
+	}
+	// Uploads are counted as request bytes: at least the image's blobs.
+	var want int64
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		n, _ := l.Size()
+		want += n
+	}
+	raw, _ := img.RawManifest()
+	cfg, _ := img.RawConfigFile()
+	want += int64(len(raw) + len(cfg))
+	st := p.Stats()
+	if st.BytesIn < want {
+		t.Errorf("BytesIn = %d, want at least the %d bytes of the image's blobs and manifest", st.BytesIn, want)
+	}
+	digests := 0
+	for _, e := range st.Log {
+		if e.Method == http.MethodPut && strings.Contains(e.Query, "digest=") {
+			digests++
+		}
+	}
+	if digests < 3 {
+		t.Errorf("%d upload PUTs logged with their digest= query, want 3 (2 layers + config)", digests)
 	}
 	direct, _ := name.ParseReference(reg.Host() + "/via/proxy:v1")
 	got, err := remote.Image(direct)

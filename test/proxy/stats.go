@@ -14,6 +14,7 @@ type Stats struct {
 	BlobRequests int64 // any method on /v2/<name>/blobs/<digest> (not uploads)
 	BytesOut     int64
 	BlobBytes    int64 // BytesOut of blob requests
+	BytesIn      int64 // request body bytes received from clients (uploads)
 	Log          []Entry
 	LogDropped   int64 // entries beyond MaxLog, counted but not kept
 }
@@ -22,10 +23,12 @@ type Stats struct {
 type Entry struct {
 	Method   string
 	Path     string
+	Query    string // the raw query ("mount=…&from=…", "digest=…"), "" if none
 	Range    string // the request's Range header, "" if none
 	Blob     bool
-	Status   int // 0 when no response was sent (e.g. Down)
-	Bytes    int64
+	Status   int   // 0 when no response was sent (e.g. Down)
+	Bytes    int64 // response body bytes
+	BytesIn  int64 // request body bytes read from the client
 	Duration time.Duration
 	Fault    bool // a Fault handled the request
 	Done     bool // the handler returned; Duration is final
@@ -50,7 +53,7 @@ type recorder struct {
 }
 
 func (rec *recorder) begin(r *http.Request) *Entry {
-	e := &Entry{Method: r.Method, Path: r.URL.Path, Range: r.Header.Get("Range"), Blob: IsBlob(r)}
+	e := &Entry{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range"), Blob: IsBlob(r)}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	rec.stats.Requests++
@@ -75,6 +78,14 @@ func (rec *recorder) addBytes(e *Entry, n int64) {
 	if e.Blob {
 		rec.stats.BlobBytes += n
 	}
+}
+
+// addBytesIn counts request body bytes as they are read from the client.
+func (rec *recorder) addBytesIn(e *Entry, n int64) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	e.BytesIn += n
+	rec.stats.BytesIn += n
 }
 
 func (rec *recorder) setStatus(e *Entry, status int) {

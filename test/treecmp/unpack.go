@@ -96,20 +96,40 @@ var ErrUnpack = errors.New("treecmp: reference unpack failed")
 // root, with whiteouts, into dir. Neither tool shares code with Strata.
 func ReferenceUnpack(ctx context.Context, t testing.TB, ref, dir string) error {
 	t.Helper()
+	return referenceUnpack(ctx, t, ref, dir)
+}
+
+// ReferenceUnpackGzip is ReferenceUnpack for images umoci 0.4.7 cannot
+// read (zstd and zstd:chunked layers): skopeo recompresses every layer to
+// gzip on its way into the layout (--dest-compress-format gzip), which
+// changes blobs but not the tar streams inside them.
+func ReferenceUnpackGzip(ctx context.Context, t testing.TB, ref, dir string) error {
+	t.Helper()
+	return referenceUnpack(ctx, t, ref, dir, "--dest-compress", "--dest-compress-format", "gzip")
+}
+
+func referenceUnpack(ctx context.Context, t testing.TB, ref, dir string, copyFlags ...string) error {
 	if err := EnsureInstalled(ctx); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnpack, err)
 	}
 	layout := filepath.Join(t.TempDir(), "layout")
 	// --insecure-policy: the test does not care about signature policy,
 	// and a missing /etc/containers/policy.json must not fail it.
-	if err := run(ctx, "skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
-		"docker://"+ref, "oci:"+layout+":ref"); err != nil {
+	args := append([]string{"--insecure-policy", "copy", "--quiet", "--src-tls-verify=false"}, copyFlags...)
+	if err := run(ctx, "skopeo", append(args, "docker://"+ref, "oci:"+layout+":ref")...); err != nil {
 		return err
 	}
-	if err := run(ctx, "umoci", "raw", "unpack", "--image", layout+":ref", dir); err != nil {
-		return err
+	return UnpackLayout(ctx, layout, "ref", dir)
+}
+
+// UnpackLayout has `umoci raw unpack` apply the layers of the image tagged
+// tag in the OCI image layout at layout, as root, into dir, which must not
+// exist yet.
+func UnpackLayout(ctx context.Context, layout, tag, dir string) error {
+	if err := EnsureInstalled(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnpack, err)
 	}
-	return nil
+	return run(ctx, "umoci", "raw", "unpack", "--image", layout+":"+tag, dir)
 }
 
 func run(ctx context.Context, name string, args ...string) error {
