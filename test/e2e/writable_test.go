@@ -19,26 +19,6 @@ import (
 	"github.com/stratafs/strata/test/treecmp"
 )
 
-// mountRW mounts ref writable; the mount is dropped, changes and all, when
-// the test ends.
-func (d *testDaemon) mountRW(t *testing.T, ref string) (string, *daemon.Mount) {
-	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	m, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir, Writable: true})
-	if err != nil {
-		t.Fatalf("mount --rw %s: %v", ref, err)
-	}
-	t.Cleanup(func() {
-		if err := d.client.Unmount(context.Background(), dir, true); err != nil && !strings.Contains(err.Error(), "no image mounted") {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-		unix.Unmount(dir, unix.MNT_DETACH)
-	})
-	return dir, m
-}
-
 // TestWritableMountLeavesLayersAlone changes a writable mount of the
 // every-entry-type image in every way and checks that the changes are in
 // its upper directory only: a read-only mount of the same image and the
