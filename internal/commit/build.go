@@ -101,23 +101,26 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 	return mutate.Append(img, add)
 }
 
+// checkDockerCarries refuses what a Docker schema 2 manifest cannot name:
+// zstd layers, and a new layer whose annotations (its TOC digest, which
+// lazy mounting needs) Docker's descriptor has no field for. The base's
+// descriptors are kept as they are, annotations included: an eStargz image
+// in Docker form carries them already (stargz-snapshotter's converter
+// writes them so), and registries and runtimes accept it.
 func checkDockerCarries(base *Base, l *NewLayer) error {
 	for _, d := range base.Descriptors() {
-		if len(d.Annotations) > 0 {
-			return fmt.Errorf("%w: base layer %s has annotations (such as an eStargz TOC digest), which Docker manifests do not carry; commit in OCI form", ErrDockerCannotCarry, d.Digest)
-		}
 		if d.MediaType == types.OCILayerZStd {
-			return fmt.Errorf("%w: base layer %s is zstd-compressed, which Docker manifests cannot name", ErrDockerCannotCarry, d.Digest)
+			return fmt.Errorf("%w: base layer %s is zstd-compressed, which Docker manifests cannot name; commit in OCI form", ErrDockerCannotCarry, d.Digest)
 		}
 	}
 	if l == nil {
 		return nil
 	}
 	if l.MediaType == types.OCILayerZStd {
-		return fmt.Errorf("%w: zstd layers have no Docker media type; use --format gzip", ErrDockerCannotCarry)
+		return fmt.Errorf("%w: zstd layers have no Docker media type; use --format gzip, or OCI form", ErrDockerCannotCarry)
 	}
 	if len(l.Annotations) > 0 {
-		return fmt.Errorf("%w: the new layer's annotations (its TOC digest, for lazy mounting) would be lost; use --format gzip or uncompressed", ErrDockerCannotCarry)
+		return fmt.Errorf("%w: the new layer's annotations (its TOC digest, for lazy mounting) have no place in a Docker descriptor; use --format gzip or uncompressed, or OCI form", ErrDockerCannotCarry)
 	}
 	return nil
 }

@@ -148,7 +148,7 @@ func TestPushMountsBaseLayersAndUploadsOnlyNewBlobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg.reset()
-	dst := mustRef(t, reg.host + "/app:v1")
+	dst := mustRef(t, reg.host+"/app:v1")
 	got, err := Push(ctx, img, base, dst)
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +241,7 @@ func TestPushToAnotherRegistryStreamsBaseLayers(t *testing.T) {
 	if base.StreamedBytes() != total {
 		t.Errorf("streamed %d bytes, the base layers are %d", base.StreamedBytes(), total)
 	}
-	pulled, err := remote.Image(mustRef(t, dst.host + "/app:v1"))
+	pulled, err := remote.Image(mustRef(t, dst.host+"/app:v1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,8 +271,10 @@ func TestFailedManifestPutPublishesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.fail = func(r *http.Request) bool { return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") }
-	dst := mustRef(t, reg.host + "/app:v1")
+	reg.fail = func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/")
+	}
+	dst := mustRef(t, reg.host+"/app:v1")
 	if _, err := Push(ctx, img, base, dst, remote.WithRetryBackoff(remote.Backoff{Steps: 1})); err == nil {
 		t.Fatal("push succeeded with every manifest PUT failing")
 	}
@@ -313,7 +315,7 @@ func TestEmptyCommitAddsHistoryOnly(t *testing.T) {
 	}
 }
 
-func TestDockerRefusesWhatItCannotCarry(t *testing.T) {
+func TestDocker(t *testing.T) {
 	ctx := context.Background()
 	reg := newRegistry(t)
 	manifest, config := pushBase(t, reg.host) // eStargz: TOC annotations
@@ -321,10 +323,41 @@ func TestDockerRefusesWhatItCannotCarry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Build(base, Spec{Layer: newLayerFile(t), Docker: true}); err == nil || !strings.Contains(err.Error(), "annotations") {
-		t.Errorf("--docker on an eStargz base: %v", err)
+	withTOC := newLayerFile(t)
+	withTOC.Annotations = map[string]string{"containerd.io/snapshot/stargz/toc.digest": "sha256:" + strings.Repeat("0", 64)}
+	if _, err := Build(base, Spec{Layer: withTOC, Docker: true}); err == nil || !strings.Contains(err.Error(), "annotations") {
+		t.Errorf("--docker with a TOC-annotated layer: %v", err)
+	}
+	zstd := newLayerFile(t)
+	zstd.MediaType = types.OCILayerZStd
+	if _, err := Build(base, Spec{Layer: zstd, Docker: true}); err == nil || !strings.Contains(err.Error(), "zstd") {
+		t.Errorf("--docker with a zstd layer: %v", err)
+	}
+	img, err := Build(base, Spec{Layer: newLayerFile(t), Docker: true, Created: time.Unix(0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MediaType != types.DockerManifestSchema2 || m.Config.MediaType != types.DockerConfigJSON {
+		t.Errorf("manifest %s, config %s", m.MediaType, m.Config.MediaType)
+	}
+	for i, d := range base.Descriptors() {
+		if m.Layers[i].Digest != d.Digest || m.Layers[i].MediaType != dockerLayerType(d.MediaType) || m.Layers[i].Annotations[estargzTOC] != d.Annotations[estargzTOC] {
+			t.Errorf("base layer %d: %+v, base has %+v", i, m.Layers[i], d)
+		}
+	}
+	if last := m.Layers[len(m.Layers)-1]; last.MediaType != types.DockerLayer {
+		t.Errorf("new layer media type %s", last.MediaType)
+	}
+	if _, err := Push(ctx, img, base, mustRef(t, reg.host+"/docker:v1")); err != nil {
+		t.Fatal(err)
 	}
 }
+
+const estargzTOC = "containerd.io/snapshot/stargz/toc.digest"
 
 func TestWriteLayoutReplacesTag(t *testing.T) {
 	ctx := context.Background()

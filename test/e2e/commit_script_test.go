@@ -54,7 +54,7 @@ func scriptTime(i int) time.Time { return time.Unix(1600000000+int64(i)*61, 9876
 // a directory umoci unpacked). Renames go through mv(1): in the mount a
 // lower directory cannot be renamed (EXDEV, redirect_dir is off), and mv
 // then copies and deletes, as it would in a container.
-func applyScript(t *testing.T, root string) {
+func applyScript(t *testing.T, root string, big bool) {
 	t.Helper()
 	p := func(rel string) string { return filepath.Join(root, rel) }
 	must := func(err error) {
@@ -129,16 +129,18 @@ func applyScript(t *testing.T, root string) {
 
 	// Sparse files: holes only, and data then a hole to the end; and the
 	// > 100 MiB file.
-	must(os.Truncate(createFile(t, p("etc/newdir/holes")), 32<<20))
-	sparse := createFile(t, p("etc/newdir/sparse"))
-	writeAt(t, sparse, []byte("data before a hole\n"), 0)
-	must(os.Truncate(sparse, 20<<20+3))
 	must(os.Mkdir(p("usr/share"), 0o755))
-	huge := createFile(t, p(scriptHuge))
-	for off := int64(0); off < scriptHugeSize; off += 8 << 20 {
-		writeAt(t, huge, readAll(t, fixture.Content(64<<10, uint64(off))), off)
+	if big {
+		must(os.Truncate(createFile(t, p("etc/newdir/holes")), 32<<20))
+		sparse := createFile(t, p("etc/newdir/sparse"))
+		writeAt(t, sparse, []byte("data before a hole\n"), 0)
+		must(os.Truncate(sparse, 20<<20+3))
+		huge := createFile(t, p(scriptHuge))
+		for off := int64(0); off < scriptHugeSize; off += 8 << 20 {
+			writeAt(t, huge, readAll(t, fixture.Content(64<<10, uint64(off))), off)
+		}
+		must(os.Truncate(huge, scriptHugeSize))
 	}
-	must(os.Truncate(huge, scriptHugeSize))
 
 	// Long and non-ASCII names.
 	deep := "long/" + strings.Split(fixture.LongPath, "/")[1] + "/" + strings.Split(fixture.LongPath, "/")[2] + "/" + strings.Split(fixture.LongPath, "/")[3]
@@ -166,6 +168,9 @@ func applyScript(t *testing.T, root string) {
 		"unicode/新しい-ファイル-ñ-😀.txt", "unicode", "links", "chunks", "long",
 	}
 	for i, rel := range stamped {
+		if !big && (rel == scriptHuge || rel == "etc/newdir/holes" || rel == "etc/newdir/sparse") {
+			continue
+		}
 		ts := unix.NsecToTimespec(scriptTime(i + 1).UnixNano())
 		must(unix.UtimesNanoAt(unix.AT_FDCWD, p(rel), []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW))
 	}

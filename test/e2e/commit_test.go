@@ -26,7 +26,7 @@ func commitBase(t *testing.T, repo string) (string, []treecmp.Record) {
 	if err := treecmp.ReferenceUnpack(context.Background(), t, ref, rootfs); err != nil {
 		t.Fatal(err)
 	}
-	applyScript(t, rootfs)
+	applyScript(t, rootfs, true)
 	return ref, normalized(t, rootfs)
 }
 
@@ -41,7 +41,7 @@ func TestCommitSameTreeAsFullUnpack(t *testing.T) {
 	base, want := commitBase(t, "commit-tree")
 	d := startDaemon(t, nil)
 	dir, m := d.mountRW(t, base)
-	applyScript(t, dir)
+	applyScript(t, dir, true)
 	// The mount itself already shows the reference tree.
 	linked := []string{"hl/ping-hardlink", fixture.CapsPath}
 	reportDiffs(t, "writable mount differs from the reference",
