@@ -8,6 +8,15 @@ FUZZTIME ?= 30s
 # first time and caches the binary, so `make lint` needs nothing installed but Go.
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+# make flake: how often each test runs. The heavy packages mount FUSE and
+# start registries, daemons and containerd, so they run fewer times. On a
+# 2-core machine one -race run of the light packages costs about 70 s and
+# one of the heavy ones about 330 s (test/e2e 190 s), so 50 and 5 fit in an
+# hour; FLAKE_HEAVY_COUNT=10 (issue 11's count) takes about 1.5 hours.
+FLAKE_COUNT ?= 50
+FLAKE_HEAVY_COUNT ?= 5
+FLAKE_HEAVY := ./fs ./cmd/strata ./test/e2e
+FLAKE_TIMEOUT ?= 60m
 
 .DEFAULT_GOAL := help
 
@@ -27,6 +36,15 @@ test: deps lint ## run every test as root: unit, FUSE, overlayfs, registry, cont
 	@[ "$$(id -u)" = 0 ] || { echo "make test must run as root: it mounts FUSE and overlayfs for real" >&2; exit 1; }
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
+flake: deps ## hunt flaky tests (not part of test): every package -race -count=FLAKE_COUNT, fs, cmd/strata, test/e2e -count=FLAKE_HEAVY_COUNT
+	@[ "$$(id -u)" = 0 ] || { echo "make flake must run as root: it mounts FUSE and overlayfs for real" >&2; exit 1; }
+	@light=$$($(GO) list $(PKGS) | grep -vxF -f <($(GO) list $(FLAKE_HEAVY))); rc=0; \
+	  echo "== -count=$(FLAKE_COUNT): $$light"; \
+	  $(GO) test -race -count=$(FLAKE_COUNT) -timeout $(FLAKE_TIMEOUT) $$light || rc=1; \
+	  echo "== -count=$(FLAKE_HEAVY_COUNT): $(FLAKE_HEAVY)"; \
+	  $(GO) test -race -count=$(FLAKE_HEAVY_COUNT) -timeout $(FLAKE_TIMEOUT) $(FLAKE_HEAVY) || rc=1; \
+	  exit $$rc
+
 lint: ## go vet, gofmt and staticcheck
 	$(GO) vet $(PKGS)
 	$(STATICCHECK) $(PKGS)
@@ -44,4 +62,4 @@ clean: ## remove build output
 
 include test/bench/bench.mk
 
-.PHONY: help deps build demo test lint fuzz clean
+.PHONY: help deps build demo test flake lint fuzz clean

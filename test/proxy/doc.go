@@ -9,9 +9,12 @@
 // run under (ProfileLo, ProfileLAN, ProfileWAN); faults prove retries and
 // verification.
 //
-// Counters are updated before bytes reach the client, so once a client has
-// read a response, Stats already includes it. Log entries are complete
-// (Done) only when the handler has returned.
+// Counters, a log entry's Status and its Fault mark are updated before
+// bytes reach the client, so once a client has read a response, Stats
+// already includes it. A dropped connection (Down) is recorded, Done, before
+// the connection is closed. Other log entries are complete (Done) only when
+// the handler has returned, which may be just after the client has read a
+// body of known length.
 //
 // This package is test infrastructure. It must never import Strata's own
 // packages (remote, store, fs, snapshotter, internal, cmd).

@@ -146,10 +146,9 @@ type proxyKey struct{}
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.inflight.Add(1)
 	defer p.inflight.Done()
-	start := time.Now()
 	e := p.stats.begin(r)
-	sw := &shapedWriter{ResponseWriter: w, p: p, entry: e, done: r.Context().Done()}
-	defer func() { p.stats.end(e, time.Since(start)) }()
+	sw := &shapedWriter{ResponseWriter: w, p: p, entry: e, start: time.Now(), done: r.Context().Done()}
+	defer func() { p.stats.end(e, time.Since(sw.start)) }()
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, rec: &p.stats, e: e}
 	}
@@ -158,11 +157,25 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), proxyKey{}, p))
-	if f := p.currentFault(); f != nil && f(sw, r) {
-		p.stats.markFault(e)
+	if f := p.currentFault(); f != nil && p.runFault(f, sw, r) {
 		return
 	}
 	p.rp.ServeHTTP(sw, r)
+}
+
+// runFault lets f answer the request. The entry is marked Fault when f
+// first touches the response (see shapedWriter), before the client can see
+// it; marking only after f returned would let a client that has read an
+// injected error, or seen a dropped connection, find a log entry that
+// does not say so yet.
+func (p *Proxy) runFault(f Fault, sw *shapedWriter, r *http.Request) bool {
+	sw.inFault = true
+	handled := f(sw, r)
+	sw.inFault = false
+	if handled {
+		p.stats.markFault(sw.entry) // a Fault that answered nothing at all
+	}
+	return handled
 }
 
 // Forward sends r to the proxy's registry and writes the response to w. It

@@ -30,8 +30,8 @@ type Entry struct {
 	Bytes    int64 // response body bytes
 	BytesIn  int64 // request body bytes read from the client
 	Duration time.Duration
-	Fault    bool // a Fault handled the request
-	Done     bool // the handler returned; Duration is final
+	Fault    bool // a Fault handled the request; set before the client sees its answer
+	Done     bool // the handler returned or hijacked the connection; Duration is final
 }
 
 // MaxLog bounds the request log so a long benchmark cannot exhaust memory.
@@ -88,10 +88,13 @@ func (rec *recorder) addBytesIn(e *Entry, n int64) {
 	rec.stats.BytesIn += n
 }
 
-func (rec *recorder) setStatus(e *Entry, status int) {
+// setStatus is called before the header is sent; fault says a Fault sent
+// it, so the entry says so before the client can read the response.
+func (rec *recorder) setStatus(e *Entry, status int, fault bool) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	e.Status = status
+	e.Fault = e.Fault || fault
 }
 
 func (rec *recorder) markFault(e *Entry) {
@@ -100,9 +103,14 @@ func (rec *recorder) markFault(e *Entry) {
 	e.Fault = true
 }
 
+// end makes e final. The first call wins: a hijacked request ends at the
+// hijack, not when its handler returns.
 func (rec *recorder) end(e *Entry, d time.Duration) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
+	if e.Done {
+		return
+	}
 	e.Duration, e.Done = d, true
 }
 

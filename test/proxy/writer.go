@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bufio"
+	"net"
 	"net/http"
+	"time"
 )
 
 // chunkFor is how much one response writes per link reservation: about
@@ -20,13 +23,32 @@ type shapedWriter struct {
 	http.ResponseWriter
 	p           *Proxy
 	entry       *Entry
+	start       time.Time
 	done        <-chan struct{} // the request context's Done
 	wroteHeader bool
+	inFault     bool // a Fault is answering: what it sends is a fault
 }
 
-// Unwrap lets http.ResponseController reach Flush and Hijack underneath
-// (ReverseProxy flushes streamed bodies; Down hijacks).
+// Unwrap lets http.ResponseController reach Flush underneath (ReverseProxy
+// flushes streamed bodies).
 func (w *shapedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack records the request's outcome, then hands over the connection
+// (Down hijacks). Once hijacked the proxy cannot see what the client sees,
+// and the client may see the connection close before the handler returns,
+// so the entry is final (Done, Status as sent so far) at the hijack.
+// http.ResponseController finds this method before it tries Unwrap.
+func (w *shapedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.inFault {
+		w.p.stats.markFault(w.entry)
+	}
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.p.stats.end(w.entry, time.Since(w.start))
+	return conn, brw, nil
+}
 
 func (w *shapedWriter) WriteHeader(status int) {
 	if w.wroteHeader {
@@ -34,7 +56,7 @@ func (w *shapedWriter) WriteHeader(status int) {
 	}
 	w.wroteHeader = true
 	sleep(w.done, w.p.stop, w.p.link.current().RTT/2)
-	w.p.stats.setStatus(w.entry, status)
+	w.p.stats.setStatus(w.entry, status, w.inFault)
 	w.ResponseWriter.WriteHeader(status)
 	// Headers travel at once on a real link; without a flush they would
 	// wait in the server's buffer for the first paced body bytes.
