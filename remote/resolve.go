@@ -245,3 +245,43 @@ func Layers(ctx context.Context, repo name.Repository, dgst digest.Digest, opts 
 	}
 	return layers, m.bytes, nil
 }
+
+// ImageFromBytes describes the image whose manifest and config are already
+// local (kept from an earlier resolve or a commit), for ref, which must be
+// a digest reference to that manifest: nothing is fetched. Both are
+// verified (the manifest against the reference's digest, the config
+// against the manifest's config descriptor), so local bytes are trusted no
+// more than a registry's.
+func ImageFromBytes(ref name.Digest, manifest, config []byte) (*Image, error) {
+	d, err := digest.Parse(ref.DigestStr())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q: %w", ErrInvalidReference, ref, err)
+	}
+	if got := digest.FromBytes(manifest); got != d {
+		return nil, fmt.Errorf("manifest %s: %w (content is %s)", d, ErrDigestMismatch, got)
+	}
+	var probe struct {
+		MediaType types.MediaType `json:"mediaType"`
+	}
+	if err := json.Unmarshal(manifest, &probe); err != nil {
+		return nil, fmt.Errorf("parsing manifest %s: %w", d, err)
+	}
+	mt := probe.MediaType
+	if mt == "" {
+		mt = types.OCIManifestSchema1 // an OCI manifest need not say its type
+	}
+	if mt != types.OCIManifestSchema1 && mt != types.DockerManifestSchema2 {
+		return nil, fmt.Errorf("manifest %s of media type %q: %w", d, mt, ErrUnsupportedMediaType)
+	}
+	cfgDesc, layers, err := parseImageManifest(d, manifest)
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.FromBytes(config); got != cfgDesc.Digest || int64(len(config)) != cfgDesc.Size {
+		return nil, fmt.Errorf("config %s: %w", cfgDesc.Digest, ErrDigestMismatch)
+	}
+	return &Image{
+		Ref: ref, Repo: ref.Context(), Digest: d, MediaType: mt, Manifest: manifest,
+		Config: config, Layers: layers, Platform: configPlatform(config),
+	}, nil
+}

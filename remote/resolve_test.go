@@ -309,3 +309,37 @@ func TestParseReferenceInsecure(t *testing.T) {
 		t.Fatalf("err = %v, want ErrInvalidReference", err)
 	}
 }
+
+func TestImageFromBytes(t *testing.T) {
+	img, err := random.Image(1000, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, _ := img.RawManifest()
+	config, _ := img.RawConfigFile()
+	d, _ := img.Digest()
+	ref, err := name.NewDigest("registry.example/app@" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := remote.ImageFromBytes(ref, manifest, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest.String() != d.String() || len(got.Layers) != 2 || got.Repo.String() != "registry.example/app" {
+		t.Errorf("image %+v", got)
+	}
+	if _, err := remote.ImageFromBytes(ref, append(bytes.Clone(manifest), ' '), config); !errors.Is(err, remote.ErrDigestMismatch) {
+		t.Errorf("tampered manifest: %v", err)
+	}
+	if _, err := remote.ImageFromBytes(ref, manifest, append(bytes.Clone(config), ' ')); !errors.Is(err, remote.ErrDigestMismatch) {
+		t.Errorf("tampered config: %v", err)
+	}
+	idx, _ := random.Index(100, 1, 1)
+	raw, _ := idx.RawManifest()
+	di, _ := idx.Digest()
+	iref, _ := name.NewDigest("registry.example/app@" + di.String())
+	if _, err := remote.ImageFromBytes(iref, raw, config); !errors.Is(err, remote.ErrUnsupportedMediaType) {
+		t.Errorf("an index: %v", err)
+	}
+}

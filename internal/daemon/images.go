@@ -69,9 +69,11 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		}
 		opts = append(opts, remote.WithPlatform(*p))
 	}
-	img, err := remote.Resolve(ctx, req.Ref, opts...)
+	img, err := im.localImage(ref)
 	if err != nil {
-		return nil, err
+		if img, err = remote.Resolve(ctx, req.Ref, opts...); err != nil {
+			return nil, err
+		}
 	}
 	m, err := im.newMount(dir, req, img)
 	if err != nil {
@@ -99,6 +101,29 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
 	return m, nil
+}
+
+// localImage describes ref from the store when ref names a manifest by
+// digest and the store keeps it and its config (an image resolved or
+// committed here before): a digest names content, so nothing needs asking.
+func (im *images) localImage(ref name.Reference) (*remote.Image, error) {
+	d, ok := ref.(name.Digest)
+	if !ok {
+		return nil, errdefs.ErrNotFound
+	}
+	manifest, err := im.d.store.Blobs.Get(digest.Digest(d.DigestStr()))
+	if err != nil {
+		return nil, err
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(manifest, &m); err != nil || m.Config.Digest == "" {
+		return nil, fmt.Errorf("stored manifest %s is not an image manifest", d.DigestStr())
+	}
+	config, err := im.d.store.Blobs.Get(m.Config.Digest)
+	if err != nil {
+		return nil, err
+	}
+	return remote.ImageFromBytes(d, manifest, config)
 }
 
 // newMount describes the mount of img at dir, and keeps the image's
