@@ -46,12 +46,12 @@ type Mount struct {
 	// Writable mounts: the active snapshot holding the changes, the
 	// commands run in it (for the commit's history) and, in listings,
 	// the disk its changes use.
-	Writable    bool        `json:"writable,omitempty"`
-	Snapshot    string      `json:"snapshot,omitempty"`
-	Runs        []RunRecord `json:"runs,omitempty"`
+	Writable bool        `json:"writable,omitempty"`
+	Snapshot string      `json:"snapshot,omitempty"`
+	Runs     []RunRecord `json:"runs,omitempty"`
 	// Committed is the last commit of the writable layer.
-	Committed *CommitRecord `json:"committed,omitempty"`
-	ChangeBytes int64       `json:"changeBytes,omitempty"`
+	Committed   *CommitRecord `json:"committed,omitempty"`
+	ChangeBytes int64         `json:"changeBytes,omitempty"`
 	// Duration is how long the mount took (resolve, index, mount).
 	Duration time.Duration `json:"duration,omitempty"`
 }

@@ -1,14 +1,14 @@
 package daemon
 
 import (
-	"fmt"
-	"sync"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
