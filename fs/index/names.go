@@ -171,4 +171,3 @@ func checkSymlinkTarget(target string) error {
 	}
 	return nil
 }
-
