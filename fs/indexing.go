@@ -102,24 +102,29 @@ func (p *Pool) forgetBuild(d digest.Digest) {
 	p.mu.Unlock()
 }
 
-// readIndex fetches and parses the layer's TOC into a validated index.
+// ErrNotLazy is wrapped by the error of Acquire for a layer of a format
+// that cannot be mounted lazily (it is index.ErrNotLazy): such a layer has
+// to be fetched whole, as the containerd snapshotter lets containerd do.
+var ErrNotLazy = index.ErrNotLazy
+
+// readIndex detects the layer's format and reads its index (see
+// index.Read); an index is validated before it is returned. A layer of a
+// format that cannot be read lazily is refused with index.ErrNotLazy.
 func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Index, error) {
 	start := time.Now()
-	tocDigest := digest.Digest(l.Annotations[TOCDigestAnnotation])
-	if tocDigest != "" {
-		if err := tocDigest.Validate(); err != nil {
-			return nil, fmt.Errorf("layer %s: annotation %s: %w", l.Digest, TOCDigestAnnotation, err)
-		}
-	}
-	built, err := index.ReadEStargz(ctx, blob.ReaderAt(ctx), l.Size, tocDigest)
-	if errors.Is(err, index.ErrNotEStargz) {
-		return nil, fmt.Errorf("layer %s (%s) is not eStargz, and only eStargz layers are served lazily so far; "+
-			"convert the image with 'strata convert SRC DST': %w", l.Digest, l.MediaType, err)
+	built, err := index.Read(ctx, blob.ReaderAt(ctx), index.Descriptor{
+		Digest:      l.Digest,
+		Size:        l.Size,
+		MediaType:   string(l.MediaType),
+		Annotations: l.Annotations,
+	})
+	if errors.Is(err, index.ErrNotLazy) {
+		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz and uncompressed tar layers can so far); "+
+			"convert the image with 'strata convert SRC DST': %w", l.Digest, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	// ReadEStargz returns only indexes that pass Validate(l.Size).
 	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
 		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
 	return built, nil
@@ -132,7 +137,7 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Inde
 // are prefetched; failures are left for the mount to report.
 func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...remote.Option) {
 	for _, l := range layers {
-		if l.Annotations[TOCDigestAnnotation] == "" || l.Digest.Validate() != nil {
+		if l.Annotations[index.AnnotationTOCDigest] == "" || l.Digest.Validate() != nil {
 			continue
 		}
 		p.mu.Lock()

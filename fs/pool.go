@@ -19,10 +19,6 @@ import (
 	"github.com/stratafs/strata/store"
 )
 
-// TOCDigestAnnotation pins an eStargz layer's TOC in its manifest
-// descriptor.
-const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
-
 // Pool mounts layers by digest, once each, however many images or
 // snapshots use them, and unmounts a layer when its last user releases it.
 type Pool struct {

@@ -60,7 +60,7 @@ const direntSize = 8 + 1
 // Info describes a stored index.
 type Info struct {
 	Version  int       `json:"version"` // indexVersion of the stored layout
-	Format   string    `json:"format"`
+	Format   Format    `json:"format"`
 	BlobSize int64     `json:"blobSize"`
 	Entries  int       `json:"entries"`
 	Chunks   int       `json:"chunks"`

@@ -14,9 +14,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// FormatEStargz is the Index.Format of indexes made by ReadEStargz.
-const FormatEStargz = "estargz"
-
 const (
 	// estargzTailSize is how much of the blob's end the first read fetches.
 	// Most TOCs are smaller, so one round trip usually brings footer and
@@ -35,8 +32,9 @@ const (
 
 // ErrNotEStargz means the blob does not end with an eStargz (or legacy
 // stargz) footer. It is not an ErrInvalid: a plain gzip layer is a fine
-// layer, just not one this reader handles, so format detection can fall
-// back to another reader.
+// layer, just not one this reader handles. Read does not return it: it
+// detects the format first, and refuses formats it cannot index with
+// ErrNotLazy.
 var ErrNotEStargz = errors.New("not an eStargz layer")
 
 // limits are the caps ReadEStargz enforces on untrusted input. They are a
@@ -99,7 +97,7 @@ func readEStargz(ctx context.Context, r io.ReaderAt, size int64, want digest.Dig
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %w", err)
 	}
-	conv := newTOCConverter(tocOff, lim, sizeHint(toc.size, int64(len(compressed)), lim))
+	conv := newTOCConverter(FormatEStargz, tocOff, lim, sizeHint(toc.size, int64(len(compressed)), lim))
 	err = toc.verify(decodeTOC(ctx, newJSONReader(toc), conv.addEntry))
 	if err != nil {
 		return nil, fmt.Errorf("estargz: %w", err)

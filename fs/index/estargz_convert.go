@@ -3,7 +3,6 @@ package index
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -16,38 +15,9 @@ import (
 const ctxCheckEvery = 4096
 
 // tocConverter builds an Index from the entries of an eStargz TOC, given
-// one at a time in TOC order as the decoder reads them, assigning inode
-// numbers densely as inodes appear. The rules:
+// one at a time in TOC order as the decoder reads them. The tree is the
+// shared builder's (treeBuilder states the rules); what is eStargz's own:
 //
-//   - Entries are applied in TOC order, as a sequential unpack (umoci
-//     unpack 0.4.7, containerd's applier) applies a tar. A parent
-//     directory with no entry of its own (or whose entry comes later) is
-//     created implicitly with mode 0755, owner 0:0 and a zero mtime, as
-//     MkdirAll would, minus the unpack time, which would make the index
-//     depend on when it was built. A later entry for it sets its metadata.
-//   - The root's metadata comes from an entry named "", "." or "./", which
-//     must be a directory; without one the root is 0755 and root-owned.
-//   - A later entry of a name replaces the earlier one, as it does on a
-//     sequential unpack: the earlier entry is removed (a directory with
-//     everything under it; a file's inode lives on if a hardlink names
-//     it) and the later one takes the name, unless both are directories,
-//     which merge, the later entry's metadata replacing the earlier's.
-//     A directory that replaces a non-directory or a whiteout of this
-//     layer is opaque: the unpack removed what lower layers had there.
-//   - "dir/.wh.x" hides x of the LOWER layers only: an entry x of the same
-//     layer stays, whether it comes before or after the whiteout. Without
-//     one the whiteout becomes a 0/0 character device "x" with mode 0 in
-//     dir, any content ignored. With a directory x the directory becomes
-//     opaque (trusted.overlay.opaque=y), keeping what this layer puts in
-//     it; with any other entry that entry alone hides the lower x.
-//     "dir/.wh..wh..opq" makes dir opaque. A whiteout or opaque marker in
-//     a directory this layer has already made opaque or whited out hides
-//     nothing and is dropped, and an opaque marker or a whiteout of an
-//     earlier directory drops the whiteouts under it, and the directories
-//     made only to hold them (a sequential unpack leaves nothing there).
-//   - A "hardlink" names an earlier, non-directory, non-whiteout entry, as
-//     it is at that point of the TOC, and becomes another name for its
-//     inode; Nlink counts the names.
 //   - A "reg" entry with Size > 0 is the file's first chunk; "chunk"
 //     entries for the same name follow it. Chunks must be in order, cover
 //     [0, Size) exactly and each carry a chunkDigest. A chunk's compressed
@@ -55,61 +25,25 @@ const ctxCheckEvery = 4096
 //     entry's Offset, or the TOC's offset); chunks sharing a stream differ
 //     in InnerOffset.
 //   - estargz's bookkeeping files at the root (the prefetch landmarks and
-//     stargz.index.json) are left out of the tree.
+//     stargz.index.json) are left out of the tree; the prefetch landmark's
+//     offset is the Index's PrefetchEnd.
 //   - Sizes and offsets may not be negative, and data offsets must lie
 //     before the TOC.
-//
-// Inodes that replacements leave without a name are dropped, and the rest
-// renumbered densely, by finish.
 type tocConverter struct {
-	lim      limits
-	tocOff   int64
-	idx      *Index
-	dirents  map[uint64][]Dirent // directory ino → its names, in TOC order
-	paths    map[string]uint64   // clean path → ino ("" is the root)
-	whiteout map[uint64]bool     // inodes made from ".wh." entries
-	opaque   map[uint64]bool     // directories that hide the lower layers' content
-	replaced replaced            // what replacements need: see estargz_replace.go
-	bounds   []int64             // offsets of data entries: stream starts
-	raw      int                 // TOC entries read
-	nchunks  int
-	chunks   chunkStore
-	file     *openFile // the regular file whose "chunk" entries may follow, or nil
-	fileBuf  openFile  // what file points to, kept here to save an allocation per file
-	lastDir  struct {  // the last directory ensureDir found
-		name string
-		ino  uint64
-	}
-	mtime timeCache
-}
-
-// openFile tracks the last "reg" entry while its "chunk" entries arrive.
-type openFile struct {
-	name  string
-	ino   uint64
-	size  int64
-	next  int64 // file offset the next chunk must start at
-	skip  bool  // a hidden or whiteout file: its chunks are not indexed
-	first int   // where its chunks start in the converter's chunk block
+	b      *treeBuilder
+	lim    limits
+	tocOff int64
+	bounds []int64 // offsets of data entries: stream starts
+	raw    int     // TOC entries read
+	h      header  // the entry being added, reused
+	mtime  timeCache
 }
 
 // newTOCConverter starts the Index of a TOC at offset tocOff; addEntry
 // applies each entry and finish completes the Index. sizeHint is how many
 // entries to make room for at once.
-func newTOCConverter(tocOff int64, lim limits, sizeHint int) *tocConverter {
-	c := &tocConverter{
-		lim:      lim,
-		tocOff:   tocOff,
-		idx:      &Index{Format: FormatEStargz, Entries: make([]Entry, 0, sizeHint)},
-		dirents:  make(map[uint64][]Dirent),
-		paths:    make(map[string]uint64, sizeHint),
-		whiteout: make(map[uint64]bool),
-		opaque:   make(map[uint64]bool),
-	}
-	c.chunks.files = make([]fileChunks, 0, sizeHint)
-	c.newInode(Entry{Type: TypeDir, Mode: 0o755})
-	c.paths[""] = RootIno
-	return c
+func newTOCConverter(format Format, tocOff int64, lim limits, sizeHint int) *tocConverter {
+	return &tocConverter{b: newTreeBuilder(format, lim, sizeHint), lim: lim, tocOff: tocOff}
 }
 
 // sizeHint guesses from the size of a TOC's JSON (as its tar header
@@ -124,12 +58,6 @@ func sizeHint(jsonSize, compressedSize int64, lim limits) int {
 	return int(min(jsonSize/256, compressedSize/16, int64(lim.entries)))
 }
 
-// openFile makes f the open file.
-func (c *tocConverter) openFile(f openFile) {
-	c.fileBuf = f
-	c.file = &c.fileBuf
-}
-
 // addEntry checks and applies the next TOC entry.
 func (c *tocConverter) addEntry(e *tocEntry) error {
 	if c.raw++; c.raw > c.lim.entries+c.lim.chunks {
@@ -141,22 +69,10 @@ func (c *tocConverter) addEntry(e *tocEntry) error {
 	if carriesData(e) {
 		c.bounds = append(c.bounds, e.Offset)
 	}
-	return c.add(e)
-}
-
-// streamLength returns the compressed length of the stream starting at
-// off, which checkNumbers has checked lies before the TOC. bounds must be
-// sorted and end with the TOC offset.
-func (c *tocConverter) streamLength(off int64) int64 {
-	i, _ := slices.BinarySearch(c.bounds, off+1)
-	return c.bounds[i] - off
-}
-
-func (c *tocConverter) add(e *tocEntry) error {
 	if e.Type == "chunk" {
 		return c.addChunkEntry(e)
 	}
-	if err := c.closeFile(); err != nil {
+	if err := c.b.closeFile(); err != nil {
 		return err
 	}
 	name, err := cleanName(e.Name)
@@ -170,206 +86,165 @@ func (c *tocConverter) add(e *tocEntry) error {
 }
 
 func (c *tocConverter) addNamed(name string, e *tocEntry) error {
-	if name == "" {
-		return c.setRoot(e)
-	}
 	if name == estargz.PrefetchLandmark && e.Type == "reg" {
-		c.idx.PrefetchEnd = e.Offset
+		c.b.idx.PrefetchEnd = e.Offset
 	}
 	if isBookkeeping(name, e.Type) {
-		c.openFile(openFile{name: name, size: e.Size, skip: true})
-		return nil
+		return c.b.skipFile(name, e.Size)
 	}
-	dir, base := splitName(name)
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		return c.addWhiteout(dir, base, e)
-	}
-	parent, err := c.ensureDir(dir, true)
-	if err != nil {
+	if err := c.header(name, e); err != nil {
 		return err
 	}
-	switch e.Type {
-	case "hardlink":
-		return c.addHardlink(parent, name, base, e)
-	case "dir":
-		return c.addDir(parent, name, base, e)
-	}
-	typ, ok := nodeType(e.Type)
-	if !ok {
-		return fmt.Errorf("unknown entry type %q", e.Type)
-	}
-	ent, err := c.nodeEntry(typ, e)
-	if err != nil {
+	if err := c.b.add(name, &c.h); err != nil {
 		return err
 	}
-	c.unlinkIfPresent(parent, name, base)
-	ino, err := c.link(parent, name, base, c.newInode(ent))
-	if err != nil {
-		return err
-	}
-	if typ == TypeReg {
-		c.openFile(openFile{name: name, ino: ino, size: e.Size, first: len(c.chunks.block)})
-		if e.Size > 0 {
-			return c.addChunk(e)
-		}
+	if e.Type == "reg" && e.Size > 0 {
+		return c.addChunk(e)
 	}
 	return nil
 }
 
-// nodeEntry converts an entry that makes an inode other than a directory.
-func (c *tocConverter) nodeEntry(typ Type, e *tocEntry) (Entry, error) {
-	ent, err := c.entryMeta(e)
+// header converts a TOC entry into the builder's header. The mtime is
+// parsed only for entries whose metadata is used: a whiteout's and a
+// hardlink's are not.
+func (c *tocConverter) header(name string, e *tocEntry) error {
+	typ, _ := nodeType(e.Type)
+	c.h = header{
+		Type:     typ,
+		Hardlink: e.Type == "hardlink",
+		TypeName: e.Type,
+		Size:     e.Size,
+		Mode:     e.Mode,
+		UID:      e.UID,
+		GID:      e.GID,
+		LinkName: e.LinkName,
+		DevMajor: e.DevMajor,
+		DevMinor: e.DevMinor,
+		Xattrs:   e.Xattrs,
+	}
+	if e.ModTime3339 == "" || c.h.Hardlink || typ == 0 || isWhiteoutName(name) {
+		return nil
+	}
+	t, err := c.mtime.parse(e.ModTime3339)
 	if err != nil {
-		return ent, err
+		return fmt.Errorf("modtime: %w", err)
 	}
-	ent.Type = typ
-	switch typ {
-	case TypeReg:
-		ent.Size = e.Size
-	case TypeSymlink:
-		if err := checkSymlinkTarget(e.LinkName); err != nil {
-			return ent, err
-		}
-		ent.LinkTarget, ent.Size = e.LinkName, int64(len(e.LinkName))
-	case TypeChar, TypeBlock:
-		ent.DevMajor, ent.DevMinor, err = checkDevice(e.DevMajor, e.DevMinor)
-	}
-	return ent, err
+	c.h.ModTime = t
+	return nil
 }
 
-// newInode appends an entry and returns its inode number. The entry
-// limit is checked by link, which its callers call next; the root is
-// always allowed.
-func (c *tocConverter) newInode(ent Entry) uint64 {
-	ent.Ino = uint64(len(c.idx.Entries)) + RootIno
-	c.idx.Entries = growDoubling(c.idx.Entries)
-	c.idx.Entries = append(c.idx.Entries, ent)
-	return ent.Ino
+// addChunkEntry handles a "chunk" entry: a further piece of the regular
+// file whose "reg" entry came just before.
+func (c *tocConverter) addChunkEntry(e *tocEntry) error {
+	f := c.b.file
+	if f == nil {
+		return Invalidf("chunk entry %q does not follow a regular file", e.Name)
+	}
+	name, err := cleanName(e.Name)
+	if err != nil || name != f.name {
+		return Invalidf("chunk entry %q does not follow a regular file of that name (last was %q)", e.Name, f.name)
+	}
+	if f.skip {
+		return nil
+	}
+	if err := c.addChunk(e); err != nil {
+		return Invalidf("entry %q: %v", e.Name, err)
+	}
+	return nil
 }
 
-// growDoubling makes room for one more element in s by doubling its
-// capacity when it is full. append grows large slices by a quarter, which
-// for the few big slices of an index allocates five times their size.
-func growDoubling[E any](s []E) []E {
-	if len(s) < cap(s) {
-		return s
-	}
-	return slices.Grow(s, max(len(s), 64))
-}
-
-func (c *tocConverter) entry(ino uint64) *Entry { return &c.idx.Entries[ino-RootIno] }
-
-// link adds a name for ino in directory parent; callers remove an earlier
-// entry of that name first. name is the full path, which paths maps to
-// the inode for hardlink targets and for finding the names taken in
-// parent.
-func (c *tocConverter) link(parent uint64, name, base string, ino uint64) (uint64, error) {
-	if len(c.idx.Entries) > c.lim.entries {
-		return 0, fmt.Errorf("more than %d entries in the layer", c.lim.entries)
-	}
-	if _, ok := c.paths[name]; ok {
-		return 0, fmt.Errorf("internal error: %q linked twice", name)
-	}
-	c.paths[name] = ino
-	list := append(c.dirents[parent], Dirent{Name: base, Ino: ino})
-	c.dirents[parent] = list
-	c.replaced.linked(parent, base, len(list)-1)
-	return ino, nil
-}
-
-// ensureDir returns the directory inode at name, creating it and its
-// missing parents implicitly (see tocConverter). real is false for the
-// parents of whiteouts, which a sequential unpack does not create.
-func (c *tocConverter) ensureDir(name string, real bool) (uint64, error) {
-	// Entries come grouped by directory, so most have the last entry's
-	// parent; and a path that named a directory always does (replacements
-	// forget it).
-	if name == c.lastDir.name && c.lastDir.ino != 0 {
-		if real {
-			c.replaced.markReal(c, name)
-		}
-		return c.lastDir.ino, nil
-	}
-	ino, err := c.findDir(name, real)
-	if err == nil {
-		c.lastDir.name, c.lastDir.ino = name, ino
-	}
-	return ino, err
-}
-
-func (c *tocConverter) findDir(name string, real bool) (uint64, error) {
-	if ino, ok := c.paths[name]; ok {
-		switch {
-		case c.whiteout[ino] && real:
-			return c.dirOverWhiteout(name)
-		case c.whiteout[ino]: // addWhiteout drops whiteouts under whiteouts
-			return 0, fmt.Errorf("internal error: whiteout %q as a parent", name)
-		case c.entry(ino).Type != TypeDir:
-			return 0, fmt.Errorf("%q has entries under it but is not a directory", name)
-		}
-		if real {
-			c.replaced.markReal(c, name)
-		}
-		return ino, nil
-	}
-	dir, base := splitName(name)
-	parent, err := c.findDir(dir, real)
+// addChunk adds the chunk an entry ("reg" or "chunk") describes to the
+// open file. BlobLength needs every stream start in the TOC: finish sets
+// it.
+func (c *tocConverter) addChunk(e *tocEntry) error {
+	d, err := parseChunkDigest(e.ChunkDigest)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	ino, err := c.link(parent, name, base, c.newInode(Entry{Type: TypeDir, Mode: 0o755}))
-	if err == nil && !real {
-		c.replaced.markWhiteoutOnly(ino)
-	}
-	return ino, err
+	return c.b.addChunk(Chunk{
+		FileOffset: e.ChunkOffset,
+		Length:     e.ChunkSize,
+		BlobOffset: e.Offset,
+		Inner:      e.InnerOffset,
+		Encoding:   EncodingGzip,
+		Digest:     d,
+	})
 }
 
-// finish completes the Index once every entry has been added: chunk
-// ranges, directory listings sorted by name, opaque markers.
+// streamLength returns the compressed length of the stream starting at
+// off, which checkNumbers has checked lies before the TOC. bounds must be
+// sorted and end with the TOC offset.
+func (c *tocConverter) streamLength(off int64) int64 {
+	i, _ := slices.BinarySearch(c.bounds, off+1)
+	return c.bounds[i] - off
+}
+
+// finish completes the Index once every entry has been added.
 func (c *tocConverter) finish() (*Index, error) {
-	if err := c.closeFile(); err != nil {
+	if err := c.b.closeFile(); err != nil {
 		return nil, err
 	}
-	c.compact()
 	c.bounds = append(c.bounds, c.tocOff)
 	slices.Sort(c.bounds)
 	c.bounds = slices.Compact(c.bounds)
-	c.idx.Chunks = make(map[uint64][]Chunk, len(c.chunks.files))
-	for _, f := range c.chunks.files {
+	for _, f := range c.b.chunks.files {
 		for i := range f.chunks {
 			f.chunks[i].BlobLength = c.streamLength(f.chunks[i].BlobOffset)
 		}
-		c.idx.Chunks[f.ino] = f.chunks
 	}
-	for ino := range c.opaque {
-		ent := c.entry(ino)
-		if ent.Xattrs == nil {
-			ent.Xattrs = make(map[string][]byte, 1)
-		}
-		ent.Xattrs[XattrOverlayOpaque] = []byte("y")
-	}
-	c.idx.Children = make(map[uint64][]Dirent, len(c.dirents))
-	all := make([]Dirent, 0, len(c.paths)-1) // every name but the root's
-	for dir, list := range c.dirents {
-		if c.replaced.tombstones {
-			if list = slices.DeleteFunc(list, isTombstone); len(list) == 0 {
-				continue
-			}
-		}
-		if !slices.IsSortedFunc(list, compareDirents) {
-			slices.SortFunc(list, compareDirents)
-		}
-		for i := range list {
-			list[i].Type = c.entry(list[i].Ino).Type // final once the TOC is read
-		}
-		// One exactly sized array for all listings, not one per directory.
-		all = append(all, list...)
-		c.idx.Children[dir] = all[len(all)-len(list) : len(all) : len(all)]
-	}
-	return c.idx, nil
+	return c.b.finish(), nil
 }
 
-func compareDirents(a, b Dirent) int { return strings.Compare(a.Name, b.Name) }
+// isBookkeeping reports whether a TOC entry is estargz's own and not part
+// of the layer's file tree: the prefetch landmarks that estargz.Build
+// adds at the root, and the TOC itself when a writer lists it.
+func isBookkeeping(name, typ string) bool {
+	if typ != "reg" {
+		return false
+	}
+	switch name {
+	case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName:
+		return true
+	}
+	return false
+}
+
+// checkNumbers refuses negative sizes and offsets anywhere in an entry,
+// and data offsets that do not lie before the TOC.
+func checkNumbers(e *tocEntry, tocOff int64) error {
+	if e.Size < 0 || e.Offset < 0 || e.InnerOffset < 0 || e.ChunkOffset < 0 || e.ChunkSize < 0 {
+		return fmt.Errorf("negative size or offset (size %d, offset %d, innerOffset %d, chunkOffset %d, chunkSize %d)",
+			e.Size, e.Offset, e.InnerOffset, e.ChunkOffset, e.ChunkSize)
+	}
+	if e.Offset > tocOff || (carriesData(e) && e.Offset == tocOff) {
+		return fmt.Errorf("offset %d is not before the TOC at %d", e.Offset, tocOff)
+	}
+	return nil
+}
+
+// carriesData reports whether an entry points at file bytes in the blob.
+func carriesData(e *tocEntry) bool {
+	return e.Type == "chunk" || (e.Type == "reg" && e.Size > 0)
+}
+
+// nodeType maps the TOC types that make an inode of their own.
+func nodeType(typ string) (Type, bool) {
+	switch typ {
+	case "dir":
+		return TypeDir, true
+	case "reg":
+		return TypeReg, true
+	case "symlink":
+		return TypeSymlink, true
+	case "char":
+		return TypeChar, true
+	case "block":
+		return TypeBlock, true
+	case "fifo":
+		return TypeFifo, true
+	}
+	return 0, false
+}
 
 // timeCache remembers the last modtime parsed: most entries of a layer
 // share theirs, and parsing one costs more than converting the rest.

@@ -122,8 +122,8 @@ func (c Chunk) End() int64 { return c.FileOffset + c.Length }
 // by Save, and afterwards read through the on-disk Layer view so memory
 // stays bounded whatever the image size.
 type Index struct {
-	// Format names the reader that made the index ("estargz", ...).
-	Format string
+	// Format names the reader that made the index.
+	Format Format
 	// Entries by inode number; Entries[0] is the root (Ino == RootIno) and
 	// Entries[i].Ino == uint64(i)+RootIno.
 	Entries []Entry

@@ -17,7 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/snapshotter"
@@ -50,15 +50,16 @@ func newSnapshotLayers(d *Daemon) *snapshotLayers {
 	return s
 }
 
-// Mount implements snapshotter.RemoteLayers. Layers without an eStargz TOC
-// are reported as snapshotter.ErrNotRemote so containerd unpacks them.
+// Mount implements snapshotter.RemoteLayers. Layers that cannot be mounted
+// lazily (fs.ErrNotLazy: plain gzip or zstd, so far) are reported as
+// snapshotter.ErrNotRemote so containerd unpacks them.
 func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) error {
 	repo, layer, opts, err := s.describe(ctx, labels)
 	if err != nil {
 		return err
 	}
 	src, err := s.d.pool.Acquire(ctx, repo, layer, opts...)
-	if errors.Is(err, index.ErrNotEStargz) {
+	if errors.Is(err, fs.ErrNotLazy) {
 		return fmt.Errorf("layer %s: %w: %w", layer.Digest, snapshotter.ErrNotRemote, err)
 	}
 	if err != nil {

@@ -66,7 +66,7 @@ var rules = map[string]rule{
 		except: []string{strata("store"), strata("remote"), strata("fs/index"), strata("internal/kmount"), errdefs, estargz},
 	},
 	"fs/index": {
-		says:   []string{"index imports no other Strata package and no FUSE library, and of containerd's modules only the errdefs error classes and stargz-snapshotter's estargz format package (footer, TOC names)."},
+		says:   []string{"index imports no other Strata package and no FUSE library, and of containerd's modules only the errdefs error classes and stargz-snapshotter's estargz format packages (footers, TOC names, annotations)."},
 		forbid: []string{anyStrata, fuse, containerd},
 		except: []string{errdefs, estargz},
 	},

@@ -6,8 +6,6 @@ import (
 	"math"
 	"path"
 	"strings"
-
-	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // OCI whiteout markers (image-spec layer.md) and the overlayfs form they
@@ -25,12 +23,12 @@ const (
 	xattrNameMax       = 255 // Linux XATTR_NAME_MAX
 )
 
-// cleanName turns a TOC entry name into a clean relative path, "" being
-// the root. It accepts what tar writers produce ("./a/b", "a/b/", "a//b")
-// and refuses names that could leave the layer or that Linux cannot hold,
-// in the spirit of archive/tar's ErrInsecurePath: absolute names, any ".."
-// component (even one that would stay inside), NUL bytes, components over
-// MaxNameLen and paths over MaxPathLen.
+// cleanName turns an entry name of a layer archive into a clean relative
+// path, "" being the root. It accepts what tar writers produce ("./a/b",
+// "a/b/", "a//b") and refuses names that could leave the layer or that
+// Linux cannot hold, in the spirit of archive/tar's ErrInsecurePath:
+// absolute names, any ".." component (even one that would stay inside),
+// NUL bytes, components over MaxNameLen and paths over MaxPathLen.
 func cleanName(name string) (string, error) {
 	if strings.IndexByte(name, 0) >= 0 {
 		return "", errors.New("name contains a NUL byte")
@@ -85,6 +83,13 @@ func splitName(name string) (dir, base string) {
 	return name[:i], name[i+1:]
 }
 
+// isWhiteoutName reports whether the last component of a clean name is
+// an OCI whiteout or opaque marker.
+func isWhiteoutName(name string) bool {
+	_, base := splitName(name)
+	return strings.HasPrefix(base, whiteoutPrefix)
+}
+
 // whiteoutTarget returns the name a whiteout base name hides. The name
 // must be one that could exist: not empty, "." or "..".
 func whiteoutTarget(base string) (string, error) {
@@ -95,42 +100,23 @@ func whiteoutTarget(base string) (string, error) {
 	return target, nil
 }
 
-// isBookkeeping reports whether a TOC entry is estargz's own and not part
-// of the layer's file tree: the prefetch landmarks that estargz.Build
-// adds at the root, and the TOC itself when a writer lists it.
-func isBookkeeping(name, typ string) bool {
-	if typ != "reg" {
-		return false
-	}
-	switch name {
-	case estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, estargz.TOCTarName:
-		return true
-	}
-	return false
-}
-
 // entryMeta converts the metadata every entry type shares: mode, owner,
 // mtime and xattrs.
 //
-// The TOC's mode is tar.Header.Mode as estargz's writer copies it from
-// the tar header, so the setuid/setgid/sticky bits are the Unix ones
-// (04000/02000/01000), not Go's os.FileMode bits, and type bits a writer
-// may leave above 07777 are dropped: the entry type is authoritative.
-func (c *tocConverter) entryMeta(e *tocEntry) (Entry, error) {
+// The mode is tar.Header.Mode as the archive (or the eStargz writer,
+// which copies it from the tar header) states it, so the
+// setuid/setgid/sticky bits are the Unix ones (04000/02000/01000), not
+// Go's os.FileMode bits, and type bits a writer may leave above 07777 are
+// dropped: the entry type is authoritative.
+func entryMeta(h *header) (Entry, error) {
 	var m Entry
-	if e.UID < 0 || e.UID > math.MaxUint32 || e.GID < 0 || e.GID > math.MaxUint32 {
-		return m, fmt.Errorf("uid %d / gid %d outside [0, 2^32-1]", e.UID, e.GID)
+	if h.UID < 0 || h.UID > math.MaxUint32 || h.GID < 0 || h.GID > math.MaxUint32 {
+		return m, fmt.Errorf("uid %d / gid %d outside [0, 2^32-1]", h.UID, h.GID)
 	}
-	m.UID, m.GID = uint32(e.UID), uint32(e.GID)
-	m.Mode = uint32(e.Mode & 07777)
-	if e.ModTime3339 != "" {
-		t, err := c.mtime.parse(e.ModTime3339)
-		if err != nil {
-			return m, fmt.Errorf("modtime: %w", err)
-		}
-		m.ModTime = t
-	}
-	x, err := convertXattrs(e.Xattrs)
+	m.UID, m.GID = uint32(h.UID), uint32(h.GID)
+	m.Mode = uint32(h.Mode & 07777)
+	m.ModTime = h.ModTime
+	x, err := convertXattrs(h.Xattrs)
 	if err != nil {
 		return m, err
 	}
@@ -184,41 +170,4 @@ func checkSymlinkTarget(target string) error {
 		return fmt.Errorf("symlink target is %d bytes, more than %d", len(target), MaxPathLen)
 	}
 	return nil
-}
-
-// checkNumbers refuses negative sizes and offsets anywhere in an entry,
-// and data offsets that do not lie before the TOC.
-func checkNumbers(e *tocEntry, tocOff int64) error {
-	if e.Size < 0 || e.Offset < 0 || e.InnerOffset < 0 || e.ChunkOffset < 0 || e.ChunkSize < 0 {
-		return fmt.Errorf("negative size or offset (size %d, offset %d, innerOffset %d, chunkOffset %d, chunkSize %d)",
-			e.Size, e.Offset, e.InnerOffset, e.ChunkOffset, e.ChunkSize)
-	}
-	if e.Offset > tocOff || (carriesData(e) && e.Offset == tocOff) {
-		return fmt.Errorf("offset %d is not before the TOC at %d", e.Offset, tocOff)
-	}
-	return nil
-}
-
-// carriesData reports whether an entry points at file bytes in the blob.
-func carriesData(e *tocEntry) bool {
-	return e.Type == "chunk" || (e.Type == "reg" && e.Size > 0)
-}
-
-// nodeType maps the TOC types that make an inode of their own.
-func nodeType(typ string) (Type, bool) {
-	switch typ {
-	case "dir":
-		return TypeDir, true
-	case "reg":
-		return TypeReg, true
-	case "symlink":
-		return TypeSymlink, true
-	case "char":
-		return TypeChar, true
-	case "block":
-		return TypeBlock, true
-	case "fifo":
-		return TypeFifo, true
-	}
-	return 0, false
 }

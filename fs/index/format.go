@@ -1,0 +1,274 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/opencontainers/go-digest"
+)
+
+// Format names a layer format, as Detect tells them apart and as
+// Index.Format records which reader made an index.
+type Format string
+
+const (
+	// FormatEStargz is gzip of one stream per file chunk with a TOC at the
+	// end (stargz-snapshotter's eStargz, and the legacy stargz before it).
+	FormatEStargz Format = "estargz"
+	// FormatZstdChunked is zstd of one frame per file chunk with a TOC in
+	// a skippable frame at the end (containers/storage's zstd:chunked).
+	FormatZstdChunked Format = "zstd:chunked"
+	// FormatTar is an uncompressed tar.
+	FormatTar Format = "tar"
+	// FormatGzip is a gzip-compressed tar without a TOC.
+	FormatGzip Format = "gzip"
+	// FormatZstd is a zstd-compressed tar without a TOC.
+	FormatZstd Format = "zstd"
+	// FormatUnknown is a blob that is none of the above.
+	FormatUnknown Format = "unknown"
+)
+
+// Lazy reports whether Read indexes layers of the format, so that they
+// are served lazily; Read refuses the others with ErrNotLazy.
+func (f Format) Lazy() bool { return f == FormatEStargz || f == FormatTar }
+
+// AnnotationTOCDigest pins an eStargz layer's TOC in its descriptor: the
+// digest of the TOC JSON, which ReadEStargz checks.
+const AnnotationTOCDigest = estargz.TOCJSONDigestAnnotation
+
+// ErrNotLazy means that a layer is fine but of a format Strata cannot
+// index, so it cannot be mounted lazily: it has to be fetched whole (or
+// converted). It is not an ErrInvalid, and callers fall back on it: the
+// containerd snapshotter lets containerd unpack such a layer.
+var ErrNotLazy = errors.New("layer cannot be mounted lazily")
+
+// Descriptor is what a layer's descriptor says about its blob.
+type Descriptor struct {
+	Digest      digest.Digest
+	Size        int64
+	MediaType   string
+	Annotations map[string]string
+}
+
+const (
+	// headSize is how much of the blob's start Detect reads: one tar
+	// block, which holds every magic number it looks for.
+	headSize = 512
+	// tarMagicOffset is where a ustar (POSIX or GNU) header has "ustar".
+	tarMagicOffset = 257
+)
+
+var (
+	gzipMagic        = []byte{0x1f, 0x8b}
+	zstdMagic        = []byte{0x28, 0xb5, 0x2f, 0xfd}
+	zstdChunkedMagic = []byte("GnUlInUx") // the last bytes of a zstd:chunked footer
+)
+
+// Detect names the format of the layer that d describes, whose blob r
+// reads: the media type and annotations say which format to look for
+// first, and the blob's bytes decide. A footer format (eStargz, zstd:chunked) is looked for in
+// the blob's last 512 KiB when the descriptor points to one, which is the
+// read its reader starts with; otherwise the first 512 bytes are read for
+// a magic number (gzip 1f 8b, zstd 28 b5 2f fd, "ustar" at offset 257 or
+// a valid tar header checksum), and a compressed blob's end for a footer.
+// Errors are r's, wrapped.
+func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
+	return newProbe(r, d.Size).detect(ctx, d)
+}
+
+// Read detects the format of the layer d describes (see Detect) and
+// indexes its blob, which r reads, with that format's reader: ReadEStargz
+// or ReadTar. The index has passed Validate(d.Size). A layer of another format is
+// refused with an error wrapping ErrNotLazy that names the format;
+// malformed or hostile input wraps ErrInvalid (and ErrDigestMismatch for
+// bytes that do not match the descriptor); otherwise the error is r's.
+//
+// The bytes Detect reads are not read again: the format reader is given
+// them from memory.
+func Read(ctx context.Context, r io.ReaderAt, d Descriptor) (*Index, error) {
+	p := newProbe(r, d.Size)
+	f, err := p.detect(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	switch f {
+	case FormatEStargz:
+		return ReadEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]))
+	case FormatTar:
+		return ReadTar(ctx, p, d.Size, d.Digest)
+	}
+	return nil, fmt.Errorf("%w: a %s layer (media type %s), which has no lazy reader yet", ErrNotLazy, f, d.MediaType)
+}
+
+// probe reads a blob for Detect, keeping what it read so that the format
+// reader gets those bytes again from memory.
+type probe struct {
+	r       io.ReaderAt
+	size    int64
+	head    []byte // the first bytes, once read
+	tail    []byte // the last bytes, once read
+	tailOff int64
+}
+
+func newProbe(r io.ReaderAt, size int64) *probe { return &probe{r: r, size: size} }
+
+// ReadAt serves reads that lie inside what the probe has read from
+// memory, others from the blob.
+func (p *probe) ReadAt(b []byte, off int64) (int, error) {
+	end := off + int64(len(b))
+	switch {
+	case p.tail != nil && off >= p.tailOff && end <= p.tailOff+int64(len(p.tail)):
+		return copy(b, p.tail[off-p.tailOff:]), nil
+	case p.head != nil && off >= 0 && end <= int64(len(p.head)):
+		return copy(b, p.head[off:]), nil
+	}
+	return p.r.ReadAt(b, off)
+}
+
+func (p *probe) detect(ctx context.Context, d Descriptor) (Format, error) {
+	if p.size < 0 {
+		return "", Invalidf("negative blob size %d", p.size)
+	}
+	hint := mediaTypeCompression(d.MediaType)
+	_, estargzAnnotated := d.Annotations[AnnotationTOCDigest]
+	_, zstdChunkedAnnotated := d.Annotations[zstdchunked.ManifestPositionAnnotation]
+	if estargzAnnotated || zstdChunkedAnnotated || hint == FormatGzip || hint == FormatZstd {
+		if f, err := p.footerFormat(ctx); f != "" || err != nil {
+			return f, err
+		}
+	}
+	head, err := p.readHead(ctx)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case bytes.HasPrefix(head, gzipMagic), bytes.HasPrefix(head, zstdMagic):
+		if f, err := p.footerFormat(ctx); f != "" || err != nil {
+			return f, err
+		}
+		if head[0] == gzipMagic[0] {
+			return FormatGzip, nil
+		}
+		return FormatZstd, nil
+	case looksLikeTar(head, hint == FormatTar):
+		return FormatTar, nil
+	}
+	return FormatUnknown, nil
+}
+
+// mediaTypeCompression says what a layer media type claims: FormatGzip,
+// FormatZstd or FormatTar (OCI, Docker, non-distributable and foreign
+// variants alike), or "" for a media type it does not know.
+func mediaTypeCompression(mt string) Format {
+	switch {
+	case strings.HasSuffix(mt, "+gzip"), strings.HasSuffix(mt, ".tar.gzip"):
+		return FormatGzip
+	case strings.HasSuffix(mt, "+zstd"):
+		return FormatZstd
+	case strings.HasSuffix(mt, ".tar"):
+		return FormatTar
+	}
+	return ""
+}
+
+// footerFormat reads the blob's tail (the first read ReadEStargz makes,
+// which it then finds in memory) and returns the format whose footer
+// ends it, or "" for none.
+func (p *probe) footerFormat(ctx context.Context) (Format, error) {
+	if p.tail == nil {
+		n := min(p.size, max(estargz.FooterSize, estargzTailSize))
+		tail := make([]byte, n)
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		if err := readFullAt(p.r, tail, p.size-n); err != nil {
+			return "", fmt.Errorf("reading the layer's end: %w", err)
+		}
+		p.tail, p.tailOff = tail, p.size-n
+	}
+	if _, _, err := parseFooter(p.tail); err == nil {
+		return FormatEStargz, nil
+	}
+	if bytes.HasSuffix(p.tail, zstdChunkedMagic) {
+		return FormatZstdChunked, nil
+	}
+	return "", nil
+}
+
+// readHead returns the blob's first bytes, from the tail when it holds
+// them.
+func (p *probe) readHead(ctx context.Context) ([]byte, error) {
+	if p.head != nil {
+		return p.head, nil
+	}
+	n := min(p.size, headSize)
+	if p.tail != nil && p.tailOff == 0 {
+		p.head = p.tail[:n]
+		return p.head, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	head := make([]byte, n)
+	if err := readFullAt(p.r, head, 0); err != nil {
+		return nil, fmt.Errorf("reading the layer's start: %w", err)
+	}
+	p.head = head
+	return head, nil
+}
+
+// looksLikeTar reports whether a blob starting with head is a tar: a
+// ustar magic number, or a first block whose header checksum is right
+// (pre-POSIX tars have no magic). An empty archive (zero blocks, or no
+// bytes at all) is one only when the media type says tar.
+func looksLikeTar(head []byte, saysTar bool) bool {
+	if len(head) < headSize {
+		return saysTar && len(head) == 0
+	}
+	if bytes.HasPrefix(head[tarMagicOffset:], []byte("ustar")) {
+		return true
+	}
+	if allZero(head) {
+		return saysTar
+	}
+	return tarChecksumOK(head)
+}
+
+// tarChecksumOK checks a header block's checksum: the sum of its bytes
+// with the checksum field (148..156) counted as spaces, stored in octal.
+func tarChecksumOK(block []byte) bool {
+	field := strings.Trim(string(block[148:156]), " \x00")
+	if field == "" {
+		return false
+	}
+	var want int64
+	for _, c := range field {
+		if c < '0' || c > '7' {
+			return false
+		}
+		want = want*8 + int64(c-'0')
+	}
+	var sum int64
+	for i, c := range block[:headSize] {
+		if i >= 148 && i < 156 {
+			c = ' '
+		}
+		sum += int64(c)
+	}
+	return sum == want
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
