@@ -121,14 +121,9 @@ func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([
 	if size < legacyFooterSize {
 		return nil, 0, fmt.Errorf("%w: blob of %d bytes is smaller than a footer", ErrNotEStargz, size)
 	}
-	if err := ctx.Err(); err != nil {
+	tail, tailStart, err := readTail(ctx, r, size, estargz.FooterSize)
+	if err != nil {
 		return nil, 0, err
-	}
-	tailLen := min(size, max(estargz.FooterSize, estargzTailSize))
-	tailStart := size - tailLen
-	tail := make([]byte, tailLen)
-	if err := readFullAt(r, tail, tailStart); err != nil {
-		return nil, 0, fmt.Errorf("reading footer: %w", err)
 	}
 	tocOff, footerLen, err := parseFooter(tail)
 	if err != nil {
@@ -138,24 +133,49 @@ func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([
 	if tocOff < 0 || tocOff >= tocEnd {
 		return nil, 0, Invalidf("footer puts the TOC at offset %d, outside [0, %d)", tocOff, tocEnd)
 	}
-	tocLen := tocEnd - tocOff
-	if tocLen > lim.tocSize {
+	if tocLen := tocEnd - tocOff; tocLen > lim.tocSize {
 		return nil, 0, Invalidf("TOC is %d bytes, more than the limit of %d", tocLen, lim.tocSize)
 	}
-	if tocOff >= tailStart {
-		return tail[tocOff-tailStart : tocEnd-tailStart], tocOff, nil
+	compressed, err := blobRange(ctx, r, tail, tailStart, tocOff, tocEnd)
+	if err != nil {
+		return nil, 0, err
 	}
+	return compressed, tocOff, nil
+}
+
+// readTail makes the first read of a footer format: the blob's last
+// max(footerSize, 512 KiB) bytes (the whole blob if it is smaller),
+// returned with the offset they start at.
+func readTail(ctx context.Context, r io.ReaderAt, size, footerSize int64) ([]byte, int64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	// Only the part of the TOC before the tail is fetched again.
-	buf := make([]byte, tocLen)
-	head := tailStart - tocOff
-	if err := readFullAt(r, buf[:head], tocOff); err != nil {
-		return nil, 0, fmt.Errorf("reading TOC: %w", err)
+	tailLen := min(size, max(footerSize, estargzTailSize))
+	tailStart := size - tailLen
+	tail := make([]byte, tailLen)
+	if err := readFullAt(r, tail, tailStart); err != nil {
+		return nil, 0, fmt.Errorf("reading footer: %w", err)
 	}
-	copy(buf[head:], tail[:tocEnd-tailStart])
-	return buf, tocOff, nil
+	return tail, tailStart, nil
+}
+
+// blobRange returns the blob's bytes [off, end), which end inside tail
+// (the blob's bytes from tailStart): taken from tail when it holds them
+// all, else with one more read, of only the part before tail.
+func blobRange(ctx context.Context, r io.ReaderAt, tail []byte, tailStart, off, end int64) ([]byte, error) {
+	if off >= tailStart {
+		return tail[off-tailStart : end-tailStart], nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, end-off)
+	head := tailStart - off
+	if err := readFullAt(r, buf[:head], off); err != nil {
+		return nil, fmt.Errorf("reading TOC: %w", err)
+	}
+	copy(buf[head:], tail[:end-tailStart])
+	return buf, nil
 }
 
 // parseFooter tries the eStargz footer, then the legacy stargz one, at
@@ -199,12 +219,13 @@ func footerExtraFits(footer []byte) bool {
 // used because it decodes JSON straight from the decompressor, without a
 // bound on how large the JSON inflates.
 type tocStream struct {
-	r    io.Reader // the tar entry
-	size int64     // its size, from the tar header
-	n    int64     // bytes read so far
-	want digest.Digest
-	hash digest.Digester // nil without want
-	err  error           // the stream's own failure, if it failed
+	r        io.Reader // the tar entry
+	size     int64     // its size, from the tar header
+	sizeFrom string    // what told the size
+	n        int64     // bytes read so far
+	want     digest.Digest
+	hash     digest.Digester // nil without want
+	err      error           // the stream's own failure, if it failed
 }
 
 // openTOC reads the gzip and tar headers in front of the TOC JSON.
@@ -228,7 +249,7 @@ func openTOC(compressed io.Reader, want digest.Digest, lim limits) (*tocStream, 
 	if h.Size < 0 || h.Size > lim.tocJSON {
 		return nil, Invalidf("TOC JSON is more than %d bytes decompressed (header says %d)", lim.tocJSON, h.Size)
 	}
-	s := &tocStream{r: tr, size: h.Size, want: want}
+	s := &tocStream{r: tr, size: h.Size, sizeFrom: "tar header", want: want}
 	if want != "" {
 		s.hash = want.Algorithm().Digester()
 	}
@@ -246,7 +267,7 @@ func (s *tocStream) Read(p []byte) (int, error) {
 	}
 	switch {
 	case err == io.EOF && s.n != s.size:
-		s.err = Invalidf("TOC JSON is %d bytes, its tar header says %d", s.n, s.size)
+		s.err = Invalidf("TOC JSON is %d bytes, its %s says %d", s.n, s.sizeFrom, s.size)
 	case err != nil && err != io.EOF:
 		s.err = fmt.Errorf("%w: decompressing TOC: %w", ErrInvalid, err)
 	}

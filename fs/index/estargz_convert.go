@@ -14,9 +14,10 @@ import (
 // enough to cost nothing.
 const ctxCheckEvery = 4096
 
-// tocConverter builds an Index from the entries of an eStargz TOC, given
-// one at a time in TOC order as the decoder reads them. The tree is the
-// shared builder's (treeBuilder states the rules); what is eStargz's own:
+// tocConverter builds an Index from the entries of an eStargz TOC (or a
+// zstd:chunked one: the same schema), given one at a time in TOC order as
+// the decoder reads them. The tree is the shared builder's (treeBuilder
+// states the rules); what is the TOC's own:
 //
 //   - A "reg" entry with Size > 0 is the file's first chunk; "chunk"
 //     entries for the same name follow it. Chunks must be in order, cover
@@ -31,6 +32,7 @@ const ctxCheckEvery = 4096
 //     before the TOC.
 type tocConverter struct {
 	b      *treeBuilder
+	enc    Encoding // of every chunk: the format's
 	lim    limits
 	tocOff int64
 	bounds []int64 // offsets of data entries: stream starts
@@ -39,11 +41,17 @@ type tocConverter struct {
 	mtime  timeCache
 }
 
-// newTOCConverter starts the Index of a TOC at offset tocOff; addEntry
-// applies each entry and finish completes the Index. sizeHint is how many
-// entries to make room for at once.
+// newTOCConverter starts the Index of a TOC whose data ends at offset
+// tocOff (where the TOC, or its frame, starts); addEntry applies each
+// entry and finish completes the Index. sizeHint is how many entries to
+// make room for at once. The format says how chunks are compressed:
+// FormatZstdChunked's are zstd frames, FormatEStargz's gzip streams.
 func newTOCConverter(format Format, tocOff int64, lim limits, sizeHint int) *tocConverter {
-	return &tocConverter{b: newTreeBuilder(format, lim, sizeHint), lim: lim, tocOff: tocOff}
+	enc := EncodingGzip
+	if format == FormatZstdChunked {
+		enc = EncodingZstd
+	}
+	return &tocConverter{b: newTreeBuilder(format, lim, sizeHint), enc: enc, lim: lim, tocOff: tocOff}
 }
 
 // sizeHint guesses from the size of a TOC's JSON (as its tar header
@@ -166,7 +174,7 @@ func (c *tocConverter) addChunk(e *tocEntry) error {
 		Length:     e.ChunkSize,
 		BlobOffset: e.Offset,
 		Inner:      e.InnerOffset,
-		Encoding:   EncodingGzip,
+		Encoding:   c.enc,
 		Digest:     d,
 	})
 }

@@ -36,7 +36,9 @@ const (
 
 // Lazy reports whether Read indexes layers of the format, so that they
 // are served lazily; Read refuses the others with ErrNotLazy.
-func (f Format) Lazy() bool { return f == FormatEStargz || f == FormatTar }
+func (f Format) Lazy() bool {
+	return f == FormatEStargz || f == FormatZstdChunked || f == FormatTar
+}
 
 // AnnotationTOCDigest pins an eStargz layer's TOC in its descriptor: the
 // digest of the TOC JSON, which ReadEStargz checks.
@@ -83,8 +85,8 @@ func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
 }
 
 // Read detects the format of the layer d describes (see Detect) and
-// indexes its blob, which r reads, with that format's reader: ReadEStargz
-// or ReadTar. The index has passed Validate(d.Size). A layer of another format is
+// indexes its blob, which r reads, with that format's reader: ReadEStargz,
+// ReadZstdChunked (given the descriptor's annotations) or ReadTar. The index has passed Validate(d.Size). A layer of another format is
 // refused with an error wrapping ErrNotLazy that names the format;
 // malformed or hostile input wraps ErrInvalid (and ErrDigestMismatch for
 // bytes that do not match the descriptor); otherwise the error is r's.
@@ -100,6 +102,8 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor) (*Index, error) {
 	switch f {
 	case FormatEStargz:
 		return ReadEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]))
+	case FormatZstdChunked:
+		return ReadZstdChunked(ctx, p, d.Size, d.Annotations)
 	case FormatTar:
 		return ReadTar(ctx, p, d.Size, d.Digest)
 	}
@@ -177,8 +181,8 @@ func mediaTypeCompression(mt string) Format {
 	return ""
 }
 
-// footerFormat reads the blob's tail (the first read ReadEStargz makes,
-// which it then finds in memory) and returns the format whose footer
+// footerFormat reads the blob's tail (the first read ReadEStargz and
+// ReadZstdChunked make, which they then find in memory) and returns the format whose footer
 // ends it, or "" for none.
 func (p *probe) footerFormat(ctx context.Context) (Format, error) {
 	if p.tail == nil {
