@@ -119,7 +119,7 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Inde
 		Annotations: l.Annotations,
 	})
 	if errors.Is(err, index.ErrNotLazy) {
-		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz and uncompressed tar layers can so far); "+
+		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz, zstd:chunked and uncompressed tar layers can so far); "+
 			"convert the image with 'strata convert SRC DST': %w", l.Digest, err)
 	}
 	if err != nil {

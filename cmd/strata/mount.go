@@ -26,9 +26,9 @@ every other mount of them. It is the root filesystem of a build step:
 changes. It survives daemon restarts. 'strata umount DIR' refuses while
 there are uncommitted changes; 'strata umount --discard DIR' drops them.
 
-Layers in eStargz form are mounted lazily; uncompressed tar layers too,
-after one read of the whole layer to index it. Convert gzip and zstd
-images with 'strata convert' first. A daemon is started when none is running.
+Layers in eStargz and zstd:chunked form are mounted lazily; uncompressed
+tar layers too, after one read of the whole layer to index it. Convert
+gzip and zstd images with 'strata convert' first. A daemon is started when none is running.
 
 Examples:
   strata mount localhost:5000/app:estargz /mnt/app

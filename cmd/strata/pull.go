@@ -14,9 +14,9 @@ func init() {
 		usage:   "[--containerd-address ADDR] [--namespace NS] [--snapshotter NAME] [--insecure] REF",
 		help: `Pulls the image REF into containerd's image store and unpacks it into the
 strata snapshotter, with the labels that let Strata mount each layer lazily:
-eStargz layers are never downloaded, uncompressed tar layers are read
-once by Strata to index them, other layers are downloaded and unpacked by
-containerd as usual. Afterwards
+eStargz and zstd:chunked layers are never downloaded, uncompressed tar
+layers are read once by Strata to index them, other layers are downloaded
+and unpacked by containerd as usual. Afterwards
 
   ctr run --snapshotter strata REF ID COMMAND
 

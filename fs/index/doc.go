@@ -5,7 +5,7 @@
 //
 // Every format goes through one seam: Read detects a layer's format
 // (Detect: media type, annotations, magic numbers, footers) and hands the
-// blob to that format's reader (ReadEStargz, ReadTar), which feeds the
+// blob to that format's reader (ReadEStargz, ReadZstdChunked, ReadTar), which feeds the
 // archive's entries to the one tar-to-tree builder every format shares
 // (names, whiteouts, opaque directories, hardlinks, implicit parents,
 // replaced entries: see treeBuilder) and adds each file's verified
