@@ -59,30 +59,40 @@ func TestMountUncompressedSameTreeAsFullUnpack(t *testing.T) {
 	}
 }
 
-var bigTar struct {
+// bigOnce builds and pushes fixture.Big(200) in one form once, to the
+// shared registry.
+type bigOnce struct {
 	once sync.Once
 	ref  string
 	err  error
+}
+
+var bigTar, bigZstdChunked bigOnce
+
+// image returns the big image in form, tagged tag in repository "big".
+func (b *bigOnce) image(t *testing.T, form fixture.Form, tag string) (*registry.Registry, string) {
+	t.Helper()
+	requireRoot(t)
+	b.once.Do(func() {
+		img, err := fixture.Build(context.Background(), fixture.Big(200), form)
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.ref = shared.reg.Ref("big", tag)
+		_, b.err = fixture.Push(context.Background(), img, b.ref)
+	})
+	if b.err != nil {
+		t.Fatalf("building the big %s image: %v", form, b.err)
+	}
+	return shared.reg, b.ref
 }
 
 // bigTarImage is fixture.Big(200) with an uncompressed layer, pushed once
 // to the shared registry.
 func bigTarImage(t *testing.T) (*registry.Registry, string) {
 	t.Helper()
-	requireRoot(t)
-	bigTar.once.Do(func() {
-		img, err := fixture.Build(context.Background(), fixture.Big(200), fixture.FormUncompressed)
-		if err != nil {
-			bigTar.err = err
-			return
-		}
-		bigTar.ref = shared.reg.Ref("big", "uncompressed")
-		_, bigTar.err = fixture.Push(context.Background(), img, bigTar.ref)
-	})
-	if bigTar.err != nil {
-		t.Fatalf("building the big uncompressed image: %v", bigTar.err)
-	}
-	return shared.reg, bigTar.ref
+	return bigTar.image(t, fixture.FormUncompressed, "uncompressed")
 }
 
 // TestLazyReadUncompressed: a plain tar has no table of contents, so
@@ -138,4 +148,56 @@ func TestCorruptSpanIsEIO(t *testing.T) {
 	if en != 0 || !bytes.Equal(got, expected(t, fixture.Big(200), "other/4k.bin")) {
 		t.Fatalf("read after the registry recovered: errno %v", en)
 	}
+}
+
+// TestMountZstdChunkedSameTreeAsFullUnpack mounts the standard image with
+// zstd:chunked layers (stargz-snapshotter's writer) and checks the tree
+// entry by entry against the layer specs and umoci's full unpack (of a
+// gzip copy: umoci reads no zstd). The TOC has eStargz's schema, so
+// mtimes are whole seconds, as for eStargz.
+func TestMountZstdChunkedSameTreeAsFullUnpack(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Standard()
+	reg := registry.Start(t)
+	ref := push(t, reg, "standard", "zstd-chunked", layers, fixture.FormZstdChunked)
+
+	d := startDaemon(t, nil)
+	dir, m := d.mount(t, ref)
+	if len(m.Layers) != len(layers) {
+		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(layers))
+	}
+	got, err := treecmp.Walk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := treecmp.Expected(layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, diff := range treecmp.Diff(wholeSeconds(want), got) {
+		t.Errorf("mount differs from the layer specs: %s", diff)
+	}
+	ref0 := t.TempDir()
+	if err := treecmp.ReferenceUnpackGzip(context.Background(), t, ref, ref0); err != nil {
+		t.Fatal(err)
+	}
+	unpacked, err := treecmp.Walk(ref0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, diff := range treecmp.Diff(wholeSeconds(unpacked), treecmp.DropEmptyXattrs(got), treecmp.SkipPaths(estargzBookkeeping)) {
+		t.Errorf("mount differs from umoci's full unpack: %s", diff)
+	}
+	if t.Failed() {
+		t.Logf("%d entries compared", len(got))
+	}
+}
+
+// TestLazyReadZstdChunked reads one 4 KiB file of fixture.Big(200) in
+// zstd:chunked form and counts, at the registry side, what moved: the
+// mount reads the footer and TOC (at most two requests), the read little
+// more than the file's chunk.
+func TestLazyReadZstdChunked(t *testing.T) {
+	reg, ref := bigZstdChunked.image(t, fixture.FormZstdChunked, "zstd-chunked")
+	checkLazyReadMovesLittle(t, reg, ref)
 }

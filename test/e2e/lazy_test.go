@@ -59,6 +59,14 @@ func expected(t *testing.T, layers []fixture.LayerSpec, path string) []byte {
 // layer and counts, at the registry side, what moved.
 func TestLazyReadMovesLittle(t *testing.T) {
 	reg, ref := bigImage(t)
+	checkLazyReadMovesLittle(t, reg, ref)
+}
+
+// checkLazyReadMovesLittle mounts ref, the big image with a TOC (eStargz
+// or zstd:chunked), through a counting proxy, reads one 4 KiB file and
+// checks what the mount and the read moved.
+func checkLazyReadMovesLittle(t *testing.T, reg *registry.Registry, ref string) {
+	t.Helper()
 	p := startProxy(t, reg)
 	d := startDaemon(t, nil)
 	dir, m := d.mount(t, viaProxy(ref, reg, p))
