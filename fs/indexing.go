@@ -133,11 +133,12 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Inde
 // Prefetch starts making, in the background, the indexes of the layers
 // not mounted or indexed yet, so that their mounts, when asked for one
 // after the other (containerd prepares an image's layers in turn), find
-// the index made or under way. Only layers that announce an eStargz TOC
-// are prefetched; failures are left for the mount to report.
+// the index made or under way. Only layers that announce a TOC (eStargz
+// or zstd:chunked) are prefetched; failures are left for the mount to
+// report.
 func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...remote.Option) {
 	for _, l := range layers {
-		if l.Annotations[index.AnnotationTOCDigest] == "" || l.Digest.Validate() != nil {
+		if !announcesTOC(l.Annotations) || l.Digest.Validate() != nil {
 			continue
 		}
 		p.mu.Lock()
@@ -163,4 +164,12 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 			<-p.buildIndex(ctx, blob, l).done
 		}()
 	}
+}
+
+// announcesTOC reports whether a layer's annotations say it has a TOC,
+// which makes indexing it cheap: eStargz's TOC digest (which Strata's
+// commit sets on zstd:chunked layers too) or zstd:chunked's manifest
+// position.
+func announcesTOC(annotations map[string]string) bool {
+	return annotations[index.AnnotationTOCDigest] != "" || annotations[index.AnnotationZstdChunkedPosition] != ""
 }
