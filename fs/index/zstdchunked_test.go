@@ -181,6 +181,18 @@ func TestReadZstdChunkedTampered(t *testing.T) {
 	}
 	_, err = ReadZstdChunked(context.Background(), bytes.NewReader(tampered), int64(len(tampered)), nil)
 	assertInvalid(t, err, "TOC")
+
+	// A changed byte in a chunk's frame is never served either.
+	idx, err := ReadZstdChunked(context.Background(), bytes.NewReader(blob), int64(len(blob)), ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := idx.Chunks[lookupPath(idx, "big").Ino][0]
+	stored := bytes.Clone(blob[c.BlobOffset : c.BlobOffset+c.BlobLength])
+	stored[len(stored)/2] ^= 0x55
+	if out, err := DecodeChunk(c, stored, nil); err == nil || out != nil {
+		t.Errorf("tampered chunk decoded: %v", err)
+	}
 }
 
 func TestReadZstdChunkedHostileFooter(t *testing.T) {
