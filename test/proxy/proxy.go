@@ -142,7 +142,8 @@ func (p *Proxy) Close() error {
 type proxyKey struct{}
 
 // serve is the per-request pipeline: count, first half of the RTT, fault
-// hook, forward. The response goes through a shaping, counting writer.
+// hook, forward. The request body (an upload) is read through a shaping,
+// counting reader, the response goes through a shaping, counting writer.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.inflight.Add(1)
 	defer p.inflight.Done()
@@ -155,6 +156,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), proxyKey{}, p))
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &shapedBody{ReadCloser: r.Body, p: p, entry: e, done: r.Context().Done()}
+	}
 	if f := p.currentFault(); f != nil && f(sw, r) {
 		p.stats.markFault(e)
 		return

@@ -8,12 +8,14 @@ import (
 )
 
 // Stats is a snapshot of what went through the proxy since New or the last
-// ResetStats. Byte counts are response body bytes sent to clients.
+// ResetStats. BytesOut counts response body bytes sent to clients (pulls);
+// BytesIn counts request body bytes received from them (pushes).
 type Stats struct {
 	Requests     int64
 	BlobRequests int64 // any method on /v2/<name>/blobs/<digest> (not uploads)
 	BytesOut     int64
 	BlobBytes    int64 // BytesOut of blob requests
+	BytesIn      int64
 	Log          []Entry
 	LogDropped   int64 // entries beyond MaxLog, counted but not kept
 }
@@ -24,8 +26,9 @@ type Entry struct {
 	Path     string
 	Range    string // the request's Range header, "" if none
 	Blob     bool
-	Status   int // 0 when no response was sent (e.g. Down)
-	Bytes    int64
+	Status   int   // 0 when no response was sent (e.g. Down)
+	Bytes    int64 // response body bytes
+	BytesIn  int64 // request body bytes
 	Duration time.Duration
 	Fault    bool // a Fault handled the request
 	Done     bool // the handler returned; Duration is final
@@ -75,6 +78,14 @@ func (rec *recorder) addBytes(e *Entry, n int64) {
 	if e.Blob {
 		rec.stats.BlobBytes += n
 	}
+}
+
+// addBytesIn counts n bytes of a request body read from the client.
+func (rec *recorder) addBytesIn(e *Entry, n int64) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	e.BytesIn += n
+	rec.stats.BytesIn += n
 }
 
 func (rec *recorder) setStatus(e *Entry, status int) {
