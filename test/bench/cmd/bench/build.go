@@ -173,6 +173,11 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 	}
 	clock.lap("commit+push")
 	res := buildResults(base, step, clock.phases)
+	if d, ok := sys.(interface{ daemonCPU() (float64, error) }); ok {
+		if cpu, err := d.daemonCPU(); err == nil {
+			res[0].DaemonCPU = cpu
+		}
+	}
 	// Not part of the step: the first command once more, everything it
 	// reads now local, is what a run costs the system without fetching.
 	t := time.Now()

@@ -133,6 +133,15 @@ func phaseRows(rs []result) []string {
 				if len(again) > 0 {
 					cells = append(cells, fmt.Sprintf("(first command again, all local: %.2f s)", median(again)))
 				}
+				var cpu []float64
+				for _, r := range rs {
+					if r.Profile == prof && r.Workload == step.Name && r.System == sys && r.DaemonCPU > 0 {
+						cpu = append(cpu, r.DaemonCPU)
+					}
+				}
+				if len(cpu) > 0 {
+					cells = append(cells, fmt.Sprintf("(daemon CPU %.2f s)", median(cpu)))
+				}
 				rows = append(rows, fmt.Sprintf("| %s (%s) | %s | %s |", step.Name, prof, sys, strings.Join(cells, "; ")))
 			}
 		}

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -89,6 +91,39 @@ func (s *strataBuild) Teardown(ctx context.Context) error {
 	}
 	return err
 }
+
+// daemonCPU is the CPU time (user + system) the daemon has used so far:
+// on a shared machine it says what Strata's FUSE serving costs, whatever
+// the wall clock did.
+func (s *strataBuild) daemonCPU() (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.daemonPID))
+	if err != nil {
+		return 0, err
+	}
+	return cpuSeconds(string(b))
+}
+
+// cpuSeconds reads utime + stime from a /proc/PID/stat line; the command
+// name (field 2) may hold spaces, so fields are counted after its ')'.
+func cpuSeconds(stat string) (float64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("malformed stat %q", stat)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (utime + stime) / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
 
 // stopPID stops a process that is not our child (the CLI started it in a
 // session of its own): SIGTERM, then SIGKILL after 15 s.

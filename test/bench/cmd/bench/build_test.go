@@ -102,3 +102,14 @@ func TestPlanRows(t *testing.T) {
 		}
 	}
 }
+
+func TestCPUSeconds(t *testing.T) {
+	// utime 250 and stime 50 ticks; the name holds a space and a ')'.
+	stat := "4242 (strata d)mn) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 30 10 12 0 100 0 0"
+	if got, err := cpuSeconds(stat); err != nil || got != 3 {
+		t.Errorf("cpuSeconds = %v, %v; want 3", got, err)
+	}
+	if _, err := cpuSeconds("garbage"); err == nil {
+		t.Error("no error for a malformed line")
+	}
+}

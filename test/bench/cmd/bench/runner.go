@@ -36,7 +36,10 @@ type result struct {
 	// Again: a build step's first command run once more after the step,
 	// not part of Seconds: its cost with nothing left to fetch.
 	Again float64 `json:",omitempty"`
-	Err   string  `json:",omitempty"`
+	// DaemonCPU: CPU seconds Strata's daemon used from its start to the
+	// end of a build step (build rows only).
+	DaemonCPU float64 `json:",omitempty"`
+	Err       string  `json:",omitempty"`
 }
 
 // imageSizes are compressed sizes from the manifests, for the bytes target.
