@@ -1,8 +1,10 @@
 # Benchmark targets; the top-level Makefile includes this file.
 # `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
 # `make bench` runs the full matrix. Both write docs/benchmarks.md.
+# ROWS=mount|containerd|build runs only that kind of row (for development:
+# the report then covers just those), e.g. `make bench QUICK=1 ROWS=build`.
 
-BENCH_FLAGS := $(if $(QUICK),--quick,)
+BENCH_FLAGS := $(if $(QUICK),--quick,) $(if $(ROWS),--rows $(ROWS),)
 
 .PHONY: bench bench-images bench-report bench-micro bench-tools
 
@@ -10,12 +12,14 @@ bench-tools:
 	bash test/install-deps.sh
 	@command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
 	@command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace
+	@command -v buildah >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah
+	@command -v runc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runc
 	@mkdir -p bin
 	go build -o bin/strata ./cmd/strata
 	go build -o bin/bench ./test/bench/cmd/bench
 	cd test/bench/stargz && go build -o ../../../bin/stargz-bench .
 
-bench: bench-tools ## benchmark Strata against full pull and stargz-snapshotter, write docs/benchmarks.md (QUICK=1: subset)
+bench: bench-tools ## benchmark Strata against full pull, stargz-snapshotter, containerd and buildah, write docs/benchmarks.md (QUICK=1: subset; ROWS=build: one kind of row)
 	bin/bench $(BENCH_FLAGS)
 
 bench-images: bench-tools ## build and push the benchmark images once (cached under .bench/)

@@ -1,7 +1,8 @@
 // Package proxy is a loopback HTTP reverse proxy put between a client under
-// test (Strata, skopeo, ggcr) and a test registry. It counts requests and
-// response bytes exactly, shapes traffic like a network link (round-trip
-// latency and a bandwidth cap shared by all concurrent responses), and
+// test (Strata, skopeo, ggcr) and a test registry. It counts requests,
+// response bytes and uploaded (request body) bytes exactly, shapes traffic
+// like a full-duplex network link (round-trip latency, and a bandwidth cap
+// shared by all concurrent responses, and another by all uploads), and
 // injects faults (error statuses, flipped bytes, dropped connections).
 //
 // Counting is what laziness tests assert on ("mounting fetched no blob

@@ -142,21 +142,22 @@ func (p *Proxy) Close() error {
 type proxyKey struct{}
 
 // serve is the per-request pipeline: count, first half of the RTT, fault
-// hook, forward. The response goes through a shaping, counting writer.
+// hook, forward. The request body (an upload) is read through a shaping,
+// counting reader, the response goes through a shaping, counting writer.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.inflight.Add(1)
 	defer p.inflight.Done()
 	e := p.stats.begin(r)
 	sw := &shapedWriter{ResponseWriter: w, p: p, entry: e, start: time.Now(), done: r.Context().Done()}
 	defer func() { p.stats.end(e, time.Since(sw.start)) }()
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingBody{ReadCloser: r.Body, rec: &p.stats, e: e}
-	}
 
 	if !sleep(r.Context().Done(), p.stop, p.link.current().RTT/2) {
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), proxyKey{}, p))
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &shapedBody{ReadCloser: r.Body, p: p, entry: e, done: r.Context().Done()}
+	}
 	if f := p.currentFault(); f != nil && p.runFault(f, sw, r) {
 		return
 	}
@@ -219,19 +220,4 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	}
 	p.log.Warn("proxy: upstream", "method", r.Method, "path", r.URL.Path, "err", err)
 	http.Error(w, "proxy: upstream: "+err.Error(), http.StatusBadGateway)
-}
-
-// countingBody counts the request body bytes a handler or Fault reads.
-type countingBody struct {
-	io.ReadCloser
-	rec *recorder
-	e   *Entry
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.rec.addBytesIn(b.e, int64(n))
-	}
-	return n, err
 }

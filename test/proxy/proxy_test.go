@@ -212,3 +212,29 @@ func TestConcurrentCounting(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestUploadCounted: request body bytes (a push's blob upload) are counted
+// exactly, apart from the response bytes, in the totals and per request.
+func TestUploadCounted(t *testing.T) {
+	reg := registry.Start(t)
+	p := newProxy(t, reg.URL())
+	layer := static.NewLayer(bytes.Repeat([]byte("strata"), 20_000), types.OCILayer)
+	r, err := name.NewRepository(p.Host() + "/up/load")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteLayer(r, layer, remote.WithTransport(http.DefaultTransport.(*http.Transport).Clone())); err != nil {
+		t.Fatal(err)
+	}
+	s := p.Stats()
+	var perRequest int64
+	for _, e := range s.Log {
+		perRequest += e.BytesIn
+	}
+	if s.BytesIn != 120_000 || perRequest != s.BytesIn {
+		t.Fatalf("BytesIn %d (log sums to %d), want 120000", s.BytesIn, perRequest)
+	}
+	if s.BytesOut >= 120_000 {
+		t.Errorf("BytesOut %d: the upload was counted as a download", s.BytesOut)
+	}
+}

@@ -12,7 +12,9 @@ type Profile struct {
 	// half before the first response byte.
 	RTT time.Duration
 	// BandwidthBps caps response body bytes per second over all concurrent
-	// responses together, like one shared link. Bytes, not bits. 0 means
+	// responses together, like one shared link, and, separately, request
+	// body bytes (uploads) the same way: the link is full duplex, so a push
+	// and a pull at once do not slow each other. Bytes, not bits. 0 means
 	// unlimited.
 	BandwidthBps int64
 }
@@ -29,13 +31,22 @@ var (
 // without a timer per 16 KiB at LAN speed.
 const minSleep = 2 * time.Millisecond
 
-// link is the shared bandwidth model: a virtual clock of when the link
-// finishes sending what has been reserved so far. Each write reserves its
-// transmission time after everything reserved before it (FIFO, like one
-// wire) and waits until its last byte would have arrived.
+// direction is one half of the full-duplex link.
+type direction int
+
+const (
+	down direction = iota // responses, registry to client
+	up                    // request bodies, client to registry
+)
+
+// link is the shared bandwidth model: for each direction, a virtual clock
+// of when the link finishes sending what has been reserved so far. Each
+// write (or read of an upload) reserves its transmission time after
+// everything reserved before it in its direction (FIFO, like one wire) and
+// waits until its last byte would have arrived.
 type link struct {
 	mu      sync.Mutex
-	free    time.Time // when the link is idle again
+	free    [2]time.Time // per direction, when it is idle again
 	profile Profile
 }
 
@@ -51,20 +62,20 @@ func (l *link) current() Profile {
 	return l.profile
 }
 
-// reserve books n bytes on the link and returns when they are sent.
-func (l *link) reserve(n int) time.Time {
+// reserve books n bytes in direction d and returns when they are sent.
+func (l *link) reserve(d direction, n int) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	if l.profile.BandwidthBps <= 0 {
 		return now
 	}
-	if l.free.Before(now) {
+	if l.free[d].Before(now) {
 		// An idle link accrues no credit: bursts are not faster than the cap.
-		l.free = now
+		l.free[d] = now
 	}
-	l.free = l.free.Add(time.Duration(int64(n) * int64(time.Second) / l.profile.BandwidthBps))
-	return l.free
+	l.free[d] = l.free[d].Add(time.Duration(int64(n) * int64(time.Second) / l.profile.BandwidthBps))
+	return l.free[d]
 }
 
 // pace waits until the reserved bytes are sent. Debts under minSleep are

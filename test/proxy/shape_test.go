@@ -6,6 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/stratafs/strata/test/registry"
 )
 
@@ -115,5 +120,31 @@ func TestCloseAbortsSlowResponse(t *testing.T) {
 	}
 	if _, err := http.Get(p.URL() + "/v2/"); err == nil {
 		t.Fatal("proxy answers after Close")
+	}
+}
+
+// Uploads are paced on their own half of the link: 1 MiB pushed at
+// 10 Mbit/s takes at least as long as 1 MiB pulled.
+func TestUploadBandwidthCap(t *testing.T) {
+	reg := registry.StartInProcess(t)
+	p := newProxy(t, reg.URL(), WithProfile(Profile{Name: "10mbit", BandwidthBps: tenMbit}))
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	r, err := name.NewRepository(p.Host() + "/up/capped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := remote.WriteLayer(r, static.NewLayer(data, types.OCILayer)); err != nil {
+		t.Fatal(err)
+	}
+	// 1 MiB at 1.25 MB/s is 0.84 s.
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("1 MiB pushed at 10 Mbit/s took %v, want > 0.5s", d)
+	}
+	if s := p.Stats(); s.BytesIn != 1<<20 {
+		t.Errorf("BytesIn %d, want %d", s.BytesIn, 1<<20)
 	}
 }

@@ -8,7 +8,8 @@ import (
 )
 
 // Stats is a snapshot of what went through the proxy since New or the last
-// ResetStats. Byte counts are response body bytes sent to clients.
+// ResetStats. BytesOut counts response body bytes sent to clients (pulls);
+// BytesIn counts request body bytes received from them (pushes).
 type Stats struct {
 	Requests     int64
 	BlobRequests int64 // any method on /v2/<name>/blobs/<digest> (not uploads)

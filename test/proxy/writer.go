@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -72,7 +73,7 @@ func (w *shapedWriter) Write(b []byte) (int, error) {
 	written := 0
 	for written < len(b) {
 		chunk := b[written:min(len(b), written+size)]
-		if !pace(w.done, w.p.stop, w.p.link.reserve(len(chunk))) {
+		if !pace(w.done, w.p.stop, w.p.link.reserve(down, len(chunk))) {
 			return written, http.ErrAbortHandler
 		}
 		w.p.stats.addBytes(w.entry, int64(len(chunk)))
@@ -99,4 +100,30 @@ func (w *shapedWriter) Flush() {
 		w.WriteHeader(http.StatusOK)
 	}
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// shapedBody paces a request body (an upload) through the link's up
+// direction and counts it. The proxy reads it only as fast as the link
+// would carry it, so the registry, and the client's wait for the answer,
+// see the upload arrive at the link's rate.
+type shapedBody struct {
+	io.ReadCloser
+	p     *Proxy
+	entry *Entry
+	done  <-chan struct{} // the request context's Done
+}
+
+func (b *shapedBody) Read(buf []byte) (int, error) {
+	bps := b.p.link.current().BandwidthBps
+	if size := chunkFor(bps); len(buf) > size {
+		buf = buf[:size]
+	}
+	n, err := b.ReadCloser.Read(buf)
+	if n > 0 {
+		b.p.stats.addBytesIn(b.entry, int64(n))
+		if !pace(b.done, b.p.stop, b.p.link.reserve(up, n)) {
+			return n, http.ErrAbortHandler
+		}
+	}
+	return n, err
 }

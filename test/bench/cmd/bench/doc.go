@@ -4,7 +4,9 @@
 // system measured and that registry, runs each workload cold, warm and hot
 // for Strata and for the baselines (full pull + unpack with skopeo and
 // umoci; stargz-snapshotter's FUSE filesystem through test/bench/stargz;
-// local disk), and writes docs/benchmarks.md.
+// local disk), and the build path (`strata mount --rw`, `run`, `commit`)
+// against buildah's from, run, commit and push (build.go), and writes
+// docs/benchmarks.md.
 //
 // States of a measurement:
 //   - cold: fresh daemon state (or fresh unpack dir) and the page cache
@@ -14,7 +16,7 @@
 //     tree) kept.
 //   - hot: again at once, nothing dropped.
 //
-// Must run as root (FUSE, chroot, drop_caches). It drives Strata only
+// Must run as root (FUSE, chroot, drop_caches, runc, buildah). It drives Strata only
 // through its CLI binary, and must never import Strata's own packages
 // (remote, store, fs, snapshotter, internal, cmd): a harness that links the
 // code it measures measures the wrong thing.

@@ -127,6 +127,7 @@ func resolveIn(root, p string) (string, bool) {
 
 type machineInfo struct {
 	Kernel, CPU, Go, Strata, Skopeo, Umoci, Registry, Stargz string
+	Buildah, Runc                                            string `json:",omitempty"`
 	Cores                                                    int
 	MemGiB                                                   int64
 }
@@ -151,6 +152,8 @@ func machine(ctx context.Context, o options) machineInfo {
 		Umoci:    out("umoci", "--version"),
 		Registry: out("docker-registry", "--version"),
 		Stargz:   out("sh", "-c", "grep 'stargz-snapshotter v' "+filepath.Join(filepath.Dir(o.stargz), "..", "test/bench/stargz/go.mod")),
+		Buildah:  out("buildah", "--version"),
+		Runc:     out("runc", "--version"),
 		Cores:    runtime.NumCPU(),
 	}
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,6 +27,7 @@ type options struct {
 	imagesOnly         bool
 	reportOnly         bool
 	only               string
+	rows               string
 }
 
 func main() {
@@ -37,7 +40,12 @@ func main() {
 	flag.BoolVar(&o.imagesOnly, "images", false, "only build and push the images")
 	flag.BoolVar(&o.reportOnly, "report", false, "only render the report from the last results")
 	flag.StringVar(&o.only, "only", "", "run only the plan entries for this image (for development; the report then covers just those)")
+	flag.StringVar(&o.rows, "rows", "all", "run only the plan entries of this kind: "+strings.Join(rowKinds, ", ")+" (for development; the report then covers just those)")
 	flag.Parse()
+	if !slices.Contains(rowKinds, o.rows) {
+		fmt.Fprintf(os.Stderr, "--rows: %q is not one of %s\n", o.rows, strings.Join(rowKinds, ", "))
+		os.Exit(2)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -68,7 +76,7 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	defer reg.Close()
 	b := &builder{ctx: ctx, Dir: filepath.Join(o.work, "images"), Strata: o.strata, log: log}
-	p := planFor(o.quick).only(o.only)
+	p := planFor(o.quick).only(o.only).rows(o.rows)
 	start := time.Now()
 	for _, name := range p.images() {
 		spec, _ := imageByName(name)

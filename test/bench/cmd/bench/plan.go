@@ -14,18 +14,22 @@ type entry struct {
 	Workloads []string
 	Systems   []string
 	Runs      int
-	// PullRuns, when set, caps the runs of the full-pull baseline: it is
-	// the slowest system by far and its spread is the link's, not noise.
+	// PullRuns, when set, caps the runs of the full-pull baselines
+	// (fullpull, ctd-overlayfs, bld-buildah): they are the slowest
+	// systems by far and their spread is the link's, not noise.
 	PullRuns int
 	// ColdOnly lists the workloads whose warm and hot repeats are skipped.
 	ColdOnly []string
 	// Containerd entries run each workload's command with `ctr run` in a
 	// private containerd, for the ctd* systems (containerd_run.go).
 	Containerd bool
+	// Build entries measure build steps (Workloads names buildSteps) for
+	// the bld* systems (build.go).
+	Build bool
 }
 
 func (e entry) runsOf(system string) int {
-	if (system == "fullpull" || system == ctdOverlay) && e.PullRuns > 0 {
+	if (system == "fullpull" || system == ctdOverlay || system == bldBuildah) && e.PullRuns > 0 {
 		return min(e.PullRuns, e.Runs)
 	}
 	return e.Runs
@@ -55,10 +59,12 @@ var startup = map[string][]string{
 // planFor returns the QUICK subset or the full matrix. QUICK keeps the
 // measurements the issue's targets are about: start-up workloads over wan,
 // `tar` of smallfiles over wan (Strata and full pull only: stargz takes
-// minutes there), and warm throughput against local disk over lo. The full
-// pull baseline runs once per QUICK entry (it alone would take 5 minutes).
+// minutes there), warm throughput against local disk over lo, and the
+// small build step over wan, once each (buildah's pull of the base alone
+// takes ~25 s). The full pull baseline runs once per QUICK entry (it alone
+// would take 5 minutes).
 //
-// The full matrix gives every row 5 runs of every system in it, and fits
+// The full matrix gives most rows 5 runs of every system in them, and fits
 // in 40 minutes by leaving out the rows that cost minutes and say nothing
 // the others do not: smallfiles is read over lo and wan (not lan), by
 // stargz-snapshotter only with cat and find (its `tar` of 50,000 files
@@ -66,7 +72,11 @@ var startup = map[string][]string{
 // (they read the local cache, whatever the link); bigfile is read over lo only
 // (over lan and wan every system is bound by the link: 10 and 90 s a
 // run); containerd runs over wan. The full pull is done once a run and
-// serves all the workloads of its row (runner.measure).
+// serves all the workloads of its row (runner.measure). The containerd
+// rows, the build steps (over wan, where their targets are) and the full
+// pull over lan (where no target is) get 3 runs instead of 5: a build
+// step's baseline costs a minute a run (pull, compile, commit, push), and
+// the matrix must stay under 40 minutes.
 func planFor(quick bool) plan {
 	if quick {
 		return plan{
@@ -77,13 +87,18 @@ func planFor(quick bool) plan {
 			{Profile: proxy.ProfileWAN, Image: "smallfiles", Workloads: []string{"tar"}, Systems: []string{"strata", "fullpull"}, Runs: 1, ColdOnly: []string{"tar"}},
 			{Profile: proxy.ProfileLo, Image: "smallfiles", Workloads: []string{"find"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileLo, Image: "bigfile", Workloads: []string{"seqread"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
+			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"small"}, Systems: bldSystems, Runs: 1, Build: true},
 		}
 	}
 	const runs = 5
 	var p plan
 	for _, prof := range []proxy.Profile{proxy.ProfileLo, proxy.ProfileLAN, proxy.ProfileWAN} {
 		for _, img := range []string{"debian", "golang", "python"} {
-			p = append(p, entry{Profile: prof, Image: img, Workloads: startup[img], Systems: allSystems, Runs: runs})
+			e := entry{Profile: prof, Image: img, Workloads: startup[img], Systems: allSystems, Runs: runs}
+			if prof == proxy.ProfileLAN {
+				e.PullRuns = 3 // no target is over lan
+			}
+			p = append(p, e)
 		}
 		switch prof {
 		case proxy.ProfileLo:
@@ -96,8 +111,37 @@ func planFor(quick bool) plan {
 		}
 	}
 	return append(p,
-		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: runs, Containerd: true},
-		entry{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: ctdSystems, Runs: runs, Containerd: true})
+		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, Containerd: true},
+		entry{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: ctdSystems, Runs: 3, Containerd: true},
+		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"small", "compile"}, Systems: bldSystems, Runs: 3, Build: true})
+}
+
+// rowKinds are the values of --rows: which kind of entries to run.
+var rowKinds = []string{"all", "mount", "containerd", "build"}
+
+func (e entry) kind() string {
+	switch {
+	case e.Build:
+		return "build"
+	case e.Containerd:
+		return "containerd"
+	default:
+		return "mount"
+	}
+}
+
+// rows keeps the entries of one kind; "all" or "" keeps everything.
+func (p plan) rows(kind string) plan {
+	if kind == "" || kind == "all" {
+		return p
+	}
+	var out plan
+	for _, e := range p {
+		if e.kind() == kind {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // only keeps the entries for image; "" keeps everything.

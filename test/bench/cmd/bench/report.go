@@ -18,8 +18,9 @@ type summary struct {
 	Errors            int
 	Med, Min, Max     float64 // seconds
 	Bytes, Requests   int64   // medians
+	BytesIn           int64   // median of uploaded bytes
 	Amount            float64 // median amount per second (MB/s or IOPS)
-	MountMed, MountMx float64
+	MountMed, MountMx float64 // median and max of MountSeconds
 }
 
 func median(xs []float64) float64 {
@@ -49,7 +50,7 @@ func summarize(rs []result) map[key]*summary {
 	out := map[key]*summary{}
 	for k, g := range groups {
 		s := &summary{}
-		var secs, bytes, reqs, rate []float64
+		var secs, bytes, bytesIn, reqs, rate, mounts []float64
 		for _, r := range g {
 			if r.Err != "" {
 				s.Errors++
@@ -57,6 +58,8 @@ func summarize(rs []result) map[key]*summary {
 			}
 			secs = append(secs, r.Seconds)
 			bytes = append(bytes, float64(r.Bytes))
+			bytesIn = append(bytesIn, float64(r.BytesIn))
+			mounts = append(mounts, r.MountSeconds)
 			reqs = append(reqs, float64(r.Requests))
 			if r.Amount > 0 && r.Seconds > 0 {
 				work := r.Seconds - r.MountSeconds
@@ -71,6 +74,8 @@ func summarize(rs []result) map[key]*summary {
 		if s.N > 0 {
 			s.Med, s.Min, s.Max = median(secs), slices.Min(secs), slices.Max(secs)
 			s.Bytes, s.Requests = int64(median(bytes)), int64(median(reqs))
+			s.BytesIn = int64(median(bytesIn))
+			s.MountMed, s.MountMx = median(mounts), slices.Max(mounts)
 			s.Amount = median(rate)
 		}
 		out[k] = s
@@ -91,13 +96,18 @@ func renderReport(w io.Writer, res *runResults) error {
 	m := res.Machine
 	p("## Machine and versions\n\n| | |\n|---|---|\n| CPU | %s, %d cores |\n| memory | %d GiB |\n| kernel | %s |\n| Go | %s |\n",
 		m.CPU, m.Cores, m.MemGiB, m.Kernel, m.Go)
-	p("| strata | commit %s |\n| skopeo | %s |\n| umoci | %s |\n| registry | %s |\n| stargz-snapshotter | %s |\n\n",
+	p("| strata | commit %s |\n| skopeo | %s |\n| umoci | %s |\n| registry | %s |\n| stargz-snapshotter | %s |\n",
 		m.Strata, m.Skopeo, m.Umoci, m.Registry, strings.TrimSpace(m.Stargz))
+	if m.Buildah != "" {
+		p("| buildah | %s |\n| runc | %s |\n", m.Buildah, m.Runc)
+	}
+	p("\n")
 	renderMethod(w)
 	renderImages(w, res)
 	renderTables(w, res, sums)
 	renderTargets(w, res, sums)
 	renderContainerd(w, res, sums)
+	renderBuild(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}
@@ -108,8 +118,8 @@ func renderMethod(w io.Writer) {
 	fmt.Fprint(w, `## Method
 
 - Registry: Debian's docker-registry on 127.0.0.1, storage kept under `+"`.bench/registry`"+`. Every system reaches it only through
-  `+"`test/proxy`"+`, which counts response bytes and requests and shapes the link: **lo** (none), **lan** (1 ms RTT, 1 Gbit/s),
-  **wan** (20 ms RTT, 100 Mbit/s, shared by all connections).
+  `+"`test/proxy`"+`, which counts response bytes, uploaded bytes and requests and shapes the link: **lo** (none), **lan** (1 ms RTT, 1 Gbit/s),
+  **wan** (20 ms RTT, 100 Mbit/s, shared by all connections; uploads get the same rate on their own half of the link).
 - Systems: **strata** (`+"`strata daemon`"+` with a fresh root per cold run, `+"`strata mount --insecure REF DIR`"+` of the eStargz image);
   **fullpull** (`+"`skopeo copy docker://… oci:…`"+` of the gzip image + `+"`umoci unpack`"+`, then the workload on local disk;
   its warm/hot rows are the local-disk baseline; one pull a run serves every workload of a row, each timed as pull + unpack +

@@ -29,7 +29,17 @@ type result struct {
 	Amount      float64 `json:",omitempty"` // bytes (seqread) or operations (randread)
 	Bytes       int64   // response bytes through the proxy
 	Requests    int64
-	Err         string `json:",omitempty"`
+	// BytesIn: request body bytes through the proxy (pushes).
+	BytesIn int64 `json:",omitempty"`
+	// Phases of a build step (build.go), in order.
+	Phases []phase `json:",omitempty"`
+	// Again: a build step's first command run once more after the step,
+	// not part of Seconds: its cost with nothing left to fetch.
+	Again float64 `json:",omitempty"`
+	// DaemonCPU: CPU seconds Strata's daemon used from its start to the
+	// end of a build step (build rows only).
+	DaemonCPU float64 `json:",omitempty"`
+	Err       string  `json:",omitempty"`
 }
 
 // imageSizes are compressed sizes from the manifests, for the bytes target.
@@ -112,6 +122,11 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 					for _, wname := range g {
 						w, _ := workloadByName(wname)
 						ws = append(ws, w)
+					}
+					if e.Build {
+						step, _ := buildStepByName(g[0])
+						res.Results = append(res.Results, r.measureBuild(ctx, sname, spec, step, e.Profile.Name, run)...)
+						continue
 					}
 					if e.Containerd {
 						res.Results = append(res.Results, r.measureCtd(ctx, sname, spec, ws[0], e.Profile.Name, run)...)

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// buildRun makes the results of one cold run of a step from its phases,
+// as measureBuild does.
+func buildRun(sys, step string, phases ...phase) []result {
+	base := result{Profile: "wan", Image: "golang", Workload: step, System: sys, State: "cold"}
+	s, _ := buildStepByName(step)
+	return buildResults(base, s, phases)
+}
+
+func TestBuildResultsFromPhases(t *testing.T) {
+	rs := buildRun(bldBuildah, "small",
+		phase{Name: "from", Seconds: 22, BytesOut: 147e6, Requests: 5},
+		phase{Name: "run 1", Seconds: 1},
+		phase{Name: "run 2", Seconds: 0.5},
+		phase{Name: "commit+push", Seconds: 1.5, BytesOut: 1e3, BytesIn: 2e3, Requests: 9})
+	if len(rs) != 2 {
+		t.Fatalf("%d results, want the step and %s", len(rs), firstRun)
+	}
+	step, first := rs[0], rs[1]
+	if step.Workload != "small" || step.Seconds != 25 || step.MountSeconds != 22 || step.Bytes != 147e6+1e3 ||
+		step.BytesIn != 2e3 || step.Requests != 14 || step.SharedMount {
+		t.Errorf("step %+v", step)
+	}
+	if first.Workload != firstRun || first.Seconds != 23 || first.MountSeconds != 22 || first.Bytes != 147e6 ||
+		first.BytesIn != 0 || !first.SharedMount || len(first.Phases) != 2 {
+		t.Errorf("%s %+v", firstRun, first)
+	}
+	if rs := buildRun(bldStrata, "compile", phase{Name: "from", Seconds: 1}, phase{Name: "run 1", Seconds: 12}); len(rs) != 1 {
+		t.Errorf("compile gave %d results, want 1", len(rs))
+	}
+}
+
+// TestBuildTargets: the 10× targets compare medians end to end; the
+// compiling step's limit is buildah's median time without its pull + 2 s.
+func TestBuildTargets(t *testing.T) {
+	res := &runResults{}
+	for range 3 {
+		res.Results = append(res.Results, buildRun(bldStrata, "small",
+			phase{Name: "from", Seconds: 0.5, BytesOut: 1e6}, phase{Name: "run 1", Seconds: 1.5, BytesOut: 8e6},
+			phase{Name: "run 2", Seconds: 0.3}, phase{Name: "commit+push", Seconds: 0.7, BytesIn: 1e6})...)
+		res.Results = append(res.Results, buildRun(bldBuildah, "small",
+			phase{Name: "from", Seconds: 22.4, BytesOut: 147.6e6}, phase{Name: "run 1", Seconds: 0.8},
+			phase{Name: "run 2", Seconds: 0.3}, phase{Name: "commit+push", Seconds: 1.5, BytesIn: 2e6})...)
+	}
+	// compile: buildah 22 + 10 + 2 → limit 14 s; strata 13, 15, 15.5 → median 15: missed.
+	for i, secs := range []float64{11, 13, 13.5} {
+		res.Results = append(res.Results, buildRun(bldStrata, "compile",
+			phase{Name: "from", Seconds: 0.5}, phase{Name: "run 1", Seconds: secs}, phase{Name: "commit+push", Seconds: 1.5})...)
+		res.Results = append(res.Results, buildRun(bldBuildah, "compile",
+			phase{Name: "from", Seconds: 22 + float64(i)}, phase{Name: "run 1", Seconds: 10}, phase{Name: "commit+push", Seconds: 2})...)
+	}
+	var buf bytes.Buffer
+	if err := renderReport(&buf, res); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"(issue 12) | 2.00 s vs 23.20 s (11.6×; n=3 and 3); strata 9.0 MB down, 0.0 kB up, buildah 147.6 MB down, 0.0 kB up | met |",
+		"(issue 13) | 3.00 s vs 25.00 s (8.3×; n=3 and 3); strata 9.0 MB down, 1.0 MB up, buildah 147.6 MB down, 2.0 MB up | **MISSED** |",
+		"plus 2 s (issue 13) | 15.00 s vs limit 14.00 s (buildah 35.00 s, of which pull 23.00 s; n=3 and 3)",
+		"| wan | golang | small | 3.00 (3.00–3.00) n=3 · from 0.50 s · 9.0 MB down · 1.0 MB up",
+		"| small (wan) | bld-buildah | from 22.40 s · 147.6 MB · 0.0 kB; run 1 0.80 s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if !strings.Contains(out, "14.00 s (buildah 35.00 s, of which pull 23.00 s; n=3 and 3); strata 0.0 kB down, 0.0 kB up, buildah 0.0 kB down, 0.0 kB up | **MISSED** |") {
+		t.Errorf("compile target not missed")
+	}
+	if t.Failed() {
+		t.Log(out)
+	}
+}
+
+func TestPlanRows(t *testing.T) {
+	for _, quick := range []bool{true, false} {
+		p := planFor(quick)
+		b := p.rows("build")
+		if len(b) == 0 {
+			t.Fatalf("quick=%v: no build entries", quick)
+		}
+		for _, e := range b {
+			if !e.Build || e.Image != "golang" || e.Profile.Name != "wan" {
+				t.Errorf("quick=%v: build rows hold %+v", quick, e)
+			}
+			for _, w := range e.Workloads {
+				if _, ok := buildStepByName(w); !ok {
+					t.Errorf("no build step %q", w)
+				}
+			}
+		}
+		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b); n != len(p) || len(p.rows("all")) != len(p) {
+			t.Errorf("quick=%v: kinds cover %d of %d entries", quick, n, len(p))
+		}
+	}
+}
+
+func TestCPUSeconds(t *testing.T) {
+	// utime 250 and stime 50 ticks; the name holds a space and a ')'.
+	stat := "4242 (strata d)mn) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 30 10 12 0 100 0 0"
+	if got, err := cpuSeconds(stat); err != nil || got != 3 {
+		t.Errorf("cpuSeconds = %v, %v; want 3", got, err)
+	}
+	if _, err := cpuSeconds("garbage"); err == nil {
+		t.Error("no error for a malformed line")
+	}
+}
