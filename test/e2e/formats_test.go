@@ -21,42 +21,9 @@ import (
 // checks the tree entry by entry against the layer specs and umoci's full
 // unpack. A tar keeps nanosecond mtimes, so they are compared whole.
 func TestMountUncompressedSameTreeAsFullUnpack(t *testing.T) {
-	requireRoot(t)
-	layers := fixture.Standard()
-	reg := registry.Start(t)
-	ref := push(t, reg, "standard", "uncompressed", layers, fixture.FormUncompressed)
-
-	d := startDaemon(t, nil)
-	dir, m := d.mount(t, ref)
-	if len(m.Layers) != len(layers) {
-		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(layers))
-	}
-	got, err := treecmp.Walk(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := treecmp.Expected(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, diff := range treecmp.Diff(want, got) {
-		t.Errorf("mount differs from the layer specs: %s", diff)
-	}
-	ref0 := t.TempDir()
-	if err := treecmp.ReferenceUnpack(context.Background(), t, ref, ref0); err != nil {
-		t.Fatal(err)
-	}
-	unpacked, err := treecmp.Walk(ref0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// umoci drops xattrs with empty values (see tree_test.go).
-	for _, diff := range treecmp.Diff(unpacked, treecmp.DropEmptyXattrs(got)) {
-		t.Errorf("mount differs from umoci's full unpack: %s", diff)
-	}
-	if t.Failed() {
-		t.Logf("%d entries compared", len(got))
-	}
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormUncompressed, tag: "uncompressed", unpack: treecmp.ReferenceUnpack,
+	})
 }
 
 // bigOnce builds and pushes fixture.Big(200) in one form once, to the
@@ -156,41 +123,10 @@ func TestCorruptSpanIsEIO(t *testing.T) {
 // gzip copy: umoci reads no zstd). The TOC has eStargz's schema, so
 // mtimes are whole seconds, as for eStargz.
 func TestMountZstdChunkedSameTreeAsFullUnpack(t *testing.T) {
-	requireRoot(t)
-	layers := fixture.Standard()
-	reg := registry.Start(t)
-	ref := push(t, reg, "standard", "zstd-chunked", layers, fixture.FormZstdChunked)
-
-	d := startDaemon(t, nil)
-	dir, m := d.mount(t, ref)
-	if len(m.Layers) != len(layers) {
-		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(layers))
-	}
-	got, err := treecmp.Walk(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := treecmp.Expected(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, diff := range treecmp.Diff(wholeSeconds(want), got) {
-		t.Errorf("mount differs from the layer specs: %s", diff)
-	}
-	ref0 := t.TempDir()
-	if err := treecmp.ReferenceUnpackGzip(context.Background(), t, ref, ref0); err != nil {
-		t.Fatal(err)
-	}
-	unpacked, err := treecmp.Walk(ref0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, diff := range treecmp.Diff(wholeSeconds(unpacked), treecmp.DropEmptyXattrs(got), treecmp.SkipPaths(estargzBookkeeping)) {
-		t.Errorf("mount differs from umoci's full unpack: %s", diff)
-	}
-	if t.Failed() {
-		t.Logf("%d entries compared", len(got))
-	}
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormZstdChunked, tag: "zstd-chunked",
+		wholeSeconds: true, unpack: treecmp.ReferenceUnpackGzip,
+	})
 }
 
 // TestLazyReadZstdChunked reads one 4 KiB file of fixture.Big(200) in

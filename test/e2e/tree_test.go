@@ -43,31 +43,55 @@ func wholeSeconds(recs []treecmp.Record) []treecmp.Record {
 // the tree entry by entry against (a) umoci's full unpack of the same
 // image and (b) the tree computed from the layer specs alone.
 func TestMountSameTreeAsFullUnpack(t *testing.T) {
-	requireRoot(t)
-	layers := append(fixture.Standard(), multiChunkLayer())
-	reg := registry.Start(t)
-	ref := push(t, reg, "standard", "estargz", layers, fixture.FormEStargz)
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: append(fixture.Standard(), multiChunkLayer()), form: fixture.FormEStargz,
+		tag: "estargz", wholeSeconds: true, unpack: treecmp.ReferenceUnpack,
+	})
+}
 
+// treeCase is an image for checkSameTreeAsFullUnpack: its layers, the form
+// they are pushed in, whether the form keeps only whole-second mtimes, and
+// how the reference unpacks it.
+type treeCase struct {
+	layers       []fixture.LayerSpec
+	form         fixture.Form
+	tag          string
+	wholeSeconds bool
+	unpack       func(ctx context.Context, t testing.TB, ref, dir string) error
+}
+
+// checkSameTreeAsFullUnpack pushes the case's image to a registry of its
+// own, mounts it and checks the tree entry by entry against (a) the tree
+// computed from the layer specs alone and (b) the reference's full unpack.
+func checkSameTreeAsFullUnpack(t *testing.T, c treeCase) {
+	t.Helper()
+	requireRoot(t)
+	reg := registry.Start(t)
+	ref := push(t, reg, "standard", c.tag, c.layers, c.form)
 	d := startDaemon(t, nil)
 	dir, m := d.mount(t, ref)
-	if len(m.Layers) != len(layers) {
-		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(layers))
+	if len(m.Layers) != len(c.layers) {
+		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(c.layers))
 	}
 	got, err := treecmp.Walk(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	want, err := treecmp.Expected(layers)
+	seconds := func(recs []treecmp.Record) []treecmp.Record {
+		if c.wholeSeconds {
+			return wholeSeconds(recs)
+		}
+		return recs
+	}
+	want, err := treecmp.Expected(c.layers)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, diff := range treecmp.Diff(wholeSeconds(want), got) {
+	for _, diff := range treecmp.Diff(seconds(want), got) {
 		t.Errorf("mount differs from the layer specs: %s", diff)
 	}
-
 	ref0 := t.TempDir()
-	if err := treecmp.ReferenceUnpack(context.Background(), t, ref, ref0); err != nil {
+	if err := c.unpack(context.Background(), t, ref, ref0); err != nil {
 		t.Fatal(err)
 	}
 	unpacked, err := treecmp.Walk(ref0)
@@ -76,7 +100,7 @@ func TestMountSameTreeAsFullUnpack(t *testing.T) {
 	}
 	// umoci drops xattrs with empty values (archive/tar hides them from
 	// Header.Xattrs); Strata keeps them, so compare with them dropped.
-	for _, diff := range treecmp.Diff(wholeSeconds(unpacked), treecmp.DropEmptyXattrs(got), treecmp.SkipPaths(estargzBookkeeping)) {
+	for _, diff := range treecmp.Diff(seconds(unpacked), treecmp.DropEmptyXattrs(got), treecmp.SkipPaths(estargzBookkeeping)) {
 		t.Errorf("mount differs from umoci's full unpack: %s", diff)
 	}
 	if t.Failed() {
