@@ -125,28 +125,27 @@ func checkDockerCarries(base *Base, l *NewLayer) error {
 	return nil
 }
 
+// dockerOfOCI pairs the layer media types of the two schemas.
+var dockerOfOCI = map[types.MediaType]types.MediaType{
+	types.OCILayer:             types.DockerLayer,
+	types.OCIUncompressedLayer: types.DockerUncompressedLayer,
+	types.OCIRestrictedLayer:   types.DockerForeignLayer,
+}
+
 // dockerLayerType and ociLayerType translate layer media types between the
 // two schemas; types without an equivalent are kept.
 func dockerLayerType(mt types.MediaType) types.MediaType {
-	switch mt {
-	case types.OCILayer:
-		return types.DockerLayer
-	case types.OCIUncompressedLayer:
-		return types.DockerUncompressedLayer
-	case types.OCIRestrictedLayer:
-		return types.DockerForeignLayer
+	if d, ok := dockerOfOCI[mt]; ok {
+		return d
 	}
 	return mt
 }
 
 func ociLayerType(mt types.MediaType) types.MediaType {
-	switch mt {
-	case types.DockerLayer:
-		return types.OCILayer
-	case types.DockerUncompressedLayer:
-		return types.OCIUncompressedLayer
-	case types.DockerForeignLayer:
-		return types.OCIRestrictedLayer
+	for oci, docker := range dockerOfOCI {
+		if docker == mt {
+			return oci
+		}
 	}
 	return mt
 }
