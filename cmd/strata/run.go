@@ -84,6 +84,11 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%s is not a writable strata mount: %w", dir, err)
 	}
+	if swept, err := steprun.Sweep(info.StateDir); err != nil {
+		fmt.Fprintf(os.Stderr, "strata run: ending runs left behind: %v\n", err)
+	} else if len(swept) > 0 {
+		fmt.Fprintf(os.Stderr, "strata run: ended %d run(s) whose strata process had died\n", len(swept))
+	}
 	unlock, err := holdRunLock(info.LockFile)
 	if err != nil {
 		return err

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/commit"
+	steprun "github.com/stratafs/strata/internal/run"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/snapshotter"
 	"github.com/stratafs/strata/store"
@@ -51,6 +52,9 @@ func (im *images) commit(ctx context.Context, req CommitRequest, progress func(f
 	if req.Ref == "" && req.OCILayout == "" {
 		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
 	}
+	// A run whose CLI was killed may have left its container running, with
+	// nobody waiting for it: end it before looking at the run lock.
+	im.d.sweepRuns(ctx)
 	unlock, err := im.lockRuns(m)
 	if err != nil {
 		return nil, err
@@ -58,6 +62,17 @@ func (im *images) commit(ctx context.Context, req CommitRequest, progress func(f
 	defer unlock()
 	c := &commitStep{im: im, req: req, m: m, progress: progress}
 	return c.run(ctx)
+}
+
+// sweepRuns ends the containers of runs whose strata process died.
+func (d *Daemon) sweepRuns(ctx context.Context) {
+	swept, err := steprun.Sweep(filepath.Join(d.cfg.Root, "run"))
+	if len(swept) > 0 {
+		slog.WarnContext(ctx, "ended runs left by strata processes that died", "runs", swept)
+	}
+	if err != nil {
+		slog.ErrorContext(ctx, "ending runs left behind", "error", err)
+	}
 }
 
 // lockRuns takes the mount's run lock exclusively: `strata run` holds it

@@ -74,6 +74,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		d.pool.Close()
 		return err
 	}
+	d.sweepRuns(ctx)
 	d.images.restore(ctx)
 	defer d.shutdown()
 	// Deferred after shutdown so it runs before it: snapshot binds must be

@@ -93,6 +93,9 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 			err = rerr
 		}
 	}()
+	if err := writeOwner(stateDir, rt); err != nil {
+		return -1, fmt.Errorf("run: state dir: %w", err)
+	}
 	root, err := openRoot(o.Rootfs)
 	if err != nil {
 		return -1, err
@@ -114,6 +117,9 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 		return -1, err
 	}
 	targets.seal()
+	if err := targets.save(o.Rootfs, filepath.Join(stateDir, targetsFile)); err != nil {
+		return -1, fmt.Errorf("run: state dir: %w", err)
+	}
 	c := &container{rt: rt, id: id, stateDir: stateDir, bundle: bundle, opts: &o}
 	return c.run(ctx)
 }

@@ -1,8 +1,10 @@
 package run
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 
@@ -243,4 +245,73 @@ func (t *targets) restoreTimes(dir string, p *parentTimes) error {
 		return fmt.Errorf("restoring times of %s: %w", dir, err)
 	}
 	return nil
+}
+
+// savedTargets is targets as written to a run's state dir once sealed, so
+// that Sweep can take them away after a run whose process died.
+type savedTargets struct {
+	Rootfs  string        `json:"rootfs"`
+	Created []savedEntry  `json:"created"`
+	Parents []savedParent `json:"parents"` // in the order first touched
+}
+
+type savedEntry struct {
+	Path string `json:"path"`
+	Dir  bool   `json:"dir"`
+	Ino  uint64 `json:"ino"`
+}
+
+type savedParent struct {
+	Path   string        `json:"path"`
+	Atime  unix.Timespec `json:"atime"`
+	Mtime  unix.Timespec `json:"mtime"`
+	Sealed unix.Timespec `json:"sealed"`
+}
+
+// save writes what cleanup needs to file.
+func (t *targets) save(rootfs, file string) error {
+	s := savedTargets{Rootfs: rootfs}
+	for _, c := range t.created {
+		s.Created = append(s.Created, savedEntry{Path: c.path, Dir: c.dir, Ino: c.ino})
+	}
+	for _, dir := range t.order {
+		p := t.parents[dir]
+		s.Parents = append(s.Parents, savedParent{Path: dir, Atime: p.atime, Mtime: p.mtime, Sealed: p.sealed})
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o600)
+}
+
+// cleanupSaved takes away the targets saved in file by a run that can no
+// longer do it itself.
+func cleanupSaved(file string) error {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var s savedTargets
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	r, err := openRoot(s.Rootfs)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	t := newTargets(r)
+	for _, c := range s.Created {
+		t.created = append(t.created, createdEntry{path: c.Path, dir: c.Dir, ino: c.Ino})
+		t.ours[c.Path] = true
+	}
+	for _, p := range s.Parents {
+		t.order = append(t.order, p.Path)
+		t.parents[p.Path] = &parentTimes{atime: p.Atime, mtime: p.Mtime, sealed: p.Sealed}
+	}
+	return t.cleanup()
 }

@@ -1,0 +1,130 @@
+package run
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A run's state directory records who owns it, so that what a run killed
+// with SIGKILL leaves (its runtime may go on running the container, whose
+// parent is gone) can be found and ended later: see Sweep.
+const (
+	ownerFile   = "owner"        // "PID STARTTIME" of the process that called Run
+	runtimeFile = "runtime"      // the runtime binary
+	targetsFile = "targets.json" // the mount targets made in the rootfs (savedTargets)
+)
+
+// writeOwner records this process and the runtime in a run's state dir.
+func writeOwner(stateDir, rt string) error {
+	start, err := processStart(os.Getpid())
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(stateDir, runtimeFile), []byte(rt), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(stateDir, ownerFile), fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600)
+}
+
+// processStart is the start time of process pid, in clock ticks since
+// boot (/proc/PID/stat field 22): with the pid it names one process, even
+// after the pid is reused.
+func processStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
+	}
+	if fields[0] == "Z" || fields[0] == "X" {
+		// Dead, not yet reaped (where init does not reap, a killed
+		// process may stay a zombie for good).
+		return 0, fmt.Errorf("process %d is dead", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// ownerAlive reports whether the process that made a run's state dir is
+// still running it.
+func ownerAlive(stateDir string) bool {
+	b, err := os.ReadFile(filepath.Join(stateDir, ownerFile))
+	if err != nil {
+		return false
+	}
+	var pid int
+	var start uint64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &pid, &start); err != nil {
+		return false
+	}
+	now, err := processStart(pid)
+	return err == nil && now == start
+}
+
+// Sweep ends what runs under stateDir (Options.StateDir) left behind when
+// the process that ran them died (SIGKILL, a crash): their containers are
+// killed and deleted, their state directories removed. Runs whose owner
+// is alive are left alone; the mount targets the dead ones made in their
+// rootfs (saved in their state dir) are taken away as the run would have.
+// It returns the IDs it swept.
+func Sweep(stateDir string) ([]string, error) {
+	ents, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var swept []string
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "strata-run-") {
+			continue
+		}
+		dir := filepath.Join(stateDir, e.Name())
+		// A run writes its owner right after making its directory; one
+		// without (made a moment ago, or by a run killed in between) is
+		// judged by its age.
+		if _, err := os.Stat(filepath.Join(dir, ownerFile)); err != nil && isYoung(dir) {
+			continue
+		}
+		if ownerAlive(dir) {
+			continue
+		}
+		if rt, err := os.ReadFile(filepath.Join(dir, runtimeFile)); err == nil {
+			// delete --force kills a container that still runs.
+			c := &container{rt: string(rt), id: e.Name(), stateDir: dir}
+			if err := c.delete(); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if err := cleanupSaved(filepath.Join(dir, targetsFile)); err != nil {
+			errs = append(errs, fmt.Errorf("run %s: taking its mount targets away: %w", e.Name(), err))
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		swept = append(swept, e.Name())
+	}
+	return swept, errors.Join(errs...)
+}
+
+// isYoung reports whether dir was made less than a minute ago.
+func isYoung(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && time.Since(fi.ModTime()) < time.Minute
+}
