@@ -25,13 +25,13 @@ FLAKE_TIMEOUT ?= 60m
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install the Debian packages the demo and tests use (fuse3, docker-registry, umoci, skopeo, containerd, runc)
+deps: ## install the Debian packages the demo and tests use (fuse3, docker-registry, umoci, skopeo, containerd, runc, crun, busybox-static, attr)
 	@bash test/install-deps.sh
 
 build: ## build bin/strata
 	$(GO) build -o bin/strata ./cmd/strata
 
-demo: deps ## build an image from this machine's files, mount it lazily, run go from it
+demo: deps ## mount an image of this machine's files lazily, run go from it, then a build step: mount --rw, run, commit, push, mount the result
 	bash test/demo/demo.sh
 
 test: deps lint ## run every test as root: unit, FUSE, overlayfs, registry, containerd (-race)
