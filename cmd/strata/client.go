@@ -49,6 +49,17 @@ func (d *daemonFlags) connect(ctx context.Context) (*daemon.Client, error) {
 	return c, nil
 }
 
+// connectDir returns the absolute form of the mount directory arg and a
+// client of the running daemon: what every command about one mount needs.
+func (d *daemonFlags) connectDir(ctx context.Context, arg string) (string, *daemon.Client, error) {
+	dir, err := filepath.Abs(arg)
+	if err != nil {
+		return "", nil, err
+	}
+	cl, err := d.connect(ctx)
+	return dir, cl, err
+}
+
 // ensure returns a client of the daemon, starting one in the background
 // when none answers. Its log goes to ROOT/daemon.log.
 func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 )
 
 func init() {
@@ -33,11 +32,7 @@ func runDiff(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
 	}
-	dir, err := filepath.Abs(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	cl, err := df.connect(ctx)
+	dir, cl, err := df.connectDir(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}
