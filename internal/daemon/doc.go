@@ -10,6 +10,7 @@
 // touching the registry until a file that is not cached is read.
 //
 // The daemon may import every Strata package except cmd and the test
-// infrastructure under test/. Only cmd/strata imports this package (and,
-// to run a daemon in-process, the tests of cmd/strata and test/e2e).
+// infrastructure under test/. Only cmd/strata and internal/build import this
+// package (and, to run a daemon in-process, the tests of cmd/strata and
+// test/e2e).
 package daemon

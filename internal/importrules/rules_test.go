@@ -79,6 +79,11 @@ var rules = map[string]rule{
 		says:   []string{"The daemon may import every Strata package except cmd and the test infrastructure under test/."},
 		forbid: []string{strata("cmd"), testInfra},
 	},
+	"internal/build": {
+		says:   []string{"It may import internal/daemon (the client and its API types), internal/run and internal/commit, and nothing else of Strata: never fs, snapshotter, store, remote or FUSE."},
+		forbid: []string{anyStrata, fuse},
+		except: []string{strata("internal/daemon"), strata("internal/run"), strata("internal/commit")},
+	},
 	"internal/commit": {
 		says:   []string{"It may import snapshotter, remote, store, internal/kmount, go-containerregistry, image-spec and BuildKit's Dockerfile parser packages; never fs, FUSE or cmd."},
 		forbid: []string{anyStrata, fuse},
@@ -148,8 +153,8 @@ type importers struct {
 
 var importedOnlyBy = map[string]importers{
 	"internal/daemon": {
-		says:    "Only cmd/strata imports this package (and, to run a daemon in-process, the tests of cmd/strata and test/e2e).",
-		by:      []string{"cmd/strata"},
+		says:    "Only cmd/strata and internal/build import this package (and, to run a daemon in-process, the tests of cmd/strata and test/e2e).",
+		by:      []string{"cmd/strata", "internal/build"},
 		testsBy: []string{"cmd/strata", "test/e2e"},
 	},
 }
