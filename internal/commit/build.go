@@ -41,6 +41,9 @@ type Spec struct {
 	Created time.Time
 	// Docker makes a Docker v2 schema 2 manifest and config instead of OCI.
 	Docker bool
+	// History are entries added before the commit's own, all empty_layer
+	// (a Dockerfile's metadata instructions since the last layer).
+	History []v1.History
 }
 
 // ErrDockerCannotCarry is wrapped when --docker is asked for an image whose
@@ -80,6 +83,14 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 	cf.Created = v1.Time{Time: spec.Created.UTC()}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return nil, err
+	}
+	for _, h := range spec.History {
+		if !h.EmptyLayer {
+			return nil, fmt.Errorf("history entry %q: entries before the commit's own must be empty_layer ones", h.CreatedBy)
+		}
+		if img, err = mutate.Append(img, mutate.Addendum{History: h}); err != nil {
+			return nil, err
+		}
 	}
 	add := mutate.Addendum{History: v1.History{
 		Created:    v1.Time{Time: spec.Created.UTC()},

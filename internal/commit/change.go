@@ -241,10 +241,15 @@ func (c Change) apply(cfg *v1.Config, st *applyState) error {
 	if cfg == nil {
 		return errors.New("commit: Apply on a nil config")
 	}
+	return c.applyWith(cfg, st, cfg.Env)
+}
+
+// applyWith is apply with words expanded from env.
+func (c Change) applyWith(cfg *v1.Config, st *applyState, env []string) error {
 	if c.cmd == nil {
 		return errors.New("commit: Apply of a zero Change (use ParseChange)")
 	}
-	x := newExpander(cfg.Env, st.dryRun)
+	x := newExpander(env, st.dryRun)
 	var err error
 	switch cmd := c.cmd.(type) {
 	case *instructions.CmdCommand:

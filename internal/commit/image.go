@@ -33,8 +33,14 @@ type Base struct {
 
 	manifest *v1.Manifest
 	core     *baseCore
-	streamed atomic.Int64 // layer bytes read through Open
+	streamed atomic.Int64 // layer bytes read through Open from elsewhere
+	local    atomic.Int64 // layer bytes read through Open as LocalBlob
 }
+
+// LocalBlob is what a BlobOpener returns for a blob this machine holds (a
+// layer an earlier commit or build step made): its bytes count as local,
+// not as streamed from the base's registry.
+type LocalBlob struct{ io.ReadCloser }
 
 // NewBase describes the image whose raw manifest and config are given,
 // kept in repo; open reads a layer's bytes when they are needed (ctx is
@@ -77,8 +83,13 @@ func NewBase(ctx context.Context, repo name.Repository, manifest, config []byte,
 // them.
 func (b *Base) Descriptors() []v1.Descriptor { return b.manifest.Layers }
 
-// StreamedBytes is how many bytes of base layers were read so far.
+// StreamedBytes is how many bytes of base layers were read so far from
+// elsewhere than this machine.
 func (b *Base) StreamedBytes() int64 { return b.streamed.Load() }
+
+// LocalBytes is how many bytes of base layers were read so far from
+// LocalBlobs.
+func (b *Base) LocalBytes() int64 { return b.local.Load() }
 
 // baseCore is the minimal image go-containerregistry's partial package
 // extends into a v1.Image.
@@ -116,6 +127,9 @@ func (l *baseLayer) Compressed() (io.ReadCloser, error) {
 	rc, err := l.core.open(l.core.ctx, l.desc)
 	if err != nil {
 		return nil, fmt.Errorf("base layer %s: %w", l.desc.Digest, err)
+	}
+	if _, ok := rc.(*LocalBlob); ok {
+		return &countingReader{ReadCloser: rc, n: &l.core.base.local}, nil
 	}
 	return &countingReader{ReadCloser: rc, n: &l.core.base.streamed}, nil
 }

@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"encoding/json"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -15,6 +17,8 @@ import (
 //	GET    /v1/changes?dir=DIR → []Change
 //	POST   /v1/runs            RunRequest → RunInfo
 //	POST   /v1/commits         CommitRequest → CommitEvent lines (NDJSON)
+//	POST   /v1/resolve         ResolveRequest → Resolved
+//	POST   /v1/pushes          PushRequest → CommitEvent lines (NDJSON)
 //	GET    /v1/status          → Status
 //	GET    /metrics            Prometheus text format
 //
@@ -117,6 +121,59 @@ type CommitRequest struct {
 	// the config's and the new history entry's times.
 	SourceDateEpoch *int64 `json:"sourceDateEpoch,omitempty"`
 	Insecure        bool   `json:"insecure,omitempty"` // plain HTTP to Ref's registry
+
+	// What a build step sets (strata build):
+	// Image, instead of Dir, names an image kept in the store
+	// (REPO@DIGEST) that gets Config and History and an empty_layer entry
+	// of its own: a build stage that ends with metadata instructions.
+	Image string `json:"image,omitempty"`
+	// Keep keeps the new image in the store only, with no reference and
+	// no layout; CommitResult.Ref then names it in the base's repository
+	// (REPO@DIGEST), which mounts it and pushes it without asking the
+	// registry for its manifest.
+	Keep bool `json:"keep,omitempty"`
+	// Config replaces the image config's "config" section whole, before
+	// Changes apply.
+	Config *v1.Config `json:"config,omitempty"`
+	// History entries (empty_layer ones: a Dockerfile's metadata
+	// instructions) go before the commit's own entry.
+	History []v1.History `json:"history,omitempty"`
+	// CreatedBy is the commit's own history entry's created_by (default:
+	// Message, else the commands run).
+	CreatedBy string `json:"createdBy,omitempty"`
+}
+
+// ResolveRequest asks for an image's manifest and config without mounting
+// it. Ref "scratch" is the empty image (no layers) of the daemon's
+// platform, or of Platform.
+type ResolveRequest struct {
+	Ref      string `json:"ref"`
+	Platform string `json:"platform,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// Resolved is an image whose manifest and config are in the store.
+type Resolved struct {
+	// Ref is REPO@DIGEST: mounting it asks the registry nothing.
+	Ref      string        `json:"ref"`
+	Repo     string        `json:"repo"`
+	Digest   digest.Digest `json:"digest"`
+	Platform string        `json:"platform"`
+	// Config is the image config as stored.
+	Config json.RawMessage `json:"config"`
+}
+
+// PushRequest asks for an image kept in the store (a commit or a build's
+// result, named REPO@DIGEST) to be pushed to Ref and/or written to the OCI
+// layout OCILayout (PATH[:TAG]). Base blobs are mounted or found, never
+// downloaded, when Ref is on the image's registry.
+type PushRequest struct {
+	Image     string `json:"image"`
+	Ref       string `json:"ref,omitempty"`
+	OCILayout string `json:"ociLayout,omitempty"`
+	Insecure  bool   `json:"insecure,omitempty"` // plain HTTP to Ref's registry
+	// SourceInsecure: plain HTTP to Image's registry.
+	SourceInsecure bool `json:"sourceInsecure,omitempty"`
 }
 
 // CommitEvent is one line of the streamed answer to a commit: progress,
@@ -149,11 +206,12 @@ type Change struct {
 
 // Status describes the daemon.
 type Status struct {
-	PID        int   `json:"pid"`
-	Mounts     int   `json:"mounts"`
-	Layers     int   `json:"layers"`
-	CacheBytes int64 `json:"cacheBytes"`
-	CacheLimit int64 `json:"cacheLimit"`
+	PID        int    `json:"pid"`
+	Root       string `json:"root"` // the state root
+	Mounts     int    `json:"mounts"`
+	Layers     int    `json:"layers"`
+	CacheBytes int64  `json:"cacheBytes"`
+	CacheLimit int64  `json:"cacheLimit"`
 }
 
 type apiError struct {

@@ -59,11 +59,29 @@ func (c *Client) Changes(ctx context.Context, dir string) ([]Change, error) {
 // Commit asks for the changes of a writable mount to become a new image;
 // progress is called with each progress line.
 func (c *Client) Commit(ctx context.Context, req CommitRequest, progress func(string)) (*CommitResult, error) {
+	return c.stream(ctx, "/v1/commits", req, progress)
+}
+
+// Push asks for an image kept in the store to be pushed; progress is
+// called with each progress line.
+func (c *Client) Push(ctx context.Context, req PushRequest, progress func(string)) (*CommitResult, error) {
+	return c.stream(ctx, "/v1/pushes", req, progress)
+}
+
+// Resolve describes an image without mounting it, and keeps its manifest
+// and config in the daemon's store.
+func (c *Client) Resolve(ctx context.Context, req ResolveRequest) (*Resolved, error) {
+	var res Resolved
+	return &res, c.do(ctx, http.MethodPost, "/v1/resolve", req, &res)
+}
+
+// stream posts req and reads the CommitEvent lines of the answer.
+func (c *Client) stream(ctx context.Context, path string, req any, progress func(string)) (*CommitResult, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://strata/v1/commits", bytes.NewReader(b))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://strata"+path, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +97,7 @@ func (c *Client) Commit(ctx context.Context, req CommitRequest, progress func(st
 	for {
 		var ev CommitEvent
 		if err := dec.Decode(&ev); err != nil {
-			return nil, fmt.Errorf("strata daemon: the commit's answer ended early: %w", err)
+			return nil, fmt.Errorf("strata daemon: the answer ended early: %w", err)
 		}
 		switch {
 		case ev.Error != "":

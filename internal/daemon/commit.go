@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -28,7 +27,6 @@ import (
 	steprun "github.com/stratafs/strata/internal/run"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/snapshotter"
-	"github.com/stratafs/strata/store"
 )
 
 // commitStep is one commit in progress.
@@ -45,11 +43,14 @@ type commitStep struct {
 // any point leaves no manifest at the reference, the store consistent and
 // the writable layer untouched.
 func (im *images) commit(ctx context.Context, req CommitRequest, progress func(format string, args ...any)) (*CommitResult, error) {
+	if req.Dir == "" && req.Image != "" {
+		return im.amend(ctx, req, progress)
+	}
 	m, err := im.getWritable(req.Dir)
 	if err != nil {
 		return nil, err
 	}
-	if req.Ref == "" && req.OCILayout == "" {
+	if req.Ref == "" && req.OCILayout == "" && !req.Keep {
 		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
 	}
 	// A run whose CLI was killed may have left its container running, with
@@ -109,7 +110,7 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	layout, tag := splitLayout(c.req.OCILayout)
+	layout, _ := splitLayout(c.req.OCILayout)
 	upper, err := c.im.d.writable.sn.UpperDir(ctx, c.m.Snapshot)
 	if err != nil {
 		return nil, err
@@ -139,14 +140,13 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 			return nil, err
 		}
 		res.Ref = target.Context().String() + "@" + d.String()
+	} else if c.req.Keep && layout == "" {
+		res.Ref = base.Repo.String() + "@" + d.String()
 	}
 	if layout != "" {
-		before := base.StreamedBytes()
-		c.progress("writing the OCI layout %s (base layers are read whole for it)", layout)
-		if err := commit.WriteLayout(img, layout, tag); err != nil {
+		if err := c.writeLayout(img, base); err != nil {
 			return nil, err
 		}
-		c.progress("OCI layout %s written; %s of base layers fetched for it", layout, human(base.StreamedBytes()-before))
 	}
 	res.StreamedBytes = base.StreamedBytes()
 	if err := c.keep(img); err != nil {
@@ -174,13 +174,28 @@ func (c *commitStep) spec() (commit.Spec, error) {
 	if err != nil {
 		return spec, err
 	}
+	if c.req.Config != nil {
+		whole := c.req.Config.DeepCopy()
+		spec.Edits = append(spec.Edits, func(cfg *v1.Config) error {
+			*cfg = *whole
+			return nil
+		})
+	}
+	spec.History = c.req.History
 	if len(changes) > 0 {
 		// One edit: ENTRYPOINT keeps a CMD given before it in the list.
 		spec.Edits = append(spec.Edits, func(cfg *v1.Config) error { return commit.ApplyChanges(cfg, changes) })
 	}
-	spec.CreatedBy = c.req.Message
+	spec.CreatedBy = c.req.CreatedBy
 	if spec.CreatedBy == "" {
-		spec.CreatedBy = createdBy(c.m.Runs)
+		spec.CreatedBy = c.req.Message
+	}
+	if spec.CreatedBy == "" {
+		var runs []RunRecord
+		if c.m != nil {
+			runs = c.m.Runs
+		}
+		spec.CreatedBy = createdBy(runs)
 	}
 	return spec, nil
 }
@@ -245,19 +260,7 @@ func (c *commitStep) base(ctx context.Context) (*commit.Base, error) {
 	if err != nil {
 		return nil, err
 	}
-	ropts := c.registryOptions(ctx, repo.RegistryStr(), c.m.Insecure)
-	open := func(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
-		d := digest.Digest(desc.Digest.String())
-		if f, _, err := c.im.d.store.Blobs.Open(d); err == nil {
-			return store.VerifiedReader(f, d), nil
-		}
-		l, err := ggcrremote.Layer(repo.Digest(desc.Digest.String()), ropts...)
-		if err != nil {
-			return nil, err
-		}
-		return l.Compressed() // verified against the digest at EOF
-	}
-	return commit.NewBase(ctx, repo, manifest, config, open)
+	return c.im.storedBase(ctx, c, repo, c.m.Insecure, manifest, config)
 }
 
 // registryOptions are go-containerregistry's options for a registry: the
@@ -356,16 +359,31 @@ func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, 
 		}
 	}()
 	opts := append(c.registryOptions(ctx, ref.Context().RegistryStr(), c.req.Insecure), ggcrremote.WithProgress(updates))
-	before := base.StreamedBytes()
+	before, beforeLocal := base.StreamedBytes(), base.LocalBytes()
 	_, err := commit.Push(ctx, img, base, ref, opts...)
 	<-done
 	if err != nil {
 		return err
 	}
+	if n := base.LocalBytes() - beforeLocal; n > 0 {
+		c.progress("layers made here uploaded to %s from the store: %s", ref.Context().RegistryStr(), human(n))
+	}
 	if n := base.StreamedBytes() - before; n > 0 {
 		c.progress("base layers streamed from %s to %s: %s (the registries differ, so they could not be mounted)",
 			base.Repo.RegistryStr(), ref.Context().RegistryStr(), human(n))
 	}
+	return nil
+}
+
+// writeLayout adds img to the OCI layout c.req.OCILayout names.
+func (c *commitStep) writeLayout(img v1.Image, base *commit.Base) error {
+	layout, tag := splitLayout(c.req.OCILayout)
+	before := base.StreamedBytes()
+	c.progress("writing the OCI layout %s (base layers are read whole for it)", layout)
+	if err := commit.WriteLayout(img, layout, tag); err != nil {
+		return err
+	}
+	c.progress("OCI layout %s written; %s of base layers fetched for it", layout, human(base.StreamedBytes()-before))
 	return nil
 }
 

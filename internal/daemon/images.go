@@ -57,23 +57,9 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if busy {
 		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
 	}
-	ref, err := remote.ParseReference(req.Ref, im.d.remoteOpts...)
+	img, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
 	if err != nil {
-		return nil, fmt.Errorf("%q: %w: %v", req.Ref, errdefs.ErrInvalidArgument, err)
-	}
-	opts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(req.Insecure, ref.Context().RegistryStr())...)
-	if req.Platform != "" {
-		p, err := v1.ParsePlatform(req.Platform)
-		if err != nil {
-			return nil, fmt.Errorf("platform %q: %w: %v", req.Platform, errdefs.ErrInvalidArgument, err)
-		}
-		opts = append(opts, remote.WithPlatform(*p))
-	}
-	img, err := im.localImage(ref)
-	if err != nil {
-		if img, err = remote.Resolve(ctx, req.Ref, opts...); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
 	m, err := im.newMount(dir, req, img)
 	if err != nil {
@@ -101,6 +87,28 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
 	return m, nil
+}
+
+// resolve describes the image ref names for platform (default the
+// daemon's): from the store when ref is a digest it keeps, else from the
+// registry.
+func (im *images) resolve(ctx context.Context, refStr, platform string, insecure bool) (*remote.Image, error) {
+	ref, err := remote.ParseReference(refStr, im.d.remoteOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w: %v", refStr, errdefs.ErrInvalidArgument, err)
+	}
+	opts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, ref.Context().RegistryStr())...)
+	if platform != "" {
+		p, err := v1.ParsePlatform(platform)
+		if err != nil {
+			return nil, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
+		}
+		opts = append(opts, remote.WithPlatform(*p))
+	}
+	if img, err := im.localImage(ref); err == nil {
+		return img, nil
+	}
+	return remote.Resolve(ctx, refStr, opts...)
 }
 
 // localImage describes ref from the store when ref names a manifest by

@@ -22,6 +22,8 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/changes", d.getChanges)
 	mux.HandleFunc("POST /v1/runs", d.postRun)
 	mux.HandleFunc("POST /v1/commits", d.postCommit)
+	mux.HandleFunc("POST /v1/resolve", d.postResolve)
+	mux.HandleFunc("POST /v1/pushes", d.postPush)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	// Profiles, for diagnosing the daemon; only root reaches the socket.
@@ -100,6 +102,34 @@ func (d *Daemon) postCommit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.ErrInvalidArgument, err)
 		return
 	}
+	streamEvents(w, r, func(progress func(string, ...any)) (*CommitResult, error) {
+		res, err := d.images.commit(r.Context(), req, progress)
+		if err != nil {
+			slog.WarnContext(r.Context(), "commit failed", "dir", req.Dir, "ref", req.Ref, "error", err)
+		}
+		return res, err
+	})
+}
+
+// postPush streams a push's progress as postCommit does.
+func (d *Daemon) postPush(w http.ResponseWriter, r *http.Request) {
+	var req PushRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	streamEvents(w, r, func(progress func(string, ...any)) (*CommitResult, error) {
+		res, err := d.images.push(r.Context(), req, progress)
+		if err != nil {
+			slog.WarnContext(r.Context(), "push failed", "image", req.Image, "ref", req.Ref, "error", err)
+		}
+		return res, err
+	})
+}
+
+// streamEvents answers with fn's progress lines, then its result or error,
+// as CommitEvent lines.
+func streamEvents(w http.ResponseWriter, r *http.Request, fn func(progress func(string, ...any)) (*CommitResult, error)) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
@@ -116,18 +146,31 @@ func (d *Daemon) postCommit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	progress := func(format string, args ...any) { send(CommitEvent{Progress: fmt.Sprintf(format, args...)}) }
-	res, err := d.images.commit(r.Context(), req, progress)
+	res, err := fn(progress)
 	if err != nil {
-		slog.WarnContext(r.Context(), "commit failed", "dir", req.Dir, "ref", req.Ref, "error", err)
 		send(CommitEvent{Error: err.Error()})
 		return
 	}
 	send(CommitEvent{Result: res})
 }
 
+func (d *Daemon) postResolve(w http.ResponseWriter, r *http.Request) {
+	var req ResolveRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	res, err := d.images.resolveImage(r.Context(), req)
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
 	cs := d.store.Chunks.Stats()
-	writeJSON(w, http.StatusOK, Status{
+	writeJSON(w, http.StatusOK, Status{Root: d.cfg.Root,
 		PID: os.Getpid(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
 		CacheBytes: cs.Bytes, CacheLimit: cs.Limit,
 	})

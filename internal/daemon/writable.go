@@ -233,6 +233,10 @@ func (w *writable) lowerOf(ctx context.Context, m *Mount, fn func(lower, upper s
 	if err != nil {
 		return err
 	}
+	if len(chain) == 0 {
+		// An image without layers (a build FROM scratch): nothing below.
+		return fn(w.d.emptyDir, upper)
+	}
 	return w.withLowerView(ctx, chain[len(chain)-1].String(), func(lower string) error {
 		return fn(lower, upper)
 	})

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A run's state directory records who owns it, so that what a run killed
@@ -127,4 +129,21 @@ func Sweep(stateDir string) ([]string, error) {
 func isYoung(dir string) bool {
 	fi, err := os.Stat(dir)
 	return err == nil && time.Since(fi.ModTime()) < time.Minute
+}
+
+// HoldLock takes a shared lock on a writable mount's run lock file (the
+// daemon's RunInfo.LockFile) for as long as a command runs there: a commit
+// takes it exclusively, so it can tell that a run is in progress. Call the
+// returned function when the command has ended; the kernel drops the lock
+// if this process dies.
+func HoldLock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("run lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("run lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }

@@ -132,3 +132,19 @@ func isExecutable(r *root, p string) (ok bool, err error) {
 	}
 	return true, nil
 }
+
+// LookupUser resolves spec (NAME|UID[:GID|:GROUP]) to numeric ids in the
+// image at rootfs, as a run's user is (COPY --chown of a build uses it).
+// A user given by name without a group gets the user's primary group.
+func LookupUser(rootfs, spec string) (uid, gid uint32, err error) {
+	r, err := openRoot(rootfs)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer r.close()
+	u, err := resolveUser(r, spec)
+	if err != nil {
+		return 0, 0, err
+	}
+	return u.uid, u.gid, nil
+}

@@ -1,0 +1,204 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stratafs/strata/internal/commit"
+	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/store"
+)
+
+// What a build needs from the daemon besides mounts, runs and commits:
+// images resolved without mounting them, the empty image FROM scratch
+// starts with, and pushes of images kept in the store.
+
+// scratchRepo is the repository the empty image is filed under. The
+// .invalid domain never resolves: nothing is ever fetched from it, since
+// the image has no layers and what is built on it is kept in the store.
+const scratchRepo = "strata.invalid/scratch"
+
+// resolveImage describes req.Ref and keeps its manifest and config in the
+// store, so that REPO@DIGEST mounts without a registry round trip.
+func (im *images) resolveImage(ctx context.Context, req ResolveRequest) (*Resolved, error) {
+	var img *remote.Image
+	var err error
+	if req.Ref == "scratch" {
+		img, err = im.scratch(req.Platform)
+	} else {
+		img, err = im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := im.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
+		return nil, fmt.Errorf("storing the manifest: %w", err)
+	}
+	if err := im.d.store.Blobs.Put(digest.FromBytes(img.Config), img.Config); err != nil {
+		return nil, fmt.Errorf("storing the image config: %w", err)
+	}
+	return &Resolved{
+		Ref: img.Repo.String() + "@" + img.Digest.String(), Repo: img.Repo.String(), Digest: img.Digest,
+		Platform: img.Platform.String(), Config: json.RawMessage(img.Config),
+	}, nil
+}
+
+// scratch makes the empty image: no layers, a config naming the platform.
+func (im *images) scratch(platform string) (*remote.Image, error) {
+	p := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	if platform != "" {
+		pp, err := v1.ParsePlatform(platform)
+		if err != nil {
+			return nil, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
+		}
+		p = *pp
+	}
+	config, err := json.Marshal(ocispec.Image{
+		Platform: ocispec.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	manifest, err := json.Marshal(ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
+		Layers:    []ocispec.Descriptor{},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ref, err := name.NewDigest(scratchRepo + "@" + digest.FromBytes(manifest).String())
+	if err != nil {
+		return nil, err
+	}
+	return remote.ImageFromBytes(ref, manifest, config)
+}
+
+// push publishes an image kept in the store.
+func (im *images) push(ctx context.Context, req PushRequest, progress func(format string, args ...any)) (*CommitResult, error) {
+	if req.Ref == "" && req.OCILayout == "" {
+		return nil, fmt.Errorf("nowhere to push to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
+	}
+	src, err := name.NewDigest(req.Image, im.nameOptionsFor(req.SourceInsecure)...)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: want REPO@DIGEST of an image in the store: %w: %v", req.Image, errdefs.ErrInvalidArgument, err)
+	}
+	img, err := im.localImage(src)
+	if err != nil {
+		return nil, fmt.Errorf("image %s is not in the store: %w", req.Image, errdefs.ErrNotFound)
+	}
+	c := &commitStep{im: im, req: CommitRequest{Ref: req.Ref, OCILayout: req.OCILayout, Insecure: req.Insecure}, progress: progress}
+	target, err := c.target()
+	if err != nil {
+		return nil, err
+	}
+	base, err := im.storedBase(ctx, c, src.Context(), req.SourceInsecure, img.Manifest, img.Config)
+	if err != nil {
+		return nil, err
+	}
+	res := &CommitResult{Digest: img.Digest}
+	if target != nil {
+		if err := c.push(ctx, base.Image, base, target); err != nil {
+			return nil, err
+		}
+		res.Ref = target.Context().String() + "@" + img.Digest.String()
+	}
+	if req.OCILayout != "" {
+		if err := c.writeLayout(base.Image, base); err != nil {
+			return nil, err
+		}
+	}
+	res.StreamedBytes = base.StreamedBytes()
+	return res, nil
+}
+
+func (im *images) nameOptionsFor(insecure bool) []name.Option {
+	if insecure {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// storedBase is the image whose manifest and config are given, kept in
+// repo: its layers are read from the store when it holds them, else from
+// repo's registry, and only when something needs their bytes.
+func (im *images) storedBase(ctx context.Context, c *commitStep, repo name.Repository, insecure bool, manifest, config []byte) (*commit.Base, error) {
+	ropts := c.registryOptions(ctx, repo.RegistryStr(), insecure)
+	open := func(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
+		d := digest.Digest(desc.Digest.String())
+		if f, _, err := im.d.store.Blobs.Open(d); err == nil {
+			return &commit.LocalBlob{ReadCloser: store.VerifiedReader(f, d)}, nil
+		}
+		l, err := ggcrremote.Layer(repo.Digest(desc.Digest.String()), ropts...)
+		if err != nil {
+			return nil, err
+		}
+		return l.Compressed() // verified against the digest at EOF
+	}
+	return commit.NewBase(ctx, repo, manifest, config, open)
+}
+
+// amend makes a new image of the stored image req.Image with req's config
+// and history entries and no new layer, keeps it and publishes it where
+// req says.
+func (im *images) amend(ctx context.Context, req CommitRequest, progress func(format string, args ...any)) (*CommitResult, error) {
+	if req.Ref == "" && req.OCILayout == "" && !req.Keep {
+		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
+	}
+	src, err := name.NewDigest(req.Image)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: want REPO@DIGEST of an image in the store: %w: %v", req.Image, errdefs.ErrInvalidArgument, err)
+	}
+	stored, err := im.localImage(src)
+	if err != nil {
+		return nil, fmt.Errorf("image %s is not in the store: %w", req.Image, errdefs.ErrNotFound)
+	}
+	c := &commitStep{im: im, req: req, progress: progress}
+	spec, err := c.spec()
+	if err != nil {
+		return nil, err
+	}
+	target, err := c.target()
+	if err != nil {
+		return nil, err
+	}
+	base, err := im.storedBase(ctx, c, src.Context(), false, stored.Manifest, stored.Config)
+	if err != nil {
+		return nil, err
+	}
+	img, err := commit.Build(base, spec)
+	if err != nil {
+		return nil, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	res := &CommitResult{Digest: digest.Digest(d.String()), Ref: base.Repo.String() + "@" + d.String()}
+	if target != nil {
+		if err := c.push(ctx, img, base, target); err != nil {
+			return nil, err
+		}
+		res.Ref = target.Context().String() + "@" + d.String()
+	}
+	if req.OCILayout != "" {
+		if err := c.writeLayout(img, base); err != nil {
+			return nil, err
+		}
+	}
+	res.StreamedBytes = base.StreamedBytes()
+	return res, c.keep(img)
+}
