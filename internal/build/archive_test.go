@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -242,30 +243,31 @@ func TestAddCopiesWhatIsNoArchive(t *testing.T) {
 // TestAddHostileArchives unpacks archives made to write outside Dest: each
 // must stay inside it, or be refused.
 func TestAddHostileArchives(t *testing.T) {
+	evil := fmt.Sprintf("strata-unpack-test-%d", os.Getpid())
 	for _, tt := range []struct {
 		name    string
 		entries func(victim string) []tarEntry
 		refused bool
 		want    func(victim string) string // a file the archive writes, below Dest
 	}{
-		{name: "dot-dot", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "../../../evil"}} }},
-		{name: "dot-dot inside", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "a/../../evil"}} }},
+		{name: "dot-dot", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "../../../" + evil}} }},
+		{name: "dot-dot inside", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "a/../../" + evil}} }},
 		{name: "hard link out", refused: true, entries: func(string) []tarEntry {
 			return []tarEntry{{name: "h", typ: tar.TypeLink, linkname: "../victim/canary"}}
 		}},
-		{name: "absolute", entries: func(string) []tarEntry { return []tarEntry{{name: "/abs/evil"}} },
-			want: func(string) string { return "abs/evil" }},
+		{name: "absolute", entries: func(string) []tarEntry { return []tarEntry{{name: "/abs/" + evil}} },
+			want: func(string) string { return "abs/" + evil }},
 		{name: "symlink to root", entries: func(string) []tarEntry {
-			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "/"}, {name: "l/etc/evil"}}
-		}, want: func(string) string { return "etc/evil" }},
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "/"}, {name: "l/etc/" + evil}}
+		}, want: func(string) string { return "etc/" + evil }},
 		{name: "symlink up", entries: func(string) []tarEntry {
-			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "../../../../../.."}, {name: "l/evil"}}
-		}, want: func(string) string { return "evil" }},
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "../../../../../.."}, {name: "l/" + evil}}
+		}, want: func(string) string { return evil }},
 		{name: "symlink to the host", entries: func(victim string) []tarEntry {
-			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: "l/evil"}}
-		}, want: func(victim string) string { return filepath.Join(victim, "evil") }},
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: "l/" + evil}}
+		}, want: func(victim string) string { return filepath.Join(victim, evil) }},
 		{name: "symlink dir then hard link through it", entries: func(victim string) []tarEntry {
-			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: "evil", typ: tar.TypeLink, linkname: "l/canary"}}
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: evil, typ: tar.TypeLink, linkname: "l/canary"}}
 		}, refused: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -289,6 +291,8 @@ func TestAddHostileArchives(t *testing.T) {
 				t.Errorf("%s holds %v, want only root and victim", outer, entries)
 			}
 			wantFile(t, filepath.Join(victim, "canary"), "canary", 0o644)
+			wantMissing(t, filepath.Join("/", evil))
+			wantMissing(t, filepath.Join("/etc", evil))
 			if entries, _ := os.ReadDir(victim); len(entries) != 1 {
 				t.Errorf("victim holds %v, want only its canary", entries)
 			}

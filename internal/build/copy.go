@@ -53,7 +53,10 @@ import (
 //     they exist, but Dest takes a copied directory's modification time (as
 //     BuildKit does). Symlinks on the way to Dest are followed inside
 //     DestRoot, a dangling one by creating its target, as BuildKit's MkdirAll
-//     does; so is a last component that is a symlink to a directory.
+//     does; so is a last component that is a symlink to a directory. A last
+//     component that is any other symlink is replaced, by the file copied or
+//     by the directory a directory source makes; a file there is replaced by
+//     a file, and is an error for a directory source (ENOTDIR).
 //   - Every entry copied gets owner UID:GID, the source's permission bits
 //     (setuid, setgid and sticky included) unless Chmod is set, and the
 //     source's modification time; security.capability and user.* extended
@@ -61,8 +64,8 @@ import (
 //     of the tree that already exists in the image is merged into and takes
 //     the copied directory's mode, owner and time (BuildKit's rule); an
 //     existing file or symlink is removed and replaced, never written
-//     through; a file never replaces a directory, and a directory replaces a
-//     non-directory only with Link: both are errors otherwise.
+//     through; below Dest, a file never replaces a directory (EISDIR), and a
+//     directory replaces a non-directory only with Link (ENOTDIR otherwise).
 //   - Hard links are copied as separate files. Sockets are skipped. Fifos and
 //     devices are made again with mknod, which needs root.
 //   - Excludes are .dockerignore patterns (moby/patternmatcher), matched
