@@ -790,6 +790,7 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 		}
 	}
 	if len(out) > 1 && !p.destDir {
+		//lint:ignore ST1005 Docker's message, word for word: users search for it
 		return out, fmt.Errorf("When using %s with more than one source file, %w", p.op, ErrDestNotDirectory)
 	}
 	return out, nil
