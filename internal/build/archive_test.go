@@ -44,7 +44,7 @@ type tarEntry struct {
 	pax            map[string]string
 }
 
-func makeTar(t testing.TB, entries ...tarEntry) []byte {
+func makeTestTar(t testing.TB, entries ...tarEntry) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -81,7 +81,7 @@ func makeTar(t testing.TB, entries ...tarEntry) []byte {
 	return buf.Bytes()
 }
 
-func gzipBytes(t testing.TB, data []byte) []byte {
+func gzipTestBytes(t testing.TB, data []byte) []byte {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	zw.Write(data)
@@ -91,7 +91,7 @@ func gzipBytes(t testing.TB, data []byte) []byte {
 	return buf.Bytes()
 }
 
-func zstdBytes(t testing.TB, data []byte) []byte {
+func zstdTestBytes(t testing.TB, data []byte) []byte {
 	enc, err := zstd.NewWriter(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -118,12 +118,12 @@ func addContext(t *testing.T, data []byte) string {
 }
 
 func TestAddUnpacksArchives(t *testing.T) {
-	requireRoot(t)
-	hello := makeTar(t, tarEntry{name: "hello.txt", body: "hi\n", mode: 0o640, uid: 4321, gid: 4321, mtime: helloTime})
+	requireRootForCopy(t)
+	hello := makeTestTar(t, tarEntry{name: "hello.txt", body: "hi\n", mode: 0o640, uid: 4321, gid: 4321, mtime: helloTime})
 	for format, data := range map[string][]byte{
 		"plain": hello,
-		"gzip":  gzipBytes(t, hello),
-		"zstd":  zstdBytes(t, hello),
+		"gzip":  gzipTestBytes(t, hello),
+		"zstd":  zstdTestBytes(t, hello),
 		"bzip2": decodeFixture(t, helloTarBzip2),
 	} {
 		t.Run(format, func(t *testing.T) {
@@ -142,8 +142,8 @@ func TestAddUnpacksArchives(t *testing.T) {
 }
 
 func TestAddArchiveOwners(t *testing.T) {
-	requireRoot(t)
-	data := makeTar(t, tarEntry{name: "d/", typ: tar.TypeDir, uid: 7, gid: 8}, tarEntry{name: "d/f", uid: 7, gid: 8}, tarEntry{name: "p/q/l", typ: tar.TypeSymlink, linkname: "x", uid: 7, gid: 8})
+	requireRootForCopy(t)
+	data := makeTestTar(t, tarEntry{name: "d/", typ: tar.TypeDir, uid: 7, gid: 8}, tarEntry{name: "d/f", uid: 7, gid: 8}, tarEntry{name: "p/q/l", typ: tar.TypeSymlink, linkname: "x", uid: 7, gid: 8})
 	src := addContext(t, data)
 	for _, tt := range []struct {
 		uid, gid           int
@@ -165,8 +165,8 @@ func TestAddArchiveOwners(t *testing.T) {
 }
 
 func TestAddArchiveEntryKinds(t *testing.T) {
-	requireRoot(t)
-	data := makeTar(t,
+	requireRootForCopy(t)
+	data := makeTestTar(t,
 		tarEntry{name: "./", typ: tar.TypeDir, mode: 0o700},
 		tarEntry{name: "dir/", typ: tar.TypeDir, mode: 0o750, mtime: helloTime},
 		tarEntry{name: "dir/f", body: "content", mode: 0o4755, pax: map[string]string{"SCHILY.xattr.user.strata": "x", "SCHILY.xattr.security.selinux": "label"}},
@@ -220,8 +220,8 @@ func TestAddXzIsRefused(t *testing.T) {
 }
 
 func TestAddCopiesWhatIsNoArchive(t *testing.T) {
-	notTar := gzipBytes(t, []byte("just text, compressed"))
-	tarball := makeTar(t, tarEntry{name: "inner"})
+	notTar := gzipTestBytes(t, []byte("just text, compressed"))
+	tarball := makeTestTar(t, tarEntry{name: "inner"})
 	for _, tt := range []struct {
 		name string
 		data []byte
@@ -275,7 +275,7 @@ func TestAddHostileArchives(t *testing.T) {
 			victim := mkdirTest(t, outer, "victim", 0o755)
 			writeTestFile(t, victim, "canary", "canary", 0o644)
 			root := mkdirTest(t, outer, "root", 0o755)
-			src := addContext(t, makeTar(t, tt.entries(victim)...))
+			src := addContext(t, makeTestTar(t, tt.entries(victim)...))
 			_, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/dest/", Add: true})
 			if tt.refused && err == nil {
 				t.Errorf("ADD succeeded, want it refused")
@@ -299,7 +299,7 @@ func TestAddHostileArchives(t *testing.T) {
 		})
 	}
 	t.Run("dot-dot error", func(t *testing.T) {
-		_, err := unpackTar(context.Background(), bytes.NewReader(makeTar(t, tarEntry{name: "../x"})), mustRoot(t, t.TempDir()), nil)
+		_, err := unpackTar(context.Background(), bytes.NewReader(makeTestTar(t, tarEntry{name: "../x"})), mustRoot(t, t.TempDir()), nil)
 		if !errors.Is(err, tar.ErrInsecurePath) {
 			t.Errorf("err = %v, want tar.ErrInsecurePath", err)
 		}
@@ -320,7 +320,7 @@ func TestAddArchiveIntoHostileDest(t *testing.T) {
 	outer := t.TempDir()
 	root := mkdirTest(t, outer, "a/b/root", 0o755)
 	symlinkTest(t, "../../../..", root, "usr/local")
-	src := addContext(t, makeTar(t, tarEntry{name: "bin/tool", body: "tool"}))
+	src := addContext(t, makeTestTar(t, tarEntry{name: "bin/tool", body: "tool"}))
 	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/usr/local", Add: true})
 	wantFile(t, filepath.Join(root, "bin/tool"), "tool", 0o644)
 	wantMissing(t, filepath.Join(outer, "bin"))
@@ -331,7 +331,7 @@ func TestUnpackCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	dir := t.TempDir()
-	n, err := unpackTar(ctx, bytes.NewReader(makeTar(t, tarEntry{name: "a"}, tarEntry{name: "b"})), mustRoot(t, dir), nil)
+	n, err := unpackTar(ctx, bytes.NewReader(makeTestTar(t, tarEntry{name: "a"}, tarEntry{name: "b"})), mustRoot(t, dir), nil)
 	if !errors.Is(err, context.Canceled) || n != 0 {
 		t.Errorf("unpackTar = %d, %v; want 0, context.Canceled", n, err)
 	}
@@ -353,7 +353,7 @@ func (s *urlServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Last-Modified", helloTime.Format(http.TimeFormat))
 		w.Write([]byte(body))
 	case "/files/archive.tar":
-		w.Write(makeTar(&testing.T{}, tarEntry{name: "inner"}))
+		w.Write(makeTestTar(&testing.T{}, tarEntry{name: "inner"}))
 	case "/nolm/data", "/":
 		w.Write([]byte("data"))
 	case "/redirect":
@@ -387,7 +387,7 @@ func TestAddURL(t *testing.T) {
 	if _, err := add("/t/", srv.URL+"/files/archive.tar"); err != nil {
 		t.Fatal(err)
 	}
-	wantFile(t, filepath.Join(root, "t/archive.tar"), string(makeTar(t, tarEntry{name: "inner"})), 0o600)
+	wantFile(t, filepath.Join(root, "t/archive.tar"), string(makeTestTar(t, tarEntry{name: "inner"})), 0o600)
 
 	if _, err := add("/n/", srv.URL+"/nolm/data", srv.URL+"/"); err != nil {
 		t.Fatal(err)
