@@ -692,3 +692,20 @@ func TestChecksum(t *testing.T) {
 		}
 	}
 }
+
+func TestCopyLinkNeverFollowsDest(t *testing.T) {
+	src := t.TempDir()
+	writeTestFile(t, src, "f", "f", 0o644)
+	for _, link := range []bool{false, true} {
+		root := t.TempDir()
+		mkdirTest(t, root, "real", 0o755)
+		symlinkTest(t, "/real", root, "app")
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"f"}, DestRoot: root, Dest: "/app", Link: link})
+		if link {
+			wantFile(t, filepath.Join(root, "app"), "f", 0o644)
+			wantEmptyDir(t, filepath.Join(root, "real"))
+		} else {
+			wantFile(t, filepath.Join(root, "real/f"), "f", 0o644)
+		}
+	}
+}
