@@ -53,7 +53,10 @@ import (
 //     they exist, but Dest takes a copied directory's modification time (as
 //     BuildKit does). Symlinks on the way to Dest are followed inside
 //     DestRoot, a dangling one by creating its target, as BuildKit's MkdirAll
-//     does; so is a last component that is a symlink to a directory.
+//     does; so is a last component that is a symlink to a directory. A last
+//     component that is any other symlink is replaced, by the file copied or
+//     by the directory a directory source makes; a file there is replaced by
+//     a file, and is an error for a directory source (ENOTDIR).
 //   - Every entry copied gets owner UID:GID, the source's permission bits
 //     (setuid, setgid and sticky included) unless Chmod is set, and the
 //     source's modification time; security.capability and user.* extended
@@ -61,8 +64,8 @@ import (
 //     of the tree that already exists in the image is merged into and takes
 //     the copied directory's mode, owner and time (BuildKit's rule); an
 //     existing file or symlink is removed and replaced, never written
-//     through; a file never replaces a directory, and a directory replaces a
-//     non-directory only with Link: both are errors otherwise.
+//     through; below Dest, a file never replaces a directory (EISDIR), and a
+//     directory replaces a non-directory only with Link (ENOTDIR otherwise).
 //   - Hard links are copied as separate files. Sockets are skipped. Fifos and
 //     devices are made again with mknod, which needs root.
 //   - Excludes are .dockerignore patterns (moby/patternmatcher), matched
@@ -703,12 +706,12 @@ func (p *copyPlan) hashEntry(h hash.Hash, n *srcNode) error {
 	return nil
 }
 
-// timespec is t as utimensat(2) takes it.
-func timespec(t time.Time) unix.Timespec {
+// tarTimespec is t as utimensat(2) takes it.
+func tarTimespec(t time.Time) unix.Timespec {
 	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
 }
 
-func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+func procFdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // copySource is one source once wildcards are expanded.
 type copySource struct {
@@ -787,6 +790,7 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 		}
 	}
 	if len(out) > 1 && !p.destDir {
+		//lint:ignore ST1005 Docker's message, word for word: users search for it
 		return out, fmt.Errorf("When using %s with more than one source file, %w", p.op, ErrDestNotDirectory)
 	}
 	return out, nil
@@ -884,7 +888,7 @@ func openFsRoot(dir string) (*fsRoot, error) {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	r := &fsRoot{fd: fd, path: dir}
-	r.real, _ = os.Readlink(fdPath(fd))
+	r.real, _ = os.Readlink(procFdPath(fd))
 	return r, nil
 }
 
@@ -918,7 +922,7 @@ func (r *fsRoot) open(rel string, flags int) (int, error) {
 
 // relOf names where fd, opened in r, is: its path relative to r's root.
 func (r *fsRoot) relOf(fd int) (string, bool) {
-	p, err := os.Readlink(fdPath(fd))
+	p, err := os.Readlink(procFdPath(fd))
 	if err != nil || r.real == "" {
 		return "", false
 	}
@@ -1010,7 +1014,7 @@ func (a newDirAttrs) apply(parent int, name string) error {
 // followed inside r, dangling ones too: what they point to is made, as
 // BuildKit's MkdirAll does. It returns how many directories it made.
 func (r *fsRoot) mkdirAll(rel string, a newDirAttrs) (int, int, error) {
-	comps := splitPath(rel)
+	comps := splitRelPath(rel)
 	parent, err := r.open(".", unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		return -1, 0, err
@@ -1039,7 +1043,7 @@ func (r *fsRoot) mkdirAll(rel string, a newDirAttrs) (int, int, error) {
 			if hops++; hops > 40 {
 				return -1, made, &os.PathError{Op: "mkdir", Path: "/" + prefix, Err: unix.ELOOP}
 			}
-			next := splitPath(target)
+			next := splitRelPath(target)
 			if !path.IsAbs(target) {
 				next = append(slices.Clone(comps[:i]), next...)
 			}
@@ -1074,7 +1078,7 @@ func (r *fsRoot) mkdirAllNoFollow(rel string, a newDirAttrs) (int, int, error) {
 		return -1, 0, err
 	}
 	made := 0
-	for _, name := range splitPath(rel) {
+	for _, name := range splitRelPath(rel) {
 		var st unix.Stat_t
 		err := unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -1102,9 +1106,9 @@ func (r *fsRoot) mkdirAllNoFollow(rel string, a newDirAttrs) (int, int, error) {
 	return parent, made, nil
 }
 
-// splitPath splits p into its components, dropping empty ones and "." but
+// splitRelPath splits p into its components, dropping empty ones and "." but
 // keeping "..", which only a lookup can resolve.
-func splitPath(p string) []string {
+func splitRelPath(p string) []string {
 	var out []string
 	for c := range strings.SplitSeq(p, "/") {
 		if c != "" && c != "." {
