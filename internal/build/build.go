@@ -139,7 +139,7 @@ type stageState struct {
 	config   v1.ConfigFile
 	pending  []v1.History // empty_layer entries since the last commit
 	dir      string       // its writable mount, "" when none
-	mkdir    []string     // WORKDIRs to create before the next file step
+	mkdir    []workdir    // WORKDIRs to create before the next file step
 	args     []instructions.KeyValuePairOptional
 	stage    commit.Stage
 	author   string
@@ -636,12 +636,23 @@ func (st *stageState) argEnv() []string {
 // expander expands words as BuildKit does for the instructions that
 // expand: build arguments, then Env (which wins).
 func (st *stageState) expander() instructions.SingleWordExpander {
+	return st.expanderWith(false)
+}
+
+// rawExpander expands the text of a heredoc whose delimiter is not
+// quoted: variables only, quotes kept (BuildKit's ExpandRaw).
+func (st *stageState) rawExpander() instructions.SingleWordExpander {
+	return st.expanderWith(true)
+}
+
+func (st *stageState) expanderWith(raw bool) instructions.SingleWordExpander {
 	env := st.argEnv()
 	for _, e := range st.config.Config.Env {
 		k, v, _ := strings.Cut(e, "=")
 		env = setVar(env, k, v)
 	}
 	lex := shell.NewLex('\\')
+	lex.SkipProcessQuotes = raw
 	getter := shell.EnvsFromSlice(env)
 	return func(word string) (string, error) {
 		w, _, err := lex.ProcessWord(word, getter)
@@ -664,7 +675,7 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 		if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
 			return err
 		}
-		st.mkdir = append(st.mkdir, st.config.Config.WorkingDir)
+		st.mkdir = append(st.mkdir, workdir{st.config.Config.WorkingDir, st.config.Config.User})
 		st.pending = append(st.pending, b.history("WORKDIR "+st.config.Config.WorkingDir, true))
 		return nil
 	case *instructions.MaintainerCommand:
@@ -732,12 +743,23 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 	return b.makeWorkdirs(st)
 }
 
-// makeWorkdirs creates the stage's WORKDIRs that do not exist yet, owned
-// by root with mode 0755, as BuildKit does.
+// workdir is a WORKDIR to create, and the USER then in force.
+type workdir struct{ dir, user string }
+
+// makeWorkdirs creates the stage's WORKDIRs that do not exist yet, mode
+// 0755, owned by the USER in force at the WORKDIR (root by default), as
+// BuildKit's dispatchWorkdir does; parents made on the way too.
 func (b *builder) makeWorkdirs(st *stageState) error {
-	for _, d := range st.mkdir {
-		if err := mkdirAllIn(st.dir, d); err != nil {
-			return fmt.Errorf("WORKDIR %s: %w", d, err)
+	for _, w := range st.mkdir {
+		var uid, gid uint32
+		if w.user != "" {
+			var err error
+			if uid, gid, err = steprun.LookupUser(st.dir, w.user); err != nil {
+				return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
+			}
+		}
+		if err := mkdirAllIn(st.dir, w.dir, int(uid), int(gid)); err != nil {
+			return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
 		}
 	}
 	st.mkdir = nil
@@ -793,7 +815,7 @@ func (b *builder) cacheKey(st *stageState, what string, extra ...string) string 
 		fmt.Fprintf(h.Hash(), "%s\x00", p.CreatedBy)
 	}
 	for _, m := range st.mkdir {
-		fmt.Fprintf(h.Hash(), "mkdir %s\x00", m)
+		fmt.Fprintf(h.Hash(), "mkdir %s %s\x00", m.dir, m.user)
 	}
 	for _, e := range extra {
 		fmt.Fprintf(h.Hash(), "%s\x00", e)

@@ -418,6 +418,9 @@ func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.Copy
 	if err := c.Expand(st.expander()); err != nil {
 		return err
 	}
+	if err := c.ExpandRaw(st.rawExpander()); err != nil {
+		return err
+	}
 	if c.Parents {
 		return errors.New("COPY --parents is not supported")
 	}
@@ -430,6 +433,9 @@ func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.Copy
 // add carries out an ADD.
 func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCommand) error {
 	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	if err := c.ExpandRaw(st.rawExpander()); err != nil {
 		return err
 	}
 	if c.Checksum != "" || c.KeepGitDir != nil || c.Unpack != nil || len(c.ExcludePatterns) > 0 {
@@ -508,15 +514,14 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 }
 
 // mkdirAllIn makes dir (absolute in the image) and its missing parents in
-// root, owned by root with mode 0755 (BuildKit's WORKDIR), resolving
-// symlinks inside root.
-func mkdirAllIn(root, dir string) error {
+// root, owned by uid:gid with mode 0755, resolving symlinks inside root.
+func mkdirAllIn(root, dir string, uid, gid int) error {
 	r, err := openFsRoot(root)
 	if err != nil {
 		return err
 	}
 	defer r.close()
-	fd, _, err := r.mkdirAll(cleanRel(dir), newDirAttrs{mode: 0o755})
+	fd, _, err := r.mkdirAll(cleanRel(dir), newDirAttrs{uid: uid, gid: gid, mode: 0o755})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/moby/sys/user"
@@ -50,8 +51,13 @@ func resolveUser(r *root, spec string) (execUser, error) {
 		return execUser{}, fmt.Errorf("run: %w: user %q: id out of range", ErrInvalidOptions, spec)
 	}
 	eu := execUser{uid: uint32(u.Uid), gid: uint32(u.Gid), home: u.Home, superuser: u.Uid == 0}
+	// The primary group is a supplementary one too, as containerd's
+	// WithAdditionalGIDs and buildah make it: `id` lists it in groups=.
+	eu.groups = []uint32{eu.gid}
 	for _, g := range u.Sgids {
-		eu.groups = append(eu.groups, uint32(g))
+		if !slices.Contains(eu.groups, uint32(g)) {
+			eu.groups = append(eu.groups, uint32(g))
+		}
 	}
 	return eu, nil
 }
