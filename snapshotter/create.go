@@ -193,27 +193,52 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 		return []mount.Mount{bindMount(s.fsPath(sn.ID), mode)}, nil
 	}
 	var options []string
+	parents := s.distinctLayers(sn.ParentIDs)
 	if sn.Kind == snapshots.KindActive {
 		options = append(options,
 			"workdir="+s.workPath(sn.ID),
 			"upperdir="+s.fsPath(sn.ID),
 		)
-	} else if len(sn.ParentIDs) == 1 {
+	} else if len(parents) == 1 {
 		// A view of one layer is that layer, read-only.
-		return []mount.Mount{bindMount(s.fsPath(sn.ParentIDs[0]), "ro")}, nil
+		return []mount.Mount{bindMount(s.fsPath(parents[0]), "ro")}, nil
 	}
 	// A view of several layers has no upperdir, which makes overlayfs
 	// read-only by itself.
-	lowers := make([]string, len(sn.ParentIDs))
-	for i, id := range sn.ParentIDs {
+	lowers := make([]string, len(parents))
+	for i, id := range parents {
 		lowers[i] = s.fsPath(id)
 	}
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, s.options...)
-	if err := s.checkOptionsFit(options, sn.ParentIDs); err != nil {
+	if err := s.checkOptionsFit(options, parents); err != nil {
 		return nil, err
 	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
+}
+
+// distinctLayers drops, from parent IDs listed top first, every layer
+// directory that is also a higher one: an image may hold one layer blob
+// twice, and remote layers of one blob are binds of one FUSE mount, which
+// overlayfs refuses to stack twice (ELOOP). Dropping the lower copy keeps
+// the merged tree: the higher copy puts the same entries and whiteouts
+// back over everything between them.
+func (s *Snapshotter) distinctLayers(ids []string) []string {
+	type key struct{ dev, ino uint64 }
+	seen := make(map[key]bool, len(ids))
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		var st syscall.Stat_t
+		if err := syscall.Stat(s.fsPath(id), &st); err == nil {
+			k := key{uint64(st.Dev), st.Ino}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		}
+		out = append(out, id)
+	}
+	return out
 }
 
 func bindMount(source, mode string) mount.Mount {

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stratafs/strata/internal/daemon"
 	steprun "github.com/stratafs/strata/internal/run"
 )
@@ -89,7 +87,7 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	} else if len(swept) > 0 {
 		fmt.Fprintf(os.Stderr, "strata run: ended %d run(s) whose strata process had died\n", len(swept))
 	}
-	unlock, err := holdRunLock(info.LockFile)
+	unlock, err := steprun.HoldLock(info.LockFile)
 	if err != nil {
 		return err
 	}
@@ -109,19 +107,4 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		return exitStatus(code)
 	}
 	return nil
-}
-
-// holdRunLock takes a shared lock on the mount's run lock file for as long
-// as the command runs: a commit takes it exclusively, so it can tell that a
-// run is in progress. The kernel drops it if this process dies.
-func holdRunLock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("run lock: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("run lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }

@@ -8,7 +8,8 @@
 // The Dockerfile is read by BuildKit's own parser, instructions and shell
 // packages, never by hand; .dockerignore by moby/patternmatcher.
 //
-// It may import internal/daemon (the client and its API types), internal/run
-// and internal/commit, and nothing else of Strata: never fs, snapshotter,
-// store, remote or FUSE.
+// It may import every Strata package except cmd and the test infrastructure
+// under test/ (it talks to the daemon through internal/daemon's client, and
+// links what that links). Its own imports are internal/daemon, internal/run
+// and internal/commit.
 package build

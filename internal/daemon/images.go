@@ -219,6 +219,15 @@ func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
 	} else if err == nil {
 		lowers := slices.Clone(dirs)
 		slices.Reverse(lowers) // overlayfs wants the top layer first
+		// One blob twice in an image is one FUSE mount, which overlayfs
+		// refuses to stack twice; the higher copy alone gives the same
+		// tree (see snapshotter's distinctLayers).
+		seen := map[string]bool{}
+		lowers = slices.DeleteFunc(lowers, func(d string) bool {
+			dup := seen[d]
+			seen[d] = true
+			return dup
+		})
 		if len(lowers) == 1 {
 			// A read-only overlay needs two lowers; an empty one keeps
 			// whiteout handling identical to multi-layer images.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -48,8 +49,12 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 		return nil, err
 	}
 	cwd := workDir(o)
-	if err := lookPath(r, args[0], lookupEnv(env, "PATH"), cwd); err != nil {
-		return nil, err
+	if !slices.ContainsFunc(o.Mounts, func(m Mount) bool { return m.Destination == args[0] }) {
+		// A command that is itself a mount (a build's heredoc script) is
+		// there only once the container starts.
+		if err := lookPath(r, args[0], lookupEnv(env, "PATH"), cwd); err != nil {
+			return nil, err
+		}
 	}
 	caps, err := capabilities(o.CapAdd)
 	if err != nil {

@@ -24,15 +24,25 @@ const (
 
 // writeOwner records this process and the runtime in a run's state dir.
 func writeOwner(stateDir, rt string) error {
+	if err := os.WriteFile(filepath.Join(stateDir, runtimeFile), []byte(rt), 0o600); err != nil {
+		return err
+	}
+	return MarkOwner(stateDir)
+}
+
+// MarkOwner records this process as the owner of dir (pid and start time,
+// so that a reused pid is not taken for it); OwnerAlive tells later
+// whether it still runs. A build marks its working directory so.
+func MarkOwner(dir string) error {
 	start, err := processStart(os.Getpid())
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(stateDir, runtimeFile), []byte(rt), 0o600); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(stateDir, ownerFile), fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600)
+	return os.WriteFile(filepath.Join(dir, ownerFile), fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600)
 }
+
+// OwnerAlive reports whether the process MarkOwner recorded in dir runs.
+func OwnerAlive(dir string) bool { return ownerAlive(dir) }
 
 // processStart is the start time of process pid, in clock ticks since
 // boot (/proc/PID/stat field 22): with the pid it names one process, even

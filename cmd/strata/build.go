@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/stratafs/strata/internal/build"
+	steprun "github.com/stratafs/strata/internal/run"
+)
+
+func init() {
+	register(&command{
+		name:    "build",
+		summary: "build an image from a Dockerfile on lazy bases",
+		usage:   "[flags] CONTEXT",
+		help: `Builds the Dockerfile of CONTEXT (CONTEXT/Dockerfile unless -f says
+otherwise) the way 'docker build' and 'buildah bud' do, read by BuildKit's
+own Dockerfile parser. Every FROM is mounted lazily: the base is never
+downloaded, each step fetches only the files it reads, and --push sends
+only the new layers (base layers are mounted from the base's repository).
+
+Each instruction that changes files (RUN, COPY, ADD, and WORKDIR when the
+directory is missing) makes one layer, in --format (eStargz by default, so
+the result mounts lazily too); the others add an empty_layer history entry.
+Stages the target does not depend on are skipped. A step whose parent
+image, instruction and copied content were built before is taken from the
+build cache without running (--no-cache runs everything; 'strata prune'
+empties the cache).
+
+Supported: FROM (tags, digests, AS, earlier stages, scratch, ARGs before
+FROM, --platform of this machine or one binfmt emulates), RUN (shell and
+exec forms, heredocs, --mount=type=cache|bind|secret|tmpfs, --network=none),
+COPY and ADD (.dockerignore, --from=STAGE|IMAGE, --chown, --chmod, --link,
+heredocs; ADD unpacks local tar archives and downloads URLs), ENV, ARG,
+WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, VOLUME, STOPSIGNAL,
+HEALTHCHECK, SHELL, ONBUILD (kept in the config; not run). Not supported:
+RUN --mount=type=ssh, rw bind mounts, ADD of git repositories, COPY
+--parents and --exclude.
+
+With SOURCE_DATE_EPOCH (the environment, --source-date-epoch or the build
+argument) the result is reproducible. The image digest is printed last.
+
+Examples:
+  strata build -t localhost:5000/app:v1 --push .
+  strata build -f build/Dockerfile --build-arg VERSION=1.2 --target release -t registry.example.com/app:1.2 --push .
+  strata build --secret id=npmrc,src=$HOME/.npmrc --iidfile app.digest -q --oci-layout ./app-layout:v1 .
+  strata prune`,
+		run: runBuild,
+	})
+	register(&command{
+		name:    "prune",
+		summary: "empty the build cache",
+		usage:   "",
+		help: `Empties the build cache of 'strata build': the next build runs every step.
+The directories of RUN --mount=type=cache go too. Images and layers the
+cache pointed at stay in the store.
+
+Examples:
+  strata prune`,
+		run: runPrune,
+	})
+}
+
+func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["build"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	var o build.Options
+	file := fs.StringP("file", "f", "", "the Dockerfile, - for standard input (default CONTEXT/Dockerfile)")
+	fs.StringArrayVarP(&o.Tags, "tag", "t", nil, "reference of the result, pushed with --push (repeatable)")
+	buildArgs := fs.StringArray("build-arg", nil, "build argument K=V, or K to take it from the environment (repeatable)")
+	fs.StringVar(&o.Target, "target", "", "the stage to build (default the last)")
+	fs.StringVar(&o.Platform, "platform", "", "platform of the bases and the result, os/arch[/variant] (default this machine's)")
+	fs.StringVar(&o.Format, "format", "estargz", "layer format: estargz, gzip, zstd, zstd:chunked or uncompressed")
+	fs.BoolVar(&o.Push, "push", false, "push the result to every --tag")
+	fs.StringVar(&o.OCILayout, "oci-layout", "", "also write the result to the OCI image layout PATH[:TAG]")
+	fs.BoolVar(&o.NoCache, "no-cache", false, "run every step, using no cached one")
+	secrets := fs.StringArray("secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE (repeatable)")
+	iidfile := fs.String("iidfile", "", "write the image's manifest digest to this file")
+	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "print only the image digest (a failing RUN's output is still shown)")
+	fs.BoolVar(&o.Insecure, "insecure", false, "reach the registries over plain HTTP")
+	fs.StringVar(&o.Runtime, "runtime", "", "OCI runtime for RUN: runc, crun or a path (default: runc, else crun)")
+	sde := fs.String("source-date-epoch", "", "set every new time to these seconds since 1970, for a reproducible image (default $SOURCE_DATE_EPOCH)")
+	if err := c.parse(fs, args, 1, 1); err != nil {
+		return err
+	}
+	ctxDir, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
+		return fmt.Errorf("build context %s is not a directory", fs.Arg(0))
+	}
+	o.Context = ctxDir
+	if o.Push && len(o.Tags) == 0 {
+		return fmt.Errorf("--push needs at least one --tag")
+	}
+	switch *file {
+	case "-":
+		o.Dockerfile, err = io.ReadAll(io.LimitReader(os.Stdin, maxDockerfile+1))
+		o.DockerfileName = "Dockerfile (standard input)"
+	case "":
+		*file = filepath.Join(ctxDir, "Dockerfile")
+		fallthrough
+	default:
+		o.DockerfileName = *file
+		var f *os.File
+		if f, err = os.Open(*file); err == nil {
+			o.Dockerfile, err = io.ReadAll(io.LimitReader(f, maxDockerfile+1))
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reading the Dockerfile: %w", err)
+	}
+	if len(o.Dockerfile) > maxDockerfile {
+		return fmt.Errorf("%s is over %d bytes", o.DockerfileName, maxDockerfile)
+	}
+	if o.BuildArgs, err = parseBuildArgs(*buildArgs); err != nil {
+		return err
+	}
+	if o.Secrets, err = parseSecrets(*secrets); err != nil {
+		return err
+	}
+	if *sde == "" {
+		*sde = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if *sde != "" {
+		n, err := strconv.ParseInt(*sde, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("source date epoch %q: want whole seconds since 1970", *sde)
+		}
+		o.SourceDateEpoch = &n
+	}
+	cl, err := df.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	o.Stdout, o.Stderr = os.Stderr, os.Stderr
+	o.Log = func(line string) { fmt.Fprintln(os.Stderr, line) }
+	signals, stop := steprun.NotifySignals()
+	defer stop()
+	o.Signals = signals
+	res, err := build.Build(ctx, cl, o)
+	if err != nil {
+		return err
+	}
+	if *iidfile != "" {
+		if err := os.WriteFile(*iidfile, []byte(res.Digest.String()+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	if !o.Quiet {
+		for _, p := range res.Pushed {
+			fmt.Fprintf(os.Stderr, "pushed %s\n", p)
+		}
+		fmt.Fprintf(os.Stderr, "%s run, %s from the cache\n", plural(res.Steps, "step"), plural(res.Cached, "step"))
+	}
+	fmt.Fprintln(stdout, res.Digest)
+	return nil
+}
+
+// maxDockerfile bounds the Dockerfile read.
+const maxDockerfile = 4 << 20
+
+// parseBuildArgs reads --build-arg K=V, and K alone from the environment
+// (skipped when unset), as docker build does.
+func parseBuildArgs(args []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if k == "" || strings.ContainsAny(k, " \t") {
+			return nil, fmt.Errorf("--build-arg %q: want NAME=VALUE or NAME", a)
+		}
+		if !ok {
+			if v, ok = os.LookupEnv(k); !ok {
+				continue
+			}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// parseSecrets reads --secret id=ID,src=FILE (source= and type=file too).
+func parseSecrets(args []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, a := range args {
+		var id, src string
+		for _, f := range strings.Split(a, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "id":
+				id = v
+			case "src", "source":
+				src = v
+			case "type":
+				if v != "file" {
+					return nil, fmt.Errorf("--secret %q: only type=file is supported", a)
+				}
+			default:
+				return nil, fmt.Errorf("--secret %q: unknown field %q (want id=ID,src=FILE)", a, k)
+			}
+		}
+		if id == "" || src == "" {
+			return nil, fmt.Errorf("--secret %q: want id=ID,src=FILE", a)
+		}
+		abs, err := filepath.Abs(src)
+		if err != nil {
+			return nil, err
+		}
+		if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("--secret %s: %s is not a readable file", id, src)
+		}
+		out[id] = abs
+	}
+	return out, nil
+}
+
+func runPrune(ctx context.Context, args []string, stdout io.Writer) error {
+	c := commands["prune"]
+	fs := c.flags(stdout)
+	var df daemonFlags
+	df.add(fs)
+	if err := c.parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	n, err := build.PruneCache(df.root)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "build cache emptied (%d entries)\n", n)
+	return nil
+}

@@ -1,0 +1,269 @@
+package build
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+)
+
+func parsed(t *testing.T, dockerfile string, args map[string]string) *builder {
+	t.Helper()
+	b := &builder{o: Options{Dockerfile: []byte(dockerfile), DockerfileName: "Dockerfile", BuildArgs: args, Log: func(string) {}}, used: map[string]bool{}}
+	if err := b.parse(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseErrorsNameTheLine(t *testing.T) {
+	for _, tc := range []struct{ dockerfile, want string }{
+		{"FROM scratch\n\nBOGUS x\n", "Dockerfile:3: unknown instruction: BOGUS"},
+		{"FROM scratch\nCOPY onlyone\n", "Dockerfile:2: COPY requires at least two arguments"},
+		{"# nothing\n", "file with no instructions"},
+		{"ARG A\n", "has no FROM"},
+		{"RUN true\n", "Dockerfile:1:"},
+	} {
+		b := &builder{o: Options{Dockerfile: []byte(tc.dockerfile), DockerfileName: "Dockerfile"}, used: map[string]bool{}}
+		err := b.parse()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrBuild) {
+			t.Errorf("%q: got %v, want an ErrBuild saying %q", tc.dockerfile, err, tc.want)
+		}
+	}
+}
+
+func TestGlobalArgs(t *testing.T) {
+	b := parsed(t, "ARG REG=docker.io\nARG IMG=$REG/busybox\nARG UNSET\nFROM $IMG:${TAG:-1}\n", map[string]string{"REG": "localhost:5000"})
+	got, err := b.expandMeta(b.stages[0].BaseName, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != "localhost:5000/busybox:1" {
+		t.Errorf("FROM expands to %q", got)
+	}
+	if !b.used["REG"] {
+		t.Error("REG not marked used")
+	}
+}
+
+func TestNeededSkipsUnusedStages(t *testing.T) {
+	b := parsed(t, `FROM scratch AS a
+FROM scratch AS b
+COPY --from=a / /
+FROM scratch AS unused
+FROM b AS c
+RUN --mount=type=bind,from=d,target=/x true
+FROM scratch AS d
+`, nil)
+	// d comes after c: a stage may only use earlier ones, so d is no
+	// dependency of c.
+	target, err := b.targetStage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if target != 4 {
+		t.Fatalf("target %d, want the last stage", target)
+	}
+	b.o.Target = "C"
+	target, err = b.targetStage()
+	if err != nil || target != 3 {
+		t.Fatalf("target C: %d, %v", target, err)
+	}
+	got, err := b.needed(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{0, 1, 3}; !equalInts(got, want) {
+		t.Errorf("needed %v, want %v", got, want)
+	}
+	b.o.Target = "nope"
+	if _, err := b.targetStage(); err == nil || !strings.Contains(err.Error(), `target stage "nope" not found`) {
+		t.Errorf("unknown target: %v", err)
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func runCommand(t *testing.T, line string) *instructions.RunCommand {
+	t.Helper()
+	b := parsed(t, "FROM scratch\n"+line+"\n", nil)
+	return b.stages[0].Commands[0].(*instructions.RunCommand)
+}
+
+func TestRunArgs(t *testing.T) {
+	st := &stageState{}
+	for _, tc := range []struct {
+		line, want, script string
+		shell              []string
+	}{
+		{line: "RUN echo hi there", want: "/bin/sh|-c|echo hi there"},
+		{line: `RUN ["echo", "hi"]`, want: "echo|hi"},
+		{line: "RUN echo hi", shell: []string{"/bin/bash", "-o", "pipefail", "-c"}, want: "/bin/bash|-o|pipefail|-c|echo hi"},
+		{line: "RUN <<EOF\necho a\necho b\nEOF", want: "/bin/sh|-c|echo a\necho b\n"},
+		{line: "RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", want: "/dev/pipes/EOF", script: "#!/usr/bin/env python3\nprint(1)\n"},
+		{line: "RUN cat <<EOF > /f\nhello\nEOF", want: "/bin/sh|-c|cat <<EOF > /f\nhello\nEOF"},
+	} {
+		st.config.Config.Shell = tc.shell
+		args, script, err := runArgs(st, runCommand(t, tc.line))
+		if err != nil {
+			t.Errorf("%q: %v", tc.line, err)
+			continue
+		}
+		if got := strings.Join(args, "|"); got != tc.want || script != tc.script {
+			t.Errorf("%q: args %q script %q, want %q %q", tc.line, got, script, tc.want, tc.script)
+		}
+	}
+}
+
+func TestRunCommandString(t *testing.T) {
+	v1s, v2 := "1", "two"
+	got := runCommandString([]string{"/bin/sh", "-c", "make"}, []instructions.KeyValuePairOptional{
+		{Key: "A", Value: &v1s}, {Key: "B"}, {Key: "A", Value: &v2},
+	})
+	if want := "|2 A=two B= /bin/sh -c make"; got != want {
+		t.Errorf("got %q, want %q (BuildKit's form)", got, want)
+	}
+	if got := runCommandString([]string{"true"}, nil); got != "true" {
+		t.Errorf("no args: %q", got)
+	}
+}
+
+func TestInImage(t *testing.T) {
+	for _, tc := range []struct{ wd, p, want string }{
+		{"", "app", "/app"},
+		{"/src", "out/", "/src/out/"},
+		{"/src", ".", "/src/"},
+		{"/src", "/abs/../x", "/x"},
+		{"/", "../../etc", "/etc"},
+		{"/w", "./", "/w/"},
+	} {
+		if got := inImage(tc.wd, tc.p); got != tc.want {
+			t.Errorf("inImage(%q, %q) = %q, want %q", tc.wd, tc.p, got, tc.want)
+		}
+	}
+}
+
+func TestCacheTrimDropsLeastRecentlyUsed(t *testing.T) {
+	now := time.Now()
+	entries := map[string]cacheEntry{}
+	for i := range 10 {
+		entries[string(rune('a'+i))] = cacheEntry{Image: "x", Used: now.Add(time.Duration(i) * time.Second)}
+	}
+	trim(entries, 4)
+	if len(entries) != 4 {
+		t.Fatalf("%d entries left", len(entries))
+	}
+	for _, k := range []string{"g", "h", "i", "j"} {
+		if _, ok := entries[k]; !ok {
+			t.Errorf("recent entry %s dropped", k)
+		}
+	}
+}
+
+func TestCacheSurvivesAndMerges(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "build")
+	c1, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1.put("k1", "r/a@sha256:1")
+	c2.put("k2", "r/a@sha256:2")
+	if err := c1.save(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.save(); err != nil {
+		t.Fatal(err)
+	}
+	c3, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"k1", "k2"} {
+		if _, ok := c3.get(k); !ok {
+			t.Errorf("%s lost: builds at once must merge their entries", k)
+		}
+	}
+	n, err := PruneCache(root)
+	if err != nil || n != 2 {
+		t.Fatalf("prune: %d entries, %v", n, err)
+	}
+	c4, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c4.entries) != 0 {
+		t.Errorf("%d entries after prune", len(c4.entries))
+	}
+}
+
+func TestStageConfigFromInstructions(t *testing.T) {
+	b := parsed(t, `FROM scratch
+ARG V=1.2
+ENV PATH=/usr/bin APP_VERSION=$V
+CMD ["serve"]
+ENTRYPOINT ["/app"]
+HEALTHCHECK --interval=5s CMD ["/app", "health"]
+SHELL ["/bin/bash", "-c"]
+ONBUILD RUN echo child
+STOPSIGNAL SIGINT
+EXPOSE 80/tcp 53/udp
+VOLUME /data
+LABEL version=$APP_VERSION
+`, map[string]string{"V": "2.0"})
+	st := &stageState{}
+	for _, cmd := range b.stages[0].Commands {
+		if err := b.dispatch(t.Context(), st, cmd); err != nil {
+			t.Fatalf("%s: %v", cmd.Name(), err)
+		}
+	}
+	c := st.config.Config
+	check := func(what string, got, want any) {
+		t.Helper()
+		if g, w := fmt.Sprint(got), fmt.Sprint(want); g != w {
+			t.Errorf("%s: %s, want %s", what, g, w)
+		}
+	}
+	check("Env", c.Env, []string{"PATH=/usr/bin", "APP_VERSION=2.0"})
+	check("Cmd", c.Cmd, []string{"serve"})
+	check("Entrypoint", c.Entrypoint, []string{"/app"})
+	check("Shell", c.Shell, []string{"/bin/bash", "-c"})
+	check("OnBuild", c.OnBuild, []string{"RUN echo child"})
+	check("StopSignal", c.StopSignal, "SIGINT")
+	check("Labels", c.Labels, map[string]string{"version": "2.0"})
+	if c.Healthcheck == nil || c.Healthcheck.Interval != 5*time.Second || strings.Join(c.Healthcheck.Test, " ") != "CMD /app health" {
+		t.Errorf("Healthcheck %+v", c.Healthcheck)
+	}
+	if _, ok := c.ExposedPorts["53/udp"]; !ok || len(c.ExposedPorts) != 2 {
+		t.Errorf("ExposedPorts %v", c.ExposedPorts)
+	}
+	if _, ok := c.Volumes["/data"]; !ok {
+		t.Errorf("Volumes %v", c.Volumes)
+	}
+	for _, h := range st.pending {
+		if !h.EmptyLayer {
+			t.Errorf("metadata entry %q has a layer", h.CreatedBy)
+		}
+	}
+	if n := len(st.pending); n != 11 {
+		t.Errorf("%d history entries, want one per instruction (11)", n)
+	}
+}

@@ -1,0 +1,573 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/daemon"
+	steprun "github.com/stratafs/strata/internal/run"
+)
+
+// run carries out a RUN: the command runs in a writable mount of the
+// stage's image, whose changes become the step's layer.
+func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCommand) error {
+	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	args, script, err := runArgs(st, c)
+	if err != nil {
+		return err
+	}
+	createdBy := "RUN " + runCommandString(args, st.args)
+	network := "host"
+	switch n := instructions.GetNetwork(c); n {
+	case instructions.NetworkNone:
+		network = "none"
+	case instructions.NetworkHost, instructions.NetworkDefault, "":
+	default:
+		return fmt.Errorf("RUN --network=%s is not supported (none, host, default)", n)
+	}
+	plan, err := b.planMounts(ctx, st, c)
+	if err != nil {
+		return err
+	}
+	key := b.cacheKey(st, createdBy, append(plan.key, "network="+network, "script="+script)...)
+	if b.cached(ctx, st, key) {
+		return nil
+	}
+	if err := b.mount(ctx, st); err != nil {
+		return err
+	}
+	mounts, err := plan.mounts(st)
+	if err != nil {
+		return err
+	}
+	if script != "" {
+		m, err := b.scriptMount(script, c.Files[0].Name)
+		if err != nil {
+			return err
+		}
+		mounts = append(mounts, m)
+	}
+	info, err := b.cl.StartRun(ctx, daemon.RunRequest{Dir: st.dir, Args: args})
+	if err != nil {
+		return err
+	}
+	unlock, err := steprun.HoldLock(info.LockFile)
+	if err != nil {
+		return err
+	}
+	o := steprun.Options{
+		Rootfs: st.dir, Args: args, Config: imageConfig(st.config.Config), Network: network,
+		Mounts: mounts, StateDir: info.StateDir, Runtime: b.o.Runtime, Signals: b.o.Signals,
+		Stdout: b.o.Stdout, Stderr: b.o.Stderr,
+	}
+	// Build arguments are in the command's environment, below ENV.
+	for _, kv := range st.argEnv() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := lookup(st.config.Config.Env, k); !ok {
+			o.Env = append(o.Env, kv)
+		}
+	}
+	o.Env = append(o.Env, plan.env...)
+	var tail *tailBuffer
+	if b.o.Quiet {
+		tail = &tailBuffer{max: 16 << 10}
+		o.Stdout, o.Stderr = tail, tail
+	}
+	code, err := steprun.Run(context.WithoutCancel(ctx), o)
+	unlock()
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		se := &StepError{ExitCode: code, Err: fmt.Errorf("%w: exit status %d", ErrBuild, code)}
+		if tail != nil {
+			se.Output = tail.String()
+		}
+		return se
+	}
+	b.res.Steps++
+	return b.commitStep(ctx, st, createdBy, key)
+}
+
+// runArgs is the command a RUN runs, as BuildKit's dispatchRun makes it,
+// heredocs included; script is the content of a heredoc with a shebang,
+// which runs from a file at /dev/pipes/NAME.
+func runArgs(st *stageState, c *instructions.RunCommand) (args []string, script string, err error) {
+	args = slices.Clone(c.CmdLine)
+	if len(c.Files) > 0 {
+		if len(args) != 1 || !c.PrependShell {
+			return nil, "", fmt.Errorf("a heredoc in a RUN of exec form is not a command: %v", args)
+		}
+		if parser.MustParseHeredoc(args[0]) != nil {
+			data := c.Files[0].Data
+			if c.Files[0].Chomp {
+				data = parser.ChompHeredocContent(data)
+			}
+			if strings.HasPrefix(data, "#!") {
+				return []string{path.Join("/dev/pipes", c.Files[0].Name)}, data, nil
+			}
+			args = []string{data}
+		} else {
+			var sb strings.Builder
+			sb.WriteString(args[0])
+			for _, f := range c.Files {
+				sb.WriteByte('\n')
+				sb.WriteString(f.Data)
+				sb.WriteString(f.Name)
+			}
+			args = []string{sb.String()}
+		}
+	}
+	if c.PrependShell {
+		sh := slices.Clone(st.config.Config.Shell)
+		if len(sh) == 0 {
+			sh = []string{"/bin/sh", "-c"}
+		}
+		args = append(sh, strings.Join(args, " "))
+	}
+	if len(args) == 0 {
+		return nil, "", errors.New("RUN with no command")
+	}
+	return args, script, nil
+}
+
+// runCommandString is a RUN's created_by after "RUN ", as BuildKit writes
+// it: "|N K=V ..." for the stage's build arguments, then the command.
+func runCommandString(args []string, buildArgs []instructions.KeyValuePairOptional) string {
+	var env []string
+	idx := map[string]int{}
+	for _, a := range buildArgs {
+		kv := a.Key + "=" + a.ValueString()
+		if i, ok := idx[a.Key]; ok {
+			env[i] = kv
+			continue
+		}
+		idx[a.Key] = len(env)
+		env = append(env, kv)
+	}
+	if len(env) > 0 {
+		env = append([]string{fmt.Sprintf("|%d", len(env))}, env...)
+	}
+	return strings.Join(append(env, args...), " ")
+}
+
+// scriptMount puts a heredoc script in a file of the build's directory,
+// bound read-only at /dev/pipes/NAME for the run.
+func (b *builder) scriptMount(script, name string) (steprun.Mount, error) {
+	b.n++
+	dir := filepath.Join(b.work, "pipes-"+strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return steprun.Mount{}, err
+	}
+	f := filepath.Join(dir, "script")
+	if err := os.WriteFile(f, []byte(script), 0o755); err != nil {
+		return steprun.Mount{}, err
+	}
+	return steprun.ParseMount("type=bind,source=" + f + ",target=" + path.Join("/dev/pipes", name) + ",readonly")
+}
+
+// mountPlan is what a RUN's --mount flags ask for: what goes in the cache
+// key (never a secret's value), and the mounts, made once the stage has
+// its writable mount.
+type mountPlan struct {
+	key  []string
+	env  []string // secrets given as environment variables
+	make []func(st *stageState) (steprun.Mount, error)
+}
+
+func (p *mountPlan) mounts(st *stageState) ([]steprun.Mount, error) {
+	var out []steprun.Mount
+	for _, f := range p.make {
+		m, err := f(st)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// planMounts reads a RUN's --mount flags.
+func (b *builder) planMounts(ctx context.Context, st *stageState, c *instructions.RunCommand) (*mountPlan, error) {
+	p := &mountPlan{}
+	for _, m := range instructions.GetMounts(c) {
+		target := m.Target
+		if target != "" && !path.IsAbs(target) {
+			target = path.Join(orRoot(st.config.Config.WorkingDir), target)
+		}
+		switch m.Type {
+		case instructions.MountTypeSecret:
+			id := m.CacheID
+			if id == "" && target != "" {
+				id = path.Base(target)
+			}
+			if id == "" {
+				return nil, errors.New("RUN --mount=type=secret needs id= or target=")
+			}
+			src, ok := b.o.Secrets[id]
+			if !ok {
+				if m.Required {
+					return nil, fmt.Errorf("secret %q is required but was not given (--secret id=%s,src=FILE)", id, id)
+				}
+				continue
+			}
+			// The key says which secret, never what it holds: a new value
+			// of a secret does not invalidate the cache, as in BuildKit.
+			p.key = append(p.key, "secret "+id+" "+target)
+			if m.Env != nil {
+				v, err := os.ReadFile(src)
+				if err != nil {
+					return nil, fmt.Errorf("secret %q: %w", id, err)
+				}
+				name := *m.Env
+				if name == "" {
+					name = id
+				}
+				p.env = append(p.env, name+"="+string(v))
+				if target == "" {
+					continue
+				}
+			}
+			if target == "" {
+				target = "/run/secrets/" + id
+			}
+			spec := "type=bind,source=" + src + ",target=" + target + ",readonly"
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+		case instructions.MountTypeCache:
+			if target == "" {
+				return nil, errors.New("RUN --mount=type=cache needs target=")
+			}
+			if m.From != "" {
+				return nil, errors.New("RUN --mount=type=cache,from= is not supported")
+			}
+			id := m.CacheID
+			if id == "" {
+				id = target
+			}
+			p.key = append(p.key, "cache "+id+" "+target)
+			uid, gid, mode := uint64(0), uint64(0), uint64(0o755)
+			if m.UID != nil {
+				uid = *m.UID
+			}
+			if m.GID != nil {
+				gid = *m.GID
+			}
+			if m.Mode != nil {
+				mode = *m.Mode
+			}
+			sum := sha256.Sum256([]byte(id))
+			dir := filepath.Join(b.root, "build", "cache-mounts", hex.EncodeToString(sum[:12]))
+			spec := "type=bind,source=" + dir + ",target=" + target
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
+				if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+					return steprun.Mount{}, err
+				}
+				if err := os.Mkdir(dir, os.FileMode(mode)&os.ModePerm); err == nil {
+					if err := os.Chown(dir, int(uid), int(gid)); err != nil {
+						return steprun.Mount{}, err
+					}
+					if err := os.Chmod(dir, os.FileMode(mode)&os.ModePerm); err != nil {
+						return steprun.Mount{}, err
+					}
+				} else if !errors.Is(err, os.ErrExist) {
+					return steprun.Mount{}, err
+				}
+				return steprun.ParseMount(spec)
+			})
+		case instructions.MountTypeTmpfs:
+			if target == "" {
+				return nil, errors.New("RUN --mount=type=tmpfs needs target=")
+			}
+			spec := "type=tmpfs,target=" + target
+			if m.SizeLimit > 0 {
+				spec += ",tmpfs-size=" + strconv.FormatInt(m.SizeLimit, 10)
+			}
+			p.key = append(p.key, spec)
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+		case instructions.MountTypeBind:
+			if target == "" {
+				return nil, errors.New("RUN --mount=type=bind needs target=")
+			}
+			if !m.ReadOnly {
+				return nil, errors.New("RUN --mount=type=bind,rw is not supported: bind mounts are read-only here")
+			}
+			root, what, err := b.sourceRoot(ctx, st, m.From)
+			if err != nil {
+				return nil, err
+			}
+			src, err := resolveIn(root, m.Source)
+			if err != nil {
+				return nil, fmt.Errorf("RUN --mount=type=bind,source=%s: %w", m.Source, err)
+			}
+			sum, err := Checksum(ctx, CopySpec{SrcRoot: root, Sources: []string{orRoot(m.Source)}, Excludes: b.excludesFor(m.From)})
+			if err != nil {
+				return nil, fmt.Errorf("RUN --mount=type=bind,source=%s: %w", m.Source, err)
+			}
+			p.key = append(p.key, "bind "+what+" "+m.Source+" "+target+" "+sum.String())
+			spec := "type=bind,source=" + src + ",target=" + target + ",readonly"
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+		default:
+			return nil, fmt.Errorf("RUN --mount=type=%s is not supported", m.Type)
+		}
+	}
+	return p, nil
+}
+
+func orRoot(p string) string {
+	if p == "" {
+		return "/"
+	}
+	return p
+}
+
+// resolveIn resolves p inside root, following symlinks inside it, and
+// returns the host path.
+func resolveIn(root, p string) (string, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, root, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC})
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	rel := strings.TrimLeft(path.Clean("/"+p), "/")
+	if rel == "" {
+		return root, nil
+	}
+	f, err := unix.Openat2(fd, rel, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	defer unix.Close(f)
+	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(f))
+	if err != nil {
+		return "", err
+	}
+	if real != root && !strings.HasPrefix(real, strings.TrimSuffix(root, "/")+"/") {
+		return "", fmt.Errorf("%s resolves outside its root", p)
+	}
+	return real, nil
+}
+
+// sourceRoot is the directory a COPY --from or a bind mount's from= reads:
+// the context for "", else an earlier stage or an image, mounted
+// read-only. what names it for the cache key.
+func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (root, what string, err error) {
+	if from == "" {
+		return b.o.Context, "context", nil
+	}
+	var image string
+	if j := b.stageRef(from, st.idx); j >= 0 {
+		src := b.done[j]
+		if src == nil {
+			return "", "", fmt.Errorf("stage %q has not been built", from)
+		}
+		if err := b.finish(ctx, src); err != nil {
+			return "", "", err
+		}
+		image = src.image
+	} else {
+		r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: from, Platform: st.platform, Insecure: b.o.Insecure})
+		if err != nil {
+			return "", "", fmt.Errorf("--from=%s is neither an earlier stage nor an image: %w", from, err)
+		}
+		image = r.Ref
+	}
+	if dir, ok := b.ro[image]; ok {
+		return dir, image, nil
+	}
+	b.n++
+	dir := filepath.Join(b.work, strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: image, Dir: dir, Platform: st.platform, Insecure: b.o.Insecure}); err != nil {
+		return "", "", fmt.Errorf("mounting %s: %w", image, err)
+	}
+	b.mounted = append(b.mounted, dir)
+	b.ro[image] = dir
+	return dir, image, nil
+}
+
+// excludesFor is .dockerignore for the context, nothing for images.
+func (b *builder) excludesFor(from string) []string {
+	if from != "" {
+		return nil
+	}
+	return b.ignore
+}
+
+// copy carries out a COPY.
+func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.CopyCommand) error {
+	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	if c.Parents {
+		return errors.New("COPY --parents is not supported")
+	}
+	if len(c.ExcludePatterns) > 0 {
+		return errors.New("COPY --exclude is not supported")
+	}
+	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.Link, false, commandText(c))
+}
+
+// add carries out an ADD.
+func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCommand) error {
+	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	if c.Checksum != "" || c.KeepGitDir != nil || c.Unpack != nil || len(c.ExcludePatterns) > 0 {
+		return errors.New("ADD --checksum, --keep-git-dir, --unpack and --exclude are not supported")
+	}
+	for _, s := range c.SourcePaths {
+		if strings.HasPrefix(s, "git@") || strings.HasSuffix(strings.SplitN(s, "#", 2)[0], ".git") {
+			return fmt.Errorf("ADD of a git repository (%s) is not supported", s)
+		}
+	}
+	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.Link, true, commandText(c))
+}
+
+// copyFiles is COPY and ADD: what they copy is checksummed for the cache
+// key, then copied into a writable mount of the stage's image.
+func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, link, add bool, text string) error {
+	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link}
+	what := "context"
+	if len(sd.SourceContents) > 0 {
+		// Heredoc files: written to a directory of their own.
+		b.n++
+		dir := filepath.Join(b.work, "inline-"+strconv.Itoa(b.n))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		for _, sc := range sd.SourceContents {
+			name := path.Base(path.Clean("/" + sc.Path))
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(sc.Data), 0o644); err != nil {
+				return err
+			}
+			spec.Sources = append(spec.Sources, name)
+		}
+		spec.SrcRoot, what = dir, "inline"
+	} else {
+		root, w, err := b.sourceRoot(ctx, st, from)
+		if err != nil {
+			return err
+		}
+		spec.SrcRoot, what = root, w
+		spec.Excludes = b.excludesFor(from)
+	}
+	if chmod != "" {
+		n, err := strconv.ParseUint(chmod, 8, 32)
+		if err != nil || n > 0o7777 {
+			return fmt.Errorf("--chmod=%s: want an octal mode such as 0755", chmod)
+		}
+		m := os.FileMode(n)
+		spec.Chmod = &m
+	}
+	spec.Dest = inImage(st.config.Config.WorkingDir, sd.DestPath)
+	sum, err := Checksum(ctx, spec)
+	if err != nil {
+		return err
+	}
+	key := b.cacheKey(st, text, what, sum.String(), "chown="+chown, "chmod="+chmod, "dest="+spec.Dest, "sources="+strings.Join(spec.Sources, "\x00"))
+	if b.cached(ctx, st, key) {
+		return nil
+	}
+	if err := b.mount(ctx, st); err != nil {
+		return err
+	}
+	if chown != "" {
+		uid, gid, err := steprun.LookupUser(st.dir, chown)
+		if err != nil {
+			return fmt.Errorf("--chown=%s: %w", chown, err)
+		}
+		spec.UID, spec.GID = int(uid), int(gid)
+	}
+	spec.DestRoot = st.dir
+	if _, err := Copy(ctx, spec); err != nil {
+		return err
+	}
+	b.res.Steps++
+	return b.commitStep(ctx, st, text, key)
+}
+
+// mkdirAllIn makes dir (absolute in the image) and its missing parents in
+// root, mode 0755, resolving symlinks inside root.
+func mkdirAllIn(root, dir string) error {
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(rfd)
+	rel := strings.TrimLeft(path.Clean("/"+dir), "/")
+	if rel == "" {
+		return nil
+	}
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+	parts := strings.Split(rel, "/")
+	for i := range parts {
+		sub := strings.Join(parts[:i+1], "/")
+		fd, err := unix.Openat2(rfd, sub, how)
+		if err == nil {
+			unix.Close(fd)
+			continue
+		}
+		if !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("%s: %w", "/"+sub, err)
+		}
+		parent := rfd
+		if i > 0 {
+			if parent, err = unix.Openat2(rfd, strings.Join(parts[:i], "/"), how); err != nil {
+				return fmt.Errorf("%s: %w", "/"+strings.Join(parts[:i], "/"), err)
+			}
+		}
+		err = unix.Mkdirat(parent, parts[i], 0o755)
+		if parent != rfd {
+			unix.Close(parent)
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%s: %w", "/"+sub, err)
+		}
+	}
+	return nil
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf bytes.Buffer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
+}
+
+var _ io.Writer = (*tailBuffer)(nil)
