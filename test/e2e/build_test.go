@@ -91,7 +91,9 @@ func contextDir(t *testing.T, name string) string {
 }
 
 // buildah runs buildah 1.28 with storage (vfs: no mounts stay) and
-// TMPDIR (its cache mounts) under a temporary directory of the test.
+// TMPDIR (its cache mounts) under a temporary directory of the test. Its
+// RUN steps use chroot isolation: no runtime, network or cgroup setup,
+// none of which shows in a layer.
 type buildah struct{ dir string }
 
 func newBuildah(t *testing.T) *buildah {
@@ -435,7 +437,8 @@ func TestBuildSecret(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "token")
 	must(t, os.WriteFile(file, []byte(secret), 0o600))
 	ref := shared.reg.Ref("build-secret", "v1")
-	stdout, stderr := b.mustBuild(t, contextDir(t, "secret"), "--secret", "id=token,src="+file, "-t", ref, "--push")
+	dir := contextDir(t, "secret")
+	stdout, stderr := b.mustBuild(t, dir, "--secret", "id=token,src="+file, "-t", ref, "--push")
 	if !strings.Contains(stderr, "the secret is mounted for this step") {
 		t.Errorf("the last RUN's output is not in the log:\n%s", stderr)
 	}
@@ -482,6 +485,13 @@ func TestBuildSecret(t *testing.T) {
 		if r := tree[p]; r.SHA256 != hex.EncodeToString(s[:]) {
 			t.Errorf("%s does not hold %q: the step did not see the secret", p, content)
 		}
+	}
+
+	// Nor is the value in a cache key, hashed or not: with a new value
+	// every step comes from the cache, as in BuildKit.
+	must(t, os.WriteFile(file, []byte(secret+"-rotated"), 0o600))
+	if _, stderr := b.mustBuild(t, dir, "--secret", "id=token,src="+file); !strings.Contains(stderr, "0 steps run") {
+		t.Errorf("a new value of the secret ran steps again:\n%s", stderr)
 	}
 }
 
@@ -597,6 +607,7 @@ func TestBuildErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ref := shared.reg.Ref("build-errors", strings.ReplaceAll(c.name, " ", "-"))
 			_, stderr, err := b.build(t, dir, append(c.args, "-t", ref, "--push")...)
+			t.Logf("strata build said:\n%s", stderr)
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
 				t.Errorf("strata build: %v, want a non-zero exit status\n%s", err, stderr)
