@@ -38,7 +38,10 @@
 //  1. containerd's unpacker calls Prepare(key, parent) with the label
 //     containerd.io/snapshot.ref set to the layer's chain ID, plus the CRI
 //     labels containerd.io/snapshot/cri.image-ref, cri.layer-digest,
-//     cri.image-layers and cri.manifest-digest when CRI pulls the image.
+//     cri.image-layers and cri.manifest-digest when CRI pulls the image, or
+//     stargz-snapshotter's containerd.io/snapshot/remote/stargz.reference,
+//     .digest and .layers when BuildKit, nerdctl or ctr-remote does
+//     (ParseRemoteLabels reads either set).
 //  2. If a snapshot named by snapshot.ref exists, Prepare returns an error
 //     wrapping errdefs.ErrAlreadyExists at once.
 //  3. Otherwise the active snapshot is created and RemoteLayers.Mount is

@@ -54,9 +54,9 @@ var (
 	zstdMagic  = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
-// decompress returns r's content, decompressed when its first bytes say it
+// decompressArchive returns r's content, decompressed when its first bytes say it
 // is compressed; r is read from where it is.
-func decompress(r io.Reader) (io.ReadCloser, error) {
+func decompressArchive(r io.Reader) (io.ReadCloser, error) {
 	br := newPeekReader(r, len(xzMagic))
 	head := br.head
 	switch {
@@ -92,12 +92,12 @@ func newPeekReader(r io.Reader, n int) *peekReader {
 
 func (p *peekReader) Read(b []byte) (int, error) { return p.rest.Read(b) }
 
-// isArchive says whether f, from its start, is a tar archive ADD unpacks.
-func isArchive(f io.ReadSeeker) (bool, error) {
+// isTarArchive says whether f, from its start, is a tar archive ADD unpacks.
+func isTarArchive(f io.ReadSeeker) (bool, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return false, err
 	}
-	r, err := decompress(f)
+	r, err := decompressArchive(f)
 	if errors.Is(err, ErrUnsupportedArchive) {
 		return false, err
 	}
@@ -117,13 +117,13 @@ func (c *copier) unpackSource(ctx context.Context, s *copySource) (bool, error) 
 		return false, err
 	}
 	defer f.Close()
-	if ok, err := isArchive(f); !ok || err != nil {
+	if ok, err := isTarArchive(f); !ok || err != nil {
 		return false, err
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return true, err
 	}
-	r, err := decompress(f)
+	r, err := decompressArchive(f)
 	if err != nil {
 		return true, err
 	}
@@ -234,7 +234,7 @@ func entryName(rawName string) (string, error) {
 }
 
 func (u *unpacker) meta(hdr *tar.Header) entryMeta {
-	m := entryMeta{uid: hdr.Uid, gid: hdr.Gid, mode: uint32(hdr.Mode) & 0o7777, mtime: timespec(hdr.ModTime)}
+	m := entryMeta{uid: hdr.Uid, gid: hdr.Gid, mode: uint32(hdr.Mode) & 0o7777, mtime: tarTimespec(hdr.ModTime)}
 	if u.owner != nil {
 		m.uid, m.gid = u.owner.uid, u.owner.gid
 	}

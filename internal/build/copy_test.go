@@ -23,7 +23,7 @@ var (
 	otherTime = time.Date(2011, 12, 13, 14, 15, 16, 0, time.UTC)
 )
 
-func requireRoot(t *testing.T) {
+func requireRootForCopy(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it gives files owners other than the test's user, or makes devices")
@@ -183,7 +183,7 @@ func TestCopyFileDestinations(t *testing.T) {
 }
 
 func TestCopyMakesDestDirectories(t *testing.T) {
-	requireRoot(t)
+	requireRootForCopy(t)
 	src := t.TempDir()
 	writeTestFile(t, src, "f", "x", 0o644)
 	root := t.TempDir()
@@ -255,7 +255,7 @@ func TestCopyDirectoryContents(t *testing.T) {
 }
 
 func TestCopyMergesIntoExistingDirectories(t *testing.T) {
-	requireRoot(t)
+	requireRootForCopy(t)
 	src := t.TempDir()
 	writeTestFile(t, src, "tree/sub/new", "new", 0o644)
 	mkdirTest(t, src, "tree/sub", 0o750)
@@ -422,7 +422,7 @@ func TestCopyChmod(t *testing.T) {
 }
 
 func TestCopyChown(t *testing.T) {
-	requireRoot(t)
+	requireRootForCopy(t)
 	src := t.TempDir()
 	writeTestFile(t, src, "tree/f", "f", 0o644)
 	symlinkTest(t, "f", src, "tree/link")
@@ -549,7 +549,7 @@ func TestCopyReplaces(t *testing.T) {
 }
 
 func TestCopySpecialFiles(t *testing.T) {
-	requireRoot(t)
+	requireRootForCopy(t)
 	src := t.TempDir()
 	if err := unix.Mkfifo(filepath.Join(mkdirTest(t, src, "tree", 0o755), "fifo"), 0o640); err != nil {
 		t.Fatal(err)
@@ -689,6 +689,23 @@ func TestChecksum(t *testing.T) {
 	} {
 		if got := sum(checksumTree(t, nil), tweak); got == base {
 			t.Errorf("changing %s left the checksum as it was", what)
+		}
+	}
+}
+
+func TestCopyLinkNeverFollowsDest(t *testing.T) {
+	src := t.TempDir()
+	writeTestFile(t, src, "f", "f", 0o644)
+	for _, link := range []bool{false, true} {
+		root := t.TempDir()
+		mkdirTest(t, root, "real", 0o755)
+		symlinkTest(t, "/real", root, "app")
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"f"}, DestRoot: root, Dest: "/app", Link: link})
+		if link {
+			wantFile(t, filepath.Join(root, "app"), "f", 0o644)
+			wantEmptyDir(t, filepath.Join(root, "real"))
+		} else {
+			wantFile(t, filepath.Join(root, "real/f"), "f", 0o644)
 		}
 	}
 }

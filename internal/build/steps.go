@@ -499,6 +499,7 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		spec.UID, spec.GID = int(uid), int(gid)
 	}
 	spec.DestRoot = st.dir
+	spec.Chown = chown != ""
 	if _, err := Copy(ctx, spec); err != nil {
 		return err
 	}
@@ -507,44 +508,19 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 }
 
 // mkdirAllIn makes dir (absolute in the image) and its missing parents in
-// root, mode 0755, resolving symlinks inside root.
+// root, owned by root with mode 0755 (BuildKit's WORKDIR), resolving
+// symlinks inside root.
 func mkdirAllIn(root, dir string) error {
-	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	r, err := openFsRoot(root)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(rfd)
-	rel := strings.TrimLeft(path.Clean("/"+dir), "/")
-	if rel == "" {
-		return nil
+	defer r.close()
+	fd, _, err := r.mkdirAll(cleanRel(dir), newDirAttrs{mode: 0o755})
+	if err != nil {
+		return err
 	}
-	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
-	parts := strings.Split(rel, "/")
-	for i := range parts {
-		sub := strings.Join(parts[:i+1], "/")
-		fd, err := unix.Openat2(rfd, sub, how)
-		if err == nil {
-			unix.Close(fd)
-			continue
-		}
-		if !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("%s: %w", "/"+sub, err)
-		}
-		parent := rfd
-		if i > 0 {
-			if parent, err = unix.Openat2(rfd, strings.Join(parts[:i], "/"), how); err != nil {
-				return fmt.Errorf("%s: %w", "/"+strings.Join(parts[:i], "/"), err)
-			}
-		}
-		err = unix.Mkdirat(parent, parts[i], 0o755)
-		if parent != rfd {
-			unix.Close(parent)
-		}
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%s: %w", "/"+sub, err)
-		}
-	}
-	return nil
+	return unix.Close(fd)
 }
 
 // tailBuffer keeps the last max bytes written to it.

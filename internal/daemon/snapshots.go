@@ -139,20 +139,16 @@ func (s *snapshotLayers) closeAll(ctx context.Context) error {
 // repository and descriptor, taken from the (verified) image manifest:
 // labels say which layer, only the manifest says its size and TOC digest.
 func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, []remote.Option, error) {
-	ref, layerLabel := labels[snapshotter.LabelImageRef], labels[snapshotter.LabelLayerDigest]
-	if ref == "" || layerLabel == "" {
-		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("no %s or %s label: %w",
-			snapshotter.LabelImageRef, snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote)
-	}
-	layerDigest, err := digest.Parse(layerLabel)
+	t, err := snapshotter.ParseRemoteLabels(labels)
 	if err != nil {
-		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelLayerDigest, snapshotter.ErrNotRemote, err)
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("%w: %w", snapshotter.ErrNotRemote, err)
 	}
+	ref, layerDigest := t.Ref, t.Layer
 	r, err := remote.ParseReference(ref, s.d.remoteOpts...)
 	if err != nil {
-		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelImageRef, snapshotter.ErrNotRemote, err)
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("%s label %q: %w: %w", t.Client, ref, snapshotter.ErrNotRemote, err)
 	}
-	m, err := s.manifest(ctx, r, labels[snapshotter.LabelManifestDigest])
+	m, err := s.manifest(ctx, r, t.Manifest)
 	if err != nil {
 		return name.Repository{}, remote.Layer{}, nil, err
 	}
@@ -168,6 +164,12 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 			return r.Context(), l, nil, nil
 		}
 	}
+	if t.Manifest == "" {
+		// Named by tag only (BuildKit, nerdctl): the tag may have moved
+		// since the client resolved it; the client still has the layer.
+		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("layer %s is not in the manifest %s names now: %w",
+			layerDigest, ref, snapshotter.ErrNotRemote)
+	}
 	return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("layer %s is not in the manifest of %s: %w",
 		layerDigest, ref, errdefs.ErrNotFound)
 }
@@ -175,15 +177,9 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 // manifest returns the image manifest: from the store when it holds the
 // digest (no network after a restart), else from the registry, then kept.
 // Without a manifest digest label the reference is resolved.
-func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, label string) (*ocispec.Manifest, error) {
-	var want digest.Digest
-	if label != "" {
-		d, err := digest.Parse(label)
-		if err != nil {
-			return nil, fmt.Errorf("label %s: %w: %w", snapshotter.LabelManifestDigest, errdefs.ErrInvalidArgument, err)
-		}
-		want = d
-		if raw, err := s.d.store.Blobs.Get(d); err == nil {
+func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, want digest.Digest) (*ocispec.Manifest, error) {
+	if want != "" {
+		if raw, err := s.d.store.Blobs.Get(want); err == nil {
 			return parseManifest(raw)
 		}
 	}

@@ -140,3 +140,33 @@ func TestSnapshotLayersNotRemote(t *testing.T) {
 		t.Errorf("Mount of a layer missing from the manifest = %v", err)
 	}
 }
+
+// BuildKit, nerdctl and ctr-remote name the layer with stargz-snapshotter's
+// labels and the image by tag only: the layer mounts the same.
+func TestSnapshotLayersStargzLabels(t *testing.T) {
+	s := newTestLayers(t)
+	reg := registry.StartInProcess(t)
+	ref, _, ld := pushFixture(t, reg, "lazy", fixture.FormEStargz)
+	ctx := context.Background()
+	dir := t.TempDir()
+	t.Cleanup(func() { kmount.Unmount(dir) })
+	labels := map[string]string{
+		snapshotter.LabelStargzRef:    ref,
+		snapshotter.LabelStargzDigest: ld.String(),
+		snapshotter.LabelStargzLayers: ld.String(),
+	}
+	if err := s.Mount(ctx, dir, labels); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "hello.txt")); err != nil || string(b) != "hello\n" {
+		t.Errorf("hello.txt = %q, %v", b, err)
+	}
+	if err := s.Unmount(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	// A tag that no longer holds the layer: the client unpacks it itself.
+	labels[snapshotter.LabelStargzDigest] = digest.FromString("moved").String()
+	if err := s.Mount(ctx, t.TempDir(), labels); !errors.Is(err, snapshotter.ErrNotRemote) {
+		t.Errorf("Mount of a layer the tag no longer holds = %v, want ErrNotRemote", err)
+	}
+}

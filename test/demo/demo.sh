@@ -2,7 +2,8 @@
 # make demo: build an image from files on this machine, push it to a local
 # registry, convert it to eStargz, mount it lazily, and run a program from it;
 # then a build step: mount it writable, run a command in it, commit the
-# change as a new image, push it, and mount the result.
+# change as a new image, push it, and mount the result; then the same as a
+# Dockerfile with strata build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -99,3 +100,26 @@ bin/strata umount "$next"
 say "build step result"
 printf 'mount --rw + run + commit + push  %ss\n' "$(secs "$t3" "$t4")"
 printf 'base bytes fetched for the step   %d of %d (%s%% of the image)\n' "$fetched2" "$size2" "$(awk -v f="$fetched2" -v s="$size2" 'BEGIN { printf "%.1f", 100 * f / s }')"
+
+say "the same as a Dockerfile: strata build, each step on the lazy base, pushed without the base"
+mkdir -p "$work/ctx"
+cat >"$work/ctx/Dockerfile" <<DOCKERFILE
+ARG BASE
+FROM \$BASE
+ENV PATH=/usr/local/go/bin:/usr/bin:/bin GOROOT=/usr/local/go HOME=/tmp GOTOOLCHAIN=local
+RUN go version > /go-version.txt
+WORKDIR /work
+COPY hello.txt .
+CMD ["cat", "/work/hello.txt"]
+DOCKERFILE
+echo "hello from a Dockerfile" >"$work/ctx/hello.txt"
+t5=$(now)
+bin/strata build --insecure --build-arg BASE="$reg/demo:estargz" -t "$reg/demo:built" --push "$work/ctx"
+t6=$(now)
+say "the build again: every step comes from the build cache"
+bin/strata build --insecure --build-arg BASE="$reg/demo:estargz" -t "$reg/demo:built" --push "$work/ctx"
+t7=$(now)
+bin/strata mount --insecure "$reg/demo:built" "$next"
+cat "$next/go-version.txt" "$next/work/hello.txt"
+bin/strata umount "$next"
+printf 'strata build --push               %ss (again, cached: %ss)\n' "$(secs "$t5" "$t6")" "$(secs "$t6" "$t7")"

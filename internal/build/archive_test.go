@@ -1,0 +1,450 @@
+package build
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// A tar of hello.txt ("hi\n", mode 0640, owner 4321:4321, modified
+// 2020-01-02 03:04:05 UTC) made by GNU tar, compressed by bzip2 and by xz:
+// the standard library writes neither.
+const (
+	helloTarBzip2 = "QlpoOTFBWSZTWXdgRVoAAHN7gMEQAADAAX+AAIBiZJ5ABAggAFQ0p5GpkNDCDTagkqek9JoNABoH3crIIQRdCEWp54NWgRVw0qNSGcRbODGt4PRQYenCuJTcMlolYP3ggn5Vj9uL4ZsNrsREB+LuSKcKEg7sCKtA"
+	helloTarXz    = "/Td6WFoAAATm1rRGAgAhARYAAAB0L+Wj4Cf/AGldADQZSe6N8LrI/5v/8gxprxHnTwmPtYn2VAoz7qKW9EDQchNjdVkFHPbYlob+L9G+ndk14YLRBrrveNA5elZT/pSNDRHApTHEjkE81JVWRovGDC9nWzsi66Aj1S030VxlN7PnuMGu/VmDAAAAAADlWobHUijBiQABhQGAUAAAjeCtMbHEZ/sCAAAAAARZWg=="
+)
+
+var helloTime = time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// tarEntry is one entry of a test archive; mode 0 means 0644 (0755 for a
+// directory).
+type tarEntry struct {
+	name, linkname string
+	typ            byte
+	body           string
+	mode           int64
+	uid, gid       int
+	mtime          time.Time
+	pax            map[string]string
+}
+
+func makeTestTar(t testing.TB, entries ...tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Linkname: e.linkname, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: e.mtime, PAXRecords: e.pax}
+		if hdr.Typeflag == 0 {
+			hdr.Typeflag = tar.TypeReg
+		}
+		if hdr.Mode == 0 {
+			hdr.Mode = 0o644
+			if hdr.Typeflag == tar.TypeDir {
+				hdr.Mode = 0o755
+			}
+		}
+		if hdr.ModTime.IsZero() {
+			hdr.ModTime = oldTime
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			hdr.Size = int64(len(e.body))
+		}
+		if len(hdr.PAXRecords) > 0 {
+			hdr.Format = tar.FormatPAX
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(e.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func gzipTestBytes(t testing.TB, data []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(data)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func zstdTestBytes(t testing.TB, data []byte) []byte {
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	return enc.EncodeAll(data, nil)
+}
+
+func decodeFixture(t testing.TB, b64 string) []byte {
+	data, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// addContext writes data as file "blob" of a new build context.
+func addContext(t *testing.T, data []byte) string {
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "blob"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+func TestAddUnpacksArchives(t *testing.T) {
+	requireRootForCopy(t)
+	hello := makeTestTar(t, tarEntry{name: "hello.txt", body: "hi\n", mode: 0o640, uid: 4321, gid: 4321, mtime: helloTime})
+	for format, data := range map[string][]byte{
+		"plain": hello,
+		"gzip":  gzipTestBytes(t, hello),
+		"zstd":  zstdTestBytes(t, hello),
+		"bzip2": decodeFixture(t, helloTarBzip2),
+	} {
+		t.Run(format, func(t *testing.T) {
+			root := t.TempDir()
+			n := mustCopy(t, CopySpec{SrcRoot: addContext(t, data), Sources: []string{"blob"}, DestRoot: root, Dest: "/dest", Add: true})
+			if n != 2 {
+				t.Errorf("ADD wrote %d entries, want 2 (dest, hello.txt)", n)
+			}
+			p := filepath.Join(root, "dest/hello.txt")
+			wantFile(t, p, "hi\n", 0o640)
+			wantOwner(t, p, 4321, 4321)
+			wantMtime(t, p, helloTime)
+			wantMissing(t, filepath.Join(root, "dest/blob"))
+		})
+	}
+}
+
+func TestAddArchiveOwners(t *testing.T) {
+	requireRootForCopy(t)
+	data := makeTestTar(t, tarEntry{name: "d/", typ: tar.TypeDir, uid: 7, gid: 8}, tarEntry{name: "d/f", uid: 7, gid: 8}, tarEntry{name: "p/q/l", typ: tar.TypeSymlink, linkname: "x", uid: 7, gid: 8})
+	src := addContext(t, data)
+	for _, tt := range []struct {
+		uid, gid           int
+		chown              bool
+		wantUID, wantGID   int
+		parentUID, parentG int
+	}{
+		{wantUID: 7, wantGID: 8},
+		{uid: 1000, gid: 1001, wantUID: 1000, wantGID: 1001, parentUID: 1000, parentG: 1001},
+		{chown: true, wantUID: 0, wantGID: 0},
+	} {
+		root := t.TempDir()
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/o/", Add: true, UID: tt.uid, GID: tt.gid, Chown: tt.chown})
+		for _, p := range []string{"o/d", "o/d/f", "o/p/q/l"} {
+			wantOwner(t, filepath.Join(root, p), tt.wantUID, tt.wantGID)
+		}
+		wantOwner(t, filepath.Join(root, "o/p/q"), tt.parentUID, tt.parentG)
+	}
+}
+
+func TestAddArchiveEntryKinds(t *testing.T) {
+	requireRootForCopy(t)
+	data := makeTestTar(t,
+		tarEntry{name: "./", typ: tar.TypeDir, mode: 0o700},
+		tarEntry{name: "dir/", typ: tar.TypeDir, mode: 0o750, mtime: helloTime},
+		tarEntry{name: "dir/f", body: "content", mode: 0o4755, pax: map[string]string{"SCHILY.xattr.user.strata": "x", "SCHILY.xattr.security.selinux": "label"}},
+		tarEntry{name: "dir/hard", typ: tar.TypeLink, linkname: "dir/f"},
+		tarEntry{name: "dir/sym", typ: tar.TypeSymlink, linkname: "../elsewhere"},
+		tarEntry{name: "dir/fifo", typ: tar.TypeFifo, mode: 0o600},
+		tarEntry{name: ".wh.gone", body: "a whiteout is a file here"},
+		tarEntry{name: "old", body: "replaces"},
+	)
+	root := t.TempDir()
+	mkdirTest(t, root, "dest", 0o711)
+	writeTestFile(t, root, "dest/old", "was here", 0o644)
+	mustCopy(t, CopySpec{SrcRoot: addContext(t, data), Sources: []string{"blob"}, DestRoot: root, Dest: "/dest/", Add: true})
+	if fi, _ := os.Stat(filepath.Join(root, "dest")); fi.Mode() != os.ModeDir|0o711 {
+		t.Errorf("/dest has mode %v, want its own drwx--x--x kept despite the ./ entry", fi.Mode())
+	}
+	fi, _ := os.Stat(filepath.Join(root, "dest/dir"))
+	if fi.Mode() != os.ModeDir|0o750 {
+		t.Errorf("dir has mode %v, want drwxr-x---", fi.Mode())
+	}
+	wantMtime(t, filepath.Join(root, "dest/dir"), helloTime)
+	f := wantFile(t, filepath.Join(root, "dest/dir/f"), "content", os.ModeSetuid|0o755)
+	hard, err := os.Lstat(filepath.Join(root, "dest/dir/hard"))
+	if err != nil || !os.SameFile(f, hard) {
+		t.Errorf("dir/hard: %v; want a hard link to dir/f", err)
+	}
+	if target, err := os.Readlink(filepath.Join(root, "dest/dir/sym")); err != nil || target != "../elsewhere" {
+		t.Errorf("dir/sym: %q, %v; want a symlink to ../elsewhere", target, err)
+	}
+	if fi, err := os.Lstat(filepath.Join(root, "dest/dir/fifo")); err != nil || fi.Mode() != os.ModeNamedPipe|0o600 {
+		t.Errorf("dir/fifo: %v, %v; want a fifo", fi, err)
+	}
+	wantFile(t, filepath.Join(root, "dest/.wh.gone"), "a whiteout is a file here", 0o644)
+	wantFile(t, filepath.Join(root, "dest/old"), "replaces", 0o644)
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(filepath.Join(root, "dest/dir/f"), "user.strata", buf); err != nil && err != unix.ENOTSUP || err == nil && string(buf[:n]) != "x" {
+		t.Errorf("user.strata: %q, %v; want x", buf[:n], err)
+	}
+	if _, err := unix.Getxattr(filepath.Join(root, "dest/dir/f"), "security.selinux", buf); err == nil {
+		t.Errorf("security.selinux was set from the archive; only capabilities and user.* are")
+	}
+}
+
+func TestAddXzIsRefused(t *testing.T) {
+	root := t.TempDir()
+	_, err := Copy(context.Background(), CopySpec{SrcRoot: addContext(t, decodeFixture(t, helloTarXz)), Sources: []string{"blob"}, DestRoot: root, Dest: "/d/", Add: true})
+	if !errors.Is(err, ErrUnsupportedArchive) || !strings.Contains(err.Error(), "xz") {
+		t.Errorf("err = %v, want ErrUnsupportedArchive naming xz", err)
+	}
+	wantEmptyDir(t, root)
+}
+
+func TestAddCopiesWhatIsNoArchive(t *testing.T) {
+	notTar := gzipTestBytes(t, []byte("just text, compressed"))
+	tarball := makeTestTar(t, tarEntry{name: "inner"})
+	for _, tt := range []struct {
+		name string
+		data []byte
+		add  bool
+	}{
+		{"gzip of text", notTar, true},
+		{"text", []byte("plain text"), true},
+		{"empty", nil, true},
+		{"tar by COPY", tarball, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			mustCopy(t, CopySpec{SrcRoot: addContext(t, tt.data), Sources: []string{"blob"}, DestRoot: root, Dest: "/d/", Add: tt.add})
+			wantFile(t, filepath.Join(root, "d/blob"), string(tt.data), 0o644)
+		})
+	}
+}
+
+// TestAddHostileArchives unpacks archives made to write outside Dest: each
+// must stay inside it, or be refused.
+func TestAddHostileArchives(t *testing.T) {
+	evil := fmt.Sprintf("strata-unpack-test-%d", os.Getpid())
+	for _, tt := range []struct {
+		name    string
+		entries func(victim string) []tarEntry
+		refused bool
+		want    func(victim string) string // a file the archive writes, below Dest
+	}{
+		{name: "dot-dot", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "../../../" + evil}} }},
+		{name: "dot-dot inside", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "a/../../" + evil}} }},
+		{name: "hard link out", refused: true, entries: func(string) []tarEntry {
+			return []tarEntry{{name: "h", typ: tar.TypeLink, linkname: "../victim/canary"}}
+		}},
+		{name: "absolute", entries: func(string) []tarEntry { return []tarEntry{{name: "/abs/" + evil}} },
+			want: func(string) string { return "abs/" + evil }},
+		{name: "symlink to root", entries: func(string) []tarEntry {
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "/"}, {name: "l/etc/" + evil}}
+		}, want: func(string) string { return "etc/" + evil }},
+		{name: "symlink up", entries: func(string) []tarEntry {
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "../../../../../.."}, {name: "l/" + evil}}
+		}, want: func(string) string { return evil }},
+		{name: "symlink to the host", entries: func(victim string) []tarEntry {
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: "l/" + evil}}
+		}, want: func(victim string) string { return filepath.Join(victim, evil) }},
+		{name: "symlink dir then hard link through it", entries: func(victim string) []tarEntry {
+			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: evil, typ: tar.TypeLink, linkname: "l/canary"}}
+		}, refused: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			outer := t.TempDir()
+			victim := mkdirTest(t, outer, "victim", 0o755)
+			writeTestFile(t, victim, "canary", "canary", 0o644)
+			root := mkdirTest(t, outer, "root", 0o755)
+			src := addContext(t, makeTestTar(t, tt.entries(victim)...))
+			_, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/dest/", Add: true})
+			if tt.refused && err == nil {
+				t.Errorf("ADD succeeded, want it refused")
+			}
+			if !tt.refused {
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantFile(t, filepath.Join(root, "dest", tt.want(victim)), "", 0o644)
+			}
+			entries, _ := os.ReadDir(outer)
+			if len(entries) != 2 {
+				t.Errorf("%s holds %v, want only root and victim", outer, entries)
+			}
+			wantFile(t, filepath.Join(victim, "canary"), "canary", 0o644)
+			wantMissing(t, filepath.Join("/", evil))
+			wantMissing(t, filepath.Join("/etc", evil))
+			if entries, _ := os.ReadDir(victim); len(entries) != 1 {
+				t.Errorf("victim holds %v, want only its canary", entries)
+			}
+		})
+	}
+	t.Run("dot-dot error", func(t *testing.T) {
+		_, err := unpackTar(context.Background(), bytes.NewReader(makeTestTar(t, tarEntry{name: "../x"})), mustRoot(t, t.TempDir()), nil)
+		if !errors.Is(err, tar.ErrInsecurePath) {
+			t.Errorf("err = %v, want tar.ErrInsecurePath", err)
+		}
+	})
+}
+
+func mustRoot(t testing.TB, dir string) *fsRoot {
+	t.Helper()
+	r, err := openFsRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.close)
+	return r
+}
+
+func TestAddArchiveIntoHostileDest(t *testing.T) {
+	outer := t.TempDir()
+	root := mkdirTest(t, outer, "a/b/root", 0o755)
+	symlinkTest(t, "../../../..", root, "usr/local")
+	src := addContext(t, makeTestTar(t, tarEntry{name: "bin/tool", body: "tool"}))
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/usr/local", Add: true})
+	wantFile(t, filepath.Join(root, "bin/tool"), "tool", 0o644)
+	wantMissing(t, filepath.Join(outer, "bin"))
+	wantMissing(t, filepath.Join(outer, "a/bin"))
+}
+
+func TestUnpackCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := t.TempDir()
+	n, err := unpackTar(ctx, bytes.NewReader(makeTestTar(t, tarEntry{name: "a"}, tarEntry{name: "b"})), mustRoot(t, dir), nil)
+	if !errors.Is(err, context.Canceled) || n != 0 {
+		t.Errorf("unpackTar = %d, %v; want 0, context.Canceled", n, err)
+	}
+	wantEmptyDir(t, dir)
+}
+
+// urlServer serves what TestAddURL downloads, on 127.0.0.1.
+type urlServer struct {
+	mu   sync.Mutex
+	tool string
+}
+
+func (s *urlServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/files/tool.sh":
+		s.mu.Lock()
+		body := s.tool
+		s.mu.Unlock()
+		w.Header().Set("Last-Modified", helloTime.Format(http.TimeFormat))
+		w.Write([]byte(body))
+	case "/files/archive.tar":
+		w.Write(makeTestTar(&testing.T{}, tarEntry{name: "inner"}))
+	case "/nolm/data", "/":
+		w.Write([]byte("data"))
+	case "/redirect":
+		http.Redirect(w, r, "/files/tool.sh", http.StatusFound)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func TestAddURL(t *testing.T) {
+	handler := &urlServer{tool: "#!/bin/sh\necho hi\n"}
+	srv := httptest.NewServer(handler)
+	defer srv.Close()
+	root := t.TempDir()
+	add := func(dest string, urls ...string) (int, error) {
+		return Copy(context.Background(), CopySpec{Sources: urls, DestRoot: root, Dest: dest, Add: true})
+	}
+
+	if _, err := add("/opt/", srv.URL+"/files/tool.sh"); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, "opt/tool.sh")
+	wantFile(t, p, handler.tool, 0o600)
+	wantMtime(t, p, helloTime)
+
+	if _, err := add("/opt/r", srv.URL+"/redirect"); err != nil {
+		t.Fatal(err)
+	}
+	wantFile(t, filepath.Join(root, "opt/r"), handler.tool, 0o600)
+
+	if _, err := add("/t/", srv.URL+"/files/archive.tar"); err != nil {
+		t.Fatal(err)
+	}
+	wantFile(t, filepath.Join(root, "t/archive.tar"), string(makeTestTar(t, tarEntry{name: "inner"})), 0o600)
+
+	if _, err := add("/n/", srv.URL+"/nolm/data", srv.URL+"/"); err != nil {
+		t.Fatal(err)
+	}
+	wantMtime(t, filepath.Join(root, "n/data"), time.Unix(0, 0))
+	wantFile(t, filepath.Join(root, "n/__unnamed__"), "data", 0o600)
+
+	_, err := add("/m/", srv.URL+"/missing")
+	if !errors.Is(err, ErrDownload) || !strings.Contains(err.Error(), srv.URL+"/missing") || !strings.Contains(err.Error(), "404") {
+		t.Errorf("err = %v, want ErrDownload naming the URL and its 404", err)
+	}
+	wantMissing(t, filepath.Join(root, "m"))
+
+	mode := os.FileMode(0o755)
+	spec := CopySpec{Sources: []string{srv.URL + "/files/tool.sh"}, DestRoot: root, Dest: "/c/x", Add: true, Chmod: &mode}
+	if os.Geteuid() == 0 {
+		spec.UID, spec.GID = 55, 66
+	}
+	if _, err := Copy(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	wantFile(t, filepath.Join(root, "c/x"), handler.tool, 0o755)
+	wantOwner(t, filepath.Join(root, "c/x"), spec.UID, spec.GID)
+
+	sum := func() string {
+		d, err := Checksum(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.String()
+	}
+	before := sum()
+	if again := sum(); again != before {
+		t.Errorf("the checksum of one URL changed between two calls")
+	}
+	handler.mu.Lock()
+	handler.tool = "#!/bin/sh\necho changed\n"
+	handler.mu.Unlock()
+	if after := sum(); after == before {
+		t.Errorf("the checksum of a URL did not change with its content")
+	}
+}
+
+func TestAddLocalAndURL(t *testing.T) {
+	srv := httptest.NewServer(&urlServer{})
+	defer srv.Close()
+	src := t.TempDir()
+	writeTestFile(t, src, "local", "local", 0o644)
+	root := t.TempDir()
+	n := mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"local", srv.URL + "/nolm/data"}, DestRoot: root, Dest: "/both/", Add: true})
+	if n != 3 {
+		t.Errorf("ADD wrote %d entries, want 3", n)
+	}
+	wantFile(t, filepath.Join(root, "both/local"), "local", 0o644)
+	wantFile(t, filepath.Join(root, "both/data"), "data", 0o600)
+	st, _ := os.Stat(filepath.Join(root, "both/data"))
+	if st.Sys().(*syscall.Stat_t).Uid != 0 && os.Geteuid() == 0 {
+		t.Errorf("downloaded file not owned by root")
+	}
+}

@@ -1,0 +1,99 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+func (p *copyPlan) hashSpec(h hash.Hash) {
+	fmt.Fprintf(h, "strata build copy v1\ndest %q dir=%t owner=%d:%d add=%t link=%t chown=%t", p.dest, p.destDir, p.UID, p.GID, p.Add, p.Link, p.Chown)
+	if p.mode != nil {
+		fmt.Fprintf(h, " chmod=%o", *p.mode)
+	}
+	fmt.Fprintln(h)
+}
+
+func (p *copyPlan) hashSource(ctx context.Context, h hash.Hash, src *fsRoot, s *copySource) error {
+	if s.url != "" {
+		resp, err := httpGet(ctx, s.url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body := sha256.New()
+		size, err := io.Copy(body, resp.Body)
+		if err != nil {
+			return fmt.Errorf("GET %s: %w", redactURL(s.url), err)
+		}
+		fmt.Fprintf(h, "url %q %d %x\n", s.url, size, body.Sum(nil))
+		return nil
+	}
+	fmt.Fprintf(h, "source %q\n", s.rel)
+	if s.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return p.hashEntry(h, s.node(src))
+	}
+	fd, err := unix.Openat(s.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: s.written, Err: err}
+	}
+	dir := os.NewFile(uintptr(fd), s.written)
+	defer dir.Close()
+	walk := &treeWalker{ctx: ctx, excl: p.excl, base: s.real, visit: func(n *srcNode, leaving bool) error {
+		if leaving {
+			return nil
+		}
+		return p.hashEntry(h, n)
+	}}
+	return walk.walk(dir, "")
+}
+
+// hashEntry writes one line for n: kind, path, permission bits, content.
+func (p *copyPlan) hashEntry(h hash.Hash, n *srcNode) error {
+	typ := n.st.Mode & unix.S_IFMT
+	fmt.Fprintf(h, "%o %q %o", typ, n.rel, n.st.Mode&0o7777)
+	var xattrFd = -1
+	switch typ {
+	case unix.S_IFREG:
+		f, err := n.open()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		body := sha256.New()
+		size, err := io.Copy(body, f)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, " %d %x", size, body.Sum(nil))
+		xattrFd = int(f.Fd())
+	case unix.S_IFLNK:
+		target, err := readlinkAt(n.dir, n.name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, " %q", target)
+	case unix.S_IFCHR, unix.S_IFBLK:
+		fmt.Fprintf(h, " %d", n.st.Rdev)
+	case unix.S_IFDIR:
+		if n.file != nil {
+			xattrFd = int(n.file.Fd())
+		}
+	}
+	if xattrFd >= 0 {
+		xs, err := readXattrs(xattrFd)
+		if err != nil {
+			return err
+		}
+		for _, x := range xs {
+			fmt.Fprintf(h, " %q=%x", x.name, x.value)
+		}
+	}
+	fmt.Fprintln(h)
+	return nil
+}

@@ -1,0 +1,78 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path"
+
+	"golang.org/x/sys/unix"
+)
+
+// download writes ADD URL s to its destination.
+func (c *copier) download(ctx context.Context, s *copySource) error {
+	resp, err := httpGet(ctx, s.url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dir, name, err := c.target(false, s.base)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	m := entryMeta{uid: c.UID, gid: c.GID, mode: 0o600, mtime: unix.Timespec{}}
+	if c.mode != nil {
+		m.mode = *c.mode
+	}
+	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
+		m.mtime = unix.NsecToTimespec(t.UnixNano())
+	}
+	if err := writeRegular(dir, name, resp.Body, m); err != nil {
+		return fmt.Errorf("%s: %w", redactURL(s.url), err)
+	}
+	c.count++
+	return nil
+}
+
+// httpGet GETs rawURL, following redirects, and fails on a status other
+// than 2xx.
+func httpGet(ctx context.Context, rawURL string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: GET %s: %s", ErrDownload, redactURL(rawURL), resp.Status)
+	}
+	return resp, nil
+}
+
+func redactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// urlFileName is the name an ADD URL takes in a directory: the last
+// element of its path, as BuildKit names it.
+func urlFileName(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "__unnamed__"
+	}
+	switch base := path.Base(u.Path); base {
+	case ".", "..", "/", "":
+		return "__unnamed__"
+	default:
+		return base
+	}
+}
