@@ -137,9 +137,10 @@ var rowKinds = []string{"all", "mount", "containerd", "build", "dockerfile"}
 
 // kindsOf says which kinds of entry each value of --rows runs. The
 // Dockerfile builds are left out of "all" (`make bench`, QUICK or not):
-// a run of both systems over both Dockerfiles costs about 100 s (buildah
-// pulls the base twice), so 3 runs would take the full matrix, already
-// estimated at 39.7 minutes, past its 40, and one run QUICK past its 5.
+// a run of both systems over both Dockerfiles took 110 s in the first
+// runs (buildah pulls the base twice), so 3 runs would take the full
+// matrix, already estimated at 39.7 minutes, past its 40, and one run
+// QUICK (about 290 s) past its 5.
 // "build" runs them with the build steps, whose `buildah from` gives the
 // buildah pull time the compiling Dockerfile's target needs;
 // "dockerfile" runs them alone (that target is then not judged).
