@@ -123,20 +123,14 @@ func (c *phaseClock) lap(name string) {
 // The small step also yields firstRun, cut when its first command ended.
 func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, step buildStep, profile string, run int) []result {
 	base := result{Profile: profile, Image: img.Name, Workload: step.Name, System: sname, State: "cold", Run: run}
-	dir := filepath.Join(r.o.work, "run", "build")
 	fail := func(err error) []result {
 		r.log.Error("build measurement failed", "system", sname, "step", step.Name, "err", err)
 		base.Err = err.Error()
 		return []result{base}
 	}
-	if err := resetDir(dir); err != nil {
+	dir, err := r.buildTmpfs()
+	if err != nil {
 		return fail(err)
-	}
-	// A tmpfs holds every file of the run (buildah's storage, Strata's
-	// state root): neither system writes to a slower medium than the
-	// other, and the teardown is instant.
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8g,mode=0755"); err != nil {
-		return fail(fmt.Errorf("tmpfs on %s: %w", dir, err))
 	}
 	sys := r.stepSystem(sname, dir)
 	defer func() {
@@ -196,6 +190,21 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 	return res
 }
 
+// buildTmpfs empties .bench/run/build and mounts a fresh tmpfs there for
+// every file of one build run (buildah's storage, Strata's state root):
+// neither system writes to a slower medium than the other, and the
+// teardown is instant. The caller resets the directory when done.
+func (r *runner) buildTmpfs() (string, error) {
+	dir := filepath.Join(r.o.work, "run", "build")
+	if err := resetDir(dir); err != nil {
+		return "", err
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8g,mode=0755"); err != nil {
+		return "", fmt.Errorf("tmpfs on %s: %w", dir, err)
+	}
+	return dir, nil
+}
+
 // buildResults turns a run's phases into its results: the step end to
 // end, and for the small step firstRun up to its first command.
 func buildResults(base result, step buildStep, phases []phase) []result {
@@ -211,6 +220,15 @@ func buildResults(base result, step buildStep, phases []phase) []result {
 // fromPhases fills in a result's totals from its phases; the first phase
 // (from) is its MountSeconds.
 func fromPhases(base result, phases []phase) result {
+	base = sumPhases(base, phases)
+	if len(phases) > 0 {
+		base.MountSeconds = phases[0].Seconds
+	}
+	return base
+}
+
+// sumPhases fills in a result's time and traffic from its phases.
+func sumPhases(base result, phases []phase) result {
 	base.Phases = phases
 	for _, p := range phases {
 		base.Seconds += p.Seconds
@@ -218,20 +236,22 @@ func fromPhases(base result, phases []phase) result {
 		base.BytesIn += p.BytesIn
 		base.Requests += p.Requests
 	}
-	if len(phases) > 0 {
-		base.MountSeconds = phases[0].Seconds
-	}
 	return base
 }
 
-// writeHello writes a stdlib-only hello-world module to dir.
-func writeHello(dir string) error {
+// helloFiles are a stdlib-only hello-world module.
+var helloFiles = map[string]string{
+	"go.mod":   "module example.com/hello\n\ngo 1.22\n",
+	"hello.go": "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello, world\") }\n",
+}
+
+// writeHello writes helloFiles to dir.
+func writeHello(dir string) error { return writeFiles(dir, helloFiles) }
+
+// writeFiles writes each name → body of files under dir.
+func writeFiles(dir string, files map[string]string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
-	}
-	files := map[string]string{
-		"go.mod":  "module example.com/hello\n\ngo 1.22\n",
-		"main.go": "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello, world\") }\n",
 	}
 	for n, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte(body), 0o644); err != nil {

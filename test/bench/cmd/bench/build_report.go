@@ -38,7 +38,11 @@ with the row's profile, both ways: uploads are paced on their own half of the li
 %s
 
 `, buildahVersion(res.Machine.Buildah), "`"+strings.Join(goEnv, " ")+"`", stepList(), strings.Join(rows, "\n"))
-	if ph := phaseRows(res.Results); len(ph) > 0 {
+	var steps []string
+	for _, s := range buildSteps {
+		steps = append(steps, s.Name)
+	}
+	if ph := phaseRows(res.Results, steps, bldSystems); len(ph) > 0 {
 		p("Where the time went (medians over the runs; seconds · down · up):\n\n| step | system | %s |\n|---|---|%s\n%s\n\n",
 			"phases", "---|", strings.Join(ph, "\n"))
 	}
@@ -82,30 +86,40 @@ func buildRows(sums map[key]*summary) []string {
 }
 
 func buildCell(s *summary) string {
+	from := ""
+	if s != nil {
+		from = fmt.Sprintf(" · from %.2f s", s.MountMed)
+	}
+	return runCell(s, from)
+}
+
+// runCell is a build row's cell: median seconds (spread, runs), extra,
+// then bytes both ways and requests.
+func runCell(s *summary, extra string) string {
 	if s == nil {
 		return "—"
 	}
 	if s.N == 0 {
 		return fmt.Sprintf("FAILED (%d)", s.Errors)
 	}
-	c := fmt.Sprintf("%.2f (%.2f–%.2f) n=%d · from %.2f s · %s down · %s up · %d req",
-		s.Med, s.Min, s.Max, s.N, s.MountMed, size(float64(s.Bytes)), size(float64(s.BytesIn)), s.Requests)
+	c := fmt.Sprintf("%.2f (%.2f–%.2f) n=%d%s · %s down · %s up · %d req",
+		s.Med, s.Min, s.Max, s.N, extra, size(float64(s.Bytes)), size(float64(s.BytesIn)), s.Requests)
 	if s.Errors > 0 {
 		c += fmt.Sprintf(" (%d failed)", s.Errors)
 	}
 	return c
 }
 
-// phaseRows gives, for each step and system, the median of each phase
-// over the runs that succeeded.
-func phaseRows(rs []result) []string {
+// phaseRows gives, for each of the workloads (build steps or Dockerfiles)
+// and systems, the median of each phase over the cold runs that succeeded.
+func phaseRows(rs []result, workloads, systems []string) []string {
 	var rows []string
 	for _, prof := range profileOrder {
-		for _, step := range buildSteps {
-			for _, sys := range bldSystems {
+		for _, wl := range workloads {
+			for _, sys := range systems {
 				var runs [][]phase
 				for _, r := range rs {
-					if r.Profile == prof && r.Workload == step.Name && r.System == sys && r.Err == "" && len(r.Phases) > 0 {
+					if r.Profile == prof && r.Workload == wl && r.System == sys && r.State == "cold" && r.Err == "" && len(r.Phases) > 0 {
 						runs = append(runs, r.Phases)
 					}
 				}
@@ -126,7 +140,7 @@ func phaseRows(rs []result) []string {
 				}
 				var again []float64
 				for _, r := range rs {
-					if r.Profile == prof && r.Workload == step.Name && r.System == sys && r.Again > 0 {
+					if r.Profile == prof && r.Workload == wl && r.System == sys && r.Again > 0 {
 						again = append(again, r.Again)
 					}
 				}
@@ -135,14 +149,14 @@ func phaseRows(rs []result) []string {
 				}
 				var cpu []float64
 				for _, r := range rs {
-					if r.Profile == prof && r.Workload == step.Name && r.System == sys && r.DaemonCPU > 0 {
+					if r.Profile == prof && r.Workload == wl && r.System == sys && r.State == "cold" && r.DaemonCPU > 0 {
 						cpu = append(cpu, r.DaemonCPU)
 					}
 				}
 				if len(cpu) > 0 {
 					cells = append(cells, fmt.Sprintf("(daemon CPU %.2f s)", median(cpu)))
 				}
-				rows = append(rows, fmt.Sprintf("| %s (%s) | %s | %s |", step.Name, prof, sys, strings.Join(cells, "; ")))
+				rows = append(rows, fmt.Sprintf("| %s (%s) | %s | %s |", wl, prof, sys, strings.Join(cells, "; ")))
 			}
 		}
 	}

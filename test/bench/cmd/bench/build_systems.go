@@ -95,8 +95,11 @@ func (s *strataBuild) Teardown(ctx context.Context) error {
 // daemonCPU is the CPU time (user + system) the daemon has used so far:
 // on a shared machine it says what Strata's FUSE serving costs, whatever
 // the wall clock did.
-func (s *strataBuild) daemonCPU() (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.daemonPID))
+func (s *strataBuild) daemonCPU() (float64, error) { return pidCPU(s.daemonPID) }
+
+// pidCPU is the CPU time a running process has used so far.
+func pidCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}
@@ -151,7 +154,12 @@ func (b *buildahSys) src() string  { return filepath.Join(b.dir, "src") }
 const buildahCtr = "bench-step"
 
 func (b *buildahSys) buildah(ctx context.Context, args ...string) error {
-	global := []string{"--root", filepath.Join(b.dir, "buildah", "root"), "--runroot", filepath.Join(b.dir, "buildah", "runroot"),
+	return buildahIn(ctx, b.dir, args...)
+}
+
+// buildahIn runs buildah with its storage under dir/buildah.
+func buildahIn(ctx context.Context, dir string, args ...string) error {
+	global := []string{"--root", filepath.Join(dir, "buildah", "root"), "--runroot", filepath.Join(dir, "buildah", "runroot"),
 		"--storage-driver", "overlay"}
 	return run(ctx, "buildah", append(global, args...)...)
 }

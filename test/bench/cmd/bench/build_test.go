@@ -80,25 +80,39 @@ func TestBuildTargets(t *testing.T) {
 	}
 }
 
+// TestPlanRows: every entry is of one kind; "build" runs the build steps
+// and the Dockerfile builds, "all" everything but the Dockerfile builds.
 func TestPlanRows(t *testing.T) {
 	for _, quick := range []bool{true, false} {
 		p := planFor(quick)
-		b := p.rows("build")
-		if len(b) == 0 {
-			t.Fatalf("quick=%v: no build entries", quick)
+		b, df := p.rows("build"), p.rows("dockerfile")
+		if len(b) == 0 || len(df) == 0 {
+			t.Fatalf("quick=%v: %d build and %d Dockerfile entries", quick, len(b), len(df))
 		}
 		for _, e := range b {
-			if !e.Build || e.Image != "golang" || e.Profile.Name != "wan" {
+			if !e.Build && !e.Dockerfile || e.Image != "golang" || e.Profile.Name != "wan" {
 				t.Errorf("quick=%v: build rows hold %+v", quick, e)
 			}
 			for _, w := range e.Workloads {
-				if _, ok := buildStepByName(w); !ok {
-					t.Errorf("no build step %q", w)
+				_, step := buildStepByName(w)
+				_, file := dockerfileByName(w)
+				if e.Build && !step || e.Dockerfile && !file {
+					t.Errorf("quick=%v: %q is no workload of its entry %+v", quick, w, e)
 				}
 			}
 		}
-		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b); n != len(p) || len(p.rows("all")) != len(p) {
+		for _, e := range p.rows("all") {
+			if e.Dockerfile {
+				t.Errorf("quick=%v: all holds a Dockerfile entry", quick)
+			}
+		}
+		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b); n != len(p) || len(p.rows("all"))+len(df) != len(p) {
 			t.Errorf("quick=%v: kinds cover %d of %d entries", quick, n, len(p))
+		}
+		for _, v := range rowKinds {
+			if len(p.rows(v)) == 0 {
+				t.Errorf("quick=%v: --rows %s runs nothing", quick, v)
+			}
 		}
 	}
 }

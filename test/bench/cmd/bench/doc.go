@@ -5,8 +5,9 @@
 // for Strata and for the baselines (full pull + unpack with skopeo and
 // umoci; stargz-snapshotter's FUSE filesystem through test/bench/stargz;
 // local disk), and the build path (`strata mount --rw`, `run`, `commit`)
-// against buildah's from, run, commit and push (build.go), and writes
-// docs/benchmarks.md.
+// against buildah's from, run, commit and push (build.go), and whole
+// Dockerfiles, `strata build --push` against `buildah bud` + `buildah push`
+// (dockerfile.go), and writes docs/benchmarks.md.
 //
 // States of a measurement:
 //   - cold: fresh daemon state (or fresh unpack dir) and the page cache

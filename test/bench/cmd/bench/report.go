@@ -108,6 +108,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderTargets(w, res, sums)
 	renderContainerd(w, res, sums)
 	renderBuild(w, res, sums)
+	renderDockerfile(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}

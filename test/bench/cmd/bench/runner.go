@@ -123,6 +123,11 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 						w, _ := workloadByName(wname)
 						ws = append(ws, w)
 					}
+					if e.Dockerfile {
+						df, _ := dockerfileByName(g[0])
+						res.Results = append(res.Results, r.measureDockerfile(ctx, sname, spec, df, e.Profile.Name, run)...)
+						continue
+					}
 					if e.Build {
 						step, _ := buildStepByName(g[0])
 						res.Results = append(res.Results, r.measureBuild(ctx, sname, spec, step, e.Profile.Name, run)...)
