@@ -139,6 +139,7 @@ type stageState struct {
 	config   v1.ConfigFile
 	pending  []v1.History // empty_layer entries since the last commit
 	dir      string       // its writable mount, "" when none
+	spent    string       // a committed writable mount not yet dropped
 	mkdir    []workdir    // WORKDIRs to create before the next file step
 	args     []instructions.KeyValuePairOptional
 	stage    commit.Stage
@@ -740,6 +741,16 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 	}
 	b.mounted = append(b.mounted, dir)
 	st.dir = dir
+	if st.spent != "" {
+		// Dropped only now that the new mount holds the layers they
+		// share: they stay mounted instead of being taken down and
+		// mounted again.
+		spent := st.spent
+		st.spent = ""
+		if err := b.unmount(ctx, spent); err != nil {
+			return err
+		}
+	}
 	return b.makeWorkdirs(st)
 }
 
@@ -777,11 +788,9 @@ func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key
 	if err != nil {
 		return fmt.Errorf("committing the step: %w", err)
 	}
-	dir := st.dir
-	st.dir = ""
-	if err := b.unmount(ctx, dir); err != nil {
-		return err
-	}
+	// The committed mount is dropped once the stage's next mount is made
+	// (or when the build ends).
+	st.spent, st.dir = st.dir, ""
 	st.image, st.pending = res.Ref, nil
 	if b.cache != nil && key != "" {
 		b.cache.put(key, res.Ref)
