@@ -25,7 +25,7 @@ FLAKE_TIMEOUT ?= 60m
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install the Debian packages the demo and tests use (fuse3, docker-registry, umoci, skopeo, containerd, runc, crun, busybox-static, attr)
+deps: ## install the Debian packages the demo and tests use (fuse3, docker-registry, umoci, skopeo, containerd, runc, crun, buildah, busybox-static, attr)
 	@bash test/install-deps.sh
 
 build: ## build bin/strata
