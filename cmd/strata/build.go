@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/stratafs/strata/internal/build"
@@ -128,15 +127,8 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if o.Secrets, err = parseSecrets(*secrets); err != nil {
 		return err
 	}
-	if *sde == "" {
-		*sde = os.Getenv("SOURCE_DATE_EPOCH")
-	}
-	if *sde != "" {
-		n, err := strconv.ParseInt(*sde, 10, 64)
-		if err != nil || n < 0 {
-			return fmt.Errorf("source date epoch %q: want whole seconds since 1970", *sde)
-		}
-		o.SourceDateEpoch = &n
+	if o.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
+		return err
 	}
 	cl, err := df.ensure(ctx)
 	if err != nil {

@@ -74,15 +74,8 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	if req.Ref == "" && req.OCILayout == "" {
 		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
 	}
-	if *sde == "" {
-		*sde = os.Getenv("SOURCE_DATE_EPOCH")
-	}
-	if *sde != "" {
-		n, err := strconv.ParseInt(*sde, 10, 64)
-		if err != nil || n < 0 {
-			return fmt.Errorf("source date epoch %q: want whole seconds since 1970", *sde)
-		}
-		req.SourceDateEpoch = &n
+	if req.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
+		return err
 	}
 	cl, err := df.connect(ctx)
 	if err != nil {
@@ -115,4 +108,20 @@ func progressPrinter(quiet bool) func(string) {
 		return func(line string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", line) }
 	}
 	return func(line string) { fmt.Fprintln(os.Stderr, line) }
+}
+
+// sourceDateEpoch reads --source-date-epoch, or $SOURCE_DATE_EPOCH when
+// the flag is not given: nil when neither is.
+func sourceDateEpoch(flag string) (*int64, error) {
+	if flag == "" {
+		flag = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if flag == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(flag, 10, 64)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("source date epoch %q: want whole seconds since 1970", flag)
+	}
+	return &n, nil
 }

@@ -92,13 +92,9 @@ func (im *images) push(ctx context.Context, req PushRequest, progress func(forma
 	if req.Ref == "" && req.OCILayout == "" {
 		return nil, fmt.Errorf("nowhere to push to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
 	}
-	src, err := name.NewDigest(req.Image, im.nameOptionsFor(req.SourceInsecure)...)
+	src, img, err := im.storedImage(req.Image, req.SourceInsecure)
 	if err != nil {
-		return nil, fmt.Errorf("image %q: want REPO@DIGEST of an image in the store: %w: %v", req.Image, errdefs.ErrInvalidArgument, err)
-	}
-	img, err := im.localImage(src)
-	if err != nil {
-		return nil, fmt.Errorf("image %s is not in the store: %w", req.Image, errdefs.ErrNotFound)
+		return nil, err
 	}
 	c := &commitStep{im: im, req: CommitRequest{Ref: req.Ref, OCILayout: req.OCILayout, Insecure: req.Insecure}, progress: progress}
 	target, err := c.target()
@@ -109,20 +105,8 @@ func (im *images) push(ctx context.Context, req PushRequest, progress func(forma
 	if err != nil {
 		return nil, err
 	}
-	res := &CommitResult{Digest: img.Digest}
-	if target != nil {
-		if err := c.push(ctx, base.Image, base, target); err != nil {
-			return nil, err
-		}
-		res.Ref = target.Context().String() + "@" + img.Digest.String()
-	}
-	if req.OCILayout != "" {
-		if err := c.writeLayout(base.Image, base); err != nil {
-			return nil, err
-		}
-	}
-	res.StreamedBytes = base.StreamedBytes()
-	return res, nil
+	res := &CommitResult{}
+	return res, c.publish(ctx, base.Image, base, target, res)
 }
 
 func (im *images) nameOptionsFor(insecure bool) []name.Option {
@@ -158,13 +142,9 @@ func (im *images) amend(ctx context.Context, req CommitRequest, progress func(fo
 	if req.Ref == "" && req.OCILayout == "" && !req.Keep {
 		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
 	}
-	src, err := name.NewDigest(req.Image)
+	src, stored, err := im.storedImage(req.Image, false)
 	if err != nil {
-		return nil, fmt.Errorf("image %q: want REPO@DIGEST of an image in the store: %w: %v", req.Image, errdefs.ErrInvalidArgument, err)
-	}
-	stored, err := im.localImage(src)
-	if err != nil {
-		return nil, fmt.Errorf("image %s is not in the store: %w", req.Image, errdefs.ErrNotFound)
+		return nil, err
 	}
 	c := &commitStep{im: im, req: req, progress: progress}
 	spec, err := c.spec()
@@ -183,22 +163,19 @@ func (im *images) amend(ctx context.Context, req CommitRequest, progress func(fo
 	if err != nil {
 		return nil, err
 	}
-	d, err := img.Digest()
+	res := &CommitResult{}
+	return res, c.publish(ctx, img, base, target, res)
+}
+
+// storedImage is the image ref (REPO@DIGEST) names, from the store.
+func (im *images) storedImage(ref string, insecure bool) (name.Digest, *remote.Image, error) {
+	src, err := name.NewDigest(ref, im.nameOptionsFor(insecure)...)
 	if err != nil {
-		return nil, err
+		return name.Digest{}, nil, fmt.Errorf("image %q: want REPO@DIGEST of an image in the store: %w: %v", ref, errdefs.ErrInvalidArgument, err)
 	}
-	res := &CommitResult{Digest: digest.Digest(d.String()), Ref: base.Repo.String() + "@" + d.String()}
-	if target != nil {
-		if err := c.push(ctx, img, base, target); err != nil {
-			return nil, err
-		}
-		res.Ref = target.Context().String() + "@" + d.String()
+	img, err := im.localImage(src)
+	if err != nil {
+		return name.Digest{}, nil, fmt.Errorf("image %s is not in the store: %w", ref, errdefs.ErrNotFound)
 	}
-	if req.OCILayout != "" {
-		if err := c.writeLayout(img, base); err != nil {
-			return nil, err
-		}
-	}
-	res.StreamedBytes = base.StreamedBytes()
-	return res, c.keep(img)
+	return src, img, nil
 }

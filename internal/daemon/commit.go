@@ -110,7 +110,6 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	layout, _ := splitLayout(c.req.OCILayout)
 	upper, err := c.im.d.writable.sn.UpperDir(ctx, c.m.Snapshot)
 	if err != nil {
 		return nil, err
@@ -130,26 +129,7 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := img.Digest()
-	if err != nil {
-		return nil, err
-	}
-	res.Digest = digest.Digest(d.String())
-	if target != nil {
-		if err := c.push(ctx, img, base, target); err != nil {
-			return nil, err
-		}
-		res.Ref = target.Context().String() + "@" + d.String()
-	} else if c.req.Keep && layout == "" {
-		res.Ref = base.Repo.String() + "@" + d.String()
-	}
-	if layout != "" {
-		if err := c.writeLayout(img, base); err != nil {
-			return nil, err
-		}
-	}
-	res.StreamedBytes = base.StreamedBytes()
-	if err := c.keep(img); err != nil {
+	if err := c.publish(ctx, img, base, target, res); err != nil {
 		return nil, err
 	}
 	c.im.mu.Lock()
@@ -162,6 +142,33 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 	}
 	slog.InfoContext(ctx, "committed", "dir", c.m.Dir, "ref", res.Ref, "digest", res.Digest, "layer", res.Layer, "changes", res.Changes)
 	return res, nil
+}
+
+// publish pushes img to target (when there is one), writes it to the OCI
+// layout asked for, keeps its manifest and config in the store, and fills
+// in res's digest, reference and streamed bytes. A kept image (req.Keep)
+// pushed nowhere is named in the base's repository.
+func (c *commitStep) publish(ctx context.Context, img v1.Image, base *commit.Base, target name.Reference, res *CommitResult) error {
+	d, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	res.Digest = digest.Digest(d.String())
+	if target != nil {
+		if err := c.push(ctx, img, base, target); err != nil {
+			return err
+		}
+		res.Ref = target.Context().String() + "@" + d.String()
+	} else if c.req.Keep && c.req.OCILayout == "" {
+		res.Ref = base.Repo.String() + "@" + d.String()
+	}
+	if c.req.OCILayout != "" {
+		if err := c.writeLayout(img, base); err != nil {
+			return err
+		}
+	}
+	res.StreamedBytes = base.StreamedBytes()
+	return c.keep(img)
 }
 
 // spec gathers what the new config and history entry say.
