@@ -164,7 +164,7 @@ func (z *Reader) dynamicTables() error {
 			return err
 		}
 		if i+int(rep) > n {
-			return corrupt(at, "code lengths repeated past the %d of the header", n)
+			return corrupt(at, "code lengths repeated past the %d the header announces", n)
 		}
 		for range rep {
 			lengths[i] = val

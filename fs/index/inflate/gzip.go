@@ -34,7 +34,7 @@ func (z *Reader) member() error {
 	if fixed[0] != 0x1f || fixed[1] != 0x8b || fixed[2] != 8 {
 		return fmt.Errorf("%w at compressed offset %d: magic number and method % x, want 1f 8b 08", ErrHeader, start, fixed[:3])
 	}
-	h := headerReader{in: &z.in, crc: crc32.ChecksumIEEE(fixed[:])}
+	h := headerReader{in: &z.in, crc: crc32.ChecksumIEEE(fixed[:]), longest: &z.longestString}
 	flags := fixed[3]
 	if flags&flagExtra != 0 {
 		lo, hi := h.byte(), h.byte()
@@ -67,9 +67,10 @@ func (z *Reader) member() error {
 // headerReader reads the variable part of a gzip header, keeping its
 // CRC-32 and the first error.
 type headerReader struct {
-	in  *input
-	crc uint32
-	err error
+	in      *input
+	crc     uint32
+	err     error
+	longest *int // the longest name or comment so far
 }
 
 func (h *headerReader) byte() byte {
@@ -96,8 +97,11 @@ func (h *headerReader) skip(n int) {
 // refuses names and comments of 512 bytes or more, it takes any length,
 // as gzip(1) does.
 func (h *headerReader) skipString() {
+	n := 0
 	for h.byte() != 0 && h.err == nil {
+		n++
 	}
+	*h.longest = max(*h.longest, n)
 }
 
 // trailer checks a member's CRC-32 and ISIZE against its output.

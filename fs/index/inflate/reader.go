@@ -63,6 +63,10 @@ type Reader struct {
 	lastCP       int64 // Out of the last checkpoint; -1 before the first
 
 	err error
+	// longestString is the longest name or comment of the headers so far:
+	// compress/gzip refuses those of 512 bytes or more, the tests allow
+	// for it.
+	longestString int
 }
 
 // NewReader returns a Reader of the gzip stream r, which must start with a
@@ -146,6 +150,33 @@ func (z *Reader) Read(p []byte) (int, error) {
 	n := copy(p, z.hist[z.rd:z.wr])
 	z.rd += n
 	return n, nil
+}
+
+// WriteTo writes the decoded output to w until io.EOF, which it does not
+// return, or an error. It implements io.WriterTo, which io.Copy uses: the
+// output goes to w straight from the decoder's buffer.
+func (z *Reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		for z.rd == z.wr {
+			if z.err == io.EOF {
+				return total, nil
+			}
+			if z.err != nil {
+				return total, z.err
+			}
+			z.decode()
+		}
+		n, err := w.Write(z.hist[z.rd:z.wr])
+		z.rd += n
+		total += int64(n)
+		if err == nil && z.rd < z.wr {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // out is the uncompressed offset of the next byte to decode.
