@@ -78,7 +78,7 @@ func (cp Checkpoint) Validate() error {
 const (
 	encodingVersion = 1
 	flagAtMember    = 1
-	windowLevel     = flate.DefaultCompression
+	windowLevel     = flate.BestSpeed
 )
 
 var windowWriters = sync.Pool{New: func() any {

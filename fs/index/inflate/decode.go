@@ -97,18 +97,27 @@ func (z *Reader) huffmanFast() error {
 }
 
 // copyMatch copies length bytes from distance back to hist[w:] and returns
-// the new end of output.
+// the new end of output. It may write up to copySlack bytes past the end.
 func copyMatch(hist []byte, w, distance, length int) int {
 	src := w - distance
 	end := w + length
-	if distance >= length {
+	switch {
+	case distance >= 8 && length <= 64:
+		// Eight bytes at a time: each word read was written before (the
+		// source is at least a word behind), and the last may spill.
+		for w < end {
+			binary.LittleEndian.PutUint64(hist[w:], binary.LittleEndian.Uint64(hist[src:]))
+			w += 8
+			src += 8
+		}
+	case distance >= length:
 		copy(hist[w:end], hist[src:src+length])
-		return end
-	}
-	// The source overlaps what is being written: the pattern repeats,
-	// and each copy doubles the part already written.
-	for w < end {
-		w += copy(hist[w:end], hist[src:w])
+	default:
+		// The source overlaps what is being written: the pattern repeats,
+		// and each copy doubles the part already written.
+		for w < end {
+			w += copy(hist[w:end], hist[src:w])
+		}
 	}
 	return end
 }
