@@ -91,7 +91,7 @@ func NewReader(r io.Reader, every int64, onCheckpoint func(Checkpoint) error) (*
 		}
 		return nil, err
 	}
-	return z, z.err
+	return z, nil
 }
 
 // Resume returns a Reader of the output from cp.Out on, decoding the
@@ -99,13 +99,14 @@ func NewReader(r io.Reader, every int64, onCheckpoint func(Checkpoint) error) (*
 // on (for instance fetched by a range request).
 //
 // The input may stop anywhere: the Reader returns every byte it can
-// decode from the input it has and then io.EOF, so a caller that wants
-// the span between two checkpoints gives the bytes from cp.In up to the
-// next checkpoint's In plus one byte and reads next.Out-cp.Out bytes
-// (io.ReadFull says io.ErrUnexpectedEOF if they are not all there). Given
-// more, it decodes on into the following members. Corrupt data is still
-// an error, and a member whose trailer it reaches is checked with the
-// CRC-32 and length cp carries.
+// decode from the input it has and then io.EOF. So a caller that wants
+// the output between cp and the next checkpoint, next, gives the bytes
+// from cp.In up to next.In (and the byte at next.In too when next.Bits is
+// not 0: it holds the span's last bits), and reads next.Out-cp.Out bytes,
+// with io.ReadFull, which says io.ErrUnexpectedEOF if they are not all
+// there. Given more, the Reader decodes on, into the following members
+// too. Corrupt data is still an error, and a member whose trailer the
+// Reader reaches is checked with the CRC-32 and length cp carries.
 func Resume(r io.Reader, cp Checkpoint) (*Reader, error) {
 	if err := cp.Validate(); err != nil {
 		return nil, err
@@ -141,6 +142,9 @@ func newReader(r io.Reader) *Reader {
 // ends), and the first error that stops the decoder after the output
 // before it.
 func (z *Reader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for z.rd == z.wr {
 		if z.err != nil {
 			return 0, z.err
