@@ -65,6 +65,10 @@ var rules = map[string]rule{
 		forbid: []string{anyStrata, containerd},
 		except: []string{strata("store"), strata("remote"), strata("fs/index"), strata("internal/kmount"), errdefs, estargz},
 	},
+	"fs/index/inflate": {
+		says:   []string{"This package is a leaf: it imports only the standard library."},
+		forbid: []string{nonStd},
+	},
 	"fs/index": {
 		says:   []string{"index imports no other Strata package and no FUSE library, and of containerd's modules only the errdefs error classes and stargz-snapshotter's estargz format packages (footers, TOC names, annotations)."},
 		forbid: []string{anyStrata, fuse, containerd},
