@@ -10,6 +10,7 @@ import (
 
 	"github.com/stratafs/strata/internal/build"
 	steprun "github.com/stratafs/strata/internal/run"
+	"golang.org/x/term"
 )
 
 func init() {
@@ -136,6 +137,11 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	o.Stdout, o.Stderr = os.Stderr, os.Stderr
 	o.Log = func(line string) { fmt.Fprintln(os.Stderr, line) }
+	// On a terminal the push's progress is one line rewritten in place.
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		o.Progress = progressPrinter(false)
+		o.Log = func(line string) { fmt.Fprintf(os.Stderr, "\r\033[K%s\n", line) }
+	}
 	signals, stop := steprun.NotifySignals()
 	defer stop()
 	o.Signals = signals
@@ -150,9 +156,9 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if !o.Quiet {
 		for _, p := range res.Pushed {
-			fmt.Fprintf(os.Stderr, "pushed %s\n", p)
+			o.Log("pushed " + p)
 		}
-		fmt.Fprintf(os.Stderr, "%s run, %s from the cache\n", plural(res.Steps, "step"), plural(res.Cached, "step"))
+		o.Log(fmt.Sprintf("%s run, %s from the cache", plural(res.Steps, "step"), plural(res.Cached, "step")))
 	}
 	fmt.Fprintln(stdout, res.Digest)
 	return nil

@@ -54,9 +54,12 @@ type Options struct {
 	// Signals are passed to a RUN's command (see run.NotifySignals): ^C
 	// ends the command, and so the build.
 	Signals <-chan os.Signal
-	// Stdout gets RUN output; Log gets a line per step and progress.
+	// Stdout gets RUN output; Log gets a line per step and warnings;
+	// Progress (default Log) gets the push's progress lines, which a
+	// terminal may show one over the other.
 	Stdout, Stderr io.Writer
 	Log            func(string)
+	Progress       func(string)
 }
 
 // Result is what a build made.
@@ -908,9 +911,12 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 
 // publish pushes the result to every tag and writes the OCI layout.
 func (b *builder) publish(ctx context.Context) error {
-	var progress func(string)
-	if !b.o.Quiet {
+	progress := b.o.Progress
+	if progress == nil {
 		progress = b.o.Log
+	}
+	if b.o.Quiet {
+		progress = nil
 	}
 	if b.o.Push {
 		for _, tag := range b.o.Tags {
