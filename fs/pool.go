@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/store"
 )
@@ -41,6 +42,7 @@ type pooled struct {
 	blob    layerBlob
 	content *Content
 	desc    remote.Layer
+	format  index.Format // set with mount
 	// indexSaved, when set, closes once a new index is on disk; unmounting
 	// waits for it, so the next mount finds the index stored.
 	indexSaved <-chan struct{}
@@ -54,6 +56,11 @@ type LayerStat struct {
 	BlobSize     int64
 	FetchedBytes int64
 	Requests     int64
+	// Format is the layer's format as its index says (estargz,
+	// zstd:chunked, tar); Local, that the blob is read from the store (a
+	// layer this machine made) rather than from the registry.
+	Format index.Format
+	Local  bool
 }
 
 // NewPool returns a pool that mounts layers under dir, reading blobs with
@@ -124,7 +131,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	pl.mount, pl.blob, pl.content = m, blob, content
+	pl.mount, pl.blob, pl.content, pl.format = m, blob, content, idx.Info().Format
 	if end := idx.Info().PrefetchEnd; end > 0 {
 		content.Prefetch(0, end)
 	}
@@ -188,7 +195,9 @@ func (p *Pool) Stats() []LayerStat {
 		if pl.blob != nil {
 			bs := pl.blob.Stats()
 			s.FetchedBytes, s.Requests = bs.BytesFetched, bs.Requests
+			_, s.Local = pl.blob.(*localBlob)
 		}
+		s.Format = pl.format
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+
+	"github.com/stratafs/strata/internal/daemon"
 )
 
 func init() {
@@ -14,8 +16,14 @@ func init() {
 		usage:   "[--json]",
 		help: `Lists the images the daemon has mounted: directory, reference, manifest
 digest, and for each layer the bytes fetched from the registry so far
-against the layer's compressed size. Writable mounts are marked "rw", with
-the disk their changes use.`,
+against the layer's compressed size, and how it is read: its format
+(estargz, zstd:chunked, tar), lazily from the registry or from the local
+store (a layer committed or built here). Writable mounts are marked "rw",
+with the disk their changes use.
+
+Examples:
+  strata ls
+  strata ls --json`,
 		run: runLs,
 	})
 }
@@ -49,9 +57,21 @@ func runLs(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s\t%s\t(%s)\n  digest %s  platform %s  fetched %s of %s\n", m.Dir, m.Ref, mode, m.Digest, m.Platform, humanBytes(fetched), humanBytes(size))
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 		for i, l := range m.Layers {
-			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%d requests\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), l.Requests)
+			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%d requests\t%s\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), l.Requests, servedAs(l))
 		}
 		tw.Flush()
 	}
 	return nil
+}
+
+// servedAs says how a layer is read: its format, lazily from the registry
+// through its index, or from the store for a layer made here.
+func servedAs(l daemon.Layer) string {
+	if l.Format == "" {
+		return ""
+	}
+	if l.Local {
+		return l.Format + ", from the local store"
+	}
+	return l.Format + ", lazily"
 }

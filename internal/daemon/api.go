@@ -69,6 +69,11 @@ type Layer struct {
 	DiffID       digest.Digest     `json:"diffID,omitempty"` // from the image config
 	FetchedBytes int64             `json:"fetchedBytes"`
 	Requests     int64             `json:"requests"`
+	// Format is how the layer is read (estargz, zstd:chunked, tar: each
+	// served lazily through its index); Local, that its blob is in the
+	// store (made here), so reads never reach the registry.
+	Format string `json:"format,omitempty"`
+	Local  bool   `json:"local,omitempty"`
 }
 
 // RunRecord is a command run in a writable mount by `strata run`.

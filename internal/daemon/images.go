@@ -354,6 +354,7 @@ func (im *images) list() []Mount {
 		for i := range c.Layers {
 			if s, ok := im.d.pool.Stat(c.Layers[i].Digest); ok {
 				c.Layers[i].FetchedBytes, c.Layers[i].Requests = s.FetchedBytes, s.Requests
+				c.Layers[i].Format, c.Layers[i].Local = string(s.Format), s.Local
 			}
 		}
 		c.Runs = slices.Clone(m.Runs)
