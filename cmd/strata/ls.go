@@ -19,7 +19,10 @@ digest, and for each layer the bytes fetched from the registry so far
 against the layer's compressed size, and how it is read: its format
 (estargz, zstd:chunked, tar), lazily from the registry or from the local
 store (a layer committed or built here). Writable mounts are marked "rw",
-with the disk their changes use.
+with the disk their changes use. Then the layers the containerd
+snapshotter serves lazily, with the image and the client's label set (cri:
+containerd's CRI and strata pull; stargz: BuildKit, nerdctl, ctr-remote).
+--json prints the mounts only.
 
 Examples:
   strata ls
@@ -40,10 +43,15 @@ func runLs(ctx context.Context, args []string, stdout io.Writer) error {
 	if asJSON {
 		return printJSON(stdout, ms)
 	}
-	if len(ms) == 0 {
+	ss, err := cl.Snapshots(ctx)
+	if err != nil {
+		return err
+	}
+	if len(ms) == 0 && len(ss) == 0 {
 		fmt.Fprintln(stdout, "no images mounted")
 		return nil
 	}
+	defer printSnapshots(stdout, ss)
 	for _, m := range ms {
 		var fetched, size int64
 		for _, l := range m.Layers {
@@ -74,4 +82,18 @@ func servedAs(l daemon.Layer) string {
 		return l.Format + ", from the local store"
 	}
 	return l.Format + ", lazily"
+}
+
+// printSnapshots lists the layers served lazily to containerd clients.
+func printSnapshots(w io.Writer, ss []daemon.ContainerdSnapshot) {
+	if len(ss) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "containerd snapshots served lazily: %d\n", len(ss))
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	for _, s := range ss {
+		fmt.Fprintf(tw, "  %s\t%s (%s)\t%s / %s\t%d requests\t%s\n", s.Layer.Digest, s.Ref, s.Client,
+			humanBytes(s.Layer.FetchedBytes), humanBytes(s.Layer.Size), s.Layer.Requests, servedAs(s.Layer))
+	}
+	tw.Flush()
 }

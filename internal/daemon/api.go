@@ -19,6 +19,7 @@ import (
 //	POST   /v1/commits         CommitRequest → CommitEvent lines (NDJSON)
 //	POST   /v1/resolve         ResolveRequest → Resolved
 //	POST   /v1/pushes          PushRequest → CommitEvent lines (NDJSON)
+//	GET    /v1/snapshots       → []ContainerdSnapshot
 //	GET    /v1/status          → Status
 //	GET    /metrics            Prometheus text format
 //
@@ -207,6 +208,19 @@ type CommitResult struct {
 type Change struct {
 	Kind string `json:"kind"`
 	Path string `json:"path"`
+}
+
+// ContainerdSnapshot is a layer the containerd snapshotter serves lazily.
+type ContainerdSnapshot struct {
+	// Name is the snapshot's name in containerd (the layer's chain ID).
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	// Ref is the image reference the client named; Client which label set
+	// it used: "cri" (containerd's CRI) or "stargz" (BuildKit, nerdctl,
+	// ctr-remote); strata pull sends CRI's.
+	Ref    string `json:"ref"`
+	Client string `json:"client"`
+	Layer  Layer  `json:"layer"`
 }
 
 // Status describes the daemon.

@@ -117,6 +117,12 @@ func (c *Client) StartRun(ctx context.Context, req RunRequest) (*RunInfo, error)
 	return &info, c.do(ctx, http.MethodPost, "/v1/runs", req, &info)
 }
 
+// Snapshots returns the layers the containerd snapshotter serves lazily.
+func (c *Client) Snapshots(ctx context.Context) ([]ContainerdSnapshot, error) {
+	var ss []ContainerdSnapshot
+	return ss, c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &ss)
+}
+
 // List returns the daemon's mounts.
 func (c *Client) List(ctx context.Context) ([]Mount, error) {
 	var ms []Mount

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/stratafs/strata/snapshotter"
 )
 
@@ -34,6 +36,7 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd snapshotter: %w", err)
 	}
+	d.csn.Store(sn)
 	start := time.Now()
 	if err := sn.Restore(ctx); err != nil {
 		// Not fatal: the other layers and every local snapshot still work,
@@ -49,6 +52,7 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 		slog.ErrorContext(ctx, "containerd snapshots API not served", "socket", socket, "error", err)
 		stopServe = func() {}
 	} else if err != nil {
+		d.csn.Store(nil)
 		layers.closeAll(ctx)
 		sn.Close()
 		return nil, fmt.Errorf("containerd snapshotter: %w", err)
@@ -56,6 +60,7 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 		slog.InfoContext(ctx, "containerd snapshots API serving", "socket", socket)
 	}
 	return func() {
+		d.csn.Store(nil)
 		stopServe()
 		if err := layers.closeAll(context.WithoutCancel(ctx)); err != nil {
 			slog.Error("unmounting snapshot layers", "error", err)
@@ -64,4 +69,31 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 			slog.Error("closing snapshotter", "error", err)
 		}
 	}, nil
+}
+
+// containerdSnapshots lists the layers the snapshotter serves lazily to
+// containerd clients, with the image and the label set that named them.
+func (d *Daemon) containerdSnapshots(ctx context.Context) ([]ContainerdSnapshot, error) {
+	sn := d.csn.Load()
+	out := []ContainerdSnapshot{}
+	if sn == nil {
+		return out, nil
+	}
+	err := sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if info.Labels[snapshotter.LabelRemote] != "true" {
+			return nil
+		}
+		cs := ContainerdSnapshot{Name: info.Name, Created: info.Created}
+		if t, err := snapshotter.ParseRemoteLabels(info.Labels); err == nil {
+			cs.Ref, cs.Client, cs.Layer.Digest = t.Ref, t.Client, t.Layer
+		}
+		if s, ok := d.pool.Stat(cs.Layer.Digest); ok {
+			cs.Layer.Size, cs.Layer.FetchedBytes, cs.Layer.Requests = s.BlobSize, s.FetchedBytes, s.Requests
+			cs.Layer.Format, cs.Layer.Local = string(s.Format), s.Local
+		}
+		out = append(out, cs)
+		return nil
+	})
+	slices.SortFunc(out, func(a, b ContainerdSnapshot) int { return a.Created.Compare(b.Created) })
+	return out, err
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -16,6 +17,7 @@ import (
 	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/snapshotter"
 	"github.com/stratafs/strata/store"
 )
 
@@ -28,6 +30,9 @@ type Daemon struct {
 	writable   *writable
 	remoteOpts []remote.Option
 	emptyDir   string // an empty directory, the bottom lower of one-layer images
+
+	// csn is the snapshotter containerd is served, once it is open.
+	csn atomic.Pointer[snapshotter.Snapshotter]
 }
 
 // layersDir is where layers are mounted, kept short because overlayfs

@@ -25,6 +25,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/resolve", d.postResolve)
 	mux.HandleFunc("POST /v1/pushes", d.postPush)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
+	mux.HandleFunc("GET /v1/snapshots", d.getSnapshots)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	// Profiles, for diagnosing the daemon; only root reaches the socket.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -166,6 +167,15 @@ func (d *Daemon) postResolve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (d *Daemon) getSnapshots(w http.ResponseWriter, r *http.Request) {
+	ss, err := d.containerdSnapshots(r.Context())
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, ss)
 }
 
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {

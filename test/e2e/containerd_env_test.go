@@ -28,7 +28,9 @@ type ctdEnv struct {
 	root  string // the daemon's state root
 	cfg   string // the daemon's config file
 	sock  string // the daemon's containerd socket
-	ctd   *tcontainerd.Containerd
+	// control is the daemon's control socket (the CLI's).
+	control string
+	ctd     *tcontainerd.Containerd
 
 	daemon *exec.Cmd
 	exited chan struct{}
@@ -66,7 +68,8 @@ func startCtdEnv(t *testing.T) *ctdEnv {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	e.sock = filepath.Join(sockDir, "containerd.sock")
 	e.cfg = filepath.Join(e.root, "config.toml")
-	cfg := fmt.Sprintf("root = %q\nsocket = %q\ncontainerd_socket = %q\n", e.root, filepath.Join(sockDir, "s.sock"), e.sock)
+	e.control = filepath.Join(sockDir, "s.sock")
+	cfg := fmt.Sprintf("root = %q\nsocket = %q\ncontainerd_socket = %q\n", e.root, e.control, e.sock)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

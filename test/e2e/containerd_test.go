@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -59,6 +60,15 @@ func TestContainerd(t *testing.T) {
 		}
 		if n := len(e.layerMounts(t)); n != 2 {
 			t.Errorf("%d layer mounts after pulling a 2-layer image, want 2", n)
+		}
+		// strata ls shows the layers served to containerd, with the image.
+		ls, err := exec.Command(e.bin, "ls", "--config", e.cfg, "--socket", e.control).CombinedOutput()
+		if err != nil {
+			t.Fatalf("strata ls: %v\n%s", err, ls)
+		}
+		if !strings.Contains(string(ls), "containerd snapshots served lazily: 2") ||
+			strings.Count(string(ls), lazyRef+" (cri)") != 2 || !strings.Contains(string(ls), "estargz, lazily") {
+			t.Errorf("strata ls does not list the 2 layers served for %s:\n%s", lazyRef, ls)
 		}
 	})
 
