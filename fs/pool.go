@@ -43,6 +43,8 @@ type pooled struct {
 	content *Content
 	desc    remote.Layer
 	format  index.Format // set with mount
+	packed  index.Format // the layer blob's format, for a layer fetched whole
+	whole   bool         // fetch the layer whole when it cannot be read lazily
 	// indexSaved, when set, closes once a new index is on disk; unmounting
 	// waits for it, so the next mount finds the index stored.
 	indexSaved <-chan struct{}
@@ -61,6 +63,9 @@ type LayerStat struct {
 	// layer this machine made) rather than from the registry.
 	Format index.Format
 	Local  bool
+	// Packed, for a layer fetched whole because it cannot be read lazily,
+	// is its blob's format (gzip, zstd); Format is then tar.
+	Packed index.Format
 }
 
 // NewPool returns a pool that mounts layers under dir, reading blobs with
@@ -73,8 +78,21 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 }
 
 // Acquire makes layer l of repo available read-only and returns its
-// directory. Concurrent acquisitions of one layer share one mount.
+// directory. Concurrent acquisitions of one layer share one mount. A layer
+// that cannot be read lazily is refused with ErrNotLazy, unless it was
+// fetched whole here before.
 func (p *Pool) Acquire(ctx context.Context, repo name.Repository, l remote.Layer, opts ...remote.Option) (string, error) {
+	return p.acquire(ctx, repo, l, false, opts)
+}
+
+// AcquireWhole is Acquire, but a layer that cannot be read lazily (plain
+// gzip or zstd) is fetched whole, once, and served from the store (see
+// fetchWhole).
+func (p *Pool) AcquireWhole(ctx context.Context, repo name.Repository, l remote.Layer, opts ...remote.Option) (string, error) {
+	return p.acquire(ctx, repo, l, true, opts)
+}
+
+func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer, whole bool, opts []remote.Option) (string, error) {
 	p.mu.Lock()
 	pl, ok := p.layers[l.Digest]
 	if ok {
@@ -92,7 +110,7 @@ func (p *Pool) Acquire(ctx context.Context, repo name.Repository, l remote.Layer
 		}
 		return pl.dir, nil
 	}
-	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l}
+	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l, whole: whole}
 	p.layers[l.Digest] = pl
 	p.mu.Unlock()
 
@@ -115,8 +133,27 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	idx, err := p.loadIndex(ctx, blob, pl)
-	if err != nil {
+	if err == nil && idx.Info().Unpacked != "" {
+		// Fetched whole before: its tar is in the store.
+		local, lerr := p.openUnpacked(idx.Info().Unpacked, idx.Info().BlobSize)
+		if lerr == nil {
+			blob.Close()
+			blob = local
+		} else {
+			slog.WarnContext(ctx, "the tar of a layer fetched whole is gone from the store", "layer", l.Digest, "error", lerr)
+			idx, err = nil, fmt.Errorf("layer %s: its tar is gone from the store: %w", l.Digest, ErrNotLazy)
+		}
+	}
+	if errors.Is(err, ErrNotLazy) && pl.whole {
+		var local layerBlob
+		local, idx, err = p.fetchWhole(ctx, blob, l)
 		blob.Close()
+		blob = local
+	}
+	if err != nil {
+		if blob != nil {
+			blob.Close()
+		}
 		return err
 	}
 	pl.dir = filepath.Join(p.dir, l.Digest.Encoded()[:16])
@@ -131,7 +168,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	pl.mount, pl.blob, pl.content, pl.format = m, blob, content, idx.Info().Format
+	pl.mount, pl.blob, pl.content, pl.format, pl.packed = m, blob, content, idx.Info().Format, idx.Info().Packed
 	if end := idx.Info().PrefetchEnd; end > 0 {
 		content.Prefetch(0, end)
 	}
@@ -197,7 +234,7 @@ func (p *Pool) Stats() []LayerStat {
 			s.FetchedBytes, s.Requests = bs.BytesFetched, bs.Requests
 			_, s.Local = pl.blob.(*localBlob)
 		}
-		s.Format = pl.format
+		s.Format, s.Packed = pl.format, pl.packed
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })

@@ -78,6 +78,9 @@ func servedAs(l daemon.Layer) string {
 	if l.Format == "" {
 		return ""
 	}
+	if l.Packed != "" {
+		return l.Packed + ", fetched whole once, read from the local store"
+	}
 	if l.Local {
 		return l.Format + ", from the local store"
 	}

@@ -27,8 +27,10 @@ changes. It survives daemon restarts. 'strata umount DIR' refuses while
 there are uncommitted changes; 'strata umount --discard DIR' drops them.
 
 Layers in eStargz and zstd:chunked form are mounted lazily; uncompressed
-tar layers too, after one read of the whole layer to index it. Convert
-gzip and zstd images with 'strata convert' first. A daemon is started when none is running.
+tar layers too, after one read of the whole layer to index it. Plain gzip
+and zstd layers are fetched whole once, unpacked into the state root and
+served from there ('strata convert' makes an image lazily mountable). A
+daemon is started when none is running.
 
 Examples:
   strata mount localhost:5000/app:estargz /mnt/app

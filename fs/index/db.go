@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -71,6 +72,9 @@ type Info struct {
 	HasXattrs bool `json:"hasXattrs"`
 	// PrefetchEnd is Index.PrefetchEnd.
 	PrefetchEnd int64 `json:"prefetchEnd,omitempty"`
+	// Unpacked and Packed are Index.Unpacked and Index.Packed.
+	Unpacked digest.Digest `json:"unpacked,omitempty"`
+	Packed   Format        `json:"packed,omitempty"`
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -97,7 +101,8 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 }
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
-	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd}
+	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd,
+		Unpacked: idx.Unpacked, Packed: idx.Packed}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err

@@ -135,4 +135,10 @@ type Index struct {
 	// (the stream of its prefetch landmark): the files a container reads
 	// first, stored first, to fetch right after mounting. 0 when none.
 	PrefetchEnd int64
+	// Unpacked, for a layer without a lazy reader (plain gzip or zstd)
+	// that was fetched whole, is the digest of its uncompressed tar, kept
+	// in the store: the chunks are ranges of that tar, not of the layer
+	// blob. Packed is the layer blob's format then.
+	Unpacked digest.Digest
+	Packed   Format
 }

@@ -22,7 +22,8 @@ type Memory struct {
 // NewMemory returns the in-memory view of idx, which must be valid
 // (Validate) and not be changed afterwards.
 func NewMemory(idx *Index, blobSize int64) *Memory {
-	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), PrefetchEnd: idx.PrefetchEnd}
+	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), PrefetchEnd: idx.PrefetchEnd,
+		Unpacked: idx.Unpacked, Packed: idx.Packed}
 	for _, cs := range idx.Chunks {
 		info.Chunks += len(cs)
 	}

@@ -75,6 +75,9 @@ type Layer struct {
 	// store (made here), so reads never reach the registry.
 	Format string `json:"format,omitempty"`
 	Local  bool   `json:"local,omitempty"`
+	// Packed, for a layer fetched whole because it has no lazy reader
+	// (plain gzip, zstd), is its blob's format; Format is then tar.
+	Packed string `json:"packed,omitempty"`
 }
 
 // RunRecord is a command run in a writable mount by `strata run`.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 	"github.com/stratafs/strata/snapshotter"
 )
 
@@ -89,11 +90,15 @@ func (d *Daemon) containerdSnapshots(ctx context.Context) ([]ContainerdSnapshot,
 		}
 		if s, ok := d.pool.Stat(cs.Layer.Digest); ok {
 			cs.Layer.Size, cs.Layer.FetchedBytes, cs.Layer.Requests = s.BlobSize, s.FetchedBytes, s.Requests
-			cs.Layer.Format, cs.Layer.Local = string(s.Format), s.Local
+			cs.Layer.Format, cs.Layer.Local, cs.Layer.Packed = string(s.Format), s.Local, string(s.Packed)
 		}
 		out = append(out, cs)
 		return nil
 	})
+	if errdefs.IsNotFound(err) {
+		// No snapshot was ever made: the metastore has no bucket yet.
+		err = nil
+	}
 	slices.SortFunc(out, func(a, b ContainerdSnapshot) int { return a.Created.Compare(b.Created) })
 	return out, err
 }

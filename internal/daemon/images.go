@@ -198,7 +198,7 @@ func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
 	for i, l := range m.Layers {
 		g.Go(func() error {
 			desc := remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}
-			dir, err := im.d.pool.Acquire(gctx, repo, desc, opts...)
+			dir, err := im.d.pool.AcquireWhole(gctx, repo, desc, opts...)
 			if err != nil {
 				return fmt.Errorf("layer %d of %d: %w", i+1, len(m.Layers), err)
 			}
@@ -354,7 +354,7 @@ func (im *images) list() []Mount {
 		for i := range c.Layers {
 			if s, ok := im.d.pool.Stat(c.Layers[i].Digest); ok {
 				c.Layers[i].FetchedBytes, c.Layers[i].Requests = s.FetchedBytes, s.Requests
-				c.Layers[i].Format, c.Layers[i].Local = string(s.Format), s.Local
+				c.Layers[i].Format, c.Layers[i].Local, c.Layers[i].Packed = string(s.Format), s.Local, string(s.Packed)
 			}
 		}
 		c.Runs = slices.Clone(m.Runs)

@@ -35,6 +35,10 @@ type snapshotLayers struct {
 	// manifests dedups concurrent manifest lookups: containerd's unpacker
 	// prepares all layers of an image at once, and they share one manifest.
 	manifests singleflight.Group
+	// whole fetches a layer that cannot be read lazily whole and serves it
+	// from the store (writable mounts), instead of leaving it to
+	// containerd's unpack (containerd's snapshots).
+	whole bool
 
 	mu    sync.Mutex
 	binds map[string]digest.Digest // snapshot dir → layer held in the pool
@@ -43,7 +47,7 @@ type snapshotLayers struct {
 var _ snapshotter.RemoteLayers = (*snapshotLayers)(nil)
 
 // newSnapshotLayers serves containerd's snapshots: layers are named by the
-// CRI labels and described by their image's manifest.
+// CRI or stargz labels and described by their image's manifest.
 func newSnapshotLayers(d *Daemon) *snapshotLayers {
 	s := &snapshotLayers{d: d, binds: map[string]digest.Digest{}}
 	s.describe = s.describeFromManifest
@@ -58,7 +62,11 @@ func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[strin
 	if err != nil {
 		return err
 	}
-	src, err := s.d.pool.Acquire(ctx, repo, layer, opts...)
+	acquire := s.d.pool.Acquire
+	if s.whole {
+		acquire = s.d.pool.AcquireWhole
+	}
+	src, err := acquire(ctx, repo, layer, opts...)
 	if errors.Is(err, fs.ErrNotLazy) {
 		return fmt.Errorf("layer %s: %w: %w", layer.Digest, snapshotter.ErrNotRemote, err)
 	}

@@ -59,7 +59,7 @@ type writable struct {
 // openWritable opens the writable mounts' snapshotter and mounts again the
 // layers its snapshots use.
 func openWritable(ctx context.Context, d *Daemon) (*writable, error) {
-	w := &writable{d: d, layers: &snapshotLayers{d: d, binds: map[string]digest.Digest{}}}
+	w := &writable{d: d, layers: &snapshotLayers{d: d, binds: map[string]digest.Digest{}, whole: true}}
 	w.layers.describe = w.describe
 	sn, err := snapshotter.New(d.cfg.writableDir(),
 		snapshotter.WithRemoteLayers(w.layers),

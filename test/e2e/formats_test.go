@@ -137,3 +137,14 @@ func TestLazyReadZstdChunked(t *testing.T) {
 	reg, ref := bigZstdChunked.image(t, fixture.FormZstdChunked, "zstd-chunked")
 	checkLazyReadMovesLittle(t, reg, ref)
 }
+
+// TestMountGzipSameTreeAsFullUnpack mounts the standard image in plain
+// gzip form, which has no lazy reader yet: each layer is fetched whole
+// once, unpacked into the store and served from there. The tree must equal
+// the layer specs and umoci's unpack entry by entry, nanosecond mtimes
+// included (a tar keeps them).
+func TestMountGzipSameTreeAsFullUnpack(t *testing.T) {
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormGzip, tag: "gzip-whole", unpack: treecmp.ReferenceUnpack,
+	})
+}
