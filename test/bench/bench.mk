@@ -1,6 +1,7 @@
 # Benchmark targets; the top-level Makefile includes this file.
 # `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
-# `make bench` runs the full matrix. Both write docs/benchmarks.md.
+# `make bench` runs the full matrix. Both write docs/benchmarks.md; with ROWS,
+# docs/benchmarks-ROWS.md.
 # ROWS=mount|containerd|build|dockerfile runs only that kind of row (for
 # development: the report then covers just those), e.g. `make bench QUICK=1
 # ROWS=build`. The Dockerfile builds (issue 15: `strata build --push` against
@@ -9,7 +10,10 @@
 # or ROWS=dockerfile, alone: `make bench` and QUICK leave them out for their
 # time budgets (about 110 s a run). QUICK=1 runs each once, the full plan 3 times.
 
-BENCH_FLAGS := $(if $(QUICK),--quick,) $(if $(ROWS),--rows $(ROWS),)
+# A run of one kind of row writes its own report, so that it never
+# replaces the full report with a part of it.
+BENCH_OUT := $(if $(ROWS),docs/benchmarks-$(ROWS).md,docs/benchmarks.md)
+BENCH_FLAGS := $(if $(QUICK),--quick,) $(if $(ROWS),--rows $(ROWS),) --out $(BENCH_OUT)
 
 .PHONY: bench bench-images bench-report bench-micro bench-tools
 
