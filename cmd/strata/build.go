@@ -23,6 +23,8 @@ otherwise) the way 'docker build' and 'buildah bud' do, read by BuildKit's
 own Dockerfile parser. Every FROM is mounted lazily: the base is never
 downloaded, each step fetches only the files it reads, and --push sends
 only the new layers (base layers are mounted from the base's repository).
+Bases in eStargz, zstd:chunked or tar form are read lazily; plain gzip and
+zstd layers are fetched whole once and kept (see 'strata mount --help').
 
 Each instruction that changes files (RUN, COPY, ADD, and WORKDIR when the
 directory is missing) makes one layer, in --format (eStargz by default, so
