@@ -1,0 +1,295 @@
+package build
+
+// How steps become images: writable mounts, commits kept in the store, the
+// build cache, the stage's last config-only commit, the push, and the
+// clean-up of what a build (or a build that died) mounted.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	steprun "github.com/stratafs/strata/internal/run"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+// mount gives st a writable mount of its image, and makes the WORKDIRs
+// waiting for one.
+func (b *builder) mount(ctx context.Context, st *stageState) error {
+	if st.dir != "" {
+		return nil
+	}
+	b.n++
+	dir := filepath.Join(b.work, strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: st.image, Dir: dir, Writable: true, Platform: st.platform, Insecure: b.o.Insecure}); err != nil {
+		return fmt.Errorf("mounting %s: %w", st.image, err)
+	}
+	b.mounted = append(b.mounted, dir)
+	st.dir = dir
+	if st.spent != "" {
+		// Dropped only now that the new mount holds the layers they
+		// share: they stay mounted instead of being taken down and
+		// mounted again.
+		spent := st.spent
+		st.spent = ""
+		if err := b.unmount(ctx, spent); err != nil {
+			return err
+		}
+	}
+	return b.makeWorkdirs(st)
+}
+
+// workdir is a WORKDIR to create, and the USER then in force.
+type workdir struct{ dir, user string }
+
+// makeWorkdirs creates the stage's WORKDIRs that do not exist yet, mode
+// 0755, owned by the USER in force at the WORKDIR (root by default), as
+// BuildKit's dispatchWorkdir does; parents made on the way too.
+func (b *builder) makeWorkdirs(st *stageState) error {
+	for _, w := range st.mkdir {
+		var uid, gid uint32
+		if w.user != "" {
+			var err error
+			if uid, gid, err = steprun.LookupUser(st.dir, w.user); err != nil {
+				return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
+			}
+		}
+		if err := mkdirAllIn(st.dir, w.dir, int(uid), int(gid)); err != nil {
+			return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
+		}
+	}
+	st.mkdir = nil
+	return nil
+}
+
+// commitStep turns st's writable mount into the stage's next image, with
+// the pending history entries and createdBy's own.
+func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key string) error {
+	req := daemon.CommitRequest{
+		Dir: st.dir, Keep: true, Format: b.o.Format, Config: &st.config.Config,
+		History: st.pending, CreatedBy: createdBy, SourceDateEpoch: b.o.SourceDateEpoch, Author: st.author,
+	}
+	res, err := b.cl.Commit(ctx, req, nil)
+	if err != nil {
+		return fmt.Errorf("committing the step: %w", err)
+	}
+	// The committed mount is dropped once the stage's next mount is made
+	// (or when the build ends).
+	st.spent, st.dir = st.dir, ""
+	st.image, st.pending = res.Ref, nil
+	if b.cache != nil && key != "" {
+		b.cache.put(key, res.Ref)
+	}
+	return nil
+}
+
+func (b *builder) unmount(ctx context.Context, dir string) error {
+	if err := b.cl.Unmount(ctx, dir, true); err != nil {
+		return fmt.Errorf("unmounting %s: %w", dir, err)
+	}
+	b.mounted = slices.DeleteFunc(b.mounted, func(d string) bool { return d == dir })
+	return os.Remove(dir)
+}
+
+// cacheKey is the key of a step on st's current image: the image, the
+// config and pending history the commit will carry, and what the step
+// does (extra: the content digest of what it copies).
+func (b *builder) cacheKey(st *stageState, what string, extra ...string) string {
+	if b.cache == nil {
+		return ""
+	}
+	cfg, _ := json.Marshal(st.config.Config)
+	h := digest.SHA256.Digester()
+	epoch := "now"
+	if b.o.SourceDateEpoch != nil {
+		epoch = strconv.FormatInt(*b.o.SourceDateEpoch, 10)
+	}
+	fmt.Fprintf(h.Hash(), "v1\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00", st.image, cfg, b.o.Format, what, st.author, epoch)
+	for _, p := range st.pending {
+		fmt.Fprintf(h.Hash(), "%s\x00", p.CreatedBy)
+	}
+	for _, m := range st.mkdir {
+		fmt.Fprintf(h.Hash(), "mkdir %s %s\x00", m.dir, m.user)
+	}
+	for _, e := range extra {
+		fmt.Fprintf(h.Hash(), "%s\x00", e)
+	}
+	return h.Digest().String()
+}
+
+// cached moves st to the image the cache holds for key, if any.
+func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
+	if b.cache == nil || key == "" {
+		return false
+	}
+	ref, ok := b.cache.get(key)
+	if !ok {
+		return false
+	}
+	// The store must still hold the image: resolving it by digest asks it.
+	r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: ref, Platform: st.platform})
+	if err != nil || r.Ref != ref {
+		return false
+	}
+	if st.dir != "" {
+		return false
+	}
+	st.image, st.pending, st.mkdir = ref, nil, nil
+	b.res.Cached++
+	if !b.o.Quiet {
+		b.o.Log("  cached: " + ref)
+	}
+	return true
+}
+
+// finish commits what a stage has pending (metadata instructions and
+// WORKDIRs after its last file step), so that its image is whole.
+func (b *builder) finish(ctx context.Context, st *stageState) error {
+	if len(st.mkdir) > 0 {
+		// The layer is the last WORKDIR's; what came after it follows
+		// as empty_layer entries.
+		w := len(st.pending) - 1
+		for w > 0 && !strings.HasPrefix(st.pending[w].CreatedBy, "WORKDIR ") {
+			w--
+		}
+		after := slices.Clone(st.pending[w+1:])
+		createdBy := st.pending[w].CreatedBy
+		st.pending = st.pending[:w]
+		key := b.cacheKey(st, "workdirs "+createdBy)
+		if !b.cached(ctx, st, key) {
+			if err := b.mount(ctx, st); err != nil {
+				return err
+			}
+			b.res.Steps++
+			if err := b.commitStep(ctx, st, createdBy, key); err != nil {
+				return err
+			}
+		}
+		st.pending = after
+	}
+	if len(st.pending) == 0 {
+		return nil
+	}
+	key := b.cacheKey(st, "metadata")
+	if b.cached(ctx, st, key) {
+		return nil
+	}
+	n := len(st.pending)
+	req := daemon.CommitRequest{
+		Image: st.image, Keep: true, Config: &st.config.Config, History: st.pending[:n-1],
+		CreatedBy: st.pending[n-1].CreatedBy, Author: st.author,
+	}
+	req.SourceDateEpoch = b.o.SourceDateEpoch
+	res, err := b.cl.Commit(ctx, req, nil)
+	if err != nil {
+		return fmt.Errorf("committing the stage's config: %w", err)
+	}
+	st.image, st.pending = res.Ref, nil
+	if b.cache != nil {
+		b.cache.put(key, res.Ref)
+	}
+	return nil
+}
+
+// publish pushes the result to every tag and writes the OCI layout.
+func (b *builder) publish(ctx context.Context) error {
+	progress := b.o.Progress
+	if progress == nil {
+		progress = b.o.Log
+	}
+	if b.o.Quiet {
+		progress = nil
+	}
+	if b.o.Push {
+		for _, tag := range b.o.Tags {
+			res, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, Ref: tag, Insecure: b.o.Insecure, SourceInsecure: b.o.Insecure}, progress)
+			if err != nil {
+				return fmt.Errorf("pushing %s: %w", tag, err)
+			}
+			b.res.Pushed = append(b.res.Pushed, res.Ref)
+		}
+	}
+	if b.o.OCILayout != "" {
+		if _, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, OCILayout: b.o.OCILayout, SourceInsecure: b.o.Insecure}, progress); err != nil {
+			return fmt.Errorf("writing the OCI layout %s: %w", b.o.OCILayout, err)
+		}
+	}
+	return nil
+}
+
+// sweep drops what builds whose strata process died (SIGKILL, a crash)
+// left: their mounts, writable layers included, and working directories.
+func (b *builder) sweep(ctx context.Context) {
+	works := filepath.Join(b.root, "build", "work")
+	dirs, err := os.ReadDir(works)
+	if err != nil {
+		return
+	}
+	var dead []string
+	for _, d := range dirs {
+		dir := filepath.Join(works, d.Name())
+		if !steprun.OwnerAlive(dir) {
+			dead = append(dead, dir+"/")
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	// Their RUNs' containers first: they hold the mounts.
+	if _, err := steprun.Sweep(filepath.Join(b.root, "run")); err != nil {
+		b.o.Log("warning: ending runs left behind: " + err.Error())
+	}
+	ms, err := b.cl.List(ctx)
+	if err != nil {
+		return
+	}
+	failed := map[string]bool{}
+	for _, m := range ms {
+		for _, d := range dead {
+			if strings.HasPrefix(m.Dir, d) {
+				if err := b.cl.Unmount(ctx, m.Dir, true); err != nil {
+					failed[d] = true
+					b.o.Log(fmt.Sprintf("warning: unmounting %s, left by a build that died: %v", m.Dir, err))
+				}
+			}
+		}
+	}
+	for _, d := range dead {
+		if failed[d] {
+			continue // never remove through a mount
+		}
+		if err := os.RemoveAll(d); err != nil {
+			b.o.Log(fmt.Sprintf("warning: removing %s, left by a build that died: %v", d, err))
+		}
+	}
+	b.o.Log(fmt.Sprintf("dropped what %d build(s) whose strata process died left behind", len(dead)))
+}
+
+// cleanup unmounts what the build mounted and removes its directory.
+func (b *builder) cleanup(ctx context.Context) error {
+	var errs []error
+	for _, dir := range slices.Clone(b.mounted) {
+		if err := b.cl.Unmount(ctx, dir, true); err != nil {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", dir, err))
+			continue
+		}
+		os.Remove(dir)
+	}
+	if b.work != "" && len(errs) == 0 { // never remove through a mount
+		if err := os.RemoveAll(b.work); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

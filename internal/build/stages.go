@@ -1,0 +1,299 @@
+package build
+
+// A build's stages: which are needed, FROM, and the dispatch of their
+// instructions.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/stratafs/strata/internal/daemon"
+)
+
+// platform is the build's target platform.
+func (b *builder) platform() v1.Platform {
+	if b.o.Platform != "" {
+		if p, err := v1.ParsePlatform(b.o.Platform); err == nil {
+			return *p
+		}
+	}
+	return v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+}
+
+// predefined are the platform ARGs BuildKit defines, as K=V.
+func (b *builder) predefined() []string {
+	p := b.platform()
+	host := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	return []string{
+		"TARGETPLATFORM=" + p.String(), "TARGETOS=" + p.OS, "TARGETARCH=" + p.Architecture, "TARGETVARIANT=" + p.Variant,
+		"BUILDPLATFORM=" + host.String(), "BUILDOS=" + host.OS, "BUILDARCH=" + host.Architecture, "BUILDVARIANT=",
+	}
+}
+
+func predefinedArg(k string) bool {
+	switch k {
+	case "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "SOURCE_DATE_EPOCH":
+		return true
+	}
+	return false
+}
+
+// sourcesOf are the stages or images a command reads from.
+func sourcesOf(cmd instructions.Command) []string {
+	var out []string
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.From != "" {
+			out = append(out, c.From)
+		}
+	case *instructions.RunCommand:
+		for _, m := range instructions.GetMounts(c) {
+			if m.From != "" {
+				out = append(out, m.From)
+			}
+		}
+	}
+	return out
+}
+
+// setVar sets k in env (K=V entries), replacing an earlier value.
+func setVar(env []string, k, v string) []string {
+	for i, e := range env {
+		if name, _, _ := strings.Cut(e, "="); name == k {
+			env = slices.Clone(env)
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(slices.Clip(env), k+"="+v)
+}
+
+func lookup(env []string, k string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		if name, v, _ := strings.Cut(env[i], "="); name == k {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// step announces the next step.
+func (b *builder) step(s instructions.Stage, text string) {
+	b.stepNo++
+	if b.o.Quiet {
+		return
+	}
+	prefix := fmt.Sprintf("STEP %d/%d", b.stepNo, b.steps)
+	if s.Name != "" {
+		prefix += " [" + s.Name + "]"
+	}
+	b.o.Log(prefix + ": " + clip(oneLine(text), 300))
+}
+
+func oneLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// runStage runs stage i.
+func (b *builder) runStage(ctx context.Context, i int) error {
+	s := b.stages[i]
+	b.step(s, s.SourceCode)
+	st, err := b.from(ctx, i)
+	if err != nil {
+		return err
+	}
+	b.done[i] = st
+	for _, cmd := range s.Commands {
+		line := 0
+		if loc := cmd.Location(); len(loc) > 0 {
+			line = loc[0].Start.Line
+		}
+		text := commandText(cmd)
+		b.step(s, text)
+		if err := b.dispatch(ctx, st, cmd); err != nil {
+			var se *StepError
+			if errors.As(err, &se) {
+				se.File, se.Line, se.Step = b.o.DockerfileName, line, text
+				return se
+			}
+			return &StepError{File: b.o.DockerfileName, Line: line, Step: text, Err: err}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// commandText is the instruction as written, on one line.
+func commandText(cmd instructions.Command) string {
+	if s, ok := cmd.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return strings.ToUpper(cmd.Name())
+}
+
+// from starts stage i at its base: scratch, an earlier stage or an image.
+func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
+	s := b.stages[i]
+	base, err := b.expandMeta(s.BaseName, s.Location)
+	if err != nil {
+		return nil, err
+	}
+	platform := b.o.Platform
+	if s.Platform != "" {
+		if platform, err = b.expandMeta(s.Platform, s.Location); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkPlatform(platform); err != nil {
+		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
+	}
+	st := &stageState{idx: i, platform: platform}
+	if j := b.stageRef(base, i); j >= 0 {
+		prev := b.done[j]
+		if err := b.finish(ctx, prev); err != nil {
+			return nil, err
+		}
+		st.image, st.config = prev.image, *prev.config.DeepCopy()
+		return st, nil
+	}
+	if base == "" {
+		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: fmt.Errorf("%w: FROM names no image once its ARGs are expanded", ErrBuild)}
+	}
+	r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: base, Platform: platform, Insecure: b.o.Insecure})
+	if err != nil {
+		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
+	}
+	if err := json.Unmarshal(r.Config, &st.config); err != nil {
+		return nil, fmt.Errorf("config of %s: %w", base, err)
+	}
+	st.image = r.Ref
+	if n := len(st.config.Config.OnBuild); n > 0 {
+		// BuildKit runs a base's triggers and clears them; they are not
+		// run here, and cleared all the same.
+		b.o.Log(fmt.Sprintf("warning: %s has %d ONBUILD trigger(s), which strata build does not run", base, n))
+		st.config.Config.OnBuild = nil
+	}
+	return st, nil
+}
+
+func line(loc []parser.Range) int {
+	if len(loc) == 0 {
+		return 0
+	}
+	return loc[0].Start.Line
+}
+
+// checkPlatform refuses a platform this machine cannot run without
+// binfmt emulation.
+func checkPlatform(platform string) error {
+	if platform == "" {
+		return nil
+	}
+	p, err := v1.ParsePlatform(platform)
+	if err != nil {
+		return fmt.Errorf("platform %q: %w", platform, err)
+	}
+	if p.OS != "" && p.OS != "linux" {
+		return fmt.Errorf("platform %s: only linux images are built here", platform)
+	}
+	if p.Architecture == "" || p.Architecture == runtime.GOARCH {
+		return nil
+	}
+	if _, err := os.Stat("/proc/sys/fs/binfmt_misc/qemu-" + qemuArch(p.Architecture)); err == nil {
+		return nil
+	}
+	return fmt.Errorf("platform %s is not this machine's (linux/%s) and no binfmt emulation for it is registered (install qemu-user-static and binfmt-support)", platform, runtime.GOARCH)
+}
+
+func qemuArch(arch string) string {
+	switch arch {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	case "386":
+		return "i386"
+	}
+	return arch
+}
+
+// history is a history entry of this build.
+func (b *builder) history(createdBy string, empty bool) v1.History {
+	return v1.History{Created: v1.Time{Time: b.created}, CreatedBy: createdBy, EmptyLayer: empty}
+}
+
+// dispatch runs one instruction.
+func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions.Command) error {
+	switch c := cmd.(type) {
+	case *instructions.ArgCommand:
+		return b.arg(st, c)
+	case *instructions.RunCommand:
+		return b.run(ctx, st, c)
+	case *instructions.CopyCommand:
+		return b.copy(ctx, st, c)
+	case *instructions.AddCommand:
+		return b.add(ctx, st, c)
+	case *instructions.WorkdirCommand:
+		if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
+			return err
+		}
+		st.mkdir = append(st.mkdir, workdir{st.config.Config.WorkingDir, st.config.Config.User})
+		st.pending = append(st.pending, b.history("WORKDIR "+st.config.Config.WorkingDir, true))
+		return nil
+	case *instructions.MaintainerCommand:
+		st.author = c.Maintainer
+		st.pending = append(st.pending, b.history(commandText(c), true))
+		return nil
+	default:
+		if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
+			return err
+		}
+		st.pending = append(st.pending, b.history(commandText(c), true))
+		return nil
+	}
+}
+
+// arg declares build arguments in the stage.
+func (b *builder) arg(st *stageState, c *instructions.ArgCommand) error {
+	x := st.expander()
+	for _, kv := range c.Args {
+		var val *string
+		if v, ok := b.o.BuildArgs[kv.Key]; ok {
+			val = &v
+			b.used[kv.Key] = true
+		} else if kv.Value != nil {
+			v, err := x(*kv.Value)
+			if err != nil {
+				return err
+			}
+			val = &v
+		} else {
+			for _, m := range b.meta {
+				if m.Key == kv.Key && m.Value != nil {
+					v := *m.Value
+					val = &v
+				}
+			}
+			if val == nil {
+				if v, ok := lookup(b.predefined(), kv.Key); ok {
+					val = &v
+				}
+			}
+		}
+		st.args = append(st.args, instructions.KeyValuePairOptional{Key: kv.Key, Value: val})
+	}
+	st.pending = append(st.pending, b.history(commandText(c), true))
+	return nil
+}
