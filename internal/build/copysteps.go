@@ -1,0 +1,184 @@
+package build
+
+// COPY and ADD steps, and the roots they read: the context, an earlier
+// stage or an image.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/stratafs/strata/internal/daemon"
+	steprun "github.com/stratafs/strata/internal/run"
+	"golang.org/x/sys/unix"
+)
+
+// sourceRoot is the directory a COPY --from or a bind mount's from= reads:
+// the context for "", else an earlier stage or an image, mounted
+// read-only. what names it for the cache key.
+func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (root, what string, err error) {
+	if from == "" {
+		return b.o.Context, "context", nil
+	}
+	var image string
+	if j := b.stageRef(from, st.idx); j >= 0 {
+		src := b.done[j]
+		if src == nil {
+			return "", "", fmt.Errorf("stage %q has not been built", from)
+		}
+		if err := b.finish(ctx, src); err != nil {
+			return "", "", err
+		}
+		image = src.image
+	} else {
+		r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: from, Platform: st.platform, Insecure: b.o.Insecure})
+		if err != nil {
+			return "", "", fmt.Errorf("--from=%s is neither an earlier stage nor an image: %w", from, err)
+		}
+		image = r.Ref
+	}
+	if dir, ok := b.ro[image]; ok {
+		return dir, image, nil
+	}
+	b.n++
+	dir := filepath.Join(b.work, strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: image, Dir: dir, Platform: st.platform, Insecure: b.o.Insecure}); err != nil {
+		return "", "", fmt.Errorf("mounting %s: %w", image, err)
+	}
+	b.mounted = append(b.mounted, dir)
+	b.ro[image] = dir
+	return dir, image, nil
+}
+
+// excludesFor is .dockerignore for the context, nothing for images.
+func (b *builder) excludesFor(from string) []string {
+	if from != "" {
+		return nil
+	}
+	return b.ignore
+}
+
+// copy carries out a COPY.
+func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.CopyCommand) error {
+	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	if err := c.ExpandRaw(st.rawExpander()); err != nil {
+		return err
+	}
+	if c.Parents {
+		return errors.New("COPY --parents is not supported")
+	}
+	if len(c.ExcludePatterns) > 0 {
+		return errors.New("COPY --exclude is not supported")
+	}
+	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.Link, false, commandText(c))
+}
+
+// add carries out an ADD.
+func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCommand) error {
+	if err := c.Expand(st.expander()); err != nil {
+		return err
+	}
+	if err := c.ExpandRaw(st.rawExpander()); err != nil {
+		return err
+	}
+	if c.Checksum != "" || c.KeepGitDir != nil || c.Unpack != nil || len(c.ExcludePatterns) > 0 {
+		return errors.New("ADD --checksum, --keep-git-dir, --unpack and --exclude are not supported")
+	}
+	for _, s := range c.SourcePaths {
+		if strings.HasPrefix(s, "git@") || strings.HasSuffix(strings.SplitN(s, "#", 2)[0], ".git") {
+			return fmt.Errorf("ADD of a git repository (%s) is not supported", s)
+		}
+	}
+	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.Link, true, commandText(c))
+}
+
+// copyFiles is COPY and ADD: what they copy is checksummed for the cache
+// key, then copied into a writable mount of the stage's image.
+func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, link, add bool, text string) error {
+	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link}
+	what := "context"
+	if len(sd.SourceContents) > 0 {
+		// Heredoc files: written to a directory of their own.
+		b.n++
+		dir := filepath.Join(b.work, "inline-"+strconv.Itoa(b.n))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		for _, sc := range sd.SourceContents {
+			name := path.Base(path.Clean("/" + sc.Path))
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(sc.Data), 0o644); err != nil {
+				return err
+			}
+			spec.Sources = append(spec.Sources, name)
+		}
+		spec.SrcRoot, what = dir, "inline"
+	} else {
+		root, w, err := b.sourceRoot(ctx, st, from)
+		if err != nil {
+			return err
+		}
+		spec.SrcRoot, what = root, w
+		spec.Excludes = b.excludesFor(from)
+	}
+	if chmod != "" {
+		n, err := strconv.ParseUint(chmod, 8, 32)
+		if err != nil || n > 0o7777 {
+			return fmt.Errorf("--chmod=%s: want an octal mode such as 0755", chmod)
+		}
+		m := os.FileMode(n)
+		spec.Chmod = &m
+	}
+	spec.Dest = inImage(st.config.Config.WorkingDir, sd.DestPath)
+	sum, err := Checksum(ctx, spec)
+	if err != nil {
+		return err
+	}
+	key := b.cacheKey(st, text, what, sum.String(), "chown="+chown, "chmod="+chmod, "dest="+spec.Dest, "sources="+strings.Join(spec.Sources, "\x00"))
+	if b.cached(ctx, st, key) {
+		return nil
+	}
+	if err := b.mount(ctx, st); err != nil {
+		return err
+	}
+	if chown != "" {
+		uid, gid, err := steprun.LookupUser(st.dir, chown)
+		if err != nil {
+			return fmt.Errorf("--chown=%s: %w", chown, err)
+		}
+		spec.UID, spec.GID = int(uid), int(gid)
+	}
+	spec.DestRoot = st.dir
+	spec.Chown = chown != ""
+	if _, err := Copy(ctx, spec); err != nil {
+		return err
+	}
+	b.res.Steps++
+	return b.commitStep(ctx, st, text, key)
+}
+
+// mkdirAllIn makes dir (absolute in the image) and its missing parents in
+// root, owned by uid:gid with mode 0755, resolving symlinks inside root.
+func mkdirAllIn(root, dir string, uid, gid int) error {
+	r, err := openFsRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	fd, _, err := r.mkdirAll(cleanRel(dir), newDirAttrs{uid: uid, gid: gid, mode: 0o755})
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
