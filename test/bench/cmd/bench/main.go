@@ -100,7 +100,7 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	res.Elapsed = time.Since(start).Seconds()
-	res.Quick = o.quick
+	res.Quick, res.Rows = o.quick, o.rows
 	if err := writeJSON(o.results, res); err != nil {
 		return err
 	}

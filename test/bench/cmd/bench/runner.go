@@ -49,7 +49,9 @@ type imageSizes struct {
 }
 
 type runResults struct {
-	Quick   bool
+	Quick bool
+	// Rows is the kind of row run (--rows), "all" for the whole plan.
+	Rows    string `json:",omitempty"`
 	Elapsed float64
 	Started time.Time
 	Machine machineInfo
