@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -42,13 +43,16 @@ func TestCommitPushIsLazy(t *testing.T) {
 	baseLayer := m.Layers[0].Digest.String()
 
 	p.ResetStats()
-	target := viaProxy(reg.Ref("big-commit", "v1"), reg, p)
+	// A repository of this run's own: the registry outlives the test
+	// (go test -count=N), and a blob already there would not be mounted.
+	repo := "big-commit-" + runID(t)
+	target := viaProxy(reg.Ref(repo, "v1"), reg, p)
 	res, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: target, SourceDateEpoch: epoch()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	st := p.Stats()
-	raw, cfgSize := manifestOf(t, reg.Ref("big-commit", "v1"))
+	raw, cfgSize := manifestOf(t, reg.Ref(repo, "v1"))
 	t.Logf("commit moved %d bytes down, %d up in %d requests; new layer %d bytes, config %d, manifest %d",
 		st.BytesOut, st.BytesIn, st.Requests, res.LayerSize, cfgSize, len(raw))
 	if res.StreamedBytes != 0 {
@@ -77,7 +81,7 @@ func TestCommitPushIsLazy(t *testing.T) {
 		reg2 := registry.Start(t)
 		p2 := startProxy(t, reg2)
 		p.ResetStats()
-		res2, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: viaProxy(reg2.Ref("big-commit", "v1"), reg2, p2), SourceDateEpoch: epoch()})
+		res2, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: viaProxy(reg2.Ref(repo, "v1"), reg2, p2), SourceDateEpoch: epoch()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +95,7 @@ func TestCommitPushIsLazy(t *testing.T) {
 			t.Errorf("the base registry sent %d blob bytes, less than the base layer streamed through", got)
 		}
 		// skopeo copies every blob and checks its digest.
-		skopeo(t, "copy", "--quiet", "--src-tls-verify=false", "docker://"+reg2.Ref("big-commit", "v1"), "oci:"+filepath.Join(t.TempDir(), "copy")+":v1")
+		skopeo(t, "copy", "--quiet", "--src-tls-verify=false", "docker://"+reg2.Ref(repo, "v1"), "oci:"+filepath.Join(t.TempDir(), "copy")+":v1")
 	})
 
 	t.Run("mount the new image", func(t *testing.T) {
@@ -205,7 +209,9 @@ func TestCommitFaults(t *testing.T) {
 			// is already there (from the good commit) and nothing
 			// would be uploaded.
 			tag := strings.ToLower(strings.ReplaceAll(f.name, " ", "-"))
-			target := strings.Replace(tagged(base, tag), "/commit-faults:", "/commit-faults-"+tag+":", 1)
+			// (and of this run: the registry outlives the test, and a
+			// manifest left by an earlier run would be found)
+			target := strings.Replace(tagged(base, tag), "/commit-faults:", "/commit-faults-"+tag+"-"+runID(t)+":", 1)
 			p.ResetStats()
 			p.SetFault(f.fault)
 			_, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: viaProxy(target, shared.reg, p), SourceDateEpoch: epoch()})
@@ -256,4 +262,14 @@ func dropMidUpload(n int64) proxy.Fault {
 		}
 		return true
 	}
+}
+
+// runID is a name part no other run of the test uses.
+func runID(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }
