@@ -92,6 +92,9 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
 	adds := make([]mutate.Addendum, 0, len(layers))
 	diffIDs := make([]v1.Hash, 0, len(layers))
+	// missedBy counts the layers that did not store a prioritized path
+	// first; one all of them missed is a mistake worth a warning.
+	missedBy := map[string]int{}
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -99,6 +102,9 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 		el, err := layer(ctx, l, opt)
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", i+1, err)
+		}
+		for _, p := range el.missed {
+			missedBy[p]++
 		}
 		adds = append(adds, mutate.Addendum{Layer: el.Layer, Annotations: el.annotations, MediaType: types.OCILayer})
 		diffIDs = append(diffIDs, el.diffID)
@@ -108,6 +114,7 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 			opt.Progress(i+1, len(layers), d, sz)
 		}
 	}
+	warnNotPrioritized(ctx, opt.Prioritize, missedBy, len(layers))
 	out, err := mutate.Append(base, adds...)
 	if err != nil {
 		return nil, err
@@ -121,6 +128,26 @@ type estargzLayer struct {
 	v1.Layer
 	diffID      v1.Hash
 	annotations map[string]string
+	missed      []string // prioritized paths this layer did not store first
+}
+
+// warnNotPrioritized says which prioritized paths no layer stored first.
+// eStargz moves a file to the front only with its parent directories, so
+// a layer that has the file but no entries for its parents (a tar made
+// of a directory's children under a prefix) skips it too: the message
+// names that cause, which is otherwise invisible until mounts are slow.
+func warnNotPrioritized(ctx context.Context, list []string, missedBy map[string]int, layers int) {
+	var none []string
+	for _, p := range list {
+		if missedBy[p] == layers {
+			none = append(none, p)
+		}
+	}
+	if len(none) == 0 {
+		return
+	}
+	slog.WarnContext(ctx, "convert: prioritized paths not stored first: in no layer, or in a layer without entries for their parent directories",
+		"paths", len(none), "of", len(list), "first", none[:min(len(none), 5)])
 }
 
 // layer converts one layer. The uncompressed tar is spooled to disk because
@@ -145,8 +172,8 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	if opt.ChunkSize > 0 {
 		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))
 	}
+	var missed []string // files of other layers, or whose parents this layer lacks
 	if len(opt.Prioritize) > 0 {
-		var missed []string // files of other layers
 		bopts = append(bopts, estargz.WithPrioritizedFiles(opt.Prioritize), estargz.WithAllowPrioritizeNotFound(&missed))
 	}
 	blob, err := estargz.Build(io.NewSectionReader(tarFile, 0, n), bopts...)
@@ -180,5 +207,6 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 			AnnotationTOCDigest:        blob.TOCDigest().String(),
 			AnnotationUncompressedSize: strconv.FormatInt(usize, 10),
 		},
+		missed: missed,
 	}, nil
 }

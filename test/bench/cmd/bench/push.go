@@ -46,7 +46,14 @@ func writeLayerTar(ctx context.Context, dst string, src layerSrc) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"-C", src.Dir, "-cf", dst, "--numeric-owner", "--sort=name", "--format=pax",
+	mode := "-cf"
+	if src.Prefix != "" {
+		if err := writePrefixDirs(ctx, dst, src); err != nil {
+			return err
+		}
+		mode = "-rf"
+	}
+	args := []string{"-C", src.Dir, mode, dst, "--numeric-owner", "--sort=name", "--format=pax",
 		"--anchored", "--exclude=dev/*", "--exclude=proc/*", "--exclude=sys/*"}
 	if src.Prefix != "" {
 		// S: symlink targets stay as they are; member and hard-link names move.
@@ -55,6 +62,44 @@ func writeLayerTar(ctx context.Context, dst string, src layerSrc) error {
 	for _, e := range entries {
 		args = append(args, e.Name())
 	}
+	return run(ctx, "tar", args...)
+}
+
+// writePrefixDirs starts the layer tar dst with entries for the
+// directories of src.Prefix (usr/, usr/local/, usr/local/go/), the last
+// one with src.Dir's mode and time, as a layer made by `docker build` or
+// buildah has them: eStargz stores a prioritized file first only with its
+// parent directories, so without them no file of the layer is prefetched.
+func writePrefixDirs(ctx context.Context, dst string, src layerSrc) error {
+	fi, err := os.Stat(src.Dir)
+	if err != nil {
+		return err
+	}
+	stage := dst + ".dirs"
+	defer os.RemoveAll(stage)
+	var names []string
+	for p := src.Prefix; p != "." && p != "/"; p = filepath.Dir(p) {
+		names = append([]string{p}, names...)
+	}
+	for _, n := range names {
+		d := filepath.Join(stage, n)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	for _, n := range names {
+		d, m := filepath.Join(stage, n), os.FileMode(0o755)
+		if n == src.Prefix {
+			m = fi.Mode().Perm()
+		}
+		if err := os.Chmod(d, m); err != nil {
+			return err
+		}
+		if err := os.Chtimes(d, fi.ModTime(), fi.ModTime()); err != nil {
+			return err
+		}
+	}
+	args := append([]string{"-C", stage, "-cf", dst, "--numeric-owner", "--owner=0", "--group=0", "--format=pax", "--no-recursion"}, names...)
 	return run(ctx, "tar", args...)
 }
 

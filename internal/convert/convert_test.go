@@ -1,0 +1,113 @@
+package convert
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// tarLayer is a layer of the given entries; a name ending in / is a
+// directory, anything else a small file.
+func tarLayer(t *testing.T, names ...string) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, n := range names {
+		h := &tar.Header{Name: n, Mode: 0o644, Typeflag: tar.TypeReg, Size: int64(len(n))}
+		if strings.HasSuffix(n, "/") {
+			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			if _, err := tw.Write([]byte(n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// firstNames lists a converted layer's entries up to its prefetch landmark.
+func firstNames(t *testing.T, l v1.Layer) []string {
+	t.Helper()
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var out []string
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("no landmark in the layer (%v); entries %v", err, out)
+		}
+		if h.Name == ".prefetch.landmark" || h.Name == ".no.prefetch.landmark" {
+			return out
+		}
+		out = append(out, h.Name)
+	}
+}
+
+// TestPrioritizeWarnsAboutPathsNoLayerStoredFirst converts an image whose
+// second layer has a file but no entries for its parent directories (a
+// tar of a tree's children under a prefix): eStargz cannot store that
+// file first, and the conversion must say so rather than leave mounts
+// slow without a word; a path in no layer is named too, and a path one
+// layer stored first is not.
+func TestPrioritizeWarnsAboutPathsNoLayerStoredFirst(t *testing.T) {
+	img, err := mutate.AppendLayers(empty.Image,
+		tarLayer(t, "etc/", "etc/hosts", "etc/passwd"),
+		tarLayer(t, "usr/local/go/bin/go", "usr/local/go/VERSION"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+
+	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir(),
+		Prioritize: []string{"etc/passwd", "usr/local/go/bin/go", "no/such/file"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(firstNames(t, layers[0]), " "); got != "etc/ etc/passwd" {
+		t.Errorf("first layer stores first %q, want the prioritized file and its parent", got)
+	}
+	if got := firstNames(t, layers[1]); len(got) != 0 {
+		t.Errorf("second layer stores %v first; its file has no parent entries, so eStargz cannot", got)
+	}
+	msg := logs.String()
+	for _, want := range []string{"prioritized paths not stored first", "paths=2", "usr/local/go/bin/go", "no/such/file"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("warning lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "etc/passwd") {
+		t.Errorf("warning names etc/passwd, which the first layer stored first:\n%s", msg)
+	}
+}
