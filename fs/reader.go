@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -176,6 +177,14 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	}
 
 	waits, claimed := c.claim(want)
+	if slog.Default().Enabled(ctx, slog.LevelDebug) {
+		start := time.Now()
+		defer func() {
+			slog.DebugContext(ctx, "fs: read missed", "layer", c.digest.Encoded()[:12], "inode", e.Ino,
+				"offset", missing[0].FileOffset, "chunks", len(missing), "readAhead", len(want)-len(missing),
+				"claimed", len(claimed.offs), "waited", time.Since(start))
+		}()
+	}
 	needMine := false
 	for _, ch := range missing {
 		needMine = needMine || claimed.has(ch.BlobOffset)
@@ -282,7 +291,16 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	for i, bo := range offs {
 		ranges[i] = remote.Range{Off: bo, Len: streams[bo][0].BlobLength}
 	}
+	start := time.Now()
 	raw, err := c.blob.Fetch(ctx, ranges)
+	if slog.Default().Enabled(ctx, slog.LevelDebug) {
+		var n int64
+		for _, r := range ranges {
+			n += r.Len
+		}
+		slog.DebugContext(ctx, "fs: fetched", "layer", c.digest.Encoded()[:12], "streams", len(ranges),
+			"bytes", n, "from", ranges[0].Off, "inode", streams[offs[0]][0].Ino, "took", time.Since(start), "error", err)
+	}
 	for i, bo := range offs {
 		if err != nil {
 			c.finish(bo, sfs[i], nil, fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err))
