@@ -243,13 +243,14 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(e.LinkTarget), 0
 }
 
-// Getxattr and Listxattr answer ENOSYS for a layer without any xattrs:
-// the kernel then stops asking this mount for them (overlayfs asks for
-// its trusted.overlay.* attributes on every directory it looks up).
+// Getxattr and Listxattr answer as a filesystem with xattrs does, even
+// for a layer that has none: no such attribute (ENODATA), an empty list.
+// Answering ENOSYS would save a round trip per lookup (the kernel would
+// stop asking the mount and answer EOPNOTSUPP itself), but containerd's
+// differ (continuity) takes EOPNOTSUPP for security.capability as an
+// error, so a diff over a Strata lower layer, BuildKit's export of a
+// build step on a lazy base among them, would fail.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if !n.layer.idx.Info().HasXattrs {
-		return 0, syscall.ENOSYS
-	}
 	e := n.e
 	v, ok := e.Xattrs[attr]
 	if !ok {
@@ -262,9 +263,6 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	if !n.layer.idx.Info().HasXattrs {
-		return 0, syscall.ENOSYS
-	}
 	e := n.e
 	names := make([]string, 0, len(e.Xattrs))
 	for k := range e.Xattrs {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestListingWithoutOpendir lists directories too big for one READDIRPLUS
@@ -116,5 +118,27 @@ func TestCloseWithoutFlush(t *testing.T) {
 	}
 	if n := ml.mount.raw.flushes.Load(); n > 1 {
 		t.Fatalf("%d FLUSH requests for 8 closes, want at most 1", n)
+	}
+}
+
+// TestXattrsOfALayerWithout asks a layer that has no xattrs at all for
+// one: the answer is "no such attribute" (ENODATA) and an empty list, as
+// from any filesystem with xattrs, never EOPNOTSUPP, which containerd's
+// differ takes as an error (a diff over the layer, such as BuildKit's
+// export of a build step, would fail on security.capability).
+func TestXattrsOfALayerWithout(t *testing.T) {
+	requireRoot(t)
+	bl := buildEStargz(t, []string{"dir/file"}, []int{10}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	for _, p := range []string{"dir", "dir/file"} {
+		path := filepath.Join(ml.dir, p)
+		for range 2 { // the second time too: the kernel must not have stopped asking
+			if _, err := unix.Lgetxattr(path, "security.capability", make([]byte, 64)); err != unix.ENODATA {
+				t.Errorf("%s: getxattr security.capability: %v, want ENODATA", p, err)
+			}
+			if n, err := unix.Llistxattr(path, make([]byte, 64)); err != nil || n != 0 {
+				t.Errorf("%s: listxattr: %d, %v; want an empty list", p, n, err)
+			}
+		}
 	}
 }
