@@ -58,12 +58,14 @@ var ErrNoTarget = errors.New("no label names an image and a layer")
 // stargz-snapshotter's. A set that is there but malformed (a bad digest, an
 // over-long or empty reference, too many layers) is an error naming the
 // label; when both sets are there and disagree on the layer, CRI's wins
-// (containerd sets it from the descriptor it unpacks).
+// (containerd sets it from the descriptor it unpacks). CRI's set counts
+// only with its layer label: BuildKit sends the stargz set plus
+// cri.image-ref alone, and that names the layer by the stargz set.
 func ParseRemoteLabels(labels map[string]string) (RemoteTarget, error) {
-	cri := labels[LabelImageRef] != "" || labels[LabelLayerDigest] != ""
+	criLayer := labels[LabelLayerDigest] != ""
 	stargz := labels[LabelStargzRef] != "" || labels[LabelStargzDigest] != ""
 	switch {
-	case cri:
+	case criLayer || (labels[LabelImageRef] != "" && !stargz):
 		t, err := parseSet(labels, ClientCRI, LabelImageRef, LabelLayerDigest, LabelImageLayers)
 		if err != nil {
 			return RemoteTarget{}, err

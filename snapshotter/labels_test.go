@@ -35,6 +35,11 @@ func TestParseRemoteLabels(t *testing.T) {
 			snapshotter.LabelImageRef: "r.test/app@" + dM.String(), snapshotter.LabelLayerDigest: dA.String(),
 			snapshotter.LabelStargzRef: "r.test/app:1", snapshotter.LabelStargzDigest: dB.String(),
 		}, snapshotter.RemoteTarget{Ref: "r.test/app@" + dM.String(), Layer: dA, Client: "cri"}, ""},
+		{"BuildKit: stargz set and cri.image-ref alone", map[string]string{
+			snapshotter.LabelImageRef: "r.test/app:1", snapshotter.LabelStargzRef: "r.test/app:1",
+			snapshotter.LabelStargzDigest: dB.String(), snapshotter.LabelStargzLayers: dB.String(),
+			"containerd.io/snapshot/stargz/toc.digest": dA.String(), "io.containers.estargz.uncompressed-size": "123",
+		}, snapshotter.RemoteTarget{Ref: "r.test/app:1", Layer: dB, Layers: []digest.Digest{dB}, Client: "stargz"}, ""},
 		{"none", map[string]string{"containerd.io/snapshot.ref": "x"}, snapshotter.RemoteTarget{}, "no label names an image and a layer"},
 		{"cri without layer", map[string]string{snapshotter.LabelImageRef: "r.test/app:1"}, snapshotter.RemoteTarget{}, "cri.layer-digest is missing"},
 		{"stargz without ref", map[string]string{snapshotter.LabelStargzDigest: dA.String()}, snapshotter.RemoteTarget{}, "stargz.reference is missing"},
