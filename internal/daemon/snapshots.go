@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/stratafs/strata/fs"
@@ -46,6 +48,16 @@ type snapshotLayers struct {
 
 var _ snapshotter.RemoteLayers = (*snapshotLayers)(nil)
 
+// metricContainerdLayers counts the layers containerd's clients asked to
+// mount lazily, by the label set that named them and what came of it.
+// The image references are in `strata ls` (GET /v1/snapshots), not in a
+// label: one series per image would grow without bound.
+var metricContainerdLayers = promauto.NewCounterVec(prometheus.CounterOpts{
+	Name: "strata_containerd_layers_total",
+	Help: "Layers containerd clients asked for, by label set (client: cri, stargz, or none when no image labels came) " +
+		"and result (lazy: mounted, never downloaded; unpacked: not lazily readable, left to the client; failed: an error, left to the client).",
+}, []string{"client", "result"})
+
 // newSnapshotLayers serves containerd's snapshots: layers are named by the
 // CRI or stargz labels and described by their image's manifest.
 func newSnapshotLayers(d *Daemon) *snapshotLayers {
@@ -57,7 +69,21 @@ func newSnapshotLayers(d *Daemon) *snapshotLayers {
 // Mount implements snapshotter.RemoteLayers. Layers that cannot be mounted
 // lazily (fs.ErrNotLazy: plain gzip or zstd, so far) are reported as
 // snapshotter.ErrNotRemote so containerd unpacks them.
-func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) error {
+func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) (err error) {
+	client := "none"
+	if t, perr := snapshotter.ParseRemoteLabels(labels); perr == nil {
+		client = t.Client
+	}
+	defer func() {
+		result := "lazy"
+		switch {
+		case errors.Is(err, snapshotter.ErrNotRemote):
+			result = "unpacked"
+		case err != nil:
+			result = "failed"
+		}
+		metricContainerdLayers.WithLabelValues(client, result).Inc()
+	}()
 	repo, layer, opts, err := s.describe(ctx, labels)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
@@ -155,8 +156,15 @@ func TestSnapshotLayersStargzLabels(t *testing.T) {
 		snapshotter.LabelStargzDigest: ld.String(),
 		snapshotter.LabelStargzLayers: ld.String(),
 	}
+	counted := func(result string) float64 {
+		return testutil.ToFloat64(metricContainerdLayers.WithLabelValues(snapshotter.ClientStargz, result))
+	}
+	lazy, unpacked := counted("lazy"), counted("unpacked")
 	if err := s.Mount(ctx, dir, labels); err != nil {
 		t.Fatal(err)
+	}
+	if n := counted("lazy") - lazy; n != 1 {
+		t.Errorf("strata_containerd_layers_total{client=stargz,result=lazy} grew by %v, want 1", n)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "hello.txt")); err != nil || string(b) != "hello\n" {
 		t.Errorf("hello.txt = %q, %v", b, err)
@@ -168,5 +176,8 @@ func TestSnapshotLayersStargzLabels(t *testing.T) {
 	labels[snapshotter.LabelStargzDigest] = digest.FromString("moved").String()
 	if err := s.Mount(ctx, t.TempDir(), labels); !errors.Is(err, snapshotter.ErrNotRemote) {
 		t.Errorf("Mount of a layer the tag no longer holds = %v, want ErrNotRemote", err)
+	}
+	if n := counted("unpacked") - unpacked; n != 1 {
+		t.Errorf("strata_containerd_layers_total{client=stargz,result=unpacked} grew by %v, want 1", n)
 	}
 }
