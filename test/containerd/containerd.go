@@ -21,6 +21,11 @@ import (
 // Snapshotter is the name Strata's proxy plugin has in the config.
 const Snapshotter = "strata"
 
+// StargzName is a second name of the same plugin: BuildKit's containerd
+// worker and nerdctl take their lazy-pull path (and send their remote
+// snapshot labels) only for a snapshotter named "stargz".
+const StargzName = "stargz"
+
 // Namespace is the containerd namespace tests should use.
 const Namespace = "strata-test"
 
@@ -79,7 +84,8 @@ type Containerd struct {
 }
 
 // Start installs containerd when missing, starts it with Strata's
-// snapshots socket strataSocket as the proxy plugin "strata", waits until
+// snapshots socket strataSocket as the proxy plugin "strata" (and
+// "stargz", see StargzName), waits until
 // it answers, and stops and cleans it up when the test ends.
 func Start(t testing.TB, strataSocket string) *Containerd {
 	t.Helper()
@@ -112,7 +118,7 @@ func New(ctx context.Context, strataSocket string) (*Containerd, error) {
 		return nil, err
 	}
 	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root"), exited: make(chan struct{})}
-	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket})
+	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket, StargzName: strataSocket})
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		os.RemoveAll(dir)

@@ -31,6 +31,10 @@ type ctdEnv struct {
 	// control is the daemon's control socket (the CLI's).
 	control string
 	ctd     *tcontainerd.Containerd
+	// dockerConfig is the daemon's DOCKER_CONFIG directory, empty unless
+	// a test writes a config.json with credentials there: the daemon
+	// reads it at every registry request, never the host's.
+	dockerConfig string
 
 	daemon *exec.Cmd
 	exited chan struct{}
@@ -54,6 +58,15 @@ func startCtdEnv(t *testing.T) *ctdEnv {
 	t.Helper()
 	requireRoot(t)
 	e := &ctdEnv{bin: buildStrata(t), root: t.TempDir()}
+	// Runs last but for the removal of root: whatever is still mounted
+	// there after everything stopped is detached, so that the removal
+	// cannot fail on a dead FUSE mount.
+	t.Cleanup(func() {
+		if late, _ := kmount.Under(e.root); len(late) > 0 {
+			t.Logf("mounts under the daemon's root after every process stopped: %+v", late)
+			kmount.ClearStale(e.root)
+		}
+	})
 	e.reg = registry.Start(t)
 	px, err := proxy.New(e.reg.URL())
 	if err != nil {
@@ -67,6 +80,10 @@ func startCtdEnv(t *testing.T) *ctdEnv {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	e.sock = filepath.Join(sockDir, "containerd.sock")
+	e.dockerConfig = filepath.Join(e.root, "docker")
+	if err := os.Mkdir(e.dockerConfig, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	e.cfg = filepath.Join(e.root, "config.toml")
 	e.control = filepath.Join(sockDir, "s.sock")
 	cfg := fmt.Sprintf("root = %q\nsocket = %q\ncontainerd_socket = %q\n", e.root, e.control, e.sock)
@@ -90,6 +107,7 @@ func (e *ctdEnv) startDaemon(t *testing.T) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(e.bin, "daemon", "--config", e.cfg)
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+e.dockerConfig)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

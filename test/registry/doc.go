@@ -11,8 +11,10 @@
 // table of starters. New and Close are the non-testing form of Start, for
 // benchmark harnesses that manage lifetimes themselves.
 //
-// Neither registry has auth or TLS: they listen on loopback only, and ggcr,
-// skopeo and Strata all speak plain HTTP to 127.0.0.1.
+// Neither has TLS: they listen on loopback only, and ggcr, skopeo and
+// Strata all speak plain HTTP to 127.0.0.1. StartWithAuth runs the
+// docker-registry with htpasswd basic auth, as a private registry: every
+// request without its user's credentials gets 401 and a challenge.
 //
 // This package is test infrastructure. It must never import Strata's own
 // packages (remote, store, fs, snapshotter, internal, cmd).

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Binary is where Debian's docker-registry package puts the registry.
@@ -98,17 +100,46 @@ type process struct {
 // releasing it, so another process may steal it in between; New then
 // retries with a fresh port, up to 3 times.
 func New(ctx context.Context, dir string) (*Registry, error) {
+	return newRegistry(ctx, dir, nil)
+}
+
+// Auth is a user the registry requires (HTTP basic auth, htpasswd).
+type Auth struct{ User, Password string }
+
+// NewWithAuth is New for a registry that answers only requests with
+// auth's credentials, as a private registry does: anything else gets 401
+// and a basic-auth challenge.
+func NewWithAuth(ctx context.Context, dir string, auth Auth) (*Registry, error) {
+	return newRegistry(ctx, dir, &auth)
+}
+
+func newRegistry(ctx context.Context, dir string, auth *Auth) (*Registry, error) {
+	var extra string
+	if auth != nil {
+		hash, err := bcrypt.GenerateFromPassword([]byte(auth.Password), bcrypt.MinCost)
+		if err != nil {
+			return nil, err
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(htpasswd, fmt.Appendf(nil, "%s:%s\n", auth.User, hash), 0o600); err != nil {
+			return nil, err
+		}
+		extra = fmt.Sprintf("auth:\n  htpasswd:\n    realm: strata-test\n    path: %s\n", htpasswd)
+	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		host, err := freeHost()
 		if err != nil {
 			return nil, err
 		}
-		p, err := startProcess(dir, host)
+		p, err := startProcess(dir, host, extra)
 		if err != nil {
 			return nil, err
 		}
-		if err = waitReady(ctx, "http://"+host, p.exited); err == nil {
+		if err = waitReady(ctx, "http://"+host, p.exited, auth); err == nil {
 			return &Registry{kind: KindDistribution, host: host, proc: p}, nil
 		}
 		lastErr = fmt.Errorf("%w\nregistry log:\n%s", err, p.output())
@@ -129,13 +160,13 @@ func freeHost() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func startProcess(dir, host string) (*process, error) {
+func startProcess(dir, host, extraConfig string) (*process, error) {
 	storage := filepath.Join(dir, "storage")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	cfg := filepath.Join(dir, "config-"+portOf(host)+".yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, config, storage, host), 0o644); err != nil {
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, config+extraConfig, storage, host), 0o644); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	p := &process{dir: storage, exited: make(chan struct{}), log: &bytes.Buffer{}, logMu: &sync.Mutex{}}

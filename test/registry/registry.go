@@ -81,6 +81,26 @@ func Start(t testing.TB) *Registry {
 	return r
 }
 
+// StartWithAuth is Start for a registry that requires auth (NewWithAuth).
+func StartWithAuth(t testing.TB, auth Auth) *Registry {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := EnsureInstalled(ctx); err != nil {
+		t.Fatalf("registry: %v", err)
+	}
+	r, err := NewWithAuth(ctx, t.TempDir(), auth)
+	if err != nil {
+		t.Fatalf("registry: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("registry: %v", err)
+		}
+	})
+	return r
+}
+
 // StartInProcess serves ggcr's in-memory registry on 127.0.0.1 until the
 // test ends.
 func StartInProcess(t testing.TB) *Registry {
@@ -90,7 +110,7 @@ func StartInProcess(t testing.TB) *Registry {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	r := &Registry{kind: KindInProcess, host: strings.TrimPrefix(srv.URL, "http://"), server: srv}
-	if err := waitReady(context.Background(), r.URL(), nil); err != nil {
+	if err := waitReady(context.Background(), r.URL(), nil, nil); err != nil {
 		t.Fatalf("registry: %v", err)
 	}
 	return r
@@ -99,10 +119,11 @@ func StartInProcess(t testing.TB) *Registry {
 // ErrNotReady is wrapped when a registry did not answer /v2/ in time.
 var ErrNotReady = errors.New("registry did not become ready")
 
-// waitReady polls GET /v2/ until it returns 200, for at most 30 s; exited,
-// when not nil, reports an early death of the process so a broken config
-// fails at once rather than after the timeout.
-func waitReady(ctx context.Context, base string, exited <-chan struct{}) error {
+// waitReady polls GET /v2/ (with auth's credentials, when set) until it
+// returns 200, for at most 30 s; exited, when not nil, reports an early
+// death of the process so a broken config fails at once rather than after
+// the timeout.
+func waitReady(ctx context.Context, base string, exited <-chan struct{}, auth *Auth) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
@@ -113,6 +134,9 @@ func waitReady(ctx context.Context, base string, exited <-chan struct{}) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v2/", nil)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrNotReady, err)
+		}
+		if auth != nil {
+			req.SetBasicAuth(auth.User, auth.Password)
 		}
 		resp, err := client.Do(req)
 		if err == nil {

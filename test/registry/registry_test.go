@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -118,11 +119,49 @@ func TestWaitReadyNoticesExit(t *testing.T) {
 	close(exited)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = waitReady(ctx, "http://"+host, exited)
+	err = waitReady(ctx, "http://"+host, exited, nil)
 	if !errors.Is(err, ErrNotReady) {
 		t.Fatalf("waitReady = %v, want ErrNotReady", err)
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("waitReady waited for the deadline instead of noticing the exit: %v", err)
+	}
+}
+
+// TestAuth checks the private registry: a push without credentials is
+// refused, one with them works, and the pulled image is the pushed one.
+func TestAuth(t *testing.T) {
+	auth := Auth{User: "builder", Password: "s3cret"}
+	r := StartWithAuth(t, auth)
+	resp, err := http.Get(r.URL() + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("GET /v2/ without credentials: %s, challenge %q; want 401 and a challenge", resp.Status, resp.Header.Get("WWW-Authenticate"))
+	}
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(r.Ref("private", "v1"), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err == nil {
+		t.Fatal("push without credentials succeeded")
+	}
+	basic := remote.WithAuth(&authn.Basic{Username: auth.User, Password: auth.Password})
+	if err := remote.Write(ref, img, basic); err != nil {
+		t.Fatalf("push with credentials: %v", err)
+	}
+	got, err := remote.Image(ref, basic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	if d, err := got.Digest(); err != nil || d != want {
+		t.Errorf("pulled %v (%v), pushed %v", d, err, want)
 	}
 }
