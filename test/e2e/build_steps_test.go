@@ -254,13 +254,22 @@ func TestBuildLazyOnBigBase(t *testing.T) {
 		}
 	}
 
-	direct := strings.Replace(ref, e.proxy.Host(), e.reg.Host(), 1)
+	runBuiltLazy(t, e, strings.Replace(ref, e.proxy.Host(), e.reg.Host(), 1), big, "build-lazy")
+}
+
+// runBuiltLazy pulls ref, an image built from testdata/build/lazy on a
+// base with the layers big, whole into containerd (overlayfs, no Strata;
+// pullFlags add to `ctr images pull`, e.g. --user) and checks what its
+// command prints.
+func runBuiltLazy(t *testing.T, e *ctdEnv, direct string, big []fixture.LayerSpec, id string, pullFlags ...string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if out, err := e.ctd.Ctr(ctx, "images", "pull", "--plain-http", direct); err != nil {
+	pull := append(append([]string{"images", "pull", "--plain-http"}, pullFlags...), direct)
+	if out, err := e.ctd.Ctr(ctx, pull...); err != nil {
 		t.Fatalf("ctr pull: %v\n%s", err, out)
 	}
-	got, err := e.ctd.Ctr(ctx, "run", "--rm", "--snapshotter", "overlayfs", direct, "build-lazy")
+	got, err := e.ctd.Ctr(ctx, "run", "--rm", "--snapshotter", "overlayfs", direct, id)
 	if err != nil {
 		t.Fatalf("ctr run: %v\n%s", err, got)
 	}
