@@ -2,7 +2,7 @@
 # `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
 # `make bench` runs the full matrix. Both write docs/benchmarks.md; with ROWS,
 # docs/benchmarks-ROWS.md.
-# ROWS=mount|containerd|build|dockerfile runs only that kind of row (for
+# ROWS=mount|containerd|buildkit|build|dockerfile runs only that kind of row (for
 # development: the report then covers just those), e.g. `make bench QUICK=1
 # ROWS=build`. The Dockerfile builds (issue 15: `strata build --push` against
 # `buildah bud` + `buildah push`) run only with ROWS=build, beside the build
@@ -27,6 +27,7 @@ bench-tools:
 	go build -o bin/strata ./cmd/strata
 	go build -o bin/bench ./test/bench/cmd/bench
 	cd test/bench/stargz && go build -o ../../../bin/stargz-bench .
+	cd test/buildkit && go build -o ../../bin/ github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
 
 bench: bench-tools ## benchmark Strata against full pull, stargz-snapshotter, containerd and buildah, write docs/benchmarks.md (QUICK=1: subset; ROWS=build: one kind of row; the Dockerfile builds run only with ROWS=build or dockerfile)
 	bin/bench $(BENCH_FLAGS)

@@ -106,7 +106,7 @@ func TestPlanRows(t *testing.T) {
 				t.Errorf("quick=%v: all holds a Dockerfile entry", quick)
 			}
 		}
-		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b); n != len(p) || len(p.rows("all"))+len(df) != len(p) {
+		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(p.rows("buildkit")) + len(b); n != len(p) || len(p.rows("all"))+len(df) != len(p) {
 			t.Errorf("quick=%v: kinds cover %d of %d entries", quick, n, len(p))
 		}
 		for _, v := range rowKinds {
@@ -125,5 +125,37 @@ func TestCPUSeconds(t *testing.T) {
 	}
 	if _, err := cpuSeconds("garbage"); err == nil {
 		t.Error("no error for a malformed line")
+	}
+}
+
+// TestBuildKitTargets renders the BuildKit section from made-up runs: 3 s
+// against 20 s on overlayfs is 6.7× (met), against stargz's 2.5 s not
+// sooner (missed); and says so when the rows did not run.
+func TestBuildKitTargets(t *testing.T) {
+	var rs []result
+	for i, secs := range map[string][]float64{bkOverlay: {20}, bkStrata: {3, 2.9, 3.1}, bkStargz: {2.5, 2.4, 2.6}} {
+		for run, s := range secs {
+			rs = append(rs, result{Profile: "wan", Image: "golang", Workload: bkWorkload, System: i, State: "cold",
+				Run: run + 1, Seconds: s, Bytes: 9e6, BytesIn: 2e3, Requests: 20})
+		}
+	}
+	var b strings.Builder
+	renderBuildKit(&b, summarize(rs))
+	out := b.String()
+	for _, want := range []string{
+		"| `FROM golang` + `RUN go version`, push | 20.00 (20.00–20.00) n=1 · 9.0 MB down, 2.0 kB up · 20 req | 3.00 (2.90–3.10) n=3",
+		"≥ 5× sooner than on overlayfs (issue 16) | 3.00 s vs 20.00 s (6.7×; n=3 and 1)",
+		"| met |",
+		"sooner than on stargz-snapshotter (issue 16) | 3.00 s vs 2.50 s (n=3 and 3)",
+		"| **MISSED** |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	b.Reset()
+	renderBuildKit(&b, summarize(nil))
+	if !strings.Contains(b.String(), "_Not measured in this run._") {
+		t.Errorf("an empty run renders\n%s", b.String())
 	}
 }

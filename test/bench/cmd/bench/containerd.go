@@ -28,9 +28,9 @@ func (c *ctdProc) logPath() string { return filepath.Join(c.dir, "containerd.log
 
 // startContainerd writes the config and starts containerd, waiting at most
 // 30 s until it answers `ctr version`.
-func startContainerd(ctx context.Context, dir, strataSock, stargzSock string) (*ctdProc, error) {
+func startContainerd(ctx context.Context, dir string, plugins map[string]string) (*ctdProc, error) {
 	c := &ctdProc{dir: dir, address: filepath.Join(dir, "c.sock")}
-	cfg := containerd.Config(dir, c.address, map[string]string{"strata": strataSock, "stargz": stargzSock})
+	cfg := containerd.Config(dir, c.address, plugins)
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err

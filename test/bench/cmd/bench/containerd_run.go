@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -65,7 +63,7 @@ func (r *runner) measureCtd(ctx context.Context, sys string, img imageSpec, w wo
 	// command's result belong to this measurement.
 	res := r.finish(base, "cold", secs, 0)
 	res.MountSeconds = pull
-	if err := c.verifyLazy(ctx, sys); err != nil {
+	if err := c.verifyLazy(ctx, sys, r.px.Host()+"/"+img.Name+":estargz"); err != nil {
 		return fail(err)
 	}
 	r.saveLog(res)
@@ -125,8 +123,15 @@ func snapshotterOf(sys string) string {
 }
 
 // prepare empties dir, starts the system's snapshotter (none for
-// overlayfs, which is built in) and then containerd.
+// overlayfs, which is built in) and then containerd, which knows Strata
+// as "strata" and stargz-snapshotter as "stargz".
 func (c *ctdRun) prepare(ctx context.Context, sys, regHost string) error {
+	return c.prepareWith(ctx, sys, regHost, map[string]string{"strata": c.strataSock(), "stargz": c.stargzSock()})
+}
+
+// prepareWith is prepare with containerd's proxy plugins given: name →
+// socket.
+func (c *ctdRun) prepareWith(ctx context.Context, sys, regHost string, plugins map[string]string) error {
 	if err := resetDir(c.dir); err != nil {
 		return err
 	}
@@ -154,7 +159,7 @@ func (c *ctdRun) prepare(ctx context.Context, sys, regHost string) error {
 	if err := os.MkdirAll(ctdDir, 0o755); err != nil {
 		return err
 	}
-	c.ctd, err = startContainerd(ctx, ctdDir, c.strataSock(), c.stargzSock())
+	c.ctd, err = startContainerd(ctx, ctdDir, plugins)
 	return err
 }
 
@@ -197,39 +202,18 @@ var remoteLabel = map[string]string{
 	ctdStargz: "containerd.io/snapshot/remote", // stargz-snapshotter's snapshot/snapshot.go
 }
 
-// verifyLazy fails when a committed layer snapshot of a lazy system lacks
-// its remote label: that layer was downloaded and unpacked, and the run
-// would time a full pull under the lazy system's name. It runs after the
-// timed part.
-func (c *ctdRun) verifyLazy(ctx context.Context, sys string) error {
+// verifyLazy fails when fewer of the image's layers than it has were
+// mounted lazily (see verifyRemote). It runs after the timed part.
+func (c *ctdRun) verifyLazy(ctx context.Context, sys, ref string) error {
 	label, ok := remoteLabel[sys]
 	if !ok {
 		return nil
 	}
-	sn := snapshotterOf(sys)
-	out, err := c.ctd.ctr(ctx, "snapshots", "--snapshotter", sn, "ls")
+	layers, err := layerCount(ctx, ref)
 	if err != nil {
 		return err
 	}
-	n := 0
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 || f[len(f)-1] != "Committed" {
-			continue
-		}
-		info, err := c.ctd.ctr(ctx, "snapshots", "--snapshotter", sn, "info", f[0])
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(info, strconv.Quote(label)) {
-			return fmt.Errorf("%s: layer snapshot %s was not mounted lazily (no %s label)", sys, f[0], label)
-		}
-		n++
-	}
-	if n == 0 {
-		return fmt.Errorf("%s: no committed layer snapshots after the pull", sys)
-	}
-	return nil
+	return c.verifyRemote(ctx, snapshotterOf(sys), label, layers)
 }
 
 // keepLog copies the snapshotter's log next to the proxy's request logs,

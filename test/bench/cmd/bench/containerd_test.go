@@ -113,7 +113,7 @@ func TestContainerdConfig(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := startContainerd(ctx, dir, dir+"/strata.sock", dir+"/stargz.sock")
+	c, err := startContainerd(ctx, dir, map[string]string{"strata": dir + "/strata.sock", "stargz": dir + "/stargz.sock"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,13 +21,14 @@ import (
 )
 
 type options struct {
-	quick              bool
-	work, out, results string
-	strata, stargz     string
-	imagesOnly         bool
-	reportOnly         bool
-	only               string
-	rows               string
+	quick               bool
+	work, out, results  string
+	strata, stargz      string
+	buildkitd, buildctl string
+	imagesOnly          bool
+	reportOnly          bool
+	only                string
+	rows                string
 }
 
 func main() {
@@ -37,6 +38,8 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write")
 	flag.StringVar(&o.strata, "strata", "bin/strata", "strata binary")
 	flag.StringVar(&o.stargz, "stargz", "bin/stargz-bench", "stargz-bench binary (test/bench/stargz)")
+	flag.StringVar(&o.buildkitd, "buildkitd", "bin/buildkitd", "buildkitd binary (test/buildkit), for the BuildKit rows")
+	flag.StringVar(&o.buildctl, "buildctl", "bin/buildctl", "buildctl binary (test/buildkit), for the BuildKit rows")
 	flag.BoolVar(&o.imagesOnly, "images", false, "only build and push the images")
 	flag.BoolVar(&o.reportOnly, "report", false, "only render the report from the last results")
 	flag.StringVar(&o.only, "only", "", "run only the plan entries for this image (for development; the report then covers just those)")

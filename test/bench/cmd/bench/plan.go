@@ -29,10 +29,13 @@ type entry struct {
 	// Dockerfile entries build whole Dockerfiles (Workloads names
 	// dockerfiles) for the df* systems (dockerfile.go).
 	Dockerfile bool
+	// BuildKit entries build bkDockerfile with BuildKit's containerd
+	// worker for the bk* systems (buildkit.go).
+	BuildKit bool
 }
 
 func (e entry) runsOf(system string) int {
-	if (system == "fullpull" || system == ctdOverlay || system == bldBuildah) && e.PullRuns > 0 {
+	if (system == "fullpull" || system == ctdOverlay || system == bldBuildah || system == bkOverlay) && e.PullRuns > 0 {
 		return min(e.PullRuns, e.Runs)
 	}
 	return e.Runs
@@ -79,8 +82,10 @@ var startup = map[string][]string{
 // rows, the build steps (over wan, where their targets are) and the full
 // pull over lan (where no target is) get 3 runs instead of 5: a build
 // step's baseline costs a minute a run (pull, compile, commit, push), and
-// the matrix must stay under 40 minutes. Both plans end with the
-// Dockerfile builds, which only --rows build or dockerfile runs (kindsOf).
+// the matrix must stay under 40 minutes. The BuildKit builds (issue 16)
+// run 3 times on each snapshotter, about 2 minutes in all. Both plans end
+// with the Dockerfile builds, which only --rows build or dockerfile runs
+// (kindsOf).
 func planFor(quick bool) plan {
 	if quick {
 		return plan{
@@ -88,6 +93,7 @@ func planFor(quick bool) plan {
 			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: allSystems, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, PullRuns: 1, Containerd: true},
+			bkEntry(3, 1),
 			{Profile: proxy.ProfileWAN, Image: "smallfiles", Workloads: []string{"tar"}, Systems: []string{"strata", "fullpull"}, Runs: 1, ColdOnly: []string{"tar"}},
 			{Profile: proxy.ProfileLo, Image: "smallfiles", Workloads: []string{"find"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
 			{Profile: proxy.ProfileLo, Image: "bigfile", Workloads: []string{"seqread"}, Systems: []string{"strata", "fullpull"}, Runs: 3, PullRuns: 1},
@@ -118,6 +124,7 @@ func planFor(quick bool) plan {
 	return append(p,
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"goversion"}, Systems: ctdSystems, Runs: 3, Containerd: true},
 		entry{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: ctdSystems, Runs: 3, Containerd: true},
+		bkEntry(3, 3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"small", "compile"}, Systems: bldSystems, Runs: 3, Build: true},
 		dockerfileEntry(3))
 }
@@ -132,8 +139,15 @@ func dockerfileEntry(runs int) entry {
 	return entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: names, Systems: dfSystems, Runs: runs, Dockerfile: true}
 }
 
+// bkEntry is issue 16's BuildKit build, over wan where its target is:
+// runs of each system, pullRuns of BuildKit on overlayfs (a full pull).
+func bkEntry(runs, pullRuns int) entry {
+	return entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{bkWorkload}, Systems: bkSystems,
+		Runs: runs, PullRuns: pullRuns, BuildKit: true}
+}
+
 // rowKinds are the values of --rows: which kind of entries to run.
-var rowKinds = []string{"all", "mount", "containerd", "build", "dockerfile"}
+var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dockerfile"}
 
 // kindsOf says which kinds of entry each value of --rows runs. The
 // Dockerfile builds are left out of "all" (`make bench`, QUICK or not):
@@ -145,9 +159,10 @@ var rowKinds = []string{"all", "mount", "containerd", "build", "dockerfile"}
 // buildah pull time the compiling Dockerfile's target needs;
 // "dockerfile" runs them alone (that target is then not judged).
 var kindsOf = map[string][]string{
-	"all":        {"mount", "containerd", "build"},
+	"all":        {"mount", "containerd", "buildkit", "build"},
 	"mount":      {"mount"},
 	"containerd": {"containerd"},
+	"buildkit":   {"buildkit"},
 	"build":      {"build", "dockerfile"},
 	"dockerfile": {"dockerfile"},
 }
@@ -158,6 +173,8 @@ func (e entry) kind() string {
 		return "dockerfile"
 	case e.Build:
 		return "build"
+	case e.BuildKit:
+		return "buildkit"
 	case e.Containerd:
 		return "containerd"
 	default:

@@ -110,6 +110,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderTables(w, res, sums)
 	renderTargets(w, res, sums)
 	renderContainerd(w, res, sums)
+	renderBuildKit(w, sums)
 	renderBuild(w, res, sums)
 	renderDockerfile(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {

@@ -135,6 +135,10 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 						res.Results = append(res.Results, r.measureBuild(ctx, sname, spec, step, e.Profile.Name, run)...)
 						continue
 					}
+					if e.BuildKit {
+						res.Results = append(res.Results, r.measureBK(ctx, sname, spec, e.Profile.Name, run)...)
+						continue
+					}
 					if e.Containerd {
 						res.Results = append(res.Results, r.measureCtd(ctx, sname, spec, ws[0], e.Profile.Name, run)...)
 					} else {
