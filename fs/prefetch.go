@@ -45,16 +45,17 @@ func (c *Content) Prefetch(from, to int64) {
 	})
 }
 
-func (c *Content) prefetch(ctx context.Context, from, to int64) {
-	chunks, _ := c.uncachedInBlob(from, to)
-	var pieces [][]index.BlobChunk
+// pieces cuts chunks (in blob order, a stream's chunks together) into
+// runs of at least size compressed bytes each; a stream is never cut.
+func pieces(chunks []index.BlobChunk, size int64) [][]index.BlobChunk {
+	var out [][]index.BlobChunk
 	var cur []index.BlobChunk
 	var curBytes int64
 	for i, ch := range chunks {
 		// Chunks of one stream stay together: a stream is fetched whole.
 		sameStream := i > 0 && chunks[i-1].BlobOffset == ch.BlobOffset
-		if curBytes >= prefetchPiece && !sameStream {
-			pieces, cur, curBytes = append(pieces, cur), nil, 0
+		if curBytes >= size && !sameStream {
+			out, cur, curBytes = append(out, cur), nil, 0
 		}
 		if !sameStream {
 			curBytes += ch.BlobLength
@@ -62,8 +63,14 @@ func (c *Content) prefetch(ctx context.Context, from, to int64) {
 		cur = append(cur, ch)
 	}
 	if len(cur) > 0 {
-		pieces = append(pieces, cur)
+		out = append(out, cur)
 	}
+	return out
+}
+
+func (c *Content) prefetch(ctx context.Context, from, to int64) {
+	chunks, _ := c.uncachedInBlob(from, to)
+	pieces := pieces(chunks, prefetchPiece)
 	slots := make(chan struct{}, prefetchParallel)
 	var wg sync.WaitGroup
 	for _, p := range pieces {

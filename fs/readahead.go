@@ -173,7 +173,7 @@ func (c *Content) readAheadAsync(e index.Entry, ch index.Chunk) {
 	}
 	c.goBackground(func(bg context.Context) {
 		defer c.asyncBusy.Store(false)
-		c.fetchStreams(bg, cl)
+		c.fetchInPieces(bg, cl)
 		for _, sf := range cl.fetches {
 			<-sf.done
 			if sf.err != nil {

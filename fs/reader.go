@@ -185,18 +185,17 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 				"claimed", len(claimed.offs), "waited", time.Since(start))
 		}()
 	}
-	needMine := false
-	for _, ch := range missing {
-		needMine = needMine || claimed.has(ch.BlobOffset)
+	// The reader waits for its own streams only: they are fetched on
+	// their own, while the read-ahead streams go in the background in a
+	// few pieces, each releasing its waiters when it arrives. One fetch
+	// of both would keep the reader waiting for every read-ahead byte
+	// (an exec's first page of a binary waited for 8 MiB of it).
+	mine, ahead := claimed.split(missing)
+	if len(ahead.offs) > 0 {
+		c.goBackground(func(bg context.Context) { c.fetchInPieces(bg, ahead) })
 	}
-	switch {
-	case len(claimed.offs) == 0:
-	case needMine:
-		c.fetchStreams(ctx, claimed)
-	default:
-		// What this reader needs is already on its way; only read-ahead
-		// is left to claim, and the reader must not wait for it.
-		c.goBackground(func(bg context.Context) { c.fetchStreams(bg, claimed) })
+	if len(mine.offs) > 0 {
+		c.fetchStreams(ctx, mine)
 	}
 	out := map[digest.Digest][]byte{}
 	for _, ch := range missing {
@@ -227,13 +226,71 @@ type claimed struct {
 	streams map[int64][]index.BlobChunk
 }
 
-func (cl *claimed) has(bo int64) bool {
-	for _, o := range cl.offs {
-		if o == bo {
-			return true
-		}
+// split divides the claimed streams into those holding a chunk of
+// missing (the reader's own) and the others (read-ahead), in claim order.
+func (cl *claimed) split(missing []index.Chunk) (mine, ahead *claimed) {
+	own := make(map[int64]bool, len(missing))
+	for _, ch := range missing {
+		own[ch.BlobOffset] = true
 	}
-	return false
+	mine, ahead = &claimed{streams: cl.streams}, &claimed{streams: cl.streams}
+	for i, bo := range cl.offs {
+		to := ahead
+		if own[bo] {
+			to = mine
+		}
+		to.offs, to.fetches = append(to.offs, bo), append(to.fetches, cl.fetches[i])
+	}
+	return mine, ahead
+}
+
+// aheadPieces is how many pieces, at most, a read-ahead is fetched in
+// (at least prefetchPiece bytes each, prefetchParallel at a time): few
+// enough that its round trips cost little, enough that the reader, which
+// comes right behind, finds the first piece there early.
+const aheadPieces = 4
+
+// fetchInPieces fetches the claimed streams cl, in claim order, as a few
+// pieces (see aheadPieces), prefetchParallel at a time. Every claimed
+// stream is finished, with ctx's error when ctx ends first, so that no
+// waiter is left hanging.
+func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
+	var chunks []index.BlobChunk
+	var total int64
+	for _, bo := range cl.offs {
+		chunks = append(chunks, cl.streams[bo]...)
+		total += cl.streams[bo][0].BlobLength
+	}
+	byOff := make(map[int64]*streamFetch, len(cl.offs))
+	for i, bo := range cl.offs {
+		byOff[bo] = cl.fetches[i]
+	}
+	slots := make(chan struct{}, prefetchParallel)
+	var wg sync.WaitGroup
+	for _, p := range pieces(chunks, max(prefetchPiece, total/aheadPieces)) {
+		sub := &claimed{streams: cl.streams}
+		for i, ch := range p {
+			if i == 0 || p[i-1].BlobOffset != ch.BlobOffset {
+				sub.offs, sub.fetches = append(sub.offs, ch.BlobOffset), append(sub.fetches, byOff[ch.BlobOffset])
+			}
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			for i, bo := range sub.offs {
+				c.finish(bo, sub.fetches[i], nil, ctx.Err())
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			c.fetchStreams(ctx, sub)
+		}()
+	}
+	wg.Wait()
 }
 
 // claim groups chunks by compressed stream and claims the streams nobody

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +30,10 @@ type memBlob struct {
 	// fetches holds, per Fetch call, the ranges asked for.
 	fetches [][]remote.Range
 	corrupt bool // flip the first byte of every range served
+	// hold, when set, blocks every Fetch that asks for anything but the
+	// stream at blob offset free, until the channel is closed.
+	hold chan struct{}
+	free int64
 }
 
 func (b *memBlob) Size() int64 { return int64(len(b.data)) }
@@ -36,8 +41,11 @@ func (b *memBlob) Size() int64 { return int64(len(b.data)) }
 func (b *memBlob) Fetch(_ context.Context, ranges []remote.Range) ([][]byte, error) {
 	b.mu.Lock()
 	b.fetches = append(b.fetches, append([]remote.Range(nil), ranges...))
-	corrupt := b.corrupt
+	corrupt, hold := b.corrupt, b.hold
 	b.mu.Unlock()
+	if hold != nil && slices.ContainsFunc(ranges, func(r remote.Range) bool { return r.Off != b.free }) {
+		<-hold
+	}
 	out := make([][]byte, len(ranges))
 	for i, r := range ranges {
 		out[i] = bytes.Clone(b.data[r.Off : r.Off+r.Len])
@@ -205,8 +213,42 @@ func TestSequentialReadFetchesAhead(t *testing.T) {
 		l.read(t, "big", off, 1<<20)
 	}
 	l.settle()
-	if calls, n := l.blob.fetched(); calls > 4 || n > 9<<20 {
+	// The reader's own chunk, then the read-ahead in a few pieces.
+	if calls, n := l.blob.fetched(); calls > 1+aheadPieces || n > 9<<20 {
 		t.Fatalf("sequential read of 8 MiB: %d fetches, %d bytes", calls, n)
+	}
+}
+
+// TestReadDoesNotWaitForReadAhead holds every fetch but the one of the
+// read's own chunk: the read from the file's start must return with its
+// bytes while its read-ahead is still on its way, and the read-ahead must
+// arrive once let go.
+func TestReadDoesNotWaitForReadAhead(t *testing.T) {
+	l := newTestLayer(t, []string{"big"}, []int{8 << 20})
+	first := mustChunks(t, l, "big")[0]
+	l.blob.mu.Lock()
+	l.blob.hold, l.blob.free = make(chan struct{}), first.BlobOffset
+	l.blob.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.read(t, "big", 0, 128<<10)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		close(l.blob.hold)
+		t.Fatal("a read of the file's first chunk waited for its read-ahead")
+	}
+	if calls, _ := l.blob.fetched(); calls < 2 {
+		t.Errorf("%d fetches: the read-ahead was not asked for alongside the read", calls)
+	}
+	close(l.blob.hold)
+	l.settle()
+	for _, ch := range mustChunks(t, l, "big")[1:4] {
+		if !l.cache.Has(ch.Digest) {
+			t.Errorf("chunk at %d not cached after the read-ahead was let go", ch.FileOffset)
+		}
 	}
 }
 
