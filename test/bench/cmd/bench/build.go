@@ -134,7 +134,13 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 	}
 	sys := r.stepSystem(sname, dir)
 	defer func() {
-		if err := errors.Join(sys.Teardown(context.WithoutCancel(ctx)), resetDir(dir)); err != nil {
+		err := sys.Teardown(context.WithoutCancel(ctx))
+		// Strata's daemon log goes next to the proxy's request log, for
+		// the analysis of where the time went (with STRATA_LOG_LEVEL=debug
+		// in the bench's environment it lists every fetch and wait).
+		keepFile(filepath.Join(dir, "root", "daemon.log"),
+			filepath.Join(r.o.work, "logs", fmt.Sprintf("%s-%s-%s-%s-%d.daemon.log", profile, img.Name, step.Name, sname, run)))
+		if err := errors.Join(err, resetDir(dir)); err != nil {
 			r.log.Warn("build teardown", "system", sname, "err", err)
 		}
 	}()

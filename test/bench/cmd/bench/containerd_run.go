@@ -219,11 +219,15 @@ func (c *ctdRun) verifyLazy(ctx context.Context, sys, ref string) error {
 // keepLog copies the snapshotter's log next to the proxy's request logs,
 // for the analysis of where a run's time went.
 func (c *ctdRun) keepLog(path string) {
-	if c.snapLog == "" {
-		return
+	if c.snapLog != "" {
+		keepFile(c.snapLog, path)
 	}
-	if b, err := os.ReadFile(c.snapLog); err == nil && os.MkdirAll(filepath.Dir(path), 0o755) == nil {
-		_ = os.WriteFile(path, b, 0o644)
+}
+
+// keepFile copies src to dst, when src exists; a log kept for analysis.
+func keepFile(src, dst string) {
+	if b, err := os.ReadFile(src); err == nil && os.MkdirAll(filepath.Dir(dst), 0o755) == nil {
+		_ = os.WriteFile(dst, b, 0o644)
 	}
 }
 
