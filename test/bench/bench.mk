@@ -5,9 +5,10 @@
 # ROWS=mount|containerd|buildkit|build|dockerfile runs only that kind of row (for
 # development: the report then covers just those), e.g. `make bench QUICK=1
 # ROWS=build`. The Dockerfile builds (issue 15: `strata build --push` against
-# `buildah bud` + `buildah push`) run only with ROWS=build, beside the build
-# steps whose `buildah from` gives the pull time one of their targets needs,
-# or ROWS=dockerfile, alone: `make bench` and QUICK leave them out for their
+# `buildah bud` + `buildah push`) run only with ROWS=build (beside the build
+# steps, whose `buildah from` gives the pull time one of their targets needs,
+# and the BuildKit rows, whose BuildKit on stargz-snapshotter is another) or
+# ROWS=dockerfile, alone: `make bench` and QUICK leave them out for their
 # time budgets (about 110 s a run). QUICK=1 runs each once, the full plan 3 times.
 
 # A run of one kind of row writes its own report, so that it never

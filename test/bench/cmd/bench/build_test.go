@@ -90,7 +90,7 @@ func TestPlanRows(t *testing.T) {
 			t.Fatalf("quick=%v: %d build and %d Dockerfile entries", quick, len(b), len(df))
 		}
 		for _, e := range b {
-			if !e.Build && !e.Dockerfile || e.Image != "golang" || e.Profile.Name != "wan" {
+			if !e.Build && !e.Dockerfile && !e.BuildKit || e.Image != "golang" || e.Profile.Name != "wan" {
 				t.Errorf("quick=%v: build rows hold %+v", quick, e)
 			}
 			for _, w := range e.Workloads {
@@ -106,7 +106,7 @@ func TestPlanRows(t *testing.T) {
 				t.Errorf("quick=%v: all holds a Dockerfile entry", quick)
 			}
 		}
-		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(p.rows("buildkit")) + len(b); n != len(p) || len(p.rows("all"))+len(df) != len(p) {
+		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b); n != len(p) || len(p.rows("all"))+len(df) != len(p) {
 			t.Errorf("quick=%v: kinds cover %d of %d entries", quick, n, len(p))
 		}
 		for _, v := range rowKinds {

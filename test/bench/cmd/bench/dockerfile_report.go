@@ -43,8 +43,13 @@ the same Dockerfile; its base is the build argument `+"`BASE`"+`.
 	}
 	p("| profile | image | Dockerfile | %s | %s | strata/buildah |\n|---|---|---|---|---|---:|\n%s\n\n",
 		dfStrata, dfBuildah, strings.Join(rows, "\n"))
-	p("BuildKit on stargz-snapshotter building `df-small`, as quoted from the issue, not measured in this run: %.2f s, %s (store=false).\n\n",
-		buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))
+	if bk := sums[key{"wan", "golang", bkWorkload, bkStargz, "cold"}]; bk != nil && bk.N > 0 {
+		p("BuildKit on stargz-snapshotter, measured in this run (the BuildKit rows: `FROM golang` + `RUN go version`, store=false): %.2f s, %s.\n\n",
+			bk.Med, mbBoth(bk))
+	} else {
+		p("BuildKit on stargz-snapshotter building `df-small`, as quoted from the issue, not measured in this run: %.2f s, %s (store=false).\n\n",
+			buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))
+	}
 	var names []string
 	for _, d := range dockerfiles {
 		names = append(names, d.Name)
@@ -110,14 +115,26 @@ func dockerfileTargets(rs []result, sums map[key]*summary) []target {
 		t.Met = check(bu.Med >= 10*small.Med)
 	}
 	ts = append(ts, t)
-	t = target{What: fmt.Sprintf("wan cold, golang: `df-small` sooner than BuildKit on stargz-snapshotter (%.2f s, %s, store=false: "+
-		"quoted from the issue, not measured in this run) (issue 15)", buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))}
-	if small != nil {
-		t.Measured = fmt.Sprintf("%.2f s (n=%d), %s, against BuildKit's %.2f s and %s as quoted, measured once outside this run (another time, another load)",
-			small.Med, small.N, mbBoth(small), buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))
-		t.Met = check(small.Med < buildkitQuoted.Seconds)
+	if bk := get(bkWorkload, bkStargz, "cold"); bk != nil {
+		// Measured in this run (the BuildKit rows: FROM golang + RUN go
+		// version, pushed with store=false).
+		t = target{What: "wan cold, golang: `df-small` sooner than BuildKit on stargz-snapshotter (`FROM golang` + `RUN go version`, store=false, this run) (issue 15)"}
+		if small != nil {
+			t.Measured = fmt.Sprintf("%.2f s vs %.2f s (n=%d and %d); strata %s, BuildKit on stargz-snapshotter %s",
+				small.Med, bk.Med, small.N, bk.N, mbBoth(small), mbBoth(bk))
+			t.Met = check(small.Med < bk.Med)
+		}
+		ts = append(ts, t)
+	} else {
+		t = target{What: fmt.Sprintf("wan cold, golang: `df-small` sooner than BuildKit on stargz-snapshotter (%.2f s, %s, store=false: "+
+			"quoted from the issue, not measured in this run) (issue 15)", buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))}
+		if small != nil {
+			t.Measured = fmt.Sprintf("%.2f s (n=%d), %s, against BuildKit's %.2f s and %s as quoted, measured once outside this run (another time, another load)",
+				small.Med, small.N, mbBoth(small), buildkitQuoted.Seconds, size(buildkitQuoted.Bytes))
+			t.Met = check(small.Med < buildkitQuoted.Seconds)
+		}
+		ts = append(ts, t)
 	}
-	ts = append(ts, t)
 	t = target{What: "wan cold, golang: `df-compile` no slower than buildah's own time minus its pull, plus 2 s (issue 15)"}
 	if bu := get("df-compile", dfBuildah, "cold"); compile != nil && bu != nil {
 		pull, n := buildahPull(rs)

@@ -106,6 +106,27 @@ func TestDockerfileTargets(t *testing.T) {
 	}
 }
 
+// TestDockerfileTargetsWithBuildKit: with the BuildKit rows in the run,
+// df-small is judged against BuildKit on stargz-snapshotter as measured.
+func TestDockerfileTargetsWithBuildKit(t *testing.T) {
+	rs := []result{dfRun(dfStrata, "df-small", "cold", phase{Seconds: 1.4, BytesOut: 9.4e6})}
+	for run, secs := range []float64{1.8, 1.9, 1.7} {
+		rs = append(rs, result{Profile: "wan", Image: "golang", Workload: bkWorkload, System: bkStargz, State: "cold",
+			Run: run + 1, Seconds: secs, Bytes: 8.9e6})
+	}
+	ts := dockerfileTargets(rs, summarize(rs))
+	bk := ts[1]
+	if !strings.Contains(bk.What, "this run") || bk.Met == nil || !*bk.Met ||
+		!strings.HasPrefix(bk.Measured, "1.40 s vs 1.80 s (n=1 and 3)") {
+		t.Errorf("BuildKit target: %+v", bk)
+	}
+	var buf bytes.Buffer
+	renderDockerfile(&buf, &runResults{Results: rs}, summarize(rs))
+	if !strings.Contains(buf.String(), "BuildKit on stargz-snapshotter, measured in this run") {
+		t.Errorf("the method does not say BuildKit was measured:\n%s", buf.String())
+	}
+}
+
 // TestDockerfileTargetsAlone: without the build steps there is no pull
 // time, and the compiling build's target is left unjudged, saying why.
 func TestDockerfileTargetsAlone(t *testing.T) {
