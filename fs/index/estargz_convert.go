@@ -21,7 +21,8 @@ const ctxCheckEvery = 4096
 //
 //   - A "reg" entry with Size > 0 is the file's first chunk; "chunk"
 //     entries for the same name follow it. Chunks must be in order, cover
-//     [0, Size) exactly and each carry a chunkDigest. A chunk's compressed
+//     [0, Size) exactly and each carry a chunkDigest (a file of one chunk
+//     may carry its content digest instead). A chunk's compressed
 //     range runs from its Offset to the next larger stream start (any data
 //     entry's Offset, or the TOC's offset); chunks sharing a stream differ
 //     in InnerOffset.
@@ -165,7 +166,14 @@ func (c *tocConverter) addChunkEntry(e *tocEntry) error {
 // open file. BlobLength needs every stream start in the TOC: finish sets
 // it.
 func (c *tocConverter) addChunk(e *tocEntry) error {
-	d, err := parseChunkDigest(e.ChunkDigest)
+	cd := e.ChunkDigest
+	if cd == "" && e.Type == "reg" && (e.ChunkSize == 0 || e.ChunkSize == e.Size) {
+		// A file stored as one chunk: its content digest is the chunk's.
+		// containers/storage's zstd:chunked writer gives a file that it
+		// does not cut into chunks only that "digest", no chunkDigest.
+		cd = e.Digest
+	}
+	d, err := parseChunkDigest(cd)
 	if err != nil {
 		return err
 	}

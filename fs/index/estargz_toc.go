@@ -25,6 +25,8 @@ type tocEntry struct {
 	ChunkOffset int64
 	ChunkSize   int64
 	ChunkDigest string
+	// Digest is the whole file's content digest (a "reg" entry's).
+	Digest string
 }
 
 // tocDecoder decodes a TOC's JSON with a jsonReader and hands each entry
@@ -35,7 +37,7 @@ type tocEntry struct {
 // field names exactly or else case-insensitively, the last of repeated
 // keys wins, unknown keys are skipped, null leaves a field as it is (and
 // makes xattrs nil), and a value of the wrong type is an error. Fields
-// of TOCEntry that Strata does not use (digest, userName, groupName) are
+// of TOCEntry that Strata does not use (userName, groupName) are
 // type-checked and dropped. The differences are refusals of TOCs no
 // writer makes: a repeated "entries" key after a list; a version other
 // than 1 before the list (refused at once, though a later "version" key
@@ -157,7 +159,9 @@ func (d *tocDecoder) entryField(key []byte, whole bool) error {
 		return d.str(&e.LinkName, nil)
 	case "chunkDigest":
 		return d.str(&e.ChunkDigest, nil)
-	case "userName", "groupName", "digest":
+	case "digest":
+		return d.str(&e.Digest, nil)
+	case "userName", "groupName":
 		_, _, err := d.r.stringValue()
 		return err
 	case "xattrs":

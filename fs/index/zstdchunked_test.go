@@ -402,3 +402,52 @@ func FuzzZstdChunkedTOCJSON(f *testing.F) {
 		checkParsed(t, idx, blob)
 	})
 }
+
+// TestReadZstdChunkedFileDigestOfOneChunkFile reads a TOC as
+// containers/storage's writer (buildah, podman, skopeo) makes it: a file
+// stored as one chunk carries only its content digest ("digest"), no
+// chunkDigest. That digest verifies the chunk; a file of several chunks
+// still needs a chunkDigest for each, and a file with neither is refused.
+func TestReadZstdChunkedFileDigestOfOneChunkFile(t *testing.T) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("hello\n")
+	data := enc.EncodeAll(content, nil)
+	good := digest.FromBytes(content).String()
+	read := func(e *estargz.TOCEntry) (*Index, []byte, error) {
+		blob := jzstdTOCBlob(t, data, []*estargz.TOCEntry{e})
+		idx, err := ReadZstdChunked(context.Background(), bytes.NewReader(blob), int64(len(blob)), nil)
+		return idx, blob, err
+	}
+	idx, blob, err := read(&estargz.TOCEntry{Name: "hello.txt", Type: "reg", Size: 6, Digest: good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := idx.Chunks[lookupPath(idx, "hello.txt").Ino][0]
+	if c.Digest.String() != good {
+		t.Fatalf("chunk digest %s, want the file's %s", c.Digest, good)
+	}
+	got, err := DecodeChunk(c, blob[c.BlobOffset:c.BlobOffset+c.BlobLength], nil)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("chunk decodes to %q, %v", got, err)
+	}
+	// A wrong file digest is caught when the chunk is read.
+	idx, blob, err = read(&estargz.TOCEntry{Name: "hello.txt", Type: "reg", Size: 6, Digest: digest.FromString("other").String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = idx.Chunks[lookupPath(idx, "hello.txt").Ino][0]
+	if _, err := DecodeChunk(c, blob[c.BlobOffset:c.BlobOffset+c.BlobLength], nil); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("a chunk that does not match its file's digest: %v, want ErrDigestMismatch", err)
+	}
+	// The first of several chunks cannot use the file's digest.
+	if _, _, err := read(&estargz.TOCEntry{Name: "f", Type: "reg", Size: 12, ChunkSize: 6, Digest: good}); err == nil ||
+		!strings.Contains(err.Error(), "no chunkDigest") {
+		t.Errorf("first of two chunks without a chunkDigest: %v", err)
+	}
+	if _, _, err := read(&estargz.TOCEntry{Name: "f", Type: "reg", Size: 6}); err == nil || !strings.Contains(err.Error(), "no chunkDigest") {
+		t.Errorf("a file with no digest at all: %v", err)
+	}
+}
