@@ -136,6 +136,7 @@ var rules = map[string]rule{
 	"test/containerd":   testInfraRule,
 	"test/demo/mkimage": testInfraRule,
 	"test/fixture":      testInfraRule,
+	"test/proc":         testInfraRule,
 	"test/proxy":        testInfraRule,
 	"test/registry":     testInfraRule,
 	"test/treecmp":      testInfraRule,

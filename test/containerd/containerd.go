@@ -13,9 +13,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stratafs/strata/test/proc"
 )
 
 // Snapshotter is the name Strata's proxy plugin has in the config.
@@ -77,7 +78,7 @@ type Containerd struct {
 	Root string
 
 	cmd    *exec.Cmd
-	exited chan struct{}
+	exited <-chan struct{}
 	logMu  sync.Mutex
 	log    bytes.Buffer
 	once   sync.Once
@@ -117,7 +118,7 @@ func New(ctx context.Context, strataSocket string) (*Containerd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root"), exited: make(chan struct{})}
+	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root")}
 	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket, StargzName: strataSocket})
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -126,12 +127,12 @@ func New(ctx context.Context, strataSocket string) (*Containerd, error) {
 	}
 	c.cmd = exec.Command("containerd", "--config", cfgPath, "--log-level", "info")
 	c.cmd.Stdout, c.cmd.Stderr = (*logWriter)(c), (*logWriter)(c)
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
+	exited, err := proc.Start(c.cmd)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	go func() { c.cmd.Wait(); close(c.exited) }()
+	c.exited = exited
 	if err := c.waitReady(ctx); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stratafs/strata/internal/kmount"
 	tcontainerd "github.com/stratafs/strata/test/containerd"
+	"github.com/stratafs/strata/test/proc"
 )
 
 // buildKitModule is the module that pins the BuildKit release the tests
@@ -117,12 +118,10 @@ func startBuildKitd(t *testing.T, e *ctdEnv, hosts ...string) *buildKitd {
 		"--containerd-worker-snapshotter", tcontainerd.StargzName, "--containerd-worker-net", "host",
 		"--containerd-worker-gc=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	exited, err := proc.Start(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stratafs/strata/internal/kmount"
 	tcontainerd "github.com/stratafs/strata/test/containerd"
+	"github.com/stratafs/strata/test/proc"
 	"github.com/stratafs/strata/test/proxy"
 	"github.com/stratafs/strata/test/registry"
 )
@@ -37,7 +38,7 @@ type ctdEnv struct {
 	dockerConfig string
 
 	daemon *exec.Cmd
-	exited chan struct{}
+	exited <-chan struct{}
 }
 
 // buildStrata builds cmd/strata into a directory removed at the test's end.
@@ -109,12 +110,10 @@ func (e *ctdEnv) startDaemon(t *testing.T) {
 	cmd := exec.Command(e.bin, "daemon", "--config", e.cfg)
 	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+e.dockerConfig)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	exited, err := proc.Start(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	e.daemon, e.exited = cmd, exited
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -136,6 +135,11 @@ func (e *ctdEnv) stopDaemon(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	select {
 	case <-e.exited:
+		// It ended before it was asked to: whatever it had mounted is
+		// dead (ENOTCONN). Say so, and clear it.
+		if stale, _ := kmount.ClearStale(e.root); len(stale) > 0 {
+			t.Errorf("strata daemon had exited (%v) before the test stopped it, leaving %d mounts", e.daemon.ProcessState, len(stale))
+		}
 		return
 	default:
 	}

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/stratafs/strata/snapshotter"
 	"github.com/stratafs/strata/test/fixture"
 )
 
@@ -42,7 +41,7 @@ func TestRemoteLabelSetsMountLazily(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 	sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "strata")
 	busybox := busyboxLayer(t)
-	for _, set := range []string{snapshotter.ClientCRI, snapshotter.ClientStargz} {
+	for _, set := range []string{"cri", "stargz"} {
 		t.Run(set, func(t *testing.T) {
 			// Layers of this set's own: a layer another set mounted
 			// already is a snapshot that exists, and mounts nothing new.
@@ -74,14 +73,14 @@ func TestRemoteLabelSetsMountLazily(t *testing.T) {
 			parent := ""
 			for i := range layers {
 				labels := map[string]string{snapshots.LabelSnapshotRef: chain[i].String()}
-				if set == snapshotter.ClientCRI {
-					labels[snapshotter.LabelImageRef] = ref
-					labels[snapshotter.LabelLayerDigest] = layers[i].String()
-					labels[snapshotter.LabelImageLayers] = strings.Join(all, ",")
+				if set == "cri" {
+					labels["containerd.io/snapshot/cri.image-ref"] = ref
+					labels["containerd.io/snapshot/cri.layer-digest"] = layers[i].String()
+					labels["containerd.io/snapshot/cri.image-layers"] = strings.Join(all, ",")
 				} else {
-					labels[snapshotter.LabelStargzRef] = ref
-					labels[snapshotter.LabelStargzDigest] = layers[i].String()
-					labels[snapshotter.LabelStargzLayers] = strings.Join(all, ",")
+					labels["containerd.io/snapshot/remote/stargz.reference"] = ref
+					labels["containerd.io/snapshot/remote/stargz.digest"] = layers[i].String()
+					labels["containerd.io/snapshot/remote/stargz.layers"] = strings.Join(all, ",")
 				}
 				_, err := sn.Prepare(ctx, "extract-"+set+"-"+chain[i].Encoded(), parent, snapshots.WithLabels(labels))
 				if !errdefs.IsAlreadyExists(err) {

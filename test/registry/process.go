@@ -9,13 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/stratafs/strata/test/proc"
 )
 
 // Binary is where Debian's docker-registry package puts the registry.
@@ -88,7 +89,7 @@ http:
 type process struct {
 	dir    string
 	cmd    *exec.Cmd
-	exited chan struct{}
+	exited <-chan struct{}
 	log    *bytes.Buffer // guarded by logMu; stderr+stdout
 	logMu  *sync.Mutex
 	once   sync.Once
@@ -169,30 +170,17 @@ func startProcess(dir, host, extraConfig string) (*process, error) {
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, config+extraConfig, storage, host), 0o644); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-	p := &process{dir: storage, exited: make(chan struct{}), log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	p := &process{dir: storage, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	p.cmd = exec.Command(Binary, "serve", cfg)
 	p.cmd.Stdout = lockedWriter{p}
 	p.cmd.Stderr = lockedWriter{p}
-	// Own process group so cleanup kills any children too; Pdeathsig so a
-	// crashed test binary does not leave registries behind.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking OS *thread* exits, not the
-		// process. Pin the fork to this goroutine's thread and keep it
-		// until the child is reaped; never unlocking retires the thread.
-		runtime.LockOSThread()
-		if err := p.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	if err := <-started; err != nil {
+	// Own process group so cleanup kills any children too, and killed
+	// with the test binary, never before (see package proc).
+	exited, err := proc.Start(p.cmd)
+	if err != nil {
 		return nil, fmt.Errorf("registry: start %s: %w", Binary, err)
 	}
+	p.exited = exited
 	return p, nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stratafs/strata/test/proc"
 )
 
 // system is one way of making an image's files available.
@@ -30,7 +32,10 @@ type system interface {
 
 // daemonProc is a child process in its own process group, stopped with
 // SIGTERM then SIGKILL.
-type daemonProc struct{ cmd *exec.Cmd }
+type daemonProc struct {
+	cmd  *exec.Cmd
+	done <-chan struct{} // closed once it has exited and been reaped
+}
 
 func startProc(name string, args []string, logPath string) (*daemonProc, error) {
 	logf, err := os.Create(logPath)
@@ -40,25 +45,23 @@ func startProc(name string, args []string, logPath string) (*daemonProc, error) 
 	defer logf.Close()
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	done, err := proc.Start(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	return &daemonProc{cmd: cmd}, nil
+	return &daemonProc{cmd: cmd, done: done}, nil
 }
 
 func (p *daemonProc) stop() {
 	if p == nil || p.cmd.Process == nil {
 		return
 	}
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	select {
-	case <-done:
+	case <-p.done:
 	case <-time.After(15 * time.Second):
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+		<-p.done
 	}
 }
 
