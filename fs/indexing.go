@@ -14,6 +14,7 @@ import (
 
 	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/remote"
+	"github.com/stratafs/strata/store"
 )
 
 // indexBuild is one layer's index being made: fetched and parsed (done),
@@ -58,7 +59,7 @@ func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer) *
 	p.builds[l.Digest] = b
 	p.mu.Unlock()
 
-	built, err := readIndex(context.WithoutCancel(ctx), blob, l)
+	built, err := readIndex(context.WithoutCancel(ctx), blob, l, p.store.Chunks)
 	if err != nil {
 		b.err = err
 		p.forgetBuild(l.Digest)
@@ -110,14 +111,21 @@ var ErrNotLazy = index.ErrNotLazy
 // readIndex detects the layer's format and reads its index (see
 // index.Read); an index is validated before it is returned. A layer of a
 // format that cannot be read lazily is refused with index.ErrNotLazy.
-func readIndex(ctx context.Context, blob layerBlob, l remote.Layer) (*index.Index, error) {
+// File data that indexing reads whole anyway (an uncompressed tar's) is
+// kept in cache, so that reading those files later fetches nothing.
+func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks) (*index.Index, error) {
 	start := time.Now()
+	keep := index.WithKeep(func(d digest.Digest, data []byte) {
+		if err := cache.Put(d, data); err != nil {
+			slog.WarnContext(ctx, "fs: chunk read while indexing not cached", "layer", l.Digest, "error", err)
+		}
+	})
 	built, err := index.Read(ctx, blob.ReaderAt(ctx), index.Descriptor{
 		Digest:      l.Digest,
 		Size:        l.Size,
 		MediaType:   string(l.MediaType),
 		Annotations: l.Annotations,
-	})
+	}, keep)
 	if errors.Is(err, index.ErrNotLazy) {
 		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz, zstd:chunked and uncompressed tar layers can so far); "+
 			"convert the image with 'strata convert SRC DST': %w", l.Digest, err)

@@ -93,7 +93,11 @@ func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
 //
 // The bytes Detect reads are not read again: the format reader is given
 // them from memory.
-func Read(ctx context.Context, r io.ReaderAt, d Descriptor) (*Index, error) {
+func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) (*Index, error) {
+	var o readOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	p := newProbe(r, d.Size)
 	f, err := p.detect(ctx, d)
 	if err != nil {
@@ -105,9 +109,27 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor) (*Index, error) {
 	case FormatZstdChunked:
 		return ReadZstdChunked(ctx, p, d.Size, d.Annotations)
 	case FormatTar:
-		return ReadTar(ctx, p, d.Size, d.Digest)
+		return readTar(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
 	}
 	return nil, fmt.Errorf("%w: a %s layer (media type %s), which has no lazy reader yet", ErrNotLazy, f, d.MediaType)
+}
+
+// ReadOption tunes Read.
+type ReadOption func(*readOptions)
+
+type readOptions struct {
+	keep func(digest.Digest, []byte)
+}
+
+// WithKeep hands keep every chunk of file data that indexing reads whole
+// anyway (an uncompressed tar's: it has no table of contents, so all of
+// it is read), with the sha256 of its bytes, which is the chunk's digest
+// in the index. keep must copy what it keeps: data is only valid during
+// the call. A chunk is handed on before the layer's digest is checked at
+// the end; it is named by its own content digest, so whatever keeps it
+// keeps correct bytes, used or not.
+func WithKeep(keep func(d digest.Digest, data []byte)) ReadOption {
+	return func(o *readOptions) { o.keep = keep }
 }
 
 // probe reads a blob for Detect, keeping what it read so that the format

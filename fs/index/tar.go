@@ -42,10 +42,12 @@ const tarChunkSize = 1 << 20
 // the error of r, wrapped. A fault found before the end is reported as
 // soon as it is found, before the digest could be checked.
 func ReadTar(ctx context.Context, r io.ReaderAt, size int64, layerDigest digest.Digest) (*Index, error) {
-	return readTar(ctx, r, size, layerDigest, defaultLimits)
+	return readTar(ctx, r, size, layerDigest, defaultLimits, nil)
 }
 
-func readTar(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest, lim limits) (*Index, error) {
+// readTar is ReadTar with limits, handing each chunk's data to keep when
+// it is not nil (see WithKeep).
+func readTar(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest, lim limits, keep func(digest.Digest, []byte)) (*Index, error) {
 	if err := want.Validate(); err != nil {
 		return nil, fmt.Errorf("tar: layer digest %q: %w", want, err)
 	}
@@ -58,6 +60,7 @@ func readTar(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest,
 		tr:     tar.NewReader(s),
 		size:   size,
 		chunkH: sha256.New(),
+		keep:   keep,
 	}
 	if err := t.readAll(); err != nil {
 		return nil, fmt.Errorf("tar: %w", err)
@@ -87,6 +90,7 @@ type tarIndexer struct {
 	n      int       // headers read
 	chunkH hash.Hash // sha256 of the chunk being read
 	buf    []byte    // one chunk's data, reused
+	keep   func(digest.Digest, []byte)
 }
 
 func (t *tarIndexer) readAll() error {
@@ -168,16 +172,20 @@ func (t *tarIndexer) addData(dataOff, size int64) error {
 		}
 		t.chunkH.Reset()
 		t.chunkH.Write(buf)
+		d := digest.NewDigest(digest.SHA256, t.chunkH)
 		err := t.b.addChunk(Chunk{
 			FileOffset: off,
 			Length:     n,
 			BlobOffset: dataOff + off,
 			BlobLength: n,
 			Encoding:   EncodingRaw,
-			Digest:     digest.NewDigest(digest.SHA256, t.chunkH),
+			Digest:     d,
 		})
 		if err != nil {
 			return Invalidf("%v", err)
+		}
+		if t.keep != nil && t.b.file != nil && !t.b.file.skip {
+			t.keep(d, buf)
 		}
 	}
 	return nil

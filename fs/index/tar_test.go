@@ -275,7 +275,7 @@ func TestHostileTarLimits(t *testing.T) {
 		files = append(files, tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("f%d", i)}})
 	}
 	read := func(blob []byte, lim limits) error {
-		_, err := readTar(context.Background(), bytes.NewReader(blob), int64(len(blob)), digest.FromBytes(blob), lim)
+		_, err := readTar(context.Background(), bytes.NewReader(blob), int64(len(blob)), digest.FromBytes(blob), lim, nil)
 		return err
 	}
 	small := limits{entries: 10, chunks: 10}
@@ -385,5 +385,55 @@ func lastRegular(blob []byte) map[string][]byte {
 				last[name] = body
 			}
 		}
+	}
+}
+
+// TestReadTarKeepsChunks reads a tar with WithKeep: every chunk of the
+// index is handed on once, with bytes that hash to its digest, and
+// nothing else is (no whiteout's or hidden file's data); an eStargz
+// layer hands nothing on, since its indexing reads no file data.
+func TestReadTarKeepsChunks(t *testing.T) {
+	entries := append(tarFixture(), tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone", Mode: 0o644, ModTime: fixtureTime},
+		body: []byte("a whiteout's data is dropped")})
+	blob := writeTar(t, entries)
+	kept := map[digest.Digest][]byte{}
+	calls := 0
+	idx, err := Read(context.Background(), bytes.NewReader(blob), tarDesc(blob), WithKeep(func(d digest.Digest, data []byte) {
+		calls++
+		kept[d] = bytes.Clone(data)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for ino, chunks := range idx.Chunks {
+		for _, c := range chunks {
+			want++
+			data, ok := kept[c.Digest]
+			if !ok {
+				t.Errorf("inode %d: chunk at %d was not kept", ino, c.FileOffset)
+				continue
+			}
+			if digest.FromBytes(data) != c.Digest || int64(len(data)) != c.Length {
+				t.Errorf("inode %d: chunk at %d kept as %d bytes hashing to %s, want %d bytes of %s",
+					ino, c.FileOffset, len(data), digest.FromBytes(data), c.Length, c.Digest)
+			}
+		}
+	}
+	if calls != want {
+		t.Errorf("keep called %d times for %d chunks", calls, want)
+	}
+	if _, ok := kept[digest.FromString("a whiteout's data is dropped")]; ok {
+		t.Error("a whiteout's data was kept")
+	}
+
+	calls = 0
+	esgz, tocDigest := buildEStargz(t, writeTar(t, fixtureEntries()))
+	if _, err := Read(context.Background(), bytes.NewReader(esgz), Descriptor{Digest: digest.FromBytes(esgz), Size: int64(len(esgz)),
+		Annotations: map[string]string{AnnotationTOCDigest: tocDigest.String()}}, WithKeep(func(digest.Digest, []byte) { calls++ })); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 0 {
+		t.Errorf("indexing an eStargz layer kept %d chunks", calls)
 	}
 }

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
 	"github.com/stratafs/strata/test/treecmp"
@@ -65,23 +68,43 @@ func bigTarImage(t *testing.T) (*registry.Registry, string) {
 }
 
 // TestLazyReadUncompressed: a plain tar has no table of contents, so
-// indexing it reads the whole layer once (counted at the registry side);
-// afterwards reading one 4 KiB file moves about that file's span, not the
-// layer.
+// indexing it reads the whole layer once (counted at the registry side),
+// and keeps what it read in the chunk cache: reading a file afterwards
+// moves nothing. With a cache too small to keep the layer, a file whose
+// data was evicted moves about its span, not the layer.
 func TestLazyReadUncompressed(t *testing.T) {
 	reg, ref := bigTarImage(t)
 	p := startProxy(t, reg)
 	d := startDaemon(t, nil)
+	dir0, _ := d.mount(t, viaProxy(ref, reg, p))
+	p.ResetStats()
+	if got, err := os.ReadFile(filepath.Join(dir0, "small/a/4k.bin")); err != nil || !bytes.Equal(got, expected(t, fixture.Big(200), "small/a/4k.bin")) {
+		t.Fatalf("small/a/4k.bin: %v", err)
+	}
+	if st := p.Stats(); st.BlobBytes != 0 {
+		t.Errorf("reading a file the indexing read kept moved %d bytes in %d requests, want none", st.BlobBytes, st.BlobRequests)
+	}
+
+	p.ResetStats()
+	d = startDaemon(t, func(c *daemon.Config) { c.CacheSize = 1 << 20 })
 	dir, m := d.mount(t, viaProxy(ref, reg, p))
 	atMount := p.Stats()
 	p.ResetStats()
 
-	const path = "small/a/4k.bin"
-	got, err := os.ReadFile(filepath.Join(dir, path))
+	// The big file is stored first and evicted first; 4 KiB from its
+	// middle is a random read, which takes its span and no read-ahead.
+	const at = 100 << 20
+	f, err := os.Open(filepath.Join(dir, fixture.BigFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, expected(t, fixture.Big(200), path)) {
+	got := make([]byte, 4096)
+	_, err = f.ReadAt(got, at)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, expected(t, fixture.Big(200), fixture.BigFile)[at:at+4096]) {
 		t.Fatal("wrong content")
 	}
 	read := p.Stats()
@@ -93,28 +116,46 @@ func TestLazyReadUncompressed(t *testing.T) {
 	if atMount.BlobBytes < size || atMount.BlobBytes > size+4096 {
 		t.Errorf("mount moved %d blob bytes, want the layer's %d once", atMount.BlobBytes, size)
 	}
-	if read.BlobBytes > 1<<20 {
-		t.Errorf("reading a 4 KiB file moved %d bytes, want at most 1 MiB", read.BlobBytes)
+	if read.BlobBytes == 0 || read.BlobBytes > 1<<20 {
+		t.Errorf("reading 4 KiB of an evicted span moved %d bytes, want at most 1 MiB", read.BlobBytes)
 	}
 }
 
 // TestCorruptSpanIsEIO: after indexing, the registry flips bytes of what
-// it serves; the span fails its digest, and the read is EIO.
+// it serves; a span read then fails its digest, and the read is EIO. The
+// cache is too small to keep what indexing read of the big file.
 func TestCorruptSpanIsEIO(t *testing.T) {
 	reg, ref := bigTarImage(t)
 	p := startProxy(t, reg)
-	d := startDaemon(t, nil)
+	d := startDaemon(t, func(c *daemon.Config) { c.CacheSize = 1 << 20 })
 	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+	head := func() (unix.Errno, []byte) {
+		f, err := os.Open(filepath.Join(dir, fixture.BigFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		b := make([]byte, 4096)
+		_, err = io.ReadFull(f, b)
+		var en unix.Errno
+		if errors.As(err, &en) {
+			return en, nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, b
+	}
 	p.SetFault(flipEvery(1024))
-	if en, _ := readErrno(filepath.Join(dir, "other/4k.bin")); en != unix.EIO {
+	if en, _ := head(); en != unix.EIO {
 		t.Fatalf("read of a corrupted span: errno %v, want EIO", en)
 	}
 	if !strings.Contains(logs.String(), "failed verification") {
 		t.Errorf("the verification failure was not logged")
 	}
 	p.SetFault(nil)
-	en, got := readErrno(filepath.Join(dir, "other/4k.bin"))
-	if en != 0 || !bytes.Equal(got, expected(t, fixture.Big(200), "other/4k.bin")) {
+	en, got := head()
+	if en != 0 || !bytes.Equal(got, expected(t, fixture.Big(200), fixture.BigFile)[:4096]) {
 		t.Fatalf("read after the registry recovered: errno %v", en)
 	}
 }
