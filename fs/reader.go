@@ -180,7 +180,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
 		defer func() {
-			slog.DebugContext(ctx, "fs: read missed", "layer", c.digest.Encoded()[:12], "inode", e.Ino,
+			slog.DebugContext(ctx, "fs: read missed", "layer", shortDigest(c.digest), "inode", e.Ino,
 				"offset", missing[0].FileOffset, "chunks", len(missing), "readAhead", len(want)-len(missing),
 				"claimed", len(claimed.offs), "waited", time.Since(start))
 		}()
@@ -355,7 +355,7 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 		for _, r := range ranges {
 			n += r.Len
 		}
-		slog.DebugContext(ctx, "fs: fetched", "layer", c.digest.Encoded()[:12], "streams", len(ranges),
+		slog.DebugContext(ctx, "fs: fetched", "layer", shortDigest(c.digest), "streams", len(ranges),
 			"bytes", n, "from", ranges[0].Off, "inode", streams[offs[0]][0].Ino, "took", time.Since(start), "error", err)
 	}
 	for i, bo := range offs {
@@ -372,6 +372,12 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 			c.finish(bo, sf, chunks, err)
 		})
 	}
+}
+
+// shortDigest is the start of d's hex, for log lines.
+func shortDigest(d digest.Digest) string {
+	e := d.Encoded()
+	return e[:min(len(e), 12)]
 }
 
 // decodeSlots bounds concurrent chunk decoding (decompress and hash) to
