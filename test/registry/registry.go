@@ -64,32 +64,23 @@ func (r *Registry) Close() error {
 // process group when the test ends.
 func Start(t testing.TB) *Registry {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if err := EnsureInstalled(ctx); err != nil {
-		t.Fatalf("registry: %v", err)
-	}
-	r, err := New(ctx, t.TempDir())
-	if err != nil {
-		t.Fatalf("registry: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			t.Errorf("registry: %v", err)
-		}
-	})
-	return r
+	return start(t, nil)
 }
 
 // StartWithAuth is Start for a registry that requires auth (NewWithAuth).
 func StartWithAuth(t testing.TB, auth Auth) *Registry {
+	t.Helper()
+	return start(t, &auth)
+}
+
+func start(t testing.TB, auth *Auth) *Registry {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := EnsureInstalled(ctx); err != nil {
 		t.Fatalf("registry: %v", err)
 	}
-	r, err := NewWithAuth(ctx, t.TempDir(), auth)
+	r, err := newRegistry(ctx, t.TempDir(), auth)
 	if err != nil {
 		t.Fatalf("registry: %v", err)
 	}
