@@ -39,7 +39,10 @@ func (c *Content) Prefetch(from, to int64) {
 		return
 	}
 	c.prefetchEnd.Store(to)
-	c.goBackground(func(ctx context.Context) {
+	c.goBackground(func(bg context.Context) {
+		ctx, cancel := context.WithCancel(bg)
+		defer cancel()
+		c.stopLandmark.Store(&cancel)
 		defer c.prefetchEnd.Store(0)
 		c.prefetch(ctx, from, to)
 	})

@@ -51,6 +51,13 @@ type Content struct {
 	// prefetchEnd is where the prefetch of prioritized files running now
 	// ends in the blob (0 when none runs); see prefetch.go.
 	prefetchEnd atomic.Int64
+	// stopLandmark cancels that prefetch: a recorded list, when there is
+	// one, says better what a workload reads first (see record.go).
+	stopLandmark atomic.Pointer[context.CancelFunc]
+	// listed counts the recorded-list prefetches running on this layer
+	// (see record.go); recording, the recorders its opens go to.
+	listed    atomic.Int32
+	recording recorders
 
 	wholeMu    sync.Mutex
 	wholeBusy  map[wholeJob]bool     // whole files being verified
@@ -172,8 +179,12 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	if missing[0].BlobOffset >= c.prefetchEnd.Load() {
 		// Inside a running prefetch, what comes next is on its way.
 		want = append(want, c.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
-		want = append(want, c.blobReadAhead(e.Ino, want)...)
-		want = append(want, c.neighbourhood(want)...)
+		if c.listed.Load() == 0 {
+			// While a recorded list is fetched, the list says what comes
+			// next better than the blob's order does.
+			want = append(want, c.blobReadAhead(e.Ino, want)...)
+			want = append(want, c.neighbourhood(want)...)
+		}
 	}
 
 	waits, claimed := c.claim(want)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -14,7 +15,7 @@ func init() {
 	register(&command{
 		name:    "mount",
 		summary: "mount an image at a directory, lazily (read-only, or writable with --rw)",
-		usage:   "[--rw] [--platform OS/ARCH] [--insecure] REF DIR",
+		usage:   "[--rw] [--record[=DURATION] [--record-push]] [--platform OS/ARCH] [--insecure] REF DIR",
 		help: `Mounts the image REF (a tag or digest reference) at DIR. The directory
 tree appears at once; each file's bytes are fetched from the registry when
 first read, verified against the image's digests, and cached.
@@ -32,10 +33,21 @@ and zstd layers are fetched whole once, unpacked into the state root and
 served from there ('strata convert' makes an image lazily mountable). A
 daemon is started when none is running.
 
+With --record the daemon notes which files the workload in the mount opens,
+in order, for DURATION (default 60s) or until 'strata umount', and keeps
+that list with the image. Every later mount of the same image (by digest)
+fetches those files at once, in that order, in a few large requests,
+instead of one round trip per file when the workload asks for it.
+--record-push also pushes the list to the image's repository as an OCI
+referrer of the image, so mounts on other machines use it too (the
+daemon's prefetch_lists setting: auto, the default, looks in the store and
+then the registry; local, the store only; off). The image is not rebuilt.
+
 Examples:
   strata mount localhost:5000/app:estargz /mnt/app
   strata mount --rw localhost:5000/golang:estargz /mnt/build
-  strata run /mnt/build -- go version`,
+  strata run /mnt/build -- go version
+  strata mount --rw --record --record-push localhost:5000/golang:estargz /mnt/build`,
 		run: runMount,
 	})
 }
@@ -48,6 +60,9 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	platform := fs.String("platform", "", "platform to pick from a multi-platform image, os/arch[/variant] (default: this machine's)")
 	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP")
 	rw := fs.Bool("rw", false, "writable: changes go to an upper directory in the state root")
+	record := fs.Duration("record", 0, "note the files the workload opens, for this long or until the unmount, for later mounts to prefetch")
+	fs.Lookup("record").NoOptDefVal = daemon.DefaultRecordFor.String()
+	recordPush := fs.Bool("record-push", false, "with --record: push the list as a referrer of the image too")
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
 	}
@@ -55,12 +70,19 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *recordPush && *record <= 0 {
+		return errors.New("--record-push needs --record")
+	}
+	if *record < 0 {
+		return fmt.Errorf("--record: a duration must be positive, got %s", *record)
+	}
 	cl, err := df.ensure(ctx)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw})
+	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw,
+		Record: *record > 0, RecordFor: *record, RecordPush: *recordPush})
 	if err != nil {
 		return err
 	}
@@ -75,6 +97,9 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "mounted %s (%s, %s)%s at %s\n", m.Ref, m.Digest, m.Platform, mode, m.Dir)
 	fmt.Fprintf(stdout, "%s, %s compressed, in %s; file contents are fetched when read\n",
 		plural(len(m.Layers), "layer"), humanBytes(size), time.Since(start).Round(time.Millisecond))
+	if m.Recording {
+		fmt.Fprintf(stdout, "recording the files opened in it for %s or until 'strata umount'\n", *record)
+	}
 	return nil
 }
 

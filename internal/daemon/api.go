@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -34,6 +35,13 @@ type MountRequest struct {
 	// Writable puts an upper directory in the state root over the image:
 	// changes land there, never in the layers.
 	Writable bool `json:"writable,omitempty"`
+	// Record notes the files opened in the mount, in order, for RecordFor
+	// (default DefaultRecordFor) or until the unmount, and keeps the list
+	// with the image: later mounts of the image fetch those files at once.
+	// RecordPush pushes the list as a referrer of the image too.
+	Record     bool          `json:"record,omitempty"`
+	RecordFor  time.Duration `json:"recordFor,omitempty"`
+	RecordPush bool          `json:"recordPush,omitempty"`
 }
 
 // Mount is an image mounted by the daemon.
@@ -59,6 +67,11 @@ type Mount struct {
 	ChangeBytes int64         `json:"changeBytes,omitempty"`
 	// Duration is how long the mount took (resolve, index, mount).
 	Duration time.Duration `json:"duration,omitempty"`
+	// Recording says that the mount notes the files opened in it.
+	Recording bool `json:"recording,omitempty"`
+
+	recording    *recording         // the recording in progress
+	stopPrefetch context.CancelFunc // stops the recorded list's prefetch
 }
 
 // Layer is one layer of a mounted image.

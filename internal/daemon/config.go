@@ -41,6 +41,11 @@ type Config struct {
 	// MetricsAddress, when set (e.g. "127.0.0.1:9110"), serves Prometheus
 	// metrics over TCP; they are always served on the control socket at /metrics.
 	MetricsAddress string `toml:"metrics_address"`
+	// PrefetchLists says where a mount looks for a recorded prefetch list
+	// of its image (see 'strata mount --record'): "auto" (the store, then
+	// a referrer of the image in its registry; the default), "local" (the
+	// store only) or "off".
+	PrefetchLists string `toml:"prefetch_lists"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -65,6 +70,7 @@ func DefaultConfig() Config {
 		FetchTimeout:          Duration{30 * time.Second},
 		CacheSize:             10 << 30,
 		MaxConcurrentRequests: 16,
+		PrefetchLists:         PrefetchListsAuto,
 	}
 }
 
@@ -99,6 +105,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: cache_size must be positive, got %d", c.CacheSize)
 	case c.MaxConcurrentRequests <= 0:
 		return fmt.Errorf("config: max_concurrent_requests must be positive, got %d", c.MaxConcurrentRequests)
+	case c.PrefetchLists != "" && c.PrefetchLists != PrefetchListsAuto && c.PrefetchLists != PrefetchListsLocal && c.PrefetchLists != PrefetchListsOff:
+		return fmt.Errorf("config: prefetch_lists must be auto, local or off, got %q", c.PrefetchLists)
 	}
 	return nil
 }

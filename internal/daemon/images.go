@@ -71,6 +71,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err := im.record(m); err != nil {
 		return nil, err
 	}
+	lookup := im.lookupPrefetchList(m)
 	if err := im.attach(ctx, m, true); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
@@ -83,6 +84,11 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		}
 		return nil, err
 	}
+	if req.Record {
+		im.startRecording(m, req)
+		m.Recording = true
+	}
+	im.startListedPrefetch(m, lookup)
 	m.Duration = time.Since(start)
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
@@ -259,7 +265,15 @@ func (im *images) nameOptions(m *Mount) []name.Option {
 // detach unmounts the overlay and releases the layers. A writable mount's
 // layers are held by its snapshots, and stay.
 func (im *images) detach(m *Mount) error {
-	errs := []error{kmount.Unmount(m.Dir)}
+	if m.stopPrefetch != nil {
+		m.stopPrefetch()
+	}
+	var errs []error
+	if m.recording != nil {
+		// Before the unmount: the layers may go with it.
+		errs = append(errs, im.finishRecording(context.Background(), m, m.recording))
+	}
+	errs = append(errs, kmount.Unmount(m.Dir))
 	for _, l := range m.Layers {
 		if !m.Writable {
 			errs = append(errs, im.d.pool.Release(l.Digest))

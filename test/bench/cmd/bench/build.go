@@ -35,6 +35,11 @@ type buildStep struct {
 	// directory, and gives the Go build cache a tmpfs for the run only,
 	// as a cache mount would: the cache is not part of the layer.
 	Src bool
+	// Recorded runs the step (Strata only) on a copy of the image in the
+	// repository IMAGE-rec, to which one untimed run of the same step with
+	// `strata mount --record --record-push` has attached a prefetch list
+	// (an OCI referrer): the step as a second build on a fresh machine.
+	Recorded bool
 }
 
 // goEnv makes `go build` work in the bench's golang image (Debian minbase
@@ -50,6 +55,9 @@ var buildSteps = []buildStep{
 	{Name: "compile", Desc: "`go build -o /tmp/hello .` of a hello-world program bind-mounted at /src (" +
 		"CGO_ENABLED=0, GOCACHE on a tmpfs for the run), commit, push",
 		Cmds: [][]string{{"go", "build", "-o", "/tmp/hello", "."}}, Src: true},
+	{Name: "compile-rec", Desc: "the compiling step on a copy of the image (repository `golang-rec`) that carries a prefetch list " +
+		"recorded by one earlier, untimed run of the same step (`strata mount --record --record-push`); Strata only",
+		Cmds: [][]string{{"go", "build", "-o", "/tmp/hello", "."}}, Src: true, Recorded: true},
 }
 
 // firstRun is the result taken from the small step when its first command
@@ -128,6 +136,11 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 		base.Err = err.Error()
 		return []result{base}
 	}
+	if step.Recorded {
+		if err := r.trainRecorded(ctx, img, step); err != nil {
+			return fail(fmt.Errorf("recording the prefetch list: %w", err))
+		}
+	}
 	dir, err := r.buildTmpfs()
 	if err != nil {
 		return fail(err)
@@ -155,7 +168,11 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 	if err := dropCaches(); err != nil {
 		return fail(fmt.Errorf("drop caches: %w", err))
 	}
-	ref := r.px.Host() + "/" + img.Name + ":" + sys.Tag()
+	repo := img.Name
+	if step.Recorded {
+		repo += "-rec"
+	}
+	ref := r.px.Host() + "/" + repo + ":" + sys.Tag()
 	newRef := fmt.Sprintf("%s/%s-built:%s-%s-%d", r.px.Host(), img.Name, sname, step.Name, run)
 	clock := newPhaseClock(r.px)
 	if err := sys.From(ctx, ref); err != nil {
@@ -194,6 +211,54 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 	r.log.Info("cold", "system", sname, "step", step.Name, "profile", profile, "s", fmt.Sprintf("%.2f", res[0].Seconds),
 		"from", fmt.Sprintf("%.2f", res[0].MountSeconds), "MB down", res[0].Bytes>>20, "MB up", res[0].BytesIn>>20)
 	return res
+}
+
+// trainRecorded makes, once a bench run, the repository IMAGE-rec: a copy
+// of the image's eStargz form (its blobs mounted from the image's
+// repository) with a prefetch list recorded by one run of step, straight
+// to the registry (not through the proxy) and untimed. Its state goes
+// with its tmpfs, so the measured runs start as cold as any other.
+func (r *runner) trainRecorded(ctx context.Context, img imageSpec, step buildStep) error {
+	if r.trained[img.Name+"/"+step.Name] {
+		return nil
+	}
+	src, dst := r.regHost+"/"+img.Name+":estargz", r.regHost+"/"+img.Name+"-rec:estargz"
+	if err := copyImage(ctx, src, dst); err != nil {
+		return err
+	}
+	dir, err := r.buildTmpfs()
+	if err != nil {
+		return err
+	}
+	s := &strataBuild{bin: r.o.strata, dir: dir, mountArgs: []string{"--record", "--record-push"}}
+	err = func() error {
+		if err := s.Prepare(ctx); err != nil {
+			return err
+		}
+		if err := writeHello(filepath.Join(dir, "src")); err != nil {
+			return err
+		}
+		if err := s.From(ctx, dst); err != nil {
+			return err
+		}
+		for _, cmd := range step.Cmds {
+			if err := s.Run(ctx, step, cmd); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	// The unmount ends the recording and pushes the list.
+	err = errors.Join(err, s.Teardown(context.WithoutCancel(ctx)))
+	keepFile(filepath.Join(dir, "root", "daemon.log"), filepath.Join(r.o.work, "logs", img.Name+"-"+step.Name+"-training.daemon.log"))
+	err = errors.Join(err, resetDir(dir))
+	if err == nil {
+		if r.trained == nil {
+			r.trained = map[string]bool{}
+		}
+		r.trained[img.Name+"/"+step.Name] = true
+	}
+	return err
 }
 
 // buildTmpfs empties .bench/run/build and mounts a fresh tmpfs there for

@@ -21,6 +21,7 @@ import (
 type strataBuild struct {
 	bin, dir  string
 	daemonPID int
+	mountArgs []string // more `strata mount` flags
 }
 
 func (s *strataBuild) Name() string { return bldStrata }
@@ -38,7 +39,7 @@ func (s *strataBuild) Prepare(ctx context.Context) error { return os.MkdirAll(s.
 var startedDaemon = regexp.MustCompile(`started daemon \(pid (\d+)`)
 
 func (s *strataBuild) From(ctx context.Context, ref string) error {
-	args := append(append([]string{"mount"}, s.daemonArgs()...), "--rw", "--insecure", ref, s.mnt())
+	args := append(append(append([]string{"mount"}, s.daemonArgs()...), s.mountArgs...), "--rw", "--insecure", ref, s.mnt())
 	out, err := exec.CommandContext(ctx, s.bin, args...).CombinedOutput()
 	if m := startedDaemon.FindSubmatch(out); m != nil {
 		s.daemonPID, _ = strconv.Atoi(string(m[1]))

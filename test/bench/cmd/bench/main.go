@@ -29,6 +29,8 @@ type options struct {
 	reportOnly          bool
 	only                string
 	rows                string
+	workloads, systems  string
+	runs                int
 }
 
 func main() {
@@ -45,6 +47,9 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "run only the plan entries for this image (for development; the report then covers just those)")
 	flag.StringVar(&o.rows, "rows", "all", "run only the plan entries of this kind: "+strings.Join(rowKinds, ", ")+
 		" (for development; the report then covers just those). all leaves out the Dockerfile builds (issue 15), for the time budget; build runs them with the build steps")
+	flag.StringVar(&o.workloads, "workloads", "", "comma-separated workloads, build steps or Dockerfiles to keep (for development)")
+	flag.StringVar(&o.systems, "systems", "", "comma-separated systems to keep, e.g. bld-strata (for development)")
+	flag.IntVar(&o.runs, "runs", 0, "runs of every kept entry, when > 0 (for development)")
 	flag.Parse()
 	if !slices.Contains(rowKinds, o.rows) {
 		fmt.Fprintf(os.Stderr, "--rows: %q is not one of %s\n", o.rows, strings.Join(rowKinds, ", "))
@@ -80,7 +85,7 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	defer reg.Close()
 	b := &builder{ctx: ctx, Dir: filepath.Join(o.work, "images"), Strata: o.strata, log: log}
-	p := planFor(o.quick).only(o.only).rows(o.rows)
+	p := planFor(o.quick).only(o.only).rows(o.rows).pick(splitList(o.workloads), splitList(o.systems), o.runs)
 	start := time.Now()
 	for _, name := range p.images() {
 		spec, _ := imageByName(name)
@@ -108,6 +113,14 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	return renderFromFile(o)
+}
+
+// splitList splits a comma-separated flag value; "" is an empty list.
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 func writeJSON(path string, v any) error {

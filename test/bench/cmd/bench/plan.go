@@ -126,6 +126,7 @@ func planFor(quick bool) plan {
 		entry{Profile: proxy.ProfileWAN, Image: "python", Workloads: []string{"python"}, Systems: ctdSystems, Runs: 3, Containerd: true},
 		bkEntry(3, 3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"small", "compile"}, Systems: bldSystems, Runs: 3, Build: true},
+		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"compile-rec"}, Systems: []string{bldStrata}, Runs: 3, Build: true},
 		dockerfileEntry(3))
 }
 
@@ -192,6 +193,29 @@ func (p plan) rows(value string) plan {
 	var out plan
 	for _, e := range p {
 		if slices.Contains(kindsOf[value], e.kind()) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// pick keeps, for development, only the named workloads (build steps,
+// Dockerfiles) and systems of each entry, and sets every entry's runs when
+// runs > 0; empty lists keep everything. Entries left with no workload or
+// no system are dropped.
+func (p plan) pick(workloads, systems []string, runs int) plan {
+	var out plan
+	for _, e := range p {
+		if len(workloads) > 0 {
+			e.Workloads = slices.DeleteFunc(slices.Clone(e.Workloads), func(w string) bool { return !slices.Contains(workloads, w) })
+		}
+		if len(systems) > 0 {
+			e.Systems = slices.DeleteFunc(slices.Clone(e.Systems), func(s string) bool { return !slices.Contains(systems, s) })
+		}
+		if runs > 0 {
+			e.Runs, e.PullRuns = runs, 0
+		}
+		if len(e.Workloads) > 0 && len(e.Systems) > 0 {
 			out = append(out, e)
 		}
 	}

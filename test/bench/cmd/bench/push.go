@@ -115,3 +115,21 @@ func run(ctx context.Context, prog string, args ...string) error {
 	}
 	return nil
 }
+
+// copyImage copies the image src to dst on the same registry: the
+// manifest is put again, its blobs mounted from src's repository.
+func copyImage(ctx context.Context, src, dst string) error {
+	sref, err := name.ParseReference(src, name.Insecure)
+	if err != nil {
+		return err
+	}
+	dref, err := name.ParseReference(dst, name.Insecure)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(sref, remote.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	return remote.Write(dref, img, remote.WithContext(ctx))
+}

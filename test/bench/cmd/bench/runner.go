@@ -71,6 +71,9 @@ type runner struct {
 	regHost string
 	// ctdVersion is `ctr version` once a containerd entry has started one.
 	ctdVersion string
+	// trained lists the image/step pairs whose recorded prefetch list
+	// this run has made (see trainRecorded).
+	trained map[string]bool
 }
 
 func (r *runner) system(name string) system {

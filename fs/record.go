@@ -1,0 +1,425 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/stratafs/strata/fs/index"
+)
+
+// Recorded prefetch. A workload's first run on an image, mounted with
+// recording on, notes which files it opens, in order, layer by layer; the
+// list is kept next to the image (and may be pushed as a referrer of it).
+// A later cold mount of the same image fetches those files right away, in
+// the order they were first wanted, as a few large requests in flight at
+// once, instead of discovering them one miss (one round trip) at a time.
+// It is the prefetch landmark of `strata convert --prioritize` learned
+// from a run instead of built into the image, so it works on any image,
+// for any workload, without rebuilding the image.
+
+// PrefetchListMediaType is the media type of a recorded list, and the
+// artifact type of the referrer that carries it.
+const PrefetchListMediaType = "application/vnd.stratafs.prefetch-list.v1+json"
+
+// Limits on a list, which is untrusted when it comes from a registry.
+const (
+	MaxPrefetchListBytes = 16 << 20
+	maxListFiles         = 200_000
+	maxListLayers        = 1024
+	maxListPath          = 4096
+)
+
+// PrefetchList is what a workload opened in an image, in the order it
+// first opened each file.
+type PrefetchList struct {
+	MediaType string `json:"mediaType"`
+	// Image is the manifest digest the list was recorded on; Layers, that
+	// image's layer digests, bottom to top (files name them by index).
+	Image  digest.Digest   `json:"image"`
+	Layers []digest.Digest `json:"layers"`
+	Files  []ListedFile    `json:"files"`
+}
+
+// ListedFile is one file of a list: a regular file of layer Layer (an
+// index into PrefetchList.Layers), by its path from the layer's root.
+type ListedFile struct {
+	Layer int    `json:"layer"`
+	Path  string `json:"path"`
+}
+
+// ErrBadPrefetchList is wrapped by every error about a list's content.
+var ErrBadPrefetchList = errors.New("invalid prefetch list")
+
+// ParsePrefetchList reads and checks a list: its size, media type, digests,
+// layer indexes and paths (relative, clean, no "..", no NUL). It does not
+// check that the files exist: PrefetchListed skips those that do not.
+func ParsePrefetchList(b []byte) (*PrefetchList, error) {
+	if len(b) > MaxPrefetchListBytes {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrBadPrefetchList, len(b), MaxPrefetchListBytes)
+	}
+	var l PrefetchList
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&l); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadPrefetchList, err)
+	}
+	if l.MediaType != PrefetchListMediaType {
+		return nil, fmt.Errorf("%w: media type %q", ErrBadPrefetchList, l.MediaType)
+	}
+	if err := l.Image.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: image: %v", ErrBadPrefetchList, err)
+	}
+	if len(l.Layers) == 0 || len(l.Layers) > maxListLayers {
+		return nil, fmt.Errorf("%w: %d layers", ErrBadPrefetchList, len(l.Layers))
+	}
+	for i, d := range l.Layers {
+		if err := d.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: layer %d: %v", ErrBadPrefetchList, i, err)
+		}
+	}
+	if len(l.Files) > maxListFiles {
+		return nil, fmt.Errorf("%w: %d files, more than %d", ErrBadPrefetchList, len(l.Files), maxListFiles)
+	}
+	for i, f := range l.Files {
+		if f.Layer < 0 || f.Layer >= len(l.Layers) {
+			return nil, fmt.Errorf("%w: file %d: layer %d of %d", ErrBadPrefetchList, i, f.Layer, len(l.Layers))
+		}
+		if err := checkListedPath(f.Path); err != nil {
+			return nil, fmt.Errorf("%w: file %d: %v", ErrBadPrefetchList, i, err)
+		}
+	}
+	return &l, nil
+}
+
+// checkListedPath accepts a clean relative path inside the layer.
+func checkListedPath(p string) error {
+	switch {
+	case p == "" || len(p) > maxListPath:
+		return fmt.Errorf("path of %d bytes", len(p))
+	case strings.ContainsRune(p, 0):
+		return fmt.Errorf("path %q holds a NUL byte", p)
+	case path.IsAbs(p) || path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../"):
+		return fmt.Errorf("path %q is not clean and relative to the layer's root", p)
+	}
+	return nil
+}
+
+// Marshal encodes the list.
+func (l *PrefetchList) Marshal() ([]byte, error) { return json.Marshal(l) }
+
+// Recorder collects the files opened in a set of layers, in order, each
+// once. Layers are shared between images, so it notes opens through any
+// mount of those layers while it records.
+type Recorder struct {
+	layers []digest.Digest
+
+	mu    sync.Mutex
+	seen  map[recordKey]bool
+	files []recorded
+	full  bool
+}
+
+type recordKey struct {
+	layer digest.Digest
+	ino   uint64
+}
+
+type recorded struct {
+	layer digest.Digest
+	path  string
+}
+
+// opened notes the first open of inode ino of layer, whose path from the
+// layer's root path gives.
+func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := recordKey{layer, ino}
+	if r.seen[k] || r.full {
+		return
+	}
+	if len(r.files) >= maxListFiles {
+		r.full = true
+		slog.Warn("fs: prefetch recording stopped at its file limit", "files", maxListFiles)
+		return
+	}
+	r.seen[k] = true
+	r.files = append(r.files, recorded{layer: layer, path: path()})
+}
+
+// List returns what was recorded as the list of image, whose layers
+// (bottom to top) are layers. Files of other layers are left out.
+func (r *Recorder) List(image digest.Digest, layers []digest.Digest) *PrefetchList {
+	l := &PrefetchList{MediaType: PrefetchListMediaType, Image: image, Layers: layers, Files: []ListedFile{}}
+	at := map[digest.Digest]int{}
+	for i, d := range layers {
+		at[d] = i // one blob twice: the top copy, as the overlay shows it
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.files {
+		if i, ok := at[f.layer]; ok && checkListedPath(f.path) == nil {
+			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path})
+		}
+	}
+	return l
+}
+
+// Len is how many files were recorded so far.
+func (r *Recorder) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.files)
+}
+
+// recorders is the set of recorders a layer reports opens to.
+type recorders struct {
+	mu  sync.Mutex
+	set atomic.Pointer[[]*Recorder] // read without the lock on every open
+}
+
+func (rs *recorders) add(r *Recorder) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	var cur []*Recorder
+	if p := rs.set.Load(); p != nil {
+		cur = *p
+	}
+	next := append(append([]*Recorder(nil), cur...), r)
+	rs.set.Store(&next)
+}
+
+func (rs *recorders) remove(r *Recorder) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	p := rs.set.Load()
+	if p == nil {
+		return
+	}
+	var next []*Recorder
+	for _, x := range *p {
+		if x != r {
+			next = append(next, x)
+		}
+	}
+	if len(next) == 0 {
+		rs.set.Store(nil)
+		return
+	}
+	rs.set.Store(&next)
+}
+
+// noteOpen tells the layer's recorders that inode ino was opened.
+func (c *Content) noteOpen(ino uint64, path func() string) {
+	p := c.recording.set.Load()
+	if p == nil {
+		return
+	}
+	for _, r := range *p {
+		r.opened(c.digest, ino, path)
+	}
+}
+
+// Record starts recording the files opened in layers (those mounted now).
+// StopRecording ends it.
+func (p *Pool) Record(layers []digest.Digest) *Recorder {
+	r := &Recorder{layers: layers, seen: map[recordKey]bool{}}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, d := range layers {
+		if pl, ok := p.layers[d]; ok && pl.content != nil {
+			pl.content.recording.add(r)
+		}
+	}
+	return r
+}
+
+// StopRecording detaches r from its layers; r keeps what it recorded.
+func (p *Pool) StopRecording(r *Recorder) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, d := range r.layers {
+		if pl, ok := p.layers[d]; ok && pl.content != nil {
+			pl.content.recording.remove(r)
+		}
+	}
+}
+
+// ListedStats says what a prefetch of a list did.
+type ListedStats struct {
+	Files   int   // listed files found in their layers
+	Missing int   // listed files not found (or not regular files): skipped
+	Streams int   // compressed streams fetched
+	Bytes   int64 // compressed bytes fetched
+}
+
+// A list's prefetch runs listParallel pieces of at least listPiece
+// compressed bytes at a time.
+const (
+	listPiece    = 1 << 20
+	listParallel = 4
+)
+
+// listedPiece is one request's worth of a list's chunks, all of one layer.
+type listedPiece struct {
+	c      *Content
+	chunks []index.BlobChunk
+}
+
+// PrefetchListed fetches, verifies and caches the uncached chunks of the
+// listed files, in list order, prefetchParallel requests of about
+// prefetchPiece bytes at a time. list's layers must be mounted (those that
+// are not are skipped); the caller has checked that they are the layers of
+// the image being mounted. While it runs, misses in those layers take no
+// speculative read-ahead: the list knows better what comes next. It
+// returns when done or when ctx ends.
+func (p *Pool) PrefetchListed(ctx context.Context, list *PrefetchList) ListedStats {
+	contents := make([]*Content, len(list.Layers))
+	p.mu.Lock()
+	for i, d := range list.Layers {
+		if pl, ok := p.layers[d]; ok {
+			select {
+			case <-pl.ready:
+				contents[i] = pl.content
+			default:
+			}
+		}
+	}
+	p.mu.Unlock()
+	return prefetchListed(ctx, contents, list)
+}
+
+// prefetchListed is PrefetchListed on the layers' contents (nil: not
+// mounted), in the list's layer order.
+func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList) ListedStats {
+	for _, c := range contents {
+		if c != nil {
+			c.listed.Add(1)
+			defer c.listed.Add(-1)
+			if stop := c.stopLandmark.Load(); stop != nil {
+				(*stop)()
+			}
+		}
+	}
+	out, st := listedPieces(contents, list)
+	var mu sync.Mutex
+	slots := make(chan struct{}, listParallel)
+	var wg sync.WaitGroup
+	for _, pc := range out {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		// Under the layer's lifetime, not ctx's: a reader of another
+		// mount of the layer may be waiting for these streams, and an
+		// unmount of this image must not fail its read. ctx stops the
+		// prefetch between pieces.
+		pc.c.goBackground(func(bg context.Context) {
+			defer wg.Done()
+			_, cl := pc.c.claim(pc.chunks)
+			if len(cl.offs) == 0 {
+				<-slots
+				return
+			}
+			// The slot is the link's: it is free once the bytes are here,
+			// while they are decoded and verified.
+			pc.c.fetchStreams(bg, cl)
+			<-slots
+			var n int64
+			for i, sf := range cl.fetches {
+				<-sf.done
+				if sf.err != nil {
+					slog.Debug("fs: listed prefetch failed", "layer", pc.c.digest, "error", sf.err)
+					continue
+				}
+				n += cl.streams[cl.offs[i]][0].BlobLength
+			}
+			metricPrefetchedStreams.Add(float64(len(cl.offs)))
+			mu.Lock()
+			st.Streams += len(cl.offs)
+			st.Bytes += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return st
+}
+
+// listedPieces cuts the uncached chunks of the listed files into pieces of
+// at least listPiece compressed bytes, each of one layer, in list order.
+func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, ListedStats) {
+	var st ListedStats
+	var out []listedPiece
+	var curBytes int64
+	for _, f := range list.Files {
+		c := contents[f.Layer]
+		if c == nil {
+			st.Missing++
+			continue
+		}
+		chunks, ok := c.uncachedFile(f.Path)
+		if !ok {
+			st.Missing++
+			continue
+		}
+		st.Files++
+		for _, ch := range chunks {
+			n := len(out)
+			sameStream := n > 0 && len(out[n-1].chunks) > 0 && out[n-1].chunks[len(out[n-1].chunks)-1].BlobOffset == ch.BlobOffset
+			if n == 0 || out[n-1].c != c || (curBytes >= listPiece && !sameStream) {
+				out, curBytes = append(out, listedPiece{c: c}), 0
+				n++
+			}
+			if !sameStream {
+				curBytes += ch.BlobLength
+			}
+			out[n-1].chunks = append(out[n-1].chunks, ch)
+		}
+	}
+	return out, st
+}
+
+// uncachedFile resolves p from the layer's root and returns the uncached
+// chunks of the regular file there; ok is false when there is none.
+func (c *Content) uncachedFile(p string) ([]index.BlobChunk, bool) {
+	ino := uint64(index.RootIno)
+	var e index.Entry
+	for _, name := range strings.Split(p, "/") {
+		next, found, err := c.idx.Lookup(ino, name)
+		if err != nil || !found {
+			return nil, false
+		}
+		ino, e = next.Ino, next
+	}
+	if e.Type != index.TypeReg {
+		return nil, false
+	}
+	if e.Size == 0 {
+		return nil, true
+	}
+	chunks, err := c.idx.Chunks(ino, 0, e.Size)
+	if err != nil {
+		return nil, false
+	}
+	var out []index.BlobChunk
+	for _, ch := range chunks {
+		if !c.cache.Has(ch.Digest) {
+			out = append(out, index.BlobChunk{Ino: ino, Chunk: ch})
+		}
+	}
+	return out, true
+}

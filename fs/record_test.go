@@ -1,0 +1,238 @@
+package fs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+var (
+	testImage  = digest.FromString("image")
+	testLayer0 = digest.FromString("layer0")
+)
+
+func listJSON(t testing.TB, l any) []byte {
+	t.Helper()
+	b, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParsePrefetchList(t *testing.T) {
+	good := PrefetchList{MediaType: PrefetchListMediaType, Image: testImage, Layers: []digest.Digest{testLayer0},
+		Files: []ListedFile{{Layer: 0, Path: "usr/bin/go"}, {Layer: 0, Path: "a b/ü.txt"}}}
+	got, err := ParsePrefetchList(listJSON(t, good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Files, good.Files) || got.Image != testImage {
+		t.Fatalf("round trip: %+v", got)
+	}
+	bad := map[string]func(l *PrefetchList){
+		"media type":         func(l *PrefetchList) { l.MediaType = "application/json" },
+		"image digest":       func(l *PrefetchList) { l.Image = "sha256:xyz" },
+		"no layers":          func(l *PrefetchList) { l.Layers = nil },
+		"layer digest":       func(l *PrefetchList) { l.Layers = []digest.Digest{"md5:00"} },
+		"layer out of range": func(l *PrefetchList) { l.Files[0].Layer = 1 },
+		"negative layer":     func(l *PrefetchList) { l.Files[0].Layer = -1 },
+		"parent":             func(l *PrefetchList) { l.Files[0].Path = "../etc/passwd" },
+		"inner parent":       func(l *PrefetchList) { l.Files[0].Path = "usr/../../etc/passwd" },
+		"absolute":           func(l *PrefetchList) { l.Files[0].Path = "/etc/passwd" },
+		"dot":                func(l *PrefetchList) { l.Files[0].Path = "." },
+		"dotdot":             func(l *PrefetchList) { l.Files[0].Path = ".." },
+		"unclean":            func(l *PrefetchList) { l.Files[0].Path = "usr//bin" },
+		"trailing slash":     func(l *PrefetchList) { l.Files[0].Path = "usr/bin/" },
+		"empty path":         func(l *PrefetchList) { l.Files[0].Path = "" },
+		"NUL":                func(l *PrefetchList) { l.Files[0].Path = "usr/bin\x00/go" },
+		"long path":          func(l *PrefetchList) { l.Files[0].Path = strings.Repeat("a/", 3000) + "b" },
+		"too many files": func(l *PrefetchList) {
+			l.Files = make([]ListedFile, maxListFiles+1)
+			for i := range l.Files {
+				l.Files[i] = ListedFile{Path: "f"}
+			}
+		},
+	}
+	for name, spoil := range bad {
+		t.Run(name, func(t *testing.T) {
+			l := good
+			l.Files = slices.Clone(good.Files)
+			spoil(&l)
+			if _, err := ParsePrefetchList(listJSON(t, l)); !errors.Is(err, ErrBadPrefetchList) {
+				t.Fatalf("got %v, want ErrBadPrefetchList", err)
+			}
+		})
+	}
+	for name, b := range map[string][]byte{
+		"unknown field": []byte(`{"mediaType":"` + PrefetchListMediaType + `","image":"` + testImage.String() + `","layers":["` + testLayer0.String() + `"],"files":[],"x":1}`),
+		"not JSON":      []byte("files: all"),
+		"too big":       make([]byte, MaxPrefetchListBytes+1),
+	} {
+		if _, err := ParsePrefetchList(b); !errors.Is(err, ErrBadPrefetchList) {
+			t.Errorf("%s: got %v, want ErrBadPrefetchList", name, err)
+		}
+	}
+}
+
+func FuzzParsePrefetchList(f *testing.F) {
+	f.Add(listJSON(f, PrefetchList{MediaType: PrefetchListMediaType, Image: testImage, Layers: []digest.Digest{testLayer0},
+		Files: []ListedFile{{Layer: 0, Path: "usr/bin/go"}}}))
+	f.Add([]byte(`{"mediaType":"` + PrefetchListMediaType + `","files":[{"layer":0,"path":"../x"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := ParsePrefetchList(b)
+		if err != nil {
+			return
+		}
+		for _, f := range l.Files {
+			if f.Layer < 0 || f.Layer >= len(l.Layers) || checkListedPath(f.Path) != nil ||
+				filepath.IsAbs(f.Path) || strings.Contains("/"+f.Path+"/", "/../") {
+				t.Fatalf("accepted %+v", f)
+			}
+		}
+		again, err := l.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParsePrefetchList(again); err != nil {
+			t.Fatalf("re-encoded list refused: %v", err)
+		}
+	})
+}
+
+func listOf(paths ...string) *PrefetchList {
+	l := &PrefetchList{MediaType: PrefetchListMediaType, Image: testImage, Layers: []digest.Digest{testLayer0}}
+	for _, p := range paths {
+		l.Files = append(l.Files, ListedFile{Layer: 0, Path: p})
+	}
+	return l
+}
+
+func dirLayer(t *testing.T) *testLayer {
+	t.Helper()
+	var names []string
+	var sizes []int
+	for i := 0; i < 24; i++ {
+		names = append(names, fmt.Sprintf("d%d/f%02d", i%3, i))
+		sizes = append(sizes, 200<<10)
+	}
+	return newTestLayer(t, names, sizes)
+}
+
+func TestListedPiecesFollowTheList(t *testing.T) {
+	l := dirLayer(t)
+	order := []string{"d2/f20", "d0/f03", "d2/f11", "d1/f07"}
+	// Not found, or not regular files: skipped, nothing fetched for them.
+	hostile := []string{"d0", "d9/f00", "d0/f03/x", "nothere"}
+	pieces, st := listedPieces([]*Content{l.content}, listOf(append(slices.Clone(order), hostile...)...))
+	if st.Files != len(order) || st.Missing != len(hostile) {
+		t.Fatalf("stats %+v, want %d files, %d missing", st, len(order), len(hostile))
+	}
+	var inos []uint64
+	for _, p := range pieces {
+		for _, ch := range p.chunks {
+			if len(inos) == 0 || inos[len(inos)-1] != ch.Ino {
+				inos = append(inos, ch.Ino)
+			}
+		}
+	}
+	var want []uint64
+	for _, name := range order {
+		want = append(want, l.entry(t, name).Ino)
+	}
+	if !slices.Equal(inos, want) {
+		t.Fatalf("pieces hold inodes %v, want the list's order %v", inos, want)
+	}
+	// 4 files of 200 KiB: pieces of at least listPiece each.
+	if len(pieces) != 1 {
+		t.Fatalf("%d pieces for %d KiB; want 1", len(pieces), 4*200)
+	}
+}
+
+func TestPrefetchListedFetchesListedFilesOnly(t *testing.T) {
+	l := dirLayer(t)
+	listed := []string{"d2/f20", "d0/f03", "d2/f11"}
+	st := prefetchListed(context.Background(), []*Content{l.content}, listOf(listed...))
+	l.settle()
+	if st.Files != 3 || st.Streams != 3 {
+		t.Fatalf("stats %+v, want 3 files in 3 streams", st)
+	}
+	_, n := l.blob.fetched()
+	if n != st.Bytes {
+		t.Fatalf("fetched %d bytes, the prefetch says %d", n, st.Bytes)
+	}
+	l.blob.reset()
+	for _, name := range listed {
+		l.read(t, name, 0, 200<<10)
+	}
+	if calls, _ := l.blob.fetched(); calls != 0 {
+		t.Fatalf("reading the listed files fetched %d times", calls)
+	}
+	for _, name := range []string{"d0/f00", "d2/f05", "d1/f22"} {
+		for _, ch := range mustChunks(t, l, name) {
+			if l.cache.Has(ch.Digest) {
+				t.Fatalf("%s was prefetched but is not listed", name)
+			}
+		}
+	}
+	// Again: everything listed is cached, nothing is fetched.
+	l.blob.reset()
+	if st := prefetchListed(context.Background(), []*Content{l.content}, listOf(listed...)); st.Streams != 0 {
+		t.Fatalf("second prefetch fetched %d streams", st.Streams)
+	}
+}
+
+func TestPrefetchListedStopsWithItsContext(t *testing.T) {
+	l := dirLayer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	st := prefetchListed(ctx, []*Content{l.content}, listOf("d2/f20", "d0/f03"))
+	l.settle()
+	if calls, _ := l.blob.fetched(); calls != 0 || st.Streams != 0 {
+		t.Fatalf("a stopped prefetch fetched %d times (%+v)", calls, st)
+	}
+}
+
+func TestRecorderNotesOpensInOrder(t *testing.T) {
+	requireRoot(t)
+	bl := buildEStargz(t, []string{"a/one", "a/two", "b/three", "four"}, []int{10, 20, 30, 40}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	r := &Recorder{layers: []digest.Digest{"sha256:test"}, seen: map[recordKey]bool{}}
+	ml.content.recording.add(r)
+	layer := ml.content.digest
+	for _, name := range []string{"b/three", "four", "b/three", "a/one"} {
+		b, err := os.ReadFile(filepath.Join(ml.dir, name))
+		if err != nil || len(b) != len(bl.files[name]) {
+			t.Fatalf("read %s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	if _, err := os.ReadDir(filepath.Join(ml.dir, "a")); err != nil {
+		t.Fatal(err)
+	}
+	ml.content.recording.remove(r)
+	if _, err := os.ReadFile(filepath.Join(ml.dir, "a/two")); err != nil {
+		t.Fatal(err)
+	}
+	other := digest.FromString("another layer")
+	got := r.List(testImage, []digest.Digest{other, layer})
+	want := []ListedFile{{1, "b/three"}, {1, "four"}, {1, "a/one"}}
+	if !slices.Equal(got.Files, want) {
+		t.Fatalf("recorded %v, want %v (first opens, in order, none after the recording stopped)", got.Files, want)
+	}
+	got.Layers = []digest.Digest{other, testLayer0} // the test layer's name is no digest
+	if _, err := ParsePrefetchList(listJSON(t, got)); err != nil {
+		t.Fatalf("the recorded list does not parse: %v", err)
+	}
+	// A list of other layers leaves this layer's files out.
+	if l := r.List(testImage, []digest.Digest{other}); len(l.Files) != 0 {
+		t.Fatalf("files of a layer not in the image: %v", l.Files)
+	}
+}

@@ -1,0 +1,354 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/remote"
+)
+
+// Recorded prefetch lists (see fs/record.go): recorded on a mount with
+// MountRequest.Record, kept in the store by image digest, optionally
+// pushed as an OCI referrer of the image, and fetched by later mounts of
+// the image on this machine or any other.
+
+// bucketPrefetchLists maps an image's manifest digest to the digest of its
+// recorded list, a blob in the store.
+var bucketPrefetchLists = []byte("prefetch-lists")
+
+// Values of Config.PrefetchLists.
+const (
+	PrefetchListsAuto  = "auto"  // the store's list, else the registry's referrer
+	PrefetchListsLocal = "local" // the store's list only
+	PrefetchListsOff   = "off"
+)
+
+// DefaultRecordFor is how long a recording mount notes opens when the
+// request does not say.
+const DefaultRecordFor = 60 * time.Second
+
+// recording is a mount's recording in progress.
+type recording struct {
+	r     *fs.Recorder
+	push  bool
+	timer *time.Timer
+	once  sync.Once
+	done  chan struct{} // closed when the list is saved (and pushed)
+	err   error
+}
+
+// startRecording notes the files opened in m's layers until req.RecordFor
+// has passed or m is unmounted, whichever comes first.
+func (im *images) startRecording(m *Mount, req MountRequest) {
+	layers := make([]digest.Digest, len(m.Layers))
+	for i, l := range m.Layers {
+		layers[i] = l.Digest
+	}
+	rec := &recording{r: im.d.pool.Record(layers), push: req.RecordPush, done: make(chan struct{})}
+	d := req.RecordFor
+	if d <= 0 {
+		d = DefaultRecordFor
+	}
+	rec.timer = time.AfterFunc(d, func() { im.finishRecording(context.Background(), m, rec) })
+	m.recording = rec
+	slog.Info("recording the files the workload opens", "dir", m.Dir, "for", d, "push", req.RecordPush)
+}
+
+// finishRecording stops rec, keeps its list in the store as m's image's
+// list and pushes it when asked. It runs once; later calls wait for it.
+func (im *images) finishRecording(ctx context.Context, m *Mount, rec *recording) error {
+	rec.once.Do(func() {
+		defer close(rec.done)
+		rec.timer.Stop()
+		im.d.pool.StopRecording(rec.r)
+		layers := make([]digest.Digest, len(m.Layers))
+		for i, l := range m.Layers {
+			layers[i] = l.Digest
+		}
+		list := rec.r.List(m.Digest, layers)
+		b, err := list.Marshal()
+		if err == nil {
+			err = im.keepPrefetchList(m.Digest, b)
+		}
+		if err != nil {
+			rec.err = fmt.Errorf("keeping the recorded prefetch list: %w", err)
+			slog.Error("recorded prefetch list not kept", "dir", m.Dir, "error", err)
+			return
+		}
+		slog.Info("recorded prefetch list kept", "image", m.Digest, "files", len(list.Files), "list", digest.FromBytes(b))
+		if rec.push {
+			desc, err := im.pushPrefetchList(ctx, m, b)
+			if err != nil {
+				rec.err = fmt.Errorf("pushing the recorded prefetch list: %w", err)
+				slog.Error("recorded prefetch list not pushed", "image", m.Digest, "error", err)
+				return
+			}
+			slog.Info("recorded prefetch list pushed as a referrer", "repo", m.Repo, "image", m.Digest, "referrer", desc)
+		}
+	})
+	<-rec.done
+	return rec.err
+}
+
+// keepPrefetchList stores list as the list of image.
+func (im *images) keepPrefetchList(image digest.Digest, list []byte) error {
+	d := digest.FromBytes(list)
+	if err := im.d.store.Blobs.Put(d, list); err != nil {
+		return err
+	}
+	return im.d.store.DB().Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketPrefetchLists)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(image), []byte(d))
+	})
+}
+
+// storedPrefetchList returns the list the store keeps for image, nil when
+// there is none.
+func (im *images) storedPrefetchList(image digest.Digest) ([]byte, error) {
+	var d digest.Digest
+	err := im.d.store.DB().View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketPrefetchLists); b != nil {
+			d = digest.Digest(b.Get([]byte(image)))
+		}
+		return nil
+	})
+	if err != nil || d == "" {
+		return nil, err
+	}
+	return im.d.store.Blobs.Get(d)
+}
+
+// emptyJSON is the OCI empty descriptor's content, the config of an
+// artifact manifest.
+var emptyJSON = []byte("{}")
+
+// pushPrefetchList pushes list to m's repository as an artifact whose
+// subject is m's image: the list blob, the empty config, then the
+// manifest (with registries that lack the referrers API, go-containerregistry
+// also updates the referrers tag of the OCI distribution spec).
+func (im *images) pushPrefetchList(ctx context.Context, m *Mount, list []byte) (digest.Digest, error) {
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return "", err
+	}
+	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(m.Insecure, repo.RegistryStr())...)...)
+	listLayer := static.NewLayer(list, types.MediaType(fs.PrefetchListMediaType))
+	config := static.NewLayer(emptyJSON, types.MediaType(ocispec.MediaTypeEmptyJSON))
+	for _, l := range []v1.Layer{listLayer, config} {
+		if err := ggcrremote.WriteLayer(repo, l, opts...); err != nil {
+			return "", err
+		}
+	}
+	subject, err := im.d.store.Blobs.Get(m.Digest)
+	if err != nil {
+		return "", fmt.Errorf("the image's manifest: %w", err)
+	}
+	var sm struct {
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(subject, &sm); err != nil {
+		return "", fmt.Errorf("the image's manifest: %w", err)
+	}
+	if sm.MediaType == "" {
+		sm.MediaType = ocispec.MediaTypeImageManifest
+	}
+	man := ocispec.Manifest{
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: fs.PrefetchListMediaType,
+		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(emptyJSON), Size: int64(len(emptyJSON)), Data: emptyJSON},
+		Layers:       []ocispec.Descriptor{{MediaType: fs.PrefetchListMediaType, Digest: digest.FromBytes(list), Size: int64(len(list))}},
+		Subject:      &ocispec.Descriptor{MediaType: sm.MediaType, Digest: m.Digest, Size: int64(len(subject))},
+		Annotations:  map[string]string{ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339)},
+	}
+	man.SchemaVersion = 2
+	raw, err := json.Marshal(man)
+	if err != nil {
+		return "", err
+	}
+	d := digest.FromBytes(raw)
+	if err := ggcrremote.Put(repo.Digest(d.String()), rawManifest{raw: raw, mediaType: types.OCIManifestSchema1}, opts...); err != nil {
+		return "", err
+	}
+	return d, nil
+}
+
+// rawManifest is a manifest to put as it is.
+type rawManifest struct {
+	raw       []byte
+	mediaType types.MediaType
+}
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return r.mediaType, nil }
+
+// maxReferrers bounds the referrers of one image looked at.
+const maxReferrers = 64
+
+// remotePrefetchList fetches the newest recorded list pushed as a
+// referrer of m's image, nil when there is none.
+func (im *images) remotePrefetchList(ctx context.Context, m *Mount) ([]byte, error) {
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return nil, err
+	}
+	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(m.Insecure, repo.RegistryStr())...)...)
+	idx, err := ggcrremote.Referrers(repo.Digest(m.Digest.String()), append(opts, ggcrremote.WithFilter("artifactType", fs.PrefetchListMediaType))...)
+	if err != nil {
+		return nil, err
+	}
+	im2, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var best *v1.Descriptor
+	for i, desc := range im2.Manifests {
+		if i >= maxReferrers {
+			break
+		}
+		if desc.ArtifactType != fs.PrefetchListMediaType || !desc.MediaType.IsImage() {
+			continue
+		}
+		// The newest by its created annotation; RFC 3339 in UTC sorts as text.
+		if best == nil || desc.Annotations[ocispec.AnnotationCreated] >= best.Annotations[ocispec.AnnotationCreated] {
+			best = &im2.Manifests[i]
+		}
+	}
+	if best == nil {
+		return nil, nil
+	}
+	art, err := ggcrremote.Image(repo.Digest(best.Digest.String()), opts...)
+	if err != nil {
+		return nil, err
+	}
+	man, err := art.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	if man.Subject == nil || man.Subject.Digest.String() != m.Digest.String() || len(man.Layers) != 1 ||
+		string(man.Layers[0].MediaType) != fs.PrefetchListMediaType || man.Layers[0].Size > fs.MaxPrefetchListBytes || man.Layers[0].Size < 0 {
+		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.Digest, m.Digest, fs.ErrBadPrefetchList)
+	}
+	want := man.Layers[0].Digest
+	l, err := ggcrremote.Layer(repo.Digest(want.String()), opts...)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, fs.MaxPrefetchListBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.FromBytes(b); got.String() != want.String() {
+		return nil, fmt.Errorf("prefetch list %s: got content with digest %s: %w", want, got, fs.ErrBadPrefetchList)
+	}
+	return b, nil
+}
+
+// startListedPrefetch fetches, in the background, the files of the
+// recorded list lookup delivers; unmounting m stops it.
+func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.stopPrefetch = cancel
+	go func() {
+		defer cancel()
+		var res listLookup
+		select {
+		case res = <-lookup:
+		case <-ctx.Done():
+			return
+		}
+		if res.err != nil {
+			slog.Warn("no recorded prefetch list used", "image", m.Digest, "from", res.from, "error", res.err)
+			return
+		}
+		if res.list == nil {
+			return
+		}
+		start := time.Now()
+		st := im.d.pool.PrefetchListed(ctx, res.list)
+		slog.Info("recorded prefetch done", "image", m.Digest, "from", res.from, "files", st.Files, "missing", st.Missing,
+			"streams", st.Streams, "bytes", st.Bytes, "duration", time.Since(start).Round(time.Millisecond), "stopped", ctx.Err() != nil)
+	}()
+}
+
+// listLookup is the outcome of looking for a recorded list.
+type listLookup struct {
+	list *fs.PrefetchList
+	from string // "store" or "registry"
+	err  error
+}
+
+// lookupPrefetchList starts looking for m's image's recorded list, per the
+// daemon's policy, and returns where the answer will arrive. It runs while
+// the layers mount, so the registry's round trips cost the mount nothing.
+// A list is checked before use: well formed, and recorded on this image.
+func (im *images) lookupPrefetchList(m *Mount) <-chan listLookup {
+	out := make(chan listLookup, 1)
+	policy := im.d.cfg.PrefetchLists
+	if policy == PrefetchListsOff {
+		out <- listLookup{}
+		return out
+	}
+	go func() {
+		from := "store"
+		b, err := im.storedPrefetchList(m.Digest)
+		if err == nil && b == nil && policy != PrefetchListsLocal {
+			from = "registry"
+			ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
+			b, err = im.remotePrefetchList(ctx, m)
+			cancel()
+		}
+		if err != nil || b == nil {
+			out <- listLookup{from: from, err: err}
+			return
+		}
+		list, err := checkPrefetchList(b, m)
+		if err == nil && from == "registry" {
+			if kerr := im.keepPrefetchList(m.Digest, b); kerr != nil {
+				slog.Warn("recorded prefetch list not kept", "image", m.Digest, "error", kerr)
+			}
+		}
+		out <- listLookup{list: list, from: from, err: err}
+	}()
+	return out
+}
+
+// checkPrefetchList parses b and checks that it was recorded on m's image.
+func checkPrefetchList(b []byte, m *Mount) (*fs.PrefetchList, error) {
+	list, err := fs.ParsePrefetchList(b)
+	if err != nil {
+		return nil, err
+	}
+	if list.Image != m.Digest || !sameLayers(list.Layers, m.Layers) {
+		return nil, fmt.Errorf("%w: recorded on image %s, not on %s", fs.ErrBadPrefetchList, list.Image, m.Digest)
+	}
+	return list, nil
+}
+
+// sameLayers says whether a list's layers are the mount's, in order.
+func sameLayers(list []digest.Digest, layers []Layer) bool {
+	return slices.EqualFunc(list, layers, func(d digest.Digest, l Layer) bool { return d == l.Digest })
+}
