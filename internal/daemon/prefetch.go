@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -280,7 +281,11 @@ func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) {
 		case <-ctx.Done():
 			return
 		}
-		if res.err != nil {
+		switch {
+		case errors.Is(res.err, fs.ErrBadPrefetchList):
+			slog.Warn("recorded prefetch list refused", "image", m.Digest, "from", res.from, "error", res.err)
+			return
+		case res.err != nil:
 			slog.Warn("no recorded prefetch list used", "image", m.Digest, "from", res.from, "error", res.err)
 			return
 		}
@@ -342,8 +347,11 @@ func checkPrefetchList(b []byte, m *Mount) (*fs.PrefetchList, error) {
 	if err != nil {
 		return nil, err
 	}
-	if list.Image != m.Digest || !sameLayers(list.Layers, m.Layers) {
+	if list.Image != m.Digest {
 		return nil, fmt.Errorf("%w: recorded on image %s, not on %s", fs.ErrBadPrefetchList, list.Image, m.Digest)
+	}
+	if !sameLayers(list.Layers, m.Layers) {
+		return nil, fmt.Errorf("%w: its layers are not the image's", fs.ErrBadPrefetchList)
 	}
 	return list, nil
 }

@@ -1,0 +1,279 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/test/fixture"
+)
+
+// The media type of recorded lists, spelled out: the acceptance side of
+// the format, not the package's constant.
+const prefetchListType = "application/vnd.stratafs.prefetch-list.v1+json"
+
+// mountWith mounts ref with req's options at a new directory.
+func (d *testDaemon) mountWith(t *testing.T, req daemon.MountRequest) (string, *daemon.Mount) {
+	t.Helper()
+	req.Dir = t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := d.client.Mount(ctx, req)
+	if err != nil {
+		t.Fatalf("mount %s: %v", req.Ref, err)
+	}
+	t.Cleanup(func() { d.client.Unmount(context.Background(), req.Dir, true) })
+	return req.Dir, m
+}
+
+// waitLog waits, bounded, for a daemon log line holding every part.
+func waitLog(t *testing.T, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			all := true
+			for _, p := range parts {
+				all = all && strings.Contains(line, p)
+			}
+			if all {
+				return line
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q within 30s", parts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readChecked(t *testing.T, dir, path string, layers []fixture.LayerSpec) {
+	t.Helper()
+	got, err := os.ReadFile(filepath.Join(dir, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, expected(t, layers, path)) {
+		t.Fatalf("%s: wrong content", path)
+	}
+}
+
+// TestRecordedPrefetch records what a workload opens on one machine,
+// pushes the list as a referrer of the image, and checks that a fresh
+// daemon (another machine) fetches those files at its mount, and only
+// those: reading them afterwards asks the registry for nothing.
+func TestRecordedPrefetch(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, "recorded", "estargz", layers, fixture.FormEStargz)
+	listed := []string{"other/4k.bin", "small/b/4k.bin"}
+
+	first := startDaemon(t, nil)
+	dir, m := first.mountWith(t, daemon.MountRequest{Ref: ref, Writable: true, Record: true, RecordPush: true})
+	if !m.Recording {
+		t.Fatal("the mount does not say it records")
+	}
+	for _, f := range listed {
+		readChecked(t, dir, f, layers)
+	}
+	// Stat and list only: not opened, not recorded.
+	if _, err := os.Stat(filepath.Join(dir, fixture.BigFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.client.Unmount(context.Background(), dir, true); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+
+	// The referrer is in the registry, as OCI's referrers tag scheme has it.
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := ggcrremote.Referrers(r.Context().Digest(m.Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Manifests) != 1 || im.Manifests[0].ArtifactType != prefetchListType {
+		t.Fatalf("referrers of the image: %+v", im.Manifests)
+	}
+	art, err := ggcrremote.Image(r.Context().Digest(im.Manifests[0].Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	artLayers, err := art.Layers()
+	if err != nil || len(artLayers) != 1 {
+		t.Fatalf("the referrer's layers: %v, %v", artLayers, err)
+	}
+	rc, err := artLayers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Image digest.Digest
+		Files []struct {
+			Layer int
+			Path  string
+		}
+	}
+	if err := json.NewDecoder(rc).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	var paths []string
+	for _, f := range list.Files {
+		paths = append(paths, f.Path)
+	}
+	// Files the mount itself opened (none here) may come first; the
+	// workload's, in its order, must be there.
+	if got := strings.Join(paths, ","); !strings.Contains(got, strings.Join(listed, ",")) || strings.Contains(got, fixture.BigFile) {
+		t.Fatalf("recorded %v, want %v in that order and not the file only stat'ed", paths, listed)
+	}
+
+	// Another machine: a fresh daemon, through a counting proxy.
+	p := startProxy(t, shared.reg)
+	second := startDaemon(t, nil)
+	dir2, m2 := second.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p)})
+	line := waitLog(t, "recorded prefetch done", m2.Digest.String(), "from=registry")
+	if !strings.Contains(line, "files=2 ") || !strings.Contains(line, "missing=0") {
+		t.Fatalf("prefetch: %s", line)
+	}
+	if s := p.Stats(); s.BlobBytes > 2<<20 {
+		t.Errorf("mount and prefetch moved %d blob bytes; the listed files are 8 KiB (the 16 MiB file must stay put)", s.BlobBytes)
+	}
+	p.ResetStats()
+	for _, f := range listed {
+		readChecked(t, dir2, f, layers)
+	}
+	if s := p.Stats(); s.BlobRequests != 0 {
+		t.Errorf("reading the listed files made %d blob requests (%d bytes), want none", s.BlobRequests, s.BlobBytes)
+	}
+	// Laziness is intact for what is not listed.
+	readChecked(t, dir2, "small/a/4k.bin", layers)
+	if s := p.Stats(); s.BlobRequests == 0 {
+		t.Error("a file that is not listed was there without a request: prefetched too much")
+	}
+}
+
+// pushReferrer pushes list as a prefetch-list referrer of the image at ref.
+func pushReferrer(t *testing.T, ref string, subject digest.Digest, list []byte) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := r.Context()
+	empty := []byte("{}")
+	for _, l := range [][]byte{list, empty} {
+		if err := ggcrremote.WriteLayer(repo, static.NewLayer(l, types.MediaType(prefetchListType))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desc, err := ggcrremote.Head(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man := ocispec.Manifest{
+		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: prefetchListType,
+		Config:  ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: 2},
+		Layers:  []ocispec.Descriptor{{MediaType: prefetchListType, Digest: digest.FromBytes(list), Size: int64(len(list))}},
+		Subject: &ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: subject, Size: desc.Size},
+	}
+	man.SchemaVersion = 2
+	raw, err := json.Marshal(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.Put(repo.Digest(digest.FromBytes(raw).String()), rawManifest(raw)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type rawManifest []byte
+
+func (r rawManifest) RawManifest() ([]byte, error) { return r, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) {
+	return types.OCIManifestSchema1, nil
+}
+
+// TestHostileRecordedListIsRefused: a referrer list that names paths
+// outside the layer, or another image's layers, is refused with a log
+// line; the mount works and fetches nothing for it.
+func TestHostileRecordedListIsRefused(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	for name, files := range map[string]string{
+		"escape":      `[{"layer":0,"path":"../../../etc/passwd"}]`,
+		"other-layer": `[{"layer":0,"path":"other/4k.bin"}]`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			ref := push(t, shared.reg, "hostile-list-"+name, "estargz", layers, fixture.FormEStargz)
+			d0 := startDaemon(t, nil)
+			_, m := d0.mountWith(t, daemon.MountRequest{Ref: ref})
+			layer := m.Layers[0].Digest
+			if name == "other-layer" {
+				layer = digest.FromString("a layer of another image")
+			}
+			list := `{"mediaType":"` + prefetchListType + `","image":"` + m.Digest.String() + `","layers":["` + layer.String() + `"],"files":` + files + `}`
+			pushReferrer(t, ref, m.Digest, []byte(list))
+
+			p := startProxy(t, shared.reg)
+			d := startDaemon(t, nil)
+			dir, m2 := d.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p)})
+			waitLog(t, "recorded prefetch list refused", m2.Digest.String())
+			atMount := p.Stats()
+			p.ResetStats()
+			readChecked(t, dir, "other/4k.bin", layers)
+			if s := p.Stats(); s.BlobRequests == 0 {
+				t.Errorf("the refused list was used: the file came without a request (mount moved %d bytes)", atMount.BlobBytes)
+			}
+		})
+	}
+}
+
+// TestPrefetchListsOff: with prefetch_lists = "off" the daemon neither
+// looks for a list nor fetches one.
+func TestPrefetchListsOff(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, "recorded-off", "estargz", layers, fixture.FormEStargz)
+	first := startDaemon(t, nil)
+	dir, m := first.mountWith(t, daemon.MountRequest{Ref: ref, Record: true, RecordPush: true})
+	readChecked(t, dir, "other/4k.bin", layers)
+	if err := first.client.Unmount(context.Background(), dir, false); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+
+	p := startProxy(t, shared.reg)
+	d := startDaemon(t, func(c *daemon.Config) { c.PrefetchLists = daemon.PrefetchListsOff })
+	dir2, _ := d.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p)})
+	time.Sleep(200 * time.Millisecond) // a lookup, were there one, runs beside the mount
+	for _, e := range p.Stats().Log {
+		if strings.Contains(e.Path, "/referrers/") || strings.Contains(e.Path, "/manifests/sha256-") {
+			t.Errorf("looked for a referrer with prefetch_lists off: %s %s", e.Method, e.Path)
+		}
+	}
+	p.ResetStats()
+	readChecked(t, dir2, "other/4k.bin", layers)
+	if s := p.Stats(); s.BlobRequests == 0 {
+		t.Error("the file came without a request: a list was used with prefetch_lists off")
+	}
+}
