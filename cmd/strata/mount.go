@@ -15,7 +15,7 @@ func init() {
 	register(&command{
 		name:    "mount",
 		summary: "mount an image at a directory, lazily (read-only, or writable with --rw)",
-		usage:   "[--rw] [--record[=DURATION] [--record-push]] [--platform OS/ARCH] [--insecure] REF DIR",
+		usage:   "[--rw] [--platform OS/ARCH] [--insecure] [--record[=DURATION] [--record-push]] REF DIR",
 		help: `Mounts the image REF (a tag or digest reference) at DIR. The directory
 tree appears at once; each file's bytes are fetched from the registry when
 first read, verified against the image's digests, and cached.
