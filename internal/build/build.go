@@ -136,6 +136,10 @@ type builder struct {
 type stageState struct {
 	idx      int
 	image    string // REPO@DIGEST in the store
+	// base is the FROM image (REPO@DIGEST): its recorded prefetch list,
+	// if it has one, serves the stage's mounts (their images start with
+	// its layers).
+	base     string
 	platform string
 	config   v1.ConfigFile
 	pending  []v1.History // empty_layer entries since the last commit

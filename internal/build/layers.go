@@ -32,7 +32,8 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
-	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: st.image, Dir: dir, Writable: true, Platform: st.platform, Insecure: b.o.Insecure}); err != nil {
+	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: st.image, Dir: dir, Writable: true, Platform: st.platform, Insecure: b.o.Insecure,
+		PrefetchBase: st.base}); err != nil {
 		return fmt.Errorf("mounting %s: %w", st.image, err)
 	}
 	b.mounted = append(b.mounted, dir)

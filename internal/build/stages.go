@@ -165,7 +165,7 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 		if err := b.finish(ctx, prev); err != nil {
 			return nil, err
 		}
-		st.image, st.config = prev.image, *prev.config.DeepCopy()
+		st.image, st.base, st.config = prev.image, prev.base, *prev.config.DeepCopy()
 		return st, nil
 	}
 	if base == "" {
@@ -178,7 +178,7 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 	if err := json.Unmarshal(r.Config, &st.config); err != nil {
 		return nil, fmt.Errorf("config of %s: %w", base, err)
 	}
-	st.image = r.Ref
+	st.image, st.base = r.Ref, r.Ref
 	if n := len(st.config.Config.OnBuild); n > 0 {
 		// BuildKit runs a base's triggers and clears them; they are not
 		// run here, and cleared all the same.

@@ -42,6 +42,10 @@ type MountRequest struct {
 	Record     bool          `json:"record,omitempty"`
 	RecordFor  time.Duration `json:"recordFor,omitempty"`
 	RecordPush bool          `json:"recordPush,omitempty"`
+	// PrefetchBase (REPO@DIGEST) names the image Ref was built from: when
+	// Ref's image has no recorded list of its own, the base's serves it,
+	// its layers being the first of Ref's (a build step's mount).
+	PrefetchBase string `json:"prefetchBase,omitempty"`
 }
 
 // Mount is an image mounted by the daemon.

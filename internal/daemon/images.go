@@ -71,7 +71,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err := im.record(m); err != nil {
 		return nil, err
 	}
-	lookup := im.lookupPrefetchList(m)
+	lookup := im.lookupPrefetchList(m, req.PrefetchBase)
 	if err := im.attach(ctx, m, true); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.

@@ -204,15 +204,11 @@ func (r rawManifest) MediaType() (types.MediaType, error) { return r.mediaType, 
 // maxReferrers bounds the referrers of one image looked at.
 const maxReferrers = 64
 
-// remotePrefetchList fetches the newest recorded list pushed as a
-// referrer of m's image, nil when there is none.
-func (im *images) remotePrefetchList(ctx context.Context, m *Mount) ([]byte, error) {
-	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
-	if err != nil {
-		return nil, err
-	}
-	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(m.Insecure, repo.RegistryStr())...)...)
-	idx, err := ggcrremote.Referrers(repo.Digest(m.Digest.String()), append(opts, ggcrremote.WithFilter("artifactType", fs.PrefetchListMediaType))...)
+// remotePrefetchList fetches the newest recorded list pushed to repo as
+// a referrer of the image subject, nil when there is none.
+func (im *images) remotePrefetchList(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest) ([]byte, error) {
+	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
+	idx, err := ggcrremote.Referrers(repo.Digest(subject.String()), append(opts, ggcrremote.WithFilter("artifactType", fs.PrefetchListMediaType))...)
 	if err != nil {
 		return nil, err
 	}
@@ -244,9 +240,9 @@ func (im *images) remotePrefetchList(ctx context.Context, m *Mount) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	if man.Subject == nil || man.Subject.Digest.String() != m.Digest.String() || len(man.Layers) != 1 ||
+	if man.Subject == nil || man.Subject.Digest.String() != subject.String() || len(man.Layers) != 1 ||
 		string(man.Layers[0].MediaType) != fs.PrefetchListMediaType || man.Layers[0].Size > fs.MaxPrefetchListBytes || man.Layers[0].Size < 0 {
-		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.Digest, m.Digest, fs.ErrBadPrefetchList)
+		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.Digest, subject, fs.ErrBadPrefetchList)
 	}
 	want := man.Layers[0].Digest
 	l, err := ggcrremote.Layer(repo.Digest(want.String()), opts...)
@@ -306,11 +302,13 @@ type listLookup struct {
 	err  error
 }
 
-// lookupPrefetchList starts looking for m's image's recorded list, per the
-// daemon's policy, and returns where the answer will arrive. It runs while
-// the layers mount, so the registry's round trips cost the mount nothing.
-// A list is checked before use: well formed, and recorded on this image.
-func (im *images) lookupPrefetchList(m *Mount) <-chan listLookup {
+// lookupPrefetchList starts looking for a recorded list for m, per the
+// daemon's policy: its image's own, else (for a build step's mount) the
+// list of the image base names, whose layers are m's first ones. It
+// returns where the answer will arrive, and runs while the layers mount,
+// so the registry's round trips cost the mount nothing. A list is checked
+// before use: well formed, and recorded on the image it is the list of.
+func (im *images) lookupPrefetchList(m *Mount, base string) <-chan listLookup {
 	out := make(chan listLookup, 1)
 	policy := im.d.cfg.PrefetchLists
 	if policy == PrefetchListsOff {
@@ -318,45 +316,70 @@ func (im *images) lookupPrefetchList(m *Mount) <-chan listLookup {
 		return out
 	}
 	go func() {
-		from := "store"
-		b, err := im.storedPrefetchList(m.Digest)
-		if err == nil && b == nil && policy != PrefetchListsLocal {
-			from = "registry"
-			ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
-			b, err = im.remotePrefetchList(ctx, m)
-			cancel()
-		}
-		if err != nil || b == nil {
-			out <- listLookup{from: from, err: err}
+		repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+		if err != nil {
+			out <- listLookup{err: err}
 			return
 		}
-		list, err := checkPrefetchList(b, m)
-		if err == nil && from == "registry" {
-			if kerr := im.keepPrefetchList(m.Digest, b); kerr != nil {
-				slog.Warn("recorded prefetch list not kept", "image", m.Digest, "error", kerr)
+		res := im.findPrefetchList(repo, m.Insecure, m.Digest, m.Layers, false, policy)
+		if res.list == nil && res.err == nil && base != "" {
+			var ref name.Reference
+			ref, err = remote.ParseReference(base, im.d.remoteOpts...)
+			d, ok := ref.(name.Digest)
+			if err != nil || !ok {
+				out <- listLookup{err: fmt.Errorf("base image %q: not a digest reference", base)}
+				return
 			}
+			res = im.findPrefetchList(d.Context(), m.Insecure, digest.Digest(d.DigestStr()), m.Layers, true, policy)
 		}
-		out <- listLookup{list: list, from: from, err: err}
+		out <- res
 	}()
 	return out
 }
 
-// checkPrefetchList parses b and checks that it was recorded on m's image.
-func checkPrefetchList(b []byte, m *Mount) (*fs.PrefetchList, error) {
+// findPrefetchList looks for the list of image (in repo) in the store,
+// then, unless policy says local, in the registry; a list found there
+// that passes the checks is kept. prefix accepts a list whose layers are
+// the first of layers rather than all of them.
+func (im *images) findPrefetchList(repo name.Repository, insecure bool, image digest.Digest, layers []Layer, prefix bool, policy string) listLookup {
+	from := "store"
+	b, err := im.storedPrefetchList(image)
+	if err == nil && b == nil && policy != PrefetchListsLocal {
+		from = "registry"
+		ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
+		b, err = im.remotePrefetchList(ctx, repo, insecure, image)
+		cancel()
+	}
+	if err != nil || b == nil {
+		return listLookup{from: from, err: err}
+	}
+	list, err := checkPrefetchList(b, image, layers, prefix)
+	if err == nil && from == "registry" {
+		if kerr := im.keepPrefetchList(image, b); kerr != nil {
+			slog.Warn("recorded prefetch list not kept", "image", image, "error", kerr)
+		}
+	}
+	if image != "" && prefix {
+		from += " (base image " + image.String() + ")"
+	}
+	return listLookup{list: list, from: from, err: err}
+}
+
+// checkPrefetchList parses b and checks that it was recorded on image,
+// whose layers are layers (with prefix, the first of layers).
+func checkPrefetchList(b []byte, image digest.Digest, layers []Layer, prefix bool) (*fs.PrefetchList, error) {
 	list, err := fs.ParsePrefetchList(b)
 	if err != nil {
 		return nil, err
 	}
-	if list.Image != m.Digest {
-		return nil, fmt.Errorf("%w: recorded on image %s, not on %s", fs.ErrBadPrefetchList, list.Image, m.Digest)
+	if list.Image != image {
+		return nil, fmt.Errorf("%w: recorded on image %s, not on %s", fs.ErrBadPrefetchList, list.Image, image)
 	}
-	if !sameLayers(list.Layers, m.Layers) {
+	if prefix && len(list.Layers) <= len(layers) {
+		layers = layers[:len(list.Layers)]
+	}
+	if !slices.EqualFunc(list.Layers, layers, func(d digest.Digest, l Layer) bool { return d == l.Digest }) {
 		return nil, fmt.Errorf("%w: its layers are not the image's", fs.ErrBadPrefetchList)
 	}
 	return list, nil
-}
-
-// sameLayers says whether a list's layers are the mount's, in order.
-func sameLayers(list []digest.Digest, layers []Layer) bool {
-	return slices.EqualFunc(list, layers, func(d digest.Digest, l Layer) bool { return d == l.Digest })
 }

@@ -277,3 +277,39 @@ func TestPrefetchListsOff(t *testing.T) {
 		t.Error("the file came without a request: a list was used with prefetch_lists off")
 	}
 }
+
+// TestBuildUsesBaseRecordedList: a Dockerfile build FROM an image with a
+// recorded list (pushed as a referrer) prefetches the listed files for
+// its RUN step, whose image (the base plus a COPY layer) has no list of
+// its own: the base's layers are its first ones.
+func TestBuildUsesBaseRecordedList(t *testing.T) {
+	requireRoot(t)
+	layers, err := fixture.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := push(t, shared.reg, "build-base-recorded", "v1", layers, fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
+	rec := startDaemon(t, nil)
+	dir, m := rec.mountWith(t, daemon.MountRequest{Ref: base, Record: true, RecordPush: true})
+	if _, err := os.ReadFile(filepath.Join(dir, "bin/busybox")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.client.Unmount(context.Background(), dir, false); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+
+	b := &buildBench{d: startDaemon(t, nil), bin: buildStrata(t), base: base}
+	ctxDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("ARG BASE\nFROM $BASE\nCOPY f /f\nRUN busybox cat /f\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ctxDir, "f"), []byte("a file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.mustBuild(t, ctxDir)
+	line := waitLog(t, "recorded prefetch done", "base image "+m.Digest.String())
+	if !strings.Contains(line, "files=1 ") {
+		t.Fatalf("the RUN step's mount did not prefetch the base's listed file: %s", line)
+	}
+}

@@ -34,6 +34,10 @@ type dockerfile struct {
 	Name, Desc string
 	Text       string
 	Context    map[string]string // file name → content, beside the Dockerfile
+	// Recorded builds FROM the copy of the image that carries the
+	// compiling step's recorded prefetch list (see buildStep.Recorded);
+	// Strata only.
+	Recorded bool
 }
 
 var dockerfiles = []dockerfile{
@@ -49,7 +53,23 @@ var dockerfiles = []dockerfile{
 		Context: helloFiles},
 }
 
+// dfCompileRec is df-compile FROM the image with a recorded list.
+var dfCompileRec = func() dockerfile {
+	var d dockerfile
+	for _, x := range dockerfiles {
+		if x.Name == "df-compile" {
+			d = x
+		}
+	}
+	d.Name, d.Recorded = "df-compile-rec", true
+	d.Desc = "`df-compile` FROM the copy of the image (`golang-rec`) that carries the compiling step's recorded prefetch list; Strata only"
+	return d
+}()
+
 func dockerfileByName(n string) (dockerfile, bool) {
+	if n == "df-compile-rec" {
+		return dfCompileRec, true
+	}
 	for _, d := range dockerfiles {
 		if d.Name == n {
 			return d, true
@@ -88,6 +108,14 @@ func (r *runner) measureDockerfile(ctx context.Context, sname string, img imageS
 		base.Err = err.Error()
 		return []result{base}
 	}
+	repo := img.Name
+	if df.Recorded {
+		step, _ := buildStepByName("compile-rec")
+		if err := r.trainRecorded(ctx, img, step); err != nil {
+			return fail(fmt.Errorf("recording the prefetch list: %w", err))
+		}
+		repo += "-rec"
+	}
 	dir, err := r.buildTmpfs()
 	if err != nil {
 		return fail(err)
@@ -101,7 +129,7 @@ func (r *runner) measureDockerfile(ctx context.Context, sname string, img imageS
 	if err := sys.Prepare(ctx); err != nil {
 		return fail(err)
 	}
-	b := dfBuild{Context: filepath.Join(dir, "context"), Base: r.px.Host() + "/" + img.Name + ":" + sys.Tag(),
+	b := dfBuild{Context: filepath.Join(dir, "context"), Base: r.px.Host() + "/" + repo + ":" + sys.Tag(),
 		Ref: fmt.Sprintf("%s/%s-built:%s-%s-%d", r.px.Host(), img.Name, sname, df.Name, run)}
 	if err := writeContext(b.Context, df); err != nil {
 		return fail(err)

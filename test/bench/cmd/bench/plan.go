@@ -127,7 +127,8 @@ func planFor(quick bool) plan {
 		bkEntry(3, 3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"small", "compile"}, Systems: bldSystems, Runs: 3, Build: true},
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"compile-rec"}, Systems: []string{bldStrata}, Runs: 3, Build: true},
-		dockerfileEntry(3))
+		dockerfileEntry(3),
+		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{dfCompileRec.Name}, Systems: []string{dfStrata}, Runs: 3, Dockerfile: true})
 }
 
 // dockerfileEntry is issue 15's Dockerfile builds, over wan where its
