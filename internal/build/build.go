@@ -134,8 +134,8 @@ type builder struct {
 
 // stageState is a stage's image so far.
 type stageState struct {
-	idx      int
-	image    string // REPO@DIGEST in the store
+	idx   int
+	image string // REPO@DIGEST in the store
 	// base is the FROM image (REPO@DIGEST): its recorded prefetch list,
 	// if it has one, serves the stage's mounts (their images start with
 	// its layers).

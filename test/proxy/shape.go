@@ -24,6 +24,9 @@ var (
 	ProfileLo  = Profile{Name: "lo"}
 	ProfileLAN = Profile{Name: "lan", RTT: time.Millisecond, BandwidthBps: 1_000_000_000 / 8}
 	ProfileWAN = Profile{Name: "wan", RTT: 20 * time.Millisecond, BandwidthBps: 100_000_000 / 8}
+	// ProfileFar is a registry on another continent: the wan link's
+	// bandwidth, five times its round trip.
+	ProfileFar = Profile{Name: "far", RTT: 100 * time.Millisecond, BandwidthBps: 100_000_000 / 8}
 )
 
 // minSleep is the smallest delay worth a timer. Shorter debts are carried

@@ -135,7 +135,7 @@ func TestDockerfileTargetsAlone(t *testing.T) {
 		dfRun(dfBuildah, "df-compile", "cold", phase{Seconds: 40}),
 	}
 	ts := dockerfileTargets(rs, summarize(rs))
-	if len(ts) != 2+1+len(dockerfiles) {
+	if len(ts) != 2+2+len(reported()) {
 		t.Fatalf("%d targets", len(ts))
 	}
 	c := ts[2]

@@ -113,6 +113,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderBuildKit(w, sums)
 	renderBuild(w, res, sums)
 	renderDockerfile(w, res, sums)
+	renderFar(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}

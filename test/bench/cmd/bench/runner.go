@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -81,6 +82,8 @@ func (r *runner) system(name string) system {
 	switch name {
 	case "strata":
 		return &strataSys{bin: r.o.strata, dir: dir}
+	case strataRec:
+		return &strataSys{bin: r.o.strata, dir: dir, recorded: true}
 	case "stargz":
 		return &stargzSys{bin: r.o.stargz, dir: dir}
 	default:
@@ -155,6 +158,44 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 	return res, nil
 }
 
+// recRepo is the repository of the copy of img that carries the prefetch
+// list recorded from workload w.
+func recRepo(img imageSpec, w workload) string { return img.Name + "-rec-" + w.Name }
+
+// trainMount makes, once a bench run, recRepo(img, w): a copy of the
+// image's eStargz form with a prefetch list recorded from one run of w on
+// a Strata mount (straight to the registry, untimed, its state dropped).
+func (r *runner) trainMount(ctx context.Context, img imageSpec, w workload) error {
+	if r.trained[img.Name+"/"+w.Name] {
+		return nil
+	}
+	dst := r.regHost + "/" + recRepo(img, w) + ":estargz"
+	if err := copyImage(ctx, r.regHost+"/"+img.Name+":estargz", dst); err != nil {
+		return err
+	}
+	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "training"), mountArgs: []string{"--record", "--record-push"}}
+	err := func() error {
+		if err := s.Prepare(ctx); err != nil {
+			return err
+		}
+		root, err := s.Mount(ctx, dst)
+		if err != nil {
+			return err
+		}
+		_, err = w.Run(ctx, root, img)
+		return err
+	}()
+	// The unmount ends the recording and pushes the list.
+	if err := errors.Join(err, s.Teardown(context.WithoutCancel(ctx))); err != nil {
+		return err
+	}
+	if r.trained == nil {
+		r.trained = map[string]bool{}
+	}
+	r.trained[img.Name+"/"+w.Name] = true
+	return nil
+}
+
 // measure mounts (or pulls) the image once, then for each workload does a
 // cold run and the warm and hot repeats on that mount. A workload's cold
 // time is the mount's time plus its own from a cold page cache (for the
@@ -176,7 +217,17 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 	if err := dropCaches(); err != nil {
 		return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
 	}
-	ref := r.px.Host() + "/" + img.Name + ":" + sys.Tag()
+	repo := img.Name
+	if sys.Name() == strataRec {
+		if err := r.trainMount(ctx, img, ws[0]); err != nil {
+			return fail(ws[0], "cold", fmt.Errorf("recording the prefetch list: %w", err))
+		}
+		repo = recRepo(img, ws[0])
+		if err := dropCaches(); err != nil {
+			return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
+		}
+	}
+	ref := r.px.Host() + "/" + repo + ":" + sys.Tag()
 	r.px.ResetStats()
 	t0 := time.Now()
 	root, err := sys.Mount(ctx, ref)

@@ -71,10 +71,24 @@ type strataSys struct {
 	bin, dir string
 	daemon   *daemonProc
 	mnt      string
+	// recorded: mount the copy of the image that carries a prefetch list
+	// recorded from the workload (see runner.trainMount).
+	recorded  bool
+	mountArgs []string // more `strata mount` flags
 }
 
-func (s *strataSys) Name() string { return "strata" }
-func (s *strataSys) Tag() string  { return "estargz" }
+func (s *strataSys) Name() string {
+	if s.recorded {
+		return strataRec
+	}
+	return "strata"
+}
+
+// strataRec is Strata mounting the copy of an image that carries a
+// prefetch list recorded from the row's workload.
+const strataRec = "strata-rec"
+
+func (s *strataSys) Tag() string { return "estargz" }
 func (s *strataSys) socket() string {
 	return filepath.Join(s.dir, "strata.sock")
 }
@@ -103,7 +117,8 @@ func (s *strataSys) Mount(ctx context.Context, ref string) (string, error) {
 	if err := os.MkdirAll(s.mnt, 0o755); err != nil {
 		return "", err
 	}
-	if err := run(ctx, s.bin, "mount", "--socket", s.socket(), "--insecure", ref, s.mnt); err != nil {
+	args := append(append([]string{"mount", "--socket", s.socket()}, s.mountArgs...), "--insecure", ref, s.mnt)
+	if err := run(ctx, s.bin, args...); err != nil {
 		return "", fmt.Errorf("%w\ndaemon log: %s", err, tailFile(filepath.Join(s.dir, "daemon.log")))
 	}
 	return s.mnt, nil

@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-var profileOrder = []string{"lo", "lan", "wan"}
+var profileOrder = []string{"lo", "lan", "wan", "far"}
 
 func renderTables(w io.Writer, res *runResults, sums map[key]*summary) {
 	for _, prof := range profileOrder {
