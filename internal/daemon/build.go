@@ -37,7 +37,7 @@ func (im *images) resolveImage(ctx context.Context, req ResolveRequest) (*Resolv
 	if req.Ref == "scratch" {
 		img, err = im.scratch(req.Platform)
 	} else {
-		img, err = im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
+		img, _, err = im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
 	}
 	if err != nil {
 		return nil, err

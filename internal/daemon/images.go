@@ -35,6 +35,9 @@ type images struct {
 
 	mu     sync.Mutex
 	mounts map[string]*Mount // by Dir
+
+	listMu  sync.Mutex
+	noLists map[digest.Digest]time.Time // images the registry had no recorded list for, and when
 }
 
 func (im *images) remoteOptions(insecure bool, host string) []remote.Option {
@@ -57,7 +60,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if busy {
 		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
 	}
-	img, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
+	img, stored, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +74,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err := im.record(m); err != nil {
 		return nil, err
 	}
-	lookup := im.lookupPrefetchList(m, req.PrefetchBase)
+	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
 	if err := im.attach(ctx, m, true); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
@@ -96,25 +99,26 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 }
 
 // resolve describes the image ref names for platform (default the
-// daemon's): from the store when ref is a digest it keeps, else from the
-// registry.
-func (im *images) resolve(ctx context.Context, refStr, platform string, insecure bool) (*remote.Image, error) {
+// daemon's): from the store when ref is a digest it keeps (stored is then
+// set), else from the registry.
+func (im *images) resolve(ctx context.Context, refStr, platform string, insecure bool) (img *remote.Image, stored bool, err error) {
 	ref, err := remote.ParseReference(refStr, im.d.remoteOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("%q: %w: %v", refStr, errdefs.ErrInvalidArgument, err)
+		return nil, false, fmt.Errorf("%q: %w: %v", refStr, errdefs.ErrInvalidArgument, err)
 	}
 	opts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, ref.Context().RegistryStr())...)
 	if platform != "" {
 		p, err := v1.ParsePlatform(platform)
 		if err != nil {
-			return nil, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
+			return nil, false, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
 		}
 		opts = append(opts, remote.WithPlatform(*p))
 	}
 	if img, err := im.localImage(ref); err == nil {
-		return img, nil
+		return img, true, nil
 	}
-	return remote.Resolve(ctx, refStr, opts...)
+	img, err = remote.Resolve(ctx, refStr, opts...)
+	return img, false, err
 }
 
 // localImage describes ref from the store when ref names a manifest by

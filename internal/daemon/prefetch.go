@@ -304,11 +304,14 @@ type listLookup struct {
 
 // lookupPrefetchList starts looking for a recorded list for m, per the
 // daemon's policy: its image's own, else (for a build step's mount) the
-// list of the image base names, whose layers are m's first ones. It
-// returns where the answer will arrive, and runs while the layers mount,
-// so the registry's round trips cost the mount nothing. A list is checked
-// before use: well formed, and recorded on the image it is the list of.
-func (im *images) lookupPrefetchList(m *Mount, base string) <-chan listLookup {
+// list of the image base names, whose layers are m's first ones. An image
+// the store described (stored) is mounted without a word to the registry:
+// its own list is looked for in the store only. The registry is asked
+// about a base once a daemon's life (see noList). It returns where the
+// answer will arrive, and runs while the layers mount, so the registry's
+// round trips cost the mount nothing. A list is checked before use: well
+// formed, and recorded on the image it is the list of.
+func (im *images) lookupPrefetchList(m *Mount, base string, stored bool) <-chan listLookup {
 	out := make(chan listLookup, 1)
 	policy := im.d.cfg.PrefetchLists
 	if policy == PrefetchListsOff {
@@ -321,7 +324,11 @@ func (im *images) lookupPrefetchList(m *Mount, base string) <-chan listLookup {
 			out <- listLookup{err: err}
 			return
 		}
-		res := im.findPrefetchList(repo, m.Insecure, m.Digest, m.Layers, false, policy)
+		own := policy
+		if stored {
+			own = PrefetchListsLocal
+		}
+		res := im.findPrefetchList(repo, m.Insecure, m.Digest, m.Layers, false, own)
 		if res.list == nil && res.err == nil && base != "" {
 			var ref name.Reference
 			ref, err = remote.ParseReference(base, im.d.remoteOpts...)
@@ -344,11 +351,14 @@ func (im *images) lookupPrefetchList(m *Mount, base string) <-chan listLookup {
 func (im *images) findPrefetchList(repo name.Repository, insecure bool, image digest.Digest, layers []Layer, prefix bool, policy string) listLookup {
 	from := "store"
 	b, err := im.storedPrefetchList(image)
-	if err == nil && b == nil && policy != PrefetchListsLocal {
+	if err == nil && b == nil && policy != PrefetchListsLocal && !im.noList(image, false) {
 		from = "registry"
 		ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
 		b, err = im.remotePrefetchList(ctx, repo, insecure, image)
 		cancel()
+		if err == nil && b == nil {
+			im.noList(image, true)
+		}
 	}
 	if err != nil || b == nil {
 		return listLookup{from: from, err: err}
@@ -364,6 +374,28 @@ func (im *images) findPrefetchList(repo name.Repository, insecure bool, image di
 	}
 	return listLookup{list: list, from: from, err: err}
 }
+
+// noList says whether the registry was asked for image's list in the last
+// noListFor and had none; with set, it notes that it had none now. A
+// build mounts its base's layers once a step: one question is enough.
+func (im *images) noList(image digest.Digest, set bool) bool {
+	im.listMu.Lock()
+	defer im.listMu.Unlock()
+	if set {
+		if im.noLists == nil || len(im.noLists) >= maxNoLists {
+			im.noLists = map[digest.Digest]time.Time{}
+		}
+		im.noLists[image] = time.Now()
+		return true
+	}
+	t, ok := im.noLists[image]
+	return ok && time.Since(t) < noListFor
+}
+
+const (
+	noListFor  = 10 * time.Minute
+	maxNoLists = 4096
+)
 
 // checkPrefetchList parses b and checks that it was recorded on image,
 // whose layers are layers (with prefix, the first of layers).
