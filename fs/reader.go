@@ -132,6 +132,7 @@ func (c *Content) ReadAt(ctx context.Context, e index.Entry, dst []byte, off int
 			return 0, fmt.Errorf("inode %d: %w: no chunk covers offset %d", e.Ino, index.ErrInvalid, covered)
 		}
 		covered = ch.End()
+		c.noteRead(e.Ino, ch)
 		part, inChunk := window(ch, dst, off, n)
 		if _, ok, err := c.cache.ReadAt(ch.Digest, part, inChunk); err != nil {
 			return 0, err

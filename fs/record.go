@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,7 @@ const (
 	maxListFiles         = 200_000
 	maxListLayers        = 1024
 	maxListPath          = 4096
+	maxListChunks        = 1 << 20 // over all files
 )
 
 // PrefetchList is what a workload opened in an image, in the order it
@@ -51,10 +53,14 @@ type PrefetchList struct {
 }
 
 // ListedFile is one file of a list: a regular file of layer Layer (an
-// index into PrefetchList.Layers), by its path from the layer's root.
+// index into PrefetchList.Layers), by its path from the layer's root, and
+// the file offsets of the chunks the workload read (a program maps a
+// shared library whole and touches a few pages of it). No chunks: the
+// whole file.
 type ListedFile struct {
-	Layer int    `json:"layer"`
-	Path  string `json:"path"`
+	Layer  int     `json:"layer"`
+	Path   string  `json:"path"`
+	Chunks []int64 `json:"chunks,omitempty"`
 }
 
 // ErrBadPrefetchList is wrapped by every error about a list's content.
@@ -90,12 +96,21 @@ func ParsePrefetchList(b []byte) (*PrefetchList, error) {
 	if len(l.Files) > maxListFiles {
 		return nil, fmt.Errorf("%w: %d files, more than %d", ErrBadPrefetchList, len(l.Files), maxListFiles)
 	}
+	chunks := 0
 	for i, f := range l.Files {
 		if f.Layer < 0 || f.Layer >= len(l.Layers) {
 			return nil, fmt.Errorf("%w: file %d: layer %d of %d", ErrBadPrefetchList, i, f.Layer, len(l.Layers))
 		}
 		if err := checkListedPath(f.Path); err != nil {
 			return nil, fmt.Errorf("%w: file %d: %v", ErrBadPrefetchList, i, err)
+		}
+		if chunks += len(f.Chunks); chunks > maxListChunks {
+			return nil, fmt.Errorf("%w: more than %d chunks", ErrBadPrefetchList, maxListChunks)
+		}
+		for _, off := range f.Chunks {
+			if off < 0 {
+				return nil, fmt.Errorf("%w: file %d: chunk offset %d", ErrBadPrefetchList, i, off)
+			}
 		}
 	}
 	return &l, nil
@@ -123,10 +138,11 @@ func (l *PrefetchList) Marshal() ([]byte, error) { return json.Marshal(l) }
 type Recorder struct {
 	layers []digest.Digest
 
-	mu    sync.Mutex
-	seen  map[recordKey]bool
-	files []recorded
-	full  bool
+	mu     sync.Mutex
+	seen   map[recordKey]int // index in files
+	files  []recorded
+	chunks int
+	full   bool
 }
 
 type recordKey struct {
@@ -135,8 +151,10 @@ type recordKey struct {
 }
 
 type recorded struct {
-	layer digest.Digest
-	path  string
+	layer  digest.Digest
+	path   string
+	chunks []int64 // file offsets of the chunks read, in the order first read
+	read   map[int64]bool
 }
 
 // opened notes the first open of inode ino of layer, whose path from the
@@ -145,7 +163,7 @@ func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := recordKey{layer, ino}
-	if r.seen[k] || r.full {
+	if _, ok := r.seen[k]; ok || r.full {
 		return
 	}
 	if len(r.files) >= maxListFiles {
@@ -153,8 +171,29 @@ func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
 		slog.Warn("fs: prefetch recording stopped at its file limit", "files", maxListFiles)
 		return
 	}
-	r.seen[k] = true
+	r.seen[k] = len(r.files)
 	r.files = append(r.files, recorded{layer: layer, path: path()})
+}
+
+// readChunk notes that the chunk at file offset off of inode ino of layer
+// was read (from the cache or fetched) while the file was open.
+func (r *Recorder) readChunk(layer digest.Digest, ino uint64, off int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i, ok := r.seen[recordKey{layer, ino}]
+	if !ok || r.chunks >= maxListChunks {
+		return
+	}
+	f := &r.files[i]
+	if f.read[off] {
+		return
+	}
+	if f.read == nil {
+		f.read = map[int64]bool{}
+	}
+	f.read[off] = true
+	f.chunks = append(f.chunks, off)
+	r.chunks++
 }
 
 // List returns what was recorded as the list of image, whose layers
@@ -168,8 +207,9 @@ func (r *Recorder) List(image digest.Digest, layers []digest.Digest) *PrefetchLi
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, f := range r.files {
-		if i, ok := at[f.layer]; ok && checkListedPath(f.path) == nil {
-			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path})
+		// A file opened but never read needs nothing fetched.
+		if i, ok := at[f.layer]; ok && checkListedPath(f.path) == nil && len(f.chunks) > 0 {
+			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path, Chunks: slices.Clone(f.chunks)})
 		}
 	}
 	return l
@@ -230,10 +270,21 @@ func (c *Content) noteOpen(ino uint64, path func() string) {
 	}
 }
 
+// noteRead tells the layer's recorders that chunk ch of inode ino was read.
+func (c *Content) noteRead(ino uint64, ch index.Chunk) {
+	p := c.recording.set.Load()
+	if p == nil {
+		return
+	}
+	for _, r := range *p {
+		r.readChunk(c.digest, ino, ch.FileOffset)
+	}
+}
+
 // Record starts recording the files opened in layers (those mounted now).
 // StopRecording ends it.
 func (p *Pool) Record(layers []digest.Digest) *Recorder {
-	r := &Recorder{layers: layers, seen: map[recordKey]bool{}}
+	r := &Recorder{layers: layers, seen: map[recordKey]int{}}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, d := range layers {
@@ -371,7 +422,7 @@ func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, Liste
 			st.Missing++
 			continue
 		}
-		chunks, ok := c.uncachedFile(f.Path)
+		chunks, ok := c.uncachedFile(f.Path, f.Chunks)
 		if !ok {
 			st.Missing++
 			continue
@@ -394,8 +445,9 @@ func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, Liste
 }
 
 // uncachedFile resolves p from the layer's root and returns the uncached
-// chunks of the regular file there; ok is false when there is none.
-func (c *Content) uncachedFile(p string) ([]index.BlobChunk, bool) {
+// chunks of the regular file there, only those at the file offsets want
+// when want is not empty; ok is false when there is no such file.
+func (c *Content) uncachedFile(p string, want []int64) ([]index.BlobChunk, bool) {
 	ino := uint64(index.RootIno)
 	var e index.Entry
 	for _, name := range strings.Split(p, "/") {
@@ -415,9 +467,16 @@ func (c *Content) uncachedFile(p string) ([]index.BlobChunk, bool) {
 	if err != nil {
 		return nil, false
 	}
+	var at map[int64]bool
+	if len(want) > 0 {
+		at = make(map[int64]bool, len(want))
+		for _, off := range want {
+			at[off] = true
+		}
+	}
 	var out []index.BlobChunk
 	for _, ch := range chunks {
-		if !c.cache.Has(ch.Digest) {
+		if (at == nil || at[ch.FileOffset]) && !c.cache.Has(ch.Digest) {
 			out = append(out, index.BlobChunk{Ino: ino, Chunk: ch})
 		}
 	}

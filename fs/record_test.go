@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -30,12 +31,12 @@ func listJSON(t testing.TB, l any) []byte {
 
 func TestParsePrefetchList(t *testing.T) {
 	good := PrefetchList{MediaType: PrefetchListMediaType, Image: testImage, Layers: []digest.Digest{testLayer0},
-		Files: []ListedFile{{Layer: 0, Path: "usr/bin/go"}, {Layer: 0, Path: "a b/ü.txt"}}}
+		Files: []ListedFile{{Layer: 0, Path: "usr/bin/go", Chunks: []int64{4 << 20, 0}}, {Layer: 0, Path: "a b/ü.txt"}}}
 	got, err := ParsePrefetchList(listJSON(t, good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got.Files, good.Files) || got.Image != testImage {
+	if !reflect.DeepEqual(got.Files, good.Files) || got.Image != testImage {
 		t.Fatalf("round trip: %+v", got)
 	}
 	bad := map[string]func(l *PrefetchList){
@@ -55,6 +56,8 @@ func TestParsePrefetchList(t *testing.T) {
 		"empty path":         func(l *PrefetchList) { l.Files[0].Path = "" },
 		"NUL":                func(l *PrefetchList) { l.Files[0].Path = "usr/bin\x00/go" },
 		"long path":          func(l *PrefetchList) { l.Files[0].Path = strings.Repeat("a/", 3000) + "b" },
+		"negative chunk":     func(l *PrefetchList) { l.Files[0].Chunks = []int64{0, -1} },
+		"too many chunks":    func(l *PrefetchList) { l.Files[0].Chunks = make([]int64, maxListChunks+1) },
 		"too many files": func(l *PrefetchList) {
 			l.Files = make([]ListedFile, maxListFiles+1)
 			for i := range l.Files {
@@ -205,7 +208,7 @@ func TestRecorderNotesOpensInOrder(t *testing.T) {
 	requireRoot(t)
 	bl := buildEStargz(t, []string{"a/one", "a/two", "b/three", "four"}, []int{10, 20, 30, 40}, 1<<20)
 	ml := mountTestLayer(t, t.TempDir(), bl, nil)
-	r := &Recorder{layers: []digest.Digest{"sha256:test"}, seen: map[recordKey]bool{}}
+	r := &Recorder{layers: []digest.Digest{"sha256:test"}, seen: map[recordKey]int{}}
 	ml.content.recording.add(r)
 	layer := ml.content.digest
 	for _, name := range []string{"b/three", "four", "b/three", "a/one"} {
@@ -214,6 +217,12 @@ func TestRecorderNotesOpensInOrder(t *testing.T) {
 			t.Fatalf("read %s: %d bytes, %v", name, len(b), err)
 		}
 	}
+	// Opened, never read: nothing to fetch, not listed.
+	f, err := os.Open(filepath.Join(ml.dir, "a/two"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	if _, err := os.ReadDir(filepath.Join(ml.dir, "a")); err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +232,8 @@ func TestRecorderNotesOpensInOrder(t *testing.T) {
 	}
 	other := digest.FromString("another layer")
 	got := r.List(testImage, []digest.Digest{other, layer})
-	want := []ListedFile{{1, "b/three"}, {1, "four"}, {1, "a/one"}}
-	if !slices.Equal(got.Files, want) {
+	want := []ListedFile{{1, "b/three", []int64{0}}, {1, "four", []int64{0}}, {1, "a/one", []int64{0}}}
+	if !reflect.DeepEqual(got.Files, want) {
 		t.Fatalf("recorded %v, want %v (first opens, in order, none after the recording stopped)", got.Files, want)
 	}
 	got.Layers = []digest.Digest{other, testLayer0} // the test layer's name is no digest
@@ -234,5 +243,35 @@ func TestRecorderNotesOpensInOrder(t *testing.T) {
 	// A list of other layers leaves this layer's files out.
 	if l := r.List(testImage, []digest.Digest{other}); len(l.Files) != 0 {
 		t.Fatalf("files of a layer not in the image: %v", l.Files)
+	}
+}
+
+// TestRecordedChunksOnly: of a file of several chunks, a list that names
+// some fetches those alone; a recorder notes the chunks a read touches.
+func TestRecordedChunksOnly(t *testing.T) {
+	l := newTestLayer(t, []string{"lib/big.so", "lib/small"}, []int{3<<20 + 100, 10})
+	list := listOf("lib/big.so", "lib/small")
+	list.Files[0].Chunks = []int64{2 << 20, 0}
+	pieces, st := listedPieces([]*Content{l.content}, list)
+	var offs []int64
+	for _, p := range pieces {
+		for _, ch := range p.chunks {
+			offs = append(offs, ch.FileOffset)
+		}
+	}
+	if st.Files != 2 || !slices.Equal(offs, []int64{0, 2 << 20, 0}) {
+		t.Fatalf("pieces hold chunks at %v (%+v); want big.so's 0 and 2 MiB, then small's", offs, st)
+	}
+
+	r := &Recorder{layers: []digest.Digest{l.content.digest}, seen: map[recordKey]int{}}
+	l.content.recording.add(r)
+	e := l.entry(t, "lib/big.so")
+	l.content.noteOpen(e.Ino, func() string { return "lib/big.so" })
+	l.read(t, "lib/big.so", 1<<20+5, 4096)
+	l.read(t, "lib/big.so", 3<<20, 100)
+	l.read(t, "lib/big.so", 1<<20, 10)
+	got := r.List(testImage, []digest.Digest{l.content.digest})
+	if len(got.Files) != 1 || !slices.Equal(got.Files[0].Chunks, []int64{1 << 20, 3 << 20}) {
+		t.Fatalf("recorded %+v; want big.so's chunks at 1 and 3 MiB, in the order read", got.Files)
 	}
 }
