@@ -68,6 +68,9 @@ func (n *node) openLarge(ctx context.Context) (gofs.FileHandle, uint32, syscall.
 	if m.file != nil {
 		m.direct++
 		metricPassthroughOpens.Inc()
+		// Its reads reach the kernel's backing file, not the daemon: a
+		// recording cannot see which chunks they take.
+		n.layer.content.noteWhole(n.ino)
 		// go-fuse drops FOPEN_KEEP_CACHE when passthrough is in effect,
 		// and keeps it when it falls back to reads through Read.
 		return &directHandle{n: n, f: m.file}, fileOpenFlags, 0

@@ -155,6 +155,7 @@ type recorded struct {
 	path   string
 	chunks []int64 // file offsets of the chunks read, in the order first read
 	read   map[int64]bool
+	whole  bool // read where the daemon cannot see (passthrough): all of it
 }
 
 // opened notes the first open of inode ino of layer, whose path from the
@@ -173,6 +174,16 @@ func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
 	}
 	r.seen[k] = len(r.files)
 	r.files = append(r.files, recorded{layer: layer, path: path()})
+}
+
+// wholeFile notes that inode ino of layer was read without the daemon
+// seeing which chunks (a passthrough open): the list takes all of it.
+func (r *Recorder) wholeFile(layer digest.Digest, ino uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i, ok := r.seen[recordKey{layer, ino}]; ok {
+		r.files[i].whole = true
+	}
 }
 
 // readChunk notes that the chunk at file offset off of inode ino of layer
@@ -208,7 +219,12 @@ func (r *Recorder) List(image digest.Digest, layers []digest.Digest) *PrefetchLi
 	defer r.mu.Unlock()
 	for _, f := range r.files {
 		// A file opened but never read needs nothing fetched.
-		if i, ok := at[f.layer]; ok && checkListedPath(f.path) == nil && len(f.chunks) > 0 {
+		i, ok := at[f.layer]
+		switch {
+		case !ok || checkListedPath(f.path) != nil:
+		case f.whole:
+			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path})
+		case len(f.chunks) > 0:
 			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path, Chunks: slices.Clone(f.chunks)})
 		}
 	}
@@ -267,6 +283,18 @@ func (c *Content) noteOpen(ino uint64, path func() string) {
 	}
 	for _, r := range *p {
 		r.opened(c.digest, ino, path)
+	}
+}
+
+// noteWhole tells the layer's recorders that inode ino is read whole
+// where they cannot see it.
+func (c *Content) noteWhole(ino uint64) {
+	p := c.recording.set.Load()
+	if p == nil {
+		return
+	}
+	for _, r := range *p {
+		r.wholeFile(c.digest, ino)
 	}
 }
 
