@@ -275,3 +275,22 @@ func TestRecordedChunksOnly(t *testing.T) {
 		t.Fatalf("recorded %+v; want big.so's chunks at 1 and 3 MiB, in the order read", got.Files)
 	}
 }
+
+// TestPassthroughReadListsWholeFile: a file read where the recorder
+// cannot see its chunks (a passthrough open) is listed whole.
+func TestPassthroughReadListsWholeFile(t *testing.T) {
+	l := newTestLayer(t, []string{"bin/tool", "lib/part.so"}, []int{3 << 20, 3 << 20})
+	r := &Recorder{layers: []digest.Digest{l.content.digest}, seen: map[recordKey]int{}}
+	l.content.recording.add(r)
+	tool, part := l.entry(t, "bin/tool"), l.entry(t, "lib/part.so")
+	l.content.noteOpen(tool.Ino, func() string { return "bin/tool" })
+	l.read(t, "bin/tool", 0, 10)
+	l.content.noteWhole(tool.Ino)
+	l.content.noteOpen(part.Ino, func() string { return "lib/part.so" })
+	l.read(t, "lib/part.so", 2<<20, 10)
+	got := r.List(testImage, []digest.Digest{l.content.digest}).Files
+	want := []ListedFile{{0, "bin/tool", nil}, {0, "lib/part.so", []int64{2 << 20}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("recorded %+v, want %+v", got, want)
+	}
+}
