@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,13 @@ import (
 // the format, not the package's constant.
 const prefetchListType = "application/vnd.stratafs.prefetch-list.v1+json"
 
+// uniqueRepo is a repository name of its own for one run of a test:
+// referrers pile up per repository, and -count runs a test again on the
+// same registry.
+func uniqueRepo(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
+}
+
 // mountWith mounts ref with req's options at a new directory.
 func (d *testDaemon) mountWith(t *testing.T, req daemon.MountRequest) (string, *daemon.Mount) {
 	t.Helper()
@@ -39,12 +47,17 @@ func (d *testDaemon) mountWith(t *testing.T, req daemon.MountRequest) (string, *
 	return req.Dir, m
 }
 
-// waitLog waits, bounded, for a daemon log line holding every part.
-func waitLog(t *testing.T, parts ...string) string {
+// logMark is where the daemon log ends now: waitLog looks after it, so
+// that a line of an earlier run of the test (-count) does not count.
+func logMark() int { return len(logs.String()) }
+
+// waitLog waits, bounded, for a daemon log line after mark holding every
+// part.
+func waitLog(t *testing.T, mark int, parts ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		for _, line := range strings.Split(logs.String(), "\n") {
+		for _, line := range strings.Split(logs.String()[mark:], "\n") {
 			all := true
 			for _, p := range parts {
 				all = all && strings.Contains(line, p)
@@ -78,10 +91,11 @@ func readChecked(t *testing.T, dir, path string, layers []fixture.LayerSpec) {
 func TestRecordedPrefetch(t *testing.T) {
 	requireRoot(t)
 	layers := fixture.Big(16)
-	ref := push(t, shared.reg, "recorded", "estargz", layers, fixture.FormEStargz)
+	ref := push(t, shared.reg, uniqueRepo("recorded"), "estargz", layers, fixture.FormEStargz)
 	listed := []string{"other/4k.bin", "small/b/4k.bin"}
 
 	first := startDaemon(t, nil)
+	mark := logMark()
 	dir, m := first.mountWith(t, daemon.MountRequest{Ref: ref, Writable: true, Record: true, RecordPush: true})
 	if !m.Recording {
 		t.Fatal("the mount does not say it records")
@@ -96,7 +110,7 @@ func TestRecordedPrefetch(t *testing.T) {
 	if err := first.client.Unmount(context.Background(), dir, true); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+	waitLog(t, mark, "recorded prefetch list pushed", m.Digest.String())
 
 	// The referrer is in the registry, as OCI's referrers tag scheme has it.
 	r, err := name.ParseReference(ref, name.Insecure)
@@ -150,8 +164,9 @@ func TestRecordedPrefetch(t *testing.T) {
 	// Another machine: a fresh daemon, through a counting proxy.
 	p := startProxy(t, shared.reg)
 	second := startDaemon(t, nil)
+	mark = logMark()
 	dir2, m2 := second.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p)})
-	line := waitLog(t, "recorded prefetch done", m2.Digest.String(), "from=registry")
+	line := waitLog(t, mark, "recorded prefetch done", m2.Digest.String(), "from=registry")
 	if !strings.Contains(line, "files=2 ") || !strings.Contains(line, "missing=0") {
 		t.Fatalf("prefetch: %s", line)
 	}
@@ -224,7 +239,7 @@ func TestHostileRecordedListIsRefused(t *testing.T) {
 		"other-layer": `[{"layer":0,"path":"other/4k.bin"}]`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			ref := push(t, shared.reg, "hostile-list-"+name, "estargz", layers, fixture.FormEStargz)
+			ref := push(t, shared.reg, uniqueRepo("hostile-list-"+name), "estargz", layers, fixture.FormEStargz)
 			d0 := startDaemon(t, nil)
 			_, m := d0.mountWith(t, daemon.MountRequest{Ref: ref})
 			layer := m.Layers[0].Digest
@@ -236,8 +251,9 @@ func TestHostileRecordedListIsRefused(t *testing.T) {
 
 			p := startProxy(t, shared.reg)
 			d := startDaemon(t, nil)
+			mark := logMark()
 			dir, m2 := d.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p)})
-			waitLog(t, "recorded prefetch list refused", m2.Digest.String())
+			waitLog(t, mark, "recorded prefetch list refused", m2.Digest.String())
 			atMount := p.Stats()
 			p.ResetStats()
 			readChecked(t, dir, "other/4k.bin", layers)
@@ -253,14 +269,15 @@ func TestHostileRecordedListIsRefused(t *testing.T) {
 func TestPrefetchListsOff(t *testing.T) {
 	requireRoot(t)
 	layers := fixture.Big(16)
-	ref := push(t, shared.reg, "recorded-off", "estargz", layers, fixture.FormEStargz)
+	ref := push(t, shared.reg, uniqueRepo("recorded-off"), "estargz", layers, fixture.FormEStargz)
 	first := startDaemon(t, nil)
+	mark := logMark()
 	dir, m := first.mountWith(t, daemon.MountRequest{Ref: ref, Record: true, RecordPush: true})
 	readChecked(t, dir, "other/4k.bin", layers)
 	if err := first.client.Unmount(context.Background(), dir, false); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+	waitLog(t, mark, "recorded prefetch list pushed", m.Digest.String())
 
 	p := startProxy(t, shared.reg)
 	d := startDaemon(t, func(c *daemon.Config) { c.PrefetchLists = daemon.PrefetchListsOff })
@@ -288,8 +305,9 @@ func TestBuildUsesBaseRecordedList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := push(t, shared.reg, "build-base-recorded", "v1", layers, fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
+	base := push(t, shared.reg, uniqueRepo("build-base-recorded"), "v1", layers, fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
 	rec := startDaemon(t, nil)
+	mark := logMark()
 	dir, m := rec.mountWith(t, daemon.MountRequest{Ref: base, Record: true, RecordPush: true})
 	if _, err := os.ReadFile(filepath.Join(dir, "bin/busybox")); err != nil {
 		t.Fatal(err)
@@ -297,7 +315,7 @@ func TestBuildUsesBaseRecordedList(t *testing.T) {
 	if err := rec.client.Unmount(context.Background(), dir, false); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, "recorded prefetch list pushed", m.Digest.String())
+	waitLog(t, mark, "recorded prefetch list pushed", m.Digest.String())
 
 	b := &buildBench{d: startDaemon(t, nil), bin: buildStrata(t), base: base}
 	ctxDir := t.TempDir()
@@ -307,8 +325,9 @@ func TestBuildUsesBaseRecordedList(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(ctxDir, "f"), []byte("a file\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	mark = logMark()
 	b.mustBuild(t, ctxDir)
-	line := waitLog(t, "recorded prefetch done", "base image "+m.Digest.String())
+	line := waitLog(t, mark, "recorded prefetch done", "base image "+m.Digest.String())
 	if !strings.Contains(line, "files=1 ") {
 		t.Fatalf("the RUN step's mount did not prefetch the base's listed file: %s", line)
 	}
