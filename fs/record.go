@@ -176,12 +176,15 @@ func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
 	r.files = append(r.files, recorded{layer: layer, path: path()})
 }
 
-// wholeFile notes that inode ino of layer was read without the daemon
-// seeing which chunks (a passthrough open): the list takes all of it.
+// wholeFile notes that inode ino of layer is read without the daemon
+// seeing which chunks (a passthrough open). A file whose reads the
+// recording saw before (its whole file was made after them) keeps those
+// chunks: a later open reads much the same (a library mapped again, the
+// locale archive at each setlocale); one read only so is listed whole.
 func (r *Recorder) wholeFile(layer digest.Digest, ino uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if i, ok := r.seen[recordKey{layer, ino}]; ok {
+	if i, ok := r.seen[recordKey{layer, ino}]; ok && len(r.files[i].chunks) == 0 {
 		r.files[i].whole = true
 	}
 }
