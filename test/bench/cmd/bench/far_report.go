@@ -18,11 +18,12 @@ func renderFar(w io.Writer, res *runResults, sums map[key]*summary) {
 	var rows []string
 	for _, f := range farWorkloads {
 		get := func(sys string) *summary { return sums[key{"far", f.img, f.wl, sys, "cold"}] }
-		st, rec, fp := get("strata"), get(strataRec), get("fullpull")
-		if st == nil && rec == nil && fp == nil {
+		st, rec, pl, plRec, fp := get("strata"), get(strataRec), get(strataPlain), get(strataPlainRec), get("fullpull")
+		if st == nil && rec == nil && pl == nil && plRec == nil && fp == nil {
 			continue
 		}
-		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", f.img, f.wl, farCell(st), farCell(rec), cell(fp, f.wl), ratio(rec, st)))
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", f.img, f.wl,
+			farCell(st), farCell(rec), farCell(pl), farCell(plRec), cell(fp, f.wl)))
 	}
 	p("## Recorded prefetch over a far link (issue 18)\n\n")
 	if len(rows) == 0 {
@@ -30,18 +31,21 @@ func renderFar(w io.Writer, res *runResults, sums map[key]*summary) {
 		return
 	}
 	p(`The link: **far** (%d ms RTT, %d Mbit/s, shared by all connections). Cold starts only, each from a fresh state root
-and a dropped page cache: **strata** mounts the image as it is; **%s** mounts a copy of it (repository IMAGE-rec-WORKLOAD)
-to which one untimed run of the workload on a Strata mount (`+"`strata mount --record --record-push`"+`, straight to the
-registry) attached a prefetch list as an OCI referrer, the state of that run dropped: a second start on a fresh machine;
-**fullpull** as in the tables above. Cells: median seconds (min–max, n) · mount seconds · MB · requests.
+and a dropped page cache. **strata** mounts the eStargz image the other rows use, which carries a prefetch landmark for
+exactly this start (`+"`strata convert --prioritize`"+`); **%s** mounts the image converted without one (`+"`IMAGE:plain`"+`),
+as an image nobody optimized for the workload is. **%s** and **%s** mount a copy of each (repository
+IMAGE-rec-WORKLOAD) to which one untimed run of the workload on a Strata mount (`+"`strata mount --record --record-push`"+`,
+straight to the registry) attached a prefetch list as an OCI referrer, the state of that run dropped: a second start on a
+fresh machine. **fullpull** as in the tables above. Cells: median seconds (min–max, n) · mount seconds · MB · requests.
 
-| image | workload | strata | %s | fullpull | %s/strata |
-|---|---|---|---|---|---:|
+| image | workload | strata | %s | %s | %s | fullpull |
+|---|---|---|---|---|---|---|
 %s
 
 | target | measured | verdict |
 |---|---|---|
-`, proxy.ProfileFar.RTT.Milliseconds(), proxy.ProfileFar.BandwidthBps*8/1_000_000, strataRec, strataRec, strataRec, strings.Join(rows, "\n"))
+`, proxy.ProfileFar.RTT.Milliseconds(), proxy.ProfileFar.BandwidthBps*8/1_000_000, strataPlain, strataRec, strataPlainRec,
+		strataRec, strataPlain, strataPlainRec, strings.Join(rows, "\n"))
 	for _, t := range farTargets(res, sums) {
 		p("| %s | %s | %s |\n", t.What, t.Measured, verdict(t))
 	}
@@ -62,11 +66,18 @@ func farCell(s *summary) string {
 func farTargets(res *runResults, sums map[key]*summary) []target {
 	var ts []target
 	bw, rtt := float64(proxy.ProfileFar.BandwidthBps), proxy.ProfileFar.RTT.Seconds()
-	for _, f := range farWorkloads {
-		rec := sums[key{"far", f.img, f.wl, strataRec, "cold"}]
+	for _, c := range []struct {
+		f         struct{ img, wl string }
+		sys, form string
+	}{
+		{farWorkloads[0], strataPlainRec, "image without landmarks"}, {farWorkloads[1], strataPlainRec, "image without landmarks"},
+		{farWorkloads[0], strataRec, "image with landmarks"}, {farWorkloads[1], strataRec, "image with landmarks"},
+	} {
+		f := c.f
+		rec := sums[key{"far", f.img, f.wl, c.sys, "cold"}]
 		est, ok := res.Reads[f.img+"/"+f.wl]
-		t := target{What: fmt.Sprintf("far cold, recorded list: `%s` within 1.3 × (mount + compressed bytes read ÷ bandwidth + 3 RTTs) (issue 18)", f.wl)}
-		b := target{What: fmt.Sprintf("far cold, recorded list: `%s` bytes ≤ 1.3 × compressed bytes read + TOCs (issue 18)", f.wl)}
+		t := target{What: fmt.Sprintf("far cold, recorded list, %s: `%s` within 1.3 × (mount + compressed bytes read ÷ bandwidth + 3 RTTs) (issue 18)", c.form, f.wl)}
+		b := target{What: fmt.Sprintf("far cold, recorded list, %s: `%s` bytes ≤ 1.3 × compressed bytes read + TOCs (issue 18)", c.form, f.wl)}
 		if rec != nil && rec.N > 0 && ok && est.Compressed > 0 {
 			ideal := rec.MountMed + float64(est.Compressed)/bw + 3*rtt
 			t.Measured = fmt.Sprintf("%.2f s vs 1.3 × %.2f s = %.2f s (mount %.2f s, %.1f MB read compressed in %d files, n=%d)",

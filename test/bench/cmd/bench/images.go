@@ -228,6 +228,21 @@ func (b *builder) ensureImage(ctx context.Context, reg string, spec imageSpec) e
 	return nil
 }
 
+// ensurePlain pushes name:plain, the gzip image converted to eStargz
+// without prefetch landmarks, unless it exists: what a lazy mount of an
+// image nobody optimized for the workload reads.
+func (b *builder) ensurePlain(ctx context.Context, reg string, spec imageSpec) error {
+	gz, plain := reg+"/"+spec.Name+":gzip", reg+"/"+spec.Name+":plain"
+	if exists(ctx, plain) {
+		return nil
+	}
+	b.log.Info("converting to eStargz without landmarks", "image", spec.Name)
+	if err := run(ctx, b.Strata, "convert", "--insecure", gz, plain); err != nil {
+		return fmt.Errorf("image %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
 // prioritized unpacks the gzip image gz, traces spec.Prioritize on it and
 // writes the files it read, in order, to a list file for convert.
 func (b *builder) prioritized(ctx context.Context, gz string, spec imageSpec) (string, error) {

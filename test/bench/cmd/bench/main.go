@@ -92,6 +92,11 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 		if err := b.ensureImage(ctx, reg.Host(), spec); err != nil {
 			return err
 		}
+		if p.needsPlain(name) {
+			if err := b.ensurePlain(ctx, reg.Host(), spec); err != nil {
+				return err
+			}
+		}
 	}
 	log.Info("images ready", "took", time.Since(start).Round(time.Second))
 	if o.imagesOnly {

@@ -133,9 +133,10 @@ func planFor(quick bool) plan {
 }
 
 // farEntry is a start over the far link (issue 18): Strata without and
-// with a recorded prefetch list, and the full pull once; cold only.
+// with a recorded prefetch list, on the image with landmarks for the start
+// and on its plain form, and the full pull once; cold only.
 func farEntry(img, wl string) entry {
-	return entry{Profile: proxy.ProfileFar, Image: img, Workloads: []string{wl}, Systems: []string{"strata", strataRec, "fullpull"},
+	return entry{Profile: proxy.ProfileFar, Image: img, Workloads: []string{wl}, Systems: []string{"strata", strataRec, strataPlain, strataPlainRec, "fullpull"},
 		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}}
 }
 
@@ -234,6 +235,16 @@ func (p plan) pick(workloads, systems []string, runs int) plan {
 		}
 	}
 	return out
+}
+
+// needsPlain says whether an entry for image mounts its plain form.
+func (p plan) needsPlain(image string) bool {
+	for _, e := range p {
+		if e.Image == image && (slices.Contains(e.Systems, strataPlain) || slices.Contains(e.Systems, strataPlainRec)) {
+			return true
+		}
+	}
+	return false
 }
 
 // only keeps the entries for image; "" keeps everything.

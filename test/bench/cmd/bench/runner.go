@@ -84,6 +84,10 @@ func (r *runner) system(name string) system {
 		return &strataSys{bin: r.o.strata, dir: dir}
 	case strataRec:
 		return &strataSys{bin: r.o.strata, dir: dir, recorded: true}
+	case strataPlain:
+		return &strataSys{bin: r.o.strata, dir: dir, plain: true}
+	case strataPlainRec:
+		return &strataSys{bin: r.o.strata, dir: dir, plain: true, recorded: true}
 	case "stargz":
 		return &stargzSys{bin: r.o.stargz, dir: dir}
 	default:
@@ -162,15 +166,15 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 // list recorded from workload w.
 func recRepo(img imageSpec, w workload) string { return img.Name + "-rec-" + w.Name }
 
-// trainMount makes, once a bench run, recRepo(img, w): a copy of the
-// image's eStargz form with a prefetch list recorded from one run of w on
+// trainMount makes, once a bench run, recRepo(img, w):tag: a copy of the
+// image's eStargz form tag (estargz or plain) with a prefetch list recorded from one run of w on
 // a Strata mount (straight to the registry, untimed, its state dropped).
-func (r *runner) trainMount(ctx context.Context, img imageSpec, w workload) error {
-	if r.trained[img.Name+"/"+w.Name] {
+func (r *runner) trainMount(ctx context.Context, img imageSpec, w workload, tag string) error {
+	if r.trained[img.Name+"/"+w.Name+":"+tag] {
 		return nil
 	}
-	dst := r.regHost + "/" + recRepo(img, w) + ":estargz"
-	if err := copyImage(ctx, r.regHost+"/"+img.Name+":estargz", dst); err != nil {
+	dst := r.regHost + "/" + recRepo(img, w) + ":" + tag
+	if err := copyImage(ctx, r.regHost+"/"+img.Name+":"+tag, dst); err != nil {
 		return err
 	}
 	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "training"), mountArgs: []string{"--record", "--record-push"}}
@@ -192,7 +196,7 @@ func (r *runner) trainMount(ctx context.Context, img imageSpec, w workload) erro
 	if r.trained == nil {
 		r.trained = map[string]bool{}
 	}
-	r.trained[img.Name+"/"+w.Name] = true
+	r.trained[img.Name+"/"+w.Name+":"+tag] = true
 	return nil
 }
 
@@ -218,8 +222,8 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 		return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
 	}
 	repo := img.Name
-	if sys.Name() == strataRec {
-		if err := r.trainMount(ctx, img, ws[0]); err != nil {
+	if sys.Name() == strataRec || sys.Name() == strataPlainRec {
+		if err := r.trainMount(ctx, img, ws[0], sys.Tag()); err != nil {
 			return fail(ws[0], "cold", fmt.Errorf("recording the prefetch list: %w", err))
 		}
 		repo = recRepo(img, ws[0])

@@ -74,19 +74,31 @@ type strataSys struct {
 	// recorded: mount the copy of the image that carries a prefetch list
 	// recorded from the workload (see runner.trainMount).
 	recorded  bool
+	plain     bool     // mount IMAGE:plain, eStargz without prefetch landmarks
 	mountArgs []string // more `strata mount` flags
 }
 
 func (s *strataSys) Name() string {
-	if s.recorded {
+	switch {
+	case s.plain && s.recorded:
+		return strataPlainRec
+	case s.plain:
+		return strataPlain
+	case s.recorded:
 		return strataRec
 	}
 	return "strata"
 }
 
 // strataRec is Strata mounting the copy of an image that carries a
-// prefetch list recorded from the row's workload.
-const strataRec = "strata-rec"
+// prefetch list recorded from the row's workload; strataPlain, the image
+// converted without prefetch landmarks (`strata convert` with no
+// --prioritize), and strataPlainRec, a copy of that one with a list.
+const (
+	strataRec      = "strata-rec"
+	strataPlain    = "strata-plain"
+	strataPlainRec = "strata-plain-rec"
+)
 
 func (s *strataSys) Tag() string { return "estargz" }
 func (s *strataSys) socket() string {
