@@ -207,7 +207,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	n.layer.content.noteOpen(n.ino, func() string { return n.Path(nil) })
+	if n.layer.content.recording.active() {
+		n.layer.content.noteOpen(n.ino, func() string { return n.Path(nil) })
+	}
 	if n.opens != nil {
 		return n.openLarge(ctx)
 	}

@@ -234,18 +234,15 @@ func (r *Recorder) List(image digest.Digest, layers []digest.Digest) *PrefetchLi
 	return l
 }
 
-// Len is how many files were recorded so far.
-func (r *Recorder) Len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.files)
-}
-
 // recorders is the set of recorders a layer reports opens to.
 type recorders struct {
 	mu  sync.Mutex
 	set atomic.Pointer[[]*Recorder] // read without the lock on every open
 }
+
+// active says whether anything records: one atomic load, so an open
+// builds nothing for recorders when there are none.
+func (rs *recorders) active() bool { return rs.set.Load() != nil }
 
 func (rs *recorders) add(r *Recorder) {
 	rs.mu.Lock()

@@ -87,11 +87,13 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		}
 		return nil, err
 	}
+	// Under the lock: an unmount may already see m (attach listed it).
+	im.mu.Lock()
 	if req.Record {
-		im.startRecording(m, req)
-		m.Recording = true
+		m.recording, m.Recording = im.startRecording(m, req), true
 	}
-	im.startListedPrefetch(m, lookup)
+	m.stopPrefetch = im.startListedPrefetch(m, lookup)
+	im.mu.Unlock()
 	m.Duration = time.Since(start)
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
@@ -269,15 +271,18 @@ func (im *images) nameOptions(m *Mount) []name.Option {
 // detach unmounts the overlay and releases the layers. A writable mount's
 // layers are held by its snapshots, and stay.
 func (im *images) detach(m *Mount) error {
-	if m.stopPrefetch != nil {
-		m.stopPrefetch()
+	im.mu.Lock()
+	stop, rec := m.stopPrefetch, m.recording
+	im.mu.Unlock()
+	if stop != nil {
+		stop()
 	}
-	var errs []error
-	if m.recording != nil {
-		// Before the unmount: the layers may go with it.
-		errs = append(errs, im.finishRecording(context.Background(), m, m.recording))
+	if rec != nil {
+		// Before the unmount: the layers may go with it. A list that
+		// cannot be kept or pushed is logged; the unmount goes on.
+		_ = im.finishRecording(context.Background(), m, rec)
 	}
-	errs = append(errs, kmount.Unmount(m.Dir))
+	errs := []error{kmount.Unmount(m.Dir)}
 	for _, l := range m.Layers {
 		if !m.Writable {
 			errs = append(errs, im.d.pool.Release(l.Digest))

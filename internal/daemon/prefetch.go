@@ -54,21 +54,26 @@ type recording struct {
 	err   error
 }
 
+// layerDigests are m's layers' digests, bottom to top.
+func (m *Mount) layerDigests() []digest.Digest {
+	out := make([]digest.Digest, len(m.Layers))
+	for i, l := range m.Layers {
+		out[i] = l.Digest
+	}
+	return out
+}
+
 // startRecording notes the files opened in m's layers until req.RecordFor
 // has passed or m is unmounted, whichever comes first.
-func (im *images) startRecording(m *Mount, req MountRequest) {
-	layers := make([]digest.Digest, len(m.Layers))
-	for i, l := range m.Layers {
-		layers[i] = l.Digest
-	}
-	rec := &recording{r: im.d.pool.Record(layers), push: req.RecordPush, done: make(chan struct{})}
+func (im *images) startRecording(m *Mount, req MountRequest) *recording {
+	rec := &recording{r: im.d.pool.Record(m.layerDigests()), push: req.RecordPush, done: make(chan struct{})}
 	d := req.RecordFor
 	if d <= 0 {
 		d = DefaultRecordFor
 	}
 	rec.timer = time.AfterFunc(d, func() { im.finishRecording(context.Background(), m, rec) })
-	m.recording = rec
 	slog.Info("recording the files the workload opens", "dir", m.Dir, "for", d, "push", req.RecordPush)
+	return rec
 }
 
 // finishRecording stops rec, keeps its list in the store as m's image's
@@ -78,11 +83,7 @@ func (im *images) finishRecording(ctx context.Context, m *Mount, rec *recording)
 		defer close(rec.done)
 		rec.timer.Stop()
 		im.d.pool.StopRecording(rec.r)
-		layers := make([]digest.Digest, len(m.Layers))
-		for i, l := range m.Layers {
-			layers[i] = l.Digest
-		}
-		list := rec.r.List(m.Digest, layers)
+		list := rec.r.List(m.Digest, m.layerDigests())
 		b, err := list.Marshal()
 		if err == nil {
 			err = im.keepPrefetchList(m.Digest, b)
@@ -94,6 +95,9 @@ func (im *images) finishRecording(ctx context.Context, m *Mount, rec *recording)
 		}
 		slog.Info("recorded prefetch list kept", "image", m.Digest, "files", len(list.Files), "list", digest.FromBytes(b))
 		if rec.push {
+			// Bounded: an unmount waits for it.
+			ctx, cancel := context.WithTimeout(ctx, 4*im.d.cfg.FetchTimeout.Duration)
+			defer cancel()
 			desc, err := im.pushPrefetchList(ctx, m, b)
 			if err != nil {
 				rec.err = fmt.Errorf("pushing the recorded prefetch list: %w", err)
@@ -151,7 +155,7 @@ func (im *images) pushPrefetchList(ctx context.Context, m *Mount, list []byte) (
 	if err != nil {
 		return "", err
 	}
-	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(m.Insecure, repo.RegistryStr())...)...)
+	opts := im.registryOptions(ctx, repo, m.Insecure)
 	listLayer := static.NewLayer(list, types.MediaType(fs.PrefetchListMediaType))
 	config := static.NewLayer(emptyJSON, types.MediaType(ocispec.MediaTypeEmptyJSON))
 	for _, l := range []v1.Layer{listLayer, config} {
@@ -192,6 +196,12 @@ func (im *images) pushPrefetchList(ctx context.Context, m *Mount, list []byte) (
 	return d, nil
 }
 
+// registryOptions are go-containerregistry's options for repo, with the
+// daemon's credentials, transport and insecure registries, as its reads.
+func (im *images) registryOptions(ctx context.Context, repo name.Repository, insecure bool) []ggcrremote.Option {
+	return remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
+}
+
 // rawManifest is a manifest to put as it is.
 type rawManifest struct {
 	raw       []byte
@@ -207,7 +217,7 @@ const maxReferrers = 64
 // remotePrefetchList fetches the newest recorded list pushed to repo as
 // a referrer of the image subject, nil when there is none.
 func (im *images) remotePrefetchList(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest) ([]byte, error) {
-	opts := remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
+	opts := im.registryOptions(ctx, repo, insecure)
 	idx, err := ggcrremote.Referrers(repo.Digest(subject.String()), append(opts, ggcrremote.WithFilter("artifactType", fs.PrefetchListMediaType))...)
 	if err != nil {
 		return nil, err
@@ -265,10 +275,10 @@ func (im *images) remotePrefetchList(ctx context.Context, repo name.Repository, 
 }
 
 // startListedPrefetch fetches, in the background, the files of the
-// recorded list lookup delivers; unmounting m stops it.
-func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) {
+// recorded list lookup delivers, until the returned function is called
+// (by the unmount).
+func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) context.CancelFunc {
 	ctx, cancel := context.WithCancel(context.Background())
-	m.stopPrefetch = cancel
 	go func() {
 		defer cancel()
 		var res listLookup
@@ -293,6 +303,7 @@ func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) {
 		slog.Info("recorded prefetch done", "image", m.Digest, "from", res.from, "files", st.Files, "missing", st.Missing,
 			"streams", st.Streams, "bytes", st.Bytes, "duration", time.Since(start).Round(time.Millisecond), "stopped", ctx.Err() != nil)
 	}()
+	return cancel
 }
 
 // listLookup is the outcome of looking for a recorded list.
@@ -369,7 +380,7 @@ func (im *images) findPrefetchList(repo name.Repository, insecure bool, image di
 			slog.Warn("recorded prefetch list not kept", "image", image, "error", kerr)
 		}
 	}
-	if image != "" && prefix {
+	if prefix {
 		from += " (base image " + image.String() + ")"
 	}
 	return listLookup{list: list, from: from, err: err}
