@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -211,7 +212,16 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	}
 	out := map[digest.Digest][]byte{}
 	for _, ch := range missing {
-		sf := waits[ch.BlobOffset]
+		sf, ok := waits[ch.BlobOffset]
+		if !ok {
+			// Its stream arrived between the read's look into the cache
+			// and the claim: it is cached now.
+			var err error
+			if out, err = c.loadAgain(ctx, e, ch, out); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		select {
 		case <-sf.done:
 		case <-ctx.Done():
@@ -224,7 +234,11 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 		if !ok {
 			// Another reader fetched this stream for other chunks of it;
 			// ours is in the cache now or must be fetched again.
-			return c.loadAgain(ctx, e, ch, out)
+			var err error
+			if out, err = c.loadAgain(ctx, e, ch, out); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		out[ch.Digest] = data
 	}
@@ -306,7 +320,9 @@ func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 }
 
 // claim groups chunks by compressed stream and claims the streams nobody
-// is fetching yet. It returns, for every stream, the fetch to wait for.
+// is fetching yet. It returns, for every stream, the fetch to wait for; a
+// stream whose chunks are all cached (a fetch that ended after the caller
+// looked) gets none and is not claimed.
 func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claimed) {
 	streams := map[int64][]index.BlobChunk{}
 	var order []int64
@@ -323,6 +339,12 @@ func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claime
 	for _, bo := range order {
 		if sf, ok := c.pending[bo]; ok {
 			waits[bo] = sf
+			continue
+		}
+		// Checked under the lock: a fetch caches its chunks before it
+		// leaves pending, so a stream neither pending nor cached here
+		// is not on its way.
+		if !slices.ContainsFunc(streams[bo], func(ch index.BlobChunk) bool { return !c.cache.Has(ch.Digest) }) {
 			continue
 		}
 		sf := &streamFetch{done: make(chan struct{})}
