@@ -25,6 +25,7 @@ import (
 //	layers/<key>/d/<ino><name>  child ino, child Type         (directory entries, sorted by name; 8 bytes BE + 1 byte)
 //	layers/<key>/c/<ino><off>   Chunk                         (off: file offset, 8 bytes big endian)
 //	layers/<key>/b/<boff><ino><off>  Chunk                    (the same chunks in blob order, for read-ahead)
+//	layers/<key>/k/<in>         Checkpoint of a gzip layer    (in: its byte offset, 8 bytes big endian; inflate's encoding)
 //
 // Entry and Chunk values are in the binary form of codec.go. Info stays
 // JSON: it is read once per Open.
@@ -45,6 +46,7 @@ var (
 	bucketDirents  = []byte("d")
 	bucketChunks   = []byte("c")
 	bucketByBlob   = []byte("b")
+	bucketCPs      = []byte("k")
 	errNotInBucket = errors.New("not in index")
 )
 
@@ -75,6 +77,8 @@ type Info struct {
 	// Unpacked and Packed are Index.Unpacked and Index.Packed.
 	Unpacked digest.Digest `json:"unpacked,omitempty"`
 	Packed   Format        `json:"packed,omitempty"`
+	// Checkpoints is len(Index.Checkpoints): a gzip layer's.
+	Checkpoints int `json:"checkpoints,omitempty"`
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -127,6 +131,9 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 		return err
 	}
 	if info.Chunks, err = saveChunks(lb, idx); err != nil {
+		return err
+	}
+	if info.Checkpoints, err = saveCheckpoints(lb, idx); err != nil {
 		return err
 	}
 	v, err := json.Marshal(info)
@@ -187,6 +194,28 @@ func saveChunks(lb *bolt.Bucket, idx *Index) (int, error) {
 		}
 	}
 	return len(byBlob), nil
+}
+
+// saveCheckpoints stores a gzip layer's checkpoints by byte offset.
+func saveCheckpoints(lb *bolt.Bucket, idx *Index) (int, error) {
+	if len(idx.Checkpoints) == 0 {
+		return 0, nil
+	}
+	kb, err := lb.CreateBucket(bucketCPs)
+	if err != nil {
+		return 0, err
+	}
+	kb.FillPercent = 1
+	for _, cp := range idx.Checkpoints {
+		v, err := cp.AppendBinary(nil) // bolt keeps the value until the commit
+		if err != nil {
+			return 0, err
+		}
+		if err := kb.Put(u64(uint64(cp.In)), v); err != nil {
+			return 0, err
+		}
+	}
+	return len(idx.Checkpoints), nil
 }
 
 func sortedKeys[V any](m map[uint64]V) []uint64 {
@@ -409,6 +438,32 @@ func (l *Layer) Chunks(ino uint64, off, n int64) ([]Chunk, error) {
 		}
 	}
 	return out, nil
+}
+
+// Checkpoint returns the checkpoint of a gzip layer at byte in of the
+// blob: the one a chunk of EncodingDeflate names by its BlobOffset.
+func (l *Layer) Checkpoint(in int64) (Checkpoint, error) {
+	tx, lb, err := l.begin()
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	defer rollback(tx)
+	kb, err := l.bucket(lb, bucketCPs)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	v := kb.Get(u64(uint64(in)))
+	if v == nil {
+		return Checkpoint{}, Invalidf("no checkpoint at byte %d: %v", in, errNotInBucket)
+	}
+	var cp Checkpoint
+	if err := cp.UnmarshalBinary(v); err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: checkpoint at byte %d: %w", ErrInvalid, in, err)
+	}
+	if cp.In != in {
+		return Checkpoint{}, Invalidf("checkpoint stored at byte %d says %d", in, cp.In)
+	}
+	return cp, nil
 }
 
 // BlobChunk is a chunk with the inode of the file it belongs to.

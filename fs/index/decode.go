@@ -60,6 +60,8 @@ func DecodeChunk(c Chunk, compressed []byte, dst []byte) ([]byte, error) {
 		err = decodeGzip(compressed, c.Inner, out)
 	case EncodingZstd:
 		err = decodeZstd(compressed, c.Inner, out)
+	case EncodingDeflate:
+		err = Invalidf("a gzip span needs its checkpoint: decode it with DecodeSpan")
 	default:
 		err = Invalidf("unknown encoding %d", c.Encoding)
 	}

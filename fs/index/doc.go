@@ -15,7 +15,8 @@
 // gives a read-only view of it that keeps nothing in memory. DecodeChunk is the only way chunk bytes
 // reach a reader: it decodes and verifies them together.
 //
-// index imports no other Strata package and no FUSE library, and of
+// index imports no other Strata package but its own decoder, fs/index/inflate,
+// and no FUSE library, and of
 // containerd's modules only the errdefs error classes and
 // stargz-snapshotter's estargz format packages (footers, TOC names,
 // annotations). Its other dependencies are compression

@@ -234,11 +234,30 @@ func fileContent(t testing.TB, idx *Index, blob []byte, ino uint64) []byte {
 	t.Helper()
 	var out []byte
 	for _, c := range idx.Chunks[ino] {
-		data, err := DecodeChunk(c, blob[c.BlobOffset:c.BlobOffset+c.BlobLength], nil)
+		var data []byte
+		var err error
+		if c.Encoding == EncodingDeflate {
+			data, err = decodeOne(idx, c, blob[c.BlobOffset:c.BlobOffset+c.BlobLength])
+		} else {
+			data, err = DecodeChunk(c, blob[c.BlobOffset:c.BlobOffset+c.BlobLength], nil)
+		}
 		if err != nil {
 			t.Fatalf("inode %d: %v", ino, err)
 		}
 		out = append(out, data...)
 	}
 	return out
+}
+
+// decodeOne decodes one chunk of a gzip layer from its span.
+func decodeOne(idx *Index, c Chunk, span []byte) ([]byte, error) {
+	cp, err := NewMemory(idx, 0).Checkpoint(c.BlobOffset)
+	if err != nil {
+		return nil, err
+	}
+	out, err := DecodeSpan(cp, span, []Chunk{c})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
 }

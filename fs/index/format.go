@@ -86,7 +86,8 @@ func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
 
 // Read detects the format of the layer d describes (see Detect) and
 // indexes its blob, which r reads, with that format's reader: ReadEStargz,
-// ReadZstdChunked (given the descriptor's annotations) or ReadTar. The index has passed Validate(d.Size). A layer of another format is
+// ReadZstdChunked (given the descriptor's annotations), ReadTar, or
+// ReadGzip when asked (WithGzip). The index has passed Validate(d.Size). A layer of another format is
 // refused with an error wrapping ErrNotLazy that names the format;
 // malformed or hostile input wraps ErrInvalid (and ErrDigestMismatch for
 // bytes that do not match the descriptor); otherwise the error is r's.
@@ -110,6 +111,10 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) 
 		return ReadZstdChunked(ctx, p, d.Size, d.Annotations)
 	case FormatTar:
 		return readTar(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
+	case FormatGzip:
+		if o.gzip {
+			return readGzip(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
+		}
 	}
 	return nil, fmt.Errorf("%w: a %s layer (media type %s), which has no lazy reader yet", ErrNotLazy, f, d.MediaType)
 }
@@ -119,6 +124,14 @@ type ReadOption func(*readOptions)
 
 type readOptions struct {
 	keep func(digest.Digest, []byte)
+	gzip bool
+}
+
+// WithGzip lets Read index a plain gzip layer (see ReadGzip), which
+// reads all of it; without it such a layer is refused with ErrNotLazy,
+// for the caller to leave it to whoever unpacks it whole.
+func WithGzip() ReadOption {
+	return func(o *readOptions) { o.gzip = true }
 }
 
 // WithKeep hands keep every chunk of file data that indexing reads whole

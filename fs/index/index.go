@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/stratafs/strata/fs/index/inflate"
 )
 
 // RootIno is the inode number of a layer's root directory. Inode numbers
@@ -73,7 +75,16 @@ const (
 	EncodingRaw  Encoding = iota + 1 // uncompressed bytes, read as they are
 	EncodingGzip                     // a gzip stream starting at BlobOffset
 	EncodingZstd                     // a zstd stream starting at BlobOffset
+	// EncodingDeflate is a span of a plain gzip layer: DEFLATE resumed
+	// at the checkpoint whose In is BlobOffset (see Index.Checkpoints).
+	EncodingDeflate
 )
+
+// Checkpoint is a place in a plain gzip layer where decoding can resume
+// (see package inflate). A gzip layer's index keeps one about every
+// gzipSpan bytes of the tar; the compressed bytes between two of them
+// are a span, fetched by one range request and decoded on its own.
+type Checkpoint = inflate.Checkpoint
 
 // Entry is one inode of a layer, already in the form overlayfs expects:
 // an OCI whiteout ".wh.x" is an Entry named x of TypeChar with device 0/0,
@@ -141,4 +152,9 @@ type Index struct {
 	// blob. Packed is the layer blob's format then.
 	Unpacked digest.Digest
 	Packed   Format
+	// Checkpoints of a plain gzip layer (FormatGzip), sorted by In and
+	// Out, the first at the start of the layer: its chunks are
+	// EncodingDeflate, each inside the span of the checkpoint at its
+	// BlobOffset, and their file data offsets are those of the tar.
+	Checkpoints []Checkpoint
 }

@@ -27,6 +27,7 @@ func NewMemory(idx *Index, blobSize int64) *Memory {
 	for _, cs := range idx.Chunks {
 		info.Chunks += len(cs)
 	}
+	info.Checkpoints = len(idx.Checkpoints)
 	for i := range idx.Entries {
 		info.HasXattrs = info.HasXattrs || len(idx.Entries[i].Xattrs) > 0
 	}
@@ -90,4 +91,13 @@ func (m *Memory) ChunksInBlob(from, to int64, max int) ([]BlobChunk, error) {
 		out = append(out, m.byBlob[i])
 	}
 	return out, nil
+}
+
+// Checkpoint returns the checkpoint of a gzip layer at byte in.
+func (m *Memory) Checkpoint(in int64) (Checkpoint, error) {
+	i, found := slices.BinarySearchFunc(m.idx.Checkpoints, in, func(cp Checkpoint, in int64) int { return cmp.Compare(cp.In, in) })
+	if !found {
+		return Checkpoint{}, Invalidf("no checkpoint at byte %d: %v", in, errNotInBucket)
+	}
+	return m.idx.Checkpoints[i], nil
 }

@@ -53,15 +53,8 @@ func readTar(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest,
 	}
 	s := newBlobStream(ctx, r, size, want.Algorithm().Hash())
 	defer s.close()
-	t := &tarIndexer{
-		b:      newTreeBuilder(FormatTar, lim, 1024),
-		lim:    lim,
-		s:      s,
-		tr:     tar.NewReader(s),
-		size:   size,
-		chunkH: sha256.New(),
-		keep:   keep,
-	}
+	t := newTarIndexer(ctx, FormatTar, lim, s, s, size, keep)
+	t.pos = func() int64 { return s.pos }
 	if err := t.readAll(); err != nil {
 		return nil, fmt.Errorf("tar: %w", err)
 	}
@@ -80,23 +73,37 @@ func readTar(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest,
 }
 
 // tarIndexer feeds a tar's headers to the tree builder and turns each
-// regular file's data into verified chunks.
+// regular file's data into verified chunks. The tar is read from the
+// blob itself (an uncompressed layer) or through a decompressor (a gzip
+// layer); chunks are ranges of the tar as it reads it, which the gzip
+// reader maps onto its spans afterwards.
 type tarIndexer struct {
+	ctx    context.Context //nolint:containedctx // the lifetime of one read
 	b      *treeBuilder
 	lim    limits
-	s      *blobStream
+	s      *blobStream // the blob, whose failure is told from the tar's
 	tr     *tar.Reader
-	size   int64
-	n      int       // headers read
-	chunkH hash.Hash // sha256 of the chunk being read
-	buf    []byte    // one chunk's data, reused
+	pos    func() int64 // offset in the tar of the next byte tr reads
+	size   int64        // bound on the tar's size, for sizes in headers
+	n      int          // headers read
+	chunkH hash.Hash    // sha256 of the chunk being read
+	buf    []byte       // one chunk's data, reused
 	keep   func(digest.Digest, []byte)
+	// cut, when set, returns where the chunk that starts at tar offset
+	// from and may run to to must end instead (a gzip span's end).
+	cut func(from, to int64) int64
+}
+
+// newTarIndexer reads the tar that src reads from blob s (src is s for
+// an uncompressed layer); the caller sets pos.
+func newTarIndexer(ctx context.Context, f Format, lim limits, s *blobStream, src io.Reader, size int64, keep func(digest.Digest, []byte)) *tarIndexer {
+	return &tarIndexer{ctx: ctx, b: newTreeBuilder(f, lim, 1024), lim: lim, s: s, tr: tar.NewReader(src), size: size, chunkH: sha256.New(), keep: keep}
 }
 
 func (t *tarIndexer) readAll() error {
 	for {
 		if t.n%ctxCheckEvery == 0 {
-			if err := t.s.ctx.Err(); err != nil {
+			if err := t.ctx.Err(); err != nil {
 				return err
 			}
 		}
@@ -125,7 +132,7 @@ func (t *tarIndexer) streamErr(err error, doing string) error {
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
-	return fmt.Errorf("%w: %s at offset %d: %w", ErrInvalid, doing, t.s.pos, err)
+	return fmt.Errorf("%w: %s at offset %d: %w", ErrInvalid, doing, t.pos(), err)
 }
 
 // add applies one tar entry and indexes its data.
@@ -140,7 +147,7 @@ func (t *tarIndexer) add(h *tar.Header) error {
 	if isSparse(h) {
 		return fmt.Errorf("%w: entry %q is a sparse file, whose data is not one range of the layer", ErrNotLazy, h.Name)
 	}
-	dataOff := t.s.pos
+	dataOff := t.pos()
 	hd := tarHeader(h)
 	if hd.Size < 0 || hd.Size > t.size-dataOff {
 		return Invalidf("entry %q: size %d runs past the end of the %d-byte layer", h.Name, hd.Size, t.size)
@@ -170,23 +177,40 @@ func (t *tarIndexer) addData(dataOff, size int64) error {
 		if _, err := io.ReadFull(t.tr, buf); err != nil {
 			return t.streamErr(err, "reading file data")
 		}
-		t.chunkH.Reset()
-		t.chunkH.Write(buf)
-		d := digest.NewDigest(digest.SHA256, t.chunkH)
-		err := t.b.addChunk(Chunk{
-			FileOffset: off,
-			Length:     n,
-			BlobOffset: dataOff + off,
-			BlobLength: n,
-			Encoding:   EncodingRaw,
-			Digest:     d,
-		})
-		if err != nil {
-			return Invalidf("%v", err)
+		for p := int64(0); p < n; {
+			end := n
+			if t.cut != nil {
+				end = t.cut(dataOff+off+p, dataOff+off+n) - (dataOff + off)
+			}
+			if err := t.addChunk(off+p, dataOff+off+p, buf[p:end]); err != nil {
+				return err
+			}
+			p = end
 		}
-		if t.keep != nil && t.b.file != nil && !t.b.file.skip {
-			t.keep(d, buf)
-		}
+	}
+	return nil
+}
+
+// addChunk adds the piece of file data at file offset off, which starts
+// at tarOff in the tar, as a chunk stored as it is there.
+func (t *tarIndexer) addChunk(off, tarOff int64, data []byte) error {
+	t.chunkH.Reset()
+	t.chunkH.Write(data)
+	d := digest.NewDigest(digest.SHA256, t.chunkH)
+	n := int64(len(data))
+	err := t.b.addChunk(Chunk{
+		FileOffset: off,
+		Length:     n,
+		BlobOffset: tarOff,
+		BlobLength: n,
+		Encoding:   EncodingRaw,
+		Digest:     d,
+	})
+	if err != nil {
+		return Invalidf("%v", err)
+	}
+	if t.keep != nil && t.b.file != nil && !t.b.file.skip {
+		t.keep(d, data)
 	}
 	return nil
 }

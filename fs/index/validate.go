@@ -1,8 +1,10 @@
 package index
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -177,6 +179,9 @@ func (idx *Index) validateChunks(blobSize int64) error {
 			return Invalidf("more than %d chunks", MaxChunks)
 		}
 	}
+	if err := idx.validateCheckpoints(blobSize); err != nil {
+		return err
+	}
 	for i := range idx.Entries {
 		e := &idx.Entries[i]
 		if e.Type != TypeReg || e.Size == 0 {
@@ -184,6 +189,77 @@ func (idx *Index) validateChunks(blobSize int64) error {
 		}
 		if err := checkChunks(idx.Chunks[e.Ino], e.Size, blobSize); err != nil {
 			return Invalidf("inode %d: %v", e.Ino, err)
+		}
+		if err := idx.checkSpans(idx.Chunks[e.Ino], blobSize); err != nil {
+			return Invalidf("inode %d: %v", e.Ino, err)
+		}
+	}
+	return nil
+}
+
+// validateCheckpoints checks a gzip layer's checkpoints: only a gzip
+// layer has them, and it has at least the one at its start; each is
+// one the decoder could have made, inside the blob, after the one before
+// on both sides, and no span's output is longer than maxGzipSpan.
+func (idx *Index) validateCheckpoints(blobSize int64) error {
+	cps := idx.Checkpoints
+	if (idx.Format == FormatGzip) != (len(cps) > 0) {
+		return Invalidf("a %s index with %d checkpoints", idx.Format, len(cps))
+	}
+	if len(cps) == 0 {
+		return nil
+	}
+	if len(cps) > MaxChunks {
+		return Invalidf("%d checkpoints, more than %d", len(cps), MaxChunks)
+	}
+	if cps[0].In != 0 || cps[0].Out != 0 || !cps[0].AtMember {
+		return Invalidf("first checkpoint at %d/%d, not at the start of the layer", cps[0].In, cps[0].Out)
+	}
+	for i, cp := range cps {
+		if err := cp.Validate(); err != nil {
+			return Invalidf("checkpoint %d: %v", i, err)
+		}
+		if cp.In >= blobSize {
+			return Invalidf("checkpoint %d at byte %d, beyond the blob's %d bytes", i, cp.In, blobSize)
+		}
+		if i == 0 {
+			continue
+		}
+		prev := cps[i-1]
+		if cp.In <= prev.In || cp.Out <= prev.Out {
+			return Invalidf("checkpoint %d (%d/%d) does not follow the one before (%d/%d)", i, cp.In, cp.Out, prev.In, prev.Out)
+		}
+		if cp.Out-prev.Out > maxGzipSpan {
+			return Invalidf("checkpoints %d and %d are %d bytes of output apart, more than %d", i-1, i, cp.Out-prev.Out, maxGzipSpan)
+		}
+	}
+	return nil
+}
+
+// checkSpans checks that each deflate chunk (and only a gzip layer has
+// them) names a checkpoint, lies inside its span's output, and fetches
+// exactly the span's bytes.
+func (idx *Index) checkSpans(chunks []Chunk, blobSize int64) error {
+	for _, c := range chunks {
+		if (c.Encoding == EncodingDeflate) != (idx.Format == FormatGzip) {
+			return fmt.Errorf("chunk at file offset %d has encoding %d in a %s index", c.FileOffset, c.Encoding, idx.Format)
+		}
+		if c.Encoding != EncodingDeflate {
+			continue
+		}
+		k, found := slices.BinarySearchFunc(idx.Checkpoints, c.BlobOffset, func(cp Checkpoint, in int64) int { return cmp.Compare(cp.In, in) })
+		if !found {
+			return fmt.Errorf("chunk at file offset %d starts at byte %d, where no checkpoint is", c.FileOffset, c.BlobOffset)
+		}
+		out := int64(maxGzipSpan)
+		if k+1 < len(idx.Checkpoints) {
+			out = idx.Checkpoints[k+1].Out - idx.Checkpoints[k].Out
+		}
+		if c.Inner > out-c.Length {
+			return fmt.Errorf("chunk at file offset %d: inner %d + length %d run past its span's %d bytes", c.FileOffset, c.Inner, c.Length, out)
+		}
+		if end := spanEnd(idx.Checkpoints, k, blobSize); c.BlobLength != end-c.BlobOffset {
+			return fmt.Errorf("chunk at file offset %d: blob length %d, its span is %d bytes", c.FileOffset, c.BlobLength, end-c.BlobOffset)
 		}
 	}
 	return nil
@@ -197,7 +273,7 @@ func checkChunks(chunks []Chunk, size, blobSize int64) error {
 			return fmt.Errorf("chunk at file offset %d, expected %d", c.FileOffset, next)
 		case c.Length <= 0 || c.Length > MaxChunkLength || c.Length > size-next:
 			return fmt.Errorf("chunk at file offset %d has length %d", c.FileOffset, c.Length)
-		case c.Encoding < EncodingRaw || c.Encoding > EncodingZstd:
+		case c.Encoding < EncodingRaw || c.Encoding > EncodingDeflate:
 			return fmt.Errorf("chunk at file offset %d has unknown encoding %d", c.FileOffset, c.Encoding)
 		case c.Inner < 0 || c.BlobOffset < 0 || c.BlobLength <= 0 || c.BlobOffset > blobSize-c.BlobLength:
 			return fmt.Errorf("chunk at file offset %d: blob range [%d, +%d) (inner %d) outside the blob of %d bytes",
