@@ -287,7 +287,7 @@ func TestValidateGzipIndex(t *testing.T) {
 		return &idx.Chunks[lookupPath(idx, "spans/random").Ino][1]
 	}
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(idx *Index)
 	}{
 		{"no checkpoints", func(idx *Index) { idx.Checkpoints = nil }},
