@@ -37,7 +37,7 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 	if !errdefs.IsNotFound(err) {
 		return nil, err
 	}
-	b := p.buildIndex(ctx, blob, pl.desc)
+	b := p.buildIndex(ctx, blob, pl.desc, pl.whole)
 	select {
 	case <-b.done:
 	case <-ctx.Done():
@@ -47,9 +47,10 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 	return b.view, b.err
 }
 
-// buildIndex starts (or joins) making the index of layer l from blob.
-// The caller waits on the result's done channel.
-func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer) *indexBuild {
+// buildIndex starts (or joins) making the index of layer l from blob;
+// whole says that a plain gzip layer may be read whole to index it (see
+// readIndex). The caller waits on the result's done channel.
+func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, whole bool) *indexBuild {
 	p.mu.Lock()
 	if b, ok := p.builds[l.Digest]; ok {
 		p.mu.Unlock()
@@ -59,7 +60,7 @@ func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer) *
 	p.builds[l.Digest] = b
 	p.mu.Unlock()
 
-	built, err := readIndex(context.WithoutCancel(ctx), blob, l, p.store.Chunks)
+	built, err := readIndex(context.WithoutCancel(ctx), blob, l, p.store.Chunks, whole)
 	if err != nil {
 		b.err = err
 		p.forgetBuild(l.Digest)
@@ -110,22 +111,30 @@ var ErrNotLazy = index.ErrNotLazy
 
 // readIndex detects the layer's format and reads its index (see
 // index.Read); an index is validated before it is returned. A layer of a
-// format that cannot be read lazily is refused with index.ErrNotLazy.
-// File data that indexing reads whole anyway (an uncompressed tar's) is
-// kept in cache, so that reading those files later fetches nothing.
-func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks) (*index.Index, error) {
+// format that cannot be read lazily is refused with index.ErrNotLazy, and
+// so is a plain gzip layer unless whole says it may be read whole: it is
+// then streamed once, decompressed and indexed in the same pass, and
+// served lazily from then on through its checkpoints (index.ReadGzip).
+// File data that indexing reads whole anyway (an uncompressed tar's, a
+// gzip layer's) is kept in cache, so that reading those files later
+// fetches nothing.
+func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks, whole bool) (*index.Index, error) {
 	start := time.Now()
 	keep := index.WithKeep(func(d digest.Digest, data []byte) {
 		if err := cache.Put(d, data); err != nil {
 			slog.WarnContext(ctx, "fs: chunk read while indexing not cached", "layer", l.Digest, "error", err)
 		}
 	})
+	opts := []index.ReadOption{keep}
+	if whole {
+		opts = append(opts, index.WithGzip())
+	}
 	built, err := index.Read(ctx, blob.ReaderAt(ctx), index.Descriptor{
 		Digest:      l.Digest,
 		Size:        l.Size,
 		MediaType:   string(l.MediaType),
 		Annotations: l.Annotations,
-	}, keep)
+	}, opts...)
 	if errors.Is(err, index.ErrNotLazy) {
 		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz, zstd:chunked and uncompressed tar layers can so far); "+
 			"convert the image with 'strata convert SRC DST': %w", l.Digest, err)
@@ -169,7 +178,7 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 				return
 			}
 			defer blob.Close()
-			<-p.buildIndex(ctx, blob, l).done
+			<-p.buildIndex(ctx, blob, l, false).done
 		}()
 	}
 }

@@ -408,6 +408,54 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	}
 }
 
+// maxSpanChunks bounds the chunks one gzip span's decoding caches.
+const maxSpanChunks = 1 << 16
+
+// decodeSpan decodes a span of a plain gzip layer (see index.DecodeSpan),
+// fetched for the chunks want. The span is fetched and decoded whole
+// anyway, so every chunk in it is verified and cached, not only those
+// wanted: files that share a span (a directory's small files, stored
+// together) cost one fetch.
+func (c *Content) decodeSpan(ctx context.Context, want []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {
+	bo := want[0].BlobOffset
+	fail := func(err error) (map[digest.Digest][]byte, error) {
+		if errors.Is(err, index.ErrDigestMismatch) {
+			metricVerifyFailures.Inc()
+		}
+		slog.ErrorContext(ctx, "fs: gzip span failed verification; not served, not cached",
+			"layer", c.digest, "inode", want[0].Ino, "fileOffset", want[0].FileOffset, "blobOffset", bo, "error", err)
+		return nil, fmt.Errorf("layer %s inode %d chunk at %d (gzip span at %d): %w", c.digest, want[0].Ino, want[0].FileOffset, bo, err)
+	}
+	cp, err := c.idx.Checkpoint(bo)
+	if err != nil {
+		return fail(err)
+	}
+	all, err := c.idx.ChunksInBlob(bo, bo+1, maxSpanChunks)
+	if err != nil {
+		all = nil // the wanted ones alone, then
+	}
+	seen := make(map[digest.Digest]bool, len(all)+len(want))
+	var chunks []index.Chunk
+	for _, ch := range slices.Concat(want, all) {
+		if !seen[ch.Digest] {
+			seen[ch.Digest] = true
+			chunks = append(chunks, ch.Chunk)
+		}
+	}
+	data, err := index.DecodeSpan(cp, raw, chunks)
+	if err != nil {
+		return fail(err)
+	}
+	out := make(map[digest.Digest][]byte, len(chunks))
+	for i, ch := range chunks {
+		if err := c.cache.Put(ch.Digest, data[i]); err != nil {
+			slog.WarnContext(ctx, "fs: chunk not cached", "layer", c.digest, "error", err)
+		}
+		out[ch.Digest] = data[i]
+	}
+	return out, nil
+}
+
 // shortDigest is the start of d's hex, for log lines.
 func shortDigest(d digest.Digest) string {
 	e := d.Encoded()
@@ -428,6 +476,9 @@ func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]b
 }
 
 func (c *Content) decode(ctx context.Context, chunks []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {
+	if chunks[0].Encoding == index.EncodingDeflate {
+		return c.decodeSpan(ctx, chunks, raw)
+	}
 	out := make(map[digest.Digest][]byte, len(chunks))
 	for _, ch := range chunks {
 		data, err := index.DecodeChunk(ch.Chunk, raw, nil)

@@ -15,6 +15,7 @@ type View interface {
 	ReadDir(ino uint64) ([]index.Dirent, error)
 	Chunks(ino uint64, off, n int64) ([]index.Chunk, error)
 	ChunksInBlob(from, to int64, max int) ([]index.BlobChunk, error)
+	Checkpoint(in int64) (index.Checkpoint, error)
 }
 
 var (
@@ -54,3 +55,5 @@ func (s *swapView) Chunks(ino uint64, off, n int64) ([]index.Chunk, error) {
 func (s *swapView) ChunksInBlob(from, to int64, max int) ([]index.BlobChunk, error) {
 	return s.view().ChunksInBlob(from, to, max)
 }
+
+func (s *swapView) Checkpoint(in int64) (index.Checkpoint, error) { return s.view().Checkpoint(in) }
