@@ -182,10 +182,10 @@ func TestLazyReadZstdChunked(t *testing.T) {
 }
 
 // TestMountGzipSameTreeAsFullUnpack mounts the standard image in plain
-// gzip form, which has no lazy reader yet: each layer is fetched whole
-// once, unpacked into the store and served from there. The tree must equal
-// the layer specs and umoci's unpack entry by entry, nanosecond mtimes
-// included (a tar keeps them).
+// gzip form without an index: each layer is streamed once, indexed in the
+// same pass and served through its spans. The tree must equal the layer
+// specs and umoci's unpack entry by entry, nanosecond mtimes included (a
+// tar keeps them).
 func TestMountGzipSameTreeAsFullUnpack(t *testing.T) {
 	checkSameTreeAsFullUnpack(t, treeCase{
 		layers: fixture.Standard(), form: fixture.FormGzip, tag: "gzip-whole", unpack: treecmp.ReferenceUnpack,
