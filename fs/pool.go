@@ -85,9 +85,12 @@ func (p *Pool) Acquire(ctx context.Context, repo name.Repository, l remote.Layer
 	return p.acquire(ctx, repo, l, false, opts)
 }
 
-// AcquireWhole is Acquire, but a layer that cannot be read lazily (plain
-// gzip or zstd) is fetched whole, once, and served from the store (see
-// fetchWhole).
+// AcquireWhole is Acquire, but a layer whose index needs the whole layer
+// read may be read whole: a plain gzip layer without a stored index is
+// streamed once and indexed in the same pass (see readIndex), and a layer
+// that cannot be read lazily at all (plain zstd, a gzip layer whose
+// blocks are too long to checkpoint) is fetched whole, once, and served
+// from the store (see fetchWhole).
 func (p *Pool) AcquireWhole(ctx context.Context, repo name.Repository, l remote.Layer, opts ...remote.Option) (string, error) {
 	return p.acquire(ctx, repo, l, true, opts)
 }

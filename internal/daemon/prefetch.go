@@ -2,22 +2,15 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/stratafs/strata/fs"
@@ -142,134 +135,31 @@ func (im *images) storedPrefetchList(image digest.Digest) ([]byte, error) {
 	return im.d.store.Blobs.Get(d)
 }
 
-// emptyJSON is the OCI empty descriptor's content, the config of an
-// artifact manifest.
-var emptyJSON = []byte("{}")
-
 // pushPrefetchList pushes list to m's repository as an artifact whose
-// subject is m's image: the list blob, the empty config, then the
-// manifest (with registries that lack the referrers API, go-containerregistry
-// also updates the referrers tag of the OCI distribution spec).
+// subject is m's image (see pushReferrer).
 func (im *images) pushPrefetchList(ctx context.Context, m *Mount, list []byte) (digest.Digest, error) {
 	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
 	if err != nil {
 		return "", err
 	}
-	opts := im.registryOptions(ctx, repo, m.Insecure)
-	listLayer := static.NewLayer(list, types.MediaType(fs.PrefetchListMediaType))
-	config := static.NewLayer(emptyJSON, types.MediaType(ocispec.MediaTypeEmptyJSON))
-	for _, l := range []v1.Layer{listLayer, config} {
-		if err := ggcrremote.WriteLayer(repo, l, opts...); err != nil {
-			return "", err
-		}
-	}
-	subject, err := im.d.store.Blobs.Get(m.Digest)
-	if err != nil {
-		return "", fmt.Errorf("the image's manifest: %w", err)
-	}
-	var sm struct {
-		MediaType string `json:"mediaType"`
-	}
-	if err := json.Unmarshal(subject, &sm); err != nil {
-		return "", fmt.Errorf("the image's manifest: %w", err)
-	}
-	if sm.MediaType == "" {
-		sm.MediaType = ocispec.MediaTypeImageManifest
-	}
-	man := ocispec.Manifest{
-		MediaType:    ocispec.MediaTypeImageManifest,
-		ArtifactType: fs.PrefetchListMediaType,
-		Config:       ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(emptyJSON), Size: int64(len(emptyJSON)), Data: emptyJSON},
-		Layers:       []ocispec.Descriptor{{MediaType: fs.PrefetchListMediaType, Digest: digest.FromBytes(list), Size: int64(len(list))}},
-		Subject:      &ocispec.Descriptor{MediaType: sm.MediaType, Digest: m.Digest, Size: int64(len(subject))},
-		Annotations:  map[string]string{ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339)},
-	}
-	man.SchemaVersion = 2
-	raw, err := json.Marshal(man)
-	if err != nil {
-		return "", err
-	}
-	d := digest.FromBytes(raw)
-	if err := ggcrremote.Put(repo.Digest(d.String()), rawManifest{raw: raw, mediaType: types.OCIManifestSchema1}, opts...); err != nil {
-		return "", err
-	}
-	return d, nil
+	return im.pushReferrer(ctx, repo, m.Insecure, m.Digest, fs.PrefetchListMediaType,
+		[]artifactBlob{{mediaType: fs.PrefetchListMediaType, data: list}}, nil)
 }
-
-// registryOptions are go-containerregistry's options for repo, with the
-// daemon's credentials, transport and insecure registries, as its reads.
-func (im *images) registryOptions(ctx context.Context, repo name.Repository, insecure bool) []ggcrremote.Option {
-	return remote.RemoteOptions(ctx, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
-}
-
-// rawManifest is a manifest to put as it is.
-type rawManifest struct {
-	raw       []byte
-	mediaType types.MediaType
-}
-
-func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
-func (r rawManifest) MediaType() (types.MediaType, error) { return r.mediaType, nil }
-
-// maxReferrers bounds the referrers of one image looked at.
-const maxReferrers = 64
 
 // remotePrefetchList fetches the newest recorded list pushed to repo as
 // a referrer of the image subject, nil when there is none.
 func (im *images) remotePrefetchList(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest) ([]byte, error) {
-	opts := im.registryOptions(ctx, repo, insecure)
-	idx, err := ggcrremote.Referrers(repo.Digest(subject.String()), append(opts, ggcrremote.WithFilter("artifactType", fs.PrefetchListMediaType))...)
-	if err != nil {
+	refs, err := im.referrers(ctx, repo, insecure, subject, fs.PrefetchListMediaType)
+	if err != nil || len(refs) == 0 {
 		return nil, err
 	}
-	im2, err := idx.IndexManifest()
+	best := refs[0]
+	if ls := best.manifest.Layers; len(ls) != 1 || string(ls[0].MediaType) != fs.PrefetchListMediaType {
+		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.digest, subject, fs.ErrBadPrefetchList)
+	}
+	b, err := best.blob(best.manifest.Layers[0], fs.MaxPrefetchListBytes)
 	if err != nil {
-		return nil, err
-	}
-	var best *v1.Descriptor
-	for i, desc := range im2.Manifests {
-		if i >= maxReferrers {
-			break
-		}
-		if desc.ArtifactType != fs.PrefetchListMediaType || !desc.MediaType.IsImage() {
-			continue
-		}
-		// The newest by its created annotation; RFC 3339 in UTC sorts as text.
-		if best == nil || desc.Annotations[ocispec.AnnotationCreated] >= best.Annotations[ocispec.AnnotationCreated] {
-			best = &im2.Manifests[i]
-		}
-	}
-	if best == nil {
-		return nil, nil
-	}
-	art, err := ggcrremote.Image(repo.Digest(best.Digest.String()), opts...)
-	if err != nil {
-		return nil, err
-	}
-	man, err := art.Manifest()
-	if err != nil {
-		return nil, err
-	}
-	if man.Subject == nil || man.Subject.Digest.String() != subject.String() || len(man.Layers) != 1 ||
-		string(man.Layers[0].MediaType) != fs.PrefetchListMediaType || man.Layers[0].Size > fs.MaxPrefetchListBytes || man.Layers[0].Size < 0 {
-		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.Digest, subject, fs.ErrBadPrefetchList)
-	}
-	want := man.Layers[0].Digest
-	l, err := ggcrremote.Layer(repo.Digest(want.String()), opts...)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(io.LimitReader(rc, fs.MaxPrefetchListBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if got := digest.FromBytes(b); got.String() != want.String() {
-		return nil, fmt.Errorf("prefetch list %s: got content with digest %s: %w", want, got, fs.ErrBadPrefetchList)
+		return nil, fmt.Errorf("prefetch list: %w: %w", fs.ErrBadPrefetchList, err)
 	}
 	return b, nil
 }

@@ -1,0 +1,94 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+)
+
+// Indexes that travel: a plain gzip or tar layer has no table of
+// contents, so its index is made by reading it whole once (readIndex).
+// The index can then be exported in its portable form (index.EncodePortable)
+// and pushed next to the image; another machine imports it and mounts the
+// layer lazily at once. The daemon does the pushing and the fetching.
+
+// IndexLayer makes sure the store holds the index of layer l (read from
+// repo), making it when it does not: for a gzip or tar layer that means
+// reading the layer whole once. It returns the stored index's Info.
+func (p *Pool) IndexLayer(ctx context.Context, repo name.Repository, l remote.Layer, opts ...remote.Option) (index.Info, error) {
+	if err := l.Digest.Validate(); err != nil {
+		return index.Info{}, fmt.Errorf("layer %q: %w", l.Digest, err)
+	}
+	if stored, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
+		return stored.Info(), nil
+	} else if !errdefs.IsNotFound(err) {
+		return index.Info{}, err
+	}
+	blob, err := p.openBlob(ctx, repo, l, opts)
+	if err != nil {
+		return index.Info{}, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	defer blob.Close()
+	b := p.buildIndex(ctx, blob, l, true)
+	select {
+	case <-b.saved:
+	case <-ctx.Done():
+		return index.Info{}, ctx.Err()
+	}
+	if b.err != nil {
+		return index.Info{}, b.err
+	}
+	stored, err := index.Open(p.store.DB(), l.Digest.String())
+	if err != nil {
+		return index.Info{}, fmt.Errorf("layer %s: the index made was not stored: %w", l.Digest, err)
+	}
+	return stored.Info(), nil
+}
+
+// PortableIndex returns the portable form of the stored index of layer l,
+// a gzip or tar layer.
+func (p *Pool) PortableIndex(l remote.Layer) ([]byte, error) {
+	idx, err := index.Load(p.store.DB(), l.Digest.String())
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	return index.EncodePortable(idx, l.Digest, l.Size)
+}
+
+// ErrIndexMismatch is wrapped by ImportIndex's error for an index that is
+// not one of the layer it was offered for (index.ErrPortable).
+var ErrIndexMismatch = index.ErrPortable
+
+// ImportIndex stores the portable index data as the index of layer l,
+// after checking that it describes l and is valid (index.DecodePortable).
+// A layer that has a stored index keeps it. The index's names, metadata
+// and chunk digests are taken on trust from whoever made it; what is
+// served is still verified against them chunk by chunk, from l's blob.
+func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) error {
+	if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
+		return nil
+	}
+	idx, err := index.DecodePortable(data, l.Digest, l.Size)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	if err := index.Save(p.store.DB(), l.Digest.String(), idx, l.Size); err != nil {
+		return fmt.Errorf("layer %s: storing its index: %w", l.Digest, err)
+	}
+	slog.InfoContext(ctx, "layer index imported", "layer", l.Digest, "format", idx.Format,
+		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints))
+	return nil
+}
+
+// HasIndex reports whether the store holds an index of layer d.
+func (p *Pool) HasIndex(d string) bool {
+	_, err := index.Open(p.store.DB(), d)
+	return err == nil
+}
+
