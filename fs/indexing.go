@@ -155,7 +155,7 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 // report.
 func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...remote.Option) {
 	for _, l := range layers {
-		if !announcesTOC(l.Annotations) || l.Digest.Validate() != nil {
+		if !AnnouncesTOC(l.Annotations) || l.Digest.Validate() != nil {
 			continue
 		}
 		p.mu.Lock()
@@ -183,10 +183,10 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 	}
 }
 
-// announcesTOC reports whether a layer's annotations say it has a TOC,
+// AnnouncesTOC reports whether a layer's annotations say it has a TOC,
 // which makes indexing it cheap: eStargz's TOC digest (which Strata's
 // commit sets on zstd:chunked layers too) or zstd:chunked's manifest
 // position.
-func announcesTOC(annotations map[string]string) bool {
+func AnnouncesTOC(annotations map[string]string) bool {
 	return annotations[index.AnnotationTOCDigest] != "" || annotations[index.AnnotationZstdChunkedPosition] != ""
 }

@@ -27,11 +27,16 @@ every other mount of them. It is the root filesystem of a build step:
 changes. It survives daemon restarts. 'strata umount DIR' refuses while
 there are uncommitted changes; 'strata umount --discard DIR' drops them.
 
-Layers in eStargz and zstd:chunked form are mounted lazily; uncompressed
-tar layers too, after one read of the whole layer to index it. Plain gzip
-and zstd layers are fetched whole once, unpacked into the state root and
-served from there ('strata convert' makes an image lazily mountable). A
-daemon is started when none is running.
+Layers in eStargz and zstd:chunked form are mounted lazily through their
+table of contents. Plain gzip and uncompressed tar layers have none: the
+mount looks for their indexes next to the image in its registry (pushed by
+'strata index' or --index-push) and, finding them, mounts them lazily at
+once; otherwise it reads each such layer whole once (layers in parallel),
+indexes it in the same pass, keeps what it read in the cache, and serves
+the layer lazily from then on. Plain zstd layers are fetched whole once,
+unpacked into the state root and served from there ('strata convert'
+makes any image lazily mountable). A daemon is started when none is
+running.
 
 With --record the daemon notes which files the workload in the mount opens,
 in order, for DURATION (default 60s) or until 'strata umount', and keeps
@@ -47,7 +52,8 @@ Examples:
   strata mount localhost:5000/app:estargz /mnt/app
   strata mount --rw localhost:5000/golang:estargz /mnt/build
   strata run /mnt/build -- go version
-  strata mount --rw --record --record-push localhost:5000/golang:estargz /mnt/build`,
+  strata mount --rw --record --record-push localhost:5000/golang:estargz /mnt/build
+  strata mount --index-push localhost:5000/debian:gzip /mnt/debian`,
 		run: runMount,
 	})
 }
@@ -63,6 +69,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	record := fs.Duration("record", 0, "note the files the workload opens, for this long or until the unmount, for later mounts to prefetch")
 	fs.Lookup("record").NoOptDefVal = daemon.DefaultRecordFor.String()
 	recordPush := fs.Bool("record-push", false, "with --record: push the list as a referrer of the image too")
+	indexPush := fs.Bool("index-push", false, "push the indexes of the image's gzip and tar layers as a referrer of the image (see 'strata index')")
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
 	}
@@ -82,7 +89,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	start := time.Now()
 	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw,
-		Record: *record > 0, RecordFor: *record, RecordPush: *recordPush})
+		Record: *record > 0, RecordFor: *record, RecordPush: *recordPush, IndexPush: *indexPush})
 	if err != nil {
 		return err
 	}
@@ -99,6 +106,14 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		plural(len(m.Layers), "layer"), humanBytes(size), time.Since(start).Round(time.Millisecond))
 	if m.Recording {
 		fmt.Fprintf(stdout, "recording the files opened in it for %s or until 'strata umount'\n", *record)
+	}
+	switch {
+	case m.IndexPushError != "":
+		return fmt.Errorf("the image is mounted, but its layer indexes were not pushed: %s", m.IndexPushError)
+	case m.IndexArtifact != "":
+		fmt.Fprintf(stdout, "pushed its layer indexes as %s\n", m.IndexArtifact)
+	case *indexPush:
+		fmt.Fprintln(stdout, "no layer needs an index; nothing pushed")
 	}
 	return nil
 }

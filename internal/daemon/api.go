@@ -20,6 +20,7 @@ import (
 //	POST   /v1/commits         CommitRequest → CommitEvent lines (NDJSON)
 //	POST   /v1/resolve         ResolveRequest → Resolved
 //	POST   /v1/pushes          PushRequest → CommitEvent lines (NDJSON)
+//	POST   /v1/indexes         IndexRequest → Event[IndexResult] lines (NDJSON)
 //	GET    /v1/snapshots       → []ContainerdSnapshot
 //	GET    /v1/status          → Status
 //	GET    /metrics            Prometheus text format
@@ -46,6 +47,11 @@ type MountRequest struct {
 	// Ref's image has no recorded list of its own, the base's serves it,
 	// its layers being the first of Ref's (a build step's mount).
 	PrefetchBase string `json:"prefetchBase,omitempty"`
+	// IndexPush pushes, once the image is mounted, the indexes of its
+	// plain gzip and tar layers as a referrer of the image (as
+	// `strata index` does), so mounts on other machines need not read
+	// those layers whole first.
+	IndexPush bool `json:"indexPush,omitempty"`
 }
 
 // Mount is an image mounted by the daemon.
@@ -73,6 +79,11 @@ type Mount struct {
 	Duration time.Duration `json:"duration,omitempty"`
 	// Recording says that the mount notes the files opened in it.
 	Recording bool `json:"recording,omitempty"`
+	// IndexArtifact is the artifact the mount pushed its layers' indexes
+	// as (MountRequest.IndexPush), IndexPushError why it could not; the
+	// mount is up either way.
+	IndexArtifact  digest.Digest `json:"indexArtifact,omitempty"`
+	IndexPushError string        `json:"indexPushError,omitempty"`
 
 	recording    *recording         // the recording in progress
 	stopPrefetch context.CancelFunc // stops the recorded list's prefetch
@@ -202,13 +213,48 @@ type PushRequest struct {
 	SourceInsecure bool `json:"sourceInsecure,omitempty"`
 }
 
+// IndexRequest asks for the indexes of the plain gzip and tar layers of
+// the image Ref to be made (reading each such layer whole, once) and
+// pushed to Ref's repository as an OCI artifact whose subject is the image.
+type IndexRequest struct {
+	Ref      string `json:"ref"`
+	Platform string `json:"platform,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// IndexResult says what was indexed and pushed.
+type IndexResult struct {
+	Ref    string        `json:"ref"`
+	Digest digest.Digest `json:"digest"` // the image's manifest
+	// Artifact is the pushed index artifact's manifest digest; empty when
+	// no layer needed an index.
+	Artifact digest.Digest  `json:"artifact,omitempty"`
+	Layers   []IndexedLayer `json:"layers"` // bottom to top
+}
+
+// IndexedLayer is one layer of an IndexResult.
+type IndexedLayer struct {
+	Digest      digest.Digest `json:"digest"`
+	Format      string        `json:"format,omitempty"`
+	Entries     int           `json:"entries,omitempty"`
+	Checkpoints int           `json:"checkpoints,omitempty"`
+	// IndexBytes is the size of the layer's pushed index; 0 when the
+	// layer needs none (Note says why).
+	IndexBytes int64  `json:"indexBytes,omitempty"`
+	Note       string `json:"note,omitempty"`
+}
+
+// Event is one line of a streamed answer (a commit's, a push's, an
+// index's): progress, then the result or an error.
+type Event[T any] struct {
+	Progress string `json:"progress,omitempty"`
+	Result   *T     `json:"result,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
 // CommitEvent is one line of the streamed answer to a commit: progress,
 // then either Result or Error.
-type CommitEvent struct {
-	Progress string        `json:"progress,omitempty"`
-	Result   *CommitResult `json:"result,omitempty"`
-	Error    string        `json:"error,omitempty"`
-}
+type CommitEvent = Event[CommitResult]
 
 // CommitResult describes a commit that succeeded.
 type CommitResult struct {

@@ -59,13 +59,13 @@ func (c *Client) Changes(ctx context.Context, dir string) ([]Change, error) {
 // Commit asks for the changes of a writable mount to become a new image;
 // progress is called with each progress line.
 func (c *Client) Commit(ctx context.Context, req CommitRequest, progress func(string)) (*CommitResult, error) {
-	return c.stream(ctx, "/v1/commits", req, progress)
+	return stream[CommitResult](ctx, c, "/v1/commits", req, progress)
 }
 
 // Push asks for an image kept in the store to be pushed; progress is
 // called with each progress line.
 func (c *Client) Push(ctx context.Context, req PushRequest, progress func(string)) (*CommitResult, error) {
-	return c.stream(ctx, "/v1/pushes", req, progress)
+	return stream[CommitResult](ctx, c, "/v1/pushes", req, progress)
 }
 
 // Resolve describes an image without mounting it, and keeps its manifest
@@ -75,8 +75,14 @@ func (c *Client) Resolve(ctx context.Context, req ResolveRequest) (*Resolved, er
 	return &res, c.do(ctx, http.MethodPost, "/v1/resolve", req, &res)
 }
 
-// stream posts req and reads the CommitEvent lines of the answer.
-func (c *Client) stream(ctx context.Context, path string, req any, progress func(string)) (*CommitResult, error) {
+// Index asks for the indexes of REF's gzip and tar layers to be made and
+// pushed next to it; progress is called with each progress line.
+func (c *Client) Index(ctx context.Context, req IndexRequest, progress func(string)) (*IndexResult, error) {
+	return stream[IndexResult](ctx, c, "/v1/indexes", req, progress)
+}
+
+// stream posts req and reads the Event lines of the answer.
+func stream[T any](ctx context.Context, c *Client, path string, req any, progress func(string)) (*T, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -95,7 +101,7 @@ func (c *Client) stream(ctx context.Context, path string, req any, progress func
 	}
 	dec := json.NewDecoder(resp.Body)
 	for {
-		var ev CommitEvent
+		var ev Event[T]
 		if err := dec.Decode(&ev); err != nil {
 			return nil, fmt.Errorf("strata daemon: the answer ended early: %w", err)
 		}

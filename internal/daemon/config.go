@@ -46,6 +46,11 @@ type Config struct {
 	// a referrer of the image in its registry; the default), "local" (the
 	// store only) or "off".
 	PrefetchLists string `toml:"prefetch_lists"`
+	// LayerIndexes says whether a mount of an image with plain gzip or
+	// tar layers looks in the image's registry for their indexes (pushed
+	// by 'strata index' or 'strata mount --index-push') before it reads
+	// those layers whole to index them: "auto" (the default) or "off".
+	LayerIndexes string `toml:"layer_indexes"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -71,6 +76,7 @@ func DefaultConfig() Config {
 		CacheSize:             10 << 30,
 		MaxConcurrentRequests: 16,
 		PrefetchLists:         PrefetchListsAuto,
+		LayerIndexes:          LayerIndexesAuto,
 	}
 }
 
@@ -107,6 +113,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: max_concurrent_requests must be positive, got %d", c.MaxConcurrentRequests)
 	case c.PrefetchLists != "" && c.PrefetchLists != PrefetchListsAuto && c.PrefetchLists != PrefetchListsLocal && c.PrefetchLists != PrefetchListsOff:
 		return fmt.Errorf("config: prefetch_lists must be auto, local or off, got %q", c.PrefetchLists)
+	case c.LayerIndexes != "" && c.LayerIndexes != LayerIndexesAuto && c.LayerIndexes != LayerIndexesOff:
+		return fmt.Errorf("config: layer_indexes must be auto or off, got %q", c.LayerIndexes)
 	}
 	return nil
 }

@@ -75,6 +75,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		return nil, err
 	}
 	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
+	im.importLayerIndexes(ctx, m, stored)
 	if err := im.attach(ctx, m, true); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
@@ -95,6 +96,20 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	m.stopPrefetch = im.startListedPrefetch(m, lookup)
 	im.mu.Unlock()
 	m.Duration = time.Since(start)
+	if req.IndexPush {
+		d, err := im.pushMountIndexes(ctx, m)
+		im.mu.Lock() // listed already
+		if err != nil {
+			m.IndexPushError = err.Error()
+		}
+		m.IndexArtifact = d
+		im.mu.Unlock()
+		if err != nil {
+			slog.ErrorContext(ctx, "layer indexes not pushed", "ref", m.Ref, "error", err)
+		} else if d != "" {
+			slog.InfoContext(ctx, "layer indexes pushed as a referrer", "repo", m.Repo, "image", m.Digest, "artifact", d)
+		}
+	}
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
 	return m, nil

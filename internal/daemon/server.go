@@ -24,6 +24,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/commits", d.postCommit)
 	mux.HandleFunc("POST /v1/resolve", d.postResolve)
 	mux.HandleFunc("POST /v1/pushes", d.postPush)
+	mux.HandleFunc("POST /v1/indexes", d.postIndex)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.HandleFunc("GET /v1/snapshots", d.getSnapshots)
 	mux.Handle("GET /metrics", promhttp.Handler())
@@ -128,15 +129,30 @@ func (d *Daemon) postPush(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+func (d *Daemon) postIndex(w http.ResponseWriter, r *http.Request) {
+	var req IndexRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	streamEvents(w, r, func(progress func(string, ...any)) (*IndexResult, error) {
+		res, err := d.images.indexImage(r.Context(), req, progress)
+		if err != nil {
+			slog.WarnContext(r.Context(), "indexing failed", "ref", req.Ref, "error", err)
+		}
+		return res, err
+	})
+}
+
 // streamEvents answers with fn's progress lines, then its result or error,
-// as CommitEvent lines.
-func streamEvents(w http.ResponseWriter, r *http.Request, fn func(progress func(string, ...any)) (*CommitResult, error)) {
+// as Event lines.
+func streamEvents[T any](w http.ResponseWriter, r *http.Request, fn func(progress func(string, ...any)) (*T, error)) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
 	var mu sync.Mutex
-	send := func(ev CommitEvent) {
+	send := func(ev Event[T]) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err := enc.Encode(ev); err != nil {
@@ -146,13 +162,13 @@ func streamEvents(w http.ResponseWriter, r *http.Request, fn func(progress func(
 			flusher.Flush()
 		}
 	}
-	progress := func(format string, args ...any) { send(CommitEvent{Progress: fmt.Sprintf(format, args...)}) }
+	progress := func(format string, args ...any) { send(Event[T]{Progress: fmt.Sprintf(format, args...)}) }
 	res, err := fn(progress)
 	if err != nil {
-		send(CommitEvent{Error: err.Error()})
+		send(Event[T]{Error: err.Error()})
 		return
 	}
-	send(CommitEvent{Result: res})
+	send(Event[T]{Result: res})
 }
 
 func (d *Daemon) postResolve(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,292 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
+)
+
+// Layer indexes in the registry. A plain gzip or tar layer has no table of
+// contents: the first machine to mount it reads it whole once to index it
+// (fs.Pool.IndexLayer). `strata index` (or `strata mount --index-push`)
+// pushes those indexes, in their portable form, as one OCI artifact whose
+// subject is the image; a later mount anywhere finds the artifact, checks
+// it, stores the indexes and mounts the layers lazily at once.
+//
+// What an index from a registry is trusted for: the layer's names,
+// metadata and which bytes of the blob hold each file, as whoever pushed
+// it says. It is only used when it is bound to the image and its layers
+// exactly (the artifact's subject is the image's manifest digest, it
+// lists the image's layer digests in order, each index names its layer's
+// digest and size), and it must pass the same validation as an index
+// made here. What is served is still verified chunk by chunk against the
+// index's digests, from the layer blob itself. An index that fails any
+// check is logged and not used: the layer is read whole and indexed here.
+
+// LayerIndexArtifactType is the artifact type of pushed layer indexes.
+const LayerIndexArtifactType = "application/vnd.stratafs.layer-index.v1"
+
+// Annotations of a layer index artifact: on each blob, the digest of the
+// layer it indexes; on the manifest, the image's layer digests, bottom to
+// top, comma-separated.
+const (
+	annotationIndexedLayer = "dev.stratafs.layer.digest"
+	annotationImageLayers  = "dev.stratafs.image.layers"
+)
+
+// Values of Config.LayerIndexes.
+const (
+	LayerIndexesAuto = "auto"
+	LayerIndexesOff  = "off"
+)
+
+// indexParallel is how many layers `strata index` reads at a time.
+const indexParallel = 3
+
+// indexImage makes the indexes of req.Ref's gzip and tar layers (reading
+// each such layer whole once, unless the store holds its index) and
+// pushes them to its repository.
+func (im *images) indexImage(ctx context.Context, req IndexRequest, progress func(string, ...any)) (*IndexResult, error) {
+	img, _, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	if err := im.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
+		return nil, fmt.Errorf("storing the manifest: %w", err)
+	}
+	layers := make([]Layer, len(img.Layers))
+	for i, l := range img.Layers {
+		layers[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations}
+	}
+	res := &IndexResult{Ref: req.Ref, Digest: img.Digest, Layers: make([]IndexedLayer, len(layers))}
+	repo := img.Repo
+	opts := im.remoteOptions(req.Insecure, repo.RegistryStr())
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(indexParallel)
+	for i, l := range layers {
+		g.Go(func() error {
+			start := time.Now()
+			info, err := im.d.pool.IndexLayer(gctx, repo, l.remote(), opts...)
+			il := IndexedLayer{Digest: l.Digest, Format: string(info.Format), Entries: info.Entries, Checkpoints: info.Checkpoints}
+			switch {
+			case errors.Is(err, fs.ErrNotLazy):
+				il.Note = "cannot be indexed; a mount fetches it whole"
+			case err != nil:
+				return fmt.Errorf("layer %d of %d: %w", i+1, len(layers), err)
+			}
+			mu.Lock()
+			res.Layers[i] = il
+			mu.Unlock()
+			progress("layer %d of %d: %s, %s (%s)", i+1, len(layers), l.Digest, layerIndexState(il), time.Since(start).Round(time.Millisecond))
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	blobs, err := im.portableIndexes(layers, res.Layers)
+	if err != nil {
+		return nil, err
+	}
+	if len(blobs) == 0 {
+		progress("no layer needs an index: nothing pushed")
+		return res, nil
+	}
+	res.Artifact, err = im.pushLayerIndexes(ctx, repo, req.Insecure, img.Digest, layers, blobs)
+	if err != nil {
+		return nil, fmt.Errorf("pushing the layer indexes: %w", err)
+	}
+	progress("pushed the indexes of %d layers as %s@%s", len(blobs), repo, res.Artifact)
+	return res, nil
+}
+
+// layerIndexState says in a few words what indexing did to a layer.
+func layerIndexState(il IndexedLayer) string {
+	switch {
+	case il.Note != "" && il.Format != "":
+		return il.Format + ": " + il.Note
+	case il.Note != "":
+		return il.Note
+	}
+	return fmt.Sprintf("%s, %d entries", il.Format, il.Entries)
+}
+
+// remote is the layer's descriptor for the pool.
+func (l Layer) remote() remote.Layer {
+	return remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}
+}
+
+// portableIndexes returns the portable indexes of the layers whose
+// stored index needs the layer read whole to make (gzip and tar), and
+// notes on the others why they need none.
+func (im *images) portableIndexes(layers []Layer, out []IndexedLayer) ([]artifactBlob, error) {
+	var blobs []artifactBlob
+	done := map[digest.Digest]bool{}
+	for i, l := range layers {
+		il := &out[i]
+		switch {
+		case il.Note != "":
+			continue
+		case il.Format != string(index.FormatGzip) && il.Format != string(index.FormatTar):
+			il.Note = "carries its own table of contents"
+			continue
+		case done[l.Digest]:
+			il.Note = "indexed above (the same layer twice)"
+			continue
+		}
+		b, err := im.d.pool.PortableIndex(l.remote())
+		if err != nil {
+			return nil, err
+		}
+		done[l.Digest] = true
+		il.IndexBytes = int64(len(b))
+		blobs = append(blobs, artifactBlob{mediaType: index.PortableMediaType, data: b,
+			annotations: map[string]string{annotationIndexedLayer: l.Digest.String()}})
+	}
+	return blobs, nil
+}
+
+// pushLayerIndexes pushes blobs, the portable indexes of some of the
+// image's layers, as one artifact whose subject is the image.
+func (im *images) pushLayerIndexes(ctx context.Context, repo name.Repository, insecure bool, image digest.Digest, layers []Layer, blobs []artifactBlob) (digest.Digest, error) {
+	return im.pushReferrer(ctx, repo, insecure, image, LayerIndexArtifactType, blobs,
+		map[string]string{annotationImageLayers: joinDigests(layers)})
+}
+
+func joinDigests(layers []Layer) string {
+	ds := make([]string, len(layers))
+	for i, l := range layers {
+		ds[i] = l.Digest.String()
+	}
+	return strings.Join(ds, ",")
+}
+
+// pushMountIndexes pushes the indexes the store holds of m's gzip and tar
+// layers (see MountRequest.IndexPush).
+func (im *images) pushMountIndexes(ctx context.Context, m *Mount) (digest.Digest, error) {
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return "", err
+	}
+	opts := im.remoteOptions(m.Insecure, repo.RegistryStr())
+	out := make([]IndexedLayer, len(m.Layers))
+	for i, l := range m.Layers {
+		// Indexed by the mount: this waits for the index's save at most.
+		info, err := im.d.pool.IndexLayer(ctx, repo, l.remote(), opts...)
+		if err != nil {
+			// Fetched whole (plain zstd): there is no index to push.
+			out[i].Note = "has no index"
+			continue
+		}
+		out[i].Format = string(info.Format)
+		if info.Unpacked != "" {
+			out[i].Note = "was fetched whole"
+		}
+	}
+	blobs, err := im.portableIndexes(m.Layers, out)
+	if err != nil || len(blobs) == 0 {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 4*im.d.cfg.FetchTimeout.Duration)
+	defer cancel()
+	return im.pushLayerIndexes(ctx, repo, m.Insecure, m.Digest, m.Layers, blobs)
+}
+
+// needsIndex reports whether a layer is one whose index the registry may
+// hold: no table of contents announced, not zstd (which has no index), and
+// none stored here.
+func (im *images) needsIndex(l Layer) bool {
+	return !fs.AnnouncesTOC(l.Annotations) && !strings.Contains(l.MediaType, "zstd") && !im.d.pool.HasIndex(l.Digest.String())
+}
+
+// importLayerIndexes looks in m's registry for pushed indexes of m's
+// layers that need one, and stores those that pass every check, so that
+// the layers mount lazily. Anything wrong is logged; the layers are then
+// indexed here. An image described by the store (stored) asks the
+// registry nothing, as for prefetch lists.
+func (im *images) importLayerIndexes(ctx context.Context, m *Mount, stored bool) {
+	if im.d.cfg.LayerIndexes == LayerIndexesOff || stored {
+		return
+	}
+	want := map[digest.Digest]Layer{}
+	for _, l := range m.Layers {
+		if im.needsIndex(l) {
+			want[l.Digest] = l
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*im.d.cfg.FetchTimeout.Duration)
+	defer cancel()
+	refs, err := im.referrers(ctx, repo, m.Insecure, m.Digest, LayerIndexArtifactType)
+	if err != nil {
+		slog.WarnContext(ctx, "looking for layer indexes in the registry", "image", m.Digest, "error", err)
+		return
+	}
+	for _, r := range refs {
+		if len(want) == 0 {
+			return
+		}
+		if err := im.importFrom(ctx, r, m, want); err != nil {
+			slog.WarnContext(ctx, "layer index artifact not used", "image", m.Digest, "artifact", r.digest, "why", err)
+		}
+	}
+}
+
+// importFrom stores the indexes in artifact r of the layers in want,
+// deleting from want those stored. An artifact not bound to m's image and
+// layers exactly is refused whole; a bad index in it is skipped.
+func (im *images) importFrom(ctx context.Context, r referrer, m *Mount, want map[digest.Digest]Layer) error {
+	if got := r.manifest.Annotations[annotationImageLayers]; got != joinDigests(m.Layers) {
+		return fmt.Errorf("it names the layers %q, not the image's", got)
+	}
+	inImage := map[string]bool{}
+	for _, l := range m.Layers {
+		inImage[l.Digest.String()] = true
+	}
+	for _, desc := range r.manifest.Layers {
+		if ld := desc.Annotations[annotationIndexedLayer]; string(desc.MediaType) != index.PortableMediaType || !inImage[ld] {
+			return fmt.Errorf("blob %s (%s) is not the index of a layer of the image (it names %q)", desc.Digest, desc.MediaType, ld)
+		}
+	}
+	for _, desc := range r.manifest.Layers {
+		l, ok := want[digest.Digest(desc.Annotations[annotationIndexedLayer])]
+		if !ok {
+			continue
+		}
+		if err := im.importOne(ctx, r, desc, l); err != nil {
+			slog.WarnContext(ctx, "layer index from the registry not used; the layer is indexed here", "layer", l.Digest, "artifact", r.digest, "why", err)
+			continue
+		}
+		delete(want, l.Digest)
+	}
+	return nil
+}
+
+func (im *images) importOne(ctx context.Context, r referrer, desc v1.Descriptor, l Layer) error {
+	b, err := r.blob(desc, index.MaxPortableSize)
+	if err != nil {
+		return err
+	}
+	return im.d.pool.ImportIndex(ctx, l.remote(), b)
+}
