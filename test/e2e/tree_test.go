@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +59,9 @@ type treeCase struct {
 	tag          string
 	wholeSeconds bool
 	unpack       func(ctx context.Context, t testing.TB, ref, dir string) error
+	// indexFirst has another daemon (another machine) run `strata index`
+	// on the image first: the mount must then use the pushed indexes.
+	indexFirst bool
 }
 
 // checkSameTreeAsFullUnpack pushes the case's image to a registry of its
@@ -68,10 +72,19 @@ func checkSameTreeAsFullUnpack(t *testing.T, c treeCase) {
 	requireRoot(t)
 	reg := registry.Start(t)
 	ref := push(t, reg, "standard", c.tag, c.layers, c.form)
+	if c.indexFirst {
+		indexImage(t, ref)
+	}
 	d := startDaemon(t, nil)
+	mark := logMark()
 	dir, m := d.mount(t, ref)
 	if len(m.Layers) != len(c.layers) {
 		t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(c.layers))
+	}
+	if c.indexFirst {
+		if n := strings.Count(logs.String()[mark:], "layer index imported"); n != len(distinctLayers(m)) {
+			t.Errorf("%d layer indexes imported for %d layers", n, len(distinctLayers(m)))
+		}
 	}
 	got, err := treecmp.Walk(dir)
 	if err != nil {

@@ -1,0 +1,391 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/treecmp"
+)
+
+// The layer index artifact, spelled out: the acceptance side of the
+// format, not the package's constants.
+const (
+	layerIndexArtifact = "application/vnd.stratafs.layer-index.v1"
+	layerIndexBlob     = "application/vnd.stratafs.layer-index.v1+zstd"
+	indexedLayerKey    = "dev.stratafs.layer.digest"
+	imageLayersKey     = "dev.stratafs.image.layers"
+)
+
+var bigGzip bigOnce
+
+// indexImage runs `strata index` on ref in a daemon of its own (another
+// machine) and returns its result.
+func indexImage(t *testing.T, ref string) *daemon.IndexResult {
+	t.Helper()
+	d := startDaemon(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := d.client.Index(ctx, daemon.IndexRequest{Ref: ref}, nil)
+	if err != nil {
+		t.Fatalf("index %s: %v", ref, err)
+	}
+	return res
+}
+
+// distinctLayers are m's layer digests, each once.
+func distinctLayers(m *daemon.Mount) map[digest.Digest]bool {
+	out := map[digest.Digest]bool{}
+	for _, l := range m.Layers {
+		out[l.Digest] = true
+	}
+	return out
+}
+
+// TestGzipIndexFromRegistry: `strata index` on one machine pushes the
+// index of a 200 MiB plain gzip layer as a referrer of the image; a fresh
+// daemon mounts the image at once, moving the index and nothing of the
+// layer, and reading a 4 KiB file moves one span of the layer. With the
+// registry flipping bytes, a read fails with EIO and caches nothing; with
+// layer_indexes = "off" the index is not looked for.
+func TestGzipIndexFromRegistry(t *testing.T) {
+	reg, ref := bigGzip.image(t, fixture.FormGzip, "gzip")
+	res := indexImage(t, ref)
+	if len(res.Layers) != 1 || res.Layers[0].Format != "gzip" || res.Layers[0].IndexBytes == 0 || res.Artifact == "" {
+		t.Fatalf("index result %+v", res)
+	}
+	il := res.Layers[0]
+	t.Logf("index of the %d-entry layer: %d bytes, %d checkpoints, pushed as %s", il.Entries, il.IndexBytes, il.Checkpoints, res.Artifact)
+	if il.Checkpoints < 50 {
+		t.Errorf("%d checkpoints for 200 MiB: want one about every 4 MiB", il.Checkpoints)
+	}
+	checkIndexReferrer(t, ref, res)
+
+	t.Run("lazy read", func(t *testing.T) {
+		p := startProxy(t, reg)
+		d := startDaemon(t, nil)
+		mark := logMark()
+		dir, m := d.mount(t, viaProxy(ref, reg, p))
+		atMount := p.Stats()
+		waitLog(t, mark, "layer index imported", m.Layers[0].Digest.String())
+		if atMount.BlobBytes > il.IndexBytes+4096 {
+			t.Errorf("the mount moved %d blob bytes in %d requests; the index is %d bytes", atMount.BlobBytes, atMount.BlobRequests, il.IndexBytes)
+		}
+		p.ResetStats()
+		readChecked(t, dir, "small/a/4k.bin", fixture.Big(200))
+		read := p.Stats()
+		t.Logf("mount moved %d blob bytes in %d requests; the 4 KiB read %d bytes in %d requests",
+			atMount.BlobBytes, atMount.BlobRequests, read.BlobBytes, read.BlobRequests)
+		// One span: about 4 MiB of the tar, as stored (random data).
+		if read.BlobRequests != 1 || read.BlobBytes > 9<<19 {
+			t.Errorf("reading a 4 KiB file moved %d bytes in %d requests, want one span", read.BlobBytes, read.BlobRequests)
+		}
+		// A random read into the big file: one span again.
+		p.ResetStats()
+		const at = 123<<20 + 4321
+		f, err := os.Open(filepath.Join(dir, fixture.BigFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4096)
+		_, err = f.ReadAt(got, at)
+		f.Close()
+		if err != nil || !bytes.Equal(got, expected(t, fixture.Big(200), fixture.BigFile)[at:at+4096]) {
+			t.Fatalf("random read of the big file: %v", err)
+		}
+		if s := p.Stats(); s.BlobBytes > 2*(9<<19) {
+			t.Errorf("a random 4 KiB read moved %d bytes in %d requests", s.BlobBytes, s.BlobRequests)
+		}
+		ms, err := d.client.List(context.Background())
+		if err != nil || len(ms) != 1 || ms[0].Layers[0].Format != "gzip" || ms[0].Layers[0].Packed != "" {
+			t.Errorf("listed as %+v (%v), want a gzip layer read lazily", ms, err)
+		}
+	})
+
+	t.Run("corrupt span is EIO", func(t *testing.T) {
+		p := startProxy(t, reg)
+		d := startDaemon(t, nil)
+		dir, _ := d.mount(t, viaProxy(ref, reg, p))
+		mark := logMark()
+		p.SetFault(flipEvery(1024))
+		path := filepath.Join(dir, "small/b/4k.bin")
+		if en, _ := readErrno(path); en != unix.EIO {
+			t.Fatalf("read of a corrupted span: errno %v, want EIO", en)
+		}
+		waitLog(t, mark, "failed verification")
+		p.SetFault(nil)
+		p.ResetStats()
+		readChecked(t, dir, "small/b/4k.bin", fixture.Big(200))
+		if s := p.Stats(); s.BlobRequests == 0 {
+			t.Error("the read after the registry recovered fetched nothing: bytes of the corrupt span were cached")
+		}
+	})
+
+	t.Run("layer_indexes off", func(t *testing.T) {
+		p := startProxy(t, reg)
+		d := startDaemon(t, func(c *daemon.Config) {
+			c.LayerIndexes = daemon.LayerIndexesOff
+			c.PrefetchLists = daemon.PrefetchListsOff // which would ask for referrers too
+		})
+		_, m := d.mount(t, viaProxy(ref, reg, p))
+		for _, e := range p.Stats().Log {
+			if strings.Contains(e.Path, "/referrers/") || strings.Contains(e.Path, "/manifests/sha256-") {
+				t.Errorf("looked for a referrer with layer_indexes off: %s %s", e.Method, e.Path)
+			}
+		}
+		if s := p.Stats(); s.BlobBytes < m.Layers[0].Size {
+			t.Errorf("the mount moved %d blob bytes of a %d-byte layer: it cannot have indexed it itself", s.BlobBytes, m.Layers[0].Size)
+		}
+	})
+}
+
+// checkIndexReferrer checks the pushed artifact as a registry client sees
+// it: a referrer of the image, of the layer index type, bound to the
+// image's layers.
+func checkIndexReferrer(t *testing.T, ref string, res *daemon.IndexResult) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := ggcrremote.Referrers(r.Context().Digest(res.Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, m := range im.Manifests {
+		found = found || (m.Digest.String() == res.Artifact.String() && m.ArtifactType == layerIndexArtifact)
+	}
+	if !found {
+		t.Fatalf("the artifact %s is not among the image's referrers %+v", res.Artifact, im.Manifests)
+	}
+	art, err := ggcrremote.Image(r.Context().Digest(res.Artifact.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := art.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers []string
+	for _, l := range res.Layers {
+		layers = append(layers, l.Digest.String())
+	}
+	if man.Subject == nil || man.Subject.Digest.String() != res.Digest.String() || man.Annotations[imageLayersKey] != strings.Join(layers, ",") {
+		t.Errorf("artifact manifest %+v is not bound to the image %s and its layers", man, res.Digest)
+	}
+	for _, l := range man.Layers {
+		if string(l.MediaType) != layerIndexBlob || l.Annotations[indexedLayerKey] == "" {
+			t.Errorf("artifact blob %+v", l)
+		}
+	}
+}
+
+// TestMountGzipIndexedSameTreeAsFullUnpack: the standard image in plain
+// gzip form (whiteouts, opaque directories, hardlinks, a name replaced),
+// indexed by another machine, mounts from the pushed indexes alone and
+// equals the layer specs and umoci's unpack entry by entry.
+func TestMountGzipIndexedSameTreeAsFullUnpack(t *testing.T) {
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormGzip, tag: "gzip-indexed", unpack: treecmp.ReferenceUnpack, indexFirst: true,
+	})
+}
+
+// TestMountTarIndexedSameTreeAsFullUnpack: the same for uncompressed tar
+// layers, whose indexes `strata index` pushes too.
+func TestMountTarIndexedSameTreeAsFullUnpack(t *testing.T) {
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormUncompressed, tag: "tar-indexed", unpack: treecmp.ReferenceUnpack, indexFirst: true,
+	})
+}
+
+// TestWrongLayerIndexIsIgnored: indexes in the registry that are not
+// those of the image mounted — another image's artifact, an index of
+// another layer under this layer's name, a truncated or garbage index —
+// are logged and not used: the mount reads the layer whole and indexes it
+// itself, and serves the right files.
+func TestWrongLayerIndexIsIgnored(t *testing.T) {
+	requireRoot(t)
+	other := push(t, shared.reg, uniqueRepo("gzindex-other"), "gzip", fixture.Big(16), fixture.FormGzip)
+	otherRes := indexImage(t, other)
+	otherIndex := artifactBlob(t, other, otherRes.Artifact)
+
+	for caseName, tc := range map[string]struct {
+		imageLayers func(own string) string
+		blob        []byte
+		log         string
+	}{
+		"another image's artifact": {func(string) string { return otherRes.Layers[0].Digest.String() }, otherIndex, "layer index artifact not used"},
+		"another layer's index":    {func(own string) string { return own }, otherIndex, "layer index from the registry not used"},
+		"truncated index":          {func(own string) string { return own }, otherIndex[:len(otherIndex)/2], "layer index from the registry not used"},
+		"garbage":                  {func(own string) string { return own }, []byte("not an index at all"), "layer index from the registry not used"},
+	} {
+		t.Run(caseName, func(t *testing.T) {
+			layers := fixture.Standard()
+			ref := push(t, shared.reg, uniqueRepo("gzindex-wrong"), "gzip", layers, fixture.FormGzip)
+			r, err := name.ParseReference(ref, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := ggcrremote.Image(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			man, err := img.Manifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			imgDigest, err := img.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var own []string
+			for _, l := range man.Layers {
+				own = append(own, l.Digest.String())
+			}
+			pushIndexArtifact(t, ref, digest.Digest(imgDigest.String()), tc.imageLayers(strings.Join(own, ",")), own[0], tc.blob)
+
+			p := startProxy(t, shared.reg)
+			d := startDaemon(t, nil)
+			mark := logMark()
+			dir, m := d.mount(t, viaProxy(ref, shared.reg, p))
+			waitLog(t, mark, tc.log)
+			if strings.Contains(logs.String()[mark:], "layer index imported") {
+				t.Error("an index that is not the layer's was imported")
+			}
+			if s := p.Stats(); s.BlobBytes < m.Layers[0].Size {
+				t.Errorf("the mount moved %d blob bytes: it did not read the %d-byte layer to index it", s.BlobBytes, m.Layers[0].Size)
+			}
+			got, err := treecmp.Walk(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := treecmp.Expected(layers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, diff := range treecmp.Diff(want, got) {
+				t.Errorf("mount differs from the layer specs: %s", diff)
+			}
+		})
+	}
+}
+
+// artifactBlob fetches the one blob of the artifact at ref's repository.
+func artifactBlob(t *testing.T, ref string, artifact digest.Digest) []byte {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := ggcrremote.Image(r.Context().Digest(artifact.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := art.Layers()
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("artifact layers %v, %v", ls, err)
+	}
+	rc, err := ls[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// pushIndexArtifact pushes a layer index artifact for subject at ref's
+// repository, naming imageLayers and holding blob as the index of layer.
+func pushIndexArtifact(t *testing.T, ref string, subject digest.Digest, imageLayers, layer string, blob []byte) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := r.Context()
+	empty := []byte("{}")
+	for _, l := range [][]byte{blob, empty} {
+		if err := ggcrremote.WriteLayer(repo, static.NewLayer(l, types.MediaType(layerIndexBlob))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desc, err := ggcrremote.Head(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man := ocispec.Manifest{
+		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: layerIndexArtifact,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: 2},
+		Layers: []ocispec.Descriptor{{MediaType: layerIndexBlob, Digest: digest.FromBytes(blob), Size: int64(len(blob)),
+			Annotations: map[string]string{indexedLayerKey: layer}}},
+		Subject:     &ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: subject, Size: desc.Size},
+		Annotations: map[string]string{imageLayersKey: imageLayers, ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
+	}
+	man.SchemaVersion = 2
+	raw, err := json.Marshal(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.Put(repo.Digest(digest.FromBytes(raw).String()), rawManifest(raw)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGzipWithoutIndex: with no index anywhere, the first mount reads
+// each gzip layer whole once, indexes it and keeps what it read: reading
+// a file afterwards moves nothing. --index-push then pushes the index, and
+// a fresh daemon mounts without reading the layer.
+func TestGzipWithoutIndex(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, uniqueRepo("gzindex-none"), "gzip", layers, fixture.FormGzip)
+	p := startProxy(t, shared.reg)
+	d := startDaemon(t, nil)
+	dir, m := d.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p), IndexPush: true})
+	size := m.Layers[0].Size
+	if s := p.Stats(); s.BlobBytes < size || s.BlobBytes > size+size/10+(1<<20) {
+		t.Errorf("the first mount moved %d blob bytes for a %d-byte layer, want it once", s.BlobBytes, size)
+	}
+	if m.IndexArtifact == "" || m.IndexPushError != "" {
+		t.Fatalf("index push: artifact %q, error %q", m.IndexArtifact, m.IndexPushError)
+	}
+	p.ResetStats()
+	for _, f := range []string{"small/a/4k.bin", "other/4k.bin", fixture.BigFile} {
+		readChecked(t, dir, f, layers)
+	}
+	if s := p.Stats(); s.BlobBytes != 0 {
+		t.Errorf("reading files the first mount read moved %d bytes", s.BlobBytes)
+	}
+
+	p2 := startProxy(t, shared.reg)
+	d2 := startDaemon(t, nil)
+	dir2, _ := d2.mount(t, viaProxy(ref, shared.reg, p2))
+	if s := p2.Stats(); s.BlobBytes > size/4 {
+		t.Errorf("a fresh daemon's mount moved %d blob bytes of the %d-byte layer: the pushed index was not used", s.BlobBytes, size)
+	}
+	readChecked(t, dir2, "other/4k.bin", layers)
+}
