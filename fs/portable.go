@@ -91,4 +91,3 @@ func (p *Pool) HasIndex(d string) bool {
 	_, err := index.Open(p.store.DB(), d)
 	return err == nil
 }
-
