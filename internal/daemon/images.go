@@ -36,8 +36,10 @@ type images struct {
 	mu     sync.Mutex
 	mounts map[string]*Mount // by Dir
 
-	listMu  sync.Mutex
-	noLists map[digest.Digest]time.Time // images the registry had no recorded list for, and when
+	// Images the registry had no recorded list, or no layer indexes, for
+	// lately: a build mounts its base's layers once a step, containerd
+	// prepares an image's layers one after another; one question is enough.
+	noLists, noIndexes missMemo
 }
 
 func (im *images) remoteOptions(insecure bool, host string) []remote.Option {
@@ -75,7 +77,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		return nil, err
 	}
 	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
-	im.importLayerIndexes(ctx, m, stored)
+	im.importMountIndexes(ctx, m, stored)
 	if err := im.attach(ctx, m, true); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.

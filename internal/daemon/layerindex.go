@@ -214,17 +214,30 @@ func (im *images) needsIndex(l Layer) bool {
 	return !fs.AnnouncesTOC(l.Annotations) && !strings.Contains(l.MediaType, "zstd") && !im.d.pool.HasIndex(l.Digest.String())
 }
 
-// importLayerIndexes looks in m's registry for pushed indexes of m's
-// layers that need one, and stores those that pass every check, so that
-// the layers mount lazily. Anything wrong is logged; the layers are then
-// indexed here. An image described by the store (stored) asks the
-// registry nothing, as for prefetch lists.
-func (im *images) importLayerIndexes(ctx context.Context, m *Mount, stored bool) {
-	if im.d.cfg.LayerIndexes == LayerIndexesOff || stored {
+// importMountIndexes looks in m's registry for pushed indexes of m's
+// layers (see importLayerIndexes). An image described by the store
+// (stored) asks the registry nothing, as for prefetch lists.
+func (im *images) importMountIndexes(ctx context.Context, m *Mount, stored bool) {
+	if stored {
+		return
+	}
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return
+	}
+	im.importLayerIndexes(ctx, repo, m.Insecure, m.Digest, m.Layers)
+}
+
+// importLayerIndexes looks in repo for pushed indexes of those of the
+// image's layers that need one, and stores those that pass every check,
+// so that the layers mount lazily. Anything wrong is logged; the layers
+// are then indexed here (or, for containerd, unpacked by it).
+func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, insecure bool, image digest.Digest, layers []Layer) {
+	if im.d.cfg.LayerIndexes == LayerIndexesOff || im.noIndexes.recent(image) {
 		return
 	}
 	want := map[digest.Digest]Layer{}
-	for _, l := range m.Layers {
+	for _, l := range layers {
 		if im.needsIndex(l) {
 			want[l.Digest] = l
 		}
@@ -232,36 +245,35 @@ func (im *images) importLayerIndexes(ctx context.Context, m *Mount, stored bool)
 	if len(want) == 0 {
 		return
 	}
-	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
-	if err != nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*im.d.cfg.FetchTimeout.Duration)
 	defer cancel()
-	refs, err := im.referrers(ctx, repo, m.Insecure, m.Digest, LayerIndexArtifactType)
+	refs, err := im.referrers(ctx, repo, insecure, image, LayerIndexArtifactType)
 	if err != nil {
-		slog.WarnContext(ctx, "looking for layer indexes in the registry", "image", m.Digest, "error", err)
+		slog.WarnContext(ctx, "looking for layer indexes in the registry", "image", image, "error", err)
 		return
+	}
+	if len(refs) == 0 {
+		im.noIndexes.note(image)
 	}
 	for _, r := range refs {
 		if len(want) == 0 {
 			return
 		}
-		if err := im.importFrom(ctx, r, m, want); err != nil {
-			slog.WarnContext(ctx, "layer index artifact not used", "image", m.Digest, "artifact", r.digest, "why", err)
+		if err := im.importFrom(ctx, r, layers, want); err != nil {
+			slog.WarnContext(ctx, "layer index artifact not used", "image", image, "artifact", r.digest, "why", err)
 		}
 	}
 }
 
 // importFrom stores the indexes in artifact r of the layers in want,
-// deleting from want those stored. An artifact not bound to m's image and
+// deleting from want those stored. An artifact not bound to the image's
 // layers exactly is refused whole; a bad index in it is skipped.
-func (im *images) importFrom(ctx context.Context, r referrer, m *Mount, want map[digest.Digest]Layer) error {
-	if got := r.manifest.Annotations[annotationImageLayers]; got != joinDigests(m.Layers) {
+func (im *images) importFrom(ctx context.Context, r referrer, layers []Layer, want map[digest.Digest]Layer) error {
+	if got := r.manifest.Annotations[annotationImageLayers]; got != joinDigests(layers) {
 		return fmt.Errorf("it names the layers %q, not the image's", got)
 	}
 	inImage := map[string]bool{}
-	for _, l := range m.Layers {
+	for _, l := range layers {
 		inImage[l.Digest.String()] = true
 	}
 	for _, desc := range r.manifest.Layers {

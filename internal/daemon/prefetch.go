@@ -252,13 +252,13 @@ func (im *images) lookupPrefetchList(m *Mount, base string, stored bool) <-chan 
 func (im *images) findPrefetchList(repo name.Repository, insecure bool, image digest.Digest, layers []Layer, prefix bool, policy string) listLookup {
 	from := "store"
 	b, err := im.storedPrefetchList(image)
-	if err == nil && b == nil && policy != PrefetchListsLocal && !im.noList(image, false) {
+	if err == nil && b == nil && policy != PrefetchListsLocal && !im.noLists.recent(image) {
 		from = "registry"
 		ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
 		b, err = im.remotePrefetchList(ctx, repo, insecure, image)
 		cancel()
 		if err == nil && b == nil {
-			im.noList(image, true)
+			im.noLists.note(image)
 		}
 	}
 	if err != nil || b == nil {
@@ -275,28 +275,6 @@ func (im *images) findPrefetchList(repo name.Repository, insecure bool, image di
 	}
 	return listLookup{list: list, from: from, err: err}
 }
-
-// noList says whether the registry was asked for image's list in the last
-// noListFor and had none; with set, it notes that it had none now. A
-// build mounts its base's layers once a step: one question is enough.
-func (im *images) noList(image digest.Digest, set bool) bool {
-	im.listMu.Lock()
-	defer im.listMu.Unlock()
-	if set {
-		if im.noLists == nil || len(im.noLists) >= maxNoLists {
-			im.noLists = map[digest.Digest]time.Time{}
-		}
-		im.noLists[image] = time.Now()
-		return true
-	}
-	t, ok := im.noLists[image]
-	return ok && time.Since(t) < noListFor
-}
-
-const (
-	noListFor  = 10 * time.Minute
-	maxNoLists = 4096
-)
 
 // checkPrefetchList parses b and checks that it was recorded on image,
 // whose layers are layers (with prefix, the first of layers).

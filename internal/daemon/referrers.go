@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -190,4 +191,34 @@ func (r referrer) blob(desc v1.Descriptor, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("blob %s: got %d bytes with digest %s", desc.Digest, len(b), got)
 	}
 	return b, nil
+}
+
+// missMemo remembers, for a while, the images the registry had no
+// referrer of some kind for, so that it is not asked again and again.
+type missMemo struct {
+	mu   sync.Mutex
+	seen map[digest.Digest]time.Time
+}
+
+const (
+	missFor   = 10 * time.Minute
+	maxMisses = 4096
+)
+
+// recent says whether image was noted in the last missFor.
+func (mm *missMemo) recent(image digest.Digest) bool {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	t, ok := mm.seen[image]
+	return ok && time.Since(t) < missFor
+}
+
+// note notes that the registry had nothing for image now.
+func (mm *missMemo) note(image digest.Digest) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if mm.seen == nil || len(mm.seen) >= maxMisses {
+		mm.seen = map[digest.Digest]time.Time{}
+	}
+	mm.seen[image] = time.Now()
 }

@@ -36,7 +36,8 @@ type snapshotLayers struct {
 	describe func(ctx context.Context, labels map[string]string) (name.Repository, remote.Layer, []remote.Option, error)
 	// manifests dedups concurrent manifest lookups: containerd's unpacker
 	// prepares all layers of an image at once, and they share one manifest.
-	manifests singleflight.Group
+	// imports does the same for lookups of an image's layer indexes.
+	manifests, imports singleflight.Group
 	// whole fetches a layer that cannot be read lazily whole and serves it
 	// from the store (writable mounts), instead of leaving it to
 	// containerd's unpack (containerd's snapshots).
@@ -67,7 +68,8 @@ func newSnapshotLayers(d *Daemon) *snapshotLayers {
 }
 
 // Mount implements snapshotter.RemoteLayers. Layers that cannot be mounted
-// lazily (fs.ErrNotLazy: plain gzip or zstd, so far) are reported as
+// lazily (fs.ErrNotLazy: plain zstd, and plain gzip unless its index was
+// pushed next to the image, see 'strata index') are reported as
 // snapshotter.ErrNotRemote so containerd unpacks them.
 func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[string]string) (err error) {
 	client := "none"
@@ -182,7 +184,7 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 	if err != nil {
 		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("%s label %q: %w: %w", t.Client, ref, snapshotter.ErrNotRemote, err)
 	}
-	m, err := s.manifest(ctx, r, t.Manifest)
+	m, image, err := s.manifest(ctx, r, t.Manifest)
 	if err != nil {
 		return name.Repository{}, remote.Layer{}, nil, err
 	}
@@ -195,6 +197,7 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 			// containerd prepares an image's layers one after another:
 			// start indexing the others now, so their turns find it done.
 			s.d.pool.Prefetch(r.Context(), all)
+			s.importIndexes(ctx, r.Context(), image, all, l)
 			return r.Context(), l, nil, nil
 		}
 	}
@@ -208,13 +211,33 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 		layerDigest, ref, errdefs.ErrNotFound)
 }
 
-// manifest returns the image manifest: from the store when it holds the
-// digest (no network after a restart), else from the registry, then kept.
-// Without a manifest digest label the reference is resolved.
-func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, want digest.Digest) (*ocispec.Manifest, error) {
+// importIndexes imports, once per image at a time, the pushed indexes of
+// the image's plain gzip and tar layers (see images.importLayerIndexes),
+// when layer is one: containerd's layers then mount lazily instead of
+// being unpacked by containerd.
+func (s *snapshotLayers) importIndexes(ctx context.Context, repo name.Repository, image digest.Digest, all []remote.Layer, layer remote.Layer) {
+	ls := make([]Layer, len(all))
+	for i, l := range all {
+		ls[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations}
+	}
+	if !s.d.images.needsIndex(Layer{Digest: layer.Digest, MediaType: string(layer.MediaType), Annotations: layer.Annotations}) {
+		return
+	}
+	_, _, _ = s.imports.Do(image.String(), func() (any, error) {
+		s.d.images.importLayerIndexes(context.WithoutCancel(ctx), repo, false, image, ls)
+		return nil, nil
+	})
+}
+
+// manifest returns the image manifest and its digest: from the store when
+// it holds the digest (no network after a restart), else from the
+// registry, then kept. Without a manifest digest label the reference is
+// resolved.
+func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, want digest.Digest) (*ocispec.Manifest, digest.Digest, error) {
 	if want != "" {
 		if raw, err := s.d.store.Blobs.Get(want); err == nil {
-			return parseManifest(raw)
+			m, err := parseManifest(raw)
+			return m, want, err
 		}
 	}
 	key := ref.String() + "@" + want.String()
@@ -243,9 +266,11 @@ func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, want 
 		return img.Manifest, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("manifest of %s: %w", ref, err)
+		return nil, "", fmt.Errorf("manifest of %s: %w", ref, err)
 	}
-	return parseManifest(v.([]byte))
+	raw := v.([]byte)
+	m, err := parseManifest(raw)
+	return m, digest.FromBytes(raw), err
 }
 
 // parseManifest reads the layer list of an OCI or Docker schema 2 image

@@ -108,6 +108,27 @@ func TestContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("gzip indexed", func(t *testing.T) {
+		// Another machine ran `strata index`: containerd's pull mounts
+		// the plain gzip layers lazily from the pushed indexes.
+		small := fixture.LayerSpec{fixture.Dir("small"), fixture.Reg("small/i.bin", 128<<10, 21)}
+		// busybox on top: below, its chain would be the "gzip" subtest's,
+		// which containerd unpacked already and does not prepare again.
+		ref, _ := e.pushImage(t, "plain-indexed", []fixture.LayerSpec{small, busybox}, fixture.FormGzip)
+		indexImage(t, ref)
+		mounts := len(e.layerMounts(t))
+		out := e.pull(t, ref)
+		if !strings.Contains(out, "2 layers, 2 mounted lazily") {
+			t.Errorf("pull did not mount both gzip layers lazily from their indexes:\n%s", out)
+		}
+		if got, want := e.run(t, ref, "gzip-indexed-1", "cd / && sha256sum small/i.bin"), sumLines(small, "small/i.bin"); got != want {
+			t.Errorf("container printed %q, want %q", got, want)
+		}
+		if n := len(e.layerMounts(t)); n != mounts+2 {
+			t.Errorf("an indexed gzip image added %d layer mounts, want 2", n-mounts)
+		}
+	})
+
 	t.Run("shared base", func(t *testing.T) {
 		base := append(fixture.LayerSpec{fixture.Dir("shared"), fixture.Reg("shared/blob", 16<<20, 7)}, busybox...)
 		refA, _ := e.pushImage(t, "shared-a", []fixture.LayerSpec{base, {fixture.Text("a.txt", "A\n")}}, fixture.FormEStargz)
