@@ -192,6 +192,16 @@ func TestMountGzipSameTreeAsFullUnpack(t *testing.T) {
 	})
 }
 
+// TestMountZstdSameTreeAsFullUnpack mounts the standard image with plain
+// zstd layers (no TOC, no index: fetched whole once, unpacked into the
+// store) and compares it with umoci's unpack of a gzip copy (umoci reads
+// no zstd).
+func TestMountZstdSameTreeAsFullUnpack(t *testing.T) {
+	checkSameTreeAsFullUnpack(t, treeCase{
+		layers: fixture.Standard(), form: fixture.FormZstd, tag: "zstd", unpack: treecmp.ReferenceUnpackGzip,
+	})
+}
+
 // TestMountBuildahZstdChunked mounts a zstd:chunked image as
 // containers/storage writes it (`buildah push --compression-format
 // zstd:chunked`, the writer podman and skopeo share): small files carry

@@ -44,11 +44,25 @@ func TestMountReplacedEntries(t *testing.T) {
 		forms = append(forms, mountForm{f.name, fixture.FormEStargz, f.opts})
 	}
 	forms = append(forms, mountForm{"uncompressed", fixture.FormUncompressed, nil},
-		mountForm{"docker-uncompressed", fixture.FormUncompressed, []fixture.Option{fixture.WithDockerMediaTypes()}})
+		mountForm{"docker-uncompressed", fixture.FormUncompressed, []fixture.Option{fixture.WithDockerMediaTypes()}},
+		mountForm{"gzip", fixture.FormGzip, nil},
+		mountForm{"gzip-indexed", fixture.FormGzip, nil},
+		mountForm{"docker-gzip", fixture.FormGzip, []fixture.Option{fixture.WithDockerMediaTypes()}},
+		mountForm{"zstd", fixture.FormZstd, nil})
 	for _, form := range forms {
 		t.Run(form.name, func(t *testing.T) {
-			ref := push(t, shared.reg, "replaced", form.name, layers, form.form, form.opts...)
-			dir, m := d.mount(t, ref)
+			ref := push(t, shared.reg, uniqueRepo("replaced"), form.name, layers, form.form, form.opts...)
+			md, mark := d, logMark()
+			if form.name == "gzip-indexed" {
+				// Indexed on another machine, mounted on a fresh one
+				// (d indexed these layers itself for "gzip").
+				indexImage(t, ref)
+				md, mark = startDaemon(t, nil), logMark()
+			}
+			dir, m := md.mount(t, ref)
+			if form.name == "gzip-indexed" && !strings.Contains(logs.String()[mark:], "layer index imported") {
+				t.Error("the pushed indexes were not used")
+			}
 			if len(m.Layers) != len(layers) {
 				t.Fatalf("mounted %d layers, want %d", len(m.Layers), len(layers))
 			}
@@ -56,7 +70,7 @@ func TestMountReplacedEntries(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := referenceTree(t, ref)
+			want := referenceTree(t, ref, form.form == fixture.FormZstd)
 			if form.form == fixture.FormEStargz {
 				want = wholeSeconds(want) // an eStargz TOC keeps whole seconds
 			}
@@ -72,10 +86,19 @@ func TestMountReplacedEntries(t *testing.T) {
 	}
 }
 
-// referenceTree is umoci's full unpack of ref, walked.
-func referenceTree(t *testing.T, ref string) []treecmp.Record {
+// referenceTree is umoci's full unpack of ref, walked; umoci reads no
+// zstd, so a zstd image is converted to gzip on the way.
+func referenceTree(t *testing.T, ref string, zstd bool) []treecmp.Record {
 	t.Helper()
-	recs, err := treecmp.Walk(referenceRootfs(t, ref))
+	rootfs := t.TempDir()
+	unpack := treecmp.ReferenceUnpack
+	if zstd {
+		unpack = treecmp.ReferenceUnpackGzip
+	}
+	if err := unpack(context.Background(), t, ref, rootfs); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := treecmp.Walk(rootfs)
 	if err != nil {
 		t.Fatal(err)
 	}
