@@ -27,6 +27,8 @@ type Pool struct {
 	dir   string // mountpoints: dir/<digest hex prefix>
 	ropts []remote.Option
 
+	policy PrefetchPolicy // background fetch of layers read broadly
+
 	mu     sync.Mutex
 	layers map[digest.Digest]*pooled
 	builds map[digest.Digest]*indexBuild // indexes being made
@@ -164,7 +166,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return err
 	}
-	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files))
+	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files), WithBackground(p.policy))
 	m, err := MountLayer(pl.dir, idx, content)
 	if err != nil {
 		content.Close()
@@ -172,10 +174,18 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	pl.mount, pl.blob, pl.content, pl.format, pl.packed = m, blob, content, idx.Info().Format, idx.Info().Packed
-	if end := idx.Info().PrefetchEnd; end > 0 {
+	end := idx.Info().PrefetchEnd
+	if end > 0 {
 		content.Prefetch(0, end)
 	}
+	content.StartBackground(end)
 	return nil
+}
+
+// SetPrefetchPolicy sets the background fetch policy of the layers
+// mounted from now on (see PrefetchPolicy). Default: auto, no budget.
+func (p *Pool) SetPrefetchPolicy(policy PrefetchPolicy) {
+	p.policy = policy
 }
 
 // openBlob reads the layer from the store when it holds the blob (a layer

@@ -49,6 +49,9 @@ type Content struct {
 	window  int64                  // current blob-order read-ahead
 
 	asyncBusy atomic.Bool // a background read-ahead is running
+	// broad is the background fetch of the rest of the layer once it is
+	// read broadly (see background.go).
+	broad background
 	// prefetchEnd is where the prefetch of prioritized files running now
 	// ends in the blob (0 when none runs); see prefetch.go.
 	prefetchEnd atomic.Int64
@@ -204,6 +207,13 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	// of both would keep the reader waiting for every read-ahead byte
 	// (an exec's first page of a binary waited for 8 MiB of it).
 	mine, ahead := claimed.split(missing)
+	// The read waits from here: no background fetch starts meanwhile.
+	var demandBytes int64
+	for _, bo := range mine.offs {
+		demandBytes += mine.streams[bo][0].BlobLength
+	}
+	c.demandStart(e.Ino, missing[0].BlobOffset, demandBytes)
+	defer c.demandDone()
 	if len(ahead.offs) > 0 {
 		c.goBackground(func(bg context.Context) { c.fetchInPieces(bg, ahead) })
 	}

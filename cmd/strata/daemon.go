@@ -30,6 +30,11 @@ The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set
   max_concurrent_requests = 16       parallel requests per layer
   containerd_socket = ""             containerd snapshots API; default next to socket, "off" to disable
   metrics_address = ""               e.g. "127.0.0.1:9110"
+  prefetch_lists = "auto"            recorded prefetch lists: auto (store, then registry), local, off
+  layer_indexes = "auto"             look for pushed gzip/tar layer indexes (strata index): auto, off
+  prefetch = "auto"                  fetch the rest of a layer in the background: auto (once it is
+                                     read broadly, while it is read), all (every layer, whole), off
+  prefetch_budget = 0                auto: most bytes one layer's background fetch takes (0: all)
 Flags override the file.`,
 		run: runDaemon,
 	})

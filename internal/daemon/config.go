@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	sfs "github.com/stratafs/strata/fs"
 )
 
 // DefaultConfigPath is read when the daemon is given no --config.
@@ -51,6 +53,15 @@ type Config struct {
 	// by 'strata index' or 'strata mount --index-push') before it reads
 	// those layers whole to index them: "auto" (the default) or "off".
 	LayerIndexes string `toml:"layer_indexes"`
+	// Prefetch says when the rest of a layer is fetched in the
+	// background: "auto" (the default: once a workload reads the layer
+	// broadly, many files or many bytes, and only while it keeps reading),
+	// "all" (every layer, whole, from its mount on) or "off". A demand
+	// read always goes first.
+	Prefetch string `toml:"prefetch"`
+	// PrefetchBudget bounds, in "auto", the compressed bytes one layer's
+	// background fetch takes; 0 (the default) means the whole layer.
+	PrefetchBudget int64 `toml:"prefetch_budget"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -77,6 +88,7 @@ func DefaultConfig() Config {
 		MaxConcurrentRequests: 16,
 		PrefetchLists:         PrefetchListsAuto,
 		LayerIndexes:          LayerIndexesAuto,
+		Prefetch:              sfs.PrefetchAuto,
 	}
 }
 
@@ -115,6 +127,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: prefetch_lists must be auto, local or off, got %q", c.PrefetchLists)
 	case c.LayerIndexes != "" && c.LayerIndexes != LayerIndexesAuto && c.LayerIndexes != LayerIndexesOff:
 		return fmt.Errorf("config: layer_indexes must be auto or off, got %q", c.LayerIndexes)
+	case sfs.CheckPrefetchPolicy(sfs.PrefetchPolicy{Mode: c.Prefetch, Budget: c.PrefetchBudget}) != nil:
+		return fmt.Errorf("config: %w", sfs.CheckPrefetchPolicy(sfs.PrefetchPolicy{Mode: c.Prefetch, Budget: c.PrefetchBudget}))
 	}
 	return nil
 }

@@ -71,6 +71,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		}
 	}
 	d.pool, err = fs.NewPool(st, cfg.layersDir(), d.remoteOpts...)
+	if err == nil {
+		d.pool.SetPrefetchPolicy(fs.PrefetchPolicy{Mode: cfg.Prefetch, Budget: cfg.PrefetchBudget})
+	}
 	if err != nil {
 		return err
 	}

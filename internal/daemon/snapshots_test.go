@@ -31,7 +31,8 @@ func newTestLayers(t *testing.T) *snapshotLayers {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	d := &Daemon{store: st}
+	d := &Daemon{store: st, cfg: DefaultConfig()}
+	d.images = &images{d: d, mounts: map[string]*Mount{}}
 	if d.pool, err = fs.NewPool(st, filepath.Join(root, "l")); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,235 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/store"
+)
+
+// newPolicyLayer is newTestLayer with a background fetch policy.
+func newPolicyLayer(t *testing.T, names []string, sizes []int, p PrefetchPolicy) *testLayer {
+	t.Helper()
+	bl := buildEStargz(t, names, sizes, 1<<20)
+	st, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	view := index.NewMemory(bl.idx, int64(len(bl.blob)))
+	blob := &memBlob{data: bl.blob}
+	content := NewContent("sha256:test", view, blob, st.Chunks, WithBackground(p))
+	t.Cleanup(content.Close)
+	return &testLayer{content: content, blob: blob, files: bl.files, view: view, cache: st.Chunks}
+}
+
+// manyFiles is 150 files of 100 KiB and one of 8 MiB, stored last.
+func manyFiles() ([]string, []int) {
+	var names []string
+	var sizes []int
+	for i := range 150 {
+		names = append(names, fmt.Sprintf("d%02d/f%03d", i/10, i))
+		sizes = append(sizes, 100<<10)
+	}
+	return append(names, "z/big"), append(sizes, 8<<20)
+}
+
+// uncached counts the layer's chunks not in the cache.
+func (l *testLayer) uncached(t *testing.T) int {
+	t.Helper()
+	all, err := l.view.ChunksInBlob(0, l.blob.Size(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ch := range all {
+		if !l.cache.Has(ch.Digest) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitAllCached waits, bounded, for every chunk to be cached.
+func (l *testLayer) waitAllCached(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for l.uncached(t) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d chunks still not cached after 30s", l.uncached(t))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// readBroadly reads the first KiB of every other file, in a random
+// order (no blob-order walk, no neighbourhood read-ahead to speak of).
+func readBroadly(t *testing.T, l *testLayer, names []string, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		l.read(t, names[(i*37)%150], 0, 1024)
+	}
+}
+
+func TestBackgroundFetchOnceReadingIsBroad(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAuto})
+	readBroadly(t, l, names, 10)
+	l.settle()
+	if l.content.broad.started {
+		t.Fatal("the background fetch started after 10 files")
+	}
+	readBroadly(t, l, names, broadFiles+10)
+	l.waitAllCached(t)
+	// Everything is there: reading it all fetches nothing more.
+	l.blob.reset()
+	for _, name := range names {
+		l.read(t, name, 0, int64(len(l.files[name])))
+	}
+	if calls, _ := l.blob.fetched(); calls != 0 {
+		t.Errorf("reading the layer after its background fetch made %d fetches", calls)
+	}
+}
+
+func TestBackgroundFetchOff(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchOff})
+	readBroadly(t, l, names, broadFiles+40)
+	l.settle()
+	l.content.Close() // waits for all background work
+	if l.content.broad.started {
+		t.Error("a background fetch started with prefetch off")
+	}
+	if l.uncached(t) == 0 {
+		t.Error("every chunk was fetched with prefetch off")
+	}
+}
+
+func TestBackgroundFetchAll(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAll})
+	l.content.StartBackground(0)
+	l.waitAllCached(t)
+	// Each request is a large piece, not a file.
+	calls, n := l.blob.fetched()
+	if calls > int(n/bgPiece)+4 {
+		t.Errorf("%d fetches for %d bytes: want pieces of about %d bytes", calls, n, bgPiece)
+	}
+}
+
+func TestBackgroundFetchBudget(t *testing.T) {
+	names, sizes := manyFiles()
+	const budget = 6 << 20
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAuto, Budget: budget})
+	readBroadly(t, l, names, broadFiles+10)
+	select {
+	case <-l.content.broad.ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the background fetch did not end at its budget")
+	}
+	if got := l.content.broad.fetched; got > budget || got == 0 {
+		t.Errorf("the background fetch took %d bytes, budget %d", got, budget)
+	}
+	if l.uncached(t) == 0 {
+		t.Error("every chunk was fetched past the budget")
+	}
+}
+
+// TestBackgroundStopsOnClose: unmounting (Close) ends a background fetch
+// held at the registry, and nothing is fetched afterwards.
+func TestBackgroundStopsOnClose(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAll})
+	l.blob.mu.Lock()
+	l.blob.hold, l.blob.free, l.blob.held = make(chan struct{}), -1, make(chan struct{}, 64)
+	l.blob.mu.Unlock()
+	l.content.StartBackground(0)
+	<-l.blob.held // a background request is at the registry
+	closed := make(chan struct{})
+	go func() {
+		l.content.Close()
+		close(closed)
+	}()
+	time.Sleep(10 * time.Millisecond)
+	close(l.blob.hold) // let the request in flight return; Close waits for it
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not stop the background fetch")
+	}
+	calls, _ := l.blob.fetched()
+	time.Sleep(50 * time.Millisecond)
+	if again, _ := l.blob.fetched(); again != calls {
+		t.Errorf("%d fetches after Close", again-calls)
+	}
+}
+
+// TestBackgroundYieldsToReads: no background request goes out while a
+// read waits for a fetch of its own, however reads and the background
+// fetch interleave (an ordering check on the layer's own record of
+// events, not a timing one).
+func TestBackgroundYieldsToReads(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAll})
+	var mu sync.Mutex
+	open, pieces, overlaps := 0, 0, 0
+	l.content.broad.onEvent = func(ev string, off int64) { // runs under broad.mu
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev {
+		case "read":
+			open++
+		case "done":
+			open--
+		case "piece":
+			pieces++
+			if open > 0 {
+				overlaps++
+			}
+		}
+	}
+	l.content.StartBackground(0)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				name := names[(w*41+i*7)%150]
+				e := l.entry(t, name)
+				buf := make([]byte, 1024)
+				if _, err := l.content.ReadAt(context.Background(), e, buf, 0); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l.waitAllCached(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if pieces == 0 {
+		t.Fatal("no background request was made")
+	}
+	if overlaps != 0 {
+		t.Errorf("%d of %d background requests went out while a read waited for its own", overlaps, pieces)
+	}
+}
+
+func TestCheckPrefetchPolicy(t *testing.T) {
+	for _, ok := range []PrefetchPolicy{{}, {Mode: PrefetchAuto, Budget: 1 << 30}, {Mode: PrefetchOff}, {Mode: PrefetchAll}} {
+		if err := CheckPrefetchPolicy(ok); err != nil {
+			t.Errorf("%+v: %v", ok, err)
+		}
+	}
+	for _, bad := range []PrefetchPolicy{{Mode: "sometimes"}, {Mode: PrefetchAuto, Budget: -1}} {
+		if err := CheckPrefetchPolicy(bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
