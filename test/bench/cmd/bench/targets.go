@@ -5,6 +5,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"github.com/stratafs/strata/test/proxy"
 )
 
 var profileOrder = []string{"lo", "lan", "wan", "far"}
@@ -119,7 +121,28 @@ func targetsOf(res *runResults, sums map[key]*summary) []target {
 		t.Measured = fmt.Sprintf("%.1f s vs %.1f s", st.Med, fp.Med)
 		t.Met = check(st.Med <= fp.Med)
 	}
-	return append(ts, t)
+	ts = append(ts, t)
+	return append(ts, linkTargets(res, get)...)
+}
+
+// linkTargets are issue 18's: reading everything at the link's speed.
+// The link's time is the image's eStargz size (what Strata must move)
+// over the wan profile's bandwidth.
+func linkTargets(res *runResults, get func(prof, img, wl, sys, state string) *summary) []target {
+	bw := float64(proxy.ProfileWAN.BandwidthBps)
+	t := target{What: "wan cold: `tar c /` of smallfiles ≤ 1.2 × image bytes ÷ the link's bandwidth (issue 18)"}
+	if st, sz := get("wan", "smallfiles", "tar", "strata", "cold"), res.Sizes["smallfiles"]; st != nil && sz.Estargz > 0 {
+		link := float64(sz.Estargz) / bw
+		t.Measured = fmt.Sprintf("%.1f s vs %.1f s for %.1f MB at %.1f MB/s (%.2f×; %.1f MB moved)",
+			st.Med, link, float64(sz.Estargz)/1e6, bw/1e6, st.Med/link, float64(st.Bytes)/1e6)
+		t.Met = check(st.Med <= 1.2*link)
+	}
+	t2 := target{What: "wan cold: sequential read of the 1 GiB file ≥ 85% of the link (issue 18)"}
+	if st := get("wan", "bigfile", "seqread", "strata", "cold"); st != nil && st.Amount > 0 {
+		t2.Measured = fmt.Sprintf("%.1f MB/s vs a %.1f MB/s link (%.0f%%)", st.Amount, bw/1e6, 100*st.Amount/(bw/1e6))
+		t2.Met = check(st.Amount >= 0.85*bw/1e6)
+	}
+	return []target{t, t2}
 }
 
 // bytesTarget: bytes moved ≤ 1.3 × compressed size of the files read +
