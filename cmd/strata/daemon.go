@@ -35,6 +35,7 @@ The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set
   prefetch = "auto"                  fetch the rest of a layer in the background: auto (once it is
                                      read broadly, while it is read), all (every layer, whole), off
   prefetch_budget = 0                auto: most bytes one layer's background fetch takes (0: all)
+  memory_limit = 0                   soft memory limit in bytes, as GOMEMLIMIT (0: GOMEMLIMIT or none)
 Flags override the file.`,
 		run: runDaemon,
 	})

@@ -62,6 +62,11 @@ type Config struct {
 	// PrefetchBudget bounds, in "auto", the compressed bytes one layer's
 	// background fetch takes; 0 (the default) means the whole layer.
 	PrefetchBudget int64 `toml:"prefetch_budget"`
+	// MemoryLimit, when positive, is the daemon's soft memory limit in
+	// bytes (the Go runtime's, as GOMEMLIMIT sets it): the garbage
+	// collector works harder as the heap nears it. 0 leaves GOMEMLIMIT,
+	// or no limit.
+	MemoryLimit int64 `toml:"memory_limit"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -121,6 +126,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: fetch_timeout must be positive, got %s", c.FetchTimeout)
 	case c.CacheSize <= 0:
 		return fmt.Errorf("config: cache_size must be positive, got %d", c.CacheSize)
+	case c.MemoryLimit < 0:
+		return fmt.Errorf("config: memory_limit must not be negative, got %d", c.MemoryLimit)
 	case c.MaxConcurrentRequests <= 0:
 		return fmt.Errorf("config: max_concurrent_requests must be positive, got %d", c.MaxConcurrentRequests)
 	case c.PrefetchLists != "" && c.PrefetchLists != PrefetchListsAuto && c.PrefetchLists != PrefetchListsLocal && c.PrefetchLists != PrefetchListsOff:

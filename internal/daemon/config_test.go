@@ -28,7 +28,15 @@ func TestLoadConfig(t *testing.T) {
 	if got := DefaultConfig().containerdSocket(); got != "/run/strata/containerd.sock" {
 		t.Fatalf("default containerd socket = %q", got)
 	}
-	for _, bad := range []string{"root = \"relative\"", "fetch_timeout = \"-1s\"", "fetch_timeout = \"soon\"", "unknown_key = 1", "cache_size = 0"} {
+	os.WriteFile(p, []byte("prefetch = \"all\"\nprefetch_budget = 1000000\nlayer_indexes = \"off\"\nmemory_limit = 200000000\n"), 0o600)
+	if cfg, err := LoadConfig(p, true); err != nil || cfg.Prefetch != "all" || cfg.PrefetchBudget != 1e6 || cfg.LayerIndexes != "off" || cfg.MemoryLimit != 2e8 {
+		t.Fatalf("config = %+v, %v", cfg, err)
+	}
+	if d := DefaultConfig(); d.Prefetch != "auto" || d.LayerIndexes != "auto" || d.MemoryLimit != 0 {
+		t.Errorf("defaults %+v", d)
+	}
+	for _, bad := range []string{"root = \"relative\"", "fetch_timeout = \"-1s\"", "fetch_timeout = \"soon\"", "unknown_key = 1", "cache_size = 0",
+		"prefetch = \"sometimes\"", "prefetch_budget = -1", "layer_indexes = \"local\"", "memory_limit = -1"} {
 		os.WriteFile(p, []byte(bad+"\n"), 0o600)
 		if _, err := LoadConfig(p, true); err == nil {
 			t.Errorf("config %q accepted", bad)

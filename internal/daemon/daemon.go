@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,9 @@ func (c Config) layersDir() string { return filepath.Join(c.Root, "l") }
 func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	if err := cfg.validate(); err != nil {
 		return err
+	}
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
 	st, err := store.Open(cfg.Root, store.Options{ChunkCacheBytes: cfg.CacheSize})
 	if err != nil {

@@ -195,6 +195,9 @@ func (r *runner) measureBuild(ctx context.Context, sname string, img imageSpec, 
 			res[0].DaemonCPU = cpu
 		}
 	}
+	if m, ok := sys.(memoryReporter); ok {
+		res[0].RSS, res[0].PeakRSS, _ = m.Memory()
+	}
 	// Not part of the step: the first command once more, everything it
 	// reads now local, is what a run costs the system without fetching.
 	// Not for the compiling step: a second build would add a minute to

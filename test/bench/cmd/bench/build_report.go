@@ -151,14 +151,20 @@ func phaseRows(rs []result, workloads, systems []string) []string {
 				if len(again) > 0 {
 					cells = append(cells, fmt.Sprintf("(first command again, all local: %.2f s)", median(again)))
 				}
-				var cpu []float64
+				var cpu, rss, peak []float64
 				for _, r := range rs {
 					if r.Profile == prof && r.Workload == wl && r.System == sys && r.State == "cold" && r.DaemonCPU > 0 {
 						cpu = append(cpu, r.DaemonCPU)
 					}
+					if r.Profile == prof && r.Workload == wl && r.System == sys && r.State == "cold" && r.RSS > 0 {
+						rss, peak = append(rss, float64(r.RSS)), append(peak, float64(r.PeakRSS))
+					}
 				}
 				if len(cpu) > 0 {
 					cells = append(cells, fmt.Sprintf("(daemon CPU %.2f s)", median(cpu)))
+				}
+				if len(rss) > 0 {
+					cells = append(cells, fmt.Sprintf("(daemon RSS %.0f MB, peak %.0f MB)", median(rss)/1e6, median(peak)/1e6))
 				}
 				rows = append(rows, fmt.Sprintf("| %s (%s) | %s | %s |", wl, prof, sys, strings.Join(cells, "; ")))
 			}

@@ -98,6 +98,9 @@ func (s *strataBuild) Teardown(ctx context.Context) error {
 // the wall clock did.
 func (s *strataBuild) daemonCPU() (float64, error) { return pidCPU(s.daemonPID) }
 
+// Memory is the daemon's memory (see memoryReporter).
+func (s *strataBuild) Memory() (rss, peak int64, err error) { return procMemory(s.daemonPID) }
+
 // pidCPU is the CPU time a running process has used so far.
 func pidCPU(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

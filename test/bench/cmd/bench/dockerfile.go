@@ -147,6 +147,7 @@ func (r *runner) measureDockerfile(ctx context.Context, sname string, img imageS
 		if cpu, err := pidCPU(s.daemonPID); err == nil {
 			cold.DaemonCPU = cpu
 		}
+		cold.RSS, cold.PeakRSS, _ = procMemory(s.daemonPID)
 	}
 	r.saveLog(cold)
 	r.log.Info("cold", "system", sname, "dockerfile", df.Name, "profile", profile, "s", fmt.Sprintf("%.2f", cold.Seconds),

@@ -21,6 +21,7 @@ type summary struct {
 	BytesIn           int64   // median of uploaded bytes
 	Amount            float64 // median amount per second (MB/s or IOPS)
 	MountMed, MountMx float64 // median and max of MountSeconds
+	RSS, PeakRSS      int64   // medians of the daemon's memory (Strata)
 }
 
 func median(xs []float64) float64 {
@@ -50,7 +51,7 @@ func summarize(rs []result) map[key]*summary {
 	out := map[key]*summary{}
 	for k, g := range groups {
 		s := &summary{}
-		var secs, bytes, bytesIn, reqs, rate, mounts []float64
+		var secs, bytes, bytesIn, reqs, rate, mounts, rss, peak []float64
 		for _, r := range g {
 			if r.Err != "" {
 				s.Errors++
@@ -61,6 +62,9 @@ func summarize(rs []result) map[key]*summary {
 			bytesIn = append(bytesIn, float64(r.BytesIn))
 			mounts = append(mounts, r.MountSeconds)
 			reqs = append(reqs, float64(r.Requests))
+			if r.RSS > 0 {
+				rss, peak = append(rss, float64(r.RSS)), append(peak, float64(r.PeakRSS))
+			}
 			if r.Amount > 0 && r.Seconds > 0 {
 				work := r.Seconds - r.MountSeconds
 				if k.Workload == "seqread" {
@@ -77,6 +81,7 @@ func summarize(rs []result) map[key]*summary {
 			s.BytesIn = int64(median(bytesIn))
 			s.MountMed, s.MountMx = median(mounts), slices.Max(mounts)
 			s.Amount = median(rate)
+			s.RSS, s.PeakRSS = int64(median(rss)), int64(median(peak))
 		}
 		out[k] = s
 	}
@@ -168,6 +173,9 @@ func cell(s *summary, w string) string {
 	}
 	if wl, ok := workloadByName(w); ok && wl.Unit != "" && s.Amount > 0 {
 		c += fmt.Sprintf(" · **%.0f %s**", s.Amount, wl.Unit)
+	}
+	if s.RSS > 0 && w != "mount" {
+		c += fmt.Sprintf(" · RSS %.0f MB (peak %.0f MB)", float64(s.RSS)/1e6, float64(s.PeakRSS)/1e6)
 	}
 	if s.Errors > 0 {
 		c += fmt.Sprintf(" (%d failed)", s.Errors)

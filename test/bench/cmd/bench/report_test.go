@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 )
@@ -93,5 +94,15 @@ func TestWarmTargetsPoolProfiles(t *testing.T) {
 	want := "| warm: `find` over smallfiles ≤ 2× local disk | 0.35 s vs 0.17 s (2.06×; lo+wan, 6 and 6 runs) | **MISSED** |"
 	if !strings.Contains(buf.String(), want) {
 		t.Errorf("report lacks %q:\n%s", want, buf.String())
+	}
+}
+
+func TestProcMemory(t *testing.T) {
+	rss, peak, err := procMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss <= 0 || peak < rss {
+		t.Errorf("VmRSS %d, VmHWM %d", rss, peak)
 	}
 }

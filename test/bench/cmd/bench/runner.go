@@ -40,7 +40,11 @@ type result struct {
 	// DaemonCPU: CPU seconds Strata's daemon used from its start to the
 	// end of a build step (build rows only).
 	DaemonCPU float64 `json:",omitempty"`
-	Err       string  `json:",omitempty"`
+	// RSS and PeakRSS: Strata's daemon's VmRSS at the end of the run and
+	// its VmHWM since it started (issue 18), in bytes.
+	RSS     int64  `json:",omitempty"`
+	PeakRSS int64  `json:",omitempty"`
+	Err     string `json:",omitempty"`
 }
 
 // imageSizes are compressed sizes from the manifests, for the bytes target.
@@ -257,6 +261,7 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 			return fail(w, "cold", err)
 		}
 		cold := r.finish(base, "cold", shared+time.Since(start).Seconds(), amount)
+		cold.RSS, cold.PeakRSS = daemonMemory(sys)
 		cold.MountSeconds, cold.SharedMount = mounted, i > 0
 		cold.Bytes += before.BytesOut
 		cold.Requests += before.Requests
@@ -280,7 +285,9 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 			if err != nil {
 				return fail(w, state, err)
 			}
-			out = append(out, r.finish(base, state, time.Since(t).Seconds(), amount))
+			res := r.finish(base, state, time.Since(t).Seconds(), amount)
+			res.RSS, res.PeakRSS = daemonMemory(sys)
+			out = append(out, res)
 		}
 		if _, done := r.reads[img.Name+"/"+w.Name]; !done && sys.Name() == "fullpull" && tracedWorkloads[w.Name] {
 			est, err := traceReads(ctx, root, w)

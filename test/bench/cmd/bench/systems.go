@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -101,6 +102,55 @@ const (
 )
 
 func (s *strataSys) Tag() string { return "estargz" }
+
+// Memory returns the daemon's VmRSS and VmHWM, as ps shows them.
+func (s *strataSys) Memory() (rss, peak int64, err error) {
+	if s.daemon == nil || s.daemon.cmd.Process == nil {
+		return 0, 0, errors.New("no daemon")
+	}
+	return procMemory(s.daemon.cmd.Process.Pid)
+}
+
+// memoryReporter is a system whose daemon's memory the bench reports.
+type memoryReporter interface {
+	Memory() (rss, peak int64, err error)
+}
+
+// daemonMemory is sys's daemon's memory, zero when it has none.
+func daemonMemory(sys system) (rss, peak int64) {
+	if m, ok := sys.(memoryReporter); ok {
+		rss, peak, _ = m.Memory()
+	}
+	return rss, peak
+}
+
+// procMemory reads VmRSS and VmHWM of process pid from /proc.
+func procMemory(pid int) (rss, peak int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			continue
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if k == "VmRSS" {
+			rss = n << 10
+		} else {
+			peak = n << 10
+		}
+	}
+	return rss, peak, nil
+}
 func (s *strataSys) socket() string {
 	return filepath.Join(s.dir, "strata.sock")
 }
