@@ -2,7 +2,7 @@
 # `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
 # `make bench` runs the full matrix. Both write docs/benchmarks.md; with ROWS,
 # docs/benchmarks-ROWS.md.
-# ROWS=mount|containerd|buildkit|build|dockerfile|far runs only that kind of row (for
+# ROWS=mount|containerd|buildkit|build|dockerfile|far|gzip runs only that kind of row (for
 # development: the report then covers just those), e.g. `make bench QUICK=1
 # ROWS=build`. The Dockerfile builds (issue 15: `strata build --push` against
 # `buildah bud` + `buildah push`) run only with ROWS=build (beside the build
@@ -13,6 +13,8 @@
 # ROWS=far runs the `go version` and python starts over a far link (100 ms
 # RTT), without and with a recorded prefetch list (issue 18); the full plan
 # holds them, but `make bench` leaves them out for its time budget.
+# ROWS=gzip runs the same starts over wan from the unmodified gzip image,
+# from indexes pushed by `strata index` and without (issue 14).
 
 # A run of one kind of row writes its own report, so that it never
 # replaces the full report with a part of it.

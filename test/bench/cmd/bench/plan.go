@@ -32,6 +32,10 @@ type entry struct {
 	// BuildKit entries build bkDockerfile with BuildKit's containerd
 	// worker for the bk* systems (buildkit.go).
 	BuildKit bool
+	// Gzip entries compare mounts of the unmodified gzip image, with and
+	// without a pushed index (issue 14), with the eStargz mount and the
+	// full pull.
+	Gzip bool
 }
 
 func (e entry) runsOf(system string) int {
@@ -132,7 +136,16 @@ func planFor(quick bool) plan {
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{"compile-rec"}, Systems: []string{bldStrata}, Runs: 3, Build: true},
 		dockerfileEntry(3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{dfCompileRec.Name}, Systems: []string{dfStrata}, Runs: 3, Dockerfile: true},
-		farEntry("golang", "goversion"), farEntry("python", "python"))
+		farEntry("golang", "goversion"), farEntry("python", "python"),
+		gzipEntry("golang", "goversion"), gzipEntry("python", "python"))
+}
+
+// gzipEntry is a start from the unmodified gzip image over wan (issue
+// 14): Strata from pushed indexes, Strata without, the eStargz mount and
+// the full pull; cold only. Only `make bench ROWS=gzip` runs it.
+func gzipEntry(img, wl string) entry {
+	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipStream, "strata", "fullpull"},
+		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
 }
 
 // farEntry is a start over the far link (issue 18): Strata without and
@@ -161,7 +174,7 @@ func bkEntry(runs, pullRuns int) entry {
 }
 
 // rowKinds are the values of --rows: which kind of entries to run.
-var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dockerfile", "far"}
+var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dockerfile", "far", "gzip"}
 
 // kindsOf says which kinds of entry each value of --rows runs. The
 // Dockerfile builds are left out of "all" (`make bench`, QUICK or not):
@@ -178,6 +191,7 @@ var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dock
 // which "all" leaves out for the same time budget.
 var kindsOf = map[string][]string{
 	"far":        {"far"},
+	"gzip":       {"gzip"},
 	"all":        {"mount", "containerd", "buildkit", "build"},
 	"mount":      {"mount"},
 	"containerd": {"containerd"},
@@ -190,6 +204,8 @@ func (e entry) kind() string {
 	switch {
 	case e.Profile.Name == proxy.ProfileFar.Name:
 		return "far"
+	case e.Gzip:
+		return "gzip"
 	case e.Dockerfile:
 		return "dockerfile"
 	case e.Build:

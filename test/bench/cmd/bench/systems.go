@@ -76,11 +76,17 @@ type strataSys struct {
 	// recorded from the workload (see runner.trainMount).
 	recorded  bool
 	plain     bool     // mount IMAGE:plain, eStargz without prefetch landmarks
+	gzip      bool     // mount IMAGE:gzip, the unmodified image
+	config    string   // the daemon's config file's content, when set
 	mountArgs []string // more `strata mount` flags
 }
 
 func (s *strataSys) Name() string {
 	switch {
+	case s.gzip && s.config != "":
+		return strataGzipStream
+	case s.gzip:
+		return strataGzip
 	case s.plain && s.recorded:
 		return strataPlainRec
 	case s.plain:
@@ -95,13 +101,28 @@ func (s *strataSys) Name() string {
 // prefetch list recorded from the row's workload; strataPlain, the image
 // converted without prefetch landmarks (`strata convert` with no
 // --prioritize), and strataPlainRec, a copy of that one with a list.
+//
+// strataGzip mounts the plain gzip image every full pull reads, after an
+// untimed `strata index` pushed its layers' indexes (issue 14);
+// strataGzipStream mounts it with layer_indexes = "off": no index, so the
+// mount reads each layer once to index it.
+const (
+	strataGzip       = "strata-gzip"
+	strataGzipStream = "strata-gzip-stream"
+)
+
 const (
 	strataRec      = "strata-rec"
 	strataPlain    = "strata-plain"
 	strataPlainRec = "strata-plain-rec"
 )
 
-func (s *strataSys) Tag() string { return "estargz" }
+func (s *strataSys) Tag() string {
+	if s.gzip {
+		return "gzip"
+	}
+	return "estargz"
+}
 
 // Memory returns the daemon's VmRSS and VmHWM, as ps shows them.
 func (s *strataSys) Memory() (rss, peak int64, err error) {
@@ -160,7 +181,15 @@ func (s *strataSys) Prepare(ctx context.Context) error {
 		return err
 	}
 	root := filepath.Join(s.dir, "root")
-	d, err := startProc(s.bin, []string{"daemon", "--root", root, "--socket", s.socket()}, filepath.Join(s.dir, "daemon.log"))
+	args := []string{"daemon", "--root", root, "--socket", s.socket()}
+	if s.config != "" {
+		cfg := filepath.Join(s.dir, "config.toml")
+		if err := os.WriteFile(cfg, []byte(s.config), 0o644); err != nil {
+			return err
+		}
+		args = append(args, "--config", cfg)
+	}
+	d, err := startProc(s.bin, args, filepath.Join(s.dir, "daemon.log"))
 	if err != nil {
 		return err
 	}
