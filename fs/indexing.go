@@ -129,7 +129,11 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 	if whole {
 		opts = append(opts, index.WithGzip())
 	}
-	built, err := index.Read(ctx, blob.ReaderAt(ctx), index.Descriptor{
+	r := blob.ReaderAt(ctx)
+	if whole {
+		r = withProgress(ctx, r, l.Digest, l.Size)
+	}
+	built, err := index.Read(ctx, r, index.Descriptor{
 		Digest:      l.Digest,
 		Size:        l.Size,
 		MediaType:   string(l.MediaType),

@@ -94,7 +94,7 @@ func unpackInto(ctx context.Context, w io.Writer, blob layerBlob, l remote.Layer
 		return "", 0, "", err
 	}
 	sum := l.Digest.Algorithm().Hash()
-	src := bufio.NewReaderSize(io.TeeReader(&ctxReader{ctx: ctx, r: io.NewSectionReader(blob.ReaderAt(ctx), 0, l.Size)}, sum), wholeReadSize)
+	src := bufio.NewReaderSize(io.TeeReader(&ctxReader{ctx: ctx, r: io.NewSectionReader(withProgress(ctx, blob.ReaderAt(ctx), l.Digest, l.Size), 0, l.Size)}, sum), wholeReadSize)
 	magic, err := src.Peek(4)
 	if err != nil {
 		return "", 0, "", fmt.Errorf("reading the layer: %w", err)

@@ -101,13 +101,28 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 // progressPrinter shows progress on standard error: one line rewritten in
 // place on a terminal, plain lines otherwise.
 func progressPrinter(quiet bool) func(string) {
+	p, _ := progressLine(quiet)
+	return p
+}
+
+// progressLine is progressPrinter with a function that clears the line
+// on a terminal once the work is done, so that what follows starts clean.
+func progressLine(quiet bool) (progress func(string), done func()) {
 	if quiet {
-		return nil
+		return nil, func() {}
 	}
 	if term.IsTerminal(int(os.Stderr.Fd())) {
-		return func(line string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", line) }
+		shown := false
+		return func(line string) {
+				shown = true
+				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
+			}, func() {
+				if shown {
+					fmt.Fprint(os.Stderr, "\r\033[K")
+				}
+			}
 	}
-	return func(line string) { fmt.Fprintln(os.Stderr, line) }
+	return func(line string) { fmt.Fprintln(os.Stderr, line) }, func() {}
 }
 
 // sourceDateEpoch reads --source-date-epoch, or $SOURCE_DATE_EPOCH when

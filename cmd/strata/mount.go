@@ -88,8 +88,10 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	start := time.Now()
-	m, err := cl.Mount(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw,
-		Record: *record > 0, RecordFor: *record, RecordPush: *recordPush, IndexPush: *indexPush})
+	progress, progressDone := progressLine(false)
+	m, err := cl.MountProgress(ctx, daemon.MountRequest{Ref: fs.Arg(0), Dir: dir, Platform: *platform, Insecure: *insecure, Writable: *rw,
+		Record: *record > 0, RecordFor: *record, RecordPush: *recordPush, IndexPush: *indexPush}, progress)
+	progressDone()
 	if err != nil {
 		return err
 	}

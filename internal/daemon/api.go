@@ -12,7 +12,7 @@ import (
 
 // The control API: JSON over HTTP on the daemon's unix socket.
 //
-//	POST   /v1/mounts          MountRequest → Mount
+//	POST   /v1/mounts          MountRequest → Mount (?progress=true: Event[Mount] lines, NDJSON)
 //	GET    /v1/mounts          → []Mount
 //	DELETE /v1/mounts?dir=DIR[&discard=true]  → 204 (409 with uncommitted changes, unless discard)
 //	GET    /v1/changes?dir=DIR → []Change

@@ -39,6 +39,12 @@ func (c *Client) Mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	return &m, c.do(ctx, http.MethodPost, "/v1/mounts", req, &m)
 }
 
+// MountProgress is Mount, with progress lines (layers read whole to index
+// them) handed to progress as they come.
+func (c *Client) MountProgress(ctx context.Context, req MountRequest, progress func(string)) (*Mount, error) {
+	return stream[Mount](ctx, c, "/v1/mounts?progress=true", req, progress)
+}
+
 // Unmount asks the daemon to unmount the image at dir. A writable mount
 // with uncommitted changes is refused unless discard is set, which drops
 // them.

@@ -10,6 +10,9 @@ import (
 	"os"
 	"sync"
 
+	"github.com/opencontainers/go-digest"
+	"github.com/stratafs/strata/fs"
+
 	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -38,6 +41,17 @@ func (d *Daemon) postMount(w http.ResponseWriter, r *http.Request) {
 	var req MountRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
 		writeError(w, errdefs.ErrInvalidArgument, err)
+		return
+	}
+	if r.URL.Query().Get("progress") == "true" {
+		// Progress lines while layers are read whole (gzip and tar
+		// layers without an index), then the mount.
+		streamEvents(w, r, func(progress func(string, ...any)) (*Mount, error) {
+			ctx := fs.WithProgress(r.Context(), func(layer digest.Digest, done, total int64) {
+				progress("layer %s: %d of %d MB read", layer.Encoded()[:12], done>>20, total>>20)
+			})
+			return d.images.mount(ctx, req)
+		})
 		return
 	}
 	m, err := d.images.mount(r.Context(), req)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/proxy"
 	"github.com/stratafs/strata/test/treecmp"
 )
 
@@ -388,4 +389,35 @@ func TestGzipWithoutIndex(t *testing.T) {
 		t.Errorf("a fresh daemon's mount moved %d blob bytes of the %d-byte layer: the pushed index was not used", s.BlobBytes, size)
 	}
 	readChecked(t, dir2, "other/4k.bin", layers)
+}
+
+// TestMountShowsProgress: a mount that reads a 200 MiB gzip layer whole
+// (no index: layer_indexes off) reports how far it got while it reads,
+// over a link slow enough that the read takes seconds.
+func TestMountShowsProgress(t *testing.T) {
+	reg, ref := bigGzip.image(t, fixture.FormGzip, "gzip")
+	p := startProxy(t, reg)
+	p.SetProfile(proxy.ProfileLAN) // 1 Gbit/s: 200 MiB take over a second
+	d := startDaemon(t, func(c *daemon.Config) { c.LayerIndexes = daemon.LayerIndexesOff })
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var lines []string
+	m, err := d.client.MountProgress(ctx, daemon.MountRequest{Ref: viaProxy(ref, reg, p), Dir: dir}, func(l string) { lines = append(lines, l) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.client.Unmount(context.Background(), dir, false); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	if m.Dir != dir || len(m.Layers) != 1 {
+		t.Fatalf("mount %+v", m)
+	}
+	t.Logf("progress: %q", lines)
+	if len(lines) == 0 || !strings.Contains(lines[0], "MB read") || !strings.Contains(lines[0], m.Layers[0].Digest.Encoded()[:12]) {
+		t.Errorf("progress lines %q, want the layer's bytes read so far", lines)
+	}
+	readChecked(t, dir, "small/a/4k.bin", fixture.Big(200))
 }
