@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,8 +24,13 @@ otherwise) the way 'docker build' and 'buildah bud' do, read by BuildKit's
 own Dockerfile parser. Every FROM is mounted lazily: the base is never
 downloaded, each step fetches only the files it reads, and --push sends
 only the new layers (base layers are mounted from the base's repository).
-Bases in eStargz, zstd:chunked or tar form are read lazily; plain gzip and
-zstd layers are fetched whole once and kept (see 'strata mount --help').
+Bases in eStargz, zstd:chunked, gzip (with indexes pushed by 'strata
+index') or tar form are read lazily; gzip layers without an index are read
+once to index them, and zstd layers are fetched whole once and kept (see
+'strata mount --help'). With --record, the first RUN on each FROM image
+notes the files it opens and keeps the list with that image (--record-push
+pushes it as a referrer of the image): later builds FROM it, here or on any
+machine, fetch those files at the mount in a few large requests.
 
 Each instruction that changes files (RUN, COPY, ADD, and WORKDIR when the
 directory is missing) makes one layer, in --format (eStargz by default, so
@@ -88,9 +94,14 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "print only the image digest (a failing RUN's output is still shown)")
 	fs.BoolVar(&o.Insecure, "insecure", false, "reach the registries over plain HTTP")
 	fs.StringVar(&o.Runtime, "runtime", "", "OCI runtime for RUN: runc, crun or a path (default: runc, else crun)")
+	fs.BoolVar(&o.Record, "record", false, "note the files the first RUN on each FROM image opens, for later builds FROM it to prefetch (see 'strata mount --record')")
+	fs.BoolVar(&o.RecordPush, "record-push", false, "with --record: push the list as a referrer of the FROM image too")
 	sde := fs.String("source-date-epoch", "", "set every new time to these seconds since 1970, for a reproducible image (default $SOURCE_DATE_EPOCH)")
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
+	}
+	if o.RecordPush && !o.Record {
+		return errors.New("--record-push needs --record")
 	}
 	ctxDir, err := filepath.Abs(fs.Arg(0))
 	if err != nil {

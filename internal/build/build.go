@@ -47,6 +47,11 @@ type Options struct {
 	// SOURCE_DATE_EPOCH build argument.
 	SourceDateEpoch *int64
 	Insecure        bool   // plain HTTP to the tags' registries and FROM's
+	// Record notes, for each stage whose first RUN step runs on its FROM
+	// image itself, the files that step opens, and keeps the list with
+	// the FROM image (see 'strata mount --record'): later builds FROM it,
+	// here (and, with RecordPush, anywhere), prefetch those files.
+	Record, RecordPush bool
 	Runtime         string // OCI runtime for RUN steps
 	Quiet           bool   // no step lines and no RUN output (shown when a RUN fails)
 	// Signals are passed to a RUN's command (see run.NotifySignals): ^C
@@ -121,6 +126,9 @@ type builder struct {
 	done    map[int]*stageState
 	ro      map[string]string // read-only mounts of images, by REPO@DIGEST
 	mounted []string          // every mount made, for cleanup
+	// recorded are the FROM images a RUN step's mount records for
+	// (Options.Record): one recording per image and build.
+	recorded map[string]bool
 	n       int               // mount directories made
 	cache   *cache
 	created time.Time
@@ -146,6 +154,7 @@ type stageState struct {
 	dir      string       // its writable mount, "" when none
 	spent    string       // a committed writable mount not yet dropped
 	mkdir    []workdir    // WORKDIRs to create before the next file step
+	run      bool         // the next mount is for a RUN step
 	args     []instructions.KeyValuePairOptional
 	stage    commit.Stage
 	author   string

@@ -32,9 +32,21 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
+	// A RUN step on the FROM image itself records what it opens, once
+	// per image: the list belongs to that image (see Options.Record).
+	rec := b.o.Record && st.run && st.image == st.base && !b.recorded[st.base]
 	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: st.image, Dir: dir, Writable: true, Platform: st.platform, Insecure: b.o.Insecure,
-		PrefetchBase: st.base}); err != nil {
+		PrefetchBase: st.base, Record: rec, RecordPush: rec && b.o.RecordPush}); err != nil {
 		return fmt.Errorf("mounting %s: %w", st.image, err)
+	}
+	if rec {
+		if b.recorded == nil {
+			b.recorded = map[string]bool{}
+		}
+		b.recorded[st.base] = true
+		if !b.o.Quiet {
+			b.o.Log("  recording the files this RUN opens in " + st.base)
+		}
 	}
 	b.mounted = append(b.mounted, dir)
 	st.dir = dir

@@ -51,7 +51,10 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 	if b.cached(ctx, st, key) {
 		return nil
 	}
-	if err := b.mount(ctx, st); err != nil {
+	st.run = true
+	err = b.mount(ctx, st)
+	st.run = false
+	if err != nil {
 		return err
 	}
 	mounts, err := plan.mounts(st)

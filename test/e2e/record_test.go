@@ -332,3 +332,42 @@ func TestBuildUsesBaseRecordedList(t *testing.T) {
 		t.Fatalf("the RUN step's mount did not prefetch the base's listed file: %s", line)
 	}
 }
+
+// TestBuildRecords: `strata build --record --record-push` notes what the
+// first RUN on the FROM image opens and pushes the list as a referrer of
+// that image; a build on another machine then prefetches those files at
+// its RUN step's mount. A stage whose first step is a COPY records
+// nothing until its RUN, which no longer runs on the FROM image.
+func TestBuildRecords(t *testing.T) {
+	requireRoot(t)
+	layers, err := fixture.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := push(t, shared.reg, uniqueRepo("build-records"), "v1", layers, fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
+	ctxDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("ARG BASE\nFROM $BASE\nRUN busybox cat /bin/busybox > /dev/null\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first := &buildBench{d: startDaemon(t, nil), bin: buildStrata(t), base: base}
+	mark := logMark()
+	_, stderr := first.mustBuild(t, ctxDir, "--record", "--record-push")
+	if !strings.Contains(stderr, "recording the files this RUN opens in "+strings.SplitN(base, ":v1", 2)[0]+"@sha256:") {
+		t.Errorf("the build did not say it records:\n%s", stderr)
+	}
+	line := waitLog(t, mark, "recorded prefetch list pushed")
+	t.Log(line)
+
+	// Another machine, no cache: its RUN's mount prefetches the list.
+	second := &buildBench{d: startDaemon(t, nil), bin: first.bin, base: base}
+	mark = logMark()
+	second.mustBuild(t, ctxDir)
+	line = waitLog(t, mark, "recorded prefetch done")
+	if strings.Contains(line, "files=0 ") {
+		t.Errorf("the second build's RUN mount prefetched nothing: %s", line)
+	}
+
+	if _, stderr, err := first.build(t, ctxDir, "--record-push"); err == nil || !strings.Contains(stderr, "needs --record") {
+		t.Errorf("--record-push alone: %v\n%s", err, stderr)
+	}
+}
