@@ -22,6 +22,7 @@ import (
 // reported as an error wrapping errdefs.ErrAlreadyExists, as containerd
 // expects.
 func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var labels map[string]string
 	if s.remote != nil {
 		base, err := applyOpts(opts)
 		if err != nil {
@@ -30,11 +31,13 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		if target := base.Labels[snapshots.LabelSnapshotRef]; target != "" {
 			return s.prepareRemote(ctx, key, parent, target, base.Labels, opts)
 		}
+		labels = base.Labels
 	}
 	sn, err := s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
+	s.startRecording(ctx, key, parent, labels)
 	return s.mounts(sn)
 }
 

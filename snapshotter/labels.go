@@ -13,6 +13,20 @@ import (
 // stargz-snapshotter's remote/stargz.* (stargz-snapshotter's
 // source.AppendDefaultLabelsHandlerWrapper). Both name the image and the
 // layer; only CRI names the manifest by digest.
+// LabelRecord, on the Prepare of a container's active snapshot, asks for
+// the files the container opens in its image's lazily mounted layers to
+// be recorded, as `strata mount --record` does: for the duration it gives
+// ("30s"; empty or "true" for the default), or until the snapshot is
+// removed. LabelRecordPush = "true" pushes the list as a referrer of the
+// image too. (containerd hands a proxy snapshotter only the labels under
+// containerd.io/snapshot/.) For example:
+//
+//	ctr run --snapshotter strata --snapshotter-label containerd.io/snapshot/strata.record=60s IMAGE ID CMD
+const (
+	LabelRecord     = "containerd.io/snapshot/strata.record"
+	LabelRecordPush = "containerd.io/snapshot/strata.record-push"
+)
+
 const (
 	LabelStargzRef    = "containerd.io/snapshot/remote/stargz.reference"
 	LabelStargzDigest = "containerd.io/snapshot/remote/stargz.digest"

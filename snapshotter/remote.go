@@ -54,6 +54,49 @@ type RemoteLayers interface {
 	Check(ctx context.Context, dir string, labels map[string]string) error
 }
 
+// RemoteRecorder is a RemoteLayers that can record which files a container
+// opens in its image's remote layers (LabelRecord). Prepare calls Record
+// for an active snapshot whose labels ask for it, with the labels its
+// nearest remote parent was committed with (which name the image);
+// Remove calls StopRecording for every snapshot it removes. Errors of
+// Record are logged: the container runs unrecorded.
+type RemoteRecorder interface {
+	Record(ctx context.Context, key string, remoteLabels, labels map[string]string) error
+	StopRecording(ctx context.Context, key string)
+}
+
+// startRecording offers the new active snapshot key to the recorder when
+// its labels ask for it.
+func (s *Snapshotter) startRecording(ctx context.Context, key, parent string, labels map[string]string) {
+	rr, ok := s.remote.(RemoteRecorder)
+	if _, asked := labels[LabelRecord]; !ok || !asked {
+		return
+	}
+	var remoteLabels map[string]string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		for p := parent; p != "" && remoteLabels == nil; {
+			_, info, _, err := storage.GetInfo(ctx, p)
+			if err != nil {
+				return err
+			}
+			if isRemote(info) {
+				remoteLabels = info.Labels
+			}
+			p = info.Parent
+		}
+		return nil
+	})
+	if err == nil && remoteLabels == nil {
+		err = errors.New("none of its parents is a lazily mounted layer")
+	}
+	if err == nil {
+		err = rr.Record(ctx, key, remoteLabels, labels)
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "not recording what the container opens", "key", key, "error", err)
+	}
+}
+
 // prepareRemote runs the remote-snapshot protocol for one Prepare: see the
 // package documentation.
 func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) ([]mount.Mount, error) {

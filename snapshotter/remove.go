@@ -52,6 +52,11 @@ type removal struct {
 // and a failure there is only logged because the key is already free for
 // reuse — Cleanup retries.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	if rr, ok := s.remote.(RemoteRecorder); ok {
+		// Before the removal: the recording's list is kept while the
+		// layers are still there.
+		rr.StopRecording(ctx, key)
+	}
 	var removals []removal
 	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		id, info, _, err := storage.GetInfo(ctx, key)

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -45,6 +47,9 @@ type snapshotLayers struct {
 
 	mu    sync.Mutex
 	binds map[string]digest.Digest // snapshot dir → layer held in the pool
+	// recordings are the containers recording what they open, by their
+	// active snapshot's key (snapshotter.LabelRecord).
+	recordings map[string]snapshotRecording
 }
 
 var _ snapshotter.RemoteLayers = (*snapshotLayers)(nil)
@@ -285,4 +290,67 @@ func parseManifest(raw []byte) (*ocispec.Manifest, error) {
 		return nil, fmt.Errorf("manifest has no layers: %w", errdefs.ErrInvalidArgument)
 	}
 	return &m, nil
+}
+
+var _ snapshotter.RemoteRecorder = (*snapshotLayers)(nil)
+
+// snapshotRecording is a containerd container's recording (see
+// snapshotter.LabelRecord): the image it runs, as a mount would describe
+// it, and the recording.
+type snapshotRecording struct {
+	m   *Mount
+	rec *recording
+}
+
+// Record implements snapshotter.RemoteRecorder: the container of the
+// active snapshot key records what it opens in its image's layers, which
+// remoteLabels (its nearest remote parent's) name, as `strata mount
+// --record` would.
+func (s *snapshotLayers) Record(ctx context.Context, key string, remoteLabels, labels map[string]string) error {
+	t, err := snapshotter.ParseRemoteLabels(remoteLabels)
+	if err != nil {
+		return err
+	}
+	var d time.Duration
+	if v := strings.TrimSpace(labels[snapshotter.LabelRecord]); v != "" && v != "true" {
+		if d, err = time.ParseDuration(v); err != nil || d <= 0 {
+			return fmt.Errorf("label %s=%q: not a positive duration", snapshotter.LabelRecord, v)
+		}
+	}
+	r, err := remote.ParseReference(t.Ref, s.d.remoteOpts...)
+	if err != nil {
+		return err
+	}
+	man, image, err := s.manifest(ctx, r, t.Manifest)
+	if err != nil {
+		return err
+	}
+	m := &Mount{Dir: "containerd snapshot " + key, Ref: t.Ref, Repo: r.Context().String(), Digest: image}
+	for _, l := range man.Layers {
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations})
+	}
+	rec := s.d.images.startRecording(m, MountRequest{RecordFor: d, RecordPush: labels[snapshotter.LabelRecordPush] == "true"})
+	s.mu.Lock()
+	if s.recordings == nil {
+		s.recordings = map[string]snapshotRecording{}
+	}
+	old, had := s.recordings[key]
+	s.recordings[key] = snapshotRecording{m: m, rec: rec}
+	s.mu.Unlock()
+	if had {
+		_ = s.d.images.finishRecording(ctx, old.m, old.rec)
+	}
+	return nil
+}
+
+// StopRecording implements snapshotter.RemoteRecorder: the recording of
+// key, if any, ends and its list is kept (and pushed when asked).
+func (s *snapshotLayers) StopRecording(ctx context.Context, key string) {
+	s.mu.Lock()
+	r, ok := s.recordings[key]
+	delete(s.recordings, key)
+	s.mu.Unlock()
+	if ok {
+		_ = s.d.images.finishRecording(context.WithoutCancel(ctx), r.m, r.rec)
+	}
 }

@@ -92,6 +92,36 @@ func TestContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("record", func(t *testing.T) {
+		// A container asks, by a snapshot label, for what it opens to be
+		// recorded; its removal (--rm) ends the recording and keeps the
+		// list with the image, as `strata mount --record` does.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if out, err := e.ctd.Ctr(ctx, "run", "--rm", "--snapshotter", tcontainerd.Snapshotter,
+			"--snapshotter-label", "containerd.io/snapshot/strata.record=5m", lazyRef, "record-1",
+			"/bin/sh", "-c", "cat /small/hello.txt /small/a.bin > /dev/null"); err != nil {
+			t.Fatalf("ctr run: %v\n%s", err, out)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(e.daemonLog(), "recorded prefetch list kept") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no list kept after the container was removed; daemon log:\n%s", e.daemonLog())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		var line string
+		for _, l := range strings.Split(e.daemonLog(), "\n") {
+			if strings.Contains(l, "recorded prefetch list kept") {
+				line = l
+			}
+		}
+		if strings.Contains(line, "files=0 ") {
+			t.Errorf("the recording saw no file: %s", line)
+		}
+		t.Log(line)
+	})
+
 	t.Run("gzip", func(t *testing.T) {
 		small := fixture.LayerSpec{fixture.Dir("small"), fixture.Reg("small/g.bin", 128<<10, 20)}
 		ref, _ := e.pushImage(t, "plain", []fixture.LayerSpec{busybox, small}, fixture.FormGzip)
