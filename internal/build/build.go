@@ -46,14 +46,14 @@ type Options struct {
 	// new config and history time; default $SOURCE_DATE_EPOCH, or the
 	// SOURCE_DATE_EPOCH build argument.
 	SourceDateEpoch *int64
-	Insecure        bool   // plain HTTP to the tags' registries and FROM's
+	Insecure        bool // plain HTTP to the tags' registries and FROM's
 	// Record notes, for each stage whose first RUN step runs on its FROM
 	// image itself, the files that step opens, and keeps the list with
 	// the FROM image (see 'strata mount --record'): later builds FROM it,
 	// here (and, with RecordPush, anywhere), prefetch those files.
 	Record, RecordPush bool
-	Runtime         string // OCI runtime for RUN steps
-	Quiet           bool   // no step lines and no RUN output (shown when a RUN fails)
+	Runtime            string // OCI runtime for RUN steps
+	Quiet              bool   // no step lines and no RUN output (shown when a RUN fails)
 	// Signals are passed to a RUN's command (see run.NotifySignals): ^C
 	// ends the command, and so the build.
 	Signals <-chan os.Signal
@@ -129,15 +129,15 @@ type builder struct {
 	// recorded are the FROM images a RUN step's mount records for
 	// (Options.Record): one recording per image and build.
 	recorded map[string]bool
-	n       int               // mount directories made
-	cache   *cache
-	created time.Time
-	epoch   bool // created comes from SOURCE_DATE_EPOCH
-	used    map[string]bool
-	ignore  []string // .dockerignore's patterns
-	steps   int
-	stepNo  int
-	res     Result
+	n        int // mount directories made
+	cache    *cache
+	created  time.Time
+	epoch    bool // created comes from SOURCE_DATE_EPOCH
+	used     map[string]bool
+	ignore   []string // .dockerignore's patterns
+	steps    int
+	stepNo   int
+	res      Result
 }
 
 // stageState is a stage's image so far.
