@@ -40,13 +40,25 @@ const (
 
 var skippableFrameMagic = []byte{0x50, 0x2a, 0x4d, 0x18}
 
-// zstdChunkedFooter is what the 40-byte footer says.
+// zstdChunkedFooter is what the footer says: the 40-byte one of
+// stargz-snapshotter's writer and of containers/storage's first, or
+// containers/storage's later 64-byte one, which also places a tar-split
+// (in a skippable frame of its own, between the TOC and the footer).
 type zstdChunkedFooter struct {
 	tocOff     int64 // the compressed TOC, after its skippable-frame header
 	tocLen     int64 // compressed
 	jsonLen    int64 // decompressed
 	manifestTy uint64
+	// The 64-byte footer's tar-split: its offset (after its frame
+	// header; 0 when there is none) and compressed length.
+	splitOff, splitLen int64
+	size               int64 // the footer's, 40 or 64
 }
+
+// footerSizeV2 is containers/storage's later footer: the 40-byte one's
+// four numbers, the tar-split's offset, compressed and decompressed
+// lengths, then the magic number.
+const footerSizeV2 = 64
 
 // ReadZstdChunked reads a zstd:chunked layer's footer and TOC with at most
 // two ReadAt calls on r, as ReadEStargz does (the first read is the
@@ -64,9 +76,12 @@ type zstdChunkedFooter struct {
 // MaxTOCSize and the JSON limit before anything is read or decompressed,
 // and the decompressed TOC must have the size the footer says.
 //
-// Errors: ErrNotLazy for a zstd:chunked footer other than the 40-byte
-// one of stargz-snapshotter's writer (containers/storage's later footers
-// carry a tar-split this reader does not know); ErrInvalid (and
+// Both footers are read: the 40-byte one of stargz-snapshotter's writer
+// (and of containers/storage's first), and containers/storage's later
+// 64-byte one, whose tar-split (a skippable frame between the TOC and the
+// footer) is checked to be where it says and otherwise not read.
+//
+// Errors: ErrNotLazy for a footer of another size; ErrInvalid (and
 // ErrDigestMismatch) for a malformed or hostile footer or TOC; otherwise
 // r's error, wrapped.
 func ReadZstdChunked(ctx context.Context, r io.ReaderAt, size int64, annotations map[string]string) (*Index, error) {
@@ -145,19 +160,32 @@ func zstdChunkedDigests(annotations map[string]string) (checksum, jsonDigest dig
 // readZstdChunkedTOCBytes reads the footer and returns the compressed TOC
 // (its frame header checked and cut off) and what the footer says.
 func readZstdChunkedTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([]byte, zstdChunkedFooter, error) {
-	const framedFooter = skippableFrameHeaderSize + zstdchunked.FooterSize
-	if size < framedFooter+skippableFrameHeaderSize {
+	const framedV1 = skippableFrameHeaderSize + zstdchunked.FooterSize
+	const framedV2 = skippableFrameHeaderSize + footerSizeV2
+	if size < framedV1+skippableFrameHeaderSize {
 		return nil, zstdChunkedFooter{}, Invalidf("blob of %d bytes is smaller than a footer", size)
 	}
-	tail, tailStart, err := readTail(ctx, r, size, framedFooter)
+	tail, tailStart, err := readTail(ctx, r, size, framedV2)
 	if err != nil {
 		return nil, zstdChunkedFooter{}, err
 	}
-	f, err := parseZstdChunkedFooter(tail[int64(len(tail))-framedFooter:])
+	framed := tail[int64(len(tail))-framedV1:]
+	if n := int64(len(tail)); n >= framedV2 && isSkippableFrame(tail[n-framedV2:n-footerSizeV2], footerSizeV2) {
+		framed = tail[n-framedV2:]
+	}
+	f, err := parseZstdChunkedFooter(framed)
 	if err != nil {
 		return nil, f, err
 	}
-	tocEnd := size - framedFooter
+	footerStart := size - skippableFrameHeaderSize - f.size
+	tocEnd := footerStart
+	if f.splitOff > 0 {
+		// The tar-split's frame sits between the TOC and the footer.
+		if f.splitLen <= 0 || f.splitOff > footerStart || f.splitOff+f.splitLen != footerStart {
+			return nil, f, Invalidf("footer puts a tar-split of %d bytes at offset %d, not just before the footer at %d", f.splitLen, f.splitOff, footerStart)
+		}
+		tocEnd = f.splitOff - skippableFrameHeaderSize
+	}
 	if f.tocOff < skippableFrameHeaderSize || f.tocLen <= 0 || f.tocOff > tocEnd || f.tocOff+f.tocLen != tocEnd {
 		return nil, f, Invalidf("footer puts a TOC of %d bytes at offset %d, not just before the footer at %d", f.tocLen, f.tocOff, tocEnd)
 	}
@@ -167,32 +195,47 @@ func readZstdChunkedTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim
 	if f.jsonLen < 0 || f.jsonLen > lim.tocJSON {
 		return nil, f, Invalidf("TOC JSON is more than %d bytes decompressed (footer says %d)", lim.tocJSON, f.jsonLen)
 	}
-	framed, err := blobRange(ctx, r, tail, tailStart, f.tocOff-skippableFrameHeaderSize, tocEnd)
+	end := tocEnd
+	if f.splitOff > 0 {
+		end = f.splitOff // the tar-split's frame header too, checked below
+	}
+	b, err := blobRange(ctx, r, tail, tailStart, f.tocOff-skippableFrameHeaderSize, end)
 	if err != nil {
 		return nil, f, err
 	}
-	if !isSkippableFrame(framed[:skippableFrameHeaderSize], f.tocLen) {
+	if !isSkippableFrame(b[:skippableFrameHeaderSize], f.tocLen) {
 		return nil, f, Invalidf("TOC at offset %d is not in a skippable frame of its size", f.tocOff)
 	}
-	return framed[skippableFrameHeaderSize:], f, nil
+	if f.splitOff > 0 && !isSkippableFrame(b[int64(len(b))-skippableFrameHeaderSize:], f.splitLen) {
+		return nil, f, Invalidf("tar-split at offset %d is not in a skippable frame of its size", f.splitOff)
+	}
+	return b[skippableFrameHeaderSize : skippableFrameHeaderSize+f.tocLen], f, nil
 }
 
-// parseZstdChunkedFooter reads the footer in its skippable frame: the
-// TOC's offset, compressed and decompressed sizes and manifest type, then
-// the magic number (zstdchunked.Decompressor.ParseFooter reads the same,
-// without the checks).
+// parseZstdChunkedFooter reads the footer in its skippable frame (framed:
+// the frame header, then 40 or 64 bytes): the TOC's offset, compressed
+// and decompressed sizes and manifest type, the 64-byte footer's tar-split
+// offset and sizes, then the magic number (zstdchunked.Decompressor.ParseFooter
+// reads the 40-byte one, without the checks).
 func parseZstdChunkedFooter(framed []byte) (zstdChunkedFooter, error) {
 	p := framed[skippableFrameHeaderSize:]
-	if !bytes.Equal(p[32:], zstdChunkedMagic) {
-		return zstdChunkedFooter{}, Invalidf("no zstd:chunked footer")
+	f := zstdChunkedFooter{size: int64(len(p))}
+	if !bytes.Equal(p[len(p)-len(zstdChunkedMagic):], zstdChunkedMagic) {
+		return f, Invalidf("no zstd:chunked footer")
 	}
-	if !isSkippableFrame(framed[:skippableFrameHeaderSize], zstdchunked.FooterSize) {
-		return zstdChunkedFooter{}, fmt.Errorf("%w: a zstd:chunked footer other than the 40-byte one of stargz-snapshotter's writer", ErrNotLazy)
+	if !isSkippableFrame(framed[:skippableFrameHeaderSize], f.size) {
+		return f, fmt.Errorf("%w: a zstd:chunked footer of a size this reader does not know (40 or 64 bytes)", ErrNotLazy)
 	}
-	var f zstdChunkedFooter
-	nums := [3]*int64{&f.tocOff, &f.tocLen, &f.jsonLen}
+	nums := []*int64{&f.tocOff, &f.tocLen, &f.jsonLen}
+	if f.size == footerSizeV2 {
+		var splitJSON int64
+		nums = append(nums, nil, &f.splitOff, &f.splitLen, &splitJSON)
+	}
 	for i, n := range nums {
 		v := binary.LittleEndian.Uint64(p[8*i:])
+		if n == nil {
+			continue // the manifest type, below
+		}
 		if v > 1<<62 {
 			return f, Invalidf("footer field %d is %d", i, v)
 		}

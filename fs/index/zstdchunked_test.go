@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -367,6 +368,7 @@ func TestZstdChunkedDigestsMatchTheWriter(t *testing.T) {
 func FuzzReadZstdChunked(f *testing.F) {
 	small, _ := buildZstdChunked(f, writeTar(f, fixtureEntries()[:12]))
 	f.Add(small)
+	f.Add(toFooterV2(f, small, func([]byte) {}))
 	for _, js := range fuzzSeedTOCs(f) {
 		f.Add(zstdTOCBlob(f, make([]byte, 16), js))
 	}
@@ -449,5 +451,74 @@ func TestReadZstdChunkedFileDigestOfOneChunkFile(t *testing.T) {
 	}
 	if _, _, err := read(&estargz.TOCEntry{Name: "f", Type: "reg", Size: 6}); err == nil || !strings.Contains(err.Error(), "no chunkDigest") {
 		t.Errorf("a file with no digest at all: %v", err)
+	}
+}
+
+// toFooterV2 rewrites a blob with the 40-byte footer as containers/storage
+// now writes it: a tar-split in a skippable frame after the TOC, then the
+// 64-byte footer, which also says where the tar-split is. edit may change
+// the footer before it is framed.
+func toFooterV2(t testing.TB, blob []byte, edit func(footer []byte)) []byte {
+	t.Helper()
+	v1 := blob[len(blob)-zstdchunked.FooterSize:]
+	body := blob[:len(blob)-skippableFrameHeaderSize-zstdchunked.FooterSize]
+	split := []byte("a tar-split, which the reader does not read")
+	out := append(bytes.Clone(body), skippableFrame(split)...)
+	footer := make([]byte, footerSizeV2)
+	copy(footer, v1[:32]) // TOC offset, lengths, manifest type
+	binary.LittleEndian.PutUint64(footer[32:], uint64(len(body)+skippableFrameHeaderSize))
+	binary.LittleEndian.PutUint64(footer[40:], uint64(len(split)))
+	binary.LittleEndian.PutUint64(footer[48:], uint64(len(split)*3))
+	copy(footer[56:], zstdChunkedMagic)
+	edit(footer)
+	return append(out, skippableFrame(footer)...)
+}
+
+// TestReadZstdChunkedFooterV2: containers/storage's 64-byte footer (with
+// a tar-split between the TOC and the footer) gives the same index as the
+// 40-byte one, and every number of it that does not fit is refused.
+func TestReadZstdChunkedFooterV2(t *testing.T) {
+	entries := fixtureEntries()
+	v1, ann := buildZstdChunked(t, writeTar(t, entries))
+	want, err := ReadZstdChunked(context.Background(), bytes.NewReader(v1), int64(len(v1)), ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := toFooterV2(t, v1, func([]byte) {})
+	got, err := ReadZstdChunked(context.Background(), bytes.NewReader(v2), int64(len(v2)), ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(normalized(got), normalized(want)) {
+		t.Error("the 64-byte footer's index differs from the 40-byte one's")
+	}
+	if f, err := Detect(context.Background(), bytes.NewReader(v2), Descriptor{Digest: digest.FromBytes(v2), Size: int64(len(v2)), Annotations: ann}); err != nil || f != FormatZstdChunked {
+		t.Errorf("Detect = %v, %v", f, err)
+	}
+	checkAgainstTar(t, got, v2, entries)
+
+	put := func(at int, v uint64) func([]byte) {
+		return func(f []byte) { binary.LittleEndian.PutUint64(f[at:], v) }
+	}
+	for name, edit := range map[string]func([]byte){
+		"tar-split offset":      put(32, 12),
+		"tar-split length":      put(40, 3),
+		"tar-split past footer": put(32, uint64(len(v2))),
+		"toc length":            put(8, 5),
+		"absurd field":          put(48, 1<<63),
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := toFooterV2(t, v1, edit)
+			if _, err := ReadZstdChunked(context.Background(), bytes.NewReader(b), int64(len(b)), nil); !errors.Is(err, ErrInvalid) {
+				t.Errorf("got %v, want ErrInvalid", err)
+			}
+		})
+	}
+	// The tar-split's frame header must announce its size.
+	b := bytes.Clone(v2)
+	splitHeader := len(v1) - skippableFrameHeaderSize - zstdchunked.FooterSize
+	b[splitHeader+4]++
+	if _, err := ReadZstdChunked(context.Background(), bytes.NewReader(b), int64(len(b)), nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("tar-split frame header: %v, want ErrInvalid", err)
 	}
 }
