@@ -6,25 +6,12 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/stratafs/strata/fs/index"
-	"github.com/stratafs/strata/store"
 )
 
 // newPolicyLayer is newTestLayer with a background fetch policy.
 func newPolicyLayer(t *testing.T, names []string, sizes []int, p PrefetchPolicy) *testLayer {
 	t.Helper()
-	bl := buildEStargz(t, names, sizes, 1<<20)
-	st, err := store.Open(t.TempDir(), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	view := index.NewMemory(bl.idx, int64(len(bl.blob)))
-	blob := &memBlob{data: bl.blob}
-	content := NewContent("sha256:test", view, blob, st.Chunks, WithBackground(p))
-	t.Cleanup(content.Close)
-	return &testLayer{content: content, blob: blob, files: bl.files, view: view, cache: st.Chunks}
+	return newTestLayer(t, names, sizes, WithBackground(p))
 }
 
 // manyFiles is 150 files of 100 KiB and one of 8 MiB, stored last.

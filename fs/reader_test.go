@@ -138,7 +138,7 @@ func buildEStargz(t testing.TB, names []string, sizes []int, chunkSize int) *bui
 
 // newTestLayer builds an eStargz blob (1 MiB chunks) of files, in the
 // order given, and a Content reading it through the chunk cache.
-func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
+func newTestLayer(t *testing.T, names []string, sizes []int, opts ...ContentOption) *testLayer {
 	t.Helper()
 	bl := buildEStargz(t, names, sizes, 1<<20)
 	st, err := store.Open(t.TempDir(), store.Options{})
@@ -148,7 +148,7 @@ func newTestLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	t.Cleanup(func() { st.Close() })
 	view := index.NewMemory(bl.idx, int64(len(bl.blob)))
 	blob := &memBlob{data: bl.blob}
-	content := NewContent("sha256:test", view, blob, st.Chunks)
+	content := NewContent("sha256:test", view, blob, st.Chunks, opts...)
 	t.Cleanup(content.Close) // before the store closes: no write after it
 	return &testLayer{content: content, blob: blob, files: bl.files, view: view, cache: st.Chunks}
 }

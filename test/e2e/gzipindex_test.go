@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,8 +12,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
@@ -323,37 +320,8 @@ func artifactBlob(t *testing.T, ref string, artifact digest.Digest) []byte {
 // repository, naming imageLayers and holding blob as the index of layer.
 func pushIndexArtifact(t *testing.T, ref string, subject digest.Digest, imageLayers, layer string, blob []byte) {
 	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo := r.Context()
-	empty := []byte("{}")
-	for _, l := range [][]byte{blob, empty} {
-		if err := ggcrremote.WriteLayer(repo, static.NewLayer(l, types.MediaType(layerIndexBlob))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	desc, err := ggcrremote.Head(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	man := ocispec.Manifest{
-		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: layerIndexArtifact,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: 2},
-		Layers: []ocispec.Descriptor{{MediaType: layerIndexBlob, Digest: digest.FromBytes(blob), Size: int64(len(blob)),
-			Annotations: map[string]string{indexedLayerKey: layer}}},
-		Subject:     &ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: subject, Size: desc.Size},
-		Annotations: map[string]string{imageLayersKey: imageLayers, ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
-	}
-	man.SchemaVersion = 2
-	raw, err := json.Marshal(man)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ggcrremote.Put(repo.Digest(digest.FromBytes(raw).String()), rawManifest(raw)); err != nil {
-		t.Fatal(err)
-	}
+	pushArtifact(t, ref, subject, layerIndexArtifact, layerIndexBlob, blob, map[string]string{indexedLayerKey: layer},
+		map[string]string{imageLayersKey: imageLayers, ocispec.AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)})
 }
 
 // TestGzipWithoutIndex: with no index anywhere, the first mount reads

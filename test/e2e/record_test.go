@@ -190,14 +190,23 @@ func TestRecordedPrefetch(t *testing.T) {
 // pushReferrer pushes list as a prefetch-list referrer of the image at ref.
 func pushReferrer(t *testing.T, ref string, subject digest.Digest, list []byte) {
 	t.Helper()
+	pushArtifact(t, ref, subject, prefetchListType, prefetchListType, list, nil, nil)
+}
+
+// pushArtifact pushes, to ref's repository, an artifact of artifactType
+// whose subject is the image subject (ref's manifest) and whose one blob,
+// of media type blobType, is blob; annotations go on the blob's
+// descriptor and on the manifest.
+func pushArtifact(t *testing.T, ref string, subject digest.Digest, artifactType, blobType string, blob []byte, blobAnnotations, annotations map[string]string) {
+	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
 	repo := r.Context()
 	empty := []byte("{}")
-	for _, l := range [][]byte{list, empty} {
-		if err := ggcrremote.WriteLayer(repo, static.NewLayer(l, types.MediaType(prefetchListType))); err != nil {
+	for _, l := range [][]byte{blob, empty} {
+		if err := ggcrremote.WriteLayer(repo, static.NewLayer(l, types.MediaType(blobType))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -206,10 +215,11 @@ func pushReferrer(t *testing.T, ref string, subject digest.Digest, list []byte) 
 		t.Fatal(err)
 	}
 	man := ocispec.Manifest{
-		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: prefetchListType,
-		Config:  ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: 2},
-		Layers:  []ocispec.Descriptor{{MediaType: prefetchListType, Digest: digest.FromBytes(list), Size: int64(len(list))}},
-		Subject: &ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: subject, Size: desc.Size},
+		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: artifactType,
+		Config:      ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: 2},
+		Layers:      []ocispec.Descriptor{{MediaType: blobType, Digest: digest.FromBytes(blob), Size: int64(len(blob)), Annotations: blobAnnotations}},
+		Subject:     &ocispec.Descriptor{MediaType: string(desc.MediaType), Digest: subject, Size: desc.Size},
+		Annotations: annotations,
 	}
 	man.SchemaVersion = 2
 	raw, err := json.Marshal(man)
