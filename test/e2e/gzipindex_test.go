@@ -158,24 +158,17 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 // image's layers.
 func checkIndexReferrer(t *testing.T, ref string, res *daemon.IndexResult) {
 	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, err := ggcrremote.Referrers(r.Context().Digest(res.Digest.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := false
-	for _, m := range im.Manifests {
+	refs := referrersOf(t, ref, res.Digest)
+	for _, m := range refs {
 		found = found || (m.Digest.String() == res.Artifact.String() && m.ArtifactType == layerIndexArtifact)
 	}
 	if !found {
-		t.Fatalf("the artifact %s is not among the image's referrers %+v", res.Artifact, im.Manifests)
+		t.Fatalf("the artifact %s is not among the image's referrers %+v", res.Artifact, refs)
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
 	}
 	art, err := ggcrremote.Image(r.Context().Digest(res.Artifact.String()))
 	if err != nil {

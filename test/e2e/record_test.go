@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -117,18 +118,11 @@ func TestRecordedPrefetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx, err := ggcrremote.Referrers(r.Context().Digest(m.Digest.String()))
-	if err != nil {
-		t.Fatal(err)
+	refs := referrersOf(t, ref, m.Digest)
+	if len(refs) != 1 || refs[0].ArtifactType != prefetchListType {
+		t.Fatalf("referrers of the image: %+v", refs)
 	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(im.Manifests) != 1 || im.Manifests[0].ArtifactType != prefetchListType {
-		t.Fatalf("referrers of the image: %+v", im.Manifests)
-	}
-	art, err := ggcrremote.Image(r.Context().Digest(im.Manifests[0].Digest.String()))
+	art, err := ggcrremote.Image(r.Context().Digest(refs[0].Digest.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +179,25 @@ func TestRecordedPrefetch(t *testing.T) {
 	if s := p.Stats(); s.BlobRequests == 0 {
 		t.Error("a file that is not listed was there without a request: prefetched too much")
 	}
+}
+
+// referrersOf lists the referrers of the image subject in ref's
+// repository, as a registry client sees them.
+func referrersOf(t *testing.T, ref string, subject digest.Digest) []v1.Descriptor {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := ggcrremote.Referrers(r.Context().Digest(subject.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im.Manifests
 }
 
 // pushReferrer pushes list as a prefetch-list referrer of the image at ref.
