@@ -84,6 +84,9 @@ func servedAs(l daemon.Layer) string {
 	if l.Local {
 		return l.Format + ", from the local store"
 	}
+	if l.Format == "gzip" {
+		return "gzip, lazily through its seekable index"
+	}
 	return l.Format + ", lazily"
 }
 

@@ -53,6 +53,11 @@ type Config struct {
 	// by 'strata index' or 'strata mount --index-push') before it reads
 	// those layers whole to index them: "auto" (the default) or "off".
 	LayerIndexes string `toml:"layer_indexes"`
+	// IndexContainerdLayers makes the containerd snapshotter read plain
+	// gzip and tar layers that have no pushed index once, whole, to index
+	// them (and fetch plain zstd ones whole), as 'strata mount' does,
+	// instead of leaving them to containerd's own unpack. Default false.
+	IndexContainerdLayers bool `toml:"index_containerd_layers"`
 	// Prefetch says when the rest of a layer is fetched in the
 	// background: "auto" (the default: once a workload reads the layer
 	// broadly, many files or many bytes, and only while it keeps reading),

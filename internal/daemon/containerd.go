@@ -31,6 +31,10 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 		return func() {}, nil
 	}
 	layers := newSnapshotLayers(d)
+	// Configured to: gzip and tar layers without a pushed index are read
+	// once and indexed by Strata, zstd ones fetched whole, instead of
+	// being left to containerd's unpack.
+	layers.whole = d.cfg.IndexContainerdLayers
 	sn, err := snapshotter.New(d.cfg.snapshotterDir(),
 		snapshotter.WithRemoteLayers(layers),
 		snapshotter.WithLogger(slog.Default().With("component", "snapshotter")))

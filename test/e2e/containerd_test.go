@@ -185,6 +185,31 @@ func TestContainerd(t *testing.T) {
 			t.Errorf("reading the shared file through the second image fetched %d more blob bytes, want 0", again)
 		}
 	})
+
+	t.Run("index containerd layers", func(t *testing.T) {
+		// Configured to, the daemon indexes gzip layers that have no
+		// pushed index itself (reading each once) instead of leaving
+		// them to containerd's unpack.
+		cfg, err := os.ReadFile(e.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(e.cfg, append(cfg, "index_containerd_layers = true\n"...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.stopDaemon(t, syscall.SIGTERM)
+		e.startDaemon(t)
+		e.waitSnapshotter(t)
+		small := fixture.LayerSpec{fixture.Dir("small"), fixture.Reg("small/x.bin", 64<<10, 23)}
+		ref, _ := e.pushImage(t, "plain-self-indexed", []fixture.LayerSpec{small, busybox}, fixture.FormGzip)
+		out := e.pull(t, ref)
+		if !strings.Contains(out, "2 layers, 2 mounted lazily") {
+			t.Errorf("pull did not mount both gzip layers lazily:\n%s", out)
+		}
+		if got, want := e.run(t, ref, "self-indexed-1", "cd / && sha256sum small/x.bin"), sumLines(small, "small/x.bin"); got != want {
+			t.Errorf("container printed %q, want %q", got, want)
+		}
+	})
 }
 
 // pushImage builds layers in form, pushes them to the registry and returns

@@ -48,7 +48,8 @@ func TestMountReplacedEntries(t *testing.T) {
 		mountForm{"gzip", fixture.FormGzip, nil},
 		mountForm{"gzip-indexed", fixture.FormGzip, nil},
 		mountForm{"docker-gzip", fixture.FormGzip, []fixture.Option{fixture.WithDockerMediaTypes()}},
-		mountForm{"zstd", fixture.FormZstd, nil})
+		mountForm{"zstd", fixture.FormZstd, nil},
+		mountForm{"zstd-chunked", fixture.FormZstdChunked, nil})
 	for _, form := range forms {
 		t.Run(form.name, func(t *testing.T) {
 			ref := push(t, shared.reg, uniqueRepo("replaced"), form.name, layers, form.form, form.opts...)
@@ -70,9 +71,9 @@ func TestMountReplacedEntries(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := referenceTree(t, ref, form.form == fixture.FormZstd)
-			if form.form == fixture.FormEStargz {
-				want = wholeSeconds(want) // an eStargz TOC keeps whole seconds
+			want := referenceTree(t, ref, form.form == fixture.FormZstd || form.form == fixture.FormZstdChunked)
+			if form.form == fixture.FormEStargz || form.form == fixture.FormZstdChunked {
+				want = wholeSeconds(want) // an eStargz (or zstd:chunked) TOC keeps whole seconds
 			}
 			diffs := treecmp.Diff(undefinedMTimes(want, undefined), undefinedMTimes(got, undefined),
 				treecmp.SkipPaths(estargzBookkeeping))
