@@ -119,7 +119,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderBuild(w, res, sums)
 	renderDockerfile(w, res, sums)
 	renderFar(w, res, sums)
-	renderGzip(w, sums)
+	renderGzip(w, res, sums)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}

@@ -64,7 +64,9 @@ type runResults struct {
 	Reads   map[string]readEstimate // image/workload → files it reads
 	// Containerd is `ctr version` of the containerd comparison's daemon.
 	Containerd string `json:",omitempty"`
-	Results    []result
+	// GzipIndexing, by image, for the gzip rows (issue 14).
+	GzipIndexing map[string]gzipIndexing `json:",omitempty"`
+	Results      []result
 }
 
 type runner struct {
@@ -117,6 +119,18 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 		res.Sizes[img] = sz
 	}
 	for _, e := range p {
+		if e.Gzip && res.GzipIndexing[e.Image].LayerBytes == 0 {
+			spec, _ := imageByName(e.Image)
+			g, err := r.measureGzipIndexing(ctx, spec)
+			if err != nil {
+				r.log.Warn("gzip indexing", "image", e.Image, "err", err)
+			} else {
+				if res.GzipIndexing == nil {
+					res.GzipIndexing = map[string]gzipIndexing{}
+				}
+				res.GzipIndexing[e.Image] = g
+			}
+		}
 		r.px.SetProfile(e.Profile)
 		spec, _ := imageByName(e.Image)
 		for run := 1; run <= e.Runs; run++ {
