@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -400,18 +401,8 @@ func (im *images) list() []Mount {
 		c.Runs = slices.Clone(m.Runs)
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b Mount) int { return cmpString(a.Dir, b.Dir) })
+	slices.SortFunc(out, func(a, b Mount) int { return strings.Compare(a.Dir, b.Dir) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // restore mounts again every recorded image: after a crash, the old

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,7 +70,11 @@ func (im *images) pushReferrer(ctx context.Context, repo name.Repository, insecu
 	if sm.MediaType == "" {
 		sm.MediaType = ocispec.MediaTypeImageManifest
 	}
-	annotations = mapsWith(annotations, ocispec.AnnotationCreated, time.Now().UTC().Format(time.RFC3339Nano))
+	annotations = maps.Clone(annotations)
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[ocispec.AnnotationCreated] = time.Now().UTC().Format(time.RFC3339Nano)
 	man := ocispec.Manifest{
 		MediaType:    ocispec.MediaTypeImageManifest,
 		ArtifactType: artifactType,
@@ -87,16 +93,6 @@ func (im *images) pushReferrer(ctx context.Context, repo name.Repository, insecu
 		return "", err
 	}
 	return d, nil
-}
-
-// mapsWith returns a copy of m with k set to v.
-func mapsWith(m map[string]string, k, v string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for mk, mv := range m {
-		out[mk] = mv
-	}
-	out[k] = v
-	return out
 }
 
 // registryOptions are go-containerregistry's options for repo, with the
@@ -148,7 +144,7 @@ func (im *images) referrers(ctx context.Context, repo name.Repository, insecure 
 	}
 	// RFC 3339 times in UTC sort as text.
 	slices.SortStableFunc(found, func(a, b v1.Descriptor) int {
-		return -cmpString(a.Annotations[ocispec.AnnotationCreated], b.Annotations[ocispec.AnnotationCreated])
+		return strings.Compare(b.Annotations[ocispec.AnnotationCreated], a.Annotations[ocispec.AnnotationCreated])
 	})
 	var out []referrer
 	for _, desc := range found {

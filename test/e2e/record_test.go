@@ -114,25 +114,9 @@ func TestRecordedPrefetch(t *testing.T) {
 	waitLog(t, mark, "recorded prefetch list pushed", m.Digest.String())
 
 	// The referrer is in the registry, as OCI's referrers tag scheme has it.
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
 	refs := referrersOf(t, ref, m.Digest)
 	if len(refs) != 1 || refs[0].ArtifactType != prefetchListType {
 		t.Fatalf("referrers of the image: %+v", refs)
-	}
-	art, err := ggcrremote.Image(r.Context().Digest(refs[0].Digest.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	artLayers, err := art.Layers()
-	if err != nil || len(artLayers) != 1 {
-		t.Fatalf("the referrer's layers: %v, %v", artLayers, err)
-	}
-	rc, err := artLayers[0].Compressed()
-	if err != nil {
-		t.Fatal(err)
 	}
 	var list struct {
 		Image digest.Digest
@@ -141,10 +125,9 @@ func TestRecordedPrefetch(t *testing.T) {
 			Path  string
 		}
 	}
-	if err := json.NewDecoder(rc).Decode(&list); err != nil {
+	if err := json.Unmarshal(artifactBlob(t, ref, digest.Digest(refs[0].Digest.String())), &list); err != nil {
 		t.Fatal(err)
 	}
-	rc.Close()
 	var paths []string
 	for _, f := range list.Files {
 		paths = append(paths, f.Path)
