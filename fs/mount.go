@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -20,10 +21,28 @@ const fsName = "strata"
 
 // LayerMount is one layer served by FUSE at a directory.
 type LayerMount struct {
-	Dir    string
-	server *fuse.Server
-	lfs    *layerFS
-	raw    *rawLayer
+	Dir  string
+	conn *conn
+	lfs  *layerFS
+	cfg  MountConfig
+	// failedOnTakeover is how many requests a dead server left
+	// unanswered were failed with EIO when this one took over.
+	failedOnTakeover int
+}
+
+// MountConfig is how a layer is mounted.
+type MountConfig struct {
+	// StateDir, when set, keeps what another process needs to take the
+	// mount's connection over (see Connection and ResumeLayer): the modes
+	// of its open large files and its unanswered requests.
+	StateDir string
+}
+
+func (cfg MountConfig) file(dir, name string) string {
+	if cfg.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(cfg.StateDir, filepath.Base(dir)+"."+name)
 }
 
 // MountLayer serves the layer read-only at dir (which must exist).
@@ -33,83 +52,163 @@ type LayerMount struct {
 // are opened in FUSE passthrough mode: the kernel reads the local file
 // itself. Otherwise, or where passthrough is unavailable (Linux < 6.9, no
 // CAP_SYS_ADMIN, a cache on overlayfs), every read goes through the daemon.
-func MountLayer(dir string, idx View, content *Content) (*LayerMount, error) {
-	lfs := &layerFS{idx: idx, content: content}
-	rootEntry, err := idx.Entry(index.RootIno)
-	if err != nil {
+func MountLayer(dir string, idx View, content *Content, cfg MountConfig) (*LayerMount, error) {
+	if _, err := idx.Entry(index.RootIno); err != nil {
 		return nil, fmt.Errorf("layer index has no root: %w", err)
 	}
-	root := newNode(lfs, rootEntry)
-	lfs.root = root
-	timeout := kernelCacheTimeout
-	opts := &gofs.Options{
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		NullPermissions: true, // modes are the image's, exactly
-		RootStableAttr:  &gofs.StableAttr{Ino: index.RootIno},
-		MountOptions: fuse.MountOptions{
-			AllowOther:    true,
-			FsName:        fsName,
-			Name:          fsName,
-			DirectMount:   true,
-			MaxWrite:      1 << 20,
-			MaxReadAhead:  1 << 20,
-			MaxBackground: 64,
-			// The kernel then caches ACLs, so "ls -l" does not ask the
-			// daemon for system.posix_acl_* on every file, every time.
-			EnableAcl: true,
-			// See rawLayer.
-			ExtraCapabilities: fuse.CAP_NO_OPENDIR_SUPPORT,
-			// The kernel checks permissions from the modes we report.
-			Options: []string{"ro", "default_permissions"},
-			// go-fuse asks for FUSE passthrough whenever the kernel offers
-			// it. MaxStackDepth stays at its default, 1: backing files must
-			// be on an unstacked filesystem, and overlayfs can still be
-			// mounted over this mount (the kernel allows two levels).
-		},
-	}
-	if content.files == nil {
-		// Passthrough makes the kernel count the mount as one level of
-		// stacking; without whole files there is nothing to gain for it.
-		opts.MountOptions.DisabledCapabilities = fuse.CAP_PASSTHROUGH
-	}
-	raw := &rawLayer{RawFileSystem: gofs.NewNodeFS(root, opts)}
-	server, err := mountRaw(dir, raw, &opts.MountOptions)
+	m, err := newLayerMount(dir, idx, content, cfg)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.lfs.modes.load(cfg.file(dir, "modes")); err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/fuse: %w", err)
+	}
+	dev := os.NewFile(uintptr(fd), "/dev/fuse")
+	// As fusermount does, with the options the kernel's FUSE knows. The
+	// descriptor is only readable (and pollable) once mounted.
+	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=%d,group_id=%d,max_read=%d,allow_other,default_permissions",
+		fd, st.Mode&unix.S_IFMT, os.Geteuid(), os.Getegid(), maxReadSize)
+	if err := unix.Mount(fsName, dir, "fuse."+fsName, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_RDONLY, data); err != nil {
+		dev.Close()
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
-	if content.files != nil {
-		if err := probePassthrough(server, content.files); err != nil {
-			logPassthroughOff(dir, err)
-		} else {
-			lfs.passthrough.Store(true)
-		}
+	if err := m.start(dev); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		return nil, err
 	}
-	if err := setReadAhead(dir, kernelReadAheadKiB); err != nil {
-		slog.Warn("fs: kernel read-ahead left at its default", "dir", dir, "error", err)
+	go m.conn.serve()
+	if err := m.conn.waitInit(30 * time.Second); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		m.conn.close()
+		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}
-	return &LayerMount{Dir: dir, server: server, lfs: lfs, raw: raw}, nil
+	if err := pollHack(dir); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		m.conn.close()
+		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
+	}
+	m.ready()
+	return m, nil
 }
 
-// mountRaw mounts fsys at dir and serves it, as gofs.Mount does for the
-// raw filesystem it builds itself.
-func mountRaw(dir string, fsys fuse.RawFileSystem, opts *fuse.MountOptions) (*fuse.Server, error) {
-	server, err := fuse.NewServer(fsys, dir, opts)
+// pollHack makes the kernel learn, once per connection, that the layer
+// does not implement poll (ENOSYS for FUSE_POLL), before anything in this
+// process opens a file of the mount: Go registers every file it opens
+// with its poller, and an epoll_ctl on a FUSE file that still sends POLL
+// would wait for an answer while holding the epoll instance that this
+// process's own FUSE reads wait on. go-fuse's ProtocolServer answers the
+// lookup and open of its reserved name for this; the file is opened and
+// polled with plain system calls, outside Go's poller.
+func pollHack(dir string) error {
+	fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return fmt.Errorf("poll probe: %w", err)
+	}
+	defer unix.Close(fd)
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	return nil
+}
+
+// ResumeLayer serves the layer mounted at dir through the live FUSE
+// connection dev, which another process served (and may have died
+// serving), and whose INIT request was init (see Connection). Inode
+// numbers and handles the kernel holds stay valid: they are the index's,
+// and the state saved in cfg.StateDir. Requests the other process read
+// and did not answer are sent again by the kernel (Linux 6.9+) or fail
+// with EIO once.
+func ResumeLayer(dir string, dev *os.File, init []byte, idx View, content *Content, cfg MountConfig) (*LayerMount, error) {
+	m, err := newLayerMount(dir, idx, content, cfg)
+	if err != nil {
+		dev.Close()
 		return nil, err
 	}
-	go server.Serve()
-	if err := server.WaitMount(); err != nil {
-		// The serve loop ends by itself: there is no mount to read from.
+	if err := m.lfs.modes.load(cfg.file(dir, "modes")); err != nil {
+		slog.Warn("fs: modes of open files unreadable; starting from none", "dir", dir, "error", err)
+	}
+	if err := m.start(dev); err != nil {
 		return nil, err
 	}
-	return server, nil
+	// takeOver before the loop starts: no request is answered before the
+	// ProtocolServer knows the INIT.
+	failed, what, err := m.conn.takeOver(init)
+	if err != nil {
+		m.conn.dev.Close()
+		m.conn.pending.close()
+		return nil, fmt.Errorf("taking over the layer at %s: %w", dir, err)
+	}
+	m.failedOnTakeover = failed
+	go m.conn.serve()
+	slog.Info("fs: layer connection taken over", "dir", dir, "requests", what)
+	m.ready()
+	return m, nil
+}
+
+func newLayerMount(dir string, idx View, content *Content, cfg MountConfig) (*LayerMount, error) {
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &LayerMount{Dir: dir, lfs: newLayerFS(idx, content), cfg: cfg}, nil
+}
+
+// start makes the conn of dev; MountLayer then starts its loop before the
+// mount (the kernel's INIT must be read), ResumeLayer after the takeover.
+func (m *LayerMount) start(dev *os.File) error {
+	c, err := newConn(dev, m.lfs, m.lfs.content.files != nil, m.cfg.file(m.Dir, "pending"))
+	if err != nil {
+		return err
+	}
+	m.conn, m.lfs.conn = c, c
+	return nil
+}
+
+// ready finishes a mount whose connection is initialized.
+func (m *LayerMount) ready() {
+	m.lfs.noOpendir.Store(m.conn.kernelFlags&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
+	if files := m.lfs.content.files; files != nil {
+		if err := probePassthrough(m.conn, files); err != nil {
+			logPassthroughOff(m.Dir, err)
+		} else {
+			m.lfs.passthrough.Store(true)
+		}
+	}
+	if err := setReadAhead(m.Dir, kernelReadAheadKiB); err != nil {
+		slog.Warn("fs: kernel read-ahead left at its default", "dir", m.Dir, "error", err)
+	}
+}
+
+// Connection returns what another process needs to take this mount's
+// connection over with ResumeLayer: a duplicate of its /dev/fuse
+// descriptor (the caller closes it) and its INIT request.
+func (m *LayerMount) Connection() (*os.File, []byte, error) {
+	fd, err := unix.FcntlInt(uintptr(m.conn.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fd), "/dev/fuse"), slices.Clone(m.conn.init), nil
 }
 
 // Passthrough reports whether the kernel reads this layer's whole local
 // files itself (FUSE passthrough).
 func (m *LayerMount) Passthrough() bool { return m.lfs.passthrough.Load() }
+
+// Suspend stops serving the layer without unmounting it: requests read
+// so far are answered, later ones wait in the kernel for the process that
+// takes the connection over (see ResumeLayer). The saved state stays.
+func (m *LayerMount) Suspend() {
+	m.conn.stop()
+	m.conn.close()
+	m.lfs.modes.close()
+}
 
 // kernelReadAheadKiB is the page-cache read-ahead of layer mounts. The
 // kernel gives a FUSE mount 128 KiB; with more, a sequential reader keeps
@@ -136,23 +235,17 @@ func setReadAhead(dir string, kib int) error {
 func (m *LayerMount) Unmount() error {
 	var st unix.Stat_t
 	statErr := unix.Stat(m.Dir, &st)
-	done := make(chan error, 1)
-	go func() {
-		err := m.server.Unmount()
-		if err != nil {
-			// Busy at its own mount point: detach it; the abort below
-			// ends the connection.
-			err = unix.Unmount(m.Dir, unix.MNT_DETACH)
-			if errors.Is(err, unix.EINVAL) {
-				err = nil
-			}
-		}
-		done <- err
-	}()
-	stopped := make(chan struct{})
-	go func() { m.server.Wait(); close(stopped) }()
+	err := unix.Unmount(m.Dir, 0)
+	if errors.Is(err, unix.EBUSY) {
+		// Busy at its own mount point: detach it; the abort below ends
+		// the connection if a holder keeps it.
+		err = unix.Unmount(m.Dir, unix.MNT_DETACH)
+	}
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+		err = nil
+	}
 	select {
-	case <-stopped:
+	case <-m.conn.done:
 	case <-time.After(unmountGrace):
 		if statErr != nil {
 			return fmt.Errorf("unmounting layer %s: server still running and its device is unknown: %w", m.Dir, statErr)
@@ -161,9 +254,16 @@ func (m *LayerMount) Unmount() error {
 		if err := abortConnection(st.Dev); err != nil {
 			return fmt.Errorf("unmounting layer %s: %w", m.Dir, err)
 		}
-		<-stopped
+		<-m.conn.done
 	}
-	if err := <-done; err != nil {
+	m.conn.close()
+	m.lfs.modes.close()
+	for _, name := range []string{"modes", "pending"} {
+		if p := m.cfg.file(m.Dir, name); p != "" {
+			os.Remove(p)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("unmounting layer %s: %w", m.Dir, err)
 	}
 	return nil

@@ -64,7 +64,7 @@ func assembleForBench(b *testing.B, st *store.Store, parts []store.Part) string 
 
 func mountForBench(b *testing.B, view View, content *Content) string {
 	dir := b.TempDir()
-	m, err := MountLayer(dir, view, content)
+	m, err := MountLayer(dir, view, content, MountConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}

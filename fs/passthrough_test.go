@@ -64,7 +64,7 @@ func mountTestLayer(t *testing.T, root string, bl *builtLayer, setup func(*Conte
 	if setup != nil {
 		setup(ml.content)
 	}
-	ml.mount, err = MountLayer(ml.dir, view, ml.content)
+	ml.mount, err = MountLayer(ml.dir, view, ml.content, MountConfig{})
 	if err != nil {
 		ml.content.Close()
 		st.Close()
@@ -114,11 +114,12 @@ func (ml *mountedLayer) waitWhole(t *testing.T, op string) error {
 // open the daemon still counts keeps the file out of passthrough mode.
 func (ml *mountedLayer) waitReleased(t *testing.T, name string) {
 	t.Helper()
-	n := ml.mount.lfs.root.GetChild(name).Operations().(*node)
+	e, found, err := ml.content.idx.Lookup(index.RootIno, name)
+	if err != nil || !found {
+		t.Fatalf("%s: not in the index: %v", name, err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		n.opens.mu.Lock()
-		open := n.opens.daemon + n.opens.direct
-		n.opens.mu.Unlock()
+		open := ml.mount.lfs.modes.openCount(e.Ino)
 		if open == 0 {
 			return
 		}

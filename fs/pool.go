@@ -29,14 +29,18 @@ type Pool struct {
 
 	policy PrefetchPolicy // background fetch of layers read broadly
 
-	mu     sync.Mutex
-	layers map[digest.Digest]*pooled
-	builds map[digest.Digest]*indexBuild // indexes being made
-	saves  sync.WaitGroup                // index saves running in the background
+	hooks ConnectionHooks
+
+	mu        sync.Mutex
+	layers    map[digest.Digest]*pooled
+	inherited map[digest.Digest]*os.File    // live connections to take over
+	builds    map[digest.Digest]*indexBuild // indexes being made
+	saves     sync.WaitGroup                // index saves running in the background
 }
 
 type pooled struct {
 	ready   chan struct{} // closed when mount and err are set
+	hooks   ConnectionHooks
 	err     error
 	refs    int
 	dir     string
@@ -76,7 +80,7 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, builds: map[digest.Digest]*indexBuild{}}, nil
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}}, nil
 }
 
 // Acquire makes layer l of repo available read-only and returns its
@@ -115,7 +119,7 @@ func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer
 		}
 		return pl.dir, nil
 	}
-	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l, whole: whole}
+	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l, whole: whole, hooks: p.hooks}
 	p.layers[l.Digest] = pl
 	p.mu.Unlock()
 
@@ -161,13 +165,31 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		}
 		return err
 	}
-	pl.dir = filepath.Join(p.dir, l.Digest.Encoded()[:16])
-	if err := os.MkdirAll(pl.dir, 0o755); err != nil {
-		blob.Close()
-		return err
-	}
+	pl.dir = p.layerDir(l.Digest)
 	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files), WithBackground(p.policy))
-	m, err := MountLayer(pl.dir, idx, content)
+	cfg := MountConfig{StateDir: p.stateDir()}
+	var m *LayerMount
+	if dev, init := p.takeInherited(l.Digest, pl.dir); dev != nil {
+		m, err = ResumeLayer(pl.dir, dev, init, idx, content, cfg)
+		if err != nil {
+			// Not served by anyone now: end it, and mount anew.
+			slog.WarnContext(ctx, "inherited layer connection not taken over; mounting the layer again", "layer", l.Digest, "error", err)
+			p.endConnection(dev, pl.dir)
+			if p.hooks.Removed != nil {
+				p.hooks.Removed(l.Digest)
+			}
+		}
+	}
+	if m == nil {
+		if err = os.MkdirAll(pl.dir, 0o755); err == nil {
+			m, err = MountLayer(pl.dir, idx, content, cfg)
+		}
+		if err == nil {
+			if herr := p.connectionMade(l.Digest, m); herr != nil {
+				slog.WarnContext(ctx, "layer connection not kept for a daemon restart", "layer", l.Digest, "error", herr)
+			}
+		}
+	}
 	if err != nil {
 		content.Close()
 		blob.Close()
@@ -225,6 +247,10 @@ func (pl *pooled) close() error {
 	if pl.mount != nil {
 		errs = append(errs, pl.mount.Unmount())
 		os.Remove(pl.dir)
+		os.Remove(filepath.Join(filepath.Dir(pl.dir), ".state", filepath.Base(pl.dir)+".init"))
+		if pl.hooks.Removed != nil {
+			pl.hooks.Removed(pl.desc.Digest)
+		}
 	}
 	if pl.content != nil {
 		pl.content.Close() // no fetch or cache write after this

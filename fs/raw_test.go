@@ -90,8 +90,8 @@ func TestListingWithoutOpendir(t *testing.T) {
 		t.Fatalf("batched listing %d names, after rewind %d, want %d", len(got), len(again), len(want(1)))
 	}
 
-	opendirs := ml.mount.raw.opendirs.Load()
-	if !ml.mount.raw.offered.Load() {
+	opendirs := ml.mount.lfs.opendirs.Load()
+	if !ml.mount.lfs.noOpendir.Load() {
 		t.Logf("kernel without FUSE_NO_OPENDIR_SUPPORT: %d OPENDIR requests", opendirs)
 		return
 	}
@@ -116,7 +116,7 @@ func TestCloseWithoutFlush(t *testing.T) {
 			}
 		}
 	}
-	if n := ml.mount.raw.flushes.Load(); n > 1 {
+	if n := ml.mount.lfs.flushes.Load(); n > 1 {
 		t.Fatalf("%d FLUSH requests for 8 closes, want at most 1", n)
 	}
 }

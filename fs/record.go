@@ -152,15 +152,17 @@ type recordKey struct {
 
 type recorded struct {
 	layer  digest.Digest
-	path   string
+	ino    uint64
+	paths  View    // where the path of ino is found, once the list is made
 	chunks []int64 // file offsets of the chunks read, in the order first read
 	read   map[int64]bool
 	whole  bool // read where the daemon cannot see (passthrough): all of it
 }
 
-// opened notes the first open of inode ino of layer, whose path from the
-// layer's root path gives.
-func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
+// opened notes the first open of inode ino of layer, whose index is idx.
+// Its path is found when the list is made: the layer's file system keeps
+// no paths.
+func (r *Recorder) opened(layer digest.Digest, ino uint64, idx View) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := recordKey{layer, ino}
@@ -173,7 +175,7 @@ func (r *Recorder) opened(layer digest.Digest, ino uint64, path func() string) {
 		return
 	}
 	r.seen[k] = len(r.files)
-	r.files = append(r.files, recorded{layer: layer, path: path()})
+	r.files = append(r.files, recorded{layer: layer, ino: ino, paths: idx})
 }
 
 // wholeFile notes that inode ino of layer is read without the daemon
@@ -220,18 +222,65 @@ func (r *Recorder) List(image digest.Digest, layers []digest.Digest) *PrefetchLi
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	wanted := map[View]map[uint64]string{}
+	for _, f := range r.files {
+		if _, ok := at[f.layer]; ok && (f.whole || len(f.chunks) > 0) {
+			if wanted[f.paths] == nil {
+				wanted[f.paths] = map[uint64]string{}
+			}
+			wanted[f.paths][f.ino] = ""
+		}
+	}
+	for idx, inos := range wanted {
+		findPaths(idx, inos)
+	}
 	for _, f := range r.files {
 		// A file opened but never read needs nothing fetched.
 		i, ok := at[f.layer]
+		var p string
+		if ok {
+			p = wanted[f.paths][f.ino]
+		}
 		switch {
-		case !ok || checkListedPath(f.path) != nil:
+		case !ok || checkListedPath(p) != nil:
 		case f.whole:
-			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path})
+			l.Files = append(l.Files, ListedFile{Layer: i, Path: p})
 		case len(f.chunks) > 0:
-			l.Files = append(l.Files, ListedFile{Layer: i, Path: f.path, Chunks: slices.Clone(f.chunks)})
+			l.Files = append(l.Files, ListedFile{Layer: i, Path: p, Chunks: slices.Clone(f.chunks)})
 		}
 	}
 	return l
+}
+
+// findPaths sets the path of every inode of inos, from the layer's root,
+// walking idx's directories breadth first until all are found. An inode
+// with several names (hard links) gets the first found.
+func findPaths(idx View, inos map[uint64]string) {
+	left := len(inos)
+	type dir struct {
+		ino  uint64
+		path string
+	}
+	queue := []dir{{index.RootIno, ""}}
+	for len(queue) > 0 && left > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		kids, err := idx.ReadDir(d.ino)
+		if err != nil {
+			slog.Warn("fs: a directory of a recorded layer is unreadable", "inode", d.ino, "error", err)
+			continue
+		}
+		for _, k := range kids {
+			p := path.Join(d.path, k.Name)
+			if cur, ok := inos[k.Ino]; ok && cur == "" {
+				inos[k.Ino] = p
+				left--
+			}
+			if k.Type == index.TypeDir {
+				queue = append(queue, dir{k.Ino, p})
+			}
+		}
+	}
 }
 
 // recorders is the set of recorders a layer reports opens to.
@@ -276,13 +325,13 @@ func (rs *recorders) remove(r *Recorder) {
 }
 
 // noteOpen tells the layer's recorders that inode ino was opened.
-func (c *Content) noteOpen(ino uint64, path func() string) {
+func (c *Content) noteOpen(ino uint64) {
 	p := c.recording.set.Load()
 	if p == nil {
 		return
 	}
 	for _, r := range *p {
-		r.opened(c.digest, ino, path)
+		r.opened(c.digest, ino, c.idx)
 	}
 }
 

@@ -266,7 +266,7 @@ func TestRecordedChunksOnly(t *testing.T) {
 	r := &Recorder{layers: []digest.Digest{l.content.digest}, seen: map[recordKey]int{}}
 	l.content.recording.add(r)
 	e := l.entry(t, "lib/big.so")
-	l.content.noteOpen(e.Ino, func() string { return "lib/big.so" })
+	l.content.noteOpen(e.Ino)
 	l.read(t, "lib/big.so", 1<<20+5, 4096)
 	l.read(t, "lib/big.so", 3<<20, 100)
 	l.read(t, "lib/big.so", 1<<20, 10)
@@ -283,9 +283,9 @@ func TestPassthroughReadListsWholeFile(t *testing.T) {
 	r := &Recorder{layers: []digest.Digest{l.content.digest}, seen: map[recordKey]int{}}
 	l.content.recording.add(r)
 	tool, part := l.entry(t, "bin/tool"), l.entry(t, "lib/part.so")
-	l.content.noteOpen(tool.Ino, func() string { return "bin/tool" })
+	l.content.noteOpen(tool.Ino)
 	l.content.noteWhole(tool.Ino) // read by passthrough only
-	l.content.noteOpen(part.Ino, func() string { return "lib/part.so" })
+	l.content.noteOpen(part.Ino)
 	l.read(t, "lib/part.so", 2<<20, 10)
 	// Opened again by passthrough, after reads the recording saw: those
 	// chunks stay what the list names.
