@@ -51,6 +51,9 @@ type pooled struct {
 	format  index.Format // set with mount
 	packed  index.Format // the layer blob's format, for a layer fetched whole
 	whole   bool         // fetch the layer whole when it cannot be read lazily
+	// resumed is set while a layer whose connection was taken over holds
+	// the use ResumeInherited took; wasResumed after Unclaimed dropped it.
+	resumed, wasResumed bool
 	// indexSaved, when set, closes once a new index is on disk; unmounting
 	// waits for it, so the next mount finds the index stored.
 	indexSaved <-chan struct{}
@@ -185,7 +188,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 			m, err = MountLayer(pl.dir, idx, content, cfg)
 		}
 		if err == nil {
-			if herr := p.connectionMade(l.Digest, m); herr != nil {
+			if herr := p.connectionMade(repo, l, pl.whole, opts, m); herr != nil {
 				slog.WarnContext(ctx, "layer connection not kept for a daemon restart", "layer", l.Digest, "error", herr)
 			}
 		}
@@ -247,7 +250,9 @@ func (pl *pooled) close() error {
 	if pl.mount != nil {
 		errs = append(errs, pl.mount.Unmount())
 		os.Remove(pl.dir)
-		os.Remove(filepath.Join(filepath.Dir(pl.dir), ".state", filepath.Base(pl.dir)+".init"))
+		for _, name := range []string{"init", "layer"} {
+			os.Remove(filepath.Join(filepath.Dir(pl.dir), ".state", filepath.Base(pl.dir)+"."+name))
+		}
 		if pl.hooks.Removed != nil {
 			pl.hooks.Removed(pl.desc.Digest)
 		}

@@ -1,15 +1,23 @@
 package fs
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/remote"
 )
 
 // Takeover: the layer connections of a daemon that stopped for a handover
@@ -81,14 +89,131 @@ func (p *Pool) initFile(dir string) string {
 	return filepath.Join(p.stateDir(), filepath.Base(dir)+".init")
 }
 
-// Unclaimed unmounts the layers whose connections were inherited but that
-// nothing acquired since (their users are gone), and closes those
-// connections. A daemon calls it once it has restored its mounts.
+// resumeRecord is what the pool needs to mount a layer again by itself:
+// saved at mount beside the INIT request.
+type resumeRecord struct {
+	Repo     string       `json:"repo"`
+	Insecure bool         `json:"insecure,omitempty"`
+	Layer    remote.Layer `json:"layer"`
+	Whole    bool         `json:"whole,omitempty"`
+}
+
+func (p *Pool) resumeFile(dir string) string {
+	return filepath.Join(p.stateDir(), filepath.Base(dir)+".layer")
+}
+
+// ResumeInherited serves again, at once, every inherited connection
+// (see Inherit) whose layer can be mounted from what its mount saved, so
+// that what waits on them (readers of a container's rootfs, an overlay
+// being unmounted) is answered before the daemon restores anything else.
+// Each resumed layer holds one use of its own until Unclaimed; the
+// daemon's restores then acquire the layers they need. It returns the
+// digests resumed.
+func (p *Pool) ResumeInherited(ctx context.Context) []digest.Digest {
+	p.mu.Lock()
+	var ds []digest.Digest
+	for d := range p.inherited {
+		ds = append(ds, d)
+	}
+	p.mu.Unlock()
+	var (
+		mu      sync.Mutex
+		resumed []digest.Digest
+	)
+	g := new(errgroup.Group)
+	g.SetLimit(8)
+	for _, d := range ds {
+		g.Go(func() error {
+			if err := p.resumeOne(ctx, d); err != nil {
+				slog.WarnContext(ctx, "fs: inherited layer connection not resumed", "layer", d, "error", err)
+				return nil
+			}
+			mu.Lock()
+			resumed = append(resumed, d)
+			mu.Unlock()
+			return nil
+		})
+	}
+	g.Wait()
+	return resumed
+}
+
+func (p *Pool) resumeOne(ctx context.Context, d digest.Digest) error {
+	b, err := os.ReadFile(p.resumeFile(p.layerDir(d)))
+	var rec resumeRecord
+	if err == nil {
+		err = json.Unmarshal(b, &rec)
+	}
+	if err == nil && rec.Layer.Digest != d {
+		err = fmt.Errorf("saved layer is %s", rec.Layer.Digest)
+	}
+	var repo name.Repository
+	if err == nil {
+		var nopts []name.Option
+		if rec.Insecure {
+			nopts = append(nopts, name.Insecure)
+		}
+		repo, err = name.NewRepository(rec.Repo, nopts...)
+	}
+	if err != nil {
+		// Nothing to mount it from: end it (Unclaimed would too).
+		p.mu.Lock()
+		f := p.inherited[d]
+		delete(p.inherited, d)
+		p.mu.Unlock()
+		if f != nil {
+			p.endConnection(f, p.layerDir(d))
+			if p.hooks.Removed != nil {
+				p.hooks.Removed(d)
+			}
+		}
+		return fmt.Errorf("what its mount saved: %w", err)
+	}
+	var opts []remote.Option
+	if rec.Insecure {
+		opts = append(opts, remote.WithInsecureRegistries(repo.RegistryStr()))
+	}
+	if _, err := p.acquire(ctx, repo, rec.Layer, rec.Whole, opts); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if pl := p.layers[d]; pl != nil {
+		pl.resumed = true
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// Resumed reports whether layer d's connection was taken over by this
+// pool (its mount, and whatever was stacked on it, lived on).
+func (p *Pool) Resumed(d digest.Digest) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl := p.layers[d]
+	return pl != nil && (pl.resumed || pl.wasResumed)
+}
+
+// Unclaimed drops the use each resumed layer held of its own, unmounting
+// those nothing else acquired since (their users are gone), and ends the
+// inherited connections never resumed. A daemon calls it once it has
+// restored its mounts.
 func (p *Pool) Unclaimed() {
 	p.mu.Lock()
+	var own []digest.Digest
+	for d, pl := range p.layers {
+		if pl.resumed {
+			pl.resumed, pl.wasResumed = false, true
+			own = append(own, d)
+		}
+	}
 	left := p.inherited
 	p.inherited = map[digest.Digest]*os.File{}
 	p.mu.Unlock()
+	for _, d := range own {
+		if err := p.Release(d); err != nil {
+			slog.Warn("fs: releasing a resumed layer", "layer", d, "error", err)
+		}
+	}
 	for d, f := range left {
 		dir := p.layerDir(d)
 		slog.Info("fs: inherited layer connection not used again; unmounting it", "layer", d)
@@ -109,7 +234,7 @@ func (p *Pool) endConnection(f *os.File, dir string) {
 		slog.Warn("fs: detaching an unused layer", "dir", dir, "error", err)
 	}
 	f.Close()
-	for _, name := range []string{"init", "modes", "pending"} {
+	for _, name := range []string{"init", "layer", "modes", "pending"} {
 		os.Remove(filepath.Join(p.stateDir(), filepath.Base(dir)+"."+name))
 	}
 	os.Remove(dir)
@@ -161,20 +286,41 @@ func ParseFDName(name string) (digest.Digest, bool) {
 	return d, true
 }
 
-// connectionMade keeps the INIT request of the connection of layer d's
-// mount m for a takeover, and hands its descriptor to the hooks.
-func (p *Pool) connectionMade(d digest.Digest, m *LayerMount) error {
+// connectionMade keeps what a takeover of the connection of layer l's
+// mount m needs (its INIT request, where the layer comes from), and hands
+// its descriptor to the hooks.
+func (p *Pool) connectionMade(repo name.Repository, l remote.Layer, whole bool, opts []remote.Option, m *LayerMount) error {
 	if p.hooks.Added == nil {
 		return nil
+	}
+	rec, err := json.Marshal(resumeRecord{
+		Repo: repo.String(), Insecure: remote.IsInsecure(repo.RegistryStr(), append(slices.Clone(p.ropts), opts...)...),
+		Layer: l, Whole: whole,
+	})
+	if err != nil {
+		return err
 	}
 	dev, init, err := m.Connection()
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(p.initFile(m.Dir), init, 0o600); err != nil {
+	if err := errors.Join(os.WriteFile(p.initFile(m.Dir), init, 0o600), os.WriteFile(p.resumeFile(m.Dir), rec, 0o600)); err != nil {
 		dev.Close()
-		return fmt.Errorf("saving the layer's INIT request: %w", err)
+		return fmt.Errorf("saving the layer's connection state: %w", err)
 	}
-	p.hooks.Added(d, dev)
+	p.hooks.Added(l.Digest, dev)
 	return nil
+}
+
+// Serves reports whether dir is the mountpoint of a layer this pool
+// serves.
+func (p *Pool) Serves(dir string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pl := range p.layers {
+		if pl.dir == filepath.Clean(dir) {
+			return true
+		}
+	}
+	return false
 }

@@ -171,3 +171,15 @@ func (o *options) isInsecureHost(host string) bool {
 	}
 	return false
 }
+
+// IsInsecure reports whether opts let host be reached over plain HTTP or
+// with unverified TLS (see WithInsecureRegistries).
+func IsInsecure(host string, opts ...Option) bool {
+	o := &options{insecure: map[string]bool{}}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(o)
+		}
+	}
+	return o.isInsecureHost(host)
+}

@@ -115,7 +115,7 @@ func setupScript(env *testscript.Env, host string, refs map[string]string) error
 	env.Setenv("STRATA_SOCKET", filepath.Join(sockDir, "s.sock"))
 	env.Defer(func() {
 		stopDaemon(filepath.Join(sockDir, "s.sock"))
-		kmount.ClearStale(env.WorkDir)
+		kmount.ClearStale(env.WorkDir, nil)
 		os.RemoveAll(sockDir)
 	})
 	return nil

@@ -291,7 +291,11 @@ type ContainerdSnapshot struct {
 
 // Status describes the daemon.
 type Status struct {
-	PID        int    `json:"pid"`
+	PID int `json:"pid"`
+	// Supervised is set when the daemon's connections are kept in a
+	// descriptor store (its supervisor, or systemd): a crash or an
+	// upgrade then leaves mounts working.
+	Supervised bool   `json:"supervised"`
 	Root       string `json:"root"` // the state root
 	Mounts     int    `json:"mounts"`
 	Layers     int    `json:"layers"`

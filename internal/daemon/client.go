@@ -180,3 +180,12 @@ func responseError(resp *http.Response) error {
 
 // Socket returns the control socket the client talks to.
 func (c *Client) Socket() string { return c.socket }
+
+// Handover asks the daemon to stop for a handover: it leaves every mount
+// to the next daemon its supervisor (or systemd) starts. It returns the
+// status of the daemon that stops.
+func (c *Client) Handover(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodPost, "/v1/handover", nil, &st)
+	return st, err
+}

@@ -67,6 +67,12 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 	return func() {
 		d.csn.Store(nil)
 		stopServe()
+		if d.handingOver.Load() {
+			// The binds stay for the containers on them; the next
+			// daemon binds its own.
+			sn.Close()
+			return
+		}
 		if err := layers.closeAll(context.WithoutCancel(ctx)); err != nil {
 			slog.Error("unmounting snapshot layers", "error", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,16 @@ type Daemon struct {
 
 	// csn is the snapshotter containerd is served, once it is open.
 	csn atomic.Pointer[snapshotter.Snapshotter]
+
+	// fdStore keeps the layer connections where they outlive the
+	// daemon (nil: nowhere; a restart unmounts everything).
+	fdStore *fdStore
+	// handover is closed to stop for a handover (strata daemon
+	// --upgrade): nothing is unmounted, connections are left to the next
+	// daemon; handingOver is set once that stop began.
+	handover     chan struct{}
+	handoverOnce sync.Once
+	handingOver  atomic.Bool
 }
 
 // layersDir is where layers are mounted, kept short because overlayfs
@@ -55,7 +66,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		return err
 	}
 	defer st.Close()
-	d := &Daemon{cfg: cfg, store: st, emptyDir: filepath.Join(cfg.Root, "empty")}
+	d := &Daemon{cfg: cfg, store: st, emptyDir: filepath.Join(cfg.Root, "empty"), handover: make(chan struct{})}
+	d.fdStore = openFDStore()
+	inherited := inheritedFDs()
 	if err := os.MkdirAll(d.emptyDir, 0o755); err != nil {
 		return err
 	}
@@ -67,19 +80,30 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		remote.WithUserAgent("strata"),
 		remote.WithClientCache(remote.NewClientCache()),
 	}
+	d.pool, err = fs.NewPool(st, cfg.layersDir(), d.remoteOpts...)
+	if err != nil {
+		return err
+	}
+	d.pool.SetPrefetchPolicy(fs.PrefetchPolicy{Mode: cfg.Prefetch, Budget: cfg.PrefetchBudget})
+	if d.fdStore != nil {
+		d.pool.SetConnectionHooks(fs.ConnectionHooks{Added: d.fdStore.add, Removed: d.fdStore.remove})
+	}
+	if len(inherited) > 0 {
+		// First of all, so that readers waiting on the connections of
+		// the previous daemon are answered as soon as possible.
+		start := time.Now()
+		n := d.inheritLayers(inherited)
+		resumed := d.pool.ResumeInherited(ctx)
+		slog.Info("layer connections of the previous daemon taken over", "inherited", n, "resumed", len(resumed),
+			"duration", time.Since(start).Round(time.Millisecond))
+	}
 	for _, dir := range []string{cfg.layersDir(), filepath.Join(cfg.writableDir(), "views")} {
-		if stale, err := kmount.ClearStale(dir); err != nil {
+		if stale, err := kmount.ClearStale(dir, d.pool.Serves); err != nil {
+			d.pool.Close()
 			return err
 		} else if len(stale) > 0 {
 			slog.Info("cleared mounts left by a previous daemon", "under", dir, "count", len(stale))
 		}
-	}
-	d.pool, err = fs.NewPool(st, cfg.layersDir(), d.remoteOpts...)
-	if err == nil {
-		d.pool.SetPrefetchPolicy(fs.PrefetchPolicy{Mode: cfg.Prefetch, Budget: cfg.PrefetchBudget})
-	}
-	if err != nil {
-		return err
 	}
 	d.images = &images{d: d, mounts: map[string]*Mount{}}
 	if d.writable, err = openWritable(ctx, d); err != nil {
@@ -96,6 +120,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 		return err
 	}
 	defer stopSnapshots()
+	// Every restore has acquired what it needs: the layers taken over
+	// that nothing uses any more go.
+	d.pool.Unclaimed()
 
 	ln, err := listenUnix(cfg.Socket)
 	if err != nil {
@@ -119,6 +146,9 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case <-d.handover:
+		d.handingOver.Store(true)
+		err = ErrHandover
 	}
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -131,6 +161,14 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 }
 
 func (d *Daemon) shutdown() {
+	if d.handingOver.Load() {
+		// Mounts stay, served by the next daemon: stop serving, keep
+		// the state it needs, unmount nothing.
+		d.writable.sn.Close()
+		d.pool.Suspend()
+		slog.Info("strata daemon stopped for a handover; mounts left to the next daemon")
+		return
+	}
 	if err := d.images.closeAll(); err != nil {
 		slog.Error("unmounting images", "error", err)
 	}

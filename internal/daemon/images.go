@@ -79,7 +79,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	}
 	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
 	im.importMountIndexes(ctx, m, stored)
-	if err := im.attach(ctx, m, true); err != nil {
+	if err := im.attach(ctx, m, true, false); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
 			if rerr := im.d.writable.remove(ctx, m); rerr != nil {
@@ -215,8 +215,9 @@ func checkMountDir(dir string) (string, error) {
 
 // attach mounts m's layers (in parallel) and the overlay at m.Dir, and
 // registers the mount in memory. A writable mount's snapshot is created
-// when create is set.
-func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
+// when create is set. With adopt, the overlay already at m.Dir, whose
+// layers' connections this daemon took over, is kept as it is.
+func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) error {
 	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
 	if err != nil {
 		return fmt.Errorf("repository %q: %w", m.Repo, err)
@@ -241,7 +242,7 @@ func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
 		// The layer snapshots hold the layers from here on; the
 		// references taken above only made sure errors come out as
 		// clearly as for a read-only mount.
-		err = im.d.writable.attach(ctx, m, create)
+		err = im.d.writable.attach(ctx, m, create, adopt)
 		for i := range acquired {
 			im.d.pool.Release(m.Layers[i].Digest)
 			acquired[i] = false
@@ -263,7 +264,9 @@ func (im *images) attach(ctx context.Context, m *Mount, create bool) error {
 			// whiteout handling identical to multi-layer images.
 			lowers = append(lowers, im.d.emptyDir)
 		}
-		err = kmount.Overlay(m.Dir, lowers, "", "")
+		if !adopt {
+			err = kmount.Overlay(m.Dir, lowers, "", "")
+		}
 	}
 	if err != nil {
 		for i, ok := range acquired {
@@ -405,10 +408,13 @@ func (im *images) list() []Mount {
 	return out
 }
 
-// restore mounts again every recorded image: after a crash, the old
-// overlay at its directory is dead (its FUSE lowers are gone) and is
-// detached first. A record that cannot be restored is logged and kept, so
-// a later start (registry back, say) can try again.
+// restore mounts again every recorded image. An overlay whose layers'
+// connections were taken over from the previous daemon lives on, with
+// whatever runs in it, and is kept; otherwise (a daemon that stopped,
+// or died with no descriptor store) the old overlay is dead (its FUSE
+// lowers are gone) and is detached first. A record that cannot be
+// restored is logged and kept, so a later start (registry back, say) can
+// try again.
 func (im *images) restore(ctx context.Context) {
 	var recs []*Mount
 	im.d.store.DB().View(func(tx *bolt.Tx) error {
@@ -428,14 +434,24 @@ func (im *images) restore(ctx context.Context) {
 		})
 	})
 	for _, m := range recs {
-		if err := kmount.Unmount(m.Dir); err != nil {
-			slog.Warn("could not clear stale mount", "dir", m.Dir, "error", err)
+		adopt := kmount.IsOverlay(m.Dir)
+		for _, l := range m.Layers {
+			adopt = adopt && im.d.pool.Resumed(l.Digest)
 		}
-		if err := im.attach(ctx, m, false); err != nil {
+		if !adopt {
+			if err := kmount.Unmount(m.Dir); err != nil {
+				slog.Warn("could not clear stale mount", "dir", m.Dir, "error", err)
+			}
+		}
+		if err := im.attach(ctx, m, false, adopt); err != nil {
 			slog.Error("could not restore mount", "ref", m.Ref, "dir", m.Dir, "error", err)
 			continue
 		}
-		slog.Info("mount restored", "ref", m.Ref, "dir", m.Dir)
+		if adopt {
+			slog.Info("mount taken over from the previous daemon", "ref", m.Ref, "dir", m.Dir)
+		} else {
+			slog.Info("mount restored", "ref", m.Ref, "dir", m.Dir)
+		}
 	}
 }
 

@@ -1,9 +1,6 @@
 package daemon
 
-import (
-	"net"
-	"os"
-)
+import "os"
 
 // notifyReady tells systemd (Type=notify units) that the daemon serves:
 // mounts and containerd snapshots restored, sockets listening. It does
@@ -14,14 +11,5 @@ func notifyReady() error {
 	if path == "" {
 		return nil
 	}
-	if path[0] == '@' {
-		path = "\x00" + path[1:]
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_, err = c.Write([]byte("READY=1"))
-	return err
+	return sendNotify(notifyAddr(path), "READY=1", nil)
 }

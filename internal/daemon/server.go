@@ -30,6 +30,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/indexes", d.postIndex)
 	mux.HandleFunc("GET /v1/status", d.getStatus)
 	mux.HandleFunc("GET /v1/snapshots", d.getSnapshots)
+	mux.HandleFunc("POST /v1/handover", d.postHandover)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	// Profiles, for diagnosing the daemon; only root reaches the socket.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -211,9 +212,21 @@ func (d *Daemon) getSnapshots(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
 	cs := d.store.Chunks.Stats()
 	writeJSON(w, http.StatusOK, Status{Root: d.cfg.Root,
-		PID: os.Getpid(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
+		PID: os.Getpid(), Supervised: d.fdStore != nil, Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
 		CacheBytes: cs.Bytes, CacheLimit: cs.Limit,
 	})
+}
+
+// postHandover stops the daemon for a handover (strata daemon --upgrade):
+// it answers first, then stops serving without unmounting anything. Only
+// a daemon whose connections are kept in a descriptor store can.
+func (d *Daemon) postHandover(w http.ResponseWriter, r *http.Request) {
+	if d.fdStore == nil {
+		writeError(w, fmt.Errorf("this daemon keeps its connections in no descriptor store (run it under strata's supervisor or a systemd unit with FileDescriptorStoreMax=): a restart would unmount everything: %w", errdefs.ErrFailedPrecondition), nil)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, Status{PID: os.Getpid(), Root: d.cfg.Root})
+	d.handoverOnce.Do(func() { close(d.handover) })
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

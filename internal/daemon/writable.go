@@ -135,7 +135,10 @@ func newSnapshotKey() string {
 // created when create is set and must exist otherwise (a restored mount
 // whose changes are gone is an error, never an empty new layer). The
 // caller holds the layers in the pool, so preparing them only binds.
-func (w *writable) attach(ctx context.Context, m *Mount, create bool) error {
+// With adopt, the overlay already at m.Dir (taken over from the previous
+// daemon, on the same upper directory) is kept: mounting a second one on
+// that upper directory is what overlayfs warns loses data.
+func (w *writable) attach(ctx context.Context, m *Mount, create, adopt bool) error {
 	parent, err := w.prepareLayers(ctx, m)
 	if err != nil {
 		return err
@@ -147,6 +150,9 @@ func (w *writable) attach(ctx context.Context, m *Mount, create bool) error {
 	}
 	if err != nil {
 		return fmt.Errorf("writable layer of %s: %w", m.Dir, err)
+	}
+	if adopt {
+		return nil
 	}
 	if err := mount.All(mounts, m.Dir); err != nil {
 		return fmt.Errorf("mounting the writable overlay at %s: %w", m.Dir, err)

@@ -86,6 +86,16 @@ func Detach(target string) error {
 	return nil
 }
 
+// IsOverlay reports whether an overlay filesystem is mounted at dir
+// (found in the mount table, without touching dir).
+func IsOverlay(dir string) bool {
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(filepath.Clean(dir)))
+	if err != nil || len(infos) == 0 {
+		return false
+	}
+	return infos[len(infos)-1].FSType == "overlay"
+}
+
 // IsMountpoint reports whether something is mounted on dir. When that
 // cannot be told (a dead FUSE mount answers ENOTCONN to stat) it says yes,
 // because callers are about to delete recursively and must not guess no.
@@ -121,16 +131,18 @@ func Under(root string) ([]Mount, error) {
 }
 
 // ClearStale lazily detaches every mount at or below root, deepest and
-// newest first: what a crashed daemon left behind. It returns what it
-// detached.
-func ClearStale(root string) ([]string, error) {
+// newest first, but those keep says are live: what a crashed daemon left
+// behind. It returns what it detached.
+func ClearStale(root string, keep func(target string) bool) ([]string, error) {
 	mounts, err := Under(root)
 	if err != nil {
 		return nil, err
 	}
 	stale := make([]string, 0, len(mounts))
 	for _, m := range mounts {
-		stale = append(stale, m.Target)
+		if keep == nil || !keep(m.Target) {
+			stale = append(stale, m.Target)
+		}
 	}
 	slices.Reverse(stale)
 	// Stable, so that a mount stacked twice keeps newest-first order.

@@ -59,7 +59,7 @@ func TestUnderAndClearStale(t *testing.T) {
 	if want := []string{a, b, spaced, spaced}; !slices.Equal(targets, want) {
 		t.Fatalf("Under: %q, want %q", targets, want)
 	}
-	cleared, err := ClearStale(root)
+	cleared, err := ClearStale(root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -180,6 +180,14 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 	}
 }
 
+// CtrCommand is the command `ctr -a ADDRESS -n Namespace args...`, for
+// callers that stream its output.
+func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", c.Address, "-n", Namespace}, args...)...)
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
 // Ctr runs `ctr -a ADDRESS -n Namespace args...` and returns its combined
 // output.
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {

@@ -104,7 +104,7 @@ func newBuildah(t *testing.T) *buildah {
 	t.Cleanup(func() {
 		b.cmd(context.Background(), "rm", "-a")
 		b.cmd(context.Background(), "rmi", "-a", "-f")
-		kmount.ClearStale(b.dir)
+		kmount.ClearStale(b.dir, nil)
 	})
 	return b
 }

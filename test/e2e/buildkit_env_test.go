@@ -135,7 +135,7 @@ func startBuildKitd(t *testing.T, e *ctdEnv, hosts ...string) *buildKitd {
 		}
 		// buildkitd's own mounts (its local content, none with the
 		// containerd worker) never outlive it; a leftover is unmounted.
-		if stale, _ := kmount.ClearStale(dir); len(stale) > 0 {
+		if stale, _ := kmount.ClearStale(dir, nil); len(stale) > 0 {
 			t.Errorf("mounts left by buildkitd: %v", stale)
 		}
 		os.RemoveAll(dir)

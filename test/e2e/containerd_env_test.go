@@ -65,7 +65,7 @@ func startCtdEnv(t *testing.T) *ctdEnv {
 	t.Cleanup(func() {
 		if late, _ := kmount.Under(e.root); len(late) > 0 {
 			t.Logf("mounts under the daemon's root after every process stopped: %+v", late)
-			kmount.ClearStale(e.root)
+			kmount.ClearStale(e.root, nil)
 		}
 	})
 	e.reg = registry.Start(t)
@@ -137,7 +137,7 @@ func (e *ctdEnv) stopDaemon(t *testing.T, sig syscall.Signal) {
 	case <-e.exited:
 		// It ended before it was asked to: whatever it had mounted is
 		// dead (ENOTCONN). Say so, and clear it.
-		if stale, _ := kmount.ClearStale(e.root); len(stale) > 0 {
+		if stale, _ := kmount.ClearStale(e.root, nil); len(stale) > 0 {
 			t.Errorf("strata daemon had exited (%v) before the test stopped it, leaving %d mounts", e.daemon.ProcessState, len(stale))
 		}
 		return
@@ -156,7 +156,7 @@ func (e *ctdEnv) stopDaemon(t *testing.T, sig syscall.Signal) {
 	}
 	if sig != syscall.SIGKILL {
 		// Whatever a crash or a failed test left, never leak a mount.
-		stale, _ := kmount.ClearStale(e.root)
+		stale, _ := kmount.ClearStale(e.root, nil)
 		if len(stale) > 0 && !t.Failed() {
 			t.Errorf("mounts left after SIGTERM: %v", stale)
 		}

@@ -103,7 +103,7 @@ func startDaemon(t *testing.T, tweak func(*daemon.Config)) *testDaemon {
 			t.Errorf("daemon did not stop within 30s")
 		}
 		// Last resort, so a failed test never leaks a mount.
-		kmount.ClearStale(cfg.Root)
+		kmount.ClearStale(cfg.Root, nil)
 	})
 	select {
 	case <-ready:

@@ -22,6 +22,9 @@ var shared struct {
 }
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(readerEnv); spec != "" {
+		os.Exit(runReader(spec)) // this binary as a reader process
+	}
 	os.Exit(runMain(m))
 }
 
