@@ -197,6 +197,23 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 		syscall.Unmount(dir, syscall.MNT_DETACH)
 	})
 
+	// A writable mount with a file held open for writing: its overlay
+	// (on the same upper directory) must live on, never be mounted twice.
+	rw := t.TempDir()
+	e.mustCLI(t, "mount", "--rw", ref, rw)
+	t.Cleanup(func() {
+		if out, err := e.cli(context.Background(), "umount", "--discard", rw); err != nil {
+			t.Logf("umount --discard: %v\n%s", err, out)
+		}
+		syscall.Unmount(rw, syscall.MNT_DETACH)
+	})
+	wf, err := os.Create(filepath.Join(rw, "log.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wf.Close()
+	fmt.Fprintln(wf, "before")
+
 	// The reader process.
 	work := t.TempDir()
 	spec, _ := json.Marshal(readerSpec{Dir: dir, Held: "held.bin", Files: files, Sums: sums,
@@ -389,6 +406,23 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 		waitPasses(1)
 	})
 
+	t.Run("writable mount", func(t *testing.T) {
+		fmt.Fprintln(wf, "after")
+		if err := wf.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(rw, "log.txt"))
+		if err != nil || string(b) != "before\nafter\n" {
+			t.Fatalf("a file written across the restarts reads %q, %v", b, err)
+		}
+		if n := strings.Count(mountTable(t), " "+rw+" "); n != 1 {
+			t.Fatalf("%d mounts at the writable mount's directory, want its one overlay", n)
+		}
+		if diff := e.mustCLI(t, "diff", rw); !strings.Contains(diff, "log.txt") {
+			t.Errorf("strata diff does not show the file written:\n%s", diff)
+		}
+	})
+
 	os.WriteFile(filepath.Join(work, "stop"), nil, 0o644)
 	os.WriteFile(filepath.Join(ctlDir, "stop"), nil, 0o644)
 	select {
@@ -418,4 +452,13 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Error("the container did not stop")
 	}
+}
+
+// mountTable is /proc/self/mounts.
+func mountTable(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
