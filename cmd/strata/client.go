@@ -92,7 +92,6 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	fmt.Fprintf(os.Stderr, "strata: started daemon (pid %d, log %s)\n", cmd.Process.Pid, logPath)
 	deadline := time.After(30 * time.Second)
 	for {
 		select {
@@ -104,7 +103,8 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		if _, err := c.Status(ctx); err == nil {
+		if st, err := c.Status(ctx); err == nil {
+			fmt.Fprintf(os.Stderr, "strata: started daemon (pid %d, supervisor %d, log %s)\n", st.PID, cmd.Process.Pid, logPath)
 			return c, nil
 		}
 	}

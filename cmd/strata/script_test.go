@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -122,36 +123,72 @@ func setupScript(env *testscript.Env, host string, refs map[string]string) error
 }
 
 // stopDaemon stops the daemon serving on socket, if any, and waits for it.
-func stopDaemon(socket string) {
+// stopDaemon sends the daemon SIGTERM and waits (10 s at most) for it
+// and its supervisor to exit; it reports a process left.
+func stopDaemon(socket string) error {
 	st, err := daemon.NewClient(socket).Status(context.Background())
 	if err != nil {
-		return
+		return nil
 	}
 	syscall.Kill(st.PID, syscall.SIGTERM)
-	for i := 0; i < 100 && syscall.Kill(st.PID, 0) == nil; i++ {
-		time.Sleep(100 * time.Millisecond)
+	for _, pid := range []int{st.PID, st.Supervisor} {
+		for i := 0; pid > 0 && syscall.Kill(pid, 0) == nil; i++ {
+			if i == 100 {
+				return fmt.Errorf("pid %d still alive 10s after the daemon's SIGTERM", pid)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
+	return nil
 }
 
-// killdaemon SIGKILLs the daemon, as a crash would, and waits until it is
-// gone: its mounts stay behind, dead.
+// killdaemon SIGKILLs the daemon and its supervisor, as a crash of both
+// would, and waits until they are gone: the mounts stay behind, dead.
+// "killdaemon -worker" kills the daemon alone: its supervisor starts it
+// again, and it takes the mounts over.
 func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 0 {
-		ts.Fatalf("usage: killdaemon")
+	workerOnly := len(args) == 1 && args[0] == "-worker"
+	if neg || (len(args) != 0 && !workerOnly) {
+		ts.Fatalf("usage: killdaemon [-worker]")
 	}
 	st, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background())
 	if err != nil {
 		ts.Fatalf("no daemon to kill: %v", err)
 	}
-	ts.Check(syscall.Kill(st.PID, syscall.SIGKILL))
-	for i := 0; i < 100; i++ {
-		if err := syscall.Kill(st.PID, 0); errors.Is(err, syscall.ESRCH) {
-			ts.Logf("killed daemon pid %s", strconv.Itoa(st.PID))
-			return
+	victims := []int{st.PID}
+	if !workerOnly {
+		if st.Supervisor == 0 {
+			ts.Fatalf("the daemon runs without its supervisor")
 		}
-		time.Sleep(50 * time.Millisecond)
+		victims = []int{st.Supervisor, st.PID}
 	}
-	ts.Fatalf("daemon pid %d still alive", st.PID)
+	for _, pid := range victims {
+		ts.Check(syscall.Kill(pid, syscall.SIGKILL))
+	}
+	for _, pid := range victims {
+		for i := 0; ; i++ {
+			if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+				break
+			}
+			if i == 100 {
+				ts.Fatalf("pid %d still alive", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	ts.Logf("killed pids %v", victims)
+	if workerOnly {
+		for i := 0; ; i++ {
+			if next, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background()); err == nil && next.PID != st.PID {
+				ts.Logf("daemon back as pid %d", next.PID)
+				return
+			}
+			if i == 100 {
+				ts.Fatalf("no daemon back 10s after the kill")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
@@ -165,7 +202,7 @@ func stopDaemonCmd(ts *testscript.TestScript, neg bool, args []string) {
 	if _, err := daemon.NewClient(socket).Status(context.Background()); err != nil {
 		ts.Fatalf("no daemon to stop: %v", err)
 	}
-	stopDaemon(socket)
+	ts.Check(stopDaemon(socket))
 	if _, err := daemon.NewClient(socket).Status(context.Background()); err == nil {
 		ts.Fatalf("daemon still answers after SIGTERM")
 	}

@@ -295,7 +295,10 @@ type Status struct {
 	// Supervised is set when the daemon's connections are kept in a
 	// descriptor store (its supervisor, or systemd): a crash or an
 	// upgrade then leaves mounts working.
-	Supervised bool   `json:"supervised"`
+	Supervised bool `json:"supervised"`
+	// Supervisor is the PID of strata's supervisor the daemon runs
+	// under, 0 for none (systemd, or --supervise=false).
+	Supervisor int    `json:"supervisor,omitempty"`
 	Root       string `json:"root"` // the state root
 	Mounts     int    `json:"mounts"`
 	Layers     int    `json:"layers"`

@@ -212,7 +212,7 @@ func (d *Daemon) getSnapshots(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
 	cs := d.store.Chunks.Stats()
 	writeJSON(w, http.StatusOK, Status{Root: d.cfg.Root,
-		PID: os.Getpid(), Supervised: d.fdStore != nil, Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
+		PID: os.Getpid(), Supervised: d.fdStore != nil, Supervisor: supervisorPID(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
 		CacheBytes: cs.Bytes, CacheLimit: cs.Limit,
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -134,8 +135,8 @@ func (s *supervisor) start(self string, args []string) (*exec.Cmd, error) {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, sf.f)
 		names = append(names, sf.name)
 	}
-	env := slicesDeleteEnv(os.Environ(), "NOTIFY_SOCKET", "FDSTORE", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID")
-	env = append(env, "NOTIFY_SOCKET="+s.name, "FDSTORE=65536")
+	env := slicesDeleteEnv(os.Environ(), "NOTIFY_SOCKET", "FDSTORE", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", supervisorEnv)
+	env = append(env, "NOTIFY_SOCKET="+s.name, "FDSTORE=65536", fmt.Sprintf("%s=%d", supervisorEnv, os.Getpid()))
 	if len(names) > 0 {
 		env = append(env, fmt.Sprintf("LISTEN_FDS=%d", len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	}
@@ -144,6 +145,19 @@ func (s *supervisor) start(self string, args []string) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("starting strata daemon: %w", err)
 	}
 	return cmd, nil
+}
+
+// supervisorEnv tells the daemon its supervisor's PID.
+const supervisorEnv = "STRATA_SUPERVISOR_PID"
+
+// supervisorPID is the PID of the supervisor this daemon runs under, 0
+// for none.
+func supervisorPID() int {
+	pid, err := strconv.Atoi(os.Getenv(supervisorEnv))
+	if err != nil || pid != os.Getppid() {
+		return 0
+	}
+	return pid
 }
 
 func slicesDeleteEnv(env []string, keys ...string) []string {
