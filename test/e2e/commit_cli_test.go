@@ -37,12 +37,21 @@ func (e *ctdEnv) mustCLI(t *testing.T, args ...string) string {
 }
 
 // blockUploads holds every blob upload at the proxy until release is
-// called; hit is closed when the first one arrives.
+// called, then fails it; hit is closed when the first one arrives.
 func blockUploads() (fault func(http.ResponseWriter, *http.Request) bool, hit <-chan struct{}, release func()) {
+	return holdRequests(func(req *http.Request) bool {
+		return req.Method == http.MethodPatch && strings.Contains(req.URL.Path, "/blobs/uploads/")
+	}, true)
+}
+
+// holdRequests holds every request match selects at the proxy until
+// release is called; then it fails it (503) with fail, or lets it
+// through. hit is closed when the first one arrives.
+func holdRequests(match func(*http.Request) bool, fail bool) (fault func(http.ResponseWriter, *http.Request) bool, hit <-chan struct{}, release func()) {
 	h, r := make(chan struct{}), make(chan struct{})
 	var once, rel sync.Once
 	fault = func(w http.ResponseWriter, req *http.Request) bool {
-		if req.Method != http.MethodPatch || !strings.Contains(req.URL.Path, "/blobs/uploads/") {
+		if !match(req) {
 			return false
 		}
 		once.Do(func() { close(h) })
@@ -50,8 +59,10 @@ func blockUploads() (fault func(http.ResponseWriter, *http.Request) bool, hit <-
 		case <-r:
 		case <-req.Context().Done():
 		}
-		http.Error(w, "released", http.StatusServiceUnavailable)
-		return true
+		if fail {
+			http.Error(w, "released", http.StatusServiceUnavailable)
+		}
+		return fail
 	}
 	return fault, h, func() { rel.Do(func() { close(r) }) }
 }

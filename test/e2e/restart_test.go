@@ -118,20 +118,9 @@ func runReader(specJSON string) int {
 // holdBlobReads holds every ranged blob read at the proxy until release
 // is called, then lets it through; hit is closed when the first arrives.
 func holdBlobReads() (fault func(http.ResponseWriter, *http.Request) bool, hit <-chan struct{}, release func()) {
-	h, r := make(chan struct{}), make(chan struct{})
-	var once, rel sync.Once
-	fault = func(w http.ResponseWriter, req *http.Request) bool {
-		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") || req.Header.Get("Range") == "" {
-			return false
-		}
-		once.Do(func() { close(h) })
-		select {
-		case <-r:
-		case <-req.Context().Done():
-		}
-		return false
-	}
-	return fault, h, func() { rel.Do(func() { close(r) }) }
+	return holdRequests(func(req *http.Request) bool {
+		return req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") && req.Header.Get("Range") != ""
+	}, false)
 }
 
 // TestDaemonRestartIsInvisible: a process working in a lazy mount (its
