@@ -145,7 +145,7 @@ func (c *ctdRun) prepareWith(ctx context.Context, sys, regHost string, plugins m
 	switch sys {
 	case ctdStrata:
 		d := filepath.Join(c.dir, "strata")
-		err = c.startSnapshotter(ctx, c.strata, []string{"daemon", "--root", filepath.Join(d, "root"),
+		err = c.startSnapshotter(ctx, c.strata, []string{"daemon", "--supervise=false", "--root", filepath.Join(d, "root"),
 			"--socket", filepath.Join(d, "s.sock"), "--containerd-socket", c.strataSock(), "--insecure-registry", regHost},
 			c.strataSock())
 	case ctdStargz:

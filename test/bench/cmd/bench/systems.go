@@ -181,7 +181,8 @@ func (s *strataSys) Prepare(ctx context.Context) error {
 		return err
 	}
 	root := filepath.Join(s.dir, "root")
-	args := []string{"daemon", "--root", root, "--socket", s.socket()}
+	// The daemon alone, not under its supervisor: its RSS is what is measured.
+	args := []string{"daemon", "--supervise=false", "--root", root, "--socket", s.socket()}
 	if s.config != "" {
 		cfg := filepath.Join(s.dir, "config.toml")
 		if err := os.WriteFile(cfg, []byte(s.config), 0o644); err != nil {
