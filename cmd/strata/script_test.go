@@ -50,6 +50,7 @@ func runScripts(t *testing.T, kind string) {
 			"killdaemon": killDaemon,
 			"stopdaemon": stopDaemonCmd,
 			"mounts":     countMounts,
+			"fusefds":    countFuseFDs,
 		},
 	})
 }
@@ -205,6 +206,38 @@ func stopDaemonCmd(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(stopDaemon(socket))
 	if _, err := daemon.NewClient(socket).Status(context.Background()); err == nil {
 		ts.Fatalf("daemon still answers after SIGTERM")
+	}
+}
+
+// fusefds N checks that the daemon and its supervisor together hold
+// exactly N descriptors of /dev/fuse (FUSE connections): one each per
+// layer mounted, none once everything is unmounted.
+func countFuseFDs(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: fusefds N")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	st, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background())
+	if err != nil {
+		ts.Fatalf("no daemon: %v", err)
+	}
+	got := 0
+	for _, pid := range []int{st.PID, st.Supervisor} {
+		if pid == 0 {
+			continue
+		}
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		ents, err := os.ReadDir(dir)
+		ts.Check(err)
+		for _, e := range ents {
+			if target, _ := os.Readlink(filepath.Join(dir, e.Name())); target == "/dev/fuse" {
+				got++
+			}
+		}
+	}
+	if got != want {
+		ts.Fatalf("daemon and supervisor hold %d /dev/fuse descriptors, want %d", got, want)
 	}
 }
 

@@ -32,7 +32,8 @@ var ErrHandover = errors.New("daemon stopped to hand its mounts over")
 // store (the systemd notify protocol, see fdstore.go) and restarts it,
 // with the stored descriptors, when it dies or hands over, so that its
 // FUSE connections — and every mount and container on them — live on.
-// It does nothing else, so that it has no reason to fail. A SIGTERM or
+// It does nothing else, so that it has no reason to fail; at an upgrade
+// it becomes the new binary too (exec, same PID, store kept). A SIGTERM or
 // SIGINT (ctx done) is passed on to the daemon, which unmounts everything
 // and exits; then Supervise returns. It also returns when the daemon
 // exits cleanly by itself, or fails before it ever served.
@@ -43,7 +44,9 @@ func Supervise(ctx context.Context, self string, args []string) error {
 	}
 	defer s.close()
 	go s.receive()
-	served := false
+	// A supervisor that inherited a store (an upgrade) continues one
+	// whose daemon served: a failing start is retried, not the end.
+	served := len(s.fds) > 0
 	backoff := time.Duration(0)
 	for {
 		start := time.Now()
@@ -73,7 +76,11 @@ func Supervise(ctx context.Context, self string, args []string) error {
 		case code == 0:
 			return nil // stopped cleanly: everything is unmounted
 		case code == ExitHandover:
-			slog.Info("strata daemon handed over; starting it again", "binary", self)
+			// An upgrade: the supervisor becomes the binary now at self
+			// too, keeping its store, and starts the daemon from there.
+			slog.Info("strata daemon handed over; the supervisor runs the binary now installed", "binary", self)
+			err := s.reexec(self, append([]string{self}, args...))
+			slog.Error("supervisor: running the new binary failed; starting the daemon from this one", "error", err)
 			backoff = 0
 			continue
 		case !served:
@@ -120,7 +127,57 @@ func newSupervisor() (*supervisor, error) {
 	}
 	outer := os.Getenv("NOTIFY_SOCKET")
 	os.Unsetenv("NOTIFY_SOCKET")
-	return &supervisor{conn: c, name: name, outer: outer}, nil
+	return &supervisor{conn: c, name: name, outer: outer, fds: inheritedStore()}, nil
+}
+
+// storeEnv passes the store from a supervisor to the binary it becomes
+// at an upgrade: "FD:NAME" pairs, comma-separated.
+const storeEnv = "STRATA_SUPERVISOR_STORE"
+
+// inheritedStore is the store a previous supervisor binary passed.
+func inheritedStore() []storedFD {
+	v := os.Getenv(storeEnv)
+	os.Unsetenv(storeEnv)
+	var out []storedFD
+	for _, pair := range strings.Split(v, ",") {
+		fdStr, name, ok := strings.Cut(pair, ":")
+		fd, err := strconv.Atoi(fdStr)
+		if !ok || err != nil || fd < 3 {
+			continue
+		}
+		unix.CloseOnExec(fd)
+		out = append(out, storedFD{name: name, f: os.NewFile(uintptr(fd), "stored")})
+	}
+	if len(out) > 0 {
+		slog.Info("supervisor: descriptors kept across the upgrade", "count", len(out))
+	}
+	return out
+}
+
+// reexec replaces this process with the binary at argv[0]'s path self,
+// passing it the store; it returns only when that fails, with the store
+// as it was.
+func (s *supervisor) reexec(self string, argv []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var pairs []string
+	for _, sf := range s.fds {
+		fd := sf.f.Fd()
+		if _, err := unix.FcntlInt(fd, unix.F_SETFD, 0); err != nil {
+			return err
+		}
+		pairs = append(pairs, fmt.Sprintf("%d:%s", fd, sf.name))
+	}
+	env := slicesDeleteEnv(os.Environ(), storeEnv, "NOTIFY_SOCKET")
+	env = append(env, storeEnv+"="+strings.Join(pairs, ","))
+	if s.outer != "" {
+		env = append(env, "NOTIFY_SOCKET="+s.outer)
+	}
+	err := unix.Exec(self, argv, env)
+	for _, sf := range s.fds {
+		unix.CloseOnExec(int(sf.f.Fd()))
+	}
+	return err
 }
 
 // start starts the daemon with every stored descriptor.

@@ -383,13 +383,36 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 	})
 
 	t.Run("upgrade", func(t *testing.T) {
-		old := status().PID
+		before := status()
+		old := before.PID
+		// A new binary at the same path (a new file, as a package
+		// upgrade installs): the daemon and its supervisor must both
+		// run it afterwards.
+		b, err := os.ReadFile(e.bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(e.bin+".new", b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(e.bin+".new", e.bin); err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
 		out := e.mustCLI(t, "daemon", "--upgrade", "--socket", e.control)
 		if !strings.Contains(out, "handed over") {
 			t.Errorf("strata daemon --upgrade said:\n%s", out)
 		}
 		waitNewDaemon(old, "upgrade", start)
+		after := status()
+		if after.Supervisor != before.Supervisor {
+			t.Errorf("the supervisor changed from pid %d to %d: it should exec itself", before.Supervisor, after.Supervisor)
+		}
+		for _, pid := range []int{after.PID, after.Supervisor} {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe != e.bin {
+				t.Errorf("pid %d runs %q after the upgrade, want the new %s", pid, exe, e.bin)
+			}
+		}
 		dropCaches()
 		waitProgress(20)
 		waitPasses(1)
