@@ -30,5 +30,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "daemon pid %d on %s\n%d images mounted, %d layers served\nchunk cache %s of %s\n",
 		st.PID, cl.Socket(), st.Mounts, st.Layers, humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
+	switch {
+	case st.Supervisor != 0:
+		fmt.Fprintf(stdout, "supervisor pid %d keeps the mounts through a daemon crash or upgrade\n", st.Supervisor)
+	case st.Supervised:
+		fmt.Fprintln(stdout, "systemd's descriptor store keeps the mounts through a daemon crash or upgrade")
+	default:
+		fmt.Fprintln(stdout, "no supervisor: a daemon crash leaves the mounts dead until the next start")
+	}
 	return nil
 }

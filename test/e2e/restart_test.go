@@ -376,6 +376,14 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 			if !bytes.Equal(b, ub) {
 				t.Fatalf("the read the killed daemon was answering: %d bytes, want %d", len(b), len(ub))
 			}
+			// Which way the unanswered request came back: resent by the
+			// kernel, or failed with EIO (then the read above would
+			// have failed: ReadFile retries nothing).
+			for _, l := range strings.Split(e.daemonLog(), "\n") {
+				if strings.Contains(l, "layer connection taken over") && !strings.Contains(l, "resend 0 ") {
+					t.Logf("seen: %s", l[strings.Index(l, "requests="):])
+				}
+			}
 		case <-time.After(60 * time.Second):
 			t.Fatal("the read the killed daemon was answering never completed")
 		}
