@@ -50,9 +50,10 @@ var (
 	errNotInBucket = errors.New("not in index")
 )
 
-// indexVersion is the layout described above. Open answers an index of
-// any other version as not found, so that callers rebuild it from the
-// layer and Save replaces it. Version 1 stored JSON entries and chunks and
+// indexVersion is the layout described above. Open converts an index of
+// an older layout it knows (see convert) and answers any other version as
+// not found, so that callers rebuild it from the layer and Save replaces
+// it. Version 1 stored JSON entries and chunks and
 // recorded no version (it reads as 0); version 2 kept directories' entries
 // in e.
 const indexVersion = 3
@@ -260,10 +261,88 @@ func Open(db *bolt.DB, key string) (*Layer, error) {
 		return nil, fmt.Errorf("index %s: info: %w", key, err)
 	}
 	if l.info.Version != indexVersion {
-		return nil, fmt.Errorf("index %s: stored in layout version %d, this build reads %d: %w",
-			key, l.info.Version, indexVersion, errdefs.ErrNotFound)
+		rollback(tx)
+		converted, cerr := convert(db, l.key, l.info.Version)
+		if !converted {
+			return nil, fmt.Errorf("index %s: stored in layout version %d, this build reads %d: %w",
+				key, l.info.Version, indexVersion, errors.Join(errdefs.ErrNotFound, cerr))
+		}
+		return Open(db, key)
 	}
 	return l, nil
+}
+
+// convert brings the index stored under key from an older layout this
+// build knows to indexVersion, in place, every inode number and chunk
+// kept: a daemon taking over the mounts of an older one must answer the
+// inode numbers the kernel already holds, which a rebuild from the layer
+// could not promise across a layout change. It reports false, with the
+// index untouched, for a layout it does not know or values that do not
+// decode as that layout says; the caller then rebuilds the index.
+//
+// Known: version 2, whose directories' entries were in e, not D (the
+// binary codec is the same). Version 1 (JSON values) predates takeovers
+// and is rebuilt.
+func convert(db *bolt.DB, key []byte, from int) (bool, error) {
+	if from != 2 {
+		return false, nil
+	}
+	errUnknown := errors.New("not a version 2 index")
+	err := db.Update(func(tx *bolt.Tx) error {
+		layers := tx.Bucket(bucketLayers)
+		if layers == nil {
+			return errUnknown
+		}
+		lb := layers.Bucket(key)
+		if lb == nil {
+			return errUnknown
+		}
+		var info Info
+		if err := json.Unmarshal(lb.Get(keyInfo), &info); err != nil {
+			return err
+		}
+		if info.Version == indexVersion {
+			return nil // converted meanwhile by another caller
+		}
+		entries := lb.Bucket(bucketEntries)
+		if info.Version != 2 || entries == nil || lb.Bucket(bucketDirs) != nil {
+			return errUnknown
+		}
+		dirs, err := lb.CreateBucket(bucketDirs)
+		if err != nil {
+			return err
+		}
+		var moved [][]byte
+		err = entries.ForEach(func(k, v []byte) error {
+			e, err := decodeEntry(v)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errUnknown, err)
+			}
+			if e.Type == TypeDir {
+				moved = append(moved, k)
+				return dirs.Put(k, v)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range moved {
+			if err := entries.Delete(k); err != nil {
+				return err
+			}
+		}
+		info.Version = indexVersion
+		v, err := json.Marshal(info)
+		if err != nil {
+			return err
+		}
+		return lb.Put(keyInfo, v)
+	})
+	if err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // Info returns what was recorded when the index was saved.

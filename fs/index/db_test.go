@@ -234,3 +234,73 @@ func BenchmarkSave(b *testing.B) {
 		}
 	}
 }
+
+// TestOpenConvertsVersion2: an index stored in layout version 2 (the same
+// values, directories' entries in e) is converted in place, not rebuilt:
+// every inode number, entry, name and chunk stays, as a daemon taking
+// over an older one's mounts needs.
+func TestOpenConvertsVersion2(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	idx := dbTestIndex()
+	if err := Save(db, "sha256:x", idx, 100); err != nil {
+		t.Fatal(err)
+	}
+	// Down to version 2.
+	err = db.Update(func(tx *bolt.Tx) error {
+		lb := tx.Bucket(bucketLayers).Bucket([]byte("sha256:x"))
+		e, d := lb.Bucket(bucketEntries), lb.Bucket(bucketDirs)
+		if err := d.ForEach(func(k, v []byte) error { return e.Put(k, v) }); err != nil {
+			return err
+		}
+		if err := lb.DeleteBucket(bucketDirs); err != nil {
+			return err
+		}
+		var info Info
+		if err := json.Unmarshal(lb.Get(keyInfo), &info); err != nil {
+			return err
+		}
+		info.Version = 2
+		v, _ := json.Marshal(info)
+		return lb.Put(keyInfo, v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(db, "sha256:x")
+	if err != nil {
+		t.Fatalf("Open of a version 2 index: %v", err)
+	}
+	if v := l.Info().Version; v != indexVersion {
+		t.Fatalf("version %d after Open, want %d", v, indexVersion)
+	}
+	for _, want := range idx.Entries {
+		if e, err := l.Entry(want.Ino); err != nil || !reflect.DeepEqual(e, want) {
+			t.Fatalf("Entry(%d) after conversion = %+v, %v; want %+v", want.Ino, e, err, want)
+		}
+	}
+	for dir, kids := range idx.Children {
+		got, err := l.ReadDir(dir)
+		if err != nil || !reflect.DeepEqual(got, kids) {
+			t.Fatalf("ReadDir(%d) after conversion = %v, %v; want %v", dir, got, err, kids)
+		}
+		for _, k := range kids {
+			if e, found, err := l.Lookup(dir, k.Name); err != nil || !found || e.Ino != k.Ino {
+				t.Fatalf("Lookup(%d, %q) after conversion = %d %v %v", dir, k.Name, e.Ino, found, err)
+			}
+		}
+	}
+	// Directories are in D again: a second Open is plain.
+	err = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketLayers).Bucket([]byte("sha256:x")).Bucket(bucketDirs) == nil {
+			return errors.New("no D bucket after conversion")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
