@@ -256,11 +256,13 @@ func (p *Pool) Suspend() {
 	p.mu.Unlock()
 	for _, pl := range all {
 		<-pl.ready
-		if pl.content != nil {
-			pl.content.Close()
-		}
+		// The connection first: the requests it has read are answered
+		// while content and blob still work, so none fails.
 		if pl.mount != nil {
 			pl.mount.Suspend()
+		}
+		if pl.content != nil {
+			pl.content.Close()
 		}
 		if pl.blob != nil {
 			pl.blob.Close()

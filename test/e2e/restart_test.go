@@ -158,8 +158,9 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 	data = append(data, held, fixture.Text("sums", sumLines.String()))
 	// A layer nothing reads but the "while answering" case, so that its
 	// read needs the registry whatever the background fetch took.
-	untouched := fixture.LayerSpec{fixture.Reg("untouched/big", 2<<20, 9)}
+	untouched := fixture.LayerSpec{fixture.Reg("untouched/big", 2<<20, 9), fixture.Reg("untouched/second", 1<<20, 10)}
 	ub, _ := io.ReadAll(fixture.Content(2<<20, 9))
+	ub2, _ := io.ReadAll(fixture.Content(1<<20, 10))
 	ref, _ := e.pushImage(t, "restart", append(bb, data, untouched), fixture.FormEStargz, fixture.WithConfig(fixture.BusyboxConfig()))
 
 	ctl := daemon.NewClient(e.control)
@@ -406,9 +407,43 @@ func TestDaemonRestartIsInvisible(t *testing.T) {
 		if err := os.Rename(e.bin+".new", e.bin); err != nil {
 			t.Fatal(err)
 		}
+		// A read in the daemon's hands when it is asked to hand over
+		// (its registry read held at the proxy): the daemon answers it
+		// before it goes.
+		fault, hit, release := holdBlobReads()
+		e.proxy.SetFault(fault)
+		defer e.proxy.SetFault(nil)
+		defer release()
+		got := make(chan []byte, 1)
+		go func() {
+			b, _ := os.ReadFile(filepath.Join(dir, "untouched/second"))
+			got <- b
+		}()
+		select {
+		case <-hit:
+		case <-time.After(30 * time.Second):
+			t.Fatal("untouched/second was read without the registry")
+		}
 		start := time.Now()
-		out := e.mustCLI(t, "daemon", "--upgrade", "--socket", e.control)
-		if !strings.Contains(out, "handed over") {
+		upgraded := make(chan string, 1)
+		go func() {
+			out, err := e.cli(context.Background(), "daemon", "--upgrade", "--socket", e.control)
+			if err != nil {
+				out += err.Error()
+			}
+			upgraded <- out
+		}()
+		time.Sleep(300 * time.Millisecond)
+		release()
+		select {
+		case b := <-got:
+			if !bytes.Equal(b, ub2) {
+				t.Fatalf("a read in flight during the handover: %d bytes, want %d", len(b), len(ub2))
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("a read in flight during the handover never completed")
+		}
+		if out := <-upgraded; !strings.Contains(out, "handed over") {
 			t.Errorf("strata daemon --upgrade said:\n%s", out)
 		}
 		waitNewDaemon(old, "upgrade", start)
