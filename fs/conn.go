@@ -181,8 +181,15 @@ func (c *conn) serve() {
 }
 
 var requestBufs = sync.Pool{New: func() any { b := make([]byte, requestBufSize); return &b }}
+
+// Reply buffers: room for the header, the reply's fixed part (4 KiB is
+// more than any) and the payload the request asks for; small ones for
+// every request asking for at most 4 KiB (listings, xattrs, links), big
+// ones for READs.
+const smallPayload = 4096
+
 var replyBufs = sync.Pool{New: func() any { b := make([]byte, outHeaderSize+4096+maxReadSize); return &b }}
-var smallReplyBufs = sync.Pool{New: func() any { b := make([]byte, outHeaderSize+4096); return &b }}
+var smallReplyBufs = sync.Pool{New: func() any { b := make([]byte, outHeaderSize+4096+smallPayload); return &b }}
 
 // handle answers one request.
 func (c *conn) handle(buf *[]byte, n int) {
@@ -196,12 +203,11 @@ func (c *conn) handle(buf *[]byte, n int) {
 	if !noReply && op != opInterrupt {
 		slot = c.pending.add(unique)
 	}
-	outBuf := smallReplyBufs.Get().(*[]byte)
 	pool := &smallReplyBufs
-	if replySize(op, in) > len(*outBuf)-outHeaderSize-4096 {
-		smallReplyBufs.Put(outBuf)
-		outBuf, pool = replyBufs.Get().(*[]byte), &replyBufs
+	if replySize(op, in) > smallPayload {
+		pool = &replyBufs
 	}
+	outBuf := pool.Get().(*[]byte)
 	defer pool.Put(outBuf)
 	out := *outBuf
 	written, st := c.ps.HandleRequest([][]byte{in}, [][]byte{out})

@@ -38,6 +38,22 @@ type MountConfig struct {
 	StateDir string
 }
 
+// stateNames are the files a mount keeps in its state directory: the
+// INIT request and where the layer comes from (saved by the pool), the
+// open files' modes and the unanswered requests (by the mount).
+var stateNames = []string{"init", "layer", "modes", "pending"}
+
+// removeState removes the state the layer mounted at dir kept in
+// stateDir, once its connection is gone.
+func removeState(stateDir, dir string) {
+	if stateDir == "" {
+		return
+	}
+	for _, name := range stateNames {
+		os.Remove(filepath.Join(stateDir, filepath.Base(dir)+"."+name))
+	}
+}
+
 func (cfg MountConfig) file(dir, name string) string {
 	if cfg.StateDir == "" {
 		return ""
@@ -258,11 +274,7 @@ func (m *LayerMount) Unmount() error {
 	}
 	m.conn.close()
 	m.lfs.modes.close()
-	for _, name := range []string{"modes", "pending"} {
-		if p := m.cfg.file(m.Dir, name); p != "" {
-			os.Remove(p)
-		}
-	}
+	removeState(m.cfg.StateDir, m.Dir)
 	if err != nil {
 		return fmt.Errorf("unmounting layer %s: %w", m.Dir, err)
 	}

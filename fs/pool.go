@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -250,9 +249,7 @@ func (pl *pooled) close() error {
 	if pl.mount != nil {
 		errs = append(errs, pl.mount.Unmount())
 		os.Remove(pl.dir)
-		for _, name := range []string{"init", "layer"} {
-			os.Remove(filepath.Join(filepath.Dir(pl.dir), ".state", filepath.Base(pl.dir)+"."+name))
-		}
+		removeState(pl.mount.cfg.StateDir, pl.dir)
 		if pl.hooks.Removed != nil {
 			pl.hooks.Removed(pl.desc.Digest)
 		}

@@ -234,9 +234,7 @@ func (p *Pool) endConnection(f *os.File, dir string) {
 		slog.Warn("fs: detaching an unused layer", "dir", dir, "error", err)
 	}
 	f.Close()
-	for _, name := range []string{"init", "layer", "modes", "pending"} {
-		os.Remove(filepath.Join(p.stateDir(), filepath.Base(dir)+"."+name))
-	}
+	removeState(p.stateDir(), dir)
 	os.Remove(dir)
 }
 

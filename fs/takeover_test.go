@@ -23,6 +23,29 @@ func die(m *LayerMount) {
 	m.conn.dev.Close()
 }
 
+// dieHolding waits until m's server holds a read (its fetch held by
+// blob), then kills it (die) and returns what a takeover needs. At
+// cleanup, before the layer's content closes, the dead server's handler
+// is let go (muted) and waited for.
+func dieHolding(t *testing.T, m *LayerMount, blob *memBlob) (*os.File, []byte) {
+	t.Helper()
+	select {
+	case <-blob.held: // the read is in the server's hands
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read never reached the blob")
+	}
+	dev, init, err := m.Connection()
+	if err != nil {
+		t.Fatal(err)
+	}
+	die(m)
+	t.Cleanup(func() {
+		close(blob.hold)
+		m.conn.handlers.Wait()
+	})
+	return dev, init
+}
+
 // takeoverLayer mounts bl with its fetches held, and returns the mount,
 // its store and blob.
 func takeoverLayer(t *testing.T, bl *builtLayer, stateDir string) (*LayerMount, *store.Store, *memBlob) {
@@ -101,20 +124,7 @@ func TestTakeoverAnswersWhatTheDeadServerHeld(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(m.Dir, "dir/a"))
 		got <- result{b, err}
 	}()
-	select {
-	case <-blob.held: // the read is in the server's hands
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read never reached the blob")
-	}
-	dev, init, err := m.Connection()
-	if err != nil {
-		t.Fatal(err)
-	}
-	die(m)
-	defer func() {
-		close(blob.hold) // lets the dead server's handler end, muted
-		m.conn.handlers.Wait()
-	}()
+	dev, init := dieHolding(t, m, blob)
 
 	m2 := resume(t, m, dev, init, bl, st, stateDir)
 	select {
@@ -164,20 +174,7 @@ func TestTakeoverFailsUnansweredWithoutResend(t *testing.T) {
 		_, err := os.ReadFile(filepath.Join(m.Dir, "a"))
 		errc <- err
 	}()
-	select {
-	case <-blob.held:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read never reached the blob")
-	}
-	dev, init, err := m.Connection()
-	if err != nil {
-		t.Fatal(err)
-	}
-	die(m)
-	defer func() {
-		close(blob.hold)
-		m.conn.handlers.Wait()
-	}()
+	dev, init := dieHolding(t, m, blob)
 	m2 := resume(t, m, dev, init, bl, st, stateDir)
 	select {
 	case err := <-errc:
