@@ -1,7 +1,9 @@
 package store
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/containerd/errdefs"
@@ -43,6 +45,11 @@ func checkChunk(d digest.Digest) func(*os.File) error {
 // ReadAt reads len(p) bytes at off of the chunk d into p. ok is false when
 // the chunk is not cached (or was found corrupt and dropped).
 func (c *Chunks) ReadAt(d digest.Digest, p []byte, off int64) (n int, ok bool, err error) {
+	if k, ok := packKey(d); ok {
+		if n, found, err := c.lru.readPacked(k, d, p, off); found || err != nil {
+			return n, found && err == nil, err
+		}
+	}
 	f, err := c.openVerified(d)
 	if errdefs.IsNotFound(err) {
 		return 0, false, nil
@@ -61,18 +68,48 @@ func (c *Chunks) ReadAt(d digest.Digest, p []byte, off int64) (n int, ok bool, e
 // Open opens chunk d read-only, for a caller that reads the file itself
 // (a FUSE passthrough backing file, say). It does not hash: a chunk this
 // process has not verified yet is ErrUnverified (see Verify); one that is
-// not cached is an error wrapping errdefs.ErrNotFound.
+// not cached, or only packed (it has no file of its own), is an error
+// wrapping errdefs.ErrNotFound.
 func (c *Chunks) Open(d digest.Digest) (*os.File, error) {
 	if d.Validate() != nil {
 		return nil, fmt.Errorf("chunk %q: invalid digest", d)
 	}
+	if k, ok := packKey(d); ok && c.lru.hasPacked(k) {
+		return nil, notPackedError(d)
+	}
 	return c.lru.open(chunkKey(d), nil)
+}
+
+// copyTo writes chunk d to w, hashing it first if this process has not.
+// A chunk that is not cached is an error wrapping errdefs.ErrNotFound.
+func (c *Chunks) copyTo(w *os.File, d digest.Digest) (int64, error) {
+	if k, ok := packKey(d); ok {
+		if n, found, err := c.lru.copyPacked(w, k, d); found || err != nil {
+			return n, err
+		}
+	}
+	src, err := c.openVerified(d)
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	// Between two files io.Copy is copy_file_range: no round trip
+	// through user space, and shared extents where the filesystem can.
+	return io.Copy(w, src)
 }
 
 // Verify hashes chunk d unless this process already has. A corrupt chunk
 // is removed and reported with an error wrapping ErrDigestMismatch (and
 // errdefs.ErrNotFound); a missing one with errdefs.ErrNotFound.
 func (c *Chunks) Verify(d digest.Digest) error {
+	if k, ok := packKey(d); ok {
+		if pc, found := c.lru.packedAt(k); found {
+			if ok, err := c.lru.verifyPacked(k, d, pc); err != nil || ok {
+				return err
+			}
+			return fmt.Errorf("chunk %s: %w", d, errors.Join(ErrDigestMismatch, errdefs.ErrNotFound))
+		}
+	}
 	f, err := c.openVerified(d)
 	if err != nil {
 		return err
@@ -82,6 +119,9 @@ func (c *Chunks) Verify(d digest.Digest) error {
 
 // Has reports whether chunk d is cached.
 func (c *Chunks) Has(d digest.Digest) bool {
+	if k, ok := packKey(d); ok && c.lru.hasPacked(k) {
+		return true
+	}
 	return c.lru.has(chunkKey(d))
 }
 
@@ -93,6 +133,9 @@ func (c *Chunks) Put(d digest.Digest, data []byte) error {
 	}
 	if c.Has(d) {
 		return nil
+	}
+	if k, ok := packKey(d); ok && len(data) <= packMaxChunk && int64(len(data))*4 <= c.lru.packSize {
+		return c.lru.putPacked(k, data)
 	}
 	if err := writeAtomic(c.tmp, c.lru.path(chunkKey(d)), data, false); err != nil {
 		return fmt.Errorf("chunk cache: %w", err)

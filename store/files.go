@@ -195,14 +195,7 @@ func (w *FileWriter) CopyNext(ctx context.Context) error {
 		return errors.New("whole file: every part is copied already")
 	}
 	p := w.parts[w.next]
-	src, err := w.files.chunks.openVerified(p.Digest)
-	if err != nil {
-		return fmt.Errorf("whole file part %d: %w", w.next, err)
-	}
-	defer src.Close()
-	// Between two files io.Copy is copy_file_range: no round trip
-	// through user space, and shared extents where the filesystem can.
-	n, err := io.Copy(w.tmp, src)
+	n, err := w.files.chunks.copyTo(w.tmp, p.Digest)
 	if err != nil {
 		return fmt.Errorf("whole file part %d: %w", w.next, err)
 	}

@@ -69,7 +69,7 @@ func tmpEntries(t *testing.T, s *Store) []os.DirEntry {
 }
 
 func TestFilesAssembleFromChunks(t *testing.T) {
-	s := openTest(t, Options{})
+	s := openTest(t, Options{unpacked: true})
 	parts, want := putParts(t, s, 3, 1000)
 	key := assemble(t, s, parts)
 	if key != FileKey(parts) {
@@ -92,7 +92,7 @@ func TestFilesAssembleFromChunks(t *testing.T) {
 
 func TestFilesVerifyAfterRestart(t *testing.T) {
 	root := t.TempDir()
-	s, err := Open(root, Options{})
+	s, err := Open(root, Options{unpacked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestFilesVerifyAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = Open(root, Options{})
+	s, err = Open(root, Options{unpacked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestFilesVerifyAfterRestart(t *testing.T) {
 }
 
 func TestFileWriterLeavesNothingUncommitted(t *testing.T) {
-	s := openTest(t, Options{})
+	s := openTest(t, Options{unpacked: true})
 	parts, _ := putParts(t, s, 3, 1000)
 	key := FileKey(parts)
 

@@ -25,12 +25,16 @@ type cacheKind uint8
 const (
 	kindChunk cacheKind = iota
 	kindFile
+	kindPack // a file of small chunks (see packs.go)
 	numKinds
 )
 
 func (k cacheKind) String() string {
-	if k == kindFile {
+	switch k {
+	case kindFile:
 		return "whole file"
+	case kindPack:
+		return "pack"
 	}
 	return "chunk"
 }
@@ -45,7 +49,8 @@ type cacheKey struct {
 type cacheEntry struct {
 	key      cacheKey
 	size     int64
-	verified bool // hashed by this process, or written by it
+	verified bool  // hashed by this process, or written by it
+	pack     *pack // of a kindPack entry
 }
 
 // cacheLRU accounts the chunk and whole-file caches against one size
@@ -62,11 +67,20 @@ type cacheLRU struct {
 	order  *list.List // of *cacheEntry, front = most recent
 	byKey  map[cacheKey]*list.Element
 	counts [numKinds]int
+
+	// Packs (see packs.go): the packed chunks by SHA-256, the packs by
+	// ID, the one this process appends to, and the size each takes.
+	packed   map[[32]byte]*packedChunk
+	packs    map[uint64]*pack
+	active   *pack
+	nextPack uint64
+	packSize int64
 }
 
-func newCacheLRU(limit int64, chunkDir, fileDir string) *cacheLRU {
-	l := &cacheLRU{limit: limit, order: list.New(), byKey: map[cacheKey]*list.Element{}}
-	l.dirs[kindChunk], l.dirs[kindFile] = chunkDir, fileDir
+func newCacheLRU(limit int64, chunkDir, fileDir, packDir string) *cacheLRU {
+	l := &cacheLRU{limit: limit, order: list.New(), byKey: map[cacheKey]*list.Element{},
+		packed: map[[32]byte]*packedChunk{}, packs: map[uint64]*pack{}, packSize: packSizeFor(limit)}
+	l.dirs[kindChunk], l.dirs[kindFile], l.dirs[kindPack] = chunkDir, fileDir, packDir
 	return l
 }
 
@@ -122,18 +136,43 @@ func (l *cacheLRU) has(k cacheKey) bool {
 func (l *cacheLRU) add(k cacheKey, size int64) {
 	l.mu.Lock()
 	l.insertLocked(cacheEntry{key: k, size: size, verified: true})
-	var victims []cacheKey
+	victims := l.evictLocked()
+	l.mu.Unlock()
+	l.remove(victims)
+}
+
+// growLocked adds n bytes to entry k (a pack being appended to).
+func (l *cacheLRU) growLocked(k cacheKey, n int64) {
+	if el, ok := l.byKey[k]; ok {
+		el.Value.(*cacheEntry).size += n
+		l.size += n
+	}
+}
+
+// evictLocked forgets the least recently used entries until the cache
+// fits its limit, and returns them for remove; the caller holds mu.
+func (l *cacheLRU) evictLocked() []cacheEntry {
+	var victims []cacheEntry
 	// Never the newest: a cache smaller than one entry still serves it.
 	for l.size > l.limit && l.order.Len() > 1 {
-		e := l.order.Back().Value.(*cacheEntry)
+		e := *l.order.Back().Value.(*cacheEntry)
 		l.removeLocked(e.key)
-		victims = append(victims, e.key)
+		victims = append(victims, e)
 	}
-	l.mu.Unlock()
-	// An open file survives its removal, so a reader (or a passthrough
-	// backing file) of a victim goes on reading it.
+	return victims
+}
+
+// remove removes the files of evicted entries. An open file survives its
+// removal, so a reader (or a passthrough backing file) of a victim goes
+// on reading it; a pack is closed first, under its lock, so that no read
+// of it is in flight.
+func (l *cacheLRU) remove(victims []cacheEntry) {
 	for _, v := range victims {
-		os.Remove(l.path(v))
+		if v.pack != nil {
+			l.closePack(v.pack)
+			continue
+		}
+		os.Remove(l.path(v.key))
 	}
 }
 
@@ -142,7 +181,11 @@ func (l *cacheLRU) removeLocked(k cacheKey) {
 	if !ok {
 		return
 	}
-	l.size -= el.Value.(*cacheEntry).size
+	e := el.Value.(*cacheEntry)
+	if e.pack != nil {
+		l.dropPackLocked(e.pack)
+	}
+	l.size -= e.size
 	l.counts[k.kind]--
 	l.order.Remove(el)
 	delete(l.byKey, k)
@@ -211,8 +254,9 @@ func (l *cacheLRU) open(k cacheKey, check func(*os.File) error) (*os.File, error
 // CacheStats describes the chunk and whole-file caches, which share one
 // size limit.
 type CacheStats struct {
-	Chunks int
+	Chunks int // packed ones included
 	Files  int
+	Packs  int
 	Bytes  int64 // chunks and whole files
 	Limit  int64
 }
@@ -220,5 +264,5 @@ type CacheStats struct {
 func (l *cacheLRU) stats() CacheStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return CacheStats{Chunks: l.counts[kindChunk], Files: l.counts[kindFile], Bytes: l.size, Limit: l.limit}
+	return CacheStats{Chunks: l.counts[kindChunk] + len(l.packed), Files: l.counts[kindFile], Packs: l.counts[kindPack], Bytes: l.size, Limit: l.limit}
 }

@@ -26,6 +26,10 @@ type Options struct {
 	// together; least recently used chunks and files are evicted past it.
 	// 0 means 10 GiB.
 	ChunkCacheBytes int64
+
+	// unpacked stores every chunk as a file of its own (for tests of
+	// chunk files).
+	unpacked bool
 }
 
 // DefaultChunkCacheBytes is the chunk cache bound when Options leave it 0.
@@ -39,7 +43,7 @@ const initialMmapSize = (strconv.IntSize / 64) << 30
 // hold a store open: the database is locked, and a second Open fails after
 // a short wait instead of blocking forever.
 func Open(root string, opt Options) (*Store, error) {
-	for _, d := range []string{"blobs/sha256", "chunks/sha256", "files/sha256", "tmp"} {
+	for _, d := range []string{"blobs/sha256", "chunks/sha256", "files/sha256", "packs", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
 			return nil, fmt.Errorf("store: %w", err)
 		}
@@ -71,12 +75,19 @@ func Open(root string, opt Options) (*Store, error) {
 	}
 	// A restarted daemon keeps its caches; nothing in them is trusted
 	// until this process has hashed it.
-	lru := newCacheLRU(limit, filepath.Join(root, "chunks"), filepath.Join(root, "files"))
+	lru := newCacheLRU(limit, filepath.Join(root, "chunks"), filepath.Join(root, "files"), filepath.Join(root, "packs"))
 	for _, k := range []cacheKind{kindChunk, kindFile} {
 		if err := lru.scan(k); err != nil {
 			db.Close()
 			return nil, err
 		}
+	}
+	if opt.unpacked {
+		lru.packSize = 0
+	}
+	if err := lru.scanPacks(); err != nil {
+		db.Close()
+		return nil, err
 	}
 	tmp := filepath.Join(root, "tmp")
 	s.Chunks = &Chunks{tmp: tmp, lru: lru}

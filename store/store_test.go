@@ -53,7 +53,7 @@ func TestBlobsRoundTripAndVerify(t *testing.T) {
 
 func TestChunksVerifyOnReadBack(t *testing.T) {
 	root := t.TempDir()
-	s, err := Open(root, Options{})
+	s, err := Open(root, Options{unpacked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestChunksVerifyOnReadBack(t *testing.T) {
 	if err := os.WriteFile(p, bad, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(root, Options{})
+	s, err = Open(root, Options{unpacked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
