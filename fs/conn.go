@@ -35,6 +35,9 @@ type conn struct {
 	dev *os.File // /dev/fuse, non-blocking: reads wait in Go's poller
 	fd  int
 	ps  *fuse.ProtocolServer
+	// local says whether a READ (node ID, offset, size) will be answered
+	// without waiting for the network; nil for never.
+	local func(ino, off uint64, size uint32) bool
 
 	init  []byte // the INIT request of the connection
 	flags uint64 // capabilities agreed at INIT
@@ -170,14 +173,33 @@ func (c *conn) serve() {
 			continue
 		}
 		c.handlers.Add(1)
-		if binary.LittleEndian.Uint32((*buf)[4:8]) == opInit {
-			// In the loop: every later request is then handled after
-			// it, with what it negotiated.
+		if c.inline((*buf)[:n]) {
 			c.handle(buf, n)
 			continue
 		}
 		go c.handle(buf, n)
 	}
+}
+
+// inline says whether request in is answered in the read loop: those
+// answered from the index and the cache alone, for which a goroutine of
+// their own would cost more than they do (a handoff to another thread,
+// a stack grown anew, and a handoff back); INIT too, so that every later
+// request is handled after it, with what it negotiated. A READ that may
+// wait for the network gets a goroutine, so that other requests go on.
+func (c *conn) inline(in []byte) bool {
+	op := binary.LittleEndian.Uint32(in[4:8])
+	if op != opRead {
+		return true
+	}
+	// fuse_read_in after the header: fh u64, offset u64, size u32.
+	if c.local == nil || len(in) < inHeaderSize+20 {
+		return false
+	}
+	ino := binary.LittleEndian.Uint64(in[16:24])
+	off := binary.LittleEndian.Uint64(in[inHeaderSize+8:])
+	size := binary.LittleEndian.Uint32(in[inHeaderSize+16:])
+	return c.local(ino, off, size)
 }
 
 var requestBufs = sync.Pool{New: func() any { b := make([]byte, requestBufSize); return &b }}
@@ -198,6 +220,7 @@ func (c *conn) handle(buf *[]byte, n int) {
 	in := (*buf)[:n]
 	op := binary.LittleEndian.Uint32(in[4:8])
 	unique := binary.LittleEndian.Uint64(in[8:16])
+	countRequest(op)
 	noReply := op == opForget || op == opBatchForget
 	slot := -1
 	if !noReply && op != opInterrupt {

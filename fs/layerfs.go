@@ -45,6 +45,10 @@ type layerFS struct {
 	passthrough atomic.Bool
 	modes       *openModes
 
+	// openless is set when the layer's files are opened by the kernel
+	// alone (see openless in mount.go).
+	openless atomic.Bool
+
 	// listing is the last directory listed: the kernel reads a listing in
 	// several READDIRPLUS requests (at least one more to see its end).
 	listing atomic.Pointer[dirListing]
@@ -52,8 +56,8 @@ type layerFS struct {
 	// opendirs and flushes count the OPENDIR and FLUSH requests the
 	// kernel sent; noOpendir is set when the kernel offered
 	// FUSE_NO_OPENDIR_SUPPORT.
-	opendirs, flushes atomic.Int64
-	noOpendir         atomic.Bool
+	opendirs, flushes, opensRefused, releases atomic.Int64
+	noOpendir                                 atomic.Bool
 }
 
 type dirListing struct {
@@ -342,6 +346,10 @@ func (l *layerFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOu
 	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return fuse.EROFS
 	}
+	if l.openless.Load() {
+		l.opensRefused.Add(1)
+		return fuse.ENOSYS
+	}
 	ctx := ctxOf(&in.InHeader, cancel)
 	e, st := l.entry(ctx, "open", in.NodeId)
 	if !st.Ok() {
@@ -379,13 +387,25 @@ func (l *layerFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fus
 		metricReadErrors.Inc()
 		return nil, fuse.Status(errno(ctx, "read", err, "inode", e.Ino, "offset", off, "size", len(buf)))
 	}
-	if l.passthrough.Load() && l.large(&e) {
+	if l.passthrough.Load() && !l.openless.Load() && l.large(&e) {
 		l.content.wholeRead(e, off)
 	}
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }
 
+// readIsLocal says whether a read of size bytes at off of inode ino is
+// served from the cache: every chunk it needs is cached. An error is
+// answered at once too.
+func (l *layerFS) readIsLocal(ino, off uint64, size uint32) bool {
+	e, err := l.idx.Entry(ino)
+	if err != nil || e.Type != index.TypeReg || int64(off) >= e.Size {
+		return true
+	}
+	return l.content.cached(e, int64(off), int64(size))
+}
+
 func (l *layerFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	l.releases.Add(1)
 	if in.Fh == fhPlain {
 		return
 	}

@@ -39,3 +39,38 @@ var (
 		Help: "File reads answered with an error.",
 	})
 )
+
+// fuseOpNames names the FUSE opcodes a layer answers, for
+// metricRequests; others count as "other".
+var fuseOpNames = map[uint32]string{
+	1: "lookup", 2: "forget", 3: "getattr", 5: "readlink", 14: "open", 15: "read",
+	17: "statfs", 18: "release", 20: "fsync", 22: "getxattr", 23: "listxattr",
+	25: "flush", 26: "init", 27: "opendir", 28: "readdir", 29: "releasedir",
+	34: "access", 36: "interrupt", 42: "batch_forget", 44: "readdirplus", 46: "lseek",
+}
+
+var metricRequests = promauto.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "strata", Subsystem: "fs", Name: "requests_total",
+	Help: "FUSE requests the layer mounts answered, by operation.",
+}, []string{"op"})
+
+// requestCounters are metricRequests' counters by opcode, looked up once.
+var requestCounters = func() (cs [64]prometheus.Counter) {
+	other := metricRequests.WithLabelValues("other")
+	for i := range cs {
+		cs[i] = other
+		if name, ok := fuseOpNames[uint32(i)]; ok {
+			cs[i] = metricRequests.WithLabelValues(name)
+		}
+	}
+	return cs
+}()
+
+// countRequest counts one request of opcode op.
+func countRequest(op uint32) {
+	if op < uint32(len(requestCounters)) {
+		requestCounters[op].Inc()
+		return
+	}
+	requestCounters[0].Inc()
+}

@@ -1,14 +1,18 @@
 package fs
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/fs/index"
 )
 
 // TestListingWithoutOpendir lists directories too big for one READDIRPLUS
@@ -140,5 +144,179 @@ func TestXattrsOfALayerWithout(t *testing.T) {
 				t.Errorf("%s: listxattr: %d, %v; want an empty list", p, n, err)
 			}
 		}
+	}
+}
+
+// TestSmallFilesOpenWithoutTheDaemon reads a layer of small files: the
+// kernel opens them itself after the first OPEN (answered ENOSYS, then
+// none), sends no RELEASE, and every read returns the files' bytes.
+func TestSmallFilesOpenWithoutTheDaemon(t *testing.T) {
+	requireRoot(t)
+	var names []string
+	var sizes []int
+	for i := range 40 {
+		names = append(names, fmt.Sprintf("d%d/f%02d", i%4, i))
+		sizes = append(sizes, 100+i*50)
+	}
+	bl := buildEStargz(t, names, sizes, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	if !ml.mount.lfs.openless.Load() {
+		t.Fatal("a layer of small files keeps its opens")
+	}
+	for round := range 2 {
+		for _, name := range names {
+			b, err := os.ReadFile(filepath.Join(ml.dir, name))
+			if err != nil || string(b) != string(bl.files[name]) {
+				t.Fatalf("round %d: %s: %d bytes, %v", round, name, len(b), err)
+			}
+		}
+	}
+	if n := ml.mount.lfs.opensRefused.Load(); n != 1 {
+		t.Fatalf("%d OPEN requests for %d opens, want 1 (answered ENOSYS, then none)", n, 2*len(names))
+	}
+	if n := ml.mount.lfs.releases.Load(); n != 0 {
+		t.Fatalf("%d RELEASE requests, want none", n)
+	}
+}
+
+// TestOpenlessChoice: a layer goes without opens unless passthrough works
+// and its large files weigh more than what its opens cost.
+func TestOpenlessChoice(t *testing.T) {
+	for _, c := range []struct {
+		info        index.Info
+		passthrough bool
+		want        bool
+	}{
+		{index.Info{Files: 50000, LargeBytes: 100 << 20}, true, true},
+		{index.Info{Files: 3, LargeBytes: 1 << 30}, true, false},
+		{index.Info{Files: 3, LargeBytes: 1 << 30}, false, true},
+		{index.Info{Files: 10, LargeBytes: 10 * openCostBytes}, true, true},
+		{index.Info{Files: 10, LargeBytes: 10*openCostBytes + 1}, true, false},
+		{index.Info{Entries: 500}, true, false}, // indexed before files were counted
+		{index.Info{}, false, true},
+	} {
+		if got := openless(c.info, c.passthrough); got != c.want {
+			t.Errorf("openless(%+v, passthrough %v) = %v, want %v", c.info, c.passthrough, got, c.want)
+		}
+	}
+}
+
+// TestReadWaitingForTheNetworkHoldsUpNothing: while a read waits for its
+// fetch, reads from the cache, lookups and listings of the same layer are
+// answered (only reads that may wait leave the request loop).
+func TestReadWaitingForTheNetworkHoldsUpNothing(t *testing.T) {
+	requireRoot(t)
+	// 8 MiB between the files, so that no fetch of the first takes the last.
+	names := []string{"a/cached", "a/other", "pad/big", "b/fetched"}
+	bl := buildEStargz(t, names, []int{3000, 10, 8 << 20, 5000}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, func(c *Content) { c.readAhead = 0 })
+	read := func(name string) error {
+		b, err := os.ReadFile(filepath.Join(ml.dir, name))
+		if err == nil && string(b) != string(bl.files[name]) {
+			err = fmt.Errorf("%s: wrong bytes", name)
+		}
+		return err
+	}
+	if err := read("a/cached"); err != nil {
+		t.Fatal(err)
+	}
+	blob := ml.content.blob.(*memBlob)
+	blob.mu.Lock()
+	blob.hold, blob.free, blob.held = make(chan struct{}), -1, make(chan struct{}, 8)
+	blob.mu.Unlock()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(blob.hold)
+		}
+	}
+	t.Cleanup(release)
+	waiting := make(chan error, 1)
+	go func() { waiting <- read("b/fetched") }()
+	select {
+	case <-blob.held: // the read waits in its fetch
+	case err := <-waiting:
+		t.Fatalf("b/fetched was read without a fetch (%v): the test needs it uncached", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the read of b/fetched never reached its fetch")
+	}
+
+	others := make(chan error, 1)
+	go func() {
+		others <- func() error {
+			// Out of the kernel's page cache, so the read reaches the daemon.
+			f, err := os.Open(filepath.Join(ml.dir, "a/cached"))
+			if err != nil {
+				return err
+			}
+			err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			if err := read("a/cached"); err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(ml.dir, "a/other")); err != nil {
+				return err
+			}
+			_, err = os.ReadDir(filepath.Join(ml.dir, "b"))
+			return err
+		}()
+	}()
+	select {
+	case err := <-others:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a cached read, a lookup and a listing waited for a read held in its fetch")
+	}
+	select {
+	case err := <-waiting:
+		t.Fatalf("the held read ended before its fetch was let go: %v", err)
+	default:
+	}
+	release()
+	if err := <-waiting; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestInlineReadsParseTheRequest checks which requests the loop answers
+// itself, and that a READ's node ID, offset and size reach the check of
+// whether it is local.
+func TestInlineReadsParseTheRequest(t *testing.T) {
+	var got [3]uint64
+	local := true
+	c := &conn{local: func(ino, off uint64, size uint32) bool {
+		got = [3]uint64{ino, off, uint64(size)}
+		return local
+	}}
+	req := func(op uint32) []byte {
+		in := make([]byte, inHeaderSize+40)
+		binary.LittleEndian.PutUint32(in[0:4], uint32(len(in)))
+		binary.LittleEndian.PutUint32(in[4:8], op)
+		binary.LittleEndian.PutUint64(in[16:24], 4242)             // node ID
+		binary.LittleEndian.PutUint64(in[inHeaderSize+8:], 1<<33)  // offset
+		binary.LittleEndian.PutUint32(in[inHeaderSize+16:], 65536) // size
+		return in
+	}
+	if !c.inline(req(1)) || !c.inline(req(opGetxattr)) || !c.inline(req(opReaddirplus)) {
+		t.Fatal("a request answered from the index left the loop")
+	}
+	if !c.inline(req(opRead)) || got != [3]uint64{4242, 1 << 33, 65536} {
+		t.Fatalf("local READ: inline false or parsed as %v", got)
+	}
+	local = false
+	if c.inline(req(opRead)) {
+		t.Fatal("a READ that may wait for the network stayed in the loop")
+	}
+	if c.inline(req(opRead)[:inHeaderSize+10]) {
+		t.Fatal("a short READ request stayed in the loop")
+	}
+	if (&conn{}).inline(req(opRead)) {
+		t.Fatal("a READ stayed in the loop of a connection that cannot tell local reads")
 	}
 }

@@ -115,6 +115,20 @@ func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks, op
 	return c
 }
 
+// cached says whether every chunk of n bytes of file e at off is cached.
+func (c *Content) cached(e index.Entry, off, n int64) bool {
+	chunks, err := c.idx.Chunks(e.Ino, off, min(n, e.Size-off))
+	if err != nil {
+		return true // an error, answered at once
+	}
+	for _, ch := range chunks {
+		if !c.cache.Has(ch.Digest) {
+			return false
+		}
+	}
+	return true
+}
+
 // ReadAt fills dst with the content of file e at off. It returns the
 // number of bytes read, short only at the end of the file.
 func (c *Content) ReadAt(ctx context.Context, e index.Entry, dst []byte, off int64) (int, error) {

@@ -165,17 +165,27 @@ type recorded struct {
 func (r *Recorder) opened(layer digest.Digest, ino uint64, idx View) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.add(layer, ino, idx)
+}
+
+// add lists inode ino of layer, if it is not listed yet and the list has
+// room, and returns its place; the caller holds mu.
+func (r *Recorder) add(layer digest.Digest, ino uint64, idx View) (int, bool) {
 	k := recordKey{layer, ino}
-	if _, ok := r.seen[k]; ok || r.full {
-		return
+	if i, ok := r.seen[k]; ok {
+		return i, true
+	}
+	if r.full {
+		return 0, false
 	}
 	if len(r.files) >= maxListFiles {
 		r.full = true
 		slog.Warn("fs: prefetch recording stopped at its file limit", "files", maxListFiles)
-		return
+		return 0, false
 	}
 	r.seen[k] = len(r.files)
 	r.files = append(r.files, recorded{layer: layer, ino: ino, paths: idx})
+	return len(r.files) - 1, true
 }
 
 // wholeFile notes that inode ino of layer is read without the daemon
@@ -192,12 +202,17 @@ func (r *Recorder) wholeFile(layer digest.Digest, ino uint64) {
 }
 
 // readChunk notes that the chunk at file offset off of inode ino of layer
-// was read (from the cache or fetched) while the file was open.
-func (r *Recorder) readChunk(layer digest.Digest, ino uint64, off int64) {
+// was read (from the cache or fetched). A file read without an open the
+// daemon saw (a layer whose files the kernel opens alone) is listed at
+// its first read.
+func (r *Recorder) readChunk(layer digest.Digest, ino uint64, off int64, idx View) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.seen[recordKey{layer, ino}]
-	if !ok || r.chunks >= maxListChunks {
+	if r.chunks >= maxListChunks {
+		return
+	}
+	i, ok := r.add(layer, ino, idx)
+	if !ok {
 		return
 	}
 	f := &r.files[i]
@@ -354,7 +369,7 @@ func (c *Content) noteRead(ino uint64, ch index.Chunk) {
 		return
 	}
 	for _, r := range *p {
-		r.readChunk(c.digest, ino, ch.FileOffset)
+		r.readChunk(c.digest, ino, ch.FileOffset, c.idx)
 	}
 }
 

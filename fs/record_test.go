@@ -208,6 +208,9 @@ func TestRecorderNotesOpensInOrder(t *testing.T) {
 	requireRoot(t)
 	bl := buildEStargz(t, []string{"a/one", "a/two", "b/three", "four"}, []int{10, 20, 30, 40}, 1<<20)
 	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	if !ml.mount.lfs.openless.Load() {
+		t.Fatal("a layer of small files keeps its opens: this test is for one whose opens the daemon never sees")
+	}
 	r := &Recorder{layers: []digest.Digest{"sha256:test"}, seen: map[recordKey]int{}}
 	ml.content.recording.add(r)
 	layer := ml.content.digest

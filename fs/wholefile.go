@@ -29,7 +29,7 @@ import (
 // two, which the kernel then keeps in its page cache (FOPEN_KEEP_CACHE),
 // while a whole-file copy of it would cost disk, a cache entry, and an
 // open file and a backing registration per open.
-const minWholeFileSize = 1 << 20
+const minWholeFileSize = index.LargeFileSize
 
 // ContentOption configures a Content.
 type ContentOption func(*Content)

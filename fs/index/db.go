@@ -80,6 +80,27 @@ type Info struct {
 	Packed   Format        `json:"packed,omitempty"`
 	// Checkpoints is len(Index.Checkpoints): a gzip layer's.
 	Checkpoints int `json:"checkpoints,omitempty"`
+	// Files is the number of regular files, and LargeBytes the bytes of
+	// those of LargeFileSize or more: what a mount weighs to choose how
+	// the kernel opens files. Both are 0 in an index stored before they
+	// were counted.
+	Files      int   `json:"files,omitempty"`
+	LargeBytes int64 `json:"largeBytes,omitempty"`
+}
+
+// LargeFileSize is the size from which Info counts a file as large: one
+// FUSE read carries 1 MiB, so a smaller file is read in one request.
+const LargeFileSize = 1 << 20
+
+// count adds e to what info counts of entries.
+func (info *Info) count(e *Entry) {
+	info.HasXattrs = info.HasXattrs || len(e.Xattrs) > 0
+	if e.Type == TypeReg {
+		info.Files++
+		if e.Size >= LargeFileSize {
+			info.LargeBytes += e.Size
+		}
+	}
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
@@ -119,7 +140,7 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	eb.FillPercent, dirs.FillPercent = 1, 1 // keys are appended in order
 	for i := range idx.Entries {
 		e := &idx.Entries[i]
-		info.HasXattrs = info.HasXattrs || len(e.Xattrs) > 0
+		info.count(e)
 		b := eb
 		if e.Type == TypeDir {
 			b = dirs

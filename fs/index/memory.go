@@ -29,7 +29,7 @@ func NewMemory(idx *Index, blobSize int64) *Memory {
 	}
 	info.Checkpoints = len(idx.Checkpoints)
 	for i := range idx.Entries {
-		info.HasXattrs = info.HasXattrs || len(idx.Entries[i].Xattrs) > 0
+		info.count(&idx.Entries[i])
 	}
 	return &Memory{idx: idx, info: info}
 }
