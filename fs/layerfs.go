@@ -52,6 +52,8 @@ type layerFS struct {
 	// listing is the last directory listed: the kernel reads a listing in
 	// several READDIRPLUS requests (at least one more to see its end).
 	listing atomic.Pointer[dirListing]
+	// recent holds entries looked up lately (see cachedEntry).
+	recent [recentEntries]atomic.Pointer[index.Entry]
 
 	// opendirs and flushes count the OPENDIR and FLUSH requests the
 	// kernel sent; noOpendir is set when the kernel offered
@@ -143,11 +145,36 @@ func ctxOf(h *fuse.InHeader, cancel <-chan struct{}) context.Context {
 
 // entry returns the entry of node ID ino.
 func (l *layerFS) entry(ctx context.Context, op string, ino uint64) (index.Entry, fuse.Status) {
-	e, err := l.idx.Entry(ino)
+	e, err := l.cachedEntry(ino)
 	if err != nil {
 		return e, fuse.Status(errno(ctx, op, err, "inode", ino))
 	}
 	return e, fuse.OK
+}
+
+// recentEntries is how many entries a layer keeps at hand, by inode
+// number modulo this: a file is asked about several times in a row (a
+// LOOKUP, overlayfs's getxattr, a READ, whether that READ is local), and
+// each index read is a bbolt transaction. A few KiB a layer.
+const recentEntries = 32
+
+// cachedEntry returns the entry of inode ino, from the recent ones when
+// it is there. Entries of a layer never change.
+func (l *layerFS) cachedEntry(ino uint64) (index.Entry, error) {
+	slot := &l.recent[ino%recentEntries]
+	if p := slot.Load(); p != nil && p.Ino == ino {
+		return *p, nil
+	}
+	e, err := l.idx.Entry(ino)
+	if err == nil {
+		l.remember(e)
+	}
+	return e, err
+}
+
+// remember keeps e at hand for cachedEntry.
+func (l *layerFS) remember(e index.Entry) {
+	l.recent[e.Ino%recentEntries].Store(&e)
 }
 
 func (l *layerFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -176,6 +203,7 @@ func (l *layerFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 		out.SetEntryTimeout(kernelCacheTimeout)
 		return fuse.OK
 	}
+	l.remember(e)
 	fillEntry(&e, out)
 	return fuse.OK
 }
@@ -397,7 +425,7 @@ func (l *layerFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fus
 // served from the cache: every chunk it needs is cached. An error is
 // answered at once too.
 func (l *layerFS) readIsLocal(ino, off uint64, size uint32) bool {
-	e, err := l.idx.Entry(ino)
+	e, err := l.cachedEntry(ino)
 	if err != nil || e.Type != index.TypeReg || int64(off) >= e.Size {
 		return true
 	}

@@ -41,6 +41,8 @@ type Content struct {
 	cache     *store.Chunks
 	files     *store.Files // nil: no whole files (see WithWholeFiles)
 	readAhead int64
+	// lastChunks is what cached found for the read that follows it.
+	lastChunks atomic.Pointer[chunksOf]
 
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
@@ -116,17 +118,36 @@ func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks, op
 }
 
 // cached says whether every chunk of n bytes of file e at off is cached.
+// The chunks are kept for the read that follows (see chunks).
 func (c *Content) cached(e index.Entry, off, n int64) bool {
-	chunks, err := c.idx.Chunks(e.Ino, off, min(n, e.Size-off))
+	n = min(n, e.Size-off)
+	chunks, err := c.idx.Chunks(e.Ino, off, n)
 	if err != nil {
 		return true // an error, answered at once
 	}
+	c.lastChunks.Store(&chunksOf{e.Ino, off, n, chunks})
 	for _, ch := range chunks {
 		if !c.cache.Has(ch.Digest) {
 			return false
 		}
 	}
 	return true
+}
+
+// chunksOf is the chunks of n bytes of inode ino at off.
+type chunksOf struct {
+	ino    uint64
+	off, n int64
+	chunks []index.Chunk
+}
+
+// chunks returns the chunks of n bytes of inode ino at off: those cached
+// found for the same read, or the index's.
+func (c *Content) chunks(ino uint64, off, n int64) ([]index.Chunk, error) {
+	if p := c.lastChunks.Load(); p != nil && p.ino == ino && p.off == off && p.n == n {
+		return p.chunks, nil
+	}
+	return c.idx.Chunks(ino, off, n)
 }
 
 // ReadAt fills dst with the content of file e at off. It returns the
@@ -139,7 +160,7 @@ func (c *Content) ReadAt(ctx context.Context, e index.Entry, dst []byte, off int
 	if off+n > e.Size {
 		n = e.Size - off
 	}
-	chunks, err := c.idx.Chunks(e.Ino, off, n)
+	chunks, err := c.chunks(e.Ino, off, n)
 	if err != nil {
 		return 0, err
 	}

@@ -7,7 +7,8 @@
 //
 //	meta.db          bbolt: one top-level bucket per concern, owned by the package that uses it
 //	blobs/sha256/    whole blobs (manifests, configs, new layers), written ingest → fsync → rename
-//	chunks/sha256/   decompressed chunks, content-addressed by the digest of their bytes
+//	chunks/sha256/   decompressed chunks over 256 KiB, content-addressed by the digest of their bytes
+//	packs/           smaller chunks, appended to <id>.pack with an entry in <id>.idx (see packs.go)
 //	files/sha256/    whole files assembled from chunks, keyed by FileKey of their chunk digests
 //	tmp/             ingest files; emptied at Open
 //
