@@ -74,6 +74,8 @@ const (
 	// notifyResend is FUSE_NOTIFY_RESEND; capHasResend is the INIT flag
 	// (FUSE_HAS_RESEND) of a kernel that knows it.
 	notifyResend = 7
+	// notifyStore is FUSE_NOTIFY_STORE: data for an inode's page cache.
+	notifyStore  = 4
 	capHasResend = 1 << 39
 
 	// connMaxWrite is the max_write the INIT reply gives the kernel. A
@@ -256,6 +258,26 @@ func (c *conn) handle(buf *[]byte, n int) {
 	if slot >= 0 && !c.mute.Load() {
 		c.pending.remove(slot)
 	}
+}
+
+// store puts data, the content of inode ino from offset 0, in the
+// kernel's page cache for that inode (FUSE_NOTIFY_STORE), so that reads
+// of it need no READ. The kernel refuses it (ENOENT) for an inode it does
+// not hold.
+func (c *conn) store(ino uint64, data []byte) error {
+	// fuse_notify_store_out: nodeid u64, offset u64, size u32, padding.
+	const storeOutSize = 24
+	msg := make([]byte, outHeaderSize+storeOutSize+len(data))
+	binary.LittleEndian.PutUint32(msg[0:4], uint32(len(msg)))
+	binary.LittleEndian.PutUint32(msg[4:8], notifyStore)
+	binary.LittleEndian.PutUint64(msg[outHeaderSize:], ino)
+	binary.LittleEndian.PutUint32(msg[outHeaderSize+16:], uint32(len(data)))
+	copy(msg[outHeaderSize+storeOutSize:], data)
+	if c.mute.Load() {
+		return nil
+	}
+	_, err := unix.Write(c.fd, msg)
+	return err
 }
 
 // replySize is the payload size a request asks for at most.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fs/index"
@@ -318,5 +319,66 @@ func TestInlineReadsParseTheRequest(t *testing.T) {
 	}
 	if (&conn{}).inline(req(opRead)) {
 		t.Fatal("a READ stayed in the loop of a connection that cannot tell local reads")
+	}
+}
+
+// TestSmallFilesPushedWhenOverlayfsLooksThemUp asks for a file's
+// trusted.overlay.metacopy xattr, as overlayfs does of every lower file it
+// looks up: a small file whose content is cached is then in the kernel's
+// page cache, read with no READ request; a large one, and any while a
+// recording watches the layer, are not.
+func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
+	requireRoot(t)
+	names := []string{"small", "large", "watched"}
+	bl := buildEStargz(t, names, []int{1000, maxPush + 1, 500}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	path := func(name string) string { return filepath.Join(ml.dir, name) }
+	drop := func(name string) {
+		t.Helper()
+		f, err := os.Open(path(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readCounting := func(name string) int64 {
+		t.Helper()
+		before := ml.mount.lfs.reads.Load()
+		b, err := os.ReadFile(path(name))
+		if err != nil || string(b) != string(bl.files[name]) {
+			t.Fatalf("%s: %d bytes, %v", name, len(b), err)
+		}
+		return ml.mount.lfs.reads.Load() - before
+	}
+	lookUp := func(name string) {
+		t.Helper()
+		if _, err := unix.Lgetxattr(path(name), metacopyXattr, make([]byte, 64)); err != unix.ENODATA {
+			t.Fatalf("%s: getxattr %s: %v, want ENODATA", name, metacopyXattr, err)
+		}
+	}
+	for _, name := range names {
+		readCounting(name) // cached from now on
+		drop(name)
+	}
+	lookUp("small")
+	if n := readCounting("small"); n != 0 {
+		t.Fatalf("a small cached file looked up by overlayfs: %d READ requests, want none", n)
+	}
+	lookUp("large")
+	if n := readCounting("large"); n == 0 {
+		t.Fatal("a file over the push limit was read without READ requests: was it pushed?")
+	}
+	r := &Recorder{layers: []digest.Digest{"sha256:test"}, seen: map[recordKey]int{}}
+	ml.content.recording.add(r)
+	lookUp("watched")
+	if n := readCounting("watched"); n == 0 {
+		t.Fatal("a file was pushed while a recording watched the layer: the recording cannot see its read")
+	}
+	ml.content.recording.remove(r)
+	if l := r.List(testImage, []digest.Digest{ml.content.digest}); len(l.Files) != 1 || l.Files[0].Path != "watched" {
+		t.Fatalf("recorded %+v, want the watched file", l.Files)
 	}
 }
