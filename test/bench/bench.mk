@@ -2,7 +2,7 @@
 # `make bench QUICK=1` runs the quick subset (< 5 min once images are cached);
 # `make bench` runs the full matrix. Both write docs/benchmarks.md; with ROWS,
 # docs/benchmarks-ROWS.md.
-# ROWS=mount|containerd|buildkit|build|dockerfile|far|gzip runs only that kind of row (for
+# ROWS=mount|containerd|buildkit|build|dockerfile|far|gzip|memory runs only that kind of row (for
 # development: the report then covers just those), e.g. `make bench QUICK=1
 # ROWS=build`. The Dockerfile builds (issue 15: `strata build --push` against
 # `buildah bud` + `buildah push`) run only with ROWS=build (beside the build
@@ -15,6 +15,9 @@
 # holds them, but `make bench` leaves them out for its time budget.
 # ROWS=gzip runs the same starts over wan from the unmodified gzip image,
 # from indexes pushed by `strata index` and without (issue 14).
+# ROWS=memory runs the daemon-memory row (issue 18): 10 images of 20,000
+# small files mounted at once, walked, then read whole; the full plan
+# (`make bench`) holds it too, QUICK does not.
 
 # A run of one kind of row writes its own report, so that it never
 # replaces the full report with a part of it.

@@ -107,15 +107,15 @@ func TestPlanRows(t *testing.T) {
 				t.Errorf("quick=%v: all holds a Dockerfile entry", quick)
 			}
 		}
-		far, gz := p.rows("far"), p.rows("gzip")
-		if quick != (len(far) == 0) || quick != (len(gz) == 0) {
-			t.Errorf("quick=%v: %d far entries, %d gzip entries", quick, len(far), len(gz))
+		far, gz, mem := p.rows("far"), p.rows("gzip"), p.rows("memory")
+		if quick != (len(far) == 0) || quick != (len(gz) == 0) || quick != (len(mem) == 0) {
+			t.Errorf("quick=%v: %d far entries, %d gzip entries, %d memory entries", quick, len(far), len(gz), len(mem))
 		}
-		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b) + len(far) + len(gz); n != len(p) || len(p.rows("all"))+len(df)+len(far)+len(gz) != len(p) {
+		if n := len(p.rows("mount")) + len(p.rows("containerd")) + len(b) + len(far) + len(gz) + len(mem); n != len(p) || len(p.rows("all"))+len(df)+len(far)+len(gz) != len(p) {
 			t.Errorf("quick=%v: kinds cover %d of %d entries", quick, n, len(p))
 		}
 		for _, v := range rowKinds {
-			if len(p.rows(v)) == 0 && !(quick && (v == "far" || v == "gzip")) {
+			if len(p.rows(v)) == 0 && !(quick && (v == "far" || v == "gzip" || v == "memory")) {
 				t.Errorf("quick=%v: --rows %s runs nothing", quick, v)
 			}
 		}

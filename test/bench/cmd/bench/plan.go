@@ -36,6 +36,10 @@ type entry struct {
 	// without a pushed index (issue 14), with the eStargz mount and the
 	// full pull.
 	Gzip bool
+	// Memory entries measure one daemon's memory with the memory row's
+	// images all mounted (memory.go, issue 18); Image is the first of
+	// them.
+	Memory bool
 }
 
 func (e entry) runsOf(system string) int {
@@ -50,8 +54,17 @@ type plan []entry
 func (p plan) images() []string {
 	var out []string
 	for _, e := range p {
-		if !slices.Contains(out, e.Image) {
-			out = append(out, e.Image)
+		names := []string{e.Image}
+		if e.Memory {
+			names = nil
+			for i := range manyImages {
+				names = append(names, manyName(i))
+			}
+		}
+		for _, n := range names {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
 		}
 	}
 	return out
@@ -137,7 +150,14 @@ func planFor(quick bool) plan {
 		dockerfileEntry(3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{dfCompileRec.Name}, Systems: []string{dfStrata}, Runs: 3, Dockerfile: true},
 		farEntry("golang", "goversion"), farEntry("python", "python"),
-		gzipEntry("golang", "goversion"), gzipEntry("python", "python"))
+		gzipEntry("golang", "goversion"), gzipEntry("python", "python"),
+		memoryEntry(2))
+}
+
+// memoryEntry is issue 18's memory row: one daemon, the row's images all
+// mounted, walked and read, over lo (the link plays no part in memory).
+func memoryEntry(runs int) entry {
+	return entry{Profile: proxy.ProfileLo, Image: memoryImage, Workloads: []string{memWalk}, Systems: []string{"strata"}, Runs: runs, Memory: true}
 }
 
 // gzipEntry is a start from the unmodified gzip image over wan (issue
@@ -174,7 +194,7 @@ func bkEntry(runs, pullRuns int) entry {
 }
 
 // rowKinds are the values of --rows: which kind of entries to run.
-var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dockerfile", "far", "gzip"}
+var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dockerfile", "far", "gzip", "memory"}
 
 // kindsOf says which kinds of entry each value of --rows runs. The
 // Dockerfile builds are left out of "all" (`make bench`, QUICK or not):
@@ -192,7 +212,8 @@ var rowKinds = []string{"all", "mount", "containerd", "buildkit", "build", "dock
 var kindsOf = map[string][]string{
 	"far":        {"far"},
 	"gzip":       {"gzip"},
-	"all":        {"mount", "containerd", "buildkit", "build"},
+	"memory":     {"memory"},
+	"all":        {"mount", "containerd", "buildkit", "build", "memory"},
 	"mount":      {"mount"},
 	"containerd": {"containerd"},
 	"buildkit":   {"buildkit"},
@@ -202,6 +223,8 @@ var kindsOf = map[string][]string{
 
 func (e entry) kind() string {
 	switch {
+	case e.Memory:
+		return "memory"
 	case e.Profile.Name == proxy.ProfileFar.Name:
 		return "far"
 	case e.Gzip:

@@ -120,6 +120,7 @@ func renderReport(w io.Writer, res *runResults) error {
 	renderDockerfile(w, res, sums)
 	renderFar(w, res, sums)
 	renderGzip(w, res, sums)
+	renderMemory(w, res)
 	if notes, err := os.ReadFile(filepath.Join("test", "bench", "notes.md")); err == nil {
 		p("## Notes and analysis\n\n%s\n", notes)
 	}

@@ -132,6 +132,12 @@ func (r *runner) runPlan(ctx context.Context, p plan, regHost string) (*runResul
 			}
 		}
 		r.px.SetProfile(e.Profile)
+		if e.Memory {
+			for run := 1; run <= e.Runs && ctx.Err() == nil; run++ {
+				res.Results = append(res.Results, r.measureMemory(ctx, e.Profile.Name, run)...)
+			}
+			continue
+		}
 		spec, _ := imageByName(e.Image)
 		for run := 1; run <= e.Runs; run++ {
 			for _, sname := range e.Systems {

@@ -122,7 +122,28 @@ func targetsOf(res *runResults, sums map[key]*summary) []target {
 		t.Met = check(st.Med <= fp.Med)
 	}
 	ts = append(ts, t)
-	return append(ts, linkTargets(res, get)...)
+	ts = append(ts, linkTargets(res, get)...)
+	ts = append(ts, smallFileTargets(res.Results)...)
+	return append(ts, memoryTargets(res.Results)...)
+}
+
+// smallFileTargets are issue 18's: `tar` of smallfiles from the cache at
+// local-disk speed, warm (page cache dropped) and hot, pooled over the
+// profiles they ran in as warmPooled does.
+func smallFileTargets(rs []result) []target {
+	var ts []target
+	for _, c := range []struct {
+		state string
+		limit float64
+	}{{"warm", 1.5}, {"hot", 1.2}} {
+		t := target{What: fmt.Sprintf("%s: `tar c /` of smallfiles ≤ %.1f× local disk (issue 18)", c.state, c.limit)}
+		if st, fp, profs := pooled(rs, "smallfiles", "tar", c.state); st != nil && fp != nil {
+			t.Measured = fmt.Sprintf("%.2f s vs %.2f s (%.2f×; %s)", st.Med, fp.Med, st.Med/fp.Med, profs)
+			t.Met = check(st.Med <= c.limit*fp.Med)
+		}
+		ts = append(ts, t)
+	}
+	return ts
 }
 
 // linkTargets are issue 18's: reading everything at the link's speed.
@@ -178,11 +199,16 @@ func bytesTarget(res *runResults, img, wl string, st *summary) target {
 // of the same measurement, and their pooled median is steadier than one
 // row's. profs says which rows and how many runs.
 func warmPooled(rs []result, img, wl string) (st, fp *summary, profs string) {
+	return pooled(rs, img, wl, "warm")
+}
+
+// pooled is warmPooled for runs in state (warm or hot).
+func pooled(rs []result, img, wl, state string) (st, fp *summary, profs string) {
 	pool := func(sys string) (*summary, []string) {
 		var sel []result
 		var from []string
 		for _, r := range rs {
-			if r.Image == img && r.Workload == wl && r.System == sys && r.State == "warm" {
+			if r.Image == img && r.Workload == wl && r.System == sys && r.State == state {
 				if !slices.Contains(from, r.Profile) {
 					from = append(from, r.Profile)
 				}
@@ -190,7 +216,7 @@ func warmPooled(rs []result, img, wl string) (st, fp *summary, profs string) {
 				sel = append(sel, r)
 			}
 		}
-		s := summarize(sel)[key{"", img, wl, sys, "warm"}]
+		s := summarize(sel)[key{"", img, wl, sys, state}]
 		if s == nil || s.N == 0 {
 			return nil, nil
 		}
