@@ -260,19 +260,25 @@ func (c *conn) handle(buf *[]byte, n int) {
 	}
 }
 
-// store puts data, the content of inode ino from offset 0, in the
-// kernel's page cache for that inode (FUSE_NOTIFY_STORE), so that reads
-// of it need no READ. The kernel refuses it (ENOENT) for an inode it does
-// not hold.
-func (c *conn) store(ino uint64, data []byte) error {
-	// fuse_notify_store_out: nodeid u64, offset u64, size u32, padding.
-	const storeOutSize = 24
-	msg := make([]byte, outHeaderSize+storeOutSize+len(data))
+// storeOutSize is the size of fuse_notify_store_out: nodeid u64, offset
+// u64, size u32, padding.
+const storeOutSize = 24
+
+// storeHeader is the room before the data of a store message.
+const storeHeader = outHeaderSize + storeOutSize
+
+// store puts the data in msg[storeHeader:], the content of inode ino from
+// offset 0, in the kernel's page cache for that inode (FUSE_NOTIFY_STORE),
+// so that reads of it need no READ. The kernel refuses it (ENOENT) for an
+// inode it does not hold.
+func (c *conn) store(ino uint64, msg []byte) error {
 	binary.LittleEndian.PutUint32(msg[0:4], uint32(len(msg)))
 	binary.LittleEndian.PutUint32(msg[4:8], notifyStore)
+	binary.LittleEndian.PutUint64(msg[8:16], 0)
 	binary.LittleEndian.PutUint64(msg[outHeaderSize:], ino)
-	binary.LittleEndian.PutUint32(msg[outHeaderSize+16:], uint32(len(data)))
-	copy(msg[outHeaderSize+storeOutSize:], data)
+	binary.LittleEndian.PutUint64(msg[outHeaderSize+8:], 0)
+	binary.LittleEndian.PutUint32(msg[outHeaderSize+16:], uint32(len(msg)-storeHeader))
+	binary.LittleEndian.PutUint32(msg[outHeaderSize+20:], 0)
 	if c.mute.Load() {
 		return nil
 	}

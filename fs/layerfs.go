@@ -360,16 +360,17 @@ func (l *layerFS) push(e index.Entry) {
 	}
 	buf := pushBufs.Get().(*[]byte)
 	defer pushBufs.Put(buf)
-	n, err := l.content.ReadAt(context.Background(), e, (*buf)[:e.Size], 0)
+	msg := (*buf)[:storeHeader+e.Size]
+	n, err := l.content.ReadAt(context.Background(), e, msg[storeHeader:], 0)
 	if err != nil || int64(n) != e.Size {
 		return
 	}
-	if err := l.conn.store(e.Ino, (*buf)[:n]); err == nil {
+	if err := l.conn.store(e.Ino, msg); err == nil {
 		metricPushedFiles.Inc()
 	}
 }
 
-var pushBufs = sync.Pool{New: func() any { b := make([]byte, maxPush); return &b }}
+var pushBufs = sync.Pool{New: func() any { b := make([]byte, storeHeader+maxPush); return &b }}
 
 func (l *layerFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
 	e, st := l.entry(ctxOf(h, cancel), "listxattr", h.NodeId)
