@@ -102,13 +102,11 @@ func (c *Chunks) copyTo(w *os.File, d digest.Digest) (int64, error) {
 // is removed and reported with an error wrapping ErrDigestMismatch (and
 // errdefs.ErrNotFound); a missing one with errdefs.ErrNotFound.
 func (c *Chunks) Verify(d digest.Digest) error {
-	if k, ok := packKey(d); ok {
-		if pc, found := c.lru.packedAt(k); found {
-			if ok, err := c.lru.verifyPacked(k, d, pc); err != nil || ok {
-				return err
-			}
-			return fmt.Errorf("chunk %s: %w", d, errors.Join(ErrDigestMismatch, errdefs.ErrNotFound))
+	if k, ok := packKey(d); ok && c.lru.hasPacked(k) {
+		if _, ok, err := c.lru.verifiedPacked(k, d); err != nil || ok {
+			return err
 		}
+		return fmt.Errorf("chunk %s: %w", d, errors.Join(ErrDigestMismatch, errdefs.ErrNotFound))
 	}
 	f, err := c.openVerified(d)
 	if err != nil {

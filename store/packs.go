@@ -290,14 +290,9 @@ func (l *cacheLRU) packedAt(k [32]byte) (packedChunk, bool) {
 // b, hashing the chunk first if this process has not. found is false when
 // the chunk is not packed (or was found corrupt and forgotten).
 func (l *cacheLRU) readPacked(k [32]byte, d digest.Digest, b []byte, off int64) (n int, found bool, err error) {
-	pc, ok := l.packedAt(k)
-	if !ok {
-		return 0, false, nil
-	}
-	if !pc.verified {
-		if ok, err := l.verifyPacked(k, d, pc); !ok || err != nil {
-			return 0, false, err
-		}
+	pc, ok, err := l.verifiedPacked(k, d)
+	if !ok || err != nil {
+		return 0, false, err
 	}
 	if off < 0 || off+int64(len(b)) > pc.length {
 		return 0, true, fmt.Errorf("chunk %s: read of %d bytes at %d past its %d bytes", d, len(b), off, pc.length)
@@ -317,14 +312,9 @@ func (l *cacheLRU) readPacked(k [32]byte, d digest.Digest, b []byte, off int64) 
 // copyPacked writes packed chunk k (digest d) to w, hashing it first if
 // this process has not. found is false when the chunk is not packed.
 func (l *cacheLRU) copyPacked(w io.Writer, k [32]byte, d digest.Digest) (n int64, found bool, err error) {
-	pc, ok := l.packedAt(k)
-	if !ok {
-		return 0, false, nil
-	}
-	if !pc.verified {
-		if ok, err := l.verifyPacked(k, d, pc); !ok || err != nil {
-			return 0, false, err
-		}
+	pc, ok, err := l.verifiedPacked(k, d)
+	if !ok || err != nil {
+		return 0, false, err
 	}
 	pc.p.mu.RLock()
 	defer pc.p.mu.RUnlock()
@@ -333,6 +323,17 @@ func (l *cacheLRU) copyPacked(w io.Writer, k [32]byte, d digest.Digest) (n int64
 	}
 	n, err = io.Copy(w, io.NewSectionReader(pc.p.f, pc.off, pc.length))
 	return n, true, err
+}
+
+// verifiedPacked returns where packed chunk k (digest d) is, hashing it
+// first if this process has not. ok is false when it is not packed, or
+// was found corrupt and forgotten.
+func (l *cacheLRU) verifiedPacked(k [32]byte, d digest.Digest) (pc packedChunk, ok bool, err error) {
+	if pc, ok = l.packedAt(k); !ok || pc.verified {
+		return pc, ok, nil
+	}
+	ok, err = l.verifyPacked(k, d, pc)
+	return pc, ok, err
 }
 
 // verifyPacked hashes packed chunk k against d. ok is false when it does
@@ -397,9 +398,6 @@ func (l *cacheLRU) closePack(p *pack) {
 		}
 	}
 }
-
-// packedCount is the number of packed chunks.
-func (l *cacheLRU) packedCountLocked() int { return len(l.packed) }
 
 // notPackedError is what Open says of a packed chunk: it has no file of
 // its own to hand out.
