@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/treecmp"
 )
@@ -180,4 +181,104 @@ func TestRunOnBigBaseMovesLittle(t *testing.T) {
 	if moved*20 >= size {
 		t.Errorf("mount + run moved %d bytes of a %d-byte base, want under 5%%", moved, size)
 	}
+}
+
+// TestCorruptCacheIsFetchedAgain damages every byte range of the chunk
+// cache (packs of small chunks and chunk files alike) while no daemon
+// runs: the next daemon hashes what it finds before serving it, so the
+// image reads back the same tree, its damaged chunks fetched again.
+func TestCorruptCacheIsFetchedAgain(t *testing.T) {
+	reg := shared.reg
+	ref := push(t, reg, "corrupt-cache", "estargz", fixture.Standard(), fixture.FormEStargz)
+	root := t.TempDir()
+	var before []treecmp.Record
+	withDaemon(t, root, func(d *testDaemon) {
+		dir := mountFor(t, d, ref)
+		var err error
+		if before, err = treecmp.Walk(dir); err != nil { // every file read: cached
+			t.Fatal(err)
+		}
+	})
+	damaged := 0
+	for _, glob := range []string{"packs/*.pack", "chunks/sha256/*"} {
+		files, err := filepath.Glob(filepath.Join(root, glob))
+		must(t, err)
+		for _, p := range files {
+			b, err := os.ReadFile(p)
+			must(t, err)
+			for i := 100; i < len(b); i += 512 {
+				b[i] ^= 0x5a
+			}
+			must(t, os.WriteFile(p, b, 0o600))
+			damaged++
+		}
+	}
+	if n, _ := filepath.Glob(filepath.Join(root, "packs/*.pack")); len(n) == 0 {
+		t.Fatal("no pack of small chunks in the cache: the test damages nothing it means to")
+	}
+	mark := logMark()
+	withDaemon(t, root, func(d *testDaemon) {
+		dir := mountFor(t, d, ref)
+		after, err := treecmp.Walk(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diffs := treecmp.Diff(before, after); len(diffs) > 0 {
+			t.Errorf("the tree read from a damaged cache differs:\n%s", strings.Join(diffs, "\n"))
+		}
+	})
+	if !strings.Contains(logs.String()[mark:], "corrupt packed chunk forgotten") {
+		t.Errorf("no damaged packed chunk was noticed (%d files damaged)", damaged)
+	}
+}
+
+// mountFor mounts ref with d for as long as d runs (withDaemon): a
+// stopping daemon unmounts everything.
+func mountFor(t *testing.T, d *testDaemon, ref string) string {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir}); err != nil {
+		t.Fatalf("mount %s: %v", ref, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) }) // last resort
+	return dir
+}
+
+// withDaemon runs a daemon on root for the length of fn, then stops it.
+func withDaemon(t *testing.T, root string, fn func(d *testDaemon)) {
+	t.Helper()
+	requireRoot(t)
+	captureLogs(t)
+	cfg := daemon.DefaultConfig()
+	cfg.Root = root
+	sockDir, err := os.MkdirTemp("", "strata-sock-")
+	must(t, err)
+	defer os.RemoveAll(sockDir)
+	cfg.Socket = filepath.Join(sockDir, "s.sock")
+	cfg.ContainerdSocket = daemon.ContainerdSocketOff
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- daemon.Run(ctx, cfg, ready) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("daemon did not stop within 30s")
+		}
+		kmount.ClearStale(cfg.Root, nil)
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("daemon exited at start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon not ready within 30s")
+	}
+	fn(&testDaemon{cfg: cfg, client: daemon.NewClient(cfg.Socket)})
 }
