@@ -88,11 +88,18 @@ func startDaemon(t *testing.T, tweak func(*daemon.Config)) *testDaemon {
 	if tweak != nil {
 		tweak(&cfg)
 	}
+	t.Cleanup(runDaemon(t, cfg))
+	return &testDaemon{cfg: cfg, client: daemon.NewClient(cfg.Socket)}
+}
+
+// runDaemon runs a daemon with cfg until the returned stop is called.
+func runDaemon(t *testing.T, cfg daemon.Config) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() { done <- daemon.Run(ctx, cfg, ready) }()
-	t.Cleanup(func() {
+	stop = func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -104,15 +111,16 @@ func startDaemon(t *testing.T, tweak func(*daemon.Config)) *testDaemon {
 		}
 		// Last resort, so a failed test never leaks a mount.
 		kmount.ClearStale(cfg.Root, nil)
-	})
+	}
 	select {
 	case <-ready:
 	case err := <-done:
 		t.Fatalf("daemon exited at start: %v", err)
 	case <-time.After(30 * time.Second):
+		stop()
 		t.Fatal("daemon not ready within 30s")
 	}
-	return &testDaemon{cfg: cfg, client: daemon.NewClient(cfg.Socket)}
+	return stop
 }
 
 // mount mounts ref and unmounts it when the test ends.

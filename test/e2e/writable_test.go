@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
-	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/treecmp"
 )
@@ -258,27 +257,6 @@ func withDaemon(t *testing.T, root string, fn func(d *testDaemon)) {
 	defer os.RemoveAll(sockDir)
 	cfg.Socket = filepath.Join(sockDir, "s.sock")
 	cfg.ContainerdSocket = daemon.ContainerdSocketOff
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan struct{}), make(chan error, 1)
-	go func() { done <- daemon.Run(ctx, cfg, ready) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("daemon did not stop within 30s")
-		}
-		kmount.ClearStale(cfg.Root, nil)
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("daemon exited at start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon not ready within 30s")
-	}
+	defer runDaemon(t, cfg)()
 	fn(&testDaemon{cfg: cfg, client: daemon.NewClient(cfg.Socket)})
 }
