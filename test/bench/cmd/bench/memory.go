@@ -2,16 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // The memory row (issue 18, item 3): one daemon with manyImages images of
@@ -141,42 +141,19 @@ func (r *runner) measureMemory(ctx context.Context, profile string, runNo int) [
 	return []result{walk, read}
 }
 
-// readTrees reads every file under each of dirs with `tar c DIR | cat`,
-// n trees at a time.
+// readTrees reads every file under each of dirs with the `tar`
+// workload, n trees at a time.
 func readTrees(ctx context.Context, dirs []string, n int) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []string
-	)
-	sem := make(chan struct{}, n)
+	tar, _ := workloadByName("tar")
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(n)
 	for _, d := range dirs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			cmd := exec.CommandContext(ctx, "tar", "c", "-C", d, ".")
-			out, err := cmd.StdoutPipe()
-			if err == nil {
-				err = cmd.Start()
-			}
-			if err == nil {
-				_, err = io.Copy(io.Discard, out) // a pipe: tar skips reading for /dev/null
-				err = errors.Join(err, cmd.Wait())
-			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, d+": "+err.Error())
-				mu.Unlock()
-			}
-		}()
+		g.Go(func() error {
+			_, err := tar.Run(ctx, d, imageSpec{})
+			return err
+		})
 	}
-	wg.Wait()
-	if len(errs) > 0 {
-		return fmt.Errorf("reading the images: %s", strings.Join(errs, "; "))
-	}
-	return nil
+	return g.Wait()
 }
 
 // memoryTargets are issue 18's memory bounds, from the row's results.
@@ -196,24 +173,16 @@ func memoryTargets(rs []result) []target {
 		}
 	}
 	if len(walks) > 0 {
-		m := slicesMax(walks)
+		m := slices.Max(walks)
 		walk.Measured = fmt.Sprintf("%.0f MB at most (runs: %s)", m, mbList(walks))
 		walk.Met = check(m <= 100)
 	}
 	if len(reads) > 0 {
-		m := slicesMax(reads)
+		m := slices.Max(reads)
 		read.Measured = fmt.Sprintf("%.0f MB at most (runs: %s)", m, mbList(reads))
 		read.Met = check(m <= 200)
 	}
 	return []target{walk, read}
-}
-
-func slicesMax(v []float64) float64 {
-	m := v[0]
-	for _, x := range v[1:] {
-		m = max(m, x)
-	}
-	return m
 }
 
 func mbList(v []float64) string {

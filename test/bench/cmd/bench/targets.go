@@ -104,13 +104,13 @@ func targetsOf(res *runResults, sums map[key]*summary) []target {
 		ts = append(ts, bytesTarget(res, p[0], p[1], st))
 	}
 	t := target{What: "warm: sequential read of the cached 1 GiB file ≥ 90% of local disk"}
-	if st, fp, profs := warmPooled(res.Results, "bigfile", "seqread"); st != nil && fp != nil && fp.Amount > 0 {
+	if st, fp, profs := pooled(res.Results, "bigfile", "seqread", "warm"); st != nil && fp != nil && fp.Amount > 0 {
 		t.Measured = fmt.Sprintf("%.0f vs %.0f MB/s (%.0f%%; %s)", st.Amount, fp.Amount, 100*st.Amount/fp.Amount, profs)
 		t.Met = check(st.Amount >= 0.9*fp.Amount)
 	}
 	ts = append(ts, t)
 	t = target{What: "warm: `find` over smallfiles ≤ 2× local disk"}
-	if st, fp, profs := warmPooled(res.Results, "smallfiles", "find"); st != nil && fp != nil {
+	if st, fp, profs := pooled(res.Results, "smallfiles", "find", "warm"); st != nil && fp != nil {
 		t.Measured = fmt.Sprintf("%.2f s vs %.2f s (%.2f×; %s)", st.Med, fp.Med, st.Med/fp.Med, profs)
 		t.Met = check(st.Med <= 2*fp.Med)
 	}
@@ -129,7 +129,7 @@ func targetsOf(res *runResults, sums map[key]*summary) []target {
 
 // smallFileTargets are issue 18's: `tar` of smallfiles from the cache at
 // local-disk speed, warm (page cache dropped) and hot, pooled over the
-// profiles they ran in as warmPooled does.
+// profiles they ran in (see pooled).
 func smallFileTargets(rs []result) []target {
 	var ts []target
 	for _, c := range []struct {
@@ -193,16 +193,11 @@ func bytesTarget(res *runResults, img, wl string, st *summary) target {
 	return t
 }
 
-// warmPooled summarizes warm runs of a workload for Strata and for local
+// pooled summarizes the runs of a workload in state (warm or hot) for Strata and for local
 // disk (the full pull's unpack) over every profile they ran in: once the
 // cache is warm the link plays no part, so each profile's row is more runs
 // of the same measurement, and their pooled median is steadier than one
 // row's. profs says which rows and how many runs.
-func warmPooled(rs []result, img, wl string) (st, fp *summary, profs string) {
-	return pooled(rs, img, wl, "warm")
-}
-
-// pooled is warmPooled for runs in state (warm or hot).
 func pooled(rs []result, img, wl, state string) (st, fp *summary, profs string) {
 	pool := func(sys string) (*summary, []string) {
 		var sel []result
