@@ -19,6 +19,9 @@ import (
 // a dead daemon can be found in /proc/self/mountinfo.
 const fsName = "strata"
 
+// MountType is the filesystem type of a layer's mount in the mount table.
+const MountType = "fuse." + fsName
+
 // LayerMount is one layer served by FUSE at a directory.
 type LayerMount struct {
 	Dir  string
@@ -92,7 +95,7 @@ func MountLayer(dir string, idx View, content *Content, cfg MountConfig) (*Layer
 	// descriptor is only readable (and pollable) once mounted.
 	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=%d,group_id=%d,max_read=%d,allow_other,default_permissions",
 		fd, st.Mode&unix.S_IFMT, os.Geteuid(), os.Getegid(), maxReadSize)
-	if err := unix.Mount(fsName, dir, "fuse."+fsName, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_RDONLY, data); err != nil {
+	if err := unix.Mount(fsName, dir, MountType, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_RDONLY, data); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("mounting layer at %s: %w", dir, err)
 	}

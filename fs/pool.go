@@ -49,6 +49,7 @@ type pooled struct {
 	desc    remote.Layer
 	format  index.Format // set with mount
 	packed  index.Format // the layer blob's format, for a layer fetched whole
+	plain   bool         // index.Info.Plain, set with mount
 	whole   bool         // fetch the layer whole when it cannot be read lazily
 	// resumed is set while a layer whose connection was taken over holds
 	// the use ResumeInherited took; wasResumed after Unclaimed dropped it.
@@ -74,6 +75,9 @@ type LayerStat struct {
 	// Packed, for a layer fetched whole because it cannot be read lazily,
 	// is its blob's format (gzip, zstd); Format is then tar.
 	Packed index.Format
+	// Plain is index.Info.Plain: the layer's mount alone shows the tree
+	// of an image made of it alone.
+	Plain bool
 }
 
 // NewPool returns a pool that mounts layers under dir, reading blobs with
@@ -197,8 +201,9 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		blob.Close()
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	pl.mount, pl.blob, pl.content, pl.format, pl.packed = m, blob, content, idx.Info().Format, idx.Info().Packed
-	end := idx.Info().PrefetchEnd
+	info := idx.Info()
+	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain = m, blob, content, info.Format, info.Packed, info.Plain
+	end := info.PrefetchEnd
 	if end > 0 {
 		content.Prefetch(0, end)
 	}
@@ -275,7 +280,7 @@ func (p *Pool) Stats() []LayerStat {
 			s.FetchedBytes, s.Requests = bs.BytesFetched, bs.Requests
 			_, s.Local = pl.blob.(*localBlob)
 		}
-		s.Format, s.Packed = pl.format, pl.packed
+		s.Format, s.Packed, s.Plain = pl.format, pl.packed, pl.plain
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })

@@ -51,6 +51,7 @@ func runScripts(t *testing.T, kind string) {
 			"stopdaemon": stopDaemonCmd,
 			"mounts":     countMounts,
 			"fusefds":    countFuseFDs,
+			"mounttype":  checkMountType,
 		},
 	})
 }
@@ -72,8 +73,9 @@ func startRegistry(t *testing.T, kind string) string {
 	return reg.Host()
 }
 
-// pushImages pushes the standard fixture in eStargz and gzip form, and the
-// busybox image (a static shell, for strata run) as eStargz.
+// pushImages pushes the standard fixture in eStargz and gzip form, its
+// first layer alone as a one-layer image, and the busybox image (a static
+// shell, for strata run) as eStargz.
 func pushImages(t *testing.T, host string) map[string]string {
 	ctx := context.Background()
 	refs := map[string]string{}
@@ -87,6 +89,14 @@ func pushImages(t *testing.T, host string) map[string]string {
 			t.Fatal(err)
 		}
 		refs[name] = ref
+	}
+	one, err := fixture.Build(ctx, fixture.Standard()[:1], fixture.FormEStargz, fixture.WithTempDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs["ONELAYER"] = host + "/one-layer:estargz"
+	if _, err := fixture.Push(ctx, one, refs["ONELAYER"]); err != nil {
+		t.Fatal(err)
 	}
 	busybox, err := fixture.Busybox()
 	if err != nil {
@@ -238,6 +248,18 @@ func countFuseFDs(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if got != want {
 		ts.Fatalf("daemon and supervisor hold %d /dev/fuse descriptors, want %d", got, want)
+	}
+}
+
+// mounttype DIR TYPE checks the type of the filesystem mounted last at
+// DIR: overlay for an image of layers merged, fuse.strata for a one-layer
+// image bound from its layer's mount.
+func checkMountType(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: mounttype DIR TYPE")
+	}
+	if got := kmount.FSType(ts.MkAbs(args[0])); got != args[1] {
+		ts.Fatalf("%s is mounted as %q, want %q", args[0], got, args[1])
 	}
 }
 

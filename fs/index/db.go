@@ -86,15 +86,30 @@ type Info struct {
 	// were counted.
 	Files      int   `json:"files,omitempty"`
 	LargeBytes int64 `json:"largeBytes,omitempty"`
+	// Plain is whether the layer has no whiteouts (0/0 character
+	// devices) and no overlayfs xattrs (opaque directories): its tree
+	// alone is then the tree of an image made of it alone, with no
+	// overlayfs needed to hide anything. False in an index stored
+	// before it was counted.
+	Plain bool `json:"plain,omitempty"`
 }
 
 // LargeFileSize is the size from which Info counts a file as large: one
 // FUSE read carries 1 MiB, so a smaller file is read in one request.
 const LargeFileSize = 1 << 20
 
-// count adds e to what info counts of entries.
+// count adds e to what info counts of entries; Plain starts true and is
+// cleared by the first overlayfs marker.
 func (info *Info) count(e *Entry) {
 	info.HasXattrs = info.HasXattrs || len(e.Xattrs) > 0
+	if e.Type == TypeChar && e.DevMajor == 0 && e.DevMinor == 0 {
+		info.Plain = false // overlayfs takes any 0/0 device for a whiteout
+	}
+	for k := range e.Xattrs {
+		if strings.HasPrefix(k, overlayXattrPrefix) {
+			info.Plain = false
+		}
+	}
 	if e.Type == TypeReg {
 		info.Files++
 		if e.Size >= LargeFileSize {
@@ -128,7 +143,7 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd,
-		Unpacked: idx.Unpacked, Packed: idx.Packed}
+		Unpacked: idx.Unpacked, Packed: idx.Packed, Plain: true}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err

@@ -141,6 +141,47 @@ func TestInfoHasXattrs(t *testing.T) {
 	}
 }
 
+// TestInfoPlain: an index with no whiteout (0/0 character device) and no
+// overlayfs xattr is plain, stored or in memory; either marker alone
+// makes it not.
+func TestInfoPlain(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, c := range []struct {
+		name  string
+		edit  func(idx *Index)
+		plain bool
+	}{
+		{"whiteout and opaque", func(*Index) {}, false},
+		{"whiteout", func(idx *Index) { idx.Entries[2].Xattrs = nil }, false},
+		{"opaque", func(idx *Index) { idx.Entries[3].DevMajor = 1 }, false},
+		{"other overlay xattr", func(idx *Index) {
+			idx.Entries[2].Xattrs = map[string][]byte{"trusted.overlay.redirect": []byte("/x")}
+			idx.Entries[3].DevMinor = 3
+		}, false},
+		{"plain", func(idx *Index) {
+			idx.Entries[2].Xattrs = map[string][]byte{"user.x": []byte("1"), "security.capability": []byte("c")}
+			idx.Entries[3].DevMajor, idx.Entries[3].DevMinor = 1, 3
+		}, true},
+	} {
+		idx := dbTestIndex()
+		c.edit(idx)
+		if err := Save(db, c.name, idx, 100); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(db, c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, mem := l.Info().Plain, NewMemory(idx, 100).Info().Plain; got != c.plain || mem != c.plain {
+			t.Errorf("%s: Plain stored %v, in memory %v, want %v", c.name, got, mem, c.plain)
+		}
+	}
+}
+
 // TestOpenOtherVersion: an index stored in another layout (here the JSON
 // values of version 1, written by hand, or a later version) is not read
 // but answered as not found, so that the caller rebuilds it, and Save

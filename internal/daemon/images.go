@@ -21,7 +21,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/remote"
 )
@@ -29,7 +31,7 @@ import (
 var bucketMounts = []byte("mounts")
 
 // images mounts whole images at user directories: their layers from the
-// pool, merged by overlayfs. Every mount is recorded in the metadata DB so
+// pool, merged by overlayfs (or one layer's own mount, bound). Every mount is recorded in the metadata DB so
 // a restarted daemon can serve it again.
 type images struct {
 	d *Daemon
@@ -259,12 +261,26 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 			seen[d] = true
 			return dup
 		})
-		if len(lowers) == 1 {
-			// A read-only overlay needs two lowers; an empty one keeps
-			// whiteout handling identical to multi-layer images.
-			lowers = append(lowers, im.d.emptyDir)
-		}
-		if !adopt {
+		switch {
+		case adopt:
+		case len(lowers) == 1 && im.plain(m.Layers[0].Digest):
+			// One layer with nothing for overlayfs to hide is shown
+			// by a bind of its own mount, as containerd's overlay
+			// snapshotter does for a one-layer view: overlayfs would
+			// add its own lookups (a round trip for the xattrs it
+			// probes on every file) and page cache in front of FUSE's
+			// (hot tar of 50,000 small files: 1.03 s through it,
+			// 0.83 s without, 0.77 s on ext4). The flags are the
+			// overlay's: read-only, setuid and devices as the image
+			// has them.
+			err = kmount.Bind(lowers[0], m.Dir, unix.MS_RDONLY)
+		default:
+			if len(lowers) == 1 {
+				// A read-only overlay needs two lowers; an empty one
+				// keeps whiteout handling identical to multi-layer
+				// images.
+				lowers = append(lowers, im.d.emptyDir)
+			}
 			err = kmount.Overlay(m.Dir, lowers, "", "")
 		}
 	}
@@ -280,6 +296,13 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 	im.mounts[m.Dir] = m
 	im.mu.Unlock()
 	return nil
+}
+
+// plain says whether layer d, mounted, has nothing for overlayfs to hide
+// (index.Info.Plain).
+func (im *images) plain(d digest.Digest) bool {
+	s, ok := im.d.pool.Stat(d)
+	return ok && s.Plain
 }
 
 func (im *images) nameOptions(m *Mount) []name.Option {
@@ -434,7 +457,10 @@ func (im *images) restore(ctx context.Context) {
 		})
 	})
 	for _, m := range recs {
-		adopt := kmount.IsOverlay(m.Dir)
+		// What the previous daemon stacked at m.Dir on layers taken
+		// over: an overlay, or a bind of the one layer's mount.
+		t := kmount.FSType(m.Dir)
+		adopt := !m.Writable && (t == "overlay" || t == fs.MountType) || m.Writable && t == "overlay"
 		for _, l := range m.Layers {
 			adopt = adopt && im.d.pool.Resumed(l.Digest)
 		}

@@ -43,16 +43,22 @@ func Overlay(target string, lowers []string, upper, work string, extra ...string
 	return nil
 }
 
-// BindReadOnly makes src visible read-only at dst. A bind mount takes its
-// flags from the source until remounted, so read-only needs a second call;
-// if that fails the bind is undone, leaving dst as it was.
+// BindReadOnly makes src visible read-only at dst, without setuid
+// programs or device files.
 func BindReadOnly(src, dst string) error {
+	return Bind(src, dst, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV)
+}
+
+// Bind makes src visible at dst with exactly the mount flags given
+// (MS_RDONLY, MS_NOSUID, ...), whatever src's own. A bind mount takes its
+// flags from the source until remounted, so that needs a second call; if
+// it fails the bind is undone, leaving dst as it was.
+func Bind(src, dst string, flags uintptr) error {
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
-	if err := unix.Mount("", dst, "", flags, ""); err != nil {
-		return errors.Join(fmt.Errorf("bind %s read-only: %w", dst, err), unix.Unmount(dst, unix.MNT_DETACH))
+	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|flags, ""); err != nil {
+		return errors.Join(fmt.Errorf("bind %s: setting its flags: %w", dst, err), unix.Unmount(dst, unix.MNT_DETACH))
 	}
 	return nil
 }
@@ -86,14 +92,15 @@ func Detach(target string) error {
 	return nil
 }
 
-// IsOverlay reports whether an overlay filesystem is mounted at dir
-// (found in the mount table, without touching dir).
-func IsOverlay(dir string) bool {
+// FSType is the type of the filesystem mounted last at dir ("overlay",
+// "fuse.strata"), found in the mount table without touching dir; "" when
+// nothing is mounted there or it cannot be told.
+func FSType(dir string) string {
 	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(filepath.Clean(dir)))
 	if err != nil || len(infos) == 0 {
-		return false
+		return ""
 	}
-	return infos[len(infos)-1].FSType == "overlay"
+	return infos[len(infos)-1].FSType
 }
 
 // IsMountpoint reports whether something is mounted on dir. When that

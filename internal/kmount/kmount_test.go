@@ -4,8 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -113,6 +115,36 @@ func TestOverlayReadOnlyAndWritable(t *testing.T) {
 	}
 	if err := Overlay(merged, nil, "", ""); err == nil {
 		t.Error("an overlay without layers was mounted")
+	}
+}
+
+// TestBindSetsExactlyTheFlags: a bind takes the flags given, not its
+// source's (a tmpfs mounted nosuid and nodev here), and FSType names the
+// source's filesystem.
+func TestBindSetsExactlyTheFlags(t *testing.T) {
+	requireRoot(t)
+	src, dst := t.TempDir(), t.TempDir()
+	if err := unix.Mount("tmpfs", src, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(src) })
+	if got := FSType(dst); got != "" {
+		t.Errorf("FSType of a plain directory: %q", got)
+	}
+	if err := Bind(src, dst, unix.MS_RDONLY); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(dst) })
+	if got := FSType(dst); got != "tmpfs" {
+		t.Errorf("FSType of the bind: %q, want tmpfs", got)
+	}
+	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(dst))
+	if err != nil || len(infos) != 1 {
+		t.Fatalf("mountinfo of %s: %v, %v", dst, infos, err)
+	}
+	opts := strings.Split(infos[0].Options, ",")
+	if !slices.Contains(opts, "ro") || slices.Contains(opts, "nosuid") || slices.Contains(opts, "nodev") {
+		t.Errorf("bind mounted with %q, want ro without nosuid or nodev", infos[0].Options)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
 	"github.com/stratafs/strata/test/treecmp"
@@ -50,6 +52,33 @@ func TestMountSameTreeAsFullUnpack(t *testing.T) {
 	})
 }
 
+// TestMountOneLayerSameTreeAsFullUnpack mounts one-layer images: one
+// with every entry type and nothing for overlayfs to hide is its layer's
+// own mount, bound read-only at the directory; one whose layer has a
+// whiteout and an opaque directory (over nothing) goes through overlayfs,
+// which hides them. Both trees must be umoci's.
+func TestMountOneLayerSameTreeAsFullUnpack(t *testing.T) {
+	t.Run("plain", func(t *testing.T) {
+		checkSameTreeAsFullUnpack(t, treeCase{
+			layers: fixture.Standard()[:1], form: fixture.FormEStargz,
+			tag: "one-plain", wholeSeconds: true, unpack: treecmp.ReferenceUnpack,
+			mountType: fs.MountType,
+		})
+	})
+	t.Run("markers", func(t *testing.T) {
+		// A whiteout at the top (a merged directory: the empty
+		// bottom lower has it too) and an opaque directory.
+		root := fixture.Dir(".")
+		layer := fixture.LayerSpec{root, fixture.Whiteout("gone"), fixture.Dir("etc"), fixture.Opaque("etc"),
+			fixture.Text("etc/hosts", "127.0.0.1 localhost\n"), fixture.Text("kept", "kept\n")}
+		checkSameTreeAsFullUnpack(t, treeCase{
+			layers: []fixture.LayerSpec{layer}, form: fixture.FormEStargz,
+			tag: "one-markers", wholeSeconds: true, unpack: treecmp.ReferenceUnpack,
+			mountType: "overlay",
+		})
+	})
+}
+
 // treeCase is an image for checkSameTreeAsFullUnpack: its layers, the form
 // they are pushed in, whether the form keeps only whole-second mtimes, and
 // how the reference unpacks it.
@@ -62,6 +91,9 @@ type treeCase struct {
 	// indexFirst has another daemon (another machine) run `strata index`
 	// on the image first: the mount must then use the pushed indexes.
 	indexFirst bool
+	// mountType, when set, is the filesystem the image's directory must
+	// be: "overlay", or the layer's own mount bound there.
+	mountType string
 }
 
 // checkSameTreeAsFullUnpack pushes the case's image to a registry of its
@@ -84,6 +116,11 @@ func checkSameTreeAsFullUnpack(t *testing.T, c treeCase) {
 	if c.indexFirst {
 		if n := strings.Count(logs.String()[mark:], "layer index imported"); n != len(distinctLayers(m)) {
 			t.Errorf("%d layer indexes imported for %d layers", n, len(distinctLayers(m)))
+		}
+	}
+	if c.mountType != "" {
+		if got := kmount.FSType(dir); got != c.mountType {
+			t.Errorf("image mounted as %q, want %q", got, c.mountType)
 		}
 	}
 	got, err := treecmp.Walk(dir)
