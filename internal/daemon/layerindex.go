@@ -259,7 +259,11 @@ func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, 
 		if len(want) == 0 {
 			return
 		}
-		if err := im.importFrom(ctx, r, layers, want); err != nil {
+		err := r.load()
+		if err == nil {
+			err = im.importFrom(ctx, r, layers, want)
+		}
+		if err != nil {
 			slog.WarnContext(ctx, "layer index artifact not used", "image", image, "artifact", r.digest, "why", err)
 		}
 	}

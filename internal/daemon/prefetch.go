@@ -154,6 +154,9 @@ func (im *images) remotePrefetchList(ctx context.Context, repo name.Repository, 
 		return nil, err
 	}
 	best := refs[0]
+	if err := best.load(); err != nil {
+		return nil, err
+	}
 	if ls := best.manifest.Layers; len(ls) != 1 || string(ls[0].MediaType) != fs.PrefetchListMediaType {
 		return nil, fmt.Errorf("referrer %s is not a prefetch list of %s: %w", best.digest, subject, fs.ErrBadPrefetchList)
 	}
@@ -191,7 +194,8 @@ func (im *images) startListedPrefetch(m *Mount, lookup <-chan listLookup) contex
 		start := time.Now()
 		st := im.d.pool.PrefetchListed(ctx, res.list)
 		slog.Info("recorded prefetch done", "image", m.Digest, "from", res.from, "files", st.Files, "missing", st.Missing,
-			"streams", st.Streams, "bytes", st.Bytes, "duration", time.Since(start).Round(time.Millisecond), "stopped", ctx.Err() != nil)
+			"streams", st.Streams, "bytes", st.Bytes, "found_in", res.took.Round(time.Millisecond),
+			"duration", time.Since(start).Round(time.Millisecond), "stopped", ctx.Err() != nil)
 	}()
 	return cancel
 }
@@ -201,6 +205,7 @@ type listLookup struct {
 	list *fs.PrefetchList
 	from string // "store" or "registry"
 	err  error
+	took time.Duration // to find it
 }
 
 // lookupPrefetchList starts looking for a recorded list for m, per the
@@ -220,29 +225,33 @@ func (im *images) lookupPrefetchList(m *Mount, base string, stored bool) <-chan 
 		return out
 	}
 	go func() {
-		repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
-		if err != nil {
-			out <- listLookup{err: err}
-			return
-		}
-		own := policy
-		if stored {
-			own = PrefetchListsLocal
-		}
-		res := im.findPrefetchList(repo, m.Insecure, m.Digest, m.Layers, false, own)
-		if res.list == nil && res.err == nil && base != "" {
-			var ref name.Reference
-			ref, err = remote.ParseReference(base, im.d.remoteOpts...)
-			d, ok := ref.(name.Digest)
-			if err != nil || !ok {
-				out <- listLookup{err: fmt.Errorf("base image %q: not a digest reference", base)}
-				return
-			}
-			res = im.findPrefetchList(d.Context(), m.Insecure, digest.Digest(d.DigestStr()), m.Layers, true, policy)
-		}
+		start := time.Now()
+		res := im.lookupList(m, base, stored, policy)
+		res.took = time.Since(start)
 		out <- res
 	}()
 	return out
+}
+
+func (im *images) lookupList(m *Mount, base string, stored bool, policy string) listLookup {
+	repo, err := name.NewRepository(m.Repo, im.nameOptions(m)...)
+	if err != nil {
+		return listLookup{err: err}
+	}
+	own := policy
+	if stored {
+		own = PrefetchListsLocal
+	}
+	res := im.findPrefetchList(repo, m.Insecure, m.Digest, m.Layers, false, own)
+	if res.list == nil && res.err == nil && base != "" {
+		ref, err := remote.ParseReference(base, im.d.remoteOpts...)
+		d, ok := ref.(name.Digest)
+		if err != nil || !ok {
+			return listLookup{err: fmt.Errorf("base image %q: not a digest reference", base)}
+		}
+		res = im.findPrefetchList(d.Context(), m.Insecure, digest.Digest(d.DigestStr()), m.Layers, true, policy)
+	}
+	return res
 }
 
 // findPrefetchList looks for the list of image (in repo) in the store,

@@ -113,21 +113,32 @@ func (r rawManifest) MediaType() (types.MediaType, error) { return r.mediaType, 
 // maxReferrers bounds the referrers of one image looked at.
 const maxReferrers = 64
 
-// referrer is an artifact found for an image: its manifest, and a way to
-// fetch its blobs.
+// referrer is an artifact the referrers list names for an image: where
+// it is, and, once load has fetched it, its manifest; and a way to fetch
+// its blobs.
 type referrer struct {
-	digest   v1.Hash
-	manifest *v1.Manifest
-	repo     name.Repository
-	opts     []ggcrremote.Option
+	digest       v1.Hash
+	manifest     *v1.Manifest // set by load
+	subject      digest.Digest
+	artifactType string
+	repo         name.Repository
+	opts         []ggcrremote.Option
 }
 
-// referrers returns the artifacts of artifactType whose subject is the
+// referrers lists the artifacts of artifactType whose subject is the
 // image subject in repo, newest first (by their created annotation), at
-// most maxReferrers of them; each manifest is checked to name subject and
-// artifactType.
+// most maxReferrers of them. No manifest is fetched here: callers load
+// the ones they use, in order, since an image may have many (a list
+// recorded at every build, say) and each costs a round trip.
 func (im *images) referrers(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest, artifactType string) ([]referrer, error) {
 	opts := im.registryOptions(ctx, repo, insecure)
+	// One puller for the listing and every manifest and blob after it:
+	// the registry's ping and token are had once, not per request.
+	puller, err := ggcrremote.NewPuller(opts...)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, ggcrremote.Reuse(puller))
 	idx, err := ggcrremote.Referrers(repo.Digest(subject.String()), append(opts, ggcrremote.WithFilter("artifactType", artifactType))...)
 	if err != nil {
 		return nil, err
@@ -136,32 +147,36 @@ func (im *images) referrers(ctx context.Context, repo name.Repository, insecure 
 	if err != nil {
 		return nil, err
 	}
-	var found []v1.Descriptor
-	for _, desc := range list.Manifests {
-		if desc.ArtifactType == artifactType && desc.MediaType.IsImage() && len(found) < maxReferrers {
-			found = append(found, desc)
-		}
-	}
+	found := slices.DeleteFunc(slices.Clone(list.Manifests), func(desc v1.Descriptor) bool {
+		return desc.ArtifactType != artifactType || !desc.MediaType.IsImage()
+	})
 	// RFC 3339 times in UTC sort as text.
 	slices.SortStableFunc(found, func(a, b v1.Descriptor) int {
 		return strings.Compare(b.Annotations[ocispec.AnnotationCreated], a.Annotations[ocispec.AnnotationCreated])
 	})
-	var out []referrer
-	for _, desc := range found {
-		art, err := ggcrremote.Image(repo.Digest(desc.Digest.String()), opts...)
-		if err != nil {
-			return nil, err
-		}
-		man, err := art.Manifest()
-		if err != nil {
-			return nil, err
-		}
-		if man.Subject == nil || man.Subject.Digest.String() != subject.String() || man.ArtifactType != artifactType {
-			return nil, fmt.Errorf("referrer %s of %s is not what the referrers list says it is", desc.Digest, subject)
-		}
-		out = append(out, referrer{digest: desc.Digest, manifest: man, repo: repo, opts: opts})
+	out := make([]referrer, 0, min(len(found), maxReferrers))
+	for _, desc := range found[:min(len(found), maxReferrers)] {
+		out = append(out, referrer{digest: desc.Digest, subject: subject, artifactType: artifactType, repo: repo, opts: opts})
 	}
 	return out, nil
+}
+
+// load fetches r's manifest and checks that it names the subject and
+// artifact type the referrers list says it has.
+func (r *referrer) load() error {
+	art, err := ggcrremote.Image(r.repo.Digest(r.digest.String()), r.opts...)
+	if err != nil {
+		return err
+	}
+	man, err := art.Manifest()
+	if err != nil {
+		return err
+	}
+	if man.Subject == nil || man.Subject.Digest.String() != r.subject.String() || man.ArtifactType != r.artifactType {
+		return fmt.Errorf("referrer %s of %s is not what the referrers list says it is", r.digest, r.subject)
+	}
+	r.manifest = man
+	return nil
 }
 
 // blob fetches the blob desc of the artifact, at most max bytes, and

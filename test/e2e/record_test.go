@@ -138,6 +138,13 @@ func TestRecordedPrefetch(t *testing.T) {
 		t.Fatalf("recorded %v, want %v in that order and not the file only stat'ed", paths, listed)
 	}
 
+	// Older lists pile up beside it (every build may push one): junk
+	// here, with no creation time, so older than the real one. Only the
+	// newest is fetched; the others' manifests are never asked for.
+	for i := range 8 {
+		pushReferrer(t, ref, m.Digest, fmt.Appendf(nil, "not a list %d", i))
+	}
+
 	// Another machine: a fresh daemon, through a counting proxy.
 	p := startProxy(t, shared.reg)
 	second := startDaemon(t, nil)
@@ -146,6 +153,15 @@ func TestRecordedPrefetch(t *testing.T) {
 	line := waitLog(t, mark, "recorded prefetch done", m2.Digest.String(), "from=registry")
 	if !strings.Contains(line, "files=2 ") || !strings.Contains(line, "missing=0") {
 		t.Fatalf("prefetch: %s", line)
+	}
+	var referrerManifests []string
+	for _, e := range p.Stats().Log {
+		if strings.Contains(e.Path, "/manifests/sha256:") && !strings.HasSuffix(e.Path, m2.Digest.String()) {
+			referrerManifests = append(referrerManifests, e.Path)
+		}
+	}
+	if len(referrerManifests) != 1 || !strings.HasSuffix(referrerManifests[0], refs[0].Digest.String()) {
+		t.Errorf("referrer manifests fetched: %v, want only the newest list's, %s", referrerManifests, refs[0].Digest)
 	}
 	if s := p.Stats(); s.BlobBytes > 2<<20 {
 		t.Errorf("mount and prefetch moved %d blob bytes; the listed files are 8 KiB (the 16 MiB file must stay put)", s.BlobBytes)
