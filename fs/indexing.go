@@ -176,7 +176,7 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 		go func() {
 			defer p.saves.Done()
 			ctx := context.Background()
-			blob, err := remote.NewBlobReader(ctx, repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
+			blob, err := remote.NewLayerReader(ctx, repo, l, append(slices.Clone(p.ropts), opts...)...)
 			if err != nil {
 				slog.Debug("fs: index prefetch", "layer", l.Digest, "error", err)
 				return

@@ -224,7 +224,7 @@ func (p *Pool) openBlob(ctx context.Context, repo name.Repository, l remote.Laye
 		slog.InfoContext(ctx, "layer served from the local store", "layer", l.Digest)
 		return openLocalBlob(f, size, l.Size, l.Digest)
 	}
-	return remote.NewBlobReader(context.WithoutCancel(ctx), repo, l.Digest, l.Size, append(slices.Clone(p.ropts), opts...)...)
+	return remote.NewLayerReader(context.WithoutCancel(ctx), repo, l, append(slices.Clone(p.ropts), opts...)...)
 }
 
 // Release drops one use of layer d, unmounting it after the last.

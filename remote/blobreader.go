@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,9 +29,15 @@ type BlobReader struct {
 	sem    *semaphore.Weighted // bounds concurrent HTTP requests
 	flight singleflight.Group  // identical in-flight ranges are fetched once
 
-	// direct is the blob-store URL the registry last redirected to; used
-	// without credentials until it fails once.
+	// direct is the blob-store URL the registry last redirected to, or
+	// the foreign URL that last served the blob; used without credentials
+	// until it fails once.
 	direct atomic.Pointer[url.URL]
+	// foreign are the blob's other URLs (WithBlobURLs) that passed
+	// foreignURLError, tried with foreignClient when the registry lacks
+	// the blob.
+	foreign       []*url.URL
+	foreignClient *http.Client
 
 	spoolMu sync.Mutex // serializes creating the spool; reads use spool
 	spool   atomic.Pointer[spoolFile]
@@ -50,6 +58,13 @@ type counters struct {
 	requests, bytes, retries, errors atomic.Int64
 }
 
+// NewLayerReader is NewBlobReader for layer l of a manifest, which is also
+// read from its descriptor's urls when the registry lacks it
+// (WithBlobURLs).
+func NewLayerReader(ctx context.Context, repo name.Repository, l Layer, opts ...Option) (*BlobReader, error) {
+	return NewBlobReader(ctx, repo, l.Digest, l.Size, append(slices.Clone(opts), WithBlobURLs(l.URLs...))...)
+}
+
 // NewBlobReader prepares ranged reads of the blob dgst (size bytes) in repo.
 // It resolves credentials and performs the registry's auth handshake (ping
 // and, for bearer auth, a token exchange) but fetches no blob bytes.
@@ -65,13 +80,15 @@ func NewBlobReader(ctx context.Context, repo name.Repository, dgst digest.Digest
 	if err != nil {
 		return nil, err
 	}
-	return &BlobReader{
+	r := &BlobReader{
 		client: c,
 		digest: dgst,
 		size:   size,
 		o:      o,
 		sem:    semaphore.NewWeighted(int64(o.maxConcurrency)),
-	}, nil
+	}
+	r.setForeign(repo)
+	return r, nil
 }
 
 // Size is the blob size given to NewBlobReader.

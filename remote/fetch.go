@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/containerd/errdefs"
 )
 
 // maxErrorBody bounds how much of an error response is read for its message.
@@ -29,7 +32,11 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 	defer r.sem.Release(1)
 
 	if u := r.direct.Load(); u != nil {
-		data, err := r.get(ctx, r.client.direct, u, off, n)
+		hc := r.client.direct
+		if slices.Contains(r.foreign, u) {
+			hc = r.foreignClient // its redirects are checked too
+		}
+		data, err := r.get(ctx, hc, u, off, n)
 		if err == nil || ctx.Err() != nil {
 			return data, err
 		}
@@ -39,7 +46,26 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 		slog.Debug("blob store URL failed, going back to the registry",
 			"blob", r.digest, "error", err)
 	}
-	return r.get(ctx, r.client.registry, r.client.url("blobs", r.digest.String()), off, n)
+	data, err := r.get(ctx, r.client.registry, r.client.url("blobs", r.digest.String()), off, n)
+	if err == nil || !errors.Is(err, errdefs.ErrNotFound) || len(r.foreign) == 0 {
+		return data, err
+	}
+	// A foreign or non-distributable layer: the registry need not have
+	// it, its descriptor's urls do. The first that serves the range is
+	// kept, as a redirect's blob-store URL is.
+	errs := []error{err}
+	for _, u := range r.foreign {
+		data, err := r.get(ctx, r.foreignClient, u, off, n)
+		if err == nil {
+			r.direct.Store(u)
+			return data, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
 }
 
 // get sends one ranged GET with hc and turns the response into exactly n

@@ -36,6 +36,7 @@ type options struct {
 	retryAttempts  int
 	retryBase      time.Duration
 	spoolDir       string
+	blobURLs       []string
 	clients        *ClientCache
 }
 
@@ -158,6 +159,19 @@ func WithRetry(maxAttempts int, base time.Duration) Option {
 // nothing is left behind even on a crash. Default: os.TempDir().
 func WithSpoolDir(dir string) Option {
 	return func(o *options) { o.spoolDir = dir }
+}
+
+// WithBlobURLs gives a BlobReader the other places its blob may be read
+// from: the urls of its descriptor (image-spec descriptor.md), which
+// foreign and non-distributable layers carry because the registry need
+// not hold them. They are tried, in order, only when the registry answers
+// that it has no such blob, and the first that serves it is kept. They
+// come from an untrusted manifest, so only some are taken (see
+// foreignURLError), they are sent no credentials, and what they serve is
+// checked like any blob bytes (chunk digests, or the blob's own digest
+// when read whole).
+func WithBlobURLs(urls ...string) Option {
+	return func(o *options) { o.blobURLs = append(o.blobURLs, urls...) }
 }
 
 // isInsecureHost reports whether host ("host:port" or "host") was listed by

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -35,6 +36,9 @@ type Layer struct {
 	Size        int64
 	MediaType   types.MediaType
 	Annotations map[string]string // e.g. "containerd.io/snapshot/stargz/toc.digest"
+	// URLs are the descriptor's urls: where a foreign or
+	// non-distributable layer may be read when the registry lacks it.
+	URLs []string `json:",omitempty"`
 }
 
 // Resolve fetches the manifest of ref, choosing the WithPlatform manifest
@@ -192,7 +196,7 @@ func parseImageManifest(d digest.Digest, body []byte) (configDescriptor, []Layer
 		if l.Size < 0 {
 			return configDescriptor{}, nil, fmt.Errorf("%w: manifest %s: layer %d has negative size %d", ErrInvalidRange, d, i, l.Size)
 		}
-		layers = append(layers, Layer{Digest: ld, Size: l.Size, MediaType: l.MediaType, Annotations: maps.Clone(l.Annotations)})
+		layers = append(layers, Layer{Digest: ld, Size: l.Size, MediaType: l.MediaType, Annotations: maps.Clone(l.Annotations), URLs: slices.Clone(l.URLs)})
 	}
 	return configDescriptor{Digest: cfgDigest, Size: mf.Config.Size}, layers, nil
 }

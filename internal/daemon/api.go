@@ -95,6 +95,7 @@ type Layer struct {
 	Size         int64             `json:"size"`
 	MediaType    string            `json:"mediaType"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
+	URLs         []string          `json:"urls,omitempty"`   // where a foreign layer may be read
 	DiffID       digest.Digest     `json:"diffID,omitempty"` // from the image config
 	FetchedBytes int64             `json:"fetchedBytes"`
 	Requests     int64             `json:"requests"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -125,6 +126,20 @@ func (im *images) storedBase(ctx context.Context, c *commitStep, repo name.Repos
 		d := digest.Digest(desc.Digest.String())
 		if f, _, err := im.d.store.Blobs.Open(d); err == nil {
 			return &commit.LocalBlob{ReadCloser: store.VerifiedReader(f, d)}, nil
+		}
+		if len(desc.URLs) > 0 {
+			// A foreign layer (only an OCI layout needs its bytes: a
+			// push leaves it out): the registry, else its urls.
+			br, err := remote.NewLayerReader(ctx, repo, remote.Layer{Digest: d, Size: desc.Size, MediaType: desc.MediaType, URLs: desc.URLs},
+				append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
+			if err != nil {
+				return nil, err
+			}
+			sr := io.NewSectionReader(br.ReaderAt(ctx), 0, desc.Size)
+			return store.VerifiedReader(struct {
+				io.Reader
+				io.Closer
+			}{sr, br}, d), nil
 		}
 		l, err := ggcrremote.Layer(repo.Digest(desc.Digest.String()), ropts...)
 		if err != nil {

@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -186,7 +185,7 @@ func (im *images) newMount(dir string, req MountRequest, img *remote.Image) (*Mo
 		if err := cfg.RootFS.DiffIDs[i].Validate(); err != nil {
 			return nil, fmt.Errorf("image config: diff ID %d: %w: %v", i+1, errdefs.ErrInvalidArgument, err)
 		}
-		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, DiffID: cfg.RootFS.DiffIDs[i]})
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs, DiffID: cfg.RootFS.DiffIDs[i]})
 	}
 	if err := im.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
 		return nil, fmt.Errorf("storing the manifest: %w", err)
@@ -230,7 +229,7 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range m.Layers {
 		g.Go(func() error {
-			desc := remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}
+			desc := l.remote()
 			dir, err := im.d.pool.AcquireWhole(gctx, repo, desc, opts...)
 			if err != nil {
 				return fmt.Errorf("layer %d of %d: %w", i+1, len(m.Layers), err)

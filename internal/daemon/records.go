@@ -32,6 +32,7 @@ type layerRecord struct {
 	Size        int64             `json:"size"`
 	MediaType   string            `json:"mediaType"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+	URLs        []string          `json:"urls,omitempty"`
 	DiffID      digest.Digest     `json:"diffID,omitempty"`
 }
 
@@ -42,7 +43,7 @@ func recordOf(m *Mount) mountRecord {
 		Runs: slices.Clone(m.Runs), Committed: m.Committed,
 	}
 	for _, l := range m.Layers {
-		r.Layers = append(r.Layers, layerRecord{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, DiffID: l.DiffID})
+		r.Layers = append(r.Layers, layerRecord{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs, DiffID: l.DiffID})
 	}
 	return r
 }
@@ -54,7 +55,7 @@ func (r mountRecord) mount() *Mount {
 		Runs: r.Runs, Committed: r.Committed,
 	}
 	for _, l := range r.Layers {
-		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, DiffID: l.DiffID})
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs, DiffID: l.DiffID})
 	}
 	return m
 }

@@ -195,7 +195,7 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 	}
 	all := make([]remote.Layer, 0, len(m.Layers))
 	for _, l := range m.Layers {
-		all = append(all, remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations})
+		all = append(all, remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations, URLs: l.URLs})
 	}
 	for _, l := range all {
 		if l.Digest == layerDigest {
@@ -223,7 +223,7 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 func (s *snapshotLayers) importIndexes(ctx context.Context, repo name.Repository, image digest.Digest, all []remote.Layer, layer remote.Layer) {
 	ls := make([]Layer, len(all))
 	for i, l := range all {
-		ls[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations}
+		ls[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs}
 	}
 	if !s.d.images.needsIndex(Layer{Digest: layer.Digest, MediaType: string(layer.MediaType), Annotations: layer.Annotations}) {
 		return
@@ -327,7 +327,7 @@ func (s *snapshotLayers) Record(ctx context.Context, key string, remoteLabels, l
 	}
 	m := &Mount{Dir: "containerd snapshot " + key, Ref: t.Ref, Repo: r.Context().String(), Digest: image}
 	for _, l := range man.Layers {
-		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations})
+		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs})
 	}
 	rec := s.d.images.startRecording(m, MountRequest{RecordFor: d, RecordPush: labels[snapshotter.LabelRecordPush] == "true"})
 	s.mu.Lock()

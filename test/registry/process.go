@@ -67,6 +67,9 @@ func tail(b []byte) []byte {
 // config is distribution 2.8's YAML. Upload purging is off because it
 // would delete in-progress uploads of a paused test; the HTTP secret is set
 // so the registry does not log a warning about generating one.
+// config is the registry's configuration. Manifests may name foreign
+// (non-distributable) layers served on this machine: without an allow
+// list, the registry refuses every manifest that has urls.
 const config = `version: 0.1
 log:
   level: warn
@@ -83,6 +86,11 @@ storage:
 http:
   addr: %s
   secret: strata-test-secret
+validation:
+  manifests:
+    urls:
+      allow:
+        - ^http://127\.0\.0\.1[:/]
 `
 
 // process is a docker-registry child in its own process group.
