@@ -35,58 +35,58 @@ type assembler struct {
 	w     *store.FileWriter
 	next  int // the part to copy; moved only by the running goroutine
 	start time.Time
-	// Guarded by Content.wholeMu:
+	// Guarded by wholeFiles.mu:
 	running bool // a goroutine is copying
 	final   bool // no reader left: stop at the first part not cached
 }
 
-// wholeRead is told of every read of a large file through the daemon,
+// read is told of every read of a large file through the daemon,
 // when whole files are in use: a read from the start begins assembling
 // the file, any other read lets a waiting assembler go on.
-func (c *Content) wholeRead(e index.Entry, off int64) {
-	c.wholeMu.Lock()
-	a := c.assemblers[e.Ino]
-	c.wholeMu.Unlock()
+func (w *wholeFiles) read(e index.Entry, off int64) {
+	w.mu.Lock()
+	a := w.assemblers[e.Ino]
+	w.mu.Unlock()
 	if a == nil && off == 0 {
-		a = c.newAssembler(e, nil)
+		a = w.newAssembler(e, nil)
 	}
 	if a != nil {
-		c.runAssembler(a, false)
+		w.runAssembler(a, false)
 	}
 }
 
-// completeWhole runs e's assembly to its end, or to the first part not
+// complete runs e's assembly to its end, or to the first part not
 // cached: called when the file's last daemon open is released, and when
 // the file is opened without a whole file. Without an assembler, one is
 // started only if every chunk is cached. parts may be nil.
-func (c *Content) completeWhole(e index.Entry, parts []store.Part) {
-	if c.files == nil {
+func (w *wholeFiles) complete(e index.Entry, parts []store.Part) {
+	if w == nil {
 		return
 	}
-	c.wholeMu.Lock()
-	a := c.assemblers[e.Ino]
-	c.wholeMu.Unlock()
+	w.mu.Lock()
+	a := w.assemblers[e.Ino]
+	w.mu.Unlock()
 	if a == nil {
 		if parts == nil {
 			var err error
-			if parts, err = c.wholeParts(e); err != nil {
-				slog.Debug("fs: no whole file", "layer", c.digest, "inode", e.Ino, "error", err)
+			if parts, err = w.parts(e); err != nil {
+				slog.Debug("fs: no whole file", "layer", w.digest, "inode", e.Ino, "error", err)
 				return
 			}
 		}
-		if !c.allCached(parts) {
+		if !w.allCached(parts) {
 			return
 		}
-		if a = c.newAssembler(e, parts); a == nil {
+		if a = w.newAssembler(e, parts); a == nil {
 			return
 		}
 	}
-	c.runAssembler(a, true)
+	w.runAssembler(a, true)
 }
 
-func (c *Content) allCached(parts []store.Part) bool {
+func (w *wholeFiles) allCached(parts []store.Part) bool {
 	for _, p := range parts {
-		if !c.cache.Has(p.Digest) {
+		if !w.cache.Has(p.Digest) {
 			return false
 		}
 	}
@@ -96,100 +96,100 @@ func (c *Content) allCached(parts []store.Part) bool {
 // newAssembler registers an assembler for e, or returns the one there is;
 // nil when e needs none (one chunk, whole file there, too big) or too many
 // are running. parts may be nil: they are then read from the index.
-func (c *Content) newAssembler(e index.Entry, parts []store.Part) *assembler {
-	if c.files == nil || c.bgCtx.Err() != nil {
+func (w *wholeFiles) newAssembler(e index.Entry, parts []store.Part) *assembler {
+	if w.life.ctx.Err() != nil {
 		return nil
 	}
 	if parts == nil {
 		var err error
-		if parts, err = c.wholeParts(e); err != nil {
-			slog.Debug("fs: no whole file", "layer", c.digest, "inode", e.Ino, "error", err)
+		if parts, err = w.parts(e); err != nil {
+			slog.Debug("fs: no whole file", "layer", w.digest, "inode", e.Ino, "error", err)
 			return nil
 		}
 	}
-	if len(parts) < 2 || c.files.Has(store.FileKey(parts)) {
+	if len(parts) < 2 || w.files.Has(store.FileKey(parts)) {
 		return nil
 	}
-	c.wholeMu.Lock()
-	defer c.wholeMu.Unlock()
-	if a := c.assemblers[e.Ino]; a != nil {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if a := w.assemblers[e.Ino]; a != nil {
 		return a
 	}
-	if len(c.assemblers) >= maxAssemblers {
+	if len(w.assemblers) >= maxAssemblers {
 		return nil
 	}
-	w, err := c.files.NewWriter(parts)
+	fw, err := w.files.NewWriter(parts)
 	if err != nil {
-		slog.Debug("fs: whole file not assembled", "layer", c.digest, "inode", e.Ino, "error", err)
+		slog.Debug("fs: whole file not assembled", "layer", w.digest, "inode", e.Ino, "error", err)
 		return nil
 	}
-	a := &assembler{e: e, parts: parts, w: w, start: time.Now()}
-	c.assemblers[e.Ino] = a
+	a := &assembler{e: e, parts: parts, w: fw, start: time.Now()}
+	w.assemblers[e.Ino] = a
 	return a
 }
 
 // runAssembler lets a copy on in the background, unless it is copying
 // already or would wait at once for its next part. With final, it ends
 // at the first part not cached instead of waiting.
-func (c *Content) runAssembler(a *assembler, final bool) {
-	c.wholeMu.Lock()
+func (w *wholeFiles) runAssembler(a *assembler, final bool) {
+	w.mu.Lock()
 	a.final = a.final || final
-	idle := !a.running && (a.final || c.cache.Has(a.parts[a.next].Digest))
+	idle := !a.running && (a.final || w.cache.Has(a.parts[a.next].Digest))
 	a.running = a.running || idle
-	c.wholeMu.Unlock()
+	w.mu.Unlock()
 	if idle {
-		c.goBackground(func(ctx context.Context) { c.assemble(ctx, a) })
+		w.life.goBackground(func(ctx context.Context) { w.assemble(ctx, a) })
 	}
 }
 
 // assemble copies a's parts while they are cached, and commits the file
 // after the last; it returns, leaving a to be resumed, at a part not
-// cached yet. Deciding to wait and clearing running happen under wholeMu,
+// cached yet. Deciding to wait and clearing running happen under w.mu,
 // where readers look at running after caching a chunk: none is missed.
-func (c *Content) assemble(ctx context.Context, a *assembler) {
+func (w *wholeFiles) assemble(ctx context.Context, a *assembler) {
 	for a.next < len(a.parts) {
-		c.wholeMu.Lock()
-		if !c.cache.Has(a.parts[a.next].Digest) {
+		w.mu.Lock()
+		if !w.cache.Has(a.parts[a.next].Digest) {
 			if !a.final {
 				a.running = false
-				c.wholeMu.Unlock()
+				w.mu.Unlock()
 				return
 			}
-			c.wholeMu.Unlock()
-			c.dropAssembler(a, fmt.Errorf("part %d: %w", a.next, errdefs.ErrNotFound))
+			w.mu.Unlock()
+			w.dropAssembler(a, fmt.Errorf("part %d: %w", a.next, errdefs.ErrNotFound))
 			return
 		}
-		c.wholeMu.Unlock()
+		w.mu.Unlock()
 		if err := a.w.CopyNext(ctx); err != nil {
-			c.dropAssembler(a, err)
+			w.dropAssembler(a, err)
 			return
 		}
 		a.next++
-		if c.afterPart != nil {
-			c.afterPart(ctx)
+		if w.afterPart != nil {
+			w.afterPart(ctx)
 		}
 	}
 	err := a.w.Commit()
 	if err == nil {
 		metricFilesAssembled.Inc()
 	}
-	c.dropAssembler(a, err)
+	w.dropAssembler(a, err)
 }
 
 // dropAssembler ends a: its temporary file is removed unless committed.
 // err is why it ends (nil: committed).
-func (c *Content) dropAssembler(a *assembler, err error) {
+func (w *wholeFiles) dropAssembler(a *assembler, err error) {
 	if a == nil {
 		return
 	}
-	c.wholeMu.Lock()
-	if c.assemblers[a.e.Ino] == a {
-		delete(c.assemblers, a.e.Ino)
+	w.mu.Lock()
+	if w.assemblers[a.e.Ino] == a {
+		delete(w.assemblers, a.e.Ino)
 	}
-	c.wholeMu.Unlock()
+	w.mu.Unlock()
 	a.w.Close()
 	key := store.FileKey(a.parts)
-	attrs := []any{"layer", c.digest, "inode", a.e.Ino, "size", a.e.Size, "key", key, "duration", time.Since(a.start)}
+	attrs := []any{"layer", w.digest, "inode", a.e.Ino, "size", a.e.Size, "key", key, "duration", time.Since(a.start)}
 	switch {
 	case err == nil:
 		slog.Debug("fs: whole file assembled", attrs...)
@@ -200,22 +200,22 @@ func (c *Content) dropAssembler(a *assembler, err error) {
 	default:
 		slog.Warn("fs: whole file not assembled", append(attrs, "error", err)...)
 	}
-	if c.onWholeDone != nil {
-		c.onWholeDone(wholeJob{op: "assemble", key: key}, err)
+	if w.onWholeDone != nil {
+		w.onWholeDone(wholeJob{op: "assemble", key: key}, err)
 	}
 }
 
 // closeAssemblers ends the assemblers waiting for parts, once no
 // background work runs: at unmount.
-func (c *Content) closeAssemblers() {
-	c.wholeMu.Lock()
+func (w *wholeFiles) closeAssemblers() {
+	w.mu.Lock()
 	var left []*assembler
-	for _, a := range c.assemblers {
+	for _, a := range w.assemblers {
 		a.running = true // nothing may resume it now
 		left = append(left, a)
 	}
-	c.wholeMu.Unlock()
+	w.mu.Unlock()
 	for _, a := range left {
-		c.dropAssembler(a, context.Canceled)
+		w.dropAssembler(a, context.Canceled)
 	}
 }

@@ -37,7 +37,7 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 	if !errdefs.IsNotFound(err) {
 		return nil, err
 	}
-	b := p.buildIndex(ctx, blob, pl.desc, pl.whole)
+	b := p.buildIndex(ctx, blob, pl.desc, pl.whole, true)
 	select {
 	case <-b.done:
 	case <-ctx.Done():
@@ -49,8 +49,9 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 
 // buildIndex starts (or joins) making the index of layer l from blob;
 // whole says that a plain gzip layer may be read whole to index it (see
-// readIndex). The caller waits on the result's done channel.
-func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, whole bool) *indexBuild {
+// readIndex), keep that the chunks read on the way are cached. The caller
+// waits on the result's done channel.
+func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, whole, keep bool) *indexBuild {
 	p.mu.Lock()
 	if b, ok := p.builds[l.Digest]; ok {
 		p.mu.Unlock()
@@ -60,7 +61,11 @@ func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, w
 	p.builds[l.Digest] = b
 	p.mu.Unlock()
 
-	built, err := readIndex(context.WithoutCancel(ctx), blob, l, p.store.Chunks, whole)
+	var cache *store.Chunks
+	if keep {
+		cache = p.store.Chunks
+	}
+	built, err := readIndex(context.WithoutCancel(ctx), blob, l, cache, whole)
 	if err != nil {
 		b.err = err
 		p.forgetBuild(l.Digest)
@@ -116,16 +121,18 @@ var ErrNotLazy = index.ErrNotLazy
 // then streamed once, decompressed and indexed in the same pass, and
 // served lazily from then on through its checkpoints (index.ReadGzip).
 // File data that indexing reads whole anyway (an uncompressed tar's, a
-// gzip layer's) is kept in cache, so that reading those files later
-// fetches nothing.
+// gzip layer's) is kept in cache, when there is one, so that reading
+// those files later fetches nothing.
 func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks, whole bool) (*index.Index, error) {
 	start := time.Now()
-	keep := index.WithKeep(func(d digest.Digest, data []byte) {
-		if err := cache.Put(d, data); err != nil {
-			slog.WarnContext(ctx, "fs: chunk read while indexing not cached", "layer", l.Digest, "error", err)
-		}
-	})
-	opts := []index.ReadOption{keep}
+	var opts []index.ReadOption
+	if cache != nil {
+		opts = append(opts, index.WithKeep(func(d digest.Digest, data []byte) {
+			if err := cache.Put(d, data); err != nil {
+				slog.WarnContext(ctx, "fs: chunk read while indexing not cached", "layer", l.Digest, "error", err)
+			}
+		}))
+	}
 	if whole {
 		opts = append(opts, index.WithGzip())
 	}
@@ -182,7 +189,7 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 				return
 			}
 			defer blob.Close()
-			<-p.buildIndex(ctx, blob, l, false).done
+			<-p.buildIndex(ctx, blob, l, false, true).done
 		}()
 	}
 }

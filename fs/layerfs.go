@@ -432,7 +432,7 @@ func (l *layerFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOu
 // large says whether e is opened through openModes: a regular file of
 // minWholeFileSize or more of a layer that keeps whole files.
 func (l *layerFS) large(e *index.Entry) bool {
-	return e.Type == index.TypeReg && e.Size >= minWholeFileSize && l.content.files != nil
+	return e.Type == index.TypeReg && e.Size >= minWholeFileSize && l.content.whole != nil
 }
 
 func (l *layerFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
@@ -453,7 +453,7 @@ func (l *layerFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fus
 		return nil, fuse.Status(errno(ctx, "read", err, "inode", e.Ino, "offset", off, "size", len(buf)))
 	}
 	if l.passthrough.Load() && !l.openless.Load() && l.large(&e) {
-		l.content.wholeRead(e, off)
+		l.content.whole.read(e, off)
 	}
 	return fuse.ReadResultData(buf[:got]), fuse.OK
 }

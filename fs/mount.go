@@ -182,7 +182,7 @@ func newLayerMount(dir string, idx View, content *Content, cfg MountConfig) (*La
 // start makes the conn of dev; MountLayer then starts its loop before the
 // mount (the kernel's INIT must be read), ResumeLayer after the takeover.
 func (m *LayerMount) start(dev *os.File) error {
-	c, err := newConn(dev, m.lfs, m.lfs.content.files != nil, m.cfg.file(m.Dir, "pending"))
+	c, err := newConn(dev, m.lfs, m.lfs.content.whole != nil, m.cfg.file(m.Dir, "pending"))
 	if err != nil {
 		return err
 	}
@@ -194,8 +194,8 @@ func (m *LayerMount) start(dev *os.File) error {
 // ready finishes a mount whose connection is initialized.
 func (m *LayerMount) ready() {
 	m.lfs.noOpendir.Store(m.conn.kernelFlags&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
-	if files := m.lfs.content.files; files != nil {
-		if err := probePassthrough(m.conn, files); err != nil {
+	if w := m.lfs.content.whole; w != nil {
+		if err := probePassthrough(m.conn, w.files); err != nil {
 			logPassthroughOff(m.Dir, err)
 		} else {
 			m.lfs.passthrough.Store(true)

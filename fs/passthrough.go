@@ -117,7 +117,7 @@ func (l *layerFS) openLarge(ctx context.Context, e index.Entry, out *fuse.OpenOu
 		m.files[e.Ino] = f
 	}
 	if f.Direct == 0 && f.Daemon == 0 && l.passthrough.Load() {
-		file, err := l.content.openWhole(e)
+		file, err := l.content.whole.open(e)
 		switch {
 		case err == nil:
 			id, en := l.conn.registerBacking(file)
@@ -186,7 +186,7 @@ func (l *layerFS) releaseLarge(ino, fh uint64) {
 	m.mu.Unlock()
 	if lastDaemon && l.passthrough.Load() {
 		if e, err := l.idx.Entry(ino); err == nil {
-			l.content.completeWhole(e, nil)
+			l.content.whole.complete(e, nil)
 		}
 	}
 }

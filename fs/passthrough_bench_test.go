@@ -72,7 +72,7 @@ func mountForBench(b *testing.B, view View, content *Content) string {
 		m.Unmount()
 		content.Close()
 	})
-	if content.files != nil && !m.Passthrough() {
+	if content.whole != nil && !m.Passthrough() {
 		b.Skip("FUSE passthrough unavailable here")
 	}
 	return dir

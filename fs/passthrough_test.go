@@ -55,7 +55,7 @@ func mountTestLayer(t *testing.T, root string, bl *builtLayer, setup func(*Conte
 	ml := &mountedLayer{root: root, dir: t.TempDir(), st: st, whole: make(chan wholeResult, 64)}
 	view := index.NewMemory(bl.idx, int64(len(bl.blob)))
 	ml.content = NewContent("sha256:test", view, &memBlob{data: bl.blob}, st.Chunks, WithWholeFiles(st.Files))
-	ml.content.onWholeDone = func(job wholeJob, err error) {
+	ml.content.whole.onWholeDone = func(job wholeJob, err error) {
 		select {
 		case ml.whole <- wholeResult{job, err}:
 		default:
@@ -346,7 +346,7 @@ func TestUnmountDuringAssemblyLeavesNothing(t *testing.T) {
 	started := make(chan struct{})
 	ml := mountTestLayer(t, root, bl, func(c *Content) {
 		var once sync.Once
-		c.afterPart = func(ctx context.Context) {
+		c.whole.afterPart = func(ctx context.Context) {
 			once.Do(func() {
 				close(started)
 				<-ctx.Done() // hold the assembly half way until unmount
@@ -408,7 +408,7 @@ func TestPartlyReadFileLeavesNoWholeFile(t *testing.T) {
 	requireRoot(t)
 	root := t.TempDir()
 	bl := buildEStargz(t, []string{"big"}, []int{4 << 20}, 1<<20)
-	ml := mountTestLayer(t, root, bl, func(c *Content) { c.readAhead = 0 })
+	ml := mountTestLayer(t, root, bl, func(c *Content) { c.ahead.bytes = 0 })
 	ml.requirePassthrough(t)
 	f, err := os.Open(filepath.Join(ml.dir, "big"))
 	if err != nil {

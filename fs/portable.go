@@ -35,7 +35,10 @@ func (p *Pool) IndexLayer(ctx context.Context, repo name.Repository, l remote.La
 		return index.Info{}, fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	defer blob.Close()
-	b := p.buildIndex(ctx, blob, l, true)
+	// Only the index is wanted: the layer's content, read whole on the
+	// way (hundreds of MB for a big layer), is not cached, which would
+	// cost the pass its writes and push out what mounts use.
+	b := p.buildIndex(ctx, blob, l, true, false)
 	select {
 	case <-b.saved:
 	case <-ctx.Done():

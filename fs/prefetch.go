@@ -72,7 +72,7 @@ func pieces(chunks []index.BlobChunk, size int64) [][]index.BlobChunk {
 }
 
 func (c *Content) prefetch(ctx context.Context, from, to int64) {
-	chunks, _ := c.uncachedInBlob(from, to)
+	chunks, _ := c.ahead.uncachedInBlob(from, to)
 	pieces := pieces(chunks, prefetchPiece)
 	slots := make(chan struct{}, prefetchParallel)
 	var wg sync.WaitGroup

@@ -210,7 +210,7 @@ func TestReadWaitingForTheNetworkHoldsUpNothing(t *testing.T) {
 	// 8 MiB between the files, so that no fetch of the first takes the last.
 	names := []string{"a/cached", "a/other", "pad/big", "b/fetched"}
 	bl := buildEStargz(t, names, []int{3000, 10, 8 << 20, 5000}, 1<<20)
-	ml := mountTestLayer(t, t.TempDir(), bl, func(c *Content) { c.readAhead = 0 })
+	ml := mountTestLayer(t, t.TempDir(), bl, func(c *Content) { c.ahead.bytes = 0 })
 	read := func(name string) error {
 		b, err := os.ReadFile(filepath.Join(ml.dir, name))
 		if err == nil && string(b) != string(bl.files[name]) {

@@ -3,8 +3,10 @@ package fs
 import (
 	"context"
 	"log/slog"
+	"sync"
 
 	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/store"
 )
 
 // Read-ahead policy. Every fetch is a round trip, and on a real network
@@ -41,26 +43,41 @@ const (
 	smallStream = 64 << 10
 )
 
+// readAhead is the read-ahead policy of one layer: what a fetch takes
+// beyond the chunks a read asks for, from the index and what the cache
+// holds, and the state of the blob-order walk it follows. The fetching is
+// Content's; the policy only says what.
+type readAhead struct {
+	idx   View
+	cache *store.Chunks
+	bytes int64 // file read-ahead: how far past a sequential read
+
+	mu      sync.Mutex
+	seqNext int64  // blob offset where the last fetch ended
+	seqIno  uint64 // the file the last fetch was for
+	window  int64  // current blob-order read-ahead
+}
+
 // fileReadAhead returns the uncached chunks that follow last in file e,
 // when the read looks sequential: it starts the file, or the chunk before
 // first is already cached.
-func (c *Content) fileReadAhead(e index.Entry, first, last index.Chunk) []index.BlobChunk {
-	if c.readAhead <= 0 || last.End() >= e.Size {
+func (ra *readAhead) fileReadAhead(e index.Entry, first, last index.Chunk) []index.BlobChunk {
+	if ra.bytes <= 0 || last.End() >= e.Size {
 		return nil
 	}
 	if first.FileOffset > 0 {
-		prev, err := c.idx.Chunks(e.Ino, first.FileOffset-1, 1)
-		if err != nil || len(prev) == 0 || !c.cache.Has(prev[0].Digest) {
+		prev, err := ra.idx.Chunks(e.Ino, first.FileOffset-1, 1)
+		if err != nil || len(prev) == 0 || !ra.cache.Has(prev[0].Digest) {
 			return nil
 		}
 	}
-	more, err := c.idx.Chunks(e.Ino, last.End(), c.readAhead)
+	more, err := ra.idx.Chunks(e.Ino, last.End(), ra.bytes)
 	if err != nil {
 		return nil // read-ahead is an optimisation; the read itself goes on
 	}
 	var out []index.BlobChunk
 	for _, ch := range more {
-		if !c.cache.Has(ch.Digest) {
+		if !ra.cache.Has(ch.Digest) {
 			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: ch})
 		}
 	}
@@ -69,54 +86,54 @@ func (c *Content) fileReadAhead(e index.Entry, first, last index.Chunk) []index.
 
 // blobReadAhead grows or resets the blob-order window from where this
 // fetch starts, and returns the uncached chunks in the window after it.
-func (c *Content) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
+func (ra *readAhead) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
 	first, end := want[0].BlobOffset, int64(0)
 	for _, ch := range want {
 		first = min(first, ch.BlobOffset)
 		end = max(end, ch.BlobOffset+ch.BlobLength)
 	}
-	c.mu.Lock()
+	ra.mu.Lock()
 	// A walk's order is the directory listing's, which may differ from the
 	// blob's a little (f10 listed before f2, stored after it): a miss a
 	// little behind the last fetch keeps the window, one ahead grows it.
-	behind := max(c.window, seqBehind)
-	forward := c.seqNext > 0 && first >= c.seqNext-seqSlack && first <= c.seqNext+seqSlack
-	near := c.seqNext > 0 && first >= c.seqNext-behind && first <= c.seqNext+seqSlack
+	behind := max(ra.window, seqBehind)
+	forward := ra.seqNext > 0 && first >= ra.seqNext-seqSlack && first <= ra.seqNext+seqSlack
+	near := ra.seqNext > 0 && first >= ra.seqNext-behind && first <= ra.seqNext+seqSlack
 	switch {
-	case forward && ino != c.seqIno:
-		c.window = min(max(2*c.window, minBlobWindow), maxBlobWindow)
+	case forward && ino != ra.seqIno:
+		ra.window = min(max(2*ra.window, minBlobWindow), maxBlobWindow)
 	case !near:
-		c.window = 0
+		ra.window = 0
 	}
-	window := c.window
-	if ino == c.seqIno {
+	window := ra.window
+	if ino == ra.seqIno {
 		window = 0 // within one file, the file's own read-ahead is enough
 	}
-	c.seqIno = ino
-	c.mu.Unlock()
-	out, end := c.uncachedInBlob(end, end+window)
-	c.mu.Lock()
-	if end > c.seqNext || !near {
-		c.seqNext = end
+	ra.seqIno = ino
+	ra.mu.Unlock()
+	out, end := ra.uncachedInBlob(end, end+window)
+	ra.mu.Lock()
+	if end > ra.seqNext || !near {
+		ra.seqNext = end
 	}
-	c.mu.Unlock()
+	ra.mu.Unlock()
 	return out
 }
 
 // uncachedInBlob returns the uncached chunks whose streams lie wholly in
 // [from, to), and where the last of them ends (from when there is none).
-func (c *Content) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
+func (ra *readAhead) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
 	end := from
 	if to <= from {
 		return nil, end
 	}
-	more, err := c.idx.ChunksInBlob(from, to, maxWindowChunks)
+	more, err := ra.idx.ChunksInBlob(from, to, maxWindowChunks)
 	if err != nil {
 		return nil, end
 	}
 	var out []index.BlobChunk
 	for _, ch := range more {
-		if ch.BlobOffset+ch.BlobLength <= to && !c.cache.Has(ch.Digest) {
+		if ch.BlobOffset+ch.BlobLength <= to && !ra.cache.Has(ch.Digest) {
 			out = append(out, ch)
 			end = max(end, ch.BlobOffset+ch.BlobLength)
 		}
@@ -126,16 +143,16 @@ func (c *Content) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
 
 // neighbourhood returns, when the fetch is one small stream outside any
 // sequential walk, the other small uncached streams of its aligned block.
-func (c *Content) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
-	c.mu.Lock()
-	walking := c.window > 0
-	c.mu.Unlock()
+func (ra *readAhead) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
+	ra.mu.Lock()
+	walking := ra.window > 0
+	ra.mu.Unlock()
 	if walking || len(want) != 1 || want[0].BlobLength > smallStream {
 		return nil
 	}
 	start := want[0].BlobOffset / neighbourhoodBlock * neighbourhoodBlock
 	var out []index.BlobChunk
-	more, _ := c.uncachedInBlob(start, start+neighbourhoodBlock)
+	more, _ := ra.uncachedInBlob(start, start+neighbourhoodBlock)
 	end := int64(0)
 	for _, ch := range more {
 		if ch.BlobLength <= smallStream && ch.BlobOffset != want[0].BlobOffset {
@@ -144,9 +161,9 @@ func (c *Content) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
 		}
 	}
 	// A reader that goes on past the block is walking the layer.
-	c.mu.Lock()
-	c.seqNext = max(c.seqNext, end)
-	c.mu.Unlock()
+	ra.mu.Lock()
+	ra.seqNext = max(ra.seqNext, end)
+	ra.mu.Unlock()
 	return out
 }
 
@@ -158,9 +175,9 @@ func (c *Content) readAheadAsync(e index.Entry, ch index.Chunk) {
 	if !c.asyncBusy.CompareAndSwap(false, true) {
 		return
 	}
-	next := c.nextInFile(e, ch)
+	next := c.ahead.nextInFile(e, ch)
 	if len(next) == 0 {
-		next = c.nextInBlob(ch)
+		next = c.ahead.nextInBlob(ch)
 	}
 	if len(next) == 0 {
 		c.asyncBusy.Store(false)
@@ -184,17 +201,17 @@ func (c *Content) readAheadAsync(e index.Entry, ch index.Chunk) {
 }
 
 // nextInFile is the uncached part of e's read-ahead distance after ch.
-func (c *Content) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk {
-	if c.readAhead <= 0 || ch.End() >= e.Size {
+func (ra *readAhead) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk {
+	if ra.bytes <= 0 || ch.End() >= e.Size {
 		return nil
 	}
-	more, err := c.idx.Chunks(e.Ino, ch.End(), c.readAhead)
+	more, err := ra.idx.Chunks(e.Ino, ch.End(), ra.bytes)
 	if err != nil {
 		return nil
 	}
 	var out []index.BlobChunk
 	for _, m := range more {
-		if !c.cache.Has(m.Digest) {
+		if !ra.cache.Has(m.Digest) {
 			out = append(out, index.BlobChunk{Ino: e.Ino, Chunk: m})
 		}
 	}
@@ -203,23 +220,23 @@ func (c *Content) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk {
 
 // nextInBlob is the next blob-order window, once a walking reader has
 // consumed half of the current one.
-func (c *Content) nextInBlob(ch index.Chunk) []index.BlobChunk {
-	c.mu.Lock()
-	window, next := c.window, c.seqNext
+func (ra *readAhead) nextInBlob(ch index.Chunk) []index.BlobChunk {
+	ra.mu.Lock()
+	window, next := ra.window, ra.seqNext
 	if window > 0 && ch.BlobOffset >= next-window/2 {
 		// The walk goes on: ramp up as the kernel's async read-ahead does.
-		c.window = min(2*window, maxBlobWindow)
-		window = c.window
+		ra.window = min(2*window, maxBlobWindow)
+		window = ra.window
 	}
-	c.mu.Unlock()
+	ra.mu.Unlock()
 	if window == 0 || ch.BlobOffset < next-window/2 {
 		return nil
 	}
-	out, end := c.uncachedInBlob(next, next+window)
-	c.mu.Lock()
-	if end > c.seqNext {
-		c.seqNext = end
+	out, end := ra.uncachedInBlob(next, next+window)
+	ra.mu.Lock()
+	if end > ra.seqNext {
+		ra.seqNext = end
 	}
-	c.mu.Unlock()
+	ra.mu.Unlock()
 	return out
 }

@@ -33,22 +33,23 @@ type Blob interface {
 const DefaultReadAhead = 8 << 20
 
 // Content reads regular files of one layer: from the chunk cache when it
-// has the chunk, otherwise fetched, decoded and verified, then cached.
+// has the chunk, otherwise fetched, decoded and verified, then cached. It
+// is the layer's fetching; what a fetch takes beyond what was asked is
+// its readAhead's to say, and the whole local files passthrough opens are
+// its wholeFiles' to keep. The format is the index view's business: a
+// chunk's encoding says how its fetched bytes decode.
 type Content struct {
-	digest    digest.Digest
-	idx       View
-	blob      Blob
-	cache     *store.Chunks
-	files     *store.Files // nil: no whole files (see WithWholeFiles)
-	readAhead int64
+	digest digest.Digest
+	idx    View
+	blob   Blob
+	cache  *store.Chunks
+	whole  *wholeFiles // nil: no whole files (see WithWholeFiles)
+	ahead  *readAhead
 	// lastChunks is what cached found for the read that follows it.
 	lastChunks atomic.Pointer[chunksOf]
 
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
-	seqNext int64                  // blob offset where the last fetch ended
-	seqIno  uint64                 // the file the last fetch was for
-	window  int64                  // current blob-order read-ahead
 
 	asyncBusy atomic.Bool // a background read-ahead is running
 	// broad is the background fetch of the rest of the layer once it is
@@ -65,37 +66,40 @@ type Content struct {
 	listed    atomic.Int32
 	recording recorders
 
-	wholeMu    sync.Mutex
-	wholeBusy  map[wholeJob]bool     // whole files being verified
-	assemblers map[uint64]*assembler // whole files being assembled, by inode
-	// Test hooks, set before the layer is used: afterPart runs after each
-	// part an assembly copies, onWholeDone when whole-file work ends.
-	afterPart   func(ctx context.Context)
-	onWholeDone func(job wholeJob, err error)
+	*lifetime
+}
 
-	// Background work (read-ahead, decoding) outlives the read that
-	// started it but not the layer: Close cancels it and waits for it, so
-	// nothing is fetched or written to the cache after an unmount. This is
-	// the one context kept in a struct: it is the layer's lifetime.
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
+// lifetime is a layer's background work (read-ahead, decoding, whole
+// files): it outlives the read that started it but not the layer, so
+// nothing is fetched or written to the cache after an unmount. Its
+// context is the one kept in a struct: it is the layer's lifetime.
+type lifetime struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newLifetime() *lifetime {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &lifetime{ctx: ctx, cancel: cancel}
 }
 
 // goBackground runs fn in the background, under the layer's lifetime.
-func (c *Content) goBackground(fn func(ctx context.Context)) {
-	c.bg.Add(1)
+func (l *lifetime) goBackground(fn func(ctx context.Context)) {
+	l.wg.Add(1)
 	go func() {
-		defer c.bg.Done()
-		fn(c.bgCtx)
+		defer l.wg.Done()
+		fn(l.ctx)
 	}()
 }
 
 // Close stops the layer's background work and waits for it to end.
 func (c *Content) Close() {
-	c.bgCancel()
-	c.bg.Wait()
-	c.closeAssemblers()
+	c.cancel()
+	c.wg.Wait()
+	if c.whole != nil {
+		c.whole.closeAssemblers()
+	}
 }
 
 // streamFetch is one in-flight fetch of a compressed stream; concurrent
@@ -108,12 +112,15 @@ type streamFetch struct {
 
 // NewContent returns the content reader of the layer dgst.
 func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks, opts ...ContentOption) *Content {
-	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, readAhead: DefaultReadAhead,
-		pending: map[int64]*streamFetch{}, wholeBusy: map[wholeJob]bool{}, assemblers: map[uint64]*assembler{}}
+	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, ahead: &readAhead{idx: idx, cache: cache, bytes: DefaultReadAhead},
+		pending: map[int64]*streamFetch{}, lifetime: newLifetime()}
 	for _, o := range opts {
 		o(c)
 	}
-	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
+	if w := c.whole; w != nil {
+		w.digest, w.idx, w.cache, w.life = dgst, idx, cache, c.lifetime
+		w.busy, w.assemblers = map[wholeJob]bool{}, map[uint64]*assembler{}
+	}
 	return c
 }
 
@@ -218,12 +225,12 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	}
 	if missing[0].BlobOffset >= c.prefetchEnd.Load() {
 		// Inside a running prefetch, what comes next is on its way.
-		want = append(want, c.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
+		want = append(want, c.ahead.fileReadAhead(e, missing[0], missing[len(missing)-1])...)
 		if c.listed.Load() == 0 {
 			// While a recorded list is fetched, the list says what comes
 			// next better than the blob's order does.
-			want = append(want, c.blobReadAhead(e.Ino, want)...)
-			want = append(want, c.neighbourhood(want)...)
+			want = append(want, c.ahead.blobReadAhead(e.Ino, want)...)
+			want = append(want, c.ahead.neighbourhood(want)...)
 		}
 	}
 

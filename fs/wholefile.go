@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -39,7 +40,7 @@ type ContentOption func(*Content)
 // directly (FUSE passthrough; see MountLayer). Default: no whole files;
 // every read goes through the daemon and the chunk cache.
 func WithWholeFiles(files *store.Files) ContentOption {
-	return func(c *Content) { c.files = files }
+	return func(c *Content) { c.whole = &wholeFiles{files: files} }
 }
 
 // wholeJob names background work on one whole file, for test hooks and
@@ -50,9 +51,29 @@ type wholeJob struct {
 	key digest.Digest
 }
 
-// wholeParts lists e's content as the parts of a whole file.
-func (c *Content) wholeParts(e index.Entry) ([]store.Part, error) {
-	chunks, err := c.idx.Chunks(e.Ino, 0, e.Size)
+// wholeFiles keeps the whole files of one layer: it opens them for
+// passthrough, assembles them from the chunk cache (assemble.go) and
+// verifies those an earlier process left. A layer without whole files
+// has none (Content.whole is nil).
+type wholeFiles struct {
+	digest digest.Digest
+	idx    View
+	cache  *store.Chunks
+	files  *store.Files
+	life   *lifetime
+
+	mu         sync.Mutex
+	busy       map[wholeJob]bool     // whole files being verified
+	assemblers map[uint64]*assembler // whole files being assembled, by inode
+	// Test hooks, set before the layer is used: afterPart runs after each
+	// part an assembly copies, onWholeDone when whole-file work ends.
+	afterPart   func(ctx context.Context)
+	onWholeDone func(job wholeJob, err error)
+}
+
+// parts lists e's content as the parts of a whole file.
+func (w *wholeFiles) parts(e index.Entry) ([]store.Part, error) {
+	chunks, err := w.idx.Chunks(e.Ino, 0, e.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -71,77 +92,77 @@ func (c *Content) wholeParts(e index.Entry) ([]store.Part, error) {
 	return parts, nil
 }
 
-// openWhole opens the local file holding all of e's content: its only
+// open opens the local file holding all of e's content: its only
 // chunk, or its whole file. When there is none to use yet, it starts what
 // makes one in the background — verification of a file an earlier process
 // left, or assembly if every chunk is cached — and returns an error
 // wrapping store.ErrUnverified or errdefs.ErrNotFound.
-func (c *Content) openWhole(e index.Entry) (*os.File, error) {
-	if c.files == nil {
-		return nil, fmt.Errorf("layer %s keeps no whole files: %w", c.digest, errdefs.ErrNotFound)
+func (w *wholeFiles) open(e index.Entry) (*os.File, error) {
+	if w == nil {
+		return nil, fmt.Errorf("layer %s keeps no whole files: %w", w.digest, errdefs.ErrNotFound)
 	}
-	parts, err := c.wholeParts(e)
+	parts, err := w.parts(e)
 	if err != nil {
 		return nil, err
 	}
 	var f *os.File
 	if len(parts) == 1 {
-		f, err = c.cache.Open(parts[0].Digest)
+		f, err = w.cache.Open(parts[0].Digest)
 	} else {
-		f, err = c.files.Open(store.FileKey(parts))
+		f, err = w.files.Open(store.FileKey(parts))
 	}
 	switch {
 	case errors.Is(err, store.ErrUnverified):
-		c.verifyAsync(parts)
+		w.verifyAsync(parts)
 	case errdefs.IsNotFound(err):
-		c.completeWhole(e, parts)
+		w.complete(e, parts)
 	}
 	return f, err
 }
 
-// claimWhole marks job as running; false if it already is.
-func (c *Content) claimWhole(job wholeJob) bool {
-	c.wholeMu.Lock()
-	defer c.wholeMu.Unlock()
-	if c.wholeBusy[job] {
+// claim marks job as running; false if it already is.
+func (w *wholeFiles) claim(job wholeJob) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.busy[job] {
 		return false
 	}
-	c.wholeBusy[job] = true
+	w.busy[job] = true
 	return true
 }
 
-func (c *Content) doneWhole(job wholeJob, err error) {
-	c.wholeMu.Lock()
-	delete(c.wholeBusy, job)
-	c.wholeMu.Unlock()
-	if c.onWholeDone != nil {
-		c.onWholeDone(job, err)
+func (w *wholeFiles) done(job wholeJob, err error) {
+	w.mu.Lock()
+	delete(w.busy, job)
+	w.mu.Unlock()
+	if w.onWholeDone != nil {
+		w.onWholeDone(job, err)
 	}
 }
 
 // verifyAsync hashes, in the background, the whole file (or one chunk)
 // of parts that an earlier process left, so the next open may use it. A
 // corrupt one is removed by the store; the file is assembled again later.
-func (c *Content) verifyAsync(parts []store.Part) {
+func (w *wholeFiles) verifyAsync(parts []store.Part) {
 	job := wholeJob{op: "verify", key: store.FileKey(parts)}
 	if len(parts) == 1 {
 		job.key = parts[0].Digest
 	}
-	if c.bgCtx.Err() != nil || !c.claimWhole(job) {
+	if w.life.ctx.Err() != nil || !w.claim(job) {
 		return
 	}
-	c.goBackground(func(ctx context.Context) {
+	w.life.goBackground(func(ctx context.Context) {
 		var err error
 		if len(parts) == 1 {
-			err = c.cache.Verify(parts[0].Digest)
+			err = w.cache.Verify(parts[0].Digest)
 		} else {
-			err = c.files.Verify(ctx, parts)
+			err = w.files.Verify(ctx, parts)
 		}
 		if err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, context.Canceled) {
 			// The store logs a corrupt file it removes (not found now);
 			// this is other trouble (I/O), worth a line of its own.
-			slog.Warn("fs: verifying whole file", "layer", c.digest, "key", job.key, "error", err)
+			slog.Warn("fs: verifying whole file", "layer", w.digest, "key", job.key, "error", err)
 		}
-		c.doneWhole(job, err)
+		w.done(job, err)
 	})
 }

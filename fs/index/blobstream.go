@@ -13,8 +13,8 @@ import (
 const blobStreamRead = 8 << 20
 
 // blobStream reads a whole blob in order, through large ranged reads of
-// an io.ReaderAt (the next one fetched while the current one is
-// consumed), hashing every byte for the check against the layer digest.
+// an io.ReaderAt (the next one fetched, and hashed, while the current one
+// is consumed), hashing every byte for the check against the layer digest.
 type blobStream struct {
 	ctx  context.Context //nolint:containedctx // the lifetime of one readTar call
 	r    io.ReaderAt
@@ -75,7 +75,6 @@ func (s *blobStream) fill() error {
 	if f.err != nil {
 		return f.err
 	}
-	s.hash.Write(f.buf)
 	// The buffer just consumed is free again: the next fetch fills it.
 	s.spare = s.buf
 	s.buf, s.cur = f.buf, f.buf
@@ -106,6 +105,10 @@ func (s *blobStream) start() {
 			ch <- fetched{err: fmt.Errorf("reading the layer: %w", err)}
 			return
 		}
+		// Hashed here, beside the parse of the previous buffer: fetches
+		// run one after another (each starts once the one before was
+		// received), so the hash still sees the blob in order.
+		s.hash.Write(buf)
 		ch <- fetched{buf: buf}
 	}()
 }

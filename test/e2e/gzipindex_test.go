@@ -44,6 +44,16 @@ func indexImage(t *testing.T, ref string) *daemon.IndexResult {
 	if err != nil {
 		t.Fatalf("index %s: %v", ref, err)
 	}
+	// Only the indexes are kept: the content read to make them is not
+	// cached (the pushed portable indexes are blobs of the store, not
+	// chunks).
+	st, err := d.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CacheBytes > 1<<20 {
+		t.Errorf("strata index left %d bytes in the chunk cache", st.CacheBytes)
+	}
 	return res
 }
 
