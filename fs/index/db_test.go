@@ -14,6 +14,17 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// testDB is a metadata database of its own, closed when t ends.
+func testDB(t *testing.T) *bolt.DB {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func dbTestIndex() *Index {
 	mt := time.Unix(1700000000, 123).UTC()
 	return &Index{
@@ -38,11 +49,7 @@ func dbTestIndex() *Index {
 }
 
 func TestSaveOpenLookup(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	if _, err := Open(db, "sha256:x"); !errdefs.IsNotFound(err) {
 		t.Fatalf("Open of missing index: %v", err)
 	}
@@ -119,11 +126,7 @@ func TestSaveOpenLookup(t *testing.T) {
 }
 
 func TestInfoHasXattrs(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	idx := dbTestIndex()
 	idx.Entries[2].Xattrs = nil
 	if err := Save(db, "k", idx, 100); err != nil {
@@ -145,11 +148,7 @@ func TestInfoHasXattrs(t *testing.T) {
 // overlayfs xattr is plain, stored or in memory; either marker alone
 // makes it not.
 func TestInfoPlain(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	for _, c := range []struct {
 		name  string
 		edit  func(idx *Index)
@@ -187,11 +186,7 @@ func TestInfoPlain(t *testing.T) {
 // but answered as not found, so that the caller rebuilds it, and Save
 // replaces it.
 func TestOpenOtherVersion(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	for _, info := range []string{
 		`{"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
 		`{"version":2,"format":"estargz","blobSize":100,"entries":2,"chunks":0,"created":"2024-01-02T03:04:05Z"}`,
@@ -281,17 +276,13 @@ func BenchmarkSave(b *testing.B) {
 // every inode number, entry, name and chunk stays, as a daemon taking
 // over an older one's mounts needs.
 func TestOpenConvertsVersion2(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	idx := dbTestIndex()
 	if err := Save(db, "sha256:x", idx, 100); err != nil {
 		t.Fatal(err)
 	}
 	// Down to version 2.
-	err = db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bolt.Tx) error {
 		lb := tx.Bucket(bucketLayers).Bucket([]byte("sha256:x"))
 		e, d := lb.Bucket(bucketEntries), lb.Bucket(bucketDirs)
 		if err := d.ForEach(func(k, v []byte) error { return e.Put(k, v) }); err != nil {

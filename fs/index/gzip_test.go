@@ -7,12 +7,10 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // gzipFixture is tarFixture plus files that span several checkpoints: a
@@ -122,11 +120,7 @@ func TestGzipIndexStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	if err := Save(db, "layer", idx, int64(len(blob))); err != nil {
 		t.Fatal(err)
 	}

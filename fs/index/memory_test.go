@@ -1,22 +1,15 @@
 package index
 
 import (
-	"path/filepath"
 	"reflect"
 	"testing"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // TestMemoryViewMatchesStored: the in-memory view a first mount serves
 // from answers exactly as the stored view that replaces it.
 func TestMemoryViewMatchesStored(t *testing.T) {
 	idx := dbTestIndex()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := testDB(t)
 	if err := Save(db, "k", idx, 100); err != nil {
 		t.Fatal(err)
 	}

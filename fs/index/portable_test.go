@@ -5,13 +5,11 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"path/filepath"
 	"reflect"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // portableCases are a gzip and a tar layer's indexes, with their blobs.
@@ -81,11 +79,7 @@ func TestPortableRoundTrip(t *testing.T) {
 				t.Error("the decoded index differs from the encoded one")
 			}
 			// The same through the store: Save, then Load.
-			db, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			db := testDB(t)
 			if err := Save(db, "k", got, size); err != nil {
 				t.Fatal(err)
 			}

@@ -89,13 +89,8 @@ func TestForeignLayerReadFromItsURLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Head("http://" + r.Context().RegistryStr() + "/v2/" + r.Context().RepositoryStr() + "/blobs/" + topDigest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("the registry answers %s for the foreign layer: the test needs it absent", resp.Status)
+	if st := blobStatus(t, r.Context(), topDigest); st != http.StatusNotFound {
+		t.Fatalf("the registry answers %d for the foreign layer: the test needs it absent", st)
 	}
 
 	d := startDaemon(t, nil)
@@ -130,28 +125,15 @@ func TestForeignLayerReadFromItsURLs(t *testing.T) {
 	if _, err := d.commit(t, daemon.CommitRequest{Dir: wdir, Ref: newRef, OCILayout: layoutDir}); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
-	nr, err := name.ParseReference(newRef, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	built, err := ggcrremote.Image(nr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	man, err := built.Manifest()
+	man, err := remoteImage(t, newRef).Manifest()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(man.Layers) != 3 || man.Layers[1].MediaType != types.OCIRestrictedLayer || len(man.Layers[1].URLs) != 1 || man.Layers[1].Digest != topDigest {
 		t.Fatalf("pushed layers %+v: want the foreign one kept as it was", man.Layers)
 	}
-	resp, err = http.Head("http://" + nr.Context().RegistryStr() + "/v2/" + nr.Context().RepositoryStr() + "/blobs/" + topDigest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("the push put the foreign layer in the registry (%s)", resp.Status)
+	if st := blobStatus(t, mustRepo(t, newRef), topDigest); st != http.StatusNotFound {
+		t.Errorf("the push put the foreign layer in the registry (status %d)", st)
 	}
 	if got, err := os.ReadFile(filepath.Join(layoutDir, "blobs", "sha256", topDigest.Hex)); err != nil || !bytes.Equal(got, blob) {
 		t.Errorf("the OCI layout's foreign blob: %d bytes, %v; want the layer's %d", len(got), err, len(blob))
@@ -177,3 +159,23 @@ func TestForeignLayerReadFromItsURLs(t *testing.T) {
 type restricted struct{ v1.Layer }
 
 func (restricted) MediaType() (types.MediaType, error) { return types.OCIRestrictedLayer, nil }
+
+// blobStatus is the status of a HEAD of blob d in repo.
+func blobStatus(t *testing.T, repo name.Repository, d v1.Hash) int {
+	t.Helper()
+	resp, err := http.Head("http://" + repo.RegistryStr() + "/v2/" + repo.RepositoryStr() + "/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func mustRepo(t *testing.T, ref string) name.Repository {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Context()
+}
