@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
@@ -52,6 +51,10 @@ func TestMountSameTreeAsFullUnpack(t *testing.T) {
 	})
 }
 
+// layerMountType is the filesystem type of a layer's FUSE mount, spelled
+// out as users see it in the mount table.
+const layerMountType = "fuse.strata"
+
 // TestMountOneLayerSameTreeAsFullUnpack mounts one-layer images: one
 // with every entry type and nothing for overlayfs to hide is its layer's
 // own mount, bound read-only at the directory; one whose layer has a
@@ -62,7 +65,7 @@ func TestMountOneLayerSameTreeAsFullUnpack(t *testing.T) {
 		checkSameTreeAsFullUnpack(t, treeCase{
 			layers: fixture.Standard()[:1], form: fixture.FormEStargz,
 			tag: "one-plain", wholeSeconds: true, unpack: treecmp.ReferenceUnpack,
-			mountType: fs.MountType,
+			mountType: layerMountType,
 		})
 	})
 	t.Run("markers", func(t *testing.T) {
