@@ -30,8 +30,8 @@ import (
 var bucketMounts = []byte("mounts")
 
 // images mounts whole images at user directories: their layers from the
-// pool, merged by overlayfs (or one layer's own mount, bound). Every mount is recorded in the metadata DB so
-// a restarted daemon can serve it again.
+// pool, merged by overlayfs (or one layer's own mount, bound). Every mount
+// is recorded in the metadata DB so a restarted daemon can serve it again.
 type images struct {
 	d *Daemon
 
@@ -185,7 +185,9 @@ func (im *images) newMount(dir string, req MountRequest, img *remote.Image) (*Mo
 		if err := cfg.RootFS.DiffIDs[i].Validate(); err != nil {
 			return nil, fmt.Errorf("image config: diff ID %d: %w: %v", i+1, errdefs.ErrInvalidArgument, err)
 		}
-		m.Layers = append(m.Layers, Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs, DiffID: cfg.RootFS.DiffIDs[i]})
+		ml := layerOf(l)
+		ml.DiffID = cfg.RootFS.DiffIDs[i]
+		m.Layers = append(m.Layers, ml)
 	}
 	if err := im.d.store.Blobs.Put(img.Digest, img.Manifest); err != nil {
 		return nil, fmt.Errorf("storing the manifest: %w", err)
@@ -459,7 +461,7 @@ func (im *images) restore(ctx context.Context) {
 		// What the previous daemon stacked at m.Dir on layers taken
 		// over: an overlay, or a bind of the one layer's mount.
 		t := kmount.FSType(m.Dir)
-		adopt := !m.Writable && (t == "overlay" || t == fs.MountType) || m.Writable && t == "overlay"
+		adopt := t == "overlay" || !m.Writable && t == fs.MountType
 		for _, l := range m.Layers {
 			adopt = adopt && im.d.pool.Resumed(l.Digest)
 		}

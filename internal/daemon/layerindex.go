@@ -70,7 +70,7 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 	}
 	layers := make([]Layer, len(img.Layers))
 	for i, l := range img.Layers {
-		layers[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs}
+		layers[i] = layerOf(l)
 	}
 	res := &IndexResult{Ref: req.Ref, Digest: img.Digest, Layers: make([]IndexedLayer, len(layers))}
 	repo := img.Repo
@@ -129,6 +129,11 @@ func layerIndexState(il IndexedLayer) string {
 // remote is the layer's descriptor for the pool.
 func (l Layer) remote() remote.Layer {
 	return remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations, URLs: l.URLs}
+}
+
+// layerOf is the API's form of descriptor l.
+func layerOf(l remote.Layer) Layer {
+	return Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs}
 }
 
 // portableIndexes returns the portable indexes of the layers whose

@@ -223,7 +223,7 @@ func (s *snapshotLayers) describeFromManifest(ctx context.Context, labels map[st
 func (s *snapshotLayers) importIndexes(ctx context.Context, repo name.Repository, image digest.Digest, all []remote.Layer, layer remote.Layer) {
 	ls := make([]Layer, len(all))
 	for i, l := range all {
-		ls[i] = Layer{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations, URLs: l.URLs}
+		ls[i] = layerOf(l)
 	}
 	if !s.d.images.needsIndex(Layer{Digest: layer.Digest, MediaType: string(layer.MediaType), Annotations: layer.Annotations}) {
 		return

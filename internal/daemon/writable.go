@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
@@ -37,6 +36,7 @@ type layerLabel struct {
 	Size        int64             `json:"size"`
 	MediaType   string            `json:"mediaType"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+	URLs        []string          `json:"urls,omitempty"`
 }
 
 // writableDir holds the writable mounts' snapshotter: its own metastore and
@@ -119,7 +119,7 @@ func (w *writable) describe(ctx context.Context, labels map[string]string) (name
 	if err != nil {
 		return name.Repository{}, remote.Layer{}, nil, fmt.Errorf("label %s: %w: %v", labelLayer, errdefs.ErrInvalidArgument, err)
 	}
-	layer := remote.Layer{Digest: l.Digest, Size: l.Size, MediaType: types.MediaType(l.MediaType), Annotations: l.Annotations}
+	layer := Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs}.remote()
 	return repo, layer, w.d.images.remoteOptions(l.Insecure, repo.RegistryStr()), nil
 }
 
@@ -169,7 +169,7 @@ func (w *writable) prepareLayers(ctx context.Context, m *Mount) (string, error) 
 	}
 	parent := ""
 	for i, l := range m.Layers {
-		label, err := json.Marshal(layerLabel{Repo: m.Repo, Insecure: m.Insecure, Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations})
+		label, err := json.Marshal(layerLabel{Repo: m.Repo, Insecure: m.Insecure, Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs})
 		if err != nil {
 			return "", err
 		}

@@ -101,28 +101,21 @@ func TestForeignLayerReadFromItsURLs(t *testing.T) {
 	if hits.Load() == 0 {
 		t.Fatal("the foreign layer's server was never asked")
 	}
-	got, err := treecmp.Walk(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := treecmp.Expected(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, diff := range treecmp.Diff(want, got) {
-		t.Errorf("mount differs from the layer specs: %s", diff)
-	}
+	checkTreeIsSpecs(t, dir, layers)
 
 	// A build step on it: the pushed image keeps the foreign descriptor,
 	// urls and all, and its blob stays out of the registry; an OCI layout
 	// holds every blob, so the layer is read from its url into it.
-	wdir, _ := d.mountWith(t, daemon.MountRequest{Ref: ref, Writable: true})
+	// On a daemon of its own: a writable mount's layers are described to
+	// its snapshots by labels, which must carry the urls too.
+	dw := startDaemon(t, nil)
+	wdir, _ := dw.mountWith(t, daemon.MountRequest{Ref: ref, Writable: true})
 	if err := os.WriteFile(filepath.Join(wdir, "step.txt"), []byte("a step\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	newRef := shared.reg.Ref(uniqueRepo("foreign-built"), "v1")
 	layoutDir := t.TempDir()
-	if _, err := d.commit(t, daemon.CommitRequest{Dir: wdir, Ref: newRef, OCILayout: layoutDir}); err != nil {
+	if _, err := dw.commit(t, daemon.CommitRequest{Dir: wdir, Ref: newRef, OCILayout: layoutDir}); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
 	man, err := remoteImage(t, newRef).Manifest()
@@ -178,4 +171,21 @@ func mustRepo(t *testing.T, ref string) name.Repository {
 		t.Fatal(err)
 	}
 	return r.Context()
+}
+
+// checkTreeIsSpecs checks the tree at dir entry by entry against the tree
+// the layer specs give.
+func checkTreeIsSpecs(t *testing.T, dir string, layers []fixture.LayerSpec) {
+	t.Helper()
+	got, err := treecmp.Walk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := treecmp.Expected(layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, diff := range treecmp.Diff(want, got) {
+		t.Errorf("mount differs from the layer specs: %s", diff)
+	}
 }
