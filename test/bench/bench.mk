@@ -14,7 +14,9 @@
 # RTT), without and with a recorded prefetch list (issue 18); the full plan
 # holds them, but `make bench` leaves them out for its time budget.
 # ROWS=gzip runs the same starts over wan from the unmodified gzip image,
-# from indexes pushed by `strata index` and without (issue 14).
+# from indexes pushed by `strata index` and without, and with SOCI's own
+# index (soci-snapshotter through test/bench/soci, which needs cgo and
+# zlib1g-dev) (issue 14).
 # ROWS=memory runs the daemon-memory row (issue 18): 10 images of 20,000
 # small files mounted at once, walked, then read whole; the full plan
 # (`make bench`) holds it too, QUICK does not.
@@ -36,6 +38,8 @@ bench-tools:
 	go build -o bin/strata ./cmd/strata
 	go build -o bin/bench ./test/bench/cmd/bench
 	cd test/bench/stargz && go build -o ../../../bin/stargz-bench .
+	@dpkg -s zlib1g-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev
+	cd test/bench/soci && go build -o ../../../bin/soci-bench .
 	cd test/buildkit && go build -o ../../bin/ github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
 
 bench: bench-tools ## benchmark Strata against full pull, stargz-snapshotter, containerd and buildah, write docs/benchmarks.md (QUICK=1: subset; ROWS=build: one kind of row; the Dockerfile builds run only with ROWS=build or dockerfile)
