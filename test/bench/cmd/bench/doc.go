@@ -4,7 +4,8 @@
 // system measured and that registry, runs each workload cold, warm and hot
 // for Strata and for the baselines (full pull + unpack with skopeo and
 // umoci; stargz-snapshotter's FUSE filesystem through test/bench/stargz;
-// local disk), and the build path (`strata mount --rw`, `run`, `commit`)
+// soci-snapshotter on the gzip images through test/bench/soci; local
+// disk), and the build path (`strata mount --rw`, `run`, `commit`)
 // against buildah's from, run, commit and push (build.go), and whole
 // Dockerfiles, `strata build --push` against `buildah bud` + `buildah push`
 // (dockerfile.go), and writes docs/benchmarks.md.

@@ -128,6 +128,7 @@ func resolveIn(root, p string) (string, bool) {
 type machineInfo struct {
 	Kernel, CPU, Go, Strata, Skopeo, Umoci, Registry, Stargz string
 	Buildah, Runc                                            string `json:",omitempty"`
+	Soci                                                     string `json:",omitempty"` // soci-snapshotter's module version (test/bench/soci)
 	Cores                                                    int
 	MemGiB                                                   int64
 }
@@ -152,6 +153,7 @@ func machine(ctx context.Context, o options) machineInfo {
 		Umoci:    out("umoci", "--version"),
 		Registry: out("docker-registry", "--version"),
 		Stargz:   out("sh", "-c", "grep 'stargz-snapshotter v' "+filepath.Join(filepath.Dir(o.stargz), "..", "test/bench/stargz/go.mod")),
+		Soci:     sociModule(filepath.Join(filepath.Dir(o.soci), "..", "test/bench/soci/go.mod")),
 		Buildah:  out("buildah", "--version"),
 		Runc:     out("runc", "--version"),
 		Cores:    runtime.NumCPU(),
@@ -162,4 +164,19 @@ func machine(ctx context.Context, o options) machineInfo {
 		m.MemGiB = (kb + 1<<19) >> 20
 	}
 	return m
+}
+
+// sociModule is the soci-snapshotter version that test/bench/soci's
+// go.mod (at path) requires, e.g. "v0.16.1", or "" without that file.
+func sociModule(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "github.com/awslabs/soci-snapshotter" {
+			return f[1]
+		}
+	}
+	return ""
 }

@@ -6,6 +6,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -114,3 +117,48 @@ func (r *runner) measureGzipIndexing(ctx context.Context, img imageSpec) (gzipIn
 // layerIndexArtifact is the artifact type `strata index` pushes, spelled
 // out: the bench imports no Strata package.
 const layerIndexArtifact = "application/vnd.stratafs.layer-index.v1"
+
+// sociTag is the tag of the gzip image as soci's `convert` leaves it:
+// test/bench/soci's index pushes IMAGE:gzip + "-soci".
+const sociTag = "gzip-soci"
+
+// indexSoci builds SOCI's index of the plain gzip image once per bench
+// run with `soci-bench index` (soci's own IndexBuilder.Convert at its
+// default span size), straight to the registry and untimed, as
+// indexGzip does for Strata: the soci rows then mount IMAGE:gzip-soci,
+// the same layers bound to the SOCI index.
+func (r *runner) indexSoci(ctx context.Context, img imageSpec) error {
+	if r.trained[img.Name+":soci-index"] {
+		return nil
+	}
+	dir := filepath.Join(r.o.work, "run", "soci-indexing")
+	if err := resetDir(dir); err != nil {
+		return err
+	}
+	defer func() { _ = resetDir(dir) }()
+	want := r.regHost + "/" + img.Name + ":" + sociTag
+	cmd := exec.CommandContext(ctx, r.o.soci, "--root", dir, "index", r.regHost+"/"+img.Name+":gzip")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("soci-bench index: %w\n%s", err, tail(stderr.Bytes()))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if got := lines[len(lines)-1]; got != want {
+		return fmt.Errorf("soci-bench index pushed %q, want %q", got, want)
+	}
+	if r.trained == nil {
+		r.trained = map[string]bool{}
+	}
+	r.trained[img.Name+":soci-index"] = true
+	return nil
+}
+
+// tail is the last 4000 bytes of b.
+func tail(b []byte) []byte {
+	if len(b) > 4000 {
+		return b[len(b)-4000:]
+	}
+	return b
+}

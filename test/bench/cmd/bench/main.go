@@ -24,6 +24,7 @@ type options struct {
 	quick               bool
 	work, out, results  string
 	strata, stargz      string
+	soci                string
 	buildkitd, buildctl string
 	imagesOnly          bool
 	reportOnly          bool
@@ -40,6 +41,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write")
 	flag.StringVar(&o.strata, "strata", "bin/strata", "strata binary")
 	flag.StringVar(&o.stargz, "stargz", "bin/stargz-bench", "stargz-bench binary (test/bench/stargz)")
+	flag.StringVar(&o.soci, "soci", "bin/soci-bench", "soci-bench binary (test/bench/soci), for the gzip rows")
 	flag.StringVar(&o.buildkitd, "buildkitd", "bin/buildkitd", "buildkitd binary (test/buildkit), for the BuildKit rows")
 	flag.StringVar(&o.buildctl, "buildctl", "bin/buildctl", "buildctl binary (test/buildkit), for the BuildKit rows")
 	flag.BoolVar(&o.imagesOnly, "images", false, "only build and push the images")
@@ -65,7 +67,7 @@ func main() {
 }
 
 func run0(ctx context.Context, o options, log *slog.Logger) error {
-	for _, p := range []*string{&o.work, &o.strata, &o.stargz, &o.out} {
+	for _, p := range []*string{&o.work, &o.strata, &o.stargz, &o.soci, &o.out} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return err

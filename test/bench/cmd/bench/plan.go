@@ -161,10 +161,11 @@ func memoryEntry(runs int) entry {
 }
 
 // gzipEntry is a start from the unmodified gzip image over wan (issue
-// 14): Strata from pushed indexes, Strata without, the eStargz mount and
-// the full pull; cold only. Only `make bench ROWS=gzip` runs it.
+// 14): Strata from pushed indexes, Strata without, SOCI with its own
+// index on the same layers, the eStargz mount and the full pull; cold
+// only. Only `make bench ROWS=gzip` runs it.
 func gzipEntry(img, wl string) entry {
-	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipStream, "strata", "fullpull"},
+	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipStream, sociName, "strata", "fullpull"},
 		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
 }
 

@@ -106,6 +106,9 @@ func renderReport(w io.Writer, res *runResults) error {
 		m.CPU, m.Cores, m.MemGiB, m.Kernel, m.Go)
 	p("| strata | commit %s |\n| skopeo | %s |\n| umoci | %s |\n| registry | %s |\n| stargz-snapshotter | %s |\n",
 		m.Strata, m.Skopeo, m.Umoci, m.Registry, strings.TrimSpace(m.Stargz))
+	if m.Soci != "" {
+		p("| soci-snapshotter | %s |\n", m.Soci)
+	}
 	if m.Buildah != "" {
 		p("| buildah | %s |\n| runc | %s |\n", m.Buildah, m.Runc)
 	}

@@ -106,3 +106,39 @@ func TestProcMemory(t *testing.T) {
 		t.Errorf("VmRSS %d, VmHWM %d", rss, peak)
 	}
 }
+
+// TestGzipSociTarget: the gzip section shows SOCI's column and judges the
+// start from Strata's index against SOCI's on the same image.
+func TestGzipSociTarget(t *testing.T) {
+	res := &runResults{Machine: machineInfo{Soci: "v0.16.1"}}
+	add := func(sys, img, wl string, secs float64, bytes int64) {
+		res.Results = append(res.Results, result{Profile: "wan", Image: img, Workload: wl, System: sys, State: "cold",
+			Seconds: secs, MountSeconds: secs / 2, Bytes: bytes, Requests: 10})
+	}
+	add(strataGzip, "golang", "goversion", 2, 20e6)
+	add(sociName, "golang", "goversion", 3, 30e6)
+	add("fullpull", "golang", "goversion", 21, 150e6)
+	add(strataGzip, "python", "python", 5, 34e6)
+	add(sociName, "python", "python", 4, 25e6)
+	var buf bytes.Buffer
+	if err := renderReport(&buf, res); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"| image | workload | strata-gzip | strata-gzip-stream | soci | strata (eStargz) | fullpull |",
+		"AWS's soci-snapshotter (v0.16.1,",
+		"`goversion` from the gzip image with an index sooner than SOCI (issue 14) | 2.00 s vs 3.00 s (0.67×), 20.0 vs 30.0 MB | met |",
+		"`python` from the gzip image with an index sooner than SOCI (issue 14) | 5.00 s vs 4.00 s (1.25×), 34.0 vs 25.0 MB | **MISSED** |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "not packaged for Debian and is not measured") {
+		t.Error("report still says SOCI is not measured")
+	}
+	if t.Failed() {
+		t.Log(out)
+	}
+}

@@ -100,6 +100,8 @@ func (r *runner) system(name string) system {
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, config: "layer_indexes = \"off\"\nprefetch_lists = \"off\"\n"}
 	case "stargz":
 		return &stargzSys{bin: r.o.stargz, dir: dir}
+	case sociName:
+		return &sociSys{bin: r.o.soci, dir: dir}
 	default:
 		return &fullPull{dir: dir}
 	}
@@ -283,8 +285,12 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 			return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
 		}
 	}
-	if sys.Name() == strataGzip {
-		if err := r.indexGzip(ctx, img); err != nil {
+	if sys.Name() == strataGzip || sys.Name() == sociName {
+		index := r.indexGzip
+		if sys.Name() == sociName {
+			index = r.indexSoci
+		}
+		if err := index(ctx, img); err != nil {
 			return fail(ws[0], "cold", fmt.Errorf("indexing the gzip image: %w", err))
 		}
 		if err := dropCaches(); err != nil {
