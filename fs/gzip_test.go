@@ -3,9 +3,11 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/stratafs/strata/fs/index"
+	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/store"
 )
 
@@ -54,10 +57,11 @@ func newGzipLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	return &testLayer{content: content, blob: mb, files: files, view: view, cache: st.Chunks}
 }
 
-// TestGzipReadFetchesOneSpan: a small file of a plain gzip layer is read
-// with one range request, of the span that holds it, and the other files
-// of that span come with it.
-func TestGzipReadFetchesOneSpan(t *testing.T) {
+// TestGzipReadFetchesSpanStart: a small file of a plain gzip layer is
+// read with one range request, of the start of the span that holds it up
+// to the file (the files before it come with it), and the next read into
+// that span fetches the span's rest, once, without its start again.
+func TestGzipReadFetchesSpanStart(t *testing.T) {
 	var names []string
 	var sizes []int
 	for i := range 300 {
@@ -70,24 +74,48 @@ func TestGzipReadFetchesOneSpan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bo := cs[0].BlobOffset
+	span, err := l.view.ChunksInBlob(bo, bo+1, maxSpanChunks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spanLen := streamLen(span)
+	if cs[0].BlobLength >= spanLen*3/4 {
+		t.Fatalf("%s: %d bytes to fetch of its span's %d: not a start of it", target, cs[0].BlobLength, spanLen)
+	}
 	l.read(t, target, 0, 4096)
 	l.settle()
 	calls, n := l.blob.fetched()
 	if calls != 1 || n != cs[0].BlobLength {
-		t.Errorf("%d fetches of %d bytes, want 1 of the span's %d", calls, n, cs[0].BlobLength)
+		t.Errorf("%d fetches of %d bytes, want 1 of the span's first %d", calls, n, cs[0].BlobLength)
 	}
 	l.blob.reset()
-	// Every file of the span is cached now: reading them fetches nothing.
-	inSpan := 0
+	// Every file of the span before it is cached now.
+	var after []string
 	for _, name := range names {
 		ch, _ := l.view.Chunks(l.entry(t, name).Ino, 0, 40<<10)
-		if len(ch) == 1 && ch[0].BlobOffset == cs[0].BlobOffset {
-			inSpan++
+		switch {
+		case len(ch) != 1 || ch[0].BlobOffset != bo:
+		case ch[0].BlobLength <= cs[0].BlobLength:
 			l.read(t, name, 0, 40<<10)
+		default:
+			after = append(after, name)
 		}
 	}
-	if calls, _ := l.blob.fetched(); calls != 0 || inSpan < 50 {
-		t.Errorf("reading the %d files of the span fetched %d times", inSpan, calls)
+	if calls, _ := l.blob.fetched(); calls != 0 {
+		t.Errorf("reading the files of the span's start fetched %d times", calls)
+	}
+	if len(after) < 20 {
+		t.Fatalf("%d files after %s in its span", len(after), target)
+	}
+	// The last file of the span first: the rest of the span comes in one
+	// fetch, and nothing of it again.
+	for _, name := range slices.Concat(after[len(after)-1:], after) {
+		l.read(t, name, 0, 40<<10)
+	}
+	l.settle()
+	if calls, n := l.blob.fetched(); calls != 1 || n != spanLen-cs[0].BlobLength {
+		t.Errorf("reading the rest of the span: %d fetches of %d bytes, want 1 of %d", calls, n, spanLen-cs[0].BlobLength)
 	}
 	// A read across spans is right too.
 	for _, name := range names {
@@ -118,4 +146,75 @@ func TestGzipCorruptSpanIsAnError(t *testing.T) {
 	}
 	l.blob.corrupt = false
 	l.read(t, "b", 1<<20, 4096)
+}
+
+// TestGzipConcurrentReadsFetchEachByteOnce: reads further into a span
+// while a shorter start of it is on its way wait for it and fetch only
+// what it lacks: no byte of the blob is fetched twice, and every read
+// gets its file's bytes.
+func TestGzipConcurrentReadsFetchEachByteOnce(t *testing.T) {
+	var names []string
+	var sizes []int
+	for i := range 100 {
+		names = append(names, fmt.Sprintf("f%03d", i))
+		sizes = append(sizes, 30<<10)
+	}
+	l := newGzipLayer(t, names, sizes) // 3 MiB: one span
+	l.blob.hold, l.blob.free, l.blob.held = make(chan struct{}), -1, make(chan struct{}, 64)
+	read := func(name string) error {
+		e := l.entry(t, name)
+		buf := make([]byte, e.Size)
+		if _, err := l.content.ReadAt(context.Background(), e, buf, 0); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if !bytes.Equal(buf, l.files[name]) {
+			return fmt.Errorf("%s: wrong bytes", name)
+		}
+		return nil
+	}
+	errs := make(chan error, 4)
+	go func() { errs <- read("f010") }()
+	<-l.blob.held // its fetch is on its way, and stays there
+	// Each claims a longer fetch of the span, after the one before it.
+	for depth, name := range []string{"f040", "f070", "f099"} {
+		go func() { errs <- read(name) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			l.content.mu.Lock()
+			sf := l.content.pending[0]
+			l.content.mu.Unlock()
+			for range depth + 1 {
+				if sf != nil {
+					sf = sf.after
+				}
+			}
+			if sf != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the read of %s did not wait for the span's start", name)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	close(l.blob.hold)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	l.settle()
+	var got []remote.Range
+	for _, f := range l.blob.fetches {
+		got = append(got, f...)
+	}
+	slices.SortFunc(got, func(a, b remote.Range) int { return cmp.Compare(a.Off, b.Off) })
+	for i := 1; i < len(got); i++ {
+		if got[i].Off < got[i-1].Off+got[i-1].Len {
+			t.Errorf("fetched %+v and %+v: bytes fetched twice", got[i-1], got[i])
+		}
+	}
+	if len(got) < 2 {
+		t.Errorf("fetches %+v: the span's start was not fetched on its own", got)
+	}
 }

@@ -51,6 +51,10 @@ type Content struct {
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
 
+	// spans keeps the starts of gzip spans fetched lately, for reads
+	// further into them.
+	spans spanPrefixes
+
 	asyncBusy atomic.Bool // a background read-ahead is running
 	// broad is the background fetch of the rest of the layer once it is
 	// read broadly (see background.go).
@@ -106,8 +110,24 @@ func (c *Content) Close() {
 // readers of chunks in it wait for it instead of fetching it again.
 type streamFetch struct {
 	done   chan struct{}
+	length int64 // compressed bytes fetched from the stream's start
+	// after is the fetch of the same stream's shorter start that was on
+	// its way when this one was claimed: this one waits for it and
+	// fetches only what it lacks (see spanPrefixes).
+	after  *streamFetch
 	chunks map[digest.Digest][]byte // decoded and verified
 	err    error
+}
+
+// streamLen is the compressed bytes that decode all of chunks, which are
+// of one stream: the stream whole, or for a gzip span the longest of the
+// chunks' prefixes of it.
+func streamLen(chunks []index.BlobChunk) int64 {
+	var n int64
+	for _, ch := range chunks {
+		n = max(n, ch.BlobLength)
+	}
+	return n
 }
 
 // NewContent returns the content reader of the layer dgst.
@@ -234,6 +254,8 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 		}
 	}
 
+	want = append(want, c.restOfSpans(want)...)
+
 	waits, claimed := c.claim(want)
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
@@ -252,7 +274,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	// The read waits from here: no background fetch starts meanwhile.
 	var demandBytes int64
 	for _, bo := range mine.offs {
-		demandBytes += mine.streams[bo][0].BlobLength
+		demandBytes += streamLen(mine.streams[bo])
 	}
 	c.demandStart(e.Ino, missing[0].BlobOffset, demandBytes)
 	defer c.demandDone()
@@ -297,6 +319,35 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	return out, nil
 }
 
+// restOfSpans returns, for each gzip span of want whose start was fetched
+// lately for other reads (see spanPrefixes), the uncached chunks of the
+// rest of it. A program that comes back to a span reads more of it (a
+// package's modules, a directory's files): one fetch of the rest costs one
+// round trip where fetching on file by file would cost one a file, and no
+// more bytes than the span's first read would have moved had it taken the
+// span whole.
+func (c *Content) restOfSpans(want []index.BlobChunk) []index.BlobChunk {
+	var out []index.BlobChunk
+	seen := map[int64]bool{}
+	for _, ch := range want {
+		bo := ch.BlobOffset
+		if ch.Encoding != index.EncodingDeflate || seen[bo] || !c.spans.has(bo) {
+			continue
+		}
+		seen[bo] = true
+		all, err := c.idx.ChunksInBlob(bo, bo+1, maxSpanChunks)
+		if err != nil {
+			continue // the read goes on with what it asked for
+		}
+		for _, a := range all {
+			if !c.cache.Has(a.Digest) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
 // claimed is the set of streams one caller fetches, with their chunks.
 type claimed struct {
 	offs    []int64
@@ -337,7 +388,7 @@ func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 	var total int64
 	for _, bo := range cl.offs {
 		chunks = append(chunks, cl.streams[bo]...)
-		total += cl.streams[bo][0].BlobLength
+		total += streamLen(cl.streams[bo])
 	}
 	byOff := make(map[int64]*streamFetch, len(cl.offs))
 	for i, bo := range cl.offs {
@@ -374,7 +425,9 @@ func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 // claim groups chunks by compressed stream and claims the streams nobody
 // is fetching yet. It returns, for every stream, the fetch to wait for; a
 // stream whose chunks are all cached (a fetch that ended after the caller
-// looked) gets none and is not claimed.
+// looked) gets none and is not claimed. A gzip span that is on its way
+// only up to a shorter length than the uncached chunks need is claimed
+// again, to fetch the rest once that fetch is done.
 func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claimed) {
 	streams := map[int64][]index.BlobChunk{}
 	var order []int64
@@ -389,17 +442,24 @@ func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claime
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, bo := range order {
-		if sf, ok := c.pending[bo]; ok {
-			waits[bo] = sf
+		prev, ok := c.pending[bo]
+		if ok && prev.length >= streamLen(streams[bo]) {
+			waits[bo] = prev
 			continue
 		}
 		// Checked under the lock: a fetch caches its chunks before it
 		// leaves pending, so a stream neither pending nor cached here
 		// is not on its way.
-		if !slices.ContainsFunc(streams[bo], func(ch index.BlobChunk) bool { return !c.cache.Has(ch.Digest) }) {
+		uncached := slices.DeleteFunc(slices.Clone(streams[bo]), func(ch index.BlobChunk) bool { return c.cache.Has(ch.Digest) })
+		if len(uncached) == 0 {
 			continue
 		}
-		sf := &streamFetch{done: make(chan struct{})}
+		if ok && prev.length >= streamLen(uncached) {
+			waits[bo] = prev
+			continue
+		}
+		streams[bo] = uncached
+		sf := &streamFetch{done: make(chan struct{}), length: streamLen(uncached), after: prev}
 		c.pending[bo] = sf
 		waits[bo] = sf
 		cl.offs = append(cl.offs, bo)
@@ -431,11 +491,19 @@ func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, 
 func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	offs, sfs, streams := cl.offs, cl.fetches, cl.streams
 	ranges := make([]remote.Range, len(offs))
+	prefixes := make([][]byte, len(offs))
 	for i, bo := range offs {
-		ranges[i] = remote.Range{Off: bo, Len: streams[bo][0].BlobLength}
+		if sfs[i].after != nil {
+			select {
+			case <-sfs[i].after.done:
+			case <-ctx.Done():
+			}
+		}
+		prefixes[i] = c.spans.take(bo)
+		ranges[i] = remote.Range{Off: bo + int64(len(prefixes[i])), Len: max(0, sfs[i].length-int64(len(prefixes[i])))}
 	}
 	start := time.Now()
-	raw, err := c.blob.Fetch(ctx, ranges)
+	raw, err := c.fetchRest(ctx, ranges, prefixes)
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
 		var n int64
 		for _, r := range ranges {
@@ -449,7 +517,7 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 			c.finish(bo, sfs[i], nil, fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err))
 			continue
 		}
-		metricFetchedBytes.Add(float64(len(raw[i])))
+		metricFetchedBytes.Add(float64(ranges[i].Len))
 		sf, raw := sfs[i], raw[i]
 		c.goBackground(func(bg context.Context) {
 			decodeSlots <- struct{}{}
@@ -463,11 +531,13 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 // maxSpanChunks bounds the chunks one gzip span's decoding caches.
 const maxSpanChunks = 1 << 16
 
-// decodeSpan decodes a span of a plain gzip layer (see index.DecodeSpan),
-// fetched for the chunks want. The span is fetched and decoded whole
-// anyway, so every chunk in it is verified and cached, not only those
-// wanted: files that share a span (a directory's small files, stored
-// together) cost one fetch.
+// decodeSpan decodes the start of a span of a plain gzip layer (see
+// index.DecodeSpan), raw, fetched for the chunks want. The start fetched
+// is decoded whole anyway, so every chunk it decodes is verified and
+// cached, not only those wanted: files that share a span (a directory's
+// small files, stored together) cost one fetch. When the span goes on
+// past raw, raw is kept for a while (see spanPrefixes): a later read
+// further into the span fetches only the rest.
 func (c *Content) decodeSpan(ctx context.Context, want []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {
 	bo := want[0].BlobOffset
 	fail := func(err error) (map[digest.Digest][]byte, error) {
@@ -488,15 +558,25 @@ func (c *Content) decodeSpan(ctx context.Context, want []index.BlobChunk, raw []
 	}
 	seen := make(map[digest.Digest]bool, len(all)+len(want))
 	var chunks []index.Chunk
+	more := false // chunks of the span lie past raw
 	for _, ch := range slices.Concat(want, all) {
-		if !seen[ch.Digest] {
+		switch {
+		case ch.BlobLength > int64(len(raw)):
+			more = true
+		case !seen[ch.Digest]:
 			seen[ch.Digest] = true
 			chunks = append(chunks, ch.Chunk)
 		}
 	}
+	if len(chunks) == 0 {
+		return nil, nil // a waiter whose chunk is not here fetches it again
+	}
 	data, err := index.DecodeSpan(cp, raw, chunks)
 	if err != nil {
 		return fail(err)
+	}
+	if more {
+		c.spans.put(bo, raw)
 	}
 	out := make(map[digest.Digest][]byte, len(chunks))
 	for i, ch := range chunks {
@@ -522,9 +602,39 @@ var decodeSlots = make(chan struct{}, runtime.GOMAXPROCS(0))
 func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]byte, err error) {
 	sf.chunks, sf.err = chunks, err
 	c.mu.Lock()
-	delete(c.pending, bo)
+	if c.pending[bo] == sf { // not replaced by a longer fetch of it
+		delete(c.pending, bo)
+	}
 	c.mu.Unlock()
 	close(sf.done)
+}
+
+// fetchRest fetches ranges, each the rest of a stream whose start is
+// already here in the prefix of the same index, and returns each stream
+// from its start. A range with nothing left to fetch costs no request.
+func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte) ([][]byte, error) {
+	var ask []remote.Range
+	for _, r := range ranges {
+		if r.Len > 0 {
+			ask = append(ask, r)
+		}
+	}
+	var got [][]byte
+	if len(ask) > 0 {
+		var err error
+		if got, err = c.blob.Fetch(ctx, ask); err != nil {
+			return nil, err
+		}
+	}
+	out := make([][]byte, len(ranges))
+	for i, r := range ranges {
+		out[i] = prefixes[i]
+		if r.Len > 0 {
+			out[i] = append(out[i], got[0]...)
+			got = got[1:]
+		}
+	}
+	return out, nil
 }
 
 func (c *Content) decode(ctx context.Context, chunks []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {

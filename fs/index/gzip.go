@@ -35,11 +35,15 @@ const maxGzipSpan = MaxChunkLength
 // inflate, which records a Checkpoint at the first DEFLATE block boundary
 // after every gzipSpan bytes of output. The tar is indexed as ReadTar
 // does, with two differences: a file's data is also cut where a span
-// ends, so that every chunk lies inside one span, and each chunk is then
-// the span (from its checkpoint's byte to the next checkpoint's) with the
-// chunk's place in the span's output (Inner), EncodingDeflate, and the
-// sha256 of its own bytes. A later read fetches one span by range,
-// resumes decoding at its checkpoint, and checks each chunk it takes.
+// ends, so that every chunk lies inside one span, and each chunk then
+// starts at its span's checkpoint's byte, with the chunk's place in the
+// span's output (Inner), EncodingDeflate, and the sha256 of its own
+// bytes. Its BlobLength runs only as far as the compressed bytes that
+// decode it (what the decoder had consumed when its output passed the
+// chunk's end, known to within one of its 256 KiB batches), at most to
+// the next checkpoint's byte: a file near the start of a span is read
+// without the rest of the span. A later read fetches that much by range,
+// resumes decoding at the checkpoint, and checks each chunk it takes.
 //
 // keep, when not nil, is handed every chunk's data (see WithKeep): the
 // layer is decompressed whole anyway.
@@ -61,7 +65,7 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", sp.streamErr(s, err))
 	}
-	out := &countingReader{r: zr}
+	out := &progressReader{z: zr}
 	t := newTarIndexer(ctx, FormatGzip, lim, s, out, sp.maxOut(size), keep)
 	t.pos = func() int64 { return out.n }
 	t.cut = sp.cut
@@ -81,7 +85,7 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 			ErrInvalid, ErrDigestMismatch, got, want)
 	}
 	idx := t.b.finish()
-	if err := sp.place(idx, out.n, size); err != nil {
+	if err := sp.place(idx, out.n, size, out.samples); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
 	if err := idx.Validate(size); err != nil {
@@ -152,8 +156,9 @@ func (g *gzipSpans) cut(from, to int64) int64 {
 }
 
 // place turns the tar-offset chunks of idx into span chunks and adds the
-// checkpoints. total is the tar's size, size the blob's.
-func (g *gzipSpans) place(idx *Index, total, size int64) error {
+// checkpoints. total is the tar's size, size the blob's; decoded is the
+// decoder's progress, in output order (see progressReader).
+func (g *gzipSpans) place(idx *Index, total, size int64, decoded []progress) error {
 	if len(g.cps) == 0 || g.cps[0].Out != 0 {
 		return Invalidf("no checkpoint at the start of the layer")
 	}
@@ -166,9 +171,16 @@ func (g *gzipSpans) place(idx *Index, total, size int64) error {
 			c := &chunks[i]
 			k, _ := slices.BinarySearchFunc(g.cps, c.BlobOffset+1, func(cp Checkpoint, off int64) int { return cmp.Compare(cp.Out, off) })
 			cp := g.cps[k-1] // Out <= the chunk's start; cps[0].Out is 0
+			// Up to the first sample whose output covers the chunk: its
+			// input decodes it; the span's end always does.
+			end := spanEnd(g.cps, k-1, size)
+			tarEnd := c.BlobOffset + c.Length
+			if p, _ := slices.BinarySearchFunc(decoded, tarEnd, func(p progress, out int64) int { return cmp.Compare(p.out, out) }); p < len(decoded) {
+				end = min(end, max(decoded[p].in, cp.In+1))
+			}
 			c.Inner = c.BlobOffset - cp.Out
 			c.BlobOffset = cp.In
-			c.BlobLength = spanEnd(g.cps, k-1, size) - cp.In
+			c.BlobLength = end - cp.In
 			c.Encoding = EncodingDeflate
 		}
 	}
@@ -191,15 +203,24 @@ func spanEnd(cps []Checkpoint, k int, size int64) int64 {
 	return next.In
 }
 
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
+// progress is a point of a gzip layer's decoding: out bytes of the tar
+// were decoded from the blob's first in bytes.
+type progress struct{ out, in int64 }
+
+// progressReader counts the bytes read through it and samples the
+// decoder's progress after each read that found a new batch of output.
+type progressReader struct {
+	z       *inflate.Reader
+	n       int64
+	samples []progress
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
+func (r *progressReader) Read(p []byte) (int, error) {
+	n, err := r.z.Read(p)
+	r.n += int64(n)
+	if out, in := r.z.Progress(); len(r.samples) == 0 || out > r.samples[len(r.samples)-1].out {
+		r.samples = append(r.samples, progress{out, in})
+	}
 	return n, err
 }
 

@@ -3,10 +3,12 @@ package index
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"compress/gzip"
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -301,7 +303,11 @@ func TestValidateGzipIndex(t *testing.T) {
 		{"checkpoint with a bad window", func(idx *Index) { idx.Checkpoints[1].Window = idx.Checkpoints[1].Window[:100] }},
 		{"chunk where no checkpoint is", func(idx *Index) { firstChunk(idx).BlobOffset++ }},
 		{"chunk past its span", func(idx *Index) { firstChunk(idx).Inner = gzipSpan * 2 }},
-		{"chunk with the wrong span length", func(idx *Index) { firstChunk(idx).BlobLength-- }},
+		{"chunk longer than its span", func(idx *Index) {
+			c := firstChunk(idx)
+			k, _ := slices.BinarySearchFunc(idx.Checkpoints, c.BlobOffset, func(cp Checkpoint, in int64) int { return cmp.Compare(cp.In, in) })
+			c.BlobLength = spanEnd(idx.Checkpoints, k, size) - c.BlobOffset + 1
+		}},
 		{"raw chunk in a gzip index", func(idx *Index) { firstChunk(idx).Encoding = EncodingRaw }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -324,7 +330,56 @@ func TestGzipSpanLimit(t *testing.T) {
 	if err := g.add(Checkpoint{In: 100, Out: maxGzipSpan + 1}); !errors.Is(err, ErrNotLazy) {
 		t.Errorf("span of %d bytes: %v, want ErrNotLazy", maxGzipSpan+1, err)
 	}
-	if err := g.place(&Index{}, maxGzipSpan+1, 200); !errors.Is(err, ErrNotLazy) {
+	if err := g.place(&Index{}, maxGzipSpan+1, 200, nil); !errors.Is(err, ErrNotLazy) {
 		t.Errorf("last span of %d bytes: %v, want ErrNotLazy", maxGzipSpan+1, err)
+	}
+}
+
+// TestGzipChunksFetchOnlyWhatDecodesThem: a file near the start of a span
+// is fetched without the rest of it; every chunk decodes from its own
+// BlobLength bytes, and those grow along the span.
+func TestGzipChunksFetchOnlyWhatDecodesThem(t *testing.T) {
+	var entries []tarEntry
+	for i := range 300 { // 300 × 24 KiB of hex: about two spans
+		entries = append(entries, tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("f%03d", i), Mode: 0o644, ModTime: fixtureTime},
+			body: []byte(hex.EncodeToString(randomBytes(uint64(i), 12<<10)))})
+	}
+	blob := gzipLevel(t, writeTar(t, entries), gzip.DefaultCompression)
+	idx, err := Read(context.Background(), bytes.NewReader(blob), gzipDesc(blob), WithGzip())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGzipChunks(t, idx, int64(len(blob)))
+	if len(idx.Checkpoints) < 2 {
+		t.Fatalf("%d checkpoints, want at least 2", len(idx.Checkpoints))
+	}
+	spanLen := spanEnd(idx.Checkpoints, 0, int64(len(blob)))
+	last := map[int64]int64{} // span → the BlobLength of its last chunk so far
+	for i, te := range entries {
+		e := lookupPath(idx, te.hdr.Name)
+		for _, c := range idx.Chunks[e.Ino] {
+			if c.BlobLength < last[c.BlobOffset] {
+				t.Errorf("%s: blob length %d, shorter than the %d of a chunk before it in its span", te.hdr.Name, c.BlobLength, last[c.BlobOffset])
+			}
+			last[c.BlobOffset] = c.BlobLength
+			if i%5 != 0 && i != len(entries)-1 {
+				continue // decoding each from its checkpoint takes seconds
+			}
+			cp := idx.Checkpoints[slices.IndexFunc(idx.Checkpoints, func(cp Checkpoint) bool { return cp.In == c.BlobOffset })]
+			data, err := DecodeSpan(cp, blob[c.BlobOffset:c.BlobOffset+c.BlobLength], []Chunk{c})
+			if err != nil {
+				t.Fatalf("%s: from its %d bytes: %v", te.hdr.Name, c.BlobLength, err)
+			}
+			if !bytes.Equal(data[0], te.body[c.FileOffset:c.End()]) {
+				t.Fatalf("%s: content differs", te.hdr.Name)
+			}
+		}
+		if i == 0 {
+			// One decoding batch (256 KiB of output, some 130 KB of hex
+			// compressed) past the file, not the span's 2 MB.
+			if c := idx.Chunks[e.Ino][0]; c.BlobLength > spanLen/4 {
+				t.Errorf("the first file: %d bytes to fetch, of its span's %d", c.BlobLength, spanLen)
+			}
+		}
 	}
 }

@@ -238,7 +238,7 @@ func (idx *Index) validateCheckpoints(blobSize int64) error {
 
 // checkSpans checks that each deflate chunk (and only a gzip layer has
 // them) names a checkpoint, lies inside its span's output, and fetches
-// exactly the span's bytes.
+// no more than the span's bytes.
 func (idx *Index) checkSpans(chunks []Chunk, blobSize int64) error {
 	for _, c := range chunks {
 		if (c.Encoding == EncodingDeflate) != (idx.Format == FormatGzip) {
@@ -258,8 +258,11 @@ func (idx *Index) checkSpans(chunks []Chunk, blobSize int64) error {
 		if c.Inner > out-c.Length {
 			return fmt.Errorf("chunk at file offset %d: inner %d + length %d run past its span's %d bytes", c.FileOffset, c.Inner, c.Length, out)
 		}
-		if end := spanEnd(idx.Checkpoints, k, blobSize); c.BlobLength != end-c.BlobOffset {
-			return fmt.Errorf("chunk at file offset %d: blob length %d, its span is %d bytes", c.FileOffset, c.BlobLength, end-c.BlobOffset)
+		// The chunk's bytes are a prefix of its span: those that decode
+		// it. A length too short to decode it fails that chunk's reads
+		// (the decoder runs out of input), nothing else.
+		if end := spanEnd(idx.Checkpoints, k, blobSize); c.BlobLength > end-c.BlobOffset {
+			return fmt.Errorf("chunk at file offset %d: blob length %d, more than its span's %d bytes", c.FileOffset, c.BlobLength, end-c.BlobOffset)
 		}
 	}
 	return nil

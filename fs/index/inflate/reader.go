@@ -186,6 +186,16 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 // out is the uncompressed offset of the next byte to decode.
 func (z *Reader) out() int64 { return z.base + int64(z.wr) }
 
+// Progress returns how much output the Reader has decoded (which may be
+// ahead of what Read has returned) and how many bytes of the compressed
+// stream, counted from its start, that took: a Reader made by Resume at
+// an earlier checkpoint decodes the same output from the bytes up to in.
+// Output is decoded in batches of up to 256 KiB, so a caller that asks
+// after each Read sees the stream at that granularity.
+func (z *Reader) Progress() (out, in int64) {
+	return z.out(), (z.in.bitPos() + 7) / 8
+}
+
 // decode decodes a batch of output into hist, after sliding the window to
 // its front if hist is full, and sets z.err when the decoder stops.
 func (z *Reader) decode() {

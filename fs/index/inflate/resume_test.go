@@ -70,3 +70,71 @@ func TestResumeEveryCheckpoint(t *testing.T) {
 		checkResume(t, data, out, cps)
 	}
 }
+
+// TestProgressIsEnoughToResume: the compressed bytes Progress reports for
+// an output position decode, resumed from any checkpoint before it, at
+// least that much output, and no more input is needed: what an index
+// records to fetch a file's part of a span and no further.
+func TestProgressIsEnoughToResume(t *testing.T) {
+	text := textBytes(900<<10, 5)
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"default", gzipLevel(t, text, gzip.DefaultCompression)},
+		{"stored", gzipLevel(t, text, gzip.NoCompression)},
+		{"fastest", gzipLevel(t, text, gzip.BestSpeed)},
+		{"random", gzipLevel(t, randomBytes(700<<10, 9), gzip.DefaultCompression)},
+		{"two members", append(gzipLevel(t, text[:300<<10], gzip.DefaultCompression), gzipLevel(t, text[300<<10:], gzip.BestSpeed)...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cps []Checkpoint
+			zr, err := NewReader(bytes.NewReader(tc.data), 64<<10, func(cp Checkpoint) error { cps = append(cps, cp); return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			type sample struct{ out, in int64 }
+			var samples []sample
+			var out []byte
+			buf := make([]byte, 10_000)
+			for {
+				n, err := zr.Read(buf)
+				out = append(out, buf[:n]...)
+				o, in := zr.Progress()
+				if o < int64(len(out)) || in > int64(len(tc.data)) {
+					t.Fatalf("Progress = %d, %d after %d bytes of output of a %d-byte stream", o, in, len(out), len(tc.data))
+				}
+				if len(samples) == 0 || samples[len(samples)-1].out != o {
+					samples = append(samples, sample{o, in})
+				}
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(samples) < 3 || len(cps) < 3 {
+				t.Fatalf("%d samples, %d checkpoints: too few to test", len(samples), len(cps))
+			}
+			for _, cp := range cps {
+				for _, s := range samples {
+					if s.out <= cp.Out || s.out > cp.Out+400<<10 {
+						continue
+					}
+					zr, err := Resume(bytes.NewReader(tc.data[cp.In:s.in]), cp)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, err := io.ReadAll(zr)
+					if err != nil {
+						t.Fatalf("from %+v to byte %d: %v", brief(cp), s.in, err)
+					}
+					if want := s.out - cp.Out; int64(len(got)) < want || !bytes.Equal(got, out[cp.Out:cp.Out+int64(len(got))]) {
+						t.Fatalf("from %+v to byte %d: %d bytes of output, want the %d up to %d", brief(cp), s.in, len(got), want, s.out)
+					}
+				}
+			}
+		})
+	}
+}
