@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -77,15 +78,18 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 	if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
 		return nil
 	}
+	start := time.Now()
 	idx, err := index.DecodePortable(data, l.Digest, l.Size)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
+	decoded := time.Now()
 	if err := index.Save(p.store.DB(), l.Digest.String(), idx, l.Size); err != nil {
 		return fmt.Errorf("layer %s: storing its index: %w", l.Digest, err)
 	}
 	slog.InfoContext(ctx, "layer index imported", "layer", l.Digest, "format", idx.Format,
-		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints))
+		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints),
+		"decoded_in", decoded.Sub(start), "stored_in", time.Since(decoded))
 	return nil
 }
 

@@ -290,17 +290,29 @@ func (im *images) importFrom(ctx context.Context, r referrer, layers []Layer, wa
 			return fmt.Errorf("blob %s (%s) is not the index of a layer of the image (it names %q)", desc.Digest, desc.MediaType, ld)
 		}
 	}
+	// The layers' indexes are fetched and imported side by side: one
+	// layer's fetch need not wait for the one before to be decoded and
+	// stored (a mount waits for them all).
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	started := map[digest.Digest]bool{}
 	for _, desc := range r.manifest.Layers {
 		l, ok := want[digest.Digest(desc.Annotations[annotationIndexedLayer])]
-		if !ok {
+		if !ok || started[l.Digest] {
 			continue
 		}
-		if err := im.importOne(ctx, r, desc, l); err != nil {
-			slog.WarnContext(ctx, "layer index from the registry not used; the layer is indexed here", "layer", l.Digest, "artifact", r.digest, "why", err)
-			continue
-		}
-		delete(want, l.Digest)
+		started[l.Digest] = true
+		wg.Go(func() {
+			if err := im.importOne(ctx, r, desc, l); err != nil {
+				slog.WarnContext(ctx, "layer index from the registry not used; the layer is indexed here", "layer", l.Digest, "artifact", r.digest, "why", err)
+				return
+			}
+			mu.Lock()
+			delete(want, l.Digest)
+			mu.Unlock()
+		})
 	}
+	wg.Wait()
 	return nil
 }
 
