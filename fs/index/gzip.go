@@ -18,7 +18,7 @@ import (
 // are apart, at least (the next block boundary after it): what one read
 // of a file not yet cached decodes at most, and about what it fetches
 // times the compression ratio. zran.c, SOCI and nydus use 1 to 4 MiB.
-const gzipSpan = 4 << 20
+const gzipSpan = 1 << 20
 
 // maxGzipSpan bounds a span's output. An encoder that writes blocks
 // longer than this leaves checkpoints too far apart for a read to decode
@@ -40,7 +40,7 @@ const maxGzipSpan = MaxChunkLength
 // span's output (Inner), EncodingDeflate, and the sha256 of its own
 // bytes. Its BlobLength runs only as far as the compressed bytes that
 // decode it (what the decoder had consumed when its output passed the
-// chunk's end, known to within one of its 256 KiB batches), at most to
+// chunk's end, noted every progressEvery bytes of output), at most to
 // the next checkpoint's byte: a file near the start of a span is read
 // without the rest of the span. A later read fetches that much by range,
 // resumes decoding at the checkpoint, and checks each chunk it takes.
@@ -65,7 +65,9 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", sp.streamErr(s, err))
 	}
-	out := &progressReader{z: zr}
+	var decoded []progress
+	zr.OnProgress(progressEvery, func(out, in int64) { decoded = append(decoded, progress{out, in}) })
+	out := &countingReader{r: zr}
 	t := newTarIndexer(ctx, FormatGzip, lim, s, out, sp.maxOut(size), keep)
 	t.pos = func() int64 { return out.n }
 	t.cut = sp.cut
@@ -85,7 +87,7 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 			ErrInvalid, ErrDigestMismatch, got, want)
 	}
 	idx := t.b.finish()
-	if err := sp.place(idx, out.n, size, out.samples); err != nil {
+	if err := sp.place(idx, out.n, size, decoded); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
 	if err := idx.Validate(size); err != nil {
@@ -207,20 +209,20 @@ func spanEnd(cps []Checkpoint, k int, size int64) int64 {
 // were decoded from the blob's first in bytes.
 type progress struct{ out, in int64 }
 
-// progressReader counts the bytes read through it and samples the
-// decoder's progress after each read that found a new batch of output.
-type progressReader struct {
-	z       *inflate.Reader
-	n       int64
-	samples []progress
+// progressEvery is how often, in bytes of the tar, the decoding's
+// progress is noted: a chunk's fetch runs at most about this far past its
+// end (times the compression ratio).
+const progressEvery = 32 << 10
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
 }
 
-func (r *progressReader) Read(p []byte) (int, error) {
-	n, err := r.z.Read(p)
-	r.n += int64(n)
-	if out, in := r.z.Progress(); len(r.samples) == 0 || out > r.samples[len(r.samples)-1].out {
-		r.samples = append(r.samples, progress{out, in})
-	}
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
 	return n, err
 }
 

@@ -91,8 +91,9 @@ func TestReadGzip(t *testing.T) {
 			}
 			checkGzipChunks(t, idx, int64(len(tc.blob)))
 			checkAgainstTar(t, idx, tc.blob, entries)
-			// About one checkpoint per gzipSpan of the tar.
-			if n, want := len(idx.Checkpoints), len(tarBlob)/gzipSpan; n < want || n > want+3 {
+			// About one checkpoint per gzipSpan of the tar, fewer where
+			// DEFLATE blocks are longer than that (the repeated text).
+			if n, want := len(idx.Checkpoints), len(tarBlob)/gzipSpan; n < want/2 || n > want+3 {
 				t.Errorf("%d checkpoints for a %d-byte tar, want about %d", n, len(tarBlob), want+1)
 			}
 			// The files that cross a checkpoint are cut there.

@@ -80,8 +80,8 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 	}
 	il := res.Layers[0]
 	t.Logf("index of the %d-entry layer: %d bytes, %d checkpoints, pushed as %s", il.Entries, il.IndexBytes, il.Checkpoints, res.Artifact)
-	if il.Checkpoints < 50 {
-		t.Errorf("%d checkpoints for 200 MiB: want one about every 4 MiB", il.Checkpoints)
+	if il.Checkpoints < 150 {
+		t.Errorf("%d checkpoints for 200 MiB: want one about every MiB", il.Checkpoints)
 	}
 	checkIndexReferrer(t, ref, res)
 
@@ -100,8 +100,9 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 		read := p.Stats()
 		t.Logf("mount moved %d blob bytes in %d requests; the 4 KiB read %d bytes in %d requests",
 			atMount.BlobBytes, atMount.BlobRequests, read.BlobBytes, read.BlobRequests)
-		// One span: about 4 MiB of the tar, as stored (random data).
-		if read.BlobRequests != 1 || read.BlobBytes > 9<<19 {
+		// At most one span: about 1 MiB of the tar, as stored (random
+		// data), or its start up to the file.
+		if read.BlobRequests != 1 || read.BlobBytes > 5<<18 {
 			t.Errorf("reading a 4 KiB file moved %d bytes in %d requests, want one span", read.BlobBytes, read.BlobRequests)
 		}
 		// A random read into the big file: one span again.
@@ -117,7 +118,7 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 		if err != nil || !bytes.Equal(got, expected(t, fixture.Big(200), fixture.BigFile)[at:at+4096]) {
 			t.Fatalf("random read of the big file: %v", err)
 		}
-		if s := p.Stats(); s.BlobBytes > 2*(9<<19) {
+		if s := p.Stats(); s.BlobBytes > 2*(5<<18) {
 			t.Errorf("a random 4 KiB read moved %d bytes in %d requests", s.BlobBytes, s.BlobRequests)
 		}
 		ms, err := d.client.List(context.Background())

@@ -9,11 +9,20 @@ import "encoding/binary"
 func (z *Reader) huffman() error {
 	for z.state == stHuffman && z.wr < histLimit {
 		var err error
-		if z.in.refill(8) {
+		switch {
+		case len(z.uses) > 0:
+			// The references into a checkpoint's window are watched
+			// symbol by symbol, for its first windowSize bytes.
+			err = z.huffmanSlow()
+			if z.out()-z.uses[0].end >= windowSize {
+				z.retireUses(false)
+			}
+		case z.in.refill(8):
 			err = z.huffmanFast()
-		} else {
+		default:
 			err = z.huffmanSlow()
 		}
+		z.noteProgress()
 		if err != nil {
 			return err
 		}
@@ -32,8 +41,9 @@ func (z *Reader) huffmanFast() error {
 	hist := z.hist
 	w, lo := z.wr, z.lo
 	lit, dist := z.lit, z.dist
+	end := z.batchEnd()
 	var bad string
-	for pos <= len(buf)-8 && w < histLimit {
+	for pos <= len(buf)-8 && w < end {
 		bits |= binary.LittleEndian.Uint64(buf[pos:]) << (nb & 63)
 		pos += int(63-nb) >> 3
 		nb |= 56
@@ -161,6 +171,9 @@ func (z *Reader) huffmanSlow() error {
 	distance := int(d>>entValShift) + int(extra)
 	if distance > z.wr-z.lo {
 		return corrupt(at, "distance too far back")
+	}
+	if len(z.uses) > 0 {
+		z.markUses(distance, length)
 	}
 	z.wr = copyMatch(z.hist, z.wr, distance, length)
 	return nil

@@ -121,6 +121,9 @@ func (z *Reader) trailer() error {
 		return fmt.Errorf("%w: member ending at compressed offset %d has CRC-32 %08x and ISIZE %d, its output (%d bytes) %08x",
 			ErrChecksum, z.in.bitPos()/8, crc, size, n, z.crc)
 	}
+	// No reference crosses into the next member: the windows watched are
+	// final.
+	z.retireUses(true)
 	z.state = stMember
 	return nil
 }

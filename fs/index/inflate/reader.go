@@ -62,6 +62,13 @@ type Reader struct {
 	onCheckpoint func(Checkpoint) error
 	lastCP       int64 // Out of the last checkpoint; -1 before the first
 
+	progEvery, progNext int64 // see OnProgress
+	onProgress          func(out, in int64)
+
+	// uses watches the references into the windows of the checkpoints
+	// reported less than windowSize bytes of output ago (windowuse.go).
+	uses []*windowUse
+
 	err error
 	// longestString is the longest name or comment of the headers so far:
 	// compress/gzip refuses those of 512 bytes or more, the tests allow
@@ -80,7 +87,11 @@ type Reader struct {
 // Checkpoint at Out 0, and then at the first block boundary or member
 // start after at least every bytes of output have passed since the last
 // one (every <= 0: at each of them). The callback runs inside Read and
-// owns the checkpoint's Window; an error it returns is returned by Read.
+// owns the checkpoint's Window, but the Reader still writes to it: the
+// bytes of the window that the output after the checkpoint never refers
+// to are zeroed once the Reader has decoded windowSize bytes past it (or
+// the member or stream ended, or Read returned an error), which is when
+// the window is final. An error the callback returns is returned by Read.
 // Out counts decoded output, which may be ahead of what Read has returned.
 func NewReader(r io.Reader, every int64, onCheckpoint func(Checkpoint) error) (*Reader, error) {
 	z := newReader(r)
@@ -186,14 +197,32 @@ func (z *Reader) WriteTo(w io.Writer) (int64, error) {
 // out is the uncompressed offset of the next byte to decode.
 func (z *Reader) out() int64 { return z.base + int64(z.wr) }
 
-// Progress returns how much output the Reader has decoded (which may be
-// ahead of what Read has returned) and how many bytes of the compressed
-// stream, counted from its start, that took: a Reader made by Resume at
-// an earlier checkpoint decodes the same output from the bytes up to in.
-// Output is decoded in batches of up to 256 KiB, so a caller that asks
-// after each Read sees the stream at that granularity.
-func (z *Reader) Progress() (out, in int64) {
-	return z.out(), (z.in.bitPos() + 7) / 8
+// OnProgress makes the Reader call fn about every every bytes of output
+// it decodes (a back-reference may take it up to 258 bytes further, a
+// stored block to the block's end) with how much output it has decoded
+// and how many bytes of the compressed stream, counted from its start,
+// that took: a Reader made by Resume at an earlier checkpoint decodes at
+// least that output from the bytes up to in. Call it before the first
+// Read; fn runs inside Read.
+func (z *Reader) OnProgress(every int64, fn func(out, in int64)) {
+	z.progEvery, z.progNext, z.onProgress = max(every, 1), z.out()+max(every, 1), fn
+}
+
+// noteProgress calls onProgress if the output has passed progNext.
+func (z *Reader) noteProgress() {
+	if z.onProgress != nil && z.out() >= z.progNext {
+		z.onProgress(z.out(), (z.in.bitPos()+7)/8)
+		z.progNext = z.out() + z.progEvery
+	}
+}
+
+// batchEnd is where in hist the fast decoder stops for this batch: at
+// histLimit, or sooner where progress is due.
+func (z *Reader) batchEnd() int {
+	if z.onProgress == nil {
+		return histLimit
+	}
+	return int(max(min(int64(histLimit), z.progNext-z.base), 0))
 }
 
 // decode decodes a batch of output into hist, after sliding the window to
@@ -218,6 +247,10 @@ func (z *Reader) decode() {
 		}
 		if err != nil {
 			z.setErr(err)
+		}
+		z.noteProgress()
+		if len(z.uses) > 0 {
+			z.retireUses(z.err != nil)
 		}
 	}
 }
@@ -265,6 +298,9 @@ func (z *Reader) checkpoint(atMember bool, in int64) error {
 		cp.MemberOut = z.out() - z.memberStart
 		cp.CRC = z.crc
 		cp.Window = bytes.Clone(z.hist[max(z.lo, z.wr-windowSize):z.wr])
+		if len(cp.Window) > 0 {
+			z.uses = append(z.uses, newWindowUse(cp.Window, cp.Out))
+		}
 	}
 	z.lastCP = cp.Out
 	if err := z.onCheckpoint(cp); err != nil {
