@@ -16,14 +16,18 @@ func renderGzip(w io.Writer, res *runResults, sums map[key]*summary) {
 	var rows, notes []string
 	for _, f := range farWorkloads { // the same starts: go version, python
 		get := func(sys string) *summary { return sums[key{"wan", f.img, f.wl, sys, "cold"}] }
-		gz, stream, sc, st, fp := get(strataGzip), get(strataGzipStream), get(sociName), get("strata"), get("fullpull")
-		if gz == nil && stream == nil && sc == nil {
+		gz, rec, stream, sc, st, fp := get(strataGzip), get(strataGzipRec), get(strataGzipStream), get(sociName), get("strata"), get("fullpull")
+		if gz == nil && rec == nil && stream == nil && sc == nil {
 			continue
 		}
-		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", f.img, f.wl, farCell(gz), farCell(stream), farCell(sc), farCell(st), cell(fp, f.wl)))
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s |", f.img, f.wl, farCell(gz), farCell(rec), farCell(stream), farCell(sc), farCell(st), cell(fp, f.wl)))
 		if gz != nil && gz.N > 0 && fp != nil && fp.N > 0 {
 			notes = append(notes, fmt.Sprintf("- `%s` from the gzip image with its pushed index: %.2f s against the full pull's %.2f s (%.1f× sooner), %.1f MB against %.1f MB.",
 				f.wl, gz.Med, fp.Med, fp.Med/gz.Med, float64(gz.Bytes)/1e6, float64(fp.Bytes)/1e6))
+		}
+		if rec != nil && rec.N > 0 && fp != nil && fp.N > 0 {
+			notes = append(notes, fmt.Sprintf("- `%s` from the gzip image with its pushed index and a recorded prefetch list: %.2f s (%.1f× sooner than the full pull), %.1f MB.",
+				f.wl, rec.Med, fp.Med/rec.Med, float64(rec.Bytes)/1e6))
 		}
 		if gz != nil && gz.N > 0 && sc != nil && sc.N > 0 {
 			notes = append(notes, fmt.Sprintf("- `%s` with Strata's index: %.2f s, %.1f MB, %d requests; with SOCI's: %.2f s, %.1f MB, %d requests (Strata %.2f× SOCI's time).",
@@ -37,8 +41,11 @@ func renderGzip(w io.Writer, res *runResults, sums map[key]*summary) {
 	}
 	p(`The link: **wan** (%d ms RTT, %d Mbit/s). Cold starts only, each from a fresh state root and a dropped page cache.
 **%s** mounts the plain gzip image the full pull reads (`+"`IMAGE:gzip`"+`), after one untimed `+"`strata index`"+` on another
-daemon pushed its layers' indexes as a referrer: the mount fetches the indexes and each read one span (about 4 MiB of
-the tar). **%s** mounts the same image with `+"`layer_indexes = \"off\"`"+`: no index, so the mount reads each layer
+daemon pushed its layers' indexes as a referrer: the mount fetches the indexes, and a read the start of one span (about
+4 MiB of the tar) up to where the file ends in it; a second read into a span fetches the rest of it. **%s** is the
+same on a copy of the image (`+"`IMAGE-rec-WORKLOAD:gzip`"+`) that also carries a prefetch list recorded by one untimed
+run of the workload (`+"`strata mount --record --record-push`"+`): the mount fetches the listed files' spans up to where
+they end, in parallel, while the workload starts. **%s** mounts the same image with `+"`layer_indexes = \"off\"`"+`: no index, so the mount reads each layer
 whole once and indexes it in the same pass. **%s** is AWS's soci-snapshotter (%s, the Go module used as a library
 by `+"`test/bench/soci`"+`), the baseline that does this with its own index: one untimed `+"`soci convert`"+` (its `+"`soci`"+`
 package, default 4 MiB spans, zTOCs for layers of 10 MiB or more) pushed `+"`IMAGE:%s`"+`, the same gzip layers with an
@@ -47,16 +54,16 @@ image index binding a SOCI index v2 to the manifest; the mount plays containerd'
 zTOC as its own FUSE mount under overlayfs, and each read fetches a span. **strata** mounts the eStargz form.
 **fullpull** as above. Cells: median seconds (min–max, n) · mount seconds · MB · requests.
 
-| image | workload | %s | %s | %s | strata (eStargz) | fullpull |
-|---|---|---|---|---|---|---|
+| image | workload | %s | %s | %s | %s | strata (eStargz) | fullpull |
+|---|---|---|---|---|---|---|---|
 %s
 
 %s
 
 | target | measured | verdict |
 |---|---|---|
-`, proxy.ProfileWAN.RTT.Milliseconds(), proxy.ProfileWAN.BandwidthBps*8/1_000_000, strataGzip, strataGzipStream,
-		sociName, sociVersion(res), sociTag, strataGzip, strataGzipStream, sociName, strings.Join(rows, "\n"), strings.Join(notes, "\n"))
+`, proxy.ProfileWAN.RTT.Milliseconds(), proxy.ProfileWAN.BandwidthBps*8/1_000_000, strataGzip, strataGzipRec, strataGzipStream,
+		sociName, sociVersion(res), sociTag, strataGzip, strataGzipRec, strataGzipStream, sociName, strings.Join(rows, "\n"), strings.Join(notes, "\n"))
 	for _, t := range gzipTargets(res, sums) {
 		p("| %s | %s | %s |\n", t.What, t.Measured, verdict(t))
 	}

@@ -165,7 +165,7 @@ func memoryEntry(runs int) entry {
 // index on the same layers, the eStargz mount and the full pull; cold
 // only. Only `make bench ROWS=gzip` runs it.
 func gzipEntry(img, wl string) entry {
-	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipStream, sociName, "strata", "fullpull"},
+	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipRec, strataGzipStream, sociName, "strata", "fullpull"},
 		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
 }
 

@@ -96,6 +96,8 @@ func (r *runner) system(name string) system {
 		return &strataSys{bin: r.o.strata, dir: dir, plain: true, recorded: true}
 	case strataGzip:
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true}
+	case strataGzipRec:
+		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, recorded: true}
 	case strataGzipStream:
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, config: "layer_indexes = \"off\"\nprefetch_lists = \"off\"\n"}
 	case "stargz":
@@ -207,6 +209,12 @@ func (r *runner) trainMount(ctx context.Context, img imageSpec, w workload, tag 
 	if err := copyImage(ctx, r.regHost+"/"+img.Name+":"+tag, dst); err != nil {
 		return err
 	}
+	if tag == "gzip" {
+		// The copy mounts lazily from its own indexes, as the image does.
+		if err := r.indexRef(ctx, dst); err != nil {
+			return err
+		}
+	}
 	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "training"), mountArgs: []string{"--record", "--record-push"}}
 	err := func() error {
 		if err := s.Prepare(ctx); err != nil {
@@ -237,14 +245,7 @@ func (r *runner) indexGzip(ctx context.Context, img imageSpec) error {
 	if r.trained[img.Name+":gzip-index"] {
 		return nil
 	}
-	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "indexing")}
-	err := func() error {
-		if err := s.Prepare(ctx); err != nil {
-			return err
-		}
-		return run(ctx, s.bin, "index", "--socket", s.socket(), "--insecure", "-q", r.regHost+"/"+img.Name+":gzip")
-	}()
-	if err := errors.Join(err, s.Teardown(context.WithoutCancel(ctx))); err != nil {
+	if err := r.indexRef(ctx, r.regHost+"/"+img.Name+":gzip"); err != nil {
 		return err
 	}
 	if r.trained == nil {
@@ -252,6 +253,18 @@ func (r *runner) indexGzip(ctx context.Context, img imageSpec) error {
 	}
 	r.trained[img.Name+":gzip-index"] = true
 	return nil
+}
+
+// indexRef runs `strata index` on ref from a daemon of its own.
+func (r *runner) indexRef(ctx context.Context, ref string) error {
+	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "indexing")}
+	err := func() error {
+		if err := s.Prepare(ctx); err != nil {
+			return err
+		}
+		return run(ctx, s.bin, "index", "--socket", s.socket(), "--insecure", "-q", ref)
+	}()
+	return errors.Join(err, s.Teardown(context.WithoutCancel(ctx)))
 }
 
 // measure mounts (or pulls) the image once, then for each workload does a
@@ -276,7 +289,7 @@ func (r *runner) measure(ctx context.Context, sys system, img imageSpec, ws []wo
 		return fail(ws[0], "cold", fmt.Errorf("drop caches: %w", err))
 	}
 	repo := img.Name
-	if sys.Name() == strataRec || sys.Name() == strataPlainRec {
+	if sys.Name() == strataRec || sys.Name() == strataPlainRec || sys.Name() == strataGzipRec {
 		if err := r.trainMount(ctx, img, ws[0], sys.Tag()); err != nil {
 			return fail(ws[0], "cold", fmt.Errorf("recording the prefetch list: %w", err))
 		}

@@ -85,6 +85,8 @@ func (s *strataSys) Name() string {
 	switch {
 	case s.gzip && s.config != "":
 		return strataGzipStream
+	case s.gzip && s.recorded:
+		return strataGzipRec
 	case s.gzip:
 		return strataGzip
 	case s.plain && s.recorded:
@@ -105,10 +107,13 @@ func (s *strataSys) Name() string {
 // strataGzip mounts the plain gzip image every full pull reads, after an
 // untimed `strata index` pushed its layers' indexes (issue 14);
 // strataGzipStream mounts it with layer_indexes = "off": no index, so the
-// mount reads each layer once to index it.
+// mount reads each layer once to index it; strataGzipRec, a copy of the
+// gzip image with its indexes and a prefetch list recorded from the
+// workload.
 const (
 	strataGzip       = "strata-gzip"
 	strataGzipStream = "strata-gzip-stream"
+	strataGzipRec    = "strata-gzip-rec"
 )
 
 const (
