@@ -60,7 +60,14 @@ func FuzzReader(f *testing.F) {
 			}
 			return nil
 		})
+		type sample struct{ out, in int64 }
+		var samples []sample
 		if err == nil {
+			our.OnProgress(100, func(out, in int64) {
+				if len(samples) < 200 {
+					samples = append(samples, sample{out, in})
+				}
+			})
 			got, err = readLimited(our)
 		}
 		switch {
@@ -84,6 +91,25 @@ func FuzzReader(f *testing.F) {
 			tail, err := readLimited(zr)
 			if err != nil || !bytes.Equal(tail, got[cp.Out:]) {
 				t.Fatalf("resumed from %+v: %v, or not the rest of the output", brief(cp), err)
+			}
+			// The bytes progress reported for a point after the
+			// checkpoint decode the output up to it (a few points, from
+			// the first and the last checkpoint).
+			if i != 0 && i != len(cps)-1 {
+				continue
+			}
+			for j, s := range samples {
+				if s.out <= cp.Out || s.in < cp.In || j%max(1, len(samples)/4) != 0 {
+					continue
+				}
+				zr, err := Resume(bytes.NewReader(data[cp.In:s.in]), cp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				part, err := readLimited(zr)
+				if err != nil || int64(len(part)) < s.out-cp.Out || !bytes.Equal(part, got[cp.Out:cp.Out+int64(len(part))]) {
+					t.Fatalf("resumed from %+v up to byte %d: %d bytes (%v), want the %d up to %d", brief(cp), s.in, len(part), err, s.out-cp.Out, s.out)
+				}
 			}
 		}
 	})

@@ -298,7 +298,7 @@ func (z *Reader) checkpoint(atMember bool, in int64) error {
 		cp.MemberOut = z.out() - z.memberStart
 		cp.CRC = z.crc
 		cp.Window = bytes.Clone(z.hist[max(z.lo, z.wr-windowSize):z.wr])
-		if len(cp.Window) > 0 {
+		if len(cp.Window) > 0 && len(z.uses) < maxUses {
 			z.uses = append(z.uses, newWindowUse(cp.Window, cp.Out))
 		}
 	}

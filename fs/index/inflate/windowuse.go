@@ -10,6 +10,12 @@ package inflate
 // is what lets checkpoints be dense and the index small (issue: an index
 // at most 2% of its layer).
 
+// maxUses bounds the windows watched at once: checkpoints closer together
+// than windowSize (only when asked for at every block boundary) keep the
+// rest of their windows whole, so that a stream of tiny blocks costs no
+// more than a few watches per back-reference.
+const maxUses = 4
+
 // windowUse watches the references into one checkpoint's window.
 type windowUse struct {
 	window []byte   // the checkpoint's, shared with whoever it was handed to
