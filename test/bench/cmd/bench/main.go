@@ -99,6 +99,11 @@ func run0(ctx context.Context, o options, log *slog.Logger) error {
 				return err
 			}
 		}
+		if p.needsSystem(name, strataZstdChunked) {
+			if err := b.ensureZstdChunked(ctx, reg.Host(), spec); err != nil {
+				return err
+			}
+		}
 	}
 	log.Info("images ready", "took", time.Since(start).Round(time.Second))
 	if o.imagesOnly {

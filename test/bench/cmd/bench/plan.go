@@ -150,7 +150,7 @@ func planFor(quick bool) plan {
 		dockerfileEntry(3),
 		entry{Profile: proxy.ProfileWAN, Image: "golang", Workloads: []string{dfCompileRec.Name}, Systems: []string{dfStrata}, Runs: 3, Dockerfile: true},
 		farEntry("golang", "goversion"), farEntry("python", "python"),
-		gzipEntry("golang", "goversion"), gzipEntry("python", "python"),
+		gzipEntry("golang", "goversion"), gzipEntry("python", "python"), gzipWalkEntry("golang"), gzipWalkEntry("python"),
 		memoryEntry(2))
 }
 
@@ -161,12 +161,34 @@ func memoryEntry(runs int) entry {
 }
 
 // gzipEntry is a start from the unmodified gzip image over wan (issue
-// 14): Strata from pushed indexes, Strata without, SOCI with its own
-// index on the same layers, the eStargz mount and the full pull; cold
-// only. Only `make bench ROWS=gzip` runs it.
+// 14): Strata from pushed indexes (with and without a recorded list),
+// Strata without, SOCI with its own index on the same layers, the
+// zstd:chunked form, the eStargz mount and the full pull; cold only.
+// Only `make bench ROWS=gzip` runs it.
 func gzipEntry(img, wl string) entry {
-	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl}, Systems: []string{strataGzip, strataGzipRec, strataGzipStream, sociName, "strata", "fullpull"},
+	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl},
+		Systems: []string{strataGzip, strataGzipRec, strataGzipStream, sociName, strataZstdChunked, "strata", "fullpull"},
 		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
+}
+
+// gzipWalkEntry is `find` and then `tar` of the whole image over wan,
+// cold, from the gzip image with its indexes, the zstd:chunked form, the
+// eStargz form and the full pull (issue 14). Two runs: a `tar` reads the
+// whole image over the link (10 to 20 s a run).
+func gzipWalkEntry(img string) entry {
+	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{"find", "tar"},
+		Systems: []string{strataGzip, strataZstdChunked, "strata", "fullpull"},
+		Runs: 2, PullRuns: 1, ColdOnly: []string{"find", "tar"}, Gzip: true}
+}
+
+// needsSystem reports whether an entry of the plan runs system on image.
+func (p plan) needsSystem(image, system string) bool {
+	for _, e := range p {
+		if e.Image == image && slices.Contains(e.Systems, system) {
+			return true
+		}
+	}
+	return false
 }
 
 // farEntry is a start over the far link (issue 18): Strata without and

@@ -98,6 +98,8 @@ func (r *runner) system(name string) system {
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true}
 	case strataGzipRec:
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, recorded: true}
+	case strataZstdChunked:
+		return &strataSys{bin: r.o.strata, dir: dir, zstd: true}
 	case strataGzipStream:
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, config: "layer_indexes = \"off\"\nprefetch_lists = \"off\"\n"}
 	case "stargz":

@@ -77,6 +77,7 @@ type strataSys struct {
 	recorded  bool
 	plain     bool     // mount IMAGE:plain, eStargz without prefetch landmarks
 	gzip      bool     // mount IMAGE:gzip, the unmodified image
+	zstd      bool     // mount IMAGE:zstdchunked, its zstd:chunked form
 	config    string   // the daemon's config file's content, when set
 	mountArgs []string // more `strata mount` flags
 }
@@ -87,6 +88,8 @@ func (s *strataSys) Name() string {
 		return strataGzipStream
 	case s.gzip && s.recorded:
 		return strataGzipRec
+	case s.zstd:
+		return strataZstdChunked
 	case s.gzip:
 		return strataGzip
 	case s.plain && s.recorded:
@@ -114,6 +117,8 @@ const (
 	strataGzip       = "strata-gzip"
 	strataGzipStream = "strata-gzip-stream"
 	strataGzipRec    = "strata-gzip-rec"
+	// strataZstdChunked mounts the image's zstd:chunked form.
+	strataZstdChunked = "strata-zstdchunked"
 )
 
 const (
@@ -125,6 +130,9 @@ const (
 func (s *strataSys) Tag() string {
 	if s.gzip {
 		return "gzip"
+	}
+	if s.zstd {
+		return zstdChunkedTag
 	}
 	return "estargz"
 }
