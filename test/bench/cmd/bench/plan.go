@@ -168,7 +168,7 @@ func memoryEntry(runs int) entry {
 func gzipEntry(img, wl string) entry {
 	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{wl},
 		Systems: []string{strataGzip, strataGzipRec, strataGzipStream, sociName, strataZstdChunked, "strata", "fullpull"},
-		Runs: 3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
+		Runs:    3, PullRuns: 1, ColdOnly: []string{wl}, Gzip: true}
 }
 
 // gzipWalkEntry is `find` and then `tar` of the whole image over wan,
@@ -178,7 +178,7 @@ func gzipEntry(img, wl string) entry {
 func gzipWalkEntry(img string) entry {
 	return entry{Profile: proxy.ProfileWAN, Image: img, Workloads: []string{"find", "tar"},
 		Systems: []string{strataGzip, strataZstdChunked, "strata", "fullpull"},
-		Runs: 2, PullRuns: 1, ColdOnly: []string{"find", "tar"}, Gzip: true}
+		Runs:    2, PullRuns: 1, ColdOnly: []string{"find", "tar"}, Gzip: true}
 }
 
 // needsSystem reports whether an entry of the plan runs system on image.
