@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,11 +25,21 @@ import (
 // through its index, with nothing cached.
 func newGzipLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	t.Helper()
+	contents := make([][]byte, len(names))
+	for i := range names {
+		contents[i] = randomContent(uint64(i+100), sizes[i])
+	}
+	return newGzipLayerOf(t, names, contents)
+}
+
+// newGzipLayerOf is newGzipLayer with the files' contents given.
+func newGzipLayerOf(t *testing.T, names []string, contents [][]byte) *testLayer {
+	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	files := map[string][]byte{}
 	for i, name := range names {
-		data := randomContent(uint64(i+100), sizes[i])
+		data := contents[i]
 		files[name] = data
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(1700000000, 0)}); err != nil {
 			t.Fatal(err)
@@ -57,17 +68,21 @@ func newGzipLayer(t *testing.T, names []string, sizes []int) *testLayer {
 	return &testLayer{content: content, blob: mb, files: files, view: view, cache: st.Chunks}
 }
 
+// sameSizeFiles names n files prefix000, prefix001, ... of size bytes.
+func sameSizeFiles(prefix string, n, size int) ([]string, []int) {
+	names, sizes := make([]string, n), make([]int, n)
+	for i := range n {
+		names[i], sizes[i] = fmt.Sprintf("%s%03d", prefix, i), size
+	}
+	return names, sizes
+}
+
 // TestGzipReadFetchesSpanStart: a small file of a plain gzip layer is
 // read with one range request, of the start of the span that holds it up
 // to the file (the files before it come with it), and the next read into
 // that span fetches the span's rest, once, without its start again.
 func TestGzipReadFetchesSpanStart(t *testing.T) {
-	var names []string
-	var sizes []int
-	for i := range 300 {
-		names = append(names, fmt.Sprintf("dir/f%03d", i))
-		sizes = append(sizes, 10<<10)
-	}
+	names, sizes := sameSizeFiles("dir/f", 300, 10<<10)
 	l := newGzipLayer(t, names, sizes) // 3 MiB: three spans
 	// The target: a file about a fifth into its span.
 	target, cs := "", []index.Chunk(nil)
@@ -163,12 +178,7 @@ func TestGzipCorruptSpanIsAnError(t *testing.T) {
 // what it lacks: no byte of the blob is fetched twice, and every read
 // gets its file's bytes.
 func TestGzipConcurrentReadsFetchEachByteOnce(t *testing.T) {
-	var names []string
-	var sizes []int
-	for i := range 100 {
-		names = append(names, fmt.Sprintf("f%03d", i))
-		sizes = append(sizes, 8<<10)
-	}
+	names, sizes := sameSizeFiles("f", 100, 8<<10)
 	l := newGzipLayer(t, names, sizes) // 800 KiB: one span
 	l.blob.hold, l.blob.free, l.blob.held = make(chan struct{}), -1, make(chan struct{}, 64)
 	read := func(name string) error {
@@ -182,11 +192,13 @@ func TestGzipConcurrentReadsFetchEachByteOnce(t *testing.T) {
 		}
 		return nil
 	}
-	errs := make(chan error, 4)
+	errs := make(chan error, 3)
 	go func() { errs <- read("f010") }()
 	<-l.blob.held // its fetch is on its way, and stays there
 	// Each claims a longer fetch of the span, after the one before it.
-	for depth, name := range []string{"f040", "f070", "f099"} {
+	// Far enough apart (over 256 KiB) not to look like a walk in order,
+	// which would take the rest of the span at once.
+	for depth, name := range []string{"f055", "f099"} {
 		go func() { errs <- read(name) }()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -208,7 +220,7 @@ func TestGzipConcurrentReadsFetchEachByteOnce(t *testing.T) {
 		}
 	}
 	close(l.blob.hold)
-	for range 4 {
+	for range 3 {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
@@ -226,5 +238,31 @@ func TestGzipConcurrentReadsFetchEachByteOnce(t *testing.T) {
 	}
 	if len(got) < 2 {
 		t.Errorf("fetches %+v: the span's start was not fetched on its own", got)
+	}
+}
+
+// TestGzipWalkFetchesWholeSpans: a reader walking the layer in its stored
+// order (tar, cp -r) gets each span whole, in about one fetch a span, not
+// a start and then a rest.
+func TestGzipWalkFetchesWholeSpans(t *testing.T) {
+	names, _ := sameSizeFiles("w/f", 400, 0)
+	contents := make([][]byte, len(names))
+	for i := range names { // hex: compressible, so DEFLATE blocks are short
+		contents[i] = []byte(hex.EncodeToString(randomContent(uint64(i), 5<<10)))
+	}
+	l := newGzipLayerOf(t, names, contents) // 4 MiB of tar
+	for _, name := range names {
+		l.read(t, name, 0, 10<<10)
+	}
+	l.settle()
+	spans := l.view.Info().Checkpoints
+	calls, n := l.blob.fetched()
+	t.Logf("%d fetches, %d bytes, for %d spans of a %d-byte blob", calls, n, spans, l.blob.Size())
+	if spans < 3 || calls > spans+1 {
+		t.Errorf("%d fetches for %d spans", calls, spans)
+	}
+	// A span may end inside the byte the next one starts at.
+	if n > l.blob.Size()+int64(spans) {
+		t.Errorf("%d bytes fetched of a %d-byte blob", n, l.blob.Size())
 	}
 }

@@ -87,9 +87,9 @@ func (ra *readAhead) fileReadAhead(e index.Entry, first, last index.Chunk) []ind
 // blobReadAhead grows or resets the blob-order window from where this
 // fetch starts, and returns the uncached chunks in the window after it.
 func (ra *readAhead) blobReadAhead(ino uint64, want []index.BlobChunk) []index.BlobChunk {
-	first, end := want[0].BlobOffset, int64(0)
+	first, end := blobPos(want[0].Chunk), int64(0)
 	for _, ch := range want {
-		first = min(first, ch.BlobOffset)
+		first = min(first, blobPos(ch.Chunk))
 		end = max(end, ch.BlobOffset+ch.BlobLength)
 	}
 	ra.mu.Lock()
@@ -120,6 +120,17 @@ func (ra *readAhead) blobReadAhead(ino uint64, want []index.BlobChunk) []index.B
 	return out
 }
 
+// blobPos is where chunk ch's data lies in the blob, as far as a walk in
+// blob order is concerned: its stream's start, but for a chunk of a gzip
+// span (all of whose chunks start at the span's checkpoint) where the
+// bytes that decode it end.
+func blobPos(ch index.Chunk) int64 {
+	if ch.Encoding == index.EncodingDeflate {
+		return ch.BlobOffset + ch.BlobLength
+	}
+	return ch.BlobOffset
+}
+
 // uncachedInBlob returns the uncached chunks whose streams lie wholly in
 // [from, to), and where the last of them ends (from when there is none).
 func (ra *readAhead) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
@@ -141,13 +152,18 @@ func (ra *readAhead) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
 	return out, end
 }
 
+// walking reports whether the reader walks the layer in its stored order
+// (the blob-order window is open).
+func (ra *readAhead) walking() bool {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	return ra.window > 0
+}
+
 // neighbourhood returns, when the fetch is one small stream outside any
 // sequential walk, the other small uncached streams of its aligned block.
 func (ra *readAhead) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
-	ra.mu.Lock()
-	walking := ra.window > 0
-	ra.mu.Unlock()
-	if walking || len(want) != 1 || want[0].BlobLength > smallStream {
+	if ra.walking() || len(want) != 1 || want[0].BlobLength > smallStream {
 		return nil
 	}
 	start := want[0].BlobOffset / neighbourhoodBlock * neighbourhoodBlock

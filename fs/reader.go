@@ -254,7 +254,7 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 		}
 	}
 
-	want = append(want, c.restOfSpans(want)...)
+	want = append(want, c.restOfSpans(want, c.ahead.walking())...)
 
 	waits, claimed := c.claim(want)
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
@@ -320,18 +320,19 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 }
 
 // restOfSpans returns, for each gzip span of want whose start was fetched
-// lately for other reads (see spanPrefixes), the uncached chunks of the
-// rest of it. A program that comes back to a span reads more of it (a
-// package's modules, a directory's files): one fetch of the rest costs one
-// round trip where fetching on file by file would cost one a file, and no
-// more bytes than the span's first read would have moved had it taken the
-// span whole.
-func (c *Content) restOfSpans(want []index.BlobChunk) []index.BlobChunk {
+// lately for other reads (see spanPrefixes), or every span of want when
+// the reader walks the layer in order (walking), the uncached chunks of
+// the rest of it. A program that comes back to a span reads more of it (a
+// package's modules, a directory's files), and a walk reads all of it:
+// one fetch of the rest costs one round trip where fetching on file by
+// file would cost one a file, and no more bytes than the span's first
+// read would have moved had it taken the span whole.
+func (c *Content) restOfSpans(want []index.BlobChunk, walking bool) []index.BlobChunk {
 	var out []index.BlobChunk
 	seen := map[int64]bool{}
 	for _, ch := range want {
 		bo := ch.BlobOffset
-		if ch.Encoding != index.EncodingDeflate || seen[bo] || !c.spans.has(bo) {
+		if ch.Encoding != index.EncodingDeflate || seen[bo] || !walking && !c.spans.has(bo) {
 			continue
 		}
 		seen[bo] = true
