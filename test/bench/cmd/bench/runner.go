@@ -103,9 +103,9 @@ func (r *runner) system(name string) system {
 	case strataGzipStream:
 		return &strataSys{bin: r.o.strata, dir: dir, gzip: true, config: "layer_indexes = \"off\"\nprefetch_lists = \"off\"\n"}
 	case "stargz":
-		return &stargzSys{bin: r.o.stargz, dir: dir}
+		return &readySys{name: "stargz", tag: "estargz", bin: r.o.stargz, dir: dir}
 	case sociName:
-		return &sociSys{bin: r.o.soci, dir: dir}
+		return &readySys{name: sociName, tag: sociTag, bin: r.o.soci, dir: dir}
 	default:
 		return &fullPull{dir: dir}
 	}

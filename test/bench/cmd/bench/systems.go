@@ -263,28 +263,31 @@ func (f *fullPull) Mount(ctx context.Context, ref string) (string, error) {
 	return filepath.Join(bundle, "rootfs"), nil
 }
 
-// stargzSys mounts with stargz-snapshotter's FUSE filesystem through the
-// bench-only test/bench/stargz program.
-type stargzSys struct {
-	bin, dir string
-	proc     *readyProc
+// readySys mounts with another lazy filesystem through a bench-only
+// program that prints "ready" once its mount is up (readyProc):
+// stargz-snapshotter's FUSE filesystem (test/bench/stargz) or AWS's
+// soci-snapshotter (test/bench/soci, see sociName).
+type readySys struct {
+	name, tag string
+	bin, dir  string
+	proc      *readyProc
 }
 
-func (s *stargzSys) Name() string                      { return "stargz" }
-func (s *stargzSys) Tag() string                       { return "estargz" }
-func (s *stargzSys) Prepare(ctx context.Context) error { return resetDir(s.dir) }
+func (s *readySys) Name() string                      { return s.name }
+func (s *readySys) Tag() string                       { return s.tag }
+func (s *readySys) Prepare(ctx context.Context) error { return resetDir(s.dir) }
 
-func (s *stargzSys) Mount(ctx context.Context, ref string) (string, error) {
+func (s *readySys) Mount(ctx context.Context, ref string) (string, error) {
 	mnt := filepath.Join(s.dir, "mnt")
 	var err error
-	s.proc, err = startReady(ctx, s.bin, []string{"--root", filepath.Join(s.dir, "state"), ref, mnt}, filepath.Join(s.dir, "stargz.log"))
+	s.proc, err = startReady(ctx, s.bin, []string{"--root", filepath.Join(s.dir, "state"), ref, mnt}, filepath.Join(s.dir, s.name+".log"))
 	if err != nil {
 		return "", err
 	}
 	return mnt, nil
 }
 
-func (s *stargzSys) Teardown(ctx context.Context) error {
+func (s *readySys) Teardown(ctx context.Context) error {
 	s.proc.stop()
 	s.proc = nil
 	return resetDir(s.dir)
@@ -298,31 +301,6 @@ func (s *stargzSys) Teardown(ctx context.Context) error {
 // layers, an image index binding the manifest to a SOCI index v2), pushed
 // untimed by runner.indexSoci.
 const sociName = "soci"
-
-type sociSys struct {
-	bin, dir string
-	proc     *readyProc
-}
-
-func (s *sociSys) Name() string                      { return sociName }
-func (s *sociSys) Tag() string                       { return sociTag }
-func (s *sociSys) Prepare(ctx context.Context) error { return resetDir(s.dir) }
-
-func (s *sociSys) Mount(ctx context.Context, ref string) (string, error) {
-	mnt := filepath.Join(s.dir, "mnt")
-	var err error
-	s.proc, err = startReady(ctx, s.bin, []string{"--root", filepath.Join(s.dir, "state"), ref, mnt}, filepath.Join(s.dir, "soci.log"))
-	if err != nil {
-		return "", err
-	}
-	return mnt, nil
-}
-
-func (s *sociSys) Teardown(ctx context.Context) error {
-	s.proc.stop()
-	s.proc = nil
-	return resetDir(s.dir)
-}
 
 // readyProc is a bench-only mounter (stargz-bench, soci-bench) in its
 // own process group: it prints "ready" once its mount is up, and
