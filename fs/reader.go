@@ -51,10 +51,6 @@ type Content struct {
 	mu      sync.Mutex
 	pending map[int64]*streamFetch // by stream BlobOffset
 
-	// spans keeps the starts of gzip spans fetched lately, for reads
-	// further into them.
-	spans spanPrefixes
-
 	asyncBusy atomic.Bool // a background read-ahead is running
 	// broad is the background fetch of the rest of the layer once it is
 	// read broadly (see background.go).
@@ -101,6 +97,7 @@ func (l *lifetime) goBackground(fn func(ctx context.Context)) {
 func (c *Content) Close() {
 	c.cancel()
 	c.wg.Wait()
+	prefixes.drop(c)
 	if c.whole != nil {
 		c.whole.closeAssemblers()
 	}
@@ -332,7 +329,7 @@ func (c *Content) restOfSpans(want []index.BlobChunk, walking bool) []index.Blob
 	seen := map[int64]bool{}
 	for _, ch := range want {
 		bo := ch.BlobOffset
-		if ch.Encoding != index.EncodingDeflate || seen[bo] || !walking && !c.spans.has(bo) {
+		if ch.Encoding != index.EncodingDeflate || seen[bo] || !walking && !prefixes.has(spanKey{c, bo}) {
 			continue
 		}
 		seen[bo] = true
@@ -492,7 +489,7 @@ func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, 
 func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	offs, sfs, streams := cl.offs, cl.fetches, cl.streams
 	ranges := make([]remote.Range, len(offs))
-	prefixes := make([][]byte, len(offs))
+	starts := make([][]byte, len(offs))
 	for i, bo := range offs {
 		if sfs[i].after != nil {
 			select {
@@ -500,11 +497,11 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 			case <-ctx.Done():
 			}
 		}
-		prefixes[i] = c.spans.take(bo)
-		ranges[i] = remote.Range{Off: bo + int64(len(prefixes[i])), Len: max(0, sfs[i].length-int64(len(prefixes[i])))}
+		starts[i] = prefixes.take(spanKey{c, bo})
+		ranges[i] = remote.Range{Off: bo + int64(len(starts[i])), Len: max(0, sfs[i].length-int64(len(starts[i])))}
 	}
 	start := time.Now()
-	raw, err := c.fetchRest(ctx, ranges, prefixes)
+	raw, err := c.fetchRest(ctx, ranges, starts)
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
 		var n int64
 		for _, r := range ranges {
@@ -577,7 +574,7 @@ func (c *Content) decodeSpan(ctx context.Context, want []index.BlobChunk, raw []
 		return fail(err)
 	}
 	if more {
-		c.spans.put(bo, raw)
+		prefixes.put(spanKey{c, bo}, raw)
 	}
 	out := make(map[digest.Digest][]byte, len(chunks))
 	for i, ch := range chunks {

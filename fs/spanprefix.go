@@ -5,12 +5,12 @@ import (
 	"sync"
 )
 
-// maxSpanPrefixBytes bounds what one layer keeps of the gzip spans it
-// fetched the start of: a few spans (a span of 4 MiB of tar is about
-// 1.3 MB compressed), so that the reads of a program's files, which come
-// in no order of the layer's, find the start of their span here and fetch
-// only its rest.
-const maxSpanPrefixBytes = 8 << 20
+// maxSpanPrefixBytes bounds what the daemon keeps, over all its layers, of
+// the gzip spans it fetched the start of: a few dozen spans (a span of
+// 1 MiB of tar is 300 KB or so compressed), so that the reads of a
+// program's files, which come in no order of the layer's, find the start
+// of their span here and fetch only its rest.
+const maxSpanPrefixBytes = 32 << 20
 
 // spanPrefixes keeps, for a while, the compressed start of gzip spans
 // that were fetched and decoded only up to where the reads of the time
@@ -25,60 +25,79 @@ const maxSpanPrefixBytes = 8 << 20
 // one whose decoding failed is never put back.
 type spanPrefixes struct {
 	mu    sync.Mutex
-	byOff map[int64][]byte // by span start in the blob
-	order []int64          // oldest first
+	byKey map[spanKey][]byte
+	order []spanKey // oldest first
 	bytes int64
+	limit int64
 }
 
-// take removes and returns what is kept of the span starting at bo (nil
-// if nothing): the caller owns it.
-func (s *spanPrefixes) take(bo int64) []byte {
+// spanKey names a span: its layer's reader and its start in the blob.
+type spanKey struct {
+	c  *Content
+	bo int64
+}
+
+// prefixes is the daemon's one store of span starts, for all layers.
+var prefixes = &spanPrefixes{limit: maxSpanPrefixBytes}
+
+// take removes and returns what is kept of the span k (nil if nothing):
+// the caller owns it.
+func (s *spanPrefixes) take(k spanKey) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b, ok := s.byOff[bo]
-	if !ok {
-		return nil
-	}
-	delete(s.byOff, bo)
-	s.bytes -= int64(len(b))
-	if i := slices.Index(s.order, bo); i >= 0 {
-		s.order = append(s.order[:i], s.order[i+1:]...)
+	b, ok := s.byKey[k]
+	if ok {
+		s.remove(k)
 	}
 	return b
 }
 
-// put keeps b as the start of the span at bo, replacing what was kept of
-// it and evicting the oldest spans beyond maxSpanPrefixBytes.
-func (s *spanPrefixes) put(bo int64, b []byte) {
-	if int64(len(b)) > maxSpanPrefixBytes/2 {
+// put keeps b as the start of the span k, replacing what was kept of it
+// and evicting the oldest spans beyond the limit.
+func (s *spanPrefixes) put(k spanKey, b []byte) {
+	if int64(len(b)) > s.limit/4 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.byOff == nil {
-		s.byOff = map[int64][]byte{}
+	if s.byKey == nil {
+		s.byKey = map[spanKey][]byte{}
 	}
-	if old, ok := s.byOff[bo]; ok {
-		s.bytes -= int64(len(old))
-		if i := slices.Index(s.order, bo); i >= 0 {
-			s.order = append(s.order[:i], s.order[i+1:]...)
-		}
+	if _, ok := s.byKey[k]; ok {
+		s.remove(k)
 	}
-	s.byOff[bo] = b
-	s.order = append(s.order, bo)
+	s.byKey[k] = b
+	s.order = append(s.order, k)
 	s.bytes += int64(len(b))
-	for s.bytes > maxSpanPrefixBytes {
-		oldest := s.order[0]
-		s.order = s.order[1:]
-		s.bytes -= int64(len(s.byOff[oldest]))
-		delete(s.byOff, oldest)
+	for s.bytes > s.limit {
+		s.remove(s.order[0])
 	}
 }
 
-// has reports whether the start of the span at bo is kept.
-func (s *spanPrefixes) has(bo int64) bool {
+// has reports whether the start of the span k is kept.
+func (s *spanPrefixes) has(k spanKey) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.byOff[bo]
+	_, ok := s.byKey[k]
 	return ok
+}
+
+// drop forgets every span of layer c (it is closed).
+func (s *spanPrefixes) drop(c *Content) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range slices.Clone(s.order) {
+		if k.c == c {
+			s.remove(k)
+		}
+	}
+}
+
+// remove forgets span k, which is kept. The caller holds mu.
+func (s *spanPrefixes) remove(k spanKey) {
+	s.bytes -= int64(len(s.byKey[k]))
+	delete(s.byKey, k)
+	if i := slices.Index(s.order, k); i >= 0 {
+		s.order = slices.Delete(s.order, i, i+1)
+	}
 }
