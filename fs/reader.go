@@ -557,11 +557,16 @@ func (c *Content) decodeSpan(ctx context.Context, want []index.BlobChunk, raw []
 	seen := make(map[digest.Digest]bool, len(all)+len(want))
 	var chunks []index.Chunk
 	more := false // chunks of the span lie past raw
-	for _, ch := range slices.Concat(want, all) {
+	for i, ch := range slices.Concat(want, all) {
 		switch {
+		case seen[ch.Digest]:
+		case i >= len(want) && c.cache.Has(ch.Digest):
+			// Decoded through on the way, not hashed or cached again
+			// (the rest of a span whose start came before).
+			seen[ch.Digest] = true
 		case ch.BlobLength > int64(len(raw)):
 			more = true
-		case !seen[ch.Digest]:
+		default:
 			seen[ch.Digest] = true
 			chunks = append(chunks, ch.Chunk)
 		}
