@@ -57,12 +57,18 @@ func (p *daemonProc) stop() {
 	if p == nil || p.cmd.Process == nil {
 		return
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	stopGroup(p.cmd, p.done)
+}
+
+// stopGroup sends SIGTERM to cmd's process group, SIGKILL after 15 s, and
+// waits for done (closed once cmd has been reaped).
+func stopGroup(cmd *exec.Cmd, done <-chan struct{}) {
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-done:
 	case <-time.After(15 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
 	}
 }
 
@@ -360,13 +366,7 @@ func (p *readyProc) stop() {
 	if p == nil {
 		return
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
+	stopGroup(p.cmd, p.done)
 }
 
 // resetDir lazily unmounts anything left under dir, then empties it.
