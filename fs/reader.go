@@ -448,7 +448,11 @@ func (c *Content) claim(want []index.BlobChunk) (map[int64]*streamFetch, *claime
 		// Checked under the lock: a fetch caches its chunks before it
 		// leaves pending, so a stream neither pending nor cached here
 		// is not on its way.
-		uncached := slices.DeleteFunc(slices.Clone(streams[bo]), func(ch index.BlobChunk) bool { return c.cache.Has(ch.Digest) })
+		cached := func(ch index.BlobChunk) bool { return c.cache.Has(ch.Digest) }
+		uncached := streams[bo]
+		if slices.ContainsFunc(uncached, cached) { // rare: copy only then
+			uncached = slices.DeleteFunc(slices.Clone(uncached), cached)
+		}
 		if len(uncached) == 0 {
 			continue
 		}

@@ -159,7 +159,7 @@ func (g *gzipSpans) cut(from, to int64) int64 {
 
 // place turns the tar-offset chunks of idx into span chunks and adds the
 // checkpoints. total is the tar's size, size the blob's; decoded is the
-// decoder's progress, in output order (see progressReader).
+// decoder's progress, in output order (inflate.Reader.OnProgress).
 func (g *gzipSpans) place(idx *Index, total, size int64, decoded []progress) error {
 	if len(g.cps) == 0 || g.cps[0].Out != 0 {
 		return Invalidf("no checkpoint at the start of the layer")
