@@ -46,7 +46,8 @@ exec forms, heredocs, --mount=type=cache|bind|secret|tmpfs, --network=none),
 COPY and ADD (.dockerignore, --from=STAGE|IMAGE, --chown, --chmod, --link,
 heredocs; ADD unpacks local tar archives and downloads URLs), ENV, ARG,
 WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, VOLUME, STOPSIGNAL,
-HEALTHCHECK, SHELL, ONBUILD (kept in the config; not run). Not supported:
+HEALTHCHECK, SHELL, ONBUILD (kept in the config; a base image's or base
+stage's triggers run before the stage's own steps). Not supported:
 RUN --mount=type=ssh, rw bind mounts, ADD of git repositories, COPY
 --parents and --exclude.
 

@@ -138,6 +138,9 @@ type builder struct {
 	steps    int
 	stepNo   int
 	res      Result
+	// triggers are the ONBUILD instructions a stage FROM an earlier stage
+	// runs first, by stage index (see needed).
+	triggers map[int][]instructions.Command
 }
 
 // stageState is a stage's image so far.
@@ -158,6 +161,11 @@ type stageState struct {
 	args     []instructions.KeyValuePairOptional
 	stage    commit.Stage
 	author   string
+	// triggers are the ONBUILD instructions the stage runs first: those
+	// its base stage declares; imageTriggers those of its base image's
+	// config, parsed when the stage starts.
+	triggers      []instructions.Command
+	imageTriggers []string
 }
 
 // Build runs the Dockerfile of o on the daemon cl.
@@ -217,17 +225,8 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if err != nil {
 		return nil, err
 	}
-	needed, err := b.needed(target)
-	if err != nil {
+	if err := b.runNeeded(ctx, target); err != nil {
 		return nil, err
-	}
-	for _, i := range needed {
-		b.steps += 1 + len(b.stages[i].Commands)
-	}
-	for _, i := range needed {
-		if err := b.runStage(ctx, i); err != nil {
-			return nil, err
-		}
 	}
 	final := b.done[target]
 	if err := b.finish(ctx, final); err != nil {
@@ -286,6 +285,7 @@ func (b *builder) parse() error {
 		return fmt.Errorf("%w: %s has no FROM", ErrBuild, b.o.DockerfileName)
 	}
 	b.stages = stages
+	b.triggers = map[int][]instructions.Command{}
 	// Global ARGs: defaults expanded with the ARGs before them, overridden
 	// by --build-arg.
 	env := b.predefined()
@@ -359,6 +359,25 @@ func (b *builder) stageRef(name string, before int) int {
 	return -1
 }
 
+// runNeeded runs stage target and the stages it depends on that have not
+// run yet.
+func (b *builder) runNeeded(ctx context.Context, target int) error {
+	needed, err := b.needed(target)
+	if err != nil {
+		return err
+	}
+	needed = slices.DeleteFunc(needed, func(i int) bool { return b.done[i] != nil })
+	for _, i := range needed {
+		b.steps += 1 + len(b.stages[i].Commands) + len(b.triggers[i])
+	}
+	for _, i := range needed {
+		if err := b.runStage(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // needed lists, in order, the stages target depends on and target: the
 // others are skipped.
 func (b *builder) needed(target int) ([]int, error) {
@@ -374,12 +393,21 @@ func (b *builder) needed(target int) ([]int, error) {
 		if err != nil {
 			return err
 		}
+		cmds := s.Commands
 		if j := b.stageRef(base, i); j >= 0 {
 			if err := visit(j); err != nil {
 				return err
 			}
+			if _, ok := b.triggers[i]; !ok {
+				t, err := b.parseTriggers(b.declaredTriggers(j), s.Location)
+				if err != nil {
+					return fmt.Errorf("%w: %s:%d: %v", ErrBuild, b.o.DockerfileName, line(s.Location), err)
+				}
+				b.triggers[i] = t
+			}
+			cmds = append(slices.Clip(b.triggers[i]), cmds...)
 		}
-		for _, cmd := range s.Commands {
+		for _, cmd := range cmds {
 			for _, from := range sourcesOf(cmd) {
 				if j := b.stageRef(from, i); j >= 0 {
 					if err := visit(j); err != nil {

@@ -267,3 +267,67 @@ LABEL version=$APP_VERSION
 		t.Errorf("%d history entries, want one per instruction (11)", n)
 	}
 }
+
+func TestNeededFollowsStageTriggers(t *testing.T) {
+	b := parsed(t, `FROM scratch AS src
+FROM scratch AS parent
+ONBUILD COPY --from=src / /
+ONBUILD RUN true
+FROM scratch AS unused
+FROM parent
+COPY x /x
+`, nil)
+	got, err := b.needed(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{0, 1, 3}; !equalInts(got, want) {
+		t.Errorf("needed %v, want %v: the trigger's COPY --from=src makes src needed", got, want)
+	}
+	trig := b.triggers[3]
+	if len(trig) != 2 || !strings.EqualFold(trig[0].Name(), "copy") || !strings.EqualFold(trig[1].Name(), "run") {
+		t.Fatalf("triggers of the last stage: %v", trig)
+	}
+	if l := line(trig[1].Location()); l != 6 {
+		t.Errorf("a trigger is placed at line %d, want its stage's FROM (6)", l)
+	}
+	if len(b.triggers[1]) != 0 {
+		t.Errorf("parent (FROM scratch) runs triggers %v", b.triggers[1])
+	}
+}
+
+func TestParseTriggers(t *testing.T) {
+	b := parsed(t, "FROM scratch\n", nil)
+	at := b.stages[0].Location
+	cmds, err := b.parseTriggers([]string{"RUN echo hi > /x", "COPY a b", `ENV K=V`, "RUN <<EOT\necho heredoc\nEOT"}, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cmds) != 4 {
+		t.Fatalf("%d commands", len(cmds))
+	}
+	if run := cmds[3].(*instructions.RunCommand); len(run.Files) != 1 || !strings.Contains(run.Files[0].Data, "echo heredoc") {
+		t.Errorf("heredoc trigger: %+v", run)
+	}
+	for _, bad := range []struct{ expr, want string }{
+		{"FROM busybox", "FROM"},
+		{"ONBUILD RUN true", "ONBUILD ONBUILD"},
+		{"RUN a\nRUN b", "one instruction"},
+		{"BOGUS x", "unknown instruction"},
+		{"", "no instructions"},
+		{"MAINTAINER me", "MAINTAINER"},
+		{"COPY onlyone", "at least two arguments"},
+	} {
+		_, err := b.parseTriggers([]string{"RUN true", bad.expr}, at)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("trigger %q: %v, want an error saying %q", bad.expr, err, bad.want)
+		}
+	}
+	many := make([]string, maxTriggers+1)
+	for i := range many {
+		many[i] = "RUN true"
+	}
+	if _, err := b.parseTriggers(many, at); err == nil || !strings.Contains(err.Error(), "ONBUILD triggers") {
+		t.Errorf("%d triggers: %v", len(many), err)
+	}
+}

@@ -29,10 +29,14 @@ func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (
 	}
 	var image string
 	if j := b.stageRef(from, st.idx); j >= 0 {
-		src := b.done[j]
-		if src == nil {
-			return "", "", fmt.Errorf("stage %q has not been built", from)
+		if b.done[j] == nil {
+			// Named by a base image's ONBUILD trigger: not known
+			// to be needed before the base was resolved.
+			if err := b.runNeeded(ctx, j); err != nil {
+				return "", "", err
+			}
 		}
+		src := b.done[j]
 		if err := b.finish(ctx, src); err != nil {
 			return "", "", err
 		}

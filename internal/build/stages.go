@@ -113,12 +113,24 @@ func (b *builder) runStage(ctx context.Context, i int) error {
 		return err
 	}
 	b.done[i] = st
-	for _, cmd := range s.Commands {
+	triggers := st.triggers
+	if triggers == nil && st.imageTriggers != nil {
+		// A base image's triggers are known only now: count them.
+		if triggers, err = b.parseTriggers(st.imageTriggers, s.Location); err != nil {
+			return &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
+		}
+		b.steps += len(triggers)
+	}
+	cmds := append(slices.Clip(triggers), s.Commands...)
+	for k, cmd := range cmds {
 		line := 0
 		if loc := cmd.Location(); len(loc) > 0 {
 			line = loc[0].Start.Line
 		}
 		text := commandText(cmd)
+		if k < len(triggers) {
+			text = "ONBUILD " + text
+		}
 		b.step(s, text)
 		if err := b.dispatch(ctx, st, cmd); err != nil {
 			var se *StepError
@@ -166,6 +178,10 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 			return nil, err
 		}
 		st.image, st.base, st.config = prev.image, prev.base, *prev.config.DeepCopy()
+		// The stage's own ONBUILD instructions are run here, as BuildKit
+		// and buildah do; what they put in its config is not inherited.
+		st.config.Config.OnBuild = nil
+		st.triggers = b.triggers[i]
 		return st, nil
 	}
 	if base == "" {
@@ -179,13 +195,63 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 		return nil, fmt.Errorf("config of %s: %w", base, err)
 	}
 	st.image, st.base = r.Ref, r.Ref
-	if n := len(st.config.Config.OnBuild); n > 0 {
-		// BuildKit runs a base's triggers and clears them; they are not
-		// run here, and cleared all the same.
-		b.o.Log(fmt.Sprintf("warning: %s has %d ONBUILD trigger(s), which strata build does not run", base, n))
-		st.config.Config.OnBuild = nil
-	}
+	// The base's ONBUILD triggers run before the stage's instructions and
+	// are not passed on.
+	st.imageTriggers = slices.Clip(st.config.Config.OnBuild)
+	st.config.Config.OnBuild = nil
 	return st, nil
+}
+
+// maxTriggers bounds the ONBUILD triggers a stage runs: a base image's
+// config is untrusted.
+const maxTriggers = 1000
+
+// parseTriggers reads ONBUILD trigger expressions as the instructions a
+// stage runs first, as BuildKit does: each must be one instruction, and
+// each is placed at the stage's FROM line for messages. Chains and
+// MAINTAINER are refused, as Docker refuses them.
+func (b *builder) parseTriggers(exprs []string, at []parser.Range) ([]instructions.Command, error) {
+	if len(exprs) > maxTriggers {
+		return nil, fmt.Errorf("the base has %d ONBUILD triggers, more than %d", len(exprs), maxTriggers)
+	}
+	out := make([]instructions.Command, 0, len(exprs))
+	for _, e := range exprs {
+		res, err := parser.Parse(strings.NewReader(e))
+		if err == nil && len(res.AST.Children) != 1 {
+			err = errors.New("a trigger must be one instruction")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ONBUILD trigger %q: %w", clip(oneLine(e), 200), err)
+		}
+		node := res.AST.Children[0]
+		if len(at) > 0 {
+			node.StartLine, node.EndLine = at[0].Start.Line, at[len(at)-1].End.Line
+		}
+		cmd, err := instructions.ParseCommand(node)
+		switch cmd.(type) {
+		case *instructions.OnbuildCommand:
+			err = errors.New("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+		case *instructions.MaintainerCommand:
+			err = errors.New("MAINTAINER isn't allowed as an ONBUILD trigger")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ONBUILD trigger %q: %w", clip(oneLine(e), 200), err)
+		}
+		out = append(out, cmd)
+	}
+	return out, nil
+}
+
+// declaredTriggers are the ONBUILD expressions stage j declares: a stage
+// FROM it runs them.
+func (b *builder) declaredTriggers(j int) []string {
+	var out []string
+	for _, cmd := range b.stages[j].Commands {
+		if c, ok := cmd.(*instructions.OnbuildCommand); ok {
+			out = append(out, c.Expression)
+		}
+	}
+	return out
 }
 
 func line(loc []parser.Range) int {

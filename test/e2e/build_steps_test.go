@@ -279,3 +279,69 @@ func runBuiltLazy(t *testing.T, e *ctdEnv, direct string, big []fixture.LayerSpe
 		t.Errorf("the built image printed\n%s\nwant\n%s", got, want)
 	}
 }
+
+// TestBuildRunsBaseImageTriggers builds an image whose config carries
+// ONBUILD triggers, then a Dockerfile FROM it: the triggers run first,
+// reading the child's build context, and the child's config keeps none.
+// A base whose trigger is no instruction a trigger may be is refused at
+// the FROM line, and nothing is pushed.
+func TestBuildRunsBaseImageTriggers(t *testing.T) {
+	b := startBuildBench(t)
+	parentDir := contextDir(t, "onbuild")
+	parent := shared.reg.Ref("build-onbuild", "parent")
+	b.mustBuild(t, parentDir, "-f", filepath.Join(parentDir, "Dockerfile.parent"), "-t", parent, "--push")
+	if got := configOf(t, parent).OnBuild; len(got) != 3 {
+		t.Fatalf("the parent's config has triggers %q, want its 3 ONBUILD lines", got)
+	}
+
+	childDir := contextDir(t, "onbuild")
+	must(t, os.WriteFile(filepath.Join(childDir, "note.txt"), []byte("from the child's context\n"), 0o644))
+	child := shared.reg.Ref("build-onbuild", "child")
+	_, log := b.mustBuild(t, childDir, "-f", filepath.Join(childDir, "Dockerfile.child"), "--build-arg", "PARENT="+parent, "-t", child, "--push")
+	for _, w := range []string{"ONBUILD COPY note.txt", "ONBUILD RUN cat", "ONBUILD LABEL"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("the build log does not show the trigger %q:\n%s", w, log)
+		}
+	}
+	cfg := configOf(t, child)
+	if len(cfg.OnBuild) != 0 {
+		t.Errorf("the child's config keeps the base's triggers %q", cfg.OnBuild)
+	}
+	if cfg.Labels["triggered"] != "yes" {
+		t.Errorf("labels %v: the LABEL trigger did not apply", cfg.Labels)
+	}
+	_, root := unpackRefDir(t, child)
+	for name, want := range map[string]string{
+		"from-trigger/note.txt": "from the child's context\n",
+		"trigger-ran.txt":       "from the child's context\n",
+		"child.txt":             "child\n",
+		"base.txt":              "base\n",
+	} {
+		got, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil || string(got) != want {
+			t.Errorf("%s: %q, %v; want %q", name, got, err, want)
+		}
+	}
+
+	t.Run("hostile trigger", func(t *testing.T) {
+		layers, err := fixture.Busybox()
+		must(t, err)
+		cfg := fixture.BusyboxConfig()
+		cfg.OnBuild = []string{"RUN true", "FROM elsewhere"}
+		bad := push(t, shared.reg, "build-onbuild", "hostile", layers, fixture.FormEStargz, fixture.WithConfig(cfg))
+		ref := shared.reg.Ref("build-onbuild", "from-hostile")
+		_, stderr, err := b.build(t, childDir, "-f", filepath.Join(childDir, "Dockerfile.child"), "--build-arg", "PARENT="+bad, "-t", ref, "--push")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+			t.Errorf("strata build FROM a base with a FROM trigger: %v, want a non-zero exit status\n%s", err, stderr)
+		}
+		for _, w := range []string{"Dockerfile.child:3", "ONBUILD trigger", "FROM elsewhere"} {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("the message does not say %q:\n%s", w, stderr)
+			}
+		}
+		if hasManifest(t, ref) {
+			t.Errorf("a failed build pushed %s", ref)
+		}
+	})
+}

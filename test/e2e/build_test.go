@@ -237,7 +237,7 @@ func configOf(t *testing.T, ref string) v1.Config {
 	delete(labels, "io.buildah.version")
 	return v1.Config{Env: c.Env, Cmd: c.Cmd, Entrypoint: c.Entrypoint, WorkingDir: c.WorkingDir, User: c.User,
 		Labels: labels, ExposedPorts: c.ExposedPorts, Volumes: c.Volumes, StopSignal: c.StopSignal,
-		Healthcheck: c.Healthcheck, Shell: c.Shell}
+		Healthcheck: c.Healthcheck, Shell: c.Shell, OnBuild: c.OnBuild}
 }
 
 // sameCases are the build contexts under testdata/build/same, each built
@@ -256,6 +256,7 @@ var sameCases = []struct {
 	{name: "deletions"},
 	{name: "mounts", mountPoints: []string{"root/.cache", "tmp/c1", "tmp/c2", "tmp/input", "tmp/gen", "tmp/scratch"}},
 	{name: "addtar", prepare: writeTars},
+	{name: "onbuild"},
 }
 
 // TestBuildSameAsBuildah builds each context of testdata/build/same with
