@@ -42,13 +42,14 @@ empties the cache).
 
 Supported: FROM (tags, digests, AS, earlier stages, scratch, ARGs before
 FROM, --platform of this machine or one binfmt emulates), RUN (shell and
-exec forms, heredocs, --mount=type=cache|bind|secret|tmpfs, --network=none),
+exec forms, heredocs, --mount=type=cache|bind|secret|tmpfs (a bind is
+read-only, or with rw writable and its writes dropped), --network=none),
 COPY and ADD (.dockerignore, --from=STAGE|IMAGE, --chown, --chmod, --link,
 heredocs; ADD unpacks local tar archives and downloads URLs), ENV, ARG,
 WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, VOLUME, STOPSIGNAL,
 HEALTHCHECK, SHELL, ONBUILD (kept in the config; a base image's or base
 stage's triggers run before the stage's own steps). Not supported:
-RUN --mount=type=ssh, rw bind mounts, ADD of git repositories, COPY
+RUN --mount=type=ssh, ADD of git repositories, COPY
 --parents and --exclude.
 
 With SOURCE_DATE_EPOCH (the environment, --source-date-epoch or the build

@@ -126,6 +126,7 @@ type builder struct {
 	done    map[int]*stageState
 	ro      map[string]string // read-only mounts of images, by REPO@DIGEST
 	mounted []string          // every mount made, for cleanup
+	kmounts []string          // kernel mounts made here (rw bind mounts' overlays), for cleanup
 	// recorded are the FROM images a RUN step's mount records for
 	// (Options.Record): one recording per image and build.
 	recorded map[string]bool

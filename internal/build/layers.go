@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 )
 
 // mount gives st a writable mount of its image, and makes the WORKDIRs
@@ -263,6 +264,12 @@ func (b *builder) sweep(ctx context.Context) {
 	if _, err := steprun.Sweep(filepath.Join(b.root, "run")); err != nil {
 		b.o.Log("warning: ending runs left behind: " + err.Error())
 	}
+	// Then the overlays of rw bind mounts, which the daemon does not know.
+	for _, d := range dead {
+		if _, err := kmount.ClearStale(d, func(t string) bool { return !strings.HasPrefix(filepath.Base(filepath.Dir(t)), rwPrefix) }); err != nil {
+			b.o.Log(fmt.Sprintf("warning: unmounting what a build that died left in %s: %v", d, err))
+		}
+	}
 	ms, err := b.cl.List(ctx)
 	if err != nil {
 		return
@@ -292,6 +299,12 @@ func (b *builder) sweep(ctx context.Context) {
 // cleanup unmounts what the build mounted and removes its directory.
 func (b *builder) cleanup(ctx context.Context) error {
 	var errs []error
+	// rw bind mounts' overlays first: their lower may be a mount below.
+	for _, dir := range slices.Backward(b.kmounts) {
+		if err := kmount.Unmount(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, dir := range slices.Clone(b.mounted) {
 		if err := b.cl.Unmount(ctx, dir, true); err != nil {
 			errs = append(errs, fmt.Errorf("unmounting %s: %w", dir, err))

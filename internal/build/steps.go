@@ -15,12 +15,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
+	"github.com/containerd/continuity/fs"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	steprun "github.com/stratafs/strata/internal/run"
 )
 
@@ -309,9 +312,6 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				return nil, errors.New("RUN --mount=type=bind needs target=")
 			}
-			if !m.ReadOnly {
-				return nil, errors.New("RUN --mount=type=bind,rw is not supported: bind mounts are read-only here")
-			}
 			root, what, err := b.sourceRoot(ctx, st, m.From)
 			if err != nil {
 				return nil, err
@@ -324,14 +324,80 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if err != nil {
 				return nil, fmt.Errorf("RUN --mount=type=bind,source=%s: %w", m.Source, err)
 			}
-			p.key = append(p.key, "bind "+what+" "+m.Source+" "+target+" "+sum.String())
-			spec := "type=bind,source=" + src + ",target=" + target + ",readonly"
-			p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+			key := "bind " + what + " " + m.Source + " " + target + " " + sum.String()
+			if m.ReadOnly {
+				spec := "type=bind,source=" + src + ",target=" + target + ",readonly"
+				p.key = append(p.key, key)
+				p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+				break
+			}
+			p.key = append(p.key, key+" rw")
+			source := m.Source
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
+				dir, err := b.writableView(src)
+				if err != nil {
+					return steprun.Mount{}, fmt.Errorf("RUN --mount=type=bind,rw,source=%s: %w", orRoot(source), err)
+				}
+				return steprun.ParseMount("type=bind,source=" + dir + ",target=" + target)
+			})
 		default:
 			return nil, fmt.Errorf("RUN --mount=type=%s is not supported", m.Type)
 		}
 	}
 	return p, nil
+}
+
+// writableView gives a RUN's rw bind mount a view of src that the step may
+// change without changing src: its writes are dropped with the build, as
+// BuildKit drops them. A directory is an overlay with src as its only
+// lower layer, or a copy where overlayfs refuses (src on a stacked Strata
+// mount, a state root on overlayfs); a file is copied.
+func (b *builder) writableView(src string) (string, error) {
+	b.n++
+	base := filepath.Join(b.work, rwPrefix+strconv.Itoa(b.n))
+	fi, err := os.Stat(src)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Mkdir(base, 0o700); err != nil {
+		return "", err
+	}
+	merged := filepath.Join(base, "merged")
+	if !fi.IsDir() {
+		return merged, copyFile(merged, src, fi)
+	}
+	upper, work := filepath.Join(base, "upper"), filepath.Join(base, "work")
+	for _, d := range []string{upper, work, merged} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := kmount.Overlay(merged, []string{src}, upper, work); err == nil {
+		b.kmounts = append(b.kmounts, merged)
+		return merged, nil
+	}
+	return merged, fs.CopyDir(merged, src)
+}
+
+// rwPrefix starts the names of writableView's directories in a build's
+// working directory.
+const rwPrefix = "rw-"
+
+// copyFile copies the regular file src, whose Lstat is fi, to dst with its
+// mode and owner.
+func copyFile(dst, src string, fi os.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is neither a directory nor a regular file", src)
+	}
+	if err := fs.CopyFile(dst, src); err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(dst, fi.Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky))
 }
 
 func orRoot(p string) string {

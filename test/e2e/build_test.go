@@ -333,12 +333,23 @@ func writeTars(t *testing.T, dir string) {
 // against what the Dockerfile reference says: heredocs in RUN (a script,
 // one with a shebang, one fed to a command) and in COPY (expanded unless
 // the delimiter is quoted, leading tabs stripped by <<-, mode 0644),
-// COPY --chmod, and COPY --link (the same files, in a layer of their own
-// that holds nothing of the base).
+// COPY --chmod, COPY --link (the same files, in a layer of their own
+// that holds nothing of the base), and rw bind mounts (writes allowed,
+// then dropped: the context and the stage unchanged, no mount point left).
 func TestBuildDockerfileReference(t *testing.T) {
 	b := startBuildBench(t)
 	ref := shared.reg.Ref("build-reference", "v1")
-	b.mustBuild(t, contextDir(t, "reference"), "-t", ref, "--push")
+	dir := contextDir(t, "reference")
+	b.mustBuild(t, dir, "-t", ref, "--push")
+	if got, err := os.ReadFile(filepath.Join(dir, "dir", "x.txt")); err != nil || string(got) != "x\n" {
+		t.Errorf("the context's dir/x.txt after an rw bind mount wrote to it: %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dir", "new.txt")); err == nil {
+		t.Error("a file an rw bind mount created is in the context")
+	}
+	if m, _ := kmount.Under(filepath.Join(b.d.cfg.Root, "build")); len(m) > 0 {
+		t.Errorf("the build left mounts: %v", m)
+	}
 	recs, rootfs := unpackRefDir(t, ref)
 	tree := map[string]treecmp.Record{}
 	for _, r := range recs {
@@ -359,6 +370,12 @@ func TestBuildDockerfileReference(t *testing.T) {
 		{"linked/a.txt", "a\n", 0o644, 0, 0},
 		{"linked/dir/x.txt", "x\n", 0o644, 1234, 5678},
 		{"linked/dir/sub/y.txt", "y\n", 0o644, 1234, 5678},
+		{"rw/ctx.txt", "changed\n", 0o644, 0, 0},
+		{"rw/ctx-after.txt", "x\n", 0o644, 0, 0},
+		{"rw/ctx-listing.txt", "sub\nx.txt\n", 0o644, 0, 0},
+		{"rw/stage-listing.txt", "", 0o644, 0, 0},
+		{"rw/file.txt", "generated\nmore\n", 0o644, 0, 0},
+		{"rw/stage-after.txt", "generated\n", 0o644, 0, 0},
 	} {
 		r, ok := tree[w.path]
 		sum := sha256.Sum256([]byte(w.content))
@@ -370,6 +387,11 @@ func TestBuildDockerfileReference(t *testing.T) {
 			t.Errorf("%s: %s holding %q, want a file holding %q", w.path, r.Type, got, w.content)
 		case r.Mode != w.mode || r.UID != w.uid || r.GID != w.gid:
 			t.Errorf("%s: mode %04o owner %d:%d, want %04o %d:%d", w.path, r.Mode, r.UID, r.GID, w.mode, w.uid, w.gid)
+		}
+	}
+	for _, p := range []string{"tmp/ctx", "tmp/gen", "tmp/genfile"} {
+		if _, ok := tree[p]; ok {
+			t.Errorf("a bind mount's target %s stays in the image", p)
 		}
 	}
 	// Each --link COPY is a layer of its own: its entries are what it
