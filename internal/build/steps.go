@@ -332,13 +332,13 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 				break
 			}
 			p.key = append(p.key, key+" rw")
-			source := m.Source
+			source, from := m.Source, m.From
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
-				dir, err := b.writableView(src)
+				view, err := b.writableSource(ctx, st, src, what, from, source)
 				if err != nil {
 					return steprun.Mount{}, fmt.Errorf("RUN --mount=type=bind,rw,source=%s: %w", orRoot(source), err)
 				}
-				return steprun.ParseMount("type=bind,source=" + dir + ",target=" + target)
+				return steprun.ParseMount("type=bind,source=" + view + ",target=" + target)
 			})
 		default:
 			return nil, fmt.Errorf("RUN --mount=type=%s is not supported", m.Type)
@@ -347,11 +347,31 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 	return p, nil
 }
 
+// writableSource is the host path an rw bind mount binds: source of the
+// context through writableView, or of a stage or image (what, REPO@DIGEST)
+// in a writable mount of its own, dropped with the build: lazy as any
+// mount, where a copy of the stage's files would fetch them all.
+func (b *builder) writableSource(ctx context.Context, st *stageState, src, what, from, source string) (string, error) {
+	if from == "" {
+		return b.writableView(src)
+	}
+	b.n++
+	dir := filepath.Join(b.work, strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: what, Dir: dir, Platform: st.platform, Insecure: b.o.Insecure, Writable: true}); err != nil {
+		return "", fmt.Errorf("mounting %s: %w", what, err)
+	}
+	b.mounted = append(b.mounted, dir)
+	return resolveIn(dir, source)
+}
+
 // writableView gives a RUN's rw bind mount a view of src that the step may
 // change without changing src: its writes are dropped with the build, as
 // BuildKit drops them. A directory is an overlay with src as its only
-// lower layer, or a copy where overlayfs refuses (src on a stacked Strata
-// mount, a state root on overlayfs); a file is copied.
+// lower layer, or a copy where overlayfs refuses (a state root on
+// overlayfs, a context too deep in stacked filesystems); a file is copied.
 func (b *builder) writableView(src string) (string, error) {
 	b.n++
 	base := filepath.Join(b.work, rwPrefix+strconv.Itoa(b.n))
