@@ -11,7 +11,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 )
 
-func parsed(t *testing.T, dockerfile string, args map[string]string) *builder {
+func parsed(t testing.TB, dockerfile string, args map[string]string) *builder {
 	t.Helper()
 	b := &builder{o: Options{Dockerfile: []byte(dockerfile), DockerfileName: "Dockerfile", BuildArgs: args, Log: func(string) {}}, used: map[string]bool{}}
 	if err := b.parse(); err != nil {
@@ -330,4 +330,27 @@ func TestParseTriggers(t *testing.T) {
 	if _, err := b.parseTriggers(many, at); err == nil || !strings.Contains(err.Error(), "ONBUILD triggers") {
 		t.Errorf("%d triggers: %v", len(many), err)
 	}
+}
+
+// FuzzParseTriggers feeds ONBUILD triggers as a base image's config may
+// hold them (untrusted): parseTriggers must return an error or one
+// command per trigger, placed at the FROM line, and never panic.
+func FuzzParseTriggers(f *testing.F) {
+	for _, s := range []string{"RUN echo hi", "COPY a b", "ONBUILD RUN x", "FROM x", "RUN a\nRUN b", "RUN <<EOT\nx\nEOT", "", "\\\n", "ENV A=${B:-c}", "ADD --chmod=755 http://x/y /z"} {
+		f.Add(s)
+	}
+	b := parsed(f, "FROM scratch\n\nFROM scratch\n", nil)
+	at := b.stages[1].Location
+	f.Fuzz(func(t *testing.T, trigger string) {
+		cmds, err := b.parseTriggers([]string{trigger}, at)
+		if err != nil {
+			return
+		}
+		if len(cmds) != 1 {
+			t.Fatalf("%q gave %d commands", trigger, len(cmds))
+		}
+		if l := line(cmds[0].Location()); l != 3 {
+			t.Fatalf("%q placed at line %d, want the FROM's 3", trigger, l)
+		}
+	})
 }
