@@ -178,8 +178,8 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 			return nil, err
 		}
 		st.image, st.base, st.config = prev.image, prev.base, *prev.config.DeepCopy()
-		// The stage's own ONBUILD instructions are run here, as BuildKit
-		// and buildah do; what they put in its config is not inherited.
+		// The base stage's ONBUILD instructions run first here, as
+		// BuildKit and buildah run them; its config does not pass them on.
 		st.config.Config.OnBuild = nil
 		st.triggers = b.triggers[i]
 		return st, nil
