@@ -163,10 +163,8 @@ type stageState struct {
 	stage    commit.Stage
 	author   string
 	// triggers are the ONBUILD instructions the stage runs first: those
-	// its base stage declares; imageTriggers those of its base image's
-	// config, parsed when the stage starts.
-	triggers      []instructions.Command
-	imageTriggers []string
+	// its base stage declares, or those of its base image's config.
+	triggers []instructions.Command
 }
 
 // Build runs the Dockerfile of o on the daemon cl.

@@ -51,15 +51,10 @@ func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (
 	if dir, ok := b.ro[image]; ok {
 		return dir, image, nil
 	}
-	b.n++
-	dir := filepath.Join(b.work, strconv.Itoa(b.n))
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	dir, err := b.mountNew(ctx, daemon.MountRequest{Ref: image, Platform: st.platform})
+	if err != nil {
 		return "", "", err
 	}
-	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: image, Dir: dir, Platform: st.platform, Insecure: b.o.Insecure}); err != nil {
-		return "", "", fmt.Errorf("mounting %s: %w", image, err)
-	}
-	b.mounted = append(b.mounted, dir)
 	b.ro[image] = dir
 	return dir, image, nil
 }

@@ -28,17 +28,13 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 	if st.dir != "" {
 		return nil
 	}
-	b.n++
-	dir := filepath.Join(b.work, strconv.Itoa(b.n))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return err
-	}
 	// A RUN step on the FROM image itself records what it opens, once
 	// per image: the list belongs to that image (see Options.Record).
 	rec := b.o.Record && st.run && st.image == st.base && !b.recorded[st.base]
-	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: st.image, Dir: dir, Writable: true, Platform: st.platform, Insecure: b.o.Insecure,
-		PrefetchBase: st.base, Record: rec, RecordPush: rec && b.o.RecordPush}); err != nil {
-		return fmt.Errorf("mounting %s: %w", st.image, err)
+	dir, err := b.mountNew(ctx, daemon.MountRequest{Ref: st.image, Writable: true, Platform: st.platform,
+		PrefetchBase: st.base, Record: rec, RecordPush: rec && b.o.RecordPush})
+	if err != nil {
+		return err
 	}
 	if rec {
 		if b.recorded == nil {
@@ -49,7 +45,6 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 			b.o.Log("  recording the files this RUN opens in " + st.base)
 		}
 	}
-	b.mounted = append(b.mounted, dir)
 	st.dir = dir
 	if st.spent != "" {
 		// Dropped only now that the new mount holds the layers they
@@ -62,6 +57,22 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 		}
 	}
 	return b.makeWorkdirs(st)
+}
+
+// mountNew mounts req.Ref (with the build's --insecure) at a new
+// directory of the build, unmounted by cleanup, and returns it.
+func (b *builder) mountNew(ctx context.Context, req daemon.MountRequest) (string, error) {
+	b.n++
+	dir := filepath.Join(b.work, strconv.Itoa(b.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", err
+	}
+	req.Dir, req.Insecure = dir, b.o.Insecure
+	if _, err := b.cl.Mount(ctx, req); err != nil {
+		return "", fmt.Errorf("mounting %s: %w", req.Ref, err)
+	}
+	b.mounted = append(b.mounted, dir)
+	return dir, nil
 }
 
 // workdir is a WORKDIR to create, and the USER then in force.

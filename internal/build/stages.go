@@ -114,13 +114,6 @@ func (b *builder) runStage(ctx context.Context, i int) error {
 	}
 	b.done[i] = st
 	triggers := st.triggers
-	if triggers == nil && st.imageTriggers != nil {
-		// A base image's triggers are known only now: count them.
-		if triggers, err = b.parseTriggers(st.imageTriggers, s.Location); err != nil {
-			return &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
-		}
-		b.steps += len(triggers)
-	}
 	cmds := append(slices.Clip(triggers), s.Commands...)
 	for k, cmd := range cmds {
 		line := 0
@@ -196,8 +189,11 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 	}
 	st.image, st.base = r.Ref, r.Ref
 	// The base's ONBUILD triggers run before the stage's instructions and
-	// are not passed on.
-	st.imageTriggers = slices.Clip(st.config.Config.OnBuild)
+	// are not passed on; known only now, they are counted now.
+	if st.triggers, err = b.parseTriggers(st.config.Config.OnBuild, s.Location); err != nil {
+		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
+	}
+	b.steps += len(st.triggers)
 	st.config.Config.OnBuild = nil
 	return st, nil
 }

@@ -355,15 +355,10 @@ func (b *builder) writableSource(ctx context.Context, st *stageState, src, what,
 	if from == "" {
 		return b.writableView(src)
 	}
-	b.n++
-	dir := filepath.Join(b.work, strconv.Itoa(b.n))
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	dir, err := b.mountNew(ctx, daemon.MountRequest{Ref: what, Platform: st.platform, Writable: true})
+	if err != nil {
 		return "", err
 	}
-	if _, err := b.cl.Mount(ctx, daemon.MountRequest{Ref: what, Dir: dir, Platform: st.platform, Insecure: b.o.Insecure, Writable: true}); err != nil {
-		return "", fmt.Errorf("mounting %s: %w", what, err)
-	}
-	b.mounted = append(b.mounted, dir)
 	return resolveIn(dir, source)
 }
 
