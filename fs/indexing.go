@@ -52,29 +52,44 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 // readIndex), keep that the chunks read on the way are cached. The caller
 // waits on the result's done channel.
 func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, whole, keep bool) *indexBuild {
-	p.mu.Lock()
-	if b, ok := p.builds[l.Digest]; ok {
-		p.mu.Unlock()
+	b, started := p.startBuild(l.Digest)
+	if !started {
 		return b
 	}
-	b := &indexBuild{done: make(chan struct{}), saved: make(chan struct{})}
-	p.builds[l.Digest] = b
-	p.mu.Unlock()
-
 	var cache *store.Chunks
 	if keep {
 		cache = p.store.Chunks
 	}
 	built, err := readIndex(context.WithoutCancel(ctx), blob, l, cache, whole)
+	p.finishBuild(b, l, built, err)
+	return b
+}
+
+// startBuild registers the making of layer d's index, or returns the one
+// under way (started false).
+func (p *Pool) startBuild(d digest.Digest) (b *indexBuild, started bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b, ok := p.builds[d]; ok {
+		return b, false
+	}
+	b = &indexBuild{done: make(chan struct{}), saved: make(chan struct{})}
+	p.builds[d] = b
+	return b, true
+}
+
+// finishBuild ends build b of layer l's index, made (built) or failed
+// (err): mounts are served from memory at once while it is saved in the
+// background, then from disk, so that memory stays bounded. A failed
+// save costs a re-index next time.
+func (p *Pool) finishBuild(b *indexBuild, l remote.Layer, built *index.Index, err error) {
 	if err != nil {
 		b.err = err
 		p.forgetBuild(l.Digest)
 		close(b.done)
 		close(b.saved)
-		return b
+		return
 	}
-	// Mount from memory at once; save meanwhile, then serve from disk so
-	// memory stays bounded. A failed save costs a re-index next time.
 	view := newSwapView(index.NewMemory(built, l.Size))
 	b.view = view
 	close(b.done)
@@ -100,7 +115,6 @@ func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, w
 		view.set(stored)
 		slog.Info("layer index stored", "layer", l.Digest, "duration", time.Since(start).Round(time.Millisecond))
 	}()
-	return b
 }
 
 func (p *Pool) forgetBuild(d digest.Digest) {
@@ -123,9 +137,8 @@ var ErrNotLazy = index.ErrNotLazy
 // File data that indexing reads whole anyway (an uncompressed tar's, a
 // gzip layer's) is kept in cache, when there is one, so that reading
 // those files later fetches nothing.
-func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks, whole bool) (*index.Index, error) {
+func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store.Chunks, whole bool, opts ...index.ReadOption) (*index.Index, error) {
 	start := time.Now()
-	var opts []index.ReadOption
 	if cache != nil {
 		opts = append(opts, index.WithKeep(func(d digest.Digest, data []byte) {
 			if err := cache.Put(d, data); err != nil {

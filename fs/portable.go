@@ -55,6 +55,25 @@ func (p *Pool) IndexLayer(ctx context.Context, repo name.Repository, l remote.La
 	return stored.Info(), nil
 }
 
+// IndexLayerListed reads layer l whole, as IndexLayer does when the store
+// holds no index of it, and returns the index it makes with a checkpoint
+// before each file listed names, where that shortens the file's first
+// read (index.WithListed; a plain gzip layer's). The index is not stored:
+// the store keeps the one it has, which mounts may be serving from. The
+// caller pushes it (index.EncodePortable) for other machines to mount
+// from.
+func (p *Pool) IndexLayerListed(ctx context.Context, repo name.Repository, l remote.Layer, listed func(name string) bool, opts ...remote.Option) (*index.Index, error) {
+	if err := l.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("layer %q: %w", l.Digest, err)
+	}
+	blob, err := p.openBlob(ctx, repo, l, opts)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	defer blob.Close()
+	return readIndex(ctx, blob, l, nil, true, index.WithListed(listed))
+}
+
 // PortableIndex returns the portable form of the stored index of layer l,
 // a gzip or tar layer.
 func (p *Pool) PortableIndex(l remote.Layer) ([]byte, error) {
@@ -69,11 +88,13 @@ func (p *Pool) PortableIndex(l remote.Layer) ([]byte, error) {
 // not one of the layer it was offered for (index.ErrPortable).
 var ErrIndexMismatch = index.ErrPortable
 
-// ImportIndex stores the portable index data as the index of layer l,
-// after checking that it describes l and is valid (index.DecodePortable).
-// A layer that has a stored index keeps it. The index's names, metadata
-// and chunk digests are taken on trust from whoever made it; what is
-// served is still verified against them chunk by chunk, from l's blob.
+// ImportIndex takes the portable index data as the index of layer l,
+// after checking that it describes l and is valid (index.DecodePortable):
+// a mount of l is served from it at once while it is stored in the
+// background. A layer that has an index stored, or under way, keeps it.
+// The index's names, metadata and chunk digests are taken on trust from
+// whoever made it; what is served is still verified against them chunk
+// by chunk, from l's blob.
 func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) error {
 	if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
 		return nil
@@ -83,13 +104,13 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	decoded := time.Now()
-	if err := index.Save(p.store.DB(), l.Digest.String(), idx, l.Size); err != nil {
-		return fmt.Errorf("layer %s: storing its index: %w", l.Digest, err)
+	b, started := p.startBuild(l.Digest)
+	if !started {
+		return nil
 	}
+	p.finishBuild(b, l, idx, nil)
 	slog.InfoContext(ctx, "layer index imported", "layer", l.Digest, "format", idx.Format,
-		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints),
-		"decoded_in", decoded.Sub(start), "stored_in", time.Since(decoded))
+		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints), "decoded_in", time.Since(start))
 	return nil
 }
 

@@ -113,7 +113,7 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) 
 		return readTar(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
 	case FormatGzip:
 		if o.gzip {
-			return readGzip(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
+			return readGzip(ctx, p, d.Size, d.Digest, defaultLimits, o)
 		}
 	}
 	return nil, fmt.Errorf("%w: a %s layer (media type %s), which has no lazy reader yet", ErrNotLazy, f, d.MediaType)
@@ -123,8 +123,23 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) 
 type ReadOption func(*readOptions)
 
 type readOptions struct {
-	keep func(digest.Digest, []byte)
-	gzip bool
+	keep   func(digest.Digest, []byte)
+	gzip   bool
+	listed func(name string) bool
+	// markGap, when set, replaces gzipMarkGap (tests).
+	markGap int64
+}
+
+// WithListed makes a plain gzip layer's index (see ReadGzip) hold a
+// checkpoint at the last block boundary before the data of each regular
+// file whose name (relative to the layer's root, as in the index) listed
+// reports, unless a checkpoint is already less than gzipMarkGap bytes of
+// the tar before it: a read of such a file fetches and decodes from
+// there, not from up to a span before. It is meant for the files a
+// workload reads first (a prefetch list): each costs the index a window.
+// Other formats ignore it.
+func WithListed(listed func(name string) bool) ReadOption {
+	return func(o *readOptions) { o.listed = listed }
 }
 
 // WithGzip lets Read index a plain gzip layer (see ReadGzip), which

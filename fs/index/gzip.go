@@ -51,16 +51,19 @@ const maxGzipSpan = MaxChunkLength
 // Errors are ReadTar's, and ErrNotLazy for a layer whose blocks are too
 // long to checkpoint (see maxGzipSpan) or that holds sparse files.
 func ReadGzip(ctx context.Context, r io.ReaderAt, size int64, layerDigest digest.Digest) (*Index, error) {
-	return readGzip(ctx, r, size, layerDigest, defaultLimits, nil)
+	return readGzip(ctx, r, size, layerDigest, defaultLimits, readOptions{})
 }
 
-func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest, lim limits, keep func(digest.Digest, []byte)) (*Index, error) {
+func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest, lim limits, o readOptions) (*Index, error) {
 	if err := want.Validate(); err != nil {
 		return nil, fmt.Errorf("gzip: layer digest %q: %w", want, err)
 	}
 	s := newBlobStream(ctx, r, size, want.Algorithm().Hash())
 	defer s.close()
-	sp := &gzipSpans{lim: lim}
+	sp := &gzipSpans{lim: lim, markGap: gzipMarkGap}
+	if o.markGap > 0 {
+		sp.markGap = o.markGap
+	}
 	zr, err := inflate.NewReader(s, gzipSpan, sp.add)
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", sp.streamErr(s, err))
@@ -68,9 +71,15 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 	var decoded []progress
 	zr.OnProgress(progressEvery, func(out, in int64) { decoded = append(decoded, progress{out, in}) })
 	out := &countingReader{r: zr}
-	t := newTarIndexer(ctx, FormatGzip, lim, s, out, sp.maxOut(size), keep)
+	t := newTarIndexer(ctx, FormatGzip, lim, s, out, sp.maxOut(size), o.keep)
 	t.pos = func() int64 { return out.n }
 	t.cut = sp.cut
+	if o.listed != nil {
+		// As far back as entries wait (see holdBack), and the decoder's
+		// lead over the tar reader.
+		zr.KeepBoundaries(holdReach + histLead)
+		t.held = &holdBack{listed: o.listed, mark: func(lo, at int64) (int64, bool) { return sp.mark(zr, lo, at) }}
+	}
 	if err := t.readAll(); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
@@ -99,9 +108,10 @@ func readGzip(ctx context.Context, r io.ReaderAt, size int64, want digest.Digest
 // gzipSpans collects a gzip layer's checkpoints while it is decoded and
 // then maps the tar's chunks onto the spans between them.
 type gzipSpans struct {
-	lim limits
-	cps []Checkpoint
-	err error // a limit the checkpoints broke
+	lim     limits
+	markGap int64 // see mark
+	cps     []Checkpoint
+	err     error // a limit the checkpoints broke
 }
 
 // add takes the decoder's next checkpoint (it owns the window).
@@ -117,6 +127,26 @@ func (g *gzipSpans) add(cp Checkpoint) error {
 	}
 	g.cps = append(g.cps, cp)
 	return nil
+}
+
+// mark makes a checkpoint of the last block boundary in (lo, at] that the
+// decoder kept, where a listed file's data starts at tar offset at, if
+// that is more than markGap past the checkpoint before at.
+func (g *gzipSpans) mark(zr *inflate.Reader, lo, at int64) (int64, bool) {
+	i, found := slices.BinarySearchFunc(g.cps, at, func(cp Checkpoint, off int64) int { return cmp.Compare(cp.Out, off) })
+	if found {
+		return 0, false
+	}
+	prev := g.cps[i-1].Out // cps[0].Out is 0, and at > 0 past a header
+	if at-prev <= g.markGap || len(g.cps) >= g.lim.chunks {
+		return 0, false
+	}
+	cp, ok := zr.CheckpointBefore(max(lo, prev), at)
+	if !ok {
+		return 0, false
+	}
+	g.cps = slices.Insert(g.cps, i, cp)
+	return cp.Out, true
 }
 
 // streamErr tells the blob's failure and a broken limit from corrupt
@@ -204,6 +234,16 @@ func spanEnd(cps []Checkpoint, k int, size int64) int64 {
 	}
 	return next.In
 }
+
+// gzipMarkGap is how far a listed file's data must start past the
+// checkpoint before it for a checkpoint of its own (see WithListed): a
+// read of it then decodes (and fetches) that much less, and the index
+// grows by one window, about 10 KB.
+const gzipMarkGap = 64 << 10
+
+// histLead bounds how far the decoder's output runs ahead of what the tar
+// reader took from it: one batch of decoding.
+const histLead = 512 << 10
 
 // progress is a point of a gzip layer's decoding: out bytes of the tar
 // were decoded from the blob's first in bytes.

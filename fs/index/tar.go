@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -92,6 +93,10 @@ type tarIndexer struct {
 	// cut, when set, returns where the chunk that starts at tar offset
 	// from and may run to to must end instead (a gzip span's end).
 	cut func(from, to int64) int64
+	// held, when listed is set, delays entries and their chunks on their
+	// way to the builder, for a checkpoint before a listed file to cut
+	// the chunks before it (tar_listed.go).
+	held *holdBack
 }
 
 // newTarIndexer reads the tar that src reads from blob s (src is s for
@@ -109,6 +114,11 @@ func (t *tarIndexer) readAll() error {
 		}
 		h, err := t.tr.Next()
 		if err == io.EOF {
+			if t.held != nil {
+				if err := t.held.flush(t, math.MaxInt64); err != nil {
+					return err
+				}
+			}
 			return t.b.closeFile()
 		}
 		if err != nil {
@@ -152,6 +162,9 @@ func (t *tarIndexer) add(h *tar.Header) error {
 	if hd.Size < 0 || hd.Size > t.size-dataOff {
 		return Invalidf("entry %q: size %d runs past the end of the %d-byte layer", h.Name, hd.Size, t.size)
 	}
+	if t.held != nil {
+		return t.held.add(t, name, h.Name, hd, dataOff)
+	}
 	if err := t.b.add(name, &hd); err != nil {
 		return Invalidf("entry %q: %v", h.Name, err)
 	}
@@ -182,7 +195,13 @@ func (t *tarIndexer) addData(dataOff, size int64) error {
 			if t.cut != nil {
 				end = t.cut(dataOff+off+p, dataOff+off+n) - (dataOff + off)
 			}
-			if err := t.addChunk(off+p, dataOff+off+p, buf[p:end]); err != nil {
+			var err error
+			if t.held != nil {
+				err = t.held.piece(t, off+p, dataOff+off+p, buf[p:end])
+			} else {
+				err = t.addChunk(off+p, dataOff+off+p, buf[p:end])
+			}
+			if err != nil {
 				return err
 			}
 			p = end

@@ -221,6 +221,11 @@ type IndexRequest struct {
 	Ref      string `json:"ref"`
 	Platform string `json:"platform,omitempty"`
 	Insecure bool   `json:"insecure,omitempty"`
+	// Prioritize lists paths in the image (relative to its root) that a
+	// workload reads first, in order: each gzip layer's index gets a
+	// checkpoint just before those it holds, and they are pushed as the
+	// image's prefetch list, which mounts fetch at once.
+	Prioritize []string `json:"prioritize,omitempty"`
 }
 
 // IndexResult says what was indexed and pushed.
@@ -231,6 +236,12 @@ type IndexResult struct {
 	// no layer needed an index.
 	Artifact digest.Digest  `json:"artifact,omitempty"`
 	Layers   []IndexedLayer `json:"layers"` // bottom to top
+	// PrefetchList is the pushed prefetch list's referrer (with
+	// Prioritize), Listed how many of the paths it names, and Missing the
+	// paths no layer holds as a regular file.
+	PrefetchList digest.Digest `json:"prefetchList,omitempty"`
+	Listed       int           `json:"listed,omitempty"`
+	Missing      []string      `json:"missing,omitempty"`
 }
 
 // IndexedLayer is one layer of an IndexResult.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +62,10 @@ const indexParallel = 3
 // each such layer whole once, unless the store holds its index) and
 // pushes them to its repository.
 func (im *images) indexImage(ctx context.Context, req IndexRequest, progress func(string, ...any)) (*IndexResult, error) {
+	prio, err := cleanPaths(req.Prioritize)
+	if err != nil {
+		return nil, err
+	}
 	img, _, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
 	if err != nil {
 		return nil, err
@@ -75,13 +80,34 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 	res := &IndexResult{Ref: req.Ref, Digest: img.Digest, Layers: make([]IndexedLayer, len(layers))}
 	repo := img.Repo
 	opts := im.remoteOptions(req.Insecure, repo.RegistryStr())
+	// With a list, every layer is read again and its index, made with
+	// checkpoints before the listed files, kept here for the push.
+	var made []*index.Index
+	if len(prio) > 0 {
+		made = make([]*index.Index, len(layers))
+	}
+	listed := map[string]bool{}
+	for _, p := range prio {
+		listed[p] = true
+	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexParallel)
 	for i, l := range layers {
 		g.Go(func() error {
 			start := time.Now()
-			info, err := im.d.pool.IndexLayer(gctx, repo, l.remote(), opts...)
+			var info index.Info
+			var err error
+			if made != nil {
+				var idx *index.Index
+				idx, err = im.d.pool.IndexLayerListed(gctx, repo, l.remote(), func(name string) bool { return listed[name] }, opts...)
+				if err == nil {
+					made[i] = idx
+					info = index.NewMemory(idx, l.Size).Info()
+				}
+			} else {
+				info, err = im.d.pool.IndexLayer(gctx, repo, l.remote(), opts...)
+			}
 			il := IndexedLayer{Digest: l.Digest, Format: string(info.Format), Entries: info.Entries, Checkpoints: info.Checkpoints}
 			switch {
 			case errors.Is(err, fs.ErrNotLazy):
@@ -99,21 +125,140 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	blobs, err := im.portableIndexes(layers, res.Layers)
+	// The list is checked before anything is pushed.
+	var list *fs.PrefetchList
+	if made != nil {
+		list = listedFiles(img.Digest, layers, made, prio)
+		res.Listed, res.Missing = len(list.Files), missingPaths(prio, list)
+		if len(list.Files) == 0 {
+			return nil, fmt.Errorf("none of the %d paths listed is a regular file in %s: nothing pushed", len(prio), req.Ref)
+		}
+		if len(res.Missing) > 0 {
+			progress("%d of the %d paths listed are no regular file in the image: %s", len(res.Missing), len(prio), strings.Join(firstN(res.Missing, 5), ", "))
+		}
+	}
+	portable := func(i int, l Layer) ([]byte, error) { return im.d.pool.PortableIndex(l.remote()) }
+	if made != nil {
+		portable = func(i int, l Layer) ([]byte, error) { return index.EncodePortable(made[i], l.Digest, l.Size) }
+	}
+	blobs, err := im.portableIndexes(layers, res.Layers, portable)
 	if err != nil {
 		return nil, err
 	}
 	if len(blobs) == 0 {
-		progress("no layer needs an index: nothing pushed")
+		progress("no layer needs an index: none pushed")
+	} else {
+		res.Artifact, err = im.pushLayerIndexes(ctx, repo, req.Insecure, img.Digest, layers, blobs)
+		if err != nil {
+			return nil, fmt.Errorf("pushing the layer indexes: %w", err)
+		}
+		progress("pushed the indexes of %d layers as %s@%s", len(blobs), repo, res.Artifact)
+	}
+	if list == nil {
 		return res, nil
 	}
-	res.Artifact, err = im.pushLayerIndexes(ctx, repo, req.Insecure, img.Digest, layers, blobs)
+	b, err := list.Marshal()
 	if err != nil {
-		return nil, fmt.Errorf("pushing the layer indexes: %w", err)
+		return nil, err
 	}
-	progress("pushed the indexes of %d layers as %s@%s", len(blobs), repo, res.Artifact)
+	res.PrefetchList, err = im.pushReferrer(ctx, repo, req.Insecure, img.Digest, fs.PrefetchListMediaType,
+		[]artifactBlob{{mediaType: fs.PrefetchListMediaType, data: b}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("pushing the prefetch list: %w", err)
+	}
+	progress("pushed the prefetch list of %d files as %s@%s", len(list.Files), repo, res.PrefetchList)
 	return res, nil
 }
+
+// cleanPaths turns the paths of a prioritized list into names relative to
+// the image's root, as layers store them, without duplicates.
+func cleanPaths(paths []string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range paths {
+		c := path.Clean("/" + p)[1:]
+		if c == "" || strings.ContainsRune(c, 0) || len(c) > 4096 {
+			return nil, fmt.Errorf("prioritized path %q: not a file in the image", p)
+		}
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// listedFiles is the prefetch list of image that names, in order, each of
+// paths that the image holds as a regular file, in the layer it comes
+// from (layers without an index, idxs[i] nil, are taken to hold none).
+func listedFiles(image digest.Digest, layers []Layer, idxs []*index.Index, paths []string) *fs.PrefetchList {
+	list := &fs.PrefetchList{MediaType: fs.PrefetchListMediaType, Image: image, Layers: make([]digest.Digest, len(layers))}
+	views := make([]*index.Memory, len(layers))
+	for i, l := range layers {
+		list.Layers[i] = l.Digest
+		if idxs[i] != nil {
+			views[i] = index.NewMemory(idxs[i], l.Size)
+		}
+	}
+	for _, p := range paths {
+		if i, ok := regularIn(views, p); ok {
+			list.Files = append(list.Files, fs.ListedFile{Layer: i, Path: p})
+		}
+	}
+	return list
+}
+
+// regularIn says which of layers (bottom to top) the regular file at path
+// p of their union comes from, as overlayfs stacks them: the topmost layer
+// with an entry at p, unless a layer above it hides p (a whiteout of p or
+// of a parent, a parent that is no directory, or an opaque parent).
+func regularIn(layers []*index.Memory, p string) (int, bool) {
+	names := strings.Split(p, "/")
+	for i := len(layers) - 1; i >= 0; i-- {
+		v := layers[i]
+		if v == nil {
+			continue
+		}
+		ino, opaque := uint64(index.RootIno), false
+		for j, name := range names {
+			e, found, err := v.Lookup(ino, name)
+			switch {
+			case err != nil:
+				return 0, false
+			case !found && opaque:
+				return 0, false // an opaque parent hides the layers below
+			case !found:
+			case j == len(names)-1:
+				return i, e.Type == index.TypeReg // anything else at p hides the layers below
+			case e.Type != index.TypeDir:
+				return 0, false
+			}
+			if !found {
+				break
+			}
+			opaque = opaque || string(e.Xattrs[index.XattrOverlayOpaque]) == "y"
+			ino = e.Ino
+		}
+	}
+	return 0, false
+}
+
+// missingPaths are the paths list does not name.
+func missingPaths(paths []string, list *fs.PrefetchList) []string {
+	named := map[string]bool{}
+	for _, f := range list.Files {
+		named[f.Path] = true
+	}
+	var out []string
+	for _, p := range paths {
+		if !named[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func firstN(s []string, n int) []string { return s[:min(n, len(s))] }
 
 // layerIndexState says in a few words what indexing did to a layer.
 func layerIndexState(il IndexedLayer) string {
@@ -139,7 +284,7 @@ func layerOf(l remote.Layer) Layer {
 // portableIndexes returns the portable indexes of the layers whose
 // stored index needs the layer read whole to make (gzip and tar), and
 // notes on the others why they need none.
-func (im *images) portableIndexes(layers []Layer, out []IndexedLayer) ([]artifactBlob, error) {
+func (im *images) portableIndexes(layers []Layer, out []IndexedLayer, portable func(int, Layer) ([]byte, error)) ([]artifactBlob, error) {
 	var blobs []artifactBlob
 	done := map[digest.Digest]bool{}
 	for i, l := range layers {
@@ -154,7 +299,7 @@ func (im *images) portableIndexes(layers []Layer, out []IndexedLayer) ([]artifac
 			il.Note = "indexed above (the same layer twice)"
 			continue
 		}
-		b, err := im.d.pool.PortableIndex(l.remote())
+		b, err := portable(i, l)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +348,7 @@ func (im *images) pushMountIndexes(ctx context.Context, m *Mount) (digest.Digest
 			out[i].Note = "was fetched whole"
 		}
 	}
-	blobs, err := im.portableIndexes(m.Layers, out)
+	blobs, err := im.portableIndexes(m.Layers, out, func(_ int, l Layer) ([]byte, error) { return im.d.pool.PortableIndex(l.remote()) })
 	if err != nil || len(blobs) == 0 {
 		return "", err
 	}

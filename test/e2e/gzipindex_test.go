@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -382,4 +383,71 @@ func TestMountShowsProgress(t *testing.T) {
 		t.Errorf("progress lines %q, want the layer's bytes read so far", lines)
 	}
 	readChecked(t, dir, "small/a/4k.bin", fixture.Big(200))
+}
+
+// TestGzipIndexPrioritized: `strata index --prioritize` on a plain gzip
+// image puts a checkpoint just before each listed file that starts far
+// into a span and pushes the list as the image's prefetch list: a fresh
+// daemon's mount fetches those files at once, moving little more than
+// them (not the MiB of incompressible data before each in its span), and
+// reads of them move nothing more. A path in no layer is reported.
+func TestGzipIndexPrioritized(t *testing.T) {
+	requireRoot(t)
+	layers := []fixture.LayerSpec{{
+		fixture.Dir("d"), fixture.Reg("d/big.bin", 6<<20+700<<10, 7), fixture.Reg("d/after-big.txt", 4096, 8),
+		fixture.Reg("d/big2.bin", 3<<20+500<<10, 9), fixture.Reg("d/late.txt", 4096, 10), fixture.Reg("d/unlisted.txt", 4096, 11),
+	}}
+	img, err := fixture.Build(context.Background(), layers, fixture.FormGzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := shared.reg.Ref("prioritized", "gzip")
+	if _, err := fixture.Push(context.Background(), img, ref); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := d.client.Index(ctx, daemon.IndexRequest{Ref: ref,
+		Prioritize: []string{"/d/late.txt", "d/after-big.txt", "no/such/file", "d"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Artifact == "" || res.PrefetchList == "" || res.Listed != 2 || !slices.Equal(res.Missing, []string{"no/such/file", "d"}) {
+		t.Fatalf("index result %+v: want the indexes and a list of 2 files pushed, no/such/file and d missing", res)
+	}
+	il := res.Layers[0]
+	t.Logf("index: %d bytes, %d checkpoints; list pushed as %s", il.IndexBytes, il.Checkpoints, res.PrefetchList)
+	found := false
+	for _, m := range referrersOf(t, ref, res.Digest) {
+		found = found || m.Digest.String() == res.PrefetchList.String() && m.ArtifactType == "application/vnd.stratafs.prefetch-list.v1+json"
+	}
+	if !found {
+		t.Errorf("the prefetch list %s is not among the image's referrers", res.PrefetchList)
+	}
+
+	p := startProxy(t, shared.reg)
+	fresh := startDaemon(t, nil)
+	mark := logMark()
+	dir, m := fresh.mount(t, viaProxy(ref, shared.reg, p))
+	line := waitLog(t, mark, "recorded prefetch done", m.Digest.String())
+	if !strings.Contains(line, "files=2") || !strings.Contains(line, "missing=0") {
+		t.Errorf("prefetch: %s", line)
+	}
+	moved := p.Stats()
+	// The index, the list, and each listed file from a checkpoint close
+	// before it: without one, each would cost the rest of its span, up
+	// to 700 KB of incompressible data.
+	if moved.BlobBytes > il.IndexBytes+16<<10+2*(128<<10) {
+		t.Errorf("mount and prefetch moved %d blob bytes in %d requests; the index is %d bytes", moved.BlobBytes, moved.BlobRequests, il.IndexBytes)
+	}
+	p.ResetStats()
+	readChecked(t, dir, "d/after-big.txt", layers)
+	readChecked(t, dir, "d/late.txt", layers)
+	if s := p.Stats(); s.BlobBytes != 0 {
+		t.Errorf("reading the prefetched files moved %d bytes", s.BlobBytes)
+	}
+	readChecked(t, dir, "d/unlisted.txt", layers)
+	readChecked(t, dir, "d/big2.bin", layers)
+	readChecked(t, dir, "d/big.bin", layers)
 }

@@ -80,6 +80,7 @@ func FuzzReader(f *testing.F) {
 		case errors.Is(wantErr, errTooLong) || err != nil:
 			return
 		}
+		checkKeptBoundaries(t, data, got)
 		for i, cp := range cps {
 			if i%7 != 0 && i != len(cps)-1 {
 				continue
@@ -147,4 +148,50 @@ func FuzzCheckpointParse(f *testing.F) {
 			t.Fatalf("round trip: %v", err)
 		}
 	})
+}
+
+// checkKeptBoundaries decodes data again, keeping its boundaries and
+// taking some of them after the fact (see CheckpointBefore): each is in
+// the range asked for, and resuming from it gives the rest of out.
+func checkKeptBoundaries(t *testing.T, data, out []byte) {
+	kr, err := NewReader(bytes.NewReader(data), 1<<40, func(Checkpoint) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr.KeepBoundaries(1 << 20)
+	var taken []Checkpoint
+	var got []byte
+	buf := make([]byte, 97)
+	last := int64(-1)
+	for {
+		n, err := kr.Read(buf)
+		got = append(got, buf[:n]...)
+		if at := int64(len(got)) - 50; len(taken) < 20 {
+			if cp, ok := kr.CheckpointBefore(last, at); ok {
+				if cp.Out <= last || cp.Out > at {
+					t.Fatalf("asked for a boundary in (%d, %d], got one at %d", last, at, cp.Out)
+				}
+				taken, last = append(taken, cp), cp.Out
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, out) {
+		t.Fatalf("decoding with boundaries kept: output differs at %d", firstDiff(got, out))
+	}
+	for _, cp := range taken {
+		zr, err := Resume(bytes.NewReader(data[cp.In:]), cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail, err := readLimited(zr)
+		if err != nil || !bytes.Equal(tail, out[cp.Out:]) {
+			t.Fatalf("resumed from kept %+v: %v, or not the rest of the output", brief(cp), err)
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package inflate
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -68,6 +67,12 @@ type Reader struct {
 	// uses watches the references into the windows of the checkpoints
 	// reported less than windowSize bytes of output ago (windowuse.go).
 	uses []*windowUse
+
+	// kept are the recent boundaries kept for CheckpointBefore, oldest
+	// first, while keepReach > 0 (boundaries.go); spare, windows to reuse.
+	keepReach int64
+	kept      []Checkpoint
+	spare     [][]byte
 
 	err error
 	// longestString is the longest name or comment of the headers so far:
@@ -288,16 +293,14 @@ func (z *Reader) updateCRC() {
 // At a member start, in is the offset of the member's header.
 func (z *Reader) checkpoint(atMember bool, in int64) error {
 	if z.onCheckpoint == nil || z.lastCP >= 0 && z.every > 0 && z.out()-z.lastCP < z.every {
+		if z.keepReach > 0 {
+			z.keepBoundary(atMember, in)
+		}
 		return nil
 	}
-	cp := Checkpoint{Out: z.out(), AtMember: atMember, In: in}
+	cp := z.here(atMember, in)
 	if !atMember {
-		pos := z.in.bitPos()
-		z.updateCRC()
-		cp.In, cp.Bits = pos/8, uint8(pos%8)
-		cp.MemberOut = z.out() - z.memberStart
-		cp.CRC = z.crc
-		cp.Window = bytes.Clone(z.hist[max(z.lo, z.wr-windowSize):z.wr])
+		cp.Window = z.cloneWindow()
 		if len(cp.Window) > 0 && len(z.uses) < maxUses {
 			z.uses = append(z.uses, newWindowUse(cp.Window, cp.Out))
 		}

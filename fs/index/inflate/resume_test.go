@@ -137,3 +137,60 @@ func TestProgressIsEnoughToResume(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckpointBefore takes kept boundaries after the decoder has passed
+// them, as an indexer that learns late where it wants one does: each is
+// a checkpoint at or before the place asked for, after the one asked
+// for before, and resuming from it gives the rest of the output.
+func TestCheckpointBefore(t *testing.T) {
+	text := textBytes(3<<20, 5)
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"text", gzipLevel(t, text, gzip.DefaultCompression)},
+		{"best speed", gzipLevel(t, text, gzip.BestSpeed)},
+		{"stored", gzipLevel(t, text, gzip.NoCompression)},
+		{"members", gzipMembers(t, text[:1<<20+5], text[1<<20+5:2<<20], text[2<<20:])},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			zr, err := NewReader(bytes.NewReader(tc.data), 1<<20, func(Checkpoint) error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			zr.KeepBoundaries(256 << 10)
+			var taken []Checkpoint
+			var out []byte
+			buf := make([]byte, 50_000)
+			last := int64(-1)
+			for {
+				n, err := zr.Read(buf)
+				out = append(out, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Somewhere in the last 100 KB read.
+				at := int64(len(out)) - 30_000
+				if cp, ok := zr.CheckpointBefore(last, at); ok {
+					if cp.Out <= last || cp.Out > at {
+						t.Fatalf("asked for (%d, %d], got a checkpoint at %d", last, at, cp.Out)
+					}
+					if err := cp.Validate(); err != nil {
+						t.Fatal(err)
+					}
+					taken, last = append(taken, cp), cp.Out
+				}
+			}
+			if !bytes.Equal(out, text) {
+				t.Fatal("output differs from the input")
+			}
+			if len(taken) < 20 {
+				t.Fatalf("only %d boundaries taken", len(taken))
+			}
+			checkResume(t, tc.data, out, taken)
+		})
+	}
+}

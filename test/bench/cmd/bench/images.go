@@ -203,6 +203,11 @@ func writeBigFile(dir string) error {
 func (b *builder) ensureImage(ctx context.Context, reg string, spec imageSpec) error {
 	gz, esgz := reg+"/"+spec.Name+":gzip", reg+"/"+spec.Name+":estargz"
 	if exists(ctx, gz) && exists(ctx, esgz) {
+		// Images cached from a bench before the lists were kept.
+		if _, err := os.Stat(prioritizedList(b.Dir, spec)); spec.Prioritize != "" && err != nil {
+			_, err = b.prioritized(ctx, gz, spec)
+			return err
+		}
 		return nil
 	}
 	layers, err := spec.Layers(b)
@@ -218,7 +223,6 @@ func (b *builder) ensureImage(ctx context.Context, reg string, spec imageSpec) e
 		if err != nil {
 			return fmt.Errorf("image %s: %w", spec.Name, err)
 		}
-		defer os.Remove(list)
 		args = append(args, "--prioritize", list)
 	}
 	b.log.Info("converting to eStargz", "image", spec.Name, "prioritized", spec.Prioritize)
@@ -243,8 +247,16 @@ func (b *builder) ensurePlain(ctx context.Context, reg string, spec imageSpec) e
 	return nil
 }
 
+// prioritizedList is where the list of spec's prioritized files is kept
+// with the images (dir is the builder's): `strata convert --prioritize`
+// made the eStargz image with it, and `strata index --prioritize` the
+// gzip image's indexes and prefetch list.
+func prioritizedList(dir string, spec imageSpec) string {
+	return filepath.Join(dir, spec.Name+".prioritize")
+}
+
 // prioritized unpacks the gzip image gz, traces spec.Prioritize on it and
-// writes the files it read, in order, to a list file for convert.
+// writes the files it read, in order, to spec's list file.
 func (b *builder) prioritized(ctx context.Context, gz string, spec imageSpec) (string, error) {
 	w, ok := workloadByName(spec.Prioritize)
 	if !ok {
@@ -263,7 +275,7 @@ func (b *builder) prioritized(ctx context.Context, gz string, spec imageSpec) (s
 	if err != nil {
 		return "", err
 	}
-	list := filepath.Join(b.Dir, "tmp", spec.Name+".prioritize")
+	list := prioritizedList(b.Dir, spec)
 	body := fmt.Sprintf("# files `%s` reads, in order (traced on a full unpack)\n%s\n", w.Desc, strings.Join(est.Paths, "\n"))
 	b.log.Info("prioritized files", "image", spec.Name, "files", len(est.Paths))
 	return list, os.WriteFile(list, []byte(body), 0o644)

@@ -247,7 +247,14 @@ func (r *runner) indexGzip(ctx context.Context, img imageSpec) error {
 	if r.trained[img.Name+":gzip-index"] {
 		return nil
 	}
-	if err := r.indexRef(ctx, r.regHost+"/"+img.Name+":gzip"); err != nil {
+	var args []string
+	if img.Prioritize != "" {
+		// As the eStargz image stores these files first and prefetches
+		// them, the gzip image's indexes hold checkpoints before them and
+		// its prefetch list names them.
+		args = append(args, "--prioritize", prioritizedList(filepath.Join(r.o.work, "images"), img))
+	}
+	if err := r.indexRef(ctx, r.regHost+"/"+img.Name+":gzip", args...); err != nil {
 		return err
 	}
 	if r.trained == nil {
@@ -257,14 +264,15 @@ func (r *runner) indexGzip(ctx context.Context, img imageSpec) error {
 	return nil
 }
 
-// indexRef runs `strata index` on ref from a daemon of its own.
-func (r *runner) indexRef(ctx context.Context, ref string) error {
+// indexRef runs `strata index` on ref from a daemon of its own, with args
+// before ref.
+func (r *runner) indexRef(ctx context.Context, ref string, args ...string) error {
 	s := &strataSys{bin: r.o.strata, dir: filepath.Join(r.o.work, "run", "indexing")}
 	err := func() error {
 		if err := s.Prepare(ctx); err != nil {
 			return err
 		}
-		return run(ctx, s.bin, "index", "--socket", s.socket(), "--insecure", "-q", ref)
+		return run(ctx, s.bin, append(append([]string{"index", "--socket", s.socket(), "--insecure", "-q"}, args...), ref)...)
 	}()
 	return errors.Join(err, s.Teardown(context.WithoutCancel(ctx)))
 }
