@@ -40,11 +40,11 @@ func (c *Content) Prefetch(from, to int64) {
 	}
 	c.prefetchEnd.Store(to)
 	c.goBackground(func(bg context.Context) {
-		ctx, cancel := context.WithCancel(bg)
+		stop, cancel := context.WithCancel(bg)
 		defer cancel()
 		c.stopLandmark.Store(&cancel)
 		defer c.prefetchEnd.Store(0)
-		c.prefetch(ctx, from, to)
+		c.prefetch(bg, stop, from, to)
 	})
 }
 
@@ -71,7 +71,11 @@ func pieces(chunks []index.BlobChunk, size int64) [][]index.BlobChunk {
 	return out
 }
 
-func (c *Content) prefetch(ctx context.Context, from, to int64) {
+// prefetch fetches the uncached chunks of [from, to) under ctx (the
+// layer's lifetime); once stop is done it starts no more pieces, but the
+// pieces on their way arrive: their bytes are half across the link, and
+// whoever stopped it (a recorded list's prefetch) likely wants them too.
+func (c *Content) prefetch(ctx, stop context.Context, from, to int64) {
 	chunks, _ := c.ahead.uncachedInBlob(from, to)
 	pieces := pieces(chunks, prefetchPiece)
 	slots := make(chan struct{}, prefetchParallel)
@@ -79,9 +83,10 @@ func (c *Content) prefetch(ctx context.Context, from, to int64) {
 	for _, p := range pieces {
 		select {
 		case slots <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return
+		case <-stop.Done():
+		}
+		if stop.Err() != nil {
+			break
 		}
 		wg.Add(1)
 		go func() {

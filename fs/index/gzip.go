@@ -252,7 +252,7 @@ type progress struct{ out, in int64 }
 // progressEvery is how often, in bytes of the tar, the decoding's
 // progress is noted: a chunk's fetch runs at most about this far past its
 // end (times the compression ratio).
-const progressEvery = 32 << 10
+const progressEvery = 8 << 10
 
 // countingReader counts the bytes read through it.
 type countingReader struct {

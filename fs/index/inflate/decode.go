@@ -8,15 +8,11 @@ import "encoding/binary"
 // go through huffmanSlow one symbol at a time.
 func (z *Reader) huffman() error {
 	for z.state == stHuffman && z.wr < histLimit {
+		if len(z.uses) > 0 && z.out()-z.uses[0].end >= windowSize {
+			z.retireUses(false)
+		}
 		var err error
 		switch {
-		case len(z.uses) > 0:
-			// The references into a checkpoint's window are watched
-			// symbol by symbol, for its first windowSize bytes.
-			err = z.huffmanSlow()
-			if z.out()-z.uses[0].end >= windowSize {
-				z.retireUses(false)
-			}
 		case z.in.refill(8):
 			err = z.huffmanFast()
 		default:
@@ -35,6 +31,10 @@ func (z *Reader) huffman() error {
 // with a refill of the bit buffer to at least 56 bits, which is enough
 // for a length code, its extra bits, a distance code and its extra bits
 // (15+5+15+13 bits), so no symbol checks for bits.
+//
+// While checkpoints' windows are watched (windowuse.go), a reference that
+// reaches back before the last watched checkpoint is noted, and decoding
+// stops where the first watched window retires.
 func (z *Reader) huffmanFast() error {
 	buf := z.in.buf[:z.in.end]
 	pos, bits, nb := z.in.pos, z.in.bits, z.in.nb
@@ -42,6 +42,11 @@ func (z *Reader) huffmanFast() error {
 	w, lo := z.wr, z.lo
 	lit, dist := z.lit, z.dist
 	end := z.batchEnd()
+	watch := -1 // a reference to before hist[watch] may reach a watched window
+	if n := len(z.uses); n > 0 {
+		watch = int(z.uses[n-1].end - z.base)
+		end = min(end, int(z.uses[0].end+windowSize-z.base))
+	}
 	var bad string
 	for pos <= len(buf)-8 && w < end {
 		bits |= binary.LittleEndian.Uint64(buf[pos:]) << (nb & 63)
@@ -95,6 +100,10 @@ func (z *Reader) huffmanFast() error {
 		if distance > w-lo {
 			bad = "distance too far back"
 			break
+		}
+		if w-distance < watch {
+			z.wr = w
+			z.markUses(distance, length)
 		}
 		w = copyMatch(hist, w, distance, length)
 	}

@@ -38,9 +38,19 @@ func (u *windowUse) mark(src int64, length int) {
 
 // finish zeroes the bytes of the window nothing referred to.
 func (u *windowUse) finish() {
-	for i := range u.window {
-		if u.used[i/64]&(1<<(i%64)) == 0 {
-			u.window[i] = 0
+	for k, word := range u.used {
+		at := k * 64
+		part := u.window[at:min(at+64, len(u.window))]
+		switch word {
+		case ^uint64(0):
+		case 0:
+			clear(part)
+		default:
+			for i := range part {
+				if word&(1<<i) == 0 {
+					part[i] = 0
+				}
+			}
 		}
 	}
 }
