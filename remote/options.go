@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 )
 
 // Defaults, written once so that the option docs and the code cannot drift.
@@ -38,6 +40,7 @@ type options struct {
 	spoolDir       string
 	blobURLs       []string
 	clients        *ClientCache
+	onManifest     func(repo name.Repository, manifest digest.Digest, layers []Layer)
 }
 
 func makeOptions(opts ...Option) *options {
@@ -118,6 +121,14 @@ func WithPlatform(p v1.Platform) Option {
 
 // WithTransport sets the base HTTP transport under auth, retries and
 // redirects. Default: a clone of ggcr's remote.DefaultTransport.
+// WithManifestHook makes Resolve call fn with the image manifest it chose
+// (its repository, digest and layers), before it fetches the config: a
+// caller can start what needs only those (looking for the image's
+// referrers) a round trip sooner. fn must return at once.
+func WithManifestHook(fn func(repo name.Repository, manifest digest.Digest, layers []Layer)) Option {
+	return func(o *options) { o.onManifest = fn }
+}
+
 func WithTransport(rt http.RoundTripper) Option {
 	return func(o *options) { o.transport = rt }
 }

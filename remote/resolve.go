@@ -149,6 +149,9 @@ func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image,
 	if err != nil {
 		return nil, err
 	}
+	if o.onManifest != nil {
+		o.onManifest(c.repo, m.digest, slices.Clone(layers))
+	}
 	cfg, err := c.fetchBlob(ctx, o, cfgDesc.Digest, cfgDesc.Size)
 	if err != nil {
 		return nil, err

@@ -64,7 +64,13 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if busy {
 		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
 	}
-	img, stored, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure)
+	// The registry is asked for the image's layer indexes as soon as its
+	// manifest is known, while its config is fetched.
+	var early *indexImport
+	hook := remote.WithManifestHook(func(repo name.Repository, d digest.Digest, layers []remote.Layer) {
+		early = im.startIndexImport(ctx, repo, req.Insecure, d, layers)
+	})
+	img, stored, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure, hook)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +85,11 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		return nil, err
 	}
 	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
-	im.importMountIndexes(ctx, m, stored)
+	if early != nil && early.image == m.Digest {
+		<-early.done
+	} else {
+		im.importMountIndexes(ctx, m, stored)
+	}
 	if err := im.attach(ctx, m, true, false); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
@@ -122,7 +132,7 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 // resolve describes the image ref names for platform (default the
 // daemon's): from the store when ref is a digest it keeps (stored is then
 // set), else from the registry.
-func (im *images) resolve(ctx context.Context, refStr, platform string, insecure bool) (img *remote.Image, stored bool, err error) {
+func (im *images) resolve(ctx context.Context, refStr, platform string, insecure bool, more ...remote.Option) (img *remote.Image, stored bool, err error) {
 	ref, err := remote.ParseReference(refStr, im.d.remoteOpts...)
 	if err != nil {
 		return nil, false, fmt.Errorf("%q: %w: %v", refStr, errdefs.ErrInvalidArgument, err)
@@ -138,7 +148,7 @@ func (im *images) resolve(ctx context.Context, refStr, platform string, insecure
 	if img, err := im.localImage(ref); err == nil {
 		return img, true, nil
 	}
-	img, err = remote.Resolve(ctx, refStr, opts...)
+	img, err = remote.Resolve(ctx, refStr, append(opts, more...)...)
 	return img, false, err
 }
 

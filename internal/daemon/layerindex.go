@@ -378,6 +378,28 @@ func (im *images) importMountIndexes(ctx context.Context, m *Mount, stored bool)
 	im.importLayerIndexes(ctx, repo, m.Insecure, m.Digest, m.Layers)
 }
 
+// indexImport is importLayerIndexes running for image: done is closed
+// when it has returned.
+type indexImport struct {
+	image digest.Digest
+	done  chan struct{}
+}
+
+// startIndexImport runs importLayerIndexes for the image manifest d of
+// repo, whose layers are layers, in the background (see mount).
+func (im *images) startIndexImport(ctx context.Context, repo name.Repository, insecure bool, d digest.Digest, layers []remote.Layer) *indexImport {
+	ii := &indexImport{image: d, done: make(chan struct{})}
+	ls := make([]Layer, len(layers))
+	for i, l := range layers {
+		ls[i] = layerOf(l)
+	}
+	go func() {
+		defer close(ii.done)
+		im.importLayerIndexes(ctx, repo, insecure, d, ls)
+	}()
+	return ii
+}
+
 // importLayerIndexes looks in repo for pushed indexes of those of the
 // image's layers that need one, and stores those that pass every check,
 // so that the layers mount lazily. Anything wrong is logged; the layers
