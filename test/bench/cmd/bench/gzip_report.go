@@ -47,12 +47,15 @@ func renderGzip(w io.Writer, res *runResults, sums map[key]*summary) {
 		return
 	}
 	p(`The link: **wan** (%d ms RTT, %d Mbit/s). Cold starts only, each from a fresh state root and a dropped page cache.
-**%s** mounts the plain gzip image the full pull reads (`+"`IMAGE:gzip`"+`), after one untimed `+"`strata index`"+` on another
-daemon pushed its layers' indexes as a referrer: the mount fetches the indexes, and a read the start of one span (about
-1 MiB of the tar) up to where the file ends in it; a second read into a span fetches the rest of it. **%s** is the
-same on a copy of the image (`+"`IMAGE-rec-WORKLOAD:gzip`"+`) that also carries a prefetch list recorded by one untimed
-run of the workload (`+"`strata mount --record --record-push`"+`): the mount fetches the listed files' spans up to where
-they end, in parallel, while the workload starts. **%s** mounts the same image with `+"`layer_indexes = \"off\"`"+`: no index, so the mount reads each layer
+**%s** mounts the plain gzip image the full pull reads (`+"`IMAGE:gzip`"+`), after one untimed `+"`strata index --prioritize LIST`"+`
+on another daemon pushed its layers' indexes and a prefetch list as referrers, LIST being the files the image's start reads
+(the list its eStargz form was converted with: `+"`go version`"+`'s for golang, `+"`python`"+`'s for python): the indexes hold a
+checkpoint at the block boundary before each listed file, the mount fetches the indexes and then the listed files from
+those checkpoints, in parallel, while the workload starts; a read of another file fetches the start of its span (up to
+1 MiB of the tar) up to where the file ends in it, and a second read into a span the rest of it. **%s** is a copy of the
+image (`+"`IMAGE-rec-WORKLOAD:gzip`"+`) indexed without a list (checkpoints every 1 MiB of the tar only) that carries a
+prefetch list recorded by one untimed run of the workload (`+"`strata mount --record --record-push`"+`): the mount
+fetches the listed files' spans, from their checkpoints up to where the files end, in parallel, while the workload starts. **%s** mounts the same image with `+"`layer_indexes = \"off\"`"+`: no index, so the mount reads each layer
 whole once and indexes it in the same pass. **%s** is AWS's soci-snapshotter (%s, the Go module used as a library
 by `+"`test/bench/soci`"+`), the baseline that does this with its own index: one untimed `+"`soci convert`"+` (its `+"`soci`"+`
 package, default 4 MiB spans, zTOCs for layers of 10 MiB or more) pushed `+"`IMAGE:%s`"+`, the same gzip layers with an
