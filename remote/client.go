@@ -56,6 +56,24 @@ func RemoteOptions(ctx context.Context, opts ...Option) []ggcrremote.Option {
 	return ro
 }
 
+// PullOptions is RemoteOptions for reading from repo. With a client
+// cache (WithClientCache), ggcr is given the transport of repo's cached
+// client, whose handshake (a ping and a token with pull scope) was made
+// once, by Resolve say: ggcr then does not ping the registry again. Only
+// for reads: a push needs push scope, which that token lacks.
+func PullOptions(ctx context.Context, repo name.Repository, opts ...Option) []ggcrremote.Option {
+	ro := RemoteOptions(ctx, opts...)
+	o := makeOptions(opts...)
+	if o.clients == nil {
+		return ro
+	}
+	c, err := newClient(ctx, repo, o)
+	if err != nil {
+		return ro // ggcr makes its own handshake, and reports its failure
+	}
+	return append(ro, ggcrremote.WithTransport(c.registry.Transport))
+}
+
 // repository re-creates repo's registry as insecure when it was listed by
 // WithInsecureRegistries; a name.Repository from elsewhere may not say so.
 func (o *options) repository(repo name.Repository) (name.Repository, error) {

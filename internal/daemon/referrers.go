@@ -131,7 +131,7 @@ type referrer struct {
 // the ones they use, in order, since an image may have many (a list
 // recorded at every build, say) and each costs a round trip.
 func (im *images) referrers(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest, artifactType string) ([]referrer, error) {
-	opts := im.registryOptions(ctx, repo, insecure)
+	opts := remote.PullOptions(ctx, repo, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
 	// One puller for the listing and every manifest and blob after it:
 	// the registry's ping and token are had once, not per request.
 	puller, err := ggcrremote.NewPuller(opts...)
