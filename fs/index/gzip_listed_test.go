@@ -54,15 +54,7 @@ func cpBefore(cps []Checkpoint, at int64) int64 {
 func TestReadGzipListed(t *testing.T) {
 	entries, listed := wordsFixture()
 	tarBlob := writeTar(t, entries)
-	for _, tc := range []struct {
-		name string
-		blob []byte
-	}{
-		{"default level", gzipLevel(t, tarBlob, gzip.DefaultCompression)},
-		{"best speed", gzipLevel(t, tarBlob, gzip.BestSpeed)},
-		{"stored blocks", gzipLevel(t, tarBlob, gzip.NoCompression)},
-		{"multi-member", append(gzipLevel(t, tarBlob[:2<<20+3], gzip.DefaultCompression), gzipLevel(t, tarBlob[2<<20+3:], gzip.BestSpeed)...)},
-	} {
+	for _, tc := range gzipForms(t, tarBlob, 2<<20+3) {
 		t.Run(tc.name, func(t *testing.T) {
 			plain, err := Read(context.Background(), bytes.NewReader(tc.blob), gzipDesc(tc.blob), WithGzip())
 			if err != nil {

@@ -43,6 +43,24 @@ func gzipLevel(t testing.TB, data []byte, level int) []byte {
 	return buf.Bytes()
 }
 
+// gzipForm is a tar gzipped one way.
+type gzipForm struct {
+	name string
+	blob []byte
+}
+
+// gzipForms gzips tarBlob at the default level, for speed, in stored
+// blocks, and as two members, the second starting at split (inside a
+// file's data, as pigz and concatenated streams make them).
+func gzipForms(t testing.TB, tarBlob []byte, split int) []gzipForm {
+	return []gzipForm{
+		{"default level", gzipLevel(t, tarBlob, gzip.DefaultCompression)},
+		{"best speed", gzipLevel(t, tarBlob, gzip.BestSpeed)},
+		{"stored blocks", gzipLevel(t, tarBlob, gzip.NoCompression)},
+		{"multi-member", append(gzipLevel(t, tarBlob[:split], gzip.DefaultCompression), gzipLevel(t, tarBlob[split:], gzip.BestSpeed)...)},
+	}
+}
+
 func gzipDesc(blob []byte) Descriptor {
 	return Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob)), MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}
 }
@@ -69,17 +87,7 @@ func checkGzipChunks(t *testing.T, idx *Index, size int64) {
 func TestReadGzip(t *testing.T) {
 	entries := gzipFixture()
 	tarBlob := writeTar(t, entries)
-	for _, tc := range []struct {
-		name string
-		blob []byte
-	}{
-		{"default level", gzipLevel(t, tarBlob, gzip.DefaultCompression)},
-		{"best speed", gzipLevel(t, tarBlob, gzip.BestSpeed)},
-		{"stored blocks", gzipLevel(t, tarBlob, gzip.NoCompression)},
-		// Several members, the second starting inside a file's data, as
-		// pigz and concatenated streams make them.
-		{"multi-member", append(gzipLevel(t, tarBlob[:3<<20+3], gzip.DefaultCompression), gzipLevel(t, tarBlob[3<<20+3:], gzip.BestSpeed)...)},
-	} {
+	for _, tc := range gzipForms(t, tarBlob, 3<<20+3) {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Read(context.Background(), bytes.NewReader(tc.blob), gzipDesc(tc.blob)); !errors.Is(err, ErrNotLazy) {
 				t.Fatalf("without WithGzip: %v, want ErrNotLazy", err)

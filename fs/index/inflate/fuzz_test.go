@@ -154,33 +154,7 @@ func FuzzCheckpointParse(f *testing.F) {
 // taking some of them after the fact (see CheckpointBefore): each is in
 // the range asked for, and resuming from it gives the rest of out.
 func checkKeptBoundaries(t *testing.T, data, out []byte) {
-	kr, err := NewReader(bytes.NewReader(data), 1<<40, func(Checkpoint) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr.KeepBoundaries(1 << 20)
-	var taken []Checkpoint
-	var got []byte
-	buf := make([]byte, 97)
-	last := int64(-1)
-	for {
-		n, err := kr.Read(buf)
-		got = append(got, buf[:n]...)
-		if at := int64(len(got)) - 50; len(taken) < 20 {
-			if cp, ok := kr.CheckpointBefore(last, at); ok {
-				if cp.Out <= last || cp.Out > at {
-					t.Fatalf("asked for a boundary in (%d, %d], got one at %d", last, at, cp.Out)
-				}
-				taken, last = append(taken, cp), cp.Out
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	got, taken := decodeKeeping(t, data, 1<<20, 97, 50, 20)
 	if !bytes.Equal(got, out) {
 		t.Fatalf("decoding with boundaries kept: output differs at %d", firstDiff(got, out))
 	}

@@ -186,3 +186,42 @@ func goSrc(t testing.TB, rel string) string {
 	}
 	return dir
 }
+
+// decodeKeeping decodes data with NewReader, keeping its boundaries
+// (KeepBoundaries(reach)) and reading bufSize bytes at a time; after each
+// read it takes the kept boundary before the output less lag (at most
+// max of them), checks that it lies in the range asked for and is valid,
+// and returns the output and the boundaries taken.
+func decodeKeeping(t *testing.T, data []byte, reach int64, bufSize, lag, max int) ([]byte, []Checkpoint) {
+	t.Helper()
+	zr, err := NewReader(bytes.NewReader(data), 1<<40, func(Checkpoint) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr.KeepBoundaries(reach)
+	var taken []Checkpoint
+	var out []byte
+	buf := make([]byte, bufSize)
+	last := int64(-1)
+	for {
+		n, err := zr.Read(buf)
+		out = append(out, buf[:n]...)
+		if at := int64(len(out) - lag); len(taken) < max {
+			if cp, ok := zr.CheckpointBefore(last, at); ok {
+				if cp.Out <= last || cp.Out > at {
+					t.Fatalf("asked for a boundary in (%d, %d], got one at %d", last, at, cp.Out)
+				}
+				if err := cp.Validate(); err != nil {
+					t.Fatal(err)
+				}
+				taken, last = append(taken, cp), cp.Out
+			}
+		}
+		if err == io.EOF {
+			return out, taken
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

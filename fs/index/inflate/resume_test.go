@@ -154,36 +154,8 @@ func TestCheckpointBefore(t *testing.T) {
 		{"members", gzipMembers(t, text[:1<<20+5], text[1<<20+5:2<<20], text[2<<20:])},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			zr, err := NewReader(bytes.NewReader(tc.data), 1<<20, func(Checkpoint) error { return nil })
-			if err != nil {
-				t.Fatal(err)
-			}
-			zr.KeepBoundaries(256 << 10)
-			var taken []Checkpoint
-			var out []byte
-			buf := make([]byte, 50_000)
-			last := int64(-1)
-			for {
-				n, err := zr.Read(buf)
-				out = append(out, buf[:n]...)
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				// Somewhere in the last 100 KB read.
-				at := int64(len(out)) - 30_000
-				if cp, ok := zr.CheckpointBefore(last, at); ok {
-					if cp.Out <= last || cp.Out > at {
-						t.Fatalf("asked for (%d, %d], got a checkpoint at %d", last, at, cp.Out)
-					}
-					if err := cp.Validate(); err != nil {
-						t.Fatal(err)
-					}
-					taken, last = append(taken, cp), cp.Out
-				}
-			}
+			// Boundaries somewhere in the last 50 KB read.
+			out, taken := decodeKeeping(t, tc.data, 256<<10, 50_000, 30_000, 1<<20)
 			if !bytes.Equal(out, text) {
 				t.Fatal("output differs from the input")
 			}
