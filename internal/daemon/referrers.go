@@ -131,22 +131,20 @@ type referrer struct {
 // the ones they use, in order, since an image may have many (a list
 // recorded at every build, say) and each costs a round trip.
 func (im *images) referrers(ctx context.Context, repo name.Repository, insecure bool, subject digest.Digest, artifactType string) ([]referrer, error) {
-	opts := remote.PullOptions(ctx, repo, append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)...)
-	// One puller for the listing and every manifest and blob after it:
-	// the registry's ping and token are had once, not per request.
+	ropts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, repo.RegistryStr())...)
+	// The listing asks the referrers API and the referrers tag side by
+	// side (remote.Referrers); the manifests and blobs after it go
+	// through one ggcr puller on the same registry client.
+	list, err := remote.Referrers(ctx, repo, subject, ropts...)
+	if err != nil {
+		return nil, err
+	}
+	opts := remote.PullOptions(ctx, repo, ropts...)
 	puller, err := ggcrremote.NewPuller(opts...)
 	if err != nil {
 		return nil, err
 	}
 	opts = append(opts, ggcrremote.Reuse(puller))
-	idx, err := ggcrremote.Referrers(repo.Digest(subject.String()), append(opts, ggcrremote.WithFilter("artifactType", artifactType))...)
-	if err != nil {
-		return nil, err
-	}
-	list, err := idx.IndexManifest()
-	if err != nil {
-		return nil, err
-	}
 	found := slices.DeleteFunc(slices.Clone(list.Manifests), func(desc v1.Descriptor) bool {
 		return desc.ArtifactType != artifactType || !desc.MediaType.IsImage()
 	})
