@@ -154,9 +154,26 @@ func TestListedPiecesFollowTheList(t *testing.T) {
 	if !slices.Equal(inos, want) {
 		t.Fatalf("pieces hold inodes %v, want the list's order %v", inos, want)
 	}
-	// 4 files of 200 KiB: pieces of at least listPiece each.
-	if len(pieces) != 1 {
-		t.Fatalf("%d pieces for %d KiB; want 1", len(pieces), 4*200)
+	// 4 files of 200 KiB: pieces of at least listPiece each (but the
+	// last), cut between files.
+	for i, p := range pieces {
+		var n int64
+		for _, ch := range p.chunks {
+			n += ch.BlobLength
+		}
+		if i < len(pieces)-1 && (n < listPiece || n >= listPiece+200<<10) {
+			t.Errorf("piece %d of %d: %d bytes; want at least %d, less than a file more", i+1, len(pieces), n, listPiece)
+		}
+	}
+	npieces, acc := 1, 0
+	for range order {
+		if acc >= listPiece {
+			npieces, acc = npieces+1, 0
+		}
+		acc += 200 << 10
+	}
+	if len(pieces) != npieces {
+		t.Errorf("%d pieces for %d files of 200 KiB and pieces of %d KiB; want %d", len(pieces), len(order), listPiece>>10, npieces)
 	}
 }
 
