@@ -99,16 +99,19 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 	if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
 		return nil
 	}
+	b, started := p.startBuild(l.Digest)
+	if !started {
+		return nil // made or imported meanwhile
+	}
 	start := time.Now()
 	idx, err := index.DecodePortable(data, l.Digest, l.Size)
 	if err != nil {
-		return fmt.Errorf("layer %s: %w", l.Digest, err)
+		err = fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	b, started := p.startBuild(l.Digest)
-	if !started {
-		return nil
+	p.finishBuild(b, l, idx, err)
+	if err != nil {
+		return err
 	}
-	p.finishBuild(b, l, idx, nil)
 	slog.InfoContext(ctx, "layer index imported", "layer", l.Digest, "format", idx.Format,
 		"entries", len(idx.Entries), "checkpoints", len(idx.Checkpoints), "decoded_in", time.Since(start))
 	return nil

@@ -116,6 +116,14 @@ func ParsePrefetchList(b []byte) (*PrefetchList, error) {
 	return &l, nil
 }
 
+// CleanListedPath turns a path in an image ("/usr/bin/x", "./a//b") into
+// the form a list names files by, relative to the root and clean, and
+// checks it as ParsePrefetchList does.
+func CleanListedPath(p string) (string, error) {
+	c := path.Clean("/" + p)[1:]
+	return c, checkListedPath(c)
+}
+
 // checkListedPath accepts a clean relative path inside the layer.
 func checkListedPath(p string) error {
 	switch {

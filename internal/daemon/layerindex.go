@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"strings"
 	"sync"
 	"time"
@@ -176,9 +175,9 @@ func cleanPaths(paths []string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
 	for _, p := range paths {
-		c := path.Clean("/" + p)[1:]
-		if c == "" || strings.ContainsRune(c, 0) || len(c) > 4096 {
-			return nil, fmt.Errorf("prioritized path %q: not a file in the image", p)
+		c, err := fs.CleanListedPath(p)
+		if err != nil {
+			return nil, fmt.Errorf("prioritized path %q: %w", p, err)
 		}
 		if !seen[c] {
 			seen[c] = true
