@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/semaphore"
-	"golang.org/x/sync/singleflight"
 )
 
 // BlobReader reads one blob of one repository by HTTP Range requests.
@@ -26,8 +25,10 @@ type BlobReader struct {
 	size   int64
 	o      *options
 
-	sem    *semaphore.Weighted // bounds concurrent HTTP requests
-	flight singleflight.Group  // identical in-flight ranges are fetched once
+	sem *semaphore.Weighted // bounds concurrent HTTP requests
+
+	flightMu sync.Mutex
+	flights  map[string]*flight // identical in-flight ranges are fetched once
 
 	// direct is the blob-store URL the registry last redirected to, or
 	// the foreign URL that last served the blob; used without credentials
@@ -136,7 +137,7 @@ func (r *BlobReader) ReadAtContext(ctx context.Context, p []byte, off int64) (in
 		return 0, io.EOF
 	}
 	n := min(int64(len(p)), r.size-off)
-	data, err := r.readRange(ctx, off, n)
+	data, err := r.readRange(ctx, off, n, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -165,12 +166,16 @@ func (a *ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
 
 // readRange returns exactly n bytes at off (the range is already inside the
 // blob). The returned slice may be shared with concurrent callers: read it,
-// never write it.
+// never write it. on, when not nil, is told as the bytes come in (see
+// arrived); a caller that joins a fetch already under way is not.
 //
-// The shared fetch runs on a context detached from the first caller, bounded
-// by the request timeout, so one caller giving up does not fail the others;
-// each caller still returns as soon as its own ctx ends.
-func (r *BlobReader) readRange(ctx context.Context, off, n int64) ([]byte, error) {
+// Identical ranges in flight are fetched once. The shared fetch runs on a
+// context detached from the first caller, bounded by the request timeout,
+// so one caller giving up does not fail the others; each caller still
+// returns as soon as its own ctx ends, and when every caller has given up
+// the fetch is cancelled: nobody wants its bytes, and they would take the
+// link from reads that do.
+func (r *BlobReader) readRange(ctx context.Context, off, n int64, on arrived) ([]byte, error) {
 	if r.closed.Load() {
 		return nil, fmt.Errorf("blob %s: %w", r.digest, os.ErrClosed)
 	}
@@ -178,29 +183,63 @@ func (r *BlobReader) readRange(ctx context.Context, off, n int64) ([]byte, error
 		return sp.read(off, n)
 	}
 	key := strconv.FormatInt(off, 10) + "+" + strconv.FormatInt(n, 10)
-	ch := r.flight.DoChan(key, func() (any, error) {
+	r.flightMu.Lock()
+	f := r.flights[key]
+	if f == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.o.requestTimeout)
-		defer cancel()
-		return r.fetchWithRetry(fctx, off, n)
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			r.stats.errors.Add(1)
-			return nil, res.Err
+		f = &flight{done: make(chan struct{}), cancel: cancel}
+		if r.flights == nil {
+			r.flights = map[string]*flight{}
 		}
-		return res.Val.([]byte), nil
+		r.flights[key] = f
+		go func() {
+			defer cancel()
+			f.data, f.err = r.fetchWithRetry(fctx, off, n, on)
+			r.flightMu.Lock()
+			if r.flights[key] == f {
+				delete(r.flights, key)
+			}
+			r.flightMu.Unlock()
+			close(f.done)
+		}()
+	}
+	f.callers++
+	r.flightMu.Unlock()
+	select {
+	case <-f.done:
+		if f.err != nil {
+			r.stats.errors.Add(1)
+			return nil, f.err
+		}
+		return f.data, nil
 	case <-ctx.Done():
+		r.flightMu.Lock()
+		if f.callers--; f.callers == 0 {
+			f.cancel()
+			if r.flights[key] == f { // a later caller starts afresh
+				delete(r.flights, key)
+			}
+		}
+		r.flightMu.Unlock()
 		r.stats.errors.Add(1)
 		return nil, fmt.Errorf("blob %s range %d+%d: %w", r.digest, off, n, ctx.Err())
 	}
 }
 
-func (r *BlobReader) fetchWithRetry(ctx context.Context, off, n int64) ([]byte, error) {
+// flight is one fetch of a range, shared by the callers that want it.
+type flight struct {
+	done    chan struct{} // closed when data and err are set
+	data    []byte
+	err     error
+	callers int // waiting, under the reader's flightMu
+	cancel  context.CancelFunc
+}
+
+func (r *BlobReader) fetchWithRetry(ctx context.Context, off, n int64, on arrived) ([]byte, error) {
 	var data []byte
 	err := r.o.retrier(&r.stats.retries).do(ctx, func(ctx context.Context) error {
 		var err error
-		data, err = r.attempt(ctx, off, n)
+		data, err = r.attempt(ctx, off, n, on)
 		return err
 	})
 	if err != nil {

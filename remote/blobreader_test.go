@@ -2,6 +2,7 @@ package remote_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -232,5 +233,69 @@ func TestIdenticalConcurrentReadsFetchedOnce(t *testing.T) {
 	wg.Wait()
 	if got := f.inj.gets.Load(); got != 1 {
 		t.Fatalf("server saw %d GETs for 8 identical concurrent reads, want 1", got)
+	}
+}
+
+// A fetch whose every caller has given up is cancelled, so that its bytes
+// stop taking the link; one caller giving up leaves it to the others.
+func TestAbandonedFetchIsCancelled(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	cancelled := make(chan struct{}, 1)
+	f := newBlobFixture(t, 64<<10, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+		if n > 1 {
+			return false // later requests are answered at once
+		}
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			cancelled <- struct{}{}
+			return true
+		case <-time.After(10 * time.Second):
+			return false
+		}
+	}, nil)
+	br := f.reader(t)
+	wait := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	read := func(ctx context.Context, errs chan<- error) {
+		_, err := br.ReadAtContext(ctx, make([]byte, 100), 0)
+		errs <- err
+	}
+
+	// Two callers of one range; the first gives up, the request goes on
+	// for the second.
+	ctx1, cancel1 := context.WithCancel(t.Context())
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	errs1, errs2 := make(chan error, 1), make(chan error, 1)
+	go read(ctx1, errs1)
+	wait(arrived, "no request reached the server")
+	go read(ctx2, errs2)
+	time.Sleep(100 * time.Millisecond) // the second joins the flight
+	cancel1()
+	if err := <-errs1; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first caller: %v, want context.Canceled", err)
+	}
+	select {
+	case <-cancelled:
+		t.Fatal("the request was cancelled while a caller still waited for it")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Now the second gives up too: the request is cancelled.
+	cancel2()
+	if err := <-errs2; !errors.Is(err, context.Canceled) {
+		t.Fatalf("second caller: %v, want context.Canceled", err)
+	}
+	wait(cancelled, "the request went on with no caller left")
+
+	// A later read of the same range starts afresh and succeeds.
+	f.readCheck(t, br, 0, 100)
+	if n := f.inj.gets.Load(); n != 2 {
+		t.Fatalf("%d requests, want 2", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -29,39 +30,74 @@ func (g Range) end() int64 { return g.Off + g.Len }
 // result[i] holds exactly ranges[i]; every range must lie inside the blob.
 // Each result is the caller's own copy.
 func (r *BlobReader) Fetch(ctx context.Context, ranges []Range) ([][]byte, error) {
+	out := make([][]byte, len(ranges))
+	if err := r.FetchEach(ctx, ranges, func(i int, data []byte) { out[i] = data }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FetchEach reads ranges as Fetch does, but hands each range to got as
+// soon as its bytes are in, while the rest of its request is still on the
+// way: a reader waiting for the first of many ranges fetched together
+// waits for its own bytes only. got is called once for every range
+// delivered, one call at a time, never after FetchEach returns; data is
+// the caller's own. On an error, the ranges not handed to got have failed.
+func (r *BlobReader) FetchEach(ctx context.Context, ranges []Range, got func(i int, data []byte)) error {
 	for i, g := range ranges {
 		if g.Off < 0 || g.Len < 0 || g.Off > r.size || g.Len > r.size-g.Off {
-			return nil, fmt.Errorf("%w: blob %s (size %d): range %d is %d+%d",
+			return fmt.Errorf("%w: blob %s (size %d): range %d is %d+%d",
 				ErrInvalidRange, r.digest, r.size, i, g.Off, g.Len)
 		}
 	}
-	out := make([][]byte, len(ranges))
+	var mu sync.Mutex // serializes got; ended stops it
+	ended := false
+	defer func() {
+		mu.Lock()
+		ended = true
+		mu.Unlock()
+	}()
+	for i, g := range ranges {
+		if g.Len == 0 {
+			got(i, []byte{}) // zero-length ranges need no request
+		}
+	}
 	eg, ectx := errgroup.WithContext(ctx)
 	for _, grp := range coalesce(ranges) {
+		// Members in the order their last byte arrives.
+		slices.SortStableFunc(grp.members, func(a, b int) int {
+			return cmp.Compare(ranges[a].end(), ranges[b].end())
+		})
+		next := 0
+		// on hands over the members whose bytes are all in. It runs in
+		// the fetch's goroutine, which may outlive this call when the
+		// caller gives up (readRange shares fetches): hence ended.
+		on := func(buf []byte, have int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			for ; !ended && next < len(grp.members); next++ {
+				g := ranges[grp.members[next]]
+				rel := g.Off - grp.span.Off
+				if rel+g.Len > have {
+					return
+				}
+				// Copied: buf may be shared with other callers of the
+				// same range, and members may overlap.
+				got(grp.members[next], slices.Clone(buf[rel:rel+g.Len]))
+			}
+		}
 		eg.Go(func() error {
-			data, err := r.readRange(ectx, grp.span.Off, grp.span.Len)
+			data, err := r.readRange(ectx, grp.span.Off, grp.span.Len, on)
 			if err != nil {
 				return err
 			}
-			for _, i := range grp.members {
-				g := ranges[i]
-				rel := g.Off - grp.span.Off
-				// Copied: data may be shared with other callers of the
-				// same range, and members may overlap.
-				out[i] = slices.Clone(data[rel : rel+g.Len])
-			}
+			// What progress did not hand over: a fetch this call joined,
+			// a spooled blob.
+			on(data, int64(len(data)))
 			return nil
 		})
 	}
-	if err := eg.Wait(); err != nil {
-		return nil, err
-	}
-	for i := range out {
-		if out[i] == nil {
-			out[i] = []byte{} // zero-length ranges need no request
-		}
-	}
-	return out, nil
+	return eg.Wait()
 }
 
 // group is one HTTP request's worth of ranges.

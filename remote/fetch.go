@@ -19,9 +19,14 @@ import (
 // maxErrorBody bounds how much of an error response is read for its message.
 const maxErrorBody = 4 << 10
 
+// arrived is told, while a ranged response's body comes in, that the first
+// have bytes of the range are in buf: they never change after that. A
+// retry starts again from the range's first byte.
+type arrived func(buf []byte, have int64)
+
 // attempt makes one try at the range: through the remembered blob-store URL
 // when there is one, else (or when that fails) through the registry.
-func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) {
+func (r *BlobReader) attempt(ctx context.Context, off, n int64, on arrived) ([]byte, error) {
 	if sp := r.spool.Load(); sp != nil {
 		// Another read found a server that ignores Range while we waited.
 		return sp.read(off, n)
@@ -36,7 +41,7 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 		if slices.Contains(r.foreign, u) {
 			hc = r.foreignClient // its redirects are checked too
 		}
-		data, err := r.get(ctx, hc, u, off, n)
+		data, err := r.get(ctx, hc, u, off, n, on)
 		if err == nil || ctx.Err() != nil {
 			return data, err
 		}
@@ -46,7 +51,7 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 		slog.Debug("blob store URL failed, going back to the registry",
 			"blob", r.digest, "error", err)
 	}
-	data, err := r.get(ctx, r.client.registry, r.client.url("blobs", r.digest.String()), off, n)
+	data, err := r.get(ctx, r.client.registry, r.client.url("blobs", r.digest.String()), off, n, on)
 	if err == nil || !errors.Is(err, errdefs.ErrNotFound) || len(r.foreign) == 0 {
 		return data, err
 	}
@@ -55,7 +60,7 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 	// kept, as a redirect's blob-store URL is.
 	errs := []error{err}
 	for _, u := range r.foreign {
-		data, err := r.get(ctx, r.foreignClient, u, off, n)
+		data, err := r.get(ctx, r.foreignClient, u, off, n, on)
 		if err == nil {
 			r.direct.Store(u)
 			return data, nil
@@ -69,8 +74,8 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64) ([]byte, error) 
 }
 
 // get sends one ranged GET with hc and turns the response into exactly n
-// bytes or an *Error.
-func (r *BlobReader) get(ctx context.Context, hc *http.Client, u *url.URL, off, n int64) ([]byte, error) {
+// bytes or an *Error, telling on as they arrive.
+func (r *BlobReader) get(ctx context.Context, hc *http.Client, u *url.URL, off, n int64, on arrived) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, &Error{Method: http.MethodGet, URL: redactURL(u), Err: err}
@@ -87,7 +92,7 @@ func (r *BlobReader) get(ctx context.Context, hc *http.Client, u *url.URL, off, 
 
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-		data, err := r.readPartial(ctx, resp, off, n)
+		data, err := r.readPartial(ctx, resp, off, n, on)
 		if err == nil && hc == r.client.registry {
 			r.rememberRedirect(resp)
 		}
@@ -110,8 +115,9 @@ func (r *BlobReader) rememberRedirect(resp *http.Response) {
 	}
 }
 
-// readPartial checks that a 206 is the range asked for and reads it whole.
-func (r *BlobReader) readPartial(ctx context.Context, resp *http.Response, off, n int64) ([]byte, error) {
+// readPartial checks that a 206 is the range asked for and reads it whole,
+// telling on (when not nil) after every read from the body.
+func (r *BlobReader) readPartial(ctx context.Context, resp *http.Response, off, n int64, on arrived) ([]byte, error) {
 	cr, err := parseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil {
 		return nil, responseError(resp, fmt.Errorf("%w: %w", ErrRangeMismatch, err), true)
@@ -126,7 +132,7 @@ func (r *BlobReader) readPartial(ctx context.Context, resp *http.Response, off, 
 		return nil, responseError(resp, fmt.Errorf("%w: blob size %d, server says %d", ErrRangeMismatch, r.size, cr.Size), false)
 	}
 	buf := make([]byte, n)
-	got, err := io.ReadFull(resp.Body, buf)
+	got, err := readFull(resp.Body, buf, on)
 	r.stats.bytes.Add(int64(got))
 	if err != nil {
 		if ctx.Err() != nil {
@@ -135,6 +141,31 @@ func (r *BlobReader) readPartial(ctx context.Context, resp *http.Response, off, 
 		return nil, responseError(resp, fmt.Errorf("%w: got %d of %d bytes: %w", ErrShortBody, got, n, err), true)
 	}
 	return buf, nil
+}
+
+// readFull is io.ReadFull telling on after every read that brought bytes.
+func readFull(body io.Reader, buf []byte, on arrived) (int, error) {
+	if on == nil {
+		return io.ReadFull(body, buf)
+	}
+	got := 0
+	for got < len(buf) {
+		m, err := body.Read(buf[got:])
+		got += m
+		if m > 0 {
+			on(buf, int64(got))
+		}
+		if err != nil {
+			if err == io.EOF && got < len(buf) {
+				err = io.ErrUnexpectedEOF
+			}
+			if got == len(buf) {
+				err = nil
+			}
+			return got, err
+		}
+	}
+	return got, nil
 }
 
 // transportError wraps a failure to get any response. Connection resets,

@@ -3,9 +3,12 @@ package remote_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -125,4 +128,134 @@ func TestFetchReportsFailure(t *testing.T) {
 	br := f.reader(t)
 	_, err := br.Fetch(t.Context(), []remote.Range{{Off: 0, Len: 10}, {Off: 900000, Len: 10}})
 	wantTemporary(t, err, false, http.StatusForbidden)
+}
+
+// serveInTwo answers a blob GET of span [0, n) with a 206 whose body stops
+// after cut bytes until release is closed (or ten seconds pass), then sends
+// the rest, or, with abort, drops the connection instead.
+func serveInTwo(data []byte, cut int, release <-chan struct{}, abort bool) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", len(data)-1, len(data)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.WriteHeader(http.StatusPartialContent)
+		_, _ = w.Write(data[:cut])
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		if abort {
+			panic(http.ErrAbortHandler)
+		}
+		_, _ = w.Write(data[cut:])
+	}
+}
+
+// A range fetched together with others is handed over as soon as its own
+// bytes are in, while the rest of the request is still on its way.
+func TestFetchEachHandsOverRangesAsTheyArrive(t *testing.T) {
+	const size = 256 << 10
+	release := make(chan struct{})
+	var f *blobFixture
+	f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+		serveInTwo(f.data, 1000, release, false)(w, r)
+		return true
+	}, nil)
+	br := f.reader(t)
+	ranges := []remote.Range{{Off: 5000, Len: size - 5000}, {Off: 0, Len: 1000}, {Off: 10, Len: 20}}
+	type handed struct {
+		i    int
+		data []byte
+	}
+	got := make(chan handed, len(ranges))
+	done := make(chan error, 1)
+	go func() {
+		done <- br.FetchEach(t.Context(), ranges, func(i int, data []byte) { got <- handed{i, data} })
+	}()
+	first := map[int]bool{}
+	for range 2 {
+		select {
+		case h := <-got:
+			first[h.i] = true
+			if !bytes.Equal(h.data, f.data[ranges[h.i].Off:ranges[h.i].Off+ranges[h.i].Len]) {
+				t.Fatalf("range %d: wrong bytes", h.i)
+			}
+		case <-time.After(5 * time.Second):
+			close(release)
+			t.Fatal("the ranges whose bytes were in were not handed over before the rest came")
+		}
+	}
+	if !first[1] || !first[2] {
+		t.Fatalf("handed over first: %v, want ranges 1 and 2", first)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if h := <-got; h.i != 0 || !bytes.Equal(h.data, f.data[5000:]) {
+		t.Fatalf("last range handed over: %d (%d bytes)", h.i, len(h.data))
+	}
+	if len(got) != 0 {
+		t.Fatal("a range was handed over twice")
+	}
+	if n := f.inj.gets.Load(); n != 1 {
+		t.Fatalf("%d requests, want 1", n)
+	}
+}
+
+// A connection dropped mid-body: what arrived whole was handed over once,
+// the retry fetches the span again and hands over only the rest.
+func TestFetchEachAfterRetryHandsEachRangeOnce(t *testing.T) {
+	const size = 64 << 10
+	released := make(chan struct{})
+	close(released)
+	var f *blobFixture
+	f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+		if n == 1 {
+			serveInTwo(f.data, 4000, released, true)(w, r)
+			return true
+		}
+		return false
+	}, nil)
+	br := f.reader(t)
+	ranges := []remote.Range{{Off: 0, Len: 4000}, {Off: 4000, Len: size - 4000}}
+	counts := make([]int, len(ranges))
+	if err := br.FetchEach(t.Context(), ranges, func(i int, data []byte) {
+		counts[i]++
+		if !bytes.Equal(data, f.data[ranges[i].Off:ranges[i].Off+ranges[i].Len]) {
+			t.Errorf("range %d: wrong bytes", i)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if counts[0] != 1 || counts[1] != 1 {
+		t.Fatalf("ranges handed over %v times, want once each", counts)
+	}
+	if n := f.inj.gets.Load(); n != 2 {
+		t.Fatalf("%d requests, want 2 (one dropped, one retry)", n)
+	}
+}
+
+// A request that fails for good after part of its body: the ranges that
+// arrived whole were handed over, the others were not, and the error says
+// so.
+func TestFetchEachFailureHandsOverOnlyWholeRanges(t *testing.T) {
+	const size = 64 << 10
+	released := make(chan struct{})
+	close(released)
+	var f *blobFixture
+	f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+		serveInTwo(f.data, 4000, released, true)(w, r)
+		return true
+	}, nil)
+	br := f.reader(t)
+	ranges := []remote.Range{{Off: 0, Len: 4000}, {Off: 4000, Len: size - 4000}}
+	counts := make([]int, len(ranges))
+	err := br.FetchEach(t.Context(), ranges, func(i int, data []byte) { counts[i]++ })
+	if err == nil {
+		t.Fatal("FetchEach succeeded over a connection dropped every time")
+	}
+	if counts[0] != 1 || counts[1] != 0 {
+		t.Fatalf("ranges handed over %v times, want [1 0]", counts)
+	}
 }
