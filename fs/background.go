@@ -2,8 +2,10 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,8 +23,12 @@ import (
 // is (a walk follows the blob's order), then from the start; every chunk
 // is verified and cached as a read's would be.
 //
-// It never delays a demand read: no background request is sent while a
-// read waits for a fetch of its own (requests already on the wire go on).
+// It never delays a demand read for long: no background request is sent
+// while a read waits for a fetch of its own, and a read that waits for
+// enough bytes for the link's share to matter (preemptBytes) cancels the
+// background requests on the wire that hold nothing it waits for. Their
+// streams that arrived whole are kept (Blob.FetchEach), the rest are
+// fetched again by a later pass.
 // In "auto" it pauses while the layer is idle (no read for bgIdle) and
 // stops after the policy's budget; "all" fetches every layer whole in the
 // background from its mount on; "off" never does. Recorded lists and
@@ -78,6 +84,13 @@ const (
 	// round trips are a small part of the link's time.
 	bgPiece    = 4 << 20
 	bgParallel = 3
+	// preemptBytes is the fewest compressed bytes a read must wait for
+	// to cancel background requests: fewer are a round trip, little
+	// slowed by sharing the link.
+	preemptBytes = 256 << 10
+	// bgPasses bounds the passes over the blob a background fetch makes
+	// to fetch again what reads preempted.
+	bgPasses = 16
 	// bgIdle without a read pauses an "auto" background fetch.
 	bgIdle = 10 * time.Second
 )
@@ -102,17 +115,42 @@ type background struct {
 	wake    chan struct{} // closed by the next read after an idle pause
 	fetched int64         // bytes fetched in the background
 	ended   chan struct{} // closed when the background fetch has ended
+	// sent are the background requests on the wire; preempted says a
+	// read cancelled one since the pass began.
+	sent      map[*bgRequest]struct{}
+	preempted bool
 	// onEvent, a test hook, runs under mu at each read's start ("read")
 	// and end ("done") and when a background request may go ("piece").
 	onEvent func(ev string, off int64)
 }
 
+// errPreempted ends the streams of a background request that a read
+// cancelled (see preemptBytes): their waiters fetch them again.
+var errPreempted = errors.New("background request cancelled for a read")
+
+// bgRequest is a background request on the wire.
+type bgRequest struct {
+	cancel  context.CancelCauseFunc
+	streams []int64 // blob offsets of its streams
+}
+
 // demandStart notes a read waiting for its own fetch of n compressed
 // bytes at blob offset at, in file ino, and starts the background fetch
-// when the reading has turned broad. demandDone must follow.
-func (c *Content) demandStart(ino uint64, at, n int64) {
+// when the reading has turned broad. A read that waits for enough bytes
+// (wait, its own fetch's or another's) preempts the background requests
+// holding no stream it waits for (waitsFor). demandDone must follow.
+func (c *Content) demandStart(ino uint64, at, n, wait int64, waitsFor func(bo int64) bool) {
 	b := &c.broad
 	b.mu.Lock()
+	if wait >= preemptBytes {
+		for req := range b.sent {
+			if !slices.ContainsFunc(req.streams, waitsFor) {
+				req.cancel(errPreempted)
+				delete(b.sent, req)
+				b.preempted = true
+			}
+		}
+	}
 	b.demand++
 	if b.clear == nil {
 		b.clear = make(chan struct{})
@@ -178,16 +216,43 @@ func (c *Content) StartBackground(from int64) {
 func (c *Content) backgroundFetch(ctx context.Context, from int64) {
 	defer close(c.broad.ended)
 	start := time.Now()
-	size := c.blob.Size()
 	slots := make(chan struct{}, bgParallel)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	for pass := 0; pass < bgPasses; pass++ {
+		c.broad.mu.Lock()
+		c.broad.preempted = false
+		c.broad.mu.Unlock()
+		if !c.backgroundPass(ctx, from, slots, &wg) {
+			return
+		}
+		wg.Wait()
+		c.broad.mu.Lock()
+		again := c.broad.preempted
+		c.broad.mu.Unlock()
+		if !again {
+			break
+		}
+	}
+	wg.Wait()
+	c.broad.mu.Lock()
+	fetched := c.broad.fetched
+	c.broad.mu.Unlock()
+	slog.Info("fs: background fetch done", "layer", c.digest, "bytes", fetched, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// backgroundPass sends, in blob order from from to the end, then from
+// the start to from, a request for each window's uncached chunks, when no
+// read waits (waitForTurn), bgParallel at a time (slots); false when the
+// background fetch must stop.
+func (c *Content) backgroundPass(ctx context.Context, from int64, slots chan struct{}, wg *sync.WaitGroup) bool {
+	size := c.blob.Size()
 	for _, span := range [][2]int64{{from, size}, {0, from}} {
 		for next := span[0]; next < span[1]; {
 			chunks, after, err := c.uncachedStarting(next, min(next+bgPiece, span[1]))
 			if err != nil {
 				slog.Debug("fs: background fetch stopped", "layer", c.digest, "error", err)
-				return
+				return false
 			}
 			next = after
 			if len(chunks) == 0 {
@@ -196,11 +261,11 @@ func (c *Content) backgroundFetch(ctx context.Context, from int64) {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
-				return
+				return false
 			}
 			if !c.waitForTurn(ctx, chunks[0].BlobOffset) {
 				<-slots
-				return
+				return false
 			}
 			_, cl := c.claim(chunks)
 			if len(cl.offs) == 0 {
@@ -217,15 +282,30 @@ func (c *Content) backgroundFetch(ctx context.Context, from int64) {
 				}
 				<-slots
 				slog.Info("fs: background fetch stopped at its budget", "layer", c.digest, "bytes", c.broad.policy.Budget)
-				return
+				return false
 			}
+			rctx, cancel := context.WithCancelCause(ctx)
+			req := &bgRequest{cancel: cancel, streams: cl.offs}
+			c.broad.mu.Lock()
+			if c.broad.sent == nil {
+				c.broad.sent = map[*bgRequest]struct{}{}
+			}
+			c.broad.sent[req] = struct{}{}
+			c.broad.mu.Unlock()
 			wg.Add(1)
 			go func() {
-				defer func() { <-slots; wg.Done() }()
-				c.fetchStreams(ctx, cl)
+				defer func() {
+					c.broad.mu.Lock()
+					delete(c.broad.sent, req)
+					c.broad.mu.Unlock()
+					cancel(nil)
+					<-slots
+					wg.Done()
+				}()
+				c.fetchStreams(rctx, cl)
 				for _, sf := range cl.fetches {
 					<-sf.done
-					if sf.err != nil {
+					if sf.err != nil && !errors.Is(sf.err, errPreempted) {
 						slog.Debug("fs: background fetch failed", "layer", c.digest, "error", sf.err)
 					}
 				}
@@ -233,11 +313,7 @@ func (c *Content) backgroundFetch(ctx context.Context, from int64) {
 			}()
 		}
 	}
-	wg.Wait()
-	c.broad.mu.Lock()
-	fetched := c.broad.fetched
-	c.broad.mu.Unlock()
-	slog.Info("fs: background fetch done", "layer", c.digest, "bytes", fetched, "took", time.Since(start).Round(time.Millisecond))
+	return true
 }
 
 // overBudget adds n to the background's bytes and says whether that is

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -219,4 +220,82 @@ func TestCheckPrefetchPolicy(t *testing.T) {
 			t.Errorf("%+v accepted", bad)
 		}
 	}
+}
+
+// TestBackgroundPreemptedByLargeRead: a read that must fetch a large
+// stream of its own cancels the background requests on the wire (they
+// would share the link with it), but not one holding a stream it waits
+// for; a read waiting for a stream of a cancelled request gets its bytes
+// all the same, and the background fetch fetches what was cancelled in a
+// later pass. A small read cancels nothing.
+func TestBackgroundPreemptedByLargeRead(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAll})
+	big := l.entry(t, "z/big")
+	bigChunks, err := l.view.Chunks(big.Ino, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	l.blob.mu.Lock()
+	// Only z/big's first stream is served; everything else waits.
+	l.blob.hold, l.blob.free, l.blob.held = hold, bigChunks[0].BlobOffset, make(chan struct{}, 256)
+	l.blob.mu.Unlock()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	t.Cleanup(release)
+	wait := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	read := func(name string, n int) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			e := l.entry(t, name)
+			buf := make([]byte, n)
+			_, err := l.content.ReadAt(t.Context(), e, buf, 0)
+			if err == nil && !bytes.Equal(buf, l.files[name][:n]) {
+				err = fmt.Errorf("%s: wrong bytes", name)
+			}
+			done <- err
+		}()
+		return done
+	}
+
+	l.content.StartBackground(0)
+	wait(l.blob.held, "no background request reached the registry")
+	// A read of a stream the background request holds waits for it and
+	// fetches nothing of its own: it cancels nothing.
+	small := read(names[0], 1024)
+	time.Sleep(50 * time.Millisecond)
+	if n := l.blob.dropped.Load(); n != 0 {
+		t.Fatalf("a read with nothing of its own to fetch cancelled %d requests", n)
+	}
+	// A read of z/big's first 1 MiB stream cancels the background
+	// request, and the small read, whose stream it held, fetches again.
+	if err := <-read("z/big", 1024); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.blob.dropped.Load(); n == 0 {
+		t.Fatal("a large read's own fetch cancelled no background request")
+	}
+	release()
+	select {
+	case err := <-small:
+		if err != nil {
+			t.Fatalf("a read waiting for a cancelled request's stream: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read waiting for a cancelled request's stream never returned")
+	}
+	l.waitAllCached(t) // the cancelled streams were fetched again
 }

@@ -20,8 +20,8 @@ import (
 type unreachableBlob struct{}
 
 func (unreachableBlob) Size() int64 { return 1 << 40 }
-func (unreachableBlob) Fetch(context.Context, []remote.Range) ([][]byte, error) {
-	return nil, errors.New("cache-hit benchmark fetched from the blob")
+func (unreachableBlob) FetchEach(context.Context, []remote.Range, func(int, []byte)) error {
+	return errors.New("cache-hit benchmark fetched from the blob")
 }
 
 // BenchmarkContentReadCacheHit is the warm path of a FUSE READ: 128 KiB

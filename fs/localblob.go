@@ -49,21 +49,20 @@ func (b *localBlob) ReaderAt(ctx context.Context) io.ReaderAt { return b.f }
 func (b *localBlob) Stats() remote.Stats                      { return remote.Stats{} }
 func (b *localBlob) Close() error                             { return b.f.Close() }
 
-// Fetch implements Blob.
-func (b *localBlob) Fetch(ctx context.Context, ranges []remote.Range) ([][]byte, error) {
-	out := make([][]byte, len(ranges))
+// FetchEach implements Blob.
+func (b *localBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func(i int, data []byte)) error {
 	for i, r := range ranges {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		if r.Off < 0 || r.Len < 0 || r.Off+r.Len > b.size {
-			return nil, fmt.Errorf("range %d+%d outside the local blob's %d bytes", r.Off, r.Len, b.size)
+			return fmt.Errorf("range %d+%d outside the local blob's %d bytes", r.Off, r.Len, b.size)
 		}
 		buf := make([]byte, r.Len)
 		if _, err := b.f.ReadAt(buf, r.Off); err != nil {
-			return nil, err
+			return err
 		}
-		out[i] = buf
+		got(i, buf)
 	}
-	return out, nil
+	return nil
 }

@@ -22,8 +22,11 @@ import (
 // in production.
 type Blob interface {
 	Size() int64
-	// Fetch returns exactly the bytes of each range, in order.
-	Fetch(ctx context.Context, ranges []remote.Range) ([][]byte, error)
+	// FetchEach hands got exactly the bytes of each range, each as soon
+	// as they are in, one call at a time and never after it returns (see
+	// remote.BlobReader.FetchEach). On an error, the ranges not handed
+	// over have failed.
+	FetchEach(ctx context.Context, ranges []remote.Range, got func(i int, data []byte)) error
 }
 
 // DefaultReadAhead is how many bytes of a file's following chunks are
@@ -269,11 +272,18 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	// (an exec's first page of a binary waited for 8 MiB of it).
 	mine, ahead := claimed.split(missing)
 	// The read waits from here: no background fetch starts meanwhile.
-	var demandBytes int64
+	var demandBytes, waitBytes int64
 	for _, bo := range mine.offs {
 		demandBytes += streamLen(mine.streams[bo])
 	}
-	c.demandStart(e.Ino, missing[0].BlobOffset, demandBytes)
+	counted := map[int64]bool{}
+	for _, ch := range missing {
+		if _, ok := waits[ch.BlobOffset]; ok && !counted[ch.BlobOffset] {
+			counted[ch.BlobOffset] = true
+			waitBytes += ch.BlobLength
+		}
+	}
+	c.demandStart(e.Ino, missing[0].BlobOffset, demandBytes, waitBytes, func(bo int64) bool { _, ok := waits[bo]; return ok })
 	defer c.demandDone()
 	if len(ahead.offs) > 0 {
 		c.goBackground(func(bg context.Context) { c.fetchInPieces(bg, ahead) })
@@ -299,6 +309,15 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 			return nil, ctx.Err()
 		}
 		if sf.err != nil {
+			if ctx.Err() == nil && (errors.Is(sf.err, errPreempted) || errors.Is(sf.err, context.Canceled)) {
+				// Fetched for a background request a read cancelled, or
+				// for a reader that gave up: ours is fetched again.
+				var err error
+				if out, err = c.loadAgain(ctx, e, ch, out); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			return nil, sf.err
 		}
 		data, ok := sf.chunks[ch.Digest]
@@ -486,10 +505,10 @@ func (c *Content) loadAgain(ctx context.Context, e index.Entry, ch index.Chunk, 
 	return out, nil
 }
 
-// fetchStreams fetches the claimed streams in one coalesced call, then
-// decodes, verifies and caches each stream in the background, releasing
-// its waiters as soon as it is done: a reader waits for its own chunks,
-// not for the read-ahead decoded along with them.
+// fetchStreams fetches the claimed streams in one coalesced call and, as
+// each stream's bytes arrive, decodes, verifies and caches it in the
+// background, releasing its waiters as soon as it is done: a reader waits
+// for its own chunks, not for the read-ahead fetched or decoded with them.
 func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	offs, sfs, streams := cl.offs, cl.fetches, cl.streams
 	ranges := make([]remote.Range, len(offs))
@@ -505,7 +524,21 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 		ranges[i] = remote.Range{Off: bo + int64(len(starts[i])), Len: max(0, sfs[i].length-int64(len(starts[i])))}
 	}
 	start := time.Now()
-	raw, err := c.fetchRest(ctx, ranges, starts)
+	handed := make([]bool, len(offs))
+	err := c.fetchRest(ctx, ranges, starts, func(i int, raw []byte) {
+		handed[i] = true
+		metricFetchedBytes.Add(float64(ranges[i].Len))
+		bo, sf := offs[i], sfs[i]
+		c.goBackground(func(bg context.Context) {
+			decodeSlots <- struct{}{}
+			defer func() { <-decodeSlots }()
+			chunks, err := c.decode(bg, streams[bo], raw)
+			c.finish(bo, sf, chunks, err)
+		})
+	})
+	if err != nil && ctx.Err() != nil {
+		err = context.Cause(ctx) // errPreempted, say
+	}
 	if slog.Default().Enabled(ctx, slog.LevelDebug) {
 		var n int64
 		for _, r := range ranges {
@@ -515,18 +548,12 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 			"bytes", n, "from", ranges[0].Off, "inode", streams[offs[0]][0].Ino, "took", time.Since(start), "error", err)
 	}
 	for i, bo := range offs {
-		if err != nil {
+		if !handed[i] {
+			if err == nil {
+				err = errors.New("no bytes") // a Blob breaking its contract
+			}
 			c.finish(bo, sfs[i], nil, fmt.Errorf("layer %s: fetching %d bytes at %d: %w", c.digest, ranges[i].Len, bo, err))
-			continue
 		}
-		metricFetchedBytes.Add(float64(ranges[i].Len))
-		sf, raw := sfs[i], raw[i]
-		c.goBackground(func(bg context.Context) {
-			decodeSlots <- struct{}{}
-			defer func() { <-decodeSlots }()
-			chunks, err := c.decode(bg, streams[bo], raw)
-			c.finish(bo, sf, chunks, err)
-		})
 	}
 }
 
@@ -617,31 +644,26 @@ func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]b
 }
 
 // fetchRest fetches ranges, each the rest of a stream whose start is
-// already here in the prefix of the same index, and returns each stream
-// from its start. A range with nothing left to fetch costs no request.
-func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte) ([][]byte, error) {
+// already here in the prefix of the same index, and hands got each stream
+// from its start as soon as its bytes are in (see Blob.FetchEach). A range
+// with nothing left to fetch costs no request.
+func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte, got func(i int, raw []byte)) error {
 	var ask []remote.Range
-	for _, r := range ranges {
-		if r.Len > 0 {
-			ask = append(ask, r)
-		}
-	}
-	var got [][]byte
-	if len(ask) > 0 {
-		var err error
-		if got, err = c.blob.Fetch(ctx, ask); err != nil {
-			return nil, err
-		}
-	}
-	out := make([][]byte, len(ranges))
+	var asked []int // ask's index in ranges
 	for i, r := range ranges {
-		out[i] = prefixes[i]
 		if r.Len > 0 {
-			out[i] = append(out[i], got[0]...)
-			got = got[1:]
+			ask, asked = append(ask, r), append(asked, i)
+		} else {
+			got(i, prefixes[i])
 		}
 	}
-	return out, nil
+	if len(ask) == 0 {
+		return nil
+	}
+	return c.blob.FetchEach(ctx, ask, func(j int, data []byte) {
+		i := asked[j]
+		got(i, append(prefixes[i], data...))
+	})
 }
 
 func (c *Content) decode(ctx context.Context, chunks []index.BlobChunk, raw []byte) (map[digest.Digest][]byte, error) {

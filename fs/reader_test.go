@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,11 +37,13 @@ type memBlob struct {
 	free int64
 	// held, when set, receives a value for every Fetch that hold blocks.
 	held chan struct{}
+	// dropped counts the held Fetches whose context ended first.
+	dropped atomic.Int64
 }
 
 func (b *memBlob) Size() int64 { return int64(len(b.data)) }
 
-func (b *memBlob) Fetch(_ context.Context, ranges []remote.Range) ([][]byte, error) {
+func (b *memBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func(i int, data []byte)) error {
 	b.mu.Lock()
 	b.fetches = append(b.fetches, append([]remote.Range(nil), ranges...))
 	corrupt, hold, held := b.corrupt, b.hold, b.held
@@ -49,16 +52,21 @@ func (b *memBlob) Fetch(_ context.Context, ranges []remote.Range) ([][]byte, err
 		if held != nil {
 			held <- struct{}{}
 		}
-		<-hold
-	}
-	out := make([][]byte, len(ranges))
-	for i, r := range ranges {
-		out[i] = bytes.Clone(b.data[r.Off : r.Off+r.Len])
-		if corrupt && len(out[i]) > 0 {
-			out[i][len(out[i])/2] ^= 0xff
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			b.dropped.Add(1)
+			return ctx.Err()
 		}
 	}
-	return out, nil
+	for i, r := range ranges {
+		data := bytes.Clone(b.data[r.Off : r.Off+r.Len])
+		if corrupt && len(data) > 0 {
+			data[len(data)/2] ^= 0xff
+		}
+		got(i, data)
+	}
+	return nil
 }
 
 func (b *memBlob) fetched() (calls int, bytes int64) {
