@@ -272,6 +272,7 @@ func (c *Content) backgroundPass(ctx context.Context, from int64, slots chan str
 				<-slots
 				continue
 			}
+			cl.idle = true
 			var n int64
 			for _, bo := range cl.offs {
 				n += cl.streams[bo][0].BlobLength

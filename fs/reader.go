@@ -370,6 +370,9 @@ type claimed struct {
 	offs    []int64
 	fetches []*streamFetch
 	streams map[int64][]index.BlobChunk
+	// idle says the streams are the background fetch's: decoded one at a
+	// time, never ahead of a read's (see idleDecodeSlot).
+	idle bool
 }
 
 // split divides the claimed streams into those holding a chunk of
@@ -530,6 +533,10 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 		metricFetchedBytes.Add(float64(ranges[i].Len))
 		bo, sf := offs[i], sfs[i]
 		c.goBackground(func(bg context.Context) {
+			if cl.idle {
+				idleDecodeSlot <- struct{}{}
+				defer func() { <-idleDecodeSlot }()
+			}
 			decodeSlots <- struct{}{}
 			defer func() { <-decodeSlots }()
 			chunks, err := c.decode(bg, streams[bo], raw)
@@ -629,8 +636,13 @@ func shortDigest(d digest.Digest) string {
 }
 
 // decodeSlots bounds concurrent chunk decoding (decompress and hash) to
-// the CPUs there are.
-var decodeSlots = make(chan struct{}, runtime.GOMAXPROCS(0))
+// the CPUs there are; idleDecodeSlot lets the background fetch, which no
+// read waits for, take one of them at most, so that it leaves the others
+// to reads and its CPU to the workload (a compiler on a small machine).
+var (
+	decodeSlots    = make(chan struct{}, runtime.GOMAXPROCS(0))
+	idleDecodeSlot = make(chan struct{}, 1)
+)
 
 // finish publishes a stream's result and releases its waiters.
 func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]byte, err error) {
