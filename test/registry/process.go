@@ -96,6 +96,7 @@ validation:
 // process is a docker-registry child in its own process group.
 type process struct {
 	dir    string
+	cfg    string // its config file, removed when it stops
 	cmd    *exec.Cmd
 	exited <-chan struct{}
 	log    *bytes.Buffer // guarded by logMu; stderr+stdout
@@ -178,7 +179,7 @@ func startProcess(dir, host, extraConfig string) (*process, error) {
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, config+extraConfig, storage, host), 0o644); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-	p := &process{dir: storage, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	p := &process{dir: storage, cfg: cfg, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	p.cmd = exec.Command(Binary, "serve", cfg)
 	p.cmd.Stdout = lockedWriter{p}
 	p.cmd.Stderr = lockedWriter{p}
@@ -186,6 +187,7 @@ func startProcess(dir, host, extraConfig string) (*process, error) {
 	// with the test binary, never before (see package proc).
 	exited, err := proc.Start(p.cmd)
 	if err != nil {
+		_ = os.Remove(cfg)
 		return nil, fmt.Errorf("registry: start %s: %w", Binary, err)
 	}
 	p.exited = exited
@@ -230,6 +232,9 @@ func (p *process) stop() error {
 			_ = syscall.Kill(pgid, syscall.SIGKILL)
 			<-p.exited
 		}
+		// A kept storage directory (the bench's) must not collect one
+		// config a run.
+		_ = os.Remove(p.cfg)
 	})
 	return p.err
 }
