@@ -18,6 +18,7 @@
 //	defer br.Close()
 //	n, err := br.ReadAtContext(ctx, buf, off)          // one range
 //	parts, err := br.Fetch(ctx, []remote.Range{{0, 512}, {4096, 512}}) // many, coalesced
+//	err = br.FetchEach(ctx, ranges, func(i int, b []byte) { … })      // each as it arrives
 //
 // # Guarantees
 //
@@ -43,7 +44,8 @@
 // jittered exponential backoff, bounded by WithRetry attempts and by
 // WithRequestTimeout for the whole logical read. Other 4xx fail at once.
 // Concurrent HTTP requests per reader are bounded (WithMaxConcurrency);
-// identical ranges in flight are fetched once.
+// identical ranges in flight are fetched once, and cancelled when every
+// caller waiting for them has given up.
 //
 // # Errors
 //
