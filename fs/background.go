@@ -107,7 +107,7 @@ type background struct {
 	mu      sync.Mutex
 	started bool
 	lastIno uint64
-	files   int   // distinct files missed (a change of file counts one)
+	files   int   // files missed (a change of file counts one; see demandStart)
 	bytes   int64 // compressed bytes fetched for reads
 	demand  int   // reads waiting for a fetch of their own
 	clear   chan struct{}
@@ -140,6 +140,7 @@ type bgRequest struct {
 // (wait, its own fetch's or another's) preempts the background requests
 // holding no stream it waits for (waitsFor). demandDone must follow.
 func (c *Content) demandStart(ino uint64, at, n, wait int64, waitsFor func(bo int64) bool) {
+	walking := c.ahead.walkedFar()
 	b := &c.broad
 	b.mu.Lock()
 	if wait >= preemptBytes {
@@ -160,7 +161,12 @@ func (c *Content) demandStart(ino uint64, at, n, wait int64, waitsFor func(bo in
 		close(b.wake)
 		b.wake = nil
 	}
-	if ino != b.lastIno {
+	if ino != b.lastIno && (n > 0 || walking) {
+		// A read that waits for bytes a read-ahead has on the way is
+		// the read-ahead's prediction coming true, not a miss (reading
+		// a directory's files as they arrive counted each), unless the
+		// reader has long walked the layer in its stored order (tar):
+		// it reads it all.
 		b.files++
 		b.lastIno = ino
 	}

@@ -299,3 +299,42 @@ func TestBackgroundPreemptedByLargeRead(t *testing.T) {
 	}
 	l.waitAllCached(t) // the cancelled streams were fetched again
 }
+
+// TestReadsOfPredictedFilesAreNotBroad: reads that wait only for bytes a
+// read-ahead has on the way (a program reading a directory's files as the
+// neighbourhood read-ahead brings them) follow the read-ahead's prediction:
+// however many files are read so, the layer is not read broadly, unless
+// the reader has long walked the layer in its stored order. Reads with
+// fetches of their own are misses.
+func TestReadsOfPredictedFilesAreNotBroad(t *testing.T) {
+	names, sizes := manyFiles()
+	l := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAuto})
+	c := l.content
+	none := func(int64) bool { return false }
+	for ino := range uint64(3 * broadFiles) {
+		c.demandStart(100+ino, 0, 0, 1<<10, none)
+		c.demandDone()
+	}
+	if c.broad.started {
+		t.Fatalf("%d reads of files on their way started the background fetch", 3*broadFiles)
+	}
+	// A long walk in blob order: its reads of files on their way count.
+	c.ahead.mu.Lock()
+	c.ahead.window = farWindow
+	c.ahead.mu.Unlock()
+	for ino := range uint64(broadFiles) {
+		c.demandStart(1000+ino, 0, 0, 1<<10, none)
+		c.demandDone()
+	}
+	if !c.broad.started {
+		t.Fatal("a long walk's reads did not start the background fetch")
+	}
+	l2 := newPolicyLayer(t, names, sizes, PrefetchPolicy{Mode: PrefetchAuto})
+	for ino := range uint64(broadFiles) {
+		l2.content.demandStart(100+ino, 0, 1<<10, 1<<10, none)
+		l2.content.demandDone()
+	}
+	if !l2.content.broad.started {
+		t.Fatalf("%d reads with fetches of their own did not start the background fetch", broadFiles)
+	}
+}

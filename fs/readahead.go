@@ -29,6 +29,8 @@ import (
 const (
 	minBlobWindow = 1 << 20
 	maxBlobWindow = 32 << 20
+	// farWindow is the window of a walk three misses long (see walkedFar).
+	farWindow = 4 << 20
 	// seqSlack tolerates small gaps (chunks already cached, metadata-only
 	// entries) between one fetch's end and the next miss.
 	seqSlack = 256 << 10
@@ -158,6 +160,15 @@ func (ra *readAhead) walking() bool {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	return ra.window > 0
+}
+
+// walkedFar reports whether the reader has walked the layer in its stored
+// order for several windows (the window has grown to farWindow): a tar or
+// a copy of the tree, not a few neighbouring directories read in turn.
+func (ra *readAhead) walkedFar() bool {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	return ra.window >= farWindow
 }
 
 // neighbourhood returns, when the fetch is one small stream outside any
