@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -203,59 +204,50 @@ func TestFetchEachHandsOverRangesAsTheyArrive(t *testing.T) {
 	}
 }
 
-// A connection dropped mid-body: what arrived whole was handed over once,
-// the retry fetches the span again and hands over only the rest.
-func TestFetchEachAfterRetryHandsEachRangeOnce(t *testing.T) {
+// A connection dropped mid-body: what arrived whole is handed over once;
+// a retry fetches the span again and hands over only the rest, and when
+// every try is dropped, the range that never arrived whole is not handed
+// over and FetchEach fails.
+func TestFetchEachDroppedMidBody(t *testing.T) {
 	const size = 64 << 10
 	released := make(chan struct{})
 	close(released)
-	var f *blobFixture
-	f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
-		if n == 1 {
-			serveInTwo(f.data, 4000, released, true)(w, r)
-			return true
-		}
-		return false
-	}, nil)
-	br := f.reader(t)
-	ranges := []remote.Range{{Off: 0, Len: 4000}, {Off: 4000, Len: size - 4000}}
-	counts := make([]int, len(ranges))
-	if err := br.FetchEach(t.Context(), ranges, func(i int, data []byte) {
-		counts[i]++
-		if !bytes.Equal(data, f.data[ranges[i].Off:ranges[i].Off+ranges[i].Len]) {
-			t.Errorf("range %d: wrong bytes", i)
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if counts[0] != 1 || counts[1] != 1 {
-		t.Fatalf("ranges handed over %v times, want once each", counts)
-	}
-	if n := f.inj.gets.Load(); n != 2 {
-		t.Fatalf("%d requests, want 2 (one dropped, one retry)", n)
-	}
-}
-
-// A request that fails for good after part of its body: the ranges that
-// arrived whole were handed over, the others were not, and the error says
-// so.
-func TestFetchEachFailureHandsOverOnlyWholeRanges(t *testing.T) {
-	const size = 64 << 10
-	released := make(chan struct{})
-	close(released)
-	var f *blobFixture
-	f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
-		serveInTwo(f.data, 4000, released, true)(w, r)
-		return true
-	}, nil)
-	br := f.reader(t)
-	ranges := []remote.Range{{Off: 0, Len: 4000}, {Off: 4000, Len: size - 4000}}
-	counts := make([]int, len(ranges))
-	err := br.FetchEach(t.Context(), ranges, func(i int, data []byte) { counts[i]++ })
-	if err == nil {
-		t.Fatal("FetchEach succeeded over a connection dropped every time")
-	}
-	if counts[0] != 1 || counts[1] != 0 {
-		t.Fatalf("ranges handed over %v times, want [1 0]", counts)
+	for _, tc := range []struct {
+		name  string
+		drops int64 // requests dropped, the first ones
+		want  []int // times each range is handed over
+		fails bool
+	}{
+		{name: "then retried", drops: 1, want: []int{1, 1}},
+		{name: "every time", drops: 1 << 30, want: []int{1, 0}, fails: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f *blobFixture
+			f = newBlobFixture(t, size, func(w http.ResponseWriter, r *http.Request, n int64) bool {
+				if n > tc.drops {
+					return false
+				}
+				serveInTwo(f.data, 4000, released, true)(w, r)
+				return true
+			}, nil)
+			br := f.reader(t)
+			ranges := []remote.Range{{Off: 0, Len: 4000}, {Off: 4000, Len: size - 4000}}
+			counts := make([]int, len(ranges))
+			err := br.FetchEach(t.Context(), ranges, func(i int, data []byte) {
+				counts[i]++
+				if !bytes.Equal(data, f.data[ranges[i].Off:ranges[i].Off+ranges[i].Len]) {
+					t.Errorf("range %d: wrong bytes", i)
+				}
+			})
+			if (err != nil) != tc.fails {
+				t.Fatalf("err = %v, want failure %v", err, tc.fails)
+			}
+			if !slices.Equal(counts, tc.want) {
+				t.Fatalf("ranges handed over %v times, want %v", counts, tc.want)
+			}
+			if n := f.inj.gets.Load(); !tc.fails && n != tc.drops+1 {
+				t.Fatalf("%d requests, want %d (dropped, then one retry)", n, tc.drops+1)
+			}
+		})
 	}
 }
