@@ -227,8 +227,14 @@ func TestIdenticalConcurrentReadsFetchedOnce(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no request reached the server")
 	}
-	// Give the other readers time to join the flight before it lands.
-	time.Sleep(200 * time.Millisecond)
+	// The other readers join the flight before it lands.
+	for deadline := time.Now().Add(5 * time.Second); remote.FlightCallers(br, 1234, 5000) < 8; {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d of 8 readers joined the fetch in flight", remote.FlightCallers(br, 1234, 5000))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	close(release)
 	wg.Wait()
 	if got := f.inj.gets.Load(); got != 1 {
@@ -276,7 +282,12 @@ func TestAbandonedFetchIsCancelled(t *testing.T) {
 	go read(ctx1, errs1)
 	wait(arrived, "no request reached the server")
 	go read(ctx2, errs2)
-	time.Sleep(100 * time.Millisecond) // the second joins the flight
+	for deadline := time.Now().Add(5 * time.Second); remote.FlightCallers(br, 0, 100) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the second caller did not join the fetch in flight")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	cancel1()
 	if err := <-errs1; !errors.Is(err, context.Canceled) {
 		t.Fatalf("first caller: %v, want context.Canceled", err)
