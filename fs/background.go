@@ -140,7 +140,7 @@ type bgRequest struct {
 // (wait, its own fetch's or another's) preempts the background requests
 // holding no stream it waits for (waitsFor). demandDone must follow.
 func (c *Content) demandStart(ino uint64, at, n, wait int64, waitsFor func(bo int64) bool) {
-	walking := c.ahead.walkedFar()
+	walking := n == 0 && c.ahead.walkedFar() // needed only then
 	b := &c.broad
 	b.mu.Lock()
 	if wait >= preemptBytes {

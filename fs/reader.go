@@ -276,10 +276,9 @@ func (c *Content) load(ctx context.Context, e index.Entry, missing []index.Chunk
 	for _, bo := range mine.offs {
 		demandBytes += streamLen(mine.streams[bo])
 	}
-	counted := map[int64]bool{}
-	for _, ch := range missing {
-		if _, ok := waits[ch.BlobOffset]; ok && !counted[ch.BlobOffset] {
-			counted[ch.BlobOffset] = true
+	for i, ch := range missing {
+		// A stream's chunks (a gzip span's) come one after another.
+		if _, ok := waits[ch.BlobOffset]; ok && (i == 0 || missing[i-1].BlobOffset != ch.BlobOffset) {
 			waitBytes += ch.BlobLength
 		}
 	}
@@ -674,7 +673,10 @@ func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes
 	}
 	return c.blob.FetchEach(ctx, ask, func(j int, data []byte) {
 		i := asked[j]
-		got(i, append(prefixes[i], data...))
+		if len(prefixes[i]) > 0 {
+			data = append(prefixes[i], data...)
+		}
+		got(i, data) // data is ours (FetchEach): no copy without a prefix
 	})
 }
 

@@ -182,7 +182,7 @@ func (r *BlobReader) readRange(ctx context.Context, off, n int64, on arrived) ([
 	if sp := r.spool.Load(); sp != nil {
 		return sp.read(off, n)
 	}
-	key := strconv.FormatInt(off, 10) + "+" + strconv.FormatInt(n, 10)
+	key := rangeKey(off, n)
 	r.flightMu.Lock()
 	f := r.flights[key]
 	if f == nil {
@@ -224,6 +224,11 @@ func (r *BlobReader) readRange(ctx context.Context, off, n int64, on arrived) ([
 		r.stats.errors.Add(1)
 		return nil, fmt.Errorf("blob %s range %d+%d: %w", r.digest, off, n, ctx.Err())
 	}
+}
+
+// rangeKey names the fetch of n bytes at off among the flights.
+func rangeKey(off, n int64) string {
+	return strconv.FormatInt(off, 10) + "+" + strconv.FormatInt(n, 10)
 }
 
 // flight is one fetch of a range, shared by the callers that want it.
