@@ -59,8 +59,12 @@ import (
 //     existing file or symlink is removed and replaced, never written
 //     through; below Dest, a file never replaces a directory (EISDIR), and a
 //     directory replaces a non-directory only with Link (ENOTDIR otherwise).
-//   - Hard links are copied as separate files. Sockets are skipped. Fifos and
-//     devices are made again with mknod, which needs root.
+//   - Regular files that are hard links of one another stay hard links of
+//     one another when they are copied as part of one source directory, as
+//     buildah and BuildKit keep them; files named by different sources (or
+//     matched by one wildcard: buildah copies each match on its own) are
+//     files of their own. Sockets are skipped. Fifos and devices are made again with
+//     mknod, which needs root.
 //   - Excludes are .dockerignore patterns (moby/patternmatcher), matched
 //     against paths relative to SrcRoot after symlinks in the source path are
 //     followed: what they hide is, for Copy and Checksum, not there at all,
@@ -149,6 +153,7 @@ func Copy(ctx context.Context, spec CopySpec) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return c.count, err
 		}
+		c.linked = nil // hard links are kept within one source (see CopySpec)
 		if err := c.copySource(ctx, s); err != nil {
 			return c.count, fmt.Errorf("%s %s: %w", p.op, s.written, err)
 		}
@@ -300,6 +305,18 @@ type copier struct {
 	*copyPlan
 	src, dst *fsRoot
 	count    int
+	// linked maps each source file with more than one name, by its source
+	// inode, to where its first name was copied.
+	linked map[srcInode]copiedFile
+}
+
+type srcInode struct{ dev, ino uint64 }
+
+// copiedFile is a regular file the copy wrote: its path below DestRoot and
+// its inode there, to tell whether that path still names it.
+type copiedFile struct {
+	rel      string
+	dev, ino uint64
 }
 
 func (c *copier) copySource(ctx context.Context, s *copySource) error {
@@ -452,6 +469,12 @@ func (c *copier) writeEntry(dir int, name string, n *srcNode) error {
 }
 
 func (c *copier) writeRegularFrom(dir int, name string, n *srcNode) error {
+	key := srcInode{uint64(n.st.Dev), n.st.Ino}
+	if n.st.Nlink > 1 {
+		if done, err := c.linkCopied(dir, name, key); done || err != nil {
+			return err
+		}
+	}
 	in, err := n.open()
 	if err != nil {
 		return err
@@ -461,7 +484,61 @@ func (c *copier) writeRegularFrom(dir int, name string, n *srcNode) error {
 	if err != nil {
 		return err
 	}
-	return writeRegular(dir, name, in, m)
+	if err := writeRegular(dir, name, in, m); err != nil {
+		return err
+	}
+	if n.st.Nlink > 1 {
+		c.noteCopied(dir, name, key)
+	}
+	return nil
+}
+
+// linkCopied makes name in dir a hard link of the file an earlier name of
+// source inode key was copied to, when there is one and its path still
+// names it (a later entry of the copy may have replaced it). done is false
+// when the file is to be written instead: no earlier copy, or a link the
+// file system refuses (too many links).
+func (c *copier) linkCopied(dir int, name string, key srcInode) (done bool, err error) {
+	first, ok := c.linked[key]
+	if !ok {
+		return false, nil
+	}
+	parent, err := c.dst.open(path.Dir(first.rel), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return false, nil
+	}
+	defer unix.Close(parent)
+	base := path.Base(first.rel)
+	var st unix.Stat_t
+	if err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil ||
+		uint64(st.Dev) != first.dev || st.Ino != first.ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false, nil
+	}
+	if err := removeNonDir(dir, name); err != nil {
+		return false, err
+	}
+	if err := unix.Linkat(parent, base, dir, name, 0); err != nil {
+		if errors.Is(err, unix.EMLINK) {
+			return false, nil
+		}
+		return false, &os.PathError{Op: "link", Path: name, Err: err}
+	}
+	return true, nil
+}
+
+// noteCopied remembers that source inode key was just copied to name in
+// dir: its later names link to that file (the first copy, unless it was
+// replaced or has all the links it may have).
+func (c *copier) noteCopied(dir int, name string, key srcInode) {
+	rel, ok := c.dst.relOf(dir)
+	var st unix.Stat_t
+	if !ok || unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return
+	}
+	if c.linked == nil {
+		c.linked = map[srcInode]copiedFile{}
+	}
+	c.linked[key] = copiedFile{rel: path.Join(rel, name), dev: uint64(st.Dev), ino: st.Ino}
 }
 
 // treeWriter writes what a treeWalker visits below a destination directory.

@@ -709,3 +709,51 @@ func TestCopyLinkNeverFollowsDest(t *testing.T) {
 		}
 	}
 }
+
+func TestCopyKeepsHardlinksWithinASource(t *testing.T) {
+	src := t.TempDir()
+	a := writeTestFile(t, src, "tree/a", "linked", 0o640)
+	for _, rel := range []string{"tree/b", "tree/sub/c"} {
+		mkdirTest(t, src, filepath.Dir(rel), 0o755)
+		if err := os.Link(a, filepath.Join(src, rel)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeTestFile(t, src, "tree/d", "linked", 0o640)
+	plain := t.TempDir()
+	for _, rel := range []string{"a", "b", "sub/c", "d"} {
+		writeTestFile(t, plain, "tree/"+rel, "linked", 0o640)
+	}
+
+	root := t.TempDir()
+	writeTestFile(t, root, "t/b", "replaced", 0o644)
+	mode := os.FileMode(0o600)
+	n := mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"tree"}, DestRoot: root, Dest: "/t", UID: 1234, GID: 5678, Chmod: &mode})
+	plainRoot := t.TempDir()
+	writeTestFile(t, plainRoot, "t/b", "replaced", 0o644)
+	if want := mustCopy(t, CopySpec{SrcRoot: plain, Sources: []string{"tree"}, DestRoot: plainRoot, Dest: "/t"}); n != want {
+		t.Errorf("copy wrote %d entries, the same tree without links %d", n, want)
+	}
+	ino := func(rel string, mode os.FileMode) uint64 {
+		t.Helper()
+		fi := wantFile(t, filepath.Join(root, rel), "linked", mode)
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	for _, rel := range []string{"t/a", "t/b", "t/sub/c", "t/d"} {
+		wantOwner(t, filepath.Join(root, rel), 1234, 5678)
+	}
+	if a, b, c := ino("t/a", 0o600), ino("t/b", 0o600), ino("t/sub/c", 0o600); a != b || a != c {
+		t.Errorf("t/a, t/b, t/sub/c are inodes %d, %d, %d: want one file with three names", a, b, c)
+	}
+	if ino("t/d", 0o600) == ino("t/a", 0o600) {
+		t.Error("t/d, a file of its own in the source, is a link of t/a")
+	}
+
+	// Names given as sources of their own are copied as files of their own
+	// (as buildah copies them).
+	root = t.TempDir()
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"tree/a", "tree/b"}, DestRoot: root, Dest: "/p/"})
+	if ino("p/a", 0o640) == ino("p/b", 0o640) {
+		t.Error("two sources naming one file were copied as links")
+	}
+}

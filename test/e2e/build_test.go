@@ -257,6 +257,8 @@ var sameCases = []struct {
 	{name: "mounts", mountPoints: []string{"root/.cache", "tmp/c1", "tmp/c2", "tmp/input", "tmp/gen", "tmp/scratch"}},
 	{name: "addtar", prepare: writeTars},
 	{name: "onbuild"},
+	{name: "config", args: []string{"--build-arg", "OVERRIDDEN=yes"}},
+	{name: "context", prepare: writeContextKinds},
 }
 
 // TestBuildSameAsBuildah builds each context of testdata/build/same with
@@ -297,6 +299,31 @@ func TestBuildSameAsBuildah(t *testing.T) {
 	}
 }
 
+// writeContextKinds writes into dir's tree/ the kinds of entries a build
+// context may hold besides plain files and directories.
+func writeContextKinds(t *testing.T, dir string) {
+	t.Helper()
+	tree := filepath.Join(dir, "tree")
+	must(t, os.MkdirAll(filepath.Join(tree, "sub", "empty"), 0o755))
+	must(t, os.WriteFile(filepath.Join(tree, "file.txt"), []byte("file\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(tree, "sub", "inner.txt"), []byte("inner\n"), 0o600))
+	must(t, os.Link(filepath.Join(tree, "file.txt"), filepath.Join(tree, "hard.txt")))
+	must(t, os.Symlink("file.txt", filepath.Join(tree, "link-to-file")))
+	must(t, os.Symlink("sub", filepath.Join(tree, "link-to-dir")))
+	must(t, os.Symlink("nowhere", filepath.Join(tree, "dangling")))
+	must(t, os.WriteFile(filepath.Join(tree, "setuid"), []byte("#!/bin/sh\n"), 0o755))
+	must(t, os.Chmod(filepath.Join(tree, "setuid"), 0o4755))
+	must(t, os.Mkdir(filepath.Join(tree, "sticky"), 0o755))
+	must(t, os.Chmod(filepath.Join(tree, "sticky"), 0o1777))
+	must(t, os.WriteFile(filepath.Join(tree, "owned"), []byte("owned\n"), 0o640))
+	must(t, os.Lchown(filepath.Join(tree, "owned"), 4321, 8765))
+	f, err := os.Create(filepath.Join(tree, "sparse"))
+	must(t, err)
+	_, err = f.WriteAt([]byte("end"), 4<<20)
+	must(t, err)
+	must(t, f.Close())
+}
+
 // writeTars writes files.tar and files.tar.gz into dir: a directory, files
 // with owners and modes, a symlink and a hardlink.
 func writeTars(t *testing.T, dir string) {
@@ -335,7 +362,8 @@ func writeTars(t *testing.T, dir string) {
 // the delimiter is quoted, leading tabs stripped by <<-, mode 0644),
 // COPY --chmod, COPY --link (the same files, in a layer of their own
 // that holds nothing of the base), and rw bind mounts (writes allowed,
-// then dropped: the context and the stage unchanged, no mount point left).
+// then dropped: the context and the stage unchanged, no mount point left),
+// and SHELL applied to RUN and to the shell forms of CMD and ENTRYPOINT.
 func TestBuildDockerfileReference(t *testing.T) {
 	b := startBuildBench(t)
 	ref := shared.reg.Ref("build-reference", "v1")
@@ -376,6 +404,7 @@ func TestBuildDockerfileReference(t *testing.T) {
 		{"rw/stage-listing.txt", "", 0o644, 0, 0},
 		{"rw/file.txt", "generated\nmore\n", 0o644, 0, 0},
 		{"rw/stage-after.txt", "generated\n", 0o644, 0, 0},
+		{"shell-flags.txt", "shell flags: ce\n", 0o644, 0, 0},
 	} {
 		r, ok := tree[w.path]
 		sum := sha256.Sum256([]byte(w.content))
@@ -393,6 +422,14 @@ func TestBuildDockerfileReference(t *testing.T) {
 		if _, ok := tree[p]; ok {
 			t.Errorf("a bind mount's target %s stays in the image", p)
 		}
+	}
+	// SHELL applies to the shell forms of CMD and ENTRYPOINT too.
+	cfg := configOf(t, ref)
+	if want := []string{"/bin/sh", "-ec", "echo entry"}; !slices.Equal(cfg.Entrypoint, want) {
+		t.Errorf("Entrypoint %q after SHELL, want %q", cfg.Entrypoint, want)
+	}
+	if want := []string{"/bin/sh", "-ec", "echo command"}; !slices.Equal(cfg.Cmd, want) {
+		t.Errorf("Cmd %q after SHELL, want %q", cfg.Cmd, want)
 	}
 	// Each --link COPY is a layer of its own: its entries are what it
 	// copies and the directories above them, nothing else.
