@@ -30,6 +30,16 @@ import (
 // the image has no layers and what is built on it is kept in the store.
 const scratchRepo = "strata.invalid/scratch"
 
+// isScratchRepo reports whether repo is scratchRepo's: images built FROM
+// scratch are only in the store, and their registry is never asked.
+func isScratchRepo(repo name.Repository) bool {
+	return repo.RegistryStr() == name.MustParseReference(scratchRepo).Context().RegistryStr()
+}
+
+// scratchPath is the PATH the empty image's config sets, as BuildKit's and
+// buildah's do for FROM scratch.
+const scratchPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 // resolveImage describes req.Ref and keeps its manifest and config in the
 // store, so that REPO@DIGEST mounts without a registry round trip.
 func (im *images) resolveImage(ctx context.Context, req ResolveRequest) (*Resolved, error) {
@@ -55,7 +65,8 @@ func (im *images) resolveImage(ctx context.Context, req ResolveRequest) (*Resolv
 	}, nil
 }
 
-// scratch makes the empty image: no layers, a config naming the platform.
+// scratch makes the empty image: no layers, a config naming the platform
+// and setting the default PATH.
 func (im *images) scratch(platform string) (*remote.Image, error) {
 	p := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	if platform != "" {
@@ -67,6 +78,7 @@ func (im *images) scratch(platform string) (*remote.Image, error) {
 	}
 	config, err := json.Marshal(ocispec.Image{
 		Platform: ocispec.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant},
+		Config:   ocispec.ImageConfig{Env: []string{scratchPath}},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{}},
 	})
 	if err != nil {

@@ -259,6 +259,7 @@ var sameCases = []struct {
 	{name: "onbuild"},
 	{name: "config", args: []string{"--build-arg", "OVERRIDDEN=yes"}},
 	{name: "context", prepare: writeContextKinds},
+	{name: "scratch"},
 }
 
 // TestBuildSameAsBuildah builds each context of testdata/build/same with
@@ -272,6 +273,7 @@ func TestBuildSameAsBuildah(t *testing.T) {
 	base := unpackRef(t, b.base)
 	for _, c := range sameCases {
 		t.Run(c.name, func(t *testing.T) {
+			logStart := len(logs.String())
 			dir := contextDir(t, filepath.Join("same", c.name))
 			if c.prepare != nil {
 				c.prepare(t, dir)
@@ -294,6 +296,11 @@ func TestBuildSameAsBuildah(t *testing.T) {
 			g, _ := json.MarshalIndent(configOf(t, strataRef), "", "  ")
 			if !bytes.Equal(w, g) {
 				t.Errorf("strata's config differs from buildah's:\nbuildah: %s\nstrata:  %s", w, g)
+			}
+			// An image built FROM scratch is only in the store: nothing
+			// asks the registry its made-up name names.
+			if log := logs.String()[logStart:]; strings.Contains(log, "://strata.invalid") {
+				t.Error("the daemon sent a request to the scratch image's repository, strata.invalid")
 			}
 		})
 	}
@@ -363,7 +370,8 @@ func writeTars(t *testing.T, dir string) {
 // COPY --chmod, COPY --link (the same files, in a layer of their own
 // that holds nothing of the base), and rw bind mounts (writes allowed,
 // then dropped: the context and the stage unchanged, no mount point left),
-// and SHELL applied to RUN and to the shell forms of CMD and ENTRYPOINT.
+// SHELL applied to RUN and to the shell forms of CMD and ENTRYPOINT, and a
+// WORKDIR made though nothing writes into it.
 func TestBuildDockerfileReference(t *testing.T) {
 	b := startBuildBench(t)
 	ref := shared.reg.Ref("build-reference", "v1")
@@ -417,6 +425,9 @@ func TestBuildDockerfileReference(t *testing.T) {
 		case r.Mode != w.mode || r.UID != w.uid || r.GID != w.gid:
 			t.Errorf("%s: mode %04o owner %d:%d, want %04o %d:%d", w.path, r.Mode, r.UID, r.GID, w.mode, w.uid, w.gid)
 		}
+	}
+	if r, ok := tree["made/by/workdir"]; !ok || r.Type != "dir" {
+		t.Error("WORKDIR did not make its directory, which nothing after it writes into")
 	}
 	for _, p := range []string{"tmp/ctx", "tmp/gen", "tmp/genfile"} {
 		if _, ok := tree[p]; ok {
