@@ -285,6 +285,11 @@ func TestBackgroundPreemptedByLargeRead(t *testing.T) {
 	if err := <-read("z/big", 1024); err != nil {
 		t.Fatal(err)
 	}
+	// The cancelled requests notice it on their own goroutines, which may
+	// run after the read returns.
+	for deadline := time.Now().Add(10 * time.Second); l.blob.dropped.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if n := l.blob.dropped.Load(); n == 0 {
 		t.Fatal("a large read's own fetch cancelled no background request")
 	}
