@@ -274,16 +274,35 @@ func (l *layerFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse
 }
 
 // list adds the entries of directory in.NodeId from position in.Offset:
-// an entry's offset is its position in the sorted listing plus one, so a
-// listing resumes anywhere without a handle.
+// "." and "..", then the sorted listing; an entry's offset is its position
+// plus one, so a listing resumes anywhere without a handle.
+//
+// The dots are listed as every disk file system lists them: overlayfs
+// takes a merged directory's "." and ".." from its lowest layer, so
+// without them `ls -a` in a writable mount showed neither. The index keeps
+// no parents: ".." carries the directory's own inode number (overlayfs
+// puts the right one in a merged directory's listing).
 func (l *layerFS) list(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
 	ctx := ctxOf(&in.InHeader, cancel)
 	kids, st := l.readDir(ctx, in.NodeId)
 	if !st.Ok() {
 		return st
 	}
-	for i := int(min(in.Offset, uint64(len(kids)))); i < len(kids); i++ {
-		k := &kids[i]
+	const dots = 2
+	for i := int(min(in.Offset, uint64(len(kids)+dots))); i < len(kids)+dots; i++ {
+		if i < dots {
+			de := fuse.DirEntry{Name: ".."[:i+1], Ino: in.NodeId, Mode: syscall.S_IFDIR, Off: uint64(i) + 1}
+			if plus {
+				// No attributes: the kernel looks up neither dot.
+				if out.AddDirLookupEntry(de) == nil {
+					break
+				}
+			} else if !out.AddDirEntry(de) {
+				break
+			}
+			continue
+		}
+		k := &kids[i-dots]
 		de := fuse.DirEntry{Name: k.Name, Ino: k.Ino, Mode: typeBits(k.Type), Off: uint64(i) + 1}
 		if !plus {
 			if !out.AddDirEntry(de) {

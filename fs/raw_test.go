@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -102,6 +103,41 @@ func TestListingWithoutOpendir(t *testing.T) {
 	}
 	if opendirs != 1 {
 		t.Fatalf("%d OPENDIR requests reached the daemon, want 1 (answered ENOSYS, then none)", opendirs)
+	}
+}
+
+// TestListingHasDots checks that a directory's listing starts with "."
+// and "..", directories both, as on a disk file system: overlayfs takes a
+// merged directory's dots from its lowest layer.
+func TestListingHasDots(t *testing.T) {
+	requireRoot(t)
+	bl := buildEStargz(t, []string{"d/a", "d/sub/b"}, []int{1, 1}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	for _, dir := range []string{ml.dir, filepath.Join(ml.dir, "d")} {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		n, err := unix.Getdents(fd, buf)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		var types []uint8
+		for b := buf[:n]; len(b) > 0; {
+			d := (*unix.Dirent)(unsafe.Pointer(&b[0]))
+			name := unix.ByteSliceToString((*[256]byte)(unsafe.Pointer(&d.Name[0]))[:])
+			names, types = append(names, name), append(types, d.Type)
+			if d.Ino == 0 {
+				t.Errorf("%s: entry %q has inode number 0 (libc skips those)", dir, name)
+			}
+			b = b[d.Reclen:]
+		}
+		if len(names) < 3 || names[0] != "." || names[1] != ".." || types[0] != unix.DT_DIR || types[1] != unix.DT_DIR {
+			t.Errorf("%s lists %q (types %v), want \".\" and \"..\", directories, first", dir, names, types)
+		}
 	}
 }
 
