@@ -260,6 +260,8 @@ var sameCases = []struct {
 	{name: "config", args: []string{"--build-arg", "OVERRIDDEN=yes"}},
 	{name: "context", prepare: writeContextKinds},
 	{name: "scratch"},
+	{name: "runchanges"},
+	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
 }
 
 // TestBuildSameAsBuildah builds each context of testdata/build/same with
