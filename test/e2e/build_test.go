@@ -263,6 +263,7 @@ var sameCases = []struct {
 	{name: "runchanges"},
 	{name: "users"},
 	{name: "fromimage"},
+	{name: "syntax"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
 }
 
