@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"io"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -264,6 +266,7 @@ var sameCases = []struct {
 	{name: "users"},
 	{name: "fromimage"},
 	{name: "syntax"},
+	{name: "addurl", prepare: serveDownloads},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
 }
 
@@ -315,6 +318,38 @@ func TestBuildSameAsBuildah(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveDownloads starts an HTTP server on 127.0.0.1 for the test's ADDs of
+// URLs and writes its address into the Dockerfile in dir for @URL@.
+func serveDownloads(t *testing.T, dir string) {
+	t.Helper()
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	must(t, tw.WriteHeader(&tar.Header{Name: "inner.txt", Mode: 0o644, Size: 6, ModTime: time.Unix(1700000000, 0)}))
+	_, err := io.WriteString(tw, "inner\n")
+	must(t, err)
+	must(t, tw.Close())
+	mux := http.NewServeMux()
+	dated := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	mux.HandleFunc("/files/plain.txt", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "plain.txt", dated, strings.NewReader("downloaded\n"))
+	})
+	mux.HandleFunc("/files/archive.tar", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "archive.tar", dated, bytes.NewReader(tarball.Bytes()))
+	})
+	mux.HandleFunc("/nodate/undated.txt", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "no date\n")
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	df := filepath.Join(dir, "Dockerfile")
+	text, err := os.ReadFile(df)
+	must(t, err)
+	must(t, os.WriteFile(df, bytes.ReplaceAll(text, []byte("@URL@"), []byte("http://"+ln.Addr().String())), 0o644))
 }
 
 // writeContextKinds writes into dir's tree/ the kinds of entries a build
