@@ -13,6 +13,7 @@ command -v buildah >/dev/null || need+=(buildah)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v setfattr >/dev/null || need+=(attr)
 command -v curl >/dev/null || need+=(curl)
+command -v xz >/dev/null || need+=(xz-utils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

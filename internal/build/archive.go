@@ -21,8 +21,9 @@ import (
 
 // What ADD does with a local tar archive, as Docker does it unless said:
 //
-//   - The archive is told by its content: a gzip, bzip2 or zstd stream, or
-//     none, whose first tar header reads. xz is not read (ErrUnsupportedArchive).
+//   - The archive is told by its content: a gzip, bzip2, xz or zstd stream,
+//     or none, whose first tar header reads. xz is read by the xz command,
+//     as Docker reads it (see xzDecompress).
 //   - Entries are unpacked below Dest, which is made like any destination
 //     directory (slash or not). A name is taken relative to Dest even when
 //     absolute ("/etc/x" is Dest/etc/x); a name that climbs out with ".."
@@ -71,7 +72,7 @@ func decompressArchive(r io.Reader) (io.ReadCloser, error) {
 		}
 		return d.IOReadCloser(), nil
 	case bytes.HasPrefix(head, xzMagic):
-		return nil, fmt.Errorf("%w: xz (unpack it before the build, or use gzip, bzip2 or zstd)", ErrUnsupportedArchive)
+		return xzDecompress(br)
 	default:
 		return io.NopCloser(br), nil
 	}

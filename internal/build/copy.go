@@ -72,15 +72,16 @@ import (
 //
 // # ADD
 //
-// With Add, a source that is a tar archive (plain, gzip, bzip2 or zstd, told
-// by its content, never by its name) is unpacked into Dest (see unpackTar for
-// what it refuses); xz is not supported (ErrUnsupportedArchive). Any other
-// file is copied. An http:// or https:// source is downloaded (redirects
-// followed) and never unpacked: mode 0600 unless Chmod, owner UID:GID,
-// modification time from Last-Modified, else the Unix epoch (BuildKit's
-// rule, which keeps layers reproducible), named after the last element of
-// the URL's path (or "__unnamed__") when Dest is a directory. A status other
-// than 2xx is an error wrapping ErrDownload.
+// With Add, a source that is a tar archive (plain, gzip, bzip2, xz or zstd,
+// told by its content, never by its name) is unpacked into Dest (see
+// unpackTar for what it refuses); xz needs the xz command
+// (ErrUnsupportedArchive without it). Any other file is copied. An http://
+// or https:// source is downloaded (redirects followed) and never unpacked:
+// mode 0600 unless Chmod, owner UID:GID, modification time from
+// Last-Modified, else the Unix epoch (BuildKit's rule, which keeps layers
+// reproducible), named after the last element of the URL's path (or
+// "__unnamed__") when Dest is a directory. A status other than 2xx is an
+// error wrapping ErrDownload.
 //
 // # Link
 //
@@ -113,7 +114,8 @@ var (
 	// to a Dest that does not end in "/".
 	ErrDestNotDirectory = errors.New("the destination must be a directory and end with a /")
 	// ErrUnsupportedArchive is wrapped by the error of an ADD source
-	// compressed in a format Strata cannot read (xz).
+	// compressed in a format Strata cannot read here (xz without the xz
+	// command).
 	ErrUnsupportedArchive = errors.New("unsupported archive compression")
 	// ErrDownload is wrapped by the error of an ADD URL that answered with a
 	// status other than 2xx.

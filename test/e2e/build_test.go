@@ -377,7 +377,7 @@ func writeContextKinds(t *testing.T, dir string) {
 	must(t, f.Close())
 }
 
-// writeTars writes files.tar and files.tar.gz into dir: a directory, files
+// writeTars writes files.tar, files.tar.gz and files.tar.xz into dir: a directory, files
 // with owners and modes, a symlink and a hardlink.
 func writeTars(t *testing.T, dir string) {
 	t.Helper()
@@ -407,6 +407,11 @@ func writeTars(t *testing.T, dir string) {
 	must(t, err)
 	must(t, zw.Close())
 	must(t, os.WriteFile(filepath.Join(dir, "files.tar.gz"), gz.Bytes(), 0o644))
+	xz := exec.Command("xz", "--compress", "--stdout")
+	xz.Stdin = bytes.NewReader(buf.Bytes())
+	xzed, err := xz.Output()
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(dir, "files.tar.xz"), xzed, 0o644))
 }
 
 // TestBuildDockerfileReference checks what buildah 1.28 cannot build
