@@ -267,6 +267,7 @@ var sameCases = []struct {
 	{name: "fromimage"},
 	{name: "syntax"},
 	{name: "addurl", prepare: serveDownloads},
+	{name: "symlinks"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
 }
 
