@@ -63,8 +63,8 @@ import (
 //     one another when they are copied as part of one source directory, as
 //     buildah and BuildKit keep them; files named by different sources (or
 //     matched by one wildcard: buildah copies each match on its own) are
-//     files of their own. Sockets are skipped. Fifos and devices are made again with
-//     mknod, which needs root.
+//     files of their own. Sockets are skipped. Fifos and devices are made
+//     again with mknod, which needs root.
 //   - Excludes are .dockerignore patterns (moby/patternmatcher), matched
 //     against paths relative to SrcRoot after symlinks in the source path are
 //     followed: what they hide is, for Copy and Checksum, not there at all,
