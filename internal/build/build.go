@@ -142,6 +142,9 @@ type builder struct {
 	// triggers are the ONBUILD instructions a stage FROM an earlier stage
 	// runs first, by stage index (see needed).
 	triggers map[int][]instructions.Command
+	// escape is the Dockerfile's escape character (its escape directive,
+	// else backslash): expansions use it, as BuildKit's do.
+	escape rune
 }
 
 // stageState is a stage's image so far.
@@ -165,6 +168,7 @@ type stageState struct {
 	// triggers are the ONBUILD instructions the stage runs first: those
 	// its base stage declares, or those of its base image's config.
 	triggers []instructions.Command
+	escape   rune // the Dockerfile's escape character (builder.escape)
 }
 
 // Build runs the Dockerfile of o on the daemon cl.
@@ -276,6 +280,7 @@ func (b *builder) parse() error {
 	if err != nil {
 		return b.locate(err)
 	}
+	b.escape = res.EscapeToken
 	stages, meta, err := instructions.Parse(res.AST, nil)
 	if err != nil {
 		return b.locate(err)
@@ -294,7 +299,7 @@ func (b *builder) parse() error {
 			if ok {
 				b.used[kv.Key] = true
 			} else if kv.Value != nil {
-				w, _, err := shell.NewLex(res.EscapeToken).ProcessWord(*kv.Value, shell.EnvsFromSlice(env))
+				w, _, err := shell.NewLex(b.escape).ProcessWord(*kv.Value, shell.EnvsFromSlice(env))
 				if err != nil {
 					return b.locate(parser.WithLocation(err, a.Location()))
 				}
@@ -432,7 +437,7 @@ func (b *builder) needed(target int) ([]int, error) {
 // expandMeta expands a FROM word with the global ARGs.
 func (b *builder) expandMeta(word string, loc []parser.Range) (string, error) {
 	env := b.metaEnv()
-	w, _, err := shell.NewLex('\\').ProcessWord(word, shell.EnvsFromSlice(env))
+	w, _, err := shell.NewLex(b.escape).ProcessWord(word, shell.EnvsFromSlice(env))
 	if err != nil {
 		return "", b.locate(parser.WithLocation(err, loc))
 	}
@@ -478,7 +483,11 @@ func (st *stageState) expanderWith(raw bool) instructions.SingleWordExpander {
 		k, v, _ := strings.Cut(e, "=")
 		env = setVar(env, k, v)
 	}
-	lex := shell.NewLex('\\')
+	escape := st.escape
+	if escape == 0 {
+		escape = '\\'
+	}
+	lex := shell.NewLex(escape)
 	lex.SkipProcessQuotes = raw
 	getter := shell.EnvsFromSlice(env)
 	return func(word string) (string, error) {

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/stratafs/strata/internal/commit"
 )
 
 func parsed(t testing.TB, dockerfile string, args map[string]string) *builder {
@@ -353,4 +356,24 @@ func FuzzParseTriggers(f *testing.F) {
 			t.Fatalf("%q placed at line %d, want the FROM's 3", trigger, l)
 		}
 	})
+}
+
+// TestEscapeDirective: the Dockerfile's escape directive is the escape
+// character of every expansion, as in BuildKit: a backtick escapes, a
+// backslash is a plain character.
+func TestEscapeDirective(t *testing.T) {
+	b := parsed(t, "# escape=`\nFROM scratch\nARG DIR=c:\\app\nENV A=\"x`\"y\" B=a` b C=c:\\win\nLABEL dir=$DIR\nWORKDIR $DIR\n", nil)
+	st := &stageState{escape: b.escape, stage: commit.NewStage(b.escape)}
+	for _, cmd := range b.stages[0].Commands {
+		if err := b.dispatch(t.Context(), st, cmd); err != nil {
+			t.Fatalf("%s: %v", cmd.Name(), err)
+		}
+	}
+	c := st.config.Config
+	if want := []string{`A=x"y`, "B=a b", `C=c:\win`}; !slices.Equal(c.Env, want) {
+		t.Errorf("Env %q, want %q", c.Env, want)
+	}
+	if c.Labels["dir"] != `c:\app` {
+		t.Errorf("label dir = %q, want c:\\app", c.Labels["dir"])
+	}
 }

@@ -48,8 +48,9 @@ import (
 //     DestRoot, a dangling one by creating its target, as BuildKit's MkdirAll
 //     does; so is a last component that is a symlink to a directory. A last
 //     component that is any other symlink is replaced, by the file copied or
-//     by the directory a directory source makes; a file there is replaced by
-//     a file, and is an error for a directory source (ENOTDIR).
+//     by the directory a directory source makes (buildah's rule; BuildKit
+//     writes a file through a symlink to a file); a file there is replaced
+//     by a file, and is an error for a directory source (ENOTDIR).
 //   - Every entry copied gets owner UID:GID, the source's permission bits
 //     (setuid, setgid and sticky included) unless Chmod is set, and the
 //     source's modification time; security.capability and user.* extended

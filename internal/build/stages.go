@@ -16,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/stratafs/strata/internal/commit"
 	"github.com/stratafs/strata/internal/daemon"
 )
 
@@ -164,7 +165,7 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 	if err := checkPlatform(platform); err != nil {
 		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
 	}
-	st := &stageState{idx: i, platform: platform}
+	st := &stageState{idx: i, platform: platform, escape: b.escape, stage: commit.NewStage(b.escape)}
 	if j := b.stageRef(base, i); j >= 0 {
 		prev := b.done[j]
 		if err := b.finish(ctx, prev); err != nil {

@@ -233,6 +233,7 @@ func ApplyChanges(cfg *v1.Config, changes []Change) error {
 type applyState struct {
 	cmdSet bool // a CMD came earlier: a later ENTRYPOINT keeps it
 	dryRun bool // ParseChange's check: unset $VARS stay as written and values that use them are not judged
+	escape rune // the Dockerfile's escape character; 0 is backslash (a --change line cannot hold an escape directive)
 }
 
 // apply expands and checks every word first and only then edits cfg, so
@@ -249,7 +250,7 @@ func (c Change) applyWith(cfg *v1.Config, st *applyState, env []string) error {
 	if c.cmd == nil {
 		return errors.New("commit: Apply of a zero Change (use ParseChange)")
 	}
-	x := newExpander(env, st.dryRun)
+	x := newExpander(env, st.dryRun, st.escape)
 	var err error
 	switch cmd := c.cmd.(type) {
 	case *instructions.CmdCommand:
@@ -290,8 +291,11 @@ type expander struct {
 	dryRun bool
 }
 
-func newExpander(env []string, dryRun bool) expander {
-	lex := shell.NewLex('\\') // one line cannot hold an escape directive
+func newExpander(env []string, dryRun bool, escape rune) expander {
+	if escape == 0 {
+		escape = '\\'
+	}
+	lex := shell.NewLex(escape)
 	lex.SkipUnsetEnv = dryRun
 	return expander{lex: lex, env: shell.EnvsFromSlice(env), dryRun: dryRun}
 }

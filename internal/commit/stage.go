@@ -15,9 +15,16 @@ import (
 // with the stage's build arguments and the config's Env (Env wins over an
 // argument of the same name), and an ENTRYPOINT keeps a CMD set earlier in
 // the same stage but drops one inherited from the base. The zero Stage is
-// ready for the first instruction after FROM.
+// ready for the first instruction after FROM of a Dockerfile whose escape
+// character is the backslash; NewStage takes another.
 type Stage struct {
 	st applyState
+}
+
+// NewStage returns a Stage for a Dockerfile whose escape directive names
+// escape (0: backslash).
+func NewStage(escape rune) Stage {
+	return Stage{st: applyState{escape: escape}}
 }
 
 // Apply edits cfg as cmd does. args are the stage's build arguments in

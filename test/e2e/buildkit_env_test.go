@@ -87,9 +87,10 @@ type buildKitd struct {
 	log  string
 }
 
-// startBuildKitd starts buildkitd on e's containerd; it reaches e's
-// registry and proxy, and the hosts given, over plain HTTP.
-func startBuildKitd(t *testing.T, e *ctdEnv, hosts ...string) *buildKitd {
+// startBuildKitd starts buildkitd on e's containerd, its worker on
+// snapshotter (tcontainerd.StargzName: Strata); it reaches e's registry
+// and proxy, and the hosts given, over plain HTTP.
+func startBuildKitd(t *testing.T, e *ctdEnv, snapshotter string, hosts ...string) *buildKitd {
 	t.Helper()
 	bkd, bctl := buildKit(t)
 	// Socket paths must stay short.
@@ -115,7 +116,7 @@ func startBuildKitd(t *testing.T, e *ctdEnv, hosts ...string) *buildKitd {
 	cmd := exec.Command(bkd, "--config", filepath.Join(dir, "buildkitd.toml"), "--root", filepath.Join(dir, "root"),
 		"--addr", b.addr, "--oci-worker=false", "--containerd-worker=true",
 		"--containerd-worker-addr", e.ctd.Address, "--containerd-worker-namespace", tcontainerd.Namespace,
-		"--containerd-worker-snapshotter", tcontainerd.StargzName, "--containerd-worker-net", "host",
+		"--containerd-worker-snapshotter", snapshotter, "--containerd-worker-net", "host",
 		"--containerd-worker-gc=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	exited, err := proc.Start(cmd)

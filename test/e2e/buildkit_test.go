@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	tcontainerd "github.com/stratafs/strata/test/containerd"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/proxy"
 	"github.com/stratafs/strata/test/registry"
@@ -33,7 +34,7 @@ func TestBuildKitOnStrata(t *testing.T) {
 	auth := registry.Auth{User: "builder", Password: "s3cret"}
 	preg := registry.StartWithAuth(t, auth)
 	pproxy := startProxy(t, preg)
-	bk := startBuildKitd(t, e, preg.Host(), pproxy.Host())
+	bk := startBuildKitd(t, e, tcontainerd.StargzName, preg.Host(), pproxy.Host())
 	busybox, err := fixture.Busybox()
 	must(t, err)
 	// base builds an eStargz base of big's layer and busybox's.
