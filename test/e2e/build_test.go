@@ -251,6 +251,9 @@ var sameCases = []struct {
 	args        []string
 	prepare     func(t *testing.T, dir string)
 	mountPoints []string
+	// notBuildKit says why TestBuildSameAsBuildKit leaves the case out:
+	// where buildah and BuildKit differ, Strata does as buildah does.
+	notBuildKit string
 }{
 	{name: "stages", args: []string{"--build-arg", "VERSION=2.5"}},
 	{name: "ignore"},
@@ -267,7 +270,7 @@ var sameCases = []struct {
 	{name: "fromimage"},
 	{name: "syntax"},
 	{name: "addurl", prepare: serveDownloads},
-	{name: "symlinks"},
+	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
 }
 
@@ -283,16 +286,7 @@ func TestBuildSameAsBuildah(t *testing.T) {
 	for _, c := range sameCases {
 		t.Run(c.name, func(t *testing.T) {
 			logStart := len(logs.String())
-			dir := contextDir(t, filepath.Join("same", c.name))
-			// buildah 1.28 expands no ARG in COPY --from: an image copied
-			// from is written @BASE@, the base's reference put in here.
-			df := filepath.Join(dir, "Dockerfile")
-			text, err := os.ReadFile(df)
-			must(t, err)
-			must(t, os.WriteFile(df, bytes.ReplaceAll(text, []byte("@BASE@"), []byte(b.base)), 0o644))
-			if c.prepare != nil {
-				c.prepare(t, dir)
-			}
+			dir := sameContext(t, c.name, b.base, c.prepare)
 			strataRef := shared.reg.Ref("build-same", c.name+"-strata")
 			buildahRef := shared.reg.Ref("build-same", c.name+"-buildah")
 			bah.build(t, dir, buildahRef, append(slices.Clone(c.args), "--build-arg", "BASE="+b.base)...)
@@ -307,6 +301,22 @@ func TestBuildSameAsBuildah(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sameContext copies testdata/build/same/name, puts base in its
+// Dockerfile for @BASE@ (buildah 1.28 expands no ARG in COPY --from, so an
+// image copied from is written so), and runs prepare on it.
+func sameContext(t *testing.T, name, base string, prepare func(t *testing.T, dir string)) string {
+	t.Helper()
+	dir := contextDir(t, filepath.Join("same", name))
+	df := filepath.Join(dir, "Dockerfile")
+	text, err := os.ReadFile(df)
+	must(t, err)
+	must(t, os.WriteFile(df, bytes.ReplaceAll(text, []byte("@BASE@"), []byte(base)), 0o644))
+	if prepare != nil {
+		prepare(t, dir)
+	}
+	return dir
 }
 
 // compareBuilds checks that the image strataRef, built on base, is the
@@ -342,22 +352,39 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	b := startBuildBench(t)
 	bk := startBuildKitd(t, e, "overlayfs", shared.reg.Host())
 	base := unpackRef(t, b.base)
-	for _, name := range []string{"reference", "escape"} {
-		t.Run(name, func(t *testing.T) {
-			dir := contextDir(t, name)
-			bkRef := shared.reg.Ref("build-"+name, "buildkit")
-			strataRef := shared.reg.Ref("build-"+name, "strata")
-			if _, err := bk.buildctl(context.Background(), nil,
-				"build", "--progress", "plain", "--frontend", "dockerfile.v0",
-				"--local", "context="+dir, "--local", "dockerfile="+dir,
-				"--opt", "build-arg:BASE="+b.base, "--opt", "build-arg:SOURCE_DATE_EPOCH=0",
-				"--output", "type=image,name="+bkRef+",push=true,registry.insecure=true"); err != nil {
-				t.Fatal(err)
+	build := func(t *testing.T, dir, name string, args []string) {
+		t.Helper()
+		bkRef := shared.reg.Ref("build-buildkit", name+"-buildkit")
+		strataRef := shared.reg.Ref("build-buildkit", name+"-strata")
+		bkArgs := []string{"build", "--progress", "plain", "--frontend", "dockerfile.v0",
+			"--local", "context=" + dir, "--local", "dockerfile=" + dir,
+			"--opt", "build-arg:BASE=" + b.base, "--opt", "build-arg:SOURCE_DATE_EPOCH=0"}
+		for i := 0; i+1 < len(args); i += 2 {
+			if args[i] != "--build-arg" {
+				t.Fatalf("%s: no BuildKit option for %s", name, args[i])
 			}
-			b.mustBuild(t, dir, "-t", strataRef, "--push")
-			// BuildKit leaves /dev, /proc and /sys in RUN layers, as
-			// buildah does.
-			compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
+			bkArgs = append(bkArgs, "--opt", "build-arg:"+args[i+1])
+		}
+		bkArgs = append(bkArgs, "--output", "type=image,name="+bkRef+",push=true,registry.insecure=true")
+		if _, err := bk.buildctl(context.Background(), nil, bkArgs...); err != nil {
+			t.Fatal(err)
+		}
+		b.mustBuild(t, dir, append(slices.Clone(args), "-t", strataRef, "--push")...)
+		// BuildKit leaves /dev, /proc and /sys in RUN layers, as buildah
+		// does.
+		compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
+	}
+	for _, name := range []string{"reference", "escape"} {
+		t.Run(name, func(t *testing.T) { build(t, contextDir(t, name), name, nil) })
+	}
+	// And what buildah builds, where the two agree.
+	for _, c := range sameCases {
+		t.Run("same/"+c.name, func(t *testing.T) {
+			if c.notBuildKit != "" {
+				t.Logf("left out: %s", c.notBuildKit)
+				return
+			}
+			build(t, sameContext(t, c.name, b.base, c.prepare), c.name, c.args)
 		})
 	}
 }
