@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	digest "github.com/opencontainers/go-digest"
 	"hash/crc32"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -482,5 +484,49 @@ func TestAddLocalAndURL(t *testing.T) {
 	st, _ := os.Stat(filepath.Join(root, "both/data"))
 	if st.Sys().(*syscall.Stat_t).Uid != 0 && os.Geteuid() == 0 {
 		t.Errorf("downloaded file not owned by root")
+	}
+}
+
+// TestAddURLChecksum: ADD --checksum keeps a download whose content has
+// the digest, refuses one that has not (leaving nothing), refuses a local
+// source, and keys the cache on the checksum without a download.
+func TestAddURLChecksum(t *testing.T) {
+	handler := &urlServer{tool: "#!/bin/sh\necho hi\n"}
+	var gets atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		handler.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	good := digest.FromString(handler.tool)
+	root := t.TempDir()
+	spec := CopySpec{Sources: []string{srv.URL + "/files/tool.sh"}, DestRoot: root, Dest: "/opt/", Add: true, Checksum: good}
+	mustCopy(t, spec)
+	wantFile(t, filepath.Join(root, "opt/tool.sh"), handler.tool, 0o600)
+
+	bad := spec
+	bad.Dest, bad.Checksum = "/bad/", digest.FromString("something else")
+	if _, err := Copy(context.Background(), bad); !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), good.String()) {
+		t.Errorf("a download of other content: err = %v, want ErrChecksum naming its digest", err)
+	}
+	wantMissing(t, filepath.Join(root, "bad/tool.sh"))
+
+	src := addContext(t, []byte("local"))
+	if _, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/l/", Add: true, Checksum: good}); err == nil || !strings.Contains(err.Error(), "--checksum") {
+		t.Errorf("--checksum of a local file: err = %v, want an error naming --checksum", err)
+	}
+
+	before := gets.Load()
+	k1, err := Checksum(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := gets.Load() - before; n != 0 {
+		t.Errorf("the cache key of an ADD --checksum made %d requests, want none", n)
+	}
+	other := spec
+	other.Checksum = digest.FromString("v2")
+	if k2, _ := Checksum(context.Background(), other); k2 == k1 {
+		t.Error("another checksum gave the same cache key")
 	}
 }

@@ -105,6 +105,15 @@ type CopySpec struct {
 	// keep the archive's owners (Docker's rule) unless Chown is set or UID or
 	// GID is not 0; then UID:GID owns them all.
 	Chown bool
+	// SourceExcludes are COPY --exclude and ADD --exclude patterns, matched
+	// as BuildKit matches them: against the paths below each directory
+	// source (relative to it), the later "!" exceptions bringing back only
+	// what an earlier pattern hid; a source named itself is never hidden.
+	SourceExcludes []string
+	// Checksum is ADD --checksum: the digest the content of every source,
+	// which must all be URLs, must have (ErrChecksum otherwise; nothing of
+	// such a download stays).
+	Checksum digest.Digest
 }
 
 var (
@@ -121,6 +130,9 @@ var (
 	// ErrDownload is wrapped by the error of an ADD URL that answered with a
 	// status other than 2xx.
 	ErrDownload = errors.New("download failed")
+	// ErrChecksum is wrapped by the error of an ADD --checksum whose URL
+	// answered with other content.
+	ErrChecksum = errors.New("checksum mismatch")
 )
 
 // Copy carries out spec in DestRoot and returns how many entries it wrote:
@@ -171,7 +183,8 @@ func Copy(ctx context.Context, spec CopySpec) (int, error) {
 // relative to the source, type, permission bits, content (file bytes and
 // size, symlink target, device number) and copied extended attributes. No
 // owner and no time of the source counts. A URL counts as the URL and the
-// bytes it answers with, downloaded.
+// bytes it answers with, downloaded; with --checksum, as the URL and the
+// checksum, without a download.
 func Checksum(ctx context.Context, spec CopySpec) (digest.Digest, error) {
 	p, err := newCopyPlan(spec)
 	if err != nil {
@@ -227,6 +240,7 @@ type copyPlan struct {
 	destDir bool    // Dest names a directory: ends in "/" or "/.", or is the root
 	mode    *uint32 // Chmod as chmod(2) takes it
 	excl    *patternmatcher.PatternMatcher
+	srcExcl *patternmatcher.PatternMatcher // SourceExcludes
 }
 
 func newCopyPlan(spec CopySpec) (*copyPlan, error) {
@@ -250,7 +264,30 @@ func newCopyPlan(spec CopySpec) (*copyPlan, error) {
 		}
 		p.excl = pm
 	}
+	if spec.Checksum != "" {
+		if err := spec.Checksum.Validate(); err != nil {
+			return nil, fmt.Errorf("%s --checksum=%s: %w", p.op, spec.Checksum, err)
+		}
+		for _, src := range spec.Sources {
+			if !p.isURL(src) {
+				return nil, fmt.Errorf("%s --checksum: %s is not an http:// or https:// URL; only downloads are checked", p.op, src)
+			}
+		}
+	}
+	if len(spec.SourceExcludes) > 0 {
+		pm, err := patternmatcher.New(spec.SourceExcludes)
+		if err != nil {
+			return nil, fmt.Errorf("%s --exclude: %w", p.op, err)
+		}
+		p.srcExcl = pm
+	}
 	return p, nil
+}
+
+// walker walks directory source s with the plan's excludes, visiting with
+// visit.
+func (p *copyPlan) walker(ctx context.Context, s *copySource, visit func(n *srcNode, leaving bool) error) *treeWalker {
+	return &treeWalker{ctx: ctx, excl: p.excl, base: s.real, srcExcl: p.srcExcl, visit: visit}
 }
 
 // cleanRel clamps p to its tree's root and makes it relative: "../x", "/x"
@@ -434,8 +471,7 @@ func (c *copier) copyTree(ctx context.Context, s *copySource, dest int) error {
 	dir := os.NewFile(uintptr(fd), s.written)
 	defer dir.Close()
 	w := &treeWriter{c: c, stack: []treeDir{{fd: dest}}}
-	walk := &treeWalker{ctx: ctx, excl: c.excl, base: s.real, visit: w.visit}
-	if err := walk.walk(dir, ""); err != nil {
+	if err := c.walker(ctx, s, w.visit).walk(dir, "", patternmatcher.MatchInfo{}); err != nil {
 		for _, d := range w.stack[1:] {
 			unix.Close(d.fd)
 		}

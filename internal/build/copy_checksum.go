@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/moby/patternmatcher"
 	"hash"
 	"io"
 	"os"
@@ -16,10 +17,19 @@ func (p *copyPlan) hashSpec(h hash.Hash) {
 	if p.mode != nil {
 		fmt.Fprintf(h, " chmod=%o", *p.mode)
 	}
+	if len(p.SourceExcludes) > 0 {
+		fmt.Fprintf(h, " exclude=%q", p.SourceExcludes)
+	}
 	fmt.Fprintln(h)
 }
 
 func (p *copyPlan) hashSource(ctx context.Context, h hash.Hash, src *fsRoot, s *copySource) error {
+	if s.url != "" && p.Checksum != "" {
+		// The content is what the checksum says, or the copy fails: no
+		// download for the key.
+		fmt.Fprintf(h, "url %q checksum %s\n", s.url, p.Checksum)
+		return nil
+	}
 	if s.url != "" {
 		resp, err := httpGet(ctx, s.url)
 		if err != nil {
@@ -44,13 +54,13 @@ func (p *copyPlan) hashSource(ctx context.Context, h hash.Hash, src *fsRoot, s *
 	}
 	dir := os.NewFile(uintptr(fd), s.written)
 	defer dir.Close()
-	walk := &treeWalker{ctx: ctx, excl: p.excl, base: s.real, visit: func(n *srcNode, leaving bool) error {
+	walk := p.walker(ctx, s, func(n *srcNode, leaving bool) error {
 		if leaving {
 			return nil
 		}
 		return p.hashEntry(h, n)
-	}}
-	return walk.walk(dir, "")
+	})
+	return walk.walk(dir, "", patternmatcher.MatchInfo{})
 }
 
 // hashEntry writes one line for n: kind, path, permission bits, content.

@@ -150,7 +150,7 @@ func (p *copyPlan) holdsNothing(ctx context.Context, s *copySource) (bool, error
 	defer dir.Close()
 	found := errors.New("found")
 	walk := &treeWalker{ctx: ctx, excl: p.excl, base: s.real, visit: func(*srcNode, bool) error { return found }}
-	switch err := walk.walk(dir, ""); {
+	switch err := walk.walk(dir, "", patternmatcher.MatchInfo{}); {
 	case errors.Is(err, found):
 		return false, nil
 	case err != nil:
@@ -215,11 +215,14 @@ type treeWalker struct {
 	ctx     context.Context
 	excl    *patternmatcher.PatternMatcher // nil hides nothing
 	base    string                         // the walked directory's path in SrcRoot, the excludes' frame
+	srcExcl *patternmatcher.PatternMatcher // CopySpec.SourceExcludes, matched below the walked directory; nil hides nothing
 	visit   func(n *srcNode, leaving bool) error
 	pending []*srcNode // excluded directories walked into and not visited yet
 }
 
-func (w *treeWalker) walk(dir *os.File, rel string) error {
+// walk visits the entries of dir, at rel below the walked directory; info
+// is rel's result for srcExcl.
+func (w *treeWalker) walk(dir *os.File, rel string, info patternmatcher.MatchInfo) error {
 	names, err := dir.Readdirnames(-1)
 	if err != nil {
 		return &os.PathError{Op: "readdir", Path: rel, Err: err}
@@ -242,9 +245,22 @@ func (w *treeWalker) walk(dir *os.File, rel string) error {
 			continue
 		}
 		hidden, walkIn := w.hidden(n.rel)
+		var sub patternmatcher.MatchInfo
+		if w.srcExcl != nil {
+			var out bool
+			if out, sub, err = w.srcExcl.MatchesUsingParentResults(n.rel, info); err != nil {
+				return fmt.Errorf("--exclude: %w", err)
+			}
+			if out {
+				// Walked into only when an exception may bring back
+				// something below, and the other excludes allow it.
+				walkIn = w.srcExcl.Exclusions() && (!hidden || walkIn)
+				hidden = true
+			}
+		}
 		switch {
 		case typ == unix.S_IFDIR && (!hidden || walkIn):
-			err = w.walkDir(n, hidden)
+			err = w.walkDir(n, hidden, sub)
 		case hidden:
 		default:
 			err = w.emit(n)
@@ -256,7 +272,7 @@ func (w *treeWalker) walk(dir *os.File, rel string) error {
 	return nil
 }
 
-func (w *treeWalker) walkDir(n *srcNode, hidden bool) error {
+func (w *treeWalker) walkDir(n *srcNode, hidden bool, info patternmatcher.MatchInfo) error {
 	fd, err := openDirAt(n.dir, n.name, unix.O_RDONLY)
 	if err != nil {
 		return err
@@ -268,7 +284,7 @@ func (w *treeWalker) walkDir(n *srcNode, hidden bool) error {
 	} else if err := w.emit(n); err != nil {
 		return err
 	}
-	if err := w.walk(n.file, n.rel); err != nil {
+	if err := w.walk(n.file, n.rel, info); err != nil {
 		return err
 	}
 	if !n.visited {

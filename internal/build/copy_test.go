@@ -396,6 +396,46 @@ func TestCopyExcludes(t *testing.T) {
 	wantMissing(t, filepath.Join(root, "h"))
 }
 
+// TestCopySourceExcludes: COPY --exclude patterns match below each
+// directory source, relative to it, with BuildKit's rule for exceptions
+// (one brings back only what an earlier pattern hid, not what lies below
+// a directory it names); a source named itself is never hidden; and they
+// work with .dockerignore's excludes.
+func TestCopySourceExcludes(t *testing.T) {
+	src := t.TempDir()
+	for _, f := range []string{"a.txt", "b.md", "ignored.txt", "dir/c.txt", "dir/d.md", "dir/sub/e.txt", "dir/sub/f.md", "dir/keep/g.txt"} {
+		writeTestFile(t, src, f, f, 0o644)
+	}
+	for _, tt := range []struct {
+		sources, excludes, want []string
+	}{
+		{[]string{"."}, []string{"*.txt"}, []string{"b.md", "dir/c.txt", "dir/d.md", "dir/keep/g.txt", "dir/sub/e.txt", "dir/sub/f.md"}},
+		{[]string{"dir"}, []string{"*.txt"}, []string{"d.md", "keep/g.txt", "sub/e.txt", "sub/f.md"}},
+		{[]string{"dir"}, []string{"sub"}, []string{"c.txt", "d.md", "keep/g.txt"}},
+		{[]string{"dir"}, []string{"**/*.txt", "!keep"}, []string{"d.md", "sub/f.md"}},
+		{[]string{"dir"}, []string{"sub", "!sub/e.txt"}, []string{"c.txt", "d.md", "keep/g.txt", "sub/e.txt"}},
+		{[]string{"a.txt", "b.md"}, []string{"*.md", "*.txt"}, []string{"a.txt", "b.md"}},
+	} {
+		root := t.TempDir()
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: tt.sources, Excludes: []string{"ignored.txt"}, SourceExcludes: tt.excludes, DestRoot: root, Dest: "/out/"})
+		var got []string
+		filepath.WalkDir(filepath.Join(root, "out"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				rel, _ := filepath.Rel(filepath.Join(root, "out"), p)
+				got = append(got, rel)
+			}
+			return nil
+		})
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("COPY --exclude=%q %q: copied %q, want %q", tt.excludes, tt.sources, got, tt.want)
+		}
+	}
+	_, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{"dir"}, SourceExcludes: []string{"[x"}, DestRoot: t.TempDir(), Dest: "/out/"})
+	if err == nil || !strings.Contains(err.Error(), "--exclude") {
+		t.Errorf("a bad pattern: err = %v, want one naming --exclude", err)
+	}
+}
+
 func TestCopyChmod(t *testing.T) {
 	src := t.TempDir()
 	writeTestFile(t, src, "tree/f", "f", 0o600)
@@ -686,6 +726,7 @@ func TestChecksum(t *testing.T) {
 		"the owner":       func(s *CopySpec) { s.UID = 1 },
 		"--chmod":         func(s *CopySpec) { m := os.FileMode(0o700); s.Chmod = &m },
 		"the excludes":    func(s *CopySpec) { s.Excludes = nil },
+		"--exclude":       func(s *CopySpec) { s.SourceExcludes = []string{"*.sh"} },
 	} {
 		if got := sum(checksumTree(t, nil), tweak); got == base {
 			t.Errorf("changing %s left the checksum as it was", what)

@@ -3,10 +3,12 @@ package build
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"path"
 
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,8 +31,18 @@ func (c *copier) download(ctx context.Context, s *copySource) error {
 	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
 		m.mtime = unix.NsecToTimespec(t.UnixNano())
 	}
-	if err := writeRegular(dir, name, resp.Body, m); err != nil {
+	var body io.Reader = resp.Body
+	var d digest.Digester
+	if c.Checksum != "" {
+		d = c.Checksum.Algorithm().Digester()
+		body = io.TeeReader(body, d.Hash())
+	}
+	if err := writeRegular(dir, name, body, m); err != nil {
 		return fmt.Errorf("%s: %w", redactURL(s.url), err)
+	}
+	if d != nil && d.Digest() != c.Checksum {
+		unix.Unlinkat(dir, name, 0)
+		return fmt.Errorf("%w: %s has digest %s, want %s", ErrChecksum, redactURL(s.url), d.Digest(), c.Checksum)
 	}
 	c.count++
 	return nil

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	digest "github.com/opencontainers/go-digest"
 	"github.com/stratafs/strata/internal/daemon"
 	steprun "github.com/stratafs/strata/internal/run"
 	"golang.org/x/sys/unix"
@@ -78,10 +79,7 @@ func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.Copy
 	if c.Parents {
 		return errors.New("COPY --parents is not supported")
 	}
-	if len(c.ExcludePatterns) > 0 {
-		return errors.New("COPY --exclude is not supported")
-	}
-	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.Link, false, commandText(c))
+	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.ExcludePatterns, "", c.Link, false, commandText(c))
 }
 
 // add carries out an ADD.
@@ -92,21 +90,28 @@ func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCo
 	if err := c.ExpandRaw(st.rawExpander()); err != nil {
 		return err
 	}
-	if c.Checksum != "" || c.KeepGitDir != nil || c.Unpack != nil || len(c.ExcludePatterns) > 0 {
-		return errors.New("ADD --checksum, --keep-git-dir, --unpack and --exclude are not supported")
+	if c.KeepGitDir != nil || c.Unpack != nil {
+		return errors.New("ADD --keep-git-dir and --unpack are not supported")
+	}
+	var sum digest.Digest
+	if c.Checksum != "" {
+		var err error
+		if sum, err = digest.Parse(c.Checksum); err != nil {
+			return fmt.Errorf("--checksum=%s: %w", c.Checksum, err)
+		}
 	}
 	for _, s := range c.SourcePaths {
 		if strings.HasPrefix(s, "git@") || strings.HasSuffix(strings.SplitN(s, "#", 2)[0], ".git") {
 			return fmt.Errorf("ADD of a git repository (%s) is not supported", s)
 		}
 	}
-	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.Link, true, commandText(c))
+	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.ExcludePatterns, sum, c.Link, true, commandText(c))
 }
 
 // copyFiles is COPY and ADD: what they copy is checksummed for the cache
 // key, then copied into a writable mount of the stage's image.
-func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, link, add bool, text string) error {
-	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link}
+func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, exclude []string, checksum digest.Digest, link, add bool, text string) error {
+	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link, SourceExcludes: slices.Clone(exclude), Checksum: checksum}
 	what := "context"
 	if len(sd.SourceContents) > 0 {
 		// Heredoc files: written to a directory of their own.

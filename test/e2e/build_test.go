@@ -344,7 +344,9 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // TestBuildSameAsBuildKit builds what buildah 1.28 cannot build
 // (testdata/build/reference: heredocs, COPY --link and --chmod, rw bind
 // mounts, SHELL on the shell forms of CMD and ENTRYPOINT, a last WORKDIR;
-// testdata/build/escape: the escape directive) with BuildKit, its containerd worker on containerd's own overlayfs
+// testdata/build/escape: the escape directive; testdata/build/exclude:
+// COPY and ADD --exclude; testdata/build/checksum: ADD --checksum) with
+// BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
@@ -374,8 +376,17 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 		// does.
 		compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
 	}
-	for _, name := range []string{"reference", "escape"} {
-		t.Run(name, func(t *testing.T) { build(t, contextDir(t, name), name, nil) })
+	for _, c := range []struct {
+		name    string
+		prepare func(t *testing.T, dir string)
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := contextDir(t, c.name)
+			if c.prepare != nil {
+				c.prepare(t, dir)
+			}
+			build(t, dir, c.name, nil)
+		})
 	}
 	// And what buildah builds, where the two agree.
 	for _, c := range sameCases {
