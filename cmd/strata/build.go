@@ -45,13 +45,13 @@ FROM, --platform of this machine or one binfmt emulates), RUN (shell and
 exec forms, heredocs, --mount=type=cache|bind|secret|tmpfs (a bind is
 read-only, or with rw writable and its writes dropped), --network=none),
 COPY and ADD (.dockerignore, --from=STAGE|IMAGE, --chown, --chmod, --link,
---exclude, heredocs; ADD unpacks local tar archives and downloads URLs,
---checksum checks a download), ENV, ARG,
+--exclude, COPY --parents, heredocs; ADD unpacks local tar archives and
+downloads URLs, --checksum checks a download), ENV, ARG,
 WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, VOLUME, STOPSIGNAL,
 HEALTHCHECK, SHELL, ONBUILD (kept in the config; a base image's or base
 stage's triggers run before the stage's own steps); the escape directive.
 Not supported: RUN --mount=type=ssh, ADD of git repositories (and
---keep-git-dir), ADD --unpack, COPY --parents.
+--keep-git-dir), ADD --unpack.
 
 With SOURCE_DATE_EPOCH (the environment, --source-date-epoch or the build
 argument) the result is reproducible. The image digest is printed last.

@@ -110,6 +110,11 @@ type CopySpec struct {
 	// source (relative to it), the later "!" exceptions bringing back only
 	// what an earlier pattern hid; a source named itself is never hidden.
 	SourceExcludes []string
+	// Parents is COPY --parents: each source goes below Dest (a directory)
+	// at its own path in SrcRoot, or at what follows the last "/./" written
+	// in it, as BuildKit copies them; the directories on the way are made
+	// as Dest's missing parents are.
+	Parents bool
 	// Checksum is ADD --checksum: the digest the content of every source,
 	// which must all be URLs, must have (ErrChecksum otherwise; nothing of
 	// such a download stays).
@@ -252,7 +257,7 @@ func newCopyPlan(spec CopySpec) (*copyPlan, error) {
 		return nil, fmt.Errorf("%s: no source", p.op)
 	}
 	p.dest = cleanRel(spec.Dest)
-	p.destDir = p.dest == "" || spec.Dest == "." || strings.HasSuffix(spec.Dest, "/") || strings.HasSuffix(spec.Dest, "/.")
+	p.destDir = p.dest == "" || spec.Dest == "." || strings.HasSuffix(spec.Dest, "/") || strings.HasSuffix(spec.Dest, "/.") || spec.Parents
 	if spec.Chmod != nil {
 		m := unixMode(*spec.Chmod)
 		p.mode = &m
@@ -370,6 +375,9 @@ func (c *copier) copySource(ctx context.Context, s *copySource) error {
 		}
 	}
 	dir, name, err := c.target(isDir, s.base)
+	if c.Parents {
+		dir, name, err = c.parentsTarget(isDir, s)
+	}
 	if err != nil {
 		return err
 	}
@@ -378,6 +386,84 @@ func (c *copier) copySource(ctx context.Context, s *copySource) error {
 		return c.copyTree(ctx, s, dir)
 	}
 	return c.writeEntry(dir, name, s.node(c.src))
+}
+
+// parentsTarget is target for COPY --parents: s's kept path (parentsKept)
+// below Dest. The directories on it that are missing are made with the
+// mode of the source directory each stands for (or Chmod) and owner
+// UID:GID, as BuildKit makes them.
+func (c *copier) parentsTarget(srcIsDir bool, s *copySource) (int, string, error) {
+	kept := parentsKept(s)
+	dirs, name := kept, ""
+	if !srcIsDir {
+		dirs, name = path.Split(kept)
+		if name == "" {
+			name = s.base
+		}
+	}
+	dirs = strings.TrimSuffix(dirs, "/")
+	fd, err := c.mkdir(c.dest)
+	if err != nil || dirs == "" {
+		return fd, name, err
+	}
+	srcDir := strings.TrimSuffix(strings.TrimSuffix(s.rel, kept), "/") // where kept starts in SrcRoot
+	mk := c.dst.mkdirAll
+	if c.Link {
+		mk = c.dst.mkdirAllNoFollow
+	}
+	comps := strings.Split(dirs, "/")
+	for i := range comps {
+		unix.Close(fd)
+		a := c.dirAttrs()
+		if c.mode == nil {
+			if m, ok := c.srcDirMode(path.Join(srcDir, path.Join(comps[:i+1]...))); ok {
+				a.mode = m
+			}
+		}
+		var made int
+		fd, made, err = mk(path.Join(c.dest, path.Join(comps[:i+1]...)), a)
+		c.count += made
+		if err != nil {
+			return -1, "", err
+		}
+	}
+	return fd, name, nil
+}
+
+// srcDirMode is the permission bits of directory rel of SrcRoot.
+func (c *copier) srcDirMode(rel string) (uint32, bool) {
+	fd, err := c.src.open(rel, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return 0, false
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return 0, false
+	}
+	return st.Mode & 0o7777, true
+}
+
+// parentsKept is the path of source s that COPY --parents keeps: its path
+// in SrcRoot, or what follows the last "/./" written in it ("./" at the
+// start is no such pivot).
+func parentsKept(s *copySource) string {
+	w := "/" + strings.TrimPrefix(s.written, "/")
+	i := strings.LastIndex(w, "/./")
+	if i <= 0 {
+		return s.rel
+	}
+	pivot := cleanRel(w[:i])
+	if pivot == "" {
+		return s.rel
+	}
+	if kept, ok := strings.CutPrefix(s.rel, pivot+"/"); ok {
+		return kept
+	}
+	if s.rel == pivot {
+		return ""
+	}
+	return s.rel
 }
 
 // mkdir opens directory rel of the image, making what is missing.

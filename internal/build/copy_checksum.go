@@ -20,6 +20,9 @@ func (p *copyPlan) hashSpec(h hash.Hash) {
 	if len(p.SourceExcludes) > 0 {
 		fmt.Fprintf(h, " exclude=%q", p.SourceExcludes)
 	}
+	if p.Parents {
+		fmt.Fprint(h, " parents")
+	}
 	fmt.Fprintln(h)
 }
 

@@ -798,3 +798,63 @@ func TestCopyKeepsHardlinksWithinASource(t *testing.T) {
 		t.Error("two sources naming one file were copied as links")
 	}
 }
+
+// TestCopyParents: COPY --parents puts each source below Dest at its path,
+// or at what follows a "/./" pivot, its missing directories made with the
+// source directories' modes (or --chmod's) and the copy's owner.
+func TestCopyParents(t *testing.T) {
+	src := t.TempDir()
+	for _, f := range []string{"a.txt", "x/a.txt", "x/b.md", "x/sub/c.txt", "y/a.txt", "z/deep/d.txt"} {
+		writeTestFile(t, src, f, f, 0o644)
+	}
+	for rel, mode := range map[string]os.FileMode{"x": 0o750, "x/sub": 0o711, "z/deep": 0o700} {
+		if err := os.Chmod(filepath.Join(src, rel), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := func(root string) []string {
+		var got []string
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				rel, _ := filepath.Rel(root, p)
+				got = append(got, rel)
+			}
+			return nil
+		})
+		return got
+	}
+	for _, tt := range []struct {
+		sources, want []string
+	}{
+		{[]string{"x/a.txt", "y/a.txt"}, []string{"x/a.txt", "y/a.txt"}},
+		{[]string{"*/a.txt"}, []string{"x/a.txt", "y/a.txt"}},
+		{[]string{"x"}, []string{"x/a.txt", "x/b.md", "x/sub/c.txt"}},
+		{[]string{"./z/./deep/d.txt"}, []string{"deep/d.txt"}},
+		{[]string{"z/./deep"}, []string{"deep/d.txt"}},
+		{[]string{"a.txt"}, []string{"a.txt"}},
+	} {
+		root := t.TempDir()
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: tt.sources, DestRoot: root, Dest: "/p", Parents: true})
+		if got := files(filepath.Join(root, "p")); !slices.Equal(got, tt.want) {
+			t.Errorf("COPY --parents %q: copied %q, want %q", tt.sources, got, tt.want)
+		}
+	}
+	root := t.TempDir()
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"x/sub/c.txt", "z/./deep/d.txt"}, DestRoot: root, Dest: "/p/", Parents: true, UID: 1234, GID: 5678})
+	for rel, mode := range map[string]os.FileMode{"p": 0o755, "p/x": 0o750, "p/x/sub": 0o711, "p/deep": 0o700} {
+		fi, err := os.Stat(filepath.Join(root, rel))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want a directory of mode %04o", rel, fi, err, mode)
+			continue
+		}
+		if rel != "p" && os.Geteuid() == 0 {
+			wantOwner(t, filepath.Join(root, rel), 1234, 5678)
+		}
+	}
+	mode := os.FileMode(0o700)
+	root = t.TempDir()
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"x/sub/c.txt"}, DestRoot: root, Dest: "/p/", Parents: true, Chmod: &mode})
+	if fi, err := os.Stat(filepath.Join(root, "p/x/sub")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("p/x/sub with --chmod=0700: %v, %v", fi, err)
+	}
+}

@@ -76,10 +76,7 @@ func (b *builder) copy(ctx context.Context, st *stageState, c *instructions.Copy
 	if err := c.ExpandRaw(st.rawExpander()); err != nil {
 		return err
 	}
-	if c.Parents {
-		return errors.New("COPY --parents is not supported")
-	}
-	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.ExcludePatterns, "", c.Link, false, commandText(c))
+	return b.copyFiles(ctx, st, c.SourcesAndDest, c.From, c.Chown, c.Chmod, c.ExcludePatterns, "", c.Link, c.Parents, false, commandText(c))
 }
 
 // add carries out an ADD.
@@ -105,13 +102,13 @@ func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCo
 			return fmt.Errorf("ADD of a git repository (%s) is not supported", s)
 		}
 	}
-	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.ExcludePatterns, sum, c.Link, true, commandText(c))
+	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.ExcludePatterns, sum, c.Link, false, true, commandText(c))
 }
 
 // copyFiles is COPY and ADD: what they copy is checksummed for the cache
 // key, then copied into a writable mount of the stage's image.
-func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, exclude []string, checksum digest.Digest, link, add bool, text string) error {
-	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link, SourceExcludes: slices.Clone(exclude), Checksum: checksum}
+func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, exclude []string, checksum digest.Digest, link, parents, add bool, text string) error {
+	spec := CopySpec{Sources: slices.Clone(sd.SourcePaths), Add: add, Link: link, Parents: parents, SourceExcludes: slices.Clone(exclude), Checksum: checksum}
 	what := "context"
 	if len(sd.SourceContents) > 0 {
 		// Heredoc files: written to a directory of their own.

@@ -345,8 +345,8 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // (testdata/build/reference: heredocs, COPY --link and --chmod, rw bind
 // mounts, SHELL on the shell forms of CMD and ENTRYPOINT, a last WORKDIR;
 // testdata/build/escape: the escape directive; testdata/build/exclude:
-// COPY and ADD --exclude; testdata/build/checksum: ADD --checksum) with
-// BuildKit, its containerd worker on containerd's own overlayfs
+// COPY and ADD --exclude; testdata/build/checksum: ADD --checksum;
+// testdata/build/parents: COPY --parents) with BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
@@ -379,7 +379,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		prepare func(t *testing.T, dir string)
-	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}} {
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := contextDir(t, c.name)
 			if c.prepare != nil {
@@ -397,6 +397,15 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 			}
 			build(t, sameContext(t, c.name, b.base, c.prepare), c.name, c.args)
 		})
+	}
+}
+
+// parentsModes gives the directories of testdata/build/parents modes of
+// their own, for COPY --parents to carry or not.
+func parentsModes(t *testing.T, dir string) {
+	t.Helper()
+	for rel, mode := range map[string]os.FileMode{"x": 0o750, "x/sub": 0o711, "z": 0o700, "z/deep": 0o755, "z/deep/er": 0o770} {
+		must(t, os.Chmod(filepath.Join(dir, rel), mode))
 	}
 }
 
