@@ -51,15 +51,16 @@ import (
 //     by the directory a directory source makes (buildah's rule; BuildKit
 //     writes a file through a symlink to a file); a file there is replaced
 //     by a file, and is an error for a directory source (ENOTDIR).
-//   - Every entry copied gets owner UID:GID, the source's permission bits
-//     (setuid, setgid and sticky included) unless Chmod is set, and the
-//     source's modification time; security.capability and user.* extended
-//     attributes are copied where the destination accepts them. A directory
-//     of the tree that already exists in the image is merged into and takes
-//     the copied directory's mode, owner and time (BuildKit's rule); an
-//     existing file or symlink is removed and replaced, never written
-//     through; below Dest, a file never replaces a directory (EISDIR), and a
-//     directory replaces a non-directory only with Link (ENOTDIR otherwise).
+//   - Every entry copied gets owner UID:GID (its own with KeepOwners), the
+//     source's permission bits (setuid, setgid and sticky included) unless
+//     Chmod is set, and the source's modification time; security.capability
+//     and user.* extended attributes are copied where the destination accepts
+//     them. A directory of the tree that already exists in the image is merged
+//     into and takes the copied directory's mode, owner and time (BuildKit's
+//     rule); an existing file or symlink is removed and replaced, never
+//     written through; below Dest, a file never replaces a directory (EISDIR),
+//     and a directory replaces a non-directory only with Link (ENOTDIR
+//     otherwise).
 //   - Regular files that are hard links of one another stay hard links of
 //     one another when they are copied as part of one source directory, as
 //     buildah and BuildKit keep them; files named by different sources (or
@@ -110,6 +111,10 @@ type CopySpec struct {
 	// source (relative to it), the later "!" exceptions bringing back only
 	// what an earlier pattern hid; a source named itself is never hidden.
 	SourceExcludes []string
+	// KeepOwners is COPY --from without --chown: every entry copied keeps
+	// the owner it has in SrcRoot, as BuildKit and buildah copy from a
+	// stage or an image; UID:GID owns only the directories made for Dest.
+	KeepOwners bool
 	// Parents is COPY --parents: each source goes below Dest (a directory)
 	// at its own path in SrcRoot, or at what follows the last "/./" written
 	// in it, as BuildKit copies them; the directories on the way are made
@@ -187,7 +192,7 @@ func Copy(ctx context.Context, spec CopySpec) (int, error) {
 // it selects (wildcards and excludes applied as Copy applies them), its path
 // relative to the source, type, permission bits, content (file bytes and
 // size, symlink target, device number) and copied extended attributes. No
-// owner and no time of the source counts. A URL counts as the URL and the
+// time of the source counts, and no owner but with KeepOwners. A URL counts as the URL and the
 // bytes it answers with, downloaded; with --checksum, as the URL and the
 // checksum, without a download.
 func Checksum(ctx context.Context, spec CopySpec) (digest.Digest, error) {
@@ -332,6 +337,9 @@ func (p *copyPlan) dirAttrs() newDirAttrs {
 // when not nil, is the source open, to read its extended attributes from.
 func (p *copyPlan) entryMetaOf(st *unix.Stat_t, f *os.File) (entryMeta, error) {
 	m := entryMeta{uid: p.UID, gid: p.GID, mode: st.Mode & 0o7777, mtime: st.Mtim}
+	if p.KeepOwners {
+		m.uid, m.gid = int(st.Uid), int(st.Gid)
+	}
 	if p.mode != nil {
 		m.mode = *p.mode
 	}

@@ -23,6 +23,9 @@ func (p *copyPlan) hashSpec(h hash.Hash) {
 	if p.Parents {
 		fmt.Fprint(h, " parents")
 	}
+	if p.KeepOwners {
+		fmt.Fprint(h, " keep-owners")
+	}
 	fmt.Fprintln(h)
 }
 
@@ -70,6 +73,9 @@ func (p *copyPlan) hashSource(ctx context.Context, h hash.Hash, src *fsRoot, s *
 func (p *copyPlan) hashEntry(h hash.Hash, n *srcNode) error {
 	typ := n.st.Mode & unix.S_IFMT
 	fmt.Fprintf(h, "%o %q %o", typ, n.rel, n.st.Mode&0o7777)
+	if p.KeepOwners {
+		fmt.Fprintf(h, " %d:%d", n.st.Uid, n.st.Gid)
+	}
 	var xattrFd = -1
 	switch typ {
 	case unix.S_IFREG:

@@ -858,3 +858,38 @@ func TestCopyParents(t *testing.T) {
 		t.Errorf("p/x/sub with --chmod=0700: %v, %v", fi, err)
 	}
 }
+
+// TestCopyKeepOwners: with KeepOwners (COPY --from without --chown) every
+// entry keeps its source owner, the directories made for Dest are UID:GID's,
+// and an owner then counts in the cache key.
+func TestCopyKeepOwners(t *testing.T) {
+	requireRootForCopy(t)
+	src := t.TempDir()
+	writeTestFile(t, src, "tree/f", "f", 0o644)
+	mkdirTest(t, src, "tree/sub", 0o700)
+	symlinkTest(t, "f", src, "tree/link")
+	for rel, id := range map[string]int{"tree/f": 1234, "tree/sub": 42, "tree/link": 7} {
+		if err := os.Lchown(filepath.Join(src, rel), id, id+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := t.TempDir()
+	spec := CopySpec{SrcRoot: src, Sources: []string{"tree"}, DestRoot: root, Dest: "/made/t/", KeepOwners: true}
+	mustCopy(t, spec)
+	wantOwner(t, filepath.Join(root, "made/t/f"), 1234, 1235)
+	wantOwner(t, filepath.Join(root, "made/t/sub"), 42, 43)
+	wantOwner(t, filepath.Join(root, "made/t/link"), 7, 8)
+	wantOwner(t, filepath.Join(root, "made"), 0, 0)
+
+	spec.DestRoot = ""
+	k1, err := Checksum(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(filepath.Join(src, "tree/f"), 99, 99); err != nil {
+		t.Fatal(err)
+	}
+	if k2, _ := Checksum(context.Background(), spec); k2 == k1 {
+		t.Error("a source owner changed and the cache key of a copy that keeps owners did not")
+	}
+}

@@ -132,6 +132,7 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		}
 		spec.SrcRoot, what = root, w
 		spec.Excludes = b.excludesFor(from)
+		spec.KeepOwners = from != "" && chown == ""
 	}
 	if chmod != "" {
 		n, err := strconv.ParseUint(chmod, 8, 32)

@@ -269,6 +269,7 @@ var sameCases = []struct {
 	{name: "users"},
 	{name: "fromimage"},
 	{name: "syntax"},
+	{name: "fromowners"},
 	{name: "addurl", prepare: serveDownloads},
 	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
