@@ -261,14 +261,26 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				return nil, errors.New("RUN --mount=type=cache needs target=")
 			}
-			if m.From != "" {
-				return nil, errors.New("RUN --mount=type=cache,from= is not supported")
-			}
 			id := m.CacheID
 			if id == "" {
 				id = target
 			}
 			p.key = append(p.key, "cache "+id+" "+target)
+			cacheID := id
+			var seed func(dir string) error
+			if m.From != "" {
+				// A new cache starts as a copy of source in from (a stage or
+				// an image): its files, owners and modes, the directory's
+				// own too. Another base is another cache, as in BuildKit.
+				root, what, err := b.sourceRoot(ctx, st, m.From)
+				if err != nil {
+					return nil, err
+				}
+				source := orRoot(m.Source)
+				cacheID += "\x00" + what + "\x00" + source
+				p.key[len(p.key)-1] += " from " + what + " " + source
+				seed = func(dir string) error { return seedCache(ctx, root, source, dir) }
+			}
 			uid, gid, mode := uint64(0), uint64(0), uint64(0o755)
 			if m.UID != nil {
 				uid = *m.UID
@@ -279,7 +291,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if m.Mode != nil {
 				mode = *m.Mode
 			}
-			sum := sha256.Sum256([]byte(id))
+			sum := sha256.Sum256([]byte(cacheID))
 			dir := filepath.Join(b.root, "build", "cache-mounts", hex.EncodeToString(sum[:12]))
 			spec := "type=bind,source=" + dir + ",target=" + target
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
@@ -287,6 +299,13 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 					return steprun.Mount{}, err
 				}
 				if err := os.Mkdir(dir, os.FileMode(mode)&os.ModePerm); err == nil {
+					if seed != nil {
+						if err := seed(dir); err != nil {
+							os.RemoveAll(dir) // seeded again next time
+							return steprun.Mount{}, fmt.Errorf("RUN --mount=type=cache,from=%s: %w", m.From, err)
+						}
+						return steprun.ParseMount(spec)
+					}
 					if err := os.Chown(dir, int(uid), int(gid)); err != nil {
 						return steprun.Mount{}, err
 					}
@@ -345,6 +364,30 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 		}
 	}
 	return p, nil
+}
+
+// seedCache fills new cache directory dir with the contents of source in
+// root, owners and modes kept, and gives dir source's owner and mode.
+func seedCache(ctx context.Context, root, source, dir string) error {
+	src, err := resolveIn(root, source)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("source=%s is not a directory", source)
+	}
+	if _, err := Copy(ctx, CopySpec{SrcRoot: root, Sources: []string{source}, DestRoot: dir, Dest: "/", KeepOwners: true}); err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if err := os.Chown(dir, int(st.Uid), int(st.Gid)); err != nil {
+		return err
+	}
+	return os.Chmod(dir, fi.Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky))
 }
 
 // writableSource is the host path an rw bind mount binds: source of the

@@ -347,7 +347,8 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // mounts, SHELL on the shell forms of CMD and ENTRYPOINT, a last WORKDIR;
 // testdata/build/escape: the escape directive; testdata/build/exclude:
 // COPY and ADD --exclude; testdata/build/checksum: ADD --checksum;
-// testdata/build/parents: COPY --parents) with BuildKit, its containerd worker on containerd's own overlayfs
+// testdata/build/parents: COPY --parents; testdata/build/runmounts: RUN
+// --mount options) with BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
@@ -380,7 +381,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		prepare func(t *testing.T, dir string)
-	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}} {
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := contextDir(t, c.name)
 			if c.prepare != nil {
