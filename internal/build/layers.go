@@ -275,9 +275,13 @@ func (b *builder) sweep(ctx context.Context) {
 	if _, err := steprun.Sweep(filepath.Join(b.root, "run")); err != nil {
 		b.o.Log("warning: ending runs left behind: " + err.Error())
 	}
-	// Then the overlays of rw bind mounts, which the daemon does not know.
+	// Then the overlays of rw bind mounts and the secrets tmpfs, which the
+	// daemon does not know.
 	for _, d := range dead {
-		if _, err := kmount.ClearStale(d, func(t string) bool { return !strings.HasPrefix(filepath.Base(filepath.Dir(t)), rwPrefix) }); err != nil {
+		ours := func(t string) bool {
+			return strings.HasPrefix(filepath.Base(filepath.Dir(t)), rwPrefix) || filepath.Base(t) == secretsDir
+		}
+		if _, err := kmount.ClearStale(d, func(t string) bool { return !ours(t) }); err != nil {
 			b.o.Log(fmt.Sprintf("warning: unmounting what a build that died left in %s: %v", d, err))
 		}
 	}

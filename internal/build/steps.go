@@ -239,9 +239,9 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			// of a secret does not invalidate the cache, as in BuildKit.
 			p.key = append(p.key, "secret "+id+" "+target)
 			if m.Env != nil {
-				v, err := os.ReadFile(src)
+				v, err := readSecret(id, src)
 				if err != nil {
-					return nil, fmt.Errorf("secret %q: %w", id, err)
+					return nil, err
 				}
 				name := *m.Env
 				if name == "" {
@@ -255,8 +255,23 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				target = "/run/secrets/" + id
 			}
-			spec := "type=bind,source=" + src + ",target=" + target + ",readonly"
-			p.make = append(p.make, func(*stageState) (steprun.Mount, error) { return steprun.ParseMount(spec) })
+			mode, uid, gid := uint64(0o400), uint64(0), uint64(0)
+			if m.Mode != nil {
+				mode = *m.Mode
+			}
+			if m.UID != nil {
+				uid = *m.UID
+			}
+			if m.GID != nil {
+				gid = *m.GID
+			}
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
+				file, err := b.secretFile(id, src, os.FileMode(mode)&os.ModePerm, int(uid), int(gid))
+				if err != nil {
+					return steprun.Mount{}, err
+				}
+				return steprun.ParseMount("type=bind,source=" + file + ",target=" + target + ",readonly")
+			})
 		case instructions.MountTypeCache:
 			if target == "" {
 				return nil, errors.New("RUN --mount=type=cache needs target=")
@@ -364,6 +379,61 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 		}
 	}
 	return p, nil
+}
+
+// secretsDir is the name of a build's tmpfs for the files its secret
+// mounts bind (in its working directory).
+const secretsDir = "secrets"
+
+// maxSecretSize bounds a secret, as BuildKit bounds it.
+const maxSecretSize = 500 << 10
+
+// secretFile writes secret id (the content of host file src) into the
+// build's secrets tmpfs, mounted on first use, as a file of mode, uid and
+// gid (BuildKit's default: 0400, root's), and returns its path. Secrets
+// never reach a disk; the tmpfs goes with the build.
+func (b *builder) secretFile(id, src string, mode os.FileMode, uid, gid int) (string, error) {
+	data, err := readSecret(id, src)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(b.work, secretsDir)
+	if !slices.Contains(b.kmounts, dir) {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", err
+		}
+		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64m"); err != nil {
+			return "", fmt.Errorf("mounting a tmpfs for secrets: %w", err)
+		}
+		b.kmounts = append(b.kmounts, dir)
+	}
+	b.n++
+	file := filepath.Join(dir, strconv.Itoa(b.n))
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		return "", err
+	}
+	if err := os.Chown(file, uid, gid); err != nil {
+		return "", err
+	}
+	return file, os.Chmod(file, mode)
+}
+
+// readSecret reads secret id from host file src, refusing one larger than
+// maxSecretSize.
+func readSecret(id, src string) ([]byte, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: %w", id, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: %w", id, err)
+	}
+	if len(data) > maxSecretSize {
+		return nil, fmt.Errorf("secret %q is larger than %d KiB", id, maxSecretSize>>10)
+	}
+	return data, nil
 }
 
 // seedCache fills new cache directory dir with the contents of source in

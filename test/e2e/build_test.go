@@ -347,8 +347,8 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // mounts, SHELL on the shell forms of CMD and ENTRYPOINT, a last WORKDIR;
 // testdata/build/escape: the escape directive; testdata/build/exclude:
 // COPY and ADD --exclude; testdata/build/checksum: ADD --checksum;
-// testdata/build/parents: COPY --parents; testdata/build/runmounts: RUN
-// --mount options) with BuildKit, its containerd worker on containerd's own overlayfs
+// testdata/build/parents: COPY --parents; testdata/build/runmounts and
+// secrets: RUN --mount options) with BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
@@ -356,18 +356,26 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	b := startBuildBench(t)
 	bk := startBuildKitd(t, e, "overlayfs", shared.reg.Host())
 	base := unpackRef(t, b.base)
+	// A secret for the contexts' RUN --mount=type=secret,id=tok.
+	secret := filepath.Join(t.TempDir(), "secret.txt")
+	must(t, os.WriteFile(secret, []byte("s3cr3t"), 0o644))
 	build := func(t *testing.T, dir, name string, args []string) {
 		t.Helper()
+		args = append(slices.Clone(args), "--secret", "id=tok,src="+secret)
 		bkRef := shared.reg.Ref("build-buildkit", name+"-buildkit")
 		strataRef := shared.reg.Ref("build-buildkit", name+"-strata")
 		bkArgs := []string{"build", "--progress", "plain", "--frontend", "dockerfile.v0",
 			"--local", "context=" + dir, "--local", "dockerfile=" + dir,
 			"--opt", "build-arg:BASE=" + b.base, "--opt", "build-arg:SOURCE_DATE_EPOCH=0"}
 		for i := 0; i+1 < len(args); i += 2 {
-			if args[i] != "--build-arg" {
+			switch args[i] {
+			case "--build-arg":
+				bkArgs = append(bkArgs, "--opt", "build-arg:"+args[i+1])
+			case "--secret":
+				bkArgs = append(bkArgs, "--secret", args[i+1])
+			default:
 				t.Fatalf("%s: no BuildKit option for %s", name, args[i])
 			}
-			bkArgs = append(bkArgs, "--opt", "build-arg:"+args[i+1])
 		}
 		bkArgs = append(bkArgs, "--output", "type=image,name="+bkRef+",push=true,registry.insecure=true")
 		if _, err := bk.buildctl(context.Background(), nil, bkArgs...); err != nil {
@@ -381,7 +389,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		prepare func(t *testing.T, dir string)
-	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}} {
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}, {"secrets", nil}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := contextDir(t, c.name)
 			if c.prepare != nil {
