@@ -42,10 +42,12 @@ import (
 //   - An entry replaces a file, symlink or node; a directory entry merges
 //     into an existing directory and takes its metadata; a non-directory
 //     entry over a directory is an error (Docker removes the directory).
-//   - Hard links are made inside Dest, to an earlier entry or a file there;
-//     fifos and devices with mknod (root only). Whiteout files (.wh.*) are
-//     plain files. Parents missing are made 0755, owned by the --chown
-//     owner or root.
+//   - Hard links are made inside Dest, to an earlier entry or a file there,
+//     and give it the link entry's owner, mode and time, as containerd's and
+//     buildah's unpacking do; fifos and devices with mknod (root only).
+//     Whiteout files (.wh.*) are plain files. Parents missing are made 0755
+//     and root's (BuildKit's rule). --chmod applies to nothing of an
+//     archive, Dest included.
 
 // archiveMagic are the first bytes of the compressed streams ADD knows.
 var (
@@ -129,7 +131,14 @@ func (c *copier) unpackSource(ctx context.Context, s *copySource) (bool, error) 
 		return true, err
 	}
 	defer r.Close()
-	dir, err := c.mkdir(c.dest)
+	// Dest is made as for any copy but for --chmod, which leaves an
+	// archive's entries and Dest alone (BuildKit's and buildah's rule).
+	mk := c.dst.mkdirAll
+	if c.Link {
+		mk = c.dst.mkdirAllNoFollow
+	}
+	dir, made, err := mk(c.dest, newDirAttrs{uid: c.UID, gid: c.GID, mode: 0o755})
+	c.count += made
 	if err != nil {
 		return true, err
 	}
@@ -185,11 +194,9 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		return err
 	}
 	parentRel, base := path.Split(name)
-	attrs := newDirAttrs{mode: 0o755}
-	if u.owner != nil {
-		attrs.uid, attrs.gid = u.owner.uid, u.owner.gid
-	}
-	parent, made, err := u.root.mkdirAll(parentRel, attrs)
+	// Parents the archive has no entry for are root's, --chown or not, as
+	// BuildKit makes them.
+	parent, made, err := u.root.mkdirAll(parentRel, newDirAttrs{mode: 0o755})
 	u.count += made
 	if err != nil {
 		return err
@@ -205,7 +212,11 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	case tar.TypeSymlink:
 		err = writeSymlink(parent, base, hdr.Linkname, m)
 	case tar.TypeLink:
-		err = u.hardlink(parent, base, name, hdr.Linkname)
+		if err = u.hardlink(parent, base, name, hdr.Linkname); err == nil {
+			// The link entry's owner, mode and time go to the file, as
+			// containerd's, BuildKit's and buildah's unpacking give them.
+			err = m.applyAt(parent, base)
+		}
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		typ := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		err = writeNode(parent, base, typ, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))), m)

@@ -156,8 +156,10 @@ func TestAddArchiveOwners(t *testing.T) {
 		wantUID, wantGID   int
 		parentUID, parentG int
 	}{
+		// Parents without an entry (o/p/q) are root's whoever owns the
+		// rest, as BuildKit makes them.
 		{wantUID: 7, wantGID: 8},
-		{uid: 1000, gid: 1001, wantUID: 1000, wantGID: 1001, parentUID: 1000, parentG: 1001},
+		{uid: 1000, gid: 1001, wantUID: 1000, wantGID: 1001},
 		{chown: true, wantUID: 0, wantGID: 0},
 	} {
 		root := t.TempDir()
@@ -175,7 +177,9 @@ func TestAddArchiveEntryKinds(t *testing.T) {
 		tarEntry{name: "./", typ: tar.TypeDir, mode: 0o700},
 		tarEntry{name: "dir/", typ: tar.TypeDir, mode: 0o750, mtime: helloTime},
 		tarEntry{name: "dir/f", body: "content", mode: 0o4755, pax: map[string]string{"SCHILY.xattr.user.strata": "x", "SCHILY.xattr.security.selinux": "label"}},
-		tarEntry{name: "dir/hard", typ: tar.TypeLink, linkname: "dir/f"},
+		tarEntry{name: "dir/hard", typ: tar.TypeLink, linkname: "dir/f", mode: 0o4755},
+		tarEntry{name: "dir/g", body: "g", mode: 0o600, uid: 5, gid: 5},
+		tarEntry{name: "dir/g-link", typ: tar.TypeLink, linkname: "dir/g", mode: 0o640, uid: 6, gid: 7, mtime: helloTime},
 		tarEntry{name: "dir/sym", typ: tar.TypeSymlink, linkname: "../elsewhere"},
 		tarEntry{name: "dir/fifo", typ: tar.TypeFifo, mode: 0o600},
 		tarEntry{name: ".wh.gone", body: "a whiteout is a file here"},
@@ -198,6 +202,10 @@ func TestAddArchiveEntryKinds(t *testing.T) {
 	if err != nil || !os.SameFile(f, hard) {
 		t.Errorf("dir/hard: %v; want a hard link to dir/f", err)
 	}
+	// A link entry's own owner, mode and time go to the file.
+	wantFile(t, filepath.Join(root, "dest/dir/g"), "g", 0o640)
+	wantOwner(t, filepath.Join(root, "dest/dir/g"), 6, 7)
+	wantMtime(t, filepath.Join(root, "dest/dir/g"), helloTime)
 	if target, err := os.Readlink(filepath.Join(root, "dest/dir/sym")); err != nil || target != "../elsewhere" {
 		t.Errorf("dir/sym: %q, %v; want a symlink to ../elsewhere", target, err)
 	}
@@ -529,4 +537,17 @@ func TestAddURLChecksum(t *testing.T) {
 	if k2, _ := Checksum(context.Background(), other); k2 == k1 {
 		t.Error("another checksum gave the same cache key")
 	}
+}
+
+// TestAddArchiveIgnoresChmod: --chmod leaves an archive's entries and the
+// directory it is unpacked into alone, as BuildKit and buildah do.
+func TestAddArchiveIgnoresChmod(t *testing.T) {
+	data := makeTestTar(t, tarEntry{name: "f", body: "f", mode: 0o640})
+	root := t.TempDir()
+	mode := os.FileMode(0o600)
+	mustCopy(t, CopySpec{SrcRoot: addContext(t, data), Sources: []string{"blob"}, DestRoot: root, Dest: "/made/", Add: true, Chmod: &mode})
+	if fi, err := os.Stat(filepath.Join(root, "made")); err != nil || fi.Mode() != os.ModeDir|0o755 {
+		t.Errorf("/made: %v, %v; want drwxr-xr-x", fi, err)
+	}
+	wantFile(t, filepath.Join(root, "made/f"), "f", 0o640)
 }

@@ -65,6 +65,23 @@ func (m entryMeta) applyFd(fd int) error {
 	return nil
 }
 
+// applyAt gives name in dir m's owner, mode (but to a symlink) and time.
+func (m entryMeta) applyAt(dir int, name string) error {
+	if err := unix.Fchownat(dir, name, m.uid, m.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "lchown", Path: name, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "lstat", Path: name, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		if err := unix.Fchmodat(dir, name, m.mode, 0); err != nil {
+			return &os.PathError{Op: "chmod", Path: name, Err: err}
+		}
+	}
+	return setTimes(dir, name, m.mtime)
+}
+
 // setTimes sets name's access and modification times (never a symlink's
 // target's).
 func setTimes(dir int, name string, mtime unix.Timespec) error {

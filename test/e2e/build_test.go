@@ -270,6 +270,7 @@ var sameCases = []struct {
 	{name: "fromimage"},
 	{name: "syntax"},
 	{name: "fromowners"},
+	{name: "archives"},
 	{name: "addurl", prepare: serveDownloads},
 	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
@@ -349,7 +350,8 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // COPY and ADD --exclude; testdata/build/checksum: ADD --checksum;
 // testdata/build/parents: COPY --parents; testdata/build/runmounts and
 // secrets: RUN --mount options; testdata/build/misc: the platform ARGs
-// and config edges; testdata/build/heredocs) with BuildKit, its containerd worker on containerd's own overlayfs
+// and config edges; testdata/build/heredocs; testdata/build/archives-chown)
+// with BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
@@ -390,7 +392,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		prepare func(t *testing.T, dir string)
-	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}, {"secrets", nil}, {"misc", nil}, {"heredocs", nil}} {
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}, {"secrets", nil}, {"misc", nil}, {"heredocs", nil}, {"archives-chown", nil}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := contextDir(t, c.name)
 			if c.prepare != nil {
