@@ -3,6 +3,7 @@ package build
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -375,5 +376,26 @@ func TestEscapeDirective(t *testing.T) {
 	}
 	if c.Labels["dir"] != `c:\app` {
 		t.Errorf("label dir = %q, want c:\\app", c.Labels["dir"])
+	}
+}
+
+// TestChownIDs: --chown takes a name's primary group from /etc/passwd, but
+// a numeric uid alone gets the same number as its gid.
+func TestChownIDs(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nusr:x:3000:4000::/home/usr:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\ngrp:x:4000:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for spec, want := range map[string][2]uint32{"usr": {3000, 4000}, "3000": {3000, 3000}, "3000:grp": {3000, 4000}, "usr:0": {3000, 0}, "42:43": {42, 43}} {
+		uid, gid, err := chownIDs(root, spec)
+		if err != nil || [2]uint32{uid, gid} != want {
+			t.Errorf("--chown=%s: %d:%d, %v; want %d:%d", spec, uid, gid, err, want[0], want[1])
+		}
 	}
 }

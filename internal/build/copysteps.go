@@ -105,6 +105,17 @@ func (b *builder) add(ctx context.Context, st *stageState, c *instructions.AddCo
 	return b.copyFiles(ctx, st, c.SourcesAndDest, "", c.Chown, c.Chmod, c.ExcludePatterns, sum, c.Link, false, true, commandText(c))
 }
 
+// chownIDs resolves --chown=spec in the image at rootfs: names through its
+// /etc/passwd and /etc/group, a name alone with its primary group, and a
+// numeric uid alone with the same number as gid (BuildKit's and buildah's
+// rule, where USER takes the group /etc/passwd gives that uid).
+func chownIDs(rootfs, spec string) (uid, gid uint32, err error) {
+	if n, err := strconv.ParseUint(spec, 10, 32); err == nil {
+		return uint32(n), uint32(n), nil
+	}
+	return steprun.LookupUser(rootfs, spec)
+}
+
 // copyFiles is COPY and ADD: what they copy is checksummed for the cache
 // key, then copied into a writable mount of the stage's image.
 func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions.SourcesAndDest, from, chown, chmod string, exclude []string, checksum digest.Digest, link, parents, add bool, text string) error {
@@ -155,7 +166,7 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		return err
 	}
 	if chown != "" {
-		uid, gid, err := steprun.LookupUser(st.dir, chown)
+		uid, gid, err := chownIDs(st.dir, chown)
 		if err != nil {
 			return fmt.Errorf("--chown=%s: %w", chown, err)
 		}

@@ -271,6 +271,7 @@ var sameCases = []struct {
 	{name: "syntax"},
 	{name: "fromowners"},
 	{name: "archives"},
+	{name: "chownids"},
 	{name: "addurl", prepare: serveDownloads},
 	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
