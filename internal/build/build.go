@@ -126,7 +126,10 @@ type builder struct {
 	done    map[int]*stageState
 	ro      map[string]string // read-only mounts of images, by REPO@DIGEST
 	mounted []string          // every mount made, for cleanup
-	kmounts []string          // kernel mounts made here (rw bind mounts' overlays), for cleanup
+	kmounts []string          // kernel mounts made here (rw bind mounts' overlays, the secrets tmpfs), for cleanup
+	// secretFiles are the files on the secrets tmpfs, by secret and
+	// metadata (secretFile).
+	secretFiles map[string]string
 	// recorded are the FROM images a RUN step's mount records for
 	// (Options.Record): one recording per image and build.
 	recorded map[string]bool

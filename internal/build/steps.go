@@ -393,6 +393,12 @@ const maxSecretSize = 500 << 10
 // gid (BuildKit's default: 0400, root's), and returns its path. Secrets
 // never reach a disk; the tmpfs goes with the build.
 func (b *builder) secretFile(id, src string, mode os.FileMode, uid, gid int) (string, error) {
+	// One file per secret and metadata, for the whole build: its steps
+	// bind the same file.
+	key := fmt.Sprintf("%s %o %d:%d", id, mode, uid, gid)
+	if file, ok := b.secretFiles[key]; ok {
+		return file, nil
+	}
 	data, err := readSecret(id, src)
 	if err != nil {
 		return "", err
@@ -415,7 +421,14 @@ func (b *builder) secretFile(id, src string, mode os.FileMode, uid, gid int) (st
 	if err := os.Chown(file, uid, gid); err != nil {
 		return "", err
 	}
-	return file, os.Chmod(file, mode)
+	if err := os.Chmod(file, mode); err != nil {
+		return "", err
+	}
+	if b.secretFiles == nil {
+		b.secretFiles = map[string]string{}
+	}
+	b.secretFiles[key] = file
+	return file, nil
 }
 
 // readSecret reads secret id from host file src, refusing one larger than
