@@ -272,6 +272,7 @@ var sameCases = []struct {
 	{name: "fromowners"},
 	{name: "archives"},
 	{name: "chownids"},
+	{name: "merge", prepare: func(t *testing.T, dir string) { must(t, os.Chmod(filepath.Join(dir, "src", "sub"), 0o750)) }},
 	{name: "addurl", prepare: serveDownloads},
 	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
