@@ -399,3 +399,23 @@ func TestChownIDs(t *testing.T) {
 		}
 	}
 }
+
+// TestStartIntervalWarned: HEALTHCHECK --start-interval, which the image
+// model cannot keep, is said to be dropped; the rest of the check is kept.
+func TestStartIntervalWarned(t *testing.T) {
+	b := parsed(t, "FROM scratch\nHEALTHCHECK --interval=5s --start-interval=1s CMD true\n", nil)
+	var logged []string
+	b.o.Log = func(s string) { logged = append(logged, s) }
+	st := &stageState{}
+	for _, cmd := range b.stages[0].Commands {
+		if err := b.dispatch(t.Context(), st, cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := st.config.Config.Healthcheck; h == nil || h.Interval != 5*time.Second {
+		t.Errorf("Healthcheck %+v, want the check with its interval", h)
+	}
+	if !slices.ContainsFunc(logged, func(s string) bool { return strings.Contains(s, "--start-interval") }) {
+		t.Errorf("logged %q, want a warning naming --start-interval", logged)
+	}
+}

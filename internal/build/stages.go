@@ -319,13 +319,25 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 		st.author = c.Maintainer
 		st.pending = append(st.pending, b.history(commandText(c), true))
 		return nil
-	default:
-		if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
-			return err
+	case *instructions.HealthCheckCommand:
+		if c.Health != nil && c.Health.StartInterval != 0 {
+			// go-containerregistry's image config, Strata's image model,
+			// has no field for it.
+			b.o.Log("warning: HEALTHCHECK --start-interval is not kept in the image config (not supported yet)")
 		}
-		st.pending = append(st.pending, b.history(commandText(c), true))
-		return nil
+		return b.metadata(st, c)
+	default:
+		return b.metadata(st, c)
 	}
+}
+
+// metadata applies an instruction that only changes the config.
+func (b *builder) metadata(st *stageState, c instructions.Command) error {
+	if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
+		return err
+	}
+	st.pending = append(st.pending, b.history(commandText(c), true))
+	return nil
 }
 
 // arg declares build arguments in the stage.
