@@ -390,6 +390,25 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 		// BuildKit leaves /dev, /proc and /sys in RUN layers, as buildah
 		// does.
 		compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
+		// The read path on the layers BuildKit wrote (gzip, whiteouts and
+		// opaque directories its own way): mounted, the image is its
+		// full unpack. (But for the root's time: the mount shows the top
+		// layer's root, which BuildKit writes no entry for, where umoci
+		// keeps the last "./" entry's.)
+		mnt, _ := b.d.mount(t, bkRef)
+		got, err := treecmp.Walk(mnt)
+		must(t, err)
+		rootTimeAside := func(recs []treecmp.Record) []treecmp.Record {
+			for i := range recs {
+				if recs[i].Path == "." {
+					recs[i].MTime = 0
+				}
+			}
+			return recs
+		}
+		for _, diff := range treecmp.Diff(rootTimeAside(unpackRef(t, bkRef)), rootTimeAside(treecmp.DropEmptyXattrs(got)), treecmp.SkipPaths(estargzBookkeeping)) {
+			t.Errorf("BuildKit's image mounted differs from umoci's full unpack: %s", diff)
+		}
 	}
 	for _, c := range []struct {
 		name    string
