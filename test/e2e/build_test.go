@@ -298,12 +298,36 @@ func TestBuildSameAsBuildah(t *testing.T) {
 
 			left := func(p string) bool { return runLeftover(p) || slices.Contains(c.mountPoints, p) }
 			compareBuilds(t, base, "buildah", buildahRef, strataRef, left)
+			// The read path on the layers buildah wrote.
+			checkMountIsUnpack(t, b.d, "buildah", buildahRef)
 			// An image built FROM scratch is only in the store: nothing
 			// asks the registry its made-up name names.
 			if log := logs.String()[logStart:]; strings.Contains(log, "://strata.invalid") {
 				t.Error("the daemon sent a request to the scratch image's repository, strata.invalid")
 			}
 		})
+	}
+}
+
+// checkMountIsUnpack mounts ref, which builder built, and checks that the
+// mount is umoci's full unpack of it, entry by entry, but for the root's
+// time: the mount shows the top layer's root, which BuildKit and buildah
+// write no entry for, where umoci keeps the last "./" entry's.
+func checkMountIsUnpack(t *testing.T, d *testDaemon, builder, ref string) {
+	t.Helper()
+	mnt, _ := d.mount(t, ref)
+	got, err := treecmp.Walk(mnt)
+	must(t, err)
+	rootTimeAside := func(recs []treecmp.Record) []treecmp.Record {
+		for i := range recs {
+			if recs[i].Path == "." {
+				recs[i].MTime = 0
+			}
+		}
+		return recs
+	}
+	for _, diff := range treecmp.Diff(rootTimeAside(unpackRef(t, ref)), rootTimeAside(treecmp.DropEmptyXattrs(got)), treecmp.SkipPaths(estargzBookkeeping)) {
+		t.Errorf("%s's image mounted differs from umoci's full unpack: %s", builder, diff)
 	}
 }
 
@@ -391,24 +415,8 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 		// does.
 		compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
 		// The read path on the layers BuildKit wrote (gzip, whiteouts and
-		// opaque directories its own way): mounted, the image is its
-		// full unpack. (But for the root's time: the mount shows the top
-		// layer's root, which BuildKit writes no entry for, where umoci
-		// keeps the last "./" entry's.)
-		mnt, _ := b.d.mount(t, bkRef)
-		got, err := treecmp.Walk(mnt)
-		must(t, err)
-		rootTimeAside := func(recs []treecmp.Record) []treecmp.Record {
-			for i := range recs {
-				if recs[i].Path == "." {
-					recs[i].MTime = 0
-				}
-			}
-			return recs
-		}
-		for _, diff := range treecmp.Diff(rootTimeAside(unpackRef(t, bkRef)), rootTimeAside(treecmp.DropEmptyXattrs(got)), treecmp.SkipPaths(estargzBookkeeping)) {
-			t.Errorf("BuildKit's image mounted differs from umoci's full unpack: %s", diff)
-		}
+		// opaque directories its own way).
+		checkMountIsUnpack(t, b.d, "BuildKit", bkRef)
 	}
 	for _, c := range []struct {
 		name    string
