@@ -255,16 +255,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				target = "/run/secrets/" + id
 			}
-			mode, uid, gid := uint64(0o400), uint64(0), uint64(0)
-			if m.Mode != nil {
-				mode = *m.Mode
-			}
-			if m.UID != nil {
-				uid = *m.UID
-			}
-			if m.GID != nil {
-				gid = *m.GID
-			}
+			mode, uid, gid := ownership(m, 0o400)
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
 				file, err := b.secretFile(id, src, os.FileMode(mode)&os.ModePerm, int(uid), int(gid))
 				if err != nil {
@@ -296,16 +287,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 				p.key[len(p.key)-1] += " from " + what + " " + source
 				seed = func(dir string) error { return seedCache(ctx, root, source, dir) }
 			}
-			uid, gid, mode := uint64(0), uint64(0), uint64(0o755)
-			if m.UID != nil {
-				uid = *m.UID
-			}
-			if m.GID != nil {
-				gid = *m.GID
-			}
-			if m.Mode != nil {
-				mode = *m.Mode
-			}
+			mode, uid, gid := ownership(m, 0o755)
 			sum := sha256.Sum256([]byte(cacheID))
 			dir := filepath.Join(b.root, "build", "cache-mounts", hex.EncodeToString(sum[:12]))
 			spec := "type=bind,source=" + dir + ",target=" + target
@@ -379,6 +361,22 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 		}
 	}
 	return p, nil
+}
+
+// ownership is a mount's mode=, uid= and gid=, defaulting to mode and
+// root's.
+func ownership(m *instructions.Mount, mode uint64) (uint64, uint64, uint64) {
+	uid, gid := uint64(0), uint64(0)
+	if m.Mode != nil {
+		mode = *m.Mode
+	}
+	if m.UID != nil {
+		uid = *m.UID
+	}
+	if m.GID != nil {
+		gid = *m.GID
+	}
+	return mode, uid, gid
 }
 
 // secretsDir is the name of a build's tmpfs for the files its secret
