@@ -133,12 +133,7 @@ func (c *copier) unpackSource(ctx context.Context, s *copySource) (bool, error) 
 	defer r.Close()
 	// Dest is made as for any copy but for --chmod, which leaves an
 	// archive's entries and Dest alone (BuildKit's and buildah's rule).
-	mk := c.dst.mkdirAll
-	if c.Link {
-		mk = c.dst.mkdirAllNoFollow
-	}
-	dir, made, err := mk(c.dest, newDirAttrs{uid: c.UID, gid: c.GID, mode: 0o755})
-	c.count += made
+	dir, err := c.mkdirWith(c.dest, newDirAttrs{uid: c.UID, gid: c.GID, mode: 0o755})
 	if err != nil {
 		return true, err
 	}

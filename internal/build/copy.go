@@ -192,9 +192,9 @@ func Copy(ctx context.Context, spec CopySpec) (int, error) {
 // it selects (wildcards and excludes applied as Copy applies them), its path
 // relative to the source, type, permission bits, content (file bytes and
 // size, symlink target, device number) and copied extended attributes. No
-// time of the source counts, and no owner but with KeepOwners. A URL counts as the URL and the
-// bytes it answers with, downloaded; with --checksum, as the URL and the
-// checksum, without a download.
+// time of the source counts, and no owner but with KeepOwners. A URL
+// counts as the URL and the bytes it answers with, downloaded; with
+// --checksum, as the URL and the checksum, without a download.
 func Checksum(ctx context.Context, spec CopySpec) (digest.Digest, error) {
 	p, err := newCopyPlan(spec)
 	if err != nil {
@@ -415,10 +415,6 @@ func (c *copier) parentsTarget(srcIsDir bool, s *copySource) (int, string, error
 		return fd, name, err
 	}
 	srcDir := strings.TrimSuffix(strings.TrimSuffix(s.rel, kept), "/") // where kept starts in SrcRoot
-	mk := c.dst.mkdirAll
-	if c.Link {
-		mk = c.dst.mkdirAllNoFollow
-	}
 	comps := strings.Split(dirs, "/")
 	for i := range comps {
 		unix.Close(fd)
@@ -428,10 +424,7 @@ func (c *copier) parentsTarget(srcIsDir bool, s *copySource) (int, string, error
 				a.mode = m
 			}
 		}
-		var made int
-		fd, made, err = mk(path.Join(c.dest, path.Join(comps[:i+1]...)), a)
-		c.count += made
-		if err != nil {
+		if fd, err = c.mkdirWith(path.Join(c.dest, path.Join(comps[:i+1]...)), a); err != nil {
 			return -1, "", err
 		}
 	}
@@ -476,11 +469,16 @@ func parentsKept(s *copySource) string {
 
 // mkdir opens directory rel of the image, making what is missing.
 func (c *copier) mkdir(rel string) (int, error) {
+	return c.mkdirWith(rel, c.dirAttrs())
+}
+
+// mkdirWith is mkdir with the directories it makes given a.
+func (c *copier) mkdirWith(rel string, a newDirAttrs) (int, error) {
 	mk := c.dst.mkdirAll
 	if c.Link {
 		mk = c.dst.mkdirAllNoFollow
 	}
-	fd, made, err := mk(rel, c.dirAttrs())
+	fd, made, err := mk(rel, a)
 	c.count += made
 	return fd, err
 }
