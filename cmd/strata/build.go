@@ -19,9 +19,11 @@ func init() {
 		name:    "build",
 		summary: "build an image from a Dockerfile on lazy bases",
 		usage:   "[flags] CONTEXT",
-		help: `Builds the Dockerfile of CONTEXT (CONTEXT/Dockerfile unless -f says
-otherwise) the way 'docker build' and 'buildah bud' do, read by BuildKit's
-own Dockerfile parser. Every FROM is mounted lazily: the base is never
+		help: `Builds the Dockerfile of CONTEXT (CONTEXT/Dockerfile, or its Containerfile,
+unless -f says otherwise) the way 'docker build' and 'buildah bud' do, read
+by BuildKit's own Dockerfile parser. COPY and ADD leave out what the ignore
+file excludes: the Dockerfile's own (-f FILE: FILE.dockerignore next to it),
+else CONTEXT/.containerignore, else CONTEXT/.dockerignore, or --ignorefile. Every FROM is mounted lazily: the base is never
 downloaded, each step fetches only the files it reads, and --push sends
 only the new layers (base layers are mounted from the base's repository).
 Bases in eStargz, zstd:chunked, gzip (with indexes pushed by 'strata
@@ -83,7 +85,8 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	var df daemonFlags
 	df.add(fs)
 	var o build.Options
-	file := fs.StringP("file", "f", "", "the Dockerfile, - for standard input (default CONTEXT/Dockerfile)")
+	file := fs.StringP("file", "f", "", "the Dockerfile, - for standard input (default CONTEXT/Dockerfile, else CONTEXT/Containerfile)")
+	ignoreFile := fs.String("ignorefile", "", "the context's ignore file (default the Dockerfile's own FILE.dockerignore, else CONTEXT/.containerignore, else CONTEXT/.dockerignore)")
 	fs.StringArrayVarP(&o.Tags, "tag", "t", nil, "reference of the result, pushed with --push (repeatable)")
 	buildArgs := fs.StringArray("build-arg", nil, "build argument K=V, or K to take it from the environment (repeatable)")
 	fs.StringVar(&o.Target, "target", "", "the stage to build (default the last)")
@@ -121,10 +124,9 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	case "-":
 		o.Dockerfile, err = io.ReadAll(io.LimitReader(os.Stdin, maxDockerfile+1))
 		o.DockerfileName = "Dockerfile (standard input)"
-	case "":
-		*file = filepath.Join(ctxDir, "Dockerfile")
-		fallthrough
+		*file = ""
 	default:
+		*file = findDockerfile(ctxDir, *file)
 		o.DockerfileName = *file
 		var f *os.File
 		if f, err = os.Open(*file); err == nil {
@@ -137,6 +139,12 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if len(o.Dockerfile) > maxDockerfile {
 		return fmt.Errorf("%s is over %d bytes", o.DockerfileName, maxDockerfile)
+	}
+	o.IgnoreFile = *ignoreFile
+	if o.IgnoreFile == "" {
+		o.IgnoreFile = build.FindIgnoreFile(ctxDir, *file)
+	} else if _, err := os.Stat(o.IgnoreFile); err != nil {
+		return fmt.Errorf("--ignorefile: %w", err)
 	}
 	if o.BuildArgs, err = parseBuildArgs(*buildArgs); err != nil {
 		return err
@@ -178,6 +186,24 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, res.Digest)
 	return nil
+}
+
+// findDockerfile returns the Dockerfile to read: with no -f, the
+// context's Dockerfile, else its Containerfile (buildah's name); a
+// relative -f is taken from the working directory (docker build), else,
+// when nothing is there, from the context (buildah).
+func findDockerfile(ctxDir, file string) string {
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	if file == "" {
+		if df := filepath.Join(ctxDir, "Dockerfile"); exists(df) || !exists(filepath.Join(ctxDir, "Containerfile")) {
+			return df
+		}
+		return filepath.Join(ctxDir, "Containerfile")
+	}
+	if !filepath.IsAbs(file) && !exists(file) && exists(filepath.Join(ctxDir, file)) {
+		return filepath.Join(ctxDir, file)
+	}
+	return file
 }
 
 // maxDockerfile bounds the Dockerfile read.

@@ -30,18 +30,22 @@ import (
 
 // Options says what to build and where the result goes.
 type Options struct {
-	Context        string            // the build context directory
-	Dockerfile     []byte            // its text
-	DockerfileName string            // for messages: "Dockerfile", "-", a path
-	Tags           []string          // references to push to (with Push) or to print
-	BuildArgs      map[string]string // --build-arg K=V
-	Target         string            // the stage to build; default the last
-	Platform       string            // os/arch[/variant]; default the daemon's
-	Format         string            // layer format, as strata commit's; default estargz
-	Push           bool              // push to every tag
-	OCILayout      string            // also write the result to this OCI layout PATH[:TAG]
-	NoCache        bool              // run every step
-	Secrets        map[string]string // --secret id=ID,src=FILE: ID to a host file
+	Context        string // the build context directory
+	Dockerfile     []byte // its text
+	DockerfileName string // for messages: "Dockerfile", "-", a path
+	// IgnoreFile holds the context's exclude patterns (.dockerignore's
+	// syntax); "" for none. FindIgnoreFile finds the one docker build,
+	// BuildKit or buildah would take.
+	IgnoreFile string
+	Tags       []string          // references to push to (with Push) or to print
+	BuildArgs  map[string]string // --build-arg K=V
+	Target     string            // the stage to build; default the last
+	Platform   string            // os/arch[/variant]; default the daemon's
+	Format     string            // layer format, as strata commit's; default estargz
+	Push       bool              // push to every tag
+	OCILayout  string            // also write the result to this OCI layout PATH[:TAG]
+	NoCache    bool              // run every step
+	Secrets    map[string]string // --secret id=ID,src=FILE: ID to a host file
 	// SourceDateEpoch, in seconds, clamps new layers' times and sets every
 	// new config and history time; default $SOURCE_DATE_EPOCH, or the
 	// SOURCE_DATE_EPOCH build argument.
@@ -202,8 +206,8 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if err := b.setTime(); err != nil {
 		return nil, err
 	}
-	if b.ignore, err = ReadDockerignore(o.Context); err != nil {
-		return nil, fmt.Errorf("%w: .dockerignore: %v", ErrBuild, err)
+	if b.ignore, err = ReadIgnoreFile(o.IgnoreFile); err != nil {
+		return nil, fmt.Errorf("%w: the ignore file: %v", ErrBuild, err)
 	}
 	id := make([]byte, 6)
 	if _, err := rand.Read(id); err != nil {

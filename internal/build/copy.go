@@ -1,10 +1,11 @@
 package build
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -224,23 +225,53 @@ func Checksum(ctx context.Context, spec CopySpec) (digest.Digest, error) {
 	return d.Digest(), nil
 }
 
-// ReadDockerignore returns the patterns of contextDir/.dockerignore, as
-// moby/patternmatcher's ignorefile reads them, or nil when there is none.
-func ReadDockerignore(contextDir string) ([]string, error) {
-	f, err := os.Open(filepath.Join(contextDir, ".dockerignore"))
-	if errors.Is(err, fs.ErrNotExist) {
+// FindIgnoreFile returns the ignore file of a build of contextDir whose
+// Dockerfile is the file dockerfile ("" when it comes from standard input):
+// the first that exists of dockerfile+".dockerignore" (a Dockerfile's own
+// ignore file, next to it, as BuildKit and docker build take it),
+// contextDir/.containerignore (buildah's name, which buildah prefers) and
+// contextDir/.dockerignore; "" when there is none.
+func FindIgnoreFile(contextDir, dockerfile string) string {
+	var candidates []string
+	if dockerfile != "" {
+		candidates = append(candidates, dockerfile+".dockerignore")
+	}
+	candidates = append(candidates, filepath.Join(contextDir, ".containerignore"), filepath.Join(contextDir, ".dockerignore"))
+	for _, c := range candidates {
+		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() {
+			return c
+		}
+	}
+	return ""
+}
+
+// ReadIgnoreFile returns the patterns of ignore file name, as
+// moby/patternmatcher's ignorefile reads them; nil for "".
+func ReadIgnoreFile(name string) ([]string, error) {
+	if name == "" {
 		return nil, nil
 	}
+	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	patterns, err := ignorefile.ReadAll(f)
+	data, err := io.ReadAll(io.LimitReader(f, maxIgnoreFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxIgnoreFile {
+		return nil, fmt.Errorf("%s is over %d bytes", name, maxIgnoreFile)
+	}
+	patterns, err := ignorefile.ReadAll(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
 	}
 	return patterns, nil
 }
+
+// maxIgnoreFile bounds what is read of an ignore file.
+const maxIgnoreFile = 4 << 20
 
 // copyPlan is a CopySpec checked and put in the form the copy works with.
 type copyPlan struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -642,15 +643,53 @@ func TestCopyRefusesURLs(t *testing.T) {
 	}
 }
 
-func TestReadDockerignore(t *testing.T) {
+func TestReadIgnoreFile(t *testing.T) {
 	dir := t.TempDir()
-	if got, err := ReadDockerignore(dir); got != nil || err != nil {
-		t.Errorf("no .dockerignore: %v, %v; want nil, nil", got, err)
+	if got, err := ReadIgnoreFile(""); got != nil || err != nil {
+		t.Errorf("no ignore file: %v, %v; want nil, nil", got, err)
+	}
+	if _, err := ReadIgnoreFile(filepath.Join(dir, ".dockerignore")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a missing ignore file: %v, want not exist", err)
 	}
 	writeTestFile(t, dir, ".dockerignore", "# comment\n/abs\n  spaced  \n!keep\n\n*.o\n", 0o644)
-	got, err := ReadDockerignore(dir)
+	got, err := ReadIgnoreFile(filepath.Join(dir, ".dockerignore"))
 	if want := []string{"abs", "spaced", "!keep", "*.o"}; err != nil || !slices.Equal(got, want) {
-		t.Errorf("ReadDockerignore = %q, %v; want %q", got, err, want)
+		t.Errorf("ReadIgnoreFile = %q, %v; want %q", got, err, want)
+	}
+	writeTestFile(t, dir, "huge", strings.Repeat("x\n", maxIgnoreFile/2+1), 0o644)
+	if _, err := ReadIgnoreFile(filepath.Join(dir, "huge")); err == nil || !strings.Contains(err.Error(), "is over") {
+		t.Errorf("an ignore file over %d bytes: %v, want refused", maxIgnoreFile, err)
+	}
+}
+
+// TestFindIgnoreFile checks which ignore file a build takes: the
+// Dockerfile's own, then .containerignore, then .dockerignore.
+func TestFindIgnoreFile(t *testing.T) {
+	dir := t.TempDir()
+	df := filepath.Join(dir, "build", "app.Dockerfile")
+	if got := FindIgnoreFile(dir, df); got != "" {
+		t.Errorf("no ignore file: got %q", got)
+	}
+	for _, c := range []struct{ add, want string }{
+		{".dockerignore", ".dockerignore"},
+		{".containerignore", ".containerignore"},
+		{"build/app.Dockerfile.dockerignore", "build/app.Dockerfile.dockerignore"},
+	} {
+		writeTestFile(t, dir, c.add, "x\n", 0o644)
+		if got, want := FindIgnoreFile(dir, df), filepath.Join(dir, c.want); got != want {
+			t.Errorf("with %s: got %q, want %q", c.add, got, want)
+		}
+	}
+	// From standard input there is no Dockerfile to have one of its own.
+	if got, want := FindIgnoreFile(dir, ""), filepath.Join(dir, ".containerignore"); got != want {
+		t.Errorf("Dockerfile from stdin: got %q, want %q", got, want)
+	}
+	// A directory of that name is not an ignore file.
+	other := t.TempDir()
+	must(t, os.Mkdir(filepath.Join(other, ".containerignore"), 0o755))
+	writeTestFile(t, other, ".dockerignore", "x\n", 0o644)
+	if got, want := FindIgnoreFile(other, ""), filepath.Join(other, ".dockerignore"); got != want {
+		t.Errorf("with a directory .containerignore: got %q, want %q", got, want)
 	}
 }
 
