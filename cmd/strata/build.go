@@ -62,6 +62,7 @@ Examples:
   strata build -t localhost:5000/app:v1 --push .
   strata build -f build/Dockerfile --build-arg VERSION=1.2 --target release -t registry.example.com/app:1.2 --push .
   strata build --secret id=npmrc,src=$HOME/.npmrc --iidfile app.digest -q --oci-layout ./app-layout:v1 .
+  GITHUB_TOKEN=... strata build --secret id=gh,env=GITHUB_TOKEN -f ci/Containerfile .
   strata prune`,
 		run: runBuild,
 	})
@@ -95,7 +96,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.BoolVar(&o.Push, "push", false, "push the result to every --tag")
 	fs.StringVar(&o.OCILayout, "oci-layout", "", "also write the result to the OCI image layout PATH[:TAG]")
 	fs.BoolVar(&o.NoCache, "no-cache", false, "run every step, using no cached one")
-	secrets := fs.StringArray("secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE (repeatable)")
+	secrets := fs.StringArray("secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
 	iidfile := fs.String("iidfile", "", "write the image's manifest digest to this file")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "print only the image digest (a failing RUN's output is still shown)")
 	fs.BoolVar(&o.Insecure, "insecure", false, "reach the registries over plain HTTP")
@@ -228,37 +229,65 @@ func parseBuildArgs(args []string) (map[string]string, error) {
 	return out, nil
 }
 
-// parseSecrets reads --secret id=ID,src=FILE (source= and type=file too).
-func parseSecrets(args []string) (map[string]string, error) {
-	out := map[string]string{}
+// parseSecrets reads --secret as docker buildx does:
+// id=ID[,type=file|env][,src=FILE|,env=VAR]. A file secret is checked to
+// be a readable regular file now; an environment secret is read from the
+// environment when a RUN mounts it. With neither src nor env, the
+// variable ID is taken when it is set, else the file ID.
+func parseSecrets(args []string) (map[string]build.Secret, error) {
+	out := map[string]build.Secret{}
 	for _, a := range args {
-		var id, src string
+		var id, typ string
+		var s build.Secret
 		for _, f := range strings.Split(a, ",") {
 			k, v, _ := strings.Cut(f, "=")
 			switch k {
 			case "id":
 				id = v
 			case "src", "source":
-				src = v
+				s.File = v
+			case "env":
+				s.Env = v
 			case "type":
-				if v != "file" {
-					return nil, fmt.Errorf("--secret %q: only type=file is supported", a)
+				if v != "file" && v != "env" {
+					return nil, fmt.Errorf("--secret %q: type %q: want file or env", a, v)
 				}
+				typ = v
 			default:
-				return nil, fmt.Errorf("--secret %q: unknown field %q (want id=ID,src=FILE)", a, k)
+				return nil, fmt.Errorf("--secret %q: unknown field %q (want id=ID,src=FILE or id=ID,env=VAR)", a, k)
 			}
 		}
-		if id == "" || src == "" {
-			return nil, fmt.Errorf("--secret %q: want id=ID,src=FILE", a)
+		if id == "" {
+			return nil, fmt.Errorf("--secret %q: no id= (want id=ID,src=FILE or id=ID,env=VAR)", a)
 		}
-		abs, err := filepath.Abs(src)
-		if err != nil {
-			return nil, err
+		if typ == "env" && s.Env == "" {
+			s.Env, s.File = s.File, ""
 		}
-		if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("--secret %s: %s is not a readable file", id, src)
+		switch {
+		case s.File != "" && s.Env != "":
+			return nil, fmt.Errorf("--secret %q: src= and env= both given", a)
+		case typ == "file" && s.Env != "":
+			return nil, fmt.Errorf("--secret %q: type=file with env=", a)
+		case s.File == "" && s.Env == "":
+			if _, ok := os.LookupEnv(id); ok && typ != "file" {
+				s.Env = id
+			} else {
+				s.File = id
+			}
 		}
-		out[id] = abs
+		if s.File != "" {
+			abs, err := filepath.Abs(s.File)
+			if err != nil {
+				return nil, err
+			}
+			if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
+				return nil, fmt.Errorf("--secret %s: %s is not a readable file", id, s.File)
+			}
+			s.File = abs
+		} else if _, ok := os.LookupEnv(s.Env); !ok {
+			return nil, fmt.Errorf("--secret %s: the environment variable %s is not set", id, s.Env)
+		}
+		out[id] = s
 	}
 	return out, nil
 }

@@ -45,7 +45,7 @@ type Options struct {
 	Push       bool              // push to every tag
 	OCILayout  string            // also write the result to this OCI layout PATH[:TAG]
 	NoCache    bool              // run every step
-	Secrets    map[string]string // --secret id=ID,src=FILE: ID to a host file
+	Secrets    map[string]Secret // --secret: by ID
 	// SourceDateEpoch, in seconds, clamps new layers' times and sets every
 	// new config and history time; default $SOURCE_DATE_EPOCH, or the
 	// SOURCE_DATE_EPOCH build argument.
@@ -67,6 +67,14 @@ type Options struct {
 	Stdout, Stderr io.Writer
 	Log            func(string)
 	Progress       func(string)
+}
+
+// Secret is where the value of a --secret comes from: a host file, else
+// an environment variable of the building process. It is read when a RUN
+// mounts it, and goes only to a tmpfs of the build or a RUN's environment.
+type Secret struct {
+	File string // a host file
+	Env  string // with no File: the variable's name
 }
 
 // Result is what a build made.

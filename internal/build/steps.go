@@ -239,7 +239,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			// of a secret does not invalidate the cache, as in BuildKit.
 			p.key = append(p.key, "secret "+id+" "+target)
 			if m.Env != nil {
-				v, err := readSecret(id, src)
+				v, err := src.read(id)
 				if err != nil {
 					return nil, err
 				}
@@ -386,18 +386,18 @@ const secretsDir = "secrets"
 // maxSecretSize bounds a secret, as BuildKit bounds it.
 const maxSecretSize = 500 << 10
 
-// secretFile writes secret id (the content of host file src) into the
+// secretFile writes secret id (the value src gives) into the
 // build's secrets tmpfs, mounted on first use, as a file of mode, uid and
 // gid (BuildKit's default: 0400, root's), and returns its path. Secrets
 // never reach a disk; the tmpfs goes with the build.
-func (b *builder) secretFile(id, src string, mode os.FileMode, uid, gid int) (string, error) {
+func (b *builder) secretFile(id string, src Secret, mode os.FileMode, uid, gid int) (string, error) {
 	// One file per secret and metadata, for the whole build: its steps
 	// bind the same file.
 	key := fmt.Sprintf("%s %o %d:%d", id, mode, uid, gid)
 	if file, ok := b.secretFiles[key]; ok {
 		return file, nil
 	}
-	data, err := readSecret(id, src)
+	data, err := src.read(id)
 	if err != nil {
 		return "", err
 	}
@@ -429,10 +429,20 @@ func (b *builder) secretFile(id, src string, mode os.FileMode, uid, gid int) (st
 	return file, nil
 }
 
-// readSecret reads secret id from host file src, refusing one larger than
+// read returns the value of secret id, refusing one larger than
 // maxSecretSize.
-func readSecret(id, src string) ([]byte, error) {
-	f, err := os.Open(src)
+func (s Secret) read(id string) ([]byte, error) {
+	if s.File == "" {
+		v, ok := os.LookupEnv(s.Env)
+		if !ok {
+			return nil, fmt.Errorf("secret %q: the environment variable %s is not set", id, s.Env)
+		}
+		if len(v) > maxSecretSize {
+			return nil, fmt.Errorf("secret %q is larger than %d KiB", id, maxSecretSize>>10)
+		}
+		return []byte(v), nil
+	}
+	f, err := os.Open(s.File)
 	if err != nil {
 		return nil, fmt.Errorf("secret %q: %w", id, err)
 	}
