@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/stratafs/strata/internal/daemon"
@@ -43,6 +44,9 @@ func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (
 		}
 		image = src.image
 	} else {
+		if _, err := name.ParseReference(from); err != nil {
+			return "", "", fmt.Errorf("%w: --from=%s is neither an earlier stage nor an image reference", ErrBuild, from)
+		}
 		r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: from, Platform: st.platform, Insecure: b.o.Insecure})
 		if err != nil {
 			return "", "", fmt.Errorf("--from=%s is neither an earlier stage nor an image: %w", from, err)

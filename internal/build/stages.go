@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -180,6 +181,9 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 	}
 	if base == "" {
 		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: fmt.Errorf("%w: FROM names no image once its ARGs are expanded", ErrBuild)}
+	}
+	if _, err := name.ParseReference(base); err != nil {
+		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: fmt.Errorf("%w: %q is not an image reference", ErrBuild, base)}
 	}
 	r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: base, Platform: platform, Insecure: b.o.Insecure})
 	if err != nil {
