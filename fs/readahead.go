@@ -1,9 +1,12 @@
 package fs
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/store"
@@ -21,7 +24,12 @@ import (
 //     ended, in another file (a reader walking the layer in its stored
 //     order, as tar or cp -r do), grow a window of following blob bytes,
 //     doubling from minBlobWindow to maxBlobWindow, fetched ahead of the
-//     reader in the background once it is half consumed.
+//     reader in the background once it is half consumed. A window grows
+//     only while the reader reads most of what the last one brought: a
+//     reader that goes through a directory's files in order but skips
+//     the rest (a compiler reading a package's sources, not its testdata
+//     or its subpackages) passes the window's end as a walk does, and
+//     left to grow the window would fetch mostly what it never reads.
 //   - neighbourhood: a miss on a small stream takes the other small
 //     streams of its aligned neighbourhood block. eStargz stores files in
 //     path order, so a package's modules, a directory's small files, sit
@@ -58,6 +66,122 @@ type readAhead struct {
 	seqNext int64  // blob offset where the last fetch ended
 	seqIno  uint64 // the file the last fetch was for
 	window  int64  // current blob-order read-ahead
+	last    spec   // what the last blob-order window fetched, and what of it was read
+	// lastFrom and lastTo are last's blob range, for a read to tell
+	// without the lock whether it reads into it.
+	lastFrom, lastTo atomic.Int64
+	// closed says the window closed for a low read share; streak counts
+	// the misses since that landed where the last fetch ended.
+	closed bool
+	streak int
+}
+
+// spec is the streams one blob-order window fetched ahead of the reader,
+// in blob order, and how many of their bytes the reader has read since.
+type spec struct {
+	streams []specStream
+	bytes   int64 // compressed bytes of streams
+	read    int64 // of those, the bytes of streams read
+}
+
+type specStream struct {
+	off, len int64
+	read     bool
+}
+
+// A window's read share decides the next one: at least half of it read,
+// the next window doubles; under a quarter, the window closes (small
+// misses take their neighbourhood instead) until reopenStreak misses in a
+// row land where the last fetch ended (a reader reading everything in
+// order again) or one lands elsewhere (a new walk may start there); in
+// between, the next window is the same size.
+const (
+	growShare    = 2 // read*growShare >= bytes: grow
+	closeShare   = 4 // read*closeShare < bytes: close
+	reopenStreak = 3
+)
+
+// nextWindow is the window after one the reader has passed the end (or,
+// with before > 0, the half) of: doubled, kept or closed by the share of
+// it read. before bounds the window's part judged to its streams before
+// that blob offset; 0 judges it all.
+func (ra *readAhead) nextWindow(before int64) int64 {
+	bytes, read := ra.last.bytes, ra.last.read
+	if before > 0 {
+		bytes, read = ra.share(0, before)
+	}
+	switch {
+	case bytes == 0 || read*growShare >= bytes:
+		return min(max(2*ra.window, minBlobWindow), maxBlobWindow)
+	case read*closeShare < bytes:
+		ra.closed, ra.streak = true, 0
+		return 0
+	default:
+		return max(ra.window, minBlobWindow)
+	}
+}
+
+// share returns the compressed bytes of the last window's streams that
+// start in [from, to), and of those read. The caller holds mu.
+func (ra *readAhead) share(from, to int64) (bytes, read int64) {
+	i, _ := slices.BinarySearchFunc(ra.last.streams, from, cmpSpec)
+	for _, st := range ra.last.streams[i:] {
+		if st.off >= to {
+			break
+		}
+		bytes += st.len
+		if st.read {
+			read += st.len
+		}
+	}
+	return bytes, read
+}
+
+// setLast records the window just taken: chunks, in blob order. The
+// caller holds mu.
+func (ra *readAhead) setLast(chunks []index.BlobChunk) {
+	ra.last = spec{}
+	ra.lastFrom.Store(0)
+	ra.lastTo.Store(0)
+	ra.addLast(chunks)
+}
+
+// addLast adds chunks, in blob order, to the last window. The caller
+// holds mu.
+func (ra *readAhead) addLast(chunks []index.BlobChunk) {
+	if len(chunks) == 0 {
+		return
+	}
+	sts := ra.last.streams
+	for i, ch := range chunks {
+		if i > 0 && chunks[i-1].BlobOffset == ch.BlobOffset {
+			continue // a stream's further chunks
+		}
+		if j, found := slices.BinarySearchFunc(sts, ch.BlobOffset, cmpSpec); !found {
+			sts = slices.Insert(sts, j, specStream{off: ch.BlobOffset, len: ch.BlobLength})
+			ra.last.bytes += ch.BlobLength
+		}
+	}
+	ra.last.streams = sts
+	ra.lastFrom.Store(sts[0].off)
+	ra.lastTo.Store(sts[len(sts)-1].off + 1)
+}
+
+func cmpSpec(st specStream, off int64) int { return cmp.Compare(st.off, off) }
+
+// noteRead counts chunk ch as read, when the last window brought it.
+func (ra *readAhead) noteRead(ch index.Chunk) {
+	if ch.BlobOffset < ra.lastFrom.Load() || ch.BlobOffset >= ra.lastTo.Load() {
+		return
+	}
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	sts := ra.last.streams
+	i, found := slices.BinarySearchFunc(sts, ch.BlobOffset, cmpSpec)
+	if found && !sts[i].read {
+		sts[i].read = true
+		ra.last.read += sts[i].len
+	}
 }
 
 // fileReadAhead returns the uncached chunks that follow last in file e,
@@ -102,10 +226,29 @@ func (ra *readAhead) blobReadAhead(ino uint64, want []index.BlobChunk) []index.B
 	forward := ra.seqNext > 0 && first >= ra.seqNext-seqSlack && first <= ra.seqNext+seqSlack
 	near := ra.seqNext > 0 && first >= ra.seqNext-behind && first <= ra.seqNext+seqSlack
 	switch {
+	case forward && ino != ra.seqIno && ra.closed:
+		if ra.streak++; ra.streak >= reopenStreak {
+			ra.closed = false
+			ra.setLast(nil)
+			ra.window = ra.nextWindow(0)
+		}
 	case forward && ino != ra.seqIno:
-		ra.window = min(max(2*ra.window, minBlobWindow), maxBlobWindow)
+		ra.window = ra.nextWindow(0)
 	case !near:
-		ra.window = 0
+		// A new walk, if any, starts here.
+		ra.window, ra.closed = 0, false
+		ra.setLast(nil)
+	case !forward:
+		ra.streak = 0
+		// A miss inside the walk (a file the window has on its way, or
+		// one the walk's order put a little behind) goes on with the
+		// window, unless the reader has read little of its last window's
+		// worth of bytes.
+		if ra.window > 0 {
+			if b, r := ra.share(first-ra.window, first); b >= minBlobWindow/2 && r*closeShare < b {
+				ra.window, ra.closed = 0, true
+			}
+		}
 	}
 	window := ra.window
 	if ino == ra.seqIno {
@@ -117,6 +260,12 @@ func (ra *readAhead) blobReadAhead(ino uint64, want []index.BlobChunk) []index.B
 	ra.mu.Lock()
 	if end > ra.seqNext || !near {
 		ra.seqNext = end
+	}
+	switch {
+	case window > 0 && forward:
+		ra.setLast(out)
+	case window > 0:
+		ra.addLast(out) // the walk goes on: part of the window judged
 	}
 	ra.mu.Unlock()
 	return out
@@ -134,7 +283,8 @@ func blobPos(ch index.Chunk) int64 {
 }
 
 // uncachedInBlob returns the uncached chunks whose streams lie wholly in
-// [from, to), and where the last of them ends (from when there is none).
+// [from, to), and where the last stream it looked at ends, cached or not
+// (from when there is none).
 func (ra *readAhead) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
 	end := from
 	if to <= from {
@@ -146,9 +296,17 @@ func (ra *readAhead) uncachedInBlob(from, to int64) ([]index.BlobChunk, int64) {
 	}
 	var out []index.BlobChunk
 	for _, ch := range more {
-		if ch.BlobOffset+ch.BlobLength <= to && !ra.cache.Has(ch.Digest) {
+		if ch.BlobOffset+ch.BlobLength > to {
+			continue
+		}
+		// The end counts cached streams too: a walk's next window starts
+		// past them. (It did not, and a reader going through a cached
+		// region, the background fetch ahead of it, looked through the
+		// same full window again at every read: 4096 chunks decoded and
+		// looked up in the cache per file, the reader slowed to a crawl.)
+		end = max(end, ch.BlobOffset+ch.BlobLength)
+		if !ra.cache.Has(ch.Digest) {
 			out = append(out, ch)
-			end = max(end, ch.BlobOffset+ch.BlobLength)
 		}
 	}
 	return out, end
@@ -180,16 +338,21 @@ func (ra *readAhead) neighbourhood(want []index.BlobChunk) []index.BlobChunk {
 	start := want[0].BlobOffset / neighbourhoodBlock * neighbourhoodBlock
 	var out []index.BlobChunk
 	more, _ := ra.uncachedInBlob(start, start+neighbourhoodBlock)
-	end := int64(0)
+	end, after := int64(0), 0
 	for _, ch := range more {
 		if ch.BlobLength <= smallStream && ch.BlobOffset != want[0].BlobOffset {
 			out = append(out, ch)
 			end = max(end, ch.BlobOffset+ch.BlobLength)
+			if ch.BlobOffset < want[0].BlobOffset {
+				after = len(out)
+			}
 		}
 	}
-	// A reader that goes on past the block is walking the layer.
+	// A reader that goes on past the block, having read most of it from
+	// the miss on, is walking the layer.
 	ra.mu.Lock()
 	ra.seqNext = max(ra.seqNext, end)
+	ra.setLast(out[after:])
 	ra.mu.Unlock()
 	return out
 }
@@ -250,13 +413,16 @@ func (ra *readAhead) nextInFile(e index.Entry, ch index.Chunk) []index.BlobChunk
 func (ra *readAhead) nextInBlob(ch index.Chunk) []index.BlobChunk {
 	ra.mu.Lock()
 	window, next := ra.window, ra.seqNext
-	if window > 0 && ch.BlobOffset >= next-window/2 {
-		// The walk goes on: ramp up as the kernel's async read-ahead does.
-		ra.window = min(2*window, maxBlobWindow)
-		window = ra.window
-	}
-	ra.mu.Unlock()
 	if window == 0 || ch.BlobOffset < next-window/2 {
+		ra.mu.Unlock()
+		return nil
+	}
+	// The walk goes on: ramp up as the kernel's async read-ahead does,
+	// as far as what it read of the window so far says.
+	ra.window = ra.nextWindow(ch.BlobOffset)
+	window = ra.window
+	ra.mu.Unlock()
+	if window == 0 {
 		return nil
 	}
 	out, end := ra.uncachedInBlob(next, next+window)
@@ -264,6 +430,10 @@ func (ra *readAhead) nextInBlob(ch index.Chunk) []index.BlobChunk {
 	if end > ra.seqNext {
 		ra.seqNext = end
 	}
+	if end == next && ra.window == window {
+		ra.window = 0 // the walk reached the blob's end: nothing is ahead
+	}
+	ra.setLast(out)
 	ra.mu.Unlock()
 	return out
 }

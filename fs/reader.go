@@ -199,6 +199,7 @@ func (c *Content) ReadAt(ctx context.Context, e index.Entry, dst []byte, off int
 		}
 		covered = ch.End()
 		c.noteRead(e.Ino, ch)
+		c.ahead.noteRead(ch)
 		part, inChunk := window(ch, dst, off, n)
 		if _, ok, err := c.cache.ReadAt(ch.Digest, part, inChunk); err != nil {
 			return 0, err

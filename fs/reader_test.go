@@ -342,3 +342,100 @@ func TestCorruptChunkNotServedNotCached(t *testing.T) {
 	l.blob.corrupt = false
 	l.read(t, "a", 0, 5000)
 }
+
+// TestSkippingReaderKeepsWindowSmall walks a few files in blob order,
+// then goes on in the same direction reading one file in five (as a
+// compiler goes through a package's sources, not its testdata or
+// subpackages stored among them): its reads land inside the blob-order
+// window, as a walk's do, but the window must not go on growing into
+// fetching the skipped files. Without the read share it fetches them all.
+func TestSkippingReaderKeepsWindowSmall(t *testing.T) {
+	const dense, sparse, every, size = 8, 40, 5, 70 << 10 // over smallStream: no neighbourhood
+	var names, read []string
+	var sizes []int
+	for i := range dense + sparse*every {
+		names = append(names, fmt.Sprintf("d/f%04d", i))
+		sizes = append(sizes, size)
+		if i < dense || (i-dense)%every == 0 {
+			read = append(read, names[i])
+		}
+	}
+	l := newTestLayer(t, names, sizes)
+	for _, n := range read {
+		l.read(t, n, 0, 1<<17)
+	}
+	l.settle()
+	_, fetched := l.blob.fetched()
+	readBytes, all := int64(len(read))*size, int64(len(names))*size
+	t.Logf("read %d of %d KiB; fetched %d KiB", readBytes>>10, all>>10, fetched>>10)
+	if limit := readBytes + 4*minBlobWindow; fetched > limit {
+		t.Fatalf("reading %d KiB of %d KiB in blob order, skipping most, fetched %d KiB; want at most %d KiB", readBytes>>10, all>>10, fetched>>10, limit>>10)
+	}
+}
+
+// countingView counts the blob-order look-ups a layer makes.
+type countingView struct {
+	View
+	inBlob atomic.Int64
+}
+
+func (v *countingView) ChunksInBlob(from, to int64, max int) ([]index.BlobChunk, error) {
+	v.inBlob.Add(1)
+	return v.View.ChunksInBlob(from, to, max)
+}
+
+// TestWalkThroughCachedRegionLooksAheadRarely walks a layer in blob order
+// into a region cached already (the background fetch got there first):
+// the blob-order window must move on past what is cached, keeping ahead
+// of the reader, not look through the same window again at every read (it
+// did: a cold tar of a layer of small files took up to three times as
+// long, the daemon busy decoding the same 4096 chunks for each file).
+func TestWalkThroughCachedRegionLooksAheadRarely(t *testing.T) {
+	const files, first, cachedTo = 2000, 200, 1400
+	var names []string
+	var sizes []int
+	for i := range files {
+		names = append(names, fmt.Sprintf("d/f%05d", i))
+		sizes = append(sizes, 8<<10)
+	}
+	l := newTestLayer(t, names, sizes)
+	view := &countingView{View: l.view}
+	l.content.idx, l.content.ahead.idx = view, view
+	for _, n := range names[:first] {
+		l.read(t, n, 0, 1<<16)
+	}
+	l.settle()
+	if !l.content.ahead.walking() {
+		t.Fatal("the walk of the first files opened no blob-order window")
+	}
+	// Files up to cachedTo arrive ahead of the reader.
+	chunkOf := func(name string) index.Chunk {
+		e := l.entry(t, name)
+		cs, _ := l.view.Chunks(e.Ino, 0, e.Size)
+		return cs[0]
+	}
+	l.content.Prefetch(0, chunkOf(names[cachedTo]).BlobOffset)
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.cache.Has(chunkOf(names[cachedTo-1]).Digest) {
+		if time.Now().After(deadline) {
+			t.Fatal("the prefetch did not finish")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.settle()
+	view.inBlob.Store(0)
+	for _, n := range names[first:cachedTo] {
+		l.read(t, n, 0, 1<<16)
+	}
+	l.settle()
+	t.Logf("%d cached files read with %d blob look-ups", cachedTo-first, view.inBlob.Load())
+	if n := view.inBlob.Load(); n > 40 {
+		t.Errorf("reading %d cached files in blob order looked the blob up %d times; want a few per window", cachedTo-first, n)
+	}
+	if !l.content.ahead.walking() {
+		t.Error("the window closed in the cached region: the walk's next miss starts over")
+	}
+	for _, n := range names[cachedTo:] {
+		l.read(t, n, 0, 1<<16)
+	}
+}
