@@ -99,6 +99,8 @@ const (
 	growShare    = 2 // read*growShare >= bytes: grow
 	closeShare   = 4 // read*closeShare < bytes: close
 	reopenStreak = 3
+	// maxSpecStreams bounds the streams a window's judgement keeps.
+	maxSpecStreams = 4 * maxWindowChunks
 )
 
 // nextWindow is the window after one the reader has passed the end (or,
@@ -161,6 +163,16 @@ func (ra *readAhead) addLast(chunks []index.BlobChunk) {
 			sts = slices.Insert(sts, j, specStream{off: ch.BlobOffset, len: ch.BlobLength})
 			ra.last.bytes += ch.BlobLength
 		}
+	}
+	if len(sts) > maxSpecStreams {
+		// A long walk of misses inside its window: judge by the recent half.
+		for _, st := range sts[:len(sts)-maxSpecStreams/2] {
+			ra.last.bytes -= st.len
+			if st.read {
+				ra.last.read -= st.len
+			}
+		}
+		sts = slices.Clone(sts[len(sts)-maxSpecStreams/2:])
 	}
 	ra.last.streams = sts
 	ra.lastFrom.Store(sts[0].off)
