@@ -22,10 +22,11 @@ func init() {
 		help: `Builds the Dockerfile of CONTEXT (CONTEXT/Dockerfile, or its Containerfile,
 unless -f says otherwise) the way 'docker build' and 'buildah bud' do, read
 by BuildKit's own Dockerfile parser. COPY and ADD leave out what the ignore
-file excludes: the Dockerfile's own (-f FILE: FILE.dockerignore next to it),
-else CONTEXT/.containerignore, else CONTEXT/.dockerignore, or --ignorefile. Every FROM is mounted lazily: the base is never
-downloaded, each step fetches only the files it reads, and --push sends
-only the new layers (base layers are mounted from the base's repository).
+file excludes: the Dockerfile's own (-f FILE: FILE.dockerignore next to
+it), else CONTEXT/.containerignore, else CONTEXT/.dockerignore, or
+--ignorefile. Every FROM is mounted lazily: the base is never downloaded,
+each step fetches only the files it reads, and --push sends only the new
+layers (base layers are mounted from the base's repository).
 Bases in eStargz, zstd:chunked, gzip (with indexes pushed by 'strata
 index') or tar form are read lazily; gzip layers without an index are read
 once to index them, and zstd layers are fetched whole once and kept (see
