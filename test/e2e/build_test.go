@@ -376,7 +376,8 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // COPY and ADD --exclude; testdata/build/checksum: ADD --checksum;
 // testdata/build/parents: COPY --parents; testdata/build/runmounts and
 // secrets: RUN --mount options; testdata/build/misc: the platform ARGs
-// and config edges; testdata/build/heredocs, archives-chown, dockerignore)
+// and config edges; testdata/build/heredocs, archives-chown, dockerignore;
+// testdata/build/ownignore: a Dockerfile's own Dockerfile.dockerignore)
 // with BuildKit, its containerd worker on containerd's own overlayfs
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
@@ -421,7 +422,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		prepare func(t *testing.T, dir string)
-	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}, {"secrets", nil}, {"misc", nil}, {"heredocs", nil}, {"archives-chown", nil}, {"dockerignore", nil}} {
+	}{{"reference", nil}, {"escape", nil}, {"exclude", nil}, {"checksum", serveDownloads}, {"parents", parentsModes}, {"runmounts", nil}, {"secrets", nil}, {"misc", nil}, {"heredocs", nil}, {"archives-chown", nil}, {"dockerignore", nil}, {"ownignore", nil}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := contextDir(t, c.name)
 			if c.prepare != nil {
