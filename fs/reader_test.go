@@ -391,7 +391,7 @@ func (v *countingView) ChunksInBlob(from, to int64, max int) ([]index.BlobChunk,
 // did: a cold tar of a layer of small files took up to three times as
 // long, the daemon busy decoding the same 4096 chunks for each file).
 func TestWalkThroughCachedRegionLooksAheadRarely(t *testing.T) {
-	const files, first, cachedTo = 2000, 200, 1400
+	const files, first, cachedTo = 1000, 100, 700
 	var names []string
 	var sizes []int
 	for i := range files {
