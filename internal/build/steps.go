@@ -432,24 +432,22 @@ func (b *builder) secretFile(id string, src Secret, mode os.FileMode, uid, gid i
 // read returns the value of secret id, refusing one larger than
 // maxSecretSize.
 func (s Secret) read(id string) ([]byte, error) {
+	var data []byte
 	if s.File == "" {
 		v, ok := os.LookupEnv(s.Env)
 		if !ok {
 			return nil, fmt.Errorf("secret %q: the environment variable %s is not set", id, s.Env)
 		}
-		if len(v) > maxSecretSize {
-			return nil, fmt.Errorf("secret %q is larger than %d KiB", id, maxSecretSize>>10)
+		data = []byte(v)
+	} else {
+		f, err := os.Open(s.File)
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: %w", id, err)
 		}
-		return []byte(v), nil
-	}
-	f, err := os.Open(s.File)
-	if err != nil {
-		return nil, fmt.Errorf("secret %q: %w", id, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("secret %q: %w", id, err)
+		defer f.Close()
+		if data, err = io.ReadAll(io.LimitReader(f, maxSecretSize+1)); err != nil {
+			return nil, fmt.Errorf("secret %q: %w", id, err)
+		}
 	}
 	if len(data) > maxSecretSize {
 		return nil, fmt.Errorf("secret %q is larger than %d KiB", id, maxSecretSize>>10)
