@@ -373,6 +373,9 @@ type claimed struct {
 	// idle says the streams are the background fetch's: decoded one at a
 	// time, never ahead of a read's (see idleDecodeSlot).
 	idle bool
+	// arrived, when set, is told the compressed bytes of each stream as
+	// they are all here, before the stream is decoded.
+	arrived func(n int64)
 }
 
 // split divides the claimed streams into those holding a chunk of
@@ -531,6 +534,9 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	err := c.fetchRest(ctx, ranges, starts, func(i int, raw []byte) {
 		handed[i] = true
 		metricFetchedBytes.Add(float64(ranges[i].Len))
+		if cl.arrived != nil {
+			cl.arrived(ranges[i].Len)
+		}
 		bo, sf := offs[i], sfs[i]
 		c.goBackground(func(bg context.Context) {
 			if cl.idle {

@@ -39,6 +39,10 @@ type memBlob struct {
 	held chan struct{}
 	// dropped counts the held Fetches whose context ended first.
 	dropped atomic.Int64
+	// lastWaits, when set, makes every Fetch hand over all its ranges but
+	// the last at once, and the last when the channel is closed: a
+	// response whose bytes are partly here.
+	lastWaits chan struct{}
 }
 
 func (b *memBlob) Size() int64 { return int64(len(b.data)) }
@@ -46,7 +50,7 @@ func (b *memBlob) Size() int64 { return int64(len(b.data)) }
 func (b *memBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func(i int, data []byte)) error {
 	b.mu.Lock()
 	b.fetches = append(b.fetches, append([]remote.Range(nil), ranges...))
-	corrupt, hold, held := b.corrupt, b.hold, b.held
+	corrupt, hold, held, lastWaits := b.corrupt, b.hold, b.held, b.lastWaits
 	b.mu.Unlock()
 	if hold != nil && slices.ContainsFunc(ranges, func(r remote.Range) bool { return r.Off != b.free }) {
 		if held != nil {
@@ -60,6 +64,13 @@ func (b *memBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func
 		}
 	}
 	for i, r := range ranges {
+		if lastWaits != nil && i == len(ranges)-1 {
+			select {
+			case <-lastWaits:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		data := bytes.Clone(b.data[r.Off : r.Off+r.Len])
 		if corrupt && len(data) > 0 {
 			data[len(data)/2] ^= 0xff

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -207,6 +208,63 @@ func TestPrefetchListedFetchesListedFilesOnly(t *testing.T) {
 	l.blob.reset()
 	if st := prefetchListed(context.Background(), []*Content{l.content}, listOf(listed...)); st.Streams != 0 {
 		t.Fatalf("second prefetch fetched %d streams", st.Streams)
+	}
+}
+
+// The next pieces of a list are asked for while the bytes of those before
+// are still coming, as soon as enough of them are here: a window of bytes,
+// not of requests, so that no round trip is spent with the link idle.
+func TestPrefetchListedAsksAheadOfArrivingBytes(t *testing.T) {
+	var names []string
+	var sizes []int
+	// Pieces of three small files and a large one: a piece that lacks
+	// its last stream holds most of its share of the window.
+	for i := 0; i < 96; i++ {
+		names = append(names, fmt.Sprintf("d%d/f%02d", i%4, i))
+		sizes = append(sizes, 32<<10)
+		if i%4 == 3 {
+			sizes[i] = 192 << 10
+		}
+	}
+	l := newTestLayer(t, names, sizes)
+	list := listOf(names...)
+	pieces, _ := listedPieces([]*Content{l.content}, list)
+	if len(pieces) != len(names)/4 {
+		t.Fatalf("%d pieces; the test wants %d", len(pieces), len(names)/4)
+	}
+	gate := make(chan struct{})
+	l.blob.mu.Lock()
+	l.blob.lastWaits = gate
+	l.blob.mu.Unlock()
+	done := make(chan ListedStats)
+	go func() { done <- prefetchListed(context.Background(), []*Content{l.content}, list) }()
+	// Each request's bytes are all here but its last stream's. A window of
+	// four requests would stop at four; a window of bytes goes on.
+	deadline := time.Now().Add(10 * time.Second)
+	calls := 0
+	for ; calls <= listWindow/listPiece && time.Now().Before(deadline); calls, _ = l.blob.fetched() {
+		time.Sleep(time.Millisecond)
+	}
+	// Nor does it ask for everything at once: what is asked for and not
+	// here stays under the window.
+	time.Sleep(50 * time.Millisecond)
+	calls, _ = l.blob.fetched()
+	close(gate)
+	st := <-done
+	l.settle()
+	if calls <= listWindow/listPiece || calls >= len(pieces) {
+		t.Fatalf("%d of %d requests asked for while every one lacked its last stream; want more than %d, fewer than all",
+			calls, len(pieces), listWindow/listPiece)
+	}
+	if st.Files != len(names) || st.Streams != len(names) {
+		t.Fatalf("stats %+v, want %d files in as many streams", st, len(names))
+	}
+	for _, name := range names {
+		for _, ch := range mustChunks(t, l, name) {
+			if !l.cache.Has(ch.Digest) {
+				t.Fatalf("%s is listed but not cached", name)
+			}
+		}
 	}
 }
 

@@ -27,9 +27,10 @@ type Entry struct {
 	Query    string // the raw query ("mount=…&from=…", "digest=…"), "" if none
 	Range    string // the request's Range header, "" if none
 	Blob     bool
-	Status   int   // 0 when no response was sent (e.g. Down)
-	Bytes    int64 // response body bytes
-	BytesIn  int64 // request body bytes read from the client
+	Start    time.Time // when the proxy received the request
+	Status   int       // 0 when no response was sent (e.g. Down)
+	Bytes    int64     // response body bytes
+	BytesIn  int64     // request body bytes read from the client
 	Duration time.Duration
 	Fault    bool // a Fault handled the request; set before the client sees its answer
 	Done     bool // the handler returned or hijacked the connection; Duration is final
@@ -54,7 +55,7 @@ type recorder struct {
 }
 
 func (rec *recorder) begin(r *http.Request) *Entry {
-	e := &Entry{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range"), Blob: IsBlob(r)}
+	e := &Entry{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range"), Blob: IsBlob(r), Start: time.Now()}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	rec.stats.Requests++
