@@ -1,7 +1,9 @@
 package fs
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,4 +65,48 @@ func mustChunks(t *testing.T, l *testLayer, name string) []index.Chunk {
 		t.Fatalf("chunks of %s: %v", name, err)
 	}
 	return chunks
+}
+
+// inOrder starts the next piece while the bytes of those before are still
+// coming, as long as less than prefetchAhead of them is still to come.
+func TestInOrderAsksAheadOfBytesStillComing(t *testing.T) {
+	sizes := make([]int64, 16)
+	for i := range sizes {
+		sizes[i] = prefetchPiece
+	}
+	const lacking = 64 << 10 // each piece's bytes still to come until gate
+	gate := make(chan struct{})
+	var started atomic.Int64
+	done := make(chan int)
+	go func() {
+		done <- inOrder(context.Background(), sizes, func(i int, here func(int64)) {
+			started.Add(1)
+			here(prefetchPiece - lacking)
+			<-gate
+			here(lacking)
+		})
+	}()
+	want := int64(prefetchAhead / lacking)
+	for deadline := time.Now().Add(10 * time.Second); started.Load() < want && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := started.Load(); n != want {
+		t.Errorf("%d pieces started while each lacked %d KiB; want %d (%d KiB still to come)", n, lacking>>10, want, prefetchAhead>>10)
+	}
+	close(gate)
+	if n := <-done; n != len(sizes) || started.Load() != int64(len(sizes)) {
+		t.Fatalf("inOrder started %d (reports %d) of %d", started.Load(), n, len(sizes))
+	}
+
+	// A piece whose fetch reports nothing (its streams were another's)
+	// gives its share back when it returns.
+	if n := inOrder(context.Background(), sizes, func(int, func(int64)) {}); n != len(sizes) {
+		t.Fatalf("inOrder started %d of %d silent pieces", n, len(sizes))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if n := inOrder(ctx, sizes, func(int, func(int64)) { t.Error("a piece started after stop") }); n != 0 {
+		t.Fatalf("inOrder started %d pieces after stop", n)
+	}
 }

@@ -373,8 +373,8 @@ type claimed struct {
 	// idle says the streams are the background fetch's: decoded one at a
 	// time, never ahead of a read's (see idleDecodeSlot).
 	idle bool
-	// arrived, when set, is told the compressed bytes of each stream as
-	// they are all here, before the stream is decoded.
+	// arrived, when set, is told the compressed bytes fetched as they
+	// arrive, in parts of at most progressPart bytes.
 	arrived func(n int64)
 }
 
@@ -397,15 +397,14 @@ func (cl *claimed) split(missing []index.Chunk) (mine, ahead *claimed) {
 }
 
 // aheadPieces is how many pieces, at most, a read-ahead is fetched in
-// (at least prefetchPiece bytes each, prefetchParallel at a time): few
-// enough that its round trips cost little, enough that the reader, which
-// comes right behind, finds the first piece there early.
+// (at least prefetchPiece bytes each, in order: see inOrder): few enough
+// that its requests cost little, enough that the reader, which comes right
+// behind, finds the first piece there early.
 const aheadPieces = 4
 
 // fetchInPieces fetches the claimed streams cl, in claim order, as a few
-// pieces (see aheadPieces), prefetchParallel at a time. Every claimed
-// stream is finished, with ctx's error when ctx ends first, so that no
-// waiter is left hanging.
+// pieces (see aheadPieces). Every claimed stream is finished, with ctx's
+// error when ctx ends first, so that no waiter is left hanging.
 func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 	var chunks []index.BlobChunk
 	var total int64
@@ -417,32 +416,25 @@ func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 	for i, bo := range cl.offs {
 		byOff[bo] = cl.fetches[i]
 	}
-	slots := make(chan struct{}, prefetchParallel)
-	var wg sync.WaitGroup
-	for _, p := range pieces(chunks, max(prefetchPiece, total/aheadPieces)) {
-		sub := &claimed{streams: cl.streams}
-		for i, ch := range p {
-			if i == 0 || p[i-1].BlobOffset != ch.BlobOffset {
-				sub.offs, sub.fetches = append(sub.offs, ch.BlobOffset), append(sub.fetches, byOff[ch.BlobOffset])
+	ps := pieces(chunks, max(prefetchPiece, total/aheadPieces))
+	subs := make([]*claimed, len(ps))
+	for i, p := range ps {
+		subs[i] = &claimed{streams: cl.streams}
+		for j, ch := range p {
+			if j == 0 || p[j-1].BlobOffset != ch.BlobOffset {
+				subs[i].offs, subs[i].fetches = append(subs[i].offs, ch.BlobOffset), append(subs[i].fetches, byOff[ch.BlobOffset])
 			}
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			for i, bo := range sub.offs {
-				c.finish(bo, sub.fetches[i], nil, ctx.Err())
-			}
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			c.fetchStreams(ctx, sub)
-		}()
 	}
-	wg.Wait()
+	started := inOrder(ctx, bytesOf(ps), func(i int, here func(int64)) {
+		subs[i].arrived = here
+		c.fetchStreams(ctx, subs[i])
+	})
+	for _, sub := range subs[started:] {
+		for i, bo := range sub.offs {
+			c.finish(bo, sub.fetches[i], nil, ctx.Err())
+		}
+	}
 }
 
 // claim groups chunks by compressed stream and claims the streams nobody
@@ -531,12 +523,9 @@ func (c *Content) fetchStreams(ctx context.Context, cl *claimed) {
 	}
 	start := time.Now()
 	handed := make([]bool, len(offs))
-	err := c.fetchRest(ctx, ranges, starts, func(i int, raw []byte) {
+	err := c.fetchRest(ctx, ranges, starts, cl.arrived, func(i int, raw []byte) {
 		handed[i] = true
 		metricFetchedBytes.Add(float64(ranges[i].Len))
-		if cl.arrived != nil {
-			cl.arrived(ranges[i].Len)
-		}
 		bo, sf := offs[i], sfs[i]
 		c.goBackground(func(bg context.Context) {
 			if cl.idle {
@@ -661,25 +650,57 @@ func (c *Content) finish(bo int64, sf *streamFetch, chunks map[digest.Digest][]b
 	close(sf.done)
 }
 
+// progressPart is the largest part of a stream whose arrival fetchRest
+// reports on its own: a large stream (a 4 MiB chunk of a binary, 1.5 to 2
+// MB compressed) is reported as it comes, not once at its end.
+const progressPart = 128 << 10
+
 // fetchRest fetches ranges, each the rest of a stream whose start is
 // already here in the prefix of the same index, and hands got each stream
 // from its start as soon as its bytes are in (see Blob.FetchEach). A range
-// with nothing left to fetch costs no request.
-func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte, got func(i int, raw []byte)) error {
+// with nothing left to fetch costs no request. progress, when not nil, is
+// told the bytes as they arrive, in parts of at most progressPart.
+func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte, progress func(n int64), got func(i int, raw []byte)) error {
 	var ask []remote.Range
 	var asked []int // ask's index in ranges
 	for i, r := range ranges {
-		if r.Len > 0 {
-			ask, asked = append(ask, r), append(asked, i)
-		} else {
+		if r.Len == 0 {
 			got(i, prefixes[i])
+			continue
+		}
+		// Adjacent parts of one range: the same request (FetchEach
+		// coalesces them), handed over one by one as they come.
+		step := r.Len
+		if progress != nil {
+			step = progressPart
+		}
+		for off := int64(0); off < r.Len; off += step {
+			ask, asked = append(ask, remote.Range{Off: r.Off + off, Len: min(step, r.Len-off)}), append(asked, i)
 		}
 	}
 	if len(ask) == 0 {
 		return nil
 	}
+	parts := make(map[int][][]byte) // the parts of ranges cut in several, as they come
 	return c.blob.FetchEach(ctx, ask, func(j int, data []byte) {
 		i := asked[j]
+		if progress != nil {
+			progress(int64(len(data)))
+		}
+		if ranges[i].Len > int64(len(data)) || len(parts[i]) > 0 {
+			parts[i] = append(parts[i], data)
+			var have int64
+			for _, p := range parts[i] {
+				have += int64(len(p))
+			}
+			if have < ranges[i].Len {
+				return
+			}
+			// FetchEach hands over a request's parts in the order they
+			// end, so in blob order.
+			data = slices.Concat(parts[i]...)
+			delete(parts, i)
+		}
 		if len(prefixes[i]) > 0 {
 			data = append(prefixes[i], data...)
 		}

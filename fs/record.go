@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/stratafs/strata/fs/index"
 )
@@ -415,23 +414,6 @@ type ListedStats struct {
 	Bytes   int64 // compressed bytes fetched
 }
 
-// A list's prefetch asks for pieces of at least listPiece compressed bytes,
-// in list order, with up to listWindow bytes asked for and not yet here.
-// Small pieces bring the files a start reads first sooner (python's start
-// from a gzip image with its list over wan: 1 MiB pieces 1.24 s, 256 KiB
-// 1.19 s; `go version` with a recorded list over a far link, 100 ms:
-// 1.52 → 1.41 s). The window is of bytes, not of requests: a piece's share
-// is given back stream by stream as its bytes arrive, so the next piece is
-// asked for while the others are still coming and its round trip hides
-// behind their bytes. With four requests at a time, each let go when it was
-// all here, the four came in together (the link is shared) and the link
-// stood idle for a round trip after every four: the compiling step's 20.9
-// MB list took 2.06 s over wan, 81 Mbit/s of 100.
-const (
-	listPiece  = 256 << 10
-	listWindow = 4 * listPiece
-)
-
 // listedPiece is one request's worth of a list's chunks, all of one layer.
 type listedPiece struct {
 	c      *Content
@@ -439,8 +421,8 @@ type listedPiece struct {
 }
 
 // PrefetchListed fetches, verifies and caches the uncached chunks of the
-// listed files, in list order, prefetchParallel requests of about
-// prefetchPiece bytes at a time. list's layers must be mounted (those that
+// listed files, in list order, as pieces of about prefetchPiece bytes
+// asked for one after another (see inOrder). list's layers must be mounted (those that
 // are not are skipped); the caller has checked that they are the layers of
 // the image being mounted. While it runs, misses in those layers take no
 // speculative read-ahead: the list knows better what comes next. It
@@ -474,40 +456,26 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 		}
 	}
 	out, st := listedPieces(contents, list)
+	sizes := make([]int64, len(out))
+	for i, pc := range out {
+		sizes[i] = bytesOf([][]index.BlobChunk{pc.chunks})[0]
+	}
 	var mu sync.Mutex
-	window := semaphore.NewWeighted(listWindow)
-	var wg sync.WaitGroup
-	for _, pc := range out {
-		// A piece bigger than listPiece (one large stream) holds no more
-		// of the window than listPiece, so that others go on alongside.
-		share := min(pieceBytes(pc.chunks), listPiece)
-		if window.Acquire(ctx, share) != nil {
-			break
-		}
-		wg.Add(1)
+	inOrder(ctx, sizes, func(i int, here func(int64)) {
+		pc := out[i]
 		// Under the layer's lifetime, not ctx's: a reader of another
 		// mount of the layer may be waiting for these streams, and an
 		// unmount of this image must not fail its read. ctx stops the
 		// prefetch between pieces.
+		done := make(chan struct{})
 		pc.c.goBackground(func(bg context.Context) {
-			defer wg.Done()
-			var held sync.Mutex
-			giveBack := func(n int64) {
-				held.Lock()
-				defer held.Unlock()
-				if n = min(n, share); n > 0 {
-					share -= n
-					window.Release(n)
-				}
-			}
-			defer giveBack(share)
+			defer close(done)
 			_, cl := pc.c.claim(pc.chunks)
 			if len(cl.offs) == 0 {
 				return
 			}
-			cl.arrived = giveBack
+			cl.arrived = here
 			pc.c.fetchStreams(bg, cl)
-			giveBack(share) // what failed to come
 			var n int64
 			for i, sf := range cl.fetches {
 				<-sf.done
@@ -523,24 +491,13 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 			st.Bytes += n
 			mu.Unlock()
 		})
-	}
-	wg.Wait()
+		<-done
+	})
 	return st
 }
 
-// pieceBytes is the compressed bytes of chunks' streams.
-func pieceBytes(chunks []index.BlobChunk) int64 {
-	var n int64
-	for i, ch := range chunks {
-		if i == 0 || chunks[i-1].BlobOffset != ch.BlobOffset {
-			n += ch.BlobLength
-		}
-	}
-	return n
-}
-
 // listedPieces cuts the uncached chunks of the listed files into pieces of
-// at least listPiece compressed bytes, each of one layer, in list order.
+// at least prefetchPiece compressed bytes, each of one layer, in list order.
 func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, ListedStats) {
 	var st ListedStats
 	var out []listedPiece
@@ -560,7 +517,7 @@ func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, Liste
 		for _, ch := range chunks {
 			n := len(out)
 			sameStream := n > 0 && len(out[n-1].chunks) > 0 && out[n-1].chunks[len(out[n-1].chunks)-1].BlobOffset == ch.BlobOffset
-			if n == 0 || out[n-1].c != c || (curBytes >= listPiece && !sameStream) {
+			if n == 0 || out[n-1].c != c || (curBytes >= prefetchPiece && !sameStream) {
 				out, curBytes = append(out, listedPiece{c: c}), 0
 				n++
 			}

@@ -155,26 +155,26 @@ func TestListedPiecesFollowTheList(t *testing.T) {
 	if !slices.Equal(inos, want) {
 		t.Fatalf("pieces hold inodes %v, want the list's order %v", inos, want)
 	}
-	// 4 files of 200 KiB: pieces of at least listPiece each (but the
+	// 4 files of 200 KiB: pieces of at least prefetchPiece each (but the
 	// last), cut between files.
 	for i, p := range pieces {
 		var n int64
 		for _, ch := range p.chunks {
 			n += ch.BlobLength
 		}
-		if i < len(pieces)-1 && (n < listPiece || n >= listPiece+200<<10) {
-			t.Errorf("piece %d of %d: %d bytes; want at least %d, less than a file more", i+1, len(pieces), n, listPiece)
+		if i < len(pieces)-1 && (n < prefetchPiece || n >= prefetchPiece+200<<10) {
+			t.Errorf("piece %d of %d: %d bytes; want at least %d, less than a file more", i+1, len(pieces), n, prefetchPiece)
 		}
 	}
 	npieces, acc := 1, 0
 	for range order {
-		if acc >= listPiece {
+		if acc >= prefetchPiece {
 			npieces, acc = npieces+1, 0
 		}
 		acc += 200 << 10
 	}
 	if len(pieces) != npieces {
-		t.Errorf("%d pieces for %d files of 200 KiB and pieces of %d KiB; want %d", len(pieces), len(order), listPiece>>10, npieces)
+		t.Errorf("%d pieces for %d files of 200 KiB and pieces of %d KiB; want %d", len(pieces), len(order), prefetchPiece>>10, npieces)
 	}
 }
 
@@ -212,8 +212,9 @@ func TestPrefetchListedFetchesListedFilesOnly(t *testing.T) {
 }
 
 // The next pieces of a list are asked for while the bytes of those before
-// are still coming, as soon as enough of them are here: a window of bytes,
-// not of requests, so that no round trip is spent with the link idle.
+// are still coming, as soon as few enough are still to come: bytes, not
+// requests, decide, so that no round trip is spent with the link idle and
+// later pieces do not crowd out earlier ones.
 func TestPrefetchListedAsksAheadOfArrivingBytes(t *testing.T) {
 	var names []string
 	var sizes []int
@@ -238,23 +239,24 @@ func TestPrefetchListedAsksAheadOfArrivingBytes(t *testing.T) {
 	l.blob.mu.Unlock()
 	done := make(chan ListedStats)
 	go func() { done <- prefetchListed(context.Background(), []*Content{l.content}, list) }()
-	// Each request's bytes are all here but its last stream's. A window of
-	// four requests would stop at four; a window of bytes goes on.
+	// Each request's bytes are all here but its last part's. Four requests
+	// at a time would stop at four; bytes to come go on.
+	const requests = 4
 	deadline := time.Now().Add(10 * time.Second)
 	calls := 0
-	for ; calls <= listWindow/listPiece && time.Now().Before(deadline); calls, _ = l.blob.fetched() {
+	for ; calls <= requests && time.Now().Before(deadline); calls, _ = l.blob.fetched() {
 		time.Sleep(time.Millisecond)
 	}
 	// Nor does it ask for everything at once: what is asked for and not
-	// here stays under the window.
+	// here stays about prefetchAhead.
 	time.Sleep(50 * time.Millisecond)
 	calls, _ = l.blob.fetched()
 	close(gate)
 	st := <-done
 	l.settle()
-	if calls <= listWindow/listPiece || calls >= len(pieces) {
-		t.Fatalf("%d of %d requests asked for while every one lacked its last stream; want more than %d, fewer than all",
-			calls, len(pieces), listWindow/listPiece)
+	if lacking := int64(calls) * (192<<10 - progressPart); calls <= requests || lacking > prefetchAhead+192<<10 {
+		t.Fatalf("%d of %d requests asked for while every one lacked its last part; want more than %d, at most %d KiB lacking",
+			calls, len(pieces), requests, (prefetchAhead+192<<10)>>10)
 	}
 	if st.Files != len(names) || st.Streams != len(names) {
 		t.Fatalf("stats %+v, want %d files in as many streams", st, len(names))
