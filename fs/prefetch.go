@@ -17,6 +17,7 @@ import (
 // requests in flight at once, instead of one round trip per file when the
 // container opens it. A read of a file still on its way waits for that
 // fetch (the streams are claimed) rather than asking again.
+//
 // Fetches of more than one request (a landmark's region, a recorded list,
 // a read-ahead) are cut into pieces of at least prefetchPiece compressed
 // bytes and asked for in order, the next as soon as less than

@@ -662,43 +662,47 @@ const progressPart = 128 << 10
 // told the bytes as they arrive, in parts of at most progressPart.
 func (c *Content) fetchRest(ctx context.Context, ranges []remote.Range, prefixes [][]byte, progress func(n int64), got func(i int, raw []byte)) error {
 	var ask []remote.Range
-	var asked []int // ask's index in ranges
+	var asked, part []int // ask's index in ranges, and its part of that range
+	nparts := make([]int, len(ranges))
 	for i, r := range ranges {
 		if r.Len == 0 {
 			got(i, prefixes[i])
 			continue
 		}
 		// Adjacent parts of one range: the same request (FetchEach
-		// coalesces them), handed over one by one as they come.
+		// coalesces them) unless the range straddles the end of one,
+		// handed over one by one as they come.
 		step := r.Len
 		if progress != nil {
 			step = progressPart
 		}
 		for off := int64(0); off < r.Len; off += step {
-			ask, asked = append(ask, remote.Range{Off: r.Off + off, Len: min(step, r.Len-off)}), append(asked, i)
+			ask = append(ask, remote.Range{Off: r.Off + off, Len: min(step, r.Len-off)})
+			asked, part = append(asked, i), append(part, nparts[i])
+			nparts[i]++
 		}
 	}
 	if len(ask) == 0 {
 		return nil
 	}
-	parts := make(map[int][][]byte) // the parts of ranges cut in several, as they come
+	parts := make(map[int][][]byte) // of ranges in several parts, those in so far
 	return c.blob.FetchEach(ctx, ask, func(j int, data []byte) {
 		i := asked[j]
 		if progress != nil {
 			progress(int64(len(data)))
 		}
-		if ranges[i].Len > int64(len(data)) || len(parts[i]) > 0 {
-			parts[i] = append(parts[i], data)
-			var have int64
-			for _, p := range parts[i] {
-				have += int64(len(p))
+		if nparts[i] > 1 {
+			// Parts in two requests may come in either order.
+			ps := parts[i]
+			if ps == nil {
+				ps = make([][]byte, nparts[i])
+				parts[i] = ps
 			}
-			if have < ranges[i].Len {
+			ps[part[j]] = data
+			if slices.ContainsFunc(ps, func(p []byte) bool { return p == nil }) {
 				return
 			}
-			// FetchEach hands over a request's parts in the order they
-			// end, so in blob order.
-			data = slices.Concat(parts[i]...)
+			data = slices.Concat(ps...)
 			delete(parts, i)
 		}
 		if len(prefixes[i]) > 0 {

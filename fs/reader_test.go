@@ -43,6 +43,9 @@ type memBlob struct {
 	// the last at once, and the last when the channel is closed: a
 	// response whose bytes are partly here.
 	lastWaits chan struct{}
+	// reverse hands ranges over last first, as ranges split between two
+	// requests may come.
+	reverse bool
 }
 
 func (b *memBlob) Size() int64 { return int64(len(b.data)) }
@@ -50,7 +53,7 @@ func (b *memBlob) Size() int64 { return int64(len(b.data)) }
 func (b *memBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func(i int, data []byte)) error {
 	b.mu.Lock()
 	b.fetches = append(b.fetches, append([]remote.Range(nil), ranges...))
-	corrupt, hold, held, lastWaits := b.corrupt, b.hold, b.held, b.lastWaits
+	corrupt, hold, held, lastWaits, reverse := b.corrupt, b.hold, b.held, b.lastWaits, b.reverse
 	b.mu.Unlock()
 	if hold != nil && slices.ContainsFunc(ranges, func(r remote.Range) bool { return r.Off != b.free }) {
 		if held != nil {
@@ -63,8 +66,13 @@ func (b *memBlob) FetchEach(ctx context.Context, ranges []remote.Range, got func
 			return ctx.Err()
 		}
 	}
-	for i, r := range ranges {
-		if lastWaits != nil && i == len(ranges)-1 {
+	for k := range ranges {
+		i := k
+		if reverse {
+			i = len(ranges) - 1 - k
+		}
+		r := ranges[i]
+		if lastWaits != nil && k == len(ranges)-1 {
 			select {
 			case <-lastWaits:
 			case <-ctx.Done():

@@ -270,6 +270,31 @@ func TestPrefetchListedAsksAheadOfArrivingBytes(t *testing.T) {
 	}
 }
 
+// A large stream is asked for in parts; parts that come out of order (two
+// requests) still make the stream.
+func TestPrefetchListedPartsInAnyOrder(t *testing.T) {
+	l := newTestLayer(t, []string{"a/big", "b/small"}, []int{900 << 10, 4 << 10})
+	l.blob.mu.Lock()
+	l.blob.reverse = true
+	l.blob.mu.Unlock()
+	if st := prefetchListed(context.Background(), []*Content{l.content}, listOf("a/big", "b/small")); st.Streams != 2 {
+		t.Fatalf("stats %+v, want 2 streams fetched", st)
+	}
+	l.settle()
+	for _, name := range []string{"a/big", "b/small"} {
+		for _, ch := range mustChunks(t, l, name) {
+			if !l.cache.Has(ch.Digest) {
+				t.Fatalf("%s: not cached (its parts put together in the wrong order?)", name)
+			}
+		}
+	}
+	l.blob.reset()
+	l.read(t, "a/big", 0, 900<<10)
+	if calls, _ := l.blob.fetched(); calls != 0 {
+		t.Fatalf("reading the prefetched file fetched %d times", calls)
+	}
+}
+
 func TestPrefetchListedStopsWithItsContext(t *testing.T) {
 	l := dirLayer(t)
 	ctx, cancel := context.WithCancel(context.Background())
