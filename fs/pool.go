@@ -35,15 +35,6 @@ type Pool struct {
 	inherited map[digest.Digest]*os.File    // live connections to take over
 	builds    map[digest.Digest]*indexBuild // indexes being made
 	saves     sync.WaitGroup                // index saves running in the background
-	held      map[digest.Digest]*landmarkHold
-}
-
-// landmarkHold is the holds on a layer's landmark prefetch (see
-// HoldLandmarks): how many there are, how many have decided, and whether
-// one wants the prefetch to run.
-type landmarkHold struct {
-	n, decided int
-	start      bool
 }
 
 type pooled struct {
@@ -66,9 +57,6 @@ type pooled struct {
 	// indexSaved, when set, closes once a new index is on disk; unmounting
 	// waits for it, so the next mount finds the index stored.
 	indexSaved <-chan struct{}
-	// landmark starts the prefetch of the layer's prioritized files, when
-	// HoldLandmarks holds it back; under Pool.mu.
-	landmark func()
 }
 
 // LayerStat describes a mounted layer.
@@ -98,7 +86,7 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}, held: map[digest.Digest]*landmarkHold{}}, nil
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}}, nil
 }
 
 // Acquire makes layer l of repo available read-only and returns its
@@ -217,106 +205,10 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain = m, blob, content, info.Format, info.Packed, info.Plain
 	end := info.PrefetchEnd
 	if end > 0 {
-		p.mu.Lock()
-		pl.landmark = func() { content.Prefetch(0, end) }
-		p.resolveLandmark(pl, p.held[l.Digest])
-		p.mu.Unlock()
+		content.Prefetch(0, end)
 	}
 	content.StartBackground(end)
 	return nil
-}
-
-// HoldLandmarks holds back the prefetch of the prioritized files of those
-// of layers mounted from now on until the hold decides or is released: an
-// image's mount holds them while it looks for a recorded list, which, when
-// there is one, knows better what the workload reads first (a landmark
-// made for `go version` fetches 1 MB of another layer the compiling step
-// never reads, while the link has the go binary and the compiler to
-// bring). A layer mounted before the hold, or by a mount that holds
-// nothing, starts its prefetch when it mounts.
-func (p *Pool) HoldLandmarks(layers []digest.Digest) *LandmarkHold {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, d := range layers {
-		h := p.held[d]
-		if h == nil {
-			h = &landmarkHold{}
-			p.held[d] = h
-		}
-		h.n++
-	}
-	return &LandmarkHold{p: p, layers: layers}
-}
-
-// A LandmarkHold holds back the landmark prefetches of some layers (see
-// Pool.HoldLandmarks).
-type LandmarkHold struct {
-	p               *Pool
-	layers          []digest.Digest
-	decide, release sync.Once
-	decided         bool // under p.mu
-}
-
-// Decide says which of the held layers a list was found for: their
-// landmark prefetches are dropped (unless another mount's hold wants
-// them), the others start, now or when the layer mounts. Only the first
-// call counts.
-func (lh *LandmarkHold) Decide(listed []digest.Digest) {
-	lh.decide.Do(func() {
-		p := lh.p
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if lh.decided {
-			return // released first
-		}
-		lh.decided = true
-		for _, d := range lh.layers {
-			h := p.held[d]
-			h.decided++
-			h.start = h.start || !slices.Contains(listed, d)
-			p.resolveLandmark(p.layers[d], h)
-		}
-	})
-}
-
-// Release ends the hold; a hold that has not decided starts the prefetches
-// it held back. Only the first call counts.
-func (lh *LandmarkHold) Release() {
-	lh.release.Do(func() {
-		p := lh.p
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, d := range lh.layers {
-			h := p.held[d]
-			if !lh.decided {
-				h.decided++
-				h.start = true
-			}
-			p.resolveLandmark(p.layers[d], h)
-			if h.n--; h.n == 0 {
-				delete(p.held, d)
-			}
-		}
-		lh.decided = true
-	})
-}
-
-// resolveLandmark starts or drops pl's landmark prefetch, if it has one
-// waiting, once its holds h allow: it starts when there is no hold or one
-// wants it, and is dropped when every hold has decided against it. Under
-// p.mu: Release takes a layer out of the pool under it too, before closing
-// its content, so a prefetch is never started on a closed layer.
-func (p *Pool) resolveLandmark(pl *pooled, h *landmarkHold) {
-	if pl == nil || pl.landmark == nil {
-		return
-	}
-	switch {
-	case h == nil || h.start:
-		pl.landmark()
-		pl.landmark = nil
-	case h.decided == h.n:
-		pl.landmark = nil
-	}
 }
 
 // SetPrefetchPolicy sets the background fetch policy of the layers

@@ -51,13 +51,6 @@ func (im *images) remoteOptions(insecure bool, host string) []remote.Option {
 	return nil
 }
 
-// landmarkWait bounds how long a mounted image's landmark prefetches wait
-// for the answer of a list lookup slower than the mount. The lookup (two
-// round trips without a list: the referrers API, then its tag fallback)
-// runs beside the layers' mount (the footer and TOC, one or two round
-// trips and the TOC's parse), so it usually answers first.
-const landmarkWait = 500 * time.Millisecond
-
 // mount resolves req.Ref and mounts it at req.Dir.
 func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	start := time.Now()
@@ -91,18 +84,13 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if err := im.record(m); err != nil {
 		return nil, err
 	}
-	// The layers' landmark prefetches wait while the list is looked for
-	// (see fs.Pool.HoldLandmarks), at most landmarkWait past the mount.
-	landmarks := im.d.pool.HoldLandmarks(m.layerDigests())
-	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored, landmarks)
+	lookup := im.lookupPrefetchList(m, req.PrefetchBase, stored)
 	if early != nil && early.image == m.Digest {
 		<-early.done
 	} else {
 		im.importMountIndexes(ctx, m, stored)
 	}
-	err = im.attach(ctx, m, true, false)
-	if err != nil {
-		landmarks.Release()
+	if err := im.attach(ctx, m, true, false); err != nil {
 		if m.Writable {
 			// Nothing was written yet: the new upper directory is empty.
 			if rerr := im.d.writable.remove(ctx, m); rerr != nil {
@@ -114,7 +102,6 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 		}
 		return nil, err
 	}
-	time.AfterFunc(landmarkWait, landmarks.Release)
 	// Under the lock: an unmount may already see m (attach listed it).
 	im.mu.Lock()
 	if req.Record {

@@ -216,13 +216,11 @@ type listLookup struct {
 // about a base once a daemon's life (see noList). It returns where the
 // answer will arrive, and runs while the layers mount, so the registry's
 // round trips cost the mount nothing. A list is checked before use: well
-// formed, and recorded on the image it is the list of. landmarks is told
-// the layers of the list found, if any, as soon as the answer is known.
-func (im *images) lookupPrefetchList(m *Mount, base string, stored bool, landmarks *fs.LandmarkHold) <-chan listLookup {
+// formed, and recorded on the image it is the list of.
+func (im *images) lookupPrefetchList(m *Mount, base string, stored bool) <-chan listLookup {
 	out := make(chan listLookup, 1)
 	policy := im.d.cfg.PrefetchLists
 	if policy == PrefetchListsOff {
-		landmarks.Decide(nil)
 		out <- listLookup{}
 		return out
 	}
@@ -230,11 +228,6 @@ func (im *images) lookupPrefetchList(m *Mount, base string, stored bool, landmar
 		start := time.Now()
 		res := im.lookupList(m, base, stored, policy)
 		res.took = time.Since(start)
-		var listed []digest.Digest
-		if res.err == nil && res.list != nil {
-			listed = res.list.Layers
-		}
-		landmarks.Decide(listed)
 		out <- res
 	}()
 	return out

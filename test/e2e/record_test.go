@@ -253,63 +253,6 @@ func (r rawManifest) MediaType() (types.MediaType, error) {
 // TestHostileRecordedListIsRefused: a referrer list that names paths
 // outside the layer, or another image's layers, is refused with a log
 // line; the mount works and fetches nothing for it.
-// TestRecordedListReplacesLandmark mounts an image whose layer has a
-// prefetch landmark and a recorded list that does not hold the landmark's
-// file: the list's files are fetched, the landmark's are not (the list
-// knows what the workload reads); without the list they are.
-func TestRecordedListReplacesLandmark(t *testing.T) {
-	requireRoot(t)
-	layers := fixture.Big(16)
-	const prioritized, listed = "other/4k.bin", "small/b/4k.bin"
-	ref := push(t, shared.reg, uniqueRepo("landmark-listed"), "estargz", layers, fixture.FormEStargz,
-		fixture.WithPrioritizedFiles(prioritized))
-
-	// Without a list: the landmark's file comes with the mount.
-	p := startProxy(t, shared.reg)
-	plain := startDaemon(t, nil)
-	dir, _ := plain.mount(t, viaProxy(ref, shared.reg, p))
-	deadline := time.Now().Add(30 * time.Second)
-	for p.Stats().BlobRequests < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no landmark prefetch after the mount within 30s: %+v", p.Stats())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond) // the prefetch's answer in
-	p.ResetStats()
-	readChecked(t, dir, prioritized, layers)
-	if s := p.Stats(); s.BlobRequests != 0 {
-		t.Fatalf("without a list, reading the landmark's file made %d requests; the mount should have fetched it", s.BlobRequests)
-	}
-
-	first := startDaemon(t, nil)
-	mark := logMark()
-	dir1, m := first.mountWith(t, daemon.MountRequest{Ref: ref, Record: true, RecordPush: true})
-	readChecked(t, dir1, listed, layers)
-	if err := first.client.Unmount(context.Background(), dir1, true); err != nil {
-		t.Fatal(err)
-	}
-	waitLog(t, mark, "recorded prefetch list pushed", m.Digest.String())
-
-	p2 := startProxy(t, shared.reg)
-	second := startDaemon(t, nil)
-	mark = logMark()
-	dir2, m2 := second.mountWith(t, daemon.MountRequest{Ref: viaProxy(ref, shared.reg, p2)})
-	waitLog(t, mark, "recorded prefetch done", m2.Digest.String(), "files=1 ")
-	// Past the longest the landmark may wait for the lookup: had it been
-	// started, its request would be in by now.
-	time.Sleep(time.Second)
-	p2.ResetStats()
-	readChecked(t, dir2, listed, layers)
-	if s := p2.Stats(); s.BlobRequests != 0 {
-		t.Errorf("reading the listed file made %d requests, want none", s.BlobRequests)
-	}
-	readChecked(t, dir2, prioritized, layers)
-	if s := p2.Stats(); s.BlobRequests == 0 {
-		t.Errorf("the landmark's file was fetched with the mount although the list does not hold it")
-	}
-}
-
 func TestHostileRecordedListIsRefused(t *testing.T) {
 	requireRoot(t)
 	layers := fixture.Big(16)
