@@ -35,6 +35,7 @@ type Pool struct {
 	inherited map[digest.Digest]*os.File    // live connections to take over
 	builds    map[digest.Digest]*indexBuild // indexes being made
 	saves     sync.WaitGroup                // index saves running in the background
+	links     map[string]*linkEstimate      // by registry host: see inOrder
 }
 
 type pooled struct {
@@ -86,7 +87,7 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}}, nil
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}, links: map[string]*linkEstimate{}}, nil
 }
 
 // Acquire makes layer l of repo available read-only and returns its
@@ -172,7 +173,8 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return err
 	}
 	pl.dir = p.layerDir(l.Digest)
-	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files), WithBackground(p.policy))
+	content := NewContent(l.Digest, idx, blob, p.store.Chunks, WithWholeFiles(p.store.Files), WithBackground(p.policy),
+		withLink(p.link(repo.RegistryStr())))
 	cfg := MountConfig{StateDir: p.stateDir()}
 	var m *LayerMount
 	if dev, init := p.takeInherited(l.Digest, pl.dir); dev != nil {
@@ -209,6 +211,19 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	}
 	content.StartBackground(end)
 	return nil
+}
+
+// link is the estimate of the link to host's registry, shared by its
+// layers: a layer's first fetches start from what the others learnt.
+func (p *Pool) link(host string) *linkEstimate {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.links[host]
+	if l == nil {
+		l = &linkEstimate{}
+		p.links[host] = l
+	}
+	return l
 }
 
 // SetPrefetchPolicy sets the background fetch policy of the layers

@@ -79,7 +79,7 @@ func TestInOrderAsksAheadOfBytesStillComing(t *testing.T) {
 	var started atomic.Int64
 	done := make(chan int)
 	go func() {
-		done <- inOrder(context.Background(), sizes, func(i int, here func(int64)) {
+		done <- inOrder(context.Background(), nil, sizes, func(i int, here func(int64)) {
 			started.Add(1)
 			here(prefetchPiece - lacking)
 			<-gate
@@ -101,12 +101,49 @@ func TestInOrderAsksAheadOfBytesStillComing(t *testing.T) {
 
 	// A piece whose fetch reports nothing (its streams were another's)
 	// gives its share back when it returns.
-	if n := inOrder(context.Background(), sizes, func(int, func(int64)) {}); n != len(sizes) {
+	if n := inOrder(context.Background(), nil, sizes, func(int, func(int64)) {}); n != len(sizes) {
 		t.Fatalf("inOrder started %d of %d silent pieces", n, len(sizes))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if n := inOrder(ctx, sizes, func(int, func(int64)) { t.Error("a piece started after stop") }); n != 0 {
+	if n := inOrder(ctx, nil, sizes, func(int, func(int64)) { t.Error("a piece started after stop") }); n != 0 {
 		t.Fatalf("inOrder started %d pieces after stop", n)
+	}
+}
+
+// The bytes kept ahead follow the link: a far link's round trip wants more
+// than prefetchAhead; a measure made while too little was ahead (the rate
+// then is what was ahead over the latency) doubles it.
+func TestLinkEstimateAhead(t *testing.T) {
+	var nilLink *linkEstimate
+	if got := nilLink.ahead(); got != prefetchAhead {
+		t.Fatalf("no estimate: %d ahead, want %d", got, prefetchAhead)
+	}
+	var l linkEstimate
+	if got := l.ahead(); got != prefetchAhead {
+		t.Fatalf("nothing measured: %d ahead, want %d", got, prefetchAhead)
+	}
+	const far, rate = 100 * time.Millisecond, 12.5e6 // 100 Mbit/s
+	l.note(far, 0)
+	l.note(0, float64(prefetchAhead)/far.Seconds()) // held by what was ahead
+	if got := l.ahead(); got != 2*prefetchAhead {
+		t.Fatalf("a rate held by the bytes ahead: %d ahead, want twice %d", got, prefetchAhead)
+	}
+	for range 20 {
+		l.note(far, rate)
+	}
+	if got, want := l.ahead(), int64(2*rate*far.Seconds()); got < want*9/10 || got > want*11/10 {
+		t.Fatalf("100 ms at 100 Mbit/s: %d ahead, want about %d", got, want)
+	}
+	for range 40 {
+		l.note(time.Second, 1e9)
+	}
+	if got := l.ahead(); got != maxAhead {
+		t.Fatalf("a huge link: %d ahead, want the bound %d", got, maxAhead)
+	}
+	var lan linkEstimate
+	lan.note(time.Millisecond, 125e6)
+	if got := lan.ahead(); got != prefetchAhead {
+		t.Fatalf("1 ms at 1 Gbit/s: %d ahead, want the floor %d", got, prefetchAhead)
 	}
 }

@@ -48,6 +48,7 @@ type Content struct {
 	cache  *store.Chunks
 	whole  *wholeFiles // nil: no whole files (see WithWholeFiles)
 	ahead  *readAhead
+	link   *linkEstimate // see inOrder; shared by the layers of a registry
 	// lastChunks is what cached found for the read that follows it.
 	lastChunks atomic.Pointer[chunksOf]
 
@@ -133,7 +134,7 @@ func streamLen(chunks []index.BlobChunk) int64 {
 // NewContent returns the content reader of the layer dgst.
 func NewContent(dgst digest.Digest, idx View, blob Blob, cache *store.Chunks, opts ...ContentOption) *Content {
 	c := &Content{digest: dgst, idx: idx, blob: blob, cache: cache, ahead: &readAhead{idx: idx, cache: cache, bytes: DefaultReadAhead},
-		pending: map[int64]*streamFetch{}, lifetime: newLifetime()}
+		pending: map[int64]*streamFetch{}, lifetime: newLifetime(), link: &linkEstimate{}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -426,7 +427,7 @@ func (c *Content) fetchInPieces(ctx context.Context, cl *claimed) {
 			}
 		}
 	}
-	started := inOrder(ctx, bytesOf(ps), func(i int, here func(int64)) {
+	started := inOrder(ctx, c.link, bytesOf(ps), func(i int, here func(int64)) {
 		subs[i].arrived = here
 		c.fetchStreams(ctx, subs[i])
 	})

@@ -461,7 +461,15 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 		sizes[i] = bytesOf([][]index.BlobChunk{pc.chunks})[0]
 	}
 	var mu sync.Mutex
-	inOrder(ctx, sizes, func(i int, here func(int64)) {
+	// The layers of an image come over one link: the first's estimate.
+	var link *linkEstimate
+	for _, c := range contents {
+		if c != nil {
+			link = c.link
+			break
+		}
+	}
+	inOrder(ctx, link, sizes, func(i int, here func(int64)) {
 		pc := out[i]
 		// Under the layer's lifetime, not ctx's: a reader of another
 		// mount of the layer may be waiting for these streams, and an
