@@ -59,7 +59,7 @@ const (
 // and the estimate would feed itself.
 type linkEstimate struct {
 	mu      sync.Mutex
-	latency time.Duration
+	latency float64 // seconds
 	rate    float64 // bytes a second
 }
 
@@ -71,31 +71,31 @@ func (e *linkEstimate) ahead() int64 {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return min(max(int64(2*e.rate*e.latency.Seconds()), prefetchAhead), maxAhead)
+	return min(max(int64(2*e.rate*e.latency), prefetchAhead), maxAhead)
 }
 
 // note folds a latency or a rate (either may be 0: none) into the
-// estimate, as moving averages: recent measures weigh most.
+// estimate.
 func (e *linkEstimate) note(latency time.Duration, rate float64) {
 	if e == nil {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.latency = movingAverage(e.latency, latency.Seconds())
+	e.rate = movingAverage(e.rate, rate)
+}
+
+// movingAverage folds v (none when not above 0) into avg (none yet when
+// 0): recent values weigh most, one odd value little.
+func movingAverage(avg, v float64) float64 {
 	switch {
-	case latency <= 0:
-	case e.latency == 0:
-		e.latency = latency
-	default:
-		e.latency = (3*e.latency + latency) / 4
+	case v <= 0:
+		return avg
+	case avg == 0:
+		return v
 	}
-	switch {
-	case rate <= 0:
-	case e.rate == 0:
-		e.rate = rate
-	default:
-		e.rate = (3*e.rate + rate) / 4
-	}
+	return (3*avg + v) / 4
 }
 
 // withLink makes a Content share the link estimate l.
