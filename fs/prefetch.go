@@ -241,18 +241,30 @@ func (c *Content) prefetch(ctx, stop context.Context, from, to int64) {
 	chunks, _ := c.ahead.uncachedInBlob(from, to)
 	pieces := pieces(chunks, prefetchPiece)
 	inOrder(stop, c.link, bytesOf(pieces), func(i int, here func(int64)) {
-		_, cl := c.claim(pieces[i])
-		if len(cl.offs) == 0 {
-			return
-		}
-		cl.arrived = here
-		c.fetchStreams(ctx, cl)
-		for _, sf := range cl.fetches {
-			<-sf.done
-			if sf.err != nil {
-				slog.Debug("fs: prefetch failed", "layer", c.digest, "error", sf.err)
-			}
-		}
-		metricPrefetchedStreams.Add(float64(len(cl.offs)))
+		c.fetchPiece(ctx, pieces[i], here, "fs: prefetch failed")
 	})
+}
+
+// fetchPiece claims, fetches, verifies and caches the uncached chunks of
+// one piece of an in-order fetch (see inOrder), telling here of the bytes
+// as they arrive, and returns, once they are done, how many streams it
+// claimed and the compressed bytes of those that came. failed is the
+// debug message of a stream that failed.
+func (c *Content) fetchPiece(ctx context.Context, chunks []index.BlobChunk, here func(int64), failed string) (streams int, bytes int64) {
+	_, cl := c.claim(chunks)
+	if len(cl.offs) == 0 {
+		return 0, 0
+	}
+	cl.arrived = here
+	c.fetchStreams(ctx, cl)
+	for i, sf := range cl.fetches {
+		<-sf.done
+		if sf.err != nil {
+			slog.Debug(failed, "layer", c.digest, "error", sf.err)
+			continue
+		}
+		bytes += cl.streams[cl.offs[i]][0].BlobLength
+	}
+	metricPrefetchedStreams.Add(float64(len(cl.offs)))
+	return len(cl.offs), bytes
 }

@@ -478,25 +478,10 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 		done := make(chan struct{})
 		pc.c.goBackground(func(bg context.Context) {
 			defer close(done)
-			_, cl := pc.c.claim(pc.chunks)
-			if len(cl.offs) == 0 {
-				return
-			}
-			cl.arrived = here
-			pc.c.fetchStreams(bg, cl)
-			var n int64
-			for i, sf := range cl.fetches {
-				<-sf.done
-				if sf.err != nil {
-					slog.Debug("fs: listed prefetch failed", "layer", pc.c.digest, "error", sf.err)
-					continue
-				}
-				n += cl.streams[cl.offs[i]][0].BlobLength
-			}
-			metricPrefetchedStreams.Add(float64(len(cl.offs)))
+			n, b := pc.c.fetchPiece(bg, pc.chunks, here, "fs: listed prefetch failed")
 			mu.Lock()
-			st.Streams += len(cl.offs)
-			st.Bytes += n
+			st.Streams += n
+			st.Bytes += b
 			mu.Unlock()
 		})
 		<-done
