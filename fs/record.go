@@ -418,6 +418,7 @@ type ListedStats struct {
 type listedPiece struct {
 	c      *Content
 	chunks []index.BlobChunk
+	size   int64 // compressed bytes of its streams
 }
 
 // PrefetchListed fetches, verifies and caches the uncached chunks of the
@@ -458,7 +459,7 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 	out, st := listedPieces(contents, list)
 	sizes := make([]int64, len(out))
 	for i, pc := range out {
-		sizes[i] = bytesOf([][]index.BlobChunk{pc.chunks})[0]
+		sizes[i] = pc.size
 	}
 	var mu sync.Mutex
 	// The layers of an image come over one link: the first's estimate.
@@ -494,7 +495,6 @@ func prefetchListed(ctx context.Context, contents []*Content, list *PrefetchList
 func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, ListedStats) {
 	var st ListedStats
 	var out []listedPiece
-	var curBytes int64
 	for _, f := range list.Files {
 		c := contents[f.Layer]
 		if c == nil {
@@ -509,13 +509,18 @@ func listedPieces(contents []*Content, list *PrefetchList) ([]listedPiece, Liste
 		st.Files++
 		for _, ch := range chunks {
 			n := len(out)
-			sameStream := n > 0 && len(out[n-1].chunks) > 0 && out[n-1].chunks[len(out[n-1].chunks)-1].BlobOffset == ch.BlobOffset
-			if n == 0 || out[n-1].c != c || (curBytes >= prefetchPiece && !sameStream) {
-				out, curBytes = append(out, listedPiece{c: c}), 0
+			if n == 0 || out[n-1].c != c {
+				out = append(out, listedPiece{c: c})
+				n++
+			}
+			last := out[n-1].chunks
+			sameStream := len(last) > 0 && last[len(last)-1].BlobOffset == ch.BlobOffset
+			if !sameStream && out[n-1].size >= prefetchPiece {
+				out = append(out, listedPiece{c: c})
 				n++
 			}
 			if !sameStream {
-				curBytes += ch.BlobLength
+				out[n-1].size += ch.BlobLength
 			}
 			out[n-1].chunks = append(out[n-1].chunks, ch)
 		}
