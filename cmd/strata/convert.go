@@ -44,12 +44,9 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
 	}
-	var prioritized []string
-	if *prio != "" {
-		var err error
-		if prioritized, err = readPathList(*prio); err != nil {
-			return fmt.Errorf("--prioritize: %w", err)
-		}
+	prioritized, err := readPrioritized(*prio)
+	if err != nil {
+		return err
 	}
 	var ropts []remote.Option
 	if *platform != "" {
@@ -77,6 +74,18 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "pushed %s@%s\n", fs.Arg(1), d)
 	return nil
+}
+
+// readPrioritized reads the --prioritize file, if one is named.
+func readPrioritized(file string) ([]string, error) {
+	if file == "" {
+		return nil, nil
+	}
+	paths, err := readPathList(file)
+	if err != nil {
+		return nil, fmt.Errorf("--prioritize: %w", err)
+	}
+	return paths, nil
 }
 
 // readPathList reads one path per line, skipping blank lines and comments.

@@ -61,12 +61,9 @@ func runIndex(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
 	}
-	var prioritized []string
-	if *prio != "" {
-		var err error
-		if prioritized, err = readPathList(*prio); err != nil {
-			return fmt.Errorf("--prioritize: %w", err)
-		}
+	prioritized, err := readPrioritized(*prio)
+	if err != nil {
+		return err
 	}
 	cl, err := df.ensure(ctx)
 	if err != nil {

@@ -134,14 +134,22 @@ func openerFor(host string) BlobOpener {
 	}
 }
 
-func TestPushMountsBaseLayersAndUploadsOnlyNewBlobs(t *testing.T) {
-	ctx := context.Background()
-	reg := newRegistry(t)
-	manifest, config := pushBase(t, reg.host)
-	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
+// baseOn pushes the base image to the registry at host and returns it as
+// a commit's base.
+func baseOn(t *testing.T, host string) *Base {
+	t.Helper()
+	manifest, config := pushBase(t, host)
+	base, err := NewBase(context.Background(), mustRef(t, host+"/base:latest").Context(), manifest, config, openerFor(host))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return base
+}
+
+func TestPushMountsBaseLayersAndUploadsOnlyNewBlobs(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t)
+	base := baseOn(t, reg.host)
 	created := time.Unix(1_700_000_000, 0)
 	img, err := Build(base, Spec{Layer: newLayerFile(t), CreatedBy: "strata run -- touch /step.txt", Created: created})
 	if err != nil {
@@ -222,11 +230,7 @@ func contains(reqs []string, s string) bool {
 func TestPushToAnotherRegistryStreamsBaseLayers(t *testing.T) {
 	ctx := context.Background()
 	src, dst := newRegistry(t), newRegistry(t)
-	manifest, config := pushBase(t, src.host)
-	base, err := NewBase(ctx, mustRef(t, src.host+"/base:latest").Context(), manifest, config, openerFor(src.host))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseOn(t, src.host)
 	img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(0, 0)})
 	if err != nil {
 		t.Fatal(err)
@@ -262,11 +266,7 @@ func TestPushToAnotherRegistryStreamsBaseLayers(t *testing.T) {
 func TestFailedManifestPutPublishesNothing(t *testing.T) {
 	ctx := context.Background()
 	reg := newRegistry(t)
-	manifest, config := pushBase(t, reg.host)
-	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseOn(t, reg.host)
 	img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(0, 0)})
 	if err != nil {
 		t.Fatal(err)
@@ -289,13 +289,8 @@ func TestFailedManifestPutPublishesNothing(t *testing.T) {
 }
 
 func TestEmptyCommitAddsHistoryOnly(t *testing.T) {
-	ctx := context.Background()
 	reg := newRegistry(t)
-	manifest, config := pushBase(t, reg.host)
-	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseOn(t, reg.host)
 	img, err := Build(base, Spec{CreatedBy: "nothing changed", Created: time.Unix(0, 0),
 		Edits: []func(*v1.Config) error{func(c *v1.Config) error { c.Cmd = []string{"/bin/true"}; return nil }}})
 	if err != nil {
@@ -318,11 +313,7 @@ func TestEmptyCommitAddsHistoryOnly(t *testing.T) {
 func TestDocker(t *testing.T) {
 	ctx := context.Background()
 	reg := newRegistry(t)
-	manifest, config := pushBase(t, reg.host) // eStargz: TOC annotations
-	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseOn(t, reg.host) // eStargz: TOC annotations
 	withTOC := newLayerFile(t)
 	withTOC.Annotations = map[string]string{"containerd.io/snapshot/stargz/toc.digest": "sha256:" + strings.Repeat("0", 64)}
 	if _, err := Build(base, Spec{Layer: withTOC, Docker: true}); err == nil || !strings.Contains(err.Error(), "annotations") {
@@ -360,13 +351,8 @@ func TestDocker(t *testing.T) {
 const estargzTOC = "containerd.io/snapshot/stargz/toc.digest"
 
 func TestWriteLayoutReplacesTag(t *testing.T) {
-	ctx := context.Background()
 	reg := newRegistry(t)
-	manifest, config := pushBase(t, reg.host)
-	base, err := NewBase(ctx, mustRef(t, reg.host+"/base:latest").Context(), manifest, config, openerFor(reg.host))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := baseOn(t, reg.host)
 	dir := filepath.Join(t.TempDir(), "layout")
 	for i := range 2 {
 		img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(int64(i), 0)})

@@ -6,9 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/test/fixture"
@@ -79,7 +76,7 @@ func TestCommitSameTreeAsFullUnpack(t *testing.T) {
 			}
 
 			if format == "estargz" || format == "zstd:chunked" {
-				got, mounted := reader.mountLazy(t, res.Ref)
+				got, mounted := reader.mount(t, res.Ref)
 				if len(mounted.Layers) != len(m.Layers)+1 {
 					t.Fatalf("the new image mounts %d layers, want %d", len(mounted.Layers), len(m.Layers)+1)
 				}
@@ -88,26 +85,6 @@ func TestCommitSameTreeAsFullUnpack(t *testing.T) {
 			}
 		})
 	}
-}
-
-// mountLazy mounts ref read-only: every layer lazily, since a layer
-// Strata cannot serve lazily fails the mount.
-func (d *testDaemon) mountLazy(t *testing.T, ref string) (string, *daemon.Mount) {
-	t.Helper()
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	m, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir})
-	if err != nil {
-		t.Fatalf("mount %s: %v", ref, err)
-	}
-	t.Cleanup(func() {
-		if err := d.client.Unmount(context.Background(), dir, false); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-		unix.Unmount(dir, unix.MNT_DETACH)
-	})
-	return dir, m
 }
 
 // skopeo runs skopeo (with the policy check off) and returns its output.
