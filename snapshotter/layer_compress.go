@@ -143,6 +143,13 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		estargz.StoreUncompressedSizeAnnotation: strconv.FormatInt(size, 10),
 	}
 	maps.Copy(annotations, metadata)
+	if o.Format == FormatEStargz {
+		off, err := tocOffset(blob, compressed.n)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.Format, err)
+		}
+		annotations[AnnotationTOCOffset] = strconv.FormatInt(off, 10)
+	}
 	return &Layer{
 		Digest:           compressed.digester.Digest(),
 		Size:             compressed.n,
@@ -152,6 +159,25 @@ func writeTOCLayer(ctx context.Context, lower, upper string, blob *os.File, o La
 		Annotations:      annotations,
 		Entries:          entries,
 	}, nil
+}
+
+// AnnotationTOCOffset is where an eStargz layer's TOC starts in its blob:
+// the size of the read that brings TOC and footer at once when the layer
+// is mounted (fs/index.AnnotationEStargzTOCOffset, which reads it).
+const AnnotationTOCOffset = "io.github.stratafs.estargz.toc-offset"
+
+// tocOffset reads, from its footer, where the TOC of the eStargz blob of
+// size bytes in r starts.
+func tocOffset(r io.ReaderAt, size int64) (int64, error) {
+	if size < estargz.FooterSize {
+		return 0, fmt.Errorf("eStargz blob of %d bytes has no footer", size)
+	}
+	footer := make([]byte, estargz.FooterSize)
+	if _, err := r.ReadAt(footer, size-estargz.FooterSize); err != nil {
+		return 0, fmt.Errorf("reading the eStargz footer: %w", err)
+	}
+	_, off, _, err := new(estargz.GzipDecompressor).ParseFooter(footer)
+	return off, err
 }
 
 // buildOptions are the fixed options of estargz.Build: default chunk

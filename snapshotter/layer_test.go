@@ -241,7 +241,13 @@ func checkTOC(t *testing.T, f snapshotter.LayerFormat, l *snapshotter.Layer, blo
 		t.Errorf("%s: etc/keep through the TOC reads %q", f, b)
 	}
 	if f != snapshotter.FormatZstdChunked {
-		if len(l.Annotations) != 2 {
+		// The TOC offset annotation is where the footer says the TOC is.
+		_, off, _, err := new(estargz.GzipDecompressor).ParseFooter(blob[len(blob)-estargz.FooterSize:])
+		must(t, err)
+		if got := l.Annotations[snapshotter.AnnotationTOCOffset]; got != strconv.FormatInt(off, 10) {
+			t.Errorf("%s: TOC offset annotation %q, the footer says %d", f, got, off)
+		}
+		if len(l.Annotations) != 3 {
 			t.Errorf("%s: annotations %v", f, l.Annotations)
 		}
 		return

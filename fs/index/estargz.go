@@ -45,6 +45,9 @@ type limits struct {
 	chunks  int   // chunks over all files
 	tocSize int64 // compressed TOC bytes fetched from the blob
 	tocJSON int64 // decompressed TOC JSON bytes
+	// tail is the size of the first read, of the blob's end (0:
+	// estargzTailSize); see tailHint.
+	tail int64
 }
 
 var defaultLimits = limits{
@@ -121,7 +124,7 @@ func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([
 	if size < legacyFooterSize {
 		return nil, 0, fmt.Errorf("%w: blob of %d bytes is smaller than a footer", ErrNotEStargz, size)
 	}
-	tail, tailStart, err := readTail(ctx, r, size, estargz.FooterSize)
+	tail, tailStart, err := readTail(ctx, r, size, estargz.FooterSize, lim.tail)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -144,19 +147,28 @@ func readTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim limits) ([
 }
 
 // readTail makes the first read of a footer format: the blob's last
-// max(footerSize, 512 KiB) bytes (the whole blob if it is smaller),
-// returned with the offset they start at.
-func readTail(ctx context.Context, r io.ReaderAt, size, footerSize int64) ([]byte, int64, error) {
+// max(footerSize, want) bytes, want 0 meaning 512 KiB (the whole blob if
+// it is smaller), returned with the offset they start at.
+func readTail(ctx context.Context, r io.ReaderAt, size, footerSize, want int64) ([]byte, int64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	tailLen := min(size, max(footerSize, estargzTailSize))
+	tailLen := min(size, tailLen(footerSize, want))
 	tailStart := size - tailLen
 	tail := make([]byte, tailLen)
 	if err := readFullAt(r, tail, tailStart); err != nil {
 		return nil, 0, fmt.Errorf("reading footer: %w", err)
 	}
 	return tail, tailStart, nil
+}
+
+// tailLen is the first read of a footer format's blob, before the blob's
+// size bounds it: want bytes (0: estargzTailSize), at least the footer.
+func tailLen(footerSize, want int64) int64 {
+	if want <= 0 {
+		want = estargzTailSize
+	}
+	return max(footerSize, want)
 }
 
 // blobRange returns the blob's bytes [off, end), which end inside tail

@@ -4,9 +4,13 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -291,5 +295,89 @@ func TestReadEStargzRandomTOCs(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A layer whose descriptor says where its TOC starts (Strata's eStargz
+// annotation, zstd:chunked's manifest position) is indexed from one read
+// of exactly its TOC and footer, large TOC or small; a hint that is wrong
+// costs a read or bytes, never the index; one that is absurd is ignored.
+func TestReadTailHint(t *testing.T) {
+	ctx := context.Background()
+	const dataLen = 4096
+	gzipType := "application/vnd.oci.image.layer.v1.tar+gzip"
+	large := jtocBlob(t, make([]byte, dataLen), manyEntriesTOC(8000, dataLen))
+	small := jtocBlob(t, make([]byte, dataLen), manyEntriesTOC(10, dataLen))
+	js, err := json.Marshal(&estargz.JTOC{Version: 1, Entries: manyEntriesTOC(30000, dataLen)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zstdBlob := zstdTOCBlob(t, make([]byte, dataLen), js)
+	_, footer, err := readZstdChunkedTOCBytes(ctx, bytes.NewReader(zstdBlob), int64(len(zstdBlob)), defaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	position := fmt.Sprintf("%d:%d:%d:1", footer.tocOff, footer.tocLen, footer.jsonLen)
+	hint := func(off int64) map[string]string {
+		return map[string]string{AnnotationEStargzTOCOffset: strconv.FormatInt(off, 10)}
+	}
+	zstdType := "application/vnd.oci.image.layer.v1.tar+zstd"
+	for _, tc := range []struct {
+		name        string
+		blob        []byte
+		mediaType   string
+		annotations map[string]string
+		reads       func(size int64) [][2]int64
+	}{
+		{"large TOC, hinted", large, gzipType, hint(dataLen), func(size int64) [][2]int64 {
+			return [][2]int64{{dataLen, size - dataLen}}
+		}},
+		{"small TOC, hinted", small, gzipType, hint(dataLen), func(size int64) [][2]int64 {
+			return [][2]int64{{dataLen, size - dataLen}}
+		}},
+		{"zstd:chunked, manifest position", zstdBlob, zstdType,
+			map[string]string{AnnotationZstdChunkedPosition: position},
+			func(size int64) [][2]int64 { return [][2]int64{{dataLen, size - dataLen}} }},
+		{"hint after the TOC's start: a second read", large, gzipType, hint(dataLen + 100_000), func(size int64) [][2]int64 {
+			return [][2]int64{{dataLen + 100_000, size - dataLen - 100_000}, {dataLen, 100_000}}
+		}},
+		{"hint before the TOC's start: more bytes", large, gzipType, hint(100), func(size int64) [][2]int64 {
+			return [][2]int64{{100, size - 100}}
+		}},
+		{"no hint", large, gzipType, nil, func(size int64) [][2]int64 {
+			return [][2]int64{{size - estargzTailSize, estargzTailSize}, {dataLen, size - estargzTailSize - dataLen}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			size := int64(len(tc.blob))
+			r := &countingReaderAt{r: bytes.NewReader(tc.blob)}
+			idx, err := Read(ctx, r, Descriptor{Size: size, MediaType: tc.mediaType, Annotations: tc.annotations})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(idx.Entries) < 10 {
+				t.Errorf("%d entries", len(idx.Entries))
+			}
+			if want := tc.reads(size); !slices.Equal(r.reads, want) {
+				t.Errorf("reads %v, want %v", r.reads, want)
+			}
+		})
+	}
+
+	size := int64(len(large))
+	for _, v := range []string{"", "x", "-1", strconv.FormatInt(size, 10), "99999999999999999999", "0x10"} {
+		if got := tailHint(Descriptor{Size: size, Annotations: map[string]string{AnnotationEStargzTOCOffset: v}}); got != 0 {
+			t.Errorf("hint %q: first read of %d bytes, want the default", v, got)
+		}
+	}
+	huge := Descriptor{Size: 1 << 40, Annotations: hint(0)}
+	if got := tailHint(huge); got != 0 {
+		t.Errorf("a hint of the whole 1 TiB blob: first read of %d bytes, want the default", got)
+	}
+	if got := tailHint(Descriptor{Size: 1 << 40, Annotations: hint(1<<40 - maxTailHint)}); got != maxTailHint {
+		t.Errorf("a hint of %d bytes: first read of %d", int64(maxTailHint), got)
+	}
+	if got := tailHint(Descriptor{Size: size, Annotations: map[string]string{AnnotationZstdChunkedPosition: "junk"}}); got != 0 {
+		t.Errorf("a junk manifest position: first read of %d bytes, want the default", got)
 	}
 }

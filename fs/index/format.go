@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -44,6 +45,42 @@ func (f Format) Lazy() bool {
 // digest of the TOC JSON, which ReadEStargz checks.
 const AnnotationTOCDigest = estargz.TOCJSONDigestAnnotation
 
+// AnnotationEStargzTOCOffset is where an eStargz layer's TOC starts in
+// its blob, in decimal: Strata's writers (`strata convert`, `strata
+// commit`, `strata build`) put it on the layers they write, so that the
+// first read of a layer whose TOC is larger than 512 KiB brings all of it
+// (one round trip, not two) and that of a smaller TOC no more than it. It
+// is a hint for the size of that read only: the footer still says where
+// the TOC is. zstd:chunked layers carry the same in their manifest
+// position annotation.
+const AnnotationEStargzTOCOffset = "io.github.stratafs.estargz.toc-offset"
+
+// maxTailHint bounds the first read a descriptor's hint makes: a larger
+// TOC (or a hostile hint) is read as one without a hint, 512 KiB first.
+const maxTailHint = 32 << 20
+
+// tailHint is the size of the first read of layer d's end: from where d's
+// annotations say its TOC starts (AnnotationEStargzTOCOffset, or a
+// zstd:chunked manifest position, less its frame header) to the end of the
+// blob; 0 (512 KiB) when they say nothing usable or more than maxTailHint.
+func tailHint(d Descriptor) int64 {
+	off := int64(-1)
+	if v, ok := d.Annotations[AnnotationEStargzTOCOffset]; ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			off = n
+		}
+	} else if v, ok := d.Annotations[AnnotationZstdChunkedPosition]; ok {
+		first, _, _ := strings.Cut(v, ":")
+		if n, err := strconv.ParseInt(first, 10, 64); err == nil {
+			off = n - skippableFrameHeaderSize
+		}
+	}
+	if off < 0 || off >= d.Size || d.Size-off > maxTailHint {
+		return 0
+	}
+	return d.Size - off
+}
+
 // ErrNotLazy means that a layer is fine but of a format Strata cannot
 // index, so it cannot be mounted lazily: it has to be fetched whole (or
 // converted). It is not an ErrInvalid, and callers fall back on it: the
@@ -75,13 +112,14 @@ var (
 // Detect names the format of the layer that d describes, whose blob r
 // reads: the media type and annotations say which format to look for
 // first, and the blob's bytes decide. A footer format (eStargz, zstd:chunked) is looked for in
-// the blob's last 512 KiB when the descriptor points to one, which is the
-// read its reader starts with; otherwise the first 512 bytes are read for
+// the blob's last 512 KiB (or as much as its annotations say its TOC
+// takes: see AnnotationEStargzTOCOffset) when the descriptor points to
+// one, which is the read its reader starts with; otherwise the first 512 bytes are read for
 // a magic number (gzip 1f 8b, zstd 28 b5 2f fd, "ustar" at offset 257 or
 // a valid tar header checksum), and a compressed blob's end for a footer.
 // Errors are r's, wrapped.
 func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
-	return newProbe(r, d.Size).detect(ctx, d)
+	return newProbe(r, d.Size, tailHint(d)).detect(ctx, d)
 }
 
 // Read detects the format of the layer d describes (see Detect) and
@@ -99,16 +137,18 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) 
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := newProbe(r, d.Size)
+	lim := defaultLimits
+	lim.tail = tailHint(d)
+	p := newProbe(r, d.Size, lim.tail)
 	f, err := p.detect(ctx, d)
 	if err != nil {
 		return nil, err
 	}
 	switch f {
 	case FormatEStargz:
-		return ReadEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]))
+		return readEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]), lim)
 	case FormatZstdChunked:
-		return ReadZstdChunked(ctx, p, d.Size, d.Annotations)
+		return readZstdChunked(ctx, p, d.Size, d.Annotations, lim)
 	case FormatTar:
 		return readTar(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
 	case FormatGzip:
@@ -168,9 +208,13 @@ type probe struct {
 	head    []byte // the first bytes, once read
 	tail    []byte // the last bytes, once read
 	tailOff int64
+	// tailSize is what to read of the end (0: estargzTailSize).
+	tailSize int64
 }
 
-func newProbe(r io.ReaderAt, size int64) *probe { return &probe{r: r, size: size} }
+func newProbe(r io.ReaderAt, size, tail int64) *probe {
+	return &probe{r: r, size: size, tailSize: tail}
+}
 
 // ReadAt serves reads that lie inside what the probe has read from
 // memory, others from the blob.
@@ -236,7 +280,7 @@ func mediaTypeCompression(mt string) Format {
 // ends it, or "" for none.
 func (p *probe) footerFormat(ctx context.Context) (Format, error) {
 	if p.tail == nil {
-		n := min(p.size, max(estargz.FooterSize, estargzTailSize))
+		n := min(p.size, tailLen(estargz.FooterSize, p.tailSize))
 		tail := make([]byte, n)
 		if err := ctx.Err(); err != nil {
 			return "", err

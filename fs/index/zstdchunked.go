@@ -165,7 +165,7 @@ func readZstdChunkedTOCBytes(ctx context.Context, r io.ReaderAt, size int64, lim
 	if size < framedV1+skippableFrameHeaderSize {
 		return nil, zstdChunkedFooter{}, Invalidf("blob of %d bytes is smaller than a footer", size)
 	}
-	tail, tailStart, err := readTail(ctx, r, size, framedV2)
+	tail, tailStart, err := readTail(ctx, r, size, framedV2, lim.tail)
 	if err != nil {
 		return nil, zstdChunkedFooter{}, err
 	}

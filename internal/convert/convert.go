@@ -24,6 +24,10 @@ import (
 const (
 	AnnotationTOCDigest        = "containerd.io/snapshot/stargz/toc.digest"
 	AnnotationUncompressedSize = "io.containers.estargz.uncompressed-size"
+	// AnnotationTOCOffset is where the TOC starts in the blob: the size
+	// of the read that brings TOC and footer at once when the layer is
+	// mounted (fs/index.AnnotationEStargzTOCOffset, which reads it).
+	AnnotationTOCOffset = "io.github.stratafs.estargz.toc-offset"
 )
 
 // Options tune a conversion.
@@ -199,6 +203,10 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	if err != nil {
 		return nil, err
 	}
+	tocOff, err := tocOffset(outFile.Name(), fl.size)
+	if err != nil {
+		return nil, err
+	}
 	slog.DebugContext(ctx, "layer converted", "diffID", blob.DiffID(), "size", fl.size)
 	return &estargzLayer{
 		Layer:  fl,
@@ -206,7 +214,30 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 		annotations: map[string]string{
 			AnnotationTOCDigest:        blob.TOCDigest().String(),
 			AnnotationUncompressedSize: strconv.FormatInt(usize, 10),
+			AnnotationTOCOffset:        strconv.FormatInt(tocOff, 10),
 		},
 		missed: missed,
 	}, nil
+}
+
+// tocOffset reads, from its footer, where the TOC of the eStargz blob of
+// size bytes in file path starts.
+func tocOffset(path string, size int64) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if size < estargz.FooterSize {
+		return 0, fmt.Errorf("eStargz blob of %d bytes has no footer", size)
+	}
+	footer := make([]byte, estargz.FooterSize)
+	if _, err := f.ReadAt(footer, size-estargz.FooterSize); err != nil {
+		return 0, fmt.Errorf("reading the eStargz footer: %w", err)
+	}
+	_, off, _, err := new(estargz.GzipDecompressor).ParseFooter(footer)
+	if err != nil {
+		return 0, fmt.Errorf("eStargz footer: %w", err)
+	}
+	return off, nil
 }

@@ -6,9 +6,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -109,5 +111,42 @@ func TestPrioritizeWarnsAboutPathsNoLayerStoredFirst(t *testing.T) {
 	}
 	if strings.Contains(msg, "etc/passwd") {
 		t.Errorf("warning names etc/passwd, which the first layer stored first:\n%s", msg)
+	}
+}
+
+// A converted layer's descriptor says where its TOC starts, as its footer
+// does, so that a mount fetches TOC and footer in one read of their size.
+func TestConvertedLayerAnnotatesTOCOffset(t *testing.T) {
+	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, "etc/", "etc/hosts"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := out.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, off, _, err := new(estargz.GzipDecompressor).ParseFooter(blob[len(blob)-estargz.FooterSize:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Layers[0].Annotations[AnnotationTOCOffset]; got != strconv.FormatInt(off, 10) {
+		t.Errorf("TOC offset annotation %q, the footer says %d", got, off)
 	}
 }
