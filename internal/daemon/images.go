@@ -64,11 +64,15 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	if busy {
 		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
 	}
-	// The registry is asked for the image's layer indexes as soon as its
-	// manifest is known, while its config is fetched.
+	// The registry is asked for the image's layer indexes, and the layers
+	// that announce their TOC begin mounting, as soon as its manifest is
+	// known, while its config is fetched.
 	var early *indexImport
+	var warm *layerWarmup
+	defer func() { warm.release() }()
 	hook := remote.WithManifestHook(func(repo name.Repository, d digest.Digest, layers []remote.Layer) {
 		early = im.startIndexImport(ctx, repo, req.Insecure, d, layers)
+		warm = im.warmLayers(ctx, repo, req.Insecure, layers)
 	})
 	img, stored, err := im.resolve(ctx, req.Ref, req.Platform, req.Insecure, hook)
 	if err != nil {
@@ -127,6 +131,54 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	slog.InfoContext(ctx, "image mounted", "ref", m.Ref, "digest", m.Digest, "dir", dir,
 		"layers", len(m.Layers), "writable", m.Writable, "duration", m.Duration.Round(time.Millisecond))
 	return m, nil
+}
+
+// layerWarmup holds the layers a mount began to acquire before it knew
+// its image's config (see warmLayers).
+type layerWarmup struct {
+	pool *fs.Pool
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	held []digest.Digest
+}
+
+// warmLayers begins acquiring, in the background, those of layers whose
+// descriptors announce a TOC (eStargz, zstd:chunked: they need no index
+// from the registry), so that their TOCs come while the image's config
+// does: a round trip sooner. The mount's own acquisition finds them on
+// their way; release drops these references once it has taken its own.
+func (im *images) warmLayers(ctx context.Context, repo name.Repository, insecure bool, layers []remote.Layer) *layerWarmup {
+	w := &layerWarmup{pool: im.d.pool}
+	opts := im.remoteOptions(insecure, repo.RegistryStr())
+	for _, l := range layers {
+		if !fs.AnnouncesTOC(l.Annotations) {
+			continue
+		}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			if _, err := im.d.pool.AcquireWhole(ctx, repo, l, opts...); err == nil {
+				w.mu.Lock()
+				w.held = append(w.held, l.Digest)
+				w.mu.Unlock()
+			}
+		}()
+	}
+	return w
+}
+
+// release waits for the acquisitions warmLayers began and drops their
+// references. A nil warmup has none.
+func (w *layerWarmup) release() {
+	if w == nil {
+		return
+	}
+	w.wg.Wait()
+	for _, d := range w.held {
+		if err := w.pool.Release(d); err != nil {
+			slog.Warn("releasing a layer acquired ahead of its mount", "layer", d, "error", err)
+		}
+	}
 }
 
 // resolve describes the image ref names for platform (default the
