@@ -221,7 +221,8 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 }
 
 // tocOffset reads, from its footer, where the TOC of the eStargz blob of
-// size bytes in file path starts.
+// size bytes in file path starts. (The snapshotter's layer writer reads
+// it the same way: neither package may import the other.)
 func tocOffset(path string, size int64) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
