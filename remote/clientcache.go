@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 )
@@ -29,7 +30,7 @@ func WithClientCache(c *ClientCache) Option {
 }
 
 // get returns the cached client for repo and scopes, or makes one with
-// newClient and keeps it.
+// newClient and keeps it until the registry refuses its credentials.
 func (c *ClientCache) get(ctx context.Context, key string, make func() (*client, error)) (*client, error) {
 	c.mu.Lock()
 	cl, ok := c.clients[key]
@@ -41,6 +42,7 @@ func (c *ClientCache) get(ctx context.Context, key string, make func() (*client,
 	if err != nil {
 		return nil, err
 	}
+	cl.registry.Transport = &forgetRefused{next: cl.registry.Transport, forget: func() { c.forget(key, cl) }}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if prev, ok := c.clients[key]; ok {
@@ -48,6 +50,36 @@ func (c *ClientCache) get(ctx context.Context, key string, make func() (*client,
 	}
 	c.clients[key] = cl
 	return cl, nil
+}
+
+// forget drops cl, cached under key, so that the next operation resolves
+// the credentials again and makes a new handshake.
+func (c *ClientCache) forget(key string, cl *client) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.clients[key] == cl {
+		delete(c.clients, key)
+	}
+}
+
+// forgetRefused forgets its cached client when the registry refuses a
+// request for its credentials (401, or 403 for credentials without the
+// right), after ggcr's transport has renewed a token and tried again: the
+// credentials it holds were resolved once, and without it a mount that
+// failed before `docker login`, or with a password since changed, would
+// fail the same way until the daemon restarts. The refused request itself
+// still fails; the next one resolves the credentials anew.
+type forgetRefused struct {
+	next   http.RoundTripper
+	forget func()
+}
+
+func (f *forgetRefused) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := f.next.RoundTrip(req)
+	if err == nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		f.forget()
+	}
+	return resp, err
 }
 
 func clientKey(repo string, scopes []string) string {

@@ -1,9 +1,14 @@
 package remote_test
 
 import (
+	"bytes"
+	"errors"
 	"net/http"
 	"sync/atomic"
 	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -43,5 +48,81 @@ func TestClientCacheSharesHandshake(t *testing.T) {
 	}
 	if got := pc.pings.Load(); got != 2 {
 		t.Errorf("2 readers without a cache pinged %d times, want 2", got)
+	}
+}
+
+// basicAuth is a registry front that wants HTTP basic credentials, as a
+// docker-registry with htpasswd does: the ping and every request without
+// them get 401 and a basic challenge.
+type basicAuth struct {
+	next       http.Handler
+	user, pass string
+}
+
+func (a basicAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if u, p, ok := r.BasicAuth(); !ok || u != a.user || p != a.pass {
+		w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	a.next.ServeHTTP(w, r)
+}
+
+// swapKeychain is a docker config that changes, as it does at `docker
+// login`: it hands out whatever credentials it holds now.
+type swapKeychain struct {
+	host string
+	pass atomic.Pointer[string]
+}
+
+func (k *swapKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	p := k.pass.Load()
+	if p == nil || r.RegistryStr() != k.host {
+		return authn.Anonymous, nil
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: "alice", Password: *p}), nil
+}
+
+// TestClientCacheForgetsRefusedCredentials: a cached client the registry
+// refused is not used again; the next reader resolves the credentials
+// anew, so a mount tried before `docker login`, or with an old password,
+// succeeds once the docker config is right, without a restart.
+func TestClientCacheForgetsRefusedCredentials(t *testing.T) {
+	f := newBlobFixture(t, 64<<10, nil, func(h http.Handler) http.Handler {
+		return basicAuth{next: h, user: "alice", pass: "s3cret"}
+	})
+	kc := &swapKeychain{host: f.host}
+	cache := remote.NewClientCache()
+	open := func() error {
+		br, err := remote.NewBlobReader(t.Context(), f.repo, f.dgst, int64(len(f.data)),
+			remote.WithKeychain(kc), remote.WithClientCache(cache))
+		if err != nil {
+			return err
+		}
+		defer br.Close()
+		p := make([]byte, 100)
+		if _, err := br.ReadAtContext(t.Context(), p, 0); err != nil {
+			return err
+		}
+		if !bytes.Equal(p, f.data[:100]) {
+			t.Fatal("read the wrong bytes")
+		}
+		return nil
+	}
+	if err := open(); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("without credentials: %v, want errdefs.ErrUnauthenticated", err)
+	}
+	wrong := "wrong"
+	kc.pass.Store(&wrong)
+	if err := open(); !errors.Is(err, errdefs.ErrUnauthenticated) {
+		t.Fatalf("with a wrong password: %v, want errdefs.ErrUnauthenticated", err)
+	}
+	right := "s3cret"
+	kc.pass.Store(&right)
+	if err := open(); err != nil {
+		t.Fatalf("after the login, through the same cache: %v", err)
+	}
+	if err := open(); err != nil { // the good client is kept
+		t.Fatal(err)
 	}
 }

@@ -54,7 +54,11 @@ func (c *client) fetchManifest(ctx context.Context, o *options, ref string, want
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("manifest %s@%s: %w", c.repo, ref, err)
+		sep := ":" // a tag
+		if strings.Contains(ref, ":") {
+			sep = "@" // a digest
+		}
+		return nil, fmt.Errorf("manifest %s%s%s: %w", c.repo, sep, ref, err)
 	}
 	return m, nil
 }
