@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Push writes img (made by Build on base) to ref and returns its manifest
@@ -29,9 +31,23 @@ func Push(ctx context.Context, img v1.Image, base *Base, ref name.Reference, opt
 	}
 	opts = append(opts, remote.WithContext(ctx))
 	if err := remote.Write(ref, &mountable{Image: img, base: base}, opts...); err != nil {
-		return v1.Hash{}, fmt.Errorf("pushing %s: %w", ref, err)
+		return v1.Hash{}, fmt.Errorf("pushing %s: %w", ref, refused(err))
 	}
 	return digest, nil
+}
+
+// refused says where the credentials of a request a registry refused (401
+// or 403: none, wrong ones, or without the right to push) come from.
+func refused(err error) error {
+	var terr *transport.Error
+	if !errors.As(err, &terr) || (terr.StatusCode != http.StatusUnauthorized && terr.StatusCode != http.StatusForbidden) {
+		return err
+	}
+	host := "the registry"
+	if terr.Request != nil && terr.Request.URL != nil {
+		host = terr.Request.URL.Host
+	}
+	return fmt.Errorf("%w (%s refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login %s` as that user)", err, host, host)
 }
 
 // mountable makes the base's layers mountable from the base's repository:

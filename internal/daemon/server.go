@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -252,5 +253,9 @@ func writeError(w http.ResponseWriter, err, detail error) {
 	if detail != nil {
 		err = errors.Join(err, detail)
 	}
-	writeJSON(w, status, apiError{Error: err.Error()})
+	msg := err.Error()
+	if (errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err)) && !strings.Contains(msg, "docker login") {
+		msg += " (a registry refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login` as that user)"
+	}
+	writeJSON(w, status, apiError{Error: msg})
 }
