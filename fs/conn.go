@@ -49,6 +49,10 @@ type conn struct {
 
 	pending  *pendingTable
 	handlers sync.WaitGroup
+	// seq counts the requests the loop has read (see layerFS.push).
+	seq atomic.Uint64
+	// beforeHandle, a test hook, runs in the loop before each request.
+	beforeHandle atomic.Pointer[func(op uint32)]
 	// mute makes the conn stop writing, as a process that died would;
 	// tests use it to leave requests unanswered.
 	mute atomic.Bool
@@ -175,6 +179,10 @@ func (c *conn) serve() {
 			requestBufs.Put(buf)
 			slog.Error("fs: FUSE request too short", "bytes", n)
 			continue
+		}
+		c.seq.Add(1)
+		if hook := c.beforeHandle.Load(); hook != nil {
+			(*hook)(binary.LittleEndian.Uint32((*buf)[4:8]))
 		}
 		c.handlers.Add(1)
 		if c.inline((*buf)[:n]) {

@@ -55,6 +55,9 @@ type layerFS struct {
 	listing atomic.Pointer[dirListing]
 	// recent holds entries looked up lately (see cachedEntry).
 	recent [recentEntries]atomic.Pointer[index.Entry]
+	// lookedUp is the last file LOOKUP found, and the connection's
+	// request count then (see push).
+	lookedUp atomic.Pointer[lookedUpFile]
 
 	// opendirs and flushes count the OPENDIR and FLUSH requests the
 	// kernel sent; noOpendir is set when the kernel offered
@@ -62,6 +65,8 @@ type layerFS struct {
 	opendirs, flushes, opensRefused, releases, reads atomic.Int64
 	noOpendir                                        atomic.Bool
 }
+
+type lookedUpFile struct{ ino, seq uint64 }
 
 type dirListing struct {
 	ino     uint64
@@ -205,6 +210,9 @@ func (l *layerFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 		return fuse.OK
 	}
 	l.remember(e)
+	if name != "." && e.Type == index.TypeReg && e.Size <= maxPush && l.conn != nil {
+		l.lookedUp.Store(&lookedUpFile{ino: e.Ino, seq: l.conn.seq.Load()})
+	}
 	fillEntry(&e, out)
 	return fuse.OK
 }
@@ -372,9 +380,25 @@ const maxPush = 128 << 10
 // follow costs no round trip (a third of those of a walk that reads every
 // small file, such as tar). Only while no recording watches the layer:
 // it would not see these reads.
+//
+// And only right after the kernel looked e up (its LOOKUP the request
+// before this one), e having one name. The kernel stores the data page by
+// page, each locked; a page being read stays locked until its READ is
+// answered, and the push runs in the read loop, so a READ of e queued
+// behind this request would never be read: the loop would wait for the
+// page, and the page for the loop (a container reading a file whose pages
+// were dropped while another overlayfs over the same layer looked it up
+// hung both, and the daemon's loop). A file the kernel has just looked up
+// under its only name was open nowhere, and overlayfs asks for this xattr
+// before it opens it; a file it knew already may be being read.
 func (l *layerFS) push(e index.Entry) {
-	if e.Type != index.TypeReg || e.Size <= 0 || e.Size > maxPush || l.content.recording.active() || l.conn == nil ||
-		!l.content.cached(e, 0, e.Size) {
+	if e.Type != index.TypeReg || e.Size <= 0 || e.Size > maxPush || e.Nlink > 1 || l.content.recording.active() || l.conn == nil {
+		return
+	}
+	if lu := l.lookedUp.Load(); lu == nil || lu.ino != e.Ino || l.conn.seq.Load() != lu.seq+1 {
+		return
+	}
+	if !l.content.cached(e, 0, e.Size) {
 		return
 	}
 	buf := pushBufs.Get().(*[]byte)

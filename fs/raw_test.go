@@ -1,12 +1,17 @@
 package fs
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -359,27 +364,17 @@ func TestInlineReadsParseTheRequest(t *testing.T) {
 }
 
 // TestSmallFilesPushedWhenOverlayfsLooksThemUp asks for a file's
-// trusted.overlay.metacopy xattr, as overlayfs does of every lower file it
-// looks up: a small file whose content is cached is then in the kernel's
-// page cache, read with no READ request; a large one, and any while a
-// recording watches the layer, are not.
+// trusted.overlay.metacopy xattr right after its first lookup, as
+// overlayfs does of every lower file it looks up: a small file whose
+// content is cached is then in the kernel's page cache, read with no READ
+// request; a large one, any while a recording watches the layer, and one
+// the kernel knew already (it may be being read: see push) are not.
 func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
 	requireRoot(t)
 	names := []string{"small", "large", "watched"}
 	bl := buildEStargz(t, names, []int{1000, maxPush + 1, 500}, 1<<20)
 	ml := mountTestLayer(t, t.TempDir(), bl, nil)
 	path := func(name string) string { return filepath.Join(ml.dir, name) }
-	drop := func(name string) {
-		t.Helper()
-		f, err := os.Open(path(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-			t.Fatal(err)
-		}
-	}
 	readCounting := func(name string) int64 {
 		t.Helper()
 		before := ml.mount.lfs.reads.Load()
@@ -396,12 +391,16 @@ func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
 		}
 	}
 	for _, name := range names {
-		readCounting(name) // cached from now on
-		drop(name)
+		cacheInDaemon(t, ml, name) // the kernel has not looked it up
 	}
 	lookUp("small")
 	if n := readCounting("small"); n != 0 {
 		t.Fatalf("a small cached file looked up by overlayfs: %d READ requests, want none", n)
+	}
+	dropPages(t, path("small"))
+	lookUp("small") // no LOOKUP: the kernel holds it
+	if n := readCounting("small"); n == 0 {
+		t.Fatal("a file the kernel held was pushed again: it may have been being read")
 	}
 	lookUp("large")
 	if n := readCounting("large"); n == 0 {
@@ -416,5 +415,132 @@ func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
 	ml.content.recording.remove(r)
 	if l := r.List(testImage, []digest.Digest{ml.content.digest}); len(l.Files) != 1 || l.Files[0].Path != "watched" {
 		t.Fatalf("recorded %+v, want the watched file", l.Files)
+	}
+}
+
+// TestPushWaitsForNoRead: overlayfs looking up a file (its metacopy
+// xattr) while a READ of the same file waits behind it in the queue must
+// not hang the loop. The kernel stores pushed data page by page, each
+// locked, and a page being read is locked until its READ is answered: a
+// push there, from the loop that must read that READ, waited for ever (a
+// container reading a file whose pages were dropped, while another
+// overlayfs over the same layer looked it up, hung, and with it every
+// request to the layer). The loop is held while the two requests queue.
+func TestPushWaitsForNoRead(t *testing.T) {
+	requireRoot(t)
+	names := []string{"file", "gate"}
+	bl := buildEStargz(t, names, []int{20000, 100}, 1<<20)
+	ml := mountTestLayer(t, t.TempDir(), bl, nil)
+	path := filepath.Join(ml.dir, "file")
+	cacheInDaemon(t, ml, "file")
+	// The kernel looks the file up and reads it, then drops its pages:
+	// its next read sends a READ.
+	if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, bl.files["file"]) {
+		t.Fatalf("read: %d bytes, %v", len(b), err)
+	}
+	dropPages(t, path)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(op uint32) {
+		once.Do(func() {
+			close(held)
+			<-release
+		})
+	}
+	ml.mount.conn.beforeHandle.Store(&hook)
+	defer ml.mount.conn.beforeHandle.Store(nil)
+	var released sync.Once
+	defer released.Do(func() { close(release) })
+
+	go os.Stat(filepath.Join(ml.dir, "gate")) // a LOOKUP the loop is held at
+	<-held
+	xattrDone := make(chan error, 1)
+	go func() {
+		_, err := unix.Lgetxattr(path, metacopyXattr, make([]byte, 64))
+		xattrDone <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the GETXATTR queues first
+	readDone := make(chan error, 1)
+	go func() {
+		got := make([]byte, len(bl.files["file"]))
+		_, err := f.ReadAt(got, 0) // locks the pages, queues a READ
+		if err == nil && !bytes.Equal(got, bl.files["file"]) {
+			err = errors.New("read the wrong bytes")
+		}
+		readDone <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	released.Do(func() { close(release) })
+	for what, ch := range map[string]chan error{"getxattr": xattrDone, "read": readDone} {
+		select {
+		case err := <-ch:
+			if err != nil && !errors.Is(err, unix.ENODATA) {
+				t.Errorf("%s: %v", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			abortConn(t, ml.dir)
+			t.Fatalf("the %s did not return within 10s: the loop hangs in a push", what)
+		}
+	}
+}
+
+// cacheInDaemon reads name through the layer's Content, as a read of
+// another mount of the layer would: its chunks are cached, and this
+// mount's kernel has not looked it up.
+func cacheInDaemon(t *testing.T, ml *mountedLayer, name string) {
+	t.Helper()
+	e, found, err := ml.content.idx.Lookup(index.RootIno, name)
+	if err != nil || !found {
+		t.Fatalf("%s: not in the index: %v", name, err)
+	}
+	buf := make([]byte, e.Size)
+	if n, err := ml.content.ReadAt(context.Background(), e, buf, 0); err != nil || int64(n) != e.Size {
+		t.Fatalf("%s: read %d bytes: %v", name, n, err)
+	}
+}
+
+// dropPages drops the file's pages from the kernel's page cache.
+func dropPages(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// abortConn aborts the FUSE connection of the mount at dir, so that
+// whatever waits on it fails and the mount can be undone.
+func abortConn(t *testing.T, dir string) {
+	t.Helper()
+	// Not stat: on a hung mount it would hang too. The mount table says
+	// the device.
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Log(err)
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 || fields[4] != dir {
+			continue
+		}
+		var major, minor uint32
+		if _, err := fmt.Sscanf(fields[2], "%d:%d", &major, &minor); err != nil {
+			t.Log(err)
+			continue
+		}
+		if err := abortConnection(unix.Mkdev(major, minor)); err != nil {
+			t.Logf("aborting the connection: %v", err)
+		}
 	}
 }
