@@ -371,8 +371,8 @@ func TestInlineReadsParseTheRequest(t *testing.T) {
 // the kernel knew already (it may be being read: see push) are not.
 func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
 	requireRoot(t)
-	names := []string{"small", "large", "watched"}
-	bl := buildEStargz(t, names, []int{1000, maxPush + 1, 500}, 1<<20)
+	names := []string{"small", "large", "watched", "overlaid"}
+	bl := buildEStargz(t, names, []int{1000, maxPush + 1, 500, 3000}, 1<<20)
 	ml := mountTestLayer(t, t.TempDir(), bl, nil)
 	path := func(name string) string { return filepath.Join(ml.dir, name) }
 	readCounting := func(name string) int64 {
@@ -415,6 +415,21 @@ func TestSmallFilesPushedWhenOverlayfsLooksThemUp(t *testing.T) {
 	ml.content.recording.remove(r)
 	if l := r.List(testImage, []digest.Digest{ml.content.digest}); len(l.Files) != 1 || l.Files[0].Path != "watched" {
 		t.Fatalf("recorded %+v, want the watched file", l.Files)
+	}
+
+	// The same through a real overlayfs: its LOOKUP and GETXATTR come
+	// one after the other.
+	ovl := t.TempDir()
+	if err := unix.Mount("overlay", ovl, "overlay", unix.MS_RDONLY, "lowerdir="+ml.dir+":"+t.TempDir()); err != nil {
+		t.Fatalf("mounting overlayfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(ovl, unix.MNT_DETACH) })
+	before := ml.mount.lfs.reads.Load()
+	if b, err := os.ReadFile(filepath.Join(ovl, "overlaid")); err != nil || !bytes.Equal(b, bl.files["overlaid"]) {
+		t.Fatalf("overlaid: %d bytes, %v", len(b), err)
+	}
+	if n := ml.mount.lfs.reads.Load() - before; n != 0 {
+		t.Fatalf("a small cached file read through overlayfs: %d READ requests, want none (pushed at its lookup)", n)
 	}
 }
 
