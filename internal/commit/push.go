@@ -43,11 +43,21 @@ func refused(err error) error {
 	if !errors.As(err, &terr) || (terr.StatusCode != http.StatusUnauthorized && terr.StatusCode != http.StatusForbidden) {
 		return err
 	}
-	host := "the registry"
+	host := ""
 	if terr.Request != nil && terr.Request.URL != nil {
 		host = terr.Request.URL.Host
 	}
-	return fmt.Errorf("%w (%s refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login %s` as that user)", err, host, host)
+	return fmt.Errorf("%w (%s)", err, CredentialsHint(host))
+}
+
+// CredentialsHint says where the daemon's credentials for registry host
+// ("" for a registry not known) come from, for an error a registry's
+// refusal caused.
+func CredentialsHint(host string) string {
+	if host == "" {
+		return "a registry refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login` as that user"
+	}
+	return fmt.Sprintf("%s refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login %s` as that user", host, host)
 }
 
 // mountable makes the base's layers mountable from the base's repository:

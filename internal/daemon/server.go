@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/stratafs/strata/fs"
+	"github.com/stratafs/strata/internal/commit"
 
 	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -255,7 +256,7 @@ func writeError(w http.ResponseWriter, err, detail error) {
 	}
 	msg := err.Error()
 	if (errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err)) && !strings.Contains(msg, "docker login") {
-		msg += " (a registry refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login` as that user)"
+		msg += " (" + commit.CredentialsHint("") + ")"
 	}
 	writeJSON(w, status, apiError{Error: msg})
 }
