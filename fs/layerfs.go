@@ -55,9 +55,11 @@ type layerFS struct {
 	listing atomic.Pointer[dirListing]
 	// recent holds entries looked up lately (see cachedEntry).
 	recent [recentEntries]atomic.Pointer[index.Entry]
-	// lookedUp is the last file LOOKUP found, and the connection's
-	// request count then (see push).
-	lookedUp atomic.Pointer[lookedUpFile]
+	// lookedUpIno is the last small file LOOKUP found, and lookedUpSeq
+	// the connection's request count then (see push). Both are written
+	// and read by the read loop alone (LOOKUP and GETXATTR are answered
+	// there), so the pair is never torn; no allocation per lookup.
+	lookedUpIno, lookedUpSeq atomic.Uint64
 
 	// opendirs and flushes count the OPENDIR and FLUSH requests the
 	// kernel sent; noOpendir is set when the kernel offered
@@ -65,8 +67,6 @@ type layerFS struct {
 	opendirs, flushes, opensRefused, releases, reads atomic.Int64
 	noOpendir                                        atomic.Bool
 }
-
-type lookedUpFile struct{ ino, seq uint64 }
 
 type dirListing struct {
 	ino     uint64
@@ -211,7 +211,8 @@ func (l *layerFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 	}
 	l.remember(e)
 	if name != "." && e.Type == index.TypeReg && e.Size <= maxPush && l.conn != nil {
-		l.lookedUp.Store(&lookedUpFile{ino: e.Ino, seq: l.conn.seq.Load()})
+		l.lookedUpIno.Store(e.Ino)
+		l.lookedUpSeq.Store(l.conn.seq.Load())
 	}
 	fillEntry(&e, out)
 	return fuse.OK
@@ -395,7 +396,7 @@ func (l *layerFS) push(e index.Entry) {
 	if e.Type != index.TypeReg || e.Size <= 0 || e.Size > maxPush || e.Nlink > 1 || l.content.recording.active() || l.conn == nil {
 		return
 	}
-	if lu := l.lookedUp.Load(); lu == nil || lu.ino != e.Ino || l.conn.seq.Load() != lu.seq+1 {
+	if l.lookedUpIno.Load() != e.Ino || l.conn.seq.Load() != l.lookedUpSeq.Load()+1 {
 		return
 	}
 	if !l.content.cached(e, 0, e.Size) {
