@@ -276,9 +276,14 @@ func isNoXattrSupport(err error) bool {
 
 // UpperFingerprint digests what identifies the state of an upper
 // directory without reading file contents: every entry's path, type, mode,
-// owner, size, modification and change times. Any write, chmod, chown,
-// xattr change, rename or deletion through the overlay changes it, so a
-// fingerprint recorded at a commit tells whether anything changed since.
+// owner, size and modification time, a file's change time too, and a
+// directory's xattrs (overlayfs' opaque mark among them). Any write, chmod,
+// chown, xattr change, rename or deletion through the overlay changes it,
+// so a fingerprint recorded at a commit tells whether anything changed
+// since. A directory's change time is left out: making an entry in it and
+// removing it again with the old times put back (a run's mount targets)
+// moves it and nothing else, while each change it stands for (entries,
+// mode, owner, xattrs) is in the digest by itself.
 func UpperFingerprint(upper string) (string, error) {
 	h := sha256.New()
 	err := filepath.WalkDir(upper, func(p string, d iofs.DirEntry, err error) error {
@@ -294,8 +299,29 @@ func UpperFingerprint(upper string) (string, error) {
 			return fmt.Errorf("%s: no stat information", p)
 		}
 		rel, _ := filepath.Rel(upper, p)
-		fmt.Fprintf(h, "%q %o %d %d %d %d.%d %d.%d %d\n", rel, st.Mode, st.Uid, st.Gid, st.Size,
-			st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Rdev)
+		if !d.IsDir() {
+			fmt.Fprintf(h, "%q %o %d %d %d %d.%d %d.%d %d\n", rel, st.Mode, st.Uid, st.Gid, st.Size,
+				st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Rdev)
+			return nil
+		}
+		fmt.Fprintf(h, "%q %o %d %d %d.%d\n", rel, st.Mode, st.Uid, st.Gid, st.Mtim.Sec, st.Mtim.Nsec)
+		names, err := listXattrs(p)
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if strings.HasPrefix(name, "trusted.overlay.") && name != "trusted.overlay.opaque" {
+				continue // overlayfs' bookkeeping (origin, impure), not content
+			}
+			v, err := getXattr(p, name)
+			if errors.Is(err, unix.ENODATA) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("reading xattr %s of %s: %w", name, p, err)
+			}
+			fmt.Fprintf(h, "  %q %x\n", name, v)
+		}
 		return nil
 	})
 	if err != nil {

@@ -133,3 +133,73 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestUpperFingerprint: what a run leaves behind when it changes nothing
+// (an entry made in a directory and removed, the directory's times put
+// back) keeps the fingerprint; every change a commit would carry moves it.
+func TestUpperFingerprint(t *testing.T) {
+	requireRoot(t) // trusted.* xattrs
+	upper := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(upper, "etc/sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(upper, "etc/hosts"), []byte("abc"), 0o644))
+	old := time.Unix(1700000000, 0)
+	must(t, os.Chtimes(filepath.Join(upper, "etc"), old, old))
+	must(t, os.Chtimes(filepath.Join(upper, "etc/hosts"), old, old))
+	fp := func() string {
+		t.Helper()
+		f, err := snapshotter.UpperFingerprint(upper)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	want := fp()
+	same := func(what string) {
+		t.Helper()
+		if got := fp(); got != want {
+			t.Errorf("%s changed the fingerprint", what)
+		}
+	}
+	moved := func(what string) {
+		t.Helper()
+		got := fp()
+		if got == want {
+			t.Errorf("%s left the fingerprint as it was", what)
+		}
+		want = got
+	}
+	etc := filepath.Join(upper, "etc")
+
+	time.Sleep(10 * time.Millisecond) // a later ctime, on coarse clocks too
+	must(t, os.WriteFile(filepath.Join(etc, "resolv.conf"), nil, 0o644))
+	must(t, os.Remove(filepath.Join(etc, "resolv.conf")))
+	must(t, os.Chtimes(etc, old, old))
+	same("a mount target made in a directory and taken away")
+	must(t, os.Chmod(etc, 0o755))
+	same("a chmod to the same mode")
+	must(t, unix.Lsetxattr(etc, "trusted.overlay.impure", []byte("y"), 0))
+	same("overlayfs' impure mark")
+
+	must(t, unix.Lsetxattr(etc, "trusted.overlay.opaque", []byte("y"), 0))
+	moved("the opaque mark")
+	must(t, unix.Lsetxattr(etc, "user.note", []byte("1"), 0))
+	moved("a directory's xattr")
+	must(t, unix.Lsetxattr(etc, "user.note", []byte("2"), 0))
+	moved("a directory's xattr's new value")
+	must(t, os.Chmod(etc, 0o700))
+	moved("a directory's mode")
+	must(t, os.Chown(etc, 1, 1))
+	moved("a directory's owner")
+	must(t, os.Chtimes(etc, old.Add(time.Second), old.Add(time.Second)))
+	moved("a directory's mtime")
+	must(t, os.Mkdir(filepath.Join(etc, "new"), 0o755))
+	must(t, os.Chtimes(etc, old, old))
+	moved("a new directory")
+	must(t, os.Remove(filepath.Join(etc, "sub")))
+	must(t, os.Chtimes(etc, old, old))
+	moved("a removed directory")
+	time.Sleep(10 * time.Millisecond)
+	must(t, os.WriteFile(filepath.Join(etc, "hosts"), []byte("xyz"), 0o644))
+	must(t, os.Chtimes(filepath.Join(etc, "hosts"), old, old))
+	moved("a file rewritten with its size and times kept")
+}

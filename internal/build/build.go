@@ -363,6 +363,9 @@ func (b *builder) targetStage() (int, error) {
 			names = append(names, s.Name)
 		}
 	}
+	if len(names) == 0 {
+		return 0, fmt.Errorf("%w: target stage %q not found in %s: it names no stage (FROM IMAGE AS NAME names one)", ErrBuild, b.o.Target, b.o.DockerfileName)
+	}
 	return 0, fmt.Errorf("%w: target stage %q not found in %s (stages: %s)", ErrBuild, b.o.Target, b.o.DockerfileName, strings.Join(names, ", "))
 }
 

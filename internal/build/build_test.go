@@ -87,6 +87,13 @@ FROM scratch AS d
 	b.o.Target = "nope"
 	if _, err := b.targetStage(); err == nil || !strings.Contains(err.Error(), `target stage "nope" not found`) {
 		t.Errorf("unknown target: %v", err)
+	} else if !strings.Contains(err.Error(), "stages: a, b, unused, c, d") {
+		t.Errorf("unknown target: %v, want the stages named", err)
+	}
+	b = parsed(t, "FROM scratch\nFROM scratch\n", nil)
+	b.o.Target = "x"
+	if _, err := b.targetStage(); err == nil || !strings.Contains(err.Error(), "it names no stage") {
+		t.Errorf("unknown target in a Dockerfile naming none: %v", err)
 	}
 }
 
