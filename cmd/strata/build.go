@@ -24,9 +24,12 @@ unless -f says otherwise) the way 'docker build' and 'buildah bud' do, read
 by BuildKit's own Dockerfile parser. COPY and ADD leave out what the ignore
 file excludes: the Dockerfile's own (-f FILE: FILE.dockerignore next to
 it), else CONTEXT/.containerignore, else CONTEXT/.dockerignore, or
---ignorefile. Every FROM is mounted lazily: the base is never downloaded,
-each step fetches only the files it reads, and --push sends only the new
-layers (base layers are mounted from the base's repository).
+--ignorefile. CONTEXT - reads standard input as 'docker build -' does: a
+tar archive of the context (plain, gzip, bzip2, xz or zstd), whose -f
+names a file in it, or else a Dockerfile and no context. Every FROM is
+mounted lazily: the base is never downloaded, each step fetches only the
+files it reads, and --push sends only the new layers (base layers are
+mounted from the base's repository).
 Bases in eStargz, zstd:chunked, gzip (with indexes pushed by 'strata
 index') or tar form are read lazily; gzip layers without an index are read
 once to index them, and zstd layers are fetched whole once and kept (see
@@ -63,6 +66,7 @@ Examples:
   strata build -t localhost:5000/app:v1 --push .
   strata build -f build/Dockerfile --build-arg VERSION=1.2 --target release -t registry.example.com/app:1.2 --push .
   strata build --secret id=npmrc,src=$HOME/.npmrc --iidfile app.digest -q --oci-layout ./app-layout:v1 .
+  git archive HEAD | strata build -t localhost:5000/app:head --push -
   GITHUB_TOKEN=... strata build --secret id=gh,env=GITHUB_TOKEN -f ci/Containerfile .
   strata prune`,
 		run: runBuild,
@@ -111,25 +115,62 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if o.RecordPush && !o.Record {
 		return errors.New("--record-push needs --record")
 	}
-	ctxDir, err := filepath.Abs(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
-		return fmt.Errorf("build context %s is not a directory", fs.Arg(0))
-	}
-	o.Context = ctxDir
 	if o.Push && len(o.Tags) == 0 {
 		return fmt.Errorf("--push needs at least one --tag")
 	}
-	switch *file {
-	case "-":
+	var ctxDir string
+	var stdinDockerfile []byte
+	stdinArchive := false
+	if fs.Arg(0) == "-" {
+		// docker build -: a context archive, or a Dockerfile and no
+		// context, on standard input.
+		if *file == "-" {
+			return errors.New("the context and the Dockerfile cannot both come from standard input (CONTEXT - and -f -)")
+		}
+		dir, err := os.MkdirTemp("", "strata-build-context-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if stdinDockerfile, stdinArchive, err = build.StdinContext(ctx, os.Stdin, dir, maxDockerfile); err != nil {
+			return err
+		}
+		if !stdinArchive && *file != "" {
+			return errors.New("-f names a file of the context, but standard input holds a Dockerfile, not a context archive")
+		}
+		if *file != "" && !filepath.IsAbs(*file) {
+			*file = filepath.Join(dir, *file) // a path in the archive, as docker build takes it
+		}
+		ctxDir = dir
+	} else {
+		var err error
+		if ctxDir, err = filepath.Abs(fs.Arg(0)); err != nil {
+			return err
+		}
+		if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
+			return fmt.Errorf("build context %s is not a directory", fs.Arg(0))
+		}
+	}
+	o.Context = ctxDir
+	var err error
+	switch {
+	case fs.Arg(0) == "-" && !stdinArchive:
+		o.Dockerfile = stdinDockerfile
+		o.DockerfileName = "Dockerfile (standard input)"
+	case *file == "-":
 		o.Dockerfile, err = io.ReadAll(io.LimitReader(os.Stdin, maxDockerfile+1))
 		o.DockerfileName = "Dockerfile (standard input)"
 		*file = ""
 	default:
 		*file = findDockerfile(ctxDir, *file)
 		o.DockerfileName = *file
+		if stdinArchive {
+			rel, _ := filepath.Rel(ctxDir, *file)
+			o.DockerfileName = rel + " (of the context archive on standard input)"
+			if _, err := os.Stat(*file); errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("the context archive on standard input has no %s", rel)
+			}
+		}
 		var f *os.File
 		if f, err = os.Open(*file); err == nil {
 			o.Dockerfile, err = io.ReadAll(io.LimitReader(f, maxDockerfile+1))
