@@ -240,12 +240,12 @@ func (c *commitStep) target() (name.Reference, error) {
 	opts := c.im.d.remoteOpts
 	ref, err := remote.ParseReference(c.req.Ref, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%q: %w: %v", c.req.Ref, errdefs.ErrInvalidArgument, err)
+		return nil, err // names the reference, and is an invalid argument
 	}
 	if c.req.Insecure {
 		ref, err = name.ParseReference(c.req.Ref, name.Insecure)
 		if err != nil {
-			return nil, fmt.Errorf("%q: %w: %v", c.req.Ref, errdefs.ErrInvalidArgument, err)
+			return nil, fmt.Errorf("%w: %q: %w", remote.ErrInvalidReference, c.req.Ref, err)
 		}
 	}
 	return ref, nil
