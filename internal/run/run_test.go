@@ -132,6 +132,29 @@ func TestSignals(t *testing.T) {
 	})
 }
 
+// TestSecondSignalKills: a command that goes on after the first ^C (one
+// running as the container's first process with no handler never sees
+// it) is killed by the second.
+func TestSecondSignalKills(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, rt string) {
+		o, ov := newRun(t, rt, "sh", "-c", `trap "echo first" INT; echo ready; while true; do sleep 0.1; done`)
+		signals := make(chan os.Signal, 1)
+		var out buffer
+		o.Signals, o.Stdout = signals, &out
+		go func() {
+			out.waitFor(t, "ready")
+			signals <- syscall.SIGINT
+			out.waitFor(t, "first")
+			signals <- syscall.SIGINT
+		}()
+		code, _, errOut, err := run(t, o)
+		if err != nil || code != 137 {
+			t.Errorf("exit %d, %v, want 137 (killed); stderr %q", code, err, errOut)
+		}
+		ov.expectChanges(t)
+	})
+}
+
 func TestStdin(t *testing.T) {
 	eachRuntime(t, func(t *testing.T, rt string) {
 		o, ov := newRun(t, rt, "cat")

@@ -149,20 +149,42 @@ func (c *container) run(ctx context.Context) (int, error) {
 }
 
 // relay sends each signal from Options.Signals to the container, and
-// SIGKILL when ctx is cancelled, until done.
+// SIGKILL when ctx is cancelled, until done. The second signal asking the
+// command to end kills it: a command that is the container's first
+// process never gets a signal it has no handler for (the kernel drops
+// it, as under docker run), so a ^C would otherwise change nothing.
 func (c *container) relay(ctx context.Context, cmd *exec.Cmd, done <-chan struct{}) {
 	cancelled := ctx.Done()
+	asked := false
 	for {
 		select {
 		case <-done:
 			return
 		case sig := <-c.opts.Signals:
-			c.kill(cmd, sig)
+			switch {
+			case !endsCommand(sig):
+				c.kill(cmd, sig)
+			case asked:
+				c.kill(cmd, syscall.SIGKILL)
+			default:
+				asked = true
+				c.kill(cmd, sig)
+			}
 		case <-cancelled:
 			cancelled = nil
 			c.kill(cmd, syscall.SIGKILL)
 		}
 	}
+}
+
+// endsCommand says whether sig asks a command to end: the signals
+// NotifySignals relays.
+func endsCommand(sig os.Signal) bool {
+	switch sig {
+	case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+		return true
+	}
+	return false
 }
 
 // kill signals the container through the runtime. Before the container
