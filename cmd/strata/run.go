@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -29,7 +30,8 @@ mount something on is left in the writable layer. Standard input, output
 and error are connected; SIGINT and SIGTERM are passed to the command, and
 a second one kills it (a command that is the container's first process
 never sees a signal it has no handler for, as under docker run); the
-command's exit status is this command's.
+command's exit status is this command's (127 when the image has no such
+command).
 
 Examples:
   strata mount --rw localhost:5000/golang:estargz /mnt/build
@@ -102,6 +104,11 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	// Signals go to the command, which decides when the run ends: the
 	// context is not cancelled by them.
 	code, err := steprun.Run(context.WithoutCancel(ctx), o)
+	if errors.Is(err, steprun.ErrCommandNotFound) {
+		// A shell's status for a command it cannot find, as docker run's.
+		fmt.Fprintf(os.Stderr, "strata run: %v\n", err)
+		return exitStatus(127)
+	}
 	if err != nil {
 		return err
 	}
