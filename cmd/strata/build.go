@@ -11,6 +11,7 @@ import (
 
 	"github.com/stratafs/strata/internal/build"
 	steprun "github.com/stratafs/strata/internal/run"
+	"github.com/stratafs/strata/remote"
 	"golang.org/x/term"
 )
 
@@ -93,7 +94,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	var o build.Options
 	file := fs.StringP("file", "f", "", "the Dockerfile, - for standard input (default CONTEXT/Dockerfile, else CONTEXT/Containerfile)")
 	ignoreFile := fs.String("ignorefile", "", "the context's ignore file (default the Dockerfile's own FILE.dockerignore, else CONTEXT/.containerignore, else CONTEXT/.dockerignore)")
-	fs.StringArrayVarP(&o.Tags, "tag", "t", nil, "reference of the result, pushed with --push (repeatable)")
+	fs.StringArrayVarP(&o.Tags, "tag", "t", nil, "reference of the result, pushed with --push (repeatable; without --push the image stays in the local store, mountable by digest)")
 	buildArgs := fs.StringArray("build-arg", nil, "build argument K=V, or K to take it from the environment (repeatable)")
 	fs.StringVar(&o.Target, "target", "", "the stage to build (default the last)")
 	fs.StringVar(&o.Platform, "platform", "", "platform of the bases and the result, os/arch[/variant] (default this machine's)")
@@ -117,6 +118,11 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if o.Push && len(o.Tags) == 0 {
 		return fmt.Errorf("--push needs at least one --tag")
+	}
+	for _, t := range o.Tags {
+		if _, err := remote.ParseReference(t); err != nil {
+			return fmt.Errorf("--tag: %w", err)
+		}
 	}
 	var ctxDir string
 	var stdinDockerfile []byte
@@ -226,6 +232,12 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 			o.Log("pushed " + p)
 		}
 		o.Log(fmt.Sprintf("%s run, %s from the cache", plural(res.Steps, "step"), plural(res.Cached, "step")))
+		if !o.Push && len(o.Tags) > 0 {
+			// Tags name images in registries only: without --push, the
+			// image is in the local store, found by its digest.
+			tag, _ := remote.ParseReference(o.Tags[0])
+			o.Log(fmt.Sprintf("not pushed (no --push): the image is kept here, by its digest: strata mount %s DIR mounts it", tag.Context().Digest(res.Digest.String())))
+		}
 	}
 	fmt.Fprintln(stdout, res.Digest)
 	return nil
