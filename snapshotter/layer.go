@@ -116,7 +116,7 @@ func WriteLayer(ctx context.Context, lower, upper string, o LayerOptions) (_ *La
 	if _, err := ParseLayerFormat(string(o.Format)); err != nil {
 		return nil, err
 	}
-	if err := checkLevel(o.Format, o.CompressionLevel); err != nil {
+	if err := CheckLevel(o.Format, o.CompressionLevel); err != nil {
 		return nil, err
 	}
 	if o.Warn == nil {
@@ -155,9 +155,9 @@ func WriteLayer(ctx context.Context, lower, upper string, o LayerOptions) (_ *La
 	return l, nil
 }
 
-// checkLevel refuses a level that the format's compressor would refuse
+// CheckLevel refuses a level that the format's compressor would refuse
 // or, worse, silently map to another one.
-func checkLevel(f LayerFormat, level int) error {
+func CheckLevel(f LayerFormat, level int) error {
 	ok := level == 0
 	switch f {
 	case FormatEStargz, FormatGzip:

@@ -291,6 +291,10 @@ func (c *commitStep) registryOptions(ctx context.Context, registry string, insec
 // nil when there are none.
 func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit.NewLayer, error) {
 	format, err := snapshotter.ParseLayerFormat(c.req.Format)
+	if err == nil {
+		// Checked here too, for a commit with no changes writes no layer.
+		err = snapshotter.CheckLevel(format, c.req.CompressionLevel)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
