@@ -223,7 +223,8 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *iidfile != "" {
-		if err := os.WriteFile(*iidfile, []byte(res.Digest.String()+"\n"), 0o644); err != nil {
+		// The digest alone, no newline, as docker build and buildah write it.
+		if err := os.WriteFile(*iidfile, []byte(res.Digest.String()), 0o644); err != nil {
 			return err
 		}
 	}

@@ -86,7 +86,8 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *digestFile != "" {
-		if err := os.WriteFile(*digestFile, []byte(res.Digest.String()+"\n"), 0o644); err != nil {
+		// The digest alone, no newline, as skopeo and podman write it.
+		if err := os.WriteFile(*digestFile, []byte(res.Digest.String()), 0o644); err != nil {
 			return err
 		}
 	}
