@@ -119,6 +119,12 @@ func startBuildKitd(t *testing.T, e *ctdEnv, snapshotter string, hosts ...string
 		"--containerd-worker-snapshotter", snapshotter, "--containerd-worker-net", "host",
 		"--containerd-worker-gc=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// buildkitd's temporary mount points (buildkit-mount*) go with dir,
+	// whatever state it is stopped in.
+	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "TMPDIR="+filepath.Join(dir, "tmp"))
 	exited, err := proc.Start(cmd)
 	if err != nil {
 		t.Fatal(err)
