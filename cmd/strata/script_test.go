@@ -39,6 +39,15 @@ func runScripts(t *testing.T, kind string) {
 	if os.Geteuid() != 0 {
 		t.Skip("CLI scripts mount FUSE and overlayfs: run as root (make test does)")
 	}
+	// testscript removes its go-test-script* directory only once every
+	// script has run, so never under -run: keep it in one of ours. (Not
+	// t.TempDir: the scripts' paths must stay short for unix sockets.)
+	tmp, err := os.MkdirTemp("", "strata-scripts-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("GOTMPDIR", tmp)
 	host := startRegistry(t, kind)
 	refs := pushImages(t, host)
 	testscript.Run(t, testscript.Params{
