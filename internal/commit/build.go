@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stratafs/strata/internal/kmount"
 )
 
 // NewLayer is a layer made by a commit, kept as a file (in the store).
@@ -49,6 +51,10 @@ type Spec struct {
 // ErrDockerCannotCarry is wrapped when --docker is asked for an image whose
 // layers need what Docker schema 2 manifests cannot say.
 var ErrDockerCannotCarry = errors.New("a Docker v2 schema 2 manifest cannot carry this image")
+
+// ErrTooManyLayers is wrapped when a new layer would take an image past
+// the layers overlayfs stacks.
+var ErrTooManyLayers = errors.New("too many layers")
 
 // Build returns the new image: base plus spec's layer, config and history.
 // Base layer descriptors are kept as the base manifest has them (digest,
@@ -100,6 +106,10 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 		EmptyLayer: spec.Layer == nil,
 	}}
 	if spec.Layer != nil {
+		if n := len(base.Descriptors()) + 1; n > kmount.MaxOverlayLayers {
+			return nil, fmt.Errorf("%w: the new image would have %d layers, and overlayfs stacks %d: no runtime could mount it (fewer RUN and COPY steps, or a base with fewer layers)",
+				ErrTooManyLayers, n, kmount.MaxOverlayLayers)
+		}
 		l, err := partial.CompressedToLayer(&fileLayer{spec.Layer})
 		if err != nil {
 			return nil, err

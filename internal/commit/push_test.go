@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -27,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 )
 
@@ -412,4 +414,39 @@ func mustRef(t testing.TB, s string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestBuildRefusesMoreLayersThanOverlayfsStacks: a layer on a base of 500
+// layers would make an image no runtime mounts; an empty commit on it is
+// fine.
+func TestBuildRefusesMoreLayersThanOverlayfsStacks(t *testing.T) {
+	var m v1.Manifest
+	var cfg v1.ConfigFile
+	m.SchemaVersion, m.MediaType = 2, types.OCIManifestSchema1
+	for i := range kmount.MaxOverlayLayers {
+		d := sha([]byte(fmt.Sprint("layer ", i)))
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: types.OCILayer, Size: 1, Digest: d})
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, d)
+	}
+	cfg.RootFS.Type, cfg.OS, cfg.Architecture = "layers", "linux", "amd64"
+	config, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Config = v1.Descriptor{MediaType: types.OCIConfigJSON, Size: int64(len(config)), Digest: sha(config)}
+	manifest, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := NewBase(context.Background(), mustRef(t, "127.0.0.1:1/deep:v1").Context(), manifest, config, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(base, Spec{Layer: newLayerFile(t)})
+	if !errors.Is(err, ErrTooManyLayers) || !strings.Contains(err.Error(), "501 layers") {
+		t.Errorf("a 501st layer: %v, want ErrTooManyLayers", err)
+	}
+	if _, err := Build(base, Spec{CreatedBy: "nothing changed"}); err != nil {
+		t.Errorf("an empty commit on 500 layers: %v", err)
+	}
 }

@@ -14,13 +14,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// MaxOverlayLayers is how many lower layers overlayfs stacks (the
+// kernel's OVL_MAX_STACK).
+const MaxOverlayLayers = 500
+
 // Overlay merges read-only layer directories at target, top layer first,
 // with kernel overlayfs. With upper and work set, the merged tree is
 // writable and changes land in upper. extra options (such as "index=off")
 // are appended as given.
+//
+// mount(2) takes its options in one page, which some 120 layer paths
+// fill; more are given one by one through the new mount API ("lowerdir+",
+// Linux 6.8), up to MaxOverlayLayers.
 func Overlay(target string, lowers []string, upper, work string, extra ...string) error {
 	if len(lowers) == 0 {
 		return errors.New("overlay: no layers")
+	}
+	if len(lowers) > MaxOverlayLayers {
+		return fmt.Errorf("overlay: %d layers, more than the %d overlayfs stacks", len(lowers), MaxOverlayLayers)
 	}
 	opts := "lowerdir=" + strings.Join(lowers, ":")
 	if upper != "" {
@@ -29,15 +40,78 @@ func Overlay(target string, lowers []string, upper, work string, extra ...string
 	for _, o := range extra {
 		opts += "," + o
 	}
-	// The mount data is limited to one page; callers keep paths short.
 	if len(opts) > os.Getpagesize()-1 {
-		return fmt.Errorf("overlay: %d layers make mount options of %d bytes, over the kernel's %d", len(lowers), len(opts), os.Getpagesize()-1)
+		err := overlayByLayer(target, lowers, upper, work, extra)
+		if errors.Is(err, errNoLowerdirPlus) {
+			return fmt.Errorf("overlay: %d layers make mount options of %d bytes, over the kernel's %d (Linux 6.8 or later takes them one by one)", len(lowers), len(opts), os.Getpagesize()-1)
+		}
+		return err
 	}
 	flags := uintptr(0)
 	if upper == "" {
 		flags |= unix.MS_RDONLY
 	}
 	if err := unix.Mount("overlay", target, "overlay", flags, opts); err != nil {
+		return fmt.Errorf("overlay mount at %s: %w", target, err)
+	}
+	return nil
+}
+
+var errNoLowerdirPlus = errors.New(`the kernel takes no "lowerdir+"`)
+
+// overlayByLayer mounts overlayfs as Overlay does, through the new mount
+// API: fsopen, one fsconfig per option and per lower layer, fsmount,
+// move_mount.
+func overlayByLayer(target string, lowers []string, upper, work string, extra []string) error {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("overlay: fsopen: %w: %w", errNoLowerdirPlus, err)
+	}
+	defer unix.Close(fd)
+	for i, l := range lowers {
+		if err := unix.FsconfigSetString(fd, "lowerdir+", l); err != nil {
+			if i == 0 && errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("overlay: %w: %w", errNoLowerdirPlus, err)
+			}
+			return fmt.Errorf("overlay: layer %d (%s): %w", i+1, l, err)
+		}
+	}
+	set := func(key, value string) error {
+		if err := unix.FsconfigSetString(fd, key, value); err != nil {
+			return fmt.Errorf("overlay: option %s=%s: %w", key, value, err)
+		}
+		return nil
+	}
+	if upper != "" {
+		if err := errors.Join(set("upperdir", upper), set("workdir", work)); err != nil {
+			return err
+		}
+	}
+	for _, o := range extra {
+		key, value, ok := strings.Cut(o, "=")
+		if !ok {
+			if err := unix.FsconfigSetFlag(fd, key); err != nil {
+				return fmt.Errorf("overlay: option %s: %w", key, err)
+			}
+			continue
+		}
+		if err := set(key, value); err != nil {
+			return err
+		}
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fmt.Errorf("overlay mount at %s: %w", target, err)
+	}
+	attrs := 0
+	if upper == "" {
+		attrs = unix.MOUNT_ATTR_RDONLY
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return fmt.Errorf("overlay mount at %s: %w", target, err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("overlay mount at %s: %w", target, err)
 	}
 	return nil

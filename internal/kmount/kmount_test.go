@@ -1,6 +1,7 @@
 package kmount
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -115,6 +116,79 @@ func TestOverlayReadOnlyAndWritable(t *testing.T) {
 	}
 	if err := Overlay(merged, nil, "", ""); err == nil {
 		t.Error("an overlay without layers was mounted")
+	}
+}
+
+// TestOverlayManyLayers: more layers than one page of mount options holds
+// are stacked one by one (on kernels that take "lowerdir+"; elsewhere the
+// mount is refused with a clear error), read-only and writable, the top
+// layer first; more than overlayfs stacks are refused.
+func TestOverlayManyLayers(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	var lowers []string
+	for i := range 300 {
+		// Long names: 300 of them fill the page several times over.
+		d := filepath.Join(base, fmt.Sprintf("layer-with-a-long-name-%03d", i))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, body := range map[string]string{fmt.Sprintf("f%03d", i): "x", "top": fmt.Sprint(i)} {
+			if err := os.WriteFile(filepath.Join(d, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		lowers = append(lowers, d)
+	}
+	merged, upper, work := filepath.Join(base, "merged"), filepath.Join(base, "upper"), filepath.Join(base, "work")
+	for _, d := range []string{merged, upper, work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := Overlay(merged, lowers, "", "")
+	if err != nil && strings.Contains(err.Error(), "Linux 6.8 or later") {
+		t.Logf("this kernel takes no lowerdir+: %v", err)
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unmount(merged) })
+	entries, err := os.ReadDir(merged)
+	if err != nil || len(entries) != 301 {
+		t.Errorf("the merged tree has %d entries (%v), want 301", len(entries), err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(merged, "top")); string(b) != "0" {
+		t.Errorf("top reads %q, want the first layer's 0", b)
+	}
+	if err := os.WriteFile(filepath.Join(merged, "g"), nil, 0o644); err == nil {
+		t.Error("wrote into a read-only overlay")
+	}
+	if err := Unmount(merged); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := Overlay(merged, lowers, upper, work, "index=off", "metacopy=off"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(merged, "f299"), []byte("changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "f299")); string(b) != "changed" {
+		t.Errorf("upper has %q", b)
+	}
+	if err := Unmount(merged); err != nil {
+		t.Fatal(err)
+	}
+
+	tooMany := make([]string, MaxOverlayLayers+1)
+	for i := range tooMany {
+		tooMany[i] = lowers[0]
+	}
+	if err := Overlay(merged, tooMany, "", ""); err == nil || !strings.Contains(err.Error(), "more than the 500 overlayfs stacks") {
+		Unmount(merged)
+		t.Errorf("501 layers: %v, want them refused", err)
 	}
 }
 
