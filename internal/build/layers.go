@@ -264,7 +264,7 @@ func (b *builder) sweep(ctx context.Context) {
 	var dead []string
 	for _, d := range dirs {
 		dir := filepath.Join(works, d.Name())
-		if !steprun.OwnerAlive(dir) {
+		if steprun.Abandoned(dir) {
 			dead = append(dead, dir+"/")
 		}
 	}

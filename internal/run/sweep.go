@@ -31,18 +31,36 @@ func writeOwner(stateDir, rt string) error {
 }
 
 // MarkOwner records this process as the owner of dir (pid and start time,
-// so that a reused pid is not taken for it); OwnerAlive tells later
-// whether it still runs. A build marks its working directory so.
+// so that a reused pid is not taken for it); Abandoned tells later
+// whether it died. A build marks its working directory so.
 func MarkOwner(dir string) error {
 	start, err := processStart(os.Getpid())
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, ownerFile), fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600)
+	// Written whole under another name, then renamed: a sweep reading it
+	// meanwhile must never see it empty.
+	tmp := filepath.Join(dir, ownerFile+".new")
+	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, ownerFile))
 }
 
-// OwnerAlive reports whether the process MarkOwner recorded in dir runs.
-func OwnerAlive(dir string) bool { return ownerAlive(dir) }
+// Abandoned reports whether dir was left by a process that died: the
+// owner MarkOwner recorded no longer runs, or it has none (or one that
+// does not read) and was made over a minute ago. An owner is marked right
+// after its directory is made, so one without, made a moment ago, is
+// another process's in the making, not a dead one's.
+func Abandoned(dir string) bool {
+	if ownerAlive(dir) {
+		return false
+	}
+	if _, _, err := readOwner(dir); err != nil && isYoung(dir) {
+		return false
+	}
+	return true
+}
 
 // processStart is the start time of process pid, in clock ticks since
 // boot (/proc/PID/stat field 22): with the pid it names one process, even
@@ -72,17 +90,22 @@ func processStart(pid int) (uint64, error) {
 // ownerAlive reports whether the process that made a run's state dir is
 // still running it.
 func ownerAlive(stateDir string) bool {
-	b, err := os.ReadFile(filepath.Join(stateDir, ownerFile))
+	pid, start, err := readOwner(stateDir)
 	if err != nil {
-		return false
-	}
-	var pid int
-	var start uint64
-	if _, err := fmt.Sscanf(string(b), "%d %d", &pid, &start); err != nil {
 		return false
 	}
 	now, err := processStart(pid)
 	return err == nil && now == start
+}
+
+// readOwner reads what MarkOwner wrote in dir.
+func readOwner(dir string) (pid int, start uint64, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		return 0, 0, err
+	}
+	_, err = fmt.Sscanf(string(b), "%d %d", &pid, &start)
+	return pid, start, err
 }
 
 // Sweep ends what runs under stateDir (Options.StateDir) left behind when
@@ -106,13 +129,7 @@ func Sweep(stateDir string) ([]string, error) {
 			continue
 		}
 		dir := filepath.Join(stateDir, e.Name())
-		// A run writes its owner right after making its directory; one
-		// without (made a moment ago, or by a run killed in between) is
-		// judged by its age.
-		if _, err := os.Stat(filepath.Join(dir, ownerFile)); err != nil && isYoung(dir) {
-			continue
-		}
-		if ownerAlive(dir) {
+		if !Abandoned(dir) {
 			continue
 		}
 		if rt, err := os.ReadFile(filepath.Join(dir, runtimeFile)); err == nil {
