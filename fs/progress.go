@@ -25,6 +25,11 @@ func WithProgress(ctx context.Context, f ProgressFunc) context.Context {
 
 const progressEvery = 500 * time.Millisecond
 
+// progressMin is the size of the smallest layer whose reading is
+// reported: progress is told in MB, and a smaller layer read slowly (a
+// loaded machine) would say "0 of 0 MB".
+const progressMin = 1 << 20
+
 // progressReaderAt counts the bytes read through it for a ProgressFunc.
 type progressReaderAt struct {
 	r     io.ReaderAt
@@ -40,7 +45,7 @@ type progressReaderAt struct {
 // withProgress wraps r to report to ctx's ProgressFunc, if it has one.
 func withProgress(ctx context.Context, r io.ReaderAt, layer digest.Digest, total int64) io.ReaderAt {
 	f, _ := ctx.Value(progressKey{}).(ProgressFunc)
-	if f == nil {
+	if f == nil || total < progressMin {
 		return r
 	}
 	// The first report comes after progressEvery: a read that ends sooner
