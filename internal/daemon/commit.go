@@ -56,7 +56,7 @@ func (im *images) commit(ctx context.Context, req CommitRequest, progress func(f
 	// A run whose CLI was killed may have left its container running, with
 	// nobody waiting for it: end it before looking at the run lock.
 	im.d.sweepRuns(ctx)
-	unlock, err := im.lockRuns(m)
+	unlock, err := im.lockRuns(m, "commit")
 	if err != nil {
 		return nil, err
 	}
@@ -77,8 +77,9 @@ func (d *Daemon) sweepRuns(ctx context.Context) {
 }
 
 // lockRuns takes the mount's run lock exclusively: `strata run` holds it
-// shared while its command runs.
-func (im *images) lockRuns(m *Mount) (unlock func(), err error) {
+// shared while its command runs. what (commit, unmount) is what the
+// refusal tells the user to do once the run has ended.
+func (im *images) lockRuns(m *Mount, what string) (unlock func(), err error) {
 	dir := filepath.Join(im.d.cfg.Root, "run", "locks")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -90,7 +91,7 @@ func (im *images) lockRuns(m *Mount) (unlock func(), err error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: a 'strata run' is still running there; commit when it has ended: %w", m.Dir, errdefs.ErrFailedPrecondition)
+			return nil, fmt.Errorf("%s: a 'strata run' is still running there; %s when it has ended: %w", m.Dir, what, errdefs.ErrFailedPrecondition)
 		}
 		return nil, err
 	}

@@ -408,6 +408,16 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 	if err != nil {
 		return err
 	}
+	if m.Writable {
+		// Not from under a command running in it, --discard or not; a
+		// run whose CLI was killed is ended first.
+		im.d.sweepRuns(ctx)
+		unlock, err := im.lockRuns(m, "unmount")
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	if m.Writable && !discard {
 		if err := im.checkCommitted(ctx, m); err != nil {
 			return err
