@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,10 +137,52 @@ func setupScript(env *testscript.Env, host string, refs map[string]string) error
 	env.Setenv("STRATA_SOCKET", filepath.Join(sockDir, "s.sock"))
 	env.Defer(func() {
 		stopDaemon(filepath.Join(sockDir, "s.sock"))
+		// Whatever daemon the socket's status did not name (it did not
+		// answer, or it lost a race to start) goes too.
+		killDaemonsOf(filepath.Join(sockDir, "s.sock"))
 		kmount.ClearStale(env.WorkDir, nil)
 		os.RemoveAll(sockDir)
 	})
 	return nil
+}
+
+// killDaemonsOf ends every process started as "strata daemon --socket
+// socket …" (supervisors too): SIGTERM, then SIGKILL after 10 s.
+func killDaemonsOf(socket string) {
+	find := func() []int {
+		var pids []int
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+			for i := 1; i+1 < len(args); i++ {
+				if args[i] == "daemon" && slices.Contains(args[i+1:], "--socket") && slices.Index(args, socket) > i {
+					pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+					pids = append(pids, pid)
+					break
+				}
+			}
+		}
+		return pids
+	}
+	for i, sig := 0, syscall.SIGTERM; i < 200; i++ {
+		pids := find()
+		if len(pids) == 0 {
+			return
+		}
+		if i == 100 {
+			sig = syscall.SIGKILL
+		}
+		if i == 0 || i == 100 {
+			for _, pid := range pids {
+				syscall.Kill(pid, sig)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // stopDaemon stops the daemon serving on socket, if any, and waits for it.
