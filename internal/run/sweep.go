@@ -53,13 +53,13 @@ func MarkOwner(dir string) error {
 // after its directory is made, so one without, made a moment ago, is
 // another process's in the making, not a dead one's.
 func Abandoned(dir string) bool {
-	if ownerAlive(dir) {
-		return false
+	// The owner is read once: read twice, it could be missing the first
+	// time and there the second, and a live build taken for a dead one.
+	pid, start, err := readOwner(dir)
+	if err != nil {
+		return !isYoung(dir)
 	}
-	if _, _, err := readOwner(dir); err != nil && isYoung(dir) {
-		return false
-	}
-	return true
+	return !alive(pid, start)
 }
 
 // processStart is the start time of process pid, in clock ticks since
@@ -87,13 +87,8 @@ func processStart(pid int) (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-// ownerAlive reports whether the process that made a run's state dir is
-// still running it.
-func ownerAlive(stateDir string) bool {
-	pid, start, err := readOwner(stateDir)
-	if err != nil {
-		return false
-	}
+// alive reports whether process pid, started at start, runs.
+func alive(pid int, start uint64) bool {
 	now, err := processStart(pid)
 	return err == nil && now == start
 }

@@ -63,3 +63,39 @@ func TestAbandoned(t *testing.T) {
 		t.Error("the directory of a process that has exited is not taken for abandoned")
 	}
 }
+
+// TestAbandonedNeverTakesOneInTheMaking: directories made and marked by
+// this (live) process while another goroutine judges them, as a build's
+// sweep judges a concurrent build's: none is ever taken for abandoned.
+func TestAbandonedNeverTakesOneInTheMaking(t *testing.T) {
+	base := t.TempDir()
+	const n = 1000
+	made := make(chan string, n)
+	go func() {
+		defer close(made)
+		for i := range n {
+			d := filepath.Join(base, fmt.Sprint(i))
+			if err := os.Mkdir(d, 0o700); err != nil {
+				t.Error(err)
+				return
+			}
+			made <- d
+			if err := MarkOwner(d); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var wrong []string
+	for d := range made { // to the end: the maker must finish before the test does
+		for range 3 {
+			if Abandoned(d) {
+				wrong = append(wrong, d)
+				break
+			}
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("%d directories made and marked by this live process taken for abandoned, the first %s", len(wrong), wrong[0])
+	}
+}
