@@ -105,22 +105,33 @@ func TestExitStatus(t *testing.T) {
 }
 
 // TestSignals: a signal on Options.Signals reaches the command, which may
-// handle it (trap INT, exit 5) or die of it (SIGKILL: 128+9).
+// handle it (trap INT, exit 5) or die of it (SIGKILL: 128+9); a command
+// that goes on after the first ^C (one running as the container's first
+// process with no handler never sees it) is killed by the second.
 func TestSignals(t *testing.T) {
 	eachRuntime(t, func(t *testing.T, rt string) {
 		for _, tc := range []struct {
-			name string
-			sig  syscall.Signal
-			want int
-		}{{"INT trapped", syscall.SIGINT, 5}, {"KILL", syscall.SIGKILL, 137}} {
+			name, trap string
+			sigs       []syscall.Signal
+			want       int
+		}{
+			{"INT trapped", "exit 5", []syscall.Signal{syscall.SIGINT}, 5},
+			{"KILL", "exit 5", []syscall.Signal{syscall.SIGKILL}, 137},
+			{"second INT kills", "echo handled", []syscall.Signal{syscall.SIGINT, syscall.SIGINT}, 137},
+		} {
 			t.Run(tc.name, func(t *testing.T) {
-				o, ov := newRun(t, rt, "sh", "-c", `trap "exit 5" INT; echo ready; while true; do sleep 0.1; done`)
+				o, ov := newRun(t, rt, "sh", "-c", `trap "`+tc.trap+`" INT; echo ready; while true; do sleep 0.1; done`)
 				signals := make(chan os.Signal, 1)
 				var out buffer
 				o.Signals, o.Stdout = signals, &out
 				go func() {
 					out.waitFor(t, "ready")
-					signals <- tc.sig
+					for i, sig := range tc.sigs {
+						if i > 0 {
+							out.waitFor(t, "handled") // the first one reached it
+						}
+						signals <- sig
+					}
 				}()
 				code, _, errOut, err := run(t, o)
 				if err != nil || code != tc.want {
@@ -129,29 +140,6 @@ func TestSignals(t *testing.T) {
 				ov.expectChanges(t)
 			})
 		}
-	})
-}
-
-// TestSecondSignalKills: a command that goes on after the first ^C (one
-// running as the container's first process with no handler never sees
-// it) is killed by the second.
-func TestSecondSignalKills(t *testing.T) {
-	eachRuntime(t, func(t *testing.T, rt string) {
-		o, ov := newRun(t, rt, "sh", "-c", `trap "echo first" INT; echo ready; while true; do sleep 0.1; done`)
-		signals := make(chan os.Signal, 1)
-		var out buffer
-		o.Signals, o.Stdout = signals, &out
-		go func() {
-			out.waitFor(t, "ready")
-			signals <- syscall.SIGINT
-			out.waitFor(t, "first")
-			signals <- syscall.SIGINT
-		}()
-		code, _, errOut, err := run(t, o)
-		if err != nil || code != 137 {
-			t.Errorf("exit %d, %v, want 137 (killed); stderr %q", code, err, errOut)
-		}
-		ov.expectChanges(t)
 	})
 }
 
