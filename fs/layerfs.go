@@ -110,6 +110,11 @@ func typeBits(t index.Type) uint32 {
 func fillAttr(e *index.Entry, out *fuse.Attr) {
 	out.Ino = e.Ino
 	out.Mode = typeBits(e.Type) | (e.Mode & 0o7777)
+	if e.Type == index.TypeSymlink {
+		// A symlink's own mode bits mean nothing on Linux and are always
+		// 0777 on disk, whatever the archive's header says.
+		out.Mode = syscall.S_IFLNK | 0o777
+	}
 	out.Size = uint64(e.Size)
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096

@@ -147,6 +147,7 @@ func fileRecord(p string, f fixture.File) (Record, error) {
 		r.Size, r.SHA256 = n, hex.EncodeToString(h.Sum(nil))
 	case fixture.TypeSymlink:
 		r.Size, r.Link = int64(len(f.Link)), f.Link
+		r.Mode = 0o777 // whatever the archive's header says
 	case fixture.TypeChar, fixture.TypeBlock:
 		r.RdevMajor, r.RdevMinor = uint32(f.DevMajor), uint32(f.DevMinor)
 	}
