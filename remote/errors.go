@@ -23,8 +23,11 @@ var (
 	ErrRangeMismatch = fmt.Errorf("response range does not match request: %w", errdefs.ErrDataLoss)
 	// ErrShortBody: the response ended before the bytes it promised.
 	ErrShortBody = fmt.Errorf("response body shorter than requested: %w", errdefs.ErrDataLoss)
-	// ErrNoMatchingPlatform: an index lists no manifest for the wanted platform.
-	ErrNoMatchingPlatform = fmt.Errorf("no manifest for platform: %w", errdefs.ErrNotFound)
+	// ErrNoMatchingPlatform: an index lists no manifest for the wanted
+	// platform. Its text is the start of a sentence the platform ends
+	// ("no manifest for platform linux/s390x: …"), so it carries the class
+	// without a ": not found" of its own.
+	ErrNoMatchingPlatform = errdefs.ErrNotFound.WithMessage("no manifest for platform")
 	// ErrInvalidRange: a read outside the blob or with a negative offset/length.
 	ErrInvalidRange = fmt.Errorf("invalid range: %w", errdefs.ErrInvalidArgument)
 	// ErrTooLarge: a manifest or config larger than Strata accepts.
