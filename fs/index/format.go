@@ -216,17 +216,30 @@ func newProbe(r io.ReaderAt, size, tail int64) *probe {
 	return &probe{r: r, size: size, tailSize: tail}
 }
 
-// ReadAt serves reads that lie inside what the probe has read from
-// memory, others from the blob.
+// ReadAt serves what the probe has read from memory and the rest from the
+// blob: a read that starts in the head or ends in the tail fetches only
+// the part between them. A format reader that reads the whole blob in
+// order (plain gzip and tar) so fetches no byte the probe already has.
 func (p *probe) ReadAt(b []byte, off int64) (int, error) {
-	end := off + int64(len(b))
-	switch {
-	case p.tail != nil && off >= p.tailOff && end <= p.tailOff+int64(len(p.tail)):
-		return copy(b, p.tail[off-p.tailOff:]), nil
-	case p.head != nil && off >= 0 && end <= int64(len(p.head)):
-		return copy(b, p.head[off:]), nil
+	if off < 0 || len(b) == 0 {
+		return p.r.ReadAt(b, off)
 	}
-	return p.r.ReadAt(b, off)
+	lo, hi := off, off+int64(len(b)) // what is left to fetch
+	if p.head != nil && lo < int64(len(p.head)) {
+		lo += int64(copy(b, p.head[lo:]))
+	}
+	if tailEnd := p.tailOff + int64(len(p.tail)); p.tail != nil && hi > p.tailOff && hi <= tailEnd && hi > lo {
+		from := max(lo, p.tailOff)
+		copy(b[from-off:], p.tail[from-p.tailOff:hi-p.tailOff])
+		hi = from
+	}
+	if lo < hi {
+		n, err := p.r.ReadAt(b[lo-off:hi-off], lo)
+		if n < int(hi-lo) {
+			return int(lo-off) + n, err
+		}
+	}
+	return len(b), nil
 }
 
 func (p *probe) detect(ctx context.Context, d Descriptor) (Format, error) {

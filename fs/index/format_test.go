@@ -179,3 +179,40 @@ func TestDetectReadErrors(t *testing.T) {
 		t.Fatalf("Read with a cancelled context = %v", err)
 	}
 }
+
+// TestProbeReadAtSameAsBlob: whatever part of a read the probe serves
+// from its head and tail, the read returns what the blob holds, and
+// fetches from the blob only what neither holds.
+func TestProbeReadAtSameAsBlob(t *testing.T) {
+	blob := randomBytes(41, 3000)
+	br := bytes.NewReader(blob)
+	r := &countingReaderAt{r: br}
+	p := newProbe(r, int64(len(blob)), 1000)
+	p.head, p.tail, p.tailOff = blob[:512], blob[2000:], 2000
+	for _, rd := range [][2]int64{
+		{0, 3000}, {0, 512}, {100, 300}, {100, 600}, {500, 1600}, {511, 1490}, {2000, 1000}, {2500, 500},
+		{1999, 2}, {0, 3001}, {2900, 200}, {3000, 1}, {1000, 1000}, {0, 0}, {3000, 0}, {513, 2487},
+	} {
+		r.reads = nil
+		want := make([]byte, rd[1])
+		wn, werr := br.ReadAt(want, rd[0])
+		got := make([]byte, rd[1])
+		n, err := p.ReadAt(got, rd[0])
+		if n != wn || (err == nil) != (werr == nil) || !bytes.Equal(got[:n], want[:wn]) {
+			t.Errorf("ReadAt(%d bytes at %d) = %d, %v; the blob gives %d, %v", rd[1], rd[0], n, err, wn, werr)
+		}
+		// Fetched: the part before the tail and after the head, unless
+		// the read runs past the blob's end (the tail is not used then).
+		lo, hi := max(rd[0], 512), rd[0]+rd[1]
+		if hi <= 3000 {
+			hi = min(hi, 2000)
+		}
+		var fetched int64
+		for _, f := range r.reads {
+			fetched += f[1]
+		}
+		if want := max(hi-lo, 0); fetched != want {
+			t.Errorf("ReadAt(%d bytes at %d) fetched %v, want %d bytes", rd[1], rd[0], r.reads, want)
+		}
+	}
+}
