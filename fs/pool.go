@@ -161,10 +161,17 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		}
 	}
 	if errors.Is(err, ErrNotLazy) && pl.whole {
+		lazyErr := err
 		var local layerBlob
 		local, idx, err = p.fetchWhole(ctx, blob, l)
 		blob.Close()
 		blob = local
+		if errors.Is(err, ErrNotLazy) {
+			// Neither compressed nor a tar the lazy reader takes: its
+			// refusal says why (a sparse file, an entry type it does
+			// not know), which "not gzip nor zstd" would hide.
+			err = lazyErr
+		}
 	}
 	if err != nil {
 		if blob != nil {
