@@ -127,7 +127,8 @@ func fillAttr(e *index.Entry, out *fuse.Attr) {
 		out.Rdev = uint32(unixMkdev(e.DevMajor, e.DevMinor))
 	}
 	sec, nsec := uint64(0), uint32(0)
-	if !e.ModTime.IsZero() && e.ModTime.Unix() > 0 {
+	if !e.ModTime.IsZero() {
+		// Times before 1970 too: the kernel reads the field as signed.
 		sec, nsec = uint64(e.ModTime.Unix()), uint32(e.ModTime.Nanosecond())
 	}
 	out.Mtime, out.Mtimensec = sec, nsec
