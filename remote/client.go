@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -36,6 +37,30 @@ func ParseReference(ref string, opts ...Option) (name.Reference, error) {
 	}
 	return r, nil
 }
+
+// ParsePushReference parses ref as ParseReference does, as a place to
+// push a new image to: a tag (the default "latest" when none is given)
+// that the distribution spec accepts. A digest is refused, since a new
+// image's digest is known only once it is made, and so is a tag a
+// registry would refuse only after every blob was uploaded (go-
+// containerregistry lets one start with '.' or '-').
+func ParsePushReference(ref string, opts ...Option) (name.Reference, error) {
+	r, err := ParseReference(ref, opts...)
+	if err != nil {
+		return nil, err
+	}
+	tag, ok := r.(name.Tag)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q names a digest: a new image is pushed under a tag (its digest is known once it is made)", ErrInvalidReference, ref)
+	}
+	if t := tag.TagStr(); !validTag.MatchString(t) {
+		return nil, fmt.Errorf("%w: %q: tag %q must start with a letter, a digit or '_', then hold only those, '.' and '-', 128 characters at most", ErrInvalidReference, ref, t)
+	}
+	return r, nil
+}
+
+// validTag is the distribution spec's tag.
+var validTag = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 
 // RemoteOptions returns ggcr remote options with the same credentials,
 // insecure hosts, transport, user agent and platform as opts, so that other

@@ -120,7 +120,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("--push needs at least one --tag")
 	}
 	for _, t := range o.Tags {
-		if _, err := remote.ParseReference(t); err != nil {
+		if _, err := remote.ParsePushReference(t); err != nil {
 			return fmt.Errorf("--tag: %w", err)
 		}
 	}

@@ -55,7 +55,7 @@ func Convert(ctx context.Context, src, dst string, opt Options, ropts ...remote.
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	dstRef, err := remote.ParseReference(dst, ropts...)
+	dstRef, err := remote.ParsePushReference(dst, ropts...)
 	if err != nil {
 		return v1.Hash{}, err
 	}

@@ -239,7 +239,7 @@ func (c *commitStep) target() (name.Reference, error) {
 		return nil, nil
 	}
 	opts := c.im.d.remoteOpts
-	ref, err := remote.ParseReference(c.req.Ref, opts...)
+	ref, err := remote.ParsePushReference(c.req.Ref, opts...)
 	if err != nil {
 		return nil, err // names the reference, and is an invalid argument
 	}
