@@ -189,6 +189,7 @@ func zstdLevel(level int) zstd.EncoderLevel {
 // entries.
 func writeTar(ctx context.Context, lower, upper string, w io.Writer, o LayerOptions) (int, error) {
 	lt := newLayerTar(w, upper, o.SourceDateEpoch, o.Warn)
+	lt.utf8 = o.Format == FormatEStargz || o.Format == FormatZstdChunked
 	err := UpperChanges(ctx, lower, upper, func(c Change) error { return lt.add(ctx, c) })
 	if err != nil {
 		return 0, err

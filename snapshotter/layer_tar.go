@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,6 +44,10 @@ type layerTar struct {
 	upper   string
 	clamp   *time.Time // mtimes after it are written as it
 	warn    func(msg string, args ...any)
+	// utf8 refuses names, link targets and xattr names that are not
+	// UTF-8: a table of contents (JSON) would hold them mangled, and a
+	// lazy mount would show another name than the tar holds.
+	utf8    bool
 	dirs    map[string]bool   // directories written, by tar name without the slash
 	links   map[fileID]string // tar name of the first entry of each multiply linked inode
 	entries int
@@ -227,6 +232,11 @@ func (lt *layerTar) writeHeader(hdr *tar.Header) error {
 	if err := lt.writeParents(hdr.Name); err != nil {
 		return err
 	}
+	if lt.utf8 {
+		if err := tocCanHold(hdr); err != nil {
+			return err
+		}
+	}
 	if err := lt.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("tar header for /%s: %w", hdr.Name, err)
 	}
@@ -260,4 +270,28 @@ func (lt *layerTar) writeParents(name string) error {
 		return err
 	}
 	return lt.writeHeader(hdr) // recurses to the grandparents first
+}
+
+// ErrNotUTF8 is wrapped when a name cannot go into a table of contents.
+var ErrNotUTF8 = errors.New("not valid UTF-8")
+
+// tocCanHold checks that the names of hdr survive a JSON table of
+// contents (eStargz, zstd:chunked), which replaces bytes that are not
+// UTF-8.
+func tocCanHold(hdr *tar.Header) error {
+	what, bad := "name", !utf8.ValidString(hdr.Name)
+	if !bad && hdr.Linkname != "" && !utf8.ValidString(hdr.Linkname) {
+		what, bad = "link target", true
+	}
+	for k := range hdr.PAXRecords {
+		if !bad && !utf8.ValidString(k) {
+			what, bad = "extended attribute name", true
+		}
+	}
+	if bad {
+		return fmt.Errorf("%q: its %s is %w, which the table of contents of a lazily mountable layer cannot hold "+
+			"(a lazy mount would show another name): use --format gzip, zstd or uncompressed",
+			"/"+strings.TrimSuffix(hdr.Name, "/"), what, ErrNotUTF8)
+	}
+	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/snapshotter"
 )
@@ -375,4 +376,48 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestWriteLayerNamesATOCCannotHold: a JSON table of contents (eStargz,
+// zstd:chunked) would hold a name, link target or xattr name that is not
+// UTF-8 mangled, so a lazy mount would show another name than the tar
+// holds: those formats refuse it, naming the path; the others keep it.
+func TestWriteLayerNamesATOCCannotHold(t *testing.T) {
+	requireRoot(t) // trusted xattrs
+	for _, c := range []struct {
+		name string
+		make func(upper string) error
+		want string
+	}{
+		{"name", func(u string) error { return os.WriteFile(filepath.Join(u, "d", "bad\xffbyte"), []byte("x"), 0o644) }, `"/d/bad\xffbyte": its name is not valid UTF-8`},
+		{"dir", func(u string) error { return os.Mkdir(filepath.Join(u, "d", "dir\xfe"), 0o755) }, `"/d/dir\xfe": its name`},
+		{"symlink", func(u string) error { return os.Symlink("to\xff", filepath.Join(u, "d", "link")) }, `"/d/link": its link target`},
+		{"xattr", func(u string) error {
+			p := filepath.Join(u, "d", "f")
+			if err := os.WriteFile(p, nil, 0o644); err != nil {
+				return err
+			}
+			return unix.Lsetxattr(p, "user.bad\xff", []byte("v"), 0)
+		}, `"/d/f": its extended attribute name`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			lower, upper := t.TempDir(), t.TempDir()
+			must(t, os.Mkdir(filepath.Join(upper, "d"), 0o755))
+			if err := c.make(upper); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range allFormats {
+				l, err := snapshotter.WriteLayer(context.Background(), lower, upper, snapshotter.LayerOptions{Format: f, TempDir: t.TempDir()})
+				toc := f == snapshotter.FormatEStargz || f == snapshotter.FormatZstdChunked
+				switch {
+				case toc && (!errors.Is(err, snapshotter.ErrNotUTF8) || !strings.Contains(err.Error(), c.want)):
+					t.Errorf("%s: %v, want an error saying %s", f, err, c.want)
+				case !toc && err != nil:
+					t.Errorf("%s: %v", f, err)
+				case !toc:
+					os.Remove(l.Path)
+				}
+			}
+		})
+	}
 }
