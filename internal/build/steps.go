@@ -92,6 +92,7 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 		}
 	}
 	o.Env = append(o.Env, plan.env...)
+	o.Env = append(o.Env, b.proxyEnv(o.Env, st.config.Config.Env)...)
 	var tail *tailBuffer
 	if b.o.Quiet {
 		tail = &tailBuffer{max: 16 << 10}
@@ -111,6 +112,31 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 	}
 	b.res.Steps++
 	return b.commitStep(ctx, st, createdBy, key)
+}
+
+// proxyEnv is what BuildKit gives every RUN without an ARG for it: the
+// proxy variables among the build arguments, unless the environment
+// already sets them. Like BuildKit it keeps them out of the cache key,
+// created_by and the image: a proxy is the builder's, not the image's.
+func (b *builder) proxyEnv(envs ...[]string) []string {
+	var out []string
+	for _, k := range []string{"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+		"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"} {
+		v, ok := b.o.BuildArgs[k]
+		if !ok {
+			continue
+		}
+		set := false
+		for _, env := range envs {
+			if _, ok := lookup(env, k); ok {
+				set = true
+			}
+		}
+		if !set {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
 }
 
 // runArgs is the command a RUN runs, as BuildKit's dispatchRun makes it,
