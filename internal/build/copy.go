@@ -34,8 +34,9 @@ import (
 // # What goes where (the Dockerfile reference, as BuildKit applies it)
 //
 //   - Sources are expanded first: a wildcard (filepath.Match syntax) matches
-//     entries of SrcRoot, in name order; one that matches nothing, or a plain
-//     source that names nothing, is an error wrapping ErrSourceNotFound. When
+//     entries of SrcRoot, in name order; one that matches nothing adds
+//     nothing (BuildKit's AllowEmptyWildcard), while a plain source that
+//     names nothing is an error wrapping ErrSourceNotFound. When
 //     more than one source results, Dest must end in "/" (ErrDestNotDirectory).
 //   - A directory source: its contents go into Dest, not the directory
 //     itself. A file (or a device or fifo) source: it becomes Dest, or

@@ -74,7 +74,8 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 		if err != nil {
 			return out, fmt.Errorf("%s failed: %s: %w", p.op, written, err)
 		}
-		found := false
+		// A wildcard that matches nothing copies nothing, as BuildKit's
+		// AllowEmptyWildcard has it (COPY package.json yarn.lock* ./).
 		for _, m := range matches {
 			s, err := p.resolve(ctx, src, m, written)
 			if err != nil {
@@ -82,11 +83,7 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 			}
 			if s != nil {
 				out = append(out, s)
-				found = true
 			}
-		}
-		if !found {
-			return out, fmt.Errorf("%s failed: no source files were specified: %s matches nothing: %w", p.op, written, ErrSourceNotFound)
 		}
 	}
 	if len(out) > 1 && !p.destDir {
