@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/stratafs/strata/internal/build"
 	steprun "github.com/stratafs/strata/internal/run"
@@ -208,12 +209,22 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	o.Stdout, o.Stderr = os.Stderr, os.Stderr
-	o.Log = func(line string) { fmt.Fprintln(os.Stderr, line) }
+	// A build's own lines start on a line of their own, whether the
+	// output of the RUN before them ended its last line or not.
+	out := &lineWriter{w: os.Stderr}
+	defer out.end() // before an error's line
+	o.Stdout, o.Stderr = out, out
+	o.Log = func(line string) { out.line(line, "") }
 	// On a terminal the push's progress is one line rewritten in place.
 	if term.IsTerminal(int(os.Stderr.Fd())) {
 		o.Progress = progressPrinter(false)
-		o.Log = func(line string) { fmt.Fprintf(os.Stderr, "\r\033[K%s\n", line) }
+		o.Log = func(line string) { out.line(line, "\r\033[K") }
+	}
+	if *iidfile != "" {
+		// As docker build: a failed build leaves no digest of an earlier one.
+		if err := os.Remove(*iidfile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("--iidfile: %w", err)
+		}
 	}
 	signals, stop := steprun.NotifySignals()
 	defer stop()
@@ -361,4 +372,44 @@ func runPrune(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "build cache emptied (%d entries)\n", n)
 	return nil
+}
+
+// lineWriter is the build's output: the commands' and its own lines. It
+// remembers whether the last write ended its line, so that a line of the
+// build's own never continues a command's last words.
+type lineWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	mid bool // the last byte written was not a newline
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.w.Write(p)
+	if n > 0 {
+		l.mid = p[n-1] != '\n'
+	}
+	return n, err
+}
+
+// end ends the line a command's output left open.
+func (l *lineWriter) end() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mid {
+		fmt.Fprintln(l.w)
+		l.mid = false
+	}
+}
+
+// line writes prefix and s as a line of its own.
+func (l *lineWriter) line(s, prefix string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.mid {
+		prefix = "\n" + prefix
+	}
+	fmt.Fprintf(l.w, "%s%s\n", prefix, s)
+	l.mid = false
 }

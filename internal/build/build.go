@@ -26,6 +26,7 @@ import (
 	"github.com/stratafs/strata/internal/commit"
 	"github.com/stratafs/strata/internal/daemon"
 	steprun "github.com/stratafs/strata/internal/run"
+	"github.com/stratafs/strata/snapshotter"
 )
 
 // Options says what to build and where the result goes.
@@ -202,6 +203,11 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	}
 	if o.Format == "" {
 		o.Format = "estargz"
+	}
+	// Checked before anything runs: a step's commit would refuse it only
+	// after its command ran, and a build without a changing step never.
+	if _, err := snapshotter.ParseLayerFormat(o.Format); err != nil {
+		return nil, fmt.Errorf("--format: %w", err)
 	}
 	st, err := cl.Status(ctx)
 	if err != nil {

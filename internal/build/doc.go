@@ -10,6 +10,6 @@
 //
 // It may import every Strata package except cmd and the test infrastructure
 // under test/ (it talks to the daemon through internal/daemon's client, and
-// links what that links). Its own imports are internal/daemon, internal/run
-// and internal/commit.
+// links what that links). Its own imports are internal/daemon, internal/run,
+// internal/commit and snapshotter (for the layer formats).
 package build
