@@ -40,10 +40,10 @@ const (
 // access or change times, no host user names, no readdir order (changes
 // arrive sorted).
 type layerTar struct {
-	tw      *tar.Writer
-	upper   string
-	clamp   *time.Time // mtimes after it are written as it
-	warn    func(msg string, args ...any)
+	tw    *tar.Writer
+	upper string
+	clamp *time.Time // mtimes after it are written as it
+	warn  func(msg string, args ...any)
 	// utf8 refuses names, link targets and xattr names that are not
 	// UTF-8: a table of contents (JSON) would hold them mangled, and a
 	// lazy mount would show another name than the tar holds.
