@@ -1,8 +1,6 @@
 package index
 
-import (
-	"fmt"
-)
+import "fmt"
 
 // setRoot applies the root directory's own entry; a later one replaces
 // the metadata of an earlier one.

@@ -92,6 +92,15 @@ type Info struct {
 	// overlayfs needed to hide anything. False in an index stored
 	// before it was counted.
 	Plain bool `json:"plain,omitempty"`
+	// Implicit lists the directories the layer holds only as parents of
+	// its entries, with no entry of their own ("." for a root without a
+	// "./" entry), not opaque, in path order: a sequential unpack leaves
+	// such a directory as a lower layer made it, where overlayfs would
+	// show this layer's defaults (see ImplicitDirs). At most MaxImplicit;
+	// ImplicitMore says there were more. Empty in an index stored before
+	// they were listed.
+	Implicit     []string `json:"implicit,omitempty"`
+	ImplicitMore bool     `json:"implicitMore,omitempty"`
 }
 
 // LargeFileSize is the size from which Info counts a file as large: one
@@ -164,6 +173,7 @@ func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 			return err
 		}
 	}
+	info.Implicit, info.ImplicitMore = ImplicitDirs(idx)
 	if err := saveDirents(lb, idx); err != nil {
 		return err
 	}

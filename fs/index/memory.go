@@ -31,6 +31,7 @@ func NewMemory(idx *Index, blobSize int64) *Memory {
 	for i := range idx.Entries {
 		info.count(&idx.Entries[i])
 	}
+	info.Implicit, info.ImplicitMore = ImplicitDirs(idx)
 	return &Memory{idx: idx, info: info}
 }
 

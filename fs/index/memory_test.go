@@ -20,7 +20,7 @@ func TestMemoryViewMatchesStored(t *testing.T) {
 	mem := NewMemory(idx, 100)
 	memInfo, diskInfo := mem.Info(), disk.Info()
 	memInfo.Created = diskInfo.Created // only a stored index records when it was made
-	if memInfo != diskInfo {
+	if !reflect.DeepEqual(memInfo, diskInfo) {
 		t.Fatalf("info: memory %+v, disk %+v", memInfo, diskInfo)
 	}
 	for ino := uint64(0); ino <= 5; ino++ {

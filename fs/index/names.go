@@ -6,6 +6,7 @@ import (
 	"math"
 	"path"
 	"strings"
+	"time"
 )
 
 // OCI whiteout markers (image-spec layer.md) and the overlayfs form they
@@ -116,6 +117,12 @@ func entryMeta(h *header) (Entry, error) {
 	m.UID, m.GID = uint32(h.UID), uint32(h.GID)
 	m.Mode = uint32(h.Mode & 07777)
 	m.ModTime = h.ModTime
+	if h.Type == TypeDir && m.ModTime.IsZero() {
+		// A directory's entry without a time (an eStargz TOC leaves
+		// 1970 out): a zero time marks the directories no entry
+		// describes (ImplicitDirs), and this one has an entry.
+		m.ModTime = time.Unix(0, 0).UTC()
+	}
 	x, err := convertXattrs(h.Xattrs)
 	if err != nil {
 		return m, err
