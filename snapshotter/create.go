@@ -155,12 +155,30 @@ func (s *Snapshotter) newSnapshotDir(kind snapshots.Kind) (string, error) {
 // inheritRootOwner gives a new upperdir the owner of its parent's root, as
 // containerd's overlay snapshotter does: overlayfs shows the upperdir's owner
 // for the merged root once anything is written, and it must not turn into
-// root:root under a layer that chose otherwise.
+// root:root under a layer that chose otherwise. WithRootFromStack takes the
+// mode too, from the root the stack shows (its fixup's, if any).
 func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error {
 	if len(sn.ParentIDs) == 0 {
 		return nil
 	}
-	st, err := os.Stat(s.fsPath(sn.ParentIDs[0]))
+	src := s.fsPath(sn.ParentIDs[0])
+	if s.rootFromStack && s.fixups != nil {
+		parents := s.distinctLayers(sn.ParentIDs)
+		if len(parents) > 1 {
+			lowers := make([]string, len(parents))
+			for i, id := range parents {
+				lowers[i] = s.fsPath(id)
+			}
+			fixup, err := s.fixups(lowers)
+			if err != nil {
+				return err
+			}
+			if fixup != "" {
+				src = fixup
+			}
+		}
+	}
+	st, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("stat parent: %w", err)
 	}
@@ -170,6 +188,14 @@ func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error 
 	}
 	if err := os.Lchown(fsDir, int(sys.Uid), int(sys.Gid)); err != nil {
 		return fmt.Errorf("chown upperdir: %w", err)
+	}
+	if s.rootFromStack {
+		if err := syscall.Chmod(fsDir, sys.Mode&0o7777); err != nil {
+			return fmt.Errorf("chmod upperdir: %w", err)
+		}
+		if err := os.Chtimes(fsDir, st.ModTime(), st.ModTime()); err != nil {
+			return fmt.Errorf("upperdir time: %w", err)
+		}
 	}
 	return nil
 }
@@ -212,9 +238,18 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 	for i, id := range parents {
 		lowers[i] = s.fsPath(id)
 	}
+	if s.fixups != nil && len(lowers) > 1 {
+		fixup, err := s.fixups(lowers)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", sn.ID, err)
+		}
+		if fixup != "" {
+			lowers = append([]string{fixup}, lowers...)
+		}
+	}
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, s.options...)
-	if err := s.checkOptionsFit(options, parents); err != nil {
+	if err := s.checkOptionsFit(options, lowers); err != nil {
 		return nil, err
 	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}, nil
@@ -250,26 +285,33 @@ func bindMount(source, mode string) mount.Mount {
 
 // checkOptionsFit fails early, with a clear error, when the overlay options
 // would be refused at mount time. containerd's mount.Mount rewrites lowerdir
-// to paths relative to the snapshots directory (and mounts from there) once
-// the options near a page, so the relative form is what must fit.
-func (s *Snapshotter) checkOptionsFit(options []string, parentIDs []string) error {
+// to paths relative to the lower directories' common parent (the snapshots
+// directory, or the root when a fixup is among them) and mounts from there
+// once the options near a page, so the relative form is what must fit.
+func (s *Snapshotter) checkOptionsFit(options []string, lowers []string) error {
 	limit := os.Getpagesize()
 	if len(strings.Join(options, ",")) <= limit-512 {
 		return nil
 	}
-	relative := make([]string, len(parentIDs))
-	for i, id := range parentIDs {
-		relative[i] = filepath.Join(id, "fs")
+	common := lowers[0]
+	for _, l := range lowers[1:] {
+		for !strings.HasPrefix(l, common) {
+			common = common[:len(common)-1]
+		}
 	}
-	size := len("lowerdir=") + len(strings.Join(relative, ":"))
+	common = filepath.Dir(common) // as containerd compacts it
+	size := len("lowerdir=") + len(lowers) - 1
+	for _, l := range lowers {
+		size += len(strings.TrimPrefix(strings.TrimPrefix(l, common), "/"))
+	}
 	for _, o := range options {
 		if !strings.HasPrefix(o, "lowerdir=") {
 			size += len(o) + 1
 		}
 	}
 	if size > limit {
-		return fmt.Errorf("%d parents need %d bytes of overlay options, the limit is %d: %w",
-			len(parentIDs), size, limit, ErrTooManyLayers)
+		return fmt.Errorf("%d layers need %d bytes of overlay options, the limit is %d: %w",
+			len(lowers), size, limit, ErrTooManyLayers)
 	}
 	return nil
 }

@@ -21,7 +21,11 @@ type Snapshotter struct {
 	ms      *storage.MetaStore
 	remote  RemoteLayers
 	options []string
-	log     *slog.Logger
+	fixups  func(lowers []string) (string, error)
+	// rootFromStack: a new upper directory's root takes the mode and
+	// owner of the stack's root (WithRootFromStack).
+	rootFromStack bool
+	log           *slog.Logger
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -34,6 +38,8 @@ type config struct {
 	mountOptions    []string
 	hasMountOptions bool
 	wholeUpper      bool
+	fixups          func(lowers []string) (string, error)
+	rootFromStack   bool
 	log             *slog.Logger
 }
 
@@ -66,6 +72,24 @@ func WithMountOptions(options ...string) Option {
 // walking both trees.
 func WithWholeUpper() Option {
 	return func(c *config) { c.wholeUpper = true }
+}
+
+// WithFixups has the overlay of every snapshot of several layers ask f
+// for one more lower directory to put on top of its layers (given as
+// directories, top first), or "" for none: what fs.Pool.FixupDir makes
+// for directories a layer holds without an entry. The directory must
+// live as long as the snapshots that name it. Default: none.
+func WithFixups(f func(lowers []string) (string, error)) Option {
+	return func(c *config) { c.fixups = f }
+}
+
+// WithRootFromStack gives the root of a new active snapshot's upper
+// directory (which overlayfs shows as the root) the mode and owner of its
+// parents' root as the image's layers make it (its fixup's, when it has
+// one), as a full unpack of the image has them. Default: mode 0755 and
+// the topmost parent's owner, as containerd's overlay snapshotter does.
+func WithRootFromStack() Option {
+	return func(c *config) { c.rootFromStack = true }
 }
 
 // WithLogger sets where the snapshotter logs events such as a remote layer
@@ -119,7 +143,10 @@ func New(root string, opts ...Option) (*Snapshotter, error) {
 		ms:      ms,
 		remote:  c.remote,
 		options: c.mountOptions,
+		fixups:  c.fixups,
 		log:     c.log,
+
+		rootFromStack: c.rootFromStack,
 	}, nil
 }
 

@@ -37,6 +37,7 @@ func (d *Daemon) serveSnapshots(ctx context.Context) (stop func(), err error) {
 	layers.whole = d.cfg.IndexContainerdLayers
 	sn, err := snapshotter.New(d.cfg.snapshotterDir(),
 		snapshotter.WithRemoteLayers(layers),
+		snapshotter.WithFixups(d.fixups),
 		snapshotter.WithLogger(slog.Default().With("component", "snapshotter")))
 	if err != nil {
 		return nil, fmt.Errorf("containerd snapshotter: %w", err)

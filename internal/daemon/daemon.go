@@ -160,6 +160,15 @@ func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
 	return err
 }
 
+// fixupRoot holds the fixups of layer stacks (see fs.Pool.FixupDir).
+func (d *Daemon) fixupRoot() string { return filepath.Join(d.cfg.Root, "fixups") }
+
+// fixups is the snapshotters' WithFixups: the fixup a stack of layers
+// needs, in the fixup root.
+func (d *Daemon) fixups(lowers []string) (string, error) {
+	return d.pool.FixupDir(lowers, d.fixupRoot())
+}
+
 func (d *Daemon) shutdown() {
 	if d.handingOver.Load() {
 		// Mounts stay, served by the next daemon: stop serving, keep

@@ -338,6 +338,14 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 			// has them.
 			err = kmount.Bind(lowers[0], m.Dir, unix.MS_RDONLY)
 		default:
+			var fixup string
+			if fixup, err = im.d.pool.FixupDir(lowers, im.d.fixupRoot()); err != nil {
+				err = fmt.Errorf("directories without an entry: %w", err)
+				break
+			}
+			if fixup != "" {
+				lowers = append([]string{fixup}, lowers...)
+			}
 			if len(lowers) == 1 {
 				// A read-only overlay needs two lowers; an empty one
 				// keeps whiteout handling identical to multi-layer

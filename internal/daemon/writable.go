@@ -64,6 +64,8 @@ func openWritable(ctx context.Context, d *Daemon) (*writable, error) {
 	sn, err := snapshotter.New(d.cfg.writableDir(),
 		snapshotter.WithRemoteLayers(w.layers),
 		snapshotter.WithWholeUpper(),
+		snapshotter.WithFixups(d.fixups),
+		snapshotter.WithRootFromStack(),
 		snapshotter.WithLogger(slog.Default().With("component", "writable")))
 	if err != nil {
 		return nil, fmt.Errorf("writable mounts: %w", err)
