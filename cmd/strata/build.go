@@ -45,7 +45,8 @@ directory is missing) makes one layer, in --format (eStargz by default, so
 the result mounts lazily too); the others add an empty_layer history entry.
 Stages the target does not depend on are skipped. A step whose parent
 image, instruction and copied content were built before is taken from the
-build cache without running (--no-cache runs everything; 'strata prune'
+build cache without running (--no-cache runs everything, and still keeps
+what it made for later builds, as docker build does; 'strata prune'
 empties the cache).
 
 Supported: FROM (tags, digests, AS, earlier stages, scratch, ARGs before
@@ -102,7 +103,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.Format, "format", "estargz", "layer format: estargz, gzip, zstd, zstd:chunked or uncompressed")
 	fs.BoolVar(&o.Push, "push", false, "push the result to every --tag")
 	fs.StringVar(&o.OCILayout, "oci-layout", "", "also write the result to the OCI image layout PATH[:TAG]")
-	fs.BoolVar(&o.NoCache, "no-cache", false, "run every step, using no cached one")
+	fs.BoolVar(&o.NoCache, "no-cache", false, "run every step, using no cached one (what it makes is still cached)")
 	secrets := fs.StringArray("secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
 	iidfile := fs.String("iidfile", "", "write the image's manifest digest to this file")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "print only the image digest (a failing RUN's output is still shown)")

@@ -45,7 +45,7 @@ type Options struct {
 	Format     string            // layer format, as strata commit's; default estargz
 	Push       bool              // push to every tag
 	OCILayout  string            // also write the result to this OCI layout PATH[:TAG]
-	NoCache    bool              // run every step
+	NoCache    bool              // run every step (the cache is still filled)
 	Secrets    map[string]Secret // --secret: by ID
 	// SourceDateEpoch, in seconds, clamps new layers' times and sets every
 	// new config and history time; default $SOURCE_DATE_EPOCH, or the
@@ -240,10 +240,10 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 			err = cerr
 		}
 	}()
-	if !o.NoCache {
-		if b.cache, err = openCache(filepath.Join(st.Root, "build")); err != nil {
-			return nil, err
-		}
+	// --no-cache uses no entry of the cache but still fills it, as
+	// docker build does: the next build finds what this one made.
+	if b.cache, err = openCache(filepath.Join(st.Root, "build")); err != nil {
+		return nil, err
 	}
 	target, err := b.targetStage()
 	if err != nil {

@@ -155,7 +155,7 @@ func (b *builder) cacheKey(st *stageState, what string, extra ...string) string 
 
 // cached moves st to the image the cache holds for key, if any.
 func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
-	if b.cache == nil || key == "" {
+	if b.cache == nil || key == "" || b.o.NoCache {
 		return false
 	}
 	ref, ok := b.cache.get(key)
