@@ -15,6 +15,7 @@ import (
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 	digest "github.com/opencontainers/go-digest"
+	mode "github.com/tonistiigi/dchapes-mode"
 	"golang.org/x/sys/unix"
 )
 
@@ -108,6 +109,10 @@ type CopySpec struct {
 	// keep the archive's owners (Docker's rule) unless Chown is set or UID or
 	// GID is not 0; then UID:GID owns them all.
 	Chown bool
+	// ChmodSymbolic is a symbolic --chmod ("u+x", "go=rX", ...), applied
+	// to each copied entry's own mode as BuildKit applies one; exclusive
+	// with Chmod. Directories made on the way to Dest stay 0755.
+	ChmodSymbolic string
 	// SourceExcludes are COPY --exclude and ADD --exclude patterns, matched
 	// as BuildKit matches them: against the paths below each directory
 	// source (relative to it), the later "!" exceptions bringing back only
@@ -281,6 +286,7 @@ type copyPlan struct {
 	dest    string  // Dest cleaned and relative to DestRoot ("" is its root)
 	destDir bool    // Dest names a directory: ends in "/" or "/.", or is the root
 	mode    *uint32 // Chmod as chmod(2) takes it
+	modeSet *mode.Set
 	excl    *patternmatcher.PatternMatcher
 	srcExcl *patternmatcher.PatternMatcher // SourceExcludes
 }
@@ -298,6 +304,16 @@ func newCopyPlan(spec CopySpec) (*copyPlan, error) {
 	if spec.Chmod != nil {
 		m := unixMode(*spec.Chmod)
 		p.mode = &m
+	}
+	if spec.ChmodSymbolic != "" {
+		if spec.Chmod != nil {
+			return nil, fmt.Errorf("%s: a numeric and a symbolic --chmod", p.op)
+		}
+		set, err := mode.ParseWithUmask(spec.ChmodSymbolic, 0) // as BuildKit's copy parses it
+		if err != nil {
+			return nil, fmt.Errorf("%s: --chmod=%s: %w", p.op, spec.ChmodSymbolic, err)
+		}
+		p.modeSet = &set
 	}
 	if len(spec.Excludes) > 0 {
 		pm, err := patternmatcher.New(spec.Excludes)
@@ -375,6 +391,9 @@ func (p *copyPlan) entryMetaOf(st *unix.Stat_t, f *os.File) (entryMeta, error) {
 	if p.mode != nil {
 		m.mode = *p.mode
 	}
+	if p.modeSet != nil {
+		m.mode = unixMode(p.modeSet.Apply(fileMode(st.Mode)))
+	}
 	if f != nil {
 		x, err := readXattrs(int(f.Fd()))
 		if err != nil {
@@ -414,7 +433,7 @@ func (c *copier) copySource(ctx context.Context, s *copySource) error {
 			return err
 		}
 	}
-	dir, name, err := c.target(isDir, s.base)
+	dir, name, err := c.target(isDir, s.base, s.st.Mode)
 	if c.Parents {
 		dir, name, err = c.parentsTarget(isDir, s)
 	}
@@ -517,8 +536,9 @@ func (c *copier) mkdirWith(rel string, a newDirAttrs) (int, error) {
 
 // target says where a source goes: the directory it is written in (an
 // O_PATH descriptor the caller closes) and the name it takes there; name is
-// "" when a directory source's contents go into dir itself.
-func (c *copier) target(srcIsDir bool, base string) (int, string, error) {
+// "" when a directory source's contents go into dir itself. srcMode is the
+// source's stat(2) mode.
+func (c *copier) target(srcIsDir bool, base string, srcMode uint32) (int, string, error) {
 	if c.destDir {
 		fd, err := c.mkdir(c.dest)
 		if err != nil || srcIsDir {
@@ -545,7 +565,7 @@ func (c *copier) target(srcIsDir bool, base string) (int, string, error) {
 		if !srcIsDir {
 			return parent, last, nil
 		}
-		return into(c.newDir(parent, last))
+		return into(c.newDir(parent, last, srcMode))
 	case err != nil:
 		unix.Close(parent)
 		return -1, "", &os.PathError{Op: "lstat", Path: "/" + c.dest, Err: err}
@@ -570,17 +590,23 @@ func (c *copier) target(srcIsDir bool, base string) (int, string, error) {
 		unix.Close(parent)
 		return -1, "", &os.PathError{Op: "unlink", Path: "/" + c.dest, Err: err}
 	}
-	return into(c.newDir(parent, last))
+	return into(c.newDir(parent, last, srcMode))
 }
 
-// newDir makes directory name in parent, which it closes, for Dest.
-func (c *copier) newDir(parent int, name string) (int, error) {
+// newDir makes directory name in parent, which it closes, for Dest, where
+// the contents of a source directory of mode srcMode go. With a symbolic
+// --chmod it takes that mode, the set applied, as BuildKit makes it.
+func (c *copier) newDir(parent int, name string, srcMode uint32) (int, error) {
 	defer unix.Close(parent)
 	if err := unix.Mkdirat(parent, name, 0o700); err != nil {
 		return -1, &os.PathError{Op: "mkdir", Path: name, Err: err}
 	}
 	c.count++
-	if err := c.dirAttrs().apply(parent, name); err != nil {
+	a := c.dirAttrs()
+	if c.modeSet != nil {
+		a.mode = unixMode(c.modeSet.Apply(fileMode(srcMode)))
+	}
+	if err := a.apply(parent, name); err != nil {
 		return -1, err
 	}
 	return openDirAt(parent, name, unix.O_PATH)

@@ -17,6 +17,9 @@ func (p *copyPlan) hashSpec(h hash.Hash) {
 	if p.mode != nil {
 		fmt.Fprintf(h, " chmod=%o", *p.mode)
 	}
+	if p.ChmodSymbolic != "" {
+		fmt.Fprintf(h, " chmod=%q", p.ChmodSymbolic)
+	}
 	if len(p.SourceExcludes) > 0 {
 		fmt.Fprintf(h, " exclude=%q", p.SourceExcludes)
 	}

@@ -468,6 +468,45 @@ func TestCopyChmod(t *testing.T) {
 	}
 }
 
+// TestCopyChmodSymbolic: a symbolic --chmod applies to each entry's own
+// mode, as BuildKit applies one ("X" gives x to directories and to what
+// has an x already); the directories made on the way to Dest are 0755.
+func TestCopyChmodSymbolic(t *testing.T) {
+	src := t.TempDir()
+	mkdirTest(t, src, "tree", 0o750)
+	mkdirTest(t, src, "tree/sub", 0o700)
+	writeTestFile(t, src, "tree/f", "f", 0o600)
+	writeTestFile(t, src, "tree/sub/g", "g", 0o644)
+	writeTestFile(t, src, "tree/sub/x", "x", os.ModeSetuid|0o710)
+	for _, tt := range []struct {
+		chmod string
+		want  map[string]os.FileMode
+	}{
+		{"a+X", map[string]os.FileMode{"a/app": os.ModeDir | 0o751, "a/app/sub": os.ModeDir | 0o711, "a/app/f": 0o600,
+			"a/app/sub/g": 0o644, "a/app/sub/x": os.ModeSetuid | 0o711, "a": os.ModeDir | 0o755}},
+		{"go-rwx,u+x", map[string]os.FileMode{"a/app": os.ModeDir | 0o750 &^ 0o077, "a/app/sub": os.ModeDir | 0o700, "a/app/f": 0o700,
+			"a/app/sub/g": 0o700, "a/app/sub/x": os.ModeSetuid | 0o700}},
+		{"u=rw,g=r,o=", map[string]os.FileMode{"a/app/f": 0o640, "a/app/sub/x": 0o640}}, // "u=" clears setuid too, as chmod(1)
+	} {
+		root := t.TempDir()
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"tree"}, DestRoot: root, Dest: "/a/app", ChmodSymbolic: tt.chmod})
+		for p, want := range tt.want {
+			if fi, err := os.Lstat(filepath.Join(root, p)); err != nil || fi.Mode() != want {
+				t.Errorf("--chmod=%s: %s has mode %v (%v), want %v", tt.chmod, p, fi.Mode(), err, want)
+			}
+		}
+	}
+	bad := []CopySpec{
+		{SrcRoot: src, Sources: []string{"tree"}, DestRoot: t.TempDir(), Dest: "/x", ChmodSymbolic: "u+q"},
+		{SrcRoot: src, Sources: []string{"tree"}, DestRoot: t.TempDir(), Dest: "/x", ChmodSymbolic: "u+x", Chmod: new(os.FileMode)},
+	}
+	for _, spec := range bad {
+		if _, err := Copy(context.Background(), spec); err == nil {
+			t.Errorf("--chmod=%s (and %v) accepted", spec.ChmodSymbolic, spec.Chmod)
+		}
+	}
+}
+
 func TestCopyChown(t *testing.T) {
 	requireRootForCopy(t)
 	src := t.TempDir()

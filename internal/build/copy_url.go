@@ -19,7 +19,7 @@ func (c *copier) download(ctx context.Context, s *copySource) error {
 		return err
 	}
 	defer resp.Body.Close()
-	dir, name, err := c.target(false, s.base)
+	dir, name, err := c.target(false, s.base, unix.S_IFREG|0o600)
 	if err != nil {
 		return err
 	}
@@ -27,6 +27,9 @@ func (c *copier) download(ctx context.Context, s *copySource) error {
 	m := entryMeta{uid: c.UID, gid: c.GID, mode: 0o600, mtime: unix.Timespec{}}
 	if c.mode != nil {
 		m.mode = *c.mode
+	}
+	if c.modeSet != nil {
+		m.mode = unixMode(c.modeSet.Apply(0o600))
 	}
 	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
 		m.mtime = unix.NsecToTimespec(t.UnixNano())

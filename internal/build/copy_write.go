@@ -29,6 +29,25 @@ func unixMode(m os.FileMode) uint32 {
 	return bits
 }
 
+// fileMode is the os.FileMode of chmod(2)'s bits and the type of a
+// stat(2) mode: what a symbolic mode applies to ("X" looks at the type).
+func fileMode(st uint32) os.FileMode {
+	m := os.FileMode(st & 0o777)
+	if st&unix.S_ISUID != 0 {
+		m |= os.ModeSetuid
+	}
+	if st&unix.S_ISGID != 0 {
+		m |= os.ModeSetgid
+	}
+	if st&unix.S_ISVTX != 0 {
+		m |= os.ModeSticky
+	}
+	if st&unix.S_IFMT == unix.S_IFDIR {
+		m |= os.ModeDir
+	}
+	return m
+}
+
 // tarTimespec is t as utimensat(2) takes it.
 func tarTimespec(t time.Time) unix.Timespec {
 	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}

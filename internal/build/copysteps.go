@@ -150,12 +150,18 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		spec.KeepOwners = from != "" && chown == ""
 	}
 	if chmod != "" {
+		// As BuildKit reads it: octal, else a symbolic mode; a numeric
+		// value that is no octal mode gets its message.
 		n, err := strconv.ParseUint(chmod, 8, 32)
-		if err != nil || n > 0o7777 {
-			return fmt.Errorf("--chmod=%s: want an octal mode such as 0755", chmod)
+		switch {
+		case err == nil && n <= 0o7777:
+			m := os.FileMode(n)
+			spec.Chmod = &m
+		case err == nil || chmod[0] >= '0' && chmod[0] <= '9':
+			return fmt.Errorf("--chmod=%s: want an octal mode between 0 and 07777, such as 0755, or a symbolic one such as u+x", chmod)
+		default:
+			spec.ChmodSymbolic = chmod
 		}
-		m := os.FileMode(n)
-		spec.Chmod = &m
 	}
 	spec.Dest = inImage(st.config.Config.WorkingDir, sd.DestPath)
 	sum, err := Checksum(ctx, spec)
