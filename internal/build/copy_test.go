@@ -484,7 +484,7 @@ func TestCopyChmodSymbolic(t *testing.T) {
 	}{
 		{"a+X", map[string]os.FileMode{"a/app": os.ModeDir | 0o751, "a/app/sub": os.ModeDir | 0o711, "a/app/f": 0o600,
 			"a/app/sub/g": 0o644, "a/app/sub/x": os.ModeSetuid | 0o711, "a": os.ModeDir | 0o755}},
-		{"go-rwx,u+x", map[string]os.FileMode{"a/app": os.ModeDir | 0o750 &^ 0o077, "a/app/sub": os.ModeDir | 0o700, "a/app/f": 0o700,
+		{"go-rwx,u+x", map[string]os.FileMode{"a/app": os.ModeDir | 0o750&^0o077, "a/app/sub": os.ModeDir | 0o700, "a/app/f": 0o700,
 			"a/app/sub/g": 0o700, "a/app/sub/x": os.ModeSetuid | 0o700}},
 		{"u=rw,g=r,o=", map[string]os.FileMode{"a/app/f": 0o640, "a/app/sub/x": 0o640}}, // "u=" clears setuid too, as chmod(1)
 	} {
