@@ -90,6 +90,14 @@ func mountTargets(t *targets, ms []specs.Mount) ([]specs.Mount, error) {
 			if m.Destination, err = t.ensure(m.Destination, file); err != nil {
 				return nil, err
 			}
+			if mode, ok := tmpfsMode(m); ok {
+				// runc gives a tmpfs the mode of the directory it
+				// mounts on, whatever mode= says: one made for the
+				// run has the mount's.
+				if err := t.setMode(m.Destination, mode); err != nil {
+					return nil, err
+				}
+			}
 		}
 		out = append(out, m)
 	}
@@ -202,4 +210,19 @@ func lastCap() int {
 		}
 	}
 	return last
+}
+
+// tmpfsMode is the mode= of a tmpfs mount.
+func tmpfsMode(m specs.Mount) (uint32, bool) {
+	if m.Type != MountTmpfs {
+		return 0, false
+	}
+	for _, o := range m.Options {
+		if v, ok := strings.CutPrefix(o, "mode="); ok {
+			if n, err := strconv.ParseUint(v, 8, 32); err == nil && n <= 0o7777 {
+				return uint32(n), true
+			}
+		}
+	}
+	return 0, false
 }

@@ -222,6 +222,7 @@ func TestMounts(t *testing.T) {
 			"type=bind,src=" + host + ",dst=/data/ro,readonly",
 			"src=" + hostFile + ",target=/opt/single.txt",
 			"type=tmpfs,target=/scratch,tmpfs-size=1m",
+			"type=tmpfs,target=/private,tmpfs-mode=0700",
 		} {
 			m, err := ParseMount(s)
 			must(t, err)
@@ -232,6 +233,9 @@ cat /data/in/in.txt /opt/single.txt
 echo written > /data/in/out.txt
 if touch /data/ro/x 2>/dev/null; then echo ro-writable; fi
 grep " /scratch tmpfs" /proc/mounts | grep -q size=1024k
+# a tmpfs has the mode asked for (1777 by default), under runc too
+test "$(stat -c %a /scratch)" = 1777 || { echo "/scratch: $(stat -c %a /scratch)" >&2; exit 1; }
+test "$(stat -c %a /private)" = 700 || { echo "/private: $(stat -c %a /private)" >&2; exit 1; }
 echo s > /scratch/s
 echo kept > /work/kept`)
 		o.User, o.Mounts = "root", mounts

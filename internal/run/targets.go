@@ -150,6 +150,23 @@ func (t *targets) create(dir, name string, file bool) error {
 	return nil
 }
 
+// setMode gives p the permission bits mode when it is a directory made
+// for the run; one of the image keeps its own.
+func (t *targets) setMode(p string, mode uint32) error {
+	if !t.ours[p] {
+		return nil
+	}
+	pfd, err := t.root.openFD(path.Dir(p), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := unix.Fchmodat(pfd, path.Base(p), mode, 0); err != nil {
+		return fmt.Errorf("run: mount target %s: %w", p, err)
+	}
+	return nil
+}
+
 // seal notes each touched parent's mtime now that every target exists.
 func (t *targets) seal() {
 	for _, dir := range t.order {
