@@ -60,6 +60,18 @@ func (d *daemonFlags) connectDir(ctx context.Context, arg string) (string, *daem
 	return dir, cl, err
 }
 
+// ensureDir is connectDir, starting the daemon when none answers: a
+// daemon stopped with SIGTERM unmounted everything, and its start mounts
+// the writable mounts again with their changes, so a build step goes on.
+func (d *daemonFlags) ensureDir(ctx context.Context, arg string) (string, *daemon.Client, error) {
+	dir, err := filepath.Abs(arg)
+	if err != nil {
+		return "", nil, err
+	}
+	cl, err := d.ensure(ctx)
+	return dir, cl, err
+}
+
 // ensure returns a client of the daemon, starting one in the background
 // when none answers. Its log goes to ROOT/daemon.log.
 func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {

@@ -77,7 +77,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	if req.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
 		return err
 	}
-	cl, err := df.connect(ctx)
+	cl, err := df.ensure(ctx)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func runDiff(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
 	}
-	dir, cl, err := df.connectDir(ctx, fs.Arg(0))
+	dir, cl, err := df.ensureDir(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}

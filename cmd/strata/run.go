@@ -78,7 +78,7 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		o.Mounts = append(o.Mounts, pm)
 	}
-	cl, err := df.connect(ctx)
+	cl, err := df.ensure(ctx)
 	if err != nil {
 		return err
 	}
