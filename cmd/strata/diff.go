@@ -44,7 +44,11 @@ func runDiff(ctx context.Context, args []string, stdout io.Writer) error {
 		return printJSON(stdout, changes)
 	}
 	for _, ch := range changes {
-		fmt.Fprintf(stdout, "%s %s\n", ch.Kind, ch.Path)
+		p := ch.Path
+		if ch.PathBytes != nil {
+			p = string(ch.PathBytes) // the name as it is, as docker diff prints it
+		}
+		fmt.Fprintf(stdout, "%s %s\n", ch.Kind, p)
 	}
 	return nil
 }

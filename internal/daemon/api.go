@@ -285,7 +285,10 @@ type CommitResult struct {
 // D (deleted), as `docker diff` prints them.
 type Change struct {
 	Kind string `json:"kind"`
-	Path string `json:"path"`
+	Path string `json:"path"` // JSON holds only UTF-8: a name that is not reads with U+FFFD here
+	// PathBytes is the path's bytes when it is not UTF-8 (base64 in
+	// JSON), so the name survives the API.
+	PathBytes []byte `json:"pathBytes,omitempty"`
 }
 
 // ContainerdSnapshot is a layer the containerd snapshotter serves lazily.

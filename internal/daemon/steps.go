@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -26,7 +27,11 @@ func (im *images) changes(ctx context.Context, dir string) ([]Change, error) {
 	}
 	out := []Change{}
 	err = im.d.writable.changes(ctx, m, func(c snapshotter.Change) error {
-		out = append(out, Change{Kind: c.Kind.String(), Path: c.Path})
+		ch := Change{Kind: c.Kind.String(), Path: c.Path}
+		if !utf8.ValidString(c.Path) {
+			ch.PathBytes = []byte(c.Path)
+		}
+		out = append(out, ch)
 		return nil
 	})
 	return out, err
