@@ -161,7 +161,9 @@ var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_F
 	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
 
 // capabilities is defaultCaps plus add ("NET_ADMIN", "cap_net_admin",
-// "ALL"). ALL means every capability this kernel has.
+// "ALL"). ALL means every capability this kernel has that this process
+// may give (its bounding set: a container host may have dropped some, and
+// the runtime fails to set one outside it), as podman reads it.
 func capabilities(add []string) ([]string, error) {
 	caps := append([]string{}, defaultCaps...)
 	have := map[string]bool{}
@@ -173,7 +175,12 @@ func capabilities(add []string) ([]string, error) {
 		var names []string
 		switch {
 		case name == "ALL":
-			names = allCaps[:lastCap()+1]
+			bounding := boundingSet()
+			for i, c := range allCaps[:lastCap()+1] {
+				if bounding&(1<<i) != 0 {
+					names = append(names, c)
+				}
+			}
 		case isCap("CAP_" + name):
 			names = []string{"CAP_" + name}
 		case isCap(name):
@@ -210,6 +217,23 @@ func lastCap() int {
 		}
 	}
 	return last
+}
+
+// boundingSet is this process's capability bounding set (CapBnd in
+// /proc/self/status), every capability when it cannot be read.
+func boundingSet() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return ^uint64(0)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			if n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return ^uint64(0)
 }
 
 // tmpfsMode is the mode= of a tmpfs mount.

@@ -3,6 +3,7 @@ package run
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -350,6 +351,24 @@ func TestCancel(t *testing.T) {
 			t.Errorf("Run took %v after cancel", d)
 		}
 		checkStateDirEmpty(t, o.StateDir)
+		ov.expectChanges(t)
+	})
+}
+
+// TestCapAddAll: --cap-add ALL gives the command every capability this
+// process may give, and runs where the host's bounding set lacks some.
+func TestCapAddAll(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, rt string) {
+		o, ov := newRun(t, rt, "grep", "^CapEff:", "/proc/self/status")
+		o.User, o.CapAdd = "root", []string{"ALL"}
+		code, out, errOut, err := run(t, o)
+		if err != nil || code != 0 {
+			t.Fatalf("exit %d, %v; stderr %q", code, err, errOut)
+		}
+		want := fmt.Sprintf("%016x", boundingSet()&(1<<(lastCap()+1)-1))
+		if got := strings.TrimSpace(strings.TrimPrefix(out, "CapEff:")); got != want {
+			t.Errorf("CapEff %s, want %s", got, want)
+		}
 		ov.expectChanges(t)
 	})
 }
