@@ -52,11 +52,11 @@ func (d *daemonFlags) connect(ctx context.Context) (*daemon.Client, error) {
 // connectDir returns the absolute form of the mount directory arg and a
 // client of the running daemon: what every command about one mount needs.
 func (d *daemonFlags) connectDir(ctx context.Context, arg string) (string, *daemon.Client, error) {
-	dir, err := filepath.Abs(arg)
+	cl, err := d.connect(ctx)
 	if err != nil {
 		return "", nil, err
 	}
-	cl, err := d.connect(ctx)
+	dir, err := mountDir(ctx, cl, arg)
 	return dir, cl, err
 }
 
@@ -64,12 +64,43 @@ func (d *daemonFlags) connectDir(ctx context.Context, arg string) (string, *daem
 // daemon stopped with SIGTERM unmounted everything, and its start mounts
 // the writable mounts again with their changes, so a build step goes on.
 func (d *daemonFlags) ensureDir(ctx context.Context, arg string) (string, *daemon.Client, error) {
-	dir, err := filepath.Abs(arg)
+	cl, err := d.ensure(ctx)
 	if err != nil {
 		return "", nil, err
 	}
-	cl, err := d.ensure(ctx)
+	dir, err := mountDir(ctx, cl, arg)
 	return dir, cl, err
+}
+
+// mountDir is the mount directory a command names: its absolute path, as
+// mount recorded it, or, when that names no mount and a symlink leads
+// from it to one, the mount's own path.
+func mountDir(ctx context.Context, cl *daemon.Client, arg string) (string, error) {
+	dir, err := filepath.Abs(arg)
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil || real == dir {
+		return dir, nil
+	}
+	ms, err := cl.List(ctx)
+	if err != nil {
+		return dir, nil
+	}
+	found := ""
+	for _, m := range ms {
+		switch m.Dir {
+		case dir:
+			return dir, nil
+		case real:
+			found = real
+		}
+	}
+	if found != "" {
+		return found, nil
+	}
+	return dir, nil
 }
 
 // ensure returns a client of the daemon, starting one in the background

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"golang.org/x/term"
@@ -66,21 +65,19 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 1, 2); err != nil {
 		return err
 	}
-	dir, err := filepath.Abs(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	req.Dir, req.Ref = dir, fs.Arg(1)
+	req.Ref = fs.Arg(1)
 	if req.Ref == "" && req.OCILayout == "" {
 		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
 	}
+	var err error
 	if req.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
 		return err
 	}
-	cl, err := df.ensure(ctx)
+	dir, cl, err := df.ensureDir(ctx, fs.Arg(0))
 	if err != nil {
 		return err
 	}
+	req.Dir = dir
 	res, err := cl.Commit(ctx, req, progressPrinter(*quiet))
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/stratafs/strata/internal/daemon"
 	steprun "github.com/stratafs/strata/internal/run"
@@ -63,10 +62,6 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	rest := fs.Args()
-	dir, err := filepath.Abs(rest[0])
-	if err != nil {
-		return err
-	}
 	o.Args = rest[1:]
 	if len(o.Args) > 0 && o.Args[0] == "--" {
 		o.Args = o.Args[1:]
@@ -78,7 +73,7 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		o.Mounts = append(o.Mounts, pm)
 	}
-	cl, err := df.ensure(ctx)
+	dir, cl, err := df.ensureDir(ctx, rest[0])
 	if err != nil {
 		return err
 	}

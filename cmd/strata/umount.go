@@ -39,10 +39,16 @@ func runUmount(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	writable := false
+	if ms, err := cl.List(ctx); err == nil {
+		for _, m := range ms {
+			writable = writable || (m.Dir == dir && m.Writable)
+		}
+	}
 	if err := cl.Unmount(ctx, dir, *discard); err != nil {
 		return err
 	}
-	if *discard {
+	if *discard && writable {
 		fmt.Fprintf(stdout, "unmounted %s; its changes are deleted\n", dir)
 		return nil
 	}
