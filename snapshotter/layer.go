@@ -65,7 +65,8 @@ type LayerOptions struct {
 	// empty. (estargz.Build keeps its own scratch files in os.TempDir()
 	// whatever this says.)
 	TempDir string
-	// Warn reports what the layer leaves out (sockets); nil is slog.Warn.
+	// Warn reports what the layer leaves out (sockets, names starting
+	// with ".wh."); nil is slog.Warn.
 	Warn func(msg string, args ...any)
 }
 

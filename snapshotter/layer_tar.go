@@ -80,6 +80,15 @@ func (lt *layerTar) add(ctx context.Context, c Change) error {
 		return err
 	}
 	name := strings.TrimPrefix(c.Path, "/")
+	if reserved(name) {
+		// Every reader of the layer would take it for a deletion (of
+		// "x" for ".wh.x": the image spec reserves the prefix), and
+		// delete a lower file it never touched: left out, with a warning.
+		if c.Kind != ChangeDelete {
+			lt.warn("left out: a name starting with "+whiteoutPrefix+" is a deletion in a layer", "path", "/"+name)
+		}
+		return nil
+	}
 	if c.Kind == ChangeDelete {
 		dir, base := path.Split(name)
 		return lt.writeMarker(dir + whiteoutPrefix + base)
@@ -95,6 +104,16 @@ func (lt *layerTar) add(ctx context.Context, c Change) error {
 		return lt.writeMarker(name + "/" + whiteoutOpaque)
 	}
 	return nil
+}
+
+// reserved says whether a part of name starts with the whiteout prefix.
+func reserved(name string) bool {
+	for _, part := range strings.Split(name, "/") {
+		if strings.HasPrefix(part, whiteoutPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // close finishes the tar (its two zero blocks); it does not close the

@@ -421,3 +421,32 @@ func TestWriteLayerNamesATOCCannotHold(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteLayerLeavesOutWhiteoutNames: a file or directory the step named
+// ".wh.x" would read as the deletion of x: left out with a warning, the
+// rest of the layer as it is.
+func TestWriteLayerLeavesOutWhiteoutNames(t *testing.T) {
+	lower, upper := t.TempDir(), t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(upper, "d", ".wh.dir", "sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(upper, "d", ".wh.user"), []byte("x"), 0o644))
+	must(t, os.WriteFile(filepath.Join(upper, "d", ".wh.dir", "sub", "f"), []byte("x"), 0o644))
+	must(t, os.WriteFile(filepath.Join(upper, "d", "kept"), []byte("k"), 0o644))
+	var warnings []string
+	l, err := snapshotter.WriteLayer(context.Background(), lower, upper, snapshotter.LayerOptions{
+		Format: snapshotter.FormatUncompressed, TempDir: t.TempDir(),
+		Warn: func(msg string, args ...any) { warnings = append(warnings, fmt.Sprint(msg, args)) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range readLayer(t, l) {
+		names = append(names, e.hdr.Name)
+	}
+	if !slices.Equal(names, []string{"d/", "d/kept"}) {
+		t.Errorf("layer holds %q, want d/ and d/kept", names)
+	}
+	if len(warnings) < 2 || !strings.Contains(strings.Join(warnings, "\n"), "/d/.wh.user") || !strings.Contains(strings.Join(warnings, "\n"), "/d/.wh.dir") {
+		t.Errorf("warnings %q, want ones naming /d/.wh.user and /d/.wh.dir", warnings)
+	}
+}
