@@ -152,6 +152,7 @@ type builder struct {
 	epoch    bool // created comes from SOURCE_DATE_EPOCH
 	used     map[string]bool
 	ignore   []string // .dockerignore's patterns
+	filtered string   // the context without what ignore hides, once a bind mount needed it
 	steps    int
 	stepNo   int
 	res      Result

@@ -354,7 +354,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				return nil, errors.New("RUN --mount=type=bind needs target=")
 			}
-			root, what, err := b.sourceRoot(ctx, st, m.From)
+			root, what, err := b.bindRoot(ctx, st, m.From)
 			if err != nil {
 				return nil, err
 			}
@@ -387,6 +387,30 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 		}
 	}
 	return p, nil
+}
+
+// bindRoot is what a RUN --mount=type=bind binds from: sourceRoot, but the
+// context without what the ignore file hides, as BuildKit, which receives
+// the context filtered, binds it (a secret kept out of the build by
+// .dockerignore stays out of RUN too). The filtered copy is made once a
+// build, in its directory.
+func (b *builder) bindRoot(ctx context.Context, st *stageState, from string) (string, string, error) {
+	root, what, err := b.sourceRoot(ctx, st, from)
+	if err != nil || from != "" || len(b.ignore) == 0 {
+		return root, what, err
+	}
+	if b.filtered == "" {
+		dir := filepath.Join(b.work, "context")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return "", "", err
+		}
+		if _, err := Copy(ctx, CopySpec{SrcRoot: root, Sources: []string{"/"}, Excludes: b.ignore,
+			DestRoot: dir, Dest: "/", KeepOwners: true}); err != nil {
+			return "", "", fmt.Errorf("the context without what the ignore file hides: %w", err)
+		}
+		b.filtered = dir
+	}
+	return b.filtered, what, nil
 }
 
 // ownership is a mount's mode=, uid= and gid=, defaulting to mode and
