@@ -309,8 +309,7 @@ func tocCanHold(hdr *tar.Header) error {
 	}
 	if bad {
 		return fmt.Errorf("%q: its %s is %w, which the table of contents of a lazily mountable layer cannot hold "+
-			"(a lazy mount would show another name): use --format gzip, zstd or uncompressed",
-			"/"+strings.TrimSuffix(hdr.Name, "/"), what, ErrNotUTF8)
+			"(a lazy mount would show another name)", "/"+strings.TrimSuffix(hdr.Name, "/"), what, ErrNotUTF8)
 	}
 	return nil
 }

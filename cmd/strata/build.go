@@ -100,7 +100,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	buildArgs := fs.StringArray("build-arg", nil, "build argument K=V, or K to take it from the environment (repeatable)")
 	fs.StringVar(&o.Target, "target", "", "the stage to build (default the last)")
 	fs.StringVar(&o.Platform, "platform", "", "platform of the bases and the result, os/arch[/variant] (default this machine's)")
-	fs.StringVar(&o.Format, "format", "estargz", "layer format: estargz, gzip, zstd, zstd:chunked or uncompressed")
+	fs.StringVar(&o.Format, "format", "", "layer format: estargz (the default; gzip for a layer whose names a table of contents cannot hold), gzip, zstd, zstd:chunked or uncompressed")
 	fs.BoolVar(&o.Push, "push", false, "push the result to every --tag")
 	fs.StringVar(&o.OCILayout, "oci-layout", "", "also write the result to the OCI image layout PATH[:TAG]")
 	fs.BoolVar(&o.NoCache, "no-cache", false, "run every step, using no cached one (what it makes is still cached)")

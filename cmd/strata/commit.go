@@ -51,7 +51,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	var df daemonFlags
 	df.add(fs)
 	var req daemon.CommitRequest
-	fs.StringVar(&req.Format, "format", "estargz", "layer format: estargz, gzip, zstd, zstd:chunked or uncompressed")
+	fs.StringVar(&req.Format, "format", "", "layer format: estargz (the default; gzip for a layer whose names a table of contents cannot hold), gzip, zstd, zstd:chunked or uncompressed")
 	fs.IntVar(&req.CompressionLevel, "compression-level", 0, "compression level (default: the format's)")
 	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by (default: the commands run in DIR)")
 	fs.StringVar(&req.Author, "author", "", "author of the new image and history entry")

@@ -202,9 +202,6 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if o.DockerfileName == "" {
 		o.DockerfileName = "Dockerfile"
 	}
-	if o.Format == "" {
-		o.Format = "estargz"
-	}
 	// Checked before anything runs: a step's commit would refuse it only
 	// after its command ran, and a build without a changing step never.
 	if _, err := snapshotter.ParseLayerFormat(o.Format); err != nil {

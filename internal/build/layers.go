@@ -140,7 +140,11 @@ func (b *builder) cacheKey(st *stageState, what string, extra ...string) string 
 	if b.o.SourceDateEpoch != nil {
 		epoch = strconv.FormatInt(*b.o.SourceDateEpoch, 10)
 	}
-	fmt.Fprintf(h.Hash(), "v1\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00", st.image, cfg, b.o.Format, what, st.author, epoch)
+	format := b.o.Format
+	if format == "" {
+		format = "estargz" // the default, keyed as when named
+	}
+	fmt.Fprintf(h.Hash(), "v1\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00", st.image, cfg, format, what, st.author, epoch)
 	for _, p := range st.pending {
 		fmt.Fprintf(h.Hash(), "%s\x00", p.CreatedBy)
 	}

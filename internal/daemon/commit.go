@@ -325,6 +325,18 @@ func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit
 			opts.SourceDateEpoch = &t
 		}
 		made, err = snapshotter.WriteLayer(ctx, lower, upper, opts)
+		switch {
+		case errors.Is(err, snapshotter.ErrNotUTF8) && c.req.Format == "":
+			// The default format cannot hold a name of this layer,
+			// which a lazy mount would show mangled: plain gzip,
+			// whose tar keeps it, rather than a failed step.
+			slog.WarnContext(ctx, "new layer in gzip, not eStargz", "error", err)
+			c.progress("warning: the new layer is gzip, not eStargz: %v", err)
+			opts.Format = snapshotter.FormatGzip
+			made, err = snapshotter.WriteLayer(ctx, lower, upper, opts)
+		case errors.Is(err, snapshotter.ErrNotUTF8):
+			err = fmt.Errorf("%w: use --format gzip, zstd or uncompressed", err)
+		}
 		return err
 	})
 	if err != nil || made == nil {
