@@ -92,10 +92,10 @@ const (
 type source int
 
 const (
-	notVisible   source = iota // no directory of the stack
-	ownEntry                   // its topmost holder's entry
-	lowerEntry                 // a lower layer's entry: the topmost holder has none
-	noEntry                    // no layer has an entry: made by the unpack
+	notVisible source = iota // no directory of the stack
+	ownEntry                 // its topmost holder's entry
+	lowerEntry               // a lower layer's entry: the topmost holder has none
+	noEntry                  // no layer has an entry: made by the unpack
 )
 
 // resolve returns the attributes a sequential unpack of layers (top
@@ -450,7 +450,7 @@ func writeFixup(root string, list []Fix) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(tmp) // gone once renamed
+	defer os.RemoveAll(tmp)  // gone once renamed
 	for _, f := range list { // parents first: the list is in path order
 		if f.Path != "." {
 			if err := os.Mkdir(filepath.Join(tmp, f.Path), 0o700); err != nil {
