@@ -81,7 +81,10 @@ const (
 	// (FUSE_HAS_RESEND) of a kernel that knows it.
 	notifyResend = 7
 	// notifyStore is FUSE_NOTIFY_STORE: data for an inode's page cache.
-	notifyStore  = 4
+	notifyStore = 4
+	// notifyInvalInode is FUSE_NOTIFY_INVAL_INODE: drop an inode's
+	// cached attributes and pages.
+	notifyInvalInode = 2
 	capHasResend = 1 << 39
 
 	// connMaxWrite is the max_write the INIT reply gives the kernel. A
@@ -325,6 +328,26 @@ func (c *conn) store(ino uint64, msg []byte) error {
 	}
 	_, err := unix.Write(c.fd, msg)
 	return err
+}
+
+// invalInode drops the kernel's cached pages and attributes of inode ino
+// (FUSE_NOTIFY_INVAL_INODE), so that its next read asks the daemon. The
+// kernel answers ENOENT for an inode it does not hold, which is no error
+// here.
+func (c *conn) invalInode(ino uint64) error {
+	var msg [outHeaderSize + 24]byte // fuse_notify_inval_inode_out: ino u64, off s64, len s64
+	binary.LittleEndian.PutUint32(msg[0:4], uint32(len(msg)))
+	binary.LittleEndian.PutUint32(msg[4:8], notifyInvalInode)
+	binary.LittleEndian.PutUint64(msg[outHeaderSize:], ino)
+	binary.LittleEndian.PutUint64(msg[outHeaderSize+8:], 0)
+	binary.LittleEndian.PutUint64(msg[outHeaderSize+16:], 0) // 0 and 0: everything
+	if c.mute.Load() {
+		return nil
+	}
+	if _, err := unix.Write(c.fd, msg[:]); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return nil
 }
 
 // replySize is the payload size a request asks for at most.

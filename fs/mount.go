@@ -33,6 +33,18 @@ type LayerMount struct {
 	failedOnTakeover int
 }
 
+// dropPageCache drops the kernel's cached pages and attributes of every
+// inode of the layer.
+func (m *LayerMount) dropPageCache() error {
+	n := uint64(m.lfs.idx.Info().Entries)
+	for ino := index.RootIno; ino < index.RootIno+n; ino++ {
+		if err := m.conn.invalInode(ino); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // MountConfig is how a layer is mounted.
 type MountConfig struct {
 	// StateDir, when set, keeps what another process needs to take the

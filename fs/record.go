@@ -385,11 +385,25 @@ func (c *Content) noteRead(ino uint64, ch index.Chunk) {
 // StopRecording ends it.
 func (p *Pool) Record(layers []digest.Digest) *Recorder {
 	r := &Recorder{layers: layers, seen: map[recordKey]int{}}
+	var read []*LayerMount
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for _, d := range layers {
 		if pl, ok := p.layers[d]; ok && pl.content != nil {
 			pl.content.recording.add(r)
+			if pl.mount != nil && pl.mount.lfs.reads.Load() > 0 {
+				read = append(read, pl.mount)
+			}
+		}
+	}
+	p.mu.Unlock()
+	// A layer other mounts read has files in the kernel's page cache,
+	// whose reads never reach the daemon (nor opens, in a layer that
+	// opens files without it): drop them, so the workload's reads are
+	// seen. The pages come back from the chunk cache.
+	for _, m := range read {
+		if err := m.dropPageCache(); err != nil {
+			slog.Warn("recording: the layer's cached pages stay; files other mounts read may be missing from the list",
+				"dir", m.Dir, "error", err)
 		}
 	}
 	return r

@@ -393,3 +393,45 @@ func TestBuildRecords(t *testing.T) {
 		t.Errorf("--record-push alone: %v\n%s", err, stderr)
 	}
 }
+
+// TestRecordSeesWhatOtherMountsRead: a recording mount of layers another
+// mount has read (their files in the kernel's page cache, where reads and,
+// for layers of small files, opens never reach the daemon) still records
+// every file its workload reads.
+func TestRecordSeesWhatOtherMountsRead(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, uniqueRepo("recorded-shared"), "estargz", layers, fixture.FormEStargz)
+	d := startDaemon(t, nil)
+	other, _ := d.mount(t, ref)
+	readChecked(t, other, "other/4k.bin", layers)
+	readChecked(t, other, "small/b/4k.bin", layers)
+
+	mark := logMark()
+	dir, m := d.mountWith(t, daemon.MountRequest{Ref: ref, Record: true})
+	want := []string{"small/b/4k.bin", "small/a/4k.bin", "other/4k.bin"}
+	for _, f := range want {
+		readChecked(t, dir, f, layers)
+	}
+	if err := d.client.Unmount(context.Background(), dir, true); err != nil {
+		t.Fatal(err)
+	}
+	line := waitLog(t, mark, "recorded prefetch list kept", m.Digest.String())
+	_, hex, _ := strings.Cut(line[strings.Index(line, "list=sha256:"):], "sha256:")
+	hex = strings.Fields(hex)[0]
+	b, err := os.ReadFile(filepath.Join(d.cfg.Root, "blobs", "sha256", hex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct{ Files []struct{ Path string } }
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, f := range list.Files {
+		paths = append(paths, f.Path)
+	}
+	if got := strings.Join(paths, ","); !strings.Contains(got, strings.Join(want, ",")) {
+		t.Errorf("recorded %v, want %v in that order", paths, want)
+	}
+}
