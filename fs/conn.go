@@ -85,7 +85,7 @@ const (
 	// notifyInvalInode is FUSE_NOTIFY_INVAL_INODE: drop an inode's
 	// cached attributes and pages.
 	notifyInvalInode = 2
-	capHasResend = 1 << 39
+	capHasResend     = 1 << 39
 
 	// connMaxWrite is the max_write the INIT reply gives the kernel. A
 	// read-only layer gets no WRITE, and the kernel wants every read of
