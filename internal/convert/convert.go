@@ -1,13 +1,17 @@
 package convert
 
 import (
+	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"runtime"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -15,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -172,6 +177,16 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("reading layer: %w", err)
 	}
+	if name, err := nameNotUTF8(io.NewSectionReader(tarFile, 0, n)); err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	} else if name != "" {
+		// eStargz's table of contents is JSON, which holds such a
+		// name mangled: a lazy mount would show another name (or merge
+		// two). The layer stays a plain gzip tar, which keeps it.
+		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz: a name in it is not UTF-8, which an eStargz table of contents cannot hold",
+			"name", fmt.Sprintf("%q", name))
+		return gzipLayer(ctx, tarFile, n, opt)
+	}
 	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
 	if opt.ChunkSize > 0 {
 		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))
@@ -218,6 +233,59 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 		},
 		missed: missed,
 	}, nil
+}
+
+// nameNotUTF8 returns the first name (or link target, or xattr name) of
+// the tar that is not UTF-8, "" when all are.
+func nameNotUTF8(r io.Reader) (string, error) {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return "", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if !utf8.ValidString(h.Name) {
+			return h.Name, nil
+		}
+		if !utf8.ValidString(h.Linkname) {
+			return h.Linkname, nil
+		}
+		for k := range h.PAXRecords {
+			if !utf8.ValidString(k) {
+				return h.Name, nil
+			}
+		}
+	}
+}
+
+// gzipLayer is the tar of n bytes in tarFile as a plain gzip layer.
+func gzipLayer(ctx context.Context, tarFile *os.File, n int64, opt Options) (*estargzLayer, error) {
+	outFile, err := os.CreateTemp(opt.TmpDir, "strata-gzip-*")
+	if err != nil {
+		return nil, err
+	}
+	diffID := sha256.New()
+	zw := gzip.NewWriter(outFile)
+	_, err = io.Copy(io.MultiWriter(zw, diffID), io.NewSectionReader(tarFile, 0, n))
+	if err == nil {
+		err = zw.Close()
+	}
+	if cerr := outFile.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(outFile.Name())
+		return nil, err
+	}
+	fl, err := newFileLayer(outFile.Name(), "sha256:"+hex.EncodeToString(diffID.Sum(nil)))
+	if err != nil {
+		return nil, err
+	}
+	slog.DebugContext(ctx, "layer kept as gzip", "diffID", fl.diffID, "size", fl.size)
+	return &estargzLayer{Layer: fl, diffID: fl.diffID, missed: opt.Prioritize}, nil
 }
 
 // tocOffset reads, from its footer, where the TOC of the eStargz blob of

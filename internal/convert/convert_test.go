@@ -150,3 +150,53 @@ func TestConvertedLayerAnnotatesTOCOffset(t *testing.T) {
 		t.Errorf("TOC offset annotation %q, the footer says %d", got, off)
 	}
 }
+
+// TestLayerWithNamesNotUTF8StaysGzip: an eStargz table of contents (JSON)
+// would hold a name that is not UTF-8 mangled, so such a layer stays a
+// plain gzip tar, with the same tar (diffID) and names, while the image's
+// other layers are converted.
+func TestLayerWithNamesNotUTF8StaysGzip(t *testing.T) {
+	odd := tarLayer(t, "d/", "d/x\xff", "d/x\xfe")
+	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, "etc/", "etc/hosts"), odd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := out.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; !ok {
+		t.Error("the first layer was not converted")
+	}
+	if _, ok := m.Layers[1].Annotations[AnnotationTOCDigest]; ok {
+		t.Error("the layer with names that are not UTF-8 was made eStargz")
+	}
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := odd.DiffID()
+	if got, _ := layers[1].DiffID(); got != want {
+		t.Errorf("diffID %s, the source's %s", got, want)
+	}
+	rc, err := layers[1].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var names []string
+	for tr := tar.NewReader(rc); ; {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, h.Name)
+	}
+	if strings.Join(names, "|") != "d/|d/x\xff|d/x\xfe" {
+		t.Errorf("names %q", names)
+	}
+}
