@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"net/url"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -17,7 +19,12 @@ func errno(ctx context.Context, op string, err error, attrs ...any) syscall.Errn
 		return 0
 	}
 	var en syscall.Errno
+	var oe *net.OpError
+	var ue *url.Error
 	switch {
+	case errors.As(err, &oe), errors.As(err, &ue):
+		// A registry out of reach (ECONNREFUSED, a reset): its errno
+		// would tell a reader of a file nothing true; EIO, logged, does.
 	case errors.As(err, &en):
 		return en
 	case errors.Is(err, context.Canceled):
