@@ -44,6 +44,12 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 2, 2); err != nil {
 		return err
 	}
+	// Small chunks make a table of contents of an entry per few bytes
+	// and a read of a request per chunk; huge ones, reads of far more
+	// than asked.
+	if fs.Changed("chunk-size") && (*chunk < minChunkSize || *chunk > maxChunkSize) {
+		return fmt.Errorf("--chunk-size %d: want %d (64 KiB) to %d (256 MiB) bytes", *chunk, minChunkSize, maxChunkSize)
+	}
 	prioritized, err := readPrioritized(*prio)
 	if err != nil {
 		return err
@@ -107,3 +113,9 @@ func readPathList(file string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// The chunk sizes convert takes.
+const (
+	minChunkSize = 64 << 10
+	maxChunkSize = 256 << 20
+)
