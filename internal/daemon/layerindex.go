@@ -130,6 +130,10 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 		list = listedFiles(img.Digest, layers, made, prio)
 		res.Listed, res.Missing = len(list.Files), missingPaths(prio, list)
 		if len(list.Files) == 0 {
+			if n := notIndexed(res.Layers); n > 0 {
+				return nil, fmt.Errorf("none of the %d paths listed is a regular file of a layer of %s that can be indexed "+
+					"(%d of its %d layers cannot be, and their files cannot be listed): nothing pushed", len(prio), req.Ref, n, len(layers))
+			}
 			return nil, fmt.Errorf("none of the %d paths listed is a regular file in %s: nothing pushed", len(prio), req.Ref)
 		}
 		if len(res.Missing) > 0 {
@@ -488,4 +492,15 @@ func (im *images) importOne(ctx context.Context, r referrer, desc v1.Descriptor,
 		return err
 	}
 	return im.d.pool.ImportIndex(ctx, l.remote(), b)
+}
+
+// notIndexed counts the layers that cannot be indexed.
+func notIndexed(layers []IndexedLayer) int {
+	n := 0
+	for _, l := range layers {
+		if l.Note != "" {
+			n++
+		}
+	}
+	return n
 }
