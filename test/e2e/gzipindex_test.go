@@ -457,3 +457,19 @@ func TestGzipIndexPrioritized(t *testing.T) {
 	readChecked(t, dir, "d/big2.bin", layers)
 	readChecked(t, dir, "d/big.bin", layers)
 }
+
+// TestIndexPrioritizedOfLayersThatCannotBeIndexed: a list whose files all
+// lie in layers that cannot be indexed (plain zstd) pushes nothing, and
+// says why.
+func TestIndexPrioritizedOfLayersThatCannotBeIndexed(t *testing.T) {
+	requireRoot(t)
+	layers := fixture.Big(16)
+	ref := push(t, shared.reg, uniqueRepo("zstd-prio"), "zstd", layers, fixture.FormZstd)
+	d := startDaemon(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := d.client.Index(ctx, daemon.IndexRequest{Ref: ref, Prioritize: []string{"other/4k.bin"}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "1 of its 1 layers cannot be, and their files cannot be listed") {
+		t.Fatalf("index --prioritize of a zstd image: %v, want the reason", err)
+	}
+}
