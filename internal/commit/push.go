@@ -55,9 +55,9 @@ func refused(err error) error {
 // refusal caused.
 func CredentialsHint(host string) string {
 	if host == "" {
-		return "a registry refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login` as that user"
+		return "the registry refused the request: the daemon's credentials for it (none, or ones it refuses) come from its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login` as that user"
 	}
-	return fmt.Sprintf("%s refused the credentials the daemon found for it, in its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login %s` as that user", host, host)
+	return fmt.Sprintf("%s refused the request: the daemon's credentials for it (none, or ones it refuses) come from its user's docker config or DOCKER_CONFIG and their credential helpers: `docker login %s` as that user", host, host)
 }
 
 // mountable makes the base's layers mountable from the base's repository:

@@ -182,7 +182,7 @@ func streamEvents[T any](w http.ResponseWriter, r *http.Request, fn func(progres
 	progress := func(format string, args ...any) { send(Event[T]{Progress: fmt.Sprintf(format, args...)}) }
 	res, err := fn(progress)
 	if err != nil {
-		send(Event[T]{Error: err.Error()})
+		send(Event[T]{Error: errorMessage(err)})
 		return
 	}
 	send(Event[T]{Result: res})
@@ -254,9 +254,15 @@ func writeError(w http.ResponseWriter, err, detail error) {
 	if detail != nil {
 		err = errors.Join(err, detail)
 	}
+	writeJSON(w, status, apiError{Error: errorMessage(err)})
+}
+
+// errorMessage is err's text for a client, with where credentials come
+// from when a registry refused them.
+func errorMessage(err error) string {
 	msg := err.Error()
 	if (errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err)) && !strings.Contains(msg, "docker login") {
 		msg += " (" + commit.CredentialsHint("") + ")"
 	}
-	writeJSON(w, status, apiError{Error: msg})
+	return msg
 }

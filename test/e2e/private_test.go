@@ -57,6 +57,11 @@ func TestPrivateRegistries(t *testing.T) {
 		t.Fatalf("a mount without credentials: %v, want the registry's refusal (unauthorized) and where credentials come from", err)
 	}
 	t.Logf("a mount without credentials: %v", err)
+	// The same through the progress stream, as the CLI mounts.
+	_, err = d.client.MountProgress(mctx, daemon.MountRequest{Ref: base, Dir: t.TempDir(), Writable: true}, func(string) {})
+	if err == nil || !strings.Contains(err.Error(), "docker login") {
+		t.Fatalf("a mount without credentials, with progress: %v, want where credentials come from", err)
+	}
 
 	// Credentials for A inline, for B from a helper on PATH.
 	helperDir := t.TempDir()
