@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path"
@@ -21,8 +22,8 @@ import (
 )
 
 // Directories without an entry. A layer may hold a directory only as the
-// parent of its entries (hand-made tars do; docker, BuildKit and buildah
-// always write the entry). A sequential unpack leaves such a directory as
+// parent of its entries (hand-made tars do, and BuildKit's layers for
+// their root; docker and buildah write every entry). A sequential unpack leaves such a directory as
 // the lower layers made it: mode, owner and xattrs of the nearest lower
 // entry. overlayfs takes a directory's attributes from the topmost layer
 // that holds it, where this layer's index has the builder's defaults (0755,
@@ -463,8 +464,10 @@ func writeFixup(root string, list []Fix) (string, error) {
 		f := list[i]
 		p := filepath.Join(tmp, f.Path)
 		for k, v := range f.Xattrs {
+			// One this filesystem will not hold (a namespace it lacks)
+			// is missing from the directory, not a failed mount.
 			if err := unix.Lsetxattr(p, k, v, 0); err != nil {
-				return "", fmt.Errorf("fixup: %s: xattr %s: %w", f.Path, k, err)
+				slog.Warn("fixup: directory attribute not kept", "path", f.Path, "xattr", k, "error", err)
 			}
 		}
 		if err := os.Lchown(p, int(f.UID), int(f.GID)); err != nil {
