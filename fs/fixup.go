@@ -75,10 +75,12 @@ type fixNode struct {
 	// layer, so lower layers show nothing at the path.
 	opaqueAbove bool
 	// For nodeDir: the directory's attributes, whether it has an entry
-	// of its own, and whether it is opaque.
-	fix      Fix
-	implicit bool
-	opaque   bool
+	// of its own, whether the layer made it anew in place of a whiteout
+	// of its own (index.IsRecreated), and whether it is opaque.
+	fix       Fix
+	implicit  bool
+	recreated bool
+	opaque    bool
 }
 
 type nodeKind int
@@ -118,7 +120,9 @@ func resolve(layers []fixTree, p string) (Fix, source, error) {
 			f := n.fix
 			f.Path = p
 			return f, lowerEntry, nil
-		case n.kind == nodeDir && n.opaque:
+		case n.kind == nodeDir && n.recreated:
+			// The unpack removed the lower one and made it anew (an
+			// opaque marker alone only empties it: it is kept).
 			return defaultFix(p), noEntry, nil
 		case n.kind == nodeDir:
 			held = true
@@ -240,7 +244,14 @@ func fixes(layers []fixTree) ([]Fix, error) {
 // indexTree is a layer of the pool, seen through its index.
 type indexTree struct{ v View }
 
-func (t indexTree) implicit() []string { return t.v.Info().Implicit }
+func (t indexTree) implicit() []string {
+	info := t.v.Info()
+	if info.ImplicitMore {
+		slog.Warn("a layer holds more directories without an entry than are shown with their lower layers' attributes",
+			"listed", len(info.Implicit))
+	}
+	return info.Implicit
+}
 
 func (t indexTree) lookup(p string) (fixNode, error) {
 	e, err := t.v.Entry(index.RootIno)
@@ -267,7 +278,7 @@ func (t indexTree) lookup(p string) (fixNode, error) {
 		}
 	}
 	n.kind = nodeDir
-	n.implicit = e.ModTime.IsZero() // see index.ImplicitDirs
+	n.implicit, n.recreated = index.IsImplicit(&e), index.IsRecreated(&e)
 	n.opaque = isOpaque(e.Xattrs)
 	n.fix = Fix{Path: p, Mode: e.Mode & 0o7777, UID: e.UID, GID: e.GID, ModTime: e.ModTime, Xattrs: fixXattrs(e.Xattrs)}
 	return n, nil

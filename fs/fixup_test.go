@@ -20,13 +20,14 @@ func realDir(mode, uid uint32) fixNode {
 
 var (
 	implicitDir = fixNode{kind: nodeDir, implicit: true, fix: Fix{Mode: 0o755}}
+	recreated   = fixNode{kind: nodeDir, implicit: true, recreated: true, opaque: true, fix: Fix{Mode: 0o755}}
 	hides       = fixNode{kind: nodeHides}
 )
 
 func (t fakeTree) implicit() []string {
 	var out []string
 	for p, n := range t {
-		if n.kind == nodeDir && n.implicit && !n.opaque {
+		if n.kind == nodeDir && n.implicit {
 			out = append(out, p)
 		}
 	}
@@ -112,6 +113,18 @@ func TestFixes(t *testing.T) {
 			{".": root, "g": realDir(0o2750, 8), "g/new": implicitDir, "g/new/deeper": implicitDir},
 			{".": root},
 		}, map[string]uint32{".": 0o755, "g": 0o2750, "g/new": 0o2755, "g/new/deeper": 0o2755}},
+		{"an opaque marker empties a directory the unpack keeps", []fakeTree{
+			{".": root, "a": opaque(implicitDir), "a/new": realDir(0o644, 0)},
+			{".": root, "a": realDir(0o700, 5)},
+		}, map[string]uint32{".": 0o755, "a": 0o700}},
+		{"made anew in place of a whiteout: mkdir's, under a setgid parent", []fakeTree{
+			{".": root, "g": implicitDir, "g/a": recreated, "g/a/f": realDir(0o644, 0)},
+			{".": root, "g": realDir(0o2770, 9), "g/a": realDir(0o700, 5)},
+		}, map[string]uint32{".": 0o755, "g": 0o2770, "g/a": 0o2755}},
+		{"made anew, no setgid: nothing to fix", []fakeTree{
+			{".": root, "a": recreated},
+			{".": root, "a": realDir(0o700, 5)},
+		}, nil},
 		{"parents get their own attributes", []fakeTree{
 			{".": root, "x": implicitDir, "x/y": implicitDir, "x/y/f": realDir(0o644, 0)},
 			{".": root, "x": realDir(0o711, 3), "x/y": realDir(0o700, 4)},

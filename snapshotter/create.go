@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // Prepare creates an active snapshot of parent under key and returns the
@@ -155,14 +156,16 @@ func (s *Snapshotter) newSnapshotDir(kind snapshots.Kind) (string, error) {
 // inheritRootOwner gives a new upperdir the owner of its parent's root, as
 // containerd's overlay snapshotter does: overlayfs shows the upperdir's owner
 // for the merged root once anything is written, and it must not turn into
-// root:root under a layer that chose otherwise. WithRootFromStack takes the
-// mode too, from the root the stack shows (its fixup's, if any).
+// root:root under a layer that chose otherwise. The root is the one the
+// stack shows: its fixup's when it has one (a top layer without a "./"
+// entry shows a lower one's). WithRootFromStack takes its mode, time and
+// xattrs too.
 func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error {
 	if len(sn.ParentIDs) == 0 {
 		return nil
 	}
 	src := s.fsPath(sn.ParentIDs[0])
-	if s.rootFromStack && s.fixups != nil {
+	if s.fixups != nil {
 		parents := s.distinctLayers(sn.ParentIDs)
 		if len(parents) > 1 {
 			lowers := make([]string, len(parents))
@@ -189,12 +192,30 @@ func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error 
 	if err := os.Lchown(fsDir, int(sys.Uid), int(sys.Gid)); err != nil {
 		return fmt.Errorf("chown upperdir: %w", err)
 	}
-	if s.rootFromStack {
-		if err := syscall.Chmod(fsDir, sys.Mode&0o7777); err != nil {
-			return fmt.Errorf("chmod upperdir: %w", err)
-		}
-		if err := os.Chtimes(fsDir, st.ModTime(), st.ModTime()); err != nil {
-			return fmt.Errorf("upperdir time: %w", err)
+	if !s.rootFromStack {
+		return nil
+	}
+	if err := copyXattrs(src, fsDir); err != nil {
+		return fmt.Errorf("upperdir xattrs: %w", err)
+	}
+	if err := syscall.Chmod(fsDir, sys.Mode&0o7777); err != nil {
+		return fmt.Errorf("chmod upperdir: %w", err)
+	}
+	if err := os.Chtimes(fsDir, st.ModTime(), st.ModTime()); err != nil {
+		return fmt.Errorf("upperdir time: %w", err)
+	}
+	return nil
+}
+
+// copyXattrs gives dst the xattrs of src, overlayfs's own aside.
+func copyXattrs(src, dst string) error {
+	x, err := Xattrs(src)
+	if err != nil {
+		return err
+	}
+	for k, v := range x {
+		if err := unix.Lsetxattr(dst, k, v, 0); err != nil {
+			return fmt.Errorf("%s: %w", k, err)
 		}
 	}
 	return nil

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/snapshotter"
@@ -142,4 +144,82 @@ func TestManyLayersMountThroughRelativeLowerdirs(t *testing.T) {
 	if got := readFile(t, filepath.Join(rootfs, "bottom")); got != "0" {
 		t.Fatalf("bottom = %q", got)
 	}
+}
+
+// TestFixupsOnTop: a stack of more than one layer gets the fixup its
+// WithFixups gives as its topmost lower, and a new upper's root the
+// owner of the root the stack shows (the fixup's); WithRootFromStack also
+// its mode, time and xattrs.
+func TestFixupsOnTop(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	base := testRoot(t)
+	fixup := filepath.Join(base, "fixup")
+	must(t, os.Mkdir(fixup, 0o700))
+	must(t, os.Chown(fixup, 3, 4))
+	must(t, os.Chmod(fixup, 0o751))
+	must(t, unix.Lsetxattr(fixup, "user.root", []byte("r"), 0))
+	when := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	must(t, os.Chtimes(fixup, when, when))
+	var asked [][]string
+	for _, fromStack := range []bool{false, true} {
+		t.Run(fmt.Sprint("root-from-stack=", fromStack), func(t *testing.T) {
+			opts := []snapshotter.Option{snapshotter.WithFixups(func(lowers []string) (string, error) {
+				asked = append(asked, lowers)
+				return fixup, nil
+			})}
+			if fromStack {
+				opts = append(opts, snapshotter.WithRootFromStack())
+			}
+			sn, err := snapshotter.New(filepath.Join(base, fmt.Sprint("root-", fromStack)), opts...)
+			must(t, err)
+			t.Cleanup(func() { sn.Close() })
+			parent := ""
+			for i := range 2 {
+				ms, err := sn.Prepare(ctx, fmt.Sprint("a", i), parent)
+				must(t, err)
+				must(t, os.WriteFile(filepath.Join(upperOf(t, ms), fmt.Sprint("f", i)), nil, 0o644))
+				parent = fmt.Sprint("l", i)
+				must(t, sn.Commit(ctx, parent, fmt.Sprint("a", i)))
+			}
+			ms, err := sn.Prepare(ctx, "top", parent)
+			must(t, err)
+			var lower string
+			for _, o := range ms[0].Options {
+				if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+					lower = v
+				}
+			}
+			if !strings.HasPrefix(lower, fixup+":") || strings.Count(lower, ":") != 2 {
+				t.Errorf("lowerdir=%s, want the fixup first, then the two layers", lower)
+			}
+			var st unix.Stat_t
+			must(t, unix.Lstat(upperOf(t, ms), &st))
+			buf := make([]byte, 8)
+			n, xerr := unix.Lgetxattr(upperOf(t, ms), "user.root", buf)
+			wantMode, wantX := uint32(0o755), false
+			if fromStack {
+				wantMode, wantX = 0o751, true
+			}
+			if st.Uid != 3 || st.Gid != 4 || st.Mode&0o7777 != wantMode || (xerr == nil && string(buf[:n]) == "r") != wantX ||
+				fromStack && !time.Unix(st.Mtim.Unix()).Equal(when) {
+				t.Errorf("upper root: %o %d:%d, xattr %v, time %v", st.Mode&0o7777, st.Uid, st.Gid, xerr == nil, time.Unix(st.Mtim.Unix()))
+			}
+		})
+	}
+	if len(asked) == 0 {
+		t.Error("the fixup was never asked for")
+	}
+}
+
+// upperOf is the upperdir of an active snapshot's mounts (its bind
+// source for one without parents).
+func upperOf(t *testing.T, ms []mount.Mount) string {
+	t.Helper()
+	for _, o := range ms[0].Options {
+		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+			return v
+		}
+	}
+	return ms[0].Source
 }

@@ -139,7 +139,8 @@ func (b *treeBuilder) dirOverWhiteout(name string) (uint64, error) {
 		return 0, err
 	}
 	b.unlinkIfPresent(parent, name, base)
-	ino, err := b.link(parent, name, base, b.newInode(Entry{Type: TypeDir, Mode: 0o755}))
+	// Nlink 1 marks it made anew (see Entry.Nlink, ImplicitDirs).
+	ino, err := b.link(parent, name, base, b.newInode(Entry{Type: TypeDir, Mode: 0o755, Nlink: 1}))
 	b.opaque[ino] = true
 	return ino, err
 }

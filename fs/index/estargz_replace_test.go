@@ -76,7 +76,7 @@ func dumpTree(idx *Index) string {
 		if chunks := idx.Chunks[ino]; len(chunks) > 0 {
 			line += fmt.Sprintf(" data=@%d/%d", chunks[0].BlobOffset, len(chunks))
 		}
-		if e.Nlink != 0 {
+		if e.Nlink != 0 && e.Type != TypeDir { // a directory's marks one made anew (IsRecreated)
 			line += fmt.Sprintf(" nlink=%d", e.Nlink)
 		}
 		if e.LinkTarget != "" {

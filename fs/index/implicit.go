@@ -12,19 +12,18 @@ const MaxImplicit = 4096
 // ImplicitDirs lists the directories of idx that no entry of the layer
 // describes: made as parents of its entries, with mode 0755, owner 0:0
 // and a zero time (the tree builder's rules), the root included (as ".")
-// when the layer has no "./" entry. Opaque ones are left out: below an
-// opaque directory nothing of the lower layers shows, and a sequential
-// unpack made it anew. A directory with an entry never has a zero time
-// (applyDirMeta), so the time tells them apart, in indexes read from a
-// registry too. Paths are in order; more than MaxImplicit sets more.
+// when the layer has no "./" entry; opaque ones too (an opaque marker
+// empties a directory an unpack keeps). A directory with an entry never
+// has a zero time (entryMeta), so the time tells them apart, in indexes
+// read from a registry too. Those with Nlink 1 were made anew in place of
+// a whiteout of the layer (IsRecreated). Paths are in order; more than
+// MaxImplicit sets more.
 func ImplicitDirs(idx *Index) (dirs []string, more bool) {
 	implicit := func(ino uint64) bool {
 		if ino < RootIno || ino-RootIno >= uint64(len(idx.Entries)) {
 			return false
 		}
-		e := &idx.Entries[ino-RootIno]
-		_, opaque := e.Xattrs[XattrOverlayOpaque]
-		return e.Type == TypeDir && e.ModTime.IsZero() && !opaque
+		return IsImplicit(&idx.Entries[ino-RootIno])
 	}
 	any := false
 	for i := range idx.Entries {
@@ -70,3 +69,12 @@ func ImplicitDirs(idx *Index) (dirs []string, more bool) {
 	slices.Sort(dirs)
 	return dirs, more
 }
+
+// IsImplicit says whether e is a directory the layer holds without an
+// entry of its own (see ImplicitDirs).
+func IsImplicit(e *Entry) bool { return e.Type == TypeDir && e.ModTime.IsZero() }
+
+// IsRecreated says whether the implicit directory e was made anew in place
+// of a whiteout of its layer: an unpack's mkdir, nothing of the lower
+// layers' directory of that name.
+func IsRecreated(e *Entry) bool { return IsImplicit(e) && e.Nlink == 1 }

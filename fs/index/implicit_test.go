@@ -13,9 +13,10 @@ import (
 )
 
 // TestImplicitDirs: the directories a layer holds only as parents of its
-// entries are listed, whatever the format; a directory with an entry is
-// not, even one whose time is 1970 (which an eStargz TOC leaves out), nor
-// an opaque one, whose lower contents a sequential unpack removed.
+// entries are listed, whatever the format, opaque ones too; a directory
+// with an entry is not, even one whose time is 1970 (which an eStargz TOC
+// leaves out). One made anew in place of a whiteout of the layer is
+// marked as such.
 func TestImplicitDirs(t *testing.T) {
 	epoch := time.Unix(0, 0)
 	entries := []tarEntry{
@@ -25,10 +26,12 @@ func TestImplicitDirs(t *testing.T) {
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq", Mode: 0o644, ModTime: fixtureTime}},
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opq/f", Mode: 0o644, ModTime: fixtureTime}},
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "gone/.wh.x", Mode: 0o644, ModTime: fixtureTime}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.new", Mode: 0o644, ModTime: fixtureTime}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "new/f", Mode: 0o644, ModTime: fixtureTime}},
 		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "late/x/", Mode: 0o755, ModTime: fixtureTime}},
 		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "late/", Mode: 0o750, ModTime: fixtureTime}},
 	}
-	want := []string{".", "a", "a/b", "gone", "real/in"}
+	want := []string{".", "a", "a/b", "gone", "new", "opq", "real/in"}
 	tarBlob := writeTar(t, entries)
 	esgz, tocDigest := buildEStargz(t, tarBlob)
 	for name, read := range map[string]func() (*Index, error){
@@ -49,6 +52,11 @@ func TestImplicitDirs(t *testing.T) {
 			}
 			if e := lookupPath(idx, "real"); e == nil || !e.ModTime.Equal(epoch) || e.Mode != 0o700 {
 				t.Errorf("real: %+v, want mode 0700 at 1970", e)
+			}
+			for p, want := range map[string]bool{"new": true, "opq": false, "a": false} {
+				if e := lookupPath(idx, p); e == nil || IsRecreated(e) != want {
+					t.Errorf("%s: %+v, made anew %v, want %v", p, e, e != nil && IsRecreated(e), want)
+				}
 			}
 			if info := NewMemory(idx, 1).Info(); !slices.Equal(info.Implicit, want) {
 				t.Errorf("Info.Implicit = %q, want %q", info.Implicit, want)

@@ -100,7 +100,12 @@ type Entry struct {
 	LinkTarget string            `json:"l,omitempty"` // symlinks only
 	DevMajor   uint32            `json:"dM,omitempty"`
 	DevMinor   uint32            `json:"dm,omitempty"`
-	Nlink      uint32            `json:"n,omitempty"` // number of names (hardlinks) of a non-directory; 0 means 1
+	// Nlink is the number of names (hardlinks) of a non-directory; 0
+	// means 1. A directory has 0, or 1 when the layer holds it without
+	// an entry of its own in place of a whiteout (or non-directory) of
+	// the same layer: an unpack makes it anew, and it takes nothing from
+	// the lower layers' directory of that name (see ImplicitDirs).
+	Nlink uint32 `json:"n,omitempty"`
 	Xattrs     map[string][]byte `json:"x,omitempty"`
 }
 

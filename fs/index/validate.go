@@ -78,7 +78,7 @@ func checkEntry(e *Entry, ino uint64) error {
 	if (e.DevMajor != 0 || e.DevMinor != 0) && e.Type != TypeChar && e.Type != TypeBlock {
 		return Invalidf("inode %d: a %v with device numbers", ino, e.Type)
 	}
-	if e.Type == TypeDir && e.Nlink != 0 {
+	if e.Type == TypeDir && e.Nlink != 0 && !IsRecreated(e) {
 		return Invalidf("inode %d: a directory with Nlink %d", ino, e.Nlink)
 	}
 	if _, err := convertXattrs(e.Xattrs); err != nil {

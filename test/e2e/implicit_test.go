@@ -24,7 +24,7 @@ func TestMountImplicitDirectories(t *testing.T) {
 	lowerTime := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	layers := []fixture.LayerSpec{
 		{
-			{Path: ".", Type: fixture.TypeDir, Mode: 0o751, UID: 3, GID: 4, ModTime: lowerTime},
+			{Path: ".", Type: fixture.TypeDir, Mode: 0o751, UID: 3, GID: 4, ModTime: lowerTime, Xattrs: map[string]string{"user.root": "r"}},
 			{Path: "priv", Type: fixture.TypeDir, Mode: 0o700, UID: 5, GID: 6, ModTime: lowerTime, Xattrs: map[string]string{"user.k": "v"}},
 			fixture.Text("priv/a", "a\n"),
 			{Path: "priv/deep", Type: fixture.TypeDir, Mode: 0o2750, UID: 7, GID: 8, ModTime: lowerTime},
@@ -32,15 +32,22 @@ func TestMountImplicitDirectories(t *testing.T) {
 			{Path: "elsewhere", Type: fixture.TypeDir, Mode: 0o711, UID: 9, GID: 9, ModTime: lowerTime},
 			fixture.Text("elsewhere/gone", "gone\n"),
 			fixture.Text("elsewhere/kept", "kept\n"),
+			{Path: "op", Type: fixture.TypeDir, Mode: 0o700, UID: 5, GID: 6, ModTime: lowerTime, Xattrs: map[string]string{"user.k": "op"}},
+			fixture.Text("op/old", "old\n"),
+			{Path: "sg", Type: fixture.TypeDir, Mode: 0o2770, GID: 9, ModTime: lowerTime},
+			{Path: "sg/a", Type: fixture.TypeDir, Mode: 0o700, UID: 5, GID: 5, ModTime: lowerTime},
+			fixture.Text("sg/a/o", "o\n"),
 		},
 		{
-			fixture.Text("priv/b", "b\n"),          // priv and the root have no entry here
-			fixture.Text("priv/deep/new/c", "c\n"), // nor priv/deep; priv/deep/new is new
-			fixture.Text("open/x", "x\n"),          // open's entry below is 0755 root: the same
-			fixture.Whiteout("elsewhere/gone"),     // elsewhere: a parent of a whiteout only
+			fixture.Text("priv/b", "b\n"),                         // priv and the root have no entry here
+			fixture.Text("priv/deep/new/c", "c\n"),                // nor priv/deep; priv/deep/new is new
+			fixture.Text("open/x", "x\n"),                         // open's entry below is 0755 root: the same
+			fixture.Whiteout("elsewhere/gone"),                    // elsewhere: a parent of a whiteout only
+			fixture.Opaque("op"), fixture.Text("op/new", "new\n"), // emptied, kept: the lower entry's
+			fixture.Whiteout("sg/a"), fixture.Text("sg/a/x", "x\n"), // made anew: mkdir's, under setgid sg
 		},
 	}
-	undefined := []string{".", "priv", "priv/deep", "priv/deep/new", "open", "elsewhere"}
+	undefined := []string{".", "priv", "priv/deep", "priv/deep/new", "open", "elsewhere", "op", "sg", "sg/a"}
 	for _, form := range []fixture.Form{fixture.FormEStargz, fixture.FormUncompressed, fixture.FormGzip, fixture.FormZstdChunked} {
 		t.Run(form.String(), func(t *testing.T) {
 			ref := push(t, shared.reg, uniqueRepo("implicit"), "v1", layers, form)
@@ -74,6 +81,14 @@ func TestMountImplicitDirectories(t *testing.T) {
 
 			rw, _ := d.mountRW(t, ref)
 			check(rw)
+			// The root too, which a writable mount shows from its upper
+			// directory.
+			var rst unix.Stat_t
+			buf := make([]byte, 16)
+			n, xerr := unix.Lgetxattr(rw, "user.root", buf)
+			if err := unix.Lstat(rw, &rst); err != nil || rst.Mode&0o7777 != 0o751 || rst.Uid != 3 || rst.Gid != 4 || xerr != nil || string(buf[:n]) != "r" {
+				t.Errorf("writable root: mode %o, %d:%d, user.root %q (%v); want 0751, 3:4, r", rst.Mode&0o7777, rst.Uid, rst.Gid, buf[:max(n, 0)], xerr)
+			}
 			// A write below copies the directories up as they show.
 			if err := os.WriteFile(filepath.Join(rw, "priv/deep/written"), []byte("w"), 0o644); err != nil {
 				t.Fatal(err)
