@@ -90,23 +90,23 @@ type Checkpoint = inflate.Checkpoint
 // an OCI whiteout ".wh.x" is an Entry named x of TypeChar with device 0/0,
 // and an opaque directory carries the xattr "trusted.overlay.opaque" = "y".
 type Entry struct {
-	Ino        uint64            `json:"i"`
-	Type       Type              `json:"t"`
-	Mode       uint32            `json:"m"` // permission bits with setuid/setgid/sticky (07777)
-	UID        uint32            `json:"u,omitempty"`
-	GID        uint32            `json:"g,omitempty"`
-	Size       int64             `json:"s,omitempty"` // regular files: content size; symlinks: len(LinkTarget)
-	ModTime    time.Time         `json:"mt"`
-	LinkTarget string            `json:"l,omitempty"` // symlinks only
-	DevMajor   uint32            `json:"dM,omitempty"`
-	DevMinor   uint32            `json:"dm,omitempty"`
+	Ino        uint64    `json:"i"`
+	Type       Type      `json:"t"`
+	Mode       uint32    `json:"m"` // permission bits with setuid/setgid/sticky (07777)
+	UID        uint32    `json:"u,omitempty"`
+	GID        uint32    `json:"g,omitempty"`
+	Size       int64     `json:"s,omitempty"` // regular files: content size; symlinks: len(LinkTarget)
+	ModTime    time.Time `json:"mt"`
+	LinkTarget string    `json:"l,omitempty"` // symlinks only
+	DevMajor   uint32    `json:"dM,omitempty"`
+	DevMinor   uint32    `json:"dm,omitempty"`
 	// Nlink is the number of names (hardlinks) of a non-directory; 0
 	// means 1. A directory has 0, or 1 when the layer holds it without
 	// an entry of its own in place of a whiteout (or non-directory) of
 	// the same layer: an unpack makes it anew, and it takes nothing from
 	// the lower layers' directory of that name (see ImplicitDirs).
-	Nlink uint32 `json:"n,omitempty"`
-	Xattrs     map[string][]byte `json:"x,omitempty"`
+	Nlink  uint32            `json:"n,omitempty"`
+	Xattrs map[string][]byte `json:"x,omitempty"`
 }
 
 // Dirent is a name in a directory. Type is the type of the entry Ino, so
