@@ -197,6 +197,9 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	} else if _, err := os.Stat(o.IgnoreFile); err != nil {
 		return fmt.Errorf("--ignorefile: %w", err)
 	}
+	if o.OCILayout, err = absLayout(o.OCILayout); err != nil {
+		return err
+	}
 	if o.BuildArgs, err = parseBuildArgs(*buildArgs); err != nil {
 		return err
 	}

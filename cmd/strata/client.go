@@ -191,3 +191,20 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// absLayout is --oci-layout PATH[:TAG] with PATH absolute: the daemon
+// writes it, from a working directory of its own.
+func absLayout(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	path, tag := s, ""
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
+		path, tag = s[:i], s[i:]
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("--oci-layout: %w", err)
+	}
+	return abs + tag, nil
+}

@@ -70,6 +70,9 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
 	}
 	var err error
+	if req.OCILayout, err = absLayout(req.OCILayout); err != nil {
+		return err
+	}
 	if req.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
 		return err
 	}

@@ -233,8 +233,15 @@ func shellJoin(args []string) string {
 	return strings.Join(out, " ")
 }
 
-// target parses the reference to push to, if any.
+// target parses the reference to push to, if any, and checks the OCI
+// layout's path, which must be absolute: the daemon's working directory
+// is not its client's.
 func (c *commitStep) target() (name.Reference, error) {
+	if c.req.OCILayout != "" {
+		if p, _ := splitLayout(c.req.OCILayout); !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("%w: OCI layout %q: the path must be absolute (the daemon does not share the client's working directory)", errdefs.ErrInvalidArgument, p)
+		}
+	}
 	if c.req.Ref == "" {
 		return nil, nil
 	}
