@@ -370,6 +370,9 @@ func runPrune(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := c.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
+	if err := df.resolve(); err != nil {
+		return err
+	}
 	n, err := build.PruneCache(df.root)
 	if err != nil {
 		return err

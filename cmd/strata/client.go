@@ -28,9 +28,29 @@ type daemonFlags struct {
 func (d *daemonFlags) add(fs *flag.FlagSet) {
 	d.fs = fs
 	def := daemon.DefaultConfig()
-	fs.StringVar(&d.socket, "socket", envOr("STRATA_SOCKET", def.Socket), "daemon control socket ($STRATA_SOCKET)")
-	fs.StringVar(&d.root, "root", envOr("STRATA_ROOT", def.Root), "state directory, used when the daemon must be started ($STRATA_ROOT)")
-	fs.StringVar(&d.config, "config", daemon.DefaultConfigPath, "daemon config file, used when the daemon must be started")
+	fs.StringVar(&d.socket, "socket", "", "daemon control socket (default $STRATA_SOCKET, else the config file's socket, else "+def.Socket+")")
+	fs.StringVar(&d.root, "root", "", "state directory (default $STRATA_ROOT, else the config file's root, else "+def.Root+")")
+	fs.StringVar(&d.config, "config", daemon.DefaultConfigPath, "daemon config file: its socket and root, and the settings of a daemon this command starts")
+}
+
+// resolve fills the socket and root a flag did not give: from the
+// environment, else the config file, else the defaults, as the daemon
+// itself picks them.
+func (d *daemonFlags) resolve() error {
+	if d.socket != "" && d.root != "" {
+		return nil
+	}
+	cfg, err := daemon.LoadConfig(d.config, d.fs != nil && d.fs.Changed("config"))
+	if err != nil {
+		return err
+	}
+	if d.socket == "" {
+		d.socket = envOr("STRATA_SOCKET", cfg.Socket)
+	}
+	if d.root == "" {
+		d.root = envOr("STRATA_ROOT", cfg.Root)
+	}
+	return nil
 }
 
 func envOr(k, def string) string {
@@ -42,6 +62,9 @@ func envOr(k, def string) string {
 
 // connect returns a client of a running daemon.
 func (d *daemonFlags) connect(ctx context.Context) (*daemon.Client, error) {
+	if err := d.resolve(); err != nil {
+		return nil, err
+	}
 	c := daemon.NewClient(d.socket)
 	if _, err := c.Status(ctx); err != nil {
 		return nil, fmt.Errorf("no strata daemon answers on %s (start one with 'strata daemon')", d.socket)
@@ -106,6 +129,9 @@ func mountDir(ctx context.Context, cl *daemon.Client, arg string) (string, error
 // ensure returns a client of the daemon, starting one in the background
 // when none answers. Its log goes to ROOT/daemon.log.
 func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
+	if err := d.resolve(); err != nil {
+		return nil, err
+	}
 	c := daemon.NewClient(d.socket)
 	if _, err := c.Status(ctx); err == nil {
 		return c, nil

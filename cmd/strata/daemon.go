@@ -71,8 +71,8 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	c := commands["daemon"]
 	fs := c.flags(stdout)
 	configPath := fs.String("config", daemon.DefaultConfigPath, "TOML configuration file")
-	root := fs.String("root", "", "state directory (default from config, /var/lib/strata)")
-	socket := fs.String("socket", "", "control socket (default from config, /run/strata/strata.sock)")
+	root := fs.String("root", "", "state directory (default $STRATA_ROOT, else the config file's, else /var/lib/strata)")
+	socket := fs.String("socket", "", "control socket (default $STRATA_SOCKET, else the config file's, else /run/strata/strata.sock)")
 	ctrdSocket := fs.String("containerd-socket", "", `containerd snapshots API socket (default next to --socket; "off" disables it)`)
 	insecure := fs.StringSlice("insecure-registry", nil, "registry host:port to reach over plain HTTP (repeatable)")
 	supervise := fs.Bool("supervise", true, "run under a supervisor that restarts the daemon and keeps its mounts alive")
@@ -96,12 +96,9 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *root != "" {
-		cfg.Root = *root
-	}
-	if *socket != "" {
-		cfg.Socket = *socket
-	}
+	// Flags, then the environment the other commands read, then the file.
+	cfg.Root = firstOf(*root, os.Getenv("STRATA_ROOT"), cfg.Root)
+	cfg.Socket = firstOf(*socket, os.Getenv("STRATA_SOCKET"), cfg.Socket)
 	if *ctrdSocket != "" {
 		cfg.ContainerdSocket = *ctrdSocket
 	}
@@ -121,7 +118,7 @@ func upgradeDaemon(ctx context.Context, configPath string, explicit bool, socket
 		if err != nil {
 			return err
 		}
-		socket = cfg.Socket
+		socket = firstOf(os.Getenv("STRATA_SOCKET"), cfg.Socket)
 	}
 	c := daemon.NewClient(socket)
 	old, err := c.Handover(ctx)
@@ -142,4 +139,14 @@ func upgradeDaemon(ctx context.Context, configPath string, explicit bool, socket
 		}
 	}
 	return fmt.Errorf("no daemon answered on %s within 60s after the handover; see its log", socket)
+}
+
+// firstOf is the first of vs that is not empty.
+func firstOf(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
