@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/stratafs/strata/internal/daemon"
 )
 
@@ -86,6 +88,21 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	cl, err := df.ensure(ctx)
 	if err != nil {
 		return err
+	}
+	if *platform != "" {
+		// An index picks the platform; an image of one platform must be
+		// that one, as docker pull --platform has it.
+		want, err := v1.ParsePlatform(*platform)
+		if err != nil {
+			return fmt.Errorf("--platform: %w", err)
+		}
+		r, err := cl.Resolve(ctx, daemon.ResolveRequest{Ref: fs.Arg(0), Platform: *platform, Insecure: *insecure})
+		if err != nil {
+			return err
+		}
+		if got, err := v1.ParsePlatform(r.Platform); err == nil && !got.Satisfies(*want) {
+			return fmt.Errorf("%s is an image for %s only, not %s", fs.Arg(0), r.Platform, *platform)
+		}
 	}
 	start := time.Now()
 	progress, progressDone := progressLine(false)
