@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -73,6 +74,11 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	recordPush := fs.Bool("record-push", false, "with --record: push the list as a referrer of the image too")
 	indexPush := fs.Bool("index-push", false, "push the indexes of the image's gzip and tar layers as a referrer of the image (see 'strata index')")
 	if err := c.parse(fs, args, 2, 2); err != nil {
+		if fs.Changed("record") && fs.NArg() == 3 {
+			if _, derr := time.ParseDuration(fs.Arg(0)); derr == nil {
+				fmt.Fprintf(os.Stderr, "strata mount: %q was taken for the image: a duration for --record goes after an equals sign, --record=%s\n", fs.Arg(0), fs.Arg(0))
+			}
+		}
 		return err
 	}
 	dir, err := filepath.Abs(fs.Arg(1))
