@@ -56,7 +56,7 @@ The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set
   metrics_address = ""               e.g. "127.0.0.1:9110"
   prefetch_lists = "auto"            recorded prefetch lists: auto (store, then registry), local, off
   layer_indexes = "auto"             look for pushed gzip/tar layer indexes (strata index): auto, off
-  index_containerd_layers = false    containerd's gzip/tar layers without an index: index them here
+  index_containerd_layers = false    containerd's gzip (and zstd) layers without an index: index (fetch) them here
                                      (read once) instead of leaving them to containerd's unpack
   prefetch = "auto"                  fetch the rest of a layer in the background: auto (once it is
                                      read broadly, while it is read), all (every layer, whole), off

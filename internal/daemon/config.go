@@ -54,9 +54,11 @@ type Config struct {
 	// those layers whole to index them: "auto" (the default) or "off".
 	LayerIndexes string `toml:"layer_indexes"`
 	// IndexContainerdLayers makes the containerd snapshotter read plain
-	// gzip and tar layers that have no pushed index once, whole, to index
-	// them (and fetch plain zstd ones whole), as 'strata mount' does,
-	// instead of leaving them to containerd's own unpack. Default false.
+	// gzip layers that have no pushed index once, whole, to index them
+	// (and fetch plain zstd ones whole), as 'strata mount' does, instead
+	// of leaving them to containerd's own unpack. Default false. (An
+	// uncompressed tar layer is indexed either way: reading it is all
+	// its index needs.)
 	IndexContainerdLayers bool `toml:"index_containerd_layers"`
 	// Prefetch says when the rest of a layer is fetched in the
 	// background: "auto" (the default: once a workload reads the layer
