@@ -306,6 +306,12 @@ func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 	}
+	// Refused before the layer is written, not after: what a Docker
+	// descriptor cannot name (commit.Build says it again).
+	if c.req.Docker && format != snapshotter.FormatGzip && format != snapshotter.FormatUncompressed {
+		return nil, fmt.Errorf("%w: %w: a %s layer needs annotations or a media type a Docker descriptor has no place for; use --format gzip or uncompressed, or OCI form",
+			errdefs.ErrInvalidArgument, commit.ErrDockerCannotCarry, format)
+	}
 	var made *snapshotter.Layer
 	err = c.im.d.writable.lowerOf(ctx, c.m, func(lower, upper string) error {
 		if err := snapshotter.UpperChanges(ctx, lower, upper, func(snapshotter.Change) error {

@@ -135,9 +135,9 @@ func TestCommitImage(t *testing.T) {
 	// --docker: a gzip or uncompressed layer goes; the TOC-annotated
 	// formats and zstd are refused with the reason, and push nothing.
 	t.Run("docker", func(t *testing.T) {
-		for _, format := range []string{"estargz", "zstd", "zstd:chunked"} {
+		for _, format := range []string{"", "estargz", "zstd", "zstd:chunked"} { // "": the default, eStargz
 			_, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: tagged(base, "refused"), Format: format, Docker: true})
-			if err == nil || !strings.Contains(err.Error(), "Docker") {
+			if err == nil || !strings.Contains(err.Error(), "Docker") || !strings.Contains(err.Error(), "use --format gzip or uncompressed") {
 				t.Errorf("--docker --format %s: got %v, want a refusal that says why", format, err)
 			}
 		}
