@@ -153,9 +153,12 @@ type builder struct {
 	used     map[string]bool
 	ignore   []string // .dockerignore's patterns
 	filtered string   // the context without what ignore hides, once a bind mount needed it
-	steps    int
-	stepNo   int
-	res      Result
+	// metadataKey is the cache key of the metadata commit finish is
+	// making: not a step of its own (see cached).
+	metadataKey string
+	steps       int
+	stepNo      int
+	res         Result
 	// triggers are the ONBUILD instructions a stage FROM an earlier stage
 	// runs first, by stage index (see needed).
 	triggers map[int][]instructions.Command

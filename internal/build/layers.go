@@ -175,9 +175,13 @@ func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
 		return false
 	}
 	st.image, st.pending, st.mkdir = ref, nil, nil
-	b.res.Cached++
-	if !b.o.Quiet {
-		b.o.Log("  cached: " + ref)
+	if key != b.metadataKey {
+		// A stage's metadata commit is no step: not counted when it
+		// is made, nor when it comes from the cache.
+		b.res.Cached++
+		if !b.o.Quiet {
+			b.o.Log("  cached: " + ref)
+		}
 	}
 	return true
 }
@@ -211,6 +215,7 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 		return nil
 	}
 	key := b.cacheKey(st, "metadata")
+	b.metadataKey = key
 	if b.cached(ctx, st, key) {
 		return nil
 	}
