@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/stratafs/strata/internal/pull"
 )
@@ -37,6 +40,15 @@ func runPull(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.BoolVar(&opt.PlainHTTP, "insecure", false, "reach the registry over plain HTTP (loopback registries always are)")
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
+	}
+	// A socket that is not there fails at once, not after the dial's
+	// timeout behind progress lines.
+	if path := strings.TrimPrefix(opt.Address, "unix://"); strings.HasPrefix(path, "/") {
+		if st, err := os.Stat(path); err != nil {
+			return fmt.Errorf("containerd's socket %s: %w (is containerd running? --containerd-address names another)", path, err)
+		} else if st.Mode()&os.ModeSocket == 0 {
+			return fmt.Errorf("containerd's socket %s is not a socket", path)
+		}
 	}
 	opt.Progress = stdout
 	_, err := pull.Pull(ctx, fs.Arg(0), opt)
