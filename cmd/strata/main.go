@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	flag "github.com/spf13/pflag"
@@ -114,7 +115,7 @@ func (c *command) flags(stdout io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: strata %s %s\n\n%s\n\nOptions:\n%s", c.name, c.usage, c.help, fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: %s\n\n%s\n\nOptions:\n%s", strings.TrimSpace("strata "+c.name+" "+c.usage), c.help, fs.FlagUsages())
 	}
 	return fs
 }
@@ -130,7 +131,7 @@ func (c *command) parse(fs *flag.FlagSet, args []string, minArgs, maxArgs int) e
 		return errUsage
 	}
 	if n := fs.NArg(); n < minArgs || (maxArgs >= 0 && n > maxArgs) {
-		fmt.Fprintf(os.Stderr, "strata %s: wrong number of arguments\nUsage: strata %s %s\nRun 'strata %s --help' for more.\n", c.name, c.name, c.usage, c.name)
+		fmt.Fprintf(os.Stderr, "strata %s: wrong number of arguments\nUsage: %s\nRun 'strata %s --help' for more.\n", c.name, strings.TrimSpace("strata "+c.name+" "+c.usage), c.name)
 		return errUsage
 	}
 	return nil
