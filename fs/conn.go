@@ -508,6 +508,13 @@ func openPendingTable(path string) (*pendingTable, error) {
 	if err := f.Truncate(int64(size)); err != nil {
 		return nil, err
 	}
+	// Its blocks are allocated now: a write to a page of a shared mapping
+	// that the filesystem has no room for is a SIGBUS, which would end the
+	// daemon (and every restart of it) on a full disk. Allocating keeps
+	// what a previous daemon wrote.
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, int64(size)); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+		return nil, fmt.Errorf("allocating %s: %w", path, err)
+	}
 	t.mem, err = unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s: %w", path, err)

@@ -2,14 +2,17 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // TestErrno: a registry out of reach is EIO (its network errno would tell
@@ -33,5 +36,36 @@ func TestErrno(t *testing.T) {
 		if got := errno(context.Background(), "read", c.err); got != c.want {
 			t.Errorf("errno(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestPendingTableOnAFullDisk: the table of unanswered requests is a
+// shared mapping; on a filesystem with no room left its creation fails,
+// rather than a later write to it killing the daemon with SIGBUS.
+func TestPendingTableOnAFullDisk(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	// Fill it.
+	f, err := os.Create(filepath.Join(dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := f.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	f.Close()
+	tab, err := openPendingTable(filepath.Join(dir, "pending"))
+	if err == nil {
+		tab.add(1) // the SIGBUS this test guards against
+		t.Fatal("a pending table made on a full filesystem")
+	}
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("err = %v, want ENOSPC", err)
 	}
 }
