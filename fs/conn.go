@@ -151,7 +151,14 @@ func newConn(dev *os.File, fsys fuse.RawFileSystem, passthrough bool, pendingPat
 		initDone: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	if c.pending, err = openPendingTable(pendingPath); err != nil {
+	if c.pending, err = openPendingTable(pendingPath); err != nil && pendingPath != "" {
+		// The layer is served all the same; a daemon taking the
+		// connection over then knows nothing of the reads this one left
+		// unanswered (see takeOver).
+		slog.Warn("fs: unanswered requests not kept for a restart", "path", pendingPath, "error", err)
+		c.pending, err = openPendingTable("")
+	}
+	if err != nil {
 		c.dev.Close()
 		return nil, err
 	}
