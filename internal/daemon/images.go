@@ -37,6 +37,9 @@ type images struct {
 
 	mu     sync.Mutex
 	mounts map[string]*Mount // by Dir
+	// mounting holds the directories a mount is being made at, so that
+	// a second mount at one is refused as when the first has ended.
+	mounting map[string]bool
 
 	// Images the registry had no recorded list, or no layer indexes, for
 	// lately: a build mounts its base's layers once a step, containerd
@@ -60,10 +63,22 @@ func (im *images) mount(ctx context.Context, req MountRequest) (*Mount, error) {
 	}
 	im.mu.Lock()
 	_, busy := im.mounts[dir]
+	busy = busy || im.mounting[dir]
+	if !busy {
+		if im.mounting == nil {
+			im.mounting = map[string]bool{}
+		}
+		im.mounting[dir] = true
+	}
 	im.mu.Unlock()
 	if busy {
 		return nil, fmt.Errorf("%s: an image is already mounted there: %w", dir, errdefs.ErrAlreadyExists)
 	}
+	defer func() {
+		im.mu.Lock()
+		delete(im.mounting, dir)
+		im.mu.Unlock()
+	}()
 	// The registry is asked for the image's layer indexes, and the layers
 	// that announce their TOC begin mounting, as soon as its manifest is
 	// known, while its config is fetched.

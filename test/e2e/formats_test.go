@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/registry"
 	"github.com/stratafs/strata/test/treecmp"
@@ -267,4 +268,48 @@ func randomBytes(n int) []byte {
 		b[i] = byte(rng.Uint32())
 	}
 	return b
+}
+
+// TestConcurrentMountsAtOneDirectory: of mounts asked for at once at one
+// directory, one is made and the others are refused, as a mount there
+// after it would be: none is stacked where the daemon cannot see it.
+func TestConcurrentMountsAtOneDirectory(t *testing.T) {
+	_, ref := bigTarImage(t)
+	d := startDaemon(t, nil)
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		d.client.Unmount(context.Background(), dir, false)
+		for range 4 {
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+	const n = 4
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir})
+			errs <- err
+		}()
+	}
+	made := 0
+	for range n {
+		err := <-errs
+		switch {
+		case err == nil:
+			made++
+		case !strings.Contains(err.Error(), "already mounted there"):
+			t.Errorf("a refused mount: %v", err)
+		}
+	}
+	if made != 1 {
+		t.Fatalf("%d mounts made at one directory, want 1", made)
+	}
+	if err := d.client.Unmount(context.Background(), dir, false); err != nil {
+		t.Fatal(err)
+	}
+	if kmount.IsMountpoint(dir) {
+		t.Error("something is still mounted there after the unmount")
+	}
 }
