@@ -117,18 +117,7 @@ func TestPrioritizeWarnsAboutPathsNoLayerStoredFirst(t *testing.T) {
 // A converted layer's descriptor says where its TOC starts, as its footer
 // does, so that a mount fetches TOC and footer in one read of their size.
 func TestConvertedLayerAnnotatesTOCOffset(t *testing.T) {
-	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, "etc/", "etc/hosts"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := out.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out, m := convertLayers(t, tarLayer(t, "etc/", "etc/hosts"))
 	layers, err := out.Layers()
 	if err != nil {
 		t.Fatal(err)
@@ -157,18 +146,7 @@ func TestConvertedLayerAnnotatesTOCOffset(t *testing.T) {
 // other layers are converted.
 func TestLayerWithNamesNotUTF8StaysGzip(t *testing.T) {
 	odd := tarLayer(t, "d/", "d/x\xff", "d/x\xfe")
-	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, "etc/", "etc/hosts"), odd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := out.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out, m := convertLayers(t, tarLayer(t, "etc/", "etc/hosts"), odd)
 	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; !ok {
 		t.Error("the first layer was not converted")
 	}
@@ -199,4 +177,22 @@ func TestLayerWithNamesNotUTF8StaysGzip(t *testing.T) {
 	if strings.Join(names, "|") != "d/|d/x\xff|d/x\xfe" {
 		t.Errorf("names %q", names)
 	}
+}
+
+// convertLayers converts an image of layers and returns it and its manifest.
+func convertLayers(t *testing.T, layers ...v1.Layer) (v1.Image, *v1.Manifest) {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := out.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, m
 }
