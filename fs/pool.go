@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/remote"
@@ -51,6 +52,7 @@ type pooled struct {
 	format  index.Format // set with mount
 	packed  index.Format // the layer blob's format, for a layer fetched whole
 	plain   bool         // index.Info.Plain, set with mount
+	dev     uint64       // the mount's device, set with mount (0: not known)
 	whole   bool         // fetch the layer whole when it cannot be read lazily
 	// resumed is set while a layer whose connection was taken over holds
 	// the use ResumeInherited took; wasResumed after Unclaimed dropped it.
@@ -123,6 +125,10 @@ func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer
 		if pl.err != nil {
 			p.Release(l.Digest)
 			return "", pl.err
+		}
+		if err := pl.stillMounted(); err != nil {
+			p.Release(l.Digest)
+			return "", err
 		}
 		return pl.dir, nil
 	}
@@ -212,6 +218,10 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	}
 	info := idx.Info()
 	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain = m, blob, content, info.Format, info.Packed, info.Plain
+	var st unix.Stat_t
+	if unix.Stat(pl.dir, &st) == nil {
+		pl.dev = st.Dev
+	}
 	end := info.PrefetchEnd
 	if end > 0 {
 		content.Prefetch(0, end)
@@ -222,6 +232,23 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 
 // link is the estimate of the link to host's registry, shared by its
 // layers: a layer's first fetches start from what the others learnt.
+// stillMounted says whether the layer's mount is still at its directory:
+// something outside the daemon may have unmounted it, and a bind of the
+// bare directory would show an empty image without a word.
+func (pl *pooled) stillMounted() error {
+	if pl.dev == 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(pl.dir, &st); err != nil {
+		return fmt.Errorf("layer %s: its mount at %s: %w", pl.desc.Digest, pl.dir, err)
+	}
+	if st.Dev != pl.dev {
+		return fmt.Errorf("layer %s: its mount at %s was taken away outside the daemon: restart the daemon (it mounts its layers again)", pl.desc.Digest, pl.dir)
+	}
+	return nil
+}
+
 func (p *Pool) link(host string) *linkEstimate {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -313,3 +313,32 @@ func TestConcurrentMountsAtOneDirectory(t *testing.T) {
 		t.Error("something is still mounted there after the unmount")
 	}
 }
+
+// TestLayerMountTakenAway: a layer mount unmounted outside the daemon is
+// not bound again, bare, under the next mount of its image: that mount is
+// refused with the reason.
+func TestLayerMountTakenAway(t *testing.T) {
+	_, ref := bigTarImage(t)
+	d := startDaemon(t, nil)
+	d.mount(t, ref)
+	layers, err := kmount.Under(filepath.Join(d.cfg.Root, "l"))
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("layer mounts: %v, %v", layers, err)
+	}
+	for _, l := range layers {
+		if err := unix.Unmount(l.Target, unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	_, err = d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir})
+	if err == nil {
+		d.client.Unmount(context.Background(), dir, false)
+		t.Fatal("an image whose layer mount was taken away mounted")
+	}
+	if !strings.Contains(err.Error(), "taken away outside the daemon") {
+		t.Errorf("err = %v, want the reason", err)
+	}
+}
