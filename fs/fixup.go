@@ -165,47 +165,41 @@ func fixes(layers []fixTree) ([]Fix, error) {
 	slices.Sort(candidates) // parents first
 	candidates = slices.Compact(candidates)
 	memo := map[string]Fix{}
-	var attrs func(p string) (Fix, bool, error)
-	// attrs returns what the unpack gives the directory p (a directory
-	// of the stack) and whether that differs from what overlayfs would
-	// show without a fixup.
-	attrs = func(p string) (Fix, bool, error) {
+	var attrs func(p string) (Fix, source, bool, error)
+	// attrs returns what the unpack gives the directory p, where that
+	// comes from, and whether it differs from what overlayfs would show
+	// without a fixup.
+	attrs = func(p string) (Fix, source, bool, error) {
 		f, src, err := resolve(layers, p)
-		if err != nil {
-			return Fix{}, false, err
+		if err != nil || src != noEntry {
+			return f, src, src == lowerEntry, err
 		}
-		switch src {
-		case notVisible:
-			return Fix{}, false, fmt.Errorf("internal error: %q is no directory of the stack", p)
-		case lowerEntry:
-			return f, true, nil
-		case noEntry:
-			if p == "." {
-				return f, false, nil
-			}
-			parent, ok := memo[path.Dir(p)]
-			if !ok {
-				if parent, _, err = attrs(path.Dir(p)); err != nil {
-					return Fix{}, false, err
-				}
-			}
-			if parent.Mode&0o2000 != 0 {
-				f.GID, f.Mode = parent.GID, f.Mode|0o2000
-				return f, true, nil
+		if p == "." {
+			return f, src, false, nil
+		}
+		parent, ok := memo[path.Dir(p)]
+		if !ok {
+			var psrc source
+			if parent, psrc, _, err = attrs(path.Dir(p)); err != nil {
+				return Fix{}, src, false, err
+			} else if psrc == notVisible {
+				return Fix{}, src, false, fmt.Errorf("internal error: %q, a parent of a directory of the stack, is no directory of it", path.Dir(p))
 			}
 		}
-		return f, false, nil
+		if parent.Mode&0o2000 != 0 {
+			f.GID, f.Mode = parent.GID, f.Mode|0o2000
+			return f, src, true, nil
+		}
+		return f, src, false, nil
 	}
 	out := map[string]Fix{}
 	for _, p := range candidates {
-		if _, src, err := resolve(layers, p); err != nil {
-			return nil, err
-		} else if src == notVisible || src == ownEntry {
-			continue
-		}
-		f, needed, err := attrs(p)
+		f, src, needed, err := attrs(p)
 		if err != nil {
 			return nil, err
+		}
+		if src == notVisible || src == ownEntry {
+			continue
 		}
 		memo[p] = f
 		if !needed {
@@ -218,8 +212,11 @@ func fixes(layers []fixTree) ([]Fix, error) {
 				}
 				a, ok := memo[q]
 				if !ok {
-					if a, _, err = attrs(q); err != nil {
+					var qsrc source
+					if a, qsrc, _, err = attrs(q); err != nil {
 						return nil, err
+					} else if qsrc == notVisible {
+						return nil, fmt.Errorf("internal error: %q, a parent of a directory of the stack, is no directory of it", q)
 					}
 					memo[q] = a
 				}
@@ -388,6 +385,9 @@ func ignoreNoXattrs(err error) error {
 // stack needs none.
 func (p *Pool) FixupDir(lowers []string, root string) (string, error) {
 	views := p.viewsByDevice()
+	if views == nil {
+		return "", nil
+	}
 	trees := make([]fixTree, len(lowers))
 	for i, dir := range lowers {
 		var st unix.Stat_t
@@ -408,7 +408,9 @@ func (p *Pool) FixupDir(lowers []string, root string) (string, error) {
 }
 
 // viewsByDevice maps the device of each mounted layer of the pool (which
-// a bind of it shares) to its index.
+// a bind of it shares) to its index; nil when no layer lists a directory
+// without an entry (the usual case: every mount asks, and then nothing is
+// stat'ed).
 func (p *Pool) viewsByDevice() map[uint64]View {
 	type mounted struct {
 		dir  string
@@ -426,6 +428,13 @@ func (p *Pool) viewsByDevice() map[uint64]View {
 		}
 	}
 	p.mu.Unlock()
+	implicit := false
+	for _, m := range list {
+		implicit = implicit || len(m.view.Info().Implicit) > 0
+	}
+	if !implicit {
+		return nil // no layer holds a directory without an entry: no stack needs a fixup
+	}
 	out := make(map[uint64]View, len(list))
 	for _, m := range list { // stat outside the lock: the mounts answer it
 		var st unix.Stat_t
