@@ -148,3 +148,38 @@ func TestUploadBandwidthCap(t *testing.T) {
 		t.Errorf("BytesIn %d, want %d", s.BytesIn, 1<<20)
 	}
 }
+
+// The link clock: a writer that comes back a little after its last piece
+// was sent loses no link time (up to linkBurst of it); one that comes back
+// after a longer pause gets no more than linkBurst of credit; pieces asked
+// for together queue one after another.
+func TestLinkClock(t *testing.T) {
+	l := &link{profile: ProfileWAN} // 12.5 MB/s: 125 kB take 10 ms
+	const piece = 125_000
+	t0 := time.Unix(1000, 0)
+	if got := l.reserveAt(down, piece, t0); !got.Equal(t0.Add(10*time.Millisecond - linkBurst)) {
+		t.Fatalf("first piece on an idle link sent at %v, want t0+%v", got.Sub(t0), 10*time.Millisecond-linkBurst)
+	}
+	if got := l.reserveAt(down, piece, t0); !got.Equal(t0.Add(20*time.Millisecond - linkBurst)) {
+		t.Fatalf("second piece asked for at once sent at %v, want after the first", got.Sub(t0))
+	}
+	// Back 2 ms after the second piece was sent: no time lost.
+	late := t0.Add(22*time.Millisecond - linkBurst)
+	if got := l.reserveAt(down, piece, late); !got.Equal(t0.Add(30*time.Millisecond - linkBurst)) {
+		t.Fatalf("piece asked for 2 ms late sent at %v, want right after the second", got.Sub(t0))
+	}
+	// A second later the link has been idle: only linkBurst of credit.
+	later := t0.Add(time.Second)
+	if got := l.reserveAt(down, piece, later); !got.Equal(later.Add(10*time.Millisecond - linkBurst)) {
+		t.Fatalf("piece after an idle second sent at %v after asking, want %v", got.Sub(later), 10*time.Millisecond-linkBurst)
+	}
+	// Uploads have their own half of the link.
+	if got := l.reserveAt(up, piece, later); !got.Equal(later.Add(10*time.Millisecond - linkBurst)) {
+		t.Fatalf("upload waited for the downloads: sent at %v", got.Sub(later))
+	}
+	// No cap: sent at once.
+	free := &link{profile: ProfileLo}
+	if got := free.reserveAt(down, piece, t0); !got.Equal(t0) {
+		t.Fatalf("uncapped link sent at %v", got.Sub(t0))
+	}
+}

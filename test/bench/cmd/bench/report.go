@@ -135,7 +135,8 @@ func renderMethod(w io.Writer) {
 
 - Registry: Debian's docker-registry on 127.0.0.1, storage kept under `+"`.bench/registry`"+`. Every system reaches it only through
   `+"`test/proxy`"+`, which counts response bytes, uploaded bytes and requests and shapes the link: **lo** (none), **lan** (1 ms RTT, 1 Gbit/s),
-  **wan** (20 ms RTT, 100 Mbit/s, shared by all connections; uploads get the same rate on their own half of the link).
+  **wan** (20 ms RTT, 100 Mbit/s, shared by all connections; uploads get the same rate on their own half of the link; a 5 ms token bucket, so that one
+  connection alone gets the link's rate: before 2026-12-07 it got about 76% of it, and reports older than that day measured that link).
 - Systems: **strata** (`+"`strata daemon`"+` with a fresh root per cold run, `+"`strata mount --insecure REF DIR`"+` of the eStargz image);
   **fullpull** (`+"`skopeo copy docker://… oci:…`"+` of the gzip image + `+"`umoci unpack`"+`, then the workload on local disk;
   its warm/hot rows are the local-disk baseline; one pull a run serves every workload of a row, each timed as pull + unpack +
