@@ -86,6 +86,12 @@ func RemoteOptions(ctx context.Context, opts ...Option) []ggcrremote.Option {
 // client, whose handshake (a ping and a token with pull scope) was made
 // once, by Resolve say: ggcr then does not ping the registry again. Only
 // for reads: a push needs push scope, which that token lacks.
+//
+// ggcr skips its handshake only for the transport.Wrapper the handshake
+// returned, not for the cache's wrapper around it (forgetRefused), so it
+// gets the handshake's own: a refusal of ggcr's reads does not make the
+// cache forget the client, the operation's own requests on it (Resolve's,
+// made just before) do.
 func PullOptions(ctx context.Context, repo name.Repository, opts ...Option) []ggcrremote.Option {
 	ro := RemoteOptions(ctx, opts...)
 	o := makeOptions(opts...)
@@ -96,7 +102,7 @@ func PullOptions(ctx context.Context, repo name.Repository, opts ...Option) []gg
 	if err != nil {
 		return ro // ggcr makes its own handshake, and reports its failure
 	}
-	return append(ro, ggcrremote.WithTransport(c.registry.Transport))
+	return append(ro, ggcrremote.WithTransport(c.authed))
 }
 
 // repository re-creates repo's registry as insecure when it was listed by
@@ -160,6 +166,8 @@ type client struct {
 	repo     name.Repository
 	registry *http.Client
 	direct   *http.Client
+	// authed is the handshake's transport, which registry's wraps.
+	authed http.RoundTripper
 }
 
 func newClient(ctx context.Context, repo name.Repository, o *options, scopes ...string) (*client, error) {
@@ -193,7 +201,8 @@ func dialClient(ctx context.Context, repo name.Repository, o *options, scopes ..
 	}
 	host := repo.RegistryStr()
 	return &client{
-		repo: repo,
+		repo:   repo,
+		authed: rt,
 		registry: &http.Client{Transport: rt, CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxRedirects {
 				return errors.New("stopped after 10 redirects")

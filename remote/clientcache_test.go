@@ -3,12 +3,14 @@ package remote_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -124,5 +126,36 @@ func TestClientCacheForgetsRefusedCredentials(t *testing.T) {
 	}
 	if err := open(); err != nil { // the good client is kept
 		t.Fatal(err)
+	}
+}
+
+// TestPullOptionsShareHandshake: ggcr reading with PullOptions after a
+// reader made the handshake pings the registry no more.
+func TestPullOptionsShareHandshake(t *testing.T) {
+	var pc *pingCounter
+	f := newBlobFixture(t, 64<<10, nil, func(h http.Handler) http.Handler {
+		pc = &pingCounter{next: h}
+		return pc
+	})
+	cache := remote.NewClientCache()
+	f.readCheck(t, f.reader(t, remote.WithClientCache(cache)), 0, 100)
+	for range 2 {
+		opts := remote.PullOptions(t.Context(), f.repo, anonymous, remote.WithClientCache(cache))
+		l, err := ggcrremote.Layer(f.repo.Digest(f.dgst.String()), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(b, f.data) {
+			t.Fatalf("ggcr read %d bytes, %v", len(b), err)
+		}
+	}
+	if got := pc.pings.Load(); got != 1 {
+		t.Errorf("a reader and two ggcr reads sharing a cache pinged %d times, want 1", got)
 	}
 }
