@@ -122,7 +122,11 @@ func (r *runner) measureDockerfile(ctx context.Context, sname string, img imageS
 	}
 	sys := r.dockerfileSystem(sname, dir)
 	defer func() {
-		if err := errors.Join(sys.Teardown(context.WithoutCancel(ctx)), resetDir(dir)); err != nil {
+		err := sys.Teardown(context.WithoutCancel(ctx))
+		// As the build steps' (see measureBuild).
+		keepFile(filepath.Join(dir, "root", "daemon.log"),
+			filepath.Join(r.o.work, "logs", fmt.Sprintf("%s-%s-%s-%s-%d.daemon.log", profile, img.Name, df.Name, sname, run)))
+		if err := errors.Join(err, resetDir(dir)); err != nil {
 			r.log.Warn("Dockerfile build teardown", "system", sname, "err", err)
 		}
 	}()

@@ -396,6 +396,10 @@ func (r *runner) saveLog(res result) {
 		return
 	}
 	name := fmt.Sprintf("%s-%s-%s-%s-%d.json", res.Profile, res.Image, res.Workload, res.System, res.Run)
+	if res.State != "" && res.State != "cold" {
+		// A rebuild after a cold build must not overwrite its log.
+		name = fmt.Sprintf("%s-%s-%s-%s-%s-%d.json", res.Profile, res.Image, res.Workload, res.System, res.State, res.Run)
+	}
 	if err := writeJSON(filepath.Join(dir, name), r.px.Stats().Log); err != nil {
 		r.log.Warn("request log", "err", err)
 	}
