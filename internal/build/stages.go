@@ -173,6 +173,9 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 			return nil, err
 		}
 		st.image, st.base, st.config = prev.image, prev.base, *prev.config.DeepCopy()
+		// Its build arguments too, as BuildKit's stages inherit them
+		// (buildah 1.28's do not).
+		st.args = slices.Clone(prev.args)
 		// The base stage's ONBUILD instructions run first here, as
 		// BuildKit and buildah run them; its config does not pass them on.
 		st.config.Config.OnBuild = nil
