@@ -241,6 +241,17 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 			err = cerr
 		}
 	}()
+	// The steps that completed are cached even when a later one fails or
+	// the push does, as BuildKit caches them: the build run again after a
+	// fix starts at the step that failed.
+	defer func() {
+		if b.cache == nil {
+			return
+		}
+		if serr := b.cache.save(); serr != nil {
+			b.o.Log("warning: saving the build cache: " + serr.Error())
+		}
+	}()
 	// --no-cache uses no entry of the cache but still fills it, as
 	// docker build does: the next build finds what this one made.
 	if b.cache, err = openCache(filepath.Join(st.Root, "build")); err != nil {
@@ -266,11 +277,6 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	b.res.Digest = digest.Digest(final.image[strings.LastIndex(final.image, "@")+1:])
 	if err := b.publish(ctx); err != nil {
 		return nil, err
-	}
-	if b.cache != nil {
-		if err := b.cache.save(); err != nil {
-			b.o.Log("warning: saving the build cache: " + err.Error())
-		}
 	}
 	return &b.res, nil
 }

@@ -224,6 +224,17 @@ func TestBuildErrors(t *testing.T) {
 			}
 		})
 	}
+	// The steps before a failing one are cached, as BuildKit caches them:
+	// run again, the build starts at the step that failed.
+	for range 2 {
+		_, stderr, err := b.build(t, dir, df("Dockerfile.fail")...)
+		if err == nil {
+			t.Fatalf("the failing build succeeded:\n%s", stderr)
+		}
+		if n := strings.Count(stderr, "  cached: "); n != 1 {
+			t.Errorf("a failing build run again took %d steps from the cache, want the 1 before the failing RUN:\n%s", n, stderr)
+		}
+	}
 }
 
 // TestBuildLazyOnBigBase builds FROM a base with a 200 MiB layer, with
