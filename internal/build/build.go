@@ -394,6 +394,37 @@ func (b *builder) stageRef(name string, before int) int {
 	return -1
 }
 
+// sourceStage returns the stage a COPY --from or a RUN mount's from=
+// names in stage before, or -1 for an image. As in BuildKit, a name or
+// an index of a stage (stage names start with a letter) that is not an
+// earlier one is an error, and so is an index that is no stage's.
+func (b *builder) sourceStage(from string, before int, kind string) (int, error) {
+	j := -1
+	if n, err := strconv.Atoi(from); err == nil {
+		if n < 0 || n >= len(b.stages) {
+			return -1, fmt.Errorf("invalid stage index %d", n)
+		}
+		j = n
+	} else if i, ok := instructions.HasStage(b.stages, from); ok {
+		j = i
+	}
+	switch {
+	case j == before:
+		return -1, fmt.Errorf("circular dependency detected on stage: %s", b.stageName(before))
+	case j > before:
+		return -1, fmt.Errorf("cannot %s stage %q, it needs to be defined before current stage %q", kind, from, b.stageName(before))
+	}
+	return j, nil
+}
+
+// stageName is stage i's name, or its index when it has none.
+func (b *builder) stageName(i int) string {
+	if n := b.stages[i].Name; n != "" {
+		return n
+	}
+	return strconv.Itoa(i)
+}
+
 // runNeeded runs stage target and the stages it depends on that have not
 // run yet.
 func (b *builder) runNeeded(ctx context.Context, target int) error {
@@ -443,8 +474,12 @@ func (b *builder) needed(target int) ([]int, error) {
 			cmds = append(slices.Clip(b.triggers[i]), cmds...)
 		}
 		for _, cmd := range cmds {
-			for _, from := range sourcesOf(cmd) {
-				if j := b.stageRef(from, i); j >= 0 {
+			for _, src := range sourcesOf(cmd) {
+				j, err := b.sourceStage(src.from, i, src.kind)
+				if err != nil {
+					return fmt.Errorf("%w: %s:%d: %v", ErrBuild, b.o.DockerfileName, line(cmd.Location()), err)
+				}
+				if j >= 0 {
 					if err := visit(j); err != nil {
 						return err
 					}

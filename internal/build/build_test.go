@@ -60,11 +60,9 @@ FROM scratch AS b
 COPY --from=a / /
 FROM scratch AS unused
 FROM b AS c
-RUN --mount=type=bind,from=d,target=/x true
+RUN --mount=type=bind,from=a,target=/x true
 FROM scratch AS d
 `, nil)
-	// d comes after c: a stage may only use earlier ones, so d is no
-	// dependency of c.
 	target, err := b.targetStage()
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +81,21 @@ FROM scratch AS d
 	}
 	if want := []int{0, 1, 3}; !equalInts(got, want) {
 		t.Errorf("needed %v, want %v", got, want)
+	}
+	// A source that is no earlier stage is an error, as in BuildKit; a
+	// name that is no stage's is an image.
+	for _, c := range []struct{ df, want string }{
+		{"FROM scratch AS a\nCOPY --from=a / /\n", "Dockerfile:2: circular dependency detected on stage: a"},
+		{"FROM scratch\nCOPY --from=0 / /\n", "circular dependency detected on stage: 0"},
+		{"FROM scratch\nCOPY --from=5 / /\n", "Dockerfile:2: invalid stage index 5"},
+		{"FROM scratch AS a\nCOPY --from=b / /\nFROM scratch AS b\n", `Dockerfile:2: cannot copy from stage "b", it needs to be defined before current stage "a"`},
+		{"FROM scratch\nCOPY --from=1 / /\nFROM scratch\n", `cannot copy from stage "1", it needs to be defined before current stage "0"`},
+		{"FROM scratch AS a\nRUN --mount=from=B,target=/x true\nFROM scratch AS b\n", `Dockerfile:2: cannot mount from stage "B", it needs to be defined before current stage "a"`},
+	} {
+		b := parsed(t, c.df, nil)
+		if _, err := b.needed(0); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.df, err, c.want)
+		}
 	}
 	b.o.Target = "nope"
 	if _, err := b.targetStage(); err == nil || !strings.Contains(err.Error(), `target stage "nope" not found`) {

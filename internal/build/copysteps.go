@@ -30,7 +30,12 @@ func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (
 		return b.o.Context, "context", nil
 	}
 	var image string
-	if j := b.stageRef(from, st.idx); j >= 0 {
+	// needed checked every source of the stage's steps already.
+	j, err := b.sourceStage(from, st.idx, kindCopy)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %v", ErrBuild, err)
+	}
+	if j >= 0 {
 		if b.done[j] == nil {
 			// Named by a base image's ONBUILD trigger: not known
 			// to be needed before the base was resolved.
@@ -45,11 +50,11 @@ func (b *builder) sourceRoot(ctx context.Context, st *stageState, from string) (
 		image = src.image
 	} else {
 		if _, err := name.ParseReference(from); err != nil {
-			return "", "", fmt.Errorf("%w: --from=%s is neither an earlier stage nor an image reference", ErrBuild, from)
+			return "", "", fmt.Errorf("%w: --from=%s is neither a stage nor an image reference", ErrBuild, from)
 		}
 		r, err := b.cl.Resolve(ctx, daemon.ResolveRequest{Ref: from, Platform: st.platform, Insecure: b.o.Insecure})
 		if err != nil {
-			return "", "", fmt.Errorf("--from=%s is neither an earlier stage nor an image: %w", from, err)
+			return "", "", fmt.Errorf("--from=%s is neither a stage nor an image: %w", from, err)
 		}
 		image = r.Ref
 	}

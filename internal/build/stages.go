@@ -50,22 +50,30 @@ func predefinedArg(k string) bool {
 }
 
 // sourcesOf are the stages or images a command reads from.
-func sourcesOf(cmd instructions.Command) []string {
-	var out []string
+func sourcesOf(cmd instructions.Command) []source {
+	var out []source
 	switch c := cmd.(type) {
 	case *instructions.CopyCommand:
 		if c.From != "" {
-			out = append(out, c.From)
+			out = append(out, source{c.From, kindCopy})
 		}
 	case *instructions.RunCommand:
 		for _, m := range instructions.GetMounts(c) {
 			if m.From != "" {
-				out = append(out, m.From)
+				out = append(out, source{m.From, kindMount})
 			}
 		}
 	}
 	return out
 }
+
+// source is a stage or image a step reads, and how (for messages).
+type source struct{ from, kind string }
+
+const (
+	kindCopy  = "copy from"
+	kindMount = "mount from"
+)
 
 // setVar sets k in env (K=V entries), replacing an earlier value.
 func setVar(env []string, k, v string) []string {

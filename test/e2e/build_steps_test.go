@@ -200,6 +200,7 @@ func TestBuildErrors(t *testing.T) {
 		{"missing context file", df("Dockerfile.missing"), []string{"Dockerfile.missing:4", "not-in-the-context.txt"}},
 		{"failing RUN", df("Dockerfile.fail"), []string{"about to fail", "Dockerfile.fail:4", "exit 3", "status 3"}},
 		{"unknown stage", append(df("Dockerfile.stages"), "--target", "nosuch"), []string{`"nosuch"`, "not found"}},
+		{"stage defined later", df("Dockerfile.later"), []string{"Dockerfile.later:3", `cannot copy from stage "later", it needs to be defined before current stage "first"`}},
 		{"build-arg without a name", append(df("Dockerfile.stages"), "--build-arg", "=oops"), []string{`"=oops"`}},
 		{"build-arg with a space", append(df("Dockerfile.stages"), "--build-arg", "TWO WORDS=1"), []string{`"TWO WORDS=1"`}},
 	} {
