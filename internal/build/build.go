@@ -59,8 +59,8 @@ type Options struct {
 	Record, RecordPush bool
 	Runtime            string // OCI runtime for RUN steps
 	Quiet              bool   // no step lines and no RUN output (shown when a RUN fails)
-	// Signals are passed to a RUN's command (see run.NotifySignals): ^C
-	// ends the command, and so the build.
+	// Signals are passed to a RUN's command (see run.NotifySignals); a
+	// build interrupted by its caller ends ctx, which stops the command.
 	Signals <-chan os.Signal
 	// Stdout gets RUN output; Log gets a line per step and warnings;
 	// Progress (default Log) gets the push's progress lines, which a

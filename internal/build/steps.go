@@ -98,9 +98,17 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 		tail = &tailBuffer{max: 16 << 10}
 		o.Stdout, o.Stderr = tail, tail
 	}
-	code, err := steprun.Run(context.WithoutCancel(ctx), o)
+	// ctx ends with the build's first SIGINT or SIGTERM: the step is
+	// killed then and the build ends, as docker build's first ^C does
+	// (a command that is the container's first process ignores a signal
+	// it has no handler for, so relaying it alone could leave the build
+	// waiting for the step).
+	code, err := steprun.Run(ctx, o)
 	unlock()
 	if err != nil {
+		if ctx.Err() != nil {
+			return &StepError{Err: fmt.Errorf("%w: the build was interrupted: the step was stopped", context.Cause(ctx))}
+		}
 		return err
 	}
 	if code != 0 {

@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -356,4 +358,83 @@ func TestBuildRunsBaseImageTriggers(t *testing.T) {
 			t.Errorf("a failed build pushed %s", ref)
 		}
 	})
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while a process writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestBuildInterrupted sends SIGINT to `strata build` while a RUN step runs
+// a command that ignores it (the container's first process): the step is
+// stopped at once and the build ends saying so, as docker build's first
+// ^C does, leaving no container process and no mount; SIGTERM the same.
+func TestBuildInterrupted(t *testing.T) {
+	b := startBuildBench(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			// A sleep no other test runs, to find it.
+			marker := fmt.Sprintf("sleep %d", 3000+int(sig))
+			must(t, os.WriteFile(filepath.Join(dir, "Dockerfile"),
+				[]byte("ARG BASE\nFROM $BASE\nRUN echo step-started; "+marker+"\n"), 0o644))
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, b.bin, "build", "--socket", b.d.cfg.Socket, "--root", b.d.cfg.Root,
+				"--build-arg", "BASE="+b.base, dir)
+			var stderr lockedBuffer
+			cmd.Stderr = &stderr
+			must(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			started := false
+			for range 600 {
+				if strings.Contains(stderr.String(), "\nstep-started\n") {
+					started = true
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if !started {
+				cmd.Process.Kill()
+				<-exited
+				t.Fatalf("the RUN step did not start within a minute:\n%s", stderr.String())
+			}
+			must(t, cmd.Process.Signal(sig))
+			select {
+			case err := <-exited:
+				if err == nil {
+					t.Errorf("the interrupted build succeeded:\n%s", stderr.String())
+				}
+			case <-time.After(time.Minute):
+				// The step's command would take 50 minutes.
+				cmd.Process.Kill()
+				<-exited
+				t.Fatalf("a minute after %v the build still waited for its step:\n%s", sig, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "the build was interrupted") {
+				t.Errorf("the message does not say the build was interrupted:\n%s", stderr.String())
+			}
+			if out, _ := exec.Command("pgrep", "-f", marker).Output(); len(out) > 0 {
+				exec.Command("pkill", "-9", "-f", marker).Run()
+				t.Errorf("the step's command is still running after the build ended: pids %s", out)
+			}
+			if m, _ := kmount.Under(filepath.Join(b.d.cfg.Root, "build")); len(m) > 0 {
+				t.Errorf("the interrupted build left mounts: %v", m)
+			}
+		})
+	}
 }
