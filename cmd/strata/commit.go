@@ -139,5 +139,8 @@ func sourceDateEpoch(flag string) (*int64, error) {
 	if err != nil || n < 0 {
 		return nil, fmt.Errorf("source date epoch %q: want whole seconds since 1970", flag)
 	}
+	if err := daemon.CheckSourceDateEpoch(n); err != nil {
+		return nil, err
+	}
 	return &n, nil
 }

@@ -290,6 +290,9 @@ func (b *builder) setTime() error {
 			if err != nil || n < 0 {
 				return fmt.Errorf("%w: build argument SOURCE_DATE_EPOCH=%q: want whole seconds since 1970", ErrBuild, v)
 			}
+			if err := daemon.CheckSourceDateEpoch(n); err != nil {
+				return fmt.Errorf("%w: build argument SOURCE_DATE_EPOCH: %v", ErrBuild, err)
+			}
 			sde = &n
 			b.used["SOURCE_DATE_EPOCH"] = true
 		}

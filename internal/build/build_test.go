@@ -439,3 +439,17 @@ func TestStartIntervalWarned(t *testing.T) {
 		t.Errorf("logged %q, want a warning naming --start-interval", logged)
 	}
 }
+
+// A SOURCE_DATE_EPOCH an image config cannot carry is refused.
+func TestSourceDateEpochBounds(t *testing.T) {
+	for v, ok := range map[string]bool{"0": true, "253402300799": true, "253402300800": false, "99999999999999": false, "-5": false, "x": false} {
+		b := parsed(t, "FROM scratch\n", map[string]string{"SOURCE_DATE_EPOCH": v})
+		err := b.setTime()
+		if ok != (err == nil) {
+			t.Errorf("SOURCE_DATE_EPOCH=%s: %v", v, err)
+		}
+		if v == "99999999999999" && (err == nil || !strings.Contains(err.Error(), "year 9999")) {
+			t.Errorf("SOURCE_DATE_EPOCH=%s: %v, want the bound said", v, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -156,7 +157,8 @@ type CommitRequest struct {
 	Changes          []string `json:"changes,omitempty"` // Dockerfile-style config changes
 	Docker           bool     `json:"docker,omitempty"`  // Docker v2 schema 2 instead of OCI
 	// SourceDateEpoch, in seconds, clamps the new layer's mtimes and sets
-	// the config's and the new history entry's times.
+	// the config's and the new history entry's times (see
+	// CheckSourceDateEpoch).
 	SourceDateEpoch *int64 `json:"sourceDateEpoch,omitempty"`
 	Insecure        bool   `json:"insecure,omitempty"` // plain HTTP to Ref's registry
 
@@ -323,4 +325,17 @@ type Status struct {
 
 type apiError struct {
 	Error string `json:"error"`
+}
+
+// MaxSourceDateEpoch is the last second an image config's RFC 3339 time
+// can hold: 9999-12-31T23:59:59Z.
+const MaxSourceDateEpoch = 253402300799
+
+// CheckSourceDateEpoch refuses a source date epoch an image cannot carry:
+// before 1970 or after year 9999.
+func CheckSourceDateEpoch(n int64) error {
+	if n < 0 || n > MaxSourceDateEpoch {
+		return fmt.Errorf("source date epoch %d: want whole seconds from 1970 to the end of year 9999 (%d)", n, MaxSourceDateEpoch)
+	}
+	return nil
 }
