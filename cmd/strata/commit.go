@@ -55,7 +55,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&req.CompressionLevel, "compression-level", 0, "compression level (default: the format's)")
 	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by (default: the commands run in DIR)")
 	fs.StringVar(&req.Author, "author", "", "author of the new image and history entry")
-	fs.StringArrayVarP(&req.Changes, "change", "c", nil, "Dockerfile-style config change: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL (repeatable)")
+	fs.StringArrayVarP(&req.Changes, "change", "c", nil, "Dockerfile-style config change: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable)")
 	fs.BoolVar(&req.Docker, "docker", false, "Docker v2 schema 2 manifest and config instead of OCI (with --format gzip or uncompressed: eStargz and zstd layers have no Docker form)")
 	sde := fs.String("source-date-epoch", "", "clamp the new layer's times and set the image's creation time to these seconds since 1970 (default $SOURCE_DATE_EPOCH)")
 	fs.StringVar(&req.OCILayout, "oci-layout", "", "also write the image to the OCI image layout PATH[:TAG]")

@@ -70,6 +70,7 @@ const MaxExposedPorts = 65535
 var supported = []string{
 	command.Cmd, command.Entrypoint, command.Env, command.Workdir, command.User,
 	command.Label, command.Expose, command.Volume, command.StopSignal,
+	command.Healthcheck, command.Onbuild,
 }
 
 // Change edits an image config: one --change line, parsed.
@@ -274,6 +275,12 @@ func (c Change) applyWith(cfg *v1.Config, st *applyState, env []string) error {
 		err = applyExpose(cfg, cmd.Ports, x)
 	case *instructions.StopSignalCommand:
 		err = applyStopSignal(cfg, cmd.Signal, x)
+	case *instructions.HealthCheckCommand:
+		err = applyHealthcheck(cfg, cmd)
+	case *instructions.OnbuildCommand:
+		// Kept as written: the trigger is expanded when a build FROM
+		// the image runs it.
+		cfg.OnBuild = append(slices.Clip(cfg.OnBuild), cmd.Expression)
 	default:
 		err = fmt.Errorf("instruction %s not supported", c.Name())
 	}

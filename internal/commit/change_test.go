@@ -3,9 +3,11 @@ package commit
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -249,7 +251,9 @@ func TestParseChangeRefuses(t *testing.T) {
 		{"FROM scratch", "not supported"},
 		{"ADD a b", "not supported"},
 		{"SHELL [\"/bin/bash\"]", "not supported"},
-		{"HEALTHCHECK NONE", "not supported"},
+		{"ONBUILD ONBUILD RUN x", "Chaining ONBUILD"},
+		{"ONBUILD FROM x", "isn't allowed as an ONBUILD trigger"},
+		{"HEALTHCHECK --interval=x CMD true", "interval"},
 		{"FOO bar", "unknown instruction"},
 		{"CMD", "no command"},
 		{"ENTRYPOINT", "no command"},
@@ -343,5 +347,38 @@ func TestZeroChangeAndNilConfig(t *testing.T) {
 	}
 	if err := ApplyChanges(nil, nil); err == nil {
 		t.Error("ApplyChanges to a nil config succeeded")
+	}
+}
+
+// HEALTHCHECK and ONBUILD, which docker commit --change takes too.
+func TestChangeHealthcheckOnbuild(t *testing.T) {
+	cfg := v1.Config{OnBuild: []string{"RUN first"}}
+	var changes []Change
+	for _, l := range []string{"HEALTHCHECK --interval=5s --retries=2 CMD curl -f http://localhost/ || exit 1", "ONBUILD RUN echo $HOME", "onbuild COPY . /app"} {
+		c, err := ParseChange(l)
+		if err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		changes = append(changes, c)
+	}
+	if err := ApplyChanges(&cfg, changes); err != nil {
+		t.Fatal(err)
+	}
+	h := cfg.Healthcheck
+	if h == nil || h.Interval != 5*time.Second || h.Retries != 2 || !slices.Equal(h.Test, []string{"CMD-SHELL", "curl -f http://localhost/ || exit 1"}) {
+		t.Errorf("health check %+v", h)
+	}
+	if want := []string{"RUN first", "RUN echo $HOME", "COPY . /app"}; !slices.Equal(cfg.OnBuild, want) {
+		t.Errorf("OnBuild %q, want %q", cfg.OnBuild, want)
+	}
+	c, err := ParseChange("HEALTHCHECK NONE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Apply(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Healthcheck; h == nil || !slices.Equal(h.Test, []string{"NONE"}) {
+		t.Errorf("HEALTHCHECK NONE gave %+v", h)
 	}
 }

@@ -28,8 +28,8 @@ func NewStage(escape rune) Stage {
 }
 
 // Apply edits cfg as cmd does. args are the stage's build arguments in
-// scope (K=V). Besides what a --change line may say, it takes HEALTHCHECK,
-// SHELL and ONBUILD, kept where Docker keeps them. On error cfg is
+// scope (K=V). Besides what a --change line may say, it takes SHELL,
+// kept where Docker keeps it. On error cfg is
 // unchanged; the error says which instruction.
 func (s *Stage) Apply(cfg *v1.Config, cmd instructions.Command, args []string) error {
 	if cfg == nil {
@@ -43,12 +43,8 @@ func (s *Stage) Apply(cfg *v1.Config, cmd instructions.Command, args []string) e
 	}
 	var err error
 	switch c := cmd.(type) {
-	case *instructions.HealthCheckCommand:
-		err = applyHealthcheck(work, c)
 	case *instructions.ShellCommand:
 		work.Shell = slices.Clone(c.Shell)
-	case *instructions.OnbuildCommand:
-		work.OnBuild = append(slices.Clip(work.OnBuild), c.Expression)
 	default:
 		ch := Change{cmd: cmd, line: cmd.Name()}
 		if err = ch.applyWith(work, &s.st, env); err != nil {

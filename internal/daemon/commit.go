@@ -314,7 +314,7 @@ func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit
 	// Refused before the layer is written, not after: what a Docker
 	// descriptor cannot name (commit.Build says it again).
 	if c.req.Docker && format != snapshotter.FormatGzip && format != snapshotter.FormatUncompressed {
-		return nil, fmt.Errorf("%w: %w: a %s layer needs annotations or a media type a Docker descriptor has no place for; use --format gzip or uncompressed, or OCI form",
+		return nil, fmt.Errorf("%w: %w: the %s layer needs annotations or a media type a Docker descriptor has no place for; use --format gzip or uncompressed, or OCI form",
 			errdefs.ErrInvalidArgument, commit.ErrDockerCannotCarry, format)
 	}
 	var made *snapshotter.Layer
