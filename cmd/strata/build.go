@@ -373,11 +373,14 @@ func runPrune(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := df.resolve(); err != nil {
 		return err
 	}
-	n, err := build.PruneCache(df.root)
+	n, busy, err := build.PruneCache(df.root)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "build cache emptied (%d entries)\n", n)
+	if busy > 0 {
+		fmt.Fprintf(stdout, "%d RUN --mount=type=cache directories kept: a running build uses them\n", busy)
+	}
 	return nil
 }
 

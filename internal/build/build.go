@@ -130,6 +130,7 @@ func clip(s string, n int) string {
 
 // builder is one build in progress.
 type builder struct {
+	held    []func() // releases the cache mounts' locks (holdCacheMount)
 	cl      *daemon.Client
 	o       Options
 	root    string // the daemon's state root

@@ -226,9 +226,21 @@ func TestCacheSurvivesAndMerges(t *testing.T) {
 			t.Errorf("%s lost: builds at once must merge their entries", k)
 		}
 	}
-	n, err := PruneCache(root)
-	if err != nil || n != 2 {
-		t.Fatalf("prune: %d entries, %v", n, err)
+	// Two cache mount directories, one held by a running build.
+	mounts := filepath.Join(dir, cacheMountsDir)
+	held, free := filepath.Join(mounts, "held"), filepath.Join(mounts, "free")
+	for _, d := range []string{held, free} {
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release, err := holdCacheMount(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, busy, err := PruneCache(root)
+	if err != nil || n != 2 || busy != 1 {
+		t.Fatalf("prune: %d entries, %d busy, %v", n, busy, err)
 	}
 	c4, err := openCache(dir)
 	if err != nil {
@@ -236,6 +248,19 @@ func TestCacheSurvivesAndMerges(t *testing.T) {
 	}
 	if len(c4.entries) != 0 {
 		t.Errorf("%d entries after prune", len(c4.entries))
+	}
+	if _, err := os.Stat(filepath.Join(held, "sub")); err != nil {
+		t.Errorf("prune removed a cache mount a running build holds: %v", err)
+	}
+	if _, err := os.Stat(free); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("prune left a cache mount nobody holds: %v", err)
+	}
+	release()
+	if _, busy, err := PruneCache(root); err != nil || busy != 0 {
+		t.Fatalf("prune once released: %d busy, %v", busy, err)
+	}
+	if _, err := os.Stat(held); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("prune left a released cache mount: %v", err)
 	}
 }
 

@@ -125,28 +125,89 @@ func trim(entries map[string]cacheEntry, max int) {
 }
 
 // PruneCache empties the build cache of the state root root and the
-// directories of RUN --mount=type=cache, and says how many entries went.
-func PruneCache(root string) (int, error) {
+// directories of RUN --mount=type=cache, and says how many cache entries
+// went and how many cache directories a running build holds (see
+// holdCacheMount): those are kept, as BuildKit's prune keeps what is in use.
+func PruneCache(root string) (entries, busy int, err error) {
 	dir := filepath.Join(root, "build")
 	unlock, err := lockFile(filepath.Join(dir, cacheFile+".lock"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
+			return 0, 0, nil
 		}
-		return 0, err
+		return 0, 0, err
 	}
 	defer unlock()
-	entries, err := readCache(filepath.Join(dir, cacheFile))
+	cached, err := readCache(filepath.Join(dir, cacheFile))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := os.Remove(filepath.Join(dir, cacheFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return 0, err
+		return 0, 0, err
 	}
-	if err := os.RemoveAll(filepath.Join(dir, "cache-mounts")); err != nil {
-		return 0, err
+	mounts := filepath.Join(dir, cacheMountsDir)
+	des, err := os.ReadDir(mounts)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, 0, err
 	}
-	return len(entries), nil
+	for _, de := range des {
+		if !de.IsDir() {
+			continue
+		}
+		p := filepath.Join(mounts, de.Name())
+		release, ok, err := tryLockFile(p + ".lock")
+		if err != nil {
+			return 0, 0, err
+		}
+		if !ok {
+			busy++
+			continue
+		}
+		err = os.RemoveAll(p)
+		if err == nil {
+			err = os.Remove(p + ".lock")
+		}
+		release()
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	return len(cached), busy, nil
+}
+
+// cacheMountsDir holds, under the state root's build directory, the
+// directories of RUN --mount=type=cache, each with a lock file beside it.
+const cacheMountsDir = "cache-mounts"
+
+// holdCacheMount takes a shared lock on the lock file of the cache
+// directory dir, held until release: PruneCache leaves a held directory.
+func holdCacheMount(dir string) (release func(), err error) {
+	f, err := os.OpenFile(dir+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// tryLockFile takes an exclusive lock on path without waiting: ok is
+// false when another holds it.
+func tryLockFile(path string) (release func(), ok bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return func() { f.Close() }, true, nil
 }
 
 func lockFile(path string) (func(), error) {

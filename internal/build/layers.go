@@ -322,6 +322,10 @@ func (b *builder) sweep(ctx context.Context) {
 
 // cleanup unmounts what the build mounted and removes its directory.
 func (b *builder) cleanup(ctx context.Context) error {
+	for _, release := range b.held {
+		release()
+	}
+	b.held = nil
 	var errs []error
 	// rw bind mounts' overlays first: their lower may be a mount below.
 	for _, dir := range slices.Backward(b.kmounts) {

@@ -323,12 +323,18 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			}
 			mode, uid, gid := ownership(m, 0o755)
 			sum := sha256.Sum256([]byte(cacheID))
-			dir := filepath.Join(b.root, "build", "cache-mounts", hex.EncodeToString(sum[:12]))
+			dir := filepath.Join(b.root, "build", cacheMountsDir, hex.EncodeToString(sum[:12]))
 			spec := "type=bind,source=" + dir + ",target=" + target
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
 				if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 					return steprun.Mount{}, err
 				}
+				// Held until the build ends: a prune meanwhile keeps it.
+				release, err := holdCacheMount(dir)
+				if err != nil {
+					return steprun.Mount{}, err
+				}
+				b.held = append(b.held, release)
 				if err := os.Mkdir(dir, os.FileMode(mode)&os.ModePerm); err == nil {
 					if seed != nil {
 						if err := seed(dir); err != nil {
