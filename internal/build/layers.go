@@ -180,7 +180,9 @@ func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
 		// is made, nor when it comes from the cache.
 		b.res.Cached++
 		if !b.o.Quiet {
-			b.o.Log("  cached: " + ref)
+			// The image is in the store only: its digest, not a reference
+			// the FROM image's registry would answer for.
+			b.o.Log("  cached: " + ref[strings.LastIndex(ref, "@")+1:])
 		}
 	}
 	return true
