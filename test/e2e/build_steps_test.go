@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -360,24 +359,6 @@ func TestBuildRunsBaseImageTriggers(t *testing.T) {
 	})
 }
 
-// lockedBuffer is a bytes.Buffer safe to read while a process writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestBuildInterrupted sends SIGINT to `strata build` while a RUN step runs
 // a command that ignores it (the container's first process): the step is
 // stopped at once and the build ends saying so, as docker build's first
@@ -395,7 +376,7 @@ func TestBuildInterrupted(t *testing.T) {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, b.bin, "build", "--socket", b.d.cfg.Socket, "--root", b.d.cfg.Root,
 				"--build-arg", "BASE="+b.base, dir)
-			var stderr lockedBuffer
+			var stderr logBuffer // read while the build writes it
 			cmd.Stderr = &stderr
 			must(t, cmd.Start())
 			exited := make(chan error, 1)
