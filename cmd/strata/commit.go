@@ -136,7 +136,7 @@ func sourceDateEpoch(flag string) (*int64, error) {
 		return nil, nil
 	}
 	n, err := strconv.ParseInt(flag, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil {
 		return nil, fmt.Errorf("source date epoch %q: want whole seconds since 1970", flag)
 	}
 	if err := daemon.CheckSourceDateEpoch(n); err != nil {

@@ -288,7 +288,7 @@ func (b *builder) setTime() error {
 	if sde == nil {
 		if v, ok := b.o.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
 			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 0 {
+			if err != nil {
 				return fmt.Errorf("%w: build argument SOURCE_DATE_EPOCH=%q: want whole seconds since 1970", ErrBuild, v)
 			}
 			if err := daemon.CheckSourceDateEpoch(n); err != nil {

@@ -155,7 +155,7 @@ func PruneCache(root string) (entries, busy int, err error) {
 			continue
 		}
 		p := filepath.Join(mounts, de.Name())
-		release, ok, err := tryLockFile(p + ".lock")
+		release, ok, err := flockFile(p+".lock", unix.LOCK_EX|unix.LOCK_NB)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -163,10 +163,9 @@ func PruneCache(root string) (entries, busy int, err error) {
 			busy++
 			continue
 		}
+		// The lock file stays: a build waiting on it must lock the file
+		// the next prune looks at, not one unlinked under it.
 		err = os.RemoveAll(p)
-		if err == nil {
-			err = os.Remove(p + ".lock")
-		}
 		release()
 		if err != nil {
 			return 0, 0, err
@@ -182,42 +181,29 @@ const cacheMountsDir = "cache-mounts"
 // holdCacheMount takes a shared lock on the lock file of the cache
 // directory dir, held until release: PruneCache leaves a held directory.
 func holdCacheMount(dir string) (release func(), err error) {
-	f, err := os.OpenFile(dir+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
-	}
-	return func() { f.Close() }, nil
+	release, _, err = flockFile(dir+".lock", unix.LOCK_SH)
+	return release, err
 }
 
-// tryLockFile takes an exclusive lock on path without waiting: ok is
-// false when another holds it.
-func tryLockFile(path string) (release func(), ok bool, err error) {
+func lockFile(path string) (func(), error) {
+	release, _, err := flockFile(path, unix.LOCK_EX)
+	return release, err
+}
+
+// flockFile opens (making it if need be) and flocks path as how says;
+// with LOCK_NB in how, ok is false when another holds a lock that
+// conflicts. release closes it.
+func flockFile(path string, how int) (release func(), ok bool, err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, false, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if how&unix.LOCK_NB != 0 && errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, false, nil
 		}
 		return nil, false, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return func() { f.Close() }, true, nil
-}
-
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }

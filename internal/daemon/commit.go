@@ -43,6 +43,11 @@ type commitStep struct {
 // any point leaves no manifest at the reference, the store consistent and
 // the writable layer untouched.
 func (im *images) commit(ctx context.Context, req CommitRequest, progress func(format string, args ...any)) (*CommitResult, error) {
+	if req.SourceDateEpoch != nil {
+		if err := CheckSourceDateEpoch(*req.SourceDateEpoch); err != nil {
+			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+		}
+	}
 	if req.Dir == "" && req.Image != "" {
 		return im.amend(ctx, req, progress)
 	}
@@ -52,11 +57,6 @@ func (im *images) commit(ctx context.Context, req CommitRequest, progress func(f
 	}
 	if req.Ref == "" && req.OCILayout == "" && !req.Keep {
 		return nil, fmt.Errorf("nowhere to commit to: give a reference or an OCI layout: %w", errdefs.ErrInvalidArgument)
-	}
-	if req.SourceDateEpoch != nil {
-		if err := CheckSourceDateEpoch(*req.SourceDateEpoch); err != nil {
-			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
-		}
 	}
 	// A run whose CLI was killed may have left its container running, with
 	// nobody waiting for it: end it before looking at the run lock.
