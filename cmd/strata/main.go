@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	flag "github.com/spf13/pflag"
+
+	steprun "github.com/stratafs/strata/internal/run"
 )
 
 // command is one subcommand; each lives in its own file.
@@ -53,6 +55,12 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// A run's reaper (the build steps' and strata run's containers end
+	// with the strata process that runs them, even when it is killed).
+	if code, ok := steprun.ReaperMain(args); ok {
+		return code
+	}
+	steprun.EnableReaper()
 	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel()})))
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		if len(args) > 1 {

@@ -45,7 +45,10 @@
 // own process group, so a terminal's ^C is not delivered twice. Cancelling
 // ctx kills the command with SIGKILL. In every case the runtime's container
 // state is deleted (`RUNTIME delete -f`) and the bundle removed before Run
-// returns; the runtime's --root is private to the run, under StateDir.
+// returns; the runtime's --root is private to the run, under StateDir. A
+// caller killed with SIGKILL cannot do that: with EnableReaper, a reaper
+// process (reaper.go) does it as soon as the caller is gone, and Sweep
+// does it for runs whose reaper was killed too.
 //
 // With Options.TTY the command gets a terminal even when the caller's stdio
 // are pipes: Run allocates a pseudo-terminal, gives its slave to the

@@ -88,6 +88,8 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	if err != nil {
 		return -1, err
 	}
+	releaseReaper := func() {}
+	defer func() { releaseReaper() }() // after the state dir is gone: nothing left to reap
 	defer func() {
 		if rerr := removeStateDir(); rerr != nil && err == nil {
 			err = rerr
@@ -95,6 +97,10 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	}()
 	if err := writeOwner(stateDir, rt); err != nil {
 		return -1, fmt.Errorf("run: state dir: %w", err)
+	}
+	if releaseReaper, err = startReaper(stateDir); err != nil {
+		releaseReaper = func() {}
+		return -1, err
 	}
 	root, err := openRoot(o.Rootfs)
 	if err != nil {

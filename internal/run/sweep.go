@@ -127,24 +127,38 @@ func Sweep(stateDir string) ([]string, error) {
 		if !Abandoned(dir) {
 			continue
 		}
-		if rt, err := os.ReadFile(filepath.Join(dir, runtimeFile)); err == nil {
-			// delete --force kills a container that still runs.
-			c := &container{rt: string(rt), id: e.Name(), stateDir: dir}
-			if err := c.delete(); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-		}
-		if err := cleanupSaved(filepath.Join(dir, targetsFile)); err != nil {
-			errs = append(errs, fmt.Errorf("run %s: taking its mount targets away: %w", e.Name(), err))
-		}
-		if err := os.RemoveAll(dir); err != nil {
+		removed, err := sweepRun(dir)
+		if err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		swept = append(swept, e.Name())
+		if removed {
+			swept = append(swept, e.Name())
+		}
 	}
 	return swept, errors.Join(errs...)
+}
+
+// sweepRun ends the abandoned run whose state directory is dir: its
+// container is killed and deleted, the mount targets it made in its rootfs
+// are taken away, and dir is removed (removed says it was, even when
+// taking the targets away failed).
+func sweepRun(dir string) (removed bool, err error) {
+	id := filepath.Base(dir)
+	if rt, err := os.ReadFile(filepath.Join(dir, runtimeFile)); err == nil {
+		// delete --force kills a container that still runs.
+		c := &container{rt: string(rt), id: id, stateDir: dir}
+		if err := c.delete(); err != nil {
+			return false, err
+		}
+	}
+	var errs []error
+	if err := cleanupSaved(filepath.Join(dir, targetsFile)); err != nil {
+		errs = append(errs, fmt.Errorf("run %s: taking its mount targets away: %w", id, err))
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return false, errors.Join(append(errs, err)...)
+	}
+	return true, errors.Join(errs...)
 }
 
 // isYoung reports whether dir was made less than a minute ago.
