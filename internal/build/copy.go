@@ -343,9 +343,24 @@ func newCopyPlan(spec CopySpec) (*copyPlan, error) {
 }
 
 // walker walks directory source s with the plan's excludes, visiting with
-// visit.
+// visit. Under COPY --parents the --exclude patterns see paths from the
+// source's pivot (see parentsPivot), as BuildKit matches them from the
+// directory it copies; otherwise from s itself.
 func (p *copyPlan) walker(ctx context.Context, s *copySource, visit func(n *srcNode, leaving bool) error) *treeWalker {
-	return &treeWalker{ctx: ctx, excl: p.excl, base: s.real, srcExcl: p.srcExcl, visit: visit}
+	w := &treeWalker{ctx: ctx, excl: p.excl, base: s.real, srcExcl: p.srcExcl, visit: visit}
+	if p.Parents {
+		w.srcExclBase = parentsKept(s)
+	}
+	return w
+}
+
+// walk walks directory source s, open as dir, with w.
+func (w *treeWalker) walkSource(dir *os.File) error {
+	_, info, err := matchPath(w.srcExcl, w.srcExclBase)
+	if err != nil {
+		return err
+	}
+	return w.walk(dir, "", info)
 }
 
 // cleanRel clamps p to its tree's root and makes it relative: "../x", "/x"
@@ -497,15 +512,9 @@ func (c *copier) srcDirMode(rel string) (uint32, bool) {
 }
 
 // parentsKept is the path of source s that COPY --parents keeps: its path
-// in SrcRoot, or what follows the last "/./" written in it ("./" at the
-// start is no such pivot).
+// below its pivot (parentsPivot).
 func parentsKept(s *copySource) string {
-	w := "/" + strings.TrimPrefix(s.written, "/")
-	i := strings.LastIndex(w, "/./")
-	if i <= 0 {
-		return s.rel
-	}
-	pivot := cleanRel(w[:i])
+	pivot, _ := parentsPivot(s.written)
 	if pivot == "" {
 		return s.rel
 	}
@@ -516,6 +525,18 @@ func parentsKept(s *copySource) string {
 		return ""
 	}
 	return s.rel
+}
+
+// parentsPivot splits a COPY --parents source as written into its pivot,
+// the directory of SrcRoot the kept paths start from ("" for SrcRoot), and
+// the pattern below it: the source is cut at its first "/./", as BuildKit
+// cuts it; a source without one has SrcRoot as its pivot.
+func parentsPivot(written string) (pivot, pattern string) {
+	parent, pattern, ok := strings.Cut(written, "/./")
+	if !ok {
+		return "", cleanRel(written)
+	}
+	return cleanRel(parent), cleanRel(pattern)
 }
 
 // mkdir opens directory rel of the image, making what is missing.
@@ -621,7 +642,7 @@ func (c *copier) copyTree(ctx context.Context, s *copySource, dest int) error {
 	dir := os.NewFile(uintptr(fd), s.written)
 	defer dir.Close()
 	w := &treeWriter{c: c, stack: []treeDir{{fd: dest}}}
-	if err := c.walker(ctx, s, w.visit).walk(dir, "", patternmatcher.MatchInfo{}); err != nil {
+	if err := c.walker(ctx, s, w.visit).walkSource(dir); err != nil {
 		for _, d := range w.stack[1:] {
 			unix.Close(d.fd)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/moby/patternmatcher"
 	"hash"
 	"io"
 	"os"
@@ -69,7 +68,7 @@ func (p *copyPlan) hashSource(ctx context.Context, h hash.Hash, src *fsRoot, s *
 		}
 		return p.hashEntry(h, n)
 	})
-	return walk.walk(dir, "", patternmatcher.MatchInfo{})
+	return walk.walkSource(dir)
 }
 
 // hashEntry writes one line for n: kind, path, permission bits, content.

@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/patternmatcher"
 	"golang.org/x/sys/unix"
 )
 
@@ -127,6 +129,86 @@ func globIn(fd int, prefix string, patterns []string) ([]string, error) {
 			return nil, err
 		}
 		out = append(out, more...)
+	}
+	return out, nil
+}
+
+// globParents expands pattern, holding wildcards, below directory pivot of
+// r as COPY --parents does: as BuildKit's include pattern of the copy from
+// pivot, in which "**" matches any number of path components, none too,
+// and a directory that matches is taken whole. The tree is walked in name
+// order without following symlinks, into directories only where the
+// pattern may match below. It returns the matches' paths in r, leaving out
+// those excl (the --exclude patterns, matched from pivot) hides.
+func (r *fsRoot) globParents(ctx context.Context, pivot, pattern string, excl *patternmatcher.PatternMatcher) ([]string, error) {
+	pm, err := patternmatcher.New([]string{pattern})
+	if err != nil {
+		return nil, err
+	}
+	fd, err := r.open(pivot, unix.O_RDONLY|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, info, err := matchPath(excl, "")
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	var out []string
+	var walk func(fd int, rel string, info patternmatcher.MatchInfo) error
+	walk = func(fd int, rel string, info patternmatcher.MatchInfo) error {
+		dir := os.NewFile(uintptr(fd), rel)
+		defer dir.Close()
+		names, err := dir.Readdirnames(-1)
+		if err != nil {
+			return err
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p := path.Join(rel, name)
+			excluded, sub := false, info
+			if excl != nil {
+				if excluded, sub, err = excl.MatchesUsingParentResults(p, info); err != nil {
+					return fmt.Errorf("--exclude: %w", err)
+				}
+			}
+			matched, err := pm.MatchesOrParentMatches(p)
+			if err != nil {
+				return err
+			}
+			if !matched && !mayMatchBelow(pattern, p) {
+				continue
+			}
+			dfd, err := openDirAt(fd, name, unix.O_RDONLY)
+			isDir := err == nil
+			switch {
+			case matched && isDir:
+				unix.Close(dfd)
+				// An excluded directory is still copied when an
+				// exception may bring back something below it.
+				if !excluded || excl.Exclusions() {
+					out = append(out, path.Join(pivot, p))
+				}
+			case matched:
+				if !excluded {
+					out = append(out, path.Join(pivot, p))
+				}
+			case isDir:
+				if err := walk(dfd, p, sub); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk(fd, "", info); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

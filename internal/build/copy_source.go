@@ -59,6 +59,22 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 			continue
 		}
 		rel := cleanRel(written)
+		if pivot, pattern := parentsPivot(written); p.Parents && hasWildcards(pattern) && !hasWildcards(pivot) {
+			matches, err := src.globParents(ctx, pivot, pattern, p.srcExcl)
+			if err != nil {
+				return out, fmt.Errorf("%s failed: %s: %w", p.op, written, err)
+			}
+			for _, m := range matches {
+				s, err := p.resolve(ctx, src, m, written)
+				if err != nil {
+					return out, err
+				}
+				if s != nil {
+					out = append(out, s)
+				}
+			}
+			continue
+		}
 		if !hasWildcards(rel) {
 			s, err := p.resolve(ctx, src, rel, written)
 			if err != nil {
@@ -213,6 +229,9 @@ type treeWalker struct {
 	excl    *patternmatcher.PatternMatcher // nil hides nothing
 	base    string                         // the walked directory's path in SrcRoot, the excludes' frame
 	srcExcl *patternmatcher.PatternMatcher // CopySpec.SourceExcludes, matched below the walked directory; nil hides nothing
+	// srcExclBase is the path srcExcl sees for the walked directory ("":
+	// its paths start below it).
+	srcExclBase string
 	visit   func(n *srcNode, leaving bool) error
 	pending []*srcNode // excluded directories walked into and not visited yet
 }
@@ -245,7 +264,7 @@ func (w *treeWalker) walk(dir *os.File, rel string, info patternmatcher.MatchInf
 		var sub patternmatcher.MatchInfo
 		if w.srcExcl != nil {
 			var out bool
-			if out, sub, err = w.srcExcl.MatchesUsingParentResults(n.rel, info); err != nil {
+			if out, sub, err = w.srcExcl.MatchesUsingParentResults(path.Join(w.srcExclBase, n.rel), info); err != nil {
 				return fmt.Errorf("--exclude: %w", err)
 			}
 			if out {
@@ -302,6 +321,25 @@ func (w *treeWalker) emit(n *srcNode) error {
 	w.pending = w.pending[:0]
 	n.visited = true
 	return w.visit(n, false)
+}
+
+// matchPath matches rel, component by component (as a walk from the
+// root would reach it), against pm: whether pm excludes it, and the result
+// its children are matched with. A nil pm or an empty rel excludes nothing.
+func matchPath(pm *patternmatcher.PatternMatcher, rel string) (bool, patternmatcher.MatchInfo, error) {
+	var info patternmatcher.MatchInfo
+	if pm == nil || rel == "" {
+		return false, info, nil
+	}
+	var out bool
+	comps := strings.Split(rel, "/")
+	for i := range comps {
+		var err error
+		if out, info, err = pm.MatchesUsingParentResults(path.Join(comps[:i+1]...), info); err != nil {
+			return false, info, fmt.Errorf("--exclude: %w", err)
+		}
+	}
+	return out, info, nil
 }
 
 // hidden says whether the excludes hide rel and, if so, whether an

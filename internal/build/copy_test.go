@@ -908,19 +908,34 @@ func TestCopyParents(t *testing.T) {
 		return got
 	}
 	for _, tt := range []struct {
-		sources, want []string
+		sources, exclude, want []string
 	}{
-		{[]string{"x/a.txt", "y/a.txt"}, []string{"x/a.txt", "y/a.txt"}},
-		{[]string{"*/a.txt"}, []string{"x/a.txt", "y/a.txt"}},
-		{[]string{"x"}, []string{"x/a.txt", "x/b.md", "x/sub/c.txt"}},
-		{[]string{"./z/./deep/d.txt"}, []string{"deep/d.txt"}},
-		{[]string{"z/./deep"}, []string{"deep/d.txt"}},
-		{[]string{"a.txt"}, []string{"a.txt"}},
+		{[]string{"x/a.txt", "y/a.txt"}, nil, []string{"x/a.txt", "y/a.txt"}},
+		{[]string{"*/a.txt"}, nil, []string{"x/a.txt", "y/a.txt"}},
+		{[]string{"x"}, nil, []string{"x/a.txt", "x/b.md", "x/sub/c.txt"}},
+		{[]string{"./z/./deep/d.txt"}, nil, []string{"deep/d.txt"}},
+		{[]string{"z/./deep"}, nil, []string{"deep/d.txt"}},
+		{[]string{"a.txt"}, nil, []string{"a.txt"}},
+		// "**" matches any number of directories, none too (the
+		// Dockerfile reference's own example), as BuildKit's include
+		// pattern does
+		{[]string{"./**/*.txt"}, nil, []string{"a.txt", "x/a.txt", "x/sub/c.txt", "y/a.txt", "z/deep/d.txt"}},
+		{[]string{"x/**/*.txt"}, nil, []string{"x/a.txt", "x/sub/c.txt"}},
+		{[]string{"**/c.txt"}, nil, []string{"x/sub/c.txt"}},
+		{[]string{"z/./**/*.txt"}, nil, []string{"deep/d.txt"}},
+		{[]string{"x/**"}, nil, []string{"x/a.txt", "x/b.md", "x/sub/c.txt"}},
+		{[]string{"x/**/*.none"}, nil, nil},
+		// --exclude sees the paths from the pivot, wildcard matches too
+		{[]string{"x/*"}, []string{"x/a.txt"}, []string{"x/b.md", "x/sub/c.txt"}},
+		{[]string{"x/**/*"}, []string{"**/c.txt"}, []string{"x/a.txt", "x/b.md"}},
+		{[]string{"x"}, []string{"x/sub"}, []string{"x/a.txt", "x/b.md"}},
+		{[]string{"x"}, []string{"sub"}, []string{"x/a.txt", "x/b.md", "x/sub/c.txt"}},
+		{[]string{"z/./deep"}, []string{"deep/d.txt"}, nil},
 	} {
 		root := t.TempDir()
-		mustCopy(t, CopySpec{SrcRoot: src, Sources: tt.sources, DestRoot: root, Dest: "/p", Parents: true})
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: tt.sources, SourceExcludes: tt.exclude, DestRoot: root, Dest: "/p", Parents: true})
 		if got := files(filepath.Join(root, "p")); !slices.Equal(got, tt.want) {
-			t.Errorf("COPY --parents %q: copied %q, want %q", tt.sources, got, tt.want)
+			t.Errorf("COPY --parents --exclude=%q %q: copied %q, want %q", tt.exclude, tt.sources, got, tt.want)
 		}
 	}
 	root := t.TempDir()
