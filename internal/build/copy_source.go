@@ -232,8 +232,8 @@ type treeWalker struct {
 	// srcExclBase is the path srcExcl sees for the walked directory ("":
 	// its paths start below it).
 	srcExclBase string
-	visit   func(n *srcNode, leaving bool) error
-	pending []*srcNode // excluded directories walked into and not visited yet
+	visit       func(n *srcNode, leaving bool) error
+	pending     []*srcNode // excluded directories walked into and not visited yet
 }
 
 // walk visits the entries of dir, at rel below the walked directory; info
