@@ -179,13 +179,15 @@ type stageState struct {
 	platform string
 	config   v1.ConfigFile
 	pending  []v1.History // empty_layer entries since the last commit
-	dir      string       // its writable mount, "" when none
-	spent    string       // a committed writable mount not yet dropped
-	mkdir    []workdir    // WORKDIRs to create before the next file step
-	run      bool         // the next mount is for a RUN step
-	args     []instructions.KeyValuePairOptional
-	stage    commit.Stage
-	author   string
+	// healthStart is the start interval of the stage's last HEALTHCHECK
+	// (which the config model cannot hold); nil before one.
+	healthStart *time.Duration
+	dir         string // its writable mount, "" when none
+	spent       string // a committed writable mount not yet dropped
+	run         bool   // the next mount is for a RUN step
+	args        []instructions.KeyValuePairOptional
+	stage       commit.Stage
+	author      string
 	// triggers are the ONBUILD instructions the stage runs first: those
 	// its base stage declares, or those of its base image's config.
 	triggers []instructions.Command

@@ -411,11 +411,21 @@ func TestEscapeDirective(t *testing.T) {
 	b := parsed(t, "# escape=`\nFROM scratch\nARG DIR=c:\\app\nENV A=\"x`\"y\" B=a` b C=c:\\win\nLABEL dir=$DIR\nWORKDIR $DIR\n", nil)
 	st := &stageState{escape: b.escape, stage: commit.NewStage(b.escape)}
 	for _, cmd := range b.stages[0].Commands {
+		if _, ok := cmd.(*instructions.WorkdirCommand); ok {
+			// Its config change only: making the directory takes a mount.
+			if err := st.stage.Apply(&st.config.Config, cmd, st.argEnv()); err != nil {
+				t.Fatalf("%s: %v", cmd.Name(), err)
+			}
+			continue
+		}
 		if err := b.dispatch(t.Context(), st, cmd); err != nil {
 			t.Fatalf("%s: %v", cmd.Name(), err)
 		}
 	}
 	c := st.config.Config
+	if c.WorkingDir != `/c:\app` {
+		t.Errorf("WorkingDir %q, want /c:\\app", c.WorkingDir)
+	}
 	if want := []string{`A=x"y`, "B=a b", `C=c:\win`}; !slices.Equal(c.Env, want) {
 		t.Errorf("Env %q, want %q", c.Env, want)
 	}
@@ -445,12 +455,11 @@ func TestChownIDs(t *testing.T) {
 	}
 }
 
-// TestStartIntervalWarned: HEALTHCHECK --start-interval, which the image
-// model cannot keep, is said to be dropped; the rest of the check is kept.
-func TestStartIntervalWarned(t *testing.T) {
+// TestStartIntervalKept: HEALTHCHECK --start-interval, which the config
+// model cannot hold, is kept by the stage for its commits (and in their
+// cache keys); HEALTHCHECK NONE and one without it clear it.
+func TestStartIntervalKept(t *testing.T) {
 	b := parsed(t, "FROM scratch\nHEALTHCHECK --interval=5s --start-interval=1s CMD true\n", nil)
-	var logged []string
-	b.o.Log = func(s string) { logged = append(logged, s) }
 	st := &stageState{}
 	for _, cmd := range b.stages[0].Commands {
 		if err := b.dispatch(t.Context(), st, cmd); err != nil {
@@ -460,8 +469,24 @@ func TestStartIntervalWarned(t *testing.T) {
 	if h := st.config.Config.Healthcheck; h == nil || h.Interval != 5*time.Second {
 		t.Errorf("Healthcheck %+v, want the check with its interval", h)
 	}
-	if !slices.ContainsFunc(logged, func(s string) bool { return strings.Contains(s, "--start-interval") }) {
-		t.Errorf("logged %q, want a warning naming --start-interval", logged)
+	if st.healthStart == nil || *st.healthStart != time.Second {
+		t.Fatalf("start interval %v, want 1s", st.healthStart)
+	}
+	b.cache = &cache{entries: map[string]cacheEntry{}, added: map[string]cacheEntry{}}
+	key := b.cacheKey(st, "x")
+	other := 2 * time.Second
+	st.healthStart = &other
+	if b.cacheKey(st, "x") == key {
+		t.Error("the start interval is not in the cache key")
+	}
+	for _, line := range []string{"HEALTHCHECK NONE", "HEALTHCHECK --interval=5s CMD true"} {
+		b2 := parsed(t, "FROM scratch\n"+line+"\n", nil)
+		if err := b.dispatch(t.Context(), st, b2.stages[0].Commands[0]); err != nil {
+			t.Fatal(err)
+		}
+		if st.healthStart == nil || *st.healthStart != 0 {
+			t.Errorf("after %s: start interval %v, want 0", line, st.healthStart)
+		}
 	}
 }
 

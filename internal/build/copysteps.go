@@ -197,16 +197,17 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 }
 
 // mkdirAllIn makes dir (absolute in the image) and its missing parents in
-// root, owned by uid:gid with mode 0755, resolving symlinks inside root.
-func mkdirAllIn(root, dir string, uid, gid int) error {
+// root, owned by uid:gid with mode 0755, resolving symlinks inside root,
+// and says how many directories it made.
+func mkdirAllIn(root, dir string, uid, gid int) (made int, err error) {
 	r, err := openFsRoot(root)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer r.close()
-	fd, _, err := r.mkdirAll(cleanRel(dir), newDirAttrs{uid: uid, gid: gid, mode: 0o755})
+	fd, made, err := r.mkdirAll(cleanRel(dir), newDirAttrs{uid: uid, gid: gid, mode: 0o755})
 	if err != nil {
-		return err
+		return made, err
 	}
-	return unix.Close(fd)
+	return made, unix.Close(fd)
 }

@@ -56,7 +56,7 @@ func (b *builder) mount(ctx context.Context, st *stageState) error {
 			return err
 		}
 	}
-	return b.makeWorkdirs(st)
+	return nil
 }
 
 // mountNew mounts req.Ref (with the build's --insecure) at a new
@@ -75,27 +75,50 @@ func (b *builder) mountNew(ctx context.Context, req daemon.MountRequest) (string
 	return dir, nil
 }
 
-// workdir is a WORKDIR to create, and the USER then in force.
-type workdir struct{ dir, user string }
-
-// makeWorkdirs creates the stage's WORKDIRs that do not exist yet, mode
-// 0755, owned by the USER in force at the WORKDIR (root by default), as
-// BuildKit's dispatchWorkdir does; parents made on the way too.
-func (b *builder) makeWorkdirs(st *stageState) error {
-	for _, w := range st.mkdir {
-		var uid, gid uint32
-		if w.user != "" {
-			var err error
-			if uid, gid, err = steprun.LookupUser(st.dir, w.user); err != nil {
-				return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
-			}
-		}
-		if err := mkdirAllIn(st.dir, w.dir, int(uid), int(gid)); err != nil {
-			return fmt.Errorf("WORKDIR %s: %w", w.dir, err)
+// workdir runs a WORKDIR whose config change is made: when the directory
+// is missing in the stage's image, it is made, mode 0755, owned by the USER
+// in force (root by default), parents made on the way too, as BuildKit's
+// dispatchWorkdir makes it, and that is a step of its own: one layer.
+// Otherwise it is an empty_layer history entry. The cache remembers
+// either outcome: a step whose image is its parent's made no layer.
+func (b *builder) workdir(ctx context.Context, st *stageState) error {
+	wd, user := st.config.Config.WorkingDir, st.config.Config.User
+	createdBy := "WORKDIR " + wd
+	key := b.cacheKey(st, "workdir "+wd+"\x00"+user)
+	if b.cache != nil && !b.o.NoCache && st.dir == "" {
+		if ref, ok := b.cache.get(key); ok && ref == st.image {
+			st.pending = append(st.pending, b.history(createdBy, true))
+			return nil
 		}
 	}
-	st.mkdir = nil
-	return nil
+	if b.cached(ctx, st, key) {
+		return nil
+	}
+	if err := b.mount(ctx, st); err != nil {
+		return err
+	}
+	var uid, gid uint32
+	if user != "" {
+		var err error
+		if uid, gid, err = steprun.LookupUser(st.dir, user); err != nil {
+			return fmt.Errorf("WORKDIR %s: %w", wd, err)
+		}
+	}
+	made, err := mkdirAllIn(st.dir, wd, int(uid), int(gid))
+	if err != nil {
+		return fmt.Errorf("WORKDIR %s: %w", wd, err)
+	}
+	if made == 0 {
+		// Nothing to commit: the mount is dropped with the next one.
+		st.spent, st.dir = st.dir, ""
+		st.pending = append(st.pending, b.history(createdBy, true))
+		if b.cache != nil {
+			b.cache.put(key, st.image)
+		}
+		return nil
+	}
+	b.res.Steps++
+	return b.commitStep(ctx, st, createdBy, key)
 }
 
 // commitStep turns st's writable mount into the stage's next image, with
@@ -104,6 +127,7 @@ func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key
 	req := daemon.CommitRequest{
 		Dir: st.dir, Keep: true, Format: b.o.Format, Config: &st.config.Config,
 		History: st.pending, CreatedBy: createdBy, SourceDateEpoch: b.o.SourceDateEpoch, Author: st.author,
+		HealthStartInterval: st.healthStart,
 	}
 	res, err := b.cl.Commit(ctx, req, nil)
 	if err != nil {
@@ -148,8 +172,8 @@ func (b *builder) cacheKey(st *stageState, what string, extra ...string) string 
 	for _, p := range st.pending {
 		fmt.Fprintf(h.Hash(), "%s\x00", p.CreatedBy)
 	}
-	for _, m := range st.mkdir {
-		fmt.Fprintf(h.Hash(), "mkdir %s %s\x00", m.dir, m.user)
+	if st.healthStart != nil {
+		fmt.Fprintf(h.Hash(), "health start %d\x00", *st.healthStart)
 	}
 	for _, e := range extra {
 		fmt.Fprintf(h.Hash(), "%s\x00", e)
@@ -174,7 +198,7 @@ func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
 	if st.dir != "" {
 		return false
 	}
-	st.image, st.pending, st.mkdir = ref, nil, nil
+	st.image, st.pending = ref, nil
 	if key != b.metadataKey {
 		// A stage's metadata commit is no step: not counted when it
 		// is made, nor when it comes from the cache.
@@ -188,31 +212,9 @@ func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
 	return true
 }
 
-// finish commits what a stage has pending (metadata instructions and
-// WORKDIRs after its last file step), so that its image is whole.
+// finish commits what a stage has pending (metadata instructions after
+// its last file step), so that its image is whole.
 func (b *builder) finish(ctx context.Context, st *stageState) error {
-	if len(st.mkdir) > 0 {
-		// The layer is the last WORKDIR's; what came after it follows
-		// as empty_layer entries.
-		w := len(st.pending) - 1
-		for w > 0 && !strings.HasPrefix(st.pending[w].CreatedBy, "WORKDIR ") {
-			w--
-		}
-		after := slices.Clone(st.pending[w+1:])
-		createdBy := st.pending[w].CreatedBy
-		st.pending = st.pending[:w]
-		key := b.cacheKey(st, "workdirs "+createdBy)
-		if !b.cached(ctx, st, key) {
-			if err := b.mount(ctx, st); err != nil {
-				return err
-			}
-			b.res.Steps++
-			if err := b.commitStep(ctx, st, createdBy, key); err != nil {
-				return err
-			}
-		}
-		st.pending = after
-	}
 	if len(st.pending) == 0 {
 		return nil
 	}
@@ -224,7 +226,7 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 	n := len(st.pending)
 	req := daemon.CommitRequest{
 		Image: st.image, Keep: true, Config: &st.config.Config, History: st.pending[:n-1],
-		CreatedBy: st.pending[n-1].CreatedBy, Author: st.author,
+		CreatedBy: st.pending[n-1].CreatedBy, Author: st.author, HealthStartInterval: st.healthStart,
 	}
 	req.SourceDateEpoch = b.o.SourceDateEpoch
 	res, err := b.cl.Commit(ctx, req, nil)

@@ -327,20 +327,18 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 		if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
 			return err
 		}
-		st.mkdir = append(st.mkdir, workdir{st.config.Config.WorkingDir, st.config.Config.User})
-		st.pending = append(st.pending, b.history("WORKDIR "+st.config.Config.WorkingDir, true))
-		return nil
+		return b.workdir(ctx, st)
 	case *instructions.MaintainerCommand:
 		st.author = c.Maintainer
 		st.pending = append(st.pending, b.history(commandText(c), true))
 		return nil
 	case *instructions.HealthCheckCommand:
-		if c.Health != nil && c.Health.StartInterval != 0 {
-			// go-containerregistry's image config, Strata's image model,
-			// has no field for it.
-			b.o.Log("warning: HEALTHCHECK --start-interval is not kept in the image config (not supported yet)")
+		if err := b.metadata(st, c); err != nil {
+			return err
 		}
-		return b.metadata(st, c)
+		d := commit.HealthStart(c)
+		st.healthStart = &d
+		return nil
 	default:
 		return b.metadata(st, c)
 	}

@@ -46,6 +46,10 @@ type Spec struct {
 	// History are entries added before the commit's own, all empty_layer
 	// (a Dockerfile's metadata instructions since the last layer).
 	History []v1.History
+	// HealthStartInterval is the health check's start interval a
+	// HEALTHCHECK of this commit set (0: none); nil when none did: the
+	// base's is kept while the health check is the base's.
+	HealthStartInterval *time.Duration
 }
 
 // ErrDockerCannotCarry is wrapped when --docker is asked for an image whose
@@ -73,10 +77,15 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	baseRaw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, err
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return nil, err
 	}
+	baseHealth := cf.Config.Healthcheck.DeepCopy()
 	cf = cf.DeepCopy()
 	for _, edit := range spec.Edits {
 		if err := edit(&cf.Config); err != nil {
@@ -119,7 +128,10 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 			add.MediaType = dockerLayerType(spec.Layer.MediaType)
 		}
 	}
-	return mutate.Append(img, add)
+	if img, err = mutate.Append(img, add); err != nil {
+		return nil, err
+	}
+	return withStartInterval(img, startInterval(spec.HealthStartInterval, baseRaw, baseHealth, cf.Config.Healthcheck))
 }
 
 // checkDockerCarries refuses what a Docker schema 2 manifest cannot name:

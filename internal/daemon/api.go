@@ -181,6 +181,11 @@ type CommitRequest struct {
 	// CreatedBy is the commit's own history entry's created_by (default:
 	// Message, else the commands run).
 	CreatedBy string `json:"createdBy,omitempty"`
+	// HealthStartInterval is the start interval (nanoseconds) a
+	// HEALTHCHECK since the stage's FROM set for Config's health check,
+	// which v1.Config cannot say; nil when none did (the base's is kept
+	// while the health check is the base's).
+	HealthStartInterval *time.Duration `json:"healthStartInterval,omitempty"`
 }
 
 // ResolveRequest asks for an image's manifest and config without mounting

@@ -195,6 +195,10 @@ func (c *commitStep) spec() (commit.Spec, error) {
 		})
 	}
 	spec.History = c.req.History
+	spec.HealthStartInterval = c.req.HealthStartInterval
+	if d, ok := commit.HealthStartInterval(changes); ok {
+		spec.HealthStartInterval = &d
+	}
 	if len(changes) > 0 {
 		// One edit: ENTRYPOINT keeps a CMD given before it in the list.
 		spec.Edits = append(spec.Edits, func(cfg *v1.Config) error { return commit.ApplyChanges(cfg, changes) })
@@ -411,8 +415,11 @@ func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, 
 		c.progress("layers made here uploaded to %s from the store: %s", ref.Context().RegistryStr(), human(n))
 	}
 	if n := base.StreamedBytes() - before; n > 0 {
-		c.progress("base layers streamed from %s to %s: %s (the registries differ, so they could not be mounted)",
-			base.Repo.RegistryStr(), ref.Context().RegistryStr(), human(n))
+		why := "the registries differ, so they could not be mounted"
+		if base.Repo.RegistryStr() == ref.Context().RegistryStr() {
+			why = "the registry did not mount them from " + base.Repo.RepositoryStr()
+		}
+		c.progress("base layers streamed from %s to %s: %s (%s)", base.Repo.RegistryStr(), ref.Context().RegistryStr(), human(n), why)
 	}
 	return nil
 }

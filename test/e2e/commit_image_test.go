@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -109,7 +110,8 @@ func TestCommitImage(t *testing.T) {
 
 	t.Run("config", func(t *testing.T) {
 		_, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: tagged(base, "config"), Message: "hand-made", Author: "e2e <e2e@strata>",
-			Changes: []string{`CMD ["/bin/app", "--serve"]`, "ENV STAGE=two", "LABEL org.example.k=v", "WORKDIR /srv", "USER 1000:1000", "EXPOSE 8080/tcp"}})
+			Changes: []string{`CMD ["/bin/app", "--serve"]`, "ENV STAGE=two", "LABEL org.example.k=v", "WORKDIR /srv", "USER 1000:1000", "EXPOSE 8080/tcp",
+				"HEALTHCHECK --interval=5s --start-interval=2s CMD /bin/app --check"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,6 +124,14 @@ func TestCommitImage(t *testing.T) {
 		}
 		if _, ok := c.ExposedPorts["8080/tcp"]; !ok {
 			t.Errorf("EXPOSE 8080/tcp not in the config: %+v", c.ExposedPorts)
+		}
+		// The start interval, which go-containerregistry's model lacks,
+		// where Docker keeps it.
+		if h := c.Healthcheck; h == nil || h.Interval != 5*time.Second || !slices.Equal(h.Test, []string{"CMD-SHELL", "/bin/app --check"}) {
+			t.Errorf("HEALTHCHECK not in the config: %+v", h)
+		}
+		if got := string(healthStartOf(t, tagged(base, "config"))); got != "2000000000" {
+			t.Errorf("the health check's StartInterval is %q, want 2000000000 (2s)", got)
 		}
 		h := cfg.History[len(cfg.History)-1]
 		if h.EmptyLayer || h.CreatedBy != "hand-made" || h.Author != "e2e <e2e@strata>" || cfg.Author != "e2e <e2e@strata>" {
