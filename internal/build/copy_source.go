@@ -59,23 +59,9 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 			continue
 		}
 		rel := cleanRel(written)
-		if pivot, pattern := parentsPivot(written); p.Parents && hasWildcards(pattern) && !hasWildcards(pivot) {
-			matches, err := src.globParents(ctx, pivot, pattern, p.srcExcl)
-			if err != nil {
-				return out, fmt.Errorf("%s failed: %s: %w", p.op, written, err)
-			}
-			for _, m := range matches {
-				s, err := p.resolve(ctx, src, m, written)
-				if err != nil {
-					return out, err
-				}
-				if s != nil {
-					out = append(out, s)
-				}
-			}
-			continue
-		}
-		if !hasWildcards(rel) {
+		pivot, pattern := parentsPivot(written)
+		deep := p.Parents && hasWildcards(pattern) && !hasWildcards(pivot)
+		if !deep && !hasWildcards(rel) {
 			s, err := p.resolve(ctx, src, rel, written)
 			if err != nil {
 				return out, err
@@ -86,7 +72,13 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 			out = append(out, s)
 			continue
 		}
-		matches, err := src.glob(rel)
+		var matches []string
+		var err error
+		if deep {
+			matches, err = src.globParents(ctx, pivot, pattern, p.srcExcl)
+		} else {
+			matches, err = src.glob(rel)
+		}
 		if err != nil {
 			return out, fmt.Errorf("%s failed: %s: %w", p.op, written, err)
 		}
