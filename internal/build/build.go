@@ -184,6 +184,9 @@ type stageState struct {
 	healthStart *time.Duration
 	dir         string // its writable mount, "" when none
 	spent       string // a committed writable mount not yet dropped
+	// clean says dir holds no change to image (a WORKDIR's look found its
+	// directory there): the next step may take it as its own mount.
+	clean bool
 	run         bool   // the next mount is for a RUN step
 	args        []instructions.KeyValuePairOptional
 	stage       commit.Stage

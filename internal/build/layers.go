@@ -22,8 +22,8 @@ import (
 	"github.com/stratafs/strata/internal/kmount"
 )
 
-// mount gives st a writable mount of its image, and makes the WORKDIRs
-// waiting for one.
+// mount gives st a writable mount of its image (the one it has, when it
+// has one).
 func (b *builder) mount(ctx context.Context, st *stageState) error {
 	if st.dir != "" {
 		return nil
@@ -85,7 +85,7 @@ func (b *builder) workdir(ctx context.Context, st *stageState) error {
 	wd, user := st.config.Config.WorkingDir, st.config.Config.User
 	createdBy := "WORKDIR " + wd
 	key := b.cacheKey(st, "workdir "+wd+"\x00"+user)
-	if b.cache != nil && !b.o.NoCache && st.dir == "" {
+	if b.cache != nil && !b.o.NoCache {
 		if ref, ok := b.cache.get(key); ok && ref == st.image {
 			st.pending = append(st.pending, b.history(createdBy, true))
 			return nil
@@ -109,8 +109,14 @@ func (b *builder) workdir(ctx context.Context, st *stageState) error {
 		return fmt.Errorf("WORKDIR %s: %w", wd, err)
 	}
 	if made == 0 {
-		// Nothing to commit: the mount is dropped with the next one.
-		st.spent, st.dir = st.dir, ""
+		// Nothing to commit: the next step may run on this mount, unless
+		// it should record what the FROM image's first RUN opens, which
+		// only a mount made for it does.
+		if b.o.Record && st.image == st.base {
+			st.spent, st.dir = st.dir, ""
+		} else {
+			st.clean = true
+		}
 		st.pending = append(st.pending, b.history(createdBy, true))
 		if b.cache != nil {
 			b.cache.put(key, st.image)
@@ -135,7 +141,7 @@ func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key
 	}
 	// The committed mount is dropped once the stage's next mount is made
 	// (or when the build ends).
-	st.spent, st.dir = st.dir, ""
+	st.spent, st.dir, st.clean = st.dir, "", false
 	st.image, st.pending = res.Ref, nil
 	if b.cache != nil && key != "" {
 		b.cache.put(key, res.Ref)
@@ -196,7 +202,17 @@ func (b *builder) cached(ctx context.Context, st *stageState, key string) bool {
 		return false
 	}
 	if st.dir != "" {
-		return false
+		if !st.clean {
+			return false
+		}
+		// A mount of the image this step would have run on: dropped
+		// with the next one.
+		if st.spent == "" {
+			st.spent = st.dir
+		} else if err := b.unmount(ctx, st.dir); err != nil {
+			return false
+		}
+		st.dir, st.clean = "", false
 	}
 	st.image, st.pending = ref, nil
 	if key != b.metadataKey {
@@ -232,6 +248,13 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 	res, err := b.cl.Commit(ctx, req, nil)
 	if err != nil {
 		return fmt.Errorf("committing the stage's config: %w", err)
+	}
+	if st.dir != "" {
+		// A clean mount of the image before this commit.
+		if err := b.unmount(ctx, st.dir); err != nil {
+			return err
+		}
+		st.dir, st.clean = "", false
 	}
 	st.image, st.pending = res.Ref, nil
 	if b.cache != nil {

@@ -23,9 +23,12 @@ import (
 // of a pipe whose write end only the caller has. When the caller ends, the
 // kernel closes the pipe and the reaper wakes; if the caller died with its
 // run still there, the reaper sweeps that run as Sweep would, at once. A
-// caller that ends normally has removed its run by then: the reaper finds
-// nothing to do. A reaper killed too (a whole cgroup at once) leaves the
-// run to the next Sweep, as before.
+// caller that ends normally writes a byte into the pipe first: the reaper
+// then does nothing. (The kernel closes a dying process's files before
+// the process is reaped, so at the pipe's end a killed caller may still
+// look alive for a moment: the reaper waits for it to be gone.) A reaper
+// killed too (a whole cgroup at once) leaves the run to the next Sweep,
+// as before.
 //
 // The reaper is this binary run again, through /proc/self/exe with the
 // caller's argv[0] (a test binary playing strata dispatches on it), with
@@ -49,25 +52,37 @@ func ReaperMain(args []string) (int, bool) {
 	if len(args) != 2 || args[0] != reaperArg {
 		return 0, false
 	}
-	// Wait for the caller to end: its end of the pipe closes with it.
-	io.Copy(io.Discard, os.Stdin) //nolint:errcheck // any end of the read is the caller's end
-	if err := reap(args[1]); err != nil {
+	// Wait for the caller to end: its end of the pipe closes with it,
+	// after a byte when it ended normally.
+	if n, _ := io.Copy(io.Discard, os.Stdin); n > 0 {
+		return 0, true
+	}
+	if err := reap(args[1], reaperGone); err != nil {
 		fmt.Fprintf(os.Stderr, "strata: ending a run whose strata process died: %v\n", err)
 		return 1, true
 	}
 	return 0, true
 }
 
-// reap sweeps the run in dir when its caller died with it still there.
-func reap(dir string) error {
+// reaperGone bounds the wait for a caller whose pipe closed to be gone.
+const reaperGone = 30 * time.Second
+
+// reap sweeps the run in dir once its caller, whose end of the pipe
+// closed without a word, is gone (within wait).
+func reap(dir string, wait time.Duration) error {
 	if !strings.HasPrefix(filepath.Base(dir), "strata-run-") {
 		return fmt.Errorf("%s is not a run's state directory", dir)
 	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil // the run ended normally
-	}
-	if !Abandoned(dir) {
-		return nil // the caller lives, and removes it itself
+	for deadline := time.Now().Add(wait); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return nil // the run ended, or was swept, meanwhile
+		}
+		if Abandoned(dir) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: its strata process still runs %v after it let its reaper go", dir, wait)
+		}
 	}
 	_, err := sweepRun(dir)
 	return err
@@ -102,6 +117,7 @@ func startReaper(stateDir string) (func(), error) {
 	}
 	r.Close()
 	return func() {
+		w.Write([]byte{1}) //nolint:errcheck // a reaper gone already needs no word
 		w.Close()
 		done := make(chan struct{})
 		go func() {

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestReap: the reaper sweeps a run only when its caller is dead and the
@@ -21,7 +22,7 @@ func TestReap(t *testing.T) {
 		}
 		return d
 	}
-	if err := reap(filepath.Join(parent, "strata-run-gone")); err != nil {
+	if err := reap(filepath.Join(parent, "strata-run-gone"), 0); err != nil {
 		t.Errorf("a run that ended normally: %v", err)
 	}
 	other := mk("elsewhere")
@@ -33,7 +34,7 @@ func TestReap(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(other, ownerFile), deadOwner, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := reap(other); err == nil {
+	if err := reap(other, 0); err == nil {
 		t.Error("a directory that is not a run's state directory is reaped")
 	}
 	if _, err := os.Stat(other); err != nil {
@@ -43,8 +44,8 @@ func TestReap(t *testing.T) {
 	if err := MarkOwner(live); err != nil {
 		t.Fatal(err)
 	}
-	if err := reap(live); err != nil {
-		t.Fatal(err)
+	if err := reap(live, 50*time.Millisecond); err == nil {
+		t.Error("the run of a live caller is reaped without a word")
 	}
 	if _, err := os.Stat(live); err != nil {
 		t.Errorf("the run of a live caller is swept: %v", err)
@@ -53,7 +54,7 @@ func TestReap(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dead, ownerFile), deadOwner, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := reap(dead); err != nil {
+	if err := reap(dead, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
