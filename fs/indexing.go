@@ -159,9 +159,11 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 		MediaType:   string(l.MediaType),
 		Annotations: l.Annotations,
 	}, opts...)
-	if errors.Is(err, index.ErrNotLazy) {
-		return nil, fmt.Errorf("layer %s cannot be served lazily (only eStargz, zstd:chunked and uncompressed tar layers can so far); "+
-			"convert the image with 'strata convert SRC DST': %w", l.Digest, err)
+	switch {
+	case errors.Is(err, index.ErrSparseFile):
+		return nil, fmt.Errorf("layer %s cannot be served: %w (no reader, lazy or whole, and no conversion takes sparse files: the image must be built without them)", l.Digest, err)
+	case errors.Is(err, index.ErrNotLazy):
+		return nil, fmt.Errorf("layer %s cannot be served lazily; convert the image with 'strata convert SRC DST': %w", l.Digest, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest, err)

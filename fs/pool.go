@@ -172,10 +172,11 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		local, idx, err = p.fetchWhole(ctx, blob, l)
 		blob.Close()
 		blob = local
-		if errors.Is(err, ErrNotLazy) {
+		if errors.Is(err, errNotCompressed) {
 			// Neither compressed nor a tar the lazy reader takes: its
 			// refusal says why (a sparse file, an entry type it does
-			// not know), which "not gzip nor zstd" would hide.
+			// not know), which "not gzip nor zstd" would hide. A zstd
+			// layer's tar refused says why itself.
 			err = lazyErr
 		}
 	}

@@ -32,6 +32,10 @@ import (
 // whole: one round trip per wholeReadSize bytes.
 const wholeReadSize = 8 << 20
 
+// errNotCompressed is fetchWhole's refusal of a layer that is neither
+// gzip nor zstd: the lazy reader's refusal of it (as a tar) says more.
+var errNotCompressed = fmt.Errorf("%w: the layer is neither gzip nor zstd nor a tar this reader knows", ErrNotLazy)
+
 // fetchWhole fetches layer l (read through blob) whole and returns the
 // store's copy of its tar and the tar's index.
 func (p *Pool) fetchWhole(ctx context.Context, blob layerBlob, l remote.Layer) (layerBlob, View, error) {
@@ -117,7 +121,7 @@ func unpackInto(ctx context.Context, w io.Writer, blob layerBlob, l remote.Layer
 		defer zr.Close()
 		dec, format = zr, index.FormatZstd
 	default:
-		return "", 0, "", fmt.Errorf("%w: the layer is neither gzip nor zstd nor a tar this reader knows", ErrNotLazy)
+		return "", 0, "", errNotCompressed
 	}
 	out := sha256.New()
 	n, err := io.Copy(io.MultiWriter(w, out), dec)

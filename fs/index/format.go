@@ -87,6 +87,11 @@ func tailHint(d Descriptor) int64 {
 // containerd snapshotter lets containerd unpack such a layer.
 var ErrNotLazy = errors.New("layer cannot be mounted lazily")
 
+// ErrSparseFile is wrapped, with ErrNotLazy, by the refusal of a tar entry
+// that is a GNU or PAX sparse file: neither a lazy reader nor a converter
+// to eStargz takes one.
+var ErrSparseFile = errors.New("a sparse file, whose data is not one range of the layer")
+
 // Descriptor is what a layer's descriptor says about its blob.
 type Descriptor struct {
 	Digest      digest.Digest

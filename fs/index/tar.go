@@ -155,7 +155,7 @@ func (t *tarIndexer) add(h *tar.Header) error {
 		return Invalidf("entry %q: %v", h.Name, err)
 	}
 	if isSparse(h) {
-		return fmt.Errorf("%w: entry %q is a sparse file, whose data is not one range of the layer", ErrNotLazy, h.Name)
+		return fmt.Errorf("%w: entry %q is %w", ErrNotLazy, h.Name, ErrSparseFile)
 	}
 	dataOff := t.pos()
 	hd := tarHeader(h)

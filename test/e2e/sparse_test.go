@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"strings"
@@ -15,14 +16,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/stratafs/strata/internal/daemon"
 )
 
-// TestMountSparseTarSaysWhy: an uncompressed layer holding a GNU sparse
-// file cannot be served (its data is not one range of the layer); the
-// mount's error names the entry and the reason, not only that the layer
-// is "neither gzip nor zstd".
+// TestMountSparseTarSaysWhy: a layer holding a GNU sparse file cannot be
+// served (its data is not one range of the layer), uncompressed, gzip or
+// zstd; the mount's error names the entry and the reason, not only that
+// the layer is "neither gzip nor zstd" or "a zstd layer".
 func TestMountSparseTarSaysWhy(t *testing.T) {
 	requireRoot(t)
 	var buf bytes.Buffer
@@ -45,24 +47,54 @@ func TestMountSparseTarSaysWhy(t *testing.T) {
 	}
 	copy(blob[148:156], fmt.Sprintf("%06o\x00 ", sum))
 
-	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(blob, types.OCIUncompressedLayer))
+	// The same tar compressed: a gzip layer without an index is read
+	// lazily, a zstd one fetched whole; both refuse the same entry.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(blob) //nolint:errcheck // a bytes.Buffer
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	zs, err := zstd.NewWriter(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	ref := shared.reg.Ref(uniqueRepo("sparse"), "tar")
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	zst := zs.EncodeAll(blob, nil)
 	d := startDaemon(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_, err = d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), `entry "holes" is a sparse file`) {
-		t.Fatalf("mount of a layer with a sparse file: %v, want the entry and the reason", err)
+	for _, l := range []struct {
+		tag       string
+		blob      []byte
+		mediaType types.MediaType
+	}{
+		{"tar", blob, types.OCIUncompressedLayer},
+		{"gzip", gz.Bytes(), types.OCILayer},
+		{"zstd", zst, types.OCILayerZStd},
+	} {
+		t.Run(l.tag, func(t *testing.T) {
+			img, err := mutate.AppendLayers(empty.Image, static.NewLayer(l.blob, l.mediaType))
+			if err != nil {
+				t.Fatal(err)
+			}
+			img = mutate.MediaType(img, types.OCIManifestSchema1)
+			ref := shared.reg.Ref(uniqueRepo("sparse"), l.tag)
+			r, err := name.ParseReference(ref, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(r, img); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, err = d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: t.TempDir()})
+			if err == nil || !strings.Contains(err.Error(), `entry "holes" is a sparse file`) {
+				t.Fatalf("mount of a layer with a sparse file: %v, want the entry and the reason", err)
+			}
+			// A conversion takes no sparse file either: not advised.
+			if strings.Contains(err.Error(), "strata convert") {
+				t.Errorf("the refusal advises a conversion that refuses the layer too: %v", err)
+			}
+			t.Logf("%s: %v", l.tag, err)
+		})
 	}
 }
