@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"runtime"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -177,14 +179,12 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("reading layer: %w", err)
 	}
-	if name, err := nameNotUTF8(io.NewSectionReader(tarFile, 0, n)); err != nil {
+	if why, err := notEStargz(io.NewSectionReader(tarFile, 0, n)); err != nil {
 		return nil, fmt.Errorf("reading layer: %w", err)
-	} else if name != "" {
-		// eStargz's table of contents is JSON, which holds such a
-		// name mangled: a lazy mount would show another name (or merge
-		// two). The layer stays a plain gzip tar, which keeps it.
-		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz: a name in it is not UTF-8, which an eStargz table of contents cannot hold",
-			"name", fmt.Sprintf("%q", name))
+	} else if why != "" {
+		// The layer stays a plain gzip tar, which keeps it as it is
+		// (and which mounts lazily with an index, strata index).
+		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz", "reason", why)
 		return gzipLayer(ctx, tarFile, n, opt)
 	}
 	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
@@ -235,30 +235,54 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	}, nil
 }
 
-// nameNotUTF8 returns the first name (or link target, or xattr name) of
-// the tar that is not UTF-8, "" when all are.
-func nameNotUTF8(r io.Reader) (string, error) {
+// notEStargz says why the tar cannot become an eStargz layer that reads
+// back the same, "" when it can:
+//   - a name (or link target, or xattr name) that is not UTF-8: eStargz's
+//     table of contents is JSON, which holds it mangled, so a lazy mount
+//     would show another name (or merge two);
+//   - a hardlink to a name the layer writes more than once: the eStargz
+//     writer keeps one entry of a name, the last, and moves it after the
+//     link, so the link would name other content than the tar's (or
+//     come before its target, which no reader takes).
+func notEStargz(r io.Reader) (string, error) {
 	tr := tar.NewReader(r)
+	written := map[string]int{}
+	var links [][2]string // hardlink, its target
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			return "", nil
+			break
 		}
 		if err != nil {
 			return "", err
 		}
 		if !utf8.ValidString(h.Name) {
-			return h.Name, nil
+			return fmt.Sprintf("the name %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name), nil
 		}
 		if !utf8.ValidString(h.Linkname) {
-			return h.Linkname, nil
+			return fmt.Sprintf("the link target %q is not UTF-8, which an eStargz table of contents cannot hold", h.Linkname), nil
 		}
 		for k := range h.PAXRecords {
 			if !utf8.ValidString(k) {
-				return h.Name, nil
+				return fmt.Sprintf("an attribute name of %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name), nil
 			}
 		}
+		written[tarName(h.Name)]++
+		if h.Typeflag == tar.TypeLink {
+			links = append(links, [2]string{h.Name, tarName(h.Linkname)})
+		}
 	}
+	for _, l := range links {
+		if written[l[1]] > 1 {
+			return fmt.Sprintf("the hardlink %q names %q, which the layer writes more than once: eStargz keeps one entry of a name, after the link", l[0], l[1]), nil
+		}
+	}
+	return "", nil
+}
+
+// tarName is a tar entry's name as a path from the layer's root.
+func tarName(name string) string {
+	return strings.TrimPrefix(path.Clean("/"+name), "/")
 }
 
 // gzipLayer is the tar of n bytes in tarFile as a plain gzip layer.

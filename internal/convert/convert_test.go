@@ -196,3 +196,56 @@ func convertLayers(t *testing.T, layers ...v1.Layer) (v1.Image, *v1.Manifest) {
 	}
 	return out, m
 }
+
+// TestLayerLinkingRewrittenNameStaysGzip: a layer that writes a, links b
+// to it, then writes a again (b keeps the first content, as an unpack in
+// order gives) cannot be eStargz, whose writer keeps one entry of a name,
+// after the link: it stays plain gzip, the same tar. A link to a name
+// written once converts.
+func TestLayerLinkingRewrittenNameStaysGzip(t *testing.T) {
+	layerOf := func(entries ...*tar.Header) v1.Layer {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, h := range entries {
+			if h.Typeflag == tar.TypeReg {
+				h.Size = int64(len(h.Name) + int(h.Mode))
+			}
+			if err := tw.WriteHeader(h); err != nil {
+				t.Fatal(err)
+			}
+			if h.Size > 0 {
+				tw.Write(bytes.Repeat([]byte{'x'}, int(h.Size))) //nolint:errcheck // a bytes.Buffer
+			}
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b := buf.Bytes()
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	reg := func(name string, mode int64) *tar.Header {
+		return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode}
+	}
+	link := &tar.Header{Name: "b", Typeflag: tar.TypeLink, Linkname: "./a", Mode: 0o644}
+	rewritten := layerOf(reg("a", 0o644), link, reg("a", 0o600))
+	once := layerOf(reg("a", 0o644), link, reg("c", 0o644))
+	out, m := convertLayers(t, rewritten, once)
+	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; ok {
+		t.Error("the layer linking to a name it writes twice was made eStargz")
+	}
+	if _, ok := m.Layers[1].Annotations[AnnotationTOCDigest]; !ok {
+		t.Error("the layer linking to a name it writes once was not converted")
+	}
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := rewritten.DiffID()
+	if got, _ := layers[0].DiffID(); got != want {
+		t.Errorf("diffID %s, the source's %s", got, want)
+	}
+}
