@@ -30,7 +30,8 @@ and error are connected; SIGINT and SIGTERM are passed to the command, and
 a second one kills it (a command that is the container's first process
 never sees a signal it has no handler for, as under docker run); the
 command's exit status is this command's (127 when the image has no such
-command).
+command, 126 when it names what cannot be run). Runs of one mount go one
+at a time: a second run waits for the first to end.
 
 Examples:
   strata mount --rw localhost:5000/golang:estargz /mnt/build
@@ -66,6 +67,9 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(o.Args) > 0 && o.Args[0] == "--" {
 		o.Args = o.Args[1:]
 	}
+	if err := steprun.CheckWorkDir(o.WorkDir); err != nil {
+		return fmt.Errorf("--workdir: %w", err)
+	}
 	for _, m := range *mounts {
 		pm, err := steprun.ParseMount(m)
 		if err != nil {
@@ -86,7 +90,9 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	} else if len(swept) > 0 {
 		fmt.Fprintf(os.Stderr, "strata run: ended %d run(s) whose strata process had died\n", len(swept))
 	}
-	unlock, err := steprun.HoldLock(info.LockFile)
+	unlock, err := steprun.HoldLock(ctx, info.LockFile, func() {
+		fmt.Fprintf(os.Stderr, "strata run: waiting for the run (or commit) in progress in %s to end\n", dir)
+	})
 	if err != nil {
 		return err
 	}
@@ -99,10 +105,15 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 	// Signals go to the command, which decides when the run ends: the
 	// context is not cancelled by them.
 	code, err := steprun.Run(context.WithoutCancel(ctx), o)
-	if errors.Is(err, steprun.ErrCommandNotFound) {
+	switch {
+	case errors.Is(err, steprun.ErrCommandNotFound):
 		// A shell's status for a command it cannot find, as docker run's.
 		fmt.Fprintf(os.Stderr, "strata run: %v\n", err)
 		return exitStatus(127)
+	case errors.Is(err, steprun.ErrCommandNotExecutable):
+		// And for one it cannot run.
+		fmt.Fprintf(os.Stderr, "strata run: %v\n", err)
+		return exitStatus(126)
 	}
 	if err != nil {
 		return err

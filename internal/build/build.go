@@ -186,11 +186,11 @@ type stageState struct {
 	spent       string // a committed writable mount not yet dropped
 	// clean says dir holds no change to image (a WORKDIR's look found its
 	// directory there): the next step may take it as its own mount.
-	clean bool
-	run         bool   // the next mount is for a RUN step
-	args        []instructions.KeyValuePairOptional
-	stage       commit.Stage
-	author      string
+	clean  bool
+	run    bool // the next mount is for a RUN step
+	args   []instructions.KeyValuePairOptional
+	stage  commit.Stage
+	author string
 	// triggers are the ONBUILD instructions the stage runs first: those
 	// its base stage declares, or those of its base image's config.
 	triggers []instructions.Command

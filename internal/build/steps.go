@@ -75,7 +75,7 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 	if err != nil {
 		return err
 	}
-	unlock, err := steprun.HoldLock(info.LockFile)
+	unlock, err := steprun.HoldLock(ctx, info.LockFile, nil)
 	if err != nil {
 		return err
 	}

@@ -128,8 +128,8 @@ type RunInfo struct {
 	Config ocispec.ImageConfig `json:"config"`
 	// StateDir is where the runtime's bundles and state go.
 	StateDir string `json:"stateDir"`
-	// LockFile is held (shared flock) for as long as the command runs, so
-	// that a commit can tell a run is in progress.
+	// LockFile is held (exclusive flock) for as long as the command runs, so
+	// that a commit can tell a run is in progress and runs go one at a time.
 	LockFile string `json:"lockFile"`
 }
 

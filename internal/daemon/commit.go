@@ -82,7 +82,7 @@ func (d *Daemon) sweepRuns(ctx context.Context) {
 }
 
 // lockRuns takes the mount's run lock exclusively: `strata run` holds it
-// shared while its command runs. what (commit, unmount) is what the
+// (exclusively too) while its command runs. what (commit, unmount) is what the
 // refusal tells the user to do once the run has ended.
 func (im *images) lockRuns(m *Mount, what string) (unlock func(), err error) {
 	dir := filepath.Join(im.d.cfg.Root, "run", "locks")

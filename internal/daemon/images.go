@@ -287,6 +287,12 @@ func checkMountDir(dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("mount directory: %w", err)
 	}
+	// The kernel mounts where a symlink leads: the mount is recorded
+	// there too, so that a command naming the link later, when it leads
+	// elsewhere, never takes another mount for this one.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return "", fmt.Errorf("mount directory: %w", err)
+	}
 	if !fi.IsDir() {
 		return "", fmt.Errorf("mount directory %s is not a directory: %w", dir, errdefs.ErrInvalidArgument)
 	}

@@ -133,6 +133,30 @@ func TestTargetsCleanup(t *testing.T) {
 	}
 }
 
+// TestTargetsCleanupUnsealed: a run that fails before its command runs
+// (no seal) gives the parents it touched their times back: nothing but
+// the run changed them.
+func TestTargetsCleanupUnsealed(t *testing.T) {
+	rootfs := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(rootfs, "etc"), 0o755))
+	old := time.Unix(1600000000, 0)
+	must(t, os.Chtimes(filepath.Join(rootfs, "etc"), old, old))
+	r, err := openRoot(rootfs)
+	must(t, err)
+	defer r.close()
+	tg := newTargets(r)
+	if _, err := tg.ensure("/etc/hosts", true); err != nil {
+		t.Fatal(err)
+	}
+	must(t, tg.cleanup())
+	if st, _ := os.Stat(filepath.Join(rootfs, "etc")); !st.ModTime().Equal(old) {
+		t.Errorf("/etc mtime %v after a run that never started, want %v restored", st.ModTime(), old)
+	}
+	if _, err := os.Lstat(filepath.Join(rootfs, "etc/hosts")); !os.IsNotExist(err) {
+		t.Errorf("/etc/hosts left: %v", err)
+	}
+}
+
 func TestLookPath(t *testing.T) {
 	rootfs := t.TempDir()
 	must(t, os.MkdirAll(filepath.Join(rootfs, "usr/bin"), 0o755))
@@ -163,8 +187,12 @@ func TestLookPath(t *testing.T) {
 			t.Errorf("missing: %v, want ErrCommandNotFound", err)
 		}
 	}
-	if err := lookPath(r, "/usr/bin/noexec", "", "/"); err == nil || errors.Is(err, ErrCommandNotFound) {
-		t.Errorf("non-executable path: %v, want a 'not executable' error", err)
+	// A path that names what cannot be run is no missing command: 126
+	// for strata run, as docker run gives.
+	for _, p := range []string{"/usr/bin/noexec", "/usr/bin"} {
+		if err := lookPath(r, p, "", "/"); !errors.Is(err, ErrCommandNotExecutable) || errors.Is(err, ErrCommandNotFound) {
+			t.Errorf("%s: %v, want ErrCommandNotExecutable", p, err)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path"
 	"path/filepath"
 	"syscall"
 
@@ -24,6 +25,9 @@ var (
 	// ErrCommandNotFound: the command is not an executable file in the
 	// rootfs (searched along the container's PATH when it has no slash).
 	ErrCommandNotFound = errors.New("command not found in the image")
+	// ErrCommandNotExecutable: the command's path names what cannot be
+	// run (a directory, a file without an execute bit, a device).
+	ErrCommandNotExecutable = errors.New("command cannot be run")
 	// ErrNoCommand: no Args, and the image has neither Entrypoint nor Cmd.
 	ErrNoCommand = errors.New("no command: give one, or use an image with an Entrypoint or Cmd")
 	// ErrUserNotFound: a user name is not in the image's /etc/passwd.
@@ -74,6 +78,9 @@ func NotifySignals() (signals <-chan os.Signal, stop func()) {
 // the outcome.
 func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	if err := CheckWorkDir(o.WorkDir); err != nil {
 		return -1, err
 	}
 	rt, err := findRuntime(o.Runtime)
@@ -128,6 +135,15 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	}
 	c := &container{rt: rt, id: id, stateDir: stateDir, bundle: bundle, opts: &o}
 	return c.run(ctx)
+}
+
+// CheckWorkDir refuses an Options.WorkDir that is not absolute, as docker
+// run refuses one ("" is the image's).
+func CheckWorkDir(wd string) error {
+	if wd != "" && !path.IsAbs(wd) {
+		return fmt.Errorf("%w: the working directory %q is not an absolute path", ErrInvalidOptions, wd)
+	}
+	return nil
 }
 
 // newID is "strata-run-" and 16 random hex digits: unique per run, so runs

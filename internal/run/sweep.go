@@ -2,6 +2,7 @@ package run
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -167,19 +168,38 @@ func isYoung(dir string) bool {
 	return err == nil && time.Since(fi.ModTime()) < time.Minute
 }
 
-// HoldLock takes a shared lock on a writable mount's run lock file (the
-// daemon's RunInfo.LockFile) for as long as a command runs there: a commit
-// takes it exclusively, so it can tell that a run is in progress. Call the
-// returned function when the command has ended; the kernel drops the lock
-// if this process dies.
-func HoldLock(path string) (func(), error) {
+// HoldLock takes a writable mount's run lock file (the daemon's
+// RunInfo.LockFile) for as long as a command runs there, exclusively:
+// runs of one mount go one at a time (each makes, and takes away, the
+// mount targets of its container — /proc, /dev, /etc/hosts — in the same
+// tree), and a commit, which takes it too, can tell that a run is in
+// progress. When another run or a commit holds it, waiting is called once
+// and HoldLock waits for it, until ctx ends. Call the returned function
+// when the command has ended; the kernel drops the lock if this process
+// dies.
+func HoldLock(ctx context.Context, path string, waiting func()) (func(), error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("run lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("run lock %s: %w", path, err)
+	for told := false; ; {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("run lock %s: %w", path, err)
+		}
+		if !told && waiting != nil {
+			waiting()
+		}
+		told = true
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return func() { f.Close() }, nil
 }

@@ -24,6 +24,7 @@ type targets struct {
 	ours    map[string]bool         // paths in created
 	parents map[string]*parentTimes // pre-existing directories we added entries to
 	order   []string                // parents in the order first touched
+	sealed  bool                    // seal was called: the command may have run
 }
 
 type createdEntry struct {
@@ -169,6 +170,7 @@ func (t *targets) setMode(p string, mode uint32) error {
 
 // seal notes each touched parent's mtime now that every target exists.
 func (t *targets) seal() {
+	t.sealed = true
 	for _, dir := range t.order {
 		if st, err := t.root.lstat(dir); err == nil {
 			t.parents[dir].sealed = st.Mtim
@@ -185,8 +187,10 @@ func (t *targets) cleanup() error {
 	kept := map[string]bool{}
 	changed := map[string]bool{}
 	for _, dir := range t.order {
+		// Before seal no command ran: nothing but ensure changed the
+		// parents (a run that failed to start).
 		st, err := t.root.lstat(dir)
-		changed[dir] = err != nil || st.Mtim != t.parents[dir].sealed
+		changed[dir] = err != nil || t.sealed && st.Mtim != t.parents[dir].sealed
 	}
 	for i := len(t.created) - 1; i >= 0; i-- {
 		c := t.created[i]
@@ -326,6 +330,7 @@ func cleanupSaved(file string) error {
 		t.created = append(t.created, createdEntry{path: c.Path, dir: c.Dir, ino: c.Ino})
 		t.ours[c.Path] = true
 	}
+	t.sealed = true // saved once sealed
 	for _, p := range s.Parents {
 		t.order = append(t.order, p.Path)
 		t.parents[p.Path] = &parentTimes{atime: p.Atime, mtime: p.Mtime, sealed: p.Sealed}

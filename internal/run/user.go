@@ -130,11 +130,11 @@ func isExecutable(r *root, p string) (ok bool, err error) {
 	}
 	switch {
 	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		return false, nil
+		return false, fmt.Errorf("run: %w: %s is a directory", ErrCommandNotExecutable, p)
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return false, fmt.Errorf("run: %s is not a regular file", p)
+		return false, fmt.Errorf("run: %w: %s is not a regular file", ErrCommandNotExecutable, p)
 	case st.Mode&0o111 == 0:
-		return false, fmt.Errorf("run: %s is not executable (mode %o)", p, st.Mode&0o7777)
+		return false, fmt.Errorf("run: %w: %s is not executable (mode %o)", ErrCommandNotExecutable, p, st.Mode&0o7777)
 	}
 	return true, nil
 }
