@@ -87,6 +87,16 @@ func MountLayer(dir string, idx View, content *Content, cfg MountConfig) (*Layer
 	if _, err := idx.Entry(index.RootIno); err != nil {
 		return nil, fmt.Errorf("layer index has no root: %w", err)
 	}
+	// A new connection has no open file and no request: what a dead
+	// connection's server saved (its backing IDs, its requests) is not
+	// this one's, and answering opens from it fails them for good.
+	for _, name := range []string{"modes", "pending"} {
+		if p := cfg.file(dir, name); p != "" {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("mount state of %s: %w", dir, err)
+			}
+		}
+	}
 	m, err := newLayerMount(dir, idx, content, cfg)
 	if err != nil {
 		return nil, err

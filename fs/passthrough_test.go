@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -48,6 +49,13 @@ type wholeResult struct {
 // test hooks). The mount is undone at cleanup, or by close.
 func mountTestLayer(t *testing.T, root string, bl *builtLayer, setup func(*Content)) *mountedLayer {
 	t.Helper()
+	return mountTestLayerCfg(t, root, bl, setup, nil)
+}
+
+// mountTestLayerCfg is mountTestLayer with the mount's config from cfg,
+// given the mount directory (nil: none).
+func mountTestLayerCfg(t *testing.T, root string, bl *builtLayer, setup func(*Content), cfg func(dir string) MountConfig) *mountedLayer {
+	t.Helper()
 	st, err := store.Open(root, store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +72,11 @@ func mountTestLayer(t *testing.T, root string, bl *builtLayer, setup func(*Conte
 	if setup != nil {
 		setup(ml.content)
 	}
-	ml.mount, err = MountLayer(ml.dir, view, ml.content, MountConfig{})
+	var mc MountConfig
+	if cfg != nil {
+		mc = cfg(ml.dir)
+	}
+	ml.mount, err = MountLayer(ml.dir, view, ml.content, mc)
 	if err != nil {
 		ml.content.Close()
 		st.Close()
@@ -250,6 +262,45 @@ func TestPassthroughAfterAssembly(t *testing.T) {
 	readThrough(t, merged, "big", bl.files["big"], false)
 	if counterValue(metricPassthroughOpens)-opens != 1 || daemonReads() != reads {
 		t.Fatal("read through overlayfs: not by passthrough")
+	}
+}
+
+// TestNewConnectionForgetsADeadOnesModes: the open files' modes a dead
+// connection's server saved (a large file open in passthrough, with that
+// connection's backing ID) are not this new connection's: a fresh mount of
+// the layer at the same directory, after the daemon and the process
+// holding the old connection were both killed, opens the file anew (it
+// answered every open with the dead backing ID: EIO, for good).
+func TestNewConnectionForgetsADeadOnesModes(t *testing.T) {
+	requireRoot(t)
+	bl := buildEStargz(t, []string{"big"}, []int{5<<20 + 12345}, 2<<20)
+	e, _, err := index.NewMemory(bl.idx, int64(len(bl.blob))).Lookup(index.RootIno, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	ml := mountTestLayerCfg(t, t.TempDir(), bl, nil, func(dir string) MountConfig {
+		cfg := MountConfig{StateDir: stateDir}
+		for name, data := range map[string]string{
+			"modes":   fmt.Sprintf(`{"%d":{"p":1,"b":5}}`, e.Ino),
+			"pending": "stale",
+		} {
+			if err := os.WriteFile(cfg.file(dir, name), []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return cfg
+	})
+	ml.requirePassthrough(t)
+	readThrough(t, ml.dir, "big", bl.files["big"], false)
+	if err := ml.waitWhole(t, "assemble"); err != nil {
+		t.Fatalf("assembly: %v", err)
+	}
+	ml.waitReleased(t, "big")
+	opens := counterValue(metricPassthroughOpens)
+	readThrough(t, ml.dir, "big", bl.files["big"], false)
+	if counterValue(metricPassthroughOpens)-opens != 1 {
+		t.Error("the second open was not passthrough")
 	}
 }
 
