@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
@@ -40,6 +41,14 @@ type Config struct {
 	// containerd's proxy_plugins (see docs/containerd.md). Default: next to
 	// Socket, so /run/strata/containerd.sock; "off" turns it off.
 	ContainerdSocket string `toml:"containerd_socket"`
+	// ContainerdStargzSocket serves a second, separate snapshotter (its
+	// own snapshots and metadata, the same layers) for containerd's proxy
+	// plugin named "stargz", the name BuildKit's containerd worker and
+	// nerdctl take their lazy path for. containerd collects each
+	// snapshotter name's garbage on its own: two names on one socket
+	// remove each other's snapshots. Default: ContainerdSocket with
+	// "-stargz" before ".sock"; "off" turns it off.
+	ContainerdStargzSocket string `toml:"containerd_stargz_socket"`
 	// MetricsAddress, when set (e.g. "127.0.0.1:9110"), serves Prometheus
 	// metrics over TCP; they are always served on the control socket at /metrics.
 	MetricsAddress string `toml:"metrics_address"`
@@ -159,4 +168,25 @@ func (c Config) containerdSocket() string {
 		return filepath.Join(filepath.Dir(c.Socket), "containerd.sock")
 	}
 	return c.ContainerdSocket
+}
+
+// containerdStargzSocket returns where the snapshots API of the name
+// "stargz" is served, "" when off.
+func (c Config) containerdStargzSocket() string {
+	switch c.ContainerdStargzSocket {
+	case ContainerdSocketOff:
+		return ""
+	case "":
+		if main := c.containerdSocket(); main != "" {
+			return StargzSocket(main)
+		}
+		return ""
+	}
+	return c.ContainerdStargzSocket
+}
+
+// StargzSocket is the default ContainerdStargzSocket of a containerd
+// socket: "-stargz" before its ".sock" (containerd-stargz.sock).
+func StargzSocket(containerdSocket string) string {
+	return strings.TrimSuffix(containerdSocket, ".sock") + "-stargz.sock"
 }

@@ -33,8 +33,9 @@ type Daemon struct {
 	remoteOpts []remote.Option
 	emptyDir   string // an empty directory, the bottom lower of one-layer images
 
-	// csn is the snapshotter containerd is served, once it is open.
-	csn atomic.Pointer[snapshotter.Snapshotter]
+	// csn are the snapshotters containerd is served, once open.
+	csnMu sync.Mutex
+	csn   []*snapshotter.Snapshotter
 
 	// fdStore keeps the layer connections where they outlive the
 	// daemon (nil: nowhere; a restart unmounts everything).

@@ -22,10 +22,20 @@ import (
 // Snapshotter is the name Strata's proxy plugin has in the config.
 const Snapshotter = "strata"
 
-// StargzName is a second name of the same plugin: BuildKit's containerd
-// worker and nerdctl take their lazy-pull path (and send their remote
-// snapshot labels) only for a snapshotter named "stargz".
+// StargzName is the name of Strata's second snapshotter: BuildKit's
+// containerd worker and nerdctl take their lazy-pull path (and send their
+// remote snapshot labels) only for a snapshotter named "stargz". It has a
+// socket of its own (StargzSocket): containerd's garbage collector, run per
+// name, would remove one name's snapshots from a socket both names share.
 const StargzName = "stargz"
+
+// StargzSocket is where a Strata daemon serving its snapshots API on
+// strataSocket serves the name "stargz" by default: "-stargz" before
+// ".sock" (the daemon's Config.ContainerdStargzSocket; this package imports
+// no Strata package).
+func StargzSocket(strataSocket string) string {
+	return strings.TrimSuffix(strataSocket, ".sock") + "-stargz.sock"
+}
 
 // Namespace is the containerd namespace tests should use.
 const Namespace = "strata-test"
@@ -85,8 +95,8 @@ type Containerd struct {
 }
 
 // Start installs containerd when missing, starts it with Strata's
-// snapshots socket strataSocket as the proxy plugin "strata" (and
-// "stargz", see StargzName), waits until
+// snapshots socket strataSocket as the proxy plugin "strata" (and its
+// StargzSocket as "stargz", see StargzName), waits until
 // it answers, and stops and cleans it up when the test ends.
 func Start(t testing.TB, strataSocket string) *Containerd {
 	t.Helper()
@@ -119,7 +129,7 @@ func New(ctx context.Context, strataSocket string) (*Containerd, error) {
 		return nil, err
 	}
 	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "c.sock"), Root: filepath.Join(dir, "root")}
-	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket, StargzName: strataSocket})
+	cfg := Config(dir, c.Address, map[string]string{Snapshotter: strataSocket, StargzName: StargzSocket(strataSocket)})
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		os.RemoveAll(dir)

@@ -72,6 +72,53 @@ func TestContainerd(t *testing.T) {
 		}
 	})
 
+	// containerd collects each snapshotter name's garbage on its own: a
+	// snapshot prepared and removed under "stargz" has its collector walk
+	// that name's snapshotter and remove what the name's metadata does not
+	// know. Under "strata" the image's snapshots must stay (with one
+	// socket for both names, they all went, active ones too).
+	t.Run("names", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		list := func() string {
+			out, err := e.ctd.Ctr(ctx, "snapshots", "--snapshotter", tcontainerd.Snapshotter, "ls")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		before := list()
+		// The stargz snapshotter's snapshot directories: `ctr snapshots
+		// rm` drops the record, the collection the snapshot itself.
+		stargzSnapshots := func() int {
+			ents, err := os.ReadDir(filepath.Join(e.root, "snapshotter-stargz", "snapshots"))
+			if err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+			return len(ents)
+		}
+		for _, args := range [][]string{{"prepare", "gc-probe"}, {"rm", "gc-probe"}} {
+			if out, err := e.ctd.Ctr(ctx, append([]string{"snapshots", "--snapshotter", tcontainerd.StargzName}, args...)...); err != nil {
+				t.Fatalf("ctr snapshots %v under %s: %v\n%s", args, tcontainerd.StargzName, err, out)
+			}
+			if args[0] == "prepare" && stargzSnapshots() != 1 {
+				t.Fatalf("%d snapshots of the %s snapshotter after a prepare, want 1", stargzSnapshots(), tcontainerd.StargzName)
+			}
+		}
+		for stargzSnapshots() > 0 && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond) // the collection is scheduled, not immediate
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("containerd never collected the %s snapshotter's garbage", tcontainerd.StargzName)
+		}
+		if after := list(); after != before {
+			t.Fatalf("%s's snapshots changed when %s's garbage was collected:\nbefore\n%s\nafter\n%s", tcontainerd.Snapshotter, tcontainerd.StargzName, before, after)
+		}
+		if got := e.run(t, lazyRef, "names-1", script); got != want {
+			t.Errorf("container printed\n%s\nwant\n%s", got, want)
+		}
+	})
+
 	t.Run("restart", func(t *testing.T) {
 		before := e.proxy.Stats().BlobBytes
 		e.stopDaemon(t, syscall.SIGKILL)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/stratafs/strata/test/containerd"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,7 +66,9 @@ func (r *runner) measureBK(ctx context.Context, sys string, img imageSpec, profi
 	plugins := map[string]string{"strata": c.strataSock(), "stargz": c.stargzSock()}
 	snapSys := map[string]string{bkOverlay: ctdOverlay, bkStrata: ctdStrata, bkStargz: ctdStargz}[sys]
 	if sys == bkStrata {
-		plugins["stargz"] = c.strataSock()
+		// Its own socket: containerd collects each name's garbage on its
+		// own, and would remove one name's snapshots from a shared one.
+		plugins["stargz"] = containerd.StargzSocket(c.strataSock())
 	}
 	if err := c.prepareWith(ctx, snapSys, r.px.Host(), plugins); err != nil {
 		return fail(err)
