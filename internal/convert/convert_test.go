@@ -18,21 +18,33 @@ import (
 )
 
 // tarLayer is a layer of the given entries; a name ending in / is a
-// directory, anything else a small file.
+// directory, anything else a small file holding its name.
 func tarLayer(t *testing.T, names ...string) v1.Layer {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var hs []*tar.Header
 	for _, n := range names {
 		h := &tar.Header{Name: n, Mode: 0o644, Typeflag: tar.TypeReg, Size: int64(len(n))}
 		if strings.HasSuffix(n, "/") {
 			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
 		}
+		hs = append(hs, h)
+	}
+	return layerOf(t, hs...)
+}
+
+// layerOf is a layer of the given entries, a regular file's content its
+// name over and over.
+func layerOf(t *testing.T, entries ...*tar.Header) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range entries {
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
-		if h.Size > 0 {
-			if _, err := tw.Write([]byte(n)); err != nil {
+		if h.Typeflag == tar.TypeReg && h.Size > 0 {
+			data := bytes.Repeat([]byte(h.Name), int(h.Size)/len(h.Name)+1)[:h.Size]
+			if _, err := tw.Write(data); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -203,36 +215,13 @@ func convertLayers(t *testing.T, layers ...v1.Layer) (v1.Image, *v1.Manifest) {
 // after the link: it stays plain gzip, the same tar. A link to a name
 // written once converts.
 func TestLayerLinkingRewrittenNameStaysGzip(t *testing.T) {
-	layerOf := func(entries ...*tar.Header) v1.Layer {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		for _, h := range entries {
-			if h.Typeflag == tar.TypeReg {
-				h.Size = int64(len(h.Name) + int(h.Mode))
-			}
-			if err := tw.WriteHeader(h); err != nil {
-				t.Fatal(err)
-			}
-			if h.Size > 0 {
-				tw.Write(bytes.Repeat([]byte{'x'}, int(h.Size))) //nolint:errcheck // a bytes.Buffer
-			}
-		}
-		if err := tw.Close(); err != nil {
-			t.Fatal(err)
-		}
-		b := buf.Bytes()
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
+	// The second a differs from the first in mode and size.
 	reg := func(name string, mode int64) *tar.Header {
-		return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode}
+		return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(name)) + mode}
 	}
 	link := &tar.Header{Name: "b", Typeflag: tar.TypeLink, Linkname: "./a", Mode: 0o644}
-	rewritten := layerOf(reg("a", 0o644), link, reg("a", 0o600))
-	once := layerOf(reg("a", 0o644), link, reg("c", 0o644))
+	rewritten := layerOf(t, reg("a", 0o644), link, reg("a", 0o600))
+	once := layerOf(t, reg("a", 0o644), link, reg("c", 0o644))
 	out, m := convertLayers(t, rewritten, once)
 	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; ok {
 		t.Error("the layer linking to a name it writes twice was made eStargz")
