@@ -106,6 +106,9 @@ func startReaper(stateDir string) (func(), error) {
 		Path:  "/proc/self/exe",
 		Args:  []string{os.Args[0], reaperArg, stateDir},
 		Stdin: r,
+		// Not in the caller's directory, which may be in a mount an
+		// unmount must not find busy.
+		Dir: "/",
 		// A session of its own: a signal to the caller's process group
 		// (^C, a job control kill) does not reach it.
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
