@@ -471,6 +471,15 @@ func (im *images) get(dir string) (*Mount, error) {
 	m, ok := im.mounts[dir]
 	im.mu.Unlock()
 	if !ok {
+		// A mount is recorded where symlinks lead (checkMountDir): dir
+		// may name it through one (a state root under a symlink, say).
+		if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+			im.mu.Lock()
+			m, ok = im.mounts[real]
+			im.mu.Unlock()
+		}
+	}
+	if !ok {
 		return nil, fmt.Errorf("%s: no image mounted there by strata: %w", dir, errdefs.ErrNotFound)
 	}
 	return m, nil

@@ -54,7 +54,11 @@ func TestWritableMountLeavesLayersAlone(t *testing.T) {
 	must(t, unix.Lsetxattr(in(fixture.OwnedPath), "user.step", []byte("x"), 0))
 	must(t, os.Chtimes(in("etc/no-perms"), time.Unix(1, 0), time.Unix(1, 0)))
 
-	changes, err := d.client.Changes(context.Background(), rw)
+	// Asked through a symlink to it (a state root or a work directory
+	// under one), the daemon finds the mount where the link leads.
+	link := filepath.Join(t.TempDir(), "link")
+	must(t, os.Symlink(rw, link))
+	changes, err := d.client.Changes(context.Background(), link)
 	if err != nil {
 		t.Fatal(err)
 	}
