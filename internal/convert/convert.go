@@ -101,31 +101,31 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 	}
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	adds := make([]mutate.Addendum, 0, len(layers))
-	diffIDs := make([]v1.Hash, 0, len(layers))
-	// missedBy counts the layers that did not store a prioritized path
-	// first; one all of them missed is a mistake worth a warning.
-	missedBy := map[string]int{}
-	for i, l := range layers {
+	adds := make([]mutate.Addendum, len(layers))
+	diffIDs := make([]v1.Hash, len(layers))
+	// A prioritized path is stored first in the layer whose entry the
+	// image shows: the topmost that holds it. Layers are converted top
+	// down, each told the paths no layer above it decided (held, deleted
+	// or hid); a lower copy, which nothing reads, is never prefetched.
+	pr := newPriorities(opt.Prioritize)
+	for i := len(layers) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		el, err := layer(ctx, l, opt)
+		el, err := layer(ctx, layers[i], opt, pr.take)
 		if err != nil {
 			return nil, fmt.Errorf("layer %d: %w", i+1, err)
 		}
-		for _, p := range el.missed {
-			missedBy[p]++
-		}
-		adds = append(adds, mutate.Addendum{Layer: el.Layer, Annotations: el.annotations, MediaType: types.OCILayer})
-		diffIDs = append(diffIDs, el.diffID)
+		pr.notFirst(el.missed)
+		adds[i] = mutate.Addendum{Layer: el.Layer, Annotations: el.annotations, MediaType: types.OCILayer}
+		diffIDs[i] = el.diffID
 		if opt.Progress != nil {
 			d, _ := el.Digest()
 			sz, _ := el.Size()
-			opt.Progress(i+1, len(layers), d, sz)
+			opt.Progress(len(layers)-i, len(layers), d, sz)
 		}
 	}
-	warnNotPrioritized(ctx, opt.Prioritize, missedBy, len(layers))
+	pr.warn(ctx)
 	out, err := mutate.Append(base, adds...)
 	if err != nil {
 		return nil, err
@@ -139,31 +139,13 @@ type estargzLayer struct {
 	v1.Layer
 	diffID      v1.Hash
 	annotations map[string]string
-	missed      []string // prioritized paths this layer did not store first
-}
-
-// warnNotPrioritized says which prioritized paths no layer stored first.
-// eStargz moves a file to the front only with its parent directories, so
-// a layer that has the file but no entries for its parents (a tar made
-// of a directory's children under a prefix) skips it too: the message
-// names that cause, which is otherwise invisible until mounts are slow.
-func warnNotPrioritized(ctx context.Context, list []string, missedBy map[string]int, layers int) {
-	var none []string
-	for _, p := range list {
-		if missedBy[p] == layers {
-			none = append(none, p)
-		}
-	}
-	if len(none) == 0 {
-		return
-	}
-	slog.WarnContext(ctx, "convert: prioritized paths not stored first: in no layer, or in a layer without entries for their parent directories",
-		"paths", len(none), "of", len(list), "first", none[:min(len(none), 5)])
+	missed      []string // prioritized paths of this layer it did not store first
 }
 
 // layer converts one layer. The uncompressed tar is spooled to disk because
-// eStargz building needs random access to it.
-func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) {
+// eStargz building needs random access to it. prioritize is given what the
+// tar holds and deletes, and returns the paths to store first.
+func layer(ctx context.Context, l v1.Layer, opt Options, prioritize func(*layerNames) []string) (*estargzLayer, error) {
 	rc, err := l.Uncompressed()
 	if err != nil {
 		return nil, err
@@ -179,21 +161,26 @@ func layer(ctx context.Context, l v1.Layer, opt Options) (*estargzLayer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("reading layer: %w", err)
 	}
+	names, err := scanNames(io.NewSectionReader(tarFile, 0, n))
+	if err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	}
+	prio := prioritize(names)
 	if why, err := notEStargz(io.NewSectionReader(tarFile, 0, n)); err != nil {
 		return nil, fmt.Errorf("reading layer: %w", err)
 	} else if why != "" {
 		// The layer stays a plain gzip tar, which keeps it as it is
 		// (and which mounts lazily with an index, strata index).
 		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz", "reason", why)
-		return gzipLayer(ctx, tarFile, n, opt)
+		return gzipLayer(ctx, tarFile, n, opt, prio)
 	}
 	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
 	if opt.ChunkSize > 0 {
 		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))
 	}
 	var missed []string // files of other layers, or whose parents this layer lacks
-	if len(opt.Prioritize) > 0 {
-		bopts = append(bopts, estargz.WithPrioritizedFiles(opt.Prioritize), estargz.WithAllowPrioritizeNotFound(&missed))
+	if len(prio) > 0 {
+		bopts = append(bopts, estargz.WithPrioritizedFiles(prio), estargz.WithAllowPrioritizeNotFound(&missed))
 	}
 	blob, err := estargz.Build(io.NewSectionReader(tarFile, 0, n), bopts...)
 	if err != nil {
@@ -286,7 +273,7 @@ func tarName(name string) string {
 }
 
 // gzipLayer is the tar of n bytes in tarFile as a plain gzip layer.
-func gzipLayer(ctx context.Context, tarFile *os.File, n int64, opt Options) (*estargzLayer, error) {
+func gzipLayer(ctx context.Context, tarFile *os.File, n int64, opt Options, prio []string) (*estargzLayer, error) {
 	outFile, err := os.CreateTemp(opt.TmpDir, "strata-gzip-*")
 	if err != nil {
 		return nil, err
@@ -309,7 +296,7 @@ func gzipLayer(ctx context.Context, tarFile *os.File, n int64, opt Options) (*es
 		return nil, err
 	}
 	slog.DebugContext(ctx, "layer kept as gzip", "diffID", fl.diffID, "size", fl.size)
-	return &estargzLayer{Layer: fl, diffID: fl.diffID, missed: opt.Prioritize}, nil
+	return &estargzLayer{Layer: fl, diffID: fl.diffID, missed: prio}, nil
 }
 
 // tocOffset reads, from its footer, where the TOC of the eStargz blob of

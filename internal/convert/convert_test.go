@@ -126,6 +126,68 @@ func TestPrioritizeWarnsAboutPathsNoLayerStoredFirst(t *testing.T) {
 	}
 }
 
+// TestPrioritizeTheCopyTheImageShows: a prioritized path is stored first
+// in the topmost layer that holds it, never in a lower layer whose copy an
+// upper one replaces, deletes or hides; a path the image deletes is named
+// in a warning, and so is one whose visible layer cannot store it first
+// (no entries for its parent directories, as umoci writes a layer that
+// changes a file only).
+func TestPrioritizeTheCopyTheImageShows(t *testing.T) {
+	lower := tarLayer(t, "etc/", "etc/big", "etc/small", "del/", "del/gone", "opq/", "opq/a", "file/", "file/x")
+	for _, tc := range []struct {
+		name              string
+		upper             v1.Layer
+		wantLower         string // what the lower layer stores first
+		wantUpper         string
+		notFirst, deleted []string
+	}{
+		{"upper without parent entries", tarLayer(t, "etc/big", "del/.wh.gone", "opq/.wh..wh..opq", "file"),
+			"etc/ etc/small", "", []string{"/etc/big"}, []string{"/del/gone", "/opq/a", "/file/x"}},
+		{"upper with parent entries", tarLayer(t, "etc/", "etc/big"),
+			"etc/ etc/small del/ del/gone opq/ opq/a file/ file/x", "etc/ etc/big", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img, err := mutate.AppendLayers(empty.Image, lower, tc.upper)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			old := slog.Default()
+			slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+			t.Cleanup(func() { slog.SetDefault(old) })
+			out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir(),
+				Prioritize: []string{"/etc/big", "/etc/small", "/del/gone", "/opq/a", "/file/x"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers, err := out.Layers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(firstNames(t, layers[0]), " "); got != tc.wantLower {
+				t.Errorf("lower layer stores first %q, want %q", got, tc.wantLower)
+			}
+			if got := strings.Join(firstNames(t, layers[1]), " "); got != tc.wantUpper {
+				t.Errorf("upper layer stores first %q, want %q", got, tc.wantUpper)
+			}
+			msg := logs.String()
+			for _, p := range tc.notFirst {
+				if !strings.Contains(msg, "not stored first") || !strings.Contains(msg, p) {
+					t.Errorf("no warning that %s is not stored first:\n%s", p, msg)
+				}
+			}
+			for _, p := range tc.deleted {
+				if !strings.Contains(msg, "deletes or hides") || !strings.Contains(msg, p) {
+					t.Errorf("no warning that the image deletes or hides %s:\n%s", p, msg)
+				}
+			}
+			if tc.notFirst == nil && tc.deleted == nil && msg != "" {
+				t.Errorf("warnings for an image whose every path is stored first:\n%s", msg)
+			}
+		})
+	}
+}
+
 // A converted layer's descriptor says where its TOC starts, as its footer
 // does, so that a mount fetches TOC and footer in one read of their size.
 func TestConvertedLayerAnnotatesTOCOffset(t *testing.T) {
