@@ -77,6 +77,14 @@ func (im *images) finishRecording(ctx context.Context, m *Mount, rec *recording)
 		rec.timer.Stop()
 		im.d.pool.StopRecording(rec.r)
 		list := rec.r.List(m.Digest, m.layerDigests())
+		if len(list.Files) == 0 {
+			// The workload did not run, or failed at once: an empty list
+			// would replace a good one, here and (pushed, the newest
+			// referrer) everywhere.
+			slog.Warn("recorded prefetch list empty: the workload opened no file of the image; nothing kept or pushed",
+				"dir", m.Dir, "image", m.Digest)
+			return
+		}
 		b, err := list.Marshal()
 		if err == nil {
 			err = im.keepPrefetchList(m.Digest, b)

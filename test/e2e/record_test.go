@@ -118,6 +118,26 @@ func TestRecordedPrefetch(t *testing.T) {
 	if len(refs) != 1 || refs[0].ArtifactType != prefetchListType {
 		t.Fatalf("referrers of the image: %+v", refs)
 	}
+	// A recording that sees no open (its workload did not run, or failed
+	// at once) keeps and pushes nothing: the good list stays, here and in
+	// the registry.
+	mark = logMark()
+	idle, _ := first.mountWith(t, daemon.MountRequest{Ref: ref, Record: true, RecordPush: true})
+	if err := first.client.Unmount(context.Background(), idle, false); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, mark, "recorded prefetch list empty", m.Digest.String())
+	if got := referrersOf(t, ref, m.Digest); len(got) != 1 || got[0].Digest != refs[0].Digest {
+		t.Fatalf("referrers after an empty recording: %+v, want only %s", got, refs[0].Digest)
+	}
+	mark = logMark()
+	again, _ := first.mountWith(t, daemon.MountRequest{Ref: ref})
+	if line := waitLog(t, mark, "recorded prefetch done", m.Digest.String(), "from=store"); !strings.Contains(line, "files=2 ") {
+		t.Fatalf("the stored list after an empty recording: %s", line)
+	}
+	if err := first.client.Unmount(context.Background(), again, false); err != nil {
+		t.Fatal(err)
+	}
 	var list struct {
 		Image digest.Digest
 		Files []struct {
