@@ -373,7 +373,17 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 				// images.
 				lowers = append(lowers, im.d.emptyDir)
 			}
-			err = kmount.Overlay(m.Dir, lowers, "", "")
+			// xino: the overlay's inode numbers carry which layer an
+			// inode is from, so one device, directory inode numbers
+			// that stay put when the dentry cache drops them and
+			// readdir's d_ino equal to stat's st_ino, as on the
+			// filesystem an unpack writes (each layer is a filesystem
+			// of its own: without it, du -x and tar saw three devices
+			// in one directory). A kernel that has no xino mounts
+			// without it.
+			if err = kmount.Overlay(m.Dir, lowers, "", "", "xino=on"); errors.Is(err, unix.EINVAL) {
+				err = kmount.Overlay(m.Dir, lowers, "", "")
+			}
 		}
 	}
 	if err != nil {
