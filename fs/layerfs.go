@@ -45,6 +45,7 @@ type layerFS struct {
 	// FUSE passthrough backing files (see probePassthrough).
 	passthrough atomic.Bool
 	modes       *openModes
+	nlinks      sync.Map // directory inode → its link count (dirNlink)
 
 	// openless is set when the layer's files are opened by the kernel
 	// alone (see openless in mount.go).
@@ -121,7 +122,7 @@ func fillAttr(e *index.Entry, out *fuse.Attr) {
 	out.Owner = fuse.Owner{Uid: e.UID, Gid: e.GID}
 	out.Nlink = max(e.Nlink, 1)
 	if e.Type == index.TypeDir {
-		out.Nlink = 2
+		out.Nlink = 2 // the layerFS counts the subdirectories (dirNlink)
 	}
 	if e.Type == index.TypeChar || e.Type == index.TypeBlock {
 		out.Rdev = uint32(unixMkdev(e.DevMajor, e.DevMinor))
@@ -140,6 +141,34 @@ func fillAttr(e *index.Entry, out *fuse.Attr) {
 // what the 32-bit FUSE rdev field carries.
 func unixMkdev(major, minor uint32) uint64 {
 	return uint64((minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12)
+}
+
+// dirNlink is directory ino's link count as an unpack's filesystem gives
+// it: 2 and one for each subdirectory. It is counted once per directory
+// (from its listing) and kept.
+func (l *layerFS) dirNlink(ino uint64) uint32 {
+	if n, ok := l.nlinks.Load(ino); ok {
+		return n.(uint32)
+	}
+	ents, err := l.idx.ReadDir(ino)
+	if err != nil {
+		return 2 // the listing says why when it is read
+	}
+	n := uint32(2)
+	for _, d := range ents {
+		if d.Type == index.TypeDir {
+			n++
+		}
+	}
+	l.nlinks.Store(ino, n)
+	return n
+}
+
+// fillDirNlink gives a directory's attributes its link count.
+func (l *layerFS) fillDirNlink(e *index.Entry, out *fuse.Attr) {
+	if e.Type == index.TypeDir {
+		out.Nlink = l.dirNlink(e.Ino)
+	}
 }
 
 func fillEntry(e *index.Entry, out *fuse.EntryOut) {
@@ -221,6 +250,7 @@ func (l *layerFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, 
 		l.lookedUpSeq.Store(l.conn.seq.Load())
 	}
 	fillEntry(&e, out)
+	l.fillDirNlink(&e, &out.Attr)
 	return fuse.OK
 }
 
@@ -233,6 +263,7 @@ func (l *layerFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.
 		return st
 	}
 	fillAttr(&e, &out.Attr)
+	l.fillDirNlink(&e, &out.Attr)
 	out.SetTimeout(kernelCacheTimeout)
 	return fuse.OK
 }
@@ -332,6 +363,7 @@ func (l *layerFS) list(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEnt
 		if k.Type == index.TypeDir {
 			if e, err := l.idx.Entry(k.Ino); err == nil {
 				fillEntry(&e, eo)
+				l.fillDirNlink(&e, &eo.Attr)
 			}
 		}
 	}

@@ -104,3 +104,57 @@ func direntInodes(t *testing.T, dir string) map[string]uint64 {
 		}
 	}
 }
+
+// TestMountDirectoryLinkCounts: a directory's link count is 2 and one per
+// subdirectory, as on the filesystem an unpack writes (find's leaf
+// optimisation and du go by it), in a one-layer image (the layer's own
+// mount) and in a directory only one layer of a multi-layer image holds
+// (overlayfs passes its count through; one several layers merge counts 1,
+// overlayfs' "not counted").
+func TestMountDirectoryLinkCounts(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, nil)
+	for _, tc := range []struct {
+		name   string
+		layers []fixture.LayerSpec
+	}{
+		{"one layer", fixture.Standard()[:1]},
+		{"layers", fixture.Standard()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := push(t, shared.reg, uniqueRepo("nlink"), "estargz", tc.layers, fixture.FormEStargz)
+			dir, _ := d.mount(t, ref)
+			checked := 0
+			must(t, filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+				if err != nil || !e.IsDir() {
+					return err
+				}
+				var st syscall.Stat_t
+				if err := syscall.Lstat(p, &st); err != nil {
+					return err
+				}
+				if st.Nlink == 1 {
+					return nil // merged by overlayfs: not counted
+				}
+				ents, err := os.ReadDir(p)
+				if err != nil {
+					return err
+				}
+				want := uint64(2)
+				for _, c := range ents {
+					if c.IsDir() {
+						want++
+					}
+				}
+				if st.Nlink != want {
+					t.Errorf("%s: %d links, want %d (2 and one per subdirectory)", p, st.Nlink, want)
+				}
+				checked++
+				return nil
+			}))
+			if checked < 3 {
+				t.Fatalf("checked %d directories", checked)
+			}
+		})
+	}
+}
