@@ -17,9 +17,7 @@ another mount stays mounted). The cache keeps what was fetched.
 A writable mount ('strata mount --rw') whose changes are not committed is
 not unmounted: the command says how many changes there are ('strata diff
 DIR' lists them). --discard unmounts it anyway and deletes its changes.
-Neither unmounts a writable mount while a 'strata run' is running in it,
-nor a mount a process uses (a file open, or its working directory, in it:
-'fuser -vm DIR' lists them), as umount(8) refuses a busy mount.
+Neither unmounts a writable mount while a 'strata run' is running in it.
 
 Examples:
   strata umount /mnt/app

@@ -462,13 +462,6 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 			return err
 		}
 	}
-	// Not from under a process that uses it: its reads would fail once
-	// the layers go (as umount(8) refuses a busy mount).
-	if err := kmount.UnmountIdle(m.Dir); errors.Is(err, kmount.ErrBusy) {
-		return fmt.Errorf("%w (fuser -vm %s lists them); unmount when they have let go: %w", err, m.Dir, errdefs.ErrFailedPrecondition)
-	} else if err != nil {
-		return err
-	}
 	if err := im.detach(m); err != nil {
 		return err
 	}

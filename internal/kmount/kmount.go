@@ -156,28 +156,6 @@ func Unmount(target string) error {
 	return Detach(target)
 }
 
-// ErrBusy is UnmountIdle's refusal of a mount something uses.
-var ErrBusy = errors.New("busy: a process has a file open, or its working directory, in it")
-
-// UnmountIdle unmounts target, as Unmount does, but only when nothing uses
-// it (after a few tries a fraction of a second apart, for users just
-// letting go): a mount in use stays, with an error wrapping ErrBusy, as
-// umount(8) refuses it. Nothing mounted there is not an error.
-func UnmountIdle(target string) error {
-	var err error
-	for range 10 {
-		err = unix.Unmount(target, 0)
-		if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		if !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("unmount %s: %w", target, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s: %w", target, ErrBusy)
-}
-
 // Detach lazily detaches whatever is mounted at target: existing users
 // keep it until they let go. Nothing mounted there is not an error.
 func Detach(target string) error {
