@@ -224,17 +224,7 @@ func TestLayerWithNamesNotUTF8StaysGzip(t *testing.T) {
 	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; !ok {
 		t.Error("the first layer was not converted")
 	}
-	if _, ok := m.Layers[1].Annotations[AnnotationTOCDigest]; ok {
-		t.Error("the layer with names that are not UTF-8 was made eStargz")
-	}
-	layers, err := out.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := odd.DiffID()
-	if got, _ := layers[1].DiffID(); got != want {
-		t.Errorf("diffID %s, the source's %s", got, want)
-	}
+	layers := keptGzip(t, out, m, 1, odd, "the layer with names that are not UTF-8")
 	rc, err := layers[1].Uncompressed()
 	if err != nil {
 		t.Fatal(err)
@@ -285,18 +275,26 @@ func TestLayerLinkingRewrittenNameStaysGzip(t *testing.T) {
 	rewritten := layerOf(t, reg("a", 0o644), link, reg("a", 0o600))
 	once := layerOf(t, reg("a", 0o644), link, reg("c", 0o644))
 	out, m := convertLayers(t, rewritten, once)
-	if _, ok := m.Layers[0].Annotations[AnnotationTOCDigest]; ok {
-		t.Error("the layer linking to a name it writes twice was made eStargz")
-	}
+	keptGzip(t, out, m, 0, rewritten, "the layer linking to a name it writes twice")
 	if _, ok := m.Layers[1].Annotations[AnnotationTOCDigest]; !ok {
 		t.Error("the layer linking to a name it writes once was not converted")
+	}
+}
+
+// keptGzip checks that layer i of the converted image out (manifest m) is
+// src's tar as it was, not made eStargz, and returns out's layers.
+func keptGzip(t *testing.T, out v1.Image, m *v1.Manifest, i int, src v1.Layer, what string) []v1.Layer {
+	t.Helper()
+	if _, ok := m.Layers[i].Annotations[AnnotationTOCDigest]; ok {
+		t.Errorf("%s was made eStargz", what)
 	}
 	layers, err := out.Layers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := rewritten.DiffID()
-	if got, _ := layers[0].DiffID(); got != want {
-		t.Errorf("diffID %s, the source's %s", got, want)
+	want, _ := src.DiffID()
+	if got, _ := layers[i].DiffID(); got != want {
+		t.Errorf("%s: diffID %s, the source's %s", what, got, want)
 	}
+	return layers
 }
