@@ -1,7 +1,6 @@
 package convert
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -166,9 +164,7 @@ func layer(ctx context.Context, l v1.Layer, opt Options, prioritize func(*layerN
 		return nil, fmt.Errorf("reading layer: %w", err)
 	}
 	prio := prioritize(names)
-	if why, err := notEStargz(io.NewSectionReader(tarFile, 0, n)); err != nil {
-		return nil, fmt.Errorf("reading layer: %w", err)
-	} else if why != "" {
+	if why := names.notEStargz; why != "" {
 		// The layer stays a plain gzip tar, which keeps it as it is
 		// (and which mounts lazily with an index, strata index).
 		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz", "reason", why)
@@ -220,51 +216,6 @@ func layer(ctx context.Context, l v1.Layer, opt Options, prioritize func(*layerN
 		},
 		missed: missed,
 	}, nil
-}
-
-// notEStargz says why the tar cannot become an eStargz layer that reads
-// back the same, "" when it can:
-//   - a name (or link target, or xattr name) that is not UTF-8: eStargz's
-//     table of contents is JSON, which holds it mangled, so a lazy mount
-//     would show another name (or merge two);
-//   - a hardlink to a name the layer writes more than once: the eStargz
-//     writer keeps one entry of a name, the last, and moves it after the
-//     link, so the link would name other content than the tar's (or
-//     come before its target, which no reader takes).
-func notEStargz(r io.Reader) (string, error) {
-	tr := tar.NewReader(r)
-	written := map[string]int{}
-	var links [][2]string // hardlink, its target
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return "", err
-		}
-		if !utf8.ValidString(h.Name) {
-			return fmt.Sprintf("the name %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name), nil
-		}
-		if !utf8.ValidString(h.Linkname) {
-			return fmt.Sprintf("the link target %q is not UTF-8, which an eStargz table of contents cannot hold", h.Linkname), nil
-		}
-		for k := range h.PAXRecords {
-			if !utf8.ValidString(k) {
-				return fmt.Sprintf("an attribute name of %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name), nil
-			}
-		}
-		written[tarName(h.Name)]++
-		if h.Typeflag == tar.TypeLink {
-			links = append(links, [2]string{h.Name, tarName(h.Linkname)})
-		}
-	}
-	for _, l := range links {
-		if written[l[1]] > 1 {
-			return fmt.Sprintf("the hardlink %q names %q, which the layer writes more than once: eStargz keeps one entry of a name, after the link", l[0], l[1]), nil
-		}
-	}
-	return "", nil
 }
 
 // tarName is a tar entry's name as a path from the layer's root.

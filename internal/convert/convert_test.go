@@ -60,6 +60,17 @@ func layerOf(t *testing.T, entries ...*tar.Header) v1.Layer {
 	return l
 }
 
+// captureLogs sends the default logger's lines to the returned buffer
+// until the test ends.
+func captureLogs(t *testing.T) *bytes.Buffer {
+	t.Helper()
+	var logs bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return &logs
+}
+
 // firstNames lists a converted layer's entries up to its prefetch landmark.
 func firstNames(t *testing.T, l v1.Layer) []string {
 	t.Helper()
@@ -95,10 +106,7 @@ func TestPrioritizeWarnsAboutPathsNoLayerStoredFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
-	t.Cleanup(func() { slog.SetDefault(old) })
+	logs := captureLogs(t)
 
 	out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir(),
 		Prioritize: []string{"etc/passwd", "usr/local/go/bin/go", "no/such/file"}})
@@ -151,10 +159,7 @@ func TestPrioritizeTheCopyTheImageShows(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var logs bytes.Buffer
-			old := slog.Default()
-			slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
-			t.Cleanup(func() { slog.SetDefault(old) })
+			logs := captureLogs(t)
 			out, err := Image(context.Background(), img, Options{TmpDir: t.TempDir(),
 				Prioritize: []string{"/etc/big", "/etc/small", "/del/gone", "/opq/a", "/file/x"}})
 			if err != nil {

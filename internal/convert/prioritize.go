@@ -3,34 +3,54 @@ package convert
 import (
 	"archive/tar"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // layerNames is what a layer's tar says about paths of the image: the
 // names it holds (with their tar types), the paths its whiteouts delete,
-// and the directories it makes opaque.
+// and the directories it makes opaque; and why it cannot become an eStargz
+// layer that reads back the same, "" when it can:
+//   - a name (or link target, or xattr name) that is not UTF-8: eStargz's
+//     table of contents is JSON, which holds it mangled, so a lazy mount
+//     would show another name (or merge two);
+//   - a hardlink to a name the layer writes more than once: the eStargz
+//     writer keeps one entry of a name, the last, and moves it after the
+//     link, so the link would name other content than the tar's (or
+//     come before its target, which no reader takes).
 type layerNames struct {
-	types   map[string]byte
-	deleted map[string]bool // ".wh.x" deletes x
-	opaque  map[string]bool // ".wh..wh..opq" in d hides what the layers below hold in d
+	types      map[string]byte
+	deleted    map[string]bool // ".wh.x" deletes x
+	opaque     map[string]bool // ".wh..wh..opq" in d hides what the layers below hold in d
+	notEStargz string
 }
 
 // scanNames reads the tar's headers (its contents are skipped).
 func scanNames(r io.Reader) (*layerNames, error) {
 	ln := &layerNames{types: map[string]byte{}, deleted: map[string]bool{}, opaque: map[string]bool{}}
+	written := map[string]int{}
+	var links [][2]string // hardlink, its target
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			return ln, nil
+			break
 		}
 		if err != nil {
 			return nil, err
 		}
+		if ln.notEStargz == "" {
+			ln.notEStargz = notUTF8(h)
+		}
 		name := tarName(h.Name)
+		written[name]++
+		if h.Typeflag == tar.TypeLink {
+			links = append(links, [2]string{h.Name, tarName(h.Linkname)})
+		}
 		dir, base := path.Split(name)
 		dir = strings.TrimSuffix(dir, "/")
 		switch {
@@ -42,6 +62,28 @@ func scanNames(r io.Reader) (*layerNames, error) {
 			ln.types[name] = h.Typeflag
 		}
 	}
+	for _, l := range links {
+		if ln.notEStargz == "" && written[l[1]] > 1 {
+			ln.notEStargz = fmt.Sprintf("the hardlink %q names %q, which the layer writes more than once: eStargz keeps one entry of a name, after the link", l[0], l[1])
+		}
+	}
+	return ln, nil
+}
+
+// notUTF8 says which of h's names is not UTF-8, "" when all are.
+func notUTF8(h *tar.Header) string {
+	if !utf8.ValidString(h.Name) {
+		return fmt.Sprintf("the name %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name)
+	}
+	if !utf8.ValidString(h.Linkname) {
+		return fmt.Sprintf("the link target %q is not UTF-8, which an eStargz table of contents cannot hold", h.Linkname)
+	}
+	for k := range h.PAXRecords {
+		if !utf8.ValidString(k) {
+			return fmt.Sprintf("an attribute name of %q is not UTF-8, which an eStargz table of contents cannot hold", h.Name)
+		}
+	}
+	return ""
 }
 
 // decides says whether the layer decides p for the layers below it: it
