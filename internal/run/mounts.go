@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // etcFiles are the bundle's generated files, bound over the image's.
@@ -74,6 +75,9 @@ func userMounts(ms []Mount) []specs.Mount {
 // destination under an earlier mount (/dev/pts under /dev) is on that
 // mount, not on the rootfs, and is left to the runtime.
 func mountTargets(t *targets, ms []specs.Mount) ([]specs.Mount, error) {
+	if err := checkRuntimeDirs(t.root); err != nil {
+		return nil, err
+	}
 	var out []specs.Mount
 	for i, m := range ms {
 		if replaced(ms[i+1:], m.Destination) {
@@ -102,6 +106,30 @@ func mountTargets(t *targets, ms []specs.Mount) ([]specs.Mount, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// checkRuntimeDirs refuses a rootfs whose /dev, /proc or /sys is there
+// and no directory. The runtime mounts on them and then works in them by
+// path before it enters the container: runc makes /dev's links
+// (/dev/fd, /dev/stdin, ...) and crun its device nodes at ROOTFS/dev/...,
+// which through a symlink to /somewhere are made on the host. runc
+// refuses a /proc symlink for the same reason; buildah 1.28 and runc
+// itself run with a /dev symlink and write through it.
+func checkRuntimeDirs(r *root) error {
+	for _, p := range []string{"/dev", "/proc", "/sys"} {
+		st, err := r.lstat(p)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+		case err != nil:
+			return fmt.Errorf("run: %s: %w", p, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			target, _ := r.readlink(p)
+			return fmt.Errorf("run: %w: its %s is a symlink (to %q); a runtime would make device nodes and links through it outside the container", ErrUnsafeRootfs, p, target)
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return fmt.Errorf("run: %w: its %s is not a directory", ErrUnsafeRootfs, p)
+		}
+	}
+	return nil
 }
 
 func replaced(later []specs.Mount, dest string) bool {

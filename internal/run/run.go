@@ -36,6 +36,10 @@ var (
 	ErrGroupNotFound = errors.New("group not found in the image")
 	// ErrInvalidOptions: Options or a --mount value that cannot work.
 	ErrInvalidOptions = errors.New("invalid run options")
+	// ErrUnsafeRootfs: the rootfs has /dev, /proc or /sys as a symlink or
+	// as something else than a directory, where a runtime would make
+	// device nodes and links through it on the host.
+	ErrUnsafeRootfs = errors.New("the image cannot be run safely")
 )
 
 // Options says what to run and how. Only Rootfs is required.

@@ -372,3 +372,37 @@ func TestCapAddAll(t *testing.T) {
 		ov.expectChanges(t)
 	})
 }
+
+// TestRuntimeDirsNotThroughSymlinks: an image whose /dev (or /proc, /sys)
+// is a symlink to a host directory is refused before a runtime sees it:
+// runc would make /dev's links, crun its device nodes, through the link
+// on the host. Nothing is made there, nor in the layer.
+func TestRuntimeDirsNotThroughSymlinks(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, rt string) {
+		for _, dir := range []string{"dev", "proc", "sys"} {
+			t.Run(dir, func(t *testing.T) {
+				lower := makeLower(t)
+				host := t.TempDir()
+				must(t, os.Symlink(host, filepath.Join(lower, dir)))
+				ov := mountOverlay(t, lower)
+				o := Options{Rootfs: ov.merged, Args: []string{"true"}, Config: imageConfig(), Runtime: rt}
+				_, _, _, err := run(t, o)
+				if !errors.Is(err, ErrUnsafeRootfs) || !strings.Contains(err.Error(), "/"+dir) || !strings.Contains(err.Error(), host) {
+					t.Errorf("/%s a symlink to %s: %v, want ErrUnsafeRootfs naming both", dir, host, err)
+				}
+				if ents, _ := os.ReadDir(host); len(ents) > 0 {
+					t.Errorf("the run made %d entries in the host directory %s that /%s links to", len(ents), host, dir)
+				}
+				ov.expectChanges(t)
+			})
+		}
+		lower := makeLower(t)
+		writeFile(t, filepath.Join(lower, "sys"), "not a directory\n")
+		ov := mountOverlay(t, lower)
+		o := Options{Rootfs: ov.merged, Args: []string{"true"}, Config: imageConfig(), Runtime: rt}
+		if _, _, _, err := run(t, o); !errors.Is(err, ErrUnsafeRootfs) || !strings.Contains(err.Error(), "/sys is not a directory") {
+			t.Errorf("/sys a file: %v", err)
+		}
+		ov.expectChanges(t)
+	})
+}
