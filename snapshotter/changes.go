@@ -283,7 +283,11 @@ func isNoXattrSupport(err error) bool {
 // since. A directory's change time is left out: making an entry in it and
 // removing it again with the old times put back (a run's mount targets)
 // moves it and nothing else, while each change it stands for (entries,
-// mode, owner, xattrs) is in the digest by itself.
+// mode, owner, xattrs) is in the digest by itself. So is a whiteout's:
+// overlayfs makes whiteouts links of one inode in its work directory and
+// empties that directory when it mounts the upper again (a daemon
+// restart), which moves their change time; a whiteout has nothing else
+// to change but its name and type.
 func UpperFingerprint(upper string) (string, error) {
 	h := sha256.New()
 	err := filepath.WalkDir(upper, func(p string, d iofs.DirEntry, err error) error {
@@ -300,8 +304,12 @@ func UpperFingerprint(upper string) (string, error) {
 		}
 		rel, _ := filepath.Rel(upper, p)
 		if !d.IsDir() {
+			ctime := st.Ctim
+			if st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
+				ctime = syscall.Timespec{}
+			}
 			fmt.Fprintf(h, "%q %o %d %d %d %d.%d %d.%d %d\n", rel, st.Mode, st.Uid, st.Gid, st.Size,
-				st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Rdev)
+				st.Mtim.Sec, st.Mtim.Nsec, ctime.Sec, ctime.Nsec, st.Rdev)
 			return nil
 		}
 		fmt.Fprintf(h, "%q %o %d %d %d.%d\n", rel, st.Mode, st.Uid, st.Gid, st.Mtim.Sec, st.Mtim.Nsec)

@@ -202,4 +202,20 @@ func TestUpperFingerprint(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(etc, "hosts"), []byte("xyz"), 0o644))
 	must(t, os.Chtimes(filepath.Join(etc, "hosts"), old, old))
 	moved("a file rewritten with its size and times kept")
+
+	// overlayfs (5.8 and later) makes each whiteout a link of one inode in
+	// its work directory, and a mount of the same upper empties that
+	// directory: the whiteout's link count and change time move, and
+	// nothing it stands for did.
+	wh := filepath.Join(etc, "gone")
+	must(t, unix.Mknod(wh, unix.S_IFCHR, 0))
+	shared := filepath.Join(t.TempDir(), "whiteout")
+	must(t, os.Link(wh, shared))
+	want = fp()
+	time.Sleep(10 * time.Millisecond)
+	must(t, os.Remove(shared))
+	same("the shared whiteout inode's other link going")
+	must(t, os.Remove(wh))
+	must(t, os.WriteFile(wh, nil, 0o644))
+	moved("a whiteout replaced by a file")
 }
