@@ -138,7 +138,7 @@ func TestRunArgs(t *testing.T) {
 		{line: `RUN ["echo", "hi"]`, want: "echo|hi"},
 		{line: "RUN echo hi", shell: []string{"/bin/bash", "-o", "pipefail", "-c"}, want: "/bin/bash|-o|pipefail|-c|echo hi"},
 		{line: "RUN <<EOF\necho a\necho b\nEOF", want: "/bin/sh|-c|echo a\necho b\n"},
-		{line: "RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", want: "/dev/pipes/EOF", script: "#!/usr/bin/env python3\nprint(1)\n"},
+		{line: "RUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF", want: "/bin/sh|-c|/dev/pipes/EOF", script: "#!/usr/bin/env python3\nprint(1)\n"},
 		{line: "RUN cat <<EOF > /f\nhello\nEOF", want: "/bin/sh|-c|cat <<EOF > /f\nhello\nEOF"},
 	} {
 		st.config.Config.Shell = tc.shell
@@ -157,11 +157,16 @@ func TestRunCommandString(t *testing.T) {
 	v1s, v2 := "1", "two"
 	got := runCommandString([]string{"/bin/sh", "-c", "make"}, []instructions.KeyValuePairOptional{
 		{Key: "A", Value: &v1s}, {Key: "B"}, {Key: "A", Value: &v2},
-	})
+	}, nil)
 	if want := "|2 A=two B= /bin/sh -c make"; got != want {
 		t.Errorf("got %q, want %q (BuildKit's form)", got, want)
 	}
-	if got := runCommandString([]string{"true"}, nil); got != "true" {
+	// The value the command gets: an ENV of the same name wins.
+	got = runCommandString([]string{"true"}, []instructions.KeyValuePairOptional{{Key: "A", Value: &v1s}, {Key: "C", Value: &v2}}, []string{"PATH=/bin", "A=env"})
+	if want := "|2 A=env C=two true"; got != want {
+		t.Errorf("with ENV: got %q, want %q", got, want)
+	}
+	if got := runCommandString([]string{"true"}, nil, nil); got != "true" {
 		t.Errorf("no args: %q", got)
 	}
 }

@@ -193,7 +193,37 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		return err
 	}
 	b.res.Steps++
-	return b.commitStep(ctx, st, text, key)
+	return b.commitStep(ctx, st, copyCreatedBy(add, parents, chown, chmod, sd), key)
+}
+
+// copyCreatedBy is a COPY's or ADD's history entry as BuildKit writes it:
+// the options that decide where the files go and whose they are, the
+// sources (expanded) and heredoc names, then the destination as written
+// (the cache key takes the instruction as written, text).
+func copyCreatedBy(add, parents bool, chown, chmod string, sd instructions.SourcesAndDest) string {
+	var b strings.Builder
+	if add {
+		b.WriteString("ADD")
+	} else {
+		b.WriteString("COPY")
+	}
+	if parents {
+		b.WriteString(" --parents")
+	}
+	if chown != "" {
+		b.WriteString(" --chown=" + chown)
+	}
+	if chmod != "" {
+		b.WriteString(" --chmod=" + chmod)
+	}
+	for _, src := range sd.SourcePaths {
+		b.WriteString(" " + src)
+	}
+	for _, sc := range sd.SourceContents {
+		b.WriteString(" <<" + sc.Path)
+	}
+	b.WriteString(" " + sd.DestPath)
+	return b.String()
 }
 
 // mkdirAllIn makes dir (absolute in the image) and its missing parents in

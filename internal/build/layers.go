@@ -97,12 +97,9 @@ func (b *builder) workdir(ctx context.Context, st *stageState) error {
 	if err := b.mount(ctx, st); err != nil {
 		return err
 	}
-	var uid, gid uint32
-	if user != "" {
-		var err error
-		if uid, gid, err = steprun.LookupUser(st.dir, user); err != nil {
-			return fmt.Errorf("WORKDIR %s: %w", wd, err)
-		}
+	uid, gid, err := workdirOwner(st.dir, user)
+	if err != nil {
+		return fmt.Errorf("WORKDIR %s: %w", wd, err)
 	}
 	made, err := mkdirAllIn(st.dir, wd, int(uid), int(gid))
 	if err != nil {
@@ -125,6 +122,41 @@ func (b *builder) workdir(ctx context.Context, st *stageState) error {
 	}
 	b.res.Steps++
 	return b.commitStep(ctx, st, createdBy, key)
+}
+
+// workdirOwner is whose the directories a WORKDIR makes under USER spec
+// are, as BuildKit's file operation decides it: a numeric user is that
+// uid and gid both; a name is looked up in the image's /etc/passwd, and a
+// name it lacks (or an image without the file) is root, not an error: a
+// RUN as that user fails, the WORKDIR before it does not. A group part
+// sets the gid the same way, a name the image's /etc/group lacks leaving
+// it as it was.
+func workdirOwner(rootfs, spec string) (uid, gid uint32, err error) {
+	if spec == "" {
+		return 0, 0, nil
+	}
+	name, group, hasGroup := strings.Cut(spec, ":")
+	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+		uid, gid = uint32(n), uint32(n)
+	} else if uid, gid, err = steprun.LookupUser(rootfs, name); errors.Is(err, steprun.ErrUserNotFound) {
+		uid, gid = 0, 0
+	} else if err != nil {
+		return 0, 0, err
+	}
+	if !hasGroup {
+		return uid, gid, nil
+	}
+	if n, err := strconv.ParseUint(group, 10, 32); err == nil {
+		return uid, uint32(n), nil
+	}
+	switch _, g, err := steprun.LookupUser(rootfs, "0:"+group); {
+	case errors.Is(err, steprun.ErrGroupNotFound):
+		return uid, gid, nil
+	case err != nil:
+		return 0, 0, err
+	default:
+		return uid, g, nil
+	}
 }
 
 // commitStep turns st's writable mount into the stage's next image, with

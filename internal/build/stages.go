@@ -330,7 +330,7 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 		return b.workdir(ctx, st)
 	case *instructions.MaintainerCommand:
 		st.author = c.Maintainer
-		st.pending = append(st.pending, b.history(commandText(c), true))
+		st.pending = append(st.pending, b.history("MAINTAINER "+c.Maintainer, true))
 		return nil
 	case *instructions.HealthCheckCommand:
 		if err := b.metadata(st, c); err != nil {
@@ -344,18 +344,25 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 	}
 }
 
-// metadata applies an instruction that only changes the config.
+// metadata applies an instruction that only changes the config, with
+// the history entry BuildKit writes for it.
 func (b *builder) metadata(st *stageState, c instructions.Command) error {
+	before := st.config.Config.DeepCopy()
 	if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
 		return err
 	}
-	st.pending = append(st.pending, b.history(commandText(c), true))
+	text, err := st.stage.CreatedBy(before, c, st.argEnv())
+	if err != nil {
+		return err
+	}
+	st.pending = append(st.pending, b.history(text, true))
 	return nil
 }
 
 // arg declares build arguments in the stage.
 func (b *builder) arg(st *stageState, c *instructions.ArgCommand) error {
 	x := st.expander()
+	texts := make([]string, 0, len(c.Args))
 	for _, kv := range c.Args {
 		var val *string
 		if v, ok := b.o.BuildArgs[kv.Key]; ok {
@@ -381,7 +388,13 @@ func (b *builder) arg(st *stageState, c *instructions.ArgCommand) error {
 			}
 		}
 		st.args = append(st.args, instructions.KeyValuePairOptional{Key: kv.Key, Value: val})
+		text := kv.Key
+		if val != nil {
+			text += "=" + *val
+		}
+		texts = append(texts, text)
 	}
-	st.pending = append(st.pending, b.history(commandText(c), true))
+	// As BuildKit writes it: each argument with the value it took.
+	st.pending = append(st.pending, b.history("ARG "+strings.Join(texts, " "), true))
 	return nil
 }

@@ -37,7 +37,7 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 	if err != nil {
 		return err
 	}
-	createdBy := "RUN " + runCommandString(args, st.args)
+	createdBy := "RUN " + runCommandString(args, st.args, st.config.Config.Env)
 	network := "host"
 	switch n := instructions.GetNetwork(c); n {
 	case instructions.NetworkNone:
@@ -149,7 +149,8 @@ func (b *builder) proxyEnv(envs ...[]string) []string {
 
 // runArgs is the command a RUN runs, as BuildKit's dispatchRun makes it,
 // heredocs included; script is the content of a heredoc with a shebang,
-// which runs from a file at /dev/pipes/NAME.
+// which runs from a file at /dev/pipes/NAME (the shell form's shell
+// running it).
 func runArgs(st *stageState, c *instructions.RunCommand) (args []string, script string, err error) {
 	args = slices.Clone(c.CmdLine)
 	if len(c.Files) > 0 {
@@ -162,9 +163,12 @@ func runArgs(st *stageState, c *instructions.RunCommand) (args []string, script 
 				data = parser.ChompHeredocContent(data)
 			}
 			if strings.HasPrefix(data, "#!") {
-				return []string{path.Join("/dev/pipes", c.Files[0].Name)}, data, nil
+				// Run from its file, through the shell as BuildKit
+				// runs it (and writes it in the history).
+				args, script = []string{path.Join("/dev/pipes", c.Files[0].Name)}, data
+			} else {
+				args = []string{data}
 			}
-			args = []string{data}
 		} else {
 			var sb strings.Builder
 			sb.WriteString(args[0])
@@ -190,12 +194,17 @@ func runArgs(st *stageState, c *instructions.RunCommand) (args []string, script 
 }
 
 // runCommandString is a RUN's created_by after "RUN ", as BuildKit writes
-// it: "|N K=V ..." for the stage's build arguments, then the command.
-func runCommandString(args []string, buildArgs []instructions.KeyValuePairOptional) string {
+// it: "|N K=V ..." for the stage's build arguments, each with the value
+// the command gets (an ENV of the same name wins), then the command.
+func runCommandString(args []string, buildArgs []instructions.KeyValuePairOptional, cfgEnv []string) string {
 	var env []string
 	idx := map[string]int{}
 	for _, a := range buildArgs {
-		kv := a.Key + "=" + a.ValueString()
+		v, ok := lookup(cfgEnv, a.Key)
+		if !ok {
+			v = a.ValueString()
+		}
+		kv := a.Key + "=" + v
 		if i, ok := idx[a.Key]; ok {
 			env[i] = kv
 			continue

@@ -482,27 +482,9 @@ type portRange struct {
 }
 
 func applyExpose(cfg *v1.Config, raw []string, x expander) error {
-	var ranges []portRange
-	total := 0
-	for _, r := range raw {
-		if x.unjudged(r) {
-			continue
-		}
-		words, err := x.words(r)
-		if err != nil {
-			return err
-		}
-		for _, w := range words {
-			pr, err := parsePortRange(w)
-			if err != nil {
-				return err
-			}
-			total += pr.last - pr.first + 1
-			if total > MaxExposedPorts {
-				return fmt.Errorf("EXPOSE of more than %d ports", MaxExposedPorts)
-			}
-			ranges = append(ranges, pr)
-		}
+	ranges, total, err := exposedRanges(raw, x)
+	if err != nil {
+		return err
 	}
 	ports := make(map[string]struct{}, len(cfg.ExposedPorts)+total)
 	for p := range cfg.ExposedPorts {
@@ -515,6 +497,48 @@ func applyExpose(cfg *v1.Config, raw []string, x expander) error {
 	}
 	cfg.ExposedPorts = ports
 	return nil
+}
+
+// exposedRanges expands and parses EXPOSE's words; total is the ports
+// they name.
+func exposedRanges(raw []string, x expander) (ranges []portRange, total int, err error) {
+	for _, r := range raw {
+		if x.unjudged(r) {
+			continue
+		}
+		words, err := x.words(r)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, w := range words {
+			pr, err := parsePortRange(w)
+			if err != nil {
+				return nil, 0, err
+			}
+			total += pr.last - pr.first + 1
+			if total > MaxExposedPorts {
+				return nil, 0, fmt.Errorf("EXPOSE of more than %d ports", MaxExposedPorts)
+			}
+			ranges = append(ranges, pr)
+		}
+	}
+	return ranges, total, nil
+}
+
+// exposedList is what EXPOSE's words expose, PORT/PROTO, in their order
+// (a range as its ports), as BuildKit lists them in the history entry.
+func exposedList(raw []string, x expander) ([]string, error) {
+	ranges, total, err := exposedRanges(raw, x)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, total)
+	for _, pr := range ranges {
+		for p := pr.first; p <= pr.last; p++ {
+			out = append(out, strconv.Itoa(p)+"/"+pr.proto)
+		}
+	}
+	return out, nil
 }
 
 // parsePortRange reads PORT[-PORT][/tcp|udp|sctp]. The host forms

@@ -69,3 +69,93 @@ func applyHealthcheck(cfg *v1.Config, c *instructions.HealthCheckCommand) error 
 	}
 	return nil
 }
+
+// CreatedBy is the history entry BuildKit writes for cmd, a metadata
+// instruction of the stage, when cfg is the config before it and args the
+// stage's build arguments in scope: the instruction name, then its words
+// expanded as Apply expands them (ENV and LABEL as K=V, unquoted; EXPOSE
+// as the list of PORT/PROTO it exposes; VOLUME and SHELL as Go prints a
+// list; CMD and ENTRYPOINT as the quoted argument list they become, the
+// shell form with its shell; WORKDIR as the absolute directory). ONBUILD,
+// which BuildKit records in no history entry, is "ONBUILD EXPRESSION":
+// a config change is committed with an entry. ARG and the instructions
+// that make layers are the builder's. cfg is not changed.
+func (s *Stage) CreatedBy(cfg *v1.Config, cmd instructions.Command, args []string) (text string, err error) {
+	work := cfg.DeepCopy()
+	env := slices.Clone(args)
+	for _, e := range work.Env {
+		k, v, _ := strings.Cut(e, "=")
+		env = setEnv(env, k, v)
+	}
+	x := newExpander(env, false, s.st.escape)
+	name := strings.ToUpper(cmd.Name())
+	switch c := cmd.(type) {
+	case *instructions.EnvCommand:
+		text, err = pairsText(name, c.Env, x)
+	case *instructions.LabelCommand:
+		text, err = pairsText(name, c.Labels, x)
+	case *instructions.UserCommand:
+		var u string
+		u, err = x.word(c.User)
+		text = name + " " + u
+	case *instructions.StopSignalCommand:
+		var sig string
+		sig, err = x.word(c.Signal)
+		text = name + " " + sig
+	case *instructions.VolumeCommand:
+		vols := make([]string, 0, len(c.Volumes))
+		for _, r := range c.Volumes {
+			var v string
+			if v, err = x.word(r); err != nil {
+				break
+			}
+			vols = append(vols, v)
+		}
+		text = fmt.Sprintf("%s %v", name, vols)
+	case *instructions.ExposeCommand:
+		var ports []string
+		ports, err = exposedList(c.Ports, x)
+		text = fmt.Sprintf("%s %v", name, ports)
+	case *instructions.CmdCommand:
+		err = applyCmd(work, c.ShellDependantCmdLine, false, &applyState{})
+		text = fmt.Sprintf("%s %q", name, work.Cmd)
+	case *instructions.EntrypointCommand:
+		err = applyCmd(work, c.ShellDependantCmdLine, true, &applyState{})
+		text = fmt.Sprintf("%s %q", name, work.Entrypoint)
+	case *instructions.WorkdirCommand:
+		err = applyWorkdir(work, c.Path, x)
+		text = name + " " + work.WorkingDir
+	case *instructions.HealthCheckCommand:
+		if c.Health == nil {
+			return "", errors.New("HEALTHCHECK: no health check")
+		}
+		text = fmt.Sprintf("%s %+v", name, *c.Health)
+	case *instructions.ShellCommand:
+		text = fmt.Sprintf("%s %v", name, c.Shell)
+	case *instructions.MaintainerCommand:
+		text = fmt.Sprintf("%s %v", name, c.Maintainer)
+	case *instructions.OnbuildCommand:
+		text = name + " " + c.Expression
+	default:
+		return "", fmt.Errorf("%s is not a metadata instruction", name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	return text, nil
+}
+
+// pairsText is ENV's or LABEL's history text: " K=V" for each pair,
+// expanded, as BuildKit's KeyValuePair.String prints it.
+func pairsText(name string, pairs instructions.KeyValuePairs, x expander) (string, error) {
+	kvs, err := expandPairs(pairs, x)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.WriteString(name)
+	for _, kv := range kvs {
+		b.WriteString(" " + kv[0] + "=" + kv[1])
+	}
+	return b.String(), nil
+}

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net"
@@ -439,6 +440,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 		// BuildKit leaves /dev, /proc and /sys in RUN layers, as buildah
 		// does.
 		compareBuilds(t, base, "BuildKit", bkRef, strataRef, runLeftover)
+		compareHistory(t, bkRef, strataRef)
 		// The read path on the layers BuildKit wrote (gzip, whiteouts and
 		// opaque directories its own way).
 		checkMountIsUnpack(t, b.d, "BuildKit", bkRef)
@@ -464,6 +466,40 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 			}
 			build(t, sameContext(t, c.name, b.base, c.prepare), c.name, c.args)
 		})
+	}
+}
+
+// compareHistory compares the history of BuildKit's image with strata's,
+// entry by entry: created_by (less the " # buildkit" BuildKit ends its
+// layers' entries with) and empty_layer, but a RUN's or WORKDIR's:
+// BuildKit gives each a layer, an empty tar where the step changed no
+// file, and strata, as the issue asks of steps that change no files, an
+// empty_layer entry (the trees are compared by themselves). ONBUILD,
+// which BuildKit gives no entry, has one in strata's history, as in
+// Docker's own builder's: it is left out.
+func compareHistory(t *testing.T, ref, strataRef string) {
+	t.Helper()
+	entries := func(ref string) []string {
+		cf, err := remoteImage(t, ref).ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, h := range cf.History {
+			if strings.HasPrefix(h.CreatedBy, "ONBUILD ") {
+				continue
+			}
+			e := fmt.Sprintf("%q", strings.TrimSuffix(h.CreatedBy, " # buildkit"))
+			if !strings.HasPrefix(h.CreatedBy, "WORKDIR ") && !strings.HasPrefix(h.CreatedBy, "RUN ") {
+				e += fmt.Sprintf(" empty_layer=%v", h.EmptyLayer)
+			}
+			out = append(out, e)
+		}
+		return out
+	}
+	want, got := entries(ref), entries(strataRef)
+	if !slices.Equal(want, got) {
+		t.Errorf("strata's history differs from BuildKit's:\nBuildKit:\n  %s\nstrata:\n  %s", strings.Join(want, "\n  "), strings.Join(got, "\n  "))
 	}
 }
 
