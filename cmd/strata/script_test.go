@@ -208,11 +208,14 @@ func stopDaemon(socket string) error {
 // killdaemon SIGKILLs the daemon and its supervisor, as a crash of both
 // would, and waits until they are gone: the mounts stay behind, dead.
 // "killdaemon -worker" kills the daemon alone: its supervisor starts it
-// again, and it takes the mounts over.
+// again, and it takes the mounts over. "killdaemon -supervisor" kills the
+// supervisor alone: the daemon serves on, with nothing to keep its
+// connections.
 func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
 	workerOnly := len(args) == 1 && args[0] == "-worker"
-	if neg || (len(args) != 0 && !workerOnly) {
-		ts.Fatalf("usage: killdaemon [-worker]")
+	supervisorOnly := len(args) == 1 && args[0] == "-supervisor"
+	if neg || (len(args) != 0 && !workerOnly && !supervisorOnly) {
+		ts.Fatalf("usage: killdaemon [-worker|-supervisor]")
 	}
 	st, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background())
 	if err != nil {
@@ -224,6 +227,9 @@ func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("the daemon runs without its supervisor")
 		}
 		victims = []int{st.Supervisor, st.PID}
+	}
+	if supervisorOnly {
+		victims = []int{st.Supervisor}
 	}
 	for _, pid := range victims {
 		ts.Check(syscall.Kill(pid, syscall.SIGKILL))

@@ -214,15 +214,30 @@ func (d *Daemon) getSnapshots(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) getStatus(w http.ResponseWriter, r *http.Request) {
 	cs := d.store.Chunks.Stats()
 	writeJSON(w, http.StatusOK, Status{Root: d.cfg.Root,
-		PID: os.Getpid(), Supervised: d.fdStore != nil, Supervisor: supervisorPID(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
+		PID: os.Getpid(), Supervised: d.fdStoreAlive(), Supervisor: supervisorPID(), Mounts: len(d.images.list()), Layers: len(d.pool.Stats()),
 		CacheBytes: cs.Bytes, CacheLimit: cs.Limit,
 	})
+}
+
+// fdStoreAlive reports whether something keeps the daemon's connections
+// through a restart: systemd, or strata's supervisor while it is still
+// the daemon's parent (a supervisor killed leaves the daemon reparented,
+// its descriptor store gone with it).
+func (d *Daemon) fdStoreAlive() bool {
+	if d.fdStore == nil {
+		return false
+	}
+	return os.Getenv(supervisorEnv) == "" || supervisorPID() != 0
 }
 
 // postHandover stops the daemon for a handover (strata daemon --upgrade):
 // it answers first, then stops serving without unmounting anything. Only
 // a daemon whose connections are kept in a descriptor store can.
 func (d *Daemon) postHandover(w http.ResponseWriter, r *http.Request) {
+	if d.fdStore != nil && !d.fdStoreAlive() {
+		writeError(w, fmt.Errorf("this daemon's supervisor, which kept its connections, is gone: a restart would unmount everything (stop it and start a new daemon instead): %w", errdefs.ErrFailedPrecondition), nil)
+		return
+	}
 	if d.fdStore == nil {
 		writeError(w, fmt.Errorf("this daemon keeps its connections in no descriptor store (run it under strata's supervisor or a systemd unit with FileDescriptorStoreMax=): a restart would unmount everything: %w", errdefs.ErrFailedPrecondition), nil)
 		return

@@ -51,8 +51,26 @@ func Supervise(ctx context.Context, self string, args []string) error {
 	for {
 		start := time.Now()
 		cmd, err := s.start(self, args)
+		if err != nil && served {
+			// The binary at self is gone or broken (moved away while
+			// the daemon ran, or an upgrade to a path that holds none):
+			// this process's own binary, which stays runnable, keeps the
+			// connections alive.
+			slog.Error("supervisor: starting the daemon failed; starting it from the supervisor's own binary", "binary", self, "error", err)
+			cmd, err = s.start("/proc/self/exe", args)
+		}
 		if err != nil {
-			return err
+			if !served {
+				return err
+			}
+			// Returning would drop every stored connection: try again.
+			slog.Error("supervisor: starting the daemon failed; trying again", "error", err)
+			select {
+			case <-time.After(time.Second):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
 		}
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
