@@ -347,6 +347,10 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 		})
 		switch {
 		case adopt:
+		case len(lowers) == 0:
+			// An image of no layers (FROM scratch and metadata only)
+			// is an empty tree, as an unpack makes it.
+			err = kmount.Bind(im.d.emptyDir, m.Dir, unix.MS_RDONLY)
 		case len(lowers) == 1 && im.plain(m.Layers[0].Digest):
 			// One layer with nothing for overlayfs to hide is shown
 			// by a bind of its own mount, as containerd's overlay
