@@ -153,12 +153,7 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 	if whole {
 		r = withProgress(ctx, r, l.Digest, l.Size)
 	}
-	built, err := index.Read(ctx, r, index.Descriptor{
-		Digest:      l.Digest,
-		Size:        l.Size,
-		MediaType:   string(l.MediaType),
-		Annotations: l.Annotations,
-	}, opts...)
+	built, err := index.Read(ctx, r, descriptorOf(l), opts...)
 	switch {
 	case errors.Is(err, index.ErrSparseFile):
 		return nil, fmt.Errorf("layer %s cannot be served: %w (no reader, lazy or whole, and no conversion takes sparse files: the image must be built without them)", l.Digest, err)
@@ -171,6 +166,11 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 	slog.InfoContext(ctx, "layer indexed", "layer", l.Digest, "format", built.Format,
 		"entries", len(built.Entries), "duration", time.Since(start).Round(time.Millisecond))
 	return built, nil
+}
+
+// descriptorOf is what the index package knows of a layer descriptor.
+func descriptorOf(l remote.Layer) index.Descriptor {
+	return index.Descriptor{Digest: l.Digest, Size: l.Size, MediaType: string(l.MediaType), Annotations: l.Annotations}
 }
 
 // Prefetch starts making, in the background, the indexes of the layers

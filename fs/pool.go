@@ -52,6 +52,7 @@ type pooled struct {
 	format  index.Format // set with mount
 	packed  index.Format // the layer blob's format, for a layer fetched whole
 	plain   bool         // index.Info.Plain, set with mount
+	info    index.Info   // the index's, set with mount
 	dev     uint64       // the mount's device, set with mount (0: not known)
 	whole   bool         // fetch the layer whole when it cannot be read lazily
 	// resumed is set while a layer whose connection was taken over holds
@@ -130,6 +131,10 @@ func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer
 			p.Release(l.Digest)
 			return "", err
 		}
+		if err := index.CheckDescriptor(pl.info, descriptorOf(l)); err != nil {
+			p.Release(l.Digest)
+			return "", err
+		}
 		return pl.dir, nil
 	}
 	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l, whole: whole, hooks: p.hooks}
@@ -155,6 +160,11 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	idx, err := p.loadIndex(ctx, blob, pl)
+	if err == nil {
+		// An index made before, from another image's descriptor of
+		// the blob, is used only if this one agrees with it.
+		err = index.CheckDescriptor(idx.Info(), descriptorOf(l))
+	}
 	if err == nil && idx.Info().Unpacked != "" {
 		// Fetched whole before: its tar is in the store.
 		local, lerr := p.openUnpacked(idx.Info().Unpacked, idx.Info().BlobSize)
@@ -218,7 +228,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	info := idx.Info()
-	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain = m, blob, content, info.Format, info.Packed, info.Plain
+	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain, pl.info = m, blob, content, info.Format, info.Packed, info.Plain, info
 	var st unix.Stat_t
 	if unix.Stat(pl.dir, &st) == nil {
 		pl.dev = st.Dev

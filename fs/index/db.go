@@ -78,6 +78,8 @@ type Info struct {
 	// Unpacked and Packed are Index.Unpacked and Index.Packed.
 	Unpacked digest.Digest `json:"unpacked,omitempty"`
 	Packed   Format        `json:"packed,omitempty"`
+	// TOCDigest is Index.TOCDigest.
+	TOCDigest digest.Digest `json:"tocDigest,omitempty"`
 	// Checkpoints is len(Index.Checkpoints): a gzip layer's.
 	Checkpoints int `json:"checkpoints,omitempty"`
 	// Files is the number of regular files, and LargeBytes the bytes of
@@ -152,7 +154,7 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd,
-		Unpacked: idx.Unpacked, Packed: idx.Packed, Plain: true}
+		Unpacked: idx.Unpacked, Packed: idx.Packed, TOCDigest: idx.TOCDigest, Plain: true}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err

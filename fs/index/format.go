@@ -127,6 +127,21 @@ func Detect(ctx context.Context, r io.ReaderAt, d Descriptor) (Format, error) {
 	return newProbe(r, d.Size, tailHint(d)).detect(ctx, d)
 }
 
+// CheckDescriptor refuses a descriptor of a layer indexed before whose
+// size or TOC digest annotation says otherwise than the descriptor the
+// index was made and checked with (info): a malformed image, refused as a
+// mount of it would be where the layer is new.
+func CheckDescriptor(info Info, d Descriptor) error {
+	// A layer fetched whole is served from its tar, whose size BlobSize is.
+	if info.BlobSize != 0 && info.Unpacked == "" && d.Size != info.BlobSize {
+		return fmt.Errorf("%w: layer %s: the descriptor gives %d bytes, the blob has %d", ErrInvalid, d.Digest, d.Size, info.BlobSize)
+	}
+	if want := digest.Digest(d.Annotations[AnnotationTOCDigest]); want != "" && info.TOCDigest != "" && want != info.TOCDigest {
+		return fmt.Errorf("%w: layer %s: the descriptor's TOC digest %s is not its TOC's, %s", ErrDigestMismatch, d.Digest, want, info.TOCDigest)
+	}
+	return nil
+}
+
 // Read detects the format of the layer d describes (see Detect) and
 // indexes its blob, which r reads, with that format's reader: ReadEStargz,
 // ReadZstdChunked (given the descriptor's annotations), ReadTar, or
@@ -150,10 +165,18 @@ func Read(ctx context.Context, r io.ReaderAt, d Descriptor, opts ...ReadOption) 
 		return nil, err
 	}
 	switch f {
-	case FormatEStargz:
-		return readEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]), lim)
-	case FormatZstdChunked:
-		return readZstdChunked(ctx, p, d.Size, d.Annotations, lim)
+	case FormatEStargz, FormatZstdChunked:
+		var idx *Index
+		if f == FormatEStargz {
+			idx, err = readEStargz(ctx, p, d.Size, digest.Digest(d.Annotations[AnnotationTOCDigest]), lim)
+		} else {
+			idx, err = readZstdChunked(ctx, p, d.Size, d.Annotations, lim)
+		}
+		if err == nil {
+			// Checked against it by the reader.
+			idx.TOCDigest = digest.Digest(d.Annotations[AnnotationTOCDigest])
+		}
+		return idx, err
 	case FormatTar:
 		return readTar(ctx, p, d.Size, d.Digest, defaultLimits, o.keep)
 	case FormatGzip:

@@ -216,3 +216,54 @@ func TestProbeReadAtSameAsBlob(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckDescriptor: an index made from one descriptor of a blob keeps
+// the TOC digest that descriptor named and checked; another descriptor of
+// the blob naming another TOC, or giving another size, is refused, and
+// one that names none, or the same, is not.
+func TestCheckDescriptor(t *testing.T) {
+	blobs := formatBlobs(t)
+	tc := blobs["estargz"]
+	idx, err := Read(context.Background(), bytes.NewReader(tc.blob), tc.desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := digest.Digest(tc.desc.Annotations[AnnotationTOCDigest])
+	if idx.TOCDigest != want {
+		t.Fatalf("index TOC digest %q, want the annotation's %q", idx.TOCDigest, want)
+	}
+	info := NewMemory(idx, tc.desc.Size).Info()
+	if info.TOCDigest != want {
+		t.Fatalf("info TOC digest %q", info.TOCDigest)
+	}
+	if err := CheckDescriptor(info, tc.desc); err != nil {
+		t.Errorf("the same descriptor: %v", err)
+	}
+	bare := tc.desc
+	bare.Annotations = nil
+	if err := CheckDescriptor(info, bare); err != nil {
+		t.Errorf("a descriptor without the annotation: %v", err)
+	}
+	other := tc.desc
+	other.Annotations = map[string]string{AnnotationTOCDigest: digest.FromString("another TOC").String()}
+	if err := CheckDescriptor(info, other); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("another TOC digest: %v, want ErrDigestMismatch", err)
+	}
+	bigger := tc.desc
+	bigger.Size = 1 << 50
+	if err := CheckDescriptor(info, bigger); !errors.Is(err, ErrInvalid) {
+		t.Errorf("another size: %v, want ErrInvalid", err)
+	}
+	// Made without an annotation: nothing to hold another against.
+	plain, err := Read(context.Background(), bytes.NewReader(blobs["estargz-no-annotation"].blob), blobs["estargz-no-annotation"].desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDescriptor(NewMemory(plain, tc.desc.Size).Info(), other); err != nil {
+		t.Errorf("index made without an annotation: %v", err)
+	}
+	// A layer fetched whole: its size is its tar's.
+	if err := CheckDescriptor(Info{BlobSize: 99, Unpacked: digest.FromString("tar")}, tc.desc); err != nil {
+		t.Errorf("a layer fetched whole: %v", err)
+	}
+}

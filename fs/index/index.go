@@ -157,6 +157,11 @@ type Index struct {
 	// blob. Packed is the layer blob's format then.
 	Unpacked digest.Digest
 	Packed   Format
+	// TOCDigest is the digest of an eStargz or zstd:chunked layer's TOC
+	// JSON when the layer's descriptor named it and the TOC was checked
+	// against it: a later descriptor of the same blob that names another
+	// is refused (see CheckDescriptor). Empty when no descriptor named it.
+	TOCDigest digest.Digest
 	// Checkpoints of a plain gzip layer (FormatGzip), sorted by In and
 	// Out, the first at the start of the layer: its chunks are
 	// EncodingDeflate, each inside the span of the checkpoint at its
