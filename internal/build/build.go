@@ -130,6 +130,7 @@ func clip(s string, n int) string {
 
 // builder is one build in progress.
 type builder struct {
+	target  int      // the stage whose image is the result
 	held    []func() // releases the cache mounts' locks (holdCacheMount)
 	cl      *daemon.Client
 	o       Options
@@ -177,8 +178,12 @@ type stageState struct {
 	// its layers).
 	base     string
 	platform string
-	config   v1.ConfigFile
-	pending  []v1.History // empty_layer entries since the last commit
+	// resultPlatform is --platform for the target stage, whose image
+	// is the build's result: its config says it (see
+	// daemon.CommitRequest.ResultPlatform).
+	resultPlatform string
+	config         v1.ConfigFile
+	pending        []v1.History // empty_layer entries since the last commit
 	// healthStart is the start interval of the stage's last HEALTHCHECK
 	// (which the config model cannot hold); nil before one.
 	healthStart *time.Duration
@@ -267,6 +272,7 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if err != nil {
 		return nil, err
 	}
+	b.target = target
 	if err := b.runNeeded(ctx, target); err != nil {
 		return nil, err
 	}

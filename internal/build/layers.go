@@ -165,7 +165,7 @@ func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key
 	req := daemon.CommitRequest{
 		Dir: st.dir, Keep: true, Format: b.o.Format, Config: &st.config.Config,
 		History: st.pending, CreatedBy: createdBy, SourceDateEpoch: b.o.SourceDateEpoch, Author: st.author,
-		HealthStartInterval: st.healthStart,
+		HealthStartInterval: st.healthStart, ResultPlatform: st.resultPlatform,
 	}
 	res, err := b.cl.Commit(ctx, req, nil)
 	if err != nil {
@@ -212,6 +212,9 @@ func (b *builder) cacheKey(st *stageState, what string, extra ...string) string 
 	}
 	if st.healthStart != nil {
 		fmt.Fprintf(h.Hash(), "health start %d\x00", *st.healthStart)
+	}
+	if st.resultPlatform != "" {
+		fmt.Fprintf(h.Hash(), "result platform %s\x00", st.resultPlatform)
 	}
 	for _, e := range extra {
 		fmt.Fprintf(h.Hash(), "%s\x00", e)
@@ -275,6 +278,7 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 	req := daemon.CommitRequest{
 		Image: st.image, Keep: true, Config: &st.config.Config, History: st.pending[:n-1],
 		CreatedBy: st.pending[n-1].CreatedBy, Author: st.author, HealthStartInterval: st.healthStart,
+		ResultPlatform: st.resultPlatform,
 	}
 	req.SourceDateEpoch = b.o.SourceDateEpoch
 	res, err := b.cl.Commit(ctx, req, nil)

@@ -122,6 +122,9 @@ func (b *builder) runStage(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
+	if i == b.target {
+		st.resultPlatform = b.o.Platform
+	}
 	b.done[i] = st
 	triggers := st.triggers
 	cmds := append(slices.Clip(triggers), s.Commands...)

@@ -50,6 +50,11 @@ type Spec struct {
 	// HEALTHCHECK of this commit set (0: none); nil when none did: the
 	// base's is kept while the health check is the base's.
 	HealthStartInterval *time.Duration
+	// Platform, when set, is the image's platform: the config's os and
+	// architecture, and its variant and os.version when given or when os
+	// or architecture change (BuildKit's rule for a target platform given
+	// explicitly); nil keeps the base's.
+	Platform *v1.Platform
 }
 
 // ErrDockerCannotCarry is wrapped when --docker is asked for an image whose
@@ -94,6 +99,16 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 	}
 	if spec.Author != "" {
 		cf.Author = spec.Author
+	}
+	if p := spec.Platform; p != nil {
+		same := cf.OS == p.OS && cf.Architecture == p.Architecture
+		cf.OS, cf.Architecture = p.OS, p.Architecture
+		if p.Variant != "" || !same {
+			cf.Variant = p.Variant
+		}
+		if p.OSVersion != "" || !same {
+			cf.OSVersion = p.OSVersion
+		}
 	}
 	cf.Created = v1.Time{Time: spec.Created.UTC()}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {

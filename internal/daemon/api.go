@@ -186,6 +186,11 @@ type CommitRequest struct {
 	// which v1.Config cannot say; nil when none did (the base's is kept
 	// while the health check is the base's).
 	HealthStartInterval *time.Duration `json:"healthStartInterval,omitempty"`
+	// ResultPlatform (os/arch[/variant]), when set, is the new image's
+	// platform, set in its config as BuildKit sets a target platform
+	// given explicitly: os and architecture, and the variant when given
+	// or when they change (a build's --platform).
+	ResultPlatform string `json:"resultPlatform,omitempty"`
 }
 
 // ResolveRequest asks for an image's manifest and config without mounting

@@ -195,6 +195,13 @@ func (c *commitStep) spec() (commit.Spec, error) {
 		})
 	}
 	spec.History = c.req.History
+	if c.req.ResultPlatform != "" {
+		p, err := v1.ParsePlatform(c.req.ResultPlatform)
+		if err != nil {
+			return spec, fmt.Errorf("platform %q: %w: %v", c.req.ResultPlatform, errdefs.ErrInvalidArgument, err)
+		}
+		spec.Platform = p
+	}
 	spec.HealthStartInterval = c.req.HealthStartInterval
 	if d, ok := commit.HealthStartInterval(changes); ok {
 		spec.HealthStartInterval = &d
