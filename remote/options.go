@@ -41,6 +41,7 @@ type options struct {
 	blobURLs       []string
 	clients        *ClientCache
 	onManifest     func(repo name.Repository, manifest digest.Digest, layers []Layer)
+	localBlob      func(digest.Digest) ([]byte, bool)
 }
 
 func makeOptions(opts ...Option) *options {
@@ -127,6 +128,15 @@ func WithPlatform(p v1.Platform) Option {
 // referrers) a round trip sooner. fn must return at once.
 func WithManifestHook(fn func(repo name.Repository, manifest digest.Digest, layers []Layer)) Option {
 	return func(o *options) { o.onManifest = fn }
+}
+
+// WithLocalBlobs makes Resolve take an image config from get, a store
+// of blobs by digest, when it holds it (its bytes verified against the
+// manifest's descriptor as fetched ones are), instead of asking the
+// registry: a tag's manifest must be asked for, the config it names need
+// not be.
+func WithLocalBlobs(get func(digest.Digest) ([]byte, bool)) Option {
+	return func(o *options) { o.localBlob = get }
 }
 
 func WithTransport(rt http.RoundTripper) Option {

@@ -152,9 +152,11 @@ func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image,
 	if o.onManifest != nil {
 		o.onManifest(c.repo, m.digest, slices.Clone(layers))
 	}
-	cfg, err := c.fetchBlob(ctx, o, cfgDesc.Digest, cfgDesc.Size)
-	if err != nil {
-		return nil, err
+	cfg, ok := localConfig(o, cfgDesc)
+	if !ok {
+		if cfg, err = c.fetchBlob(ctx, o, cfgDesc.Digest, cfgDesc.Size); err != nil {
+			return nil, err
+		}
 	}
 	return &Image{
 		Repo:      c.repo,
@@ -165,6 +167,19 @@ func (c *client) image(ctx context.Context, o *options, m *rawManifest) (*Image,
 		Layers:    layers,
 		Platform:  configPlatform(cfg),
 	}, nil
+}
+
+// localConfig is the config from WithLocalBlobs' store, if it holds bytes
+// of the descriptor's digest and size.
+func localConfig(o *options, d configDescriptor) ([]byte, bool) {
+	if o.localBlob == nil {
+		return nil, false
+	}
+	b, ok := o.localBlob(d.Digest)
+	if !ok || int64(len(b)) != d.Size || digest.FromBytes(b) != d.Digest {
+		return nil, false
+	}
+	return b, true
 }
 
 // configDescriptor is what an image manifest says of its config.

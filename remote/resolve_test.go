@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -341,5 +342,32 @@ func TestImageFromBytes(t *testing.T) {
 	iref, _ := name.NewDigest("registry.example/app@" + di.String())
 	if _, err := remote.ImageFromBytes(iref, raw, config); !errors.Is(err, remote.ErrUnsupportedMediaType) {
 		t.Errorf("an index: %v", err)
+	}
+}
+
+// TestResolveTakesConfigFromLocalBlobs: with WithLocalBlobs holding the
+// config, Resolve of a tag asks the registry for the manifest only (the
+// registry's config, tampered, is never read); bytes in the store that are
+// not the config's are not taken.
+func TestResolveTakesConfigFromLocalBlobs(t *testing.T) {
+	f := newRegFixture(t)
+	img, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.push(t, "test/img:v1", img)
+	cfgName, _ := img.ConfigName()
+	raw, _ := img.RawConfigFile()
+	f.tamper("/blobs/" + cfgName.String())
+	local := map[digest.Digest][]byte{digest.Digest(cfgName.String()): raw}
+	get := func(d digest.Digest) ([]byte, bool) { b, ok := local[d]; return b, ok }
+	got, err := remote.Resolve(t.Context(), f.host+"/test/img:v1", anonymous, remote.WithLocalBlobs(get), fastRetry)
+	if err != nil {
+		t.Fatalf("Resolve with the config in the store: %v", err)
+	}
+	checkImage(t, got, img)
+	local[digest.Digest(cfgName.String())] = []byte("not the config")
+	if _, err := remote.Resolve(t.Context(), f.host+"/test/img:v1", anonymous, remote.WithLocalBlobs(get), fastRetry); !errors.Is(err, remote.ErrDigestMismatch) {
+		t.Fatalf("with other bytes in the store: %v, want the registry's (tampered) config refused", err)
 	}
 }

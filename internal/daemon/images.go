@@ -215,6 +215,12 @@ func (im *images) resolve(ctx context.Context, refStr, platform string, insecure
 	if img, err := im.localImage(ref); err == nil {
 		return img, true, nil
 	}
+	// A tag's manifest is asked for; a config the store keeps (an image
+	// committed or mounted here) is not fetched again.
+	opts = append(opts, remote.WithLocalBlobs(func(d digest.Digest) ([]byte, bool) {
+		b, err := im.d.store.Blobs.Get(d)
+		return b, err == nil
+	}))
 	img, err = remote.Resolve(ctx, refStr, append(opts, more...)...)
 	return img, false, err
 }
