@@ -15,7 +15,9 @@ func init() {
 		summary: "list mounted images and how much of each layer was fetched",
 		usage:   "[--json]",
 		help: `Lists the images the daemon has mounted: directory, reference, manifest
-digest, and for each layer the bytes fetched from the registry so far
+digest, and for each layer the bytes fetched from the registry since the
+daemon started (a daemon that took the mounts over after a crash or an
+upgrade counts from 0; the chunk cache keeps what was fetched before)
 against the layer's compressed size, and how it is read: its format
 (estargz, zstd:chunked, tar), lazily from the registry or from the local
 store (a layer committed or built here). Writable mounts are marked "rw",
