@@ -115,7 +115,9 @@ func Supervise(ctx context.Context, self string, args []string) error {
 		case <-ctx.Done():
 			return nil
 		}
-		backoff = min(max(2*backoff, 250*time.Millisecond), 2*time.Second)
+		// At most 1.5 s: with the start, a daemon that keeps crashing
+		// is still back within 2 s each time.
+		backoff = min(max(2*backoff, 250*time.Millisecond), 1500*time.Millisecond)
 	}
 }
 
