@@ -81,9 +81,22 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	req.Dir = dir
+	if *digestFile != "" {
+		// Made (empty) before the commit: a path that cannot be written
+		// fails the command before anything is pushed.
+		if err := os.WriteFile(*digestFile, nil, 0o644); err != nil {
+			return err
+		}
+	}
 	res, err := cl.Commit(ctx, req, progressPrinter(*quiet))
 	if err != nil {
+		if *digestFile != "" {
+			os.Remove(*digestFile)
+		}
 		return err
+	}
+	if res.Warning != "" {
+		fmt.Fprintln(os.Stderr, "strata commit: warning: "+res.Warning)
 	}
 	if *digestFile != "" {
 		// The digest alone, no newline, as skopeo and podman write it.

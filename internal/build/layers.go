@@ -299,7 +299,7 @@ func (b *builder) finish(ctx context.Context, st *stageState) error {
 	return nil
 }
 
-// publish pushes the result to every tag and writes the OCI layout.
+// publish writes the OCI layout and pushes the result to every tag.
 func (b *builder) publish(ctx context.Context) error {
 	progress := b.o.Progress
 	if progress == nil {
@@ -308,6 +308,12 @@ func (b *builder) publish(ctx context.Context) error {
 	if b.o.Quiet {
 		progress = nil
 	}
+	// The layout first: a failure there (its disk full) pushes nothing.
+	if b.o.OCILayout != "" {
+		if _, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, OCILayout: b.o.OCILayout, SourceInsecure: b.o.Insecure}, progress); err != nil {
+			return fmt.Errorf("writing the OCI layout %s: %w", b.o.OCILayout, err)
+		}
+	}
 	if b.o.Push {
 		for _, tag := range b.o.Tags {
 			res, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, Ref: tag, Insecure: b.o.Insecure, SourceInsecure: b.o.Insecure}, progress)
@@ -315,11 +321,6 @@ func (b *builder) publish(ctx context.Context) error {
 				return fmt.Errorf("pushing %s: %w", tag, err)
 			}
 			b.res.Pushed = append(b.res.Pushed, res.Ref)
-		}
-	}
-	if b.o.OCILayout != "" {
-		if _, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, OCILayout: b.o.OCILayout, SourceInsecure: b.o.Insecure}, progress); err != nil {
-			return fmt.Errorf("writing the OCI layout %s: %w", b.o.OCILayout, err)
 		}
 	}
 	return nil

@@ -291,6 +291,9 @@ type CommitResult struct {
 	// StreamedBytes are base layer bytes read from the base's registry
 	// (a push to another registry, or an OCI layout).
 	StreamedBytes int64 `json:"streamedBytes,omitempty"`
+	// Warning says what went wrong after the image was published, which
+	// does not undo the commit.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Change is one entry of `strata diff`: Kind is A (added), C (changed) or

@@ -144,7 +144,10 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 	rec.Runs = slices.Clone(c.m.Runs)
 	c.im.mu.Unlock()
 	if err := c.im.record(&rec); err != nil {
-		return nil, fmt.Errorf("recording the commit: %w", err)
+		// The image is published: the commit stands. Only the mount's
+		// record of it is missing.
+		res.Warning = fmt.Sprintf("%s is published, but the mount could not record the commit (%v): 'strata umount' will count its changes as not committed", res.Digest, err)
+		slog.WarnContext(ctx, "recording the commit", "dir", c.m.Dir, "error", err)
 	}
 	slog.InfoContext(ctx, "committed", "dir", c.m.Dir, "ref", res.Ref, "digest", res.Digest, "layer", res.Layer, "changes", res.Changes)
 	return res, nil
@@ -160,6 +163,16 @@ func (c *commitStep) publish(ctx context.Context, img v1.Image, base *commit.Bas
 		return err
 	}
 	res.Digest = digest.Digest(d.String())
+	// The push goes last: a failure before it (the store or the layout's
+	// disk full) publishes nothing, and nothing can fail after it.
+	if err := c.keep(img); err != nil {
+		return err
+	}
+	if c.req.OCILayout != "" {
+		if err := c.writeLayout(img, base); err != nil {
+			return err
+		}
+	}
 	if target != nil {
 		if err := c.push(ctx, img, base, target); err != nil {
 			return err
@@ -168,13 +181,8 @@ func (c *commitStep) publish(ctx context.Context, img v1.Image, base *commit.Bas
 	} else if c.req.Keep && c.req.OCILayout == "" {
 		res.Ref = base.Repo.String() + "@" + d.String()
 	}
-	if c.req.OCILayout != "" {
-		if err := c.writeLayout(img, base); err != nil {
-			return err
-		}
-	}
 	res.StreamedBytes = base.StreamedBytes()
-	return c.keep(img)
+	return nil
 }
 
 // spec gathers what the new config and history entry say.

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/test/fixture"
@@ -235,6 +236,40 @@ func TestCommitFaults(t *testing.T) {
 				t.Errorf("the rerun made %s, an undisturbed commit %s", again.Digest, good.Digest)
 			}
 		})
+	}
+}
+
+// TestCommitLayoutDiskFullPushesNothing: a commit to a registry and an
+// OCI layout whose filesystem is full fails, and the registry has no
+// manifest: the push comes last, after everything that can fail.
+func TestCommitLayoutDiskFullPushesNothing(t *testing.T) {
+	requireRoot(t)
+	base := push(t, shared.reg, "commit-layout-full", "base", fixture.Standard(), fixture.FormEStargz)
+	d := startDaemon(t, nil)
+	dir, _ := d.mountRW(t, base)
+	if err := os.WriteFile(filepath.Join(dir, "etc/payload.bin"), readAll(t, fixture.Content(1<<20, 7)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	full := t.TempDir()
+	if err := unix.Mount("tmpfs", full, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(full, unix.MNT_DETACH) })
+	target := strings.Replace(tagged(base, "v1"), "/commit-layout-full:", "/commit-layout-full-"+runID(t)+":", 1)
+	_, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: target, OCILayout: filepath.Join(full, "layout") + ":v1"})
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("commit with the layout's disk full: %v, want ENOSPC", err)
+	}
+	if hasManifest(t, target) {
+		t.Errorf("a manifest is at %s after the commit failed", target)
+	}
+	checkStore(t, d.cfg.Root)
+	// The same commit without the full disk goes through.
+	if _, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: target}); err != nil {
+		t.Fatal(err)
+	}
+	if !hasManifest(t, target) {
+		t.Errorf("no manifest at %s after the commit", target)
 	}
 }
 
