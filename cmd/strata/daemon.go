@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/stratafs/strata/internal/daemon"
@@ -105,6 +106,17 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.ContainerdSocket = *ctrdSocket
 	}
 	cfg.InsecureRegistries = append(cfg.InsecureRegistries, *insecure...)
+	// Scratch files of the libraries the daemon uses (the eStargz
+	// writer's, as big as the layer it writes) go to the store's tmp,
+	// which the store empties when it opens: a daemon killed in a commit
+	// leaves none behind for good, as it would in /tmp.
+	if cfg.Root != "" {
+		tmp := filepath.Join(cfg.Root, "tmp")
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return err
+		}
+		os.Setenv("TMPDIR", tmp)
+	}
 	err = daemon.Run(ctx, cfg, nil)
 	if errors.Is(err, daemon.ErrHandover) {
 		return exitStatus(daemon.ExitHandover)

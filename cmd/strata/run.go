@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/stratafs/strata/internal/daemon"
 	steprun "github.com/stratafs/strata/internal/run"
@@ -97,6 +98,12 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer unlock()
+	// The mount may have gone while this run waited: an unmount takes
+	// the lock only when no run or commit holds it, which it cannot while
+	// this run does, so what is mounted now stays until the command ends.
+	if err := stillMounted(ctx, cl, dir, info.LockFile); err != nil {
+		return err
+	}
 	o.Rootfs, o.Config, o.StateDir = info.Dir, info.Config, info.StateDir
 	o.Stdin, o.Stdout, o.Stderr = os.Stdin, stdout, os.Stderr
 	signals, stop := steprun.NotifySignals()
@@ -122,4 +129,19 @@ func runRun(ctx context.Context, args []string, stdout io.Writer) error {
 		return exitStatus(code)
 	}
 	return nil
+}
+
+// stillMounted checks that dir is still the writable mount whose run lock
+// is lockFile (one per writable layer), once the run holds that lock.
+func stillMounted(ctx context.Context, cl *daemon.Client, dir, lockFile string) error {
+	ms, err := cl.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Dir == dir && m.Writable && m.Snapshot == filepath.Base(lockFile) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s was unmounted while this run waited: nothing was run", dir)
 }
