@@ -81,6 +81,11 @@ func (d *Daemon) sweepRuns(ctx context.Context) {
 	}
 }
 
+// runLock is the lock file of writable mount m's runs and commits.
+func (im *images) runLock(m *Mount) string {
+	return filepath.Join(im.d.cfg.Root, "run", "locks", m.Snapshot)
+}
+
 // lockRuns takes the mount's run lock exclusively: `strata run` holds it
 // (exclusively too) while its command runs. what (commit, unmount) is what the
 // refusal tells the user to do once the run has ended.
@@ -89,7 +94,7 @@ func (im *images) lockRuns(m *Mount, what string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, m.Snapshot), os.O_RDONLY|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(im.runLock(m), os.O_RDONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}

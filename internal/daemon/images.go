@@ -479,6 +479,11 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 		if err := im.d.writable.remove(ctx, m); err != nil {
 			return err
 		}
+		// Its run lock goes with it (held here: a run waiting on it
+		// finds the mount gone once it has it).
+		if err := os.Remove(im.runLock(m)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			slog.WarnContext(ctx, "removing a writable mount's run lock", "dir", dir, "error", err)
+		}
 	}
 	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir, "discarded", m.Writable && discard)
 	return im.forget(m.Dir)

@@ -123,6 +123,6 @@ func (im *images) startRun(ctx context.Context, req RunRequest) (*RunInfo, error
 		Dir:      m.Dir,
 		Config:   cfg.Config,
 		StateDir: stateDir,
-		LockFile: filepath.Join(locks, m.Snapshot),
+		LockFile: im.runLock(m),
 	}, nil
 }
