@@ -203,6 +203,24 @@ func TestCacheTrimDropsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// TestCachePutIsSaved: an entry is in the file as soon as it is put, so
+// a build killed before its end keeps the steps it finished.
+func TestCachePutIsSaved(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "build")
+	c, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.put("k1", "r/a@sha256:1")
+	again, err := openCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, ok := again.get("k1"); !ok || ref != "r/a@sha256:1" {
+		t.Errorf("an entry put and never saved by the build's end: %q %v", ref, ok)
+	}
+}
+
 func TestCacheSurvivesAndMerges(t *testing.T) {
 	root := t.TempDir()
 	dir := filepath.Join(root, "build")

@@ -72,10 +72,14 @@ func (c *cache) get(key string) (string, bool) {
 	return e.Image, true
 }
 
+// put notes the image a step made, in the file at once: a build killed
+// later (SIGKILL) keeps the steps it finished, as one that fails does. An
+// error writing it is left for the build's last save to report.
 func (c *cache) put(key, image string) {
 	e := cacheEntry{Image: image, Used: time.Now().UTC()}
 	c.entries[key] = e
 	c.added[key] = e
+	_ = c.save()
 }
 
 // save merges this build's entries into the file, under a lock, and drops
