@@ -110,7 +110,7 @@ func TestCommitCLI(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		out, err := e.cli(context.Background(), "commit", dir, tagged(base, "during-run"))
-		if err == nil || !strings.Contains(out, "still running") {
+		if err == nil || !strings.Contains(out, "a 'strata run' or commit is in progress") {
 			t.Errorf("commit during a run: %v\n%s", err, out)
 		}
 	})
