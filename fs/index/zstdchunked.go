@@ -33,9 +33,14 @@ const (
 	// (stargz-snapshotter calls it CRFS), the only one written.
 	zstdChunkedManifestJSON = 1
 	// tocMinWindow is the zstd window a TOC's decoder allows even for a
-	// small TOC: klauspost's encoder declares up to 8 MiB whatever the
-	// input, and a TOC's frame is written streaming, without its size.
-	tocMinWindow = 8 << 20
+	// small TOC: a TOC's frame is written streaming, without its size,
+	// and its header declares the encoder's window whatever the input:
+	// up to 8 MiB from klauspost's defaults, 32 MiB from containers/storage
+	// (buildah push --compression-format zstd:chunked), which refused
+	// every TOC of more than one block. The decoder then takes the window
+	// for the decode (32 MiB, freed after), and the footer's length, checked
+	// against the limits before anything is read, bounds what it yields.
+	tocMinWindow = 32 << 20
 )
 
 var skippableFrameMagic = []byte{0x50, 0x2a, 0x4d, 0x18}

@@ -522,3 +522,47 @@ func TestReadZstdChunkedFooterV2(t *testing.T) {
 		t.Errorf("tar-split frame header: %v, want ErrInvalid", err)
 	}
 }
+
+// TestReadZstdChunkedStreamingTOC: containers/storage (buildah push
+// --compression-format zstd:chunked) writes a TOC of more than one block
+// as a streaming frame, without its size, whose header declares a 32 MiB
+// window; the reader takes it.
+func TestReadZstdChunkedStreamingTOC(t *testing.T) {
+	const dataLen = 4096
+	js, err := json.Marshal(&estargz.JTOC{Version: 1, Entries: manyEntriesTOC(3000, dataLen)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compressed bytes.Buffer
+	enc, err := zstd.NewWriter(&compressed, zstd.WithWindowSize(32<<20), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enc.Write(js); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var hdr zstd.Header // the shape this test is about
+	if err := hdr.Decode(compressed.Bytes()); err != nil || hdr.HasFCS || hdr.WindowSize < 32<<20 {
+		t.Fatalf("frame header %+v, %v: want no content size and a 32 MiB window", hdr, err)
+	}
+	var buf bytes.Buffer
+	buf.Write(make([]byte, dataLen))
+	buf.Write(skippableFrame(compressed.Bytes()))
+	footer := make([]byte, zstdchunked.FooterSize)
+	binary.LittleEndian.PutUint64(footer, uint64(dataLen+skippableFrameHeaderSize))
+	binary.LittleEndian.PutUint64(footer[8:], uint64(compressed.Len()))
+	binary.LittleEndian.PutUint64(footer[16:], uint64(len(js)))
+	binary.LittleEndian.PutUint64(footer[24:], zstdChunkedManifestJSON)
+	copy(footer[32:], zstdChunkedMagic)
+	buf.Write(skippableFrame(footer))
+	idx, err := ReadZstdChunked(context.Background(), bytes.NewReader(buf.Bytes()), int64(buf.Len()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(idx.Entries) < 3000 {
+		t.Errorf("%d entries", len(idx.Entries))
+	}
+}
