@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -218,6 +220,11 @@ func TestMountBuildahZstdChunked(t *testing.T) {
 		"hello.txt":   []byte("hello from buildah\n"),
 		"sub/big.bin": randomBytes(3 << 20),
 		"sub/empty":   nil,
+	}
+	// Enough files for a TOC of several zstd blocks, which buildah
+	// writes as a streaming frame declaring a 32 MiB window.
+	for i := range 1500 {
+		files[fmt.Sprintf("many/file-%04d.txt", i)] = []byte(strconv.Itoa(i) + "\n")
 	}
 	for name, data := range files {
 		must(t, os.MkdirAll(filepath.Join(ctxDir, "files", filepath.Dir(name)), 0o755))
