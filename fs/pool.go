@@ -53,8 +53,11 @@ type pooled struct {
 	packed  index.Format // the layer blob's format, for a layer fetched whole
 	plain   bool         // index.Info.Plain, set with mount
 	info    index.Info   // the index's, set with mount
-	dev     uint64       // the mount's device, set with mount (0: not known)
-	whole   bool         // fetch the layer whole when it cannot be read lazily
+	// fetchedWhole is what fetching the layer whole took from the
+	// registry, before the local blob replaced the remote one.
+	fetchedWhole remote.Stats
+	dev          uint64 // the mount's device, set with mount (0: not known)
+	whole        bool   // fetch the layer whole when it cannot be read lazily
 	// resumed is set while a layer whose connection was taken over holds
 	// the use ResumeInherited took; wasResumed after Unclaimed dropped it.
 	resumed, wasResumed bool
@@ -180,6 +183,11 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		lazyErr := err
 		var local layerBlob
 		local, idx, err = p.fetchWhole(ctx, blob, l)
+		// Served from the local blob from now on: what came is
+		// counted here.
+		p.mu.Lock()
+		pl.fetchedWhole = blob.Stats()
+		p.mu.Unlock()
 		blob.Close()
 		blob = local
 		if errors.Is(err, errNotCompressed) {
@@ -228,7 +236,9 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	info := idx.Info()
+	p.mu.Lock() // Stats reads them
 	pl.mount, pl.blob, pl.content, pl.format, pl.packed, pl.plain, pl.info = m, blob, content, info.Format, info.Packed, info.Plain, info
+	p.mu.Unlock()
 	var st unix.Stat_t
 	if unix.Stat(pl.dir, &st) == nil {
 		pl.dev = st.Dev
@@ -337,7 +347,7 @@ func (p *Pool) Stats() []LayerStat {
 		s := LayerStat{Digest: d, Dir: pl.dir, Users: pl.refs, BlobSize: pl.desc.Size}
 		if pl.blob != nil {
 			bs := pl.blob.Stats()
-			s.FetchedBytes, s.Requests = bs.BytesFetched, bs.Requests
+			s.FetchedBytes, s.Requests = bs.BytesFetched+pl.fetchedWhole.BytesFetched, bs.Requests+pl.fetchedWhole.Requests
 			_, s.Local = pl.blob.(*localBlob)
 		}
 		s.Format, s.Packed, s.Plain = pl.format, pl.packed, pl.plain

@@ -106,6 +106,13 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 				}
 			} else {
 				info, err = im.d.pool.IndexLayer(gctx, repo, l.remote(), opts...)
+				if err == nil && info.Unpacked != "" {
+					// Fetched whole here before: its stored index
+					// describes the local tar, not the layer, which
+					// has no index to push.
+					err = fmt.Errorf("%w: a %s layer, fetched whole", fs.ErrNotLazy, info.Packed)
+					info = index.Info{}
+				}
 			}
 			il := IndexedLayer{Digest: l.Digest, Format: string(info.Format), Entries: info.Entries, Checkpoints: info.Checkpoints}
 			switch {

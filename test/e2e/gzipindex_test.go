@@ -473,3 +473,37 @@ func TestIndexPrioritizedOfLayersThatCannotBeIndexed(t *testing.T) {
 		t.Fatalf("index --prioritize of a zstd image: %v, want the reason", err)
 	}
 }
+
+// TestIndexAfterZstdFetchedWhole: a plain zstd layer that a mount fetched
+// whole is still one that cannot be indexed: strata index says so, as it
+// does on a daemon that never mounted it, rather than failing on the
+// index of the layer's local tar.
+func TestIndexAfterZstdFetchedWhole(t *testing.T) {
+	requireRoot(t)
+	ref := push(t, shared.reg, uniqueRepo("zstd-whole"), "zstd", fixture.Big(16), fixture.FormZstd)
+	index := func(d *testDaemon) (*daemon.IndexResult, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return d.client.Index(ctx, daemon.IndexRequest{Ref: ref}, nil)
+	}
+	fresh, freshErr := index(startDaemon(t, nil))
+	d := startDaemon(t, nil)
+	d.mount(t, ref)
+	// What the whole fetch took is counted (strata ls), though the layer
+	// is read from the local store now.
+	ms, err := d.client.List(context.Background())
+	must(t, err)
+	if len(ms) != 1 || len(ms[0].Layers) != 1 || ms[0].Layers[0].FetchedBytes < ms[0].Layers[0].Size {
+		t.Errorf("mounts %+v: want the zstd layer's %d bytes counted as fetched", ms, ms[0].Layers[0].Size)
+	}
+	got, err := index(d)
+	if (err == nil) != (freshErr == nil) {
+		t.Fatalf("after a mount: %v; on a fresh daemon: %v", err, freshErr)
+	}
+	if err != nil {
+		return
+	}
+	if len(got.Layers) != 1 || got.Layers[0].Note != fresh.Layers[0].Note || got.Layers[0].Format != fresh.Layers[0].Format {
+		t.Errorf("after a mount %+v, on a fresh daemon %+v", got.Layers, fresh.Layers)
+	}
+}
