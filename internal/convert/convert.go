@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -133,6 +135,50 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 	return mutate.ConfigFile(out, newCfg)
 }
 
+// wholeSecondMtimes rewrites the layer's tar with every entry's mtime cut
+// to the second, into a new temporary file. An eStargz TOC holds whole
+// seconds, and its writer rounds them (1000.7 s becomes 1001): a mount
+// served from the TOC then shows a file a second newer than an unpack of
+// the same layer, whose tar entries keep 1000.7. Cut in the tar itself,
+// both say 1000, as an unpack of the source to the second does.
+func wholeSecondMtimes(src *os.File, n int64, tmpDir string) (*os.File, int64, error) {
+	dst, err := os.CreateTemp(tmpDir, "strata-convert-*.tar")
+	if err != nil {
+		return nil, 0, err
+	}
+	fail := func(err error) (*os.File, int64, error) {
+		dst.Close()
+		os.Remove(dst.Name())
+		return nil, 0, err
+	}
+	tr := tar.NewReader(io.NewSectionReader(src, 0, n))
+	tw := tar.NewWriter(dst)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fail(err)
+		}
+		h.ModTime = h.ModTime.Truncate(time.Second)
+		if err := tw.WriteHeader(h); err != nil {
+			return fail(err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return fail(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fail(err)
+	}
+	size, err := dst.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fail(err)
+	}
+	return dst, size, nil
+}
+
 type estargzLayer struct {
 	v1.Layer
 	diffID      v1.Hash
@@ -170,6 +216,11 @@ func layer(ctx context.Context, l v1.Layer, opt Options, prioritize func(*layerN
 		slog.WarnContext(ctx, "convert: layer kept as plain gzip, not eStargz", "reason", why)
 		return gzipLayer(ctx, tarFile, n, opt, prio)
 	}
+	if tarFile, n, err = wholeSecondMtimes(tarFile, n, opt.TmpDir); err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	}
+	defer os.Remove(tarFile.Name())
+	defer tarFile.Close()
 	bopts := []estargz.Option{estargz.WithContext(ctx), estargz.WithParallelism(runtime.NumCPU())}
 	if opt.ChunkSize > 0 {
 		bopts = append(bopts, estargz.WithChunkSize(opt.ChunkSize))

@@ -4,11 +4,13 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -302,4 +304,68 @@ func keptGzip(t *testing.T, out v1.Image, m *v1.Manifest, i int, src v1.Layer, w
 		t.Errorf("%s: diffID %s, the source's %s", what, got, want)
 	}
 	return layers
+}
+
+// TestConvertedMtimesAreWholeSeconds: an entry whose mtime has a fraction
+// of a second gets it cut, not rounded, in the converted layer's tar and
+// in its TOC alike, so a mount (from the TOC) and an unpack (from the tar)
+// show the same second, the one an unpack of the source shows; the rest of
+// the entry (owner, mode, xattrs, content) is as it was.
+func TestConvertedMtimesAreWholeSeconds(t *testing.T) {
+	late := time.Unix(1700000000, 700_000_000)
+	early := time.Unix(1700000000, 200_000_000)
+	src := layerOf(t,
+		&tar.Header{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o750, ModTime: late, Format: tar.FormatPAX},
+		&tar.Header{Name: "d/late", Typeflag: tar.TypeReg, Mode: 0o640, Size: 10, Uid: 1234, Gid: 5678, ModTime: late, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.k": "v"}},
+		&tar.Header{Name: "d/early", Typeflag: tar.TypeReg, Mode: 0o600, Size: 7, ModTime: early, Format: tar.FormatPAX})
+	out, _ := convertLayers(t, src)
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	want := time.Unix(1700000000, 0)
+	seen := map[string]bool{}
+	for tr := tar.NewReader(rc); ; {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name == "stargz.index.json" {
+			var toc estargz.JTOC
+			if err := json.NewDecoder(tr).Decode(&toc); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range toc.Entries {
+				if !strings.HasPrefix(e.Name, "d/") || e.Type == "chunk" {
+					continue
+				}
+				if mt, err := time.Parse(time.RFC3339, e.ModTime3339); err != nil || !mt.Equal(want) {
+					t.Errorf("TOC %s: mtime %q, want %v", e.Name, e.ModTime3339, want)
+				}
+			}
+			continue
+		}
+		if !strings.HasPrefix(h.Name, "d/") {
+			continue
+		}
+		seen[h.Name] = true
+		if !h.ModTime.Equal(want) {
+			t.Errorf("tar %s: mtime %v, want %v", h.Name, h.ModTime, want)
+		}
+		if h.Name == "d/late" && (h.Uid != 1234 || h.Gid != 5678 || h.Mode != 0o640 || h.PAXRecords["SCHILY.xattr.user.k"] != "v" || h.Size != 10) {
+			t.Errorf("d/late: %+v, want its owner, mode, xattr and size kept", h)
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("entries %v", seen)
+	}
 }
