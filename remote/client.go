@@ -187,6 +187,13 @@ func dialClient(ctx context.Context, repo name.Repository, o *options, scopes ..
 	if err != nil {
 		return nil, err
 	}
+	if o.requestTimeout > 0 {
+		// A registry that takes the connection and never answers
+		// must not hold a mount (or a daemon's start) for good.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.requestTimeout)
+		defer cancel()
+	}
 	base := transport.NewUserAgent(o.baseTransport(), o.userAgent)
 	auth, err := authn.Resolve(ctx, o.keychain, repo)
 	if err != nil {

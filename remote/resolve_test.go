@@ -2,12 +2,16 @@ package remote_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -370,4 +374,48 @@ func TestResolveTakesConfigFromLocalBlobs(t *testing.T) {
 	if _, err := remote.Resolve(t.Context(), f.host+"/test/img:v1", anonymous, remote.WithLocalBlobs(get), fastRetry); !errors.Is(err, remote.ErrDigestMismatch) {
 		t.Fatalf("with other bytes in the store: %v, want the registry's (tampered) config refused", err)
 	}
+}
+
+// TestHandshakeWithARegistryThatNeverAnswers: a registry that accepts the
+// connection and sends nothing fails the request within its timeout,
+// rather than holding it (and a mount, or a daemon's start) for good.
+func TestHandshakeWithARegistryThatNeverAnswers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	// Bounded by the test too, so that it fails rather than hangs.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = remote.Resolve(ctx, ln.Addr().String()+"/test/img:v1", anonymous,
+		remote.WithInsecureRegistries(ln.Addr().String()), remote.WithRequestTimeout(300*time.Millisecond), fastRetry)
+	if err == nil {
+		t.Fatal("Resolve against a registry that never answers succeeded")
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("Resolve took %v to give up (request timeout 300ms)", took)
+	}
+	t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
