@@ -20,7 +20,10 @@ import (
 // BlobReader reads one blob of one repository by HTTP Range requests.
 // It is safe for concurrent use. See the package doc for the guarantees.
 type BlobReader struct {
-	client *client
+	// client is replaced by a new handshake when the registry refuses
+	// its credentials (see redial).
+	client atomic.Pointer[client]
+	repo   name.Repository
 	digest digest.Digest
 	size   int64
 	o      *options
@@ -82,12 +85,13 @@ func NewBlobReader(ctx context.Context, repo name.Repository, dgst digest.Digest
 		return nil, err
 	}
 	r := &BlobReader{
-		client: c,
+		repo:   repo,
 		digest: dgst,
 		size:   size,
 		o:      o,
 		sem:    semaphore.NewWeighted(int64(o.maxConcurrency)),
 	}
+	r.client.Store(c)
 	r.setForeign(repo)
 	return r, nil
 }

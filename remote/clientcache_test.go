@@ -159,3 +159,51 @@ func TestPullOptionsShareHandshake(t *testing.T) {
 		t.Errorf("a reader and two ggcr reads sharing a cache pinged %d times, want 1", got)
 	}
 }
+
+// rotatingAuth is basicAuth whose password the test changes, as an
+// htpasswd file edited and the registry restarted.
+type rotatingAuth struct {
+	next http.Handler
+	pass atomic.Pointer[string]
+}
+
+func (a *rotatingAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	basicAuth{next: a.next, user: "alice", pass: *a.pass.Load()}.ServeHTTP(w, r)
+}
+
+// TestReaderTakesNewCredentials: a reader made with credentials the
+// registry later refuses (its password changed) reads again once the
+// docker config has the new one: the same reader, as a mounted layer's
+// is, without a new mount or a restart.
+func TestReaderTakesNewCredentials(t *testing.T) {
+	ra := &rotatingAuth{}
+	old, changed := "old", "new"
+	ra.pass.Store(&old)
+	f := newBlobFixture(t, 64<<10, nil, func(h http.Handler) http.Handler {
+		ra.next = h
+		return ra
+	})
+	kc := &swapKeychain{host: f.host}
+	kc.pass.Store(&old)
+	for _, cache := range []*remote.ClientCache{nil, remote.NewClientCache()} {
+		ra.pass.Store(&old)
+		kc.pass.Store(&old)
+		opts := []remote.Option{remote.WithKeychain(kc), fastRetry}
+		if cache != nil {
+			opts = append(opts, remote.WithClientCache(cache))
+		}
+		br, err := remote.NewBlobReader(t.Context(), f.repo, f.dgst, int64(len(f.data)), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.readCheck(t, br, 0, 100)
+		ra.pass.Store(&changed)
+		p := make([]byte, 100)
+		if _, err := br.ReadAtContext(t.Context(), p, 1000); !errors.Is(err, errdefs.ErrUnauthenticated) {
+			t.Fatalf("after the password changed: %v, want errdefs.ErrUnauthenticated", err)
+		}
+		kc.pass.Store(&changed) // docker login
+		f.readCheck(t, br, 2000, 100)
+		br.Close()
+	}
+}

@@ -36,8 +36,9 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64, on arrived) ([]b
 	}
 	defer r.sem.Release(1)
 
+	cl := r.client.Load()
 	if u := r.direct.Load(); u != nil {
-		hc := r.client.direct
+		hc := cl.direct
 		if slices.Contains(r.foreign, u) {
 			hc = r.foreignClient // its redirects are checked too
 		}
@@ -51,7 +52,15 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64, on arrived) ([]b
 		slog.Debug("blob store URL failed, going back to the registry",
 			"blob", r.digest, "error", err)
 	}
-	data, err := r.get(ctx, r.client.registry, r.client.url("blobs", r.digest.String()), off, n, on)
+	data, err := r.get(ctx, cl.registry, cl.url("blobs", r.digest.String()), off, n, on)
+	if refused(err) {
+		// The credentials the handshake resolved were refused (a
+		// password changed, a login since): a new handshake reads them
+		// again, and this read tries once more with it.
+		if nc := r.redial(ctx, cl); nc != nil {
+			data, err = r.get(ctx, nc.registry, nc.url("blobs", r.digest.String()), off, n, on)
+		}
+	}
 	if err == nil || !errors.Is(err, errdefs.ErrNotFound) || len(r.foreign) == 0 {
 		return data, err
 	}
@@ -71,6 +80,31 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64, on arrived) ([]b
 		errs = append(errs, err)
 	}
 	return nil, errors.Join(errs...)
+}
+
+// refused reports whether err is the registry refusing the credentials.
+func refused(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden)
+}
+
+// redial replaces the reader's client old, which the registry refused,
+// with a new handshake (credentials resolved again), and returns it; nil
+// when the handshake fails too. A client another read replaced already is
+// returned as it is.
+func (r *BlobReader) redial(ctx context.Context, old *client) *client {
+	if cur := r.client.Load(); cur != old {
+		return cur
+	}
+	nc, err := newClient(context.WithoutCancel(ctx), r.repo, r.o)
+	if err != nil {
+		slog.Debug("new handshake after refused credentials failed", "blob", r.digest, "error", err)
+		return nil
+	}
+	if !r.client.CompareAndSwap(old, nc) {
+		return r.client.Load()
+	}
+	return nc
 }
 
 // get sends one ranged GET with hc and turns the response into exactly n
@@ -93,7 +127,7 @@ func (r *BlobReader) get(ctx context.Context, hc *http.Client, u *url.URL, off, 
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		data, err := r.readPartial(ctx, resp, off, n, on)
-		if err == nil && hc == r.client.registry {
+		if err == nil && hc == r.client.Load().registry {
 			r.rememberRedirect(resp)
 		}
 		return data, err
@@ -109,7 +143,7 @@ func (r *BlobReader) get(ctx context.Context, hc *http.Client, u *url.URL, off, 
 }
 
 func (r *BlobReader) rememberRedirect(resp *http.Response) {
-	if final, ok := r.client.redirected(resp); ok {
+	if final, ok := r.client.Load().redirected(resp); ok {
 		u := *final
 		r.direct.Store(&u)
 	}

@@ -32,7 +32,7 @@ func (r *BlobReader) setForeign(repo name.Repository) {
 		return
 	}
 	r.foreignClient = &http.Client{
-		Transport: r.client.direct.Transport,
+		Transport: r.client.Load().direct.Transport,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxRedirects {
 				return errors.New("stopped after 10 redirects")
