@@ -89,6 +89,12 @@ func Open(root string, opt Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	// A limit lowered since the last process (cache_size) holds at once,
+	// not from the next write on.
+	lru.mu.Lock()
+	victims := lru.evictLocked()
+	lru.mu.Unlock()
+	lru.remove(victims)
 	tmp := filepath.Join(root, "tmp")
 	s.Chunks = &Chunks{tmp: tmp, lru: lru}
 	s.Files = &Files{tmp: tmp, chunks: s.Chunks, lru: lru}

@@ -119,6 +119,35 @@ func TestChunksEvictLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// TestLowerLimitHoldsAtOpen: a store opened with a limit lower than what
+// its cache holds (cache_size lowered between daemons) is within it at
+// once, not from the next write on.
+func TestLowerLimitHoldsAtOpen(t *testing.T) {
+	root := t.TempDir()
+	s, err := Open(root, Options{ChunkCacheBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		data := bytes.Repeat([]byte{byte(i)}, 100<<10) // large enough to be a file of its own
+		if err := s.Chunks.Put(digest.FromBytes(data), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Chunks.Stats(); st.Bytes < 800<<10 {
+		t.Fatalf("stats %+v: the test needs the chunks kept", st)
+	}
+	s.Close()
+	s, err = Open(root, Options{ChunkCacheBytes: 300 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st := s.Chunks.Stats(); st.Bytes > 300<<10 || st.Bytes == 0 {
+		t.Errorf("reopened with a 300 KiB limit: %+v", st)
+	}
+}
+
 func TestOpenTwiceFailsClearly(t *testing.T) {
 	root := t.TempDir()
 	s, err := Open(root, Options{})

@@ -50,6 +50,13 @@ func (d *daemonFlags) resolve() error {
 	if d.root == "" {
 		d.root = envOr("STRATA_ROOT", cfg.Root)
 	}
+	// Relative, they would name another daemon from another directory.
+	if !filepath.IsAbs(d.socket) {
+		return fmt.Errorf("the daemon's socket must be an absolute path (--socket, $STRATA_SOCKET or the config file), got %q", d.socket)
+	}
+	if !filepath.IsAbs(d.root) {
+		return fmt.Errorf("the state root must be an absolute path (--root, $STRATA_ROOT or the config file), got %q", d.root)
+	}
 	return nil
 }
 

@@ -127,17 +127,44 @@ func LoadConfig(path string, explicit bool) (Config, error) {
 	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, fmt.Errorf("config %s: %s", path, tomlError(err))
 	}
-	return cfg, cfg.validate()
+	return cfg, cfg.Validate()
 }
 
-func (c Config) validate() error {
+// tomlError says where in the file a decoding error is: the key go-toml
+// does not know, or the line and column of a syntax error.
+func tomlError(err error) string {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var keys []string
+		for _, e := range strict.Errors {
+			row, _ := e.Position()
+			keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
+		}
+		return "unknown key " + strings.Join(keys, ", ") + " (strata daemon --help lists the keys)"
+	}
+	var dec *toml.DecodeError
+	if errors.As(err, &dec) {
+		row, col := dec.Position()
+		return fmt.Sprintf("line %d, column %d: %s", row, col, dec.Error())
+	}
+	return err.Error()
+}
+
+// Validate says what is wrong with the configuration, if anything: the
+// file's, and again once flags and the environment changed it.
+func (c Config) Validate() error {
+	for _, r := range c.InsecureRegistries {
+		if r == "" || strings.Contains(r, "/") {
+			return fmt.Errorf("config: insecure_registries: %q is not a registry HOST[:PORT] (no scheme, no path)", r)
+		}
+	}
 	switch {
 	case c.Root == "" || c.Root[0] != '/':
 		return fmt.Errorf("config: root must be an absolute path, got %q", c.Root)
-	case c.Socket == "":
-		return errors.New("config: socket must be set")
+	case c.Socket == "" || c.Socket[0] != '/':
+		return fmt.Errorf("config: socket must be an absolute path, got %q", c.Socket)
 	case c.FetchTimeout.Duration <= 0:
 		return fmt.Errorf("config: fetch_timeout must be positive, got %s", c.FetchTimeout)
 	case c.CacheSize <= 0:

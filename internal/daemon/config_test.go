@@ -36,12 +36,28 @@ func TestLoadConfig(t *testing.T) {
 		t.Errorf("defaults %+v", d)
 	}
 	for _, bad := range []string{"root = \"relative\"", "fetch_timeout = \"-1s\"", "fetch_timeout = \"soon\"", "unknown_key = 1", "cache_size = 0",
-		"prefetch = \"sometimes\"", "prefetch_budget = -1", "layer_indexes = \"local\"", "memory_limit = -1"} {
+		"prefetch = \"sometimes\"", "prefetch_budget = -1", "layer_indexes = \"local\"", "memory_limit = -1",
+		"socket = \"relative.sock\"", "insecure_registries = [\"http://host:5000\"]", "insecure_registries = [\"\"]"} {
 		os.WriteFile(p, []byte(bad+"\n"), 0o600)
 		if _, err := LoadConfig(p, true); err == nil {
 			t.Errorf("config %q accepted", bad)
 		} else if !strings.Contains(err.Error(), "config") {
 			t.Errorf("config %q: error %q does not say it is about the config", bad, err)
+		}
+	}
+}
+
+// TestLoadConfigSaysWhere: a key the daemon does not know is named with
+// its line, and a syntax error has its line and column.
+func TestLoadConfigSaysWhere(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	for _, tc := range []struct{ text, want string }{
+		{"cache_size = 1000000\nfoo = 1\n", "unknown key foo (line 2)"},
+		{"\n\nroot =\n", "line 3, column"},
+	} {
+		os.WriteFile(p, []byte(tc.text), 0o600)
+		if _, err := LoadConfig(p, true); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: %v, want it to say %q", tc.text, err, tc.want)
 		}
 	}
 }
@@ -57,7 +73,7 @@ func FuzzLoadConfig(f *testing.F) {
 		}
 		cfg, err := LoadConfig(p, true)
 		if err == nil {
-			if err := cfg.validate(); err != nil {
+			if err := cfg.Validate(); err != nil {
 				t.Fatalf("LoadConfig accepted an invalid config: %v", err)
 			}
 		}

@@ -56,7 +56,7 @@ func (c Config) layersDir() string { return filepath.Join(c.Root, "l") }
 // everything it serves. ready, when not nil, is closed once the control
 // socket accepts requests.
 func Run(ctx context.Context, cfg Config, ready chan<- struct{}) error {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	if cfg.MemoryLimit > 0 {
