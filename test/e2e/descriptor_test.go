@@ -7,12 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/test/fixture"
 )
@@ -37,7 +37,7 @@ func TestDescriptorAgainstIndexedLayer(t *testing.T) {
 		if err := json.Unmarshal(desc.Manifest, &m); err != nil {
 			t.Fatal(err)
 		}
-		if m.Layers[0].Annotations[index.AnnotationTOCDigest] == "" {
+		if m.Layers[0].Annotations[estargz.TOCJSONDigestAnnotation] == "" {
 			t.Fatal("the fixture's first layer names no TOC digest")
 		}
 		edit(&m.Layers[0])
@@ -51,7 +51,7 @@ func TestDescriptorAgainstIndexedLayer(t *testing.T) {
 		return r.Context().Tag(tag).String()
 	}
 	wrongTOC := variant("wrong-toc", func(l *ocispec.Descriptor) {
-		l.Annotations[index.AnnotationTOCDigest] = digest.FromString("another TOC").String()
+		l.Annotations[estargz.TOCJSONDigestAnnotation] = digest.FromString("another TOC").String()
 	})
 	wrongSize := variant("wrong-size", func(l *ocispec.Descriptor) { l.Size += 1 << 40 })
 
