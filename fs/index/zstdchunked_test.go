@@ -47,14 +47,19 @@ func zstdTOCBlobFooter(t testing.TB, data, tocJSON []byte, edit func(footer []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	compressed := enc.EncodeAll(tocJSON, nil)
+	return zstdTOCBlobOf(data, enc.EncodeAll(tocJSON, nil), len(tocJSON), edit)
+}
+
+// zstdTOCBlobOf is data, then the TOC compressed (jsonLen bytes of JSON)
+// and the footer (edited first), each in a skippable frame.
+func zstdTOCBlobOf(data, compressed []byte, jsonLen int, edit func(footer []byte)) []byte {
 	var buf bytes.Buffer
 	buf.Write(data)
 	buf.Write(skippableFrame(compressed))
 	footer := make([]byte, zstdchunked.FooterSize)
 	binary.LittleEndian.PutUint64(footer, uint64(len(data)+skippableFrameHeaderSize))
 	binary.LittleEndian.PutUint64(footer[8:], uint64(len(compressed)))
-	binary.LittleEndian.PutUint64(footer[16:], uint64(len(tocJSON)))
+	binary.LittleEndian.PutUint64(footer[16:], uint64(jsonLen))
 	binary.LittleEndian.PutUint64(footer[24:], zstdChunkedManifestJSON)
 	copy(footer[32:], zstdChunkedMagic)
 	edit(footer)
@@ -548,17 +553,8 @@ func TestReadZstdChunkedStreamingTOC(t *testing.T) {
 	if err := hdr.Decode(compressed.Bytes()); err != nil || hdr.HasFCS || hdr.WindowSize < 32<<20 {
 		t.Fatalf("frame header %+v, %v: want no content size and a 32 MiB window", hdr, err)
 	}
-	var buf bytes.Buffer
-	buf.Write(make([]byte, dataLen))
-	buf.Write(skippableFrame(compressed.Bytes()))
-	footer := make([]byte, zstdchunked.FooterSize)
-	binary.LittleEndian.PutUint64(footer, uint64(dataLen+skippableFrameHeaderSize))
-	binary.LittleEndian.PutUint64(footer[8:], uint64(compressed.Len()))
-	binary.LittleEndian.PutUint64(footer[16:], uint64(len(js)))
-	binary.LittleEndian.PutUint64(footer[24:], zstdChunkedManifestJSON)
-	copy(footer[32:], zstdChunkedMagic)
-	buf.Write(skippableFrame(footer))
-	idx, err := ReadZstdChunked(context.Background(), bytes.NewReader(buf.Bytes()), int64(buf.Len()), nil)
+	blob := zstdTOCBlobOf(make([]byte, dataLen), compressed.Bytes(), len(js), func([]byte) {})
+	idx, err := ReadZstdChunked(context.Background(), bytes.NewReader(blob), int64(len(blob)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
