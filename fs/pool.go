@@ -294,7 +294,11 @@ func (p *Pool) openBlob(ctx context.Context, repo name.Repository, l remote.Laye
 		slog.InfoContext(ctx, "layer served from the local store", "layer", l.Digest)
 		return openLocalBlob(f, size, l.Size, l.Digest)
 	}
-	return remote.NewLayerReader(context.WithoutCancel(ctx), repo, l, append(slices.Clone(p.ropts), opts...)...)
+	// The handshake waits for the first fetch: a layer whose index and
+	// chunks are local (restored, or taken over after a crash) mounts and
+	// serves with the registry down, and fetches fail until it is back.
+	return remote.NewLayerReader(context.WithoutCancel(ctx), repo, l,
+		append(append(slices.Clone(p.ropts), opts...), remote.WithDeferredHandshake())...)
 }
 
 // Release drops one use of layer d, unmounting it after the last.

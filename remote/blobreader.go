@@ -21,8 +21,10 @@ import (
 // It is safe for concurrent use. See the package doc for the guarantees.
 type BlobReader struct {
 	// client is replaced by a new handshake when the registry refuses
-	// its credentials (see redial).
+	// its credentials (see redial); nil until the first fetch with
+	// WithDeferredHandshake (see clientFor).
 	client atomic.Pointer[client]
+	dialMu sync.Mutex // one deferred handshake at a time
 	repo   name.Repository
 	digest digest.Digest
 	size   int64
@@ -80,9 +82,12 @@ func NewBlobReader(ctx context.Context, repo name.Repository, dgst digest.Digest
 		return nil, fmt.Errorf("%w: blob %s: negative size %d", ErrInvalidRange, dgst, size)
 	}
 	o := makeOptions(opts...)
-	c, err := newClient(ctx, repo, o)
-	if err != nil {
-		return nil, err
+	var c *client
+	if !o.deferHandshake {
+		var err error
+		if c, err = newClient(ctx, repo, o); err != nil {
+			return nil, err
+		}
 	}
 	r := &BlobReader{
 		repo:   repo,
@@ -91,9 +96,30 @@ func NewBlobReader(ctx context.Context, repo name.Repository, dgst digest.Digest
 		o:      o,
 		sem:    semaphore.NewWeighted(int64(o.maxConcurrency)),
 	}
-	r.client.Store(c)
+	if c != nil {
+		r.client.Store(c)
+	}
 	r.setForeign(repo)
 	return r, nil
+}
+
+// clientFor returns the reader's client, making the handshake a reader
+// with WithDeferredHandshake has not made yet (again after one failed).
+func (r *BlobReader) clientFor(ctx context.Context) (*client, error) {
+	if c := r.client.Load(); c != nil {
+		return c, nil
+	}
+	r.dialMu.Lock()
+	defer r.dialMu.Unlock()
+	if c := r.client.Load(); c != nil {
+		return c, nil
+	}
+	c, err := newClient(context.WithoutCancel(ctx), r.repo, r.o)
+	if err != nil {
+		return nil, err
+	}
+	r.client.Store(c)
+	return c, nil
 }
 
 // Size is the blob size given to NewBlobReader.

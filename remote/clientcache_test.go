@@ -207,3 +207,46 @@ func TestReaderTakesNewCredentials(t *testing.T) {
 		br.Close()
 	}
 }
+
+// downFront answers every request with 503 while down is set, as a
+// registry being restarted does (its proxy in front of it).
+type downFront struct {
+	next http.Handler
+	down atomic.Bool
+}
+
+func (d *downFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if d.down.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	d.next.ServeHTTP(w, r)
+}
+
+// TestDeferredHandshake: a reader made with WithDeferredHandshake while
+// the registry is down is made (a restored or taken-over layer whose bytes
+// are cached needs no registry); its fetches fail while the registry is
+// down and succeed once it is back, with no new reader.
+func TestDeferredHandshake(t *testing.T) {
+	df := &downFront{}
+	f := newBlobFixture(t, 64<<10, nil, func(h http.Handler) http.Handler {
+		df.next = h
+		return df
+	})
+	df.down.Store(true)
+	br, err := remote.NewBlobReader(t.Context(), f.repo, f.dgst, int64(len(f.data)), anonymous, fastRetry, remote.WithDeferredHandshake())
+	if err != nil {
+		t.Fatalf("a deferred handshake's reader, registry down: %v", err)
+	}
+	defer br.Close()
+	if _, err := br.ReadAtContext(t.Context(), make([]byte, 100), 0); err == nil {
+		t.Fatal("a read with the registry down succeeded")
+	}
+	df.down.Store(false)
+	f.readCheck(t, br, 0, 100)
+	// Without the option the reader is not made while it is down.
+	df.down.Store(true)
+	if _, err := remote.NewBlobReader(t.Context(), f.repo, f.dgst, int64(len(f.data)), anonymous, fastRetry); err == nil {
+		t.Error("a reader made its handshake with the registry down")
+	}
+}

@@ -36,7 +36,10 @@ func (r *BlobReader) attempt(ctx context.Context, off, n int64, on arrived) ([]b
 	}
 	defer r.sem.Release(1)
 
-	cl := r.client.Load()
+	cl, err := r.clientFor(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if u := r.direct.Load(); u != nil {
 		hc := cl.direct
 		if slices.Contains(r.foreign, u) {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // setForeign keeps the blob URLs of the options that may be fetched for a
@@ -32,7 +33,7 @@ func (r *BlobReader) setForeign(repo name.Repository) {
 		return
 	}
 	r.foreignClient = &http.Client{
-		Transport: r.client.Load().direct.Transport,
+		Transport: transport.NewUserAgent(r.o.baseTransport(), r.o.userAgent), // no credentials, as the client's direct one
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= maxRedirects {
 				return errors.New("stopped after 10 redirects")

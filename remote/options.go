@@ -42,6 +42,7 @@ type options struct {
 	clients        *ClientCache
 	onManifest     func(repo name.Repository, manifest digest.Digest, layers []Layer)
 	localBlob      func(digest.Digest) ([]byte, bool)
+	deferHandshake bool
 }
 
 func makeOptions(opts ...Option) *options {
@@ -128,6 +129,16 @@ func WithPlatform(p v1.Platform) Option {
 // referrers) a round trip sooner. fn must return at once.
 func WithManifestHook(fn func(repo name.Repository, manifest digest.Digest, layers []Layer)) Option {
 	return func(o *options) { o.onManifest = fn }
+}
+
+// WithDeferredHandshake makes NewBlobReader make no handshake (ping,
+// credentials, token): the first fetch makes it, and the next fetch again
+// after one that failed. A reader whose bytes are all cached elsewhere (a
+// mounted layer restored or taken over by a new daemon) then needs no
+// registry at all, and one that is down fails the fetches that need it,
+// not the reader.
+func WithDeferredHandshake() Option {
+	return func(o *options) { o.deferHandshake = true }
 }
 
 // WithLocalBlobs makes Resolve take an image config from get, a store
