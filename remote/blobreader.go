@@ -109,9 +109,16 @@ func (r *BlobReader) clientFor(ctx context.Context) (*client, error) {
 	if c := r.client.Load(); c != nil {
 		return c, nil
 	}
+	return r.dial(ctx, nil)
+}
+
+// dial makes a new handshake to replace the client old (nil: none yet),
+// one at a time: a client another read put in old's place meanwhile is
+// returned as it is.
+func (r *BlobReader) dial(ctx context.Context, old *client) (*client, error) {
 	r.dialMu.Lock()
 	defer r.dialMu.Unlock()
-	if c := r.client.Load(); c != nil {
+	if c := r.client.Load(); c != old {
 		return c, nil
 	}
 	c, err := newClient(context.WithoutCancel(ctx), r.repo, r.o)

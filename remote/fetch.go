@@ -93,19 +93,12 @@ func refused(err error) bool {
 
 // redial replaces the reader's client old, which the registry refused,
 // with a new handshake (credentials resolved again), and returns it; nil
-// when the handshake fails too. A client another read replaced already is
-// returned as it is.
+// when the handshake fails too.
 func (r *BlobReader) redial(ctx context.Context, old *client) *client {
-	if cur := r.client.Load(); cur != old {
-		return cur
-	}
-	nc, err := newClient(context.WithoutCancel(ctx), r.repo, r.o)
+	nc, err := r.dial(ctx, old)
 	if err != nil {
 		slog.Debug("new handshake after refused credentials failed", "blob", r.digest, "error", err)
 		return nil
-	}
-	if !r.client.CompareAndSwap(old, nc) {
-		return r.client.Load()
 	}
 	return nc
 }
