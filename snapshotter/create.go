@@ -34,6 +34,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 		labels = base.Labels
 	}
+	if err := s.ensureServed(ctx, parent); err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", key, err)
+	}
 	sn, err := s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
 	if err != nil {
 		return nil, err
@@ -44,6 +47,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 
 // View creates a read-only snapshot of parent under key.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	if err := s.ensureServed(ctx, parent); err != nil {
+		return nil, fmt.Errorf("view %s: %w", key, err)
+	}
 	sn, err := s.createSnapshot(ctx, snapshots.KindView, key, parent, opts)
 	if err != nil {
 		return nil, err
@@ -56,6 +62,9 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 func (s *Snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
 	sn, err := s.getSnapshot(ctx, key)
 	if err != nil {
+		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
+	}
+	if err := s.ensureServed(ctx, key); err != nil {
 		return nil, fmt.Errorf("mounts of snapshot %s: %w", key, err)
 	}
 	return s.mounts(sn)

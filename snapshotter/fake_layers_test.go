@@ -69,6 +69,7 @@ func (b *bindLayers) Mount(ctx context.Context, dir string, labels map[string]st
 	digest := labels[snapshotter.LabelLayerDigest]
 	b.mu.Lock()
 	failure, litter, hook := b.notRemote[digest], b.litter[digest], b.beforeMount
+	src, ok := b.sources[digest]
 	b.mu.Unlock()
 	if failure != nil {
 		return failure
@@ -79,7 +80,6 @@ func (b *bindLayers) Mount(ctx context.Context, dir string, labels map[string]st
 		}
 		return errors.New("half-done mount")
 	}
-	src, ok := b.sources[digest]
 	if !ok {
 		return fmt.Errorf("layer %q: %w", digest, snapshotter.ErrNotRemote)
 	}

@@ -85,6 +85,48 @@ func (s *Snapshotter) remoteSnapshots(ctx context.Context) ([]remoteSnapshot, er
 	return layers, err
 }
 
+// ensureServed makes sure every remote layer of the chain from name down
+// is mounted before a snapshot is stacked on it: a layer whose restore
+// failed at start is an empty directory, and an overlay over it would show
+// the image without that layer's files, silently. Such a layer is mounted
+// again now (the registry or the disk may be back); when it still cannot
+// be, the error names it and nothing is created.
+func (s *Snapshotter) ensureServed(ctx context.Context, name string) error {
+	if s.remote == nil || name == "" {
+		return nil
+	}
+	var unserved []remoteSnapshot
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		for p := name; p != ""; {
+			id, info, _, err := storage.GetInfo(ctx, p)
+			if err != nil {
+				return err
+			}
+			if info.Kind == snapshots.KindCommitted && isRemote(info) && !kmount.IsMountpoint(s.fsPath(id)) {
+				unserved = append(unserved, remoteSnapshot{name: info.Name, id: id, labels: info.Labels})
+			}
+			p = info.Parent
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range unserved {
+		s.restoreMu.Lock()
+		var err error
+		if !kmount.IsMountpoint(s.fsPath(l.id)) { // another caller may have restored it
+			err = s.restoreOne(ctx, l)
+		}
+		s.restoreMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("remote layer %s (snapshot %s) is not served and cannot be mounted again: %w: %w",
+				l.labels[LabelLayerDigest], l.name, err, errdefs.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
 func (s *Snapshotter) restoreOne(ctx context.Context, l remoteSnapshot) error {
 	dir := s.fsPath(l.id)
 	// The directory may be gone if the node's disk was wiped but the

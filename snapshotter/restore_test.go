@@ -4,8 +4,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -96,5 +98,47 @@ func TestRestoreReportsLayersThatCannotBeMounted(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(f.layers.mountDir(t, 0), "bin/tool")); err != nil {
 		t.Fatalf("healthy layer not restored: %v", err)
+	}
+
+	// A container on the image must not get an overlay over the empty
+	// directory of the layer that did not come back: that tree lacks the
+	// layer's files. Prepare, View and Mounts fail naming the layer, and
+	// leave no snapshot behind.
+	if _, err := sn.Prepare(ctx, "container", "chain-l2"); err == nil || !strings.Contains(err.Error(), "sha256:l2") || !errdefs.IsUnavailable(err) {
+		t.Fatalf("Prepare on an unserved layer: %v, want an unavailable error naming sha256:l2", err)
+	}
+	if _, err := sn.View(ctx, "view", "chain-l2"); err == nil || !strings.Contains(err.Error(), "sha256:l2") {
+		t.Fatalf("View on an unserved layer: %v, want an error naming sha256:l2", err)
+	}
+	if _, err := sn.Stat(ctx, "container"); !errdefs.IsNotFound(err) {
+		t.Fatalf("failed Prepare left snapshot container: %v", err)
+	}
+	// The layer's source is back (the registry answers again): the next
+	// Prepare mounts it again and the container sees every layer.
+	restarted.mu.Lock()
+	restarted.sources["sha256:l2"] = f.layers.sources["sha256:l2"]
+	restarted.mu.Unlock()
+	ms, err := sn.Prepare(ctx, "container", "chain-l2")
+	if err != nil {
+		t.Fatalf("Prepare once the layer can be served: %v", err)
+	}
+	rootfs := mountAt(t, f.base, ms)
+	if got := readFile(t, filepath.Join(rootfs, "app/main")); got != "main\n" {
+		t.Fatalf("app/main = %q after the layer was mounted again", got)
+	}
+	// Tried at Restore, at the failed Prepare and View, and now.
+	if restarted.count("mount", f.layers.mountDir(t, 1)) != 4 {
+		t.Fatalf("calls %v: want the failed layer tried again at each Prepare and View", restarted.calls)
+	}
+	// Mounts of the container after its layer went away again: an
+	// error, not an overlay over an empty directory.
+	if err := restarted.Unmount(ctx, f.layers.mountDir(t, 1)); err != nil {
+		t.Fatal(err)
+	}
+	restarted.mu.Lock()
+	delete(restarted.sources, "sha256:l2")
+	restarted.mu.Unlock()
+	if _, err := sn.Mounts(ctx, "container"); err == nil || !strings.Contains(err.Error(), "sha256:l2") {
+		t.Fatalf("Mounts with an unserved layer: %v, want an error naming sha256:l2", err)
 	}
 }

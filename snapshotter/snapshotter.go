@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -26,6 +27,9 @@ type Snapshotter struct {
 	// owner of the stack's root (WithRootFromStack).
 	rootFromStack bool
 	log           *slog.Logger
+	// restoreMu serializes the restores of layers found unserved when a
+	// snapshot is stacked on them (ensureServed).
+	restoreMu sync.Mutex
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
