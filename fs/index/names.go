@@ -29,7 +29,8 @@ const (
 // "a/b/", "a//b") and refuses names that could leave the layer or that
 // Linux cannot hold, in the spirit of archive/tar's ErrInsecurePath:
 // absolute names, any ".." component (even one that would stay inside),
-// NUL bytes, components over MaxNameLen and paths over MaxPathLen.
+// NUL bytes, components over MaxNameLen (a whiteout's without its ".wh.")
+// and paths over MaxPathLen.
 func cleanName(name string) (string, error) {
 	if strings.IndexByte(name, 0) >= 0 {
 		return "", errors.New("name contains a NUL byte")
@@ -55,7 +56,10 @@ func cleanName(name string) (string, error) {
 		case "", ".":
 			clean = false
 		default:
-			longest = max(longest, len(comp))
+			// A whiteout of a name of 252 bytes or more is longer
+			// than a name may be: the limit is the hidden name's,
+			// which is what the tree holds.
+			longest = max(longest, len(strings.TrimPrefix(comp, whiteoutPrefix)))
 		}
 		if !more {
 			break

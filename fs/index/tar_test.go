@@ -191,6 +191,7 @@ func TestHostileTars(t *testing.T) {
 		{"dotdot", []tarEntry{reg("a/../../etc/passwd", "x")}, `".." component`},
 		{"absolute", []tarEntry{reg("/etc/passwd", "x")}, "absolute name"},
 		{"long-component", []tarEntry{reg(strings.Repeat("n", MaxNameLen+1), "x")}, "more than 255"},
+		{"long-whiteout", []tarEntry{reg(".wh."+strings.Repeat("n", MaxNameLen+1), "")}, "more than 255"},
 		{"hardlink-traversal", []tarEntry{reg("a", "x"), hdr(tar.TypeLink, "b", "../a")}, `".." component`},
 		{"hardlink-missing", []tarEntry{hdr(tar.TypeLink, "b", "nowhere")}, "not an earlier entry"},
 		{"hardlink-to-dir", []tarEntry{hdr(tar.TypeDir, "d", ""), hdr(tar.TypeLink, "b", "d")}, "is a directory"},
@@ -206,6 +207,31 @@ func TestHostileTars(t *testing.T) {
 			_, err := Read(context.Background(), bytes.NewReader(blob), tarDesc(blob))
 			assertInvalid(t, err, tc.want)
 		})
+	}
+}
+
+// TestReadTarLongWhiteout: the whiteout of a name of NAME_MAX bytes is
+// longer than NAME_MAX (".wh." comes on top); it is the only way an image
+// can delete that name, and it hides it.
+func TestReadTarLongWhiteout(t *testing.T) {
+	long := strings.Repeat("n", MaxNameLen)
+	blob := rawTar(t, []tarEntry{
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "d/.wh." + long, Mode: 0o644}},
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "d/.wh." + long[:MaxNameLen-4] + "/", Mode: 0o755}},
+	})
+	_, err := Read(context.Background(), bytes.NewReader(blob), tarDesc(blob))
+	assertInvalid(t, err, "whiteout") // a directory named .wh.*: still refused
+	blob = rawTar(t, []tarEntry{
+		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "d/", Mode: 0o755}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "d/.wh." + long, Mode: 0o644}},
+	})
+	idx, err := Read(context.Background(), bytes.NewReader(blob), tarDesc(blob))
+	if err != nil {
+		t.Fatalf("whiteout of a %d-byte name: %v", MaxNameLen, err)
+	}
+	if tree := dumpTree(idx); !strings.Contains(tree, long) {
+		t.Fatalf("index lists\n%s\nwant a whiteout of the long name", tree)
 	}
 }
 

@@ -181,3 +181,55 @@ func remoteImage(t *testing.T, ref string) v1.Image {
 	}
 	return img
 }
+
+// TestCommitDeletesLongName: deleting a name of NAME_MAX bytes writes a
+// whiteout longer than NAME_MAX (".wh." on top), the only way an image
+// can say it; the result mounts, lazily and writable, in every format
+// Strata mounts, without the name.
+func TestCommitDeletesLongName(t *testing.T) {
+	requireRoot(t)
+	base := push(t, shared.reg, "commit-longname", "base", fixture.Standard(), fixture.FormEStargz)
+	d := startDaemon(t, nil)
+	long := strings.Repeat("w", 255)
+	dir, _ := d.mountRW(t, base)
+	for _, n := range []string{long, "dir/" + long[:250]} {
+		if err := os.MkdirAll(filepath.Join(dir, "longnames", filepath.Dir(n)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "longnames", n), []byte("x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "longnames", long[:254]+"d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.commit(t, daemon.CommitRequest{Dir: dir, Ref: tagged(base, "with")}); err != nil {
+		t.Fatal(err)
+	}
+	dir2, _ := d.mountRW(t, tagged(base, "with"))
+	for _, n := range []string{long, "dir/" + long[:250], long[:254] + "d"} {
+		if err := os.RemoveAll(filepath.Join(dir2, "longnames", n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, format := range []string{"estargz", "gzip", "zstd:chunked", "uncompressed"} {
+		ref := tagged(base, "without-"+formatTag(format))
+		if _, err := d.commit(t, daemon.CommitRequest{Dir: dir2, Ref: ref, Format: format}); err != nil {
+			t.Fatalf("--format %s: %v", format, err)
+		}
+		ro, _ := d.mount(t, ref)
+		rw, _ := d.mountRW(t, ref)
+		for _, m := range []string{ro, rw} {
+			ents, err := os.ReadDir(filepath.Join(m, "longnames"))
+			if err != nil {
+				t.Fatalf("--format %s: %v", format, err)
+			}
+			if len(ents) != 1 || ents[0].Name() != "dir" {
+				t.Errorf("--format %s: longnames holds %v, want only dir", format, ents)
+			}
+			if ents, err := os.ReadDir(filepath.Join(m, "longnames/dir")); err != nil || len(ents) != 0 {
+				t.Errorf("--format %s: longnames/dir holds %v (%v), want nothing", format, ents, err)
+			}
+		}
+	}
+}
