@@ -221,6 +221,9 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if _, err := snapshotter.ParseLayerFormat(o.Format); err != nil {
 		return nil, fmt.Errorf("--format: %w", err)
 	}
+	if o.Platform, err = normalizePlatform(o.Platform); err != nil {
+		return nil, fmt.Errorf("--platform: %w", err)
+	}
 	st, err := cl.Status(ctx)
 	if err != nil {
 		return nil, err

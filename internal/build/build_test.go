@@ -1,10 +1,12 @@
 package build
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -524,5 +526,92 @@ func TestSourceDateEpochBounds(t *testing.T) {
 		if v == "99999999999999" && (err == nil || !strings.Contains(err.Error(), "year 9999")) {
 			t.Errorf("SOURCE_DATE_EPOCH=%s: %v, want the bound said", v, err)
 		}
+	}
+}
+
+// TestMountKeys: a RUN's cache key changes with everything of its mounts
+// that the step sees (a secret's place, variable, mode and owner; a cache
+// mount's ro, mode and owner), never with a secret's value.
+func TestMountKeys(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "tok")
+	if err := os.WriteFile(secret, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{o: Options{Secrets: map[string]Secret{"tok": {File: secret}}}, root: t.TempDir()}
+	key := func(line string) string {
+		t.Helper()
+		st, c := &stageState{}, runCommand(t, line)
+		if err := c.Expand(st.expander()); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		p, err := b.planMounts(context.Background(), st, c)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		return strings.Join(p.key, "\n")
+	}
+	lines := []string{
+		"RUN --mount=type=secret,id=tok true",
+		"RUN --mount=type=secret,id=tok,env=TOK true",
+		"RUN --mount=type=secret,id=tok,env=OTHER true",
+		"RUN --mount=type=secret,id=tok,env=TOK,target=/run/secrets/tok true",
+		"RUN --mount=type=secret,id=tok,target=/s true",
+		"RUN --mount=type=secret,id=tok,mode=0444 true",
+		"RUN --mount=type=secret,id=tok,uid=1000 true",
+		"RUN --mount=type=secret,id=tok,gid=1000 true",
+		"RUN --mount=type=cache,target=/c true",
+		"RUN --mount=type=cache,target=/c,ro true",
+		"RUN --mount=type=cache,target=/c,mode=0700 true",
+		"RUN --mount=type=cache,target=/c,uid=1000 true",
+		"RUN --mount=type=cache,target=/c,gid=1000 true",
+	}
+	seen := map[string]string{}
+	for _, l := range lines {
+		k := key(l)
+		if other, ok := seen[k]; ok {
+			t.Errorf("%q and %q have one key:\n%s", l, other, k)
+		}
+		seen[k] = l
+		if strings.Contains(k, "one") {
+			t.Errorf("%q: the key holds the secret's value: %s", l, k)
+		}
+	}
+	// The default target named or not: one key. A new value: one key.
+	if a, b := key("RUN --mount=type=secret,id=tok true"), key("RUN --mount=type=secret,id=tok,target=/run/secrets/tok true"); a != b {
+		t.Errorf("the default target written out changed the key: %q vs %q", a, b)
+	}
+	before := key(lines[1])
+	if err := os.WriteFile(secret, []byte("two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if after := key(lines[1]); after != before {
+		t.Errorf("a new secret value changed the key: %q vs %q", before, after)
+	}
+}
+
+// TestPlatformSpellings: every spelling of this machine's platform that
+// BuildKit and Docker accept is this machine's.
+func TestPlatformSpellings(t *testing.T) {
+	host := "linux/" + runtime.GOARCH
+	spellings := []string{host, runtime.GOARCH}
+	switch runtime.GOARCH {
+	case "amd64":
+		spellings = append(spellings, "linux/x86_64", "x86_64", "linux/x86-64", "Linux/AMD64")
+	case "arm64":
+		spellings = append(spellings, "linux/aarch64", "aarch64", "linux/arm64/v8")
+	}
+	for _, s := range spellings {
+		if err := checkPlatform(s); err != nil {
+			t.Errorf("--platform %s refused: %v", s, err)
+		}
+		if got, err := normalizePlatform(s); err != nil || got != host {
+			t.Errorf("--platform %s reads as %q (%v), want %s", s, got, err, host)
+		}
+	}
+	if err := checkPlatform("windows/amd64"); err == nil || !strings.Contains(err.Error(), "only linux") {
+		t.Errorf("windows/amd64: %v, want a refusal", err)
+	}
+	if _, err := normalizePlatform("linux/amd64/v2/extra"); err == nil {
+		t.Errorf("a malformed platform was accepted")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/containerd/platforms"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -174,7 +175,11 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 			return nil, err
 		}
 	}
-	if err := checkPlatform(platform); err != nil {
+	err = checkPlatform(platform)
+	if err == nil {
+		platform, err = normalizePlatform(platform)
+	}
+	if err != nil {
 		return nil, &StepError{File: b.o.DockerfileName, Line: line(s.Location), Step: s.SourceCode, Err: err}
 	}
 	st := &stageState{idx: i, platform: platform, escape: b.escape, stage: commit.NewStage(b.escape)}
@@ -276,13 +281,32 @@ func line(loc []parser.Range) int {
 	return loc[0].Start.Line
 }
 
+// normalizePlatform writes a platform as BuildKit and Docker read it
+// (containerd's platforms package: "x86_64" is amd64, "aarch64" arm64, a
+// lone architecture this OS's), so that another spelling of this machine's
+// platform is this machine's, and images and cache keys see one spelling.
+func normalizePlatform(platform string) (string, error) {
+	if platform == "" {
+		return "", nil
+	}
+	p, err := platforms.Parse(platform)
+	if err != nil {
+		return "", fmt.Errorf("platform %q: %w", platform, err)
+	}
+	return platforms.Format(platforms.Normalize(p)), nil
+}
+
 // checkPlatform refuses a platform this machine cannot run without
 // binfmt emulation.
 func checkPlatform(platform string) error {
 	if platform == "" {
 		return nil
 	}
-	p, err := v1.ParsePlatform(platform)
+	norm, err := normalizePlatform(platform)
+	if err != nil {
+		return err
+	}
+	p, err := v1.ParsePlatform(norm)
 	if err != nil {
 		return fmt.Errorf("platform %q: %w", platform, err)
 	}

@@ -278,27 +278,30 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 				}
 				continue
 			}
-			// The key says which secret, never what it holds: a new value
-			// of a secret does not invalidate the cache, as in BuildKit.
-			p.key = append(p.key, "secret "+id+" "+target)
+			mode, uid, gid := ownership(m, 0o400)
+			var envName string
 			if m.Env != nil {
 				v, err := src.read(id)
 				if err != nil {
 					return nil, err
 				}
-				name := *m.Env
-				if name == "" {
-					name = id
+				envName = *m.Env
+				if envName == "" {
+					envName = id
 				}
-				p.env = append(p.env, name+"="+string(v))
-				if target == "" {
-					continue
-				}
+				p.env = append(p.env, envName+"="+string(v))
 			}
-			if target == "" {
+			if target == "" && m.Env == nil {
 				target = "/run/secrets/" + id
 			}
-			mode, uid, gid := ownership(m, 0o400)
+			// The key says which secret and how the step sees it (where,
+			// in which variable, with which mode and owner), never what it
+			// holds: a new value of a secret does not invalidate the
+			// cache, as in BuildKit.
+			p.key = append(p.key, fmt.Sprintf("secret %s target=%s env=%s mode=%o uid=%d gid=%d", id, target, envName, mode, uid, gid))
+			if target == "" {
+				continue // in the environment only
+			}
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
 				file, err := b.secretFile(id, src, os.FileMode(mode)&os.ModePerm, int(uid), int(gid))
 				if err != nil {
@@ -331,9 +334,15 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 				seed = func(dir string) error { return seedCache(ctx, root, source, dir) }
 			}
 			mode, uid, gid := ownership(m, 0o755)
+			p.key[len(p.key)-1] += fmt.Sprintf(" mode=%o uid=%d gid=%d", mode, uid, gid)
 			sum := sha256.Sum256([]byte(cacheID))
 			dir := filepath.Join(b.root, "build", cacheMountsDir, hex.EncodeToString(sum[:12]))
 			spec := "type=bind,source=" + dir + ",target=" + target
+			if m.ReadOnly {
+				// ro: the step sees the cache and cannot change it.
+				spec += ",readonly"
+				p.key[len(p.key)-1] += " ro"
+			}
 			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
 				if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 					return steprun.Mount{}, err
