@@ -110,6 +110,9 @@ func (e *StepError) Error() string {
 	fmt.Fprintf(&b, "%s:%d: %s: ", e.File, e.Line, clip(e.Step, 200))
 	if e.ExitCode != 0 {
 		fmt.Fprintf(&b, "the command exited with status %d", e.ExitCode)
+	} else if ce := (*commit.ChangeError)(nil); errors.As(e.Err, &ce) {
+		// The step is named already; "--change" is commit's word.
+		b.WriteString(clip(ce.Err.Error(), 300))
 	} else {
 		b.WriteString(e.Err.Error())
 	}

@@ -615,3 +615,16 @@ func TestPlatformSpellings(t *testing.T) {
 		t.Errorf("a malformed platform was accepted")
 	}
 }
+
+// TestStepErrorOfChange: a config instruction the commit package refuses
+// is reported in the Dockerfile's words, not as a --change line.
+func TestStepErrorOfChange(t *testing.T) {
+	_, err := commit.ParseChange("EXPOSE abc")
+	if err == nil {
+		t.Fatal("EXPOSE abc was accepted")
+	}
+	msg := (&StepError{File: "Dockerfile", Line: 3, Step: "EXPOSE abc", Err: fmt.Errorf("stage: %w", err)}).Error()
+	if strings.Contains(msg, "--change") || !strings.HasPrefix(msg, "Dockerfile:3: EXPOSE abc: ") {
+		t.Errorf("message %q, want the Dockerfile's line and no --change", msg)
+	}
+}

@@ -407,6 +407,10 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 // snapshotter, and with strata build on the same base, and compares the
 // two images as TestBuildSameAsBuildah does.
 func TestBuildSameAsBuildKit(t *testing.T) {
+	// Last, one at a time: BuildKit's binaries may be building meanwhile.
+	t.Parallel()
+	buildKitSerial.Lock()
+	defer buildKitSerial.Unlock()
 	e := startCtdEnv(t)
 	b := startBuildBench(t)
 	bk := startBuildKitd(t, e, "overlayfs", shared.reg.Host())

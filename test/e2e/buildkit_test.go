@@ -30,6 +30,10 @@ import (
 // its docker config (BuildKit's session has them too; Strata does not ask
 // the session).
 func TestBuildKitOnStrata(t *testing.T) {
+	// Last, one at a time: BuildKit's binaries may be building meanwhile.
+	t.Parallel()
+	buildKitSerial.Lock()
+	defer buildKitSerial.Unlock()
 	e := startCtdEnv(t)
 	auth := registry.Auth{User: "builder", Password: "s3cret"}
 	preg := registry.StartWithAuth(t, auth)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"sync"
@@ -46,7 +47,17 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 		defer shared.reg.Close()
+		flag.Parse()
+		if runsBuildKitTests() {
+			startBuildKitBuild()
+		}
+		defer stopBuildKitBuild()
 	}
+	defer func() {
+		if built.dir != "" {
+			os.RemoveAll(built.dir)
+		}
+	}()
 	return m.Run()
 }
 
