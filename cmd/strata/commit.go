@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/term"
 
@@ -88,7 +89,9 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	res, err := cl.Commit(ctx, req, progressPrinter(*quiet))
+	report, end := reportPrinter(*quiet)
+	res, err := cl.Commit(ctx, req, report)
+	end()
 	if err != nil {
 		if *digestFile != "" {
 			os.Remove(*digestFile)
@@ -104,9 +107,13 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if res.Ref != "" {
+	switch {
+	case req.Ref != "" && res.Ref != "":
+		// NEWREF as given, and what it now names.
+		fmt.Fprintln(stdout, req.Ref+"@"+res.Digest.String())
+	case res.Ref != "":
 		fmt.Fprintln(stdout, res.Ref)
-	} else {
+	default:
 		fmt.Fprintln(stdout, res.Digest)
 	}
 	return nil
@@ -137,6 +144,46 @@ func progressLine(quiet bool) (progress func(string), done func()) {
 			}
 	}
 	return func(line string) { fmt.Fprintln(os.Stderr, line) }, func() {}
+}
+
+// reportPrinter shows the messages of a long command (commit, index) on
+// standard error (see reporter).
+func reportPrinter(quiet bool) (report func(string), end func()) {
+	if quiet {
+		return nil, func() {}
+	}
+	return reporter(os.Stderr, term.IsTerminal(int(os.Stderr.Fd())))
+}
+
+// reporter writes a long command's messages to w. On a terminal (tty),
+// updates of one operation (messages with the same words before their
+// first colon: "pushing to REPO: ...") rewrite its line in place, and any
+// other message starts a line of its own and stays (what was pushed,
+// streamed or fetched, and every warning, is worth keeping); end ends the
+// last line. Plain lines otherwise.
+func reporter(w io.Writer, tty bool) (report func(string), end func()) {
+	if !tty {
+		return func(line string) { fmt.Fprintln(w, line) }, func() {}
+	}
+	var last string
+	shown := false
+	return func(line string) {
+			key, _, _ := strings.Cut(line, ":")
+			switch {
+			case !shown:
+			case key == last && key != "warning":
+				fmt.Fprint(w, "\r\033[K")
+			default:
+				fmt.Fprintln(w)
+			}
+			fmt.Fprint(w, line)
+			shown, last = true, key
+		}, func() {
+			if shown {
+				fmt.Fprintln(w)
+				shown = false
+			}
+		}
 }
 
 // sourceDateEpoch reads --source-date-epoch, or $SOURCE_DATE_EPOCH when

@@ -69,7 +69,9 @@ func runIndex(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := cl.Index(ctx, daemon.IndexRequest{Ref: fs.Arg(0), Platform: *platform, Insecure: *insecure, Prioritize: prioritized}, progressPrinter(*quiet))
+	report, end := reportPrinter(*quiet)
+	res, err := cl.Index(ctx, daemon.IndexRequest{Ref: fs.Arg(0), Platform: *platform, Insecure: *insecure, Prioritize: prioritized}, report)
+	end()
 	if err != nil {
 		return err
 	}
