@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -337,10 +338,16 @@ func (m *LayerMount) Unmount() error {
 // mount point is unmounted before its connection is aborted.
 const unmountGrace = 2 * time.Second
 
+var abortMu sync.Mutex
+
 // abortConnection aborts the FUSE connection of the filesystem on device
 // dev through the fusectl filesystem, mounting fusectl when needed: every
 // request on it fails at once, and its server's loop ends.
 func abortConnection(dev uint64) error {
+	// One at a time: another call's fusectl mount, made for its write,
+	// goes away with that call.
+	abortMu.Lock()
+	defer abortMu.Unlock()
 	const ctl = "/sys/fs/fuse/connections"
 	p := fmt.Sprintf("%s/%d/abort", ctl, unix.Minor(dev))
 	if _, err := os.Stat(p); err != nil {

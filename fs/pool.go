@@ -372,17 +372,42 @@ func (p *Pool) Stat(d digest.Digest) (LayerStat, bool) {
 }
 
 // Close unmounts every layer, whoever still uses it, and waits for index
-// saves still running.
+// saves still running. Layers close at once, closeParallel at a time: one
+// a container still uses waits unmountGrace before its connection is
+// aborted, and a stop must not take that long for each of them.
 func (p *Pool) Close() error {
 	defer p.saves.Wait()
 	p.mu.Lock()
-	all := p.layers
+	all := make([]*pooled, 0, len(p.layers))
+	for _, pl := range p.layers {
+		all = append(all, pl)
+	}
 	p.layers = map[digest.Digest]*pooled{}
 	p.mu.Unlock()
-	var errs []error
-	for _, pl := range all {
-		<-pl.ready
-		errs = append(errs, pl.close())
+	return eachParallel(len(all), closeParallel, func(i int) error {
+		<-all[i].ready
+		return all[i].close()
+	})
+}
+
+// closeParallel bounds the layers Pool.Close closes at once: each is
+// mostly waiting, for its server to end.
+const closeParallel = 64
+
+// eachParallel calls f(0) … f(n-1), at most limit at a time, and joins
+// their errors.
+func eachParallel(n, limit int, f func(i int) error) error {
+	errs := make([]error, n)
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = f(i)
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
