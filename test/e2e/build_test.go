@@ -188,16 +188,68 @@ func runLeftover(p string) bool {
 
 // checkNoLeftovers fails t for every path of tree that left reports and
 // base does not have.
-func checkNoLeftovers(t *testing.T, base, tree []treecmp.Record, left func(string) bool) {
+func checkNoLeftovers(t *testing.T, base, tree []treecmp.Record, left func(string) bool, ref string) {
 	t.Helper()
 	had := map[string]bool{}
 	for _, r := range base {
 		had[r.Path] = true
 	}
+	found := false
 	for _, r := range tree {
 		if left(r.Path) && !had[r.Path] {
 			t.Errorf("strata's image has %s, which the base has not: a run left it in a layer", r.Path)
+			found = true
 		}
+	}
+	if found {
+		logLayersOf(t, ref, left)
+	}
+}
+
+// logLayersOf logs, for each layer of ref, its history entry and the
+// entries of it that left reports: which step left them.
+func logLayersOf(t *testing.T, ref string, left func(string) bool) {
+	t.Helper()
+	img := remoteImage(t, ref)
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Logf("config of %s: %v", ref, err)
+		return
+	}
+	var steps []string
+	for _, h := range cfg.History {
+		if !h.EmptyLayer {
+			steps = append(steps, h.CreatedBy)
+		}
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Logf("layers of %s: %v", ref, err)
+		return
+	}
+	for i, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Logf("layer %d: %v", i, err)
+			continue
+		}
+		var names []string
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				break
+			}
+			if n := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/"); left(n) {
+				names = append(names, n)
+			}
+		}
+		rc.Close()
+		step := "?"
+		if i < len(steps) {
+			step = steps[i]
+		}
+		t.Logf("layer %d (%s): %v", i, step, names)
 	}
 }
 
@@ -377,7 +429,7 @@ func compareBuilds(t *testing.T, base []treecmp.Record, builder, ref, strataRef 
 	got, gotDir := unpackRefDir(t, strataRef)
 	want, wantDir := unpackRefDir(t, ref)
 	reportSmallFiles(t, want, got, wantDir, gotDir)
-	checkNoLeftovers(t, base, got, left)
+	checkNoLeftovers(t, base, got, left, strataRef)
 	timesAside(base, got, want)
 	reportDiffs(t, "strata's image differs from "+builder+"'s (want is "+builder+"'s)", treecmp.Diff(want, got,
 		treecmp.SkipPaths(func(p string) bool { return left(p) || estargzBookkeeping(p) })))
