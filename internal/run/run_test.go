@@ -406,3 +406,38 @@ func TestRuntimeDirsNotThroughSymlinks(t *testing.T) {
 		ov.expectChanges(t)
 	})
 }
+
+// TestKilledRuntimeLeavesNoTargets: a runtime killed while starting the
+// container may leave a child that goes on preparing the rootfs; it must
+// not make mount targets (or anything) in the layer after the run's
+// cleanup. The runtime here is a script that starts such a child and
+// kills itself.
+func TestKilledRuntimeLeavesNoTargets(t *testing.T) {
+	o, ov := newRun(t, "", "true")
+	rt := filepath.Join(t.TempDir(), "dying-runtime")
+	// The child holds none of the runtime's output: its end waits for
+	// nothing of the child's.
+	script := `#!/bin/sh
+for a; do
+	[ "$a" = --version ] && { echo "dying-runtime 1"; exit 0; }
+done
+case " $* " in
+*" run "*)
+	( sleep 0.5; mkdir -p '` + ov.merged + `/dev' '` + ov.merged + `/proc'; echo late > '` + ov.merged + `/late' ) </dev/null >/dev/null 2>&1 &
+	kill -9 $$
+	;;
+esac
+exit 0
+`
+	if err := os.WriteFile(rt, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o.Runtime = rt
+	_, _, _, err := run(t, o)
+	if err == nil || !strings.Contains(err.Error(), "was killed by SIGKILL") {
+		t.Fatalf("run with a runtime that dies: %v, want it said", err)
+	}
+	// The child would have written by now.
+	time.Sleep(time.Second)
+	ov.expectChanges(t)
+}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // findRuntime resolves Options.Runtime: a path is taken as is, a name is
@@ -134,6 +136,16 @@ func (c *container) run(ctx context.Context) (int, error) {
 	waitErr := cmd.Wait()
 	close(done)
 	<-relayed
+	if ee := (*exec.ExitError)(nil); errors.As(waitErr, &ee) && cmd.SysProcAttr != nil && cmd.SysProcAttr.Setpgid {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			// The runtime was killed, maybe in the middle of starting the
+			// container: its child can go on preparing the rootfs (making
+			// mount targets) after the cleanup has taken ours away, and
+			// leave them in the layer. The runtime's process group goes
+			// first, and is waited for.
+			endGroup(cmd.Process.Pid)
+		}
+	}
 	if stdio != nil {
 		stdio.finish()
 	}
@@ -202,6 +214,46 @@ func (c *container) kill(cmd *exec.Cmd, sig os.Signal) {
 	}
 }
 
+// endGroup kills process group pgid and waits, for up to cleanupTimeout,
+// until none of its processes runs (zombies aside: they can do nothing).
+func endGroup(pgid int) {
+	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil {
+		return // ESRCH: nothing left
+	}
+	deadline := time.Now().Add(cleanupTimeout)
+	for groupRuns(pgid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// groupRuns reports whether a process of group pgid runs (is no zombie).
+func groupRuns(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces and
+		// parentheses, so the fields start after its last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
+}
+
 // delete removes the container's runtime state. A foreground run deletes
 // it itself when the command exits; this is for every other way out.
 func (c *container) delete() error {
@@ -230,7 +282,7 @@ func (c *container) exitStatus(waitErr error) (int, error) {
 		return -1, fmt.Errorf("run: %s: %w", filepath.Base(c.rt), waitErr)
 	}
 	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return -1, fmt.Errorf("run: %s was killed by %v", filepath.Base(c.rt), ws.Signal())
+		return -1, fmt.Errorf("run: %s was killed by %s", filepath.Base(c.rt), unix.SignalName(ws.Signal()))
 	}
 	if msgs := runtimeErrors(filepath.Join(c.stateDir, "runtime.log")); len(msgs) > 0 {
 		return -1, fmt.Errorf("run: %s: %s", filepath.Base(c.rt), strings.Join(msgs, "; "))
