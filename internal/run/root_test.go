@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostile is a rootfs whose /etc is an absolute symlink to a host
@@ -225,4 +227,39 @@ func TestCapabilities(t *testing.T) {
 	if _, err := capabilities([]string{"NET_FLY"}); !errors.Is(err, ErrInvalidOptions) {
 		t.Errorf("unknown capability: %v", err)
 	}
+}
+
+// TestTargetsRemovedAfterCacheDrop: overlayfs over a lower layer on
+// another filesystem (a FUSE layer, here a tmpfs) numbers a directory
+// anew when its inode is read back after eviction; the directories made
+// for a run are still known as ours and taken away.
+func TestTargetsRemovedAfterCacheDrop(t *testing.T) {
+	requireRoot(t)
+	lower := t.TempDir()
+	if err := unix.Mount("tmpfs", lower, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(lower, unix.MNT_DETACH) })
+	must(t, os.MkdirAll(filepath.Join(lower, "etc"), 0o755))
+	ov := mountOverlay(t, lower)
+	r, err := openRoot(ov.merged)
+	must(t, err)
+	defer r.close()
+	tg := newTargets(r)
+	for _, p := range []string{"/dev", "/proc", "/sys", "/new/deep"} {
+		_, err := tg.ensure(p, false)
+		must(t, err)
+	}
+	_, err = tg.ensure("/etc/resolv.conf", true)
+	must(t, err)
+	tg.seal()
+	before, err := r.lstat("/dev")
+	must(t, err)
+	unix.Sync()
+	must(t, os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0))
+	after, err := r.lstat("/dev")
+	must(t, err)
+	t.Logf("/dev inode %d, %d after the drop", before.Ino, after.Ino)
+	must(t, tg.cleanup())
+	ov.expectChanges(t)
 }

@@ -27,10 +27,18 @@ type targets struct {
 	sealed  bool                    // seal was called: the command may have run
 }
 
+// createdEntry is a target ensure made. It is known again by its inode
+// number or, failing that, its ctime: overlayfs numbers a directory anew
+// each time its inode is read back into memory when the layers are on
+// different filesystems (as a FUSE layer and a disk upper are), so after
+// memory pressure or a dropped cache a directory made for the run has
+// another number, and would otherwise stay in the layer. A command that
+// replaces the entry gives it a new ctime too.
 type createdEntry struct {
-	path string
-	dir  bool
-	ino  uint64
+	path  string
+	dir   bool
+	ino   uint64
+	ctime unix.Timespec // as sealed (setMode changes it after create)
 }
 
 // parentTimes is what a pre-existing directory looked like before we added
@@ -146,7 +154,7 @@ func (t *targets) create(dir, name string, file bool) error {
 		return err
 	}
 	p := path.Join(dir, name)
-	t.created = append(t.created, createdEntry{path: p, dir: !file, ino: st.Ino})
+	t.created = append(t.created, createdEntry{path: p, dir: !file, ino: st.Ino, ctime: st.Ctim})
 	t.ours[p] = true
 	return nil
 }
@@ -171,6 +179,13 @@ func (t *targets) setMode(p string, mode uint32) error {
 // seal notes each touched parent's mtime now that every target exists.
 func (t *targets) seal() {
 	t.sealed = true
+	// Nothing but ensure has touched them yet: what they are now is
+	// what they were made as.
+	for i, c := range t.created {
+		if st, err := t.root.lstat(c.path); err == nil {
+			t.created[i].ino, t.created[i].ctime = st.Ino, st.Ctim
+		}
+	}
 	for _, dir := range t.order {
 		if st, err := t.root.lstat(dir); err == nil {
 			t.parents[dir].sealed = st.Mtim
@@ -192,6 +207,10 @@ func (t *targets) cleanup() error {
 		st, err := t.root.lstat(dir)
 		changed[dir] = err != nil || t.sealed && st.Mtim != t.parents[dir].sealed
 	}
+	index := make(map[string]int, len(t.created))
+	for i, c := range t.created {
+		index[c.path] = i
+	}
 	for i := len(t.created) - 1; i >= 0; i-- {
 		c := t.created[i]
 		removed, err := t.remove(c)
@@ -200,6 +219,14 @@ func (t *targets) cleanup() error {
 		}
 		if !removed {
 			kept[path.Dir(c.path)] = true
+			continue
+		}
+		// Removing it changed its parent's ctime: when the parent is
+		// one of ours too, that ctime is still ours.
+		if j, ok := index[path.Dir(c.path)]; ok {
+			if st, err := t.root.lstat(t.created[j].path); err == nil {
+				t.created[j].ctime = st.Ctim
+			}
 		}
 	}
 	for _, dir := range t.order {
@@ -231,7 +258,7 @@ func (t *targets) remove(c createdEntry) (removed bool, err error) {
 		return false, fmt.Errorf("removing %s: %w", c.path, err)
 	}
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-	if st.Ino != c.ino || isDir != c.dir || (!isDir && st.Size != 0) {
+	if st.Ino != c.ino && st.Ctim != c.ctime || isDir != c.dir || (!isDir && st.Size != 0) {
 		return false, nil
 	}
 	flags := 0
@@ -277,9 +304,10 @@ type savedTargets struct {
 }
 
 type savedEntry struct {
-	Path string `json:"path"`
-	Dir  bool   `json:"dir"`
-	Ino  uint64 `json:"ino"`
+	Path  string        `json:"path"`
+	Dir   bool          `json:"dir"`
+	Ino   uint64        `json:"ino"`
+	Ctime unix.Timespec `json:"ctime"`
 }
 
 type savedParent struct {
@@ -293,7 +321,7 @@ type savedParent struct {
 func (t *targets) save(rootfs, file string) error {
 	s := savedTargets{Rootfs: rootfs}
 	for _, c := range t.created {
-		s.Created = append(s.Created, savedEntry{Path: c.path, Dir: c.dir, Ino: c.ino})
+		s.Created = append(s.Created, savedEntry{Path: c.path, Dir: c.dir, Ino: c.ino, Ctime: c.ctime})
 	}
 	for _, dir := range t.order {
 		p := t.parents[dir]
@@ -327,7 +355,7 @@ func cleanupSaved(file string) error {
 	defer r.close()
 	t := newTargets(r)
 	for _, c := range s.Created {
-		t.created = append(t.created, createdEntry{path: c.Path, dir: c.Dir, ino: c.Ino})
+		t.created = append(t.created, createdEntry{path: c.Path, dir: c.Dir, ino: c.Ino, ctime: c.Ctime})
 		t.ours[c.Path] = true
 	}
 	t.sealed = true // saved once sealed
