@@ -37,6 +37,9 @@ With --oci-layout PATH[:TAG] the image is also (or, without NEWREF, only)
 written to an OCI image layout, which holds every blob: the base layers are
 fetched for it.
 
+It prints NEWREF@sha256:... (the new manifest's digest) on standard output,
+progress on standard error.
+
 Examples:
   strata commit /mnt/build localhost:5000/app:v2
   strata commit --change 'CMD ["/app"]' --change 'ENV MODE=prod' -m 'build app' /mnt/build registry.example.com/app:v2
