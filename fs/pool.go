@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fs/index"
@@ -395,19 +396,17 @@ func (p *Pool) Close() error {
 const closeParallel = 64
 
 // eachParallel calls f(0) … f(n-1), at most limit at a time, and joins
-// their errors.
+// all their errors (errgroup keeps only the first).
 func eachParallel(n, limit int, f func(i int) error) error {
 	errs := make([]error, n)
-	sem := make(chan struct{}, limit)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(limit)
 	for i := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			errs[i] = f(i)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // the calls report through errs
 	return errors.Join(errs...)
 }

@@ -232,6 +232,7 @@ func groupRuns(pgid int) bool {
 	if err != nil {
 		return false
 	}
+	group := strconv.Itoa(pgid)
 	for _, e := range entries {
 		if e.Name()[0] < '0' || e.Name()[0] > '9' {
 			continue
@@ -247,7 +248,7 @@ func groupRuns(pgid int) bool {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+		if len(f) > 2 && f[2] == group && f[0] != "Z" && f[0] != "X" {
 			return true
 		}
 	}
