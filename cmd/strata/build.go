@@ -219,10 +219,16 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	defer out.end() // before an error's line
 	o.Stdout, o.Stderr = out, out
 	o.Log = func(line string) { out.line(line, "") }
-	// On a terminal the push's progress is one line rewritten in place.
+	// On a terminal the push's updates share a line, and what was pushed,
+	// mounted or streamed keeps a line of its own (reporter), as commit
+	// shows them; a build line after them starts a line of its own.
 	if term.IsTerminal(int(os.Stderr.Fd())) {
-		o.Progress = progressPrinter(false)
-		o.Log = func(line string) { out.line(line, "\r\033[K") }
+		report, endReport := reporter(out, true)
+		o.Progress = report
+		o.Log = func(line string) {
+			endReport()
+			out.line(line, "")
+		}
 	}
 	if *iidfile != "" {
 		// As docker build: a failed build leaves no digest of an earlier one.

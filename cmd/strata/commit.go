@@ -122,15 +122,9 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// progressPrinter shows progress on standard error: one line rewritten in
-// place on a terminal, plain lines otherwise.
-func progressPrinter(quiet bool) func(string) {
-	p, _ := progressLine(quiet)
-	return p
-}
-
-// progressLine is progressPrinter with a function that clears the line
-// on a terminal once the work is done, so that what follows starts clean.
+// progressLine shows progress on standard error: one line rewritten in
+// place on a terminal, plain lines otherwise; done clears the line on a
+// terminal once the work is done, so that what follows starts clean.
 func progressLine(quiet bool) (progress func(string), done func()) {
 	if quiet {
 		return nil, func() {}
