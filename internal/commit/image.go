@@ -145,27 +145,35 @@ func (r *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// as returns the base as an image with a manifest of media type target:
-// itself when it already is one, else the same layers and config under a
-// manifest of the other schema, layer media types translated.
+// as returns the base as the start of a new image with a manifest of
+// media type target: itself when it already is one and has no manifest
+// annotations, else the same layers and config under a manifest of
+// target's schema, layer media types translated, and no annotations. The
+// base manifest's annotations describe the base (its
+// org.opencontainers.image.base.name and .digest name the base's own
+// base, .created its date): a new image inherits none of them, as a
+// docker build's and BuildKit's get none. Layer descriptors keep theirs.
 func (b *Base) as(target types.MediaType) (v1.Image, error) {
 	mt, err := b.Image.MediaType()
 	if err != nil {
 		return nil, err
 	}
-	if mt == target {
+	if mt == target && len(b.manifest.Annotations) == 0 {
 		return b.Image, nil
 	}
 	m := b.manifest.DeepCopy()
-	m.MediaType = target
-	translate := ociLayerType
-	m.Config.MediaType = types.OCIConfigJSON
-	if target == types.DockerManifestSchema2 {
-		translate = dockerLayerType
-		m.Config.MediaType = types.DockerConfigJSON
-	}
-	for i := range m.Layers {
-		m.Layers[i].MediaType = translate(m.Layers[i].MediaType)
+	m.Annotations = nil
+	if mt != target {
+		m.MediaType = target
+		translate := ociLayerType
+		m.Config.MediaType = types.OCIConfigJSON
+		if target == types.DockerManifestSchema2 {
+			translate = dockerLayerType
+			m.Config.MediaType = types.DockerConfigJSON
+		}
+		for i := range m.Layers {
+			m.Layers[i].MediaType = translate(m.Layers[i].MediaType)
+		}
 	}
 	raw, err := json.Marshal(m)
 	if err != nil {

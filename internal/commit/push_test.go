@@ -450,3 +450,57 @@ func TestBuildRefusesMoreLayersThanOverlayfsStacks(t *testing.T) {
 		t.Errorf("an empty commit on 500 layers: %v", err)
 	}
 }
+
+// A new image inherits none of its base manifest's annotations: they
+// describe the base (org.opencontainers.image.base.* name the base's own
+// base). Its base layer descriptors keep theirs.
+func TestNewImageLeavesBaseManifestAnnotations(t *testing.T) {
+	img, err := fixture.Build(context.Background(), fixture.Standard(), fixture.FormEStargz, fixture.WithTempDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseM, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseM = baseM.DeepCopy()
+	baseM.Annotations = map[string]string{
+		"org.opencontainers.image.base.name":   "registry.example/grandparent:1",
+		"org.opencontainers.image.base.digest": "sha256:" + strings.Repeat("1", 64),
+		"org.opencontainers.image.created":     "2020-01-01T00:00:00Z",
+	}
+	raw, err := json.Marshal(baseM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config, err := img.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := NewBase(context.Background(), mustRef(t, "registry.example/base:1").Context(), raw, config, openerFor("registry.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []Spec{
+		{Layer: newLayerFile(t)},
+		{}, // no changes
+		{Layer: newLayerFile(t), Docker: true},
+	} {
+		got, err := Build(base, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := got.Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Annotations) > 0 {
+			t.Errorf("docker=%v layer=%v: the new manifest has the base's annotations %v", spec.Docker, spec.Layer != nil, m.Annotations)
+		}
+		for i, d := range baseM.Layers {
+			if m.Layers[i].Digest != d.Digest || m.Layers[i].Annotations[estargzTOC] == "" || m.Layers[i].Annotations[estargzTOC] != d.Annotations[estargzTOC] {
+				t.Errorf("docker=%v: base layer %d became %+v, was %+v", spec.Docker, i, m.Layers[i], d)
+			}
+		}
+	}
+}
