@@ -53,11 +53,13 @@ func ParseLayerFormat(s string) (LayerFormat, error) {
 type LayerOptions struct {
 	// Format defaults to estargz.
 	Format LayerFormat
-	// CompressionLevel is a gzip level (-2, -1, 1..9) for gzip and estargz,
-	// a zstd level (1..22) for zstd and zstd:chunked; it must be 0 for
-	// uncompressed. 0 is the format's fixed default: gzip.DefaultCompression
-	// (6), or zstd.SpeedDefault (zstd level 3).
-	CompressionLevel int
+	// CompressionLevel is a gzip level (-2..9, 0 storing the data as it
+	// is) for gzip and estargz, a zstd level (1..22) for zstd and
+	// zstd:chunked; it must be 0 or nil for uncompressed. nil is the
+	// format's fixed default: gzip.DefaultCompression (-1, which
+	// klauspost/compress's gzip takes as level 5 and estargz's as 6), or
+	// zstd.SpeedDefault (zstd level 3).
+	CompressionLevel *int
 	// SourceDateEpoch, when set, is the latest mtime written: later ones
 	// are clamped to it. Whiteouts are dated 1970 either way.
 	SourceDateEpoch *time.Time
@@ -157,33 +159,38 @@ func WriteLayer(ctx context.Context, lower, upper string, o LayerOptions) (_ *La
 }
 
 // CheckLevel refuses a level that the format's compressor would refuse
-// or, worse, silently map to another one.
-func CheckLevel(f LayerFormat, level int) error {
-	ok := level == 0
-	switch f {
+// or, worse, silently map to another one; nil is the format's default.
+func CheckLevel(f LayerFormat, level *int) error {
+	if level == nil {
+		return nil
+	}
+	var ok bool
+	switch l := *level; f {
 	case FormatEStargz, FormatGzip:
-		ok = ok || level >= gzip.HuffmanOnly && level <= gzip.BestCompression
+		ok = l >= gzip.HuffmanOnly && l <= gzip.BestCompression
 	case FormatZstd, FormatZstdChunked:
-		ok = ok || level >= 1 && level <= 22
+		ok = l >= 1 && l <= 22
+	default:
+		ok = l == 0
 	}
 	if !ok {
-		return fmt.Errorf("compression level %d is not valid for %s layers", level, f)
+		return fmt.Errorf("compression level %d is not valid for %s layers", *level, f)
 	}
 	return nil
 }
 
-func gzipLevel(level int) int {
-	if level == 0 {
+func gzipLevel(level *int) int {
+	if level == nil {
 		return gzip.DefaultCompression
 	}
-	return level
+	return *level
 }
 
-func zstdLevel(level int) zstd.EncoderLevel {
-	if level == 0 {
+func zstdLevel(level *int) zstd.EncoderLevel {
+	if level == nil {
 		return zstd.SpeedDefault
 	}
-	return zstd.EncoderLevelFromZstd(level)
+	return zstd.EncoderLevelFromZstd(*level)
 }
 
 // writeTar writes the tar of the changes to w and returns its number of

@@ -76,6 +76,19 @@ func TestWriteLayer(t *testing.T) {
 		}
 	})
 
+	// An explicit level 0 is gzip's "store": bigger than the default's
+	// blob, never the default under another name.
+	t.Run("level-0", func(t *testing.T) {
+		zero := 0
+		for _, f := range []snapshotter.LayerFormat{snapshotter.FormatGzip, snapshotter.FormatEStargz} {
+			stored := writeLayer(t, ctx, s, snapshotter.LayerOptions{Format: f, CompressionLevel: &zero})
+			def := writeLayer(t, ctx, s, snapshotter.LayerOptions{Format: f})
+			if stored.Size <= def.Size {
+				t.Errorf("%s: level 0 gave %d bytes, the default level %d: not stored", f, stored.Size, def.Size)
+			}
+		}
+	})
+
 	t.Run("applied-by-containerd", func(t *testing.T) {
 		checkApplied(t, s, writeLayer(t, ctx, s, snapshotter.LayerOptions{Format: snapshotter.FormatGzip}))
 	})
@@ -146,9 +159,10 @@ func TestWriteLayerBadLevel(t *testing.T) {
 	}{
 		{snapshotter.FormatGzip, 10}, {snapshotter.FormatGzip, -3}, {snapshotter.FormatEStargz, 12},
 		{snapshotter.FormatZstd, 23}, {snapshotter.FormatZstdChunked, -1}, {snapshotter.FormatUncompressed, 1},
+		{snapshotter.FormatZstd, 0}, {snapshotter.FormatZstdChunked, 0},
 	} {
 		_, err := snapshotter.WriteLayer(context.Background(), "/nonexistent", "/nonexistent",
-			snapshotter.LayerOptions{Format: c.f, CompressionLevel: c.level, TempDir: "/nonexistent"})
+			snapshotter.LayerOptions{Format: c.f, CompressionLevel: &c.level, TempDir: "/nonexistent"})
 		if err == nil || !strings.Contains(err.Error(), "compression level") {
 			t.Errorf("%s level %d: error %v", c.f, c.level, err)
 		}

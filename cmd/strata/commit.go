@@ -56,7 +56,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	df.add(fs)
 	var req daemon.CommitRequest
 	fs.StringVar(&req.Format, "format", "", "layer format: estargz (the default; gzip for a layer whose names a table of contents cannot hold), gzip, zstd, zstd:chunked or uncompressed")
-	fs.IntVar(&req.CompressionLevel, "compression-level", 0, "compression level (default: the format's)")
+	level := fs.Int("compression-level", 0, "compression level: gzip and estargz -2 to 9 (0 stores the data as it is), zstd and zstd:chunked 1 to 22 (default: the format's own, as -1 for gzip)")
 	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by (default: the commands run in DIR)")
 	fs.StringVar(&req.Author, "author", "", "author of the new image and history entry")
 	fs.StringArrayVarP(&req.Changes, "change", "c", nil, "Dockerfile-style config change: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable)")
@@ -70,6 +70,9 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	req.Ref = fs.Arg(1)
+	if fs.Changed("compression-level") {
+		req.CompressionLevel = level
+	}
 	if req.Ref == "" && req.OCILayout == "" {
 		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
 	}

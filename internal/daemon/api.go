@@ -151,7 +151,7 @@ type CommitRequest struct {
 	Ref              string   `json:"ref,omitempty"`
 	OCILayout        string   `json:"ociLayout,omitempty"`
 	Format           string   `json:"format,omitempty"` // estargz (default), gzip, zstd, zstd:chunked, uncompressed
-	CompressionLevel int      `json:"compressionLevel,omitempty"`
+	CompressionLevel *int     `json:"compressionLevel,omitempty"` // nil: the format's default
 	Message          string   `json:"message,omitempty"`
 	Author           string   `json:"author,omitempty"`
 	Changes          []string `json:"changes,omitempty"` // Dockerfile-style config changes
