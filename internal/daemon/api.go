@@ -150,7 +150,7 @@ type CommitRequest struct {
 	Dir              string   `json:"dir"`
 	Ref              string   `json:"ref,omitempty"`
 	OCILayout        string   `json:"ociLayout,omitempty"`
-	Format           string   `json:"format,omitempty"` // estargz (default), gzip, zstd, zstd:chunked, uncompressed
+	Format           string   `json:"format,omitempty"`           // estargz (default), gzip, zstd, zstd:chunked, uncompressed
 	CompressionLevel *int     `json:"compressionLevel,omitempty"` // nil: the format's default
 	Message          string   `json:"message,omitempty"`
 	Author           string   `json:"author,omitempty"`
