@@ -152,7 +152,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		ctxDir = dir
 	} else {
 		var err error
-		if ctxDir, err = filepath.Abs(fs.Arg(0)); err != nil {
+		if ctxDir, err = absPath("CONTEXT", fs.Arg(0)); err != nil {
 			return err
 		}
 		if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
@@ -197,7 +197,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	} else if _, err := os.Stat(o.IgnoreFile); err != nil {
 		return fmt.Errorf("--ignorefile: %w", err)
 	}
-	if o.OCILayout, err = absLayout(o.OCILayout); err != nil {
+	if o.OCILayout, err = absLayout(o.OCILayout, fs.Changed("oci-layout")); err != nil {
 		return err
 	}
 	if o.BuildArgs, err = parseBuildArgs(*buildArgs); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -106,7 +107,7 @@ func (d *daemonFlags) ensureDir(ctx context.Context, arg string) (string, *daemo
 // mount recorded it, or, when that names no mount and a symlink leads
 // from it to one, the mount's own path.
 func mountDir(ctx context.Context, cl *daemon.Client, arg string) (string, error) {
-	dir, err := filepath.Abs(arg)
+	dir, err := absPath("DIR", arg)
 	if err != nil {
 		return "", err
 	}
@@ -225,19 +226,40 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// absPath is the absolute path of a path argument; an empty one is
+// refused, where filepath.Abs would take it for the working directory
+// (and `strata mount REF ”` would mount over it).
+func absPath(what, p string) (string, error) {
+	if p == "" {
+		return "", fmt.Errorf("%s is empty: give a path (. for the working directory)", what)
+	}
+	return filepath.Abs(p)
+}
+
+// layoutTag is the grammar of an OCI image layout's
+// org.opencontainers.image.ref.name, a tag (no "/" or ":", which the
+// PATH:TAG form cannot carry): alphanumerics separated by one of -._@+ or
+// by "--" (the image-layout specification's "ref" component).
+var layoutTag = regexp.MustCompile(`^[A-Za-z0-9]+(?:(?:[-._@+]|--)[A-Za-z0-9]+)*$`)
+
 // absLayout is --oci-layout PATH[:TAG] with PATH absolute: the daemon
-// writes it, from a working directory of its own.
-func absLayout(s string) (string, error) {
-	if s == "" {
+// writes it, from a working directory of its own. given says whether the
+// flag was given: an empty one names no layout, and is refused.
+func absLayout(s string, given bool) (string, error) {
+	if !given {
 		return "", nil
 	}
 	path, tag := s, ""
-	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
-		path, tag = s[:i], s[i:]
+	if i := strings.LastIndex(s, ":"); i >= 0 && !strings.Contains(s[i:], "/") {
+		path, tag = s[:i], s[i+1:]
+		if !layoutTag.MatchString(tag) {
+			return "", fmt.Errorf("--oci-layout %q: the tag %q is not a valid OCI layout reference name (letters and digits, separated by one of . _ - + @)", s, tag)
+		}
+		tag = ":" + tag
 	}
-	abs, err := filepath.Abs(path)
+	abs, err := absPath("--oci-layout's PATH", path)
 	if err != nil {
-		return "", fmt.Errorf("--oci-layout: %w", err)
+		return "", err
 	}
 	return abs + tag, nil
 }

@@ -73,12 +73,12 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.Changed("compression-level") {
 		req.CompressionLevel = level
 	}
+	var err error
+	if req.OCILayout, err = absLayout(req.OCILayout, fs.Changed("oci-layout")); err != nil {
+		return err
+	}
 	if req.Ref == "" && req.OCILayout == "" {
 		return fmt.Errorf("give NEWREF, --oci-layout PATH[:TAG], or both")
-	}
-	var err error
-	if req.OCILayout, err = absLayout(req.OCILayout); err != nil {
-		return err
 	}
 	if req.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
 		return err

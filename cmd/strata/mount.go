@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -81,7 +80,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return err
 	}
-	dir, err := filepath.Abs(fs.Arg(1))
+	dir, err := absPath("DIR", fs.Arg(1))
 	if err != nil {
 		return err
 	}

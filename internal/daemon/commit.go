@@ -270,6 +270,9 @@ func (c *commitStep) target() (name.Reference, error) {
 		if p, _ := splitLayout(c.req.OCILayout); !filepath.IsAbs(p) {
 			return nil, fmt.Errorf("%w: OCI layout %q: the path must be absolute (the daemon does not share the client's working directory)", errdefs.ErrInvalidArgument, p)
 		}
+		if c.req.Docker {
+			return nil, fmt.Errorf("%w: a Docker manifest in an OCI layout is read by neither skopeo nor umoci: write the layout without --docker (a separate commit can push the Docker form)", errdefs.ErrInvalidArgument)
+		}
 	}
 	if c.req.Ref == "" {
 		return nil, nil
