@@ -141,6 +141,9 @@ type CommitRecord struct {
 	// Fingerprint is the upper directory's state when it was committed
 	// (snapshotter.UpperFingerprint): equal now means nothing changed.
 	Fingerprint string `json:"fingerprint"`
+	// Changes is the number of changes committed: a mount with none now
+	// after a commit of some is back at its image, a change too.
+	Changes int `json:"changes,omitempty"`
 }
 
 // CommitRequest asks for the changes of the writable mount Dir to become a

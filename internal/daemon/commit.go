@@ -144,7 +144,7 @@ func (c *commitStep) run(ctx context.Context) (*CommitResult, error) {
 		return nil, err
 	}
 	c.im.mu.Lock()
-	c.m.Committed = &CommitRecord{Ref: res.Ref, Digest: res.Digest, Time: time.Now().UTC(), Fingerprint: fingerprint}
+	c.m.Committed = &CommitRecord{Ref: res.Ref, Digest: res.Digest, Time: time.Now().UTC(), Fingerprint: fingerprint, Changes: res.Changes}
 	rec := *c.m
 	rec.Runs = slices.Clone(c.m.Runs)
 	c.im.mu.Unlock()

@@ -71,6 +71,9 @@ func (im *images) checkCommitted(ctx context.Context, m *Mount) error {
 		return fmt.Errorf("%s: counting its changes: %w", m.Dir, err)
 	}
 	switch {
+	case n == 0 && committed != nil && committed.Changes > 0:
+		return fmt.Errorf("%s has changes made since its last commit (%s): they take it back to the image it was mounted from; commit them, or unmount with --discard to drop them: %w",
+			m.Dir, committed.Digest, errdefs.ErrFailedPrecondition)
 	case n == 0:
 		return nil
 	case committed != nil:
