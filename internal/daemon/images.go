@@ -457,6 +457,13 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 	if err != nil {
 		return err
 	}
+	// The kernel's unmount of dir would take mounts made under it with it
+	// (a lazy detach is recursive), leaving this daemon's record of them,
+	// and a writable one's changes, behind a mount that is gone.
+	if inner := im.mountsUnder(m.Dir); len(inner) > 0 {
+		return fmt.Errorf("%s has images mounted under it (%s): unmount them first: %w",
+			m.Dir, strings.Join(inner, ", "), errdefs.ErrFailedPrecondition)
+	}
 	if m.Writable {
 		// Not from under a command running in it, --discard or not; a
 		// run whose CLI was killed is ended first.
@@ -487,6 +494,20 @@ func (im *images) unmount(ctx context.Context, dir string, discard bool) error {
 	}
 	slog.InfoContext(ctx, "image unmounted", "ref", m.Ref, "dir", dir, "discarded", m.Writable && discard)
 	return im.forget(m.Dir)
+}
+
+// mountsUnder lists, sorted, the mounts in directories under dir.
+func (im *images) mountsUnder(dir string) []string {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	var inner []string
+	for d := range im.mounts {
+		if strings.HasPrefix(d, dir+"/") || (dir == "/" && d != "/") {
+			inner = append(inner, d)
+		}
+	}
+	slices.Sort(inner)
+	return inner
 }
 
 // get returns the mount at dir.
