@@ -41,7 +41,9 @@ import (
 //     mode and owner (Docker would apply the archive's).
 //   - An entry replaces a file, symlink or node; a directory entry merges
 //     into an existing directory and takes its metadata; a non-directory
-//     entry over a directory is an error (Docker removes the directory).
+//     entry replaces a directory there, and everything in it, as Docker's
+//     and BuildKit's unpacking (and buildah's) do: a usrmerge archive's
+//     "lib -> usr/lib" over a base's /lib directory.
 //   - Hard links are made inside Dest, to an earlier entry or a file there,
 //     and give it the link entry's owner, mode and time, as containerd's and
 //     buildah's unpacking do; fifos and devices with mknod (root only).
@@ -198,6 +200,11 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	}
 	defer unix.Close(parent)
 	m := u.meta(hdr)
+	if hdr.Typeflag != tar.TypeDir {
+		if err := removeDirAt(parent, base); err != nil {
+			return err
+		}
+	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err = u.dir(parent, base, m)
@@ -222,6 +229,22 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		u.count++
 	}
 	return err
+}
+
+// removeDirAt removes directory name in dir, and all in it, if there is
+// one there (anything else is left to the entry's own writer).
+// os.RemoveAll goes down with openat and O_NOFOLLOW from the directory it
+// opens: the only path resolved is dir's own descriptor in /proc, so no
+// symlink in the tree takes it anywhere else.
+func removeDirAt(dir int, name string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil
+	}
+	if err := os.RemoveAll(fmt.Sprintf("/proc/self/fd/%d/%s", dir, name)); err != nil {
+		return fmt.Errorf("replacing directory %s: %w", name, err)
+	}
+	return nil
 }
 
 // entryName is the path below Dest that archive name rawName unpacks to,

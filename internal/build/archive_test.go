@@ -223,6 +223,41 @@ func TestAddArchiveEntryKinds(t *testing.T) {
 	}
 }
 
+// TestAddArchiveReplacesDirectories expects a non-directory entry over a
+// directory to replace it and all in it, as Docker's and BuildKit's
+// unpacking do, and the removal to follow no symlink out of it.
+func TestAddArchiveReplacesDirectories(t *testing.T) {
+	requireRootForCopy(t)
+	outside := t.TempDir()
+	writeTestFile(t, outside, "keep", "outside", 0o644)
+	data := makeTestTar(t,
+		tarEntry{name: "lib", typ: tar.TypeSymlink, linkname: "usr/lib"},
+		tarEntry{name: "full", body: "a file now"},
+		tarEntry{name: "empty", typ: tar.TypeFifo, mode: 0o600},
+		tarEntry{name: "linked", typ: tar.TypeLink, linkname: "full"},
+	)
+	root := t.TempDir()
+	mkdirTest(t, root, "dest", 0o755)
+	for _, d := range []string{"dest/lib", "dest/lib/sub", "dest/full", "dest/empty", "dest/linked"} {
+		mkdirTest(t, root, d, 0o755)
+	}
+	writeTestFile(t, root, "dest/lib/sub/f", "in the base", 0o644)
+	must(t, os.Symlink(outside, filepath.Join(root, "dest/full/out")))
+	must(t, os.Symlink(outside+"/keep", filepath.Join(root, "dest/lib/keep")))
+	mustCopy(t, CopySpec{SrcRoot: addContext(t, data), Sources: []string{"blob"}, DestRoot: root, Dest: "/dest/", Add: true})
+	if target, err := os.Readlink(filepath.Join(root, "dest/lib")); err != nil || target != "usr/lib" {
+		t.Errorf("lib: %q, %v; want the symlink to usr/lib in place of the directory", target, err)
+	}
+	f := wantFile(t, filepath.Join(root, "dest/full"), "a file now", 0o644)
+	if fi, err := os.Lstat(filepath.Join(root, "dest/empty")); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Errorf("empty: %v, %v; want a fifo", fi, err)
+	}
+	if hard, err := os.Lstat(filepath.Join(root, "dest/linked")); err != nil || !os.SameFile(f, hard) {
+		t.Errorf("linked: %v; want a hard link to full", err)
+	}
+	wantFile(t, filepath.Join(outside, "keep"), "outside", 0o644)
+}
+
 // TestAddXz unpacks an xz archive through the xz command, copies as a
 // plain file one whose stream asks the decoder for more memory than the
 // limit, and says what is missing when the command is.
