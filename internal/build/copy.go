@@ -49,11 +49,13 @@ import (
 //     they exist, but Dest takes a copied directory's modification time (as
 //     BuildKit does). Symlinks on the way to Dest are followed inside
 //     DestRoot, a dangling one by creating its target, as BuildKit's MkdirAll
-//     does; so is a last component that is a symlink to a directory. A last
-//     component that is any other symlink is replaced, by the file copied or
-//     by the directory a directory source makes (buildah's rule; BuildKit
-//     writes a file through a symlink to a file); a file there is replaced
-//     by a file, and is an error for a directory source (ENOTDIR).
+//     does; so is a last component that is a symlink to a directory, and,
+//     for a directory source, a dangling one (buildah and BuildKit agree). A
+//     last component that is any other symlink is replaced, by the file
+//     copied or by the directory a directory source makes (buildah's rule;
+//     BuildKit writes a file through a symlink to a file, and buildah and
+//     BuildKit differ on a file through a dangling one); a file there is
+//     replaced by a file, and is an error for a directory source (ENOTDIR).
 //   - Every entry copied gets owner UID:GID (its own with KeepOwners), the
 //     source's permission bits (setuid, setgid and sticky included) unless
 //     Chmod is set, and the source's modification time; security.capability
@@ -599,6 +601,12 @@ func (c *copier) target(srcIsDir bool, base string, srcMode uint32) (int, string
 			unix.Close(parent)
 			return into(fd, nil)
 		}
+		if srcIsDir && c.dangling(c.dest) {
+			// Followed, its target made inside DestRoot, as buildah and
+			// BuildKit both do for a directory source.
+			unix.Close(parent)
+			return into(c.mkdir(c.dest))
+		}
 	}
 	if !srcIsDir {
 		return parent, last, nil // writeEntry replaces it
@@ -612,6 +620,17 @@ func (c *copier) target(srcIsDir bool, base string, srcMode uint32) (int, string
 		return -1, "", &os.PathError{Op: "unlink", Path: "/" + c.dest, Err: err}
 	}
 	return into(c.newDir(parent, last, srcMode))
+}
+
+// dangling says whether rel, in the destination, is a symlink whose
+// target (resolved inside DestRoot) does not exist.
+func (c *copier) dangling(rel string) bool {
+	fd, err := c.dst.open(rel, unix.O_PATH)
+	if err == nil {
+		unix.Close(fd)
+		return false
+	}
+	return errors.Is(err, unix.ENOENT)
 }
 
 // newDir makes directory name in parent, which it closes, for Dest, where

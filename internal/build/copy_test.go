@@ -566,6 +566,23 @@ func TestCopyHostileDestSymlinks(t *testing.T) {
 		wantFile(t, filepath.Join(root, "app/config"), "payload", 0o644)
 		wantFile(t, secret, "host", 0o600)
 	})
+	t.Run("last component dangling, a directory source", func(t *testing.T) {
+		root := newRoot(t)
+		symlinkTest(t, victim+"/made", root, "app/abs")
+		symlinkTest(t, "../../../../made-rel", root, "app/rel")
+		for _, dest := range []string{"/app/abs", "/app/rel"} {
+			mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"tree"}, DestRoot: root, Dest: dest})
+		}
+		for link, target := range map[string]string{"app/abs": victim + "/made", "app/rel": "../../../../made-rel"} {
+			if got, err := os.Readlink(filepath.Join(root, link)); err != nil || got != target {
+				t.Errorf("%s: %q, %v; want the symlink kept, to %s", link, got, err, target)
+			}
+		}
+		wantFile(t, filepath.Join(root, victim, "made/etc/conf"), "conf", 0o644)
+		wantFile(t, filepath.Join(root, "made-rel/etc/conf"), "conf", 0o644)
+		wantEmptyDir(t, victim)
+		wantMissing(t, filepath.Join(outer, "made-rel"))
+	})
 	t.Run("directory of the tree", func(t *testing.T) {
 		root := newRoot(t)
 		symlinkTest(t, victim, root, "etc")
