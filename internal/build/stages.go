@@ -20,6 +20,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/stratafs/strata/internal/commit"
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/run"
 )
 
 // platform is the build's target platform.
@@ -210,6 +211,12 @@ func (b *builder) from(ctx context.Context, i int) (*stageState, error) {
 	}
 	if err := json.Unmarshal(r.Config, &st.config); err != nil {
 		return nil, fmt.Errorf("config of %s: %w", base, err)
+	}
+	// PATH is always set: a base without one gets the default, which the
+	// stage's ENV and RUN steps see and its image keeps, as BuildKit and
+	// buildah give it.
+	if !slices.ContainsFunc(st.config.Config.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
+		st.config.Config.Env = append(st.config.Config.Env, "PATH="+run.DefaultPath)
 	}
 	st.image, st.base = r.Ref, r.Ref
 	// The base's ONBUILD triggers run before the stage's instructions and

@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stratafs/strata/internal/commit"
+	"github.com/stratafs/strata/internal/run"
 	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/store"
 )
@@ -38,7 +39,7 @@ func isScratchRepo(repo name.Repository) bool {
 
 // scratchPath is the PATH the empty image's config sets, as BuildKit's and
 // buildah's do for FROM scratch.
-const scratchPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+const scratchPath = "PATH=" + run.DefaultPath
 
 // resolveImage describes req.Ref and keeps its manifest and config in the
 // store, so that REPO@DIGEST mounts without a registry round trip.

@@ -326,6 +326,8 @@ var sameCases = []struct {
 	// notBuildKit says why TestBuildSameAsBuildKit leaves the case out:
 	// where buildah and BuildKit differ, Strata does as buildah does.
 	notBuildKit string
+	// noPath builds on the Busybox base with a config that sets no PATH.
+	noPath bool
 }{
 	{name: "stages", args: []string{"--build-arg", "VERSION=2.5"}},
 	{name: "ignore"},
@@ -348,6 +350,19 @@ var sameCases = []struct {
 	{name: "addurl", prepare: serveDownloads},
 	{name: "symlinks", notBuildKit: "BuildKit writes a COPY through a symlink to a file; buildah replaces the symlink"},
 	{name: "args", args: []string{"--build-arg", "FROMCLI=cli", "--build-arg", "UNDECLARED=x", "--build-arg", "GLOBAL=from-cli"}},
+	{name: "nopath", noPath: true},
+}
+
+// noPathBase pushes the Busybox base with a config that sets no PATH.
+func noPathBase(t *testing.T) string {
+	t.Helper()
+	layers, err := fixture.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fixture.BusyboxConfig()
+	cfg.Env = []string{"BASEENV=b"}
+	return push(t, shared.reg, "build-base-nopath", "v1", layers, fixture.FormEStargz, fixture.WithConfig(cfg))
 }
 
 // TestBuildSameAsBuildah builds each context of testdata/build/same with
@@ -362,11 +377,15 @@ func TestBuildSameAsBuildah(t *testing.T) {
 	for _, c := range sameCases {
 		t.Run(c.name, func(t *testing.T) {
 			logStart := len(logs.String())
-			dir := sameContext(t, c.name, b.base, c.prepare)
+			baseRef := b.base
+			if c.noPath {
+				baseRef = noPathBase(t)
+			}
+			dir := sameContext(t, c.name, baseRef, c.prepare)
 			strataRef := shared.reg.Ref("build-same", c.name+"-strata")
 			buildahRef := shared.reg.Ref("build-same", c.name+"-buildah")
-			bah.build(t, dir, buildahRef, append(slices.Clone(c.args), "--build-arg", "BASE="+b.base)...)
-			b.mustBuild(t, dir, append(slices.Clone(c.args), "-t", strataRef, "--push")...)
+			bah.build(t, dir, buildahRef, append(slices.Clone(c.args), "--build-arg", "BASE="+baseRef)...)
+			b.mustBuild(t, dir, append(slices.Clone(c.args), "--build-arg", "BASE="+baseRef, "-t", strataRef, "--push")...)
 
 			left := func(p string) bool { return runLeftover(p) || slices.Contains(c.mountPoints, p) }
 			compareBuilds(t, base, "buildah", buildahRef, strataRef, left)
