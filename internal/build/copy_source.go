@@ -24,8 +24,13 @@ type copySource struct {
 	st      unix.Stat_t // what rel leads to
 }
 
-// node is s as a srcNode, reopened from src to be read.
+// node is s as a srcNode, reopened from src to be read; a symlink (a
+// COPY --parents source, which is not followed) is read through its own
+// descriptor.
 func (s *copySource) node(src *fsRoot) *srcNode {
+	if s.st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return &srcNode{rel: s.rel, st: s.st, dir: s.fd, name: ""}
+	}
 	return &srcNode{rel: s.rel, st: s.st, reopen: func() (int, error) {
 		return src.open(s.rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
 	}}
@@ -102,10 +107,15 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 }
 
 // resolve opens rel in src, following symlinks inside it; it returns nil
-// when rel names nothing or what the excludes hide.
+// when rel names nothing or what the excludes hide. Under COPY --parents
+// only the pivot's are followed (see openParents).
 func (p *copyPlan) resolve(ctx context.Context, src *fsRoot, rel, written string) (*copySource, error) {
-	fd, err := src.open(rel, unix.O_PATH)
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+	open := src.open
+	if p.Parents {
+		open = func(rel string, flags int) (int, error) { return src.openParents(rel, written, flags) }
+	}
+	fd, err := open(rel, unix.O_PATH)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) && p.Parents {
 		return nil, nil
 	}
 	if err != nil {

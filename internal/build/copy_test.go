@@ -975,6 +975,63 @@ func TestCopyParents(t *testing.T) {
 	}
 }
 
+// TestCopyParentsSymlinks: COPY --parents copies a symlink it names as a
+// symlink, and goes through none on the way below its pivot (the path
+// names nothing then), as BuildKit's copy walks with lstat; the pivot's
+// own symlinks are followed.
+func TestCopyParentsSymlinks(t *testing.T) {
+	src := t.TempDir()
+	writeTestFile(t, src, "f", "f", 0o644)
+	writeTestFile(t, src, "dir/sub/b", "b", 0o644)
+	symlinkTest(t, "f", src, "lnk")
+	symlinkTest(t, "sub", src, "dir/dirlnk")
+	symlinkTest(t, "dir", src, "dlnk")
+	symlinkTest(t, "/dir", src, "abs")
+	readlink := func(p string) string {
+		target, err := os.Readlink(p)
+		if err != nil {
+			t.Errorf("%v; want a symlink", err)
+		}
+		return target
+	}
+	for _, tt := range []struct {
+		source, link, target string
+	}{
+		{"lnk", "p/lnk", "f"},
+		{"dir/dirlnk", "p/dir/dirlnk", "sub"},
+		{"./dir/./dirlnk", "p/dirlnk", "sub"},
+		{"dir/*lnk", "p/dir/dirlnk", "sub"},
+		{"dlnk/./dirlnk", "p/dirlnk", "sub"}, // the pivot's symlink followed
+		{"abs/./sub/b", "", ""},
+	} {
+		root := t.TempDir()
+		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{tt.source}, DestRoot: root, Dest: "/p/", Parents: true})
+		if tt.link != "" {
+			if got := readlink(filepath.Join(root, tt.link)); got != tt.target {
+				t.Errorf("COPY --parents %s: %s links to %q, want %q", tt.source, tt.link, got, tt.target)
+			}
+		}
+	}
+	root := t.TempDir()
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"abs/./sub/b"}, DestRoot: root, Dest: "/p/", Parents: true})
+	wantFile(t, filepath.Join(root, "p/sub/b"), "b", 0o644)
+	// The cache key sees the link, not what it points to.
+	spec := CopySpec{SrcRoot: src, Sources: []string{"lnk"}, DestRoot: t.TempDir(), Dest: "/p/", Parents: true}
+	before, err := Checksum(context.Background(), spec)
+	must(t, err)
+	must(t, os.Remove(filepath.Join(src, "lnk")))
+	symlinkTest(t, "dir", src, "lnk")
+	if after, err := Checksum(context.Background(), spec); err != nil || after == before {
+		t.Errorf("COPY --parents lnk: checksum %s, %v after the link changed, %s before", after, err, before)
+	}
+	for _, source := range []string{"dlnk/a", "dlnk/sub/b", "dir/dirlnk/b"} {
+		_, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{source}, DestRoot: t.TempDir(), Dest: "/p/", Parents: true})
+		if !errors.Is(err, ErrSourceNotFound) {
+			t.Errorf("COPY --parents %s (through a symlink): err = %v, want ErrSourceNotFound", source, err)
+		}
+	}
+}
+
 // TestCopyKeepOwners: with KeepOwners (COPY --from without --chown) every
 // entry keeps its source owner, the directories made for Dest are UID:GID's,
 // and an owner then counts in the cache key.
