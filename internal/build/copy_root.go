@@ -62,28 +62,18 @@ func (r *fsRoot) open(rel string, flags int) (int, error) {
 	}
 }
 
-// openParents opens rel, a COPY --parents source as written (or a match
-// of it), as BuildKit copies one: symlinks are followed to its pivot (see
-// parentsPivot), and none below it, where BuildKit's copy walks with
-// lstat: a symlink on the way makes rel name nothing (ELOOP), and one at
-// its end is opened itself (O_PATH), to be copied as a symlink.
-func (r *fsRoot) openParents(rel, written string, flags int) (int, error) {
-	pivot, _ := parentsPivot(written)
-	below, ok := strings.CutPrefix(rel, pivot+"/")
-	if pivot == "" {
-		below, ok = rel, true
+// openParents opens rel, a COPY --parents source (or a match of one), as
+// BuildKit copies one: no symlink is followed, its pivot's (see
+// parentsPivot) included, where BuildKit's copy walks with lstat: a
+// symlink on the way makes rel name nothing (ELOOP), and one at its end is
+// opened itself (O_PATH), to be copied as a symlink.
+func (r *fsRoot) openParents(rel string, flags int) (int, error) {
+	if rel == "" {
+		rel = "."
 	}
-	if !ok || below == "" {
-		return r.open(rel, flags)
-	}
-	pfd, err := r.open(pivot, unix.O_PATH|unix.O_DIRECTORY)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(pfd)
 	how := unix.OpenHow{Flags: uint64(flags | unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS}
 	for tries := 0; ; tries++ {
-		fd, err := unix.Openat2(pfd, below, &how)
+		fd, err := unix.Openat2(r.fd, rel, &how)
 		switch {
 		case err == nil:
 			return fd, nil

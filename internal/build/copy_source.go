@@ -108,11 +108,11 @@ func (p *copyPlan) sources(ctx context.Context, src *fsRoot) (out []*copySource,
 
 // resolve opens rel in src, following symlinks inside it; it returns nil
 // when rel names nothing or what the excludes hide. Under COPY --parents
-// only the pivot's are followed (see openParents).
+// none are (see openParents).
 func (p *copyPlan) resolve(ctx context.Context, src *fsRoot, rel, written string) (*copySource, error) {
 	open := src.open
 	if p.Parents {
-		open = func(rel string, flags int) (int, error) { return src.openParents(rel, written, flags) }
+		open = src.openParents
 	}
 	fd, err := open(rel, unix.O_PATH)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) && p.Parents {

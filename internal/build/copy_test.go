@@ -976,9 +976,8 @@ func TestCopyParents(t *testing.T) {
 }
 
 // TestCopyParentsSymlinks: COPY --parents copies a symlink it names as a
-// symlink, and goes through none on the way below its pivot (the path
-// names nothing then), as BuildKit's copy walks with lstat; the pivot's
-// own symlinks are followed.
+// symlink, and goes through none on the way, its pivot's included (the
+// path names nothing then), as BuildKit's copy walks with lstat.
 func TestCopyParentsSymlinks(t *testing.T) {
 	src := t.TempDir()
 	writeTestFile(t, src, "f", "f", 0o644)
@@ -1001,8 +1000,7 @@ func TestCopyParentsSymlinks(t *testing.T) {
 		{"dir/dirlnk", "p/dir/dirlnk", "sub"},
 		{"./dir/./dirlnk", "p/dirlnk", "sub"},
 		{"dir/*lnk", "p/dir/dirlnk", "sub"},
-		{"dlnk/./dirlnk", "p/dirlnk", "sub"}, // the pivot's symlink followed
-		{"abs/./sub/b", "", ""},
+		{"dir/./dirlnk", "p/dirlnk", "sub"},
 	} {
 		root := t.TempDir()
 		mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{tt.source}, DestRoot: root, Dest: "/p/", Parents: true})
@@ -1012,9 +1010,6 @@ func TestCopyParentsSymlinks(t *testing.T) {
 			}
 		}
 	}
-	root := t.TempDir()
-	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"abs/./sub/b"}, DestRoot: root, Dest: "/p/", Parents: true})
-	wantFile(t, filepath.Join(root, "p/sub/b"), "b", 0o644)
 	// The cache key sees the link, not what it points to.
 	spec := CopySpec{SrcRoot: src, Sources: []string{"lnk"}, DestRoot: t.TempDir(), Dest: "/p/", Parents: true}
 	before, err := Checksum(context.Background(), spec)
@@ -1024,7 +1019,7 @@ func TestCopyParentsSymlinks(t *testing.T) {
 	if after, err := Checksum(context.Background(), spec); err != nil || after == before {
 		t.Errorf("COPY --parents lnk: checksum %s, %v after the link changed, %s before", after, err, before)
 	}
-	for _, source := range []string{"dlnk/a", "dlnk/sub/b", "dir/dirlnk/b"} {
+	for _, source := range []string{"dlnk/sub/b", "dir/dirlnk/b", "dlnk/./dirlnk", "abs/./sub/b"} {
 		_, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{source}, DestRoot: t.TempDir(), Dest: "/p/", Parents: true})
 		if !errors.Is(err, ErrSourceNotFound) {
 			t.Errorf("COPY --parents %s (through a symlink): err = %v, want ErrSourceNotFound", source, err)
