@@ -353,13 +353,16 @@ var sameCases = []struct {
 	{name: "nopath", noPath: true},
 }
 
-// noPathBase pushes the Busybox base with a config that sets no PATH.
+// noPathBase pushes the Busybox base with a config that sets no PATH, and
+// a layer of its own: buildah's layer cache takes a step on an image of the
+// same layers for the same step, whatever its config.
 func noPathBase(t *testing.T) string {
 	t.Helper()
 	layers, err := fixture.Busybox()
 	if err != nil {
 		t.Fatal(err)
 	}
+	layers = append(layers, fixture.LayerSpec{fixture.Reg("nopath-base", 64, 1)})
 	cfg := fixture.BusyboxConfig()
 	cfg.Env = []string{"BASEENV=b"}
 	return push(t, shared.reg, "build-base-nopath", "v1", layers, fixture.FormEStargz, fixture.WithConfig(cfg))
