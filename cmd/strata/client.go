@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -75,6 +76,12 @@ func (d *daemonFlags) connect(ctx context.Context) (*daemon.Client, error) {
 	}
 	c := daemon.NewClient(d.socket)
 	if _, err := c.Status(ctx); err != nil {
+		if daemon.SupervisorAlive(d.socket) {
+			// Its supervisor is starting it again: wait.
+			if c, err := d.awaitSupervised(ctx, c); !errors.Is(err, errSupervisorGone) {
+				return c, err
+			}
+		}
 		return nil, fmt.Errorf("no strata daemon answers on %s (start one with 'strata daemon')", d.socket)
 	}
 	return c, nil
@@ -144,6 +151,14 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 	if _, err := c.Status(ctx); err == nil {
 		return c, nil
 	}
+	// A supervisor starting its daemon again (after a crash, or at an
+	// upgrade) is waited for: a daemon started beside it would take the
+	// store and unmount the layers whose connections it holds.
+	if daemon.SupervisorAlive(d.socket) {
+		if c, err := d.awaitSupervised(ctx, c); !errors.Is(err, errSupervisorGone) {
+			return c, err
+		}
+	}
 	self, err := selfPath()
 	if err != nil {
 		return nil, err
@@ -173,6 +188,13 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 	for {
 		select {
 		case err := <-exited:
+			if daemon.SupervisorAlive(d.socket) {
+				// Another command started one first: this one's
+				// supervisor stood back.
+				if c, err := d.awaitSupervised(ctx, c); !errors.Is(err, errSupervisorGone) {
+					return c, err
+				}
+			}
 			return nil, fmt.Errorf("strata daemon exited at start (%v); its log %s ends:\n%s", err, logPath, tail(logPath, 10))
 		case <-deadline:
 			return nil, fmt.Errorf("strata daemon did not answer on %s within 30s; see %s", d.socket, logPath)
@@ -183,6 +205,31 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 		if st, err := c.Status(ctx); err == nil {
 			fmt.Fprintf(os.Stderr, "strata: started daemon (pid %d, supervisor %d, log %s)\n", st.PID, cmd.Process.Pid, logPath)
 			return c, nil
+		}
+	}
+}
+
+// errSupervisorGone is awaitSupervised's answer when the supervisor ends
+// before its daemon answers.
+var errSupervisorGone = errors.New("the strata supervisor ended")
+
+// awaitSupervised waits for the daemon a live supervisor is starting to
+// answer on c.
+func (d *daemonFlags) awaitSupervised(ctx context.Context, c *daemon.Client) (*daemon.Client, error) {
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case <-deadline:
+			return nil, fmt.Errorf("the strata daemon on %s is being started again by its supervisor but did not answer within 30s; see %s", d.socket, filepath.Join(d.root, "daemon.log"))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if _, err := c.Status(ctx); err == nil {
+			return c, nil
+		}
+		if !daemon.SupervisorAlive(d.socket) {
+			return nil, errSupervisorGone
 		}
 	}
 }

@@ -88,13 +88,6 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	// A supervisor (or systemd with a descriptor store) runs this as the
 	// daemon itself; otherwise this process becomes the supervisor.
-	if *supervise && (os.Getenv("NOTIFY_SOCKET") == "" || os.Getenv("FDSTORE") == "") {
-		self, err := selfPath()
-		if err != nil {
-			return err
-		}
-		return daemon.Supervise(ctx, self, append([]string{"daemon"}, args...))
-	}
 	cfg, err := daemon.LoadConfig(*configPath, fs.Changed("config"))
 	if err != nil {
 		return err
@@ -102,6 +95,13 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	// Flags, then the environment the other commands read, then the file.
 	cfg.Root = firstOf(*root, os.Getenv("STRATA_ROOT"), cfg.Root)
 	cfg.Socket = firstOf(*socket, os.Getenv("STRATA_SOCKET"), cfg.Socket)
+	if *supervise && (os.Getenv("NOTIFY_SOCKET") == "" || os.Getenv("FDSTORE") == "") {
+		self, err := selfPath()
+		if err != nil {
+			return err
+		}
+		return daemon.Supervise(ctx, self, append([]string{"daemon"}, args...), cfg.Socket)
+	}
 	if *ctrdSocket != "" {
 		cfg.ContainerdSocket = *ctrdSocket
 	}

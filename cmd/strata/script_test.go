@@ -212,10 +212,16 @@ func stopDaemon(socket string) error {
 // supervisor alone: the daemon serves on, with nothing to keep its
 // connections.
 func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
+	// -nowait: the worker's kill returns at once, while the supervisor
+	// starts it again.
+	noWait := len(args) == 2 && args[0] == "-worker" && args[1] == "-nowait"
+	if noWait {
+		args = args[:1]
+	}
 	workerOnly := len(args) == 1 && args[0] == "-worker"
 	supervisorOnly := len(args) == 1 && args[0] == "-supervisor"
 	if neg || (len(args) != 0 && !workerOnly && !supervisorOnly) {
-		ts.Fatalf("usage: killdaemon [-worker|-supervisor]")
+		ts.Fatalf("usage: killdaemon [-worker [-nowait]|-supervisor]")
 	}
 	st, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background())
 	if err != nil {
@@ -246,7 +252,7 @@ func killDaemon(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	}
 	ts.Logf("killed pids %v", victims)
-	if workerOnly {
+	if workerOnly && !noWait {
 		for i := 0; ; i++ {
 			if next, err := daemon.NewClient(ts.Getenv("STRATA_SOCKET")).Status(context.Background()); err == nil && next.PID != st.PID {
 				ts.Logf("daemon back as pid %d", next.PID)

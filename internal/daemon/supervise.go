@@ -36,13 +36,23 @@ var ErrHandover = errors.New("daemon stopped to hand its mounts over")
 // it becomes the new binary too (exec, same PID, store kept). A SIGTERM or
 // SIGINT (ctx done) is passed on to the daemon, which unmounts everything
 // and exits; then Supervise returns. It also returns when the daemon
-// exits cleanly by itself, or fails before it ever served.
-func Supervise(ctx context.Context, self string, args []string) error {
+// exits cleanly by itself, or fails before it ever served. socket is the
+// daemon's control socket, by which the supervisor is known (see
+// SupervisorAlive): a second supervisor of one socket refuses to start.
+func Supervise(ctx context.Context, self string, args []string, socket string) error {
 	s, err := newSupervisor()
 	if err != nil {
 		return err
 	}
 	defer s.close()
+	if s.presence, err = claimPresence(socket); err != nil {
+		if len(s.fds) == 0 {
+			return err
+		}
+		// An upgraded supervisor that lost its name holds connections
+		// still: it goes on, unnamed.
+		slog.Error("supervisor: going on without its name", "error", err)
+	}
 	go s.receive()
 	// A supervisor that inherited a store (an upgrade) continues one
 	// whose daemon served: a failing start is retried, not the end.
@@ -123,13 +133,14 @@ func Supervise(ctx context.Context, self string, args []string) error {
 
 // supervisor is the descriptor store of Supervise.
 type supervisor struct {
-	conn   *net.UnixConn
-	name   string // its $NOTIFY_SOCKET, abstract
-	outer  string // the supervisor's own $NOTIFY_SOCKET (systemd), if any
-	mu     sync.Mutex
-	fds    []storedFD
-	isUp   bool          // READY=1 since the last start
-	synced chan struct{} // closed when the receive loop sees a SYNC
+	conn     *net.UnixConn
+	presence *os.File // the bound name of presenceAddr, nil for none
+	name     string   // its $NOTIFY_SOCKET, abstract
+	outer    string   // the supervisor's own $NOTIFY_SOCKET (systemd), if any
+	mu       sync.Mutex
+	fds      []storedFD
+	isUp     bool          // READY=1 since the last start
+	synced   chan struct{} // closed when the receive loop sees a SYNC
 }
 
 type storedFD struct {
@@ -188,14 +199,18 @@ func (s *supervisor) reexec(self string, argv []string) error {
 		}
 		pairs = append(pairs, fmt.Sprintf("%d:%s", fd, sf.name))
 	}
-	env := slicesDeleteEnv(os.Environ(), storeEnv, "NOTIFY_SOCKET")
+	env := slicesDeleteEnv(os.Environ(), storeEnv, "NOTIFY_SOCKET", presenceEnv)
 	env = append(env, storeEnv+"="+strings.Join(pairs, ","))
+	env = passPresence(s.presence, env)
 	if s.outer != "" {
 		env = append(env, "NOTIFY_SOCKET="+s.outer)
 	}
 	err := unix.Exec(self, argv, env)
 	for _, sf := range s.fds {
 		unix.CloseOnExec(int(sf.f.Fd()))
+	}
+	if s.presence != nil {
+		unix.CloseOnExec(int(s.presence.Fd()))
 	}
 	return err
 }
@@ -212,7 +227,7 @@ func (s *supervisor) start(self string, args []string) (*exec.Cmd, error) {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, sf.f)
 		names = append(names, sf.name)
 	}
-	env := slicesDeleteEnv(os.Environ(), "NOTIFY_SOCKET", "FDSTORE", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", supervisorEnv)
+	env := slicesDeleteEnv(os.Environ(), "NOTIFY_SOCKET", "FDSTORE", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", supervisorEnv, presenceEnv)
 	env = append(env, "NOTIFY_SOCKET="+s.name, "FDSTORE=65536", fmt.Sprintf("%s=%d", supervisorEnv, os.Getpid()))
 	if len(names) > 0 {
 		env = append(env, fmt.Sprintf("LISTEN_FDS=%d", len(names)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
@@ -368,6 +383,9 @@ func (s *supervisor) count() int {
 // daemon serves then end (the kernel aborts them) rather than hang.
 func (s *supervisor) close() {
 	s.conn.Close()
+	if s.presence != nil {
+		s.presence.Close()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sf := range s.fds {
