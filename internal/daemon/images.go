@@ -627,6 +627,9 @@ func (im *images) restore(ctx context.Context) {
 			}
 		}
 		if err := im.attach(ctx, m, false, adopt); err != nil {
+			if im.neverMade(ctx, m) {
+				continue
+			}
 			slog.Error("could not restore mount", "ref", m.Ref, "dir", m.Dir, "error", err)
 			continue
 		}
@@ -636,6 +639,29 @@ func (im *images) restore(ctx context.Context) {
 			slog.Info("mount restored", "ref", m.Ref, "dir", m.Dir)
 		}
 	}
+}
+
+// neverMade drops writable mount m, which could not be restored, when its
+// writable layer was never made: the daemon died while mounting it (the
+// record is written first), its command failed, and nothing was written
+// in it. Its record would fail every start, and keep the layer snapshots
+// prepared for it mounted.
+func (im *images) neverMade(ctx context.Context, m *Mount) bool {
+	if !m.Writable {
+		return false
+	}
+	if _, err := im.d.writable.sn.Stat(ctx, m.Snapshot); !errdefs.IsNotFound(err) {
+		return false
+	}
+	if err := im.d.writable.remove(ctx, m); err != nil {
+		slog.Error("removing the layers of a writable mount never made", "dir", m.Dir, "error", err)
+	}
+	if err := im.forget(m.Dir); err != nil {
+		slog.Error("dropping the record of a writable mount never made", "dir", m.Dir, "error", err)
+		return false
+	}
+	slog.Warn("dropped a writable mount that was never made (its mount was cut short)", "ref", m.Ref, "dir", m.Dir)
+	return true
 }
 
 // closeAll unmounts every image (the records stay, for restore).

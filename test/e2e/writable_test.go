@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
@@ -263,4 +265,79 @@ func withDaemon(t *testing.T, root string, fn func(d *testDaemon)) {
 	cfg.ContainerdSocket = daemon.ContainerdSocketOff
 	defer runDaemon(t, cfg)()
 	fn(&testDaemon{cfg: cfg, client: daemon.NewClient(cfg.Socket)})
+}
+
+// TestWritableMountNeverMadeIsDropped: a daemon that died while a writable
+// mount was being made (its record is written first, its writable layer
+// not yet) leaves a record whose restore fails; the next daemon drops it
+// and the layers mounted for it, rather than failing it at every start.
+func TestWritableMountNeverMadeIsDropped(t *testing.T) {
+	ref := push(t, shared.reg, "writable-never-made", "estargz", fixture.Standard(), fixture.FormEStargz)
+	root := t.TempDir()
+	dir := t.TempDir()
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) }) // last resort
+	withDaemon(t, root, func(d *testDaemon) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir, Writable: true}); err != nil {
+			t.Fatalf("mount --rw %s: %v", ref, err)
+		}
+	})
+	// The record as such a death leaves it: kept from the first daemon,
+	// put back once the mount, writable layer and all, is gone.
+	record := func(put []byte) []byte {
+		db, err := bolt.Open(filepath.Join(root, "meta.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+		must(t, err)
+		defer db.Close()
+		var got []byte
+		must(t, db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket([]byte("mounts"))
+			if b == nil {
+				return errors.New("no mounts bucket")
+			}
+			if put != nil {
+				return b.Put([]byte(dir), put)
+			}
+			got = bytes.Clone(b.Get([]byte(dir)))
+			return nil
+		}))
+		return got
+	}
+	rec := record(nil)
+	if rec == nil {
+		t.Fatal("no record of the writable mount")
+	}
+	withDaemon(t, root, func(d *testDaemon) {
+		must(t, d.client.Unmount(context.Background(), dir, true))
+	})
+	record(rec)
+	for range 2 {
+		withDaemon(t, root, func(d *testDaemon) {
+			ms, err := d.client.List(context.Background())
+			must(t, err)
+			if len(ms) != 0 {
+				t.Errorf("the mount never made is listed: %+v", ms)
+			}
+			if n := mountsUnder(t, root); n != 0 {
+				t.Errorf("%d mounts under the state root with no image mounted", n)
+			}
+		})
+	}
+	if strings.Contains(logs.String(), "could not restore mount") {
+		t.Error("a daemon tried to restore the mount never made")
+	}
+}
+
+// mountsUnder counts the mounts under dir.
+func mountsUnder(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mounts")
+	must(t, err)
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
+			n++
+		}
+	}
+	return n
 }
