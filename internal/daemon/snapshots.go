@@ -236,13 +236,25 @@ func (s *snapshotLayers) importIndexes(ctx context.Context, repo name.Repository
 
 // manifest returns the image manifest and its digest: from the store when
 // it holds the digest (no network after a restart), else from the
-// registry, then kept. Without a manifest digest label the reference is
-// resolved.
+// registry, then kept. Without a manifest digest label, a reference by
+// digest is looked for in the store too, and a tag is resolved.
 func (s *snapshotLayers) manifest(ctx context.Context, ref name.Reference, want digest.Digest) (*ocispec.Manifest, digest.Digest, error) {
 	if want != "" {
 		if raw, err := s.d.store.Blobs.Get(want); err == nil {
 			m, err := parseManifest(raw)
 			return m, want, err
+		}
+	}
+	// A reference by digest (BuildKit's and nerdctl's labels pin one)
+	// names the manifest the store may hold already: a restart with the
+	// registry away needs no lookup. (An index's digest is resolved.)
+	if d, ok := ref.(name.Digest); ok && want == "" {
+		if dg, err := digest.Parse(d.DigestStr()); err == nil {
+			if raw, err := s.d.store.Blobs.Get(dg); err == nil {
+				if m, err := parseManifest(raw); err == nil {
+					return m, dg, nil
+				}
+			}
 		}
 	}
 	key := ref.String() + "@" + want.String()

@@ -182,3 +182,47 @@ func TestSnapshotLayersStargzLabels(t *testing.T) {
 		t.Errorf("strata_containerd_layers_total{client=stargz,result=unpacked} grew by %v, want 1", n)
 	}
 }
+
+// TestSnapshotLayersDigestRefOffline: a layer whose labels pin the image by
+// digest (BuildKit's stargz.reference) mounts again from the store with
+// the registry gone: the manifest it names is the one stored at the first
+// mount, no lookup needed.
+func TestSnapshotLayersDigestRefOffline(t *testing.T) {
+	s := newTestLayers(t)
+	reg := registry.StartInProcess(t)
+	ref, md, ld := pushFixture(t, reg, "pinned", fixture.FormEStargz)
+	pinned := reg.Host() + "/pinned@" + md.String()
+	ctx := context.Background()
+	labels := map[string]string{
+		snapshotter.LabelStargzRef:    pinned,
+		snapshotter.LabelStargzDigest: ld.String(),
+		snapshotter.LabelStargzLayers: ld.String(),
+	}
+	read := func(dir string) {
+		t.Helper()
+		if b, err := os.ReadFile(filepath.Join(dir, "hello.txt")); err != nil || string(b) != "hello\n" {
+			t.Errorf("hello.txt = %q, %v", b, err)
+		}
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() { kmount.Unmount(dir) })
+	if err := s.Mount(ctx, dir, labels); err != nil {
+		t.Fatal(err)
+	}
+	read(dir)
+	if err := s.Unmount(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again := t.TempDir()
+	t.Cleanup(func() { kmount.Unmount(again) })
+	if err := s.Mount(ctx, again, labels); err != nil {
+		t.Fatalf("mounting %s again with its registry gone: %v", ref, err)
+	}
+	read(again)
+	if err := s.Unmount(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+}
