@@ -120,8 +120,12 @@ func (s *Snapshotter) ensureServed(ctx context.Context, name string) error {
 		}
 		s.restoreMu.Unlock()
 		if err != nil {
+			layer := l.labels[LabelLayerDigest] // or the set BuildKit sends
+			if layer == "" {
+				layer = l.labels[LabelStargzDigest]
+			}
 			return fmt.Errorf("remote layer %s (snapshot %s) is not served and cannot be mounted again: %w: %w",
-				l.labels[LabelLayerDigest], l.name, err, errdefs.ErrUnavailable)
+				layer, l.name, err, errdefs.ErrUnavailable)
 		}
 	}
 	return nil
