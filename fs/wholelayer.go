@@ -46,7 +46,7 @@ func (p *Pool) fetchWhole(ctx context.Context, blob layerBlob, l remote.Layer) (
 		return nil, nil, err
 	}
 	defer os.Remove(tmp.Name()) // gone once ingested; removed on failure
-	tarDigest, tarSize, packed, err := unpackInto(ctx, tmp, blob, l)
+	tarDigest, tarSize, packed, err := unpackInto(ctx, tmp, p.store.Blobs.TempDir(), blob, l)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -90,15 +90,37 @@ func (p *Pool) openUnpacked(d digest.Digest, size int64) (*localBlob, error) {
 	return openLocalBlob(f, got, size, d)
 }
 
-// unpackInto reads layer l through blob, checking its digest, and writes
-// its decompressed bytes to w; it returns their digest and size and the
-// compression it found (gzip or zstd, told by the bytes).
-func unpackInto(ctx context.Context, w io.Writer, blob layerBlob, l remote.Layer) (digest.Digest, int64, index.Format, error) {
+// unpackInto reads layer l through blob into a file in tmpDir, checks its
+// digest, and only then writes its decompressed bytes to w; it returns
+// their digest and size and the compression it found (gzip or zstd, told
+// by the bytes). Nothing is decompressed before the blob is verified: a
+// small blob that is not the layer could otherwise write any amount (a
+// compression bomb under a digest it does not have).
+func unpackInto(ctx context.Context, w io.Writer, tmpDir string, blob layerBlob, l remote.Layer) (digest.Digest, int64, index.Format, error) {
 	if err := l.Digest.Validate(); err != nil {
 		return "", 0, "", err
 	}
+	f, err := os.CreateTemp(tmpDir, "blob-")
+	if err != nil {
+		return "", 0, "", err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
 	sum := l.Digest.Algorithm().Hash()
-	src := bufio.NewReaderSize(io.TeeReader(&ctxReader{ctx: ctx, r: io.NewSectionReader(withProgress(ctx, blob.ReaderAt(ctx), l.Digest, l.Size), 0, l.Size)}, sum), wholeReadSize)
+	fetched, err := io.CopyBuffer(io.MultiWriter(f, sum), &ctxReader{ctx: ctx, r: io.NewSectionReader(withProgress(ctx, blob.ReaderAt(ctx), l.Digest, l.Size), 0, l.Size)}, make([]byte, wholeReadSize))
+	if err != nil {
+		return "", 0, "", fmt.Errorf("reading the layer: %w", err)
+	}
+	if fetched != l.Size {
+		return "", 0, "", fmt.Errorf("%w: the layer has %d bytes, its descriptor says %d", remote.ErrDigestMismatch, fetched, l.Size)
+	}
+	if got := digest.NewDigest(l.Digest.Algorithm(), sum); got != l.Digest {
+		return "", 0, "", fmt.Errorf("%w: the layer's bytes hash to %s", remote.ErrDigestMismatch, got)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", 0, "", err
+	}
+	src := bufio.NewReaderSize(&ctxReader{ctx: ctx, r: f}, 1<<20)
 	magic, err := src.Peek(4)
 	if err != nil {
 		return "", 0, "", fmt.Errorf("reading the layer: %w", err)
@@ -127,14 +149,6 @@ func unpackInto(ctx context.Context, w io.Writer, blob layerBlob, l remote.Layer
 	n, err := io.Copy(io.MultiWriter(w, out), dec)
 	if err != nil {
 		return "", 0, "", fmt.Errorf("decompressing the layer: %w", err)
-	}
-	// What the decompressor did not need (padding after the last frame)
-	// is part of the blob all the same.
-	if _, err := io.Copy(io.Discard, src); err != nil {
-		return "", 0, "", fmt.Errorf("reading the layer: %w", err)
-	}
-	if got := digest.NewDigest(l.Digest.Algorithm(), sum); got != l.Digest {
-		return "", 0, "", fmt.Errorf("%w: the layer's bytes hash to %s", remote.ErrDigestMismatch, got)
 	}
 	return digest.NewDigest(digest.SHA256, out), n, format, nil
 }

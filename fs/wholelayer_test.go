@@ -58,7 +58,7 @@ func TestUnpackInto(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			lb, l := blobOf(t, tc.blob)
 			var out bytes.Buffer
-			d, n, f, err := unpackInto(t.Context(), &out, lb, l)
+			d, n, f, err := unpackInto(t.Context(), &out, t.TempDir(), lb, l)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -70,13 +70,30 @@ func TestUnpackInto(t *testing.T) {
 	t.Run("digest mismatch", func(t *testing.T) {
 		lb, l := blobOf(t, gz.Bytes())
 		l.Digest = digest.NewDigestFromBytes(digest.SHA256, sha256.New().Sum(nil))
-		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, lb, l); !errors.Is(err, remote.ErrDigestMismatch) {
+		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, t.TempDir(), lb, l); !errors.Is(err, remote.ErrDigestMismatch) {
 			t.Errorf("err = %v, want ErrDigestMismatch", err)
+		}
+	})
+	// A bomb under a digest it does not have writes nothing: the blob is
+	// checked before a byte is decompressed.
+	t.Run("digest mismatch, nothing written", func(t *testing.T) {
+		var bomb bytes.Buffer
+		ze, _ := zstd.NewWriter(&bomb)
+		ze.Write(make([]byte, 64<<20))
+		ze.Close()
+		lb, l := blobOf(t, bomb.Bytes())
+		l.Digest = digest.FromString("another layer")
+		w := &countingWriter{}
+		if _, _, _, err := unpackInto(t.Context(), w, t.TempDir(), lb, l); !errors.Is(err, remote.ErrDigestMismatch) {
+			t.Errorf("err = %v, want ErrDigestMismatch", err)
+		}
+		if w.n != 0 {
+			t.Errorf("%d bytes decompressed from a blob that is not the layer", w.n)
 		}
 	})
 	t.Run("neither gzip nor zstd", func(t *testing.T) {
 		lb, l := blobOf(t, []byte("PK\x03\x04 a zip is no layer"))
-		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, lb, l); !errors.Is(err, ErrNotLazy) {
+		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, t.TempDir(), lb, l); !errors.Is(err, ErrNotLazy) {
 			t.Errorf("err = %v, want ErrNotLazy", err)
 		}
 	})
@@ -84,8 +101,15 @@ func TestUnpackInto(t *testing.T) {
 		bad := bytes.Clone(gz.Bytes())
 		bad[len(bad)/2] ^= 0xff
 		lb, l := blobOf(t, bad)
-		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, lb, l); err == nil {
+		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, t.TempDir(), lb, l); err == nil {
 			t.Error("a corrupt gzip layer unpacked without error")
 		}
 	})
+}
+
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
 }
