@@ -19,9 +19,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/stratafs/strata/remote"
 )
@@ -179,6 +181,72 @@ func wholeSecondMtimes(src *os.File, n int64, tmpDir string) (*os.File, int64, e
 	return dst, size, nil
 }
 
+// spoolCompressed copies l's compressed bytes to a file in dir, where their
+// digest is checked as they arrive (go-containerregistry's remote layers
+// check it at the end of the stream), and returns the layer read from
+// that file, and a function that removes it. Nothing is decompressed
+// before the bytes are verified: a small blob that is not the layer could
+// otherwise make the tar spooled from it any size (a compression bomb).
+func spoolCompressed(l v1.Layer, dir string) (v1.Layer, func(), error) {
+	d, err := l.Digest()
+	if err != nil {
+		return nil, nil, err
+	}
+	size, err := l.Size()
+	if err != nil {
+		return nil, nil, err
+	}
+	mt, err := l.MediaType()
+	if err != nil {
+		return nil, nil, err
+	}
+	want, err := digest.Parse(d.String())
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(dir, "strata-convert-*.blob")
+	if err != nil {
+		return nil, nil, err
+	}
+	done := func() { os.Remove(f.Name()) }
+	v := want.Verifier()
+	n, err := io.Copy(io.MultiWriter(f, v), rc)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && (n != size || !v.Verified()) {
+		err = fmt.Errorf("layer %s: %d bytes that are not its %d", d, n, size)
+	}
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	local, err := partial.CompressedToLayer(&spooledLayer{path: f.Name(), digest: d, size: size, mediaType: mt})
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return local, done, nil
+}
+
+// spooledLayer is a layer's compressed bytes, verified, in a local file.
+type spooledLayer struct {
+	path      string
+	digest    v1.Hash
+	size      int64
+	mediaType types.MediaType
+}
+
+func (l *spooledLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *spooledLayer) Size() (int64, error)                { return l.size, nil }
+func (l *spooledLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
+func (l *spooledLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
+
 type estargzLayer struct {
 	v1.Layer
 	diffID      v1.Hash
@@ -190,7 +258,12 @@ type estargzLayer struct {
 // eStargz building needs random access to it. prioritize is given what the
 // tar holds and deletes, and returns the paths to store first.
 func layer(ctx context.Context, l v1.Layer, opt Options, prioritize func(*layerNames) []string) (*estargzLayer, error) {
-	rc, err := l.Uncompressed()
+	local, done, err := spoolCompressed(l, opt.TmpDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	}
+	defer done()
+	rc, err := local.Uncompressed()
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -367,5 +368,40 @@ func TestConvertedMtimesAreWholeSeconds(t *testing.T) {
 	}
 	if len(seen) != 3 {
 		t.Errorf("entries %v", seen)
+	}
+}
+
+// lyingLayer is a layer whose compressed bytes are not those of the digest
+// it gives, and which notes whether it was decompressed.
+type lyingLayer struct {
+	v1.Layer
+	decompressed bool
+}
+
+func (l *lyingLayer) Digest() (v1.Hash, error) {
+	return v1.NewHash("sha256:" + strings.Repeat("a", 64))
+}
+
+func (l *lyingLayer) Uncompressed() (io.ReadCloser, error) {
+	l.decompressed = true
+	return l.Layer.Uncompressed()
+}
+
+// TestLayerVerifiedBeforeDecompressed: a layer whose bytes do not match its
+// digest is refused before any of it is decompressed (a small blob could
+// decompress to anything: a bomb), and leaves nothing in the temporary
+// directory.
+func TestLayerVerifiedBeforeDecompressed(t *testing.T) {
+	l := &lyingLayer{Layer: tarLayer(t, "etc/", "etc/hosts")}
+	tmp := t.TempDir()
+	_, err := layer(context.Background(), l, Options{TmpDir: tmp}, func(*layerNames) []string { return nil })
+	if err == nil || !strings.Contains(err.Error(), "sha256:aaaa") {
+		t.Errorf("err = %v, want the layer refused, named", err)
+	}
+	if l.decompressed {
+		t.Error("the layer was decompressed before its bytes were verified")
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("left in the temporary directory: %v", left)
 	}
 }
