@@ -84,6 +84,9 @@ func (p *Pool) PortableIndex(l remote.Layer) ([]byte, error) {
 	return index.EncodePortable(idx, l.Digest, l.Size)
 }
 
+// portableDecodes bounds the portable indexes decoded at once to one.
+var portableDecodes = make(chan struct{}, 1)
+
 // ErrIndexMismatch is wrapped by ImportIndex's error for an index that is
 // not one of the layer it was offered for (index.ErrPortable).
 var ErrIndexMismatch = index.ErrPortable
@@ -104,7 +107,12 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 		return nil // made or imported meanwhile
 	}
 	start := time.Now()
+	// One at a time: an index from the registry may decompress to
+	// index.MaxPortableSize before it is found wrong, and an image's
+	// layers are imported at once.
+	portableDecodes <- struct{}{}
 	idx, err := index.DecodePortable(data, l.Digest, l.Size)
+	<-portableDecodes
 	if err != nil {
 		err = fmt.Errorf("layer %s: %w", l.Digest, err)
 	}

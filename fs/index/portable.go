@@ -129,10 +129,22 @@ func DecodePortable(data []byte, layer digest.Digest, blobSize int64) (*Index, e
 		return nil, Invalidf("portable index: %v", err)
 	}
 	defer zd.Close()
-	raw, err := io.ReadAll(io.LimitReader(zd, MaxPortableSize+1))
+	// Its head first: what is not an index of this layer (a stream of
+	// zeros that decompresses to the limit, say) is refused before any
+	// more of it is decompressed into memory.
+	head := make([]byte, len(portableMagic)+1+binary.MaxVarintLen64+len(layer.String()))
+	n, err := io.ReadFull(zd, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, Invalidf("portable index: %v", err)
+	}
+	if _, err := checkPortableHead(head[:n], layer); err != nil {
+		return nil, err
+	}
+	rest, err := io.ReadAll(io.LimitReader(zd, MaxPortableSize+1-int64(n)))
 	if err != nil {
 		return nil, Invalidf("portable index: %v", err)
 	}
+	raw := append(head[:n:n], rest...)
 	if len(raw) > MaxPortableSize {
 		return nil, Invalidf("portable index decompresses to more than %d bytes", MaxPortableSize)
 	}
@@ -146,16 +158,31 @@ func DecodePortable(data []byte, layer digest.Digest, blobSize int64) (*Index, e
 	return idx, nil
 }
 
-func decodePortable(raw []byte, layer digest.Digest, blobSize int64) (*Index, error) {
-	if !bytes.HasPrefix(raw, []byte(portableMagic)) || len(raw) < len(portableMagic)+1 {
+// checkPortableHead checks the first bytes of a portable index, its
+// magic, version and the layer it describes, and returns a decoder of
+// what follows them.
+func checkPortableHead(head []byte, layer digest.Digest) (*decoder, error) {
+	if !bytes.HasPrefix(head, []byte(portableMagic)) || len(head) < len(portableMagic)+1 {
 		return nil, Invalidf("not a portable layer index")
 	}
-	if v := raw[len(portableMagic)]; v != portableVersion {
+	if v := head[len(portableMagic)]; v != portableVersion {
 		return nil, Invalidf("portable layer index version %d, this build reads %d", v, portableVersion)
 	}
-	d := &decoder{b: raw[len(portableMagic)+1:]}
-	if got := string(d.bytes()); d.err == nil && got != layer.String() {
+	d := &decoder{b: head[len(portableMagic)+1:]}
+	want := layer.String()
+	if n := d.uvarint(); d.err != nil || n != uint64(len(want)) {
+		return nil, fmt.Errorf("%w: it describes another layer than %s", ErrPortable, layer)
+	}
+	if got := string(d.take(uint64(len(want)))); d.err != nil || got != want {
 		return nil, fmt.Errorf("%w: it describes layer %q, not %s", ErrPortable, got, layer)
+	}
+	return d, nil
+}
+
+func decodePortable(raw []byte, layer digest.Digest, blobSize int64) (*Index, error) {
+	d, err := checkPortableHead(raw, layer)
+	if err != nil {
+		return nil, err
 	}
 	if got := d.uvarint(); d.err == nil && got != uint64(blobSize) {
 		return nil, fmt.Errorf("%w: it describes a blob of %d bytes, not %d", ErrPortable, got, blobSize)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"runtime"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -153,6 +154,34 @@ func TestPortableHostile(t *testing.T) {
 			raw := portableRaw(idx, layer, size)
 			if _, err := DecodePortable(compress(t, raw), layer, size); !errors.Is(err, ErrInvalid) {
 				t.Errorf("got %v, want ErrInvalid", err)
+			}
+		})
+	}
+}
+
+// TestPortableBombRefusedFromItsHead: a small stream that decompresses to
+// the limit but is no index of the layer (zeros, or another layer's
+// index padded) is refused from its first bytes, before the rest is
+// decompressed into memory.
+func TestPortableBombRefusedFromItsHead(t *testing.T) {
+	tc := portableCases(t)["gzip"]
+	layer, size := digest.FromBytes(tc.blob), int64(len(tc.blob))
+	other := portableRaw(normalized(tc.idx), digest.FromString("another layer"), size)
+	for name, raw := range map[string][]byte{
+		"zeros":         make([]byte, 256<<20),
+		"another layer": append(other, make([]byte, 256<<20)...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			bomb := compress(t, raw)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := DecodePortable(bomb, layer, size)
+			runtime.ReadMemStats(&after)
+			if err == nil {
+				t.Fatal("decoded")
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 {
+				t.Errorf("refusing a %d-byte stream allocated %d MiB", len(bomb), n>>20)
 			}
 		})
 	}
