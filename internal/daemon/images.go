@@ -40,6 +40,11 @@ type images struct {
 	// mounting holds the directories a mount is being made at, so that
 	// a second mount at one is refused as when the first has ended.
 	mounting map[string]bool
+	// waiting holds the writable mounts whose restore waits for a run
+	// from before the restart to end (restoreAfterRun); waits counts
+	// those goroutines, which a stop waits for.
+	waiting map[string]bool
+	waits   sync.WaitGroup
 
 	// Images the registry had no recorded list, or no layer indexes, for
 	// lately: a build mounts its base's layers once a step, containerd
@@ -526,6 +531,12 @@ func (im *images) get(dir string) (*Mount, error) {
 		}
 	}
 	if !ok {
+		im.mu.Lock()
+		waiting := im.waiting[dir]
+		im.mu.Unlock()
+		if waiting {
+			return nil, fmt.Errorf("%s: its writable mount is mounted again once a 'strata run' in it from before the daemon's restart has ended: %w", dir, errdefs.ErrUnavailable)
+		}
 		return nil, fmt.Errorf("%s: no image mounted there by strata: %w", dir, errdefs.ErrNotFound)
 	}
 	return m, nil
@@ -626,6 +637,26 @@ func (im *images) restore(ctx context.Context) {
 				slog.Warn("could not clear stale mount", "dir", m.Dir, "error", err)
 			}
 		}
+		if m.Writable && !adopt && im.runHeld(m) {
+			// A run from before the stop still works on the overlay the
+			// stop detached (its container keeps it): a second overlay
+			// on the same upper directory would change it under that
+			// one's feet (overlayfs calls it undefined). It is mounted
+			// again once the run ends.
+			im.mu.Lock()
+			if im.mounting == nil {
+				im.mounting = map[string]bool{}
+			}
+			if im.waiting == nil {
+				im.waiting = map[string]bool{}
+			}
+			im.mounting[m.Dir], im.waiting[m.Dir] = true, true
+			im.mu.Unlock()
+			slog.Warn("writable mount waits for a run from before the restart to end before it is mounted again", "ref", m.Ref, "dir", m.Dir)
+			im.waits.Add(1)
+			go im.restoreAfterRun(ctx, m)
+			continue
+		}
 		if err := im.attach(ctx, m, false, adopt); err != nil {
 			if im.neverMade(ctx, m) {
 				continue
@@ -638,6 +669,52 @@ func (im *images) restore(ctx context.Context) {
 		} else {
 			slog.Info("mount restored", "ref", m.Ref, "dir", m.Dir)
 		}
+	}
+}
+
+// runHeld says whether a run holds writable mount m's run lock.
+func (im *images) runHeld(m *Mount) bool {
+	unlock, err := im.lockRuns(m, "")
+	if err != nil {
+		return errdefs.IsFailedPrecondition(err)
+	}
+	unlock()
+	return false
+}
+
+// restoreAfterRun mounts writable mount m again once the run holding its
+// lock has ended, or gives up when ctx ends (the daemon stops; the record
+// stays for the next start).
+func (im *images) restoreAfterRun(ctx context.Context, m *Mount) {
+	defer im.waits.Done()
+	defer func() {
+		im.mu.Lock()
+		delete(im.mounting, m.Dir)
+		delete(im.waiting, m.Dir)
+		im.mu.Unlock()
+	}()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		unlock, err := im.lockRuns(m, "mount")
+		if errdefs.IsFailedPrecondition(err) {
+			continue
+		}
+		if err == nil {
+			err = im.attach(ctx, m, false, false)
+			unlock()
+		}
+		if err != nil {
+			slog.Error("could not restore mount", "ref", m.Ref, "dir", m.Dir, "error", err)
+			return
+		}
+		slog.Info("mount restored once the run from before the restart ended", "ref", m.Ref, "dir", m.Dir)
+		return
 	}
 }
 
@@ -664,8 +741,10 @@ func (im *images) neverMade(ctx context.Context, m *Mount) bool {
 	return true
 }
 
-// closeAll unmounts every image (the records stay, for restore).
+// closeAll unmounts every image (the records stay, for restore); the
+// restores waiting for runs to end are stopped first (ctx is done).
 func (im *images) closeAll() error {
+	im.waits.Wait()
 	im.mu.Lock()
 	all := make([]*Mount, 0, len(im.mounts))
 	for _, m := range im.mounts {

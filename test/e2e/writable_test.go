@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
 	"github.com/stratafs/strata/test/treecmp"
 )
@@ -340,4 +341,59 @@ func mountsUnder(t *testing.T, dir string) int {
 		}
 	}
 	return n
+}
+
+// TestRestoreWaitsForARunFromBeforeTheStop: a stop (SIGTERM) while a
+// 'strata run' works in a writable mount leaves that run's container on
+// the overlay the stop detached; the next daemon mounts the writable mount
+// again only once the run has ended (its lock is free), never a second
+// overlay on the upper directory the first one still writes to.
+func TestRestoreWaitsForARunFromBeforeTheStop(t *testing.T) {
+	ref := push(t, shared.reg, "writable-run-stop", "estargz", fixture.Standard(), fixture.FormEStargz)
+	root := t.TempDir()
+	dir := t.TempDir()
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) }) // last resort
+	var lock *os.File
+	var busy *os.File
+	withDaemon(t, root, func(d *testDaemon) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		m, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir, Writable: true})
+		if err != nil {
+			t.Fatalf("mount --rw %s: %v", ref, err)
+		}
+		must(t, os.WriteFile(filepath.Join(dir, "made-by-the-run"), []byte("x\n"), 0o644))
+		// What a run holds: its lock, and the overlay, busy.
+		lockDir := filepath.Join(root, "run", "locks")
+		must(t, os.MkdirAll(lockDir, 0o700))
+		lock, err = os.OpenFile(filepath.Join(lockDir, m.Snapshot), os.O_RDONLY|os.O_CREATE, 0o600)
+		must(t, err)
+		must(t, unix.Flock(int(lock.Fd()), unix.LOCK_EX))
+		busy, err = os.Open(filepath.Join(dir, "made-by-the-run"))
+		must(t, err)
+	})
+	defer busy.Close()
+	defer lock.Close()
+	withDaemon(t, root, func(d *testDaemon) {
+		if kmount.FSType(dir) == "overlay" {
+			t.Fatal("a second overlay was mounted on the upper directory while the run was on the first")
+		}
+		_, err := d.client.Changes(context.Background(), dir)
+		if err == nil || !strings.Contains(err.Error(), "mounted again once") {
+			t.Errorf("strata diff while the run goes on: %v, want it said that the mount waits for the run", err)
+		}
+		busy.Close()
+		lock.Close() // the run ends
+		deadline := time.Now().Add(10 * time.Second)
+		for kmount.FSType(dir) != "overlay" {
+			if time.Now().After(deadline) {
+				t.Fatal("the writable mount was not mounted again 10 s after the run ended")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "made-by-the-run")); err != nil || string(b) != "x\n" {
+			t.Errorf("the run's file after the mount came back: %q, %v", b, err)
+		}
+		must(t, d.client.Unmount(context.Background(), dir, true))
+	})
 }
