@@ -43,10 +43,14 @@ func (r *fsRoot) close() {
 
 // open opens rel with flags, following symlinks inside r.
 func (r *fsRoot) open(rel string, flags int) (int, error) {
+	return r.openat2(rel, unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+}
+
+// openat2 opens rel below r as how says.
+func (r *fsRoot) openat2(rel string, how unix.OpenHow) (int, error) {
 	if rel == "" {
 		rel = "."
 	}
-	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
 	for tries := 0; ; tries++ {
 		fd, err := unix.Openat2(r.fd, rel, &how)
 		switch {
@@ -68,21 +72,7 @@ func (r *fsRoot) open(rel string, flags int) (int, error) {
 // symlink on the way makes rel name nothing (ELOOP), and one at its end is
 // opened itself (O_PATH), to be copied as a symlink.
 func (r *fsRoot) openParents(rel string, flags int) (int, error) {
-	if rel == "" {
-		rel = "."
-	}
-	how := unix.OpenHow{Flags: uint64(flags | unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS}
-	for tries := 0; ; tries++ {
-		fd, err := unix.Openat2(r.fd, rel, &how)
-		switch {
-		case err == nil:
-			return fd, nil
-		case (err == unix.EAGAIN || err == unix.EINTR) && tries < 16:
-			continue
-		default:
-			return -1, &os.PathError{Op: "openat2", Path: "/" + rel, Err: err}
-		}
-	}
+	return r.openat2(rel, unix.OpenHow{Flags: uint64(flags | unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS})
 }
 
 // relOf names where fd, opened in r, is: its path relative to r's root.
