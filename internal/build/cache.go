@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 )
 
@@ -187,6 +189,96 @@ const cacheMountsDir = "cache-mounts"
 func holdCacheMount(dir string) (release func(), err error) {
 	release, _, err = flockFile(dir+".lock", unix.LOCK_SH)
 	return release, err
+}
+
+// maxPrivateCaches bounds the instances of one cache that
+// sharing=private makes for steps running at once.
+const maxPrivateCaches = 64
+
+// cacheDir returns the directory of cache dir a step binds, and what
+// releases it once the step has run. As BuildKit shares a cache mount:
+// "shared" (the default) steps use it at once; a "locked" step has it to
+// itself, waiting for the steps of other builds that have it (its step
+// lock, dir+".step"); a "private" step takes the first instance (dir,
+// dir-1, dir-2, ...) no other step has. An instance that is not there yet
+// is made by prepare in the build's work directory and renamed into
+// place. Each instance is held (holdCacheMount) until the build ends.
+func (b *builder) cacheDir(ctx context.Context, dir string, sharing instructions.ShareMode, prepare func(tmp string) error) (string, func(), error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return "", nil, err
+	}
+	for n := 0; n < maxPrivateCaches; n++ {
+		inst := dir
+		if n > 0 {
+			inst = fmt.Sprintf("%s-%d", dir, n)
+		}
+		var release func()
+		var err error
+		switch sharing {
+		case instructions.MountSharingPrivate:
+			var ok bool
+			if release, ok, err = flockFile(inst+".step", unix.LOCK_EX|unix.LOCK_NB); err == nil && !ok {
+				continue // another step has it: the next instance
+			}
+		case instructions.MountSharingLocked:
+			release, err = waitLock(ctx, inst+".step")
+		default:
+			release, _, err = flockFile(inst+".step", unix.LOCK_SH)
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		hold, err := holdCacheMount(inst)
+		if err == nil {
+			b.held = append(b.held, hold) // until the build ends: a prune keeps it
+			err = b.makeCacheDir(inst, prepare)
+		}
+		if err != nil {
+			release()
+			return "", nil, err
+		}
+		return inst, release, nil
+	}
+	return "", nil, fmt.Errorf("RUN --mount=type=cache,sharing=private: %d steps have the cache already", maxPrivateCaches)
+}
+
+// makeCacheDir makes cache directory dir with prepare, in the build's
+// work directory, renamed into place, unless it is there.
+func (b *builder) makeCacheDir(dir string, prepare func(tmp string) error) error {
+	if _, err := os.Lstat(dir); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	tmp, err := os.MkdirTemp(b.work, "cache-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp) // gone once renamed
+	if err := prepare(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if _, serr := os.Lstat(dir); serr == nil {
+			return nil // another build made it meanwhile
+		}
+		return err
+	}
+	return nil
+}
+
+// waitLock takes an exclusive lock on path, waiting for whoever holds it
+// until ctx ends.
+func waitLock(ctx context.Context, path string) (func(), error) {
+	for {
+		release, ok, err := flockFile(path, unix.LOCK_EX|unix.LOCK_NB)
+		if err != nil || ok {
+			return release, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func lockFile(path string) (func(), error) {

@@ -61,6 +61,7 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 		return err
 	}
 	mounts, err := plan.mounts(st)
+	defer plan.done()
 	if err != nil {
 		return err
 	}
@@ -240,6 +241,17 @@ type mountPlan struct {
 	key  []string
 	env  []string // secrets given as environment variables
 	make []func(st *stageState) (steprun.Mount, error)
+	// after holds what the step's mounts release when it has run (a
+	// cache mount's step lock).
+	after []func()
+}
+
+// done releases what the step's mounts held for it.
+func (p *mountPlan) done() {
+	for _, f := range p.after {
+		f()
+	}
+	p.after = nil
 }
 
 func (p *mountPlan) mounts(st *stageState) ([]steprun.Mount, error) {
@@ -337,38 +349,35 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			p.key[len(p.key)-1] += fmt.Sprintf(" mode=%o uid=%d gid=%d", mode, uid, gid)
 			sum := sha256.Sum256([]byte(cacheID))
 			dir := filepath.Join(b.root, "build", cacheMountsDir, hex.EncodeToString(sum[:12]))
-			spec := "type=bind,source=" + dir + ",target=" + target
 			if m.ReadOnly {
 				// ro: the step sees the cache and cannot change it.
-				spec += ",readonly"
 				p.key[len(p.key)-1] += " ro"
 			}
-			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
-				if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-					return steprun.Mount{}, err
+			// A new cache directory is made (seeded) aside and renamed
+			// into place: a step of another build never sees it half
+			// made, and a build killed meanwhile leaves none.
+			prepare := func(tmp string) error {
+				if seed != nil {
+					if err := seed(tmp); err != nil {
+						return fmt.Errorf("RUN --mount=type=cache,from=%s: %w", m.From, err)
+					}
+					return nil
 				}
-				// Held until the build ends: a prune meanwhile keeps it.
-				release, err := holdCacheMount(dir)
+				if err := os.Chown(tmp, int(uid), int(gid)); err != nil {
+					return err
+				}
+				return os.Chmod(tmp, os.FileMode(mode)&os.ModePerm)
+			}
+			sharing := m.CacheSharing
+			p.make = append(p.make, func(*stageState) (steprun.Mount, error) {
+				inst, release, err := b.cacheDir(ctx, dir, sharing, prepare)
 				if err != nil {
 					return steprun.Mount{}, err
 				}
-				b.held = append(b.held, release)
-				if err := os.Mkdir(dir, os.FileMode(mode)&os.ModePerm); err == nil {
-					if seed != nil {
-						if err := seed(dir); err != nil {
-							os.RemoveAll(dir) // seeded again next time
-							return steprun.Mount{}, fmt.Errorf("RUN --mount=type=cache,from=%s: %w", m.From, err)
-						}
-						return steprun.ParseMount(spec)
-					}
-					if err := os.Chown(dir, int(uid), int(gid)); err != nil {
-						return steprun.Mount{}, err
-					}
-					if err := os.Chmod(dir, os.FileMode(mode)&os.ModePerm); err != nil {
-						return steprun.Mount{}, err
-					}
-				} else if !errors.Is(err, os.ErrExist) {
-					return steprun.Mount{}, err
+				p.after = append(p.after, release)
+				spec := "type=bind,source=" + inst + ",target=" + target
+				if m.ReadOnly {
+					spec += ",readonly"
 				}
 				return steprun.ParseMount(spec)
 			})
