@@ -101,7 +101,7 @@ func (im *images) lockRuns(m *Mount, what string) (unlock func(), err error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: a 'strata run' or commit is in progress there; %s when it has ended: %w", m.Dir, what, errdefs.ErrFailedPrecondition)
+			return nil, fmt.Errorf("%s: a 'strata run', commit or unmount is in progress there; %s when it has ended: %w", m.Dir, what, errdefs.ErrFailedPrecondition)
 		}
 		return nil, err
 	}

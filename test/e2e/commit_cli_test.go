@@ -110,7 +110,7 @@ func TestCommitCLI(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		out, err := e.cli(context.Background(), "commit", dir, tagged(base, "during-run"))
-		if err == nil || !strings.Contains(out, "a 'strata run' or commit is in progress") {
+		if err == nil || !strings.Contains(out, "a 'strata run', commit or unmount is in progress") {
 			t.Errorf("commit during a run: %v\n%s", err, out)
 		}
 	})
