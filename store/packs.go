@@ -257,6 +257,17 @@ func (l *cacheLRU) putPacked(k [32]byte, data []byte) error {
 		return nil // the cache outgrew its limit meanwhile
 	}
 	if err != nil {
+		// Not stored (the disk is full, say): what was counted for it is
+		// taken back, and its room in the pack too when nothing was put
+		// after it, so that the cache's use stays what it holds.
+		l.mu.Lock()
+		if l.packs[p.id] == p {
+			l.growLocked(p.key, -(n + packIndexEntry))
+			if p.size == off+n && p.entries*packIndexEntry == entry+packIndexEntry {
+				p.size, p.entries = off, p.entries-1
+			}
+		}
+		l.mu.Unlock()
 		return fmt.Errorf("chunk cache: pack %d: %w", p.id, err)
 	}
 	l.mu.Lock()

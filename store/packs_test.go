@@ -271,3 +271,52 @@ func TestPacksConcurrently(t *testing.T) {
 		t.Fatalf("cache over its limit: %+v", st)
 	}
 }
+
+// TestPackWriteFailureCountsNothing: a chunk the pack could not take (a
+// full disk) counts nothing in the cache's use and takes no room in the
+// pack, so that failures do not grow the use past what is stored, start
+// empty packs, or push real chunks out.
+func TestPackWriteFailureCountsNothing(t *testing.T) {
+	s := openTest(t, Options{})
+	data, d := smallChunk(0, 1000)
+	if err := s.Chunks.Put(d, data); err != nil {
+		t.Fatal(err)
+	}
+	l := s.Chunks.lru
+	l.mu.Lock()
+	p := l.active
+	size, entries := p.size, p.entries
+	l.mu.Unlock()
+	used := s.Chunks.Stats().Bytes
+	// Writes to the pack fail from here on, as on a full disk.
+	ro, err := os.Open(p.f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	good := p.f
+	p.f = ro
+	p.mu.Unlock()
+	for i := 1; i <= 100; i++ {
+		data, d := smallChunk(i, 1000)
+		if err := s.Chunks.Put(d, data); err == nil {
+			t.Fatal("a chunk was stored in a pack that cannot be written")
+		}
+	}
+	if got := s.Chunks.Stats().Bytes; got != used {
+		t.Errorf("cache use %d after 100 failed writes, %d before", got, used)
+	}
+	l.mu.Lock()
+	same := l.active == p && p.size == size && p.entries == entries
+	l.mu.Unlock()
+	if !same {
+		t.Errorf("the failed writes took room in the pack or started another")
+	}
+	p.mu.Lock()
+	p.f = good
+	p.mu.Unlock()
+	ro.Close()
+	if got, ok := readChunk(t, s, d, len(data)); !ok || !bytes.Equal(got, data) {
+		t.Error("the chunk stored before the failures is gone")
+	}
+}
