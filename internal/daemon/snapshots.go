@@ -42,7 +42,9 @@ type snapshotLayers struct {
 	manifests, imports singleflight.Group
 	// whole fetches a layer that cannot be read lazily whole and serves it
 	// from the store (writable mounts), instead of leaving it to
-	// containerd's unpack (containerd's snapshots).
+	// containerd's unpack (containerd's snapshots). Those layers are
+	// Strata's own, not a containerd client's: metricContainerdLayers
+	// does not count them.
 	whole bool
 
 	mu    sync.Mutex
@@ -82,6 +84,9 @@ func (s *snapshotLayers) Mount(ctx context.Context, dir string, labels map[strin
 		client = t.Client
 	}
 	defer func() {
+		if s.whole {
+			return // a writable mount's or build step's layer
+		}
 		result := "lazy"
 		switch {
 		case errors.Is(err, snapshotter.ErrNotRemote):

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stratafs/strata/fs"
 	"github.com/stratafs/strata/internal/kmount"
+	"github.com/stratafs/strata/remote"
 	"github.com/stratafs/strata/snapshotter"
 	"github.com/stratafs/strata/store"
 	"github.com/stratafs/strata/test/fixture"
@@ -224,5 +226,28 @@ func TestSnapshotLayersDigestRefOffline(t *testing.T) {
 	read(again)
 	if err := s.Unmount(ctx, again); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWritableLayersAreNoContainerdClient: the layers of Strata's own
+// writable mounts and build steps (the snapshotLayers that fetch whole)
+// are not counted as a containerd client's.
+func TestWritableLayersAreNoContainerdClient(t *testing.T) {
+	s := newTestLayers(t)
+	s.describe = func(context.Context, map[string]string) (name.Repository, remote.Layer, []remote.Option, error) {
+		return name.Repository{}, remote.Layer{}, nil, errors.New("no layer")
+	}
+	failed := func() float64 {
+		return testutil.ToFloat64(metricContainerdLayers.WithLabelValues("none", "failed"))
+	}
+	before := failed()
+	s.Mount(context.Background(), t.TempDir(), nil)
+	if n := failed() - before; n != 1 {
+		t.Fatalf("a containerd client's layer counted %v times, want 1", n)
+	}
+	s.whole = true
+	s.Mount(context.Background(), t.TempDir(), nil)
+	if n := failed() - before; n != 1 {
+		t.Errorf("a writable mount's layer was counted as a containerd client's")
 	}
 }
