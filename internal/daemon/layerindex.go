@@ -162,6 +162,7 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 		if err != nil {
 			return nil, fmt.Errorf("pushing the layer indexes: %w", err)
 		}
+		im.noIndexes.forget(repo, img.Digest)
 		progress("pushed the indexes of %d layers as %s@%s", len(blobs), repo, res.Artifact)
 	}
 	if list == nil {
@@ -175,6 +176,12 @@ func (im *images) indexImage(ctx context.Context, req IndexRequest, progress fun
 		[]artifactBlob{{mediaType: fs.PrefetchListMediaType, data: b}}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("pushing the prefetch list: %w", err)
+	}
+	// This machine's next mount has it at once, whatever the registry
+	// was found to hold before.
+	im.noLists.forget(repo, img.Digest)
+	if err := im.keepPrefetchList(img.Digest, b); err != nil {
+		slog.WarnContext(ctx, "the prefetch list pushed is not kept here", "image", img.Digest, "error", err)
 	}
 	progress("pushed the prefetch list of %d files as %s@%s", len(list.Files), repo, res.PrefetchList)
 	return res, nil
@@ -415,7 +422,7 @@ func (im *images) startIndexImport(ctx context.Context, repo name.Repository, in
 // so that the layers mount lazily. Anything wrong is logged; the layers
 // are then indexed here (or, for containerd, unpacked by it).
 func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, insecure bool, image digest.Digest, layers []Layer) {
-	if im.d.cfg.LayerIndexes == LayerIndexesOff || im.noIndexes.recent(image) {
+	if im.d.cfg.LayerIndexes == LayerIndexesOff || im.noIndexes.recent(repo, image) {
 		return
 	}
 	want := map[digest.Digest]Layer{}
@@ -435,7 +442,7 @@ func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, 
 		return
 	}
 	if len(refs) == 0 {
-		im.noIndexes.note(image)
+		im.noIndexes.note(repo, image)
 	}
 	for _, r := range refs {
 		if len(want) == 0 {

@@ -269,13 +269,13 @@ func (im *images) lookupList(m *Mount, base string, stored bool, policy string) 
 func (im *images) findPrefetchList(repo name.Repository, insecure bool, image digest.Digest, layers []Layer, prefix bool, policy string) listLookup {
 	from := "store"
 	b, err := im.storedPrefetchList(image)
-	if err == nil && b == nil && policy != PrefetchListsLocal && !im.noLists.recent(image) && !isScratchRepo(repo) {
+	if err == nil && b == nil && policy != PrefetchListsLocal && !im.noLists.recent(repo, image) && !isScratchRepo(repo) {
 		from = "registry"
 		ctx, cancel := context.WithTimeout(context.Background(), im.d.cfg.FetchTimeout.Duration)
 		b, err = im.remotePrefetchList(ctx, repo, insecure, image)
 		cancel()
 		if err == nil && b == nil {
-			im.noLists.note(image)
+			im.noLists.note(repo, image)
 		}
 	}
 	if err != nil || b == nil {

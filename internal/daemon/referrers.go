@@ -203,10 +203,16 @@ func (r referrer) blob(desc v1.Descriptor, max int64) ([]byte, error) {
 }
 
 // missMemo remembers, for a while, the images the registry had no
-// referrer of some kind for, so that it is not asked again and again.
+// referrer of some kind for, so that it is not asked again and again. An
+// image is known by its repository and digest: another repository may
+// hold referrers for the same digest.
 type missMemo struct {
 	mu   sync.Mutex
-	seen map[digest.Digest]time.Time
+	seen map[string]time.Time
+}
+
+func missKey(repo name.Repository, image digest.Digest) string {
+	return repo.Name() + "@" + image.String()
 }
 
 const (
@@ -214,20 +220,28 @@ const (
 	maxMisses = 4096
 )
 
-// recent says whether image was noted in the last missFor.
-func (mm *missMemo) recent(image digest.Digest) bool {
+// recent says whether image of repo was noted in the last missFor.
+func (mm *missMemo) recent(repo name.Repository, image digest.Digest) bool {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	t, ok := mm.seen[image]
+	t, ok := mm.seen[missKey(repo, image)]
 	return ok && time.Since(t) < missFor
 }
 
-// note notes that the registry had nothing for image now.
-func (mm *missMemo) note(image digest.Digest) {
+// note notes that the registry had nothing for image of repo now.
+func (mm *missMemo) note(repo name.Repository, image digest.Digest) {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
 	if mm.seen == nil || len(mm.seen) >= maxMisses {
-		mm.seen = map[digest.Digest]time.Time{}
+		mm.seen = map[string]time.Time{}
 	}
-	mm.seen[image] = time.Now()
+	mm.seen[missKey(repo, image)] = time.Now()
+}
+
+// forget drops what was noted of image of repo: something was pushed for
+// it since.
+func (mm *missMemo) forget(repo name.Repository, image digest.Digest) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	delete(mm.seen, missKey(repo, image))
 }

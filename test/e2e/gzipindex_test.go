@@ -414,6 +414,9 @@ func TestGzipIndexPrioritized(t *testing.T) {
 	d := startDaemon(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	// Mounted before it has a list: the daemon notes the registry has none.
+	before, _ := d.mount(t, ref)
+	must(t, d.client.Unmount(ctx, before, false))
 	res, err := d.client.Index(ctx, daemon.IndexRequest{Ref: ref,
 		Prioritize: []string{"/d/late.txt", "d/after-big.txt", "no/such/file", "d"}}, nil)
 	if err != nil {
@@ -456,6 +459,14 @@ func TestGzipIndexPrioritized(t *testing.T) {
 	readChecked(t, dir, "d/unlisted.txt", layers)
 	readChecked(t, dir, "d/big2.bin", layers)
 	readChecked(t, dir, "d/big.bin", layers)
+
+	// The daemon that pushed the list uses it at its next mount, though
+	// it found none there before.
+	mark = logMark()
+	_, m = d.mount(t, ref)
+	if line := waitLog(t, mark, "recorded prefetch done", m.Digest.String()); !strings.Contains(line, "files=2") {
+		t.Errorf("prefetch on the machine that pushed the list: %s", line)
+	}
 }
 
 // TestIndexPrioritizedOfLayersThatCannotBeIndexed: a list whose files all
