@@ -55,7 +55,8 @@ The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set
   max_concurrent_requests = 16       parallel requests per layer
   containerd_socket = ""             containerd snapshots API; default next to socket, "off" to disable
   containerd_stargz_socket = ""      the same for the name "stargz" (BuildKit, nerdctl), snapshots
-                                     of its own; default containerd-stargz.sock next to it
+                                     of its own; default containerd_socket's name with -stargz
+                                     before .sock
   metrics_address = ""               e.g. "127.0.0.1:9110"
   prefetch_lists = "auto"            recorded prefetch lists: auto (store, then registry), local, off
   layer_indexes = "auto"             look for pushed gzip/tar layer indexes (strata index): auto, off
