@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -66,6 +67,13 @@ func userMounts(ms []Mount) []specs.Mount {
 		out = append(out, specs.Mount{Destination: m.Destination, Type: m.Type, Source: m.Source,
 			Options: append([]string{}, m.Options...)})
 	}
+	// Parents first, whatever order they were given in, as BuildKit and
+	// Docker sort them: a mount under another (a secret in a cache
+	// directory) is made on it, not hidden by it. Mounts of one place
+	// keep their order: the last wins.
+	slices.SortStableFunc(out, func(a, b specs.Mount) int {
+		return strings.Compare(path.Clean(a.Destination), path.Clean(b.Destination))
+	})
 	return out
 }
 

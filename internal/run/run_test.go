@@ -224,6 +224,10 @@ func TestMounts(t *testing.T) {
 			"src=" + hostFile + ",target=/opt/single.txt",
 			"type=tmpfs,target=/scratch,tmpfs-size=1m",
 			"type=tmpfs,target=/private,tmpfs-mode=0700",
+			// given before the tmpfs it lies in: mounted after it,
+			// parents first, as BuildKit and Docker order them
+			"src=" + hostFile + ",target=/nested/single.txt,readonly",
+			"type=tmpfs,target=/nested",
 		} {
 			m, err := ParseMount(s)
 			must(t, err)
@@ -231,6 +235,7 @@ func TestMounts(t *testing.T) {
 		}
 		o, ov := newRun(t, rt, "sh", "-c", `set -e
 cat /data/in/in.txt /opt/single.txt
+cmp /opt/single.txt /nested/single.txt
 echo written > /data/in/out.txt
 if touch /data/ro/x 2>/dev/null; then echo ro-writable; fi
 grep " /scratch tmpfs" /proc/mounts | grep -q size=1024k
