@@ -206,6 +206,11 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if o.Secrets, err = parseSecrets(*secrets); err != nil {
 		return err
 	}
+	for _, s := range o.Secrets {
+		if s.Env != "" {
+			df.withheld = append(df.withheld, s.Env)
+		}
+	}
 	if o.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,10 @@ type daemonFlags struct {
 	root   string
 	config string
 	fs     *flag.FlagSet
+	// withheld are environment variables a daemon this command starts
+	// must not inherit: build secrets given by variable, which would stay
+	// in the long-lived daemon (and its supervisor) after the build.
+	withheld []string
 }
 
 func (d *daemonFlags) add(fs *flag.FlagSet) {
@@ -177,6 +182,12 @@ func (d *daemonFlags) ensure(ctx context.Context) (*daemon.Client, error) {
 		args = append(args, "--config", d.config)
 	}
 	cmd := exec.Command(self, args...)
+	if len(d.withheld) > 0 {
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+			k, _, _ := strings.Cut(kv, "=")
+			return slices.Contains(d.withheld, k)
+		})
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command and its terminal
 	if err := cmd.Start(); err != nil {
