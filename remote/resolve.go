@@ -109,7 +109,25 @@ func (c *client) choosePlatform(ctx context.Context, o *options, m *rawManifest,
 			offered = append(offered, desc.Platform.String())
 		}
 		nested := desc.MediaType.IsIndex() && desc.Platform == nil
-		if !nested && (desc.Platform == nil || !desc.Platform.Satisfies(o.platform)) {
+		if desc.Platform == nil && !nested {
+			// The platform is optional in an index: an image entry
+			// without one is for what its config says, as containerd
+			// reads it.
+			child, err := c.fetchDescribed(ctx, o, desc)
+			if err != nil {
+				return nil, nil, err
+			}
+			p, ok := c.configPlatformOf(ctx, o, child)
+			if !ok {
+				continue
+			}
+			offered = append(offered, p.String())
+			if satisfies(p, o.platform) {
+				return child, &p, nil
+			}
+			continue
+		}
+		if !nested && !satisfies(*desc.Platform, o.platform) {
 			continue
 		}
 		child, err := c.fetchDescribed(ctx, o, desc)
@@ -124,6 +142,73 @@ func (c *client) choosePlatform(ctx context.Context, o *options, m *rawManifest,
 	}
 	return nil, nil, fmt.Errorf("%w %s: index %s offers [%s]",
 		ErrNoMatchingPlatform, o.platform.String(), m.digest, strings.Join(offered, ", "))
+}
+
+// configPlatformOf is the platform the config of image manifest m
+// declares; false when m is no image manifest or its config says none.
+func (c *client) configPlatformOf(ctx context.Context, o *options, m *rawManifest) (v1.Platform, bool) {
+	if m.mediaType != types.OCIManifestSchema1 && m.mediaType != types.DockerManifestSchema2 {
+		return v1.Platform{}, false
+	}
+	cfgDesc, _, err := parseImageManifest(m.digest, m.bytes)
+	if err != nil {
+		return v1.Platform{}, false
+	}
+	cfg, ok := localConfig(o, cfgDesc)
+	if !ok {
+		if cfg, err = c.fetchBlob(ctx, o, cfgDesc.Digest, cfgDesc.Size); err != nil {
+			return v1.Platform{}, false
+		}
+	}
+	p := configPlatform(cfg)
+	return p, p.OS != "" && p.Architecture != ""
+}
+
+// satisfies says whether an index entry for platform have is one for
+// want, both spelled as containerd's platforms.Normalize spells them:
+// arm64/v8 is arm64, arm is arm/v7, x86_64 is amd64. (Written here, not
+// imported: containerd's modules stay out of remote and of what imports
+// it; see its package doc.)
+func satisfies(have, want v1.Platform) bool {
+	have, want = normalPlatform(have), normalPlatform(want)
+	return have.Satisfies(want)
+}
+
+// normalPlatform is p with containerd's spelling of its OS, architecture
+// and variant.
+func normalPlatform(p v1.Platform) v1.Platform {
+	p.OS = strings.ToLower(p.OS)
+	arch, variant := strings.ToLower(p.Architecture), strings.ToLower(p.Variant)
+	switch arch {
+	case "i386":
+		arch, variant = "386", ""
+	case "x86_64", "x86-64", "amd64":
+		arch = "amd64"
+		if variant == "v1" {
+			variant = ""
+		}
+	case "aarch64", "arm64":
+		arch = "arm64"
+		switch variant {
+		case "8", "v8", "v8.0":
+			variant = ""
+		case "9", "9.0", "v9.0":
+			variant = "v9"
+		}
+	case "armhf":
+		arch, variant = "arm", "v7"
+	case "armel":
+		arch, variant = "arm", "v6"
+	case "arm":
+		switch variant {
+		case "", "7":
+			variant = "v7"
+		case "5", "6", "8":
+			variant = "v" + variant
+		}
+	}
+	p.Architecture, p.Variant = arch, variant
+	return p
 }
 
 // fetchDescribed fetches the manifest an index descriptor names, verified

@@ -237,6 +237,84 @@ func TestResolveIndexPicksPlatform(t *testing.T) {
 	}
 }
 
+// TestResolveIndexPlatformSpellings: platforms are matched as containerd
+// spells them: linux/arm64/v8 is the arm64 entry without a variant,
+// linux/arm/v7 the arm one without a variant, x86_64 is amd64.
+func TestResolveIndexPlatformSpellings(t *testing.T) {
+	f := newRegFixture(t)
+	offered := []v1.Platform{
+		{OS: "linux", Architecture: "arm64"},
+		{OS: "linux", Architecture: "arm"},
+		{OS: "linux", Architecture: "amd64"},
+	}
+	var idx v1.ImageIndex = empty.Index
+	imgs := map[string]v1.Image{}
+	for _, p := range offered {
+		img, err := random.Image(512, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs[p.String()] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	f.pushIndex(t, "test/spellings:v1", idx)
+	for _, c := range []struct{ want, chosen v1.Platform }{
+		{v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, offered[0]},
+		{v1.Platform{OS: "linux", Architecture: "aarch64"}, offered[0]},
+		{v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, offered[1]},
+		{v1.Platform{OS: "linux", Architecture: "x86_64"}, offered[2]},
+	} {
+		want, chosen := c.want, c.chosen
+		got, err := remote.Resolve(t.Context(), f.host+"/test/spellings:v1", anonymous, remote.WithPlatform(want))
+		if err != nil {
+			t.Errorf("platform %s: %v", want, err)
+			continue
+		}
+		checkImage(t, got, imgs[chosen.String()])
+	}
+	if _, err := remote.Resolve(t.Context(), f.host+"/test/spellings:v1", anonymous,
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"})); !errors.Is(err, remote.ErrNoMatchingPlatform) {
+		t.Errorf("linux/arm/v6 from an index whose arm entry is v7: %v", err)
+	}
+}
+
+// TestResolveIndexEntryWithoutPlatform: an index entry need not say its
+// platform; the image's config says it, as containerd reads it.
+func TestResolveIndexEntryWithoutPlatform(t *testing.T) {
+	f := newRegFixture(t)
+	var idx v1.ImageIndex = empty.Index
+	imgs := map[string]v1.Image{}
+	for _, arch := range []string{"s390x", "amd64"} {
+		img, err := random.Image(512, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf.OS, cf.Architecture = "linux", arch
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		imgs[arch] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img})
+	}
+	f.pushIndex(t, "test/noplatform:v1", idx)
+	for _, arch := range []string{"amd64", "s390x"} {
+		got, err := remote.Resolve(t.Context(), f.host+"/test/noplatform:v1", anonymous, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: arch}))
+		if err != nil {
+			t.Errorf("%s: %v", arch, err)
+			continue
+		}
+		checkImage(t, got, imgs[arch])
+	}
+	_, err := remote.Resolve(t.Context(), f.host+"/test/noplatform:v1", anonymous, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "riscv64"}))
+	if !errors.Is(err, remote.ErrNoMatchingPlatform) || !strings.Contains(err.Error(), "linux/s390x") {
+		t.Errorf("riscv64: %v, want ErrNoMatchingPlatform naming what the configs offer", err)
+	}
+}
+
 func TestResolveRefusesSchema1AndUnknown(t *testing.T) {
 	f := newRegFixture(t)
 	f.putManifest(t, "test/old", "v1", string(types.DockerManifestSchema1Signed),
