@@ -135,7 +135,7 @@ func unpackInto(ctx context.Context, w io.Writer, tmpDir string, blob layerBlob,
 		}
 		defer zr.Close()
 		dec, format = zr, index.FormatGzip
-	case magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd:
+	case index.IsZstd(magic):
 		zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
 		if err != nil {
 			return "", 0, "", fmt.Errorf("zstd: %w", err)

@@ -52,8 +52,9 @@ func TestUnpackInto(t *testing.T) {
 		blob   []byte
 		format index.Format
 	}{
-		"gzip, two members": {gz.Bytes(), index.FormatGzip},
-		"zstd":              {zs.Bytes(), index.FormatZstd},
+		"gzip, two members":             {gz.Bytes(), index.FormatGzip},
+		"zstd":                          {zs.Bytes(), index.FormatZstd},
+		"zstd, a skippable frame first": {append([]byte{0x5e, 0x2a, 0x4d, 0x18, 2, 0, 0, 0, 'h', 'i'}, zs.Bytes()...), index.FormatZstd},
 	} {
 		t.Run(name, func(t *testing.T) {
 			lb, l := blobOf(t, tc.blob)

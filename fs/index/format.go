@@ -3,6 +3,7 @@ package index
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -287,7 +288,7 @@ func (p *probe) detect(ctx context.Context, d Descriptor) (Format, error) {
 		return "", err
 	}
 	switch {
-	case bytes.HasPrefix(head, gzipMagic), bytes.HasPrefix(head, zstdMagic):
+	case bytes.HasPrefix(head, gzipMagic), IsZstd(head):
 		if f, err := p.footerFormat(ctx); f != "" || err != nil {
 			return f, err
 		}
@@ -299,6 +300,14 @@ func (p *probe) detect(ctx context.Context, d Descriptor) (Format, error) {
 		return FormatTar, nil
 	}
 	return FormatUnknown, nil
+}
+
+// IsZstd says whether head, a blob's first bytes, begins a zstd stream: a
+// frame, or a skippable frame (RFC 8878: magic 0x184D2A5?, little
+// endian), with which pzstd and others begin theirs.
+func IsZstd(head []byte) bool {
+	return bytes.HasPrefix(head, zstdMagic) ||
+		len(head) >= 4 && binary.LittleEndian.Uint32(head)&0xFFFFFFF0 == 0x184D2A50
 }
 
 // mediaTypeCompression says what a layer media type claims: FormatGzip,

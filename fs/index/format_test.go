@@ -41,13 +41,15 @@ func formatBlobs(t testing.TB) map[string]struct {
 		desc Descriptor
 		want Format
 	}{
-		"estargz":                {esgz, desc(esgz, mtOCIGzip, map[string]string{AnnotationTOCDigest: tocDigest.String()}), FormatEStargz},
-		"estargz-no-annotation":  {esgz, desc(esgz, mtDockerGz, nil), FormatEStargz},
-		"estargz-wrong-mt":       {esgz, desc(esgz, "application/octet-stream", nil), FormatEStargz},
-		"zstd-chunked":           {zchunked, desc(zchunked, mtOCIZstd, nil), FormatZstdChunked},
-		"gzip":                   {gzipBytes(t, tarBytes), desc(gzipBytes(t, tarBytes), mtOCIGzip, nil), FormatGzip},
-		"gzip-says-tar":          {gzipBytes(t, tarBytes), desc(gzipBytes(t, tarBytes), mtOCITar, nil), FormatGzip},
-		"zstd":                   {zstdBytes(t, tarBytes), desc(zstdBytes(t, tarBytes), mtOCIZstd, nil), FormatZstd},
+		"estargz":               {esgz, desc(esgz, mtOCIGzip, map[string]string{AnnotationTOCDigest: tocDigest.String()}), FormatEStargz},
+		"estargz-no-annotation": {esgz, desc(esgz, mtDockerGz, nil), FormatEStargz},
+		"estargz-wrong-mt":      {esgz, desc(esgz, "application/octet-stream", nil), FormatEStargz},
+		"zstd-chunked":          {zchunked, desc(zchunked, mtOCIZstd, nil), FormatZstdChunked},
+		"gzip":                  {gzipBytes(t, tarBytes), desc(gzipBytes(t, tarBytes), mtOCIGzip, nil), FormatGzip},
+		"gzip-says-tar":         {gzipBytes(t, tarBytes), desc(gzipBytes(t, tarBytes), mtOCITar, nil), FormatGzip},
+		"zstd":                  {zstdBytes(t, tarBytes), desc(zstdBytes(t, tarBytes), mtOCIZstd, nil), FormatZstd},
+		// pzstd's streams begin with a skippable frame (RFC 8878)
+		"zstd-skippable-first":   {skippable(zstdBytes(t, tarBytes)), desc(skippable(zstdBytes(t, tarBytes)), mtOCIZstd, nil), FormatZstd},
 		"tar":                    {tarBytes, desc(tarBytes, mtOCITar, nil), FormatTar},
 		"tar-docker":             {tarBytes, desc(tarBytes, mtDocker, nil), FormatTar},
 		"tar-says-gzip":          {tarBytes, desc(tarBytes, mtOCIGzip, nil), FormatTar},
@@ -266,4 +268,9 @@ func TestCheckDescriptor(t *testing.T) {
 	if err := CheckDescriptor(Info{BlobSize: 99, Unpacked: digest.FromString("tar")}, tc.desc); err != nil {
 		t.Errorf("a layer fetched whole: %v", err)
 	}
+}
+
+// skippable is z behind a zstd skippable frame of 8 bytes of its own.
+func skippable(z []byte) []byte {
+	return append([]byte{0x50, 0x2a, 0x4d, 0x18, 8, 0, 0, 0, 'p', 'z', 's', 't', 'd', 0, 0, 0}, z...)
 }
