@@ -158,11 +158,12 @@ func (b *Base) as(target types.MediaType) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if mt == target && len(b.manifest.Annotations) == 0 {
+	if mt == target && len(b.manifest.Annotations) == 0 && b.manifest.MediaType == target {
 		return b.Image, nil
 	}
 	m := b.manifest.DeepCopy()
 	m.Annotations = nil
+	m.MediaType = target // a base manifest may leave it out (the registry's Content-Type said it)
 	if mt != target {
 		m.MediaType = target
 		translate := ociLayerType

@@ -464,6 +464,7 @@ func TestNewImageLeavesBaseManifestAnnotations(t *testing.T) {
 		t.Fatal(err)
 	}
 	baseM = baseM.DeepCopy()
+	baseM.MediaType = "" // optional in a manifest: the new one says it
 	baseM.Annotations = map[string]string{
 		"org.opencontainers.image.base.name":   "registry.example/grandparent:1",
 		"org.opencontainers.image.base.digest": "sha256:" + strings.Repeat("1", 64),
@@ -496,6 +497,9 @@ func TestNewImageLeavesBaseManifestAnnotations(t *testing.T) {
 		}
 		if len(m.Annotations) > 0 {
 			t.Errorf("docker=%v layer=%v: the new manifest has the base's annotations %v", spec.Docker, spec.Layer != nil, m.Annotations)
+		}
+		if want := map[bool]types.MediaType{false: types.OCIManifestSchema1, true: types.DockerManifestSchema2}[spec.Docker]; m.MediaType != want {
+			t.Errorf("docker=%v: the new manifest's media type is %q, want %q", spec.Docker, m.MediaType, want)
 		}
 		for i, d := range baseM.Layers {
 			if m.Layers[i].Digest != d.Digest || m.Layers[i].Annotations[estargzTOC] == "" || m.Layers[i].Annotations[estargzTOC] != d.Annotations[estargzTOC] {
