@@ -197,14 +197,10 @@ func TestResolveImageByTagAndDigest(t *testing.T) {
 	checkImage(t, byDigest, img)
 }
 
-func TestResolveIndexPicksPlatform(t *testing.T) {
-	f := newRegFixture(t)
-	platforms := []v1.Platform{
-		{OS: "unknown", Architecture: "unknown"}, // like a buildx attestation
-		{OS: "linux", Architecture: "amd64"},
-		{OS: "linux", Architecture: "arm64", Variant: "v8"},
-		{OS: "linux", Architecture: "s390x"},
-	}
+// pushPlatformIndex pushes an index of a random image for each platform
+// and returns the images by platform.
+func (f *regFixture) pushPlatformIndex(t *testing.T, ref string, platforms []v1.Platform) map[string]v1.Image {
+	t.Helper()
 	var idx v1.ImageIndex = empty.Index
 	imgs := map[string]v1.Image{}
 	for _, p := range platforms {
@@ -215,7 +211,19 @@ func TestResolveIndexPicksPlatform(t *testing.T) {
 		imgs[p.String()] = img
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
 	}
-	f.pushIndex(t, "test/multi:v1", idx)
+	f.pushIndex(t, ref, idx)
+	return imgs
+}
+
+func TestResolveIndexPicksPlatform(t *testing.T) {
+	f := newRegFixture(t)
+	platforms := []v1.Platform{
+		{OS: "unknown", Architecture: "unknown"}, // like a buildx attestation
+		{OS: "linux", Architecture: "amd64"},
+		{OS: "linux", Architecture: "arm64", Variant: "v8"},
+		{OS: "linux", Architecture: "s390x"},
+	}
+	imgs := f.pushPlatformIndex(t, "test/multi:v1", platforms)
 
 	for _, want := range []v1.Platform{platforms[2], {OS: "linux", Architecture: "arm64"}, platforms[3]} {
 		got, err := remote.Resolve(t.Context(), f.host+"/test/multi:v1", anonymous, remote.WithPlatform(want))
@@ -247,17 +255,7 @@ func TestResolveIndexPlatformSpellings(t *testing.T) {
 		{OS: "linux", Architecture: "arm"},
 		{OS: "linux", Architecture: "amd64"},
 	}
-	var idx v1.ImageIndex = empty.Index
-	imgs := map[string]v1.Image{}
-	for _, p := range offered {
-		img, err := random.Image(512, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		imgs[p.String()] = img
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
-	}
-	f.pushIndex(t, "test/spellings:v1", idx)
+	imgs := f.pushPlatformIndex(t, "test/spellings:v1", offered)
 	for _, c := range []struct{ want, chosen v1.Platform }{
 		{v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, offered[0]},
 		{v1.Platform{OS: "linux", Architecture: "aarch64"}, offered[0]},

@@ -140,11 +140,10 @@ func DecodePortable(data []byte, layer digest.Digest, blobSize int64) (*Index, e
 	if _, err := checkPortableHead(head[:n], layer); err != nil {
 		return nil, err
 	}
-	rest, err := io.ReadAll(io.LimitReader(zd, MaxPortableSize+1-int64(n)))
+	raw, err := io.ReadAll(io.LimitReader(io.MultiReader(bytes.NewReader(head[:n]), zd), MaxPortableSize+1))
 	if err != nil {
 		return nil, Invalidf("portable index: %v", err)
 	}
-	raw := append(head[:n:n], rest...)
 	if len(raw) > MaxPortableSize {
 		return nil, Invalidf("portable index decompresses to more than %d bytes", MaxPortableSize)
 	}
