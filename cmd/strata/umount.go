@@ -19,6 +19,12 @@ not unmounted: the command says how many changes there are ('strata diff
 DIR' lists them). --discard unmounts it anyway and deletes its changes.
 Neither unmounts a writable mount while a 'strata run' is running in it.
 
+A process that still has DIR open (a shell in it, a file held open) does
+not stop the unmount, as 'umount -l' would not: DIR is detached at once,
+and about 2 s later that process's reads of the image's files fail
+("transport endpoint is not connected"). Close them first ('fuser -vm DIR'
+lists them).
+
 Examples:
   strata umount /mnt/app
   strata umount --discard /mnt/build`,
