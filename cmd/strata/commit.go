@@ -57,7 +57,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	var req daemon.CommitRequest
 	fs.StringVar(&req.Format, "format", "", "layer format: estargz (the default; gzip for a layer whose names a table of contents cannot hold), gzip, zstd, zstd:chunked or uncompressed")
 	level := fs.Int("compression-level", 0, "compression level: gzip and estargz -2 to 9 (0 stores the data as it is), zstd and zstd:chunked 1 to 22 (default: the format's own, as -1 for gzip)")
-	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by (default: the commands run in DIR)")
+	fs.StringVarP(&req.Message, "message", "m", "", "the new history entry's created_by and comment (default: created_by names the commands run in DIR)")
 	fs.StringVar(&req.Author, "author", "", "author of the new image and history entry")
 	fs.StringArrayVarP(&req.Changes, "change", "c", nil, "Dockerfile-style config change: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable)")
 	fs.BoolVar(&req.Docker, "docker", false, "Docker v2 schema 2 manifest and config instead of OCI (with --format gzip or uncompressed: eStargz and zstd layers have no Docker form)")

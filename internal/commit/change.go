@@ -32,11 +32,12 @@ import (
 //	EXPOSE 80 8080/udp 9000-9002/sctp     ExposedPorts "80/tcp" ...; ranges expand
 //	VOLUME ["/a", "/b"] or VOLUME /a /b
 //	STOPSIGNAL SIGTERM                    a name, with or without SIG, or a number, valid on Linux
+//	HEALTHCHECK --interval=5s CMD true    Docker's Healthcheck (options as in a Dockerfile); NONE disables
+//	ONBUILD RUN make                      appended to the config's OnBuild triggers, as written
 //
 // Instruction names are case-insensitive. Every other instruction (RUN, COPY,
-// ADD, FROM, ARG, SHELL, ONBUILD, HEALTHCHECK, MAINTAINER) is refused: the
-// ones that run or copy need a build, and the rest are not in the issue's
-// list.
+// ADD, FROM, ARG, SHELL, MAINTAINER) is refused: the ones that run or copy
+// need a build, and docker commit --change does not take the others.
 //
 // Quotes, escapes and $VARS: ENV, LABEL, WORKDIR, USER, VOLUME, EXPOSE and
 // STOPSIGNAL words go through BuildKit's shell lexer as in a Dockerfile
