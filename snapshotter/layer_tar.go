@@ -10,11 +10,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 	"unicode/utf8"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"golang.org/x/sys/unix"
 )
 
@@ -291,8 +293,20 @@ func (lt *layerTar) writeParents(name string) error {
 	return lt.writeHeader(hdr) // recurses to the grandparents first
 }
 
-// ErrNotUTF8 is wrapped when a name cannot go into a table of contents.
+// ErrNotInTOC is wrapped when an entry cannot go into a layer with a
+// table of contents (eStargz, zstd:chunked): a name that is not UTF-8, or
+// one of the names the format keeps for itself.
+var ErrNotInTOC = errors.New("a layer with a table of contents cannot hold it")
+
+// ErrNotUTF8 is wrapped, with ErrNotInTOC, when a name is not UTF-8.
 var ErrNotUTF8 = errors.New("not valid UTF-8")
+
+// tocNames are the names at a layer's root that the eStargz writer (and
+// zstd:chunked, which uses it) keeps for its own entries: its table of
+// contents and its prefetch landmarks. It drops an entry of the tar it is
+// given under one of these names without a word (estargz.Build), so a
+// user's file of that name would be lost from the layer.
+var tocNames = []string{estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark}
 
 // tocCanHold checks that the names of hdr survive a JSON table of
 // contents (eStargz, zstd:chunked), which replaces bytes that are not
@@ -307,9 +321,14 @@ func tocCanHold(hdr *tar.Header) error {
 			what, bad = "extended attribute name", true
 		}
 	}
+	name := "/" + strings.TrimSuffix(hdr.Name, "/")
 	if bad {
 		return fmt.Errorf("%q: its %s is %w, which the table of contents of a lazily mountable layer cannot hold "+
-			"(a lazy mount would show another name)", "/"+strings.TrimSuffix(hdr.Name, "/"), what, ErrNotUTF8)
+			"(a lazy mount would show another name): %w", name, what, ErrNotUTF8, ErrNotInTOC)
+	}
+	if slices.Contains(tocNames, strings.TrimSuffix(hdr.Name, "/")) {
+		return fmt.Errorf("%q: the eStargz and zstd:chunked formats keep this name at a layer's root for their own entries: %w",
+			name, ErrNotInTOC)
 	}
 	return nil
 }

@@ -326,6 +326,22 @@ func readLayer(t *testing.T, l *snapshotter.Layer) []tarEntry {
 	}
 }
 
+// layerNames lists the names of all the layer's tar entries (readLayer
+// leaves out those an eStargz writer adds).
+func layerNames(t *testing.T, l *snapshotter.Layer) []string {
+	t.Helper()
+	tr := tar.NewReader(decompress(t, l))
+	var names []string
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return names
+		}
+		must(t, err)
+		names = append(names, hdr.Name)
+	}
+}
+
 // checkEntries compares the entries with wantEntries, and their content,
 // xattrs and the fields that must stay empty with what they should be.
 func checkEntries(t *testing.T, s step, entries []tarEntry) {
@@ -433,6 +449,58 @@ func TestWriteLayerNamesATOCCannotHold(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWriteLayerNamesTheFormatKeeps: the eStargz writer (zstd:chunked's
+// too) drops a root entry named as its table of contents or a prefetch
+// landmark without a word, so those formats refuse a layer with one, naming
+// it; the others keep it, and the names are the user's anywhere else.
+func TestWriteLayerNamesTheFormatKeeps(t *testing.T) {
+	for _, name := range []string{"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"} {
+		for _, kind := range []string{"file", "dir"} {
+			t.Run(name+"/"+kind, func(t *testing.T) {
+				lower, upper := t.TempDir(), t.TempDir()
+				if kind == "dir" {
+					must(t, os.Mkdir(filepath.Join(upper, name), 0o755))
+				} else {
+					must(t, os.WriteFile(filepath.Join(upper, name), []byte("user data"), 0o644))
+				}
+				for _, f := range allFormats {
+					l, err := snapshotter.WriteLayer(context.Background(), lower, upper, snapshotter.LayerOptions{Format: f, TempDir: t.TempDir()})
+					toc := f == snapshotter.FormatEStargz || f == snapshotter.FormatZstdChunked
+					switch {
+					case toc && (!errors.Is(err, snapshotter.ErrNotInTOC) || !strings.Contains(err.Error(), `"/`+name+`"`)):
+						t.Errorf("%s: %v, want an error naming /%s", f, err, name)
+					case !toc && err != nil:
+						t.Errorf("%s: %v", f, err)
+					case !toc:
+						if names := layerNames(t, l); !slices.Contains(names, name) && !slices.Contains(names, name+"/") {
+							t.Errorf("%s: layer holds %q, want %s", f, names, name)
+						}
+						os.Remove(l.Path)
+					}
+				}
+			})
+		}
+	}
+	// Below the root the names are ordinary.
+	lower, upper := t.TempDir(), t.TempDir()
+	must(t, os.Mkdir(filepath.Join(upper, "sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(upper, "sub", "stargz.index.json"), []byte("user data"), 0o644))
+	must(t, os.WriteFile(filepath.Join(upper, "sub", ".prefetch.landmark"), []byte("user data"), 0o644))
+	for _, f := range []snapshotter.LayerFormat{snapshotter.FormatEStargz, snapshotter.FormatZstdChunked} {
+		l, err := snapshotter.WriteLayer(context.Background(), lower, upper, snapshotter.LayerOptions{Format: f, TempDir: t.TempDir()})
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		names := layerNames(t, l)
+		for _, want := range []string{"sub/stargz.index.json", "sub/.prefetch.landmark"} {
+			if !slices.Contains(names, want) {
+				t.Errorf("%s: layer holds %q, want %s", f, names, want)
+			}
+		}
+		os.Remove(l.Path)
 	}
 }
 

@@ -289,6 +289,76 @@ func TestLayerLinkingRewrittenNameStaysGzip(t *testing.T) {
 	}
 }
 
+// TestLayerWithTheFormatsNamesStaysGzip: the eStargz writer drops root
+// entries named as its table of contents or its landmarks, so a layer with
+// a user's file of such a name stays plain gzip, the same tar; an eStargz
+// layer's own (its 1-byte landmarks, its table of contents last) converts.
+func TestLayerWithTheFormatsNamesStaysGzip(t *testing.T) {
+	file := func(name string, size int64) *tar.Header {
+		return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size}
+	}
+	for _, c := range []struct {
+		name  string
+		layer v1.Layer
+	}{
+		{"toc not last", layerOf(t, file("stargz.index.json", 9), file("etc", 3))},
+		{"toc last, no landmark first", layerOf(t, file("etc", 3), file("stargz.index.json", 9))},
+		{"toc last, landmark not first", layerOf(t, file("etc", 3), file(".prefetch.landmark", 1), file("stargz.index.json", 9))},
+		{"toc a directory", layerOf(t, &tar.Header{Name: "stargz.index.json/", Typeflag: tar.TypeDir, Mode: 0o755})},
+		{"landmark of 9 bytes", layerOf(t, file(".prefetch.landmark", 9), file("etc", 3))},
+		{"no-prefetch landmark of 9 bytes", layerOf(t, file("./.no.prefetch.landmark", 9))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, m := convertLayers(t, c.layer)
+			keptGzip(t, out, m, 0, c.layer, "the layer with a user's "+c.name)
+		})
+	}
+	// Below the root, the names are a user's like any other.
+	sub := layerOf(t, file("sub/stargz.index.json", 9), file("sub/.prefetch.landmark", 9))
+	if _, m := convertLayers(t, sub); m.Layers[0].Annotations[AnnotationTOCDigest] == "" {
+		t.Error("a layer with the names below the root was not converted")
+	}
+	// An eStargz layer converts again: what it holds of its own is dropped
+	// and written anew.
+	out, _ := convertLayers(t, tarLayer(t, "etc/", "etc/hosts"))
+	layers, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, m := convertLayers(t, layers[0])
+	if m.Layers[0].Annotations[AnnotationTOCDigest] == "" {
+		t.Fatal("an eStargz layer was not converted again")
+	}
+	relayers, err := again.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := layerEntryNames(t, layers[0]), layerEntryNames(t, relayers[0]); strings.Join(a, "|") != strings.Join(b, "|") {
+		t.Errorf("converted again: names %q, first conversion %q", b, a)
+	}
+}
+
+// layerEntryNames lists the names of layer l's tar entries.
+func layerEntryNames(t *testing.T, l v1.Layer) []string {
+	t.Helper()
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var names []string
+	for tr := tar.NewReader(rc); ; {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return names
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, h.Name)
+	}
+}
+
 // keptGzip checks that layer i of the converted image out (manifest m) is
 // src's tar as it was, not made eStargz, and returns out's layers.
 func keptGzip(t *testing.T, out v1.Image, m *v1.Manifest, i int, src v1.Layer, what string) []v1.Layer {

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"path"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // layerNames is what a layer's tar says about paths of the image: the
@@ -21,7 +24,12 @@ import (
 //   - a hardlink to a name the layer writes more than once: the eStargz
 //     writer keeps one entry of a name, the last, and moves it after the
 //     link, so the link would name other content than the tar's (or
-//     come before its target, which no reader takes).
+//     come before its target, which no reader takes);
+//   - a root entry named as eStargz's table of contents or one of its
+//     prefetch landmarks that is not the input's own (an eStargz input's
+//     landmarks are 1-byte files, one of them its tar's first entry, its
+//     table of contents the last): the eStargz writer drops such entries
+//     without a word.
 type layerNames struct {
 	types      map[string]byte
 	deleted    map[string]bool // ".wh.x" deletes x
@@ -35,18 +43,41 @@ func scanNames(r io.Reader) (*layerNames, error) {
 	written := map[string]int{}
 	var links [][2]string // hardlink, its target
 	tr := tar.NewReader(r)
-	for {
+	tocNotLast := "" // set while the last entry is one named as a table of contents
+	landmarkFirst := false
+	for first := true; ; first = false {
 		h, err := tr.Next()
 		if err == io.EOF {
+			if !landmarkFirst {
+				// No eStargz layer: its writer puts a landmark first.
+				ln.notEStargz = cmp.Or(ln.notEStargz, tocNotLast)
+			}
 			break
 		}
 		if err != nil {
 			return nil, err
 		}
 		if ln.notEStargz == "" {
+			ln.notEStargz = tocNotLast
+		}
+		if ln.notEStargz == "" {
 			ln.notEStargz = notUTF8(h)
 		}
 		name := tarName(h.Name)
+		tocNotLast = ""
+		kept := func() string {
+			return fmt.Sprintf("the entry %q has a name eStargz keeps for its own entries at a layer's root", h.Name)
+		}
+		switch {
+		case name == estargz.TOCTarName && h.Typeflag == tar.TypeReg:
+			tocNotLast = kept() // unless it is the last entry: an eStargz input's own
+		case name == estargz.TOCTarName:
+			ln.notEStargz = cmp.Or(ln.notEStargz, kept())
+		case (name == estargz.PrefetchLandmark || name == estargz.NoPrefetchLandmark) && (h.Typeflag != tar.TypeReg || h.Size != 1):
+			ln.notEStargz = cmp.Or(ln.notEStargz, kept())
+		case name == estargz.PrefetchLandmark || name == estargz.NoPrefetchLandmark:
+			landmarkFirst = landmarkFirst || first
+		}
 		written[name]++
 		if h.Typeflag == tar.TypeLink {
 			links = append(links, [2]string{h.Name, tarName(h.Linkname)})

@@ -371,15 +371,16 @@ func (c *commitStep) writeLayer(ctx context.Context, res *CommitResult) (*commit
 		}
 		made, err = snapshotter.WriteLayer(ctx, lower, upper, opts)
 		switch {
-		case errors.Is(err, snapshotter.ErrNotUTF8) && c.req.Format == "":
-			// The default format cannot hold a name of this layer,
-			// which a lazy mount would show mangled: plain gzip,
-			// whose tar keeps it, rather than a failed step.
+		case errors.Is(err, snapshotter.ErrNotInTOC) && c.req.Format == "":
+			// The default format cannot hold an entry of this layer
+			// (a name a lazy mount would show mangled, or one the
+			// format keeps for itself): plain gzip, whose tar keeps
+			// it, rather than a failed step.
 			slog.WarnContext(ctx, "new layer in gzip, not eStargz", "error", err)
 			c.progress("warning: the new layer is gzip, not eStargz: %v", err)
 			opts.Format = snapshotter.FormatGzip
 			made, err = snapshotter.WriteLayer(ctx, lower, upper, opts)
-		case errors.Is(err, snapshotter.ErrNotUTF8):
+		case errors.Is(err, snapshotter.ErrNotInTOC):
 			err = fmt.Errorf("%w: use --format gzip, zstd or uncompressed", err)
 		}
 		return err
