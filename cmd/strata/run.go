@@ -26,7 +26,9 @@ recorded for the history of a later commit.
 
 /proc, /dev, /sys, /dev/shm, /etc/resolv.conf, /etc/hosts and /etc/hostname
 exist for the run only: neither they nor any directory or file made only to
-mount something on is left in the writable layer. Standard input, output
+mount something on is left in the writable layer. A working directory the
+image lacks is made (root's, 0755, as docker and BuildKit make it) and
+stays, unless it lies inside a --mount. Standard input, output
 and error are connected; SIGINT and SIGTERM are passed to the command, and
 a second one kills it (a command that is the container's first process
 never sees a signal it has no handler for, as under docker run); the

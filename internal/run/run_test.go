@@ -277,6 +277,9 @@ func TestImageFilesBoundOver(t *testing.T) {
 	}
 }
 
+// TestMissingWorkDir: a working directory the image lacks is made, root's
+// and 0755 as BuildKit makes it (buildah and docker make it too), and stays
+// in the layer; one inside a mount is made for the run only.
 func TestMissingWorkDir(t *testing.T) {
 	o, ov := newRun(t, "", "pwd")
 	o.WorkDir = "/new/dir"
@@ -284,14 +287,90 @@ func TestMissingWorkDir(t *testing.T) {
 	if err != nil || code != 0 || out != "/new/dir\n" {
 		t.Errorf("exit %d, %v, output %q", code, err, out)
 	}
-	ov.expectChanges(t)
-	// A working directory the command writes into stays.
-	o.Args = []string{"touch", "made"}
-	o.User = "root"
-	if code, _, _, err = run(t, o); err != nil || code != 0 {
-		t.Fatalf("exit %d, %v", code, err)
+	ov.expectChanges(t, "new", "new/dir")
+	for _, d := range []string{"new", "new/dir"} {
+		st, err := os.Stat(filepath.Join(ov.merged, d))
+		if err != nil || st.Mode() != os.ModeDir|0o755 || st.Sys().(*syscall.Stat_t).Uid != 0 {
+			t.Errorf("/%s: %v, %v", d, st.Mode(), err)
+		}
 	}
-	ov.expectChanges(t, "new", "new/dir", "new/dir/made")
+	// The image's own WorkingDir alike.
+	o.WorkDir, o.Config.WorkingDir = "", "/from/config"
+	if code, out, _, err = run(t, o); err != nil || code != 0 || out != "/from/config\n" {
+		t.Errorf("exit %d, %v, output %q", code, err, out)
+	}
+	ov.expectChanges(t, "from", "from/config", "new", "new/dir")
+	// Inside a mount, it is made in the mount, for the run only.
+	m, err := ParseMount("type=tmpfs,target=/scratch")
+	must(t, err)
+	o.Mounts, o.WorkDir = []Mount{m}, "/scratch/sub"
+	if code, out, _, err = run(t, o); err != nil || code != 0 || out != "/scratch/sub\n" {
+		t.Errorf("in a mount: exit %d, %v, output %q", code, err, out)
+	}
+	ov.expectChanges(t, "from", "from/config", "new", "new/dir")
+	// A file where it would be: a clear error.
+	o.Mounts, o.WorkDir = nil, "/etc/passwd"
+	if _, _, _, err = run(t, o); err == nil || !strings.Contains(err.Error(), "working directory /etc/passwd: the image has a file there") {
+		t.Errorf("working directory on a file: %v", err)
+	}
+}
+
+// TestCommandInMount: a command found only through a mount (tools bound
+// from elsewhere, a FROM scratch step's) is not refused before the
+// container starts; one found nowhere still is.
+func TestCommandInMount(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, rt string) {
+		tools := t.TempDir()
+		b, err := os.ReadFile(busybox)
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(tools, "busybox"), b, 0o755))
+		m, err := ParseMount("type=bind,src=" + tools + ",dst=/tools,readonly")
+		must(t, err)
+		for _, c := range []struct {
+			name string
+			args []string
+			env  []string
+		}{
+			{"absolute", []string{"/tools/busybox", "echo", "hi"}, nil},
+			{"relative to the working directory", []string{"../tools/busybox", "echo", "hi"}, nil},
+			{"through PATH", []string{"busybox", "echo", "hi"}, []string{"PATH=/tools"}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				o, ov := newRun(t, rt, c.args...)
+				o.Mounts, o.Env = []Mount{m}, c.env
+				code, out, errOut, err := run(t, o)
+				if err != nil || code != 0 || out != "hi\n" {
+					t.Errorf("exit %d, %v, output %q, stderr %q", code, err, out, errOut)
+				}
+				ov.expectChanges(t)
+			})
+		}
+		// The runtime says it is missing.
+		o, _ := newRun(t, rt, "/tools/none")
+		o.Mounts = []Mount{m}
+		if code, _, errOut, err := run(t, o); code == 0 || !strings.Contains(fmt.Sprint(err)+errOut, "/tools/none") {
+			t.Errorf("a command the mount lacks: exit %d, %v, stderr %q", code, err, errOut)
+		}
+		o, _ = newRun(t, rt, "/elsewhere/busybox")
+		o.Mounts = []Mount{m}
+		if _, _, _, err := run(t, o); !errors.Is(err, ErrCommandNotFound) {
+			t.Errorf("a command outside the image and the mounts: %v", err)
+		}
+	})
+}
+
+// TestImageEnvWithoutValue: an image Env entry without "=" is the variable
+// set empty, as BuildKit reads it (runtimes refuse the entry as it is), and
+// one without a name is left out.
+func TestImageEnvWithoutValue(t *testing.T) {
+	eachRuntime(t, func(t *testing.T, rt string) {
+		o, _ := newRun(t, rt, "sh", "-c", `env | grep -E '^(FOO|A)=' | sort; echo "${FOO-unset}."`)
+		o.Config.Env = append(o.Config.Env, "FOO", "=x", "A=1")
+		code, out, errOut, err := run(t, o)
+		if err != nil || code != 0 || out != "A=1\nFOO=\n.\n" {
+			t.Errorf("exit %d, %v, output %q, stderr %q", code, err, out, errOut)
+		}
+	})
 }
 
 func TestNotFound(t *testing.T) {

@@ -49,12 +49,8 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 		return nil, err
 	}
 	cwd := workDir(o)
-	if !slices.ContainsFunc(o.Mounts, func(m Mount) bool { return m.Destination == args[0] }) {
-		// A command that is itself a mount (a build's heredoc script) is
-		// there only once the container starts.
-		if err := lookPath(r, args[0], lookupEnv(env, "PATH"), cwd); err != nil {
-			return nil, err
-		}
+	if err := lookPath(r, args[0], lookupEnv(env, "PATH"), cwd); err != nil && !mountMayHold(o.Mounts, args[0], lookupEnv(env, "PATH"), cwd) {
+		return nil, err
 	}
 	caps, err := capabilities(o.CapAdd)
 	if err != nil {
@@ -71,8 +67,11 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 	if err != nil {
 		return nil, err
 	}
-	if cwd, err = t.ensure(cwd, false); err != nil {
-		return nil, fmt.Errorf("run: working directory: %w", err)
+	// A working directory the image lacks is made, as BuildKit, buildah
+	// and docker make it, and stays in the layer like anything the
+	// command makes; inside a mount, only for the run.
+	if cwd, err = t.ensureWorkDir(cwd, !inMount(o.Mounts, cwd)); err != nil {
+		return nil, err
 	}
 	spec := &specs.Spec{
 		Version:  specVersion,
@@ -101,6 +100,34 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 	return spec, nil
 }
 
+// inMount says whether p is one of o's mounts' destinations or lies
+// under one.
+func inMount(mounts []Mount, p string) bool {
+	return slices.ContainsFunc(mounts, func(m Mount) bool {
+		d := path.Clean("/" + m.Destination)
+		return p == d || strings.HasPrefix(p, d+"/")
+	})
+}
+
+// mountMayHold says whether the command name may be found through a mount
+// (its path, or a PATH directory, is or is under a mount's destination),
+// which is there only once the container starts: a build's heredoc
+// script, tools bind-mounted from another image.
+func mountMayHold(mounts []Mount, name, pathEnv, workDir string) bool {
+	if strings.Contains(name, "/") {
+		if !path.IsAbs(name) {
+			name = path.Join(workDir, name)
+		}
+		return inMount(mounts, path.Clean(name))
+	}
+	for _, dir := range strings.Split(pathEnv, ":") {
+		if path.IsAbs(dir) && inMount(mounts, path.Join(dir, name)) {
+			return true
+		}
+	}
+	return false
+}
+
 // specVersion is the runtime-spec version the config claims: every field
 // used here is in 1.0.x, and crun 1.8 refuses a newer version than it knows.
 const specVersion = "1.0.2"
@@ -126,8 +153,22 @@ func workDir(o Options) string {
 // environment is the image's Env with o.Env over it, then the defaults
 // nothing set: PATH, HOSTNAME, HOME (the user's home, or /), TERM with a
 // terminal.
+//
+// An image's entry without "=" is the variable set empty, as BuildKit reads
+// it (runtimes refuse such an entry, which would fail every run on that
+// image); one without a name is left out.
 func environment(o Options, u execUser, hostname string) ([]string, error) {
-	env := append([]string{}, o.Config.Env...)
+	var env []string
+	for _, kv := range o.Config.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		switch {
+		case k == "":
+		case !ok:
+			env = setEnv(env, kv+"=")
+		default:
+			env = append(env, kv)
+		}
+	}
 	for _, kv := range o.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {

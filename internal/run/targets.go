@@ -25,6 +25,9 @@ type targets struct {
 	parents map[string]*parentTimes // pre-existing directories we added entries to
 	order   []string                // parents in the order first touched
 	sealed  bool                    // seal was called: the command may have run
+	// workDir is set while ensureWorkDir makes the working directory:
+	// errors name it, and with keep what it makes stays after the run.
+	workDir, keep bool
 }
 
 // createdEntry is a target ensure made. It is known again by its inode
@@ -56,6 +59,23 @@ func newTargets(r *root) *targets {
 	return &targets{root: r, ours: map[string]bool{}, parents: map[string]*parentTimes{}}
 }
 
+// ensureWorkDir makes the working directory dest as ensure makes a
+// directory; with keep, what it makes stays after the run (but for what it
+// makes inside a target made for the run, which goes with that target).
+func (t *targets) ensureWorkDir(dest string, keep bool) (string, error) {
+	t.workDir, t.keep = true, keep
+	defer func() { t.workDir, t.keep = false, false }()
+	return t.ensure(dest, false)
+}
+
+// noun is what ensure makes, for its errors.
+func (t *targets) noun() string {
+	if t.workDir {
+		return "working directory"
+	}
+	return "mount target"
+}
+
 // ensure makes dest exist in the root — an empty file when file is true, a
 // directory otherwise — creating every missing parent directory, and
 // returns dest with its symlinks resolved inside the root (the path the
@@ -77,17 +97,17 @@ func (t *targets) ensure(dest string, file bool) (string, error) {
 		switch {
 		case errors.Is(err, unix.ENOENT):
 			if err := t.create(cur, name, file && len(todo) == 0); err != nil {
-				return "", fmt.Errorf("run: making mount target %s: %w", dest, err)
+				return "", fmt.Errorf("run: making %s %s: %w", t.noun(), dest, err)
 			}
 		case err != nil:
-			return "", fmt.Errorf("run: mount target %s: %w", dest, err)
+			return "", fmt.Errorf("run: %s %s: %w", t.noun(), dest, err)
 		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
 			if links++; links > maxSymlinks {
-				return "", fmt.Errorf("run: mount target %s: %w", dest, unix.ELOOP)
+				return "", fmt.Errorf("run: %s %s: %w", t.noun(), dest, unix.ELOOP)
 			}
 			target, err := t.root.readlink(next)
 			if err != nil {
-				return "", fmt.Errorf("run: mount target %s: %w", dest, err)
+				return "", fmt.Errorf("run: %s %s: %w", t.noun(), dest, err)
 			}
 			if strings.HasPrefix(target, "/") {
 				cur = "/"
@@ -95,10 +115,10 @@ func (t *targets) ensure(dest string, file bool) (string, error) {
 			todo = append(splitPath(target), todo...)
 			continue
 		case len(todo) > 0 && st.Mode&unix.S_IFMT != unix.S_IFDIR:
-			return "", fmt.Errorf("run: mount target %s: %s is not a directory in the image", dest, next)
+			return "", fmt.Errorf("run: %s %s: %s is not a directory in the image", t.noun(), dest, next)
 		case len(todo) == 0 && file == (st.Mode&unix.S_IFMT == unix.S_IFDIR):
-			return "", fmt.Errorf("run: mount target %s: the image has a %s there, the mount needs a %s",
-				dest, kindOf(!file), kindOf(file))
+			return "", fmt.Errorf("run: %s %s: the image has a %s there, the %s needs a %s",
+				t.noun(), dest, kindOf(!file), t.noun(), kindOf(file))
 		}
 		cur = next
 	}
@@ -132,7 +152,8 @@ func (t *targets) create(dir, name string, file bool) error {
 		return err
 	}
 	defer unix.Close(pfd)
-	if !t.ours[dir] && t.parents[dir] == nil {
+	keep := t.keep && !t.ours[dir]
+	if !keep && !t.ours[dir] && t.parents[dir] == nil {
 		var st unix.Stat_t
 		if err := unix.Fstat(pfd, &st); err != nil {
 			return err
@@ -148,6 +169,9 @@ func (t *targets) create(dir, name string, file bool) error {
 		unix.Close(fd)
 	} else if err := unix.Mkdirat(pfd, name, 0o755); err != nil {
 		return err
+	}
+	if keep {
+		return nil
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(pfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
