@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +16,16 @@ import (
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
+
+// untrustedCertificate says whether err is a failure to verify a server's
+// TLS certificate.
+func untrustedCertificate(err error) bool {
+	var verr *tls.CertificateVerificationError
+	var uerr x509.UnknownAuthorityError
+	var herr x509.HostnameError
+	var ierr x509.CertificateInvalidError
+	return errors.As(err, &verr) || errors.As(err, &uerr) || errors.As(err, &herr) || errors.As(err, &ierr)
+}
 
 // maxRedirects matches net/http's own limit; registries use one or two hops.
 const maxRedirects = 10
@@ -250,6 +261,13 @@ func (c *client) redirected(resp *http.Response) (*url.URL, bool) {
 // (ggcr reports those as *transport.Error) so callers need not know ggcr.
 func handshakeError(repo name.Repository, err error) error {
 	err = redactError(err)
+	if untrustedCertificate(err) {
+		// Said first: a loopback registry's plain-HTTP retry, whose
+		// 400 would otherwise class the failure, is beside the point.
+		return fmt.Errorf("authenticating to %s: the registry's TLS certificate is not trusted "+
+			"(add its CA to the system's trusted certificates, or name a file of them in SSL_CERT_FILE "+
+			"in the daemon's environment; --insecure skips the check): %w", repo.RegistryStr(), err)
+	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
 		if class := statusClass(terr.StatusCode); class != nil {

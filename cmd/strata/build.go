@@ -107,7 +107,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	secrets := fs.StringArray("secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
 	iidfile := fs.String("iidfile", "", "write the image's manifest digest to this file")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", false, "print only the image digest (a failing RUN's output is still shown)")
-	fs.BoolVar(&o.Insecure, "insecure", false, "reach the registries over plain HTTP")
+	fs.BoolVar(&o.Insecure, "insecure", false, "reach the registries over plain HTTP, or HTTPS without verifying their certificates")
 	fs.StringVar(&o.Runtime, "runtime", "", "OCI runtime for RUN: runc, crun or a path (default: runc, else crun)")
 	fs.BoolVar(&o.Record, "record", false, "note the files the first RUN on each FROM image opens, for later builds FROM it to prefetch (see 'strata mount --record')")
 	fs.BoolVar(&o.RecordPush, "record-push", false, "with --record: push the list as a referrer of the FROM image too")

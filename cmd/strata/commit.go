@@ -64,7 +64,7 @@ func runCommit(ctx context.Context, args []string, stdout io.Writer) error {
 	sde := fs.String("source-date-epoch", "", "clamp the new layer's times and set the image's creation time to these seconds since 1970 (default $SOURCE_DATE_EPOCH)")
 	fs.StringVar(&req.OCILayout, "oci-layout", "", "also write the image to the OCI image layout PATH[:TAG]")
 	digestFile := fs.String("digestfile", "", "write the new manifest's digest to this file")
-	fs.BoolVar(&req.Insecure, "insecure", false, "reach NEWREF's registry over plain HTTP")
+	fs.BoolVar(&req.Insecure, "insecure", false, "reach NEWREF's registry over plain HTTP, or HTTPS without verifying its certificate")
 	quiet := fs.BoolP("quiet", "q", false, "print only the result")
 	if err := c.parse(fs, args, 1, 2); err != nil {
 		return err

@@ -38,7 +38,7 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	c := commands["convert"]
 	fs := c.flags(stdout)
 	platform := fs.String("platform", "", "platform to convert, os/arch[/variant] (default: this machine's)")
-	insecure := fs.Bool("insecure", false, "reach both registries over plain HTTP")
+	insecure := fs.Bool("insecure", false, "reach both registries over plain HTTP, or HTTPS without verifying their certificates")
 	chunk := fs.Int("chunk-size", 0, "eStargz chunk size in bytes (default 4 MiB)")
 	prio := fs.String("prioritize", "", "file listing the paths a start reads, in order, to store first and prefetch on mount")
 	if err := c.parse(fs, args, 2, 2); err != nil {

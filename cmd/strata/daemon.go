@@ -49,7 +49,7 @@ Examples:
 The optional TOML config file (default ` + daemon.DefaultConfigPath + `) may set:
   root = "/var/lib/strata"           state: metadata DB, blobs, chunk cache
   socket = "/run/strata/strata.sock"  control API socket
-  insecure_registries = ["host:5000"] plain HTTP registries
+  insecure_registries = ["host:5000"] registries reached over plain HTTP, or HTTPS unverified
   fetch_timeout = "30s"              bound on one registry read, retries included
   cache_size = 10737418240           chunk cache bound in bytes
   max_concurrent_requests = 16       parallel requests per layer
@@ -78,7 +78,7 @@ func runDaemon(ctx context.Context, args []string, stdout io.Writer) error {
 	root := fs.String("root", "", "state directory (default $STRATA_ROOT, else the config file's, else /var/lib/strata)")
 	socket := fs.String("socket", "", "control socket (default $STRATA_SOCKET, else the config file's, else /run/strata/strata.sock)")
 	ctrdSocket := fs.String("containerd-socket", "", `containerd snapshots API socket (default next to --socket; "off" disables it)`)
-	insecure := fs.StringSlice("insecure-registry", nil, "registry host:port to reach over plain HTTP (repeatable)")
+	insecure := fs.StringSlice("insecure-registry", nil, "registry host:port to reach over plain HTTP, or HTTPS without verifying its certificate (repeatable)")
 	supervise := fs.Bool("supervise", true, "run under a supervisor that restarts the daemon and keeps its mounts alive")
 	upgrade := fs.Bool("upgrade", false, "hand the running daemon's mounts to the strata binary now installed, without a failed read")
 	if err := c.parse(fs, args, 0, 0); err != nil {

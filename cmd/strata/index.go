@@ -55,7 +55,7 @@ func runIndex(ctx context.Context, args []string, stdout io.Writer) error {
 	var df daemonFlags
 	df.add(fs)
 	platform := fs.String("platform", "", "platform to pick from a multi-platform image, os/arch[/variant] (default: this machine's)")
-	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP")
+	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP, or HTTPS without verifying its certificate")
 	quiet := fs.BoolP("quiet", "q", false, "no progress on standard error")
 	prio := fs.String("prioritize", "", "file listing the paths a start reads, in order: checkpoints before them, pushed as the image's prefetch list")
 	if err := c.parse(fs, args, 1, 1); err != nil {

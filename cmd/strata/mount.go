@@ -66,7 +66,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	var df daemonFlags
 	df.add(fs)
 	platform := fs.String("platform", "", "platform to pick from a multi-platform image, os/arch[/variant] (default: this machine's)")
-	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP")
+	insecure := fs.Bool("insecure", false, "reach the registry over plain HTTP, or HTTPS without verifying its certificate")
 	rw := fs.Bool("rw", false, "writable: changes go to an upper directory in the state root")
 	record := fs.Duration("record", 0, "note the files the workload opens, for this long or until the unmount, for later mounts to prefetch")
 	fs.Lookup("record").NoOptDefVal = daemon.DefaultRecordFor.String()

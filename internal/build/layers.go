@@ -317,8 +317,11 @@ func (b *builder) publish(ctx context.Context) error {
 	if b.o.Push {
 		for _, tag := range b.o.Tags {
 			res, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, Ref: tag, Insecure: b.o.Insecure, SourceInsecure: b.o.Insecure}, progress)
+			if err != nil && !strings.Contains(err.Error(), "pushing "+tag) {
+				err = fmt.Errorf("pushing %s: %w", tag, err)
+			}
 			if err != nil {
-				return fmt.Errorf("pushing %s: %w", tag, err)
+				return err
 			}
 			b.res.Pushed = append(b.res.Pushed, res.Ref)
 		}

@@ -422,7 +422,10 @@ func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, 
 		defer close(done)
 		last := time.Time{}
 		for u := range updates {
-			if time.Since(last) >= time.Second || (u.Total > 0 && u.Complete == u.Total) {
+			if u.Total == 0 {
+				continue // before the push has counted its blobs: "0B of 0B" says nothing
+			}
+			if time.Since(last) >= time.Second || u.Complete == u.Total {
 				c.progress("pushing to %s: %s of %s in place (blobs the registry has or mounts count as in place)", ref.Context(), human(u.Complete), human(u.Total))
 				last = time.Now()
 			}
