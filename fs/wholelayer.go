@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -117,11 +118,19 @@ func unpackInto(ctx context.Context, w io.Writer, tmpDir string, blob layerBlob,
 	if got := digest.NewDigest(l.Digest.Algorithm(), sum); got != l.Digest {
 		return "", 0, "", fmt.Errorf("%w: the layer's bytes hash to %s", remote.ErrDigestMismatch, got)
 	}
+	if fetched == 0 {
+		// An empty blob under a compressed media type: an empty layer,
+		// as umoci, buildah and a tar reader take it.
+		return digest.SHA256.FromBytes(nil), 0, index.FormatTar, nil
+	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return "", 0, "", err
 	}
 	src := bufio.NewReaderSize(&ctxReader{ctx: ctx, r: f}, 1<<20)
 	magic, err := src.Peek(4)
+	if errors.Is(err, io.EOF) {
+		return "", 0, "", errNotCompressed // 1 to 3 bytes: no compressed stream
+	}
 	if err != nil {
 		return "", 0, "", fmt.Errorf("reading the layer: %w", err)
 	}

@@ -98,6 +98,22 @@ func TestUnpackInto(t *testing.T) {
 			t.Errorf("err = %v, want ErrNotLazy", err)
 		}
 	})
+	// An empty blob (under a gzip media type, say) is an empty layer, as
+	// umoci and buildah take it; one of 1 to 3 bytes is no layer.
+	t.Run("empty", func(t *testing.T) {
+		lb, l := blobOf(t, nil)
+		var out bytes.Buffer
+		d, n, f, err := unpackInto(t.Context(), &out, t.TempDir(), lb, l)
+		if err != nil || d != digest.FromBytes(nil) || n != 0 || f != index.FormatTar || out.Len() != 0 {
+			t.Errorf("got %s, %d bytes, %s, %v; want an empty tar", d, n, f, err)
+		}
+	})
+	t.Run("three bytes", func(t *testing.T) {
+		lb, l := blobOf(t, []byte{0x1f, 0x8b, 8})
+		if _, _, _, err := unpackInto(t.Context(), &bytes.Buffer{}, t.TempDir(), lb, l); !errors.Is(err, ErrNotLazy) {
+			t.Errorf("err = %v, want ErrNotLazy", err)
+		}
+	})
 	t.Run("corrupt gzip", func(t *testing.T) {
 		bad := bytes.Clone(gz.Bytes())
 		bad[len(bad)/2] ^= 0xff

@@ -6,6 +6,8 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,6 +97,49 @@ func TestMountSparseTarSaysWhy(t *testing.T) {
 				t.Errorf("the refusal advises a conversion that refuses the layer too: %v", err)
 			}
 			t.Logf("%s: %v", l.tag, err)
+		})
+	}
+}
+
+// TestMountEmptyBlobLayer: a layer whose blob is empty is an empty layer,
+// whatever compression its media type names, as umoci and buildah take it,
+// on a daemon that has never seen that blob as an uncompressed tar.
+func TestMountEmptyBlobLayer(t *testing.T) {
+	requireRoot(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Size: 2}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte("f\n")) //nolint:errcheck // a bytes.Buffer
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mt := range []types.MediaType{types.OCILayer, types.OCILayerZStd, types.OCIUncompressedLayer} {
+		t.Run(string(mt), func(t *testing.T) {
+			img, err := mutate.AppendLayers(empty.Image, static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer), static.NewLayer(nil, mt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := shared.reg.Ref(uniqueRepo("emptyblob"), "v1")
+			r, err := name.ParseReference(ref, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(r, img); err != nil {
+				t.Fatal(err)
+			}
+			d := startDaemon(t, nil) // fresh: the empty blob seen under this media type first
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			dir := t.TempDir()
+			if _, err := d.client.Mount(ctx, daemon.MountRequest{Ref: ref, Dir: dir}); err != nil {
+				t.Fatalf("mount of an image with an empty blob as a %s layer: %v", mt, err)
+			}
+			t.Cleanup(func() { d.client.Unmount(context.Background(), dir, false) }) //nolint:errcheck // cleanup
+			if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != "f\n" {
+				t.Errorf("f: %q, %v", b, err)
+			}
 		})
 	}
 }
