@@ -390,10 +390,14 @@ func (p *copyPlan) isURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
 
+// dirAttrs are the attributes of a directory the copy makes: --chmod's
+// permission bits, but not its setuid, setgid or sticky bit, which BuildKit
+// leaves to what is copied (a setgid parent would pass its group on to
+// whatever a later step makes in it).
 func (p *copyPlan) dirAttrs() newDirAttrs {
 	a := newDirAttrs{uid: p.UID, gid: p.GID, mode: 0o755}
 	if p.mode != nil {
-		a.mode = *p.mode
+		a.mode = *p.mode & 0o777
 	}
 	return a
 }

@@ -2,6 +2,7 @@ package build
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -45,6 +46,13 @@ func (b *builder) run(ctx context.Context, st *stageState, c *instructions.RunCo
 	case instructions.NetworkHost, instructions.NetworkDefault, "":
 	default:
 		return fmt.Errorf("RUN --network=%s is not supported (none, host, default)", n)
+	}
+	switch sec := instructions.GetSecurity(c); sec {
+	case "", instructions.SecuritySandbox:
+	default:
+		// BuildKit runs it only with --allow security.insecure; there is
+		// no such entitlement here.
+		return fmt.Errorf("RUN --security=%s is not supported: strata build runs every step sandboxed", sec)
 	}
 	plan, err := b.planMounts(ctx, st, c)
 	if err != nil {
@@ -276,7 +284,9 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 		}
 		switch m.Type {
 		case instructions.MountTypeSecret:
-			id := m.CacheID
+			// BuildKit's names: source= is the id too, and the id's base
+			// the default file name.
+			id := cmp.Or(m.Source, m.CacheID)
 			if id == "" && target != "" {
 				id = path.Base(target)
 			}
@@ -287,6 +297,12 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if !ok {
 				if m.Required {
 					return nil, fmt.Errorf("secret %q is required but was not given (--secret id=%s,src=FILE)", id, id)
+				}
+				if m.Env != nil {
+					// Set, empty, as BuildKit sets it.
+					envName := cmp.Or(*m.Env, id)
+					p.env = append(p.env, envName+"=")
+					p.key = append(p.key, fmt.Sprintf("secret %s absent env=%s", id, envName))
 				}
 				continue
 			}
@@ -304,7 +320,7 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 				p.env = append(p.env, envName+"="+string(v))
 			}
 			if target == "" && m.Env == nil {
-				target = "/run/secrets/" + id
+				target = "/run/secrets/" + path.Base(id)
 			}
 			// The key says which secret and how the step sees it (where,
 			// in which variable, with which mode and owner), never what it
@@ -325,13 +341,25 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 			if target == "" {
 				return nil, errors.New("RUN --mount=type=cache needs target=")
 			}
-			id := m.CacheID
-			if id == "" {
-				id = target
-			}
+			// The id is the target as written, cleaned (a relative one is
+			// one cache under every WORKDIR), as in BuildKit.
+			id := cmp.Or(m.CacheID, path.Clean(m.Target))
 			p.key = append(p.key, "cache "+id+" "+target)
 			cacheID := id
 			var seed func(dir string) error
+			// Without from=, source= is the part of the cache mounted;
+			// without it, mode=, uid= and gid= make the cache a new one
+			// (BuildKit bases it on a directory made with them).
+			sub := ""
+			switch {
+			case m.From != "":
+			case path.Join("/", m.Source) != "/":
+				sub = path.Join("/", m.Source)
+				p.key[len(p.key)-1] += " source " + sub
+			case m.Mode != nil || m.UID != nil || m.GID != nil:
+				mode, uid, gid := ownership(m, 0o755)
+				cacheID += fmt.Sprintf("\x00mode=%o uid=%d gid=%d", mode, uid, gid)
+			}
 			if m.From != "" {
 				// A new cache starts as a copy of source in from (a stage or
 				// an image): its files, owners and modes, the directory's
@@ -375,6 +403,13 @@ func (b *builder) planMounts(ctx context.Context, st *stageState, c *instruction
 					return steprun.Mount{}, err
 				}
 				p.after = append(p.after, release)
+				if sub != "" {
+					// Resolved in the cache: what earlier steps left
+					// there (a symlink) leads nowhere outside it.
+					if inst, err = resolveIn(inst, sub); err != nil {
+						return steprun.Mount{}, fmt.Errorf("RUN --mount=type=cache,source=%s: not in the cache: %w", m.Source, err)
+					}
+				}
 				spec := "type=bind,source=" + inst + ",target=" + target
 				if m.ReadOnly {
 					spec += ",readonly"

@@ -494,7 +494,7 @@ func TestBuildSameAsBuildKit(t *testing.T) {
 	must(t, os.WriteFile(secret, []byte("s3cr3t"), 0o644))
 	build := func(t *testing.T, dir, name string, args []string) {
 		t.Helper()
-		args = append(slices.Clone(args), "--secret", "id=tok,src="+secret)
+		args = append(slices.Clone(args), "--secret", "id=tok,src="+secret, "--secret", "id=dir/tok,src="+secret)
 		bkRef := shared.reg.Ref("build-buildkit", name+"-buildkit")
 		strataRef := shared.reg.Ref("build-buildkit", name+"-strata")
 		bkArgs := []string{"build", "--progress", "plain", "--frontend", "dockerfile.v0",
