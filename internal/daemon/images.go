@@ -444,14 +444,34 @@ func (im *images) detach(m *Mount) error {
 		_ = im.finishRecording(context.Background(), m, rec)
 	}
 	errs := []error{kmount.Unmount(m.Dir)}
-	for _, l := range m.Layers {
-		if !m.Writable {
-			errs = append(errs, im.d.pool.Release(l.Digest))
-		}
+	if !m.Writable {
+		errs = append(errs, inParallel(len(m.Layers), func(i int) error { return im.d.pool.Release(m.Layers[i].Digest) }))
 	}
 	im.mu.Lock()
 	delete(im.mounts, m.Dir)
 	im.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// closeParallel bounds the layers (or mounts) released at once: each is
+// mostly waiting for its server to end.
+const closeParallel = 64
+
+// inParallel calls f(0) … f(n-1), closeParallel at a time, and joins their
+// errors. Releasing a layer a process still reads waits a grace period
+// before its connection is aborted (fs.LayerMount.Unmount): once for all
+// of them, not once each.
+func inParallel(n int, f func(i int) error) error {
+	errs := make([]error, n)
+	var g errgroup.Group
+	g.SetLimit(closeParallel)
+	for i := range n {
+		g.Go(func() error {
+			errs[i] = f(i)
+			return nil
+		})
+	}
+	g.Wait() //nolint:errcheck // the functions return nil; their errors are in errs
 	return errors.Join(errs...)
 }
 
@@ -751,9 +771,5 @@ func (im *images) closeAll() error {
 		all = append(all, m)
 	}
 	im.mu.Unlock()
-	var errs []error
-	for _, m := range all {
-		errs = append(errs, im.detach(m))
-	}
-	return errors.Join(errs...)
+	return inParallel(len(all), func(i int) error { return im.detach(all[i]) })
 }

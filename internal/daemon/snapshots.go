@@ -174,11 +174,7 @@ func (s *snapshotLayers) closeAll(ctx context.Context) error {
 		dirs = append(dirs, dir)
 	}
 	s.mu.Unlock()
-	var errs []error
-	for _, dir := range dirs {
-		errs = append(errs, s.Unmount(ctx, dir))
-	}
-	return errors.Join(errs...)
+	return inParallel(len(dirs), func(i int) error { return s.Unmount(ctx, dirs[i]) })
 }
 
 // describeFromManifest turns containerd's Prepare labels into the layer's
