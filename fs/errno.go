@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/stratafs/strata/remote"
 )
 
 // errno maps an error from the read path to what the kernel is told. Every
@@ -21,10 +23,14 @@ func errno(ctx context.Context, op string, err error, attrs ...any) syscall.Errn
 	var en syscall.Errno
 	var oe *net.OpError
 	var ue *url.Error
+	var re *remote.Error
 	switch {
 	case errors.As(err, &oe), errors.As(err, &ue):
 		// A registry out of reach (ECONNREFUSED, a reset): its errno
 		// would tell a reader of a file nothing true; EIO, logged, does.
+	case errors.As(err, &re):
+		// A registry's answer: a blob it no longer has (404) is no
+		// file missing from the image, whatever its class says.
 	case errors.As(err, &en):
 		return en
 	case errors.Is(err, context.Canceled):

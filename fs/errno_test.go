@@ -13,6 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/remote"
 )
 
 // TestErrno: a registry out of reach is EIO (its network errno would tell
@@ -31,6 +33,8 @@ func TestErrno(t *testing.T) {
 		{fmt.Errorf("open: %w", syscall.EROFS), syscall.EROFS},
 		{context.Canceled, syscall.EINTR},
 		{fmt.Errorf("entry: %w", errdefs.ErrNotFound), syscall.ENOENT},
+		// A blob the registry no longer has is no missing file.
+		{fmt.Errorf("layer x: fetching: %w", &remote.Error{Method: "GET", URL: "http://r/v2/a/blobs/sha256:00", StatusCode: 404}), syscall.EIO},
 		{fmt.Errorf("something else"), syscall.EIO},
 	} {
 		if got := errno(context.Background(), "read", c.err); got != c.want {

@@ -139,6 +139,24 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 	}
 }
 
+// TestBlobGoneIsEIO: a layer blob the registry no longer has (404) fails
+// the read with EIO, logged, not ENOENT: the file is in the image, its
+// bytes are what is missing, and a program must not take it for absent.
+func TestBlobGoneIsEIO(t *testing.T) {
+	reg, ref := bigImage(t)
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, reg, p))
+	start := len(logs.String())
+	p.SetFault(proxy.FailN(1<<30, http.StatusNotFound, proxy.IsBlob))
+	if en, _ := readErrno(filepath.Join(dir, "small/a/4k.bin")); en != unix.EIO {
+		t.Fatalf("read of a blob the registry no longer has: errno %v, want EIO", en)
+	}
+	if l := logs.String()[start:]; !strings.Contains(l, "fs: read failed") || !strings.Contains(l, "404") {
+		t.Errorf("the failed fetch was not logged")
+	}
+}
+
 // TestRegistryGone: reads fail with EIO within the configured bound, the
 // daemon stays up, and another mount keeps working.
 func TestRegistryGone(t *testing.T) {
