@@ -48,6 +48,10 @@ type pooled struct {
 	dir     string
 	mount   *LayerMount
 	blob    layerBlob
+	// sources is the layer's remote blob, which reads from the
+	// repositories of every image that acquired it (nil when the layer
+	// was local from the start); set with mount.
+	sources *sourcesBlob
 	content *Content
 	desc    remote.Layer
 	format  index.Format // set with mount
@@ -139,6 +143,11 @@ func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer
 			p.Release(l.Digest)
 			return "", err
 		}
+		if pl.sources != nil {
+			// Another image's repository: read from should the first
+			// lose the blob.
+			pl.sources.add(repo, opts)
+		}
 		return pl.dir, nil
 	}
 	pl = &pooled{ready: make(chan struct{}), refs: 1, desc: l, whole: whole, hooks: p.hooks}
@@ -162,6 +171,12 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 	blob, err := p.openBlob(ctx, repo, l, opts)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	if _, local := blob.(*localBlob); !local {
+		pl.sources = newSourcesBlob(blob, repo, func(ctx context.Context, r name.Repository, o []remote.Option) (layerBlob, error) {
+			return p.openRemote(ctx, r, l, o)
+		})
+		blob = pl.sources
 	}
 	idx, err := p.loadIndex(ctx, blob, pl)
 	if err == nil {
@@ -295,9 +310,14 @@ func (p *Pool) openBlob(ctx context.Context, repo name.Repository, l remote.Laye
 		slog.InfoContext(ctx, "layer served from the local store", "layer", l.Digest)
 		return openLocalBlob(f, size, l.Size, l.Digest)
 	}
-	// The handshake waits for the first fetch: a layer whose index and
-	// chunks are local (restored, or taken over after a crash) mounts and
-	// serves with the registry down, and fetches fail until it is back.
+	return p.openRemote(ctx, repo, l, opts)
+}
+
+// openRemote opens layer l in repo. The handshake waits for the first
+// fetch: a layer whose index and chunks are local (restored, or taken over
+// after a crash) mounts and serves with the registry down, and fetches
+// fail until it is back.
+func (p *Pool) openRemote(ctx context.Context, repo name.Repository, l remote.Layer, opts []remote.Option) (layerBlob, error) {
 	return remote.NewLayerReader(context.WithoutCancel(ctx), repo, l,
 		append(append(slices.Clone(p.ropts), opts...), remote.WithDeferredHandshake())...)
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
@@ -154,6 +156,45 @@ func TestBlobGoneIsEIO(t *testing.T) {
 	}
 	if l := logs.String()[start:]; !strings.Contains(l, "fs: read failed") || !strings.Contains(l, "404") {
 		t.Errorf("the failed fetch was not logged")
+	}
+}
+
+// TestSharedLayerReadFromAnotherRepository: a layer two images share is
+// mounted once, from the repository of the image mounted first; when that
+// repository loses the blob, the layer is read from the other image's, for
+// either mount, and not failed while a repository still has it.
+func TestSharedLayerReadFromAnotherRepository(t *testing.T) {
+	reg, ref := bigImage(t)
+	src, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := ggcrremote.Image(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyRef := reg.Ref(uniqueRepo("big-copy"), "estargz")
+	dst, err := name.ParseReference(copyRef, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.Write(dst, img); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, reg)
+	d := startDaemon(t, nil)
+	first, _ := d.mount(t, viaProxy(ref, reg, p))
+	second, _ := d.mount(t, viaProxy(copyRef, reg, p))
+	firstRepo := "/v2/" + src.Context().RepositoryStr() + "/blobs/"
+	p.SetFault(proxy.FailN(1<<30, http.StatusNotFound, func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, firstRepo) }))
+	for dir, f := range map[string]string{second: "small/a/4k.bin", first: "other/4k.bin"} {
+		en, got := readErrno(filepath.Join(dir, f))
+		if en != 0 {
+			t.Fatalf("%s with its first repository's blob gone: errno %v", f, en)
+		}
+		if !bytes.Equal(got, expected(t, fixture.Big(200), f)) {
+			t.Fatalf("%s: wrong content", f)
+		}
 	}
 }
 
