@@ -193,7 +193,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	parentRel, base := path.Split(name)
 	// Parents the archive has no entry for are root's, --chown or not, as
 	// BuildKit makes them.
-	parent, made, err := u.root.mkdirAll(parentRel, newDirAttrs{mode: 0o755})
+	parent, made, err := u.root.mkdirAllNoDangling(parentRel, newDirAttrs{mode: 0o755})
 	u.count += made
 	if err != nil {
 		return err

@@ -344,9 +344,12 @@ func TestAddHostileArchives(t *testing.T) {
 		{name: "symlink up", entries: func(string) []tarEntry {
 			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: "../../../../../.."}, {name: "l/" + evil}}
 		}, want: func(string) string { return evil }},
+		// A symlink to nothing inside the destination (the host's path
+		// is not there): the entry through it fails, as in BuildKit's
+		// and buildah's unpacks, and nothing is made where it points.
 		{name: "symlink to the host", entries: func(victim string) []tarEntry {
 			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: "l/" + evil}}
-		}, want: func(victim string) string { return filepath.Join(victim, evil) }},
+		}, refused: true},
 		{name: "symlink dir then hard link through it", entries: func(victim string) []tarEntry {
 			return []tarEntry{{name: "l", typ: tar.TypeSymlink, linkname: victim}, {name: evil, typ: tar.TypeLink, linkname: "l/canary"}}
 		}, refused: true},
@@ -395,6 +398,27 @@ func mustRoot(t testing.TB, dir string) *fsRoot {
 	}
 	t.Cleanup(r.close)
 	return r
+}
+
+// TestAddArchiveThroughDanglingSymlink: an archive entry under a symlink
+// of the destination that leads nowhere (the image's /app/lib ->
+// /usr/lib, which the image lacks) fails the ADD, as BuildKit's and
+// buildah's unpacks fail, rather than making what the link points to
+// (relative to the destination, where it never leads once the image
+// runs); one that leads somewhere is written through.
+func TestAddArchiveThroughDanglingSymlink(t *testing.T) {
+	root := t.TempDir()
+	mkdirTest(t, root, "app", 0o755)
+	symlinkTest(t, "/usr/lib", root, "app/lib")
+	src := addContext(t, makeTestTar(t, tarEntry{name: "lib/x", body: "x"}))
+	if _, err := Copy(context.Background(), CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/app/", Add: true}); err == nil {
+		t.Error("ADD through a dangling symlink succeeded")
+	}
+	wantMissing(t, filepath.Join(root, "app/usr"))
+	wantMissing(t, filepath.Join(root, "usr"))
+	mkdirTest(t, root, "app/usr/lib", 0o755) // the link leads, inside the destination, somewhere now
+	mustCopy(t, CopySpec{SrcRoot: src, Sources: []string{"blob"}, DestRoot: root, Dest: "/app/", Add: true})
+	wantFile(t, filepath.Join(root, "app/usr/lib/x"), "x", 0o644)
 }
 
 func TestAddArchiveIntoHostileDest(t *testing.T) {

@@ -249,6 +249,19 @@ func (a newDirAttrs) apply(parent int, name string) error {
 // followed inside r, dangling ones too: what they point to is made, as
 // BuildKit's MkdirAll does. It returns how many directories it made.
 func (r *fsRoot) mkdirAll(rel string, a newDirAttrs) (int, int, error) {
+	return r.mkdirs(rel, a, true)
+}
+
+// mkdirAllNoDangling is mkdirAll for the parents of an archive's entries
+// (ADD of a local archive): a dangling symlink on the way is an error, as
+// BuildKit's and buildah's unpacks fail there, rather than a directory made
+// where it points (which would put the entry somewhere the link does not
+// lead once the image runs).
+func (r *fsRoot) mkdirAllNoDangling(rel string, a newDirAttrs) (int, int, error) {
+	return r.mkdirs(rel, a, false)
+}
+
+func (r *fsRoot) mkdirs(rel string, a newDirAttrs, dangling bool) (int, int, error) {
 	comps := splitRelPath(rel)
 	parent, err := r.open(".", unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
@@ -268,6 +281,10 @@ func (r *fsRoot) mkdirAll(rel string, a newDirAttrs) (int, int, error) {
 			return -1, made, err
 		}
 		err = unix.Mkdirat(parent, comps[i], 0o700)
+		if errors.Is(err, unix.EEXIST) && !dangling {
+			unix.Close(parent)
+			return -1, made, fmt.Errorf("/%s: a symlink to nothing: %w", prefix, unix.ENOENT)
+		}
 		if errors.Is(err, unix.EEXIST) {
 			// comps[i] is a dangling symlink: go on from what it points to.
 			target, err := readlinkAt(parent, comps[i])
