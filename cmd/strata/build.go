@@ -135,11 +135,11 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		if *file == "-" {
 			return errors.New("the context and the Dockerfile cannot both come from standard input (CONTEXT - and -f -)")
 		}
-		dir, err := os.MkdirTemp("", "strata-build-context-")
+		dir, done, err := build.StdinContextDir("")
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
+		defer done()
 		if stdinDockerfile, stdinArchive, err = build.StdinContext(ctx, os.Stdin, dir, maxDockerfile); err != nil {
 			return err
 		}

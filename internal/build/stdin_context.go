@@ -7,6 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // stdinPeek is how much of standard input is looked at to tell a context
@@ -56,4 +61,64 @@ func StdinContext(ctx context.Context, r io.Reader, dir string, max int) (docker
 		return nil, true, fmt.Errorf("unpacking the context from standard input: %w", err)
 	}
 	return nil, true, nil
+}
+
+// stdinContextPrefix names the directories StdinContextDir makes.
+const stdinContextPrefix = "strata-build-context-"
+
+// StdinContextDir makes, in dir (os.TempDir() when ""), the directory a
+// context archive from standard input is unpacked into, and holds a lock
+// on it while this process lives; done removes it. It first removes those
+// earlier builds left whose process is gone (a SIGKILL runs no deferred
+// removal) — directories of this user nobody holds — so that a killed
+// build's context does not stay behind for good.
+func StdinContextDir(dir string) (string, func(), error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	sweepStdinContexts(dir)
+	// Made under another name, and named for the sweep only once
+	// locked: another build's sweep never takes it in between.
+	tmp, err := os.MkdirTemp(dir, ".strata-new-context-")
+	if err != nil {
+		return "", nil, err
+	}
+	fd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	final := filepath.Join(dir, stdinContextPrefix+strings.TrimPrefix(filepath.Base(tmp), ".strata-new-context-"))
+	if err == nil {
+		if err = os.Rename(tmp, final); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, fmt.Errorf("the directory for the context on standard input: %w", err)
+	}
+	return final, func() {
+		os.RemoveAll(final)
+		unix.Close(fd)
+	}, nil
+}
+
+// sweepStdinContexts removes the context directories in dir of this user
+// that no process holds.
+func sweepStdinContexts(dir string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, stdinContextPrefix+"*"))
+	for _, m := range matches {
+		fd, err := unix.Open(m, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && int(st.Uid) == os.Geteuid() && unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+			os.RemoveAll(m)
+		}
+		unix.Close(fd)
+	}
 }

@@ -107,3 +107,33 @@ func FuzzStdinContext(f *testing.F) {
 		}
 	})
 }
+
+// TestStdinContextDirSweep: a context directory whose build was killed
+// (nobody holds it) is removed by the next build's; one a running build
+// holds is not; each build removes its own when done.
+func TestStdinContextDirSweep(t *testing.T) {
+	tmp := t.TempDir()
+	dead := filepath.Join(tmp, stdinContextPrefix+"killed")
+	must(t, os.MkdirAll(filepath.Join(dead, "sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dead, "sub", "f"), []byte("left"), 0o644))
+	other := filepath.Join(tmp, "unrelated")
+	must(t, os.Mkdir(other, 0o755))
+	running, doneRunning, err := StdinContextDir(tmp)
+	must(t, err)
+	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a killed build's context is still there: %v", err)
+	}
+	next, doneNext, err := StdinContextDir(tmp)
+	must(t, err)
+	for _, d := range []string{running, next, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	doneRunning()
+	doneNext()
+	entries, _ := os.ReadDir(tmp)
+	if len(entries) != 1 || entries[0].Name() != "unrelated" {
+		t.Errorf("%s holds %v, want only unrelated", tmp, entries)
+	}
+}
