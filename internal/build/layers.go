@@ -167,7 +167,13 @@ func (b *builder) commitStep(ctx context.Context, st *stageState, createdBy, key
 		History: st.pending, CreatedBy: createdBy, SourceDateEpoch: b.o.SourceDateEpoch, Author: st.author,
 		HealthStartInterval: st.healthStart, ResultPlatform: st.resultPlatform,
 	}
-	res, err := b.cl.Commit(ctx, req, nil)
+	// Of the commit's progress, its warnings (a name the layer leaves
+	// out, a layer written in gzip) are the build's too.
+	res, err := b.cl.Commit(ctx, req, func(line string) {
+		if strings.HasPrefix(line, "warning: ") {
+			b.o.Log(line)
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("committing the step: %w", err)
 	}
