@@ -152,6 +152,9 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		ctxDir = dir
 	} else {
 		var err error
+		if a := fs.Arg(0); strings.Contains(a, "://") || strings.HasPrefix(a, "git@") {
+			return fmt.Errorf("build context %s: a URL context (git or http) is not supported; give a directory, or - for an archive on standard input", a)
+		}
 		if ctxDir, err = absPath("CONTEXT", fs.Arg(0)); err != nil {
 			return err
 		}
