@@ -390,15 +390,23 @@ func (p *copyPlan) isURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
 
-// dirAttrs are the attributes of a directory the copy makes: --chmod's
-// permission bits, but not its setuid, setgid or sticky bit, which BuildKit
-// leaves to what is copied (a setgid parent would pass its group on to
-// whatever a later step makes in it).
+// dirAttrs are the attributes of a directory the copy makes for a
+// directory source's contents: --chmod's mode, as a copied directory's.
 func (p *copyPlan) dirAttrs() newDirAttrs {
 	a := newDirAttrs{uid: p.UID, gid: p.GID, mode: 0o755}
 	if p.mode != nil {
-		a.mode = *p.mode & 0o777
+		a.mode = *p.mode
 	}
+	return a
+}
+
+// parentAttrs are those of a directory the copy makes on the way to where
+// a source goes: --chmod's permission bits, but not its setuid, setgid or
+// sticky bit, which BuildKit leaves to what is copied (a setgid parent
+// would pass its group on to whatever a later step makes in it).
+func (p *copyPlan) parentAttrs() newDirAttrs {
+	a := p.dirAttrs()
+	a.mode &= 0o777
 	return a
 }
 
@@ -490,7 +498,7 @@ func (c *copier) parentsTarget(srcIsDir bool, s *copySource) (int, string, error
 	comps := strings.Split(dirs, "/")
 	for i := range comps {
 		unix.Close(fd)
-		a := c.dirAttrs()
+		a := c.parentAttrs()
 		if c.mode == nil {
 			if m, ok := c.srcDirMode(path.Join(srcDir, path.Join(comps[:i+1]...))); ok {
 				a.mode = m
@@ -547,7 +555,7 @@ func parentsPivot(written string) (pivot, pattern string) {
 
 // mkdir opens directory rel of the image, making what is missing.
 func (c *copier) mkdir(rel string) (int, error) {
-	return c.mkdirWith(rel, c.dirAttrs())
+	return c.mkdirWith(rel, c.parentAttrs())
 }
 
 // mkdirWith is mkdir with the directories it makes given a.
