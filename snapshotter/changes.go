@@ -9,6 +9,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -336,4 +337,76 @@ func UpperFingerprint(upper string) (string, error) {
 		return "", fmt.Errorf("fingerprint of %s: %w", upper, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// DiffChanges lists the changes in upper against lower as docker diff
+// reports a container's, sorted by path: UpperChanges' changes, and also
+//   - under a directory the step made anew (opaque), what lower holds there
+//     too as changed rather than added, and what lower holds there and
+//     upper does not as deleted (only the top of a deleted tree, as docker
+//     lists a deleted directory alone);
+//   - every directory above a change as changed, even one whose own
+//     attributes match lower's (a step that restored its times), as docker
+//     lists the parents of what changed.
+//
+// Only the directories the step made anew are read in lower, one listing
+// each; it is for showing the changes, not for making a layer (a commit's
+// layer holds the opaque directory as UpperChanges says, which deletes the
+// rest).
+func DiffChanges(ctx context.Context, lower, upper string) ([]Change, error) {
+	var out []Change
+	listed := map[string]bool{}
+	var opaque []string // opaque directories on the current path, deepest last
+	err := UpperChanges(ctx, lower, upper, func(c Change) error {
+		for len(opaque) > 0 && !strings.HasPrefix(c.Path, opaque[len(opaque)-1]+"/") {
+			opaque = opaque[:len(opaque)-1]
+		}
+		if c.Kind == ChangeAdd && len(opaque) > 0 {
+			if _, err := os.Lstat(filepath.Join(lower, c.Path)); err == nil {
+				c.Kind = ChangeModify
+			}
+		}
+		out = append(out, c)
+		listed[c.Path] = true
+		if !c.Opaque {
+			return nil
+		}
+		opaque = append(opaque, c.Path)
+		names, err := readDirNames(filepath.Join(lower, c.Path))
+		if err != nil {
+			return fmt.Errorf("lower layers: %w", err)
+		}
+		for _, name := range names {
+			p := c.Path + "/" + name
+			if _, err := os.Lstat(filepath.Join(upper, p)); errors.Is(err, iofs.ErrNotExist) {
+				out = append(out, Change{Kind: ChangeDelete, Path: p})
+				listed[p] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range slices.Clone(out) {
+		for dir := path.Dir(c.Path); dir != "/" && !listed[dir]; dir = path.Dir(dir) {
+			out = append(out, Change{Kind: ChangeModify, Path: dir})
+			listed[dir] = true
+		}
+	}
+	slices.SortFunc(out, func(a, b Change) int { return strings.Compare(a.Path, b.Path) })
+	return out, nil
+}
+
+// readDirNames lists the names in directory dir; none when it is not one.
+func readDirNames(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil, nil
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names, err
 }

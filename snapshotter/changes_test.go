@@ -125,6 +125,47 @@ func TestUpperChanges(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("changes:\n got %q\nwant %q", got, want)
 	}
+
+	// As docker diff lists them: what a directory made anew holds that the
+	// lower layers held too is changed, what they held and it lacks is
+	// deleted (a deleted tree by its top), and every directory above a
+	// change is changed, its own attributes unchanged or not.
+	diff, err := snapshotter.DiffChanges(ctx, view, upper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, c := range diff {
+		got = append(got, c.Kind.String()+" "+c.Path)
+	}
+	want = []string{
+		"C /etc",
+		"D /etc/hosts",
+		"C /etc/keep",
+		"A /etc/new",
+		"C /meta",
+		"C /meta/file",
+		"C /mv",
+		"A /mv/dst",
+		"A /mv/dst/deep",
+		"A /mv/dst/deep/f",
+		"D /mv/src",
+		"C /usr",
+		"C /usr/bin",
+		"C /usr/bin/tool",
+		"C /var",
+		"C /var/lib",
+		"C /var/lib/gone",
+		"D /var/lib/gone/a",
+		"A /var/lib/gone/again",
+		"D /var/lib/gone/sub",
+		"C /var/opaque",
+		"D /var/opaque/old",
+		"D /var/opaque/sub",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("docker diff's changes:\n got %q\nwant %q", got, want)
+	}
 }
 
 func must(t *testing.T, err error) {

@@ -12,9 +12,15 @@ func init() {
 		summary: "list the changes made in a writable mount",
 		usage:   "[--json] DIR",
 		help: `Lists what changed in the writable mount at DIR since it was mounted, one
-line per entry, as 'docker diff' does: A added, C changed, D deleted. The
-list comes from the mount's upper directory alone; the image's layers are
-not read.
+line per entry, sorted, as 'docker diff' does: A added, C changed, D
+deleted, every directory above a change listed as changed, and a deleted
+directory by itself, not its contents. The list comes from the mount's
+upper directory; of the image's layers, only the directories a command
+deleted and made anew are listed, to tell what they held.
+
+While a 'strata run' is running in DIR, the mount points it made for
+itself (/dev, /proc, /sys, /etc/hosts, /etc/hostname, /etc/resolv.conf,
+when the image lacks them) are listed too; they are gone when it ends.
 
 Examples:
   strata diff /mnt/build

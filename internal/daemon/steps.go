@@ -26,13 +26,16 @@ func (im *images) changes(ctx context.Context, dir string) ([]Change, error) {
 		return nil, err
 	}
 	out := []Change{}
-	err = im.d.writable.changes(ctx, m, func(c snapshotter.Change) error {
-		ch := Change{Kind: c.Kind.String(), Path: c.Path}
-		if !utf8.ValidString(c.Path) {
-			ch.PathBytes = []byte(c.Path)
+	err = im.d.writable.lowerOf(ctx, m, func(lower, upper string) error {
+		changes, err := snapshotter.DiffChanges(ctx, lower, upper)
+		for _, c := range changes {
+			ch := Change{Kind: c.Kind.String(), Path: c.Path}
+			if !utf8.ValidString(c.Path) {
+				ch.PathBytes = []byte(c.Path)
+			}
+			out = append(out, ch)
 		}
-		out = append(out, ch)
-		return nil
+		return err
 	})
 	return out, err
 }
