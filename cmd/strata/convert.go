@@ -72,7 +72,8 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	opt := convert.Options{ChunkSize: *chunk, Prioritize: prioritized, Progress: func(done, total int, d v1.Hash, size int64) {
-		fmt.Fprintf(stdout, "layer %d/%d converted: %s (%s)\n", done, total, d, humanBytes(size))
+		// Progress on standard error: standard output is the result.
+		fmt.Fprintf(os.Stderr, "%d of %d layers converted: %s (%s)\n", done, total, d, humanBytes(size))
 	}}
 	d, err := convert.Convert(ctx, fs.Arg(0), fs.Arg(1), opt, ropts...)
 	if err != nil {
