@@ -67,7 +67,7 @@ func runLs(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s\t%s\t(%s)\n  digest %s  platform %s  fetched %s of %s\n", m.Dir, m.Ref, mode, m.Digest, m.Platform, humanBytes(fetched), humanBytes(size))
 		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 		for i, l := range m.Layers {
-			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%d requests\t%s\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), l.Requests, servedAs(l))
+			fmt.Fprintf(tw, "  layer %d\t%s\t%s / %s\t%s\t%s\n", i+1, l.Digest, humanBytes(l.FetchedBytes), humanBytes(l.Size), plural(int(l.Requests), "request"), servedAs(l))
 		}
 		tw.Flush()
 	}
@@ -100,8 +100,8 @@ func printSnapshots(w io.Writer, ss []daemon.ContainerdSnapshot) {
 	fmt.Fprintf(w, "containerd snapshots served lazily: %d\n", len(ss))
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, s := range ss {
-		fmt.Fprintf(tw, "  %s\t%s (%s)\t%s / %s\t%d requests\t%s\n", s.Layer.Digest, s.Ref, s.Client,
-			humanBytes(s.Layer.FetchedBytes), humanBytes(s.Layer.Size), s.Layer.Requests, servedAs(s.Layer))
+		fmt.Fprintf(tw, "  %s\t%s (%s)\t%s / %s\t%s\t%s\n", s.Layer.Digest, s.Ref, s.Client,
+			humanBytes(s.Layer.FetchedBytes), humanBytes(s.Layer.Size), plural(int(s.Layer.Requests), "request"), servedAs(s.Layer))
 	}
 	tw.Flush()
 }

@@ -28,8 +28,8 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if asJSON {
 		return printJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "daemon pid %d on %s\n%d images mounted, %d layers served\nchunk cache %s of %s\n",
-		st.PID, cl.Socket(), st.Mounts, st.Layers, humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
+	fmt.Fprintf(stdout, "daemon pid %d on %s\n%s mounted, %s served\nchunk cache %s of %s\n",
+		st.PID, cl.Socket(), plural(st.Mounts, "image"), plural(st.Layers, "layer"), humanBytes(st.CacheBytes), humanBytes(st.CacheLimit))
 	switch {
 	case st.Supervisor != 0:
 		fmt.Fprintf(stdout, "supervisor pid %d keeps the mounts through a daemon crash or upgrade\n", st.Supervisor)
