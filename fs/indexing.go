@@ -29,13 +29,36 @@ type indexBuild struct {
 
 // loadIndex returns the layer's stored index, or the one being made, or
 // makes it. The mount waits for a background save before it unmounts.
-func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View, error) {
+func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled, repo name.Repository) (View, error) {
 	idx, err := index.Open(p.store.DB(), pl.desc.Digest.String())
 	if err == nil {
 		return idx, nil
 	}
 	if !errdefs.IsNotFound(err) {
 		return nil, err
+	}
+	// An index pushed to repo, imported (or being imported) for its
+	// image: good for repo's images only.
+	key := importedKey(pl.desc.Digest, repo)
+	if idx, err := index.Open(p.store.DB(), key); err == nil {
+		pl.indexFrom = repo.Name()
+		return idx, nil
+	} else if !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	p.mu.Lock()
+	imp := p.builds[key]
+	p.mu.Unlock()
+	if imp != nil {
+		select {
+		case <-imp.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if imp.err == nil {
+			pl.indexFrom, pl.indexSaved = repo.Name(), imp.saved
+			return imp.view, nil
+		}
 	}
 	b := p.buildIndex(ctx, blob, pl.desc, pl.whole, true)
 	select {
@@ -52,7 +75,7 @@ func (p *Pool) loadIndex(ctx context.Context, blob layerBlob, pl *pooled) (View,
 // readIndex), keep that the chunks read on the way are cached. The caller
 // waits on the result's done channel.
 func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, whole, keep bool) *indexBuild {
-	b, started := p.startBuild(l.Digest)
+	b, started := p.startBuild(l.Digest.String())
 	if !started {
 		return b
 	}
@@ -61,20 +84,27 @@ func (p *Pool) buildIndex(ctx context.Context, blob layerBlob, l remote.Layer, w
 		cache = p.store.Chunks
 	}
 	built, err := readIndex(context.WithoutCancel(ctx), blob, l, cache, whole)
-	p.finishBuild(b, l, built, err)
+	p.finishBuild(b, l.Digest.String(), l, built, err)
 	return b
+}
+
+// importedKey is the store key of an index of layer d pushed to repo and
+// imported from there: apart from those of other repositories and from
+// the one made here (key d), which any image may use.
+func importedKey(d digest.Digest, repo name.Repository) string {
+	return d.String() + "@" + repo.Name()
 }
 
 // startBuild registers the making of layer d's index, or returns the one
 // under way (started false).
-func (p *Pool) startBuild(d digest.Digest) (b *indexBuild, started bool) {
+func (p *Pool) startBuild(key string) (b *indexBuild, started bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if b, ok := p.builds[d]; ok {
+	if b, ok := p.builds[key]; ok {
 		return b, false
 	}
 	b = &indexBuild{done: make(chan struct{}), saved: make(chan struct{})}
-	p.builds[d] = b
+	p.builds[key] = b
 	return b, true
 }
 
@@ -82,10 +112,10 @@ func (p *Pool) startBuild(d digest.Digest) (b *indexBuild, started bool) {
 // (err): mounts are served from memory at once while it is saved in the
 // background, then from disk, so that memory stays bounded. A failed
 // save costs a re-index next time.
-func (p *Pool) finishBuild(b *indexBuild, l remote.Layer, built *index.Index, err error) {
+func (p *Pool) finishBuild(b *indexBuild, key string, l remote.Layer, built *index.Index, err error) {
 	if err != nil {
 		b.err = err
-		p.forgetBuild(l.Digest)
+		p.forgetBuild(key)
 		close(b.done)
 		close(b.saved)
 		return
@@ -97,8 +127,7 @@ func (p *Pool) finishBuild(b *indexBuild, l remote.Layer, built *index.Index, er
 	go func() {
 		defer p.saves.Done()
 		defer close(b.saved)
-		defer p.forgetBuild(l.Digest)
-		key := l.Digest.String()
+		defer p.forgetBuild(key)
 		start := time.Now()
 		if err := index.Save(p.store.DB(), key, built, l.Size); err != nil {
 			slog.Error("storing layer index failed; it is kept in memory while mounted", "layer", l.Digest, "error", err)
@@ -117,9 +146,9 @@ func (p *Pool) finishBuild(b *indexBuild, l remote.Layer, built *index.Index, er
 	}()
 }
 
-func (p *Pool) forgetBuild(d digest.Digest) {
+func (p *Pool) forgetBuild(key string) {
 	p.mu.Lock()
-	delete(p.builds, d)
+	delete(p.builds, key)
 	p.mu.Unlock()
 }
 
@@ -186,7 +215,7 @@ func (p *Pool) Prefetch(repo name.Repository, layers []remote.Layer, opts ...rem
 		}
 		p.mu.Lock()
 		_, mounted := p.layers[l.Digest]
-		_, building := p.builds[l.Digest]
+		_, building := p.builds[l.Digest.String()]
 		p.mu.Unlock()
 		if mounted || building {
 			continue

@@ -35,7 +35,7 @@ type Pool struct {
 	mu        sync.Mutex
 	layers    map[digest.Digest]*pooled
 	inherited map[digest.Digest]*os.File    // live connections to take over
-	builds    map[digest.Digest]*indexBuild // indexes being made
+	builds    map[string]*indexBuild // indexes being made, by store key (indexKey)
 	saves     sync.WaitGroup                // index saves running in the background
 	links     map[string]*linkEstimate      // by registry host: see inOrder
 }
@@ -52,7 +52,10 @@ type pooled struct {
 	// repositories of every image that acquired it (nil when the layer
 	// was local from the start); set with mount.
 	sources *sourcesBlob
-	content *Content
+	// indexFrom is the repository whose pushed index the layer is
+	// served from, "" for an index made here; set with mount.
+	indexFrom string
+	content   *Content
 	desc    remote.Layer
 	format  index.Format // set with mount
 	packed  index.Format // the layer blob's format, for a layer fetched whole
@@ -98,7 +101,7 @@ func NewPool(st *store.Store, dir string, ropts ...remote.Option) (*Pool, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[digest.Digest]*indexBuild{}, links: map[string]*linkEstimate{}}, nil
+	return &Pool{store: st, dir: dir, ropts: ropts, layers: map[digest.Digest]*pooled{}, inherited: map[digest.Digest]*os.File{}, builds: map[string]*indexBuild{}, links: map[string]*linkEstimate{}}, nil
 }
 
 // Acquire makes layer l of repo available read-only and returns its
@@ -143,6 +146,15 @@ func (p *Pool) acquire(ctx context.Context, repo name.Repository, l remote.Layer
 			p.Release(l.Digest)
 			return "", err
 		}
+		if pl.indexFrom != "" && pl.indexFrom != repo.Name() && p.importedSource(l.Digest, repo) != pl.info.Source {
+			// An index pushed to one repository is taken on the trust
+			// of whoever may push there, for that repository's images
+			// alone: another's would read the layer as it says. Unless
+			// that repository has the same index pushed too.
+			p.Release(l.Digest)
+			return "", fmt.Errorf("layer %s is mounted with an index from %s, which is not %s's: it can be mounted for %s once the images using it are unmounted: %w",
+				l.Digest, pl.indexFrom, repo.Name(), repo.Name(), errdefs.ErrFailedPrecondition)
+		}
 		if pl.sources != nil {
 			// Another image's repository: read from should the first
 			// lose the blob.
@@ -178,7 +190,7 @@ func (p *Pool) mountLayer(ctx context.Context, repo name.Repository, pl *pooled,
 		})
 		blob = pl.sources
 	}
-	idx, err := p.loadIndex(ctx, blob, pl)
+	idx, err := p.loadIndex(ctx, blob, pl, repo)
 	if err == nil {
 		// An index made before, from another image's descriptor of
 		// the blob, is used only if this one agrees with it.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/stratafs/strata/fs/index"
 	"github.com/stratafs/strata/remote"
@@ -98,13 +99,14 @@ var ErrIndexMismatch = index.ErrPortable
 // The index's names, metadata and chunk digests are taken on trust from
 // whoever made it; what is served is still verified against them chunk
 // by chunk, from l's blob.
-func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) error {
-	if _, err := index.Open(p.store.DB(), l.Digest.String()); err == nil {
+func (p *Pool) ImportIndex(ctx context.Context, repo name.Repository, l remote.Layer, data []byte) error {
+	if p.HasIndexFor(l.Digest, repo) {
 		return nil
 	}
-	b, started := p.startBuild(l.Digest)
+	key := importedKey(l.Digest, repo)
+	b, started := p.startBuild(key)
 	if !started {
-		return nil // made or imported meanwhile
+		return nil // imported meanwhile
 	}
 	start := time.Now()
 	// One at a time: an index from the registry may decompress to
@@ -115,8 +117,10 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 	<-portableDecodes
 	if err != nil {
 		err = fmt.Errorf("layer %s: %w", l.Digest, err)
+	} else {
+		idx.Source = digest.FromBytes(data)
 	}
-	p.finishBuild(b, l, idx, err)
+	p.finishBuild(b, key, l, idx, err)
 	if err != nil {
 		return err
 	}
@@ -125,8 +129,34 @@ func (p *Pool) ImportIndex(ctx context.Context, l remote.Layer, data []byte) err
 	return nil
 }
 
-// HasIndex reports whether the store holds an index of layer d.
-func (p *Pool) HasIndex(d string) bool {
-	_, err := index.Open(p.store.DB(), d)
-	return err == nil
+// importedSource is the Source of the index of layer d pushed to repo
+// and imported, "" when there is none.
+func (p *Pool) importedSource(d digest.Digest, repo name.Repository) digest.Digest {
+	key := importedKey(d, repo)
+	if idx, err := index.Open(p.store.DB(), key); err == nil {
+		return idx.Info().Source
+	}
+	p.mu.Lock()
+	b := p.builds[key]
+	p.mu.Unlock()
+	if b != nil {
+		<-b.done
+		if b.err == nil {
+			return b.view.Info().Source
+		}
+	}
+	return ""
+}
+
+// HasIndexFor reports whether the store holds an index of layer d that
+// an image of repo may be mounted with: one made here, or one pushed to
+// repo and imported (an index pushed to another repository is taken on
+// that repository's trust alone).
+func (p *Pool) HasIndexFor(d digest.Digest, repo name.Repository) bool {
+	for _, key := range []string{d.String(), importedKey(d, repo)} {
+		if _, err := index.Open(p.store.DB(), key); err == nil {
+			return true
+		}
+	}
+	return false
 }

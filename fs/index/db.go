@@ -80,6 +80,8 @@ type Info struct {
 	Packed   Format        `json:"packed,omitempty"`
 	// TOCDigest is Index.TOCDigest.
 	TOCDigest digest.Digest `json:"tocDigest,omitempty"`
+	// Source is Index.Source.
+	Source digest.Digest `json:"source,omitempty"`
 	// Checkpoints is len(Index.Checkpoints): a gzip layer's.
 	Checkpoints int `json:"checkpoints,omitempty"`
 	// Files is the number of regular files, and LargeBytes the bytes of
@@ -154,7 +156,7 @@ func Save(db *bolt.DB, key string, idx *Index, blobSize int64) error {
 
 func saveInto(lb *bolt.Bucket, idx *Index, blobSize int64) error {
 	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), Created: time.Now().UTC(), PrefetchEnd: idx.PrefetchEnd,
-		Unpacked: idx.Unpacked, Packed: idx.Packed, TOCDigest: idx.TOCDigest, Plain: true}
+		Unpacked: idx.Unpacked, Packed: idx.Packed, TOCDigest: idx.TOCDigest, Source: idx.Source, Plain: true}
 	eb, err := lb.CreateBucket(bucketEntries)
 	if err != nil {
 		return err

@@ -162,6 +162,10 @@ type Index struct {
 	// against it: a later descriptor of the same blob that names another
 	// is refused (see CheckDescriptor). Empty when no descriptor named it.
 	TOCDigest digest.Digest
+	// Source is the digest of the portable index (EncodePortable) this
+	// one was imported from, pushed to a registry by another machine;
+	// empty for an index made here from the layer's own bytes.
+	Source digest.Digest
 	// Checkpoints of a plain gzip layer (FormatGzip), sorted by In and
 	// Out, the first at the start of the layer: its chunks are
 	// EncodingDeflate, each inside the span of the checkpoint at its

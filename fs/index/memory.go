@@ -23,7 +23,7 @@ type Memory struct {
 // (Validate) and not be changed afterwards.
 func NewMemory(idx *Index, blobSize int64) *Memory {
 	info := Info{Version: indexVersion, Format: idx.Format, BlobSize: blobSize, Entries: len(idx.Entries), PrefetchEnd: idx.PrefetchEnd,
-		Unpacked: idx.Unpacked, Packed: idx.Packed, TOCDigest: idx.TOCDigest, Plain: true}
+		Unpacked: idx.Unpacked, Packed: idx.Packed, TOCDigest: idx.TOCDigest, Source: idx.Source, Plain: true}
 	for _, cs := range idx.Chunks {
 		info.Chunks += len(cs)
 	}

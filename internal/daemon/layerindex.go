@@ -374,11 +374,11 @@ func (im *images) pushMountIndexes(ctx context.Context, m *Mount) (digest.Digest
 	return im.pushLayerIndexes(ctx, repo, m.Insecure, m.Digest, m.Layers, blobs)
 }
 
-// needsIndex reports whether a layer is one whose index the registry may
-// hold: no table of contents announced, not zstd (which has no index), and
-// none stored here.
-func (im *images) needsIndex(l Layer) bool {
-	return !fs.AnnouncesTOC(l.Annotations) && !strings.Contains(l.MediaType, "zstd") && !im.d.pool.HasIndex(l.Digest.String())
+// needsIndex reports whether a layer of an image in repo is one whose
+// index the registry may hold: no table of contents announced, not zstd
+// (which has no index), and none stored here that repo's images may use.
+func (im *images) needsIndex(repo name.Repository, l Layer) bool {
+	return !fs.AnnouncesTOC(l.Annotations) && !strings.Contains(l.MediaType, "zstd") && !im.d.pool.HasIndexFor(l.Digest, repo)
 }
 
 // importMountIndexes looks in m's registry for pushed indexes of m's
@@ -427,7 +427,7 @@ func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, 
 	}
 	want := map[digest.Digest]Layer{}
 	for _, l := range layers {
-		if im.needsIndex(l) {
+		if im.needsIndex(repo, l) {
 			want[l.Digest] = l
 		}
 	}
@@ -450,7 +450,7 @@ func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, 
 		}
 		err := r.load()
 		if err == nil {
-			err = im.importFrom(ctx, r, layers, want)
+			err = im.importFrom(ctx, repo, r, layers, want)
 		}
 		if err != nil {
 			slog.WarnContext(ctx, "layer index artifact not used", "image", image, "artifact", r.digest, "why", err)
@@ -461,7 +461,7 @@ func (im *images) importLayerIndexes(ctx context.Context, repo name.Repository, 
 // importFrom stores the indexes in artifact r of the layers in want,
 // deleting from want those stored. An artifact not bound to the image's
 // layers exactly is refused whole; a bad index in it is skipped.
-func (im *images) importFrom(ctx context.Context, r referrer, layers []Layer, want map[digest.Digest]Layer) error {
+func (im *images) importFrom(ctx context.Context, repo name.Repository, r referrer, layers []Layer, want map[digest.Digest]Layer) error {
 	if got := r.manifest.Annotations[annotationImageLayers]; got != joinDigests(layers) {
 		return fmt.Errorf("it names the layers %q, not the image's", got)
 	}
@@ -487,7 +487,7 @@ func (im *images) importFrom(ctx context.Context, r referrer, layers []Layer, wa
 		}
 		started[l.Digest] = true
 		wg.Go(func() {
-			if err := im.importOne(ctx, r, desc, l); err != nil {
+			if err := im.importOne(ctx, repo, r, desc, l); err != nil {
 				slog.WarnContext(ctx, "layer index from the registry not used; the layer is indexed here", "layer", l.Digest, "artifact", r.digest, "why", err)
 				return
 			}
@@ -500,12 +500,12 @@ func (im *images) importFrom(ctx context.Context, r referrer, layers []Layer, wa
 	return nil
 }
 
-func (im *images) importOne(ctx context.Context, r referrer, desc v1.Descriptor, l Layer) error {
+func (im *images) importOne(ctx context.Context, repo name.Repository, r referrer, desc v1.Descriptor, l Layer) error {
 	b, err := r.blob(desc, index.MaxPortableSize)
 	if err != nil {
 		return err
 	}
-	return im.d.pool.ImportIndex(ctx, l.remote(), b)
+	return im.d.pool.ImportIndex(ctx, repo, l.remote(), b)
 }
 
 // notIndexed counts the layers that cannot be indexed.

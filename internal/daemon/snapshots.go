@@ -226,7 +226,7 @@ func (s *snapshotLayers) importIndexes(ctx context.Context, repo name.Repository
 	for i, l := range all {
 		ls[i] = layerOf(l)
 	}
-	if !s.d.images.needsIndex(Layer{Digest: layer.Digest, MediaType: string(layer.MediaType), Annotations: layer.Annotations}) {
+	if !s.d.images.needsIndex(repo, Layer{Digest: layer.Digest, MediaType: string(layer.MediaType), Annotations: layer.Annotations}) {
 		return
 	}
 	_, _, _ = s.imports.Do(image.String(), func() (any, error) {

@@ -147,6 +147,62 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 		}
 	})
 
+	// An index pushed to one repository is taken on the trust of whoever
+	// may push there, for its images alone: an image of another
+	// repository with the same layer and no index of its own is never
+	// read through it, neither while the layer is mounted with it nor
+	// after (its layer is indexed here, from its own bytes).
+	t.Run("another repository", func(t *testing.T) {
+		src, err := name.ParseReference(ref, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := ggcrremote.Image(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		otherRef := reg.Ref(uniqueRepo("gzip-elsewhere"), "v1")
+		dst, err := name.ParseReference(otherRef, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ggcrremote.Write(dst, img); err != nil {
+			t.Fatal(err)
+		}
+		p := startProxy(t, reg)
+		d := startDaemon(t, nil)
+		mark := logMark()
+		first, m := d.mount(t, viaProxy(ref, reg, p))
+		waitLog(t, mark, "layer index imported", m.Layers[0].Digest.String())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err = d.client.Mount(ctx, daemon.MountRequest{Ref: viaProxy(otherRef, reg, p), Dir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), "with an index from") {
+			t.Fatalf("mount of another repository's image while its layer is served from this one's index: %v", err)
+		}
+		if err := d.client.Unmount(ctx, first, false); err != nil {
+			t.Fatal(err)
+		}
+		p.ResetStats()
+		dir, m := d.mount(t, viaProxy(otherRef, reg, p))
+		if s := p.Stats(); s.BlobBytes < m.Layers[0].Size {
+			t.Errorf("the other repository's mount moved %d blob bytes of a %d-byte layer: the first repository's index was used", s.BlobBytes, m.Layers[0].Size)
+		}
+		readChecked(t, dir, "small/a/4k.bin", fixture.Big(200))
+
+		// Once the other repository has the same index pushed, its
+		// image shares the layer's mount, both read lazily.
+		indexImage(t, otherRef)
+		d = startDaemon(t, nil)
+		p.ResetStats()
+		d.mount(t, viaProxy(ref, reg, p))
+		dir, _ = d.mount(t, viaProxy(otherRef, reg, p))
+		if s := p.Stats(); s.BlobBytes > 2*(il.IndexBytes+4096) {
+			t.Errorf("the two repositories' mounts moved %d blob bytes; their indexes are %d bytes each", s.BlobBytes, il.IndexBytes)
+		}
+		readChecked(t, dir, "small/b/4k.bin", fixture.Big(200))
+	})
+
 	t.Run("layer_indexes off", func(t *testing.T) {
 		p := startProxy(t, reg)
 		d := startDaemon(t, func(c *daemon.Config) {
