@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -101,6 +104,14 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	srcManifest, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading manifest: %w", err)
+	}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
 	adds := make([]mutate.Addendum, len(layers))
@@ -119,7 +130,7 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 			return nil, fmt.Errorf("layer %d: %w", i+1, err)
 		}
 		pr.notFirst(el.missed)
-		adds[i] = mutate.Addendum{Layer: el.Layer, Annotations: el.annotations, MediaType: types.OCILayer}
+		adds[i] = mutate.Addendum{Layer: el.Layer, Annotations: layerAnnotations(srcManifest, i, el.annotations), MediaType: types.OCILayer}
 		diffIDs[i] = el.diffID
 		if opt.Progress != nil {
 			d, _ := el.Digest()
@@ -134,7 +145,59 @@ func Image(ctx context.Context, img v1.Image, opt Options) (v1.Image, error) {
 	}
 	newCfg := cfg.DeepCopy()
 	newCfg.RootFS.DiffIDs = diffIDs
-	return mutate.ConfigFile(out, newCfg)
+	if out, err = mutate.ConfigFile(out, newCfg); err != nil {
+		return nil, err
+	}
+	if len(srcManifest.Annotations) > 0 {
+		// The manifest's annotations (its source, its base) are the
+		// image's, as containerd's converter keeps them.
+		out = mutate.Annotations(out, srcManifest.Annotations).(v1.Image)
+	}
+	// The source's config as written, but for its layers' diff IDs: the
+	// fields go-containerregistry's model lacks (a health check's
+	// StartInterval, other tools' keys) stay.
+	raw, err := withDiffIDs(rawCfg, newCfg.RootFS)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return remote.WithRawConfig(out, raw)
+}
+
+// withDiffIDs is the config raw with its rootfs replaced, every other key
+// as it was.
+func withDiffIDs(raw []byte, rootfs v1.RootFS) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, err
+	}
+	r, err := json.Marshal(rootfs)
+	if err != nil {
+		return nil, err
+	}
+	fields["rootfs"] = r
+	return json.Marshal(fields)
+}
+
+// stale are the layer annotations a conversion replaces: its source's
+// table of contents and sizes, when it had them.
+var stale = []string{AnnotationTOCDigest, AnnotationUncompressedSize, AnnotationTOCOffset, "containerd.io/uncompressed"}
+
+// layerAnnotations are layer i's annotations in the source manifest, but
+// for those the conversion replaces, with made's over them.
+func layerAnnotations(src *v1.Manifest, i int, made map[string]string) map[string]string {
+	out := map[string]string{}
+	if i < len(src.Layers) {
+		for k, v := range src.Layers[i].Annotations {
+			if !slices.Contains(stale, k) {
+				out[k] = v
+			}
+		}
+	}
+	maps.Copy(out, made)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // wholeSecondMtimes rewrites the layer's tar with every entry's mtime cut

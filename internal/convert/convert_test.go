@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/stratafs/strata/remote"
 )
 
 // tarLayer is a layer of the given entries; a name ending in / is a
@@ -460,5 +463,70 @@ func TestLayerVerifiedBeforeDecompressed(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("left in the temporary directory: %v", left)
+	}
+}
+
+// TestConvertKeepsWhatTheModelLacks: the converted image keeps its
+// source's manifest annotations, each layer's annotations (but those of a
+// table of contents the conversion replaces), and the config as written,
+// fields go-containerregistry's model has not included; only the diff IDs
+// change. containerd's converter keeps them likewise.
+func TestConvertKeepsWhatTheModelLacks(t *testing.T) {
+	img, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer:       tarLayer(t, "etc/", "etc/hosts"),
+		Annotations: map[string]string{"com.example.layer": "kept", AnnotationTOCDigest: "sha256:" + strings.Repeat("0", 64)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.Annotations(img, map[string]string{"org.opencontainers.image.source": "https://example.com/src"}).(v1.Image)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := fmt.Sprintf(`{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Healthcheck":{"Test":["CMD","true"],"StartInterval":5000000000}},`+
+		`"rootfs":{"type":"layers","diff_ids":["%s"]},"moby.buildkit.buildinfo.v1":"e30=","history":[{"created_by":"x"}]}`, cf.RootFS.DiffIDs[0])
+	src, err := remote.WithRawConfig(img, []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Image(context.Background(), src, Options{TmpDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := out.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Annotations["org.opencontainers.image.source"] != "https://example.com/src" {
+		t.Errorf("manifest annotations %v", m.Annotations)
+	}
+	la := m.Layers[0].Annotations
+	if la["com.example.layer"] != "kept" || la[AnnotationTOCDigest] == "sha256:"+strings.Repeat("0", 64) || la[AnnotationTOCDigest] == "" {
+		t.Errorf("layer annotations %v", la)
+	}
+	got, err := out.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"StartInterval":5000000000`, `"moby.buildkit.buildinfo.v1":"e30="`, `"created_by":"x"`} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("converted config %s lacks %s", got, want)
+		}
+	}
+	ocf, err := out.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := out.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffID, _ := d[0].DiffID()
+	if len(ocf.RootFS.DiffIDs) != 1 || ocf.RootFS.DiffIDs[0] != diffID {
+		t.Errorf("diff IDs %v, want the converted layer's %s", ocf.RootFS.DiffIDs, diffID)
+	}
+	if name, _ := out.ConfigName(); name != m.Config.Digest {
+		t.Errorf("config %s, manifest names %s", name, m.Config.Digest)
 	}
 }
