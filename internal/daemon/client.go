@@ -109,6 +109,13 @@ func stream[T any](ctx context.Context, c *Client, path string, req any, progres
 	for {
 		var ev Event[T]
 		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				// The connection ended: the daemon stopped or died (its
+				// supervisor starts it again). What it was doing was cut
+				// short as a whole: a commit or push publishes its
+				// manifest last, so nothing of it is out.
+				return nil, fmt.Errorf("strata daemon: it stopped before answering (a crash or a stop; a supervised daemon is started again): what was asked was cut short, and may be asked again: %w", err)
+			}
 			return nil, fmt.Errorf("strata daemon: the answer ended early: %w", err)
 		}
 		switch {
