@@ -94,6 +94,10 @@ func runCommand(c *command, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Cut short by ^C or SIGTERM, as a shell reports it (128 + SIGINT).
+		fmt.Fprintf(stderr, "strata %s: interrupted\n", c.name)
+		return 130
 	}
 	fmt.Fprintf(stderr, "strata %s: %v\n", c.name, err)
 	return 1
