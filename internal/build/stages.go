@@ -381,8 +381,12 @@ func (b *builder) dispatch(ctx context.Context, st *stageState, cmd instructions
 // metadata applies an instruction that only changes the config, with
 // the history entry BuildKit writes for it.
 func (b *builder) metadata(st *stageState, c instructions.Command) error {
-	before := st.config.Config.DeepCopy()
-	if err := st.stage.Apply(&st.config.Config, c, st.argEnv()); err != nil {
+	// What CreatedBy reads of the config before the instruction, copied:
+	// not the whole config (its labels) at every instruction.
+	cur := &st.config.Config
+	before := &v1.Config{Env: slices.Clone(cur.Env), Cmd: slices.Clone(cur.Cmd), Entrypoint: slices.Clone(cur.Entrypoint),
+		Shell: slices.Clone(cur.Shell), WorkingDir: cur.WorkingDir}
+	if err := st.stage.Apply(cur, c, st.argEnv()); err != nil {
 		return err
 	}
 	text, err := st.stage.CreatedBy(before, c, st.argEnv())

@@ -111,16 +111,17 @@ func Build(base *Base, spec Spec) (v1.Image, error) {
 		}
 	}
 	cf.Created = v1.Time{Time: spec.Created.UTC()}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return nil, err
-	}
+	// The metadata steps' entries go into the config at once: one image
+	// a step (mutate.Append) kept a copy of the config each, memory
+	// growing with the square of a Dockerfile's metadata instructions.
 	for _, h := range spec.History {
 		if !h.EmptyLayer {
 			return nil, fmt.Errorf("history entry %q: entries before the commit's own must be empty_layer ones", h.CreatedBy)
 		}
-		if img, err = mutate.Append(img, mutate.Addendum{History: h}); err != nil {
-			return nil, err
-		}
+	}
+	cf.History = append(cf.History, spec.History...)
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, err
 	}
 	add := mutate.Addendum{History: v1.History{
 		Created:    v1.Time{Time: spec.Created.UTC()},

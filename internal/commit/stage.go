@@ -8,6 +8,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
 // Stage applies the metadata instructions of one Dockerfile build stage
@@ -36,11 +37,7 @@ func (s *Stage) Apply(cfg *v1.Config, cmd instructions.Command, args []string) e
 		return errors.New("commit: Stage.Apply on a nil config")
 	}
 	work := cfg.DeepCopy()
-	env := slices.Clone(args)
-	for _, e := range work.Env {
-		k, v, _ := strings.Cut(e, "=")
-		env = setEnv(env, k, v)
-	}
+	env := withEnv(args, work.Env)
 	var err error
 	switch c := cmd.(type) {
 	case *instructions.ShellCommand:
@@ -81,12 +78,12 @@ func applyHealthcheck(cfg *v1.Config, c *instructions.HealthCheckCommand) error 
 // a config change is committed with an entry. ARG and the instructions
 // that make layers are the builder's. cfg is not changed.
 func (s *Stage) CreatedBy(cfg *v1.Config, cmd instructions.Command, args []string) (text string, err error) {
-	work := cfg.DeepCopy()
-	env := slices.Clone(args)
-	for _, e := range work.Env {
-		k, v, _ := strings.Cut(e, "=")
-		env = setEnv(env, k, v)
-	}
+	// What the text needs of the config, copied: the commands' and the
+	// working directory (which CMD, ENTRYPOINT and WORKDIR work on) and
+	// the environment, not the whole config (its labels) at every step.
+	work := &v1.Config{Cmd: slices.Clone(cfg.Cmd), Entrypoint: slices.Clone(cfg.Entrypoint),
+		Shell: slices.Clone(cfg.Shell), WorkingDir: cfg.WorkingDir}
+	env := withEnv(args, cfg.Env)
 	x := newExpander(env, false, s.st.escape)
 	name := strings.ToUpper(cmd.Name())
 	switch c := cmd.(type) {
@@ -158,4 +155,28 @@ func pairsText(name string, pairs instructions.KeyValuePairs, x expander) (strin
 		b.WriteString(" " + kv[0] + "=" + kv[1])
 	}
 	return b.String(), nil
+}
+
+// withEnv is args (K=V) with each of env's entries set over them, in
+// order, as setEnv would set them one by one, in one pass: an image's
+// environment may hold many thousands of entries.
+func withEnv(args, env []string) []string {
+	out := slices.Clone(args)
+	at := make(map[string]int, len(out)+len(env))
+	for i, e := range out {
+		k, _, _ := strings.Cut(e, "=")
+		if _, ok := at[shell.NormalizeEnvKey(k)]; !ok {
+			at[shell.NormalizeEnvKey(k)] = i
+		}
+	}
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		if i, ok := at[shell.NormalizeEnvKey(k)]; ok {
+			out[i] = k + "=" + v
+			continue
+		}
+		at[shell.NormalizeEnvKey(k)] = len(out)
+		out = append(out, k+"="+v)
+	}
+	return out
 }
