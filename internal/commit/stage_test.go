@@ -1,7 +1,9 @@
 package commit
 
 import (
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -60,5 +62,31 @@ func TestCreatedBy(t *testing.T) {
 	cmd, _ := instructions.ParseCommand(res.AST.Children[0])
 	if got, _ := s.CreatedBy(&v1.Config{Shell: []string{"/bin/bash", "-ec"}}, cmd, nil); got != `CMD ["/bin/bash" "-ec" "run"]` {
 		t.Errorf("CMD with SHELL: %q", got)
+	}
+}
+
+// TestWithEnv: an image's environment over the build arguments, in one
+// pass, as setting its entries one by one gives it; linear in their
+// number (an image with 80,000 entries took a build 90 s).
+func TestWithEnv(t *testing.T) {
+	args := []string{"A=arg", "B=arg", "A=second"}
+	env := []string{"B=img", "C=img", "NOVALUE", "C=again"}
+	want := slices.Clone(args)
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		want = setEnv(want, k, v)
+	}
+	if got := withEnv(args, env); !slices.Equal(got, want) {
+		t.Errorf("withEnv = %q, want %q", got, want)
+	}
+	if args[1] != "B=arg" {
+		t.Errorf("withEnv changed its arguments: %q", args)
+	}
+	big := make([]string, 200_000)
+	for i := range big {
+		big[i] = fmt.Sprintf("V%d=%d", i, i)
+	}
+	if got := withEnv(nil, big); len(got) != len(big) || got[123456] != "V123456=123456" {
+		t.Errorf("withEnv of %d entries: %d, %q", len(big), len(got), got[123456])
 	}
 }
