@@ -239,9 +239,20 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	if *iidfile != "" {
-		// As docker build: a failed build leaves no digest of an earlier one.
-		if err := os.Remove(*iidfile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// As docker build: a failed build leaves no digest of an earlier
+		// one. Only a file is removed: a device, a fifo or a directory
+		// named by mistake (/dev/stdout) is not replaced by one.
+		st, err := os.Lstat(*iidfile)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
 			return fmt.Errorf("--iidfile: %w", err)
+		case !st.Mode().IsRegular():
+			return fmt.Errorf("--iidfile %s: not a regular file, and not replaced by one", *iidfile)
+		default:
+			if err := os.Remove(*iidfile); err != nil {
+				return fmt.Errorf("--iidfile: %w", err)
+			}
 		}
 	}
 	signals, stop := steprun.NotifySignals()
@@ -254,7 +265,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if *iidfile != "" {
 		// The digest alone, no newline, as docker build and buildah write it.
 		if err := os.WriteFile(*iidfile, []byte(res.Digest.String()), 0o644); err != nil {
-			return err
+			return fmt.Errorf("--iidfile: %w", err)
 		}
 	}
 	if !o.Quiet {
