@@ -565,10 +565,12 @@ func (st *stageState) rawExpander() instructions.SingleWordExpander {
 }
 
 func (st *stageState) expanderWith(raw bool) instructions.SingleWordExpander {
-	env := st.argEnv()
-	for _, e := range st.config.Config.Env {
-		k, v, _ := strings.Cut(e, "=")
-		env = setVar(env, k, v)
+	// In one pass: an image's environment may hold many thousands of
+	// entries, and a Dockerfile expands words at every instruction.
+	env := commit.WithEnv(st.argEnv(), st.config.Config.Env)
+	longest := 0
+	for _, e := range env {
+		longest = max(longest, len(e))
 	}
 	escape := st.escape
 	if escape == 0 {
@@ -578,10 +580,22 @@ func (st *stageState) expanderWith(raw bool) instructions.SingleWordExpander {
 	lex.SkipProcessQuotes = raw
 	getter := shell.EnvsFromSlice(env)
 	return func(word string) (string, error) {
+		// BuildKit's lexer expands whatever it is given: ARGs that name
+		// each other several times double and redouble (A1=$A0$A0$A0$A0,
+		// A2=$A1$A1$A1$A1, ...) until the process runs out of memory.
+		// A word whose expansion may pass maxExpansion is refused first,
+		// by a bound: each $ at most the longest value in scope.
+		if bound := len(word) + strings.Count(word, "$")*longest; bound > maxExpansion {
+			return "", fmt.Errorf("%.40q: its expansion may exceed %d MiB (%d references to values of up to %d bytes)",
+				word, maxExpansion>>20, strings.Count(word, "$"), longest)
+		}
 		w, _, err := lex.ProcessWord(word, getter)
 		return w, err
 	}
 }
+
+// maxExpansion bounds what one word of a Dockerfile may expand to.
+const maxExpansion = 64 << 20
 
 // imageConfig is what a run needs of the stage's config.
 func imageConfig(c v1.Config) ocispec.ImageConfig {

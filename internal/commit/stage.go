@@ -37,7 +37,7 @@ func (s *Stage) Apply(cfg *v1.Config, cmd instructions.Command, args []string) e
 		return errors.New("commit: Stage.Apply on a nil config")
 	}
 	work := cfg.DeepCopy()
-	env := withEnv(args, work.Env)
+	env := WithEnv(args, work.Env)
 	var err error
 	switch c := cmd.(type) {
 	case *instructions.ShellCommand:
@@ -83,7 +83,7 @@ func (s *Stage) CreatedBy(cfg *v1.Config, cmd instructions.Command, args []strin
 	// the environment, not the whole config (its labels) at every step.
 	work := &v1.Config{Cmd: slices.Clone(cfg.Cmd), Entrypoint: slices.Clone(cfg.Entrypoint),
 		Shell: slices.Clone(cfg.Shell), WorkingDir: cfg.WorkingDir}
-	env := withEnv(args, cfg.Env)
+	env := WithEnv(args, cfg.Env)
 	x := newExpander(env, false, s.st.escape)
 	name := strings.ToUpper(cmd.Name())
 	switch c := cmd.(type) {
@@ -157,10 +157,10 @@ func pairsText(name string, pairs instructions.KeyValuePairs, x expander) (strin
 	return b.String(), nil
 }
 
-// withEnv is args (K=V) with each of env's entries set over them, in
+// WithEnv is args (K=V) with each of env's entries set over them, in
 // order, as setEnv would set them one by one, in one pass: an image's
 // environment may hold many thousands of entries.
-func withEnv(args, env []string) []string {
+func WithEnv(args, env []string) []string {
 	out := slices.Clone(args)
 	at := make(map[string]int, len(out)+len(env))
 	for i, e := range out {

@@ -76,17 +76,17 @@ func TestWithEnv(t *testing.T) {
 		k, v, _ := strings.Cut(e, "=")
 		want = setEnv(want, k, v)
 	}
-	if got := withEnv(args, env); !slices.Equal(got, want) {
-		t.Errorf("withEnv = %q, want %q", got, want)
+	if got := WithEnv(args, env); !slices.Equal(got, want) {
+		t.Errorf("WithEnv = %q, want %q", got, want)
 	}
 	if args[1] != "B=arg" {
-		t.Errorf("withEnv changed its arguments: %q", args)
+		t.Errorf("WithEnv changed its arguments: %q", args)
 	}
 	big := make([]string, 200_000)
 	for i := range big {
 		big[i] = fmt.Sprintf("V%d=%d", i, i)
 	}
-	if got := withEnv(nil, big); len(got) != len(big) || got[123456] != "V123456=123456" {
-		t.Errorf("withEnv of %d entries: %d, %q", len(big), len(got), got[123456])
+	if got := WithEnv(nil, big); len(got) != len(big) || got[123456] != "V123456=123456" {
+		t.Errorf("WithEnv of %d entries: %d, %q", len(big), len(got), got[123456])
 	}
 }
