@@ -21,7 +21,7 @@ func TestEachParallelOverlaps(t *testing.T) {
 	boom := errors.New("boom")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := eachParallel(n, closeParallel, func(i int) error {
+	err := EachParallel(n, closeParallel, func(i int) error {
 		wg.Done()
 		select {
 		case <-all:
@@ -42,7 +42,7 @@ func TestEachParallelOverlaps(t *testing.T) {
 	// The limit holds.
 	var mu sync.Mutex
 	running, most := 0, 0
-	eachParallel(50, 4, func(int) error {
+	EachParallel(50, 4, func(int) error {
 		mu.Lock()
 		running++
 		most = max(most, running)

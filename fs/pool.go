@@ -34,20 +34,20 @@ type Pool struct {
 
 	mu        sync.Mutex
 	layers    map[digest.Digest]*pooled
-	inherited map[digest.Digest]*os.File    // live connections to take over
-	builds    map[string]*indexBuild // indexes being made, by store key (indexKey)
-	saves     sync.WaitGroup                // index saves running in the background
-	links     map[string]*linkEstimate      // by registry host: see inOrder
+	inherited map[digest.Digest]*os.File // live connections to take over
+	builds    map[string]*indexBuild     // indexes being made, by store key (indexKey)
+	saves     sync.WaitGroup             // index saves running in the background
+	links     map[string]*linkEstimate   // by registry host: see inOrder
 }
 
 type pooled struct {
-	ready   chan struct{} // closed when mount and err are set
-	hooks   ConnectionHooks
-	err     error
-	refs    int
-	dir     string
-	mount   *LayerMount
-	blob    layerBlob
+	ready chan struct{} // closed when mount and err are set
+	hooks ConnectionHooks
+	err   error
+	refs  int
+	dir   string
+	mount *LayerMount
+	blob  layerBlob
 	// sources is the layer's remote blob, which reads from the
 	// repositories of every image that acquired it (nil when the layer
 	// was local from the start); set with mount.
@@ -56,11 +56,11 @@ type pooled struct {
 	// served from, "" for an index made here; set with mount.
 	indexFrom string
 	content   *Content
-	desc    remote.Layer
-	format  index.Format // set with mount
-	packed  index.Format // the layer blob's format, for a layer fetched whole
-	plain   bool         // index.Info.Plain, set with mount
-	info    index.Info   // the index's, set with mount
+	desc      remote.Layer
+	format    index.Format // set with mount
+	packed    index.Format // the layer blob's format, for a layer fetched whole
+	plain     bool         // index.Info.Plain, set with mount
+	info      index.Info   // the index's, set with mount
 	// fetchedWhole is what fetching the layer whole took from the
 	// registry, before the local blob replaced the remote one.
 	fetchedWhole remote.Stats
@@ -417,7 +417,7 @@ func (p *Pool) Close() error {
 	}
 	p.layers = map[digest.Digest]*pooled{}
 	p.mu.Unlock()
-	return eachParallel(len(all), closeParallel, func(i int) error {
+	return EachParallel(len(all), closeParallel, func(i int) error {
 		<-all[i].ready
 		return all[i].close()
 	})
@@ -427,9 +427,9 @@ func (p *Pool) Close() error {
 // mostly waiting, for its server to end.
 const closeParallel = 64
 
-// eachParallel calls f(0) … f(n-1), at most limit at a time, and joins
+// EachParallel calls f(0) … f(n-1), at most limit at a time, and joins
 // all their errors (errgroup keeps only the first).
-func eachParallel(n, limit int, f func(i int) error) error {
+func EachParallel(n, limit int, f func(i int) error) error {
 	errs := make([]error, n)
 	var g errgroup.Group
 	g.SetLimit(limit)

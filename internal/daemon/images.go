@@ -461,19 +461,7 @@ const closeParallel = 64
 // errors. Releasing a layer a process still reads waits a grace period
 // before its connection is aborted (fs.LayerMount.Unmount): once for all
 // of them, not once each.
-func inParallel(n int, f func(i int) error) error {
-	errs := make([]error, n)
-	var g errgroup.Group
-	g.SetLimit(closeParallel)
-	for i := range n {
-		g.Go(func() error {
-			errs[i] = f(i)
-			return nil
-		})
-	}
-	g.Wait() //nolint:errcheck // the functions return nil; their errors are in errs
-	return errors.Join(errs...)
-}
+func inParallel(n int, f func(i int) error) error { return fs.EachParallel(n, closeParallel, f) }
 
 // unmount undoes mount and forgets it. A writable mount with changes is
 // refused unless discard is set; its upper directory is deleted only here.

@@ -153,22 +153,7 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 	// read through it, neither while the layer is mounted with it nor
 	// after (its layer is indexed here, from its own bytes).
 	t.Run("another repository", func(t *testing.T) {
-		src, err := name.ParseReference(ref, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := ggcrremote.Image(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		otherRef := reg.Ref(uniqueRepo("gzip-elsewhere"), "v1")
-		dst, err := name.ParseReference(otherRef, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ggcrremote.Write(dst, img); err != nil {
-			t.Fatal(err)
-		}
+		otherRef := copyToRepo(t, reg, ref, "gzip-elsewhere")
 		p := startProxy(t, reg)
 		d := startDaemon(t, nil)
 		mark := logMark()
@@ -176,7 +161,7 @@ func TestGzipIndexFromRegistry(t *testing.T) {
 		waitLog(t, mark, "layer index imported", m.Layers[0].Digest.String())
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_, err = d.client.Mount(ctx, daemon.MountRequest{Ref: viaProxy(otherRef, reg, p), Dir: t.TempDir()})
+		_, err := d.client.Mount(ctx, daemon.MountRequest{Ref: viaProxy(otherRef, reg, p), Dir: t.TempDir()})
 		if err == nil || !strings.Contains(err.Error(), "with an index from") {
 			t.Fatalf("mount of another repository's image while its layer is served from this one's index: %v", err)
 		}

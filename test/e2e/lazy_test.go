@@ -159,12 +159,10 @@ func TestBlobGoneIsEIO(t *testing.T) {
 	}
 }
 
-// TestSharedLayerReadFromAnotherRepository: a layer two images share is
-// mounted once, from the repository of the image mounted first; when that
-// repository loses the blob, the layer is read from the other image's, for
-// either mount, and not failed while a repository still has it.
-func TestSharedLayerReadFromAnotherRepository(t *testing.T) {
-	reg, ref := bigImage(t)
+// copyToRepo copies the image ref to a new repository of reg named after
+// repo (its blobs mounted there) and returns the copy's reference.
+func copyToRepo(t *testing.T, reg *registry.Registry, ref, repo string) string {
+	t.Helper()
 	src, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
@@ -173,12 +171,26 @@ func TestSharedLayerReadFromAnotherRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyRef := reg.Ref(uniqueRepo("big-copy"), "estargz")
+	copyRef := reg.Ref(uniqueRepo(repo), "v1")
 	dst, err := name.ParseReference(copyRef, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := ggcrremote.Write(dst, img); err != nil {
+		t.Fatal(err)
+	}
+	return copyRef
+}
+
+// TestSharedLayerReadFromAnotherRepository: a layer two images share is
+// mounted once, from the repository of the image mounted first; when that
+// repository loses the blob, the layer is read from the other image's, for
+// either mount, and not failed while a repository still has it.
+func TestSharedLayerReadFromAnotherRepository(t *testing.T) {
+	reg, ref := bigImage(t)
+	copyRef := copyToRepo(t, reg, ref, "big-copy")
+	src, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, reg)
