@@ -95,8 +95,13 @@ func runCommand(c *command, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
-		// Cut short by ^C or SIGTERM, as a shell reports it (128 + SIGINT).
-		fmt.Fprintf(stderr, "strata %s: interrupted\n", c.name)
+		// Cut short by ^C or SIGTERM, as a shell reports it (128 +
+		// SIGINT); the command's own account when it gives one.
+		msg := err.Error()
+		if msg == context.Canceled.Error() {
+			msg = "interrupted"
+		}
+		fmt.Fprintf(stderr, "strata %s: %s\n", c.name, msg)
 		return 130
 	}
 	fmt.Fprintf(stderr, "strata %s: %v\n", c.name, err)
