@@ -150,12 +150,14 @@ func replaced(later []specs.Mount, dest string) bool {
 }
 
 func underMount(earlier []specs.Mount, dest string) bool {
-	for _, m := range earlier {
-		if d := path.Clean(m.Destination); dest == d || strings.HasPrefix(dest, d+"/") {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(earlier, func(m specs.Mount) bool { return within(dest, m.Destination) })
+}
+
+// within says whether the clean absolute path p is the mount destination
+// dest or under it.
+func within(p, dest string) bool {
+	d := path.Clean("/" + dest)
+	return p == d || strings.HasPrefix(p, d+"/")
 }
 
 func checkMount(m specs.Mount) error {

@@ -103,10 +103,7 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 // inMount says whether p is one of o's mounts' destinations or lies
 // under one.
 func inMount(mounts []Mount, p string) bool {
-	return slices.ContainsFunc(mounts, func(m Mount) bool {
-		d := path.Clean("/" + m.Destination)
-		return p == d || strings.HasPrefix(p, d+"/")
-	})
+	return slices.ContainsFunc(mounts, func(m Mount) bool { return within(p, m.Destination) })
 }
 
 // mountMayHold says whether the command name may be found through a mount
