@@ -103,13 +103,39 @@ func (c *client) choosePlatform(ctx context.Context, o *options, m *rawManifest,
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing index %s: %w", m.digest, err)
 	}
+	// Every entry is looked at and the best taken, as containerd takes it:
+	// an index may list an older variant before the wanted one.
+	type candidate struct {
+		desc  v1.Descriptor
+		child *rawManifest // fetched already, or nil
+		p     v1.Platform
+	}
 	var offered []string
-	for _, desc := range idx.Manifests {
-		if desc.Platform != nil {
-			offered = append(offered, desc.Platform.String())
+	var best *candidate
+	bestRank := 0
+	consider := func(c candidate) {
+		if rank, ok := platformRank(c.p, o.platform); ok && (best == nil || rank < bestRank) {
+			best, bestRank = &c, rank
 		}
-		nested := desc.MediaType.IsIndex() && desc.Platform == nil
-		if desc.Platform == nil && !nested {
+	}
+	for _, desc := range idx.Manifests {
+		switch {
+		case desc.Platform != nil:
+			offered = append(offered, desc.Platform.String())
+			consider(candidate{desc: desc, p: *desc.Platform})
+		case desc.MediaType.IsIndex():
+			// A nested index without a platform: its own best, if any.
+			child, err := c.fetchDescribed(ctx, o, desc)
+			if err != nil {
+				return nil, nil, err
+			}
+			chosen, p, err := c.choosePlatform(ctx, o, child, nil, depth+1)
+			if err != nil || p == nil {
+				continue // a nested index without our platform is not an error yet
+			}
+			offered = append(offered, p.String())
+			consider(candidate{desc: desc, child: chosen, p: *p})
+		default:
 			// The platform is optional in an index: an image entry
 			// without one is for what its config says, as containerd
 			// reads it.
@@ -122,26 +148,21 @@ func (c *client) choosePlatform(ctx context.Context, o *options, m *rawManifest,
 				continue
 			}
 			offered = append(offered, p.String())
-			if satisfies(p, o.platform) {
-				return child, &p, nil
-			}
-			continue
+			consider(candidate{desc: desc, child: child, p: p})
 		}
-		if !nested && !satisfies(*desc.Platform, o.platform) {
-			continue
-		}
-		child, err := c.fetchDescribed(ctx, o, desc)
-		if err != nil {
-			return nil, nil, err
-		}
-		chosen, p, err := c.choosePlatform(ctx, o, child, desc.Platform, depth+1)
-		if err != nil && nested {
-			continue // a nested index without our platform is not an error yet
-		}
-		return chosen, p, err
 	}
-	return nil, nil, fmt.Errorf("%w %s: index %s offers [%s]",
-		ErrNoMatchingPlatform, o.platform.String(), m.digest, strings.Join(offered, ", "))
+	if best == nil {
+		return nil, nil, fmt.Errorf("%w %s: index %s offers [%s]",
+			ErrNoMatchingPlatform, o.platform.String(), m.digest, strings.Join(offered, ", "))
+	}
+	if best.child != nil {
+		return best.child, &best.p, nil
+	}
+	child, err := c.fetchDescribed(ctx, o, best.desc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.choosePlatform(ctx, o, child, best.desc.Platform, depth+1)
 }
 
 // configPlatformOf is the platform the config of image manifest m
@@ -162,53 +183,6 @@ func (c *client) configPlatformOf(ctx context.Context, o *options, m *rawManifes
 	}
 	p := configPlatform(cfg)
 	return p, p.OS != "" && p.Architecture != ""
-}
-
-// satisfies says whether an index entry for platform have is one for
-// want, both spelled as containerd's platforms.Normalize spells them:
-// arm64/v8 is arm64, arm is arm/v7, x86_64 is amd64. (Written here, not
-// imported: containerd's modules stay out of remote and of what imports
-// it; see its package doc.)
-func satisfies(have, want v1.Platform) bool {
-	have, want = normalPlatform(have), normalPlatform(want)
-	return have.Satisfies(want)
-}
-
-// normalPlatform is p with containerd's spelling of its OS, architecture
-// and variant.
-func normalPlatform(p v1.Platform) v1.Platform {
-	p.OS = strings.ToLower(p.OS)
-	arch, variant := strings.ToLower(p.Architecture), strings.ToLower(p.Variant)
-	switch arch {
-	case "i386":
-		arch, variant = "386", ""
-	case "x86_64", "x86-64", "amd64":
-		arch = "amd64"
-		if variant == "v1" {
-			variant = ""
-		}
-	case "aarch64", "arm64":
-		arch = "arm64"
-		switch variant {
-		case "8", "v8", "v8.0":
-			variant = ""
-		case "9", "9.0", "v9.0":
-			variant = "v9"
-		}
-	case "armhf":
-		arch, variant = "arm", "v7"
-	case "armel":
-		arch, variant = "arm", "v6"
-	case "arm":
-		switch variant {
-		case "", "7":
-			variant = "v7"
-		case "5", "6", "8":
-			variant = "v" + variant
-		}
-	}
-	p.Architecture, p.Variant = arch, variant
-	return p
 }
 
 // fetchDescribed fetches the manifest an index descriptor names, verified

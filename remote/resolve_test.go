@@ -276,6 +276,90 @@ func TestResolveIndexPlatformSpellings(t *testing.T) {
 	}
 }
 
+// TestResolveIndexPicksBestPlatform: every entry is weighed and the best
+// taken, in containerd's order: the wanted variant before older ones
+// listed first, an older variant when the wanted one is missing (arm/v7
+// runs arm/v6; amd64/v2 runs amd64), never a newer one (plain amd64 does
+// not take amd64/v4, the default on an amd64 machine).
+func TestResolveIndexPicksBestPlatform(t *testing.T) {
+	f := newRegFixture(t)
+	p := func(arch, variant string) v1.Platform { return v1.Platform{OS: "linux", Architecture: arch, Variant: variant} }
+	for _, c := range []struct {
+		name    string
+		offered []v1.Platform
+		want    *v1.Platform // nil: the default, this machine's
+		chosen  int          // index into offered; -1: none
+	}{
+		{"amd64 after amd64/v4", []v1.Platform{p("amd64", "v4"), p("amd64", ""), p("arm64", "")}, &v1.Platform{OS: "linux", Architecture: "amd64"}, 1},
+		{"amd64/v2 takes amd64", []v1.Platform{p("arm64", ""), p("amd64", "")}, &v1.Platform{OS: "linux", Architecture: "amd64", Variant: "v2"}, 1},
+		{"amd64/v3 takes v2 before amd64", []v1.Platform{p("amd64", ""), p("amd64", "v2"), p("amd64", "v4")}, &v1.Platform{OS: "linux", Architecture: "amd64", Variant: "v3"}, 1},
+		{"amd64 only v4", []v1.Platform{p("amd64", "v4")}, &v1.Platform{OS: "linux", Architecture: "amd64"}, -1},
+		{"arm/v7 takes v6", []v1.Platform{p("arm", "v6"), p("arm64", "")}, &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, 0},
+		{"arm/v7 before v6 listed first", []v1.Platform{p("arm", "v5"), p("arm", "v6"), p("arm", "v7")}, &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, 2},
+		{"arm/v6 not v7", []v1.Platform{p("arm", "v7")}, &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}, -1},
+		{"arm64/v8 is arm64", []v1.Platform{p("arm", "v7"), p("arm64", "")}, &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ref := f.host + "/test/best:" + strings.NewReplacer(" ", "-", "/", "-").Replace(c.name)
+			imgs := f.pushPlatformIndex(t, strings.TrimPrefix(ref, f.host+"/"), c.offered)
+			opts := []remote.Option{anonymous}
+			if c.want != nil {
+				opts = append(opts, remote.WithPlatform(*c.want))
+			}
+			got, err := remote.Resolve(t.Context(), ref, opts...)
+			if c.chosen < 0 {
+				if !errors.Is(err, remote.ErrNoMatchingPlatform) {
+					t.Fatalf("err = %v, want ErrNoMatchingPlatform", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkImage(t, got, imgs[c.offered[c.chosen].String()])
+			if got.Platform.String() != c.offered[c.chosen].String() {
+				t.Errorf("Platform = %s, want %s", got.Platform, c.offered[c.chosen])
+			}
+		})
+	}
+}
+
+func TestPlatformMatches(t *testing.T) {
+	p := func(s string) v1.Platform {
+		pp, err := v1.ParsePlatform(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *pp
+	}
+	for _, c := range []struct {
+		have, want string
+		ok         bool
+	}{
+		{"linux/amd64", "linux/amd64", true},
+		{"linux/x86_64", "linux/amd64", true},
+		{"linux/amd64", "linux/amd64/v3", true},
+		{"linux/amd64/v3", "linux/amd64", false},
+		{"linux/386", "linux/amd64", true},
+		{"linux/amd64", "linux/386", false},
+		{"linux/arm64", "linux/arm64/v8", true},
+		{"linux/aarch64", "linux/arm64", true},
+		{"linux/arm", "linux/arm/v7", true},
+		{"linux/arm/v6", "linux/arm/v7", true},
+		{"linux/arm/v7", "linux/arm/v6", false},
+		{"linux/arm/v7", "linux/arm64", true},
+		{"linux/arm64", "linux/arm/v7", false},
+		{"windows/amd64", "linux/amd64", false},
+		{"linux/amd64:10.0.1", "linux/amd64:10.0.1", true},
+		{"linux/amd64:10.0.2", "linux/amd64:10.0.1", false},
+		{"linux/amd64:10.0.2", "linux/amd64", true},
+	} {
+		if got := remote.PlatformMatches(p(c.have), p(c.want)); got != c.ok {
+			t.Errorf("PlatformMatches(%s, %s) = %v, want %v", c.have, c.want, got, c.ok)
+		}
+	}
+}
+
 // TestResolveIndexEntryWithoutPlatform: an index entry need not say its
 // platform; the image's config says it, as containerd reads it.
 func TestResolveIndexEntryWithoutPlatform(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/stratafs/strata/internal/convert"
+	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/remote"
 )
 
@@ -56,11 +57,11 @@ func runConvert(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var ropts []remote.Option
 	if *platform != "" {
-		p, err := v1.ParsePlatform(*platform)
+		p, err := daemon.ParsePlatform(*platform)
 		if err != nil {
 			return fmt.Errorf("--platform: %w", err)
 		}
-		ropts = append(ropts, remote.WithPlatform(*p))
+		ropts = append(ropts, remote.WithPlatform(p))
 	}
 	if *insecure {
 		for _, ref := range fs.Args() {

@@ -11,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/remote"
 )
 
 func init() {
@@ -97,7 +98,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 	if *platform != "" {
 		// An index picks the platform; an image of one platform must be
 		// that one, as docker pull --platform has it.
-		want, err := v1.ParsePlatform(*platform)
+		want, err := daemon.ParsePlatform(*platform)
 		if err != nil {
 			return fmt.Errorf("--platform: %w", err)
 		}
@@ -105,7 +106,7 @@ func runMount(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if got, err := v1.ParsePlatform(r.Platform); err == nil && !got.Satisfies(*want) {
+		if got, err := v1.ParsePlatform(r.Platform); err == nil && !remote.PlatformMatches(*got, want) {
 			return fmt.Errorf("%s is an image for %s only, not %s", fs.Arg(0), r.Platform, *platform)
 		}
 	}

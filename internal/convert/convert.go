@@ -78,7 +78,14 @@ func Convert(ctx context.Context, src, dst string, opt Options, ropts ...remote.
 	defer os.RemoveAll(tmp)
 	opt.TmpDir = tmp
 	gopts := remote.RemoteOptions(ctx, ropts...)
-	img, err := ggcrremote.Image(srcRef, gopts...)
+	// The platform is chosen as a mount chooses it (go-containerregistry
+	// would take an index entry without a platform for linux/amd64, and
+	// knows no older variants), then the image read by its digest.
+	resolved, err := remote.Resolve(ctx, src, ropts...)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("reading %s: %w", src, err)
+	}
+	img, err := ggcrremote.Image(srcRef.Context().Digest(resolved.Digest.String()), gopts...)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("reading %s: %w", src, err)
 	}

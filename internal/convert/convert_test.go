@@ -7,17 +7,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
+	"net/http/httptest"
 	"os"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/google/go-containerregistry/pkg/authn"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/stratafs/strata/remote"
@@ -528,5 +535,81 @@ func TestConvertKeepsWhatTheModelLacks(t *testing.T) {
 	}
 	if name, _ := out.ConfigName(); name != m.Config.Digest {
 		t.Errorf("config %s, manifest names %s", name, m.Config.Digest)
+	}
+}
+
+// TestConvertChoosesPlatformAsMountDoes: an index entry without a platform
+// is for what its config says (go-containerregistry's own choice would take
+// it for linux/amd64), and the best entry is taken, as a mount takes it.
+func TestConvertChoosesPlatformAsMountDoes(t *testing.T) {
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ropts := []remote.Option{remote.WithInsecureRegistries(host), remote.WithKeychain(authn.NewMultiKeychain())}
+	image := func(arch, variant string) v1.Image {
+		img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: tarLayer(t, "etc/", "etc/"+arch+variant)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf.OS, cf.Architecture, cf.Variant = "linux", arch, variant
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	other := "arm64"
+	if runtime.GOARCH == "arm64" {
+		other = "s390x"
+	}
+	host1, host2 := image(runtime.GOARCH, ""), image(other, "")
+	armv6 := image("arm", "v6")
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: host2}, // no platform: its config says
+		mutate.IndexAddendum{Add: host1, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}},
+		mutate.IndexAddendum{Add: armv6, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm", Variant: "v6"}}},
+	)
+	src, err := remote.ParseReference(host+"/multi:v1", ropts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ggcrremote.WriteIndex(src, idx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		platform *v1.Platform
+		arch     string
+		variant  string
+	}{
+		{nil, runtime.GOARCH, ""},
+		{&v1.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}, "arm", "v6"}, // v7 runs v6
+		{&v1.Platform{OS: "linux", Architecture: other}, other, ""},
+	} {
+		opts := slices.Clone(ropts)
+		if c.platform != nil {
+			opts = append(opts, remote.WithPlatform(*c.platform))
+		}
+		dst := host + "/converted:" + c.arch + c.variant
+		if _, err := Convert(t.Context(), host+"/multi:v1", dst, Options{TmpDir: t.TempDir()}, opts...); err != nil {
+			t.Fatalf("%v: %v", c.platform, err)
+		}
+		ref, err := remote.ParseReference(dst, ropts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := ggcrremote.Image(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cf.Architecture != c.arch || cf.Variant != c.variant {
+			t.Errorf("%v: converted %s/%s, want %s/%s", c.platform, cf.Architecture, cf.Variant, c.arch, c.variant)
+		}
 	}
 }

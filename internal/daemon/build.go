@@ -71,11 +71,11 @@ func (im *images) resolveImage(ctx context.Context, req ResolveRequest) (*Resolv
 func (im *images) scratch(platform string) (*remote.Image, error) {
 	p := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	if platform != "" {
-		pp, err := v1.ParsePlatform(platform)
+		pp, err := ParsePlatform(platform)
 		if err != nil {
-			return nil, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
+			return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 		}
-		p = *pp
+		p = pp
 	}
 	config, err := json.Marshal(ocispec.Image{
 		Platform: ocispec.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant},

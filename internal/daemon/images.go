@@ -15,7 +15,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -211,11 +210,11 @@ func (im *images) resolve(ctx context.Context, refStr, platform string, insecure
 	}
 	opts := append(slices.Clone(im.d.remoteOpts), im.remoteOptions(insecure, ref.Context().RegistryStr())...)
 	if platform != "" {
-		p, err := v1.ParsePlatform(platform)
+		p, err := ParsePlatform(platform)
 		if err != nil {
-			return nil, false, fmt.Errorf("platform %q: %w: %v", platform, errdefs.ErrInvalidArgument, err)
+			return nil, false, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
 		}
-		opts = append(opts, remote.WithPlatform(*p))
+		opts = append(opts, remote.WithPlatform(p))
 	}
 	if img, err := im.localImage(ref); err == nil {
 		return img, true, nil
