@@ -42,7 +42,7 @@ func (b *Blobs) Put(d digest.Digest, data []byte) error {
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	return writeAtomic(b.tmp, p, data, true)
+	return writeAtomic(b.tmp, p, data, true, 0o600)
 }
 
 // Get returns the blob stored under d, verified. A missing blob is an error
@@ -67,9 +67,15 @@ func (b *Blobs) Get(d digest.Digest) ([]byte, error) {
 	return data, nil
 }
 
+// WriteFileAtomic writes data to dst, mode perm, so that dst is either as
+// it was or complete: a synced temporary file beside it renamed over it.
+func WriteFileAtomic(dst string, data []byte, perm os.FileMode) error {
+	return writeAtomic(filepath.Dir(dst), dst, data, true, perm)
+}
+
 // writeAtomic writes data to a temporary file in tmpDir, optionally fsyncs
 // it, and renames it to dst, so dst is either absent or complete.
-func writeAtomic(tmpDir, dst string, data []byte, durable bool) error {
+func writeAtomic(tmpDir, dst string, data []byte, durable bool, perm os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return err
 	}
@@ -82,6 +88,12 @@ func writeAtomic(tmpDir, dst string, data []byte, durable bool) error {
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
+	}
+	if perm != 0o600 { // CreateTemp's
+		if err := f.Chmod(perm); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if durable {
 		if err := f.Sync(); err != nil {

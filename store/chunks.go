@@ -135,7 +135,7 @@ func (c *Chunks) Put(d digest.Digest, data []byte) error {
 	if k, ok := packKey(d); ok && len(data) <= packMaxChunk && int64(len(data))*4 <= c.lru.packSize {
 		return c.lru.putPacked(k, data)
 	}
-	if err := writeAtomic(c.tmp, c.lru.path(chunkKey(d)), data, false); err != nil {
+	if err := writeAtomic(c.tmp, c.lru.path(chunkKey(d)), data, false, 0o600); err != nil {
 		return fmt.Errorf("chunk cache: %w", err)
 	}
 	c.lru.add(chunkKey(d), int64(len(data)))

@@ -314,21 +314,31 @@ func (b *builder) publish(ctx context.Context) error {
 	if b.o.Quiet {
 		progress = nil
 	}
-	// The layout first: a failure there (its disk full) pushes nothing.
-	if b.o.OCILayout != "" {
-		if _, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, OCILayout: b.o.OCILayout, SourceInsecure: b.o.Insecure}, progress); err != nil {
-			return fmt.Errorf("writing the OCI layout %s: %w", b.o.OCILayout, err)
-		}
-	}
+	// The layout goes with the last push: the daemon writes its blobs,
+	// pushes, and names the image in the layout only once that push
+	// succeeded, so a failed push leaves the layout as it was.
+	var tags []string
 	if b.o.Push {
-		for _, tag := range b.o.Tags {
-			res, err := b.cl.Push(ctx, daemon.PushRequest{Image: b.res.Image, Ref: tag, Insecure: b.o.Insecure, SourceInsecure: b.o.Insecure}, progress)
-			if err != nil && !strings.Contains(err.Error(), "pushing "+tag) {
-				err = fmt.Errorf("pushing %s: %w", tag, err)
-			}
-			if err != nil {
-				return err
-			}
+		tags = b.o.Tags
+	}
+	if len(tags) == 0 && b.o.OCILayout != "" {
+		tags = []string{""}
+	}
+	for i, tag := range tags {
+		req := daemon.PushRequest{Image: b.res.Image, Ref: tag, Insecure: b.o.Insecure, SourceInsecure: b.o.Insecure}
+		if i == len(tags)-1 {
+			req.OCILayout = b.o.OCILayout
+		}
+		res, err := b.cl.Push(ctx, req, progress)
+		switch {
+		case err != nil && tag == "":
+			return fmt.Errorf("writing the OCI layout %s: %w", b.o.OCILayout, err)
+		case err != nil && !strings.Contains(err.Error(), "pushing "+tag) && !strings.Contains(err.Error(), "OCI layout"):
+			return fmt.Errorf("pushing %s: %w", tag, err)
+		case err != nil:
+			return err
+		}
+		if tag != "" {
 			b.res.Pushed = append(b.res.Pushed, res.Ref)
 		}
 	}

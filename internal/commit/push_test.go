@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -361,7 +362,7 @@ func TestWriteLayoutReplacesTag(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := WriteLayout(img, dir, "v1"); err != nil {
+		if err := WriteLayout(img, dir, "v1", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -383,6 +384,119 @@ func TestWriteLayoutReplacesTag(t *testing.T) {
 	}
 	if err := validateLayers(img); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWriteLayoutConcurrentWritersKeepTags: commits into one layout at
+// once (a new one, then an existing one) keep every tag, and index.json is
+// never seen half written.
+func TestWriteLayoutConcurrentWritersKeepTags(t *testing.T) {
+	reg := newRegistry(t)
+	base := baseOn(t, reg.host)
+	const writers = 6
+	imgs := make([]v1.Image, writers)
+	for i := range imgs {
+		img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(int64(i), 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs[i] = img
+	}
+	for round, existing := range []bool{false, true} {
+		dir := filepath.Join(t.TempDir(), "layout")
+		if existing {
+			must(t, WriteLayout(imgs[0], dir, "first", nil))
+		}
+		stop := make(chan struct{})
+		readErr := make(chan error, 1)
+		go func() { // a reader all along
+			defer close(readErr)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				data, err := os.ReadFile(filepath.Join(dir, "index.json"))
+				if err == nil && !json.Valid(data) {
+					readErr <- fmt.Errorf("index.json read half written: %q", data)
+					return
+				}
+			}
+		}()
+		var wg sync.WaitGroup
+		errs := make([]error, writers)
+		for i := range writers {
+			wg.Go(func() { errs[i] = WriteLayout(imgs[i], dir, fmt.Sprintf("t%d", i), nil) })
+		}
+		wg.Wait()
+		close(stop)
+		if err := <-readErr; err != nil {
+			t.Error(err)
+		}
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, writer %d: %v", round, i, err)
+			}
+		}
+		p, err := layout.FromPath(dir)
+		must(t, err)
+		idx, err := p.ImageIndex()
+		must(t, err)
+		im, err := idx.IndexManifest()
+		must(t, err)
+		var tags []string
+		for _, d := range im.Manifests {
+			tags = append(tags, d.Annotations[refNameAnnotation])
+		}
+		slices.Sort(tags)
+		want := []string{"t0", "t1", "t2", "t3", "t4", "t5"}
+		if existing {
+			want = append([]string{"first"}, want...)
+		}
+		if !slices.Equal(tags, want) {
+			t.Errorf("round %d: tags %q, want %q", round, tags, want)
+		}
+	}
+}
+
+// TestWriteLayoutFailedPublishNamesNothing: when the push between the
+// blobs and the naming fails, an existing layout keeps its index as it was
+// and a layout the call made is gone.
+func TestWriteLayoutFailedPublishNamesNothing(t *testing.T) {
+	reg := newRegistry(t)
+	base := baseOn(t, reg.host)
+	img, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(1, 0)})
+	must(t, err)
+	img2, err := Build(base, Spec{Layer: newLayerFile(t), Created: time.Unix(2, 0)})
+	must(t, err)
+	failed := errors.New("push refused")
+	published := func() error { return failed }
+
+	fresh := filepath.Join(t.TempDir(), "new")
+	if err := WriteLayout(img, fresh, "v1", published); !errors.Is(err, failed) {
+		t.Fatalf("err = %v, want the publish's", err)
+	}
+	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the layout made for a failed publish is left: %v", err)
+	}
+
+	dir := filepath.Join(t.TempDir(), "old")
+	must(t, WriteLayout(img, dir, "v1", nil))
+	before, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	must(t, err)
+	if err := WriteLayout(img2, dir, "v1", published); !errors.Is(err, failed) {
+		t.Fatalf("err = %v, want the publish's", err)
+	}
+	after, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	must(t, err)
+	if !bytes.Equal(before, after) {
+		t.Errorf("a failed publish changed index.json:\n%s\nto\n%s", before, after)
+	}
+	called := false
+	must(t, WriteLayout(img2, dir, "v1", func() error { called = true; return nil }))
+	if !called {
+		t.Error("publish not called")
 	}
 }
 
@@ -506,5 +620,12 @@ func TestNewImageLeavesBaseManifestAnnotations(t *testing.T) {
 				t.Errorf("docker=%v: base layer %d became %+v, was %+v", spec.Docker, i, m.Layers[i], d)
 			}
 		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -169,21 +169,31 @@ func (c *commitStep) publish(ctx context.Context, img v1.Image, base *commit.Bas
 	}
 	res.Digest = digest.Digest(d.String())
 	// The push goes last: a failure before it (the store or the layout's
-	// disk full) publishes nothing, and nothing can fail after it.
+	// disk full) publishes nothing, and nothing but naming the image in the
+	// layout can fail after it. The layout gets its blobs before the push
+	// and names the image only once the push succeeded.
 	if err := c.keep(img); err != nil {
 		return err
 	}
-	if c.req.OCILayout != "" {
-		if err := c.writeLayout(img, base); err != nil {
-			return err
+	pushed := func() error {
+		if target == nil {
+			return nil
 		}
-	}
-	if target != nil {
 		if err := c.push(ctx, img, base, target); err != nil {
 			return err
 		}
 		res.Ref = target.Context().String() + "@" + d.String()
-	} else if c.req.Keep && c.req.OCILayout == "" {
+		return nil
+	}
+	if c.req.OCILayout != "" {
+		err = c.writeLayout(img, base, pushed)
+	} else {
+		err = pushed()
+	}
+	if err != nil {
+		return err
+	}
+	if target == nil && c.req.Keep && c.req.OCILayout == "" {
 		res.Ref = base.Repo.String() + "@" + d.String()
 	}
 	res.StreamedBytes = base.StreamedBytes()
@@ -451,12 +461,13 @@ func (c *commitStep) push(ctx context.Context, img v1.Image, base *commit.Base, 
 	return nil
 }
 
-// writeLayout adds img to the OCI layout c.req.OCILayout names.
-func (c *commitStep) writeLayout(img v1.Image, base *commit.Base) error {
+// writeLayout adds img to the OCI layout c.req.OCILayout names, calling
+// publish between the blobs and the naming (commit.WriteLayout).
+func (c *commitStep) writeLayout(img v1.Image, base *commit.Base, publish func() error) error {
 	layout, tag := splitLayout(c.req.OCILayout)
 	before := base.StreamedBytes()
 	c.progress("writing the OCI layout %s (base layers are read whole for it)", layout)
-	if err := commit.WriteLayout(img, layout, tag); err != nil {
+	if err := commit.WriteLayout(img, layout, tag, publish); err != nil {
 		return err
 	}
 	c.progress("OCI layout %s written; %s of base layers fetched for it", layout, human(base.StreamedBytes()-before))
