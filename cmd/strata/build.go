@@ -62,8 +62,9 @@ stage's triggers run before the stage's own steps); the escape directive.
 Not supported: RUN --mount=type=ssh, ADD of git repositories (and
 --keep-git-dir), ADD --unpack.
 
-With SOURCE_DATE_EPOCH (the environment, --source-date-epoch or the build
-argument) the result is reproducible. The image digest is printed last.
+With SOURCE_DATE_EPOCH (the environment, --source-date-epoch, the build
+argument, or a global ARG's default) the result is reproducible; the
+environment's is the build argument's default, as docker buildx passes it. The image digest is printed last.
 
 Examples:
   strata build -t localhost:5000/app:v1 --push .
@@ -111,7 +112,7 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.Runtime, "runtime", "", "OCI runtime for RUN: runc, crun or a path (default: runc, else crun)")
 	fs.BoolVar(&o.Record, "record", false, "note the files the first RUN on each FROM image opens, for later builds FROM it to prefetch (see 'strata mount --record')")
 	fs.BoolVar(&o.RecordPush, "record-push", false, "with --record: push the list as a referrer of the FROM image too")
-	sde := fs.String("source-date-epoch", "", "set every new time to these seconds since 1970, for a reproducible image (default $SOURCE_DATE_EPOCH)")
+	sde := fs.String("source-date-epoch", "", "clamp new layers' times and date the image and its new history to these seconds since 1970, for a reproducible image; also the SOURCE_DATE_EPOCH build argument (default $SOURCE_DATE_EPOCH, unless --build-arg SOURCE_DATE_EPOCH is given)")
 	if err := c.parse(fs, args, 1, 1); err != nil {
 		return err
 	}
@@ -214,8 +215,12 @@ func runBuild(ctx context.Context, args []string, stdout io.Writer) error {
 			df.withheld = append(df.withheld, s.Env)
 		}
 	}
-	if o.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
-		return err
+	// $SOURCE_DATE_EPOCH is the build argument's default, as buildctl and
+	// docker buildx pass it on: an explicit --build-arg wins.
+	if _, set := o.BuildArgs["SOURCE_DATE_EPOCH"]; *sde != "" || !set {
+		if o.SourceDateEpoch, err = sourceDateEpoch(*sde); err != nil {
+			return err
+		}
 	}
 	cl, err := df.ensure(ctx)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -48,8 +49,11 @@ type Options struct {
 	NoCache    bool              // run every step (the cache is still filled)
 	Secrets    map[string]Secret // --secret: by ID
 	// SourceDateEpoch, in seconds, clamps new layers' times and sets every
-	// new config and history time; default $SOURCE_DATE_EPOCH, or the
-	// SOURCE_DATE_EPOCH build argument.
+	// new config and history time. It is the SOURCE_DATE_EPOCH build
+	// argument too (an ARG SOURCE_DATE_EPOCH in a stage sees it), as
+	// buildctl and docker buildx pass $SOURCE_DATE_EPOCH on; one set in
+	// BuildArgs as well must agree. Without either, a default of the
+	// Dockerfile's global ARG SOURCE_DATE_EPOCH is used, as BuildKit uses it.
 	SourceDateEpoch *int64
 	Insecure        bool // plain HTTP to the tags' registries and FROM's
 	// Record notes, for each stage whose first RUN step runs on its FROM
@@ -231,6 +235,17 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	if err != nil {
 		return nil, err
 	}
+	if o.SourceDateEpoch != nil {
+		s := strconv.FormatInt(*o.SourceDateEpoch, 10)
+		if v, ok := o.BuildArgs["SOURCE_DATE_EPOCH"]; ok && v != s {
+			return nil, fmt.Errorf("%w: the source date epoch %s and the build argument SOURCE_DATE_EPOCH=%q disagree", ErrBuild, s, v)
+		}
+		o.BuildArgs = maps.Clone(o.BuildArgs)
+		if o.BuildArgs == nil {
+			o.BuildArgs = map[string]string{}
+		}
+		o.BuildArgs["SOURCE_DATE_EPOCH"] = s
+	}
 	b := &builder{cl: cl, o: o, root: st.Root, done: map[int]*stageState{}, ro: map[string]string{}, used: map[string]bool{}}
 	if err := b.parse(); err != nil {
 		return nil, err
@@ -299,21 +314,33 @@ func Build(ctx context.Context, cl *daemon.Client, o Options) (res *Result, err 
 	return &b.res, nil
 }
 
-// setTime fixes the time of every new config and history entry.
+// setTime fixes the time of every new config and history entry: the
+// SOURCE_DATE_EPOCH build argument (which Options.SourceDateEpoch has been
+// made), else the default of a global ARG SOURCE_DATE_EPOCH, as BuildKit
+// reads them; empty, or BuildKit's "context" (a local context has no
+// time of its own), is none.
 func (b *builder) setTime() error {
-	sde := b.o.SourceDateEpoch
-	if sde == nil {
-		if v, ok := b.o.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return fmt.Errorf("%w: build argument SOURCE_DATE_EPOCH=%q: want whole seconds since 1970", ErrBuild, v)
+	v, ok := b.o.BuildArgs["SOURCE_DATE_EPOCH"]
+	what := "build argument"
+	if ok {
+		b.used["SOURCE_DATE_EPOCH"] = true
+	} else {
+		for _, kv := range b.meta {
+			if kv.Key == "SOURCE_DATE_EPOCH" && kv.Value != nil {
+				v, ok, what = *kv.Value, true, "global ARG"
 			}
-			if err := daemon.CheckSourceDateEpoch(n); err != nil {
-				return fmt.Errorf("%w: build argument SOURCE_DATE_EPOCH: %v", ErrBuild, err)
-			}
-			sde = &n
-			b.used["SOURCE_DATE_EPOCH"] = true
 		}
+	}
+	var sde *int64
+	if ok && v != "" && v != "context" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: %s SOURCE_DATE_EPOCH=%q: want whole seconds since 1970", ErrBuild, what, v)
+		}
+		if err := daemon.CheckSourceDateEpoch(n); err != nil {
+			return fmt.Errorf("%w: %s SOURCE_DATE_EPOCH: %v", ErrBuild, what, err)
+		}
+		sde = &n
 	}
 	b.o.SourceDateEpoch = sde
 	b.created = time.Now().UTC()

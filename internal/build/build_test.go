@@ -529,6 +529,42 @@ func TestSourceDateEpochBounds(t *testing.T) {
 	}
 }
 
+// TestSourceDateEpochSources: the build argument, else a global ARG's
+// default, as BuildKit reads them; empty or "context" is none.
+func TestSourceDateEpochSources(t *testing.T) {
+	for _, c := range []struct {
+		dockerfile string
+		args       map[string]string
+		want       int64 // -1: none
+	}{
+		{"FROM scratch\n", map[string]string{"SOURCE_DATE_EPOCH": "7"}, 7},
+		{"ARG SOURCE_DATE_EPOCH=1000\nFROM scratch\n", nil, 1000},
+		{"ARG SOURCE_DATE_EPOCH=1000\nFROM scratch\n", map[string]string{"SOURCE_DATE_EPOCH": "7"}, 7},
+		{"ARG BASE=5\nARG SOURCE_DATE_EPOCH=${BASE}00\nFROM scratch\n", nil, 500},
+		{"FROM scratch\nARG SOURCE_DATE_EPOCH=1000\n", nil, -1}, // a stage's own default: BuildKit ignores it too
+		{"ARG SOURCE_DATE_EPOCH\nFROM scratch\n", nil, -1},
+		{"FROM scratch\n", map[string]string{"SOURCE_DATE_EPOCH": ""}, -1},
+		{"FROM scratch\n", map[string]string{"SOURCE_DATE_EPOCH": "context"}, -1},
+	} {
+		b := parsed(t, c.dockerfile, c.args)
+		if err := b.setTime(); err != nil {
+			t.Errorf("%q %v: %v", c.dockerfile, c.args, err)
+			continue
+		}
+		got := int64(-1)
+		if b.o.SourceDateEpoch != nil {
+			got = *b.o.SourceDateEpoch
+		}
+		if got != c.want {
+			t.Errorf("%q %v: epoch %d, want %d", c.dockerfile, c.args, got, c.want)
+		}
+	}
+	b := parsed(t, "ARG SOURCE_DATE_EPOCH=soon\nFROM scratch\n", nil)
+	if err := b.setTime(); err == nil || !strings.Contains(err.Error(), "global ARG SOURCE_DATE_EPOCH") {
+		t.Errorf("a global default that is no number: %v", err)
+	}
+}
+
 // TestMountKeys: a RUN's cache key changes with everything of its mounts
 // that the step sees (a secret's place, variable, mode and owner; a cache
 // mount's ro, mode and owner), never with a secret's value.
