@@ -155,7 +155,7 @@ func defaultFix(p string) Fix {
 // root (a fixup's directories show over the layers', so each gets the
 // attributes the unpack gives it). None when nothing needs a fix.
 func fixes(layers []fixTree) ([]Fix, error) {
-	if len(layers) < 2 {
+	if len(layers) == 0 {
 		return nil, nil
 	}
 	var candidates []string

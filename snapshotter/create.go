@@ -176,7 +176,7 @@ func (s *Snapshotter) inheritRootOwner(sn storage.Snapshot, fsDir string) error 
 	src := s.fsPath(sn.ParentIDs[0])
 	if s.fixups != nil {
 		parents := s.distinctLayers(sn.ParentIDs)
-		if len(parents) > 1 {
+		if len(parents) > 0 {
 			lowers := make([]string, len(parents))
 			for i, id := range parents {
 				lowers[i] = s.fsPath(id)
@@ -258,17 +258,12 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 			"workdir="+s.workPath(sn.ID),
 			"upperdir="+s.fsPath(sn.ID),
 		)
-	} else if len(parents) == 1 {
-		// A view of one layer is that layer, read-only.
-		return []mount.Mount{bindMount(s.fsPath(parents[0]), "ro")}, nil
 	}
-	// A view of several layers has no upperdir, which makes overlayfs
-	// read-only by itself.
 	lowers := make([]string, len(parents))
 	for i, id := range parents {
 		lowers[i] = s.fsPath(id)
 	}
-	if s.fixups != nil && len(lowers) > 1 {
+	if s.fixups != nil && len(lowers) > 0 {
 		fixup, err := s.fixups(lowers)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", sn.ID, err)
@@ -277,6 +272,13 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) ([]mount.Mount, error) {
 			lowers = append([]string{fixup}, lowers...)
 		}
 	}
+	if sn.Kind != snapshots.KindActive && len(lowers) == 1 {
+		// A view of one layer (that needs no fixup) is that layer,
+		// read-only.
+		return []mount.Mount{bindMount(lowers[0], "ro")}, nil
+	}
+	// A view of several layers has no upperdir, which makes overlayfs
+	// read-only by itself.
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, s.options...)
 	if err := s.checkOptionsFit(options, lowers); err != nil {

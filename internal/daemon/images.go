@@ -355,13 +355,23 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 			seen[d] = true
 			return dup
 		})
+		// Directories a layer holds without an entry take what an
+		// unpack gives them from a fixup on top (a lower layer's entry;
+		// a setgid parent's group, a one-layer image's too).
+		var fixup string
+		if !adopt && len(lowers) > 0 {
+			if fixup, err = im.d.pool.FixupDir(lowers, im.d.fixupRoot()); err != nil {
+				err = fmt.Errorf("directories without an entry: %w", err)
+			}
+		}
 		switch {
+		case err != nil:
 		case adopt:
 		case len(lowers) == 0:
 			// An image of no layers (FROM scratch and metadata only)
 			// is an empty tree, as an unpack makes it.
 			err = kmount.Bind(im.d.emptyDir, m.Dir, unix.MS_RDONLY)
-		case len(lowers) == 1 && im.plain(m.Layers[0].Digest):
+		case len(lowers) == 1 && fixup == "" && im.plain(m.Layers[0].Digest):
 			// One layer with nothing for overlayfs to hide is shown
 			// by a bind of its own mount, as containerd's overlay
 			// snapshotter does for a one-layer view: overlayfs would
@@ -373,11 +383,6 @@ func (im *images) attach(ctx context.Context, m *Mount, create, adopt bool) erro
 			// has them.
 			err = kmount.Bind(lowers[0], m.Dir, unix.MS_RDONLY)
 		default:
-			var fixup string
-			if fixup, err = im.d.pool.FixupDir(lowers, im.d.fixupRoot()); err != nil {
-				err = fmt.Errorf("directories without an entry: %w", err)
-				break
-			}
 			if fixup != "" {
 				lowers = append([]string{fixup}, lowers...)
 			}

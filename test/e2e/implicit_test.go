@@ -100,3 +100,42 @@ func TestMountImplicitDirectories(t *testing.T) {
 		})
 	}
 }
+
+// TestMountImplicitUnderSetgidOneLayer: in an image of one layer too, a
+// directory without an entry under a setgid directory is as mkdir makes
+// it there (the parent's group and the setgid bit), as umoci unpacks it,
+// read-only and writable; a commit on top keeps it so.
+func TestMountImplicitUnderSetgidOneLayer(t *testing.T) {
+	requireRoot(t)
+	lowerTime := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	layers := []fixture.LayerSpec{{
+		{Path: "sg", Type: fixture.TypeDir, Mode: 0o2775, GID: 50, ModTime: lowerTime},
+		fixture.Text("sg/n/m/f", "f\n"), // sg/n and sg/n/m have no entry
+		fixture.Text("plain/x", "x\n"),  // nor plain, under a root that is not setgid
+	}}
+	undefined := []string{".", "sg", "sg/n", "sg/n/m", "plain"} // times an unpack changes
+	ref := push(t, shared.reg, uniqueRepo("implicit-sgid"), "v1", layers, fixture.FormGzip)
+	d := startDaemon(t, nil)
+	want := undefinedMTimes(referenceTree(t, ref, false), undefined)
+	check := func(what, dir string) {
+		t.Helper()
+		got, err := treecmp.Walk(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, diff := range treecmp.Diff(want, undefinedMTimes(got, undefined), treecmp.SkipPaths(estargzBookkeeping)) {
+			t.Errorf("%s differs from umoci's full unpack: %s", what, diff)
+		}
+	}
+	dir, _ := d.mount(t, ref)
+	check("the mount", dir)
+	rw, _ := d.mountRW(t, ref)
+	check("the writable mount", rw)
+	if err := os.WriteFile(filepath.Join(rw, "sg/n/new"), []byte("new\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(rw, "sg/n"), &st); err != nil || st.Mode&0o7777 != 0o2755 || st.Gid != 50 {
+		t.Errorf("sg/n after a write below it: mode %o, gid %d (%v); want 02755, 50", st.Mode&0o7777, st.Gid, err)
+	}
+}
