@@ -33,9 +33,13 @@ func Overlay(target string, lowers []string, upper, work string, extra ...string
 	if len(lowers) > MaxOverlayLayers {
 		return fmt.Errorf("overlay: %d layers, more than the %d overlayfs stacks", len(lowers), MaxOverlayLayers)
 	}
-	opts := "lowerdir=" + strings.Join(lowers, ":")
+	escaped := make([]string, len(lowers))
+	for i, l := range lowers {
+		escaped[i] = overlayEscaper.Replace(l)
+	}
+	opts := "lowerdir=" + strings.Join(escaped, ":")
 	if upper != "" {
-		opts += ",upperdir=" + upper + ",workdir=" + work
+		opts += ",upperdir=" + overlayEscaper.Replace(upper) + ",workdir=" + overlayEscaper.Replace(work)
 	}
 	for _, o := range extra {
 		opts += "," + o
@@ -56,6 +60,13 @@ func Overlay(target string, lowers []string, upper, work string, extra ...string
 	}
 	return nil
 }
+
+// overlayEscaper escapes a path for mount(2)'s overlayfs options, which
+// split options at "," and lower directories at ":": a path holding
+// either (a build context named "x:y") would otherwise name other
+// directories, relative ones the daemon's working directory resolves. The
+// new mount API ("lowerdir+", fsconfig) takes each path whole.
+var overlayEscaper = strings.NewReplacer(`\`, `\\`, `:`, `\:`, `,`, `\,`)
 
 var errNoLowerdirPlus = errors.New(`the kernel takes no "lowerdir+"`)
 

@@ -119,6 +119,58 @@ func TestOverlayReadOnlyAndWritable(t *testing.T) {
 	}
 }
 
+// TestOverlayPathsWithSeparators: a path holding overlayfs's separators
+// (":" between lower directories, "," between options, "\\" their escape)
+// is that one directory, never others (a relative "y" the working
+// directory resolves), for lower, upper and work directories alike.
+func TestOverlayPathsWithSeparators(t *testing.T) {
+	requireRoot(t)
+	base := t.TempDir()
+	t.Chdir(base)
+	for _, name := range []string{"x:y", "x", "y", "c,d", `e\f`, "lo", "up:p,x", "wo:k,x", "merged"} {
+		if err := os.Mkdir(filepath.Join(base, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(base, name, "in-"+name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	merged := filepath.Join(base, "merged")
+	list := func() []string {
+		t.Helper()
+		ents, err := os.ReadDir(merged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	for _, lower := range []string{"x:y", "c,d", `e\f`} {
+		if err := Overlay(merged, []string{filepath.Join(base, lower), filepath.Join(base, "lo")}, "", ""); err != nil {
+			t.Fatalf("%s: %v", lower, err)
+		}
+		want := []string{"in-" + lower, "in-lo"}
+		slices.Sort(want) // as ReadDir lists them
+		if got := list(); !slices.Equal(got, want) {
+			t.Errorf("lower %q: the overlay shows %q, want %q", lower, got, want)
+		}
+		if err := Unmount(merged); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Remove(filepath.Join(base, "wo:k,x", "in-wo:k,x")) // a work directory must be empty
+	if err := Overlay(merged, []string{filepath.Join(base, "x:y")}, filepath.Join(base, "up:p,x"), filepath.Join(base, "wo:k,x")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unmount(merged) })
+	if got, want := list(), []string{"in-up:p,x", "in-x:y"}; !slices.Equal(got, want) {
+		t.Errorf("writable: the overlay shows %q, want %q", got, want)
+	}
+}
+
 // TestOverlayManyLayers: more layers than one page of mount options holds
 // are stacked one by one (on kernels that take "lowerdir+"; elsewhere the
 // mount is refused with a clear error), read-only and writable, the top
