@@ -279,7 +279,8 @@ func TestImageFilesBoundOver(t *testing.T) {
 
 // TestMissingWorkDir: a working directory the image lacks is made, root's
 // and 0755 as BuildKit makes it (buildah and docker make it too), and stays
-// in the layer; one inside a mount is made for the run only.
+// in the layer; one inside a mount is not made in the layer (the runtime
+// makes it in the mount: gone with a tmpfs).
 func TestMissingWorkDir(t *testing.T) {
 	o, ov := newRun(t, "", "pwd")
 	o.WorkDir = "/new/dir"
@@ -300,7 +301,7 @@ func TestMissingWorkDir(t *testing.T) {
 		t.Errorf("exit %d, %v, output %q", code, err, out)
 	}
 	ov.expectChanges(t, "from", "from/config", "new", "new/dir")
-	// Inside a mount, it is made in the mount, for the run only.
+	// Inside a mount, it is made in the mount, not in the layer.
 	m, err := ParseMount("type=tmpfs,target=/scratch")
 	must(t, err)
 	o.Mounts, o.WorkDir = []Mount{m}, "/scratch/sub"

@@ -69,7 +69,8 @@ func prepare(o Options, id string, r *root, t *targets, bundle string) (*specs.S
 	}
 	// A working directory the image lacks is made, as BuildKit, buildah
 	// and docker make it, and stays in the layer like anything the
-	// command makes; inside a mount, only for the run.
+	// command makes; inside a mount, the runtime makes it in what is
+	// mounted there (a bind's source keeps it, as docker's does).
 	if cwd, err = t.ensureWorkDir(cwd, !inMount(o.Mounts, cwd)); err != nil {
 		return nil, err
 	}
