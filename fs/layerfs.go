@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -397,7 +398,7 @@ func (l *layerFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string
 		l.push(e)
 	}
 	v, ok := e.Xattrs[attr]
-	if !ok {
+	if !ok || !servedXattr(&e, attr) {
 		return 0, fuse.ENODATA
 	}
 	if len(dest) < len(v) {
@@ -454,6 +455,16 @@ func (l *layerFS) push(e index.Entry) {
 
 var pushBufs = sync.Pool{New: func() any { b := make([]byte, storeHeader+maxPush); return &b }}
 
+// servedXattr says whether e's xattr name is served: a user.* xattr only
+// on a regular file or a directory, where Linux allows them (xattr(7));
+// a layer's tar may give one to a symlink, fifo or device, which an unpack
+// fails to set (umoci and buildah refuse such a layer) and which, listed,
+// would make overlayfs's copy-up fail (chmod of a fifo: "No data
+// available").
+func servedXattr(e *index.Entry, name string) bool {
+	return !strings.HasPrefix(name, "user.") || e.Type == index.TypeReg || e.Type == index.TypeDir
+}
+
 func (l *layerFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
 	e, st := l.entry(ctxOf(h, cancel), "listxattr", h.NodeId)
 	if !st.Ok() {
@@ -461,7 +472,9 @@ func (l *layerFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byt
 	}
 	names := make([]string, 0, len(e.Xattrs))
 	for k := range e.Xattrs {
-		names = append(names, k)
+		if servedXattr(&e, k) {
+			names = append(names, k)
+		}
 	}
 	sort.Strings(names)
 	var buf []byte
