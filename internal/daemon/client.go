@@ -99,6 +99,9 @@ func stream[T any](ctx context.Context, c *Client, path string, req any, progres
 	}
 	resp, err := c.hc.Do(hreq)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // cut short here (^C): the caller says so
+		}
 		return nil, fmt.Errorf("strata daemon at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
@@ -115,6 +118,9 @@ func stream[T any](ctx context.Context, c *Client, path string, req any, progres
 				// short as a whole: a commit or push publishes its
 				// manifest last, so nothing of it is out.
 				return nil, fmt.Errorf("strata daemon: it stopped before answering (a crash or a stop; a supervised daemon is started again): what was asked was cut short, and may be asked again: %w", err)
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err() // cut short here (^C): the caller says so
 			}
 			return nil, fmt.Errorf("strata daemon: the answer ended early: %w", err)
 		}
@@ -163,6 +169,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err() // cut short here (^C): the caller says so
+		}
 		return fmt.Errorf("strata daemon at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
@@ -172,7 +181,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if out == nil {
 		return nil
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return nil
 }
 
 // responseError reads the daemon's error answer.

@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestStreamCutShort: a daemon that stops in the middle of an answer (a
@@ -35,5 +37,41 @@ func TestStreamCutShort(t *testing.T) {
 	}
 	if len(lines) != 1 {
 		t.Errorf("progress %q, want the one line sent", lines)
+	}
+}
+
+// TestStreamInterrupted: an answer cut short by the caller (^C) is the
+// context's error, which the command says as "interrupted", not that the
+// answer ended early.
+func TestStreamInterrupted(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.RawQuery, "silent") {
+			<-r.Context().Done() // no answer at all yet
+			return
+		}
+		w.Write([]byte(`{"progress":"pushing"}` + "\n")) //nolint:errcheck // the test's own answer
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})}
+	go srv.Serve(l) //nolint:errcheck // ends with the test
+	t.Cleanup(func() { srv.Close() })
+	// In the middle of the answer.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	_, err = NewClient(sock).Commit(ctx, CommitRequest{Dir: "/x"}, func(string) { cancel(errors.New("interrupt signal received")) })
+	if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "ended early") {
+		t.Errorf("in the answer: err = %v, want the context's", err)
+	}
+	// Before it.
+	ctx, cancel = context.WithCancelCause(context.Background())
+	time.AfterFunc(50*time.Millisecond, func() { cancel(errors.New("interrupt signal received")) })
+	var out struct{}
+	err = NewClient(sock).do(ctx, http.MethodGet, "/v1/status?silent", nil, &out)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("before the answer: err = %v, want the context's", err)
 	}
 }
