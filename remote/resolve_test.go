@@ -283,7 +283,9 @@ func TestResolveIndexPlatformSpellings(t *testing.T) {
 // not take amd64/v4, the default on an amd64 machine).
 func TestResolveIndexPicksBestPlatform(t *testing.T) {
 	f := newRegFixture(t)
-	p := func(arch, variant string) v1.Platform { return v1.Platform{OS: "linux", Architecture: arch, Variant: variant} }
+	p := func(arch, variant string) v1.Platform {
+		return v1.Platform{OS: "linux", Architecture: arch, Variant: variant}
+	}
 	for _, c := range []struct {
 		name    string
 		offered []v1.Platform
