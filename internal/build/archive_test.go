@@ -598,6 +598,59 @@ func TestAddURLChecksum(t *testing.T) {
 	}
 }
 
+// TestAddURLKeyIsWhatIsCopied: the cache key of an ADD URL is made of the
+// bytes and the time (Last-Modified) Copy then writes, from one download
+// (a server answering each request otherwise must not give a layer other
+// than its key says); a change of Last-Modified alone is another key.
+func TestAddURLKeyIsWhatIsCopied(t *testing.T) {
+	var gets atomic.Int64
+	lastModified := "Mon, 01 Jan 2001 00:00:00 GMT"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := gets.Add(1)
+		w.Header().Set("Last-Modified", lastModified)
+		fmt.Fprintf(w, "answer %d\n", n)
+	}))
+	defer srv.Close()
+	root := t.TempDir()
+	spec := CopySpec{Sources: []string{srv.URL + "/f"}, DestRoot: root, Dest: "/f", Add: true, Downloads: &Downloads{Dir: t.TempDir()}}
+	k1, err := Checksum(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCopy(t, spec)
+	wantFile(t, filepath.Join(root, "f"), "answer 1\n", 0o600)
+	if n := gets.Load(); n != 1 {
+		t.Errorf("%d requests, want the key's one", n)
+	}
+	if st, err := os.Stat(filepath.Join(root, "f")); err != nil || st.ModTime().Year() != 2001 {
+		t.Errorf("time %v (%v), want Last-Modified's", st.ModTime(), err)
+	}
+	spec.Downloads.Remove()
+	if left, _ := os.ReadDir(spec.Downloads.Dir); len(left) != 0 {
+		t.Errorf("Remove left %d files", len(left))
+	}
+
+	// Same bytes, another Last-Modified: another key.
+	srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Last-Modified", lastModified)
+		fmt.Fprint(w, "same\n")
+	}))
+	defer srv2.Close()
+	spec2 := CopySpec{Sources: []string{srv2.URL + "/f"}, Dest: "/f", Add: true}
+	a, err := Checksum(context.Background(), spec2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastModified = "Thu, 05 May 2005 00:00:00 GMT"
+	b, err := Checksum(context.Background(), spec2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a == b || a == k1 {
+		t.Error("a new Last-Modified of the same bytes gave the same cache key")
+	}
+}
+
 // TestAddArchiveIgnoresChmod: --chmod leaves an archive's entries and the
 // directory it is unpacked into alone, as BuildKit and buildah do.
 func TestAddArchiveIgnoresChmod(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
@@ -133,6 +134,59 @@ type CopySpec struct {
 	// which must all be URLs, must have (ErrChecksum otherwise; nothing of
 	// such a download stays).
 	Checksum digest.Digest
+	// Downloads, when set, keeps the ADD URL downloads Checksum makes for
+	// the cache key, and Copy writes those bytes rather than asking again:
+	// a server may answer the next request otherwise, and the layer must
+	// hold what its key was made of. Nil: each downloads on its own.
+	Downloads *Downloads
+}
+
+// Downloads holds the ADD URL downloads of one instruction (see
+// CopySpec.Downloads), as files in Dir; Remove removes them.
+type Downloads struct {
+	Dir string
+	mu  sync.Mutex
+	got map[string]download
+}
+
+type download struct {
+	path         string // the body, in Dir
+	lastModified string // the Last-Modified header, which sets the file's time
+}
+
+func (d *Downloads) get(url string) (download, bool) {
+	if d == nil {
+		return download{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dl, ok := d.got[url]
+	return dl, ok
+}
+
+func (d *Downloads) put(url string, dl download) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.got == nil {
+		d.got = map[string]download{}
+	}
+	if old, ok := d.got[url]; ok {
+		os.Remove(old.path)
+	}
+	d.got[url] = dl
+}
+
+// Remove removes the downloads' files.
+func (d *Downloads) Remove() {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, dl := range d.got {
+		os.Remove(dl.path)
+	}
+	d.got = nil
 }
 
 var (
@@ -200,9 +254,11 @@ func Copy(ctx context.Context, spec CopySpec) (int, error) {
 // for each source in Copy's order, its path in SrcRoot and, for each entry
 // it selects (wildcards and excludes applied as Copy applies them), its path
 // relative to the source, type, permission bits, content (file bytes and
-// size, symlink target, device number) and copied extended attributes. No
+// size, symlink target, device number), which earlier name of the source
+// a hard link shares its file with, and copied extended attributes. No
 // time of the source counts, and no owner but with KeepOwners. A URL
-// counts as the URL and the bytes it answers with, downloaded; with
+// counts as the URL, the bytes it answers with and its Last-Modified (the
+// file's time), downloaded (and kept in spec.Downloads for Copy); with
 // --checksum, as the URL and the checksum, without a download.
 func Checksum(ctx context.Context, spec CopySpec) (digest.Digest, error) {
 	p, err := newCopyPlan(spec)

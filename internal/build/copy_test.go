@@ -816,6 +816,19 @@ func TestChecksum(t *testing.T) {
 			os.Remove(filepath.Join(dir, "app/run.sh"))
 			os.Symlink("#!/bin/sh", filepath.Join(dir, "app/run.sh"))
 		},
+		// The same bytes and mode, now one file of two names, as Copy
+		// writes it.
+		"a copy to a hard link": func(dir string) {
+			writeTestFile(t, dir, "app/main2.go", "package main", 0o644)
+			writeTestFile(t, dir, "app/main3.go", "package main", 0o644)
+		},
+	}
+	linked := func(dir string) {
+		writeTestFile(t, dir, "app/main2.go", "package main", 0o644)
+		must(t, os.Link(filepath.Join(dir, "app/main.go"), filepath.Join(dir, "app/main3.go")))
+	}
+	if sum(checksumTree(t, differ["a copy to a hard link"]), nil) == sum(checksumTree(t, linked), nil) {
+		t.Error("hard linking two files of a source left the checksum as it was")
 	}
 	for what, change := range differ {
 		if got := sum(checksumTree(t, change), nil); got == base {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 
 	digest "github.com/opencontainers/go-digest"
@@ -14,11 +15,24 @@ import (
 
 // download writes ADD URL s to its destination.
 func (c *copier) download(ctx context.Context, s *copySource) error {
-	resp, err := httpGet(ctx, s.url)
-	if err != nil {
-		return err
+	var body io.Reader
+	var lastModified string
+	if dl, ok := c.Downloads.get(s.url); ok {
+		// What the cache key was made of.
+		f, err := os.Open(dl.path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		body, lastModified = f, dl.lastModified
+	} else {
+		resp, err := httpGet(ctx, s.url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, lastModified = resp.Body, resp.Header.Get("Last-Modified")
 	}
-	defer resp.Body.Close()
 	dir, name, err := c.target(false, s.base, unix.S_IFREG|0o600)
 	if err != nil {
 		return err
@@ -31,10 +45,9 @@ func (c *copier) download(ctx context.Context, s *copySource) error {
 	if c.modeSet != nil {
 		m.mode = unixMode(c.modeSet.Apply(0o600))
 	}
-	if t, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
+	if t, err := http.ParseTime(lastModified); err == nil {
 		m.mtime = unix.NsecToTimespec(t.UnixNano())
 	}
-	var body io.Reader = resp.Body
 	var d digest.Digester
 	if c.Checksum != "" {
 		d = c.Checksum.Algorithm().Digester()

@@ -169,6 +169,10 @@ func (b *builder) copyFiles(ctx context.Context, st *stageState, sd instructions
 		}
 	}
 	spec.Dest = inImage(st.config.Config.WorkingDir, sd.DestPath)
+	if add {
+		spec.Downloads = &Downloads{Dir: b.work}
+		defer spec.Downloads.Remove()
+	}
 	sum, err := Checksum(ctx, spec)
 	if err != nil {
 		return err
