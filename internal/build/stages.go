@@ -119,8 +119,10 @@ func oneLine(s string) string {
 // runStage runs stage i.
 func (b *builder) runStage(ctx context.Context, i int) error {
 	s := b.stages[i]
-	b.step(s, s.SourceCode)
+	// Announced once the base is resolved: its ONBUILD triggers, steps of
+	// their own, are counted then.
 	st, err := b.from(ctx, i)
+	b.step(s, s.SourceCode)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -315,6 +316,14 @@ func TestBuildRunsBaseImageTriggers(t *testing.T) {
 		if !strings.Contains(log, w) {
 			t.Errorf("the build log does not show the trigger %q:\n%s", w, log)
 		}
+	}
+	// Every step line counts the triggers in its total, the FROM's too.
+	totals := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^STEP \d+/(\d+)`).FindAllStringSubmatch(log, -1) {
+		totals[m[1]] = true
+	}
+	if len(totals) != 1 {
+		t.Errorf("the step lines give totals %v, want one:\n%s", totals, log)
 	}
 	cfg := configOf(t, child)
 	if len(cfg.OnBuild) != 0 {
