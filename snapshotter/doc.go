@@ -42,13 +42,17 @@
 //     stargz-snapshotter's containerd.io/snapshot/remote/stargz.reference,
 //     .digest and .layers when BuildKit, nerdctl or ctr-remote does
 //     (ParseRemoteLabels reads either set).
-//  2. If a snapshot named by snapshot.ref exists, Prepare returns an error
-//     wrapping errdefs.ErrAlreadyExists at once.
+//  2. If the remote snapshot of that snapshot.ref above that parent exists,
+//     Prepare returns an error wrapping errdefs.ErrAlreadyExists at once.
 //  3. Otherwise the active snapshot is created and RemoteLayers.Mount is
-//     called on its fs directory. On success the snapshot is committed under
-//     the snapshot.ref name with the Prepare labels plus LabelRemote, and
-//     Prepare returns an error wrapping errdefs.ErrAlreadyExists: containerd
-//     then skips fetching and applying the layer.
+//     called on its fs directory. On success the snapshot is committed with
+//     the Prepare labels plus LabelRemote, and Prepare returns an error
+//     wrapping errdefs.ErrAlreadyExists: containerd then finds it by its
+//     snapshot.ref label and its parent, and skips fetching and applying the
+//     layer. It is named after the snapshot.ref, and for a layer with a
+//     parent after the parent's name too: above each namespace's locally
+//     unpacked layers a snapshot of its own, above remote layers (named the
+//     same everywhere) one, shared.
 //  4. If Mount fails (ErrNotRemote means "this layer cannot be served
 //     lazily", any other error is logged as a failure) the snapshot stays an
 //     ordinary active snapshot and containerd unpacks the layer into it.

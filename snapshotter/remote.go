@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	"github.com/stratafs/strata/internal/kmount"
 )
 
@@ -100,7 +101,8 @@ func (s *Snapshotter) startRecording(ctx context.Context, key, parent string, la
 // prepareRemote runs the remote-snapshot protocol for one Prepare: see the
 // package documentation.
 func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) ([]mount.Mount, error) {
-	if _, err := s.Stat(ctx, target); err == nil {
+	name := remoteName(target, parent)
+	if _, err := s.Stat(ctx, name); err == nil {
 		return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("prepare %s: target %s: %w", key, target, err)
@@ -124,7 +126,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 		}
 		return s.mounts(sn)
 	}
-	err = s.commitRemote(ctx, key, target, labels)
+	err = s.commitRemote(ctx, key, name, labels)
 	if err == nil {
 		log.InfoContext(ctx, "remote layer mounted")
 		return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
@@ -141,16 +143,33 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	return nil, fmt.Errorf("prepare %s: commit remote layer: %w", key, err)
 }
 
-// commitRemote commits a remotely mounted snapshot under target. Usage is
+// commitRemote commits a remotely mounted snapshot under name. Usage is
 // left at zero: walking the mount would fetch every layer file, which is
 // what lazy mounting avoids.
-func (s *Snapshotter) commitRemote(ctx context.Context, key, target string, labels map[string]string) error {
+func (s *Snapshotter) commitRemote(ctx context.Context, key, name string, labels map[string]string) error {
 	committed := maps.Clone(labels)
 	committed[LabelRemote] = "true"
 	return s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
-		_, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, snapshots.WithLabels(committed))
+		_, err := storage.CommitActive(ctx, key, name, snapshots.Usage{}, snapshots.WithLabels(committed))
 		return err
 	})
+}
+
+// remoteName is the name a remote layer of chain ID target is committed
+// under above parent: target itself for a bottom layer, else target and
+// its parent's name. containerd finds the snapshot by its target label
+// and its parent, not by its name, and the same chain ID above different
+// parents is a snapshot for each: above the locally unpacked layers of the
+// same image pulled into two namespaces (each namespace's own), a layer
+// named after its target alone was the first namespace's, which the
+// second could never use ("target snapshot in backend: not found"). Above
+// remote parents, whose names this makes the same in every namespace, the
+// snapshot is shared, as before.
+func remoteName(target, parent string) string {
+	if parent == "" {
+		return target
+	}
+	return target + "@" + digest.FromString(parent).Encoded()[:16]
 }
 
 // checkPristine reports an error unless dir is an empty directory that is

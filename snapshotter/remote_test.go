@@ -50,13 +50,33 @@ func (f *remoteFixture) open(t *testing.T, layers snapshotter.RemoteLayers) *sna
 }
 
 // pullRemote does what containerd's unpacker does for a remote layer and
-// expects the remote protocol's answer.
-func (f *remoteFixture) pullRemote(ctx context.Context, t *testing.T, key, parent, chainID, digest string) {
+// expects the remote protocol's answer; it returns the name of the
+// committed snapshot, found as containerd's metadata layer finds it: by its
+// target label and its parent.
+func (f *remoteFixture) pullRemote(ctx context.Context, t *testing.T, key, parent, chainID, digest string) string {
 	t.Helper()
 	_, err := f.sn.Prepare(ctx, key, parent, remoteLabels(chainID, digest))
 	if !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("Prepare %s: got %v, want ErrAlreadyExists", key, err)
 	}
+	return committedTarget(ctx, t, f.sn, chainID, parent)
+}
+
+// committedTarget is the committed snapshot of target label chainID above
+// parent, as containerd finds it after ErrAlreadyExists.
+func committedTarget(ctx context.Context, t *testing.T, sn snapshots.Snapshotter, chainID, parent string) string {
+	t.Helper()
+	var found []string
+	err := sn.Walk(ctx, func(ctx context.Context, i snapshots.Info) error {
+		if i.Kind == snapshots.KindCommitted && i.Labels[snapshots.LabelSnapshotRef] == chainID && i.Parent == parent {
+			found = append(found, i.Name)
+		}
+		return nil
+	})
+	if err != nil || len(found) != 1 {
+		t.Fatalf("committed snapshots of target %s above %q: %q, %v; want one", chainID, parent, found, err)
+	}
+	return found[0]
 }
 
 // mountDirOf returns the dir the fake was asked to mount for the n-th time.
@@ -81,9 +101,9 @@ func TestRemotePrepareCommitsAndChildSeesFiles(t *testing.T) {
 	ctx := context.Background()
 
 	f.pullRemote(ctx, t, "extract-1 l1", "", "chain-l1", "sha256:l1")
-	f.pullRemote(ctx, t, "extract-2 l2", "chain-l1", "chain-l2", "sha256:l2")
+	l2 := f.pullRemote(ctx, t, "extract-2 l2", "chain-l1", "chain-l2", "sha256:l2")
 
-	info, err := f.sn.Stat(ctx, "chain-l2")
+	info, err := f.sn.Stat(ctx, l2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +117,7 @@ func TestRemotePrepareCommitsAndChildSeesFiles(t *testing.T) {
 	if _, err := f.sn.Stat(ctx, "extract-2 l2"); !errdefs.IsNotFound(err) {
 		t.Fatalf("extraction key still exists: %v", err)
 	}
-	if u, err := f.sn.Usage(ctx, "chain-l2"); err != nil || u.Size != 0 {
+	if u, err := f.sn.Usage(ctx, l2); err != nil || u.Size != 0 {
 		t.Fatalf("usage of remote layer: %+v, %v; want 0 (never walked)", u, err)
 	}
 
@@ -107,7 +127,7 @@ func TestRemotePrepareCommitsAndChildSeesFiles(t *testing.T) {
 		t.Fatalf("second Prepare of chain-l1: %v after %d mounts; want ErrAlreadyExists and no new mount", err, f.layers.count("mount", ""))
 	}
 
-	ms, err := f.sn.Prepare(ctx, "container", "chain-l2")
+	ms, err := f.sn.Prepare(ctx, "container", l2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,9 +168,9 @@ func TestRemoteViews(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
 	f.pullRemote(ctx, t, "extract-1", "", "chain-l1", "sha256:l1")
-	f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
+	l2 := f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
 
-	for _, parent := range []string{"chain-l1", "chain-l2"} {
+	for _, parent := range []string{"chain-l1", l2} {
 		ms, err := f.sn.View(ctx, "view-"+parent, parent)
 		if err != nil {
 			t.Fatal(err)
@@ -163,6 +183,47 @@ func TestRemoteViews(t *testing.T) {
 		if !errors.Is(err, os.ErrPermission) && !strings.Contains(fmt.Sprint(err), "read-only") {
 			t.Errorf("view of %s is writable: %v", parent, err)
 		}
+	}
+}
+
+// TestRemoteLayerAboveLocalParentsPerParent: one chain ID above two
+// different parents (the same image pulled into two namespaces, whose
+// lower layers were unpacked locally, each namespace's own) is a remote
+// snapshot for each, found as containerd finds it (target label and
+// parent); above remote parents it is one, shared.
+func TestRemoteLayerAboveLocalParentsPerParent(t *testing.T) {
+	f := newRemoteFixture(t)
+	ctx := context.Background()
+	var tops []string
+	for _, ns := range []string{"ns1", "ns2"} {
+		// The namespace's own locally unpacked bottom layer.
+		if _, err := f.sn.Prepare(ctx, ns+"/extract-base", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.sn.Commit(ctx, ns+"/base", ns+"/extract-base"); err != nil {
+			t.Fatal(err)
+		}
+		tops = append(tops, f.pullRemote(ctx, t, ns+"/extract-top", ns+"/base", "chain-top", "sha256:l2"))
+	}
+	if tops[0] == tops[1] {
+		t.Errorf("one remote snapshot %s above two parents", tops[0])
+	}
+	for i, top := range tops {
+		ms, err := f.sn.View(ctx, fmt.Sprintf("view-%d", i), top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readFile(t, filepath.Join(mountAt(t, f.base, ms), "app/main")); got != "main\n" {
+			t.Errorf("%s: app/main = %q", top, got)
+		}
+	}
+	// Above a remote parent: one snapshot, whoever asks.
+	f.pullRemote(ctx, t, "ns1/extract-l1", "", "chain-l1", "sha256:l1")
+	a := f.pullRemote(ctx, t, "ns1/extract-l2", "chain-l1", "chain-l2", "sha256:l2")
+	mounts := f.layers.count("mount", "")
+	b := f.pullRemote(ctx, t, "ns2/extract-l2", "chain-l1", "chain-l2", "sha256:l2")
+	if a != b || f.layers.count("mount", "") != mounts {
+		t.Errorf("the same layer above the same remote parent: %s and %s, %d mounts after %d", a, b, f.layers.count("mount", ""), mounts)
 	}
 }
 

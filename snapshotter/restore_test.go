@@ -39,7 +39,7 @@ func TestRestoreAfterDaemonRestartMountsAgain(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
 	f.pullRemote(ctx, t, "extract-1", "", "chain-l1", "sha256:l1")
-	f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
+	l2 := f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
 	dir1, dir2 := f.layers.mountDir(t, 0), f.layers.mountDir(t, 1)
 	if err := f.sn.Close(); err != nil {
 		t.Fatal(err)
@@ -65,7 +65,7 @@ func TestRestoreAfterDaemonRestartMountsAgain(t *testing.T) {
 		t.Fatalf("mounts at %s: %d (%v), want 1", dir2, len(infos), err)
 	}
 
-	ms, err := sn.Prepare(ctx, "container", "chain-l2")
+	ms, err := sn.Prepare(ctx, "container", l2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestRestoreReportsLayersThatCannotBeMounted(t *testing.T) {
 	f := newRemoteFixture(t)
 	ctx := context.Background()
 	f.pullRemote(ctx, t, "extract-1", "", "chain-l1", "sha256:l1")
-	f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
+	l2 := f.pullRemote(ctx, t, "extract-2", "chain-l1", "chain-l2", "sha256:l2")
 	f.sn.Close()
 	unmountAllUnder(t, f.root)
 
@@ -104,10 +104,10 @@ func TestRestoreReportsLayersThatCannotBeMounted(t *testing.T) {
 	// directory of the layer that did not come back: that tree lacks the
 	// layer's files. Prepare, View and Mounts fail naming the layer, and
 	// leave no snapshot behind.
-	if _, err := sn.Prepare(ctx, "container", "chain-l2"); err == nil || !strings.Contains(err.Error(), "sha256:l2") || !errdefs.IsUnavailable(err) {
+	if _, err := sn.Prepare(ctx, "container", l2); err == nil || !strings.Contains(err.Error(), "sha256:l2") || !errdefs.IsUnavailable(err) {
 		t.Fatalf("Prepare on an unserved layer: %v, want an unavailable error naming sha256:l2", err)
 	}
-	if _, err := sn.View(ctx, "view", "chain-l2"); err == nil || !strings.Contains(err.Error(), "sha256:l2") {
+	if _, err := sn.View(ctx, "view", l2); err == nil || !strings.Contains(err.Error(), "sha256:l2") {
 		t.Fatalf("View on an unserved layer: %v, want an error naming sha256:l2", err)
 	}
 	if _, err := sn.Stat(ctx, "container"); !errdefs.IsNotFound(err) {
@@ -118,7 +118,7 @@ func TestRestoreReportsLayersThatCannotBeMounted(t *testing.T) {
 	restarted.mu.Lock()
 	restarted.sources["sha256:l2"] = f.layers.sources["sha256:l2"]
 	restarted.mu.Unlock()
-	ms, err := sn.Prepare(ctx, "container", "chain-l2")
+	ms, err := sn.Prepare(ctx, "container", l2)
 	if err != nil {
 		t.Fatalf("Prepare once the layer can be served: %v", err)
 	}
