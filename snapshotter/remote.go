@@ -57,13 +57,23 @@ type RemoteLayers interface {
 
 // RemoteRecorder is a RemoteLayers that can record which files a container
 // opens in its image's remote layers (LabelRecord). Prepare calls Record
-// for an active snapshot whose labels ask for it, with the labels its
-// nearest remote parent was committed with (which name the image);
+// for an active snapshot whose labels ask for it, with its nearest remote
+// parent (RecordedParent);
 // Remove calls StopRecording for every snapshot it removes. Errors of
 // Record are logged: the container runs unrecorded.
 type RemoteRecorder interface {
-	Record(ctx context.Context, key string, remoteLabels, labels map[string]string) error
+	Record(ctx context.Context, key string, remote RecordedParent, labels map[string]string) error
 	StopRecording(ctx context.Context, key string)
+}
+
+// RecordedParent is the nearest remote parent of a recorded container's
+// snapshot: its labels (which name the image whose pull committed it: a
+// layer shared by several images names the first) and how many layers lie
+// above it in the container's stack, which tells whether that image is the
+// container's.
+type RecordedParent struct {
+	Labels map[string]string
+	Above  int
 }
 
 // startRecording offers the new active snapshot key to the recorder when
@@ -73,25 +83,27 @@ func (s *Snapshotter) startRecording(ctx context.Context, key, parent string, la
 	if _, asked := labels[LabelRecord]; !ok || !asked {
 		return
 	}
-	var remoteLabels map[string]string
+	var rp RecordedParent
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
-		for p := parent; p != "" && remoteLabels == nil; {
+		for p := parent; p != "" && rp.Labels == nil; {
 			_, info, _, err := storage.GetInfo(ctx, p)
 			if err != nil {
 				return err
 			}
 			if isRemote(info) {
-				remoteLabels = info.Labels
+				rp.Labels = info.Labels
+			} else {
+				rp.Above++
 			}
 			p = info.Parent
 		}
 		return nil
 	})
-	if err == nil && remoteLabels == nil {
+	if err == nil && rp.Labels == nil {
 		err = errors.New("none of its parents is a lazily mounted layer")
 	}
 	if err == nil {
-		err = rr.Record(ctx, key, remoteLabels, labels)
+		err = rr.Record(ctx, key, rp, labels)
 	}
 	if err != nil {
 		s.log.WarnContext(ctx, "not recording what the container opens", "key", key, "error", err)

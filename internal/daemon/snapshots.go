@@ -317,10 +317,13 @@ type snapshotRecording struct {
 
 // Record implements snapshotter.RemoteRecorder: the container of the
 // active snapshot key records what it opens in its image's layers, which
-// remoteLabels (its nearest remote parent's) name, as `strata mount
-// --record` would.
-func (s *snapshotLayers) Record(ctx context.Context, key string, remoteLabels, labels map[string]string) error {
-	t, err := snapshotter.ParseRemoteLabels(remoteLabels)
+// its nearest remote parent's labels name, as `strata mount --record`
+// would. That parent's image is the container's only when the layers above
+// the parent in the container's stack are that image's last ones: a layer
+// shared by several images names the image whose pull committed it first,
+// and a list recorded for another image would be kept, and pushed, for it.
+func (s *snapshotLayers) Record(ctx context.Context, key string, parent snapshotter.RecordedParent, labels map[string]string) error {
+	t, err := snapshotter.ParseRemoteLabels(parent.Labels)
 	if err != nil {
 		return err
 	}
@@ -337,6 +340,9 @@ func (s *snapshotLayers) Record(ctx context.Context, key string, remoteLabels, l
 	man, image, err := s.manifest(ctx, r, t.Manifest)
 	if err != nil {
 		return err
+	}
+	if i := len(man.Layers) - 1 - parent.Above; i < 0 || man.Layers[i].Digest != t.Layer {
+		return fmt.Errorf("cannot tell the container's image: its layer %s is shared with %s, whose layers above it are not the container's", t.Layer, t.Ref)
 	}
 	m := &Mount{Dir: "containerd snapshot " + key, Ref: t.Ref, Repo: r.Context().String(), Digest: image}
 	for _, l := range man.Layers {

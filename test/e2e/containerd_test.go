@@ -234,6 +234,32 @@ func TestContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("record shared layer", func(t *testing.T) {
+		// An image whose top layer another image shares, pulled after
+		// that image: its layer snapshot names the other image, and a
+		// container of it records nothing rather than a list for the
+		// other image.
+		base := fixture.LayerSpec{fixture.Dir("rec"), fixture.Text("rec/base.txt", "base\n")}
+		baseRef, _ := e.pushImage(t, "rec-base", []fixture.LayerSpec{busybox, base}, fixture.FormEStargz)
+		appRef, _ := e.pushImage(t, "rec-app", []fixture.LayerSpec{busybox, base, {fixture.Text("app.txt", "app\n")}}, fixture.FormEStargz)
+		e.pull(t, appRef)
+		e.pull(t, baseRef)
+		kept := strings.Count(e.daemonLog(), "recorded prefetch list kept")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if out, err := e.ctd.Ctr(ctx, "run", "--rm", "--snapshotter", tcontainerd.Snapshotter,
+			"--snapshotter-label", "containerd.io/snapshot/strata.record=5m", baseRef, "record-shared",
+			"/bin/sh", "-c", "cat /rec/base.txt > /dev/null"); err != nil {
+			t.Fatalf("ctr run: %v\n%s", err, out)
+		}
+		if !strings.Contains(e.daemonLog(), "cannot tell the container's image") {
+			t.Errorf("the daemon does not say it cannot tell the container's image; log:\n%s", e.daemonLog())
+		}
+		if n := strings.Count(e.daemonLog(), "recorded prefetch list kept"); n != kept {
+			t.Errorf("%d lists kept for a container of a shared layer, want none", n-kept)
+		}
+	})
+
 	t.Run("index containerd layers", func(t *testing.T) {
 		// Configured to, the daemon indexes gzip layers that have no
 		// pushed index itself (reading each once) instead of leaving
