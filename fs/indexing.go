@@ -178,11 +178,27 @@ func readIndex(ctx context.Context, blob layerBlob, l remote.Layer, cache *store
 	if whole {
 		opts = append(opts, index.WithGzip())
 	}
-	r := blob.ReaderAt(ctx)
-	if whole {
-		r = withProgress(ctx, r, l.Digest, l.Size)
+	read := func() (*index.Index, error) {
+		r := blob.ReaderAt(ctx)
+		if whole {
+			r = withProgress(ctx, r, l.Digest, l.Size)
+		}
+		return index.Read(ctx, r, descriptorOf(l), opts...)
 	}
-	built, err := index.Read(ctx, r, descriptorOf(l), opts...)
+	built, err := read()
+	if (errors.Is(err, index.ErrInvalid) || errors.Is(err, index.ErrDigestMismatch)) && ctx.Err() == nil {
+		// Bytes the registry or the way to it spoiled (a proxy, a cut
+		// connection's last bytes) look like a broken layer to a reader
+		// that decodes as it goes, before the layer's digest can be
+		// checked: read it once more, afresh, before saying so. A layer
+		// that is broken is so twice.
+		slog.WarnContext(ctx, "layer index failed; reading the layer once more", "layer", l.Digest, "error", err)
+		if again, err2 := read(); err2 == nil {
+			built, err = again, nil
+		} else {
+			err = fmt.Errorf("%w (twice: the layer's bytes, as the registry sends them, are not a valid layer of its digest)", err2)
+		}
+	}
 	switch {
 	case errors.Is(err, index.ErrSparseFile):
 		return nil, fmt.Errorf("layer %s cannot be served: %w (no reader, lazy or whole, and no conversion takes sparse files: the image must be built without them)", l.Digest, err)

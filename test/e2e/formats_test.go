@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/internal/kmount"
 	"github.com/stratafs/strata/test/fixture"
+	"github.com/stratafs/strata/test/proxy"
 	"github.com/stratafs/strata/test/registry"
 	"github.com/stratafs/strata/test/treecmp"
 )
@@ -160,6 +163,34 @@ func TestCorruptSpanIsEIO(t *testing.T) {
 	en, got := head()
 	if en != 0 || !bytes.Equal(got, expected(t, fixture.Big(200), fixture.BigFile)[:4096]) {
 		t.Fatalf("read after the registry recovered: errno %v", en)
+	}
+}
+
+// TestIndexingReadsACorruptedLayerAgain: one response of a plain gzip
+// layer spoiled on the way (a byte flipped, once) while it is read whole
+// to be indexed fails the decoding before the layer's digest can be
+// checked; the layer is read once more, and the mount serves it right.
+func TestIndexingReadsACorruptedLayerAgain(t *testing.T) {
+	layers := []fixture.LayerSpec{{fixture.Dir("d"), fixture.Reg("d/big", 2<<20, 31), fixture.Text("d/small", "small\n")}}
+	ref := push(t, shared.reg, uniqueRepo("corrupt-once"), "v1", layers, fixture.FormGzip)
+	p := startProxy(t, shared.reg)
+	var blobs atomic.Int64
+	flip := proxy.FlipByte(proxy.IsBlob, 20_000)
+	p.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		// The layer's first range read (the config is read whole).
+		if proxy.IsBlob(r) && r.Header.Get("Range") != "" && blobs.Add(1) == 1 {
+			return flip(w, r)
+		}
+		return false
+	})
+	d := startDaemon(t, nil)
+	dir, _ := d.mount(t, viaProxy(ref, shared.reg, p))
+	got, err := os.ReadFile(filepath.Join(dir, "d/big"))
+	if err != nil || !bytes.Equal(got, expected(t, layers, "d/big")) {
+		t.Fatalf("d/big read after the layer was read again: %v", err)
+	}
+	if !strings.Contains(logs.String(), "reading the layer once more") {
+		t.Errorf("the daemon does not say it read the layer again")
 	}
 }
 
