@@ -113,7 +113,7 @@ func (s *Snapshotter) startRecording(ctx context.Context, key, parent string, la
 // prepareRemote runs the remote-snapshot protocol for one Prepare: see the
 // package documentation.
 func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) ([]mount.Mount, error) {
-	name := remoteName(target, parent)
+	name := RemoteName(target, parent)
 	if _, err := s.Stat(ctx, name); err == nil {
 		return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 	} else if !errdefs.IsNotFound(err) {
@@ -167,7 +167,7 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, name string, labels
 	})
 }
 
-// remoteName is the name a remote layer of chain ID target is committed
+// RemoteName is the name a remote layer of chain ID target is committed
 // under above parent: target itself for a bottom layer, else target and
 // its parent's name. containerd finds the snapshot by its target label
 // and its parent, not by its name, and the same chain ID above different
@@ -177,7 +177,7 @@ func (s *Snapshotter) commitRemote(ctx context.Context, key, name string, labels
 // second could never use ("target snapshot in backend: not found"). Above
 // remote parents, whose names this makes the same in every namespace, the
 // snapshot is shared, as before.
-func remoteName(target, parent string) string {
+func RemoteName(target, parent string) string {
 	if parent == "" {
 		return target
 	}

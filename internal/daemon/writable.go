@@ -190,7 +190,7 @@ func (w *writable) prepareLayers(ctx context.Context, m *Mount) (string, error) 
 		default:
 			return "", fmt.Errorf("layer %d of %d: %w", i+1, len(m.Layers), err)
 		}
-		parent = target
+		parent = snapshotter.RemoteName(target, parent)
 	}
 	return parent, nil
 }
@@ -210,22 +210,30 @@ func chainIDs(m *Mount) ([]digest.Digest, error) {
 // remove deletes m's active snapshot, upper directory included, and then
 // the layer snapshots no other writable mount uses. m must be unmounted.
 func (w *writable) remove(ctx context.Context, m *Mount) error {
+	parent := ""
+	if info, err := w.sn.Stat(ctx, m.Snapshot); err == nil {
+		parent = info.Parent
+	}
 	if err := w.sn.Remove(ctx, m.Snapshot); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("removing the writable layer of %s: %w", m.Dir, err)
 	}
-	chain, err := chainIDs(m)
-	if err != nil {
-		return err
-	}
-	for i := len(chain) - 1; i >= 0; i-- {
-		err := w.sn.Remove(ctx, chain[i].String())
+	// The layer snapshots below it, top first, as the snapshotter keeps
+	// them.
+	for p := parent; p != ""; {
+		info, err := w.sn.Stat(ctx, p)
+		if err == nil {
+			err = w.sn.Remove(ctx, p)
+		}
 		if errdefs.IsFailedPrecondition(err) {
 			break // another mount builds on it, and on what is below it
 		}
-		if err != nil && !errdefs.IsNotFound(err) {
-			slog.WarnContext(ctx, "removing an unused layer snapshot", "snapshot", chain[i], "error", err)
+		if err != nil {
+			if !errdefs.IsNotFound(err) {
+				slog.WarnContext(ctx, "removing an unused layer snapshot", "snapshot", p, "error", err)
+			}
 			break
 		}
+		p = info.Parent
 	}
 	return nil
 }
@@ -237,15 +245,15 @@ func (w *writable) lowerOf(ctx context.Context, m *Mount, fn func(lower, upper s
 	if err != nil {
 		return err
 	}
-	chain, err := chainIDs(m)
+	info, err := w.sn.Stat(ctx, m.Snapshot)
 	if err != nil {
 		return err
 	}
-	if len(chain) == 0 {
+	if info.Parent == "" {
 		// An image without layers (a build FROM scratch): nothing below.
 		return fn(w.d.emptyDir, upper)
 	}
-	return w.withLowerView(ctx, chain[len(chain)-1].String(), func(lower string) error {
+	return w.withLowerView(ctx, info.Parent, func(lower string) error {
 		return fn(lower, upper)
 	})
 }
