@@ -169,6 +169,10 @@ func (w *writable) prepareLayers(ctx context.Context, m *Mount) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	names, err := layerNames(m)
+	if err != nil {
+		return "", err
+	}
 	parent := ""
 	for i, l := range m.Layers {
 		label, err := json.Marshal(layerLabel{Repo: m.Repo, Insecure: m.Insecure, Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, Annotations: l.Annotations, URLs: l.URLs})
@@ -190,9 +194,25 @@ func (w *writable) prepareLayers(ctx context.Context, m *Mount) (string, error) 
 		default:
 			return "", fmt.Errorf("layer %d of %d: %w", i+1, len(m.Layers), err)
 		}
-		parent = snapshotter.RemoteName(target, parent)
+		parent = names[i]
 	}
 	return parent, nil
+}
+
+// layerNames returns the names of m's layer snapshots, bottom to top, as
+// prepareLayers makes them.
+func layerNames(m *Mount) ([]string, error) {
+	chain, err := chainIDs(m)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(chain))
+	parent := ""
+	for i, c := range chain {
+		names[i] = snapshotter.RemoteName(c.String(), parent)
+		parent = names[i]
+	}
+	return names, nil
 }
 
 // chainIDs returns the chain IDs of m's layers, bottom to top.
@@ -210,9 +230,13 @@ func chainIDs(m *Mount) ([]digest.Digest, error) {
 // remove deletes m's active snapshot, upper directory included, and then
 // the layer snapshots no other writable mount uses. m must be unmounted.
 func (w *writable) remove(ctx context.Context, m *Mount) error {
+	// The top layer snapshot below it: the snapshot's own parent, or, when
+	// the writable layer was never made, the name prepareLayers gives it.
 	parent := ""
 	if info, err := w.sn.Stat(ctx, m.Snapshot); err == nil {
 		parent = info.Parent
+	} else if names, err := layerNames(m); err == nil && len(names) > 0 {
+		parent = names[len(names)-1]
 	}
 	if err := w.sn.Remove(ctx, m.Snapshot); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("removing the writable layer of %s: %w", m.Dir, err)
