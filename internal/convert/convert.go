@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -274,34 +275,61 @@ func spoolCompressed(l v1.Layer, dir string) (v1.Layer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rc, err := l.Compressed()
+	// A read cut short or spoiled on the way is read again, from the
+	// start, twice at most, as the registry reads of mounts and commits
+	// are retried.
+	var path string
+	for try := 1; ; try++ {
+		path, err = spoolOnce(l, dir, want, size)
+		if err == nil || try == spoolTries || errors.Is(err, errLocal) {
+			break
+		}
+		slog.Warn("convert: reading a layer failed; reading it again", "layer", d, "error", err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	defer rc.Close()
-	f, err := os.CreateTemp(dir, "strata-convert-*.blob")
-	if err != nil {
-		return nil, nil, err
-	}
-	done := func() { os.Remove(f.Name()) }
-	v := want.Verifier()
-	n, err := io.Copy(io.MultiWriter(f, v), rc)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && (n != size || !v.Verified()) {
-		err = fmt.Errorf("layer %s: %d bytes that are not its %d", d, n, size)
-	}
-	if err != nil {
-		done()
-		return nil, nil, err
-	}
-	local, err := partial.CompressedToLayer(&spooledLayer{path: f.Name(), digest: d, size: size, mediaType: mt})
+	done := func() { os.Remove(path) }
+	local, err := partial.CompressedToLayer(&spooledLayer{path: path, digest: d, size: size, mediaType: mt})
 	if err != nil {
 		done()
 		return nil, nil, err
 	}
 	return local, done, nil
+}
+
+// spoolTries is how many times spoolCompressed reads a layer.
+const spoolTries = 3
+
+// errLocal marks a spool failure of this machine (its disk), which
+// reading again does not mend.
+var errLocal = errors.New("local")
+
+// spoolOnce reads l's compressed bytes into a new file in dir once,
+// checking their digest and size as they arrive, and returns its path.
+func spoolOnce(l v1.Layer, dir string, want digest.Digest, size int64) (string, error) {
+	rc, err := l.Compressed()
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(dir, "strata-convert-*.blob")
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", errLocal, err)
+	}
+	v := want.Verifier()
+	n, err := io.Copy(io.MultiWriter(f, v), rc)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("%w: %w", errLocal, cerr)
+	}
+	if err == nil && (n != size || !v.Verified()) {
+		err = fmt.Errorf("layer %s: %d bytes that are not its %d", want, n, size)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // spooledLayer is a layer's compressed bytes, verified, in a local file.

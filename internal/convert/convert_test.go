@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -470,6 +472,46 @@ func TestLayerVerifiedBeforeDecompressed(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("left in the temporary directory: %v", left)
+	}
+}
+
+// cutLayer is a layer whose first cut reads of its compressed bytes end
+// half way with an unexpected EOF, as a connection cut mid-body.
+type cutLayer struct {
+	v1.Layer
+	cut, reads int
+}
+
+func (l *cutLayer) Compressed() (io.ReadCloser, error) {
+	l.reads++
+	rc, err := l.Layer.Compressed()
+	if err != nil || l.reads > l.cut {
+		return rc, err
+	}
+	b, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b[:len(b)/2]), iotest.ErrReader(io.ErrUnexpectedEOF))), nil
+}
+
+// TestLayerReadCutShortIsReadAgain: a source layer read cut short is read
+// again (twice at most), and the conversion goes on; a third cut fails it.
+func TestLayerReadCutShortIsReadAgain(t *testing.T) {
+	for _, c := range []struct {
+		cut int
+		ok  bool
+	}{{1, true}, {2, true}, {3, false}} {
+		l := &cutLayer{Layer: tarLayer(t, "etc/", "etc/hosts"), cut: c.cut}
+		tmp := t.TempDir()
+		_, err := layer(context.Background(), l, Options{TmpDir: tmp}, func(*layerNames) []string { return nil })
+		if (err == nil) != c.ok {
+			t.Errorf("%d cut reads: err = %v", c.cut, err)
+		}
+		if !c.ok && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("%d cut reads: err = %v, want the read's", c.cut, err)
+		}
 	}
 }
 
