@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -26,9 +25,10 @@ import (
 //     as Docker reads it (see xzDecompress).
 //   - Entries are unpacked below Dest, which is made like any destination
 //     directory (slash or not). A name is taken relative to Dest even when
-//     absolute ("/etc/x" is Dest/etc/x); a name that climbs out with ".."
-//     is refused (tar.ErrInsecurePath) and the ADD fails, as Docker refuses
-//     a "breakout". Every path is then resolved with Dest as its root, so a
+//     absolute ("/etc/x" is Dest/etc/x), and ".." at the top stays there
+//     ("../x" is Dest/x), as BuildKit's and docker's unpacks make it (in a
+//     chroot at Dest) and buildah's. Every path is then resolved with Dest
+//     as its root, so a
 //     symlink entry (or one of the image below Dest) pointing anywhere,
 //     "/" or "../../..", leads back inside Dest when later entries go
 //     through it: nothing is ever written outside Dest. Symlink targets
@@ -248,19 +248,12 @@ func removeDirAt(dir int, name string) error {
 }
 
 // entryName is the path below Dest that archive name rawName unpacks to,
-// "" for Dest itself; a name climbing out of Dest is refused.
+// "" for Dest itself: resolved as if Dest were the root, so that ".." at
+// the top stays there ("../x" and "/x" are Dest/x), as BuildKit's and
+// docker's unpacks (chrootarchive, Dest the root of a chroot) and buildah's
+// leave them. (archive/tar refuses names with a NUL byte.)
 func entryName(rawName string) (string, error) {
-	name := strings.TrimLeft(rawName, "/")
-	if name == "" {
-		return "", nil
-	}
-	if !filepath.IsLocal(name) {
-		return "", fmt.Errorf("%w: it leaves the destination", tar.ErrInsecurePath)
-	}
-	if name = path.Clean(name); name == "." {
-		return "", nil
-	}
-	return name, nil
+	return strings.TrimPrefix(path.Clean("/"+rawName), "/"), nil
 }
 
 func (u *unpacker) meta(hdr *tar.Header) entryMeta {

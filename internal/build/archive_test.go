@@ -331,8 +331,12 @@ func TestAddHostileArchives(t *testing.T) {
 		refused bool
 		want    func(victim string) string // a file the archive writes, below Dest
 	}{
-		{name: "dot-dot", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "../../../" + evil}} }},
-		{name: "dot-dot inside", refused: true, entries: func(string) []tarEntry { return []tarEntry{{name: "a/../../" + evil}} }},
+		// ".." at the top stays there, as Dest were the root (BuildKit's
+		// and docker's chroot, buildah's unpack).
+		{name: "dot-dot", entries: func(string) []tarEntry { return []tarEntry{{name: "../../../" + evil}} },
+			want: func(string) string { return evil }},
+		{name: "dot-dot inside", entries: func(string) []tarEntry { return []tarEntry{{name: "a/../../" + evil}} },
+			want: func(string) string { return evil }},
 		{name: "hard link out", refused: true, entries: func(string) []tarEntry {
 			return []tarEntry{{name: "h", typ: tar.TypeLink, linkname: "../victim/canary"}}
 		}},
@@ -382,12 +386,6 @@ func TestAddHostileArchives(t *testing.T) {
 			}
 		})
 	}
-	t.Run("dot-dot error", func(t *testing.T) {
-		_, err := unpackTar(context.Background(), bytes.NewReader(makeTestTar(t, tarEntry{name: "../x"})), mustRoot(t, t.TempDir()), nil)
-		if !errors.Is(err, tar.ErrInsecurePath) {
-			t.Errorf("err = %v, want tar.ErrInsecurePath", err)
-		}
-	})
 }
 
 func mustRoot(t testing.TB, dir string) *fsRoot {
