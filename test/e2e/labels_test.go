@@ -86,10 +86,19 @@ func TestRemoteLabelSetsMountLazily(t *testing.T) {
 				if !errdefs.IsAlreadyExists(err) {
 					t.Fatalf("layer %d: Prepare with %s labels: %v, want ErrAlreadyExists (a remote snapshot)\ndaemon log:\n%s", i+1, set, err, e.daemonLog())
 				}
-				if _, err := sn.Stat(ctx, chain[i].String()); err != nil {
-					t.Fatalf("layer %d: the remote snapshot %s: %v", i+1, chain[i], err)
+				// Found as containerd finds it: by its target label
+				// and its parent.
+				var found []string
+				must(t, sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+					if info.Kind == snapshots.KindCommitted && info.Labels[snapshots.LabelSnapshotRef] == chain[i].String() && info.Parent == parent {
+						found = append(found, info.Name)
+					}
+					return nil
+				}))
+				if len(found) != 1 {
+					t.Fatalf("layer %d: remote snapshots of %s above %q: %q, want one", i+1, chain[i], parent, found)
 				}
-				parent = chain[i].String()
+				parent = found[0]
 			}
 			if n := len(e.layerMounts(t)) - mounts; n != 2 {
 				t.Errorf("%d new layer mounts for a 2-layer image, want 2", n)
