@@ -46,7 +46,8 @@ func platformRank(have, want v1.Platform) (int, bool) {
 
 // platformVector is containerd's list of what runs where want does, best
 // first: want; for amd64/vN the older levels, then 386; for arm/vN the
-// older variants down to v5; for arm64 (v8) 32-bit arm v8 down to v5.
+// older variants down to v5; for arm64 (v9: then v8) 32-bit arm v8 down
+// to v5.
 func platformVector(want v1.Platform) []v1.Platform {
 	out := []v1.Platform{{OS: want.OS, Architecture: want.Architecture, Variant: want.Variant}}
 	with := func(arch, variant string) {
